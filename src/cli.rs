@@ -1,0 +1,173 @@
+//! The command line: `warren run`, `warren check`, `--version`. Parsing is clap's; each
+//! subcommand turns its flags into library calls. This is the binary's edge: errors become a
+//! message on stderr and an exit code here, nowhere else.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, Config};
+use crate::server::{Options, Server};
+
+/// warren: a TCP load balancer for RabbitMQ clusters.
+#[derive(Debug, Parser)]
+#[command(name = "warren", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Log level or filter (e.g. "info", "warn,warren=debug"); overrides RUST_LOG.
+    #[arg(long, global = true, value_name = "FILTER")]
+    pub log_level: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// What to do.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the load balancer.
+    Run(RunArgs),
+    /// Validate a config file and exit 0 (ok, one-line summary) or 1 (errors), like `nginx -t`.
+    Check {
+        /// The config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+/// Flags of `warren run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The config file (see config/warren.toml).
+    #[arg(long, short, conflicts_with_all = ["listen", "backend"])]
+    pub config: Option<PathBuf>,
+    /// Quick start without a file: the address to listen on, e.g. 127.0.0.1:5672.
+    #[arg(long, requires = "backend", value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Quick start: a backend address (repeat for each node), e.g. --backend 10.0.0.1:5672.
+    #[arg(long, requires = "listen", value_name = "ADDR")]
+    pub backend: Vec<String>,
+    /// Worker threads of the data plane (default: one per CPU).
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+    /// How long open connections may finish after SIGTERM/SIGINT before they are closed.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+    /// Never use splice(2); always copy through userspace.
+    #[arg(long)]
+    pub no_splice: bool,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    config::parse_duration(s)
+}
+
+/// Run a parsed command line; returns the process exit code.
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Run(args) => run_server(args),
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    match config::load(path) {
+        Ok(config) => {
+            println!("{}", config.summary());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_for_run(args: &RunArgs) -> Result<Config, config::ConfigError> {
+    match (&args.config, &args.listen) {
+        (Some(path), _) => config::load(path),
+        (None, Some(listen)) => config::quick_start(listen, &args.backend),
+        (None, None) => config::load(std::path::Path::new(DEFAULT_CONFIG)),
+    }
+}
+
+/// Where `warren run` looks for its config when given neither a file nor quick-start flags.
+pub const DEFAULT_CONFIG: &str = "/etc/warren/warren.toml";
+
+fn run_server(args: RunArgs) -> ExitCode {
+    let config = match load_for_run(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all().thread_name("warren-worker");
+    if let Some(n) = args.workers {
+        builder.worker_threads(n.max(1));
+    }
+    let runtime = match builder.build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let options = Options {
+        shutdown_grace: args.shutdown_grace,
+        splice: !args.no_splice,
+        ..Options::default()
+    };
+    runtime.block_on(async move {
+        let server = match Server::bind(&config, options) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            config = %config.summary(),
+            "warren started"
+        );
+        let shutdown = CancellationToken::new();
+        tokio::spawn(watch_signals(shutdown.clone()));
+        server.run(shutdown).await;
+        ExitCode::SUCCESS
+    })
+}
+
+/// SIGTERM/SIGINT stop gracefully. SIGHUP must not kill the process (its default action).
+#[cfg(unix)]
+async fn watch_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: stopping gracefully"); break; }
+            _ = int.recv() => { tracing::info!("SIGINT: stopping gracefully"); break; }
+            _ = hup.recv() => {
+                tracing::warn!("SIGHUP received: config reload is not available in this version; keeping the running config");
+            }
+        }
+    }
+    shutdown.cancel();
+}
+
+#[cfg(not(unix))]
+async fn watch_signals(shutdown: CancellationToken) {
+    if tokio::signal::ctrl_c().await.is_ok() {
+        tracing::info!("Ctrl-C: stopping gracefully");
+    }
+    shutdown.cancel();
+}

@@ -1,0 +1,20 @@
+//! warren: a TCP load balancer for RabbitMQ clusters.
+//!
+//! The crate is a library with a thin binary (`src/main.rs`). Configuration is parsed and
+//! validated in [`config`], turned into a routing snapshot in [`state`], and served by the data
+//! plane in [`proxy`] (selection in [`balance`], PROXY headers in [`proxy_protocol`]); [`health`]
+//! receives connect outcomes, [`admin`] serves `/metrics` and friends, and [`server`] wires the
+//! process together. [`cli`] holds the command-line interface the binary parses.
+
+pub mod admin;
+pub mod balance;
+pub mod cli;
+pub mod config;
+pub mod health;
+pub mod metrics;
+pub mod proxy;
+pub mod proxy_protocol;
+pub mod server;
+pub mod state;
+
+pub use server::{Options, Server};

@@ -1,0 +1,187 @@
+//! Connecting to a backend with failover, with NGINX `proxy_next_upstream` semantics: walk the
+//! balancer's candidates, one `connect_timeout` per attempt, stop after `next_upstream_tries`
+//! attempts or `next_upstream_timeout` overall. Failures the backend caused are reported to the
+//! health [`Observer`]; local failures (no ephemeral port, no descriptor) are not held against it.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::time::Instant;
+
+use crate::config::ListenerConfig;
+use crate::health::{ConnectFailure, Observer};
+use crate::state::{BackendRoute, PoolRoute};
+
+/// Why no backend connection could be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("no backend of pool {pool} is available")]
+    NoBackend { pool: String },
+    #[error("every tried backend of pool {pool} failed ({tries} tries), last: {last}")]
+    AllFailed {
+        pool: String,
+        tries: usize,
+        last: String,
+    },
+    #[error("local error while connecting to {backend}: {source}")]
+    Local {
+        backend: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Is this connect error ours (resources of this host) rather than the backend's?
+fn is_local(err: &io::Error) -> bool {
+    #[cfg(unix)]
+    {
+        matches!(
+            err.raw_os_error(),
+            Some(
+                libc::EADDRNOTAVAIL
+                    | libc::EADDRINUSE
+                    | libc::EMFILE
+                    | libc::ENFILE
+                    | libc::ENOBUFS
+                    | libc::ENOMEM
+                    | libc::EPERM
+                    | libc::EACCES
+            )
+        )
+    }
+    #[cfg(not(unix))]
+    {
+        matches!(
+            err.kind(),
+            io::ErrorKind::AddrNotAvailable | io::ErrorKind::AddrInUse
+        )
+    }
+}
+
+/// Does a local error mean the next candidate cannot succeed either (we are out of descriptors)?
+fn is_exhaustion(err: &io::Error) -> bool {
+    #[cfg(unix)]
+    {
+        matches!(
+            err.raw_os_error(),
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+        )
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = err;
+        false
+    }
+}
+
+async fn connect_once(addr: SocketAddr) -> io::Result<TcpStream> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_nodelay(true)?;
+    socket.connect(addr).await
+}
+
+/// A backend connection and which backend it is.
+pub struct Connected<'a> {
+    pub stream: TcpStream,
+    pub backend: &'a BackendRoute,
+    pub tries: usize,
+}
+
+/// Connect to the best candidate of `pool` for `client`, failing over as the listener allows.
+pub async fn connect<'a>(
+    pool: &'a PoolRoute,
+    listener: &ListenerConfig,
+    client: IpAddr,
+    health: &dyn Observer,
+) -> Result<Connected<'a>, ConnectError> {
+    let candidates = pool.candidates(client);
+    if candidates.is_empty() {
+        return Err(ConnectError::NoBackend {
+            pool: pool.name.to_string(),
+        });
+    }
+    let started = Instant::now();
+    let deadline = listener.next_upstream_timeout.map(|t| started + t);
+    let max_tries = match listener.next_upstream_tries {
+        0 => usize::MAX,
+        n => n as usize,
+    };
+    let mut tries = 0;
+    let mut last = String::new();
+    for index in candidates {
+        if tries >= max_tries {
+            break;
+        }
+        let budget = match deadline {
+            Some(d) if tries > 0 => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                left.min(listener.connect_timeout)
+            }
+            _ => listener.connect_timeout,
+        };
+        let backend = &pool.backends[index];
+        tries += 1;
+        let attempt = Instant::now();
+        let failure = match tokio::time::timeout(budget, connect_once(backend.addr)).await {
+            Ok(Ok(stream)) => {
+                backend
+                    .stats
+                    .connect_duration
+                    .observe(attempt.elapsed().as_secs_f64());
+                return Ok(Connected {
+                    stream,
+                    backend,
+                    tries,
+                });
+            }
+            Ok(Err(e)) if is_local(&e) => {
+                tracing::warn!(pool = %pool.name, backend = %backend.name, error = %e,
+                    "local error connecting to backend (not counted against it)");
+                if is_exhaustion(&e) {
+                    return Err(ConnectError::Local {
+                        backend: backend.name.to_string(),
+                        source: e,
+                    });
+                }
+                last = format!("{}: {e}", backend.name);
+                continue;
+            }
+            Ok(Err(e)) => {
+                last = format!("{} ({}): {e}", backend.name, backend.addr);
+                match e.kind() {
+                    io::ErrorKind::ConnectionRefused => ConnectFailure::Refused,
+                    io::ErrorKind::TimedOut => ConnectFailure::Timeout,
+                    _ => ConnectFailure::Other,
+                }
+            }
+            Err(_elapsed) => {
+                last = format!(
+                    "{} ({}): no answer within {:?}",
+                    backend.name, backend.addr, budget
+                );
+                ConnectFailure::Timeout
+            }
+        };
+        match failure {
+            ConnectFailure::Refused => backend.stats.failures_refused.inc(),
+            ConnectFailure::Timeout => backend.stats.failures_timeout.inc(),
+            ConnectFailure::Other => backend.stats.failures_other.inc(),
+        }
+        tracing::info!(pool = %pool.name, backend = %backend.name, reason = failure.as_str(),
+            "connect to backend failed, trying the next candidate");
+        health.connect_failed(&pool.name, &backend.name, failure);
+    }
+    Err(ConnectError::AllFailed {
+        pool: pool.name.to_string(),
+        tries,
+        last,
+    })
+}

@@ -1,0 +1,367 @@
+//! The data plane: listeners and their accept loops, and the life of one proxied connection
+//! (optional inbound PROXY header → backend selection and connect with failover → optional
+//! outbound PROXY header → forwarding → one log line). It reads routing only through
+//! [`Routing::load_full`] once per connection and reports connect failures to the health
+//! [`Observer`]; it never changes routing itself.
+
+pub mod connect;
+pub mod forward;
+#[cfg(target_os = "linux")]
+pub mod splice;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::{IntCounter, IntGauge};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::ProxyProtocol;
+use crate::health::Observer;
+use crate::metrics::Metrics;
+use crate::proxy_protocol::{self, Header, Parsed};
+use crate::state::Routing;
+use forward::{CloseReason, Plane};
+
+/// How long a client behind a balancer may take to send its PROXY header (NGINX's
+/// `proxy_protocol_timeout` default).
+pub const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What every connection of the process shares.
+pub struct Context {
+    pub routing: Arc<Routing>,
+    pub metrics: Arc<Metrics>,
+    pub plane: Plane,
+    pub health: Arc<dyn Observer>,
+}
+
+/// Per-listener metric handles, resolved once.
+struct ListenerStats {
+    active: IntGauge,
+    total: IntCounter,
+    rejected_max_connections: IntCounter,
+    rejected_no_backend: IntCounter,
+    rejected_accept_error: IntCounter,
+    proxy_header_malformed: IntCounter,
+    proxy_header_timeout: IntCounter,
+    proxy_header_closed: IntCounter,
+    closed: [IntCounter; 6],
+}
+
+const CLOSE_REASONS: [CloseReason; 6] = [
+    CloseReason::Client,
+    CloseReason::Backend,
+    CloseReason::Idle,
+    CloseReason::Drain,
+    CloseReason::Shutdown,
+    CloseReason::Error,
+];
+
+impl ListenerStats {
+    fn new(metrics: &Metrics, listener: &str) -> ListenerStats {
+        let rejected = |reason| {
+            metrics
+                .listener_rejected_total
+                .with_label_values(&[listener, reason])
+        };
+        let header = |reason| {
+            metrics
+                .proxy_header_rejected_total
+                .with_label_values(&[listener, reason])
+        };
+        ListenerStats {
+            active: metrics
+                .listener_connections_active
+                .with_label_values(&[listener]),
+            total: metrics
+                .listener_connections_total
+                .with_label_values(&[listener]),
+            rejected_max_connections: rejected("max_connections"),
+            rejected_no_backend: rejected("no_backend"),
+            rejected_accept_error: rejected("accept_error"),
+            proxy_header_malformed: header("malformed"),
+            proxy_header_timeout: header("timeout"),
+            proxy_header_closed: header("closed"),
+            closed: CLOSE_REASONS.map(|r| {
+                metrics
+                    .connections_closed_total
+                    .with_label_values(&[listener, r.as_str()])
+            }),
+        }
+    }
+
+    fn closed(&self, reason: CloseReason) -> &IntCounter {
+        let i = CLOSE_REASONS.iter().position(|r| *r == reason).unwrap_or(5);
+        &self.closed[i]
+    }
+}
+
+/// Decrements a gauge when dropped, so every exit path of a connection keeps gauges right.
+struct GaugeGuard<'a>(&'a IntGauge);
+
+impl<'a> GaugeGuard<'a> {
+    fn new(gauge: &'a IntGauge) -> Self {
+        gauge.inc();
+        GaugeGuard(gauge)
+    }
+}
+
+impl Drop for GaugeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Signals that end the accept loop and the connections.
+#[derive(Clone)]
+pub struct Stop {
+    /// Cancelled first on shutdown: listeners stop accepting, open connections continue.
+    pub accepting: CancellationToken,
+    /// Cancelled when the grace period is over: open connections are closed.
+    pub connections: CancellationToken,
+}
+
+/// A pause that grows after each consecutive accept error (EMFILE and the like), so a listener at
+/// the descriptor limit sleeps instead of spinning; capped so recovery is prompt.
+pub fn accept_backoff(consecutive_errors: u32) -> Duration {
+    let ms = 5u64 << consecutive_errors.min(8);
+    Duration::from_millis(ms.min(500))
+}
+
+/// Errors that concern only the connection being accepted, not the listener.
+fn is_per_connection_accept_error(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+    )
+}
+
+/// Run one listener's accept loop until `stop.accepting` is cancelled. Connections are spawned
+/// on `tracker` so shutdown can wait for them.
+pub async fn serve(
+    listener: TcpListener,
+    name: Arc<str>,
+    max_connections: usize,
+    ctx: Arc<Context>,
+    stop: Stop,
+    tracker: TaskTracker,
+) {
+    // One permit per open connection; a connection over the limit is closed at once.
+    let limit = Arc::new(Semaphore::new(max_connections.min(Semaphore::MAX_PERMITS)));
+    let stats = Arc::new(ListenerStats::new(&ctx.metrics, &name));
+    let mut consecutive_errors = 0u32;
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = stop.accepting.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((socket, peer)) => {
+                consecutive_errors = 0;
+                match limit.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let (ctx, stats, name, stop) =
+                            (ctx.clone(), stats.clone(), name.clone(), stop.clone());
+                        tracker.spawn(async move {
+                            handle(socket, peer, &name, &ctx, &stats, &stop).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(_) => {
+                        stats.rejected_max_connections.inc();
+                        tracing::debug!(listener = %name, client = %peer, max_connections,
+                            "connection refused: max_connections reached");
+                    }
+                }
+            }
+            Err(e) if is_per_connection_accept_error(&e) => {}
+            Err(e) => {
+                stats.rejected_accept_error.inc();
+                consecutive_errors += 1;
+                let pause = accept_backoff(consecutive_errors);
+                if consecutive_errors.is_power_of_two() {
+                    tracing::warn!(listener = %name, error = %e, ?pause,
+                        consecutive_errors, "accept failed, backing off");
+                }
+                tokio::select! {
+                    () = stop.accepting.cancelled() => break,
+                    () = tokio::time::sleep(pause) => {}
+                }
+            }
+        }
+    }
+    tracing::info!(listener = %name, "listener stopped accepting");
+}
+
+/// Why an inbound PROXY header was refused.
+enum HeaderError {
+    Malformed(proxy_protocol::ParseError),
+    Timeout,
+    Closed,
+    Io(io::Error),
+}
+
+/// Read a PROXY header; returns the header and any payload bytes that came with it.
+async fn read_proxy_header(socket: &TcpStream) -> Result<(Header, Vec<u8>), HeaderError> {
+    let mut buf = vec![0u8; proxy_protocol::V2_MAX_LEN];
+    let mut len = 0;
+    let deadline = Instant::now() + PROXY_HEADER_TIMEOUT;
+    loop {
+        match tokio::time::timeout_at(deadline, socket.readable()).await {
+            Err(_) => return Err(HeaderError::Timeout),
+            Ok(Err(e)) => return Err(HeaderError::Io(e)),
+            Ok(Ok(())) => {}
+        }
+        match socket.try_read(&mut buf[len..]) {
+            Ok(0) => return Err(HeaderError::Closed),
+            Ok(n) => len += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(HeaderError::Io(e)),
+        }
+        match proxy_protocol::parse(&buf[..len]) {
+            Ok(Parsed::Incomplete) if len < buf.len() => continue,
+            Ok(Parsed::Incomplete) => {
+                return Err(HeaderError::Malformed(
+                    proxy_protocol::ParseError::V2TooLong(len),
+                ))
+            }
+            Ok(Parsed::Complete { header, len: used }) => {
+                buf.copy_within(used..len, 0);
+                buf.truncate(len - used);
+                return Ok((header, buf));
+            }
+            Err(e) => return Err(HeaderError::Malformed(e)),
+        }
+    }
+}
+
+/// The whole life of one accepted connection.
+async fn handle(
+    client: TcpStream,
+    peer: SocketAddr,
+    listener_name: &str,
+    ctx: &Context,
+    stats: &ListenerStats,
+    stop: &Stop,
+) {
+    let started = Instant::now();
+    stats.total.inc();
+    let _active = GaugeGuard::new(&stats.active);
+    let _ = client.set_nodelay(true);
+    let snapshot = ctx.routing.load_full();
+    let Some(listener) = snapshot.listeners.get(listener_name) else {
+        return;
+    };
+    let local = client.local_addr().unwrap_or(peer);
+
+    let (mut origin, mut destination, early) = (peer, local, Vec::new());
+    let early = if listener.accept_proxy_protocol {
+        match read_proxy_header(&client).await {
+            Ok((header, early)) => {
+                if let Header::Proxied {
+                    source,
+                    destination: d,
+                } = header
+                {
+                    origin = source;
+                    destination = d;
+                }
+                early
+            }
+            Err(e) => {
+                let (counter, why) = match &e {
+                    HeaderError::Malformed(p) => (&stats.proxy_header_malformed, p.to_string()),
+                    HeaderError::Timeout => (&stats.proxy_header_timeout, "timeout".to_owned()),
+                    HeaderError::Closed => (&stats.proxy_header_closed, "closed".to_owned()),
+                    HeaderError::Io(e) => (&stats.proxy_header_closed, e.to_string()),
+                };
+                counter.inc();
+                tracing::warn!(listener = listener_name, client = %peer, error = why,
+                    "inbound PROXY header rejected, connection closed");
+                return;
+            }
+        }
+    } else {
+        early
+    };
+
+    let Some(pool) = snapshot.pools.get(listener.pool.as_str()) else {
+        stats.rejected_no_backend.inc();
+        return;
+    };
+    let connected = match connect::connect(pool, listener, origin.ip(), &*ctx.health).await {
+        Ok(c) => c,
+        Err(e) => {
+            stats.rejected_no_backend.inc();
+            tracing::warn!(listener = listener_name, client = %origin, error = %e,
+                "no backend connection, client closed");
+            return;
+        }
+    };
+    let backend = connected.backend;
+    let mut upstream = connected.stream;
+    backend.stats.total.inc();
+    let _backend_active = GaugeGuard::new(&backend.stats.active);
+
+    let mut preamble = Vec::new();
+    let header = Header::Proxied {
+        source: origin,
+        destination,
+    };
+    match listener.proxy_protocol {
+        ProxyProtocol::Off => {}
+        ProxyProtocol::V1 => proxy_protocol::encode_v1(&header, &mut preamble),
+        ProxyProtocol::V2 => proxy_protocol::encode_v2(&header, &mut preamble),
+    }
+    preamble.extend_from_slice(&early);
+    if !preamble.is_empty() {
+        if let Err(e) = upstream.write_all(&preamble).await {
+            tracing::warn!(listener = listener_name, backend = %backend.name, error = %e,
+                "writing the preamble to the backend failed");
+            stats.closed(CloseReason::Backend).inc();
+            return;
+        }
+        backend.stats.bytes_to_backend.inc_by(early.len() as u64);
+    }
+    drop(preamble);
+    drop(early);
+
+    let stop_connections = stop.connections.clone();
+    let outcome = forward::forward(
+        &client,
+        &upstream,
+        listener.idle_timeout,
+        &ctx.plane,
+        (
+            &backend.stats.bytes_to_backend,
+            &backend.stats.bytes_to_client,
+        ),
+        async move {
+            stop_connections.cancelled().await;
+            CloseReason::Shutdown
+        },
+    )
+    .await;
+    stats.closed(outcome.reason).inc();
+    tracing::info!(
+        client = %origin,
+        listener = listener_name,
+        backend = %backend.name,
+        backend_addr = %backend.addr,
+        bytes_to_backend = outcome.to_backend,
+        bytes_to_client = outcome.to_client,
+        duration_ms = started.elapsed().as_millis() as u64,
+        reason = outcome.reason.as_str(),
+        "connection closed"
+    );
+}

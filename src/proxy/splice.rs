@@ -1,0 +1,196 @@
+//! Zero-copy plumbing for Linux: `splice(2)` between a socket and a pipe, and the bounded pool
+//! that pipes are leased from. A pipe is leased only while bytes are in flight and comes back
+//! empty, so idle connections hold none (unprivileged users get few pipe pages). This is the only
+//! module with `unsafe`; it knows nothing about connections, balancing or timeouts.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use prometheus::IntGauge;
+
+/// Default cap on pipes leased at once: 1024 pipes of 16 pages fit the default per-user soft limit
+/// (`fs.pipe-user-pages-soft` = 16384 pages) so an unprivileged warren never gets shrunken pipes.
+pub const DEFAULT_MAX_LEASED: usize = 1024;
+/// Empty pipes kept for reuse, to save two syscalls per bulk burst.
+const MAX_IDLE: usize = 128;
+
+/// A pipe used as the in-kernel buffer of one direction of one connection.
+pub struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+    /// Bytes spliced in and not yet spliced out.
+    pub pending: usize,
+    /// How many bytes the pipe holds when full.
+    pub capacity: usize,
+}
+
+impl Pipe {
+    fn new() -> io::Result<Pipe> {
+        let mut fds = [0 as RawFd; 2];
+        // SAFETY: `fds` is a valid, writable array of two descriptors, as pipe2 requires.
+        let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // SAFETY: F_GETPIPE_SZ takes no argument and only reads the pipe's size.
+        let size = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_GETPIPE_SZ) };
+        let capacity = if size > 0 { size as usize } else { 65536 };
+        Ok(Pipe {
+            read,
+            write,
+            pending: 0,
+            capacity,
+        })
+    }
+
+    /// Move up to `len` bytes from socket `from` into the pipe.
+    pub fn fill_from(&mut self, from: RawFd, len: usize) -> io::Result<usize> {
+        let n = splice(from, self.write.as_raw_fd(), len)?;
+        self.pending += n;
+        Ok(n)
+    }
+
+    /// Move pending bytes from the pipe into socket `to`.
+    pub fn drain_to(&mut self, to: RawFd) -> io::Result<usize> {
+        let n = splice(self.read.as_raw_fd(), to, self.pending)?;
+        self.pending -= n;
+        Ok(n)
+    }
+}
+
+fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    // SAFETY: plain descriptors and null offsets (sockets and pipes have no file position);
+    // the kernel validates the descriptors and returns EBADF/EINVAL otherwise.
+    let n = unsafe {
+        libc::splice(
+            from,
+            std::ptr::null_mut(),
+            to,
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Is this splice error a reason to use the copy path rather than a connection error?
+pub fn is_unsupported(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::EINVAL | libc::ENOSYS | libc::EPERM | libc::EOPNOTSUPP)
+    )
+}
+
+/// Bounded pool of pipes shared by every connection.
+pub struct PipePool {
+    idle: Mutex<Vec<Pipe>>,
+    leased: AtomicUsize,
+    max_leased: usize,
+    /// Exported as `warren_splice_pipes_leased`.
+    gauge: IntGauge,
+}
+
+/// Why no pipe could be leased.
+#[derive(Debug)]
+pub enum LeaseError {
+    /// `max_leased` pipes are in use.
+    Exhausted,
+    /// The kernel refused a new pipe (EMFILE, ENFILE, ENOMEM).
+    Os(io::Error),
+}
+
+impl PipePool {
+    /// A pool that leases at most `max_leased` pipes at once.
+    pub fn new(max_leased: usize, gauge: IntGauge) -> Arc<PipePool> {
+        Arc::new(PipePool {
+            idle: Mutex::new(Vec::new()),
+            leased: AtomicUsize::new(0),
+            max_leased,
+            gauge,
+        })
+    }
+
+    /// Take a pipe for one burst of bytes; give it back with [`PipePool::give_back`].
+    pub fn lease(&self) -> Result<Pipe, LeaseError> {
+        if self.leased.fetch_add(1, Ordering::Relaxed) >= self.max_leased {
+            self.leased.fetch_sub(1, Ordering::Relaxed);
+            return Err(LeaseError::Exhausted);
+        }
+        let reused = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let pipe = match reused {
+            Some(pipe) => pipe,
+            None => Pipe::new().map_err(|e| {
+                self.leased.fetch_sub(1, Ordering::Relaxed);
+                LeaseError::Os(e)
+            })?,
+        };
+        self.gauge.inc();
+        Ok(pipe)
+    }
+
+    /// Return a leased pipe; one that still holds bytes is closed instead of reused.
+    pub fn give_back(&self, pipe: Pipe) {
+        self.leased.fetch_sub(1, Ordering::Relaxed);
+        self.gauge.dec();
+        if pipe.pending == 0 {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            if idle.len() < MAX_IDLE {
+                idle.push(pipe);
+            }
+        }
+    }
+
+    /// Pipes leased right now.
+    pub fn leased(&self) -> usize {
+        self.leased.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn lease_is_bounded_and_counted() {
+        let pool = PipePool::new(2, IntGauge::new("g", "g").unwrap());
+        let a = pool.lease().unwrap();
+        let b = pool.lease().unwrap();
+        assert!(matches!(pool.lease(), Err(LeaseError::Exhausted)));
+        assert_eq!(pool.leased(), 2);
+        assert_eq!(pool.gauge.get(), 2);
+        pool.give_back(a);
+        pool.give_back(b);
+        assert_eq!(pool.leased(), 0);
+        assert_eq!(pool.gauge.get(), 0);
+        assert_eq!(pool.idle.lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn splice_moves_bytes_through_a_pipe() {
+        let (mut a, b) = UnixStream::pair().unwrap();
+        let (c, mut d) = UnixStream::pair().unwrap();
+        b.set_nonblocking(true).unwrap();
+        a.write_all(b"hello splice").unwrap();
+        let mut pipe = Pipe::new().unwrap();
+        assert_eq!(pipe.fill_from(b.as_raw_fd(), 1 << 16).unwrap(), 12);
+        assert_eq!(pipe.pending, 12);
+        assert_eq!(pipe.drain_to(c.as_raw_fd()).unwrap(), 12);
+        assert_eq!(pipe.pending, 0);
+        let mut got = [0u8; 12];
+        d.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"hello splice");
+        let err = pipe.fill_from(b.as_raw_fd(), 1 << 16).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+    }
+}

@@ -1,0 +1,290 @@
+//! The shared routing view: one [`ArcSwap`] snapshot that holds every listener's settings and
+//! every pool's backends with their health and admin state, so the data path sees a consistent
+//! picture with a single `load()`. Writers (health, admin, reload) go through [`Routing`]'s
+//! methods, which rebuild and publish a new snapshot under one lock. Per-backend counters live in
+//! [`BackendStats`], shared across snapshots, because they change per connection, not per event.
+//! This module owns no sockets and no timers.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use prometheus::{Histogram, IntCounter, IntGauge};
+
+use crate::balance::{self, Selector};
+use crate::config::{Config, ListenerConfig};
+use crate::metrics::Metrics;
+
+/// A backend's health as probes and passive checks see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// No verdict yet (before the first probe); counts as available.
+    Unknown,
+    Up,
+    Down,
+}
+
+/// The operator's admin state of a backend (separate from health).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminState {
+    Active,
+    Draining,
+    Drained,
+}
+
+impl AdminState {
+    /// The label used by the API, metrics and the state file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminState::Active => "active",
+            AdminState::Draining => "draining",
+            AdminState::Drained => "drained",
+        }
+    }
+}
+
+/// Counters of one backend, kept across snapshots and reloads (keyed by pool + name).
+pub struct BackendStats {
+    /// Open proxied connections; also what least_conn and random_two balance on.
+    pub active: IntGauge,
+    pub total: IntCounter,
+    pub bytes_to_backend: IntCounter,
+    pub bytes_to_client: IntCounter,
+    pub connect_duration: Histogram,
+    pub failures_refused: IntCounter,
+    pub failures_timeout: IntCounter,
+    pub failures_other: IntCounter,
+    pub up: IntGauge,
+}
+
+impl BackendStats {
+    fn new(metrics: &Metrics, pool: &str, backend: &str) -> BackendStats {
+        let pb = [pool, backend];
+        let failures = |reason| {
+            metrics
+                .backend_connect_failures_total
+                .with_label_values(&[pool, backend, reason])
+        };
+        let bytes = |direction| {
+            metrics
+                .backend_bytes_total
+                .with_label_values(&[pool, backend, direction])
+        };
+        BackendStats {
+            active: metrics.backend_connections_active.with_label_values(&pb),
+            total: metrics.backend_connections_total.with_label_values(&pb),
+            bytes_to_backend: bytes("to_backend"),
+            bytes_to_client: bytes("to_client"),
+            connect_duration: metrics
+                .backend_connect_duration_seconds
+                .with_label_values(&pb),
+            failures_refused: failures("refused"),
+            failures_timeout: failures("timeout"),
+            failures_other: failures("other"),
+            up: metrics.backend_up.with_label_values(&pb),
+        }
+    }
+}
+
+/// One backend as the data path sees it in a snapshot.
+#[derive(Clone)]
+pub struct BackendRoute {
+    pub name: Arc<str>,
+    pub addr: SocketAddr,
+    pub weight: u32,
+    pub backup: bool,
+    /// Stable identity for source_hash.
+    pub key: u64,
+    pub health: Health,
+    pub admin: AdminState,
+    pub stats: Arc<BackendStats>,
+}
+
+impl BackendRoute {
+    /// May this backend take new connections?
+    pub fn available(&self) -> bool {
+        self.health != Health::Down && self.admin == AdminState::Active
+    }
+
+    fn node(&self) -> balance::Node {
+        balance::Node {
+            weight: self.weight,
+            backup: self.backup,
+            available: self.available(),
+            active: self.stats.active.get().max(0) as u64,
+            key: self.key,
+        }
+    }
+}
+
+/// One pool in a snapshot.
+#[derive(Clone)]
+pub struct PoolRoute {
+    pub name: Arc<str>,
+    /// Kept across snapshots of the same pool so round-robin state survives health changes.
+    pub selector: Arc<Selector>,
+    pub backends: Vec<BackendRoute>,
+    /// Available primaries gauge.
+    available_gauge: IntGauge,
+}
+
+impl PoolRoute {
+    /// Backend indices in order of preference for a client.
+    pub fn candidates(&self, client: std::net::IpAddr) -> balance::Candidates {
+        let nodes: Vec<balance::Node> = self.backends.iter().map(BackendRoute::node).collect();
+        self.selector
+            .candidates(&nodes, client, &mut rand::thread_rng())
+    }
+
+    /// Backends that may take new connections now.
+    pub fn available_count(&self) -> usize {
+        self.backends.iter().filter(|b| b.available()).count()
+    }
+
+    /// The backend with this name.
+    pub fn backend(&self, name: &str) -> Option<&BackendRoute> {
+        self.backends.iter().find(|b| &*b.name == name)
+    }
+}
+
+/// The whole routing view: what one `load()` gives the data path.
+pub struct Snapshot {
+    pub listeners: HashMap<Arc<str>, Arc<ListenerConfig>>,
+    pub pools: HashMap<Arc<str>, PoolRoute>,
+}
+
+/// Owner of the published snapshot and of the per-backend state that survives rebuilds.
+pub struct Routing {
+    current: ArcSwap<Snapshot>,
+    /// Serialises writers so two events never publish from the same base and lose one.
+    writer: Mutex<()>,
+    metrics: Arc<Metrics>,
+}
+
+impl Routing {
+    /// Build the first snapshot from a config; every backend starts `Unknown` and `Active`.
+    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Routing {
+        let snapshot = build(config, None, &metrics);
+        publish_gauges(&snapshot, &metrics);
+        Routing {
+            current: ArcSwap::from_pointee(snapshot),
+            writer: Mutex::new(()),
+            metrics,
+        }
+    }
+
+    /// The current snapshot (the data path's only access).
+    pub fn load(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.current.load()
+    }
+
+    /// A full reference to the current snapshot, for long-lived holders.
+    pub fn load_full(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Set one backend's health; returns the previous value, or `None` if it does not exist.
+    pub fn set_health(&self, pool: &str, backend: &str, health: Health) -> Option<Health> {
+        self.update(pool, backend, |b| std::mem::replace(&mut b.health, health))
+    }
+
+    /// Set one backend's admin state; returns the previous value, or `None` if it does not exist.
+    pub fn set_admin(&self, pool: &str, backend: &str, admin: AdminState) -> Option<AdminState> {
+        self.update(pool, backend, |b| std::mem::replace(&mut b.admin, admin))
+    }
+
+    fn update<T>(
+        &self,
+        pool: &str,
+        backend: &str,
+        change: impl FnOnce(&mut BackendRoute) -> T,
+    ) -> Option<T> {
+        let _guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.current.load_full();
+        let mut pools = old.pools.clone();
+        let target = pools
+            .get_mut(pool)?
+            .backends
+            .iter_mut()
+            .find(|b| &*b.name == backend)?;
+        let before = change(target);
+        let next = Snapshot {
+            listeners: old.listeners.clone(),
+            pools,
+        };
+        publish_gauges(&next, &self.metrics);
+        self.current.store(Arc::new(next));
+        Some(before)
+    }
+}
+
+/// Build a snapshot from a config, carrying stats and selectors over from `previous` by name.
+fn build(config: &Config, previous: Option<&Snapshot>, metrics: &Metrics) -> Snapshot {
+    let listeners = config
+        .listeners
+        .iter()
+        .map(|l| (Arc::from(l.name.as_str()), Arc::new(l.clone())))
+        .collect();
+    let pools = config
+        .pools
+        .iter()
+        .map(|p| {
+            let old = previous.and_then(|s| s.pools.get(p.name.as_str()));
+            let backends = p
+                .backends
+                .iter()
+                .map(|b| {
+                    let old_b = old.and_then(|o| o.backend(&b.name));
+                    BackendRoute {
+                        name: Arc::from(b.name.as_str()),
+                        addr: b.addr,
+                        weight: b.weight,
+                        backup: b.backup,
+                        key: balance::stable_hash(format!("{}/{}", p.name, b.name).as_bytes()),
+                        health: old_b.map_or(Health::Unknown, |o| o.health),
+                        admin: old_b.map_or(AdminState::Active, |o| o.admin),
+                        stats: old_b.map_or_else(
+                            || Arc::new(BackendStats::new(metrics, &p.name, &b.name)),
+                            |o| o.stats.clone(),
+                        ),
+                    }
+                })
+                .collect();
+            let selector = match old {
+                Some(o) if o.selector.balance() == p.balance => o.selector.clone(),
+                _ => Arc::new(Selector::new(p.balance)),
+            };
+            let name: Arc<str> = Arc::from(p.name.as_str());
+            let route = PoolRoute {
+                name: name.clone(),
+                selector,
+                backends,
+                available_gauge: metrics
+                    .pool_available_backends
+                    .with_label_values(&[&p.name]),
+            };
+            (name, route)
+        })
+        .collect();
+    Snapshot { listeners, pools }
+}
+
+fn publish_gauges(snapshot: &Snapshot, metrics: &Metrics) {
+    for pool in snapshot.pools.values() {
+        pool.available_gauge.set(pool.available_count() as i64);
+        for b in &pool.backends {
+            b.stats.up.set(i64::from(b.health != Health::Down));
+            for state in [
+                AdminState::Active,
+                AdminState::Draining,
+                AdminState::Drained,
+            ] {
+                metrics
+                    .backend_admin_state
+                    .with_label_values(&[&pool.name, &b.name, state.as_str()])
+                    .set(i64::from(b.admin == state));
+            }
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! Config loading as an operator meets it: one test per error class, each checking that the
+//! message names the file, the key path and the bad value; and the shipped example configs load.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use warren::config::{self, Balance, ConfigError, Probe};
+
+/// A file in the temp dir, removed on drop; named per test so parallel tests never share one.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(name: &str, bytes: &[u8]) -> TempFile {
+        let path =
+            std::env::temp_dir().join(format!("warren-config-{}-{name}", std::process::id()));
+        std::fs::write(&path, bytes).expect("write temp config");
+        TempFile(path)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+const VALID: &str = r#"
+[[listener]]
+name = "amqp"
+listen = "127.0.0.1:5672"
+pool = "rabbitmq"
+
+[pool.rabbitmq]
+
+[[pool.rabbitmq.backend]]
+name = "rabbit-a"
+addr = "127.0.0.1:5673"
+"#;
+
+fn example(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("config")
+        .join(name)
+}
+
+#[test]
+fn example_config_loads() {
+    let path = example("warren.toml");
+    let config = config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        config.summary(),
+        format!(
+            "{}: ok: 1 listener, 1 pool, 2 backends, 0 hooks",
+            path.display()
+        )
+    );
+    let listener = &config.listeners[0];
+    assert_eq!(listener.name, "amqp");
+    assert_eq!(listener.listen, "0.0.0.0:5672".parse().unwrap());
+    assert_eq!(listener.connect_timeout, Duration::from_secs(5));
+    assert_eq!(listener.idle_timeout, Duration::from_secs(120));
+    let pool = config.pool(&listener.pool).expect("the listener's pool");
+    assert_eq!(pool.balance, Balance::RoundRobin);
+    assert_eq!(pool.health.as_ref().map(|h| &h.probe), Some(&Probe::Tcp));
+    let addrs: Vec<String> = pool.backends.iter().map(|b| b.addr.to_string()).collect();
+    assert_eq!(addrs, ["127.0.0.1:5673", "127.0.0.1:5674"]);
+    assert_eq!(
+        config.admin.map(|a| a.listen),
+        Some("127.0.0.1:9901".parse().unwrap())
+    );
+}
+
+#[test]
+fn nginx_equivalent_config_loads() {
+    let path = example("quickstart-nginx-equivalent.toml");
+    let config = config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let listener = &config.listeners[0];
+    assert_eq!(
+        (listener.connect_timeout, listener.idle_timeout),
+        (Duration::from_secs(5), Duration::from_secs(120))
+    );
+    assert_eq!(config.pool("rabbits").unwrap().backends.len(), 2);
+    assert!(config.admin.is_none());
+}
+
+#[test]
+fn valid_file_loads_and_records_its_source() {
+    let file = TempFile::new("valid.toml", VALID.as_bytes());
+    let config = config::load(&file.0).unwrap();
+    assert_eq!(config.source.as_deref(), Some(file.0.as_path()));
+}
+
+#[test]
+fn missing_file_is_a_read_error() {
+    let path = Path::new("/nonexistent/warren.toml");
+    let err = config::load(path).unwrap_err();
+    assert!(matches!(err, ConfigError::Read { .. }), "{err:?}");
+    let message = err.to_string();
+    assert!(
+        message.starts_with("/nonexistent/warren.toml: cannot read: "),
+        "{message}"
+    );
+}
+
+#[test]
+fn non_utf8_file_is_reported_with_its_position() {
+    let mut bytes = VALID.as_bytes().to_vec();
+    let at = VALID.find("rabbit-a").unwrap();
+    bytes[at] = 0xff;
+    let file = TempFile::new("latin1.toml", &bytes);
+    let err = config::load(&file.0).unwrap_err();
+    let line = VALID[..at].matches('\n').count() + 1;
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}:{line}:9: is not valid UTF-8 (byte offset {at})",
+            file.0.display()
+        )
+    );
+}
+
+#[test]
+fn toml_syntax_error_names_line_key_and_text() {
+    let text = VALID.replace("\"127.0.0.1:5672\"", "127.0.0.1:5672");
+    let err = config::from_toml(&text, Path::new("warren.toml")).unwrap_err();
+    assert!(matches!(err, ConfigError::Parse { .. }), "{err:?}");
+    let message = err.to_string();
+    assert!(
+        message.starts_with("warren.toml:4:"),
+        "no file:line in {message}"
+    );
+    assert!(
+        message.contains("listener[0].listen"),
+        "no key in {message}"
+    );
+    assert!(
+        message.contains("`listen = 127.0.0.1:5672`"),
+        "no value in {message}"
+    );
+}
+
+#[test]
+fn unknown_key_names_the_key_and_where_it_is() {
+    let text = format!("{VALID}wieght = 2\n");
+    let err = config::from_toml(&text, Path::new("warren.toml")).unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.starts_with(
+            "warren.toml:12:1: pool.rabbitmq.backend[0].wieght: unknown field `wieght`"
+        ),
+        "{message}"
+    );
+    assert!(
+        message.contains("`weight`"),
+        "lists the valid keys: {message}"
+    );
+}
+
+#[test]
+fn wrong_type_names_the_key_and_the_value() {
+    let text = format!("{VALID}weight = \"heavy\"\n");
+    let err = config::from_toml(&text, Path::new("warren.toml")).unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.starts_with(
+            "warren.toml:12:10: pool.rabbitmq.backend[0].weight: invalid type: string \"heavy\""
+        ),
+        "{message}"
+    );
+}
+
+#[test]
+fn validation_problems_are_all_listed_one_per_line() {
+    let text = VALID
+        .replace("\"127.0.0.1:5673\"", "\"::1:5673\"")
+        .replace("pool = \"rabbitmq\"", "pool = \"rabbit\"");
+    let file = TempFile::new("invalid.toml", text.as_bytes());
+    let err = config::load(&file.0).unwrap_err();
+    let f = file.0.display();
+    let expected = [
+        format!("{f}:5: listener[0].pool = \"rabbit\": no such pool; defined pools: \"rabbitmq\""),
+        format!(
+            "{f}:11: pool.rabbitmq.backend[0].addr = \"::1:5673\": IPv6 addresses need \
+             brackets: write \"[::1]:5673\""
+        ),
+    ];
+    assert_eq!(err.problems(), expected);
+    assert_eq!(err.to_string(), expected.join("\n"));
+}
+
+#[test]
+fn validation_problem_without_a_line_still_names_file_and_key() {
+    let err = config::from_toml("[pool.p]\n", Path::new("empty.toml")).unwrap_err();
+    assert_eq!(
+        err.problems(),
+        [
+            "empty.toml:1: pool.p.backend: the pool has no backends; add at least one backend",
+            "empty.toml: listener: no [[listener]] is defined; warren needs at least one to \
+             accept connections",
+        ]
+    );
+}
+
+#[test]
+fn host_names_are_resolved_at_load_time() {
+    let text = VALID.replace("\"127.0.0.1:5673\"", "\"localhost:5673\"");
+    let config = config::from_toml(&text, Path::new("warren.toml")).unwrap();
+    let backend = &config.pool("rabbitmq").unwrap().backends[0];
+    assert_eq!((backend.host.as_str(), backend.port), ("localhost", 5673));
+    assert!(backend.addr.ip().is_loopback(), "{}", backend.addr);
+}
+
+#[test]
+fn quick_start_errors_name_the_flag_and_value() {
+    let err = config::quick_start("0.0.0.0:5672", &["10.0.0.1:99999".to_string()]).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "command line: --backend = \"10.0.0.1:99999\": port 99999 is out of range 1-65535"
+    );
+    let config = config::quick_start(
+        "0.0.0.0:5672",
+        &["127.0.0.1:5673".to_string(), "127.0.0.1:5674".to_string()],
+    )
+    .unwrap();
+    assert_eq!(
+        config.summary(),
+        "command line: ok: 1 listener, 1 pool, 2 backends, 0 hooks"
+    );
+}

@@ -55,7 +55,9 @@ async fn serve(
             return;
         }
     };
-    tracing::info!(addr = ?listener.local_addr().ok(), "admin API listening");
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "admin API listening");
+    }
     loop {
         let (socket, _) = tokio::select! {
             () = stop.cancelled() => return,

@@ -193,7 +193,9 @@ impl Server {
         let connections = TaskTracker::new();
         let accept_loops = TaskTracker::new();
         for (name, listener, max) in self.listeners {
-            tracing::info!(listener = %name, addr = ?listener.local_addr().ok(), "listening");
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(listener = %name, %addr, "listening");
+            }
             accept_loops.spawn(proxy::serve(
                 listener,
                 name,

@@ -1,0 +1,237 @@
+//! Helpers for integration tests: in-process warren servers, in-process backends on port 0,
+//! and waiting on conditions with deadlines.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use warren::config::{Balance, BackendConfig, Config, ListenerConfig, PoolConfig};
+use warren::metrics::Metrics;
+use warren::state::Routing;
+use warren::{Options, Server};
+
+/// A running in-process warren.
+pub struct Warren {
+    pub addr: SocketAddr,
+    pub metrics: Arc<Metrics>,
+    pub routing: Arc<Routing>,
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<()>,
+}
+
+impl Warren {
+    /// Start warren for `config` (listener addresses should use port 0).
+    pub fn start(config: Config, options: Options) -> Warren {
+        let server = Server::bind(&config, options).expect("warren binds");
+        let addr = server.listener_addrs()[0].1;
+        let metrics = server.metrics();
+        let routing = server.routing();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(server.run(shutdown.clone()));
+        Warren {
+            addr,
+            metrics,
+            routing,
+            shutdown,
+            task,
+        }
+    }
+
+    /// The value of one metric series in the text exposition, e.g.
+    /// `warren_listener_rejected_total{listener="default",reason="max_connections"}`.
+    pub fn metric(&self, series: &str) -> f64 {
+        metric_value(&self.metrics.encode(), series)
+    }
+
+    /// Stop and wait for `run` to return.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("warren stops within 10s")
+            .expect("warren task did not panic");
+    }
+}
+
+/// Find `series` (name with labels exactly as exported) in a Prometheus text exposition; 0 if absent.
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok())?
+        })
+        .unwrap_or(0.0)
+}
+
+/// A backend pool entry for a config.
+pub fn backend(name: &str, addr: SocketAddr) -> BackendConfig {
+    BackendConfig {
+        name: name.to_string(),
+        host: addr.ip().to_string(),
+        port: addr.port(),
+        addr,
+        weight: 1,
+        backup: false,
+    }
+}
+
+/// One listener "default" on 127.0.0.1:0 → pool "default" with these backends.
+pub fn config(balance: Balance, backends: Vec<BackendConfig>) -> Config {
+    let listener = ListenerConfig::default_for("default", "127.0.0.1:0".parse().unwrap(), "default");
+    Config {
+        source: None,
+        admin: None,
+        listeners: vec![listener],
+        pools: vec![PoolConfig {
+            name: "default".into(),
+            balance,
+            min_available: 1,
+            health: None,
+            backends,
+        }],
+        hooks: vec![],
+    }
+}
+
+/// Change the single listener of a config.
+pub fn with_listener(mut config: Config, f: impl FnOnce(&mut ListenerConfig)) -> Config {
+    f(&mut config.listeners[0]);
+    config
+}
+
+/// An in-process backend on 127.0.0.1:0.
+pub struct Backend {
+    pub addr: SocketAddr,
+    /// Connections accepted so far.
+    pub accepted: Arc<AtomicUsize>,
+    /// Connections open now.
+    pub open: Arc<AtomicUsize>,
+    pub task: JoinHandle<()>,
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A backend that runs `serve` for each accepted connection.
+pub async fn spawn_backend<F, Fut>(serve: F) -> Backend
+where
+    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let open = Arc::new(AtomicUsize::new(0));
+    let serve = Arc::new(serve);
+    let (a, o) = (accepted.clone(), open.clone());
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((socket, _)) = listener.accept().await else {
+                continue;
+            };
+            a.fetch_add(1, Ordering::SeqCst);
+            o.fetch_add(1, Ordering::SeqCst);
+            let (serve, o) = (serve.clone(), o.clone());
+            tokio::spawn(async move {
+                serve(socket).await;
+                o.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    Backend {
+        addr,
+        accepted,
+        open,
+        task,
+    }
+}
+
+/// Echo every byte back; on EOF from the client, shut down the write side.
+pub async fn echo(mut socket: TcpStream) {
+    let (mut r, mut w) = socket.split();
+    let _ = tokio::io::copy(&mut r, &mut w).await;
+    let _ = w.shutdown().await;
+}
+
+/// A backend that writes its one-byte `id` on connect, then echoes.
+pub async fn spawn_tagged(id: u8) -> Backend {
+    spawn_backend(move |mut s| async move {
+        if s.write_all(&[id]).await.is_ok() {
+            echo(s).await;
+        }
+    })
+    .await
+}
+
+/// Connect through warren and read the backend's id byte.
+pub async fn which_backend(addr: SocketAddr) -> (u8, TcpStream) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut id = [0u8; 1];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut id))
+        .await
+        .expect("backend id within 5s")
+        .expect("backend id read");
+    (id[0], s)
+}
+
+/// Poll `cond` every 10 ms until it holds or `within` passes; panics with `what` on timeout.
+pub async fn wait_for(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A port on 127.0.0.1 where nothing listens (bound then closed, so connects are refused).
+pub fn refused_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    addr
+}
+
+/// A peer that never answers SYN: a listener whose accept queue is full and never drained.
+/// Linux drops SYNs to a listener with a full queue, so connects hang as against a dropped packet.
+pub struct SilentPeer {
+    pub addr: SocketAddr,
+    _listener: socket2::Socket,
+    _fillers: Vec<std::net::TcpStream>,
+}
+
+pub fn silent_peer() -> SilentPeer {
+    use socket2::{Domain, Socket, Type};
+    let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    listener
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    listener.listen(0).unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap().as_socket().unwrap();
+    let mut fillers = Vec::new();
+    // Fill the queue: connect until a connect no longer completes quickly.
+    for _ in 0..16 {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            Ok(s) => fillers.push(s),
+            Err(_) => break,
+        }
+    }
+    SilentPeer {
+        addr,
+        _listener: listener,
+        _fillers: fillers,
+    }
+}

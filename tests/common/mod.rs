@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use warren::config::{Balance, BackendConfig, Config, ListenerConfig, PoolConfig};
+use warren::config::{BackendConfig, Balance, Config, ListenerConfig, PoolConfig};
 use warren::metrics::Metrics;
 use warren::state::Routing;
 use warren::{Options, Server};
@@ -85,7 +85,8 @@ pub fn backend(name: &str, addr: SocketAddr) -> BackendConfig {
 
 /// One listener "default" on 127.0.0.1:0 → pool "default" with these backends.
 pub fn config(balance: Balance, backends: Vec<BackendConfig>) -> Config {
-    let listener = ListenerConfig::default_for("default", "127.0.0.1:0".parse().unwrap(), "default");
+    let listener =
+        ListenerConfig::default_for("default", "127.0.0.1:0".parse().unwrap(), "default");
     Config {
         source: None,
         admin: None,
@@ -233,5 +234,13 @@ pub fn silent_peer() -> SilentPeer {
         addr,
         _listener: listener,
         _fillers: fillers,
+    }
+}
+
+/// Options for tests: a short grace period so `stop()` does not wait for held connections.
+pub fn quick() -> Options {
+    Options {
+        shutdown_grace: Duration::from_millis(200),
+        ..Options::default()
     }
 }

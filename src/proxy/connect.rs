@@ -185,3 +185,26 @@ pub async fn connect<'a>(
         last,
     })
 }
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_errors_are_not_the_backends_fault() {
+        let os = io::Error::from_raw_os_error;
+        for (errno, local, exhaustion) in [
+            (libc::EADDRNOTAVAIL, true, false),
+            (libc::EMFILE, true, true),
+            (libc::ENFILE, true, true),
+            (libc::ENOBUFS, true, true),
+            (libc::ECONNREFUSED, false, false),
+            (libc::ETIMEDOUT, false, false),
+            (libc::EHOSTUNREACH, false, false),
+            (libc::ENETUNREACH, false, false),
+        ] {
+            assert_eq!(is_local(&os(errno)), local, "errno {errno}");
+            assert_eq!(is_exhaustion(&os(errno)), exhaustion, "errno {errno}");
+        }
+    }
+}

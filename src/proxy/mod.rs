@@ -365,3 +365,19 @@ async fn handle(
         "connection closed"
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_backoff_grows_then_caps() {
+        let pauses: Vec<u64> = (1..=12)
+            .map(|n| accept_backoff(n).as_millis() as u64)
+            .collect();
+        assert_eq!(
+            pauses,
+            [10, 20, 40, 80, 160, 320, 500, 500, 500, 500, 500, 500]
+        );
+    }
+}

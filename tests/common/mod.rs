@@ -139,6 +139,8 @@ where
     let task = tokio::spawn(async move {
         loop {
             let Ok((socket, _)) = listener.accept().await else {
+                // EMFILE and friends: pause rather than spin (fd_limit lowers the limit).
+                tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             };
             a.fetch_add(1, Ordering::SeqCst);

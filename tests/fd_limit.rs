@@ -1,0 +1,121 @@
+//! At the descriptor limit the accept loop backs off instead of spinning, the failures are
+//! counted, no backend is blamed, and warren recovers as soon as descriptors are free again.
+//! Its own test binary because it lowers the process's RLIMIT_NOFILE.
+
+#![cfg(target_os = "linux")]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use warren::config::Balance;
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+fn cpu_seconds() -> f64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::uninit();
+    // SAFETY: getrusage writes a full rusage into the pointer it is given.
+    let usage = unsafe {
+        assert_eq!(libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()), 0);
+        usage.assume_init()
+    };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    t(usage.ru_utime) + t(usage.ru_stime)
+}
+
+fn set_soft_nofile(n: u64) -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write the struct we own.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        let old = lim.rlim_cur;
+        lim.rlim_cur = n;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+        old
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accept_backs_off_at_the_descriptor_limit_and_recovers() {
+    let b = spawn_backend(echo).await;
+    let warren = Warren::start(
+        config(Balance::RoundRobin, vec![backend("b", b.addr)]),
+        quick(),
+    );
+    // Leave room for a few proxied connections only (each costs 4 descriptors in this process:
+    // client, accepted socket, backend socket, backend's accepted socket).
+    let old = set_soft_nofile((open_fds() + 40) as u64);
+    let mut clients = Vec::new();
+    let mut refused_at_limit = 0;
+    for _ in 0..60 {
+        match TcpStream::connect(warren.addr).await {
+            Ok(s) => clients.push(s),
+            Err(_) => {
+                refused_at_limit += 1;
+                break;
+            }
+        }
+    }
+    println!(
+        "{} client sockets open before the limit (connect errors: {refused_at_limit})",
+        clients.len()
+    );
+    // warren is now at the limit: accept fails with EMFILE and must back off.
+    wait_for("accept errors counted", Duration::from_secs(5), || {
+        warren.metric(r#"warren_listener_rejected_total{listener="default",reason="accept_error"}"#)
+            >= 1.0
+    })
+    .await;
+    let cpu_before = cpu_seconds();
+    let window = Instant::now();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let cpu = cpu_seconds() - cpu_before;
+    let wall = window.elapsed().as_secs_f64();
+    let errors = warren
+        .metric(r#"warren_listener_rejected_total{listener="default",reason="accept_error"}"#);
+    println!("at the limit: {cpu:.3} CPU-s in {wall:.2}s, {errors} accept errors so far");
+    assert!(
+        cpu < 0.2 * wall,
+        "accept loop spins at the fd limit: {cpu:.3} CPU-s in {wall:.2}s"
+    );
+    assert!(errors < 100.0, "{errors} accept errors: no backoff");
+    assert_eq!(
+        warren.metric(r#"warren_backend_up{backend="b",pool="default"}"#),
+        1.0,
+        "a local error must not mark the backend down"
+    );
+
+    // Free descriptors: everything still queued and new connections work within a second.
+    clients.clear();
+    set_soft_nofile(old);
+    let recovered = Instant::now();
+    let mut s = tokio::time::timeout(Duration::from_secs(1), async {
+        loop {
+            if let Ok(mut s) = TcpStream::connect(warren.addr).await {
+                if s.write_all(b"back").await.is_ok() {
+                    let mut buf = [0u8; 4];
+                    if let Ok(Ok(_)) =
+                        tokio::time::timeout(Duration::from_millis(300), s.read_exact(&mut buf))
+                            .await
+                    {
+                        return s;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("warren serves again within 1s of descriptors being freed");
+    println!("recovered in {:?}", recovered.elapsed());
+    s.shutdown().await.unwrap();
+    warren.stop().await;
+}

@@ -366,10 +366,11 @@ fn rendezvous_score(node: &Node, client: u64) -> (f64, u64) {
 
 /// Weighted rendezvous (HRW) hashing of the client against each backend's key, best first.
 fn order_source_hash(nodes: &[Node], group: &mut [usize], client: u64) {
-    group.sort_unstable_by(|&a, &b| {
-        let (sa, ha) = rendezvous_score(&nodes[a], client);
-        let (sb, hb) = rendezvous_score(&nodes[b], client);
-        sb.total_cmp(&sa).then(hb.cmp(&ha)).then(a.cmp(&b))
+    // Scores are positive, so their bit patterns order like the floats; computing each once
+    // keeps large pools cheap (a comparator would recompute two logarithms per comparison).
+    group.sort_by_cached_key(|&i| {
+        let (score, h) = rendezvous_score(&nodes[i], client);
+        (std::cmp::Reverse(score.to_bits()), std::cmp::Reverse(h), i)
     });
 }
 

@@ -34,7 +34,7 @@ pub struct Metrics {
     pub splice_pipes_leased: IntGauge,
     /// Times a connection fell back from splice to copy, by reason.
     pub splice_fallbacks_total: IntCounterVec,
-    /// Inbound PROXY headers rejected (malformed, timeout, too long), by listener.
+    /// Inbound PROXY headers rejected, by listener and reason (malformed | timeout | closed).
     pub proxy_header_rejected_total: IntCounterVec,
 }
 

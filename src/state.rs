@@ -125,16 +125,27 @@ pub struct PoolRoute {
     /// Kept across snapshots of the same pool so round-robin state survives health changes.
     pub selector: Arc<Selector>,
     pub backends: Vec<BackendRoute>,
-    /// Available primaries gauge.
+    /// `warren_pool_available_backends`: available backends, backups included.
     available_gauge: IntGauge,
 }
 
 impl PoolRoute {
     /// Backend indices in order of preference for a client.
+    ///
+    /// When no backend is available by health, the admin-active ones are offered anyway (a
+    /// stale "down" must not refuse every client; NGINX likewise never takes the last server
+    /// out). Drained backends are never offered.
     pub fn candidates(&self, client: std::net::IpAddr) -> balance::Candidates {
-        let nodes: Vec<balance::Node> = self.backends.iter().map(BackendRoute::node).collect();
-        self.selector
-            .candidates(&nodes, client, &mut rand::thread_rng())
+        let mut nodes: Vec<balance::Node> = self.backends.iter().map(BackendRoute::node).collect();
+        let mut rng = rand::thread_rng();
+        let candidates = self.selector.candidates(&nodes, client, &mut rng);
+        if !candidates.is_empty() {
+            return candidates;
+        }
+        for (node, backend) in nodes.iter_mut().zip(&self.backends) {
+            node.available = backend.admin == AdminState::Active;
+        }
+        self.selector.candidates(&nodes, client, &mut rng)
     }
 
     /// Backends that may take new connections now.

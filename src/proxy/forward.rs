@@ -365,7 +365,11 @@ async fn pump(
             if lease.pipe.is_none() {
                 match lease.pool.lease() {
                     Ok(pipe) => lease.pipe = Some(pipe),
-                    Err(_) => plane.fallback_no_pipe.inc(),
+                    Err(_) => {
+                        // Copy this burst; the next large read tries for a pipe again.
+                        plane.fallback_no_pipe.inc();
+                        mode = Mode::Copy;
+                    }
                 }
             }
             if let Some(pipe) = lease.pipe.as_mut() {

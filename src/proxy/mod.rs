@@ -332,7 +332,9 @@ async fn handle(
             return;
         }
         backend.stats.bytes_to_backend.inc_by(early.len() as u64);
+        ctx.plane.to_backend.copy.inc_by(early.len() as u64);
     }
+    let early_bytes = early.len() as u64;
     drop(preamble);
     drop(early);
 
@@ -358,7 +360,7 @@ async fn handle(
         listener = listener_name,
         backend = %backend.name,
         backend_addr = %backend.addr,
-        bytes_to_backend = outcome.to_backend,
+        bytes_to_backend = outcome.to_backend + early_bytes,
         bytes_to_client = outcome.to_client,
         duration_ms = started.elapsed().as_millis() as u64,
         reason = outcome.reason.as_str(),

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Pass warren's tests on a fresh machine: install what the tests need (Debian/Ubuntu, as root),
+# then run every test target. Needs a Rust stable toolchain (https://rustup.rs).
+#
+#   bash scripts/test.sh            # from anywhere inside the repository
+#
+# Extra arguments are passed to `cargo test` (e.g. `bash scripts/test.sh -- --nocapture`).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+log() { printf '==> %s\n' "$*"; }
+
+APT_UPDATED=0
+apt_install() {
+    if [ "$APT_UPDATED" -eq 0 ]; then
+        apt-get update
+        APT_UPDATED=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@"
+}
+
+# System packages the tests use. Each entry: a command to look for, and the Debian packages
+# that provide it. Later test suites add theirs here (rabbitmq-server, nginx, haproxy).
+install_test_deps() {
+    local missing=()
+    if ! command -v setpriv >/dev/null 2>&1; then
+        missing+=(util-linux iproute2)
+    fi
+    if [ "${#missing[@]}" -eq 0 ]; then
+        log "test dependencies present"
+        return 0
+    fi
+    if [ "$(id -u)" -ne 0 ]; then
+        log "not root: skipping apt-get install of ${missing[*]} (tests that need them may fail)"
+        return 0
+    fi
+    if ! command -v apt-get >/dev/null 2>&1; then
+        log "no apt-get: install ${missing[*]} yourself (tests that need them may fail)"
+        return 0
+    fi
+    log "installing ${missing[*]}"
+    apt_install "${missing[@]}"
+}
+
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "cargo not found: install Rust stable with rustup (https://rustup.rs)" >&2
+    exit 1
+fi
+
+install_test_deps
+log "cargo test --all-targets"
+cargo test --all-targets "$@"

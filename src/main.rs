@@ -26,3 +26,8 @@ fn main() -> ExitCode {
         .init();
     warren::cli::run(cli)
 }
+
+/// jemalloc on Linux: see Cargo.toml for why (memory per idle connection).
+#[cfg(target_os = "linux")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

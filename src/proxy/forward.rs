@@ -10,17 +10,21 @@
 //! connection. This module knows nothing about balancing, health or listeners.
 
 use std::cell::RefCell;
-use std::future::Future;
+use std::future::{poll_fn, Future};
+
 use std::io;
 use std::net::Shutdown;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::pin::{pin, Pin};
+#[cfg(target_os = "linux")]
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use prometheus::IntCounter;
 use socket2::SockRef;
 use tokio::net::TcpStream;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use crate::metrics::ForwardCounters;
 
@@ -91,44 +95,6 @@ pub struct Outcome {
     pub to_client: u64,
 }
 
-/// State both directions of one connection share; atomics only because a task must be `Send`.
-struct Shared {
-    start: Instant,
-    /// Milliseconds since `start` of the last transfer in either direction.
-    last_activity_ms: AtomicU64,
-}
-
-impl Shared {
-    fn touch(&self) {
-        let ms = self.start.elapsed().as_millis() as u64;
-        self.last_activity_ms.store(ms, Ordering::Relaxed);
-    }
-
-    fn last_activity(&self) -> Instant {
-        self.start + Duration::from_millis(self.last_activity_ms.load(Ordering::Relaxed))
-    }
-}
-
-/// One direction's byte accounting.
-struct Tally<'a> {
-    counters: &'a ForwardCounters,
-    backend_bytes: &'a IntCounter,
-    total: AtomicU64,
-}
-
-impl Tally<'_> {
-    fn add(&self, n: usize, spliced: bool) {
-        let n = n as u64;
-        self.total.fetch_add(n, Ordering::Relaxed);
-        self.backend_bytes.inc_by(n);
-        if spliced {
-            self.counters.splice.inc_by(n);
-        } else {
-            self.counters.copy.inc_by(n);
-        }
-    }
-}
-
 /// How one direction ended.
 enum End {
     /// The reading side sent FIN and everything was delivered.
@@ -139,77 +105,147 @@ enum End {
     WriteFailed(io::Error),
 }
 
-/// Forward until both sides are done, the idle timeout passes, or `stop` resolves with a reason.
-pub async fn forward(
-    client: &TcpStream,
-    backend: &TcpStream,
+/// Forward until both sides are done, the idle timeout passes, or `stop` is cancelled (then the
+/// connection ends with `stop_reason`).
+///
+/// Both directions are plain state machines polled from one future: readiness is awaited with
+/// `poll_read_ready`/`poll_write_ready`, which keep their wakers inside the socket's registration,
+/// so an idle connection costs a few hundred bytes of task state.
+pub fn forward<'a>(
+    client: &'a TcpStream,
+    backend: &'a TcpStream,
     idle_timeout: Duration,
-    plane: &Plane,
-    backend_bytes: (&IntCounter, &IntCounter),
-    stop: impl Future<Output = CloseReason>,
-) -> Outcome {
-    let shared = Shared {
-        start: Instant::now(),
-        last_activity_ms: AtomicU64::new(0),
+    plane: &'a Plane,
+    backend_bytes: (&'a IntCounter, &'a IntCounter),
+    stop: &'a CancellationToken,
+    stop_reason: CloseReason,
+) -> impl Future<Output = Outcome> + Send + 'a {
+    let mut link = Forward {
+        client,
+        backend,
+        plane,
+        backend_bytes,
+        up: Direction::new(plane),
+        down: Direction::new(plane),
+        idle_timeout,
+        last_activity: Instant::now(),
+        stop_reason,
+        first_to_close: None,
     };
-    let up_tally = Tally {
-        counters: &plane.to_backend,
-        backend_bytes: backend_bytes.0,
-        total: AtomicU64::new(0),
-    };
-    let down_tally = Tally {
-        counters: &plane.to_client,
-        backend_bytes: backend_bytes.1,
-        total: AtomicU64::new(0),
-    };
-    let up = pump(client, backend, plane, &shared, &up_tally);
-    let down = pump(backend, client, plane, &shared, &down_tally);
-    let idle = tokio::time::sleep(idle_timeout);
-    tokio::pin!(up, down, idle, stop);
+    async move {
+        let mut idle = pin!(tokio::time::sleep(idle_timeout));
+        let mut stopped = pin!(stop.cancelled());
+        let reason = poll_fn(|cx| link.poll(cx, idle.as_mut(), stopped.as_mut())).await;
+        Outcome {
+            reason,
+            to_backend: link.up.total,
+            to_client: link.down.total,
+        }
+    }
+}
 
-    let (mut up_done, mut down_done) = (false, false);
-    let mut first_to_close = None;
-    let reason = loop {
-        tokio::select! {
-            end = &mut up, if !up_done => {
-                up_done = true;
+/// The state of one forwarded connection, in one place so the future stays small.
+struct Forward<'a> {
+    client: &'a TcpStream,
+    backend: &'a TcpStream,
+    plane: &'a Plane,
+    backend_bytes: (&'a IntCounter, &'a IntCounter),
+    up: Direction,
+    down: Direction,
+    idle_timeout: Duration,
+    last_activity: Instant,
+    stop_reason: CloseReason,
+    first_to_close: Option<CloseReason>,
+}
+
+impl Forward<'_> {
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut idle: Pin<&mut Sleep>,
+        stopped: Pin<&mut WaitForCancellationFuture<'_>>,
+    ) -> Poll<CloseReason> {
+        if stopped.poll(cx).is_ready() {
+            return Poll::Ready(self.stop_reason);
+        }
+        let (client, backend, plane) = (self.client, self.backend, self.plane);
+        let mut moved = false;
+        if !self.up.done {
+            let tally = Tally {
+                counters: &plane.to_backend,
+                backend_bytes: self.backend_bytes.0,
+            };
+            if let Poll::Ready(end) = self.up.poll(cx, client, backend, plane, &tally, &mut moved) {
+                self.up.done = true;
                 match end {
                     End::Eof => {
                         let _ = SockRef::from(backend).shutdown(Shutdown::Write);
-                        first_to_close.get_or_insert(CloseReason::Client);
+                        self.first_to_close.get_or_insert(CloseReason::Client);
                     }
-                    End::ReadFailed(e) => break failed(e, CloseReason::Client, backend),
-                    End::WriteFailed(e) => break failed(e, CloseReason::Backend, client),
+                    End::ReadFailed(e) => {
+                        return Poll::Ready(failed(e, CloseReason::Client, backend))
+                    }
+                    End::WriteFailed(e) => {
+                        return Poll::Ready(failed(e, CloseReason::Backend, client))
+                    }
                 }
             }
-            end = &mut down, if !down_done => {
-                down_done = true;
+        }
+        if !self.down.done {
+            let tally = Tally {
+                counters: &plane.to_client,
+                backend_bytes: self.backend_bytes.1,
+            };
+            if let Poll::Ready(end) = self
+                .down
+                .poll(cx, backend, client, plane, &tally, &mut moved)
+            {
+                self.down.done = true;
                 match end {
                     End::Eof => {
                         let _ = SockRef::from(client).shutdown(Shutdown::Write);
-                        first_to_close.get_or_insert(CloseReason::Backend);
+                        self.first_to_close.get_or_insert(CloseReason::Backend);
                     }
-                    End::ReadFailed(e) => break failed(e, CloseReason::Backend, client),
-                    End::WriteFailed(e) => break failed(e, CloseReason::Client, backend),
+                    End::ReadFailed(e) => {
+                        return Poll::Ready(failed(e, CloseReason::Backend, client))
+                    }
+                    End::WriteFailed(e) => {
+                        return Poll::Ready(failed(e, CloseReason::Client, backend))
+                    }
                 }
             }
-            () = &mut idle => {
-                let deadline = shared.last_activity() + idle_timeout;
-                if Instant::now() >= deadline {
-                    break CloseReason::Idle;
-                }
-                idle.as_mut().reset(deadline);
+        }
+        if self.up.done && self.down.done {
+            return Poll::Ready(self.first_to_close.unwrap_or(CloseReason::Client));
+        }
+        // One clock read per wake-up, and the timer is only re-armed when it fires.
+        if moved {
+            self.last_activity = Instant::now();
+        }
+        while idle.as_mut().poll(cx).is_ready() {
+            let deadline = self.last_activity + self.idle_timeout;
+            if Instant::now() >= deadline {
+                return Poll::Ready(CloseReason::Idle);
             }
-            reason = &mut stop => break reason,
+            idle.as_mut().reset(deadline);
         }
-        if up_done && down_done {
-            break first_to_close.unwrap_or(CloseReason::Client);
+        Poll::Pending
+    }
+}
+
+impl Drop for Forward<'_> {
+    fn drop(&mut self) {
+        // Pipes go back to the pool however the connection ended (one with bytes still in it
+        // is closed by the pool instead of reused).
+        #[cfg(target_os = "linux")]
+        if let Some(pool) = self.plane.pipes.as_deref() {
+            for pipe in [self.up.pipe.take(), self.down.pipe.take()]
+                .into_iter()
+                .flatten()
+            {
+                pool.give_back(pipe);
+            }
         }
-    };
-    Outcome {
-        reason,
-        to_backend: up_tally.total.load(Ordering::Relaxed),
-        to_client: down_tally.total.load(Ordering::Relaxed),
     }
 }
 
@@ -237,29 +273,6 @@ enum Mode {
     Copy,
     #[cfg(target_os = "linux")]
     Splice,
-}
-
-/// A pipe on loan for this direction; returned to the pool when dropped, also on cancellation.
-#[cfg(target_os = "linux")]
-struct Lease<'a> {
-    pool: &'a PipePool,
-    pipe: Option<Pipe>,
-}
-
-#[cfg(target_os = "linux")]
-impl Lease<'_> {
-    fn release(&mut self) {
-        if let Some(pipe) = self.pipe.take() {
-            self.pool.give_back(pipe);
-        }
-    }
-}
-
-#[cfg(target_os = "linux")]
-impl Drop for Lease<'_> {
-    fn drop(&mut self) {
-        self.release();
-    }
 }
 
 /// Outcome of one copy step done synchronously on the scratch buffer.
@@ -291,136 +304,216 @@ fn copy_step(from: &TcpStream, to: &TcpStream, backlog: &mut Vec<u8>) -> Step {
     })
 }
 
-/// Move bytes from `from` to `to` until `from` ends or either side fails.
-async fn pump(
-    from: &TcpStream,
-    to: &TcpStream,
-    plane: &Plane,
-    shared: &Shared,
-    tally: &Tally<'_>,
-) -> End {
-    let mut mode = Mode::Copy;
-    // Bytes read on the copy path that `to` could not take yet; empty (unallocated) when idle.
-    let mut backlog: Vec<u8> = Vec::new();
-    let mut sent = 0;
-    #[cfg(target_os = "linux")]
-    let mut lease = plane
-        .pipes
-        .as_deref()
-        .map(|pool| Lease { pool, pipe: None });
-    // Cleared for good when the kernel refuses splice on these sockets.
-    #[cfg(target_os = "linux")]
-    let mut splice_ok = lease.is_some();
-    #[cfg(target_os = "linux")]
-    use std::os::fd::AsRawFd;
+/// Where a direction's byte counts go.
+struct Tally<'a> {
+    counters: &'a ForwardCounters,
+    backend_bytes: &'a IntCounter,
+}
 
-    loop {
-        if sent < backlog.len() {
-            if let Err(e) = to.writable().await {
-                return End::WriteFailed(e);
-            }
-            match to.try_write(&backlog[sent..]) {
-                Ok(n) => {
-                    sent += n;
-                    tally.add(n, false);
-                    shared.touch();
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return End::WriteFailed(e),
-            }
-            if sent == backlog.len() {
-                backlog.clear();
-                sent = 0;
-            }
-            continue;
+/// One direction of a connection: where its bytes are and how it moves the next ones.
+/// Kept small: an idle connection holds two of these and little else.
+struct Direction {
+    mode: Mode,
+    done: bool,
+    /// Cleared when splice is off or the kernel refused it for these sockets.
+    splice_ok: bool,
+    /// How much of `backlog` was written already.
+    sent: u32,
+    /// Bytes read on the copy path that the writer could not take yet; unallocated when idle.
+    backlog: Vec<u8>,
+    total: u64,
+    /// The pipe on loan while spliced bytes are in flight.
+    #[cfg(target_os = "linux")]
+    pipe: Option<Pipe>,
+}
+
+impl Direction {
+    fn new(plane: &Plane) -> Self {
+        #[cfg(not(target_os = "linux"))]
+        let _ = plane;
+        Direction {
+            mode: Mode::Copy,
+            done: false,
+            #[cfg(target_os = "linux")]
+            splice_ok: plane.pipes.is_some(),
+            #[cfg(not(target_os = "linux"))]
+            splice_ok: false,
+            sent: 0,
+            backlog: Vec::new(),
+            total: 0,
+            #[cfg(target_os = "linux")]
+            pipe: None,
         }
+    }
+
+    fn count(&mut self, tally: &Tally<'_>, n: usize, spliced: bool) {
+        let n64 = n as u64;
+        self.total += n64;
+        tally.backend_bytes.inc_by(n64);
+        if spliced {
+            tally.counters.splice.inc_by(n64);
+        } else {
+            tally.counters.copy.inc_by(n64);
+        }
+    }
+
+    /// Return the (empty) pipe to the pool.
+    #[cfg(target_os = "linux")]
+    fn release(&mut self, plane: &Plane) {
+        if let (Some(pool), Some(pipe)) = (plane.pipes.as_deref(), self.pipe.take()) {
+            pool.give_back(pipe);
+        }
+    }
+
+    /// Move bytes from `from` to `to` until a side would block (Pending) or this direction ends.
+    /// Tokio's cooperative budget in the readiness polls keeps one busy connection from
+    /// starving others.
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &TcpStream,
+        to: &TcpStream,
+        plane: &Plane,
+        tally: &Tally<'_>,
+        moved: &mut bool,
+    ) -> Poll<End> {
         #[cfg(target_os = "linux")]
-        if let Some(pipe) = lease.as_mut().and_then(|l| l.pipe.as_mut()) {
-            if pipe.pending > 0 {
-                if let Err(e) = to.writable().await {
-                    return End::WriteFailed(e);
+        use std::os::fd::AsRawFd;
+        #[cfg(not(target_os = "linux"))]
+        let _ = plane;
+        loop {
+            if (self.sent as usize) < self.backlog.len() {
+                if let Err(e) = ready!(to.poll_write_ready(cx)) {
+                    return Poll::Ready(End::WriteFailed(e));
                 }
-                match to.try_io(tokio::io::Interest::WRITABLE, || {
-                    pipe.drain_to(to.as_raw_fd())
-                }) {
+                match to.try_write(&self.backlog[self.sent as usize..]) {
                     Ok(n) => {
-                        tally.add(n, true);
-                        shared.touch();
+                        // The backlog never exceeds the 64 KiB scratch buffer.
+                        self.sent += n as u32;
+                        self.count(tally, n, false);
+                        *moved = true;
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return End::WriteFailed(e),
+                    Err(e) => return Poll::Ready(End::WriteFailed(e)),
+                }
+                if self.sent as usize == self.backlog.len() {
+                    self.backlog.clear();
+                    self.sent = 0;
                 }
                 continue;
             }
-        }
-
-        // Nothing in flight: wait for the reading side.
-        if let Err(e) = from.readable().await {
-            return End::ReadFailed(e);
-        }
-
-        #[cfg(target_os = "linux")]
-        if mode == Mode::Splice {
-            let lease = lease.as_mut().expect("splice mode needs a pipe pool");
-            if lease.pipe.is_none() {
-                match lease.pool.lease() {
-                    Ok(pipe) => lease.pipe = Some(pipe),
-                    Err(_) => {
-                        // Copy this burst; the next large read tries for a pipe again.
-                        plane.fallback_no_pipe.inc();
-                        mode = Mode::Copy;
+            #[cfg(target_os = "linux")]
+            if let Some(pipe) = self.pipe.as_mut() {
+                if pipe.pending > 0 {
+                    if let Err(e) = ready!(to.poll_write_ready(cx)) {
+                        return Poll::Ready(End::WriteFailed(e));
                     }
-                }
-            }
-            if let Some(pipe) = lease.pipe.as_mut() {
-                // The pipe is empty here, so EAGAIN can only mean the socket is empty and it is
-                // right for try_io to clear the read readiness.
-                let capacity = pipe.capacity;
-                match from.try_io(tokio::io::Interest::READABLE, || {
-                    pipe.fill_from(from.as_raw_fd(), capacity)
-                }) {
-                    Ok(0) => return End::Eof,
-                    Ok(n) => {
-                        shared.touch();
-                        if n < COPY_BELOW {
-                            mode = Mode::Copy;
+                    match to.try_io(tokio::io::Interest::WRITABLE, || {
+                        pipe.drain_to(to.as_raw_fd())
+                    }) {
+                        Ok(n) => {
+                            self.count(tally, n, true);
+                            *moved = true;
                         }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Poll::Ready(End::WriteFailed(e)),
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => lease.release(),
-                    Err(e) if splice::is_unsupported(&e) => {
-                        tracing::debug!(error = %e, "splice refused, using copy");
-                        plane.fallback_unsupported.inc();
-                        lease.release();
-                        mode = Mode::Copy;
-                        splice_ok = false;
+                    if self.mode == Mode::Copy && self.pipe.as_ref().is_some_and(|p| p.pending == 0)
+                    {
+                        // Small frames again: hold no pipe on the copy path.
+                        self.release(plane);
                     }
-                    Err(e) => return End::ReadFailed(e),
+                    continue;
                 }
-                if lease.pipe.as_ref().is_some_and(|p| p.pending == 0) && mode == Mode::Copy {
-                    lease.release();
+            }
+
+            // Nothing in flight: wait for the reading side.
+            if let Err(e) = ready!(from.poll_read_ready(cx)) {
+                return Poll::Ready(End::ReadFailed(e));
+            }
+
+            #[cfg(target_os = "linux")]
+            if self.mode == Mode::Splice {
+                match self.splice_in(from, plane) {
+                    Some(Ok(0)) => return Poll::Ready(End::Eof),
+                    // The top of the loop drains the pipe before anything else is read.
+                    Some(Ok(_)) => {
+                        *moved = true;
+                        continue;
+                    }
+                    Some(Err(e)) => return Poll::Ready(End::ReadFailed(e)),
+                    // Socket empty (readiness cleared): the next poll_read_ready waits.
+                    None if self.mode == Mode::Splice => continue,
+                    // Back on the copy path with no pipe held.
+                    None => {}
                 }
-                continue;
+            }
+
+            match copy_step(from, to, &mut self.backlog) {
+                Step::Moved { read, written } => {
+                    self.count(tally, written, false);
+                    *moved = true;
+                    #[cfg(target_os = "linux")]
+                    if read >= SPLICE_FROM && self.splice_ok {
+                        self.mode = Mode::Splice;
+                    }
+                    let _ = read;
+                }
+                Step::Empty => {
+                    if self.backlog.capacity() > 0 {
+                        self.backlog = Vec::new();
+                    }
+                }
+                Step::Eof => return Poll::Ready(End::Eof),
+                Step::ReadErr(e) => return Poll::Ready(End::ReadFailed(e)),
+                Step::WriteErr(e) => return Poll::Ready(End::WriteFailed(e)),
             }
         }
+    }
 
-        match copy_step(from, to, &mut backlog) {
-            Step::Moved { read, written } => {
-                tally.add(written, false);
-                shared.touch();
-                #[cfg(target_os = "linux")]
-                if read >= SPLICE_FROM && splice_ok {
-                    mode = Mode::Splice;
+    /// Splice what `from` has into an empty pipe. `None` means "nothing moved, carry on": the
+    /// socket was empty (readiness cleared), or this direction went back to the copy path.
+    #[cfg(target_os = "linux")]
+    fn splice_in(&mut self, from: &TcpStream, plane: &Plane) -> Option<io::Result<usize>> {
+        use std::os::fd::AsRawFd;
+        let pool = plane.pipes.as_deref().filter(|_| self.splice_ok)?;
+        if self.pipe.is_none() {
+            match pool.lease() {
+                Ok(pipe) => self.pipe = Some(pipe),
+                Err(_) => {
+                    // Copy this burst; the next large read tries for a pipe again.
+                    plane.fallback_no_pipe.inc();
+                    self.mode = Mode::Copy;
+                    return None;
                 }
-                let _ = read;
             }
-            Step::Empty => {
-                if backlog.capacity() > 0 {
-                    backlog = Vec::new();
+        }
+        let pipe = self.pipe.as_mut()?;
+        let capacity = pipe.capacity;
+        // The pipe is empty here, so EAGAIN can only mean the socket is empty and it is right
+        // for try_io to clear the read readiness.
+        match from.try_io(tokio::io::Interest::READABLE, || {
+            pipe.fill_from(from.as_raw_fd(), capacity)
+        }) {
+            Ok(n) => {
+                if n > 0 && n < COPY_BELOW {
+                    self.mode = Mode::Copy;
                 }
+                Some(Ok(n))
             }
-            Step::Eof => return End::Eof,
-            Step::ReadErr(e) => return End::ReadFailed(e),
-            Step::WriteErr(e) => return End::WriteFailed(e),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.release(plane);
+                None
+            }
+            Err(e) if splice::is_unsupported(&e) => {
+                tracing::debug!(error = %e, "splice refused, using copy");
+                plane.fallback_unsupported.inc();
+                self.release(plane);
+                self.splice_ok = false;
+                self.mode = Mode::Copy;
+                None
+            }
+            Err(e) => Some(Err(e)),
         }
     }
 }

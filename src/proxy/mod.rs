@@ -17,7 +17,7 @@ use std::time::Duration;
 use prometheus::{IntCounter, IntGauge};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -26,7 +26,7 @@ use crate::config::ProxyProtocol;
 use crate::health::Observer;
 use crate::metrics::Metrics;
 use crate::proxy_protocol::{self, Header, Parsed};
-use crate::state::Routing;
+use crate::state::{BackendStats, Routing};
 use forward::{CloseReason, Plane};
 
 /// How long a client behind a balancer may take to send its PROXY header (NGINX's
@@ -170,12 +170,14 @@ pub async fn serve(
                 consecutive_errors = 0;
                 match limit.clone().try_acquire_owned() {
                     Ok(permit) => {
-                        let (ctx, stats, name, stop) =
-                            (ctx.clone(), stats.clone(), name.clone(), stop.clone());
-                        tracker.spawn(async move {
-                            handle(socket, peer, &name, &ctx, &stats, &stop).await;
-                            drop(permit);
-                        });
+                        let conn = Conn {
+                            listener: name.clone(),
+                            ctx: ctx.clone(),
+                            stats: stats.clone(),
+                            stop: stop.connections.clone(),
+                            _permit: permit,
+                        };
+                        tracker.spawn(handle(Box::new((socket, peer)), conn));
                     }
                     Err(_) => {
                         stats.rejected_max_connections.inc();
@@ -245,26 +247,84 @@ async fn read_proxy_header(socket: &TcpStream) -> Result<(Header, Vec<u8>), Head
     }
 }
 
-/// The whole life of one accepted connection.
-async fn handle(
+/// A client connection with its backend connection established and the preamble sent.
+struct Link {
     client: TcpStream,
-    peer: SocketAddr,
+    upstream: TcpStream,
+    /// The original client (from the inbound PROXY header when there is one).
+    origin: SocketAddr,
+    backend_name: Arc<str>,
+    backend_addr: SocketAddr,
+    backend: Arc<BackendStats>,
+    idle_timeout: Duration,
+    /// Payload that arrived with the inbound PROXY header, already sent to the backend.
+    early_bytes: u64,
+}
+
+/// What a connection task holds for its whole life besides its sockets.
+struct Conn {
+    listener: Arc<str>,
+    ctx: Arc<Context>,
+    stats: Arc<ListenerStats>,
+    /// Cancelled when the shutdown grace period is over.
+    stop: CancellationToken,
+    /// The listener's `max_connections` slot; released when the task ends.
+    _permit: OwnedSemaphorePermit,
+}
+
+/// The whole life of one accepted connection. Setting up runs in its own boxed future, freed
+/// before forwarding starts, and the accepted socket arrives boxed, so a long-lived idle
+/// connection keeps only what forwarding needs.
+async fn handle(accepted: Box<(TcpStream, SocketAddr)>, conn: Conn) {
+    let started = Instant::now();
+    let stats = &conn.stats;
+    stats.total.inc();
+    let _active = GaugeGuard::new(&stats.active);
+    let Some(link) = Box::pin(establish(accepted, &conn.listener, &conn.ctx, stats)).await else {
+        return;
+    };
+    let _backend_active = GaugeGuard::new(&link.backend.active);
+    let outcome = forward::forward(
+        &link.client,
+        &link.upstream,
+        link.idle_timeout,
+        &conn.ctx.plane,
+        (
+            &link.backend.bytes_to_backend,
+            &link.backend.bytes_to_client,
+        ),
+        &conn.stop,
+        CloseReason::Shutdown,
+    )
+    .await;
+    stats.closed(outcome.reason).inc();
+    tracing::info!(
+        client = %link.origin,
+        listener = &*conn.listener,
+        backend = %link.backend_name,
+        backend_addr = %link.backend_addr,
+        bytes_to_backend = outcome.to_backend + link.early_bytes,
+        bytes_to_client = outcome.to_client,
+        duration_ms = started.elapsed().as_millis() as u64,
+        reason = outcome.reason.as_str(),
+        "connection closed"
+    );
+}
+
+/// Inbound PROXY header, backend selection and connect, outbound preamble. `None` when the
+/// client was turned away (the reason is counted and logged here).
+async fn establish(
+    accepted: Box<(TcpStream, SocketAddr)>,
     listener_name: &str,
     ctx: &Context,
     stats: &ListenerStats,
-    stop: &Stop,
-) {
-    let started = Instant::now();
-    stats.total.inc();
-    let _active = GaugeGuard::new(&stats.active);
+) -> Option<Link> {
+    let (client, peer) = *accepted;
     let _ = client.set_nodelay(true);
     let snapshot = ctx.routing.load_full();
-    let Some(listener) = snapshot.listeners.get(listener_name) else {
-        return;
-    };
-    let local = client.local_addr().unwrap_or(peer);
+    let listener = snapshot.listeners.get(listener_name)?;
+    let (mut origin, mut destination) = (peer, client.local_addr().unwrap_or(peer));
 
-    let (mut origin, mut destination, early) = (peer, local, Vec::new());
     let early = if listener.accept_proxy_protocol {
         match read_proxy_header(&client).await {
             Ok((header, early)) => {
@@ -288,16 +348,16 @@ async fn handle(
                 counter.inc();
                 tracing::warn!(listener = listener_name, client = %peer, error = why,
                     "inbound PROXY header rejected, connection closed");
-                return;
+                return None;
             }
         }
     } else {
-        early
+        Vec::new()
     };
 
     let Some(pool) = snapshot.pools.get(listener.pool.as_str()) else {
         stats.rejected_no_backend.inc();
-        return;
+        return None;
     };
     let connected = match connect::connect(pool, listener, origin.ip(), &*ctx.health).await {
         Ok(c) => c,
@@ -305,13 +365,12 @@ async fn handle(
             stats.rejected_no_backend.inc();
             tracing::warn!(listener = listener_name, client = %origin, error = %e,
                 "no backend connection, client closed");
-            return;
+            return None;
         }
     };
     let backend = connected.backend;
     let mut upstream = connected.stream;
     backend.stats.total.inc();
-    let _backend_active = GaugeGuard::new(&backend.stats.active);
 
     let mut preamble = Vec::new();
     let header = Header::Proxied {
@@ -329,43 +388,21 @@ async fn handle(
             tracing::warn!(listener = listener_name, backend = %backend.name, error = %e,
                 "writing the preamble to the backend failed");
             stats.closed(CloseReason::Backend).inc();
-            return;
+            return None;
         }
         backend.stats.bytes_to_backend.inc_by(early.len() as u64);
         ctx.plane.to_backend.copy.inc_by(early.len() as u64);
     }
-    let early_bytes = early.len() as u64;
-    drop(preamble);
-    drop(early);
-
-    let stop_connections = stop.connections.clone();
-    let outcome = forward::forward(
-        &client,
-        &upstream,
-        listener.idle_timeout,
-        &ctx.plane,
-        (
-            &backend.stats.bytes_to_backend,
-            &backend.stats.bytes_to_client,
-        ),
-        async move {
-            stop_connections.cancelled().await;
-            CloseReason::Shutdown
-        },
-    )
-    .await;
-    stats.closed(outcome.reason).inc();
-    tracing::info!(
-        client = %origin,
-        listener = listener_name,
-        backend = %backend.name,
-        backend_addr = %backend.addr,
-        bytes_to_backend = outcome.to_backend + early_bytes,
-        bytes_to_client = outcome.to_client,
-        duration_ms = started.elapsed().as_millis() as u64,
-        reason = outcome.reason.as_str(),
-        "connection closed"
-    );
+    Some(Link {
+        client,
+        upstream,
+        origin,
+        backend_name: backend.name.clone(),
+        backend_addr: backend.addr,
+        backend: backend.stats.clone(),
+        idle_timeout: listener.idle_timeout,
+        early_bytes: early.len() as u64,
+    })
 }
 
 #[cfg(test)]

@@ -165,6 +165,12 @@ pub struct Snapshot {
     pub pools: HashMap<Arc<str>, PoolRoute>,
 }
 
+/// The routing view just before and just after one change.
+pub struct Transition {
+    pub before: Arc<Snapshot>,
+    pub after: Arc<Snapshot>,
+}
+
 /// Owner of the published snapshot and of the per-backend state that survives rebuilds.
 pub struct Routing {
     current: ArcSwap<Snapshot>,
@@ -198,19 +204,23 @@ impl Routing {
     /// Set one backend's health; returns the previous value, or `None` if it does not exist.
     pub fn set_health(&self, pool: &str, backend: &str, health: Health) -> Option<Health> {
         self.update(pool, backend, |b| std::mem::replace(&mut b.health, health))
+            .map(|(previous, _)| previous)
     }
 
     /// Set one backend's admin state; returns the previous value, or `None` if it does not exist.
     pub fn set_admin(&self, pool: &str, backend: &str, admin: AdminState) -> Option<AdminState> {
         self.update(pool, backend, |b| std::mem::replace(&mut b.admin, admin))
+            .map(|(previous, _)| previous)
     }
 
-    fn update<T>(
+    /// Change one backend and publish; returns what `change` returned and the snapshots before
+    /// and after, from which callers derive events. `None` if the backend does not exist.
+    pub fn update<T>(
         &self,
         pool: &str,
         backend: &str,
         change: impl FnOnce(&mut BackendRoute) -> T,
-    ) -> Option<T> {
+    ) -> Option<(T, Transition)> {
         let _guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let old = self.current.load_full();
         let mut pools = old.pools.clone();
@@ -225,8 +235,15 @@ impl Routing {
             pools,
         };
         publish_gauges(&next, &self.metrics);
-        self.current.store(Arc::new(next));
-        Some(before)
+        let next = Arc::new(next);
+        self.current.store(next.clone());
+        Some((
+            before,
+            Transition {
+                before: old,
+                after: next,
+            },
+        ))
     }
 }
 

@@ -1,5 +1,5 @@
-//! The admin HTTP server, on its own thread and single-threaded runtime so it answers while the
-//! data plane is saturated. Endpoints served so far:
+//! The admin HTTP server. It runs on the control runtime (its own thread, see `server`) so it
+//! answers while the data plane is saturated. Endpoints served so far:
 //! - `GET /healthz`: 200 while the process serves;
 //! - `GET /readyz`: 200 when every pool has an available backend, else 503 naming the pools;
 //! - `GET /metrics`: Prometheus text format.
@@ -9,7 +9,6 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -23,26 +22,8 @@ use crate::state::Routing;
 
 type Reply = Response<Full<Bytes>>;
 
-/// Start the admin server on its own thread; it stops when `stop` is cancelled.
-pub fn spawn(
-    listener: std::net::TcpListener,
-    routing: Arc<Routing>,
-    metrics: Arc<Metrics>,
-    stop: CancellationToken,
-) -> JoinHandle<()> {
-    std::thread::Builder::new()
-        .name("warren-admin".into())
-        .spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("admin runtime starts");
-            runtime.block_on(serve(listener, routing, metrics, stop));
-        })
-        .expect("admin thread starts")
-}
-
-async fn serve(
+/// Serve the admin API on `listener` until `stop` is cancelled. Runs on the control runtime.
+pub async fn serve(
     listener: std::net::TcpListener,
     routing: Arc<Routing>,
     metrics: Arc<Metrics>,

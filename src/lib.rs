@@ -11,6 +11,7 @@ pub mod balance;
 pub mod cli;
 pub mod config;
 pub mod health;
+pub mod hooks;
 pub mod metrics;
 pub mod proxy;
 pub mod proxy_protocol;

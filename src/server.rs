@@ -13,7 +13,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin;
 use crate::config::Config;
-use crate::health::{self, Passive};
+use crate::health::{self, Controller};
+use crate::hooks::Hooks;
 use crate::metrics::Metrics;
 use crate::proxy::{self, forward::Plane, Context, Stop};
 use crate::state::Routing;
@@ -69,9 +70,81 @@ pub enum ServerError {
 /// A server whose sockets are bound and which is ready to [`Server::run`].
 pub struct Server {
     listeners: Vec<(Arc<str>, TcpListener, usize)>,
-    admin: Option<std::net::TcpListener>,
     ctx: Arc<Context>,
+    health: Arc<Controller>,
+    control: Control,
     options: Options,
+}
+
+/// The control plane's thread and runtime: admin API, probes, hooks. Kept apart from the data
+/// plane's workers so probes and the admin API answer while traffic saturates them.
+struct Control {
+    /// Cancelling it stops the admin server, the probes and the hook workers; also on drop, so
+    /// a server dropped without running leaves no thread behind.
+    stop: CancellationToken,
+    thread: Option<std::thread::JoinHandle<()>>,
+    admin_addr: Option<SocketAddr>,
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Start the control thread; returns it with the health controller it runs.
+fn start_control(
+    config: &Config,
+    admin: Option<std::net::TcpListener>,
+    routing: Arc<Routing>,
+    metrics: Arc<Metrics>,
+    hold_down: Duration,
+) -> (Control, Arc<Controller>) {
+    let stop = CancellationToken::new();
+    let admin_addr = admin.as_ref().and_then(|a| a.local_addr().ok());
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (config, thread_stop) = (config.clone(), stop.clone());
+    let thread = std::thread::Builder::new()
+        .name("warren-control".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("the control runtime starts");
+            runtime.block_on(async move {
+                let hooks = (!config.hooks.is_empty())
+                    .then(|| Hooks::start(&config.hooks, metrics.clone()));
+                let health = Controller::new(
+                    &config,
+                    routing.clone(),
+                    hooks.clone(),
+                    metrics.clone(),
+                    hold_down,
+                    tokio::runtime::Handle::current(),
+                );
+                health.spawn_probes(&config, &thread_stop);
+                let _ = ready_tx.send(health);
+                match admin {
+                    Some(listener) => admin::serve(listener, routing, metrics, thread_stop).await,
+                    None => thread_stop.cancelled().await,
+                }
+                if let Some(hooks) = hooks {
+                    hooks.shutdown().await;
+                }
+            });
+        })
+        .expect("the control thread starts");
+    let health = ready_rx
+        .recv()
+        .expect("the control thread hands over its health controller");
+    (
+        Control {
+            stop,
+            thread: Some(thread),
+            admin_addr,
+        },
+        health,
+    )
 }
 
 /// Listen backlog; the kernel caps it at `net.core.somaxconn`.
@@ -136,17 +209,24 @@ impl Server {
                 .splice_fallbacks_total
                 .with_label_values(&["no_pipe"]),
         };
-        let health = Arc::new(Passive::new(routing.clone(), options.passive_hold_down));
+        let (control, health) = start_control(
+            config,
+            admin,
+            routing.clone(),
+            metrics.clone(),
+            options.passive_hold_down,
+        );
         let ctx = Arc::new(Context {
             routing,
             metrics,
             plane,
-            health,
+            health: Arc::new(health.clone()),
         });
         Ok(Server {
             listeners,
-            admin,
             ctx,
+            health,
+            control,
             options,
         })
     }
@@ -161,7 +241,12 @@ impl Server {
 
     /// The bound admin address, if an admin server is configured.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
-        self.admin.as_ref().and_then(|a| a.local_addr().ok())
+        self.control.admin_addr
+    }
+
+    /// The health controller (health, last probe of every backend).
+    pub fn health(&self) -> Arc<Controller> {
+        self.health.clone()
     }
 
     /// The metrics registry this server reports into.
@@ -180,15 +265,6 @@ impl Server {
             accepting: CancellationToken::new(),
             connections: CancellationToken::new(),
         };
-        let admin_stop = CancellationToken::new();
-        let admin_thread = self.admin.map(|listener| {
-            admin::spawn(
-                listener,
-                self.ctx.routing.clone(),
-                self.ctx.metrics.clone(),
-                admin_stop.clone(),
-            )
-        });
 
         let connections = TaskTracker::new();
         let accept_loops = TaskTracker::new();
@@ -228,8 +304,9 @@ impl Server {
             stop.connections.cancel();
             connections.wait().await;
         }
-        admin_stop.cancel();
-        if let Some(thread) = admin_thread {
+        let mut control = self.control;
+        control.stop.cancel();
+        if let Some(thread) = control.thread.take() {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
         tracing::info!("stopped");

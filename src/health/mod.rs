@@ -1,15 +1,33 @@
-//! Backend health as the data path reports it. The data path calls an [`Observer`] after each
-//! connect attempt; [`Passive`] turns failed connects into health changes with NGINX's default
-//! passive semantics (`max_fails=1 fail_timeout=10s`: one failed connect takes the backend out of
-//! rotation for a hold-down period, after which it gets new connections again). Active probes plug
-//! in behind the same interface. This module publishes health through [`Routing`] only; it never
-//! touches sockets of the data path.
+//! Backend health: active probes on a schedule, passive checks from the data path, the rise/fall
+//! hysteresis that turns results into `up`/`down`, and the events (backend and pool) that a change
+//! causes for hooks. The [`Controller`] is the only writer of health into [`Routing`]; the data
+//! path reports connect failures to it through the [`Observer`] trait and never waits on it.
+//!
+//! Rules:
+//! - `unknown → up` on the first successful probe, `→ down` after `fall` consecutive failures;
+//!   `down → up` after `rise` consecutive successes; `up → down` after `fall` failures.
+//! - A failed connect from the data path counts as a failed check. A pool without a probe
+//!   follows NGINX's passive default instead: one failed connect takes the backend out for a
+//!   hold-down period (10 s), after which it is `unknown` (and tried) again.
+//! - Health changes never touch existing connections; they only steer new ones.
+//!
+//! Probes and timers run on the control runtime, never on the data plane's workers.
+
+pub mod probe;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use crate::state::{Health, Routing};
+use rand::Rng;
+use tokio::runtime::Handle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, HealthConfig, HookEvent, ProxyProtocol};
+use crate::hooks::{Event, Hooks};
+use crate::metrics::Metrics;
+use crate::state::{Health, PoolRoute, Routing, Transition};
 
 /// Why a connect to a backend failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,64 +57,562 @@ pub trait Observer: Send + Sync {
     fn connect_failed(&self, pool: &str, backend: &str, failure: ConnectFailure);
 }
 
-/// How long a backend stays out after a failed connect (NGINX's `fail_timeout` default).
+/// How long a backend without a probe stays out after a failed connect (NGINX's `fail_timeout`).
 pub const DEFAULT_HOLD_DOWN: Duration = Duration::from_secs(10);
 
-/// Passive health: a failed connect marks the backend down for `hold_down`, then it is tried again.
-pub struct Passive {
-    routing: Arc<Routing>,
-    hold_down: Duration,
-    /// Bumped on every failure so that only the newest hold-down timer brings a backend back.
-    generations: Mutex<HashMap<(String, String), u64>>,
+/// The rise/fall hysteresis of one backend: pure, no clock.
+#[derive(Debug, Clone)]
+pub struct Hysteresis {
+    rise: u32,
+    fall: u32,
+    state: Health,
+    successes: u32,
+    failures: u32,
 }
 
-impl Passive {
-    /// Passive health publishing into `routing`.
-    pub fn new(routing: Arc<Routing>, hold_down: Duration) -> Arc<Passive> {
-        Arc::new(Passive {
-            routing,
-            hold_down,
-            generations: Mutex::new(HashMap::new()),
-        })
+impl Hysteresis {
+    /// A machine in `Unknown` with these thresholds (each at least 1).
+    pub fn new(rise: u32, fall: u32) -> Hysteresis {
+        Hysteresis {
+            rise: rise.max(1),
+            fall: fall.max(1),
+            state: Health::Unknown,
+            successes: 0,
+            failures: 0,
+        }
+    }
+
+    /// The current verdict.
+    pub fn state(&self) -> Health {
+        self.state
+    }
+
+    /// Record one check; returns the new state when it flips.
+    pub fn observe(&mut self, ok: bool) -> Option<Health> {
+        let next = if ok {
+            self.successes = self.successes.saturating_add(1);
+            self.failures = 0;
+            match self.state {
+                Health::Up => None,
+                Health::Unknown => Some(Health::Up),
+                Health::Down => (self.successes >= self.rise).then_some(Health::Up),
+            }
+        } else {
+            self.failures = self.failures.saturating_add(1);
+            self.successes = 0;
+            match self.state {
+                Health::Down => None,
+                Health::Up | Health::Unknown => {
+                    (self.failures >= self.fall).then_some(Health::Down)
+                }
+            }
+        };
+        if let Some(state) = next {
+            self.state = state;
+        }
+        next
+    }
+
+    /// Put the machine in `state` (a passive hold-down ending, for example).
+    pub fn reset(&mut self, state: Health) {
+        *self = Hysteresis {
+            state,
+            ..Hysteresis::new(self.rise, self.fall)
+        };
     }
 }
 
-impl Observer for Arc<Passive> {
-    fn connect_failed(&self, pool: &str, backend: &str, failure: ConnectFailure) {
-        let key = (pool.to_owned(), backend.to_owned());
-        let generation = {
-            let mut generations = self.generations.lock().unwrap_or_else(|e| e.into_inner());
-            let g = generations.entry(key.clone()).or_insert(0);
-            *g += 1;
-            *g
-        };
-        if self.routing.set_health(pool, backend, Health::Down) != Some(Health::Down) {
-            tracing::warn!(
-                pool,
-                backend,
-                reason = failure.as_str(),
-                hold_down = ?self.hold_down,
-                "backend marked down after a failed connect"
-            );
+/// The counts of a pool that pool events are derived from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PoolCounts {
+    pub primaries: usize,
+    pub backups: usize,
+    pub available_primaries: usize,
+    pub available_backups: usize,
+}
+
+impl PoolCounts {
+    /// Count a pool of a snapshot.
+    pub fn of(pool: &PoolRoute) -> PoolCounts {
+        let mut c = PoolCounts::default();
+        for b in &pool.backends {
+            match (b.backup, b.available()) {
+                (false, true) => {
+                    c.primaries += 1;
+                    c.available_primaries += 1
+                }
+                (false, false) => c.primaries += 1,
+                (true, true) => {
+                    c.backups += 1;
+                    c.available_backups += 1
+                }
+                (true, false) => c.backups += 1,
+            }
         }
-        let this = self.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(this.hold_down).await;
-            let current = this
-                .generations
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(&key)
-                .copied();
-            if current == Some(generation)
-                && this.routing.set_health(&key.0, &key.1, Health::Unknown) == Some(Health::Down)
-            {
-                tracing::info!(
-                    pool = key.0,
-                    backend = key.1,
-                    "hold-down over, backend takes connections again"
+        c
+    }
+
+    fn available(&self) -> usize {
+        self.available_primaries + self.available_backups
+    }
+}
+
+/// Pool-level events caused by going from `before` to `after` (pure).
+///
+/// - `pool_degraded`: available primaries dropped and some, but not all, are left;
+/// - `pool_down`: nothing is available any more;
+/// - `pool_failover`: no primary is available and backups now carry the pool;
+/// - `pool_failback`: a primary is available again in a pool that has backups.
+pub fn pool_events(before: PoolCounts, after: PoolCounts) -> Vec<HookEvent> {
+    let mut events = Vec::new();
+    let primaries_dropped = after.available_primaries < before.available_primaries;
+    if primaries_dropped && after.available_primaries > 0 {
+        events.push(HookEvent::PoolDegraded);
+    }
+    if after.available() == 0 && before.available() > 0 {
+        events.push(HookEvent::PoolDown);
+    }
+    let backups_carry = |c: PoolCounts| c.available_primaries == 0 && c.available_backups > 0;
+    if backups_carry(after) && !backups_carry(before) {
+        events.push(HookEvent::PoolFailover);
+    }
+    if after.backups > 0 && before.available_primaries == 0 && after.available_primaries > 0 {
+        events.push(HookEvent::PoolFailback);
+    }
+    events
+}
+
+/// The last probe of a backend, for the status API and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeRecord {
+    pub up: bool,
+    pub reason: String,
+    pub duration: Duration,
+    pub at: SystemTime,
+}
+
+/// What the controller knows about one backend.
+#[derive(Debug, Clone)]
+pub struct BackendHealth {
+    pub health: Health,
+    pub last_probe: Option<ProbeRecord>,
+    /// When `health` last changed (start-up counts as a change to `unknown`).
+    pub changed_at: SystemTime,
+}
+
+struct Tracked {
+    machine: Hysteresis,
+    last_probe: Option<ProbeRecord>,
+    changed_at: SystemTime,
+    /// Bumped on every passive failure so only the newest hold-down timer ends a hold-down.
+    hold_down_generation: u64,
+}
+
+type Key = (Arc<str>, Arc<str>);
+
+/// Owner of every backend's health.
+pub struct Controller {
+    routing: Arc<Routing>,
+    hooks: Option<Hooks>,
+    metrics: Arc<Metrics>,
+    /// The probe of each pool (`None`: passive only).
+    probes: HashMap<Arc<str>, Option<HealthConfig>>,
+    tracked: Mutex<HashMap<Key, Tracked>>,
+    hold_down: Duration,
+    /// The control runtime: hold-down timers and probes run here, off the data plane.
+    runtime: Handle,
+}
+
+impl Controller {
+    /// A controller for `config`'s pools; `runtime` is where its timers and probes run.
+    pub fn new(
+        config: &Config,
+        routing: Arc<Routing>,
+        hooks: Option<Hooks>,
+        metrics: Arc<Metrics>,
+        hold_down: Duration,
+        runtime: Handle,
+    ) -> Arc<Controller> {
+        let now = SystemTime::now();
+        let mut tracked = HashMap::new();
+        let mut probes = HashMap::new();
+        for pool in &config.pools {
+            let name: Arc<str> = Arc::from(pool.name.as_str());
+            let (rise, fall) = pool.health.as_ref().map_or((1, 1), |h| (h.rise, h.fall));
+            for b in &pool.backends {
+                tracked.insert(
+                    (name.clone(), Arc::from(b.name.as_str())),
+                    Tracked {
+                        machine: Hysteresis::new(rise, fall),
+                        last_probe: None,
+                        changed_at: now,
+                        hold_down_generation: 0,
+                    },
                 );
             }
+            probes.insert(name, pool.health.clone());
+        }
+        Arc::new(Controller {
+            routing,
+            hooks,
+            metrics,
+            probes,
+            tracked: Mutex::new(tracked),
+            hold_down,
+            runtime,
+        })
+    }
+
+    /// What the controller knows about a backend.
+    pub fn backend(&self, pool: &str, backend: &str) -> Option<BackendHealth> {
+        let tracked = self.tracked.lock().unwrap_or_else(|e| e.into_inner());
+        let t = tracked.get(&(Arc::from(pool), Arc::from(backend)))?;
+        Some(BackendHealth {
+            health: t.machine.state(),
+            last_probe: t.last_probe.clone(),
+            changed_at: t.changed_at,
+        })
+    }
+
+    /// Start one probe task per backend of every pool with a `[health]` section, on the
+    /// control runtime, until `stop` is cancelled.
+    pub fn spawn_probes(self: &Arc<Self>, config: &Config, stop: &CancellationToken) {
+        for pool in &config.pools {
+            let Some(health) = pool.health.clone() else {
+                continue;
+            };
+            // Probes speak PROXY protocol when the traffic to this pool does.
+            let proxy_protocol = config
+                .listeners
+                .iter()
+                .filter(|l| l.pool == pool.name)
+                .map(|l| l.proxy_protocol)
+                .find(|p| *p != ProxyProtocol::Off)
+                .unwrap_or(ProxyProtocol::Off);
+            for b in &pool.backends {
+                let target = probe::Target {
+                    host: b.host.clone(),
+                    port: b.port,
+                    addr: b.addr,
+                    proxy_protocol,
+                };
+                let key: Key = (Arc::from(pool.name.as_str()), Arc::from(b.name.as_str()));
+                self.runtime.spawn(self.clone().probe_loop(
+                    key,
+                    target,
+                    health.clone(),
+                    stop.clone(),
+                ));
+            }
+        }
+    }
+
+    async fn probe_loop(
+        self: Arc<Self>,
+        key: Key,
+        target: probe::Target,
+        health: HealthConfig,
+        stop: CancellationToken,
+    ) {
+        let labels = [&*key.0, &*key.1];
+        let ok = self
+            .metrics
+            .health_checks_total
+            .with_label_values(&[labels[0], labels[1], "ok"]);
+        let failed = self
+            .metrics
+            .health_checks_total
+            .with_label_values(&[labels[0], labels[1], "failed"]);
+        let seconds = self
+            .metrics
+            .health_check_duration_seconds
+            .with_label_values(&labels);
+        // Spread the first probes of many backends over half an interval.
+        let first = health
+            .interval
+            .mul_f64(rand::thread_rng().gen_range(0.0..0.5));
+        let mut next = Instant::now() + first;
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep_until(next) => {}
+            }
+            let started = Instant::now();
+            let outcome = probe::run(&health.probe, &target, health.timeout).await;
+            let duration = started.elapsed();
+            seconds.observe(duration.as_secs_f64());
+            if outcome.up { &ok } else { &failed }.inc();
+            let record = ProbeRecord {
+                up: outcome.up,
+                reason: outcome.reason,
+                duration,
+                at: SystemTime::now(),
+            };
+            self.record(&key, record.up, Some(record));
+            // ±10% jitter keeps probes of many warren instances from marching in step.
+            let jitter = rand::thread_rng().gen_range(0.9..1.1);
+            next = started + health.interval.mul_f64(jitter);
+        }
+    }
+
+    /// Feed one check result into a backend's machine; apply a flip.
+    fn record(&self, key: &Key, ok: bool, probe: Option<ProbeRecord>) {
+        let flipped = {
+            let mut tracked = self.tracked.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(t) = tracked.get_mut(key) else {
+                return;
+            };
+            if let Some(p) = probe {
+                if !p.up {
+                    tracing::debug!(pool = %key.0, backend = %key.1, reason = p.reason, "probe failed");
+                }
+                t.last_probe = Some(p);
+            }
+            let flipped = t.machine.observe(ok);
+            if flipped.is_some() {
+                t.changed_at = SystemTime::now();
+            }
+            flipped
+        };
+        if let Some(health) = flipped {
+            self.apply(key, health);
+        }
+    }
+
+    /// Publish a backend's new health and emit the events the change causes.
+    fn apply(&self, key: &Key, health: Health) {
+        let reason = self
+            .backend(&key.0, &key.1)
+            .and_then(|b| b.last_probe)
+            .map(|p| p.reason)
+            .unwrap_or_else(|| "failed connect from the data path".to_owned());
+        let Some((previous, transition)) = self
+            .routing
+            .update(&key.0, &key.1, |b| std::mem::replace(&mut b.health, health))
+        else {
+            return;
+        };
+        if previous == health {
+            return;
+        }
+        match health {
+            Health::Down => {
+                tracing::warn!(pool = %key.0, backend = %key.1, %reason, "backend is down")
+            }
+            _ => {
+                tracing::info!(pool = %key.0, backend = %key.1, %reason, health = ?health, "backend is up")
+            }
+        }
+        let backend_event = match (previous, health) {
+            (_, Health::Down) => Some(HookEvent::BackendDown),
+            (Health::Down, _) => Some(HookEvent::BackendUp),
+            _ => None,
+        };
+        self.emit(key, backend_event, &transition);
+    }
+
+    /// Emit `backend_event` (if any) and the pool events of `transition` for the pool of `key`.
+    pub fn emit(&self, key: &Key, backend_event: Option<HookEvent>, transition: &Transition) {
+        let (Some(before), Some(after)) = (
+            transition.before.pools.get(&*key.0),
+            transition.after.pools.get(&*key.0),
+        ) else {
+            return;
+        };
+        let (counts_before, counts_after) = (PoolCounts::of(before), PoolCounts::of(after));
+        let total = after.backends.len();
+        let available = counts_after.available();
+        let addr = after.backend(&key.1).map(|b| b.addr.to_string());
+        let mut events = Vec::new();
+        if let Some(kind) = backend_event {
+            events.push(Event {
+                kind,
+                pool: key.0.to_string(),
+                backend: Some(key.1.to_string()),
+                backend_addr: addr,
+                available,
+                total,
+            });
+        }
+        for kind in pool_events(counts_before, counts_after) {
+            tracing::warn!(pool = %key.0, event = kind.as_str(), available, total, "pool event");
+            events.push(Event {
+                kind,
+                pool: key.0.to_string(),
+                backend: None,
+                backend_addr: None,
+                available,
+                total,
+            });
+        }
+        if let Some(hooks) = &self.hooks {
+            for event in events {
+                hooks.emit(event);
+            }
+        }
+    }
+
+    /// Passive hold-down for a pool without a probe: out now, `unknown` again after `hold_down`.
+    fn hold_down(self: &Arc<Self>, key: Key) {
+        let generation = {
+            let mut tracked = self.tracked.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(t) = tracked.get_mut(&key) else {
+                return;
+            };
+            t.hold_down_generation += 1;
+            if t.machine.state() != Health::Down {
+                t.machine.reset(Health::Down);
+                t.changed_at = SystemTime::now();
+            }
+            t.hold_down_generation
+        };
+        self.apply(&key, Health::Down);
+        let this = self.clone();
+        self.runtime.spawn(async move {
+            tokio::time::sleep(this.hold_down).await;
+            let ended = {
+                let mut tracked = this.tracked.lock().unwrap_or_else(|e| e.into_inner());
+                match tracked.get_mut(&key) {
+                    Some(t) if t.hold_down_generation == generation => {
+                        t.machine.reset(Health::Unknown);
+                        t.changed_at = SystemTime::now();
+                        true
+                    }
+                    _ => false,
+                }
+            };
+            if ended {
+                tracing::info!(pool = %key.0, backend = %key.1, "hold-down over, backend takes connections again");
+                this.apply(&key, Health::Unknown);
+            }
         });
+    }
+}
+
+impl Observer for Arc<Controller> {
+    fn connect_failed(&self, pool: &str, backend: &str, failure: ConnectFailure) {
+        let Some((pool_key, probe)) = self.probes.get_key_value(pool) else {
+            return;
+        };
+        let key: Key = (pool_key.clone(), Arc::from(backend));
+        tracing::debug!(
+            pool,
+            backend,
+            reason = failure.as_str(),
+            "failed connect counted as a failed check"
+        );
+        if probe.is_some() {
+            self.record(&key, false, None);
+        } else {
+            self.hold_down(key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hysteresis_follows_rise_and_fall() {
+        // (results fed in, expected state after each)
+        use Health::*;
+        let cases: &[(&[bool], &[Health])] = &[
+            (&[true], &[Up]),
+            (&[false, false, false], &[Unknown, Unknown, Down]),
+            (
+                &[true, false, false, false, true, true],
+                &[Up, Up, Up, Down, Down, Up],
+            ),
+            (
+                &[false, false, true, false, false, false],
+                &[Unknown, Unknown, Up, Up, Up, Down],
+            ),
+        ];
+        for (results, expected) in cases {
+            let mut m = Hysteresis::new(2, 3);
+            let got: Vec<Health> = results
+                .iter()
+                .map(|ok| {
+                    m.observe(*ok);
+                    m.state()
+                })
+                .collect();
+            assert_eq!(&got, expected, "results {results:?}");
+        }
+    }
+
+    #[test]
+    fn flapping_never_flips_faster_than_rise_and_fall_allow() {
+        let mut m = Hysteresis::new(2, 3);
+        m.observe(true);
+        let mut flips = 0;
+        // Alternating success/failure: no run of 3 failures or 2 successes, so no flip at all.
+        for i in 0..1000 {
+            if m.observe(i % 2 == 0).is_some() {
+                flips += 1;
+            }
+        }
+        assert_eq!(flips, 0);
+        assert_eq!(m.state(), Health::Up);
+        // One success, two failures, repeated: still never three failures in a row.
+        for i in 0..999 {
+            if m.observe(i % 3 == 0).is_some() {
+                flips += 1;
+            }
+        }
+        assert_eq!(flips, 0);
+    }
+
+    #[test]
+    fn flips_are_reported_once() {
+        let mut m = Hysteresis::new(1, 1);
+        assert_eq!(m.observe(false), Some(Health::Down));
+        assert_eq!(m.observe(false), None);
+        assert_eq!(m.observe(true), Some(Health::Up));
+        assert_eq!(m.observe(true), None);
+    }
+
+    fn counts(p: usize, b: usize, ap: usize, ab: usize) -> PoolCounts {
+        PoolCounts {
+            primaries: p,
+            backups: b,
+            available_primaries: ap,
+            available_backups: ab,
+        }
+    }
+
+    #[test]
+    fn pool_events_table() {
+        use HookEvent::*;
+        let cases = [
+            // 3 primaries, one goes: degraded.
+            (counts(3, 0, 3, 0), counts(3, 0, 2, 0), vec![PoolDegraded]),
+            // Down to the last primary: degraded again (worse).
+            (counts(3, 0, 2, 0), counts(3, 0, 1, 0), vec![PoolDegraded]),
+            // Last primary goes, no backups: pool down.
+            (counts(2, 0, 1, 0), counts(2, 0, 0, 0), vec![PoolDown]),
+            // Last primary goes, a backup is available: failover.
+            (counts(2, 1, 1, 1), counts(2, 1, 0, 1), vec![PoolFailover]),
+            // Backups down too: pool down.
+            (counts(2, 1, 0, 1), counts(2, 1, 0, 0), vec![PoolDown]),
+            // From nothing, a backup comes back: backups carry the pool.
+            (counts(2, 1, 0, 0), counts(2, 1, 0, 1), vec![PoolFailover]),
+            // A primary returns while backups carry: failback.
+            (counts(2, 1, 0, 1), counts(2, 1, 1, 1), vec![PoolFailback]),
+            // A primary returns in a pool without backups: no pool event.
+            (counts(2, 0, 0, 0), counts(2, 0, 1, 0), vec![]),
+            // A primary returns, still degraded: nothing new.
+            (counts(3, 0, 1, 0), counts(3, 0, 2, 0), vec![]),
+            // A backup changes while primaries serve: nothing.
+            (counts(2, 1, 2, 1), counts(2, 1, 2, 0), vec![]),
+        ];
+        for (before, after, expected) in cases {
+            assert_eq!(
+                pool_events(before, after),
+                expected,
+                "{before:?} -> {after:?}"
+            );
+        }
     }
 }

@@ -38,6 +38,7 @@ pub struct Context {
     pub routing: Arc<Routing>,
     pub metrics: Arc<Metrics>,
     pub plane: Plane,
+    /// Where connect failures go (the health controller).
     pub health: Arc<dyn Observer>,
 }
 

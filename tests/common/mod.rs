@@ -22,6 +22,7 @@ pub struct Warren {
     pub addr: SocketAddr,
     pub metrics: Arc<Metrics>,
     pub routing: Arc<Routing>,
+    pub health: Arc<warren::health::Controller>,
     pub shutdown: CancellationToken,
     pub task: JoinHandle<()>,
 }
@@ -33,12 +34,14 @@ impl Warren {
         let addr = server.listener_addrs()[0].1;
         let metrics = server.metrics();
         let routing = server.routing();
+        let health = server.health();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(server.run(shutdown.clone()));
         Warren {
             addr,
             metrics,
             routing,
+            health,
             shutdown,
             task,
         }

@@ -1,0 +1,1010 @@
+//! Operator hooks: runs the `[[hook]]`s of the config (an `exec` argv or a `webhook` POST) when
+//! the health controller reports an [`Event`], off the data path. Each hook has one worker task
+//! and a small bounded queue; [`Hooks::emit`] only pushes onto those queues, so a failing or
+//! hanging hook never delays probes or traffic. This module must not touch routing, health or the
+//! data plane's sockets.
+//!
+//! What a hook sees:
+//! - **exec**: the argv from the config, run without a shell, stdin `/dev/null`, the working
+//!   directory of warren, and a clean environment holding exactly [`HOOK_PATH`] as `PATH` and
+//!   `WARREN_EVENT`, `WARREN_POOL`, `WARREN_BACKEND`, `WARREN_BACKEND_ADDR` (both empty for pool
+//!   events), `WARREN_AVAILABLE`, `WARREN_TOTAL`. The hook is the leader of its own process
+//!   group; at its `timeout` the whole group is killed with SIGKILL and the hook is reaped. A run
+//!   ends when the hook's process exits: processes it leaves running are not waited for and their
+//!   later output is not read (start daemons with `setsid cmd >/dev/null 2>&1 &`).
+//! - **webhook**: `POST` of `{"event","pool","backend","backend_addr","available","total"}` as
+//!   JSON (`backend` and `backend_addr` are `null` for pool events), under the hook's `timeout`.
+//!
+//! The admin token is never passed to a hook nor logged: [`Event`] does not carry it and the exec
+//! environment is built from nothing but an [`Event`].
+//!
+//! Per hook, runs are strictly sequential. Events that arrive during a run wait in a queue of
+//! [`QUEUE_CAPACITY`]; an event with the same (kind, pool, backend) as a queued one replaces it
+//! and moves to the back, so a flapping backend does not build a backlog and the last queued
+//! event about a backend is always the newest. A full queue drops its oldest event.
+//! Every run is logged (exit status, first lines of output) and counted in
+//! `hook_runs_total{event,result}` with result `ok | failed | timeout | dropped`.
+
+use std::collections::VecDeque;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{CONNECTION, CONTENT_TYPE, HOST, USER_AGENT};
+use hyper::{Request, Uri};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::instrument::WithSubscriber;
+
+use crate::config::{HookAction, HookConfig, HookEvent};
+use crate::metrics::Metrics;
+
+/// Events waiting per hook while it runs; beyond this the oldest is dropped.
+pub const QUEUE_CAPACITY: usize = 64;
+
+/// `PATH` of an exec hook: the usual system directories, nothing inherited from warren.
+pub const HOOK_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Bytes of stdout and of stderr kept per run; the rest is read and discarded so the hook never
+/// blocks on a full pipe.
+const OUTPUT_KEPT: usize = 4096;
+/// Lines of stdout and of stderr that go into the run's log line.
+const LOG_LINES: usize = 5;
+/// Characters kept of each logged output line.
+const LOG_LINE_CHARS: usize = 200;
+/// Bytes of a failed webhook's response body that go into the log line.
+const WEBHOOK_BODY_LOGGED: usize = 200;
+/// How long output is still read once the hook's process is gone: what it wrote is already in
+/// the pipe, so only processes it left behind (still holding the pipe) can make us wait.
+const OUTPUT_GRACE: Duration = Duration::from_millis(250);
+/// Bound on reaping a hook after SIGKILL (a process stuck in the kernel cannot die at once);
+/// past it Tokio reaps the child in the background.
+const REAP_WAIT: Duration = Duration::from_secs(5);
+
+/// One thing that happened, as hooks see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// What happened.
+    pub kind: HookEvent,
+    /// The pool it happened in.
+    pub pool: String,
+    /// The backend, for backend and drain events; `None` for pool events.
+    pub backend: Option<String>,
+    /// The backend's address (`host:port` as configured), with `backend`.
+    pub backend_addr: Option<String>,
+    /// Available backends in the pool after the change.
+    pub available: usize,
+    /// Backends in the pool.
+    pub total: usize,
+}
+
+impl Event {
+    /// True when `other` is the same kind of event about the same pool and backend, i.e. one of
+    /// the two is redundant in a queue.
+    fn same_subject(&self, other: &Event) -> bool {
+        self.kind == other.kind && self.pool == other.pool && self.backend == other.backend
+    }
+
+    /// The `WARREN_*` variables of an exec hook (`PATH` is added separately).
+    fn env(&self) -> [(&'static str, String); 6] {
+        [
+            ("WARREN_EVENT", self.kind.as_str().to_string()),
+            ("WARREN_POOL", self.pool.clone()),
+            ("WARREN_BACKEND", self.backend.clone().unwrap_or_default()),
+            (
+                "WARREN_BACKEND_ADDR",
+                self.backend_addr.clone().unwrap_or_default(),
+            ),
+            ("WARREN_AVAILABLE", self.available.to_string()),
+            ("WARREN_TOTAL", self.total.to_string()),
+        ]
+    }
+
+    /// The webhook's JSON body, fields in the documented order.
+    fn json(&self) -> String {
+        #[derive(serde::Serialize)]
+        struct Body<'a> {
+            event: &'static str,
+            pool: &'a str,
+            backend: Option<&'a str>,
+            backend_addr: Option<&'a str>,
+            available: usize,
+            total: usize,
+        }
+        serde_json::to_string(&Body {
+            event: self.kind.as_str(),
+            pool: &self.pool,
+            backend: self.backend.as_deref(),
+            backend_addr: self.backend_addr.as_deref(),
+            available: self.available,
+            total: self.total,
+        })
+        .expect("a struct of strings and numbers serializes")
+    }
+}
+
+/// Runs the configured hooks; cheap to clone.
+#[derive(Clone)]
+pub struct Hooks {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    hooks: Vec<Subscription>,
+    metrics: Arc<Metrics>,
+    /// The worker tasks, taken by [`Hooks::shutdown`] to wait for the run in progress.
+    workers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// What [`Hooks::emit`] needs to know about one hook.
+struct Subscription {
+    on: Vec<HookEvent>,
+    /// Shared with the hook's worker, which is the only consumer.
+    slot: Arc<Slot>,
+}
+
+/// The queue between `emit` (many producers, never waiting) and one worker.
+struct Slot {
+    /// Held only to push or pop, never across an await or a run.
+    queue: Mutex<Queue>,
+    /// Wakes the worker; `notify_one` keeps a permit when the worker is busy, so no push is missed.
+    wake: Notify,
+}
+
+impl Slot {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        // Nothing panics while holding the lock; if it ever did, the queue is still consistent
+        // and `emit` must not panic on the health controller's behalf.
+        self.queue
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The next event to run, or `None` once the hook is shut down.
+    async fn next(&self) -> Option<Event> {
+        loop {
+            {
+                let mut queue = self.lock();
+                if queue.closed {
+                    return None;
+                }
+                if let Some(event) = queue.events.pop_front() {
+                    return Some(event);
+                }
+            }
+            self.wake.notified().await;
+        }
+    }
+}
+
+/// A hook's pending events. Pure: no I/O, no clock.
+#[derive(Debug, Default)]
+struct Queue {
+    events: VecDeque<Event>,
+    /// Set by shutdown: the worker stops and `emit` no longer queues.
+    closed: bool,
+}
+
+impl Queue {
+    /// Queues `event`, coalescing it with a queued event about the same subject; returns the
+    /// event dropped to make room, if any.
+    fn push(&mut self, event: Event) -> Option<Event> {
+        // Moving the newer event to the back (rather than updating the old one in place) keeps
+        // the queue's last word about each backend the newest: with down, up queued, a new down
+        // gives up, down, not down, up.
+        if let Some(i) = self.events.iter().position(|e| e.same_subject(&event)) {
+            self.events.remove(i);
+        }
+        let dropped = if self.events.len() >= QUEUE_CAPACITY {
+            self.events.pop_front()
+        } else {
+            None
+        };
+        self.events.push_back(event);
+        dropped
+    }
+}
+
+impl Hooks {
+    /// Start one worker task per configured hook on the current Tokio runtime.
+    pub fn start(configs: &[HookConfig], metrics: Arc<Metrics>) -> Hooks {
+        let mut hooks = Vec::with_capacity(configs.len());
+        let mut workers = Vec::with_capacity(configs.len());
+        for config in configs {
+            let slot = Arc::new(Slot {
+                queue: Mutex::new(Queue::default()),
+                wake: Notify::new(),
+            });
+            let worker = Worker {
+                action: Action::new(&config.action),
+                timeout: config.timeout,
+                slot: slot.clone(),
+                metrics: metrics.clone(),
+            };
+            // The workers log through the subscriber of whoever started them (the process's
+            // global one in production, a capturing one in tests).
+            workers.push(tokio::spawn(worker.run().with_current_subscriber()));
+            hooks.push(Subscription {
+                on: config.on.clone(),
+                slot,
+            });
+        }
+        Hooks {
+            inner: Arc::new(Inner {
+                hooks,
+                metrics,
+                workers: Mutex::new(workers),
+            }),
+        }
+    }
+
+    /// Queue `event` for every hook subscribed to `event.kind`. Never blocks, never fails: a
+    /// full queue drops the oldest queued event for that hook (logged at warn, counted as
+    /// `hook_runs_total{event, result="dropped"}`).
+    pub fn emit(&self, event: Event) {
+        for hook in self
+            .inner
+            .hooks
+            .iter()
+            .filter(|h| h.on.contains(&event.kind))
+        {
+            let dropped = {
+                let mut queue = hook.slot.lock();
+                if queue.closed {
+                    tracing::debug!(
+                        event = event.kind.as_str(),
+                        pool = %event.pool,
+                        "hooks are shut down; event not queued"
+                    );
+                    continue;
+                }
+                queue.push(event.clone())
+            };
+            hook.slot.wake.notify_one();
+            if let Some(old) = dropped {
+                self.inner
+                    .metrics
+                    .hook_runs_total
+                    .with_label_values(&[old.kind.as_str(), "dropped"])
+                    .inc();
+                tracing::warn!(
+                    event = old.kind.as_str(),
+                    pool = %old.pool,
+                    backend = old.backend.as_deref(),
+                    capacity = QUEUE_CAPACITY,
+                    "hook queue full; dropped its oldest event"
+                );
+            }
+        }
+    }
+
+    /// Stop the workers after the run in progress (if any) finishes or is killed; used on
+    /// shutdown (bounded wait: at most the longest hook timeout, plus reaping a killed hook).
+    /// Events still queued are discarded and logged.
+    pub async fn shutdown(self) {
+        for hook in &self.inner.hooks {
+            let discarded = {
+                let mut queue = hook.slot.lock();
+                queue.closed = true;
+                std::mem::take(&mut queue.events)
+            };
+            hook.slot.wake.notify_one();
+            for event in discarded {
+                tracing::warn!(
+                    event = event.kind.as_str(),
+                    pool = %event.pool,
+                    backend = event.backend.as_deref(),
+                    "shutting down; queued hook event discarded"
+                );
+            }
+        }
+        let workers = std::mem::take(
+            &mut *self
+                .inner
+                .workers
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        for worker in workers {
+            if let Err(e) = worker.await {
+                tracing::error!(error = %e, "hook worker failed");
+            }
+        }
+    }
+}
+
+/// How a run ended; the `result` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Ok,
+    Failed,
+    Timeout,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Failed => "failed",
+            Outcome::Timeout => "timeout",
+        }
+    }
+}
+
+/// What one run produced, for the log line and the metric.
+#[derive(Debug)]
+struct Report {
+    outcome: Outcome,
+    /// `exit 0`, `signal 9`, `HTTP 500`; `None` when the hook never got that far.
+    status: Option<String>,
+    /// First lines of stdout (exec) or of the response body (webhook).
+    stdout: Option<String>,
+    stderr: Option<String>,
+    /// Why the run failed or ended early, in words.
+    error: Option<String>,
+}
+
+impl Report {
+    fn error(outcome: Outcome, error: impl ToString) -> Report {
+        Report {
+            outcome,
+            status: None,
+            stdout: None,
+            stderr: None,
+            error: Some(error.to_string()),
+        }
+    }
+}
+
+/// Why a webhook run failed.
+#[derive(Debug, thiserror::Error)]
+enum WebhookError {
+    #[error("invalid webhook URL {url:?}: {reason}")]
+    Url { url: String, reason: String },
+    #[error("cannot resolve {host}: {source}")]
+    Resolve {
+        host: String,
+        source: std::io::Error,
+    },
+    #[error("{host} resolves to no address")]
+    NoAddress { host: String },
+    #[error("cannot connect to {host}: {source}")]
+    Connect {
+        host: String,
+        source: std::io::Error,
+    },
+    #[error("HTTP exchange with {host} failed: {source}")]
+    Http { host: String, source: hyper::Error },
+    #[error("{host} closed the connection before answering")]
+    Closed { host: String },
+}
+
+/// A webhook's target, parsed once at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Target {
+    /// Host name or IP, without IPv6 brackets, for resolving.
+    host: String,
+    port: u16,
+    /// The `Host` header: the URL's authority without user info.
+    authority: String,
+    path_and_query: String,
+}
+
+impl Target {
+    fn parse(url: &str) -> Result<Target, WebhookError> {
+        let invalid = |reason: &str| WebhookError::Url {
+            url: url.to_string(),
+            reason: reason.to_string(),
+        };
+        let uri: Uri = url
+            .parse()
+            .map_err(|e: hyper::http::uri::InvalidUri| invalid(&e.to_string()))?;
+        if uri.scheme_str() != Some("http") {
+            return Err(invalid("only http:// is supported"));
+        }
+        let authority = uri.authority().ok_or_else(|| invalid("no host"))?;
+        let bracketed = authority.host();
+        if bracketed.is_empty() {
+            return Err(invalid("no host"));
+        }
+        let host = bracketed.trim_start_matches('[').trim_end_matches(']');
+        let port = authority.port_u16().unwrap_or(80);
+        let authority = match authority.port_u16() {
+            Some(port) => format!("{bracketed}:{port}"),
+            None => bracketed.to_string(),
+        };
+        Ok(Target {
+            host: host.to_string(),
+            port,
+            path_and_query: uri
+                .path_and_query()
+                .map(|p| p.as_str())
+                .filter(|p| !p.is_empty())
+                .unwrap_or("/")
+                .to_string(),
+            authority,
+        })
+    }
+
+    /// How the hook is named in logs: the URL without user info (it may hold a password).
+    fn display(&self) -> String {
+        let path = self.path_and_query.split('?').next().unwrap_or("/");
+        format!("http://{}{path}", self.authority)
+    }
+}
+
+/// A hook's action, checked once at start.
+enum Action {
+    Exec(Vec<String>),
+    /// An unparseable URL fails every run (the config validates only its scheme).
+    Webhook(Result<Target, String>, String),
+}
+
+impl Action {
+    fn new(action: &HookAction) -> Action {
+        match action {
+            HookAction::Exec(argv) => Action::Exec(argv.clone()),
+            HookAction::Webhook(url) => match Target::parse(url) {
+                Ok(target) => {
+                    let name = target.display();
+                    Action::Webhook(Ok(target), name)
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "webhook hook cannot run");
+                    Action::Webhook(Err(e.to_string()), "<invalid webhook URL>".to_string())
+                }
+            },
+        }
+    }
+
+    /// How the hook is named in logs: argv[0] or the URL.
+    fn name(&self) -> &str {
+        match self {
+            Action::Exec(argv) => argv.first().map(String::as_str).unwrap_or(""),
+            Action::Webhook(_, name) => name,
+        }
+    }
+}
+
+/// One hook's worker: takes events off its queue and runs them one at a time.
+struct Worker {
+    action: Action,
+    timeout: Duration,
+    slot: Arc<Slot>,
+    metrics: Arc<Metrics>,
+}
+
+impl Worker {
+    async fn run(self) {
+        while let Some(event) = self.slot.next().await {
+            let started = Instant::now();
+            let report = match &self.action {
+                Action::Exec(argv) => run_exec(argv, &event, self.timeout).await,
+                Action::Webhook(Ok(target), _) => run_webhook(target, &event, self.timeout).await,
+                Action::Webhook(Err(e), _) => Report::error(Outcome::Failed, e),
+            };
+            let duration_ms = started.elapsed().as_millis() as u64;
+            self.metrics
+                .hook_runs_total
+                .with_label_values(&[event.kind.as_str(), report.outcome.as_str()])
+                .inc();
+            self.log(&event, &report, duration_ms);
+        }
+    }
+
+    fn log(&self, event: &Event, report: &Report, duration_ms: u64) {
+        macro_rules! log_run {
+            ($level:ident, $message:literal) => {
+                tracing::$level!(
+                    hook = self.action.name(),
+                    event = event.kind.as_str(),
+                    pool = %event.pool,
+                    backend = event.backend.as_deref(),
+                    result = report.outcome.as_str(),
+                    status = report.status.as_deref(),
+                    duration_ms,
+                    stdout = report.stdout.as_deref(),
+                    stderr = report.stderr.as_deref(),
+                    error = report.error.as_deref(),
+                    $message
+                )
+            };
+        }
+        match report.outcome {
+            Outcome::Ok => log_run!(info, "hook ran"),
+            Outcome::Failed => log_run!(warn, "hook failed"),
+            Outcome::Timeout => log_run!(warn, "hook timed out"),
+        }
+    }
+}
+
+/// Runs an exec hook for `event`, killing its process group at `timeout`.
+async fn run_exec(argv: &[String], event: &Event, timeout: Duration) -> Report {
+    let deadline = Instant::now() + timeout;
+    let Some((program, args)) = argv.split_first() else {
+        return Report::error(Outcome::Failed, "exec hook has no program");
+    };
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .env_clear()
+        .env("PATH", HOOK_PATH)
+        .envs(event.env())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Only a safety net (it kills the leader alone): every path below reaps the child.
+        .kill_on_drop(true);
+    // Its own group, so the timeout kills whatever the hook started too.
+    #[cfg(unix)]
+    command.process_group(0);
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(e) => return Report::error(Outcome::Failed, format!("cannot run {program}: {e}")),
+    };
+    let pid = child.id();
+
+    // Both pipes are read while the hook runs, or a chatty hook would block on a full pipe.
+    let stop_reading = CancellationToken::new();
+    let stdout = child
+        .stdout
+        .take()
+        .map(|pipe| tokio::spawn(capture(pipe, stop_reading.clone())));
+    let stderr = child
+        .stderr
+        .take()
+        .map(|pipe| tokio::spawn(capture(pipe, stop_reading.clone())));
+
+    let (outcome, status, mut error) = match tokio::time::timeout_at(deadline, child.wait()).await {
+        Ok(Ok(status)) => {
+            let outcome = if status.success() {
+                Outcome::Ok
+            } else {
+                Outcome::Failed
+            };
+            (outcome, Some(describe(status)), None)
+        }
+        Ok(Err(e)) => {
+            let status = kill_and_reap(&mut child, pid).await;
+            (
+                Outcome::Failed,
+                status,
+                Some(format!("waiting for the hook failed: {e}")),
+            )
+        }
+        Err(_) => {
+            let status = kill_and_reap(&mut child, pid).await;
+            let error = format!(
+                "still running after {}; killed its process group",
+                humantime::format_duration(timeout)
+            );
+            (Outcome::Timeout, status, Some(error))
+        }
+    };
+
+    // The hook is gone: what it wrote is in the pipes. Only processes it left behind, still
+    // holding a pipe, keep the readers from seeing EOF; they get a short grace, then are ignored.
+    let grace = {
+        let stop = stop_reading.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(OUTPUT_GRACE).await;
+            stop.cancel();
+        })
+    };
+    let stdout = collect(stdout).await;
+    let stderr = collect(stderr).await;
+    grace.abort();
+    if stop_reading.is_cancelled() {
+        let note = "processes it left behind still hold its output; not waiting for them";
+        error = Some(match error {
+            Some(e) => format!("{e}; {note}"),
+            None => note.to_string(),
+        });
+    }
+    Report {
+        outcome,
+        status,
+        stdout,
+        stderr,
+        error,
+    }
+}
+
+/// Reads `pipe` to EOF (or until `stop`), keeping the first [`OUTPUT_KEPT`] bytes.
+async fn capture(mut pipe: impl AsyncRead + Unpin, stop: CancellationToken) -> Vec<u8> {
+    let mut kept = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = tokio::select! {
+            biased;
+            read = pipe.read(&mut chunk) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            },
+            _ = stop.cancelled() => break,
+        };
+        let room = OUTPUT_KEPT - kept.len();
+        kept.extend_from_slice(&chunk[..n.min(room)]);
+    }
+    kept
+}
+
+/// The summary of one captured stream, or `None` when the hook wrote nothing there.
+async fn collect(reader: Option<JoinHandle<Vec<u8>>>) -> Option<String> {
+    let bytes = reader?.await.unwrap_or_default();
+    summarize(&String::from_utf8_lossy(&bytes))
+}
+
+/// The first [`LOG_LINES`] non-empty lines, each cut to [`LOG_LINE_CHARS`], joined by " | ".
+fn summarize(output: &str) -> Option<String> {
+    let mut lines = output.lines().map(str::trim).filter(|l| !l.is_empty());
+    let mut kept: Vec<String> = lines
+        .by_ref()
+        .take(LOG_LINES)
+        .map(|line| line.chars().take(LOG_LINE_CHARS).collect())
+        .collect();
+    if kept.is_empty() {
+        return None;
+    }
+    if lines.next().is_some() {
+        kept.push("…".to_string());
+    }
+    Some(kept.join(" | "))
+}
+
+/// `exit N` or `signal N`.
+fn describe(status: std::process::ExitStatus) -> String {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(signal) = status.signal() {
+            return format!("signal {signal}");
+        }
+    }
+    match status.code() {
+        Some(code) => format!("exit {code}"),
+        None => status.to_string(),
+    }
+}
+
+/// Kills the hook and everything in its process group, then reaps the hook (bounded).
+async fn kill_and_reap(child: &mut Child, pid: Option<u32>) -> Option<String> {
+    kill_group(child, pid);
+    match tokio::time::timeout(REAP_WAIT, child.wait()).await {
+        Ok(Ok(status)) => Some(describe(status)),
+        Ok(Err(e)) => {
+            tracing::warn!(pid, error = %e, "could not reap a killed hook");
+            None
+        }
+        Err(_) => {
+            // Dropping the child hands it to Tokio's orphan reaper.
+            tracing::warn!(
+                pid,
+                "a killed hook did not exit; it will be reaped in the background"
+            );
+            None
+        }
+    }
+}
+
+#[cfg(unix)]
+fn kill_group(child: &mut Child, pid: Option<u32>) {
+    // `pid` is None only when the child was already reaped, and then its group cannot be ours
+    // to kill any more.
+    let Some(pgid) = pid.and_then(|p| libc::pid_t::try_from(p).ok()) else {
+        return;
+    };
+    // The group id is the hook's pid, not yet reaped, so it cannot have been reused.
+    match nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), nix::sys::signal::SIGKILL) {
+        // ESRCH: the group is already gone, which is what we wanted.
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+        Err(e) => {
+            tracing::warn!(pgid, error = %e, "could not kill a hook's process group");
+            let _ = child.start_kill();
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn kill_group(child: &mut Child, _pid: Option<u32>) {
+    if let Err(e) = child.start_kill() {
+        tracing::warn!(error = %e, "could not kill a hook");
+    }
+}
+
+/// Runs a webhook for `event`: one POST on a fresh connection, all within `timeout`.
+async fn run_webhook(target: &Target, event: &Event, timeout: Duration) -> Report {
+    match tokio::time::timeout(timeout, post(target, event.json())).await {
+        Ok(Ok((status, body))) => {
+            let outcome = if status.is_success() {
+                Outcome::Ok
+            } else {
+                Outcome::Failed
+            };
+            Report {
+                outcome,
+                status: Some(format!("HTTP {}", status.as_u16())),
+                stdout: if outcome == Outcome::Ok {
+                    None
+                } else {
+                    summarize(&String::from_utf8_lossy(&body))
+                },
+                stderr: None,
+                error: None,
+            }
+        }
+        Ok(Err(e)) => Report::error(Outcome::Failed, e),
+        Err(_) => Report::error(
+            Outcome::Timeout,
+            format!("no answer within {}", humantime::format_duration(timeout)),
+        ),
+    }
+}
+
+/// POSTs `body` to `target`; returns the status and the first bytes of the response body.
+async fn post(target: &Target, body: String) -> Result<(hyper::StatusCode, Vec<u8>), WebhookError> {
+    let host = || target.authority.clone();
+    let addrs: Vec<_> = tokio::net::lookup_host((target.host.as_str(), target.port))
+        .await
+        .map_err(|source| WebhookError::Resolve {
+            host: host(),
+            source,
+        })?
+        .collect();
+    let mut last_error = None;
+    let mut stream = None;
+    for addr in addrs {
+        match TcpStream::connect(addr).await {
+            Ok(s) => {
+                stream = Some(s);
+                break;
+            }
+            Err(e) => last_error = Some(e),
+        }
+    }
+    let stream = match (stream, last_error) {
+        (Some(stream), _) => stream,
+        (None, Some(source)) => {
+            return Err(WebhookError::Connect {
+                host: host(),
+                source,
+            })
+        }
+        (None, None) => return Err(WebhookError::NoAddress { host: host() }),
+    };
+    let http = |source| WebhookError::Http {
+        host: host(),
+        source,
+    };
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
+            .await
+            .map_err(http)?;
+    let request = Request::post(target.path_and_query.as_str())
+        .header(HOST, target.authority.as_str())
+        .header(CONTENT_TYPE, "application/json")
+        .header(USER_AGENT, concat!("warren/", env!("CARGO_PKG_VERSION")))
+        .header(CONNECTION, "close")
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| WebhookError::Url {
+            url: target.display(),
+            reason: e.to_string(),
+        })?;
+    let exchange = async {
+        let response = sender.send_request(request).await.map_err(http)?;
+        let status = response.status();
+        let mut body = response.into_body();
+        let mut head = Vec::new();
+        // Only a failure's body is logged, and only its start.
+        while !status.is_success() && head.len() < WEBHOOK_BODY_LOGGED {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        let room = WEBHOOK_BODY_LOGGED - head.len();
+                        head.extend_from_slice(&data[..data.len().min(room)]);
+                    }
+                }
+                Some(Err(_)) | None => break,
+            }
+        }
+        Ok((status, head))
+    };
+    // The connection is driven here rather than spawned, so a timeout drops it with the run.
+    tokio::pin!(exchange);
+    tokio::pin!(connection);
+    tokio::select! {
+        result = &mut exchange => result,
+        finished = &mut connection => match finished {
+            // With `Connection: close` it may finish while the response is still buffered.
+            Ok(()) => exchange.await.map_err(|e| match e {
+                WebhookError::Http { source, .. } if source.is_canceled() || source.is_closed() => {
+                    WebhookError::Closed { host: host() }
+                }
+                e => e,
+            }),
+            Err(source) => Err(http(source)),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(kind: HookEvent, backend: Option<&str>, available: usize) -> Event {
+        Event {
+            kind,
+            pool: "rabbitmq".to_string(),
+            backend: backend.map(str::to_string),
+            backend_addr: backend.map(|_| "10.0.0.1:5672".to_string()),
+            available,
+            total: 2,
+        }
+    }
+
+    fn kinds_and_available(queue: &Queue) -> Vec<(HookEvent, Option<&str>, usize)> {
+        queue
+            .events
+            .iter()
+            .map(|e| (e.kind, e.backend.as_deref(), e.available))
+            .collect()
+    }
+
+    #[test]
+    fn identical_events_coalesce_newest_wins() {
+        let mut queue = Queue::default();
+        for available in 1..=10 {
+            assert_eq!(
+                queue.push(event(HookEvent::BackendDown, Some("a"), available)),
+                None
+            );
+        }
+        queue.push(event(HookEvent::BackendUp, Some("a"), 2));
+        assert_eq!(
+            kinds_and_available(&queue),
+            vec![
+                (HookEvent::BackendDown, Some("a"), 10),
+                (HookEvent::BackendUp, Some("a"), 2)
+            ]
+        );
+    }
+
+    #[test]
+    fn flapping_keeps_the_newest_state_last() {
+        use HookEvent::{BackendDown, BackendUp};
+        let mut queue = Queue::default();
+        for (kind, available) in [(BackendDown, 1), (BackendUp, 2), (BackendDown, 1)] {
+            queue.push(event(kind, Some("a"), available));
+        }
+        assert_eq!(
+            kinds_and_available(&queue),
+            vec![(BackendUp, Some("a"), 2), (BackendDown, Some("a"), 1)]
+        );
+    }
+
+    #[test]
+    fn different_subjects_do_not_coalesce() {
+        let mut queue = Queue::default();
+        queue.push(event(HookEvent::BackendDown, Some("a"), 1));
+        queue.push(event(HookEvent::BackendDown, Some("b"), 0));
+        queue.push(event(HookEvent::PoolDown, None, 0));
+        let mut other_pool = event(HookEvent::PoolDown, None, 0);
+        other_pool.pool = "other".to_string();
+        queue.push(other_pool);
+        assert_eq!(queue.events.len(), 4);
+    }
+
+    #[test]
+    fn full_queue_drops_the_oldest() {
+        let mut queue = Queue::default();
+        let mut dropped = Vec::new();
+        for i in 0..QUEUE_CAPACITY + 3 {
+            let name = format!("b{i}");
+            dropped.extend(queue.push(event(HookEvent::BackendDown, Some(&name), i)));
+        }
+        assert_eq!(queue.events.len(), QUEUE_CAPACITY);
+        let dropped: Vec<_> = dropped.iter().map(|e| e.available).collect();
+        assert_eq!(dropped, vec![0, 1, 2]);
+        assert_eq!(queue.events.front().map(|e| e.available), Some(3));
+    }
+
+    #[test]
+    fn exec_environment_and_webhook_body() {
+        let backend = event(HookEvent::BackendDown, Some("rabbit-a"), 1);
+        assert_eq!(
+            backend.json(),
+            r#"{"event":"backend_down","pool":"rabbitmq","backend":"rabbit-a","backend_addr":"10.0.0.1:5672","available":1,"total":2}"#
+        );
+        let pool = event(HookEvent::PoolFailover, None, 0);
+        assert_eq!(
+            pool.json(),
+            r#"{"event":"pool_failover","pool":"rabbitmq","backend":null,"backend_addr":null,"available":0,"total":2}"#
+        );
+        let env: Vec<(&str, String)> = pool.env().into_iter().collect();
+        assert_eq!(
+            env,
+            vec![
+                ("WARREN_EVENT", "pool_failover".to_string()),
+                ("WARREN_POOL", "rabbitmq".to_string()),
+                ("WARREN_BACKEND", String::new()),
+                ("WARREN_BACKEND_ADDR", String::new()),
+                ("WARREN_AVAILABLE", "0".to_string()),
+                ("WARREN_TOTAL", "2".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn webhook_urls() {
+        let cases = [
+            (
+                "http://127.0.0.1:8080/warren-events",
+                "127.0.0.1",
+                8080,
+                "127.0.0.1:8080",
+                "/warren-events",
+            ),
+            (
+                "http://hooks.example/",
+                "hooks.example",
+                80,
+                "hooks.example",
+                "/",
+            ),
+            (
+                "http://hooks.example",
+                "hooks.example",
+                80,
+                "hooks.example",
+                "/",
+            ),
+            (
+                "http://[::1]:9000/a?b=c",
+                "::1",
+                9000,
+                "[::1]:9000",
+                "/a?b=c",
+            ),
+            ("http://user:secret@h:81/x", "h", 81, "h:81", "/x"),
+        ];
+        for (url, host, port, authority, path) in cases {
+            let target = Target::parse(url).unwrap_or_else(|e| panic!("{url}: {e}"));
+            assert_eq!(
+                target,
+                Target {
+                    host: host.to_string(),
+                    port,
+                    authority: authority.to_string(),
+                    path_and_query: path.to_string(),
+                },
+                "{url}"
+            );
+            assert!(!target.display().contains("secret"), "{url}");
+        }
+        for bad in ["https://h/", "http://", "h:80/x", "http://a b/"] {
+            assert!(Target::parse(bad).is_err(), "{bad} parsed");
+        }
+    }
+
+    #[test]
+    fn output_summary() {
+        assert_eq!(summarize(""), None);
+        assert_eq!(summarize("\n  \n"), None);
+        assert_eq!(summarize("one\n\ntwo  \n").as_deref(), Some("one | two"));
+        let many = "1\n2\n3\n4\n5\n6\n";
+        assert_eq!(summarize(many).as_deref(), Some("1 | 2 | 3 | 4 | 5 | …"));
+        let long = "x".repeat(500);
+        assert_eq!(
+            summarize(&long).map(|s| s.chars().count()),
+            Some(LOG_LINE_CHARS)
+        );
+    }
+}

@@ -1,0 +1,365 @@
+//! Health end to end, in process: probes mark a killed backend down within
+//! `fall × interval + timeout` and back up after `rise` successes, hooks run once per real
+//! change with the documented environment, a flapping backend changes nothing it should not,
+//! and backups take over (and give back) new connections while old ones stay untouched.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+use warren::config::{Balance, HealthConfig, HookAction, HookConfig, HookEvent, Probe};
+use warren::state::Health;
+
+const SECOND: Duration = Duration::from_secs(1);
+
+fn tcp_health(interval_ms: u64, timeout_ms: u64, rise: u32, fall: u32) -> HealthConfig {
+    HealthConfig {
+        probe: Probe::Tcp,
+        interval: Duration::from_millis(interval_ms),
+        timeout: Duration::from_millis(timeout_ms),
+        rise,
+        fall,
+    }
+}
+
+/// A hook that appends one line per run to a file: "EVENT POOL BACKEND ADDR AVAILABLE TOTAL".
+struct HookLog {
+    dir: PathBuf,
+    log: PathBuf,
+}
+
+impl HookLog {
+    fn new(name: &str) -> HookLog {
+        let dir = std::env::temp_dir().join(format!("warren-health-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("events.log");
+        let script = dir.join("hook.sh");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\necho \"$WARREN_EVENT $WARREN_POOL $WARREN_BACKEND $WARREN_BACKEND_ADDR $WARREN_AVAILABLE $WARREN_TOTAL\" >> {}\n",
+                log.display()
+            ),
+        )
+        .unwrap();
+        HookLog { dir, log }
+    }
+
+    fn hook(&self, on: &[HookEvent]) -> HookConfig {
+        HookConfig {
+            on: on.to_vec(),
+            action: HookAction::Exec(vec![
+                "/bin/sh".into(),
+                self.dir.join("hook.sh").display().to_string(),
+            ]),
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn lines(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for HookLog {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// An echo backend on a fixed address that can be killed and brought back.
+struct Revivable {
+    addr: SocketAddr,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Revivable {
+    async fn start() -> Revivable {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut r = Revivable { addr, task: None };
+        r.serve(listener);
+        r
+    }
+
+    fn serve(&mut self, listener: TcpListener) {
+        self.task = Some(tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                tokio::spawn(echo(s));
+            }
+        }));
+    }
+
+    async fn kill(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+
+    async fn revive(&mut self) {
+        let listener = TcpListener::bind(self.addr).await.unwrap();
+        self.serve(listener);
+    }
+}
+
+impl Drop for Revivable {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+fn health_of(warren: &Warren, backend: &str) -> Health {
+    warren
+        .health
+        .backend("default", backend)
+        .expect("backend is tracked")
+        .health
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_backend_goes_down_in_time_and_comes_back_after_rise() {
+    let hooks = HookLog::new("kill");
+    let mut a = Revivable::start().await;
+    let b = spawn_backend(echo).await;
+    let (interval, timeout, rise, fall) = (200, 100, 2, 3);
+    let mut cfg = config(
+        Balance::RoundRobin,
+        vec![backend("a", a.addr), backend("b", b.addr)],
+    );
+    cfg.pools[0].health = Some(tcp_health(interval, timeout, rise, fall));
+    cfg.hooks = vec![hooks.hook(&[HookEvent::BackendDown, HookEvent::BackendUp])];
+    let warren = Warren::start(cfg, quick());
+
+    wait_for("a up", 5 * SECOND, || health_of(&warren, "a") == Health::Up).await;
+    let killed = Instant::now();
+    a.kill().await;
+    wait_for("a down", 5 * SECOND, || {
+        health_of(&warren, "a") == Health::Down
+    })
+    .await;
+    let took = killed.elapsed();
+    // fall × interval (+10% jitter) + timeout, plus the probe in flight at the kill.
+    let bound = Duration::from_millis((fall as u64 + 1) * interval * 11 / 10 + timeout);
+    println!("down after {took:?} (bound {bound:?})");
+    assert!(took <= bound, "down after {took:?}, bound {bound:?}");
+
+    wait_for("backend_down hook ran", 5 * SECOND, || {
+        !hooks.lines().is_empty()
+    })
+    .await;
+    assert_eq!(
+        hooks.lines(),
+        vec![format!("backend_down default a {} 1 2", a.addr)]
+    );
+    // Down: new connections all go to b.
+    for _ in 0..10 {
+        let mut s = TcpStream::connect(warren.addr).await.unwrap();
+        s.write_all(b"x").await.unwrap();
+        let mut buf = [0u8; 1];
+        s.read_exact(&mut buf).await.unwrap();
+    }
+    assert_eq!(
+        warren.metric(r#"warren_backend_connections_total{backend="a",pool="default"}"#),
+        0.0,
+        "no new connection goes to a backend that is down"
+    );
+
+    let revived = Instant::now();
+    a.revive().await;
+    wait_for("a up again", 5 * SECOND, || {
+        health_of(&warren, "a") == Health::Up
+    })
+    .await;
+    let took = revived.elapsed();
+    println!("up after {took:?} (rise {rise} × interval {interval}ms)");
+    assert!(took >= Duration::from_millis((rise as u64 - 1) * interval * 9 / 10));
+    wait_for("backend_up hook ran", 5 * SECOND, || {
+        hooks.lines().len() == 2
+    })
+    .await;
+    assert_eq!(
+        hooks.lines()[1],
+        format!("backend_up default a {} 2 2", a.addr)
+    );
+    let record = warren.health.backend("default", "a").unwrap();
+    assert!(record.last_probe.as_ref().is_some_and(|p| p.up));
+    assert_eq!(
+        warren.metric(r#"warren_backend_up{backend="a",pool="default"}"#),
+        1.0
+    );
+    assert!(
+        warren.metric(r#"warren_health_checks_total{backend="a",pool="default",result="failed"}"#)
+            >= fall as f64
+    );
+    warren.stop().await;
+}
+
+/// A fake broker that alternates: a real Connection.Start on one connection, garbage on the next.
+async fn flapping_broker() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut good = true;
+        while let Ok((mut s, _)) = listener.accept().await {
+            let reply = if good {
+                connection_start()
+            } else {
+                b"HTTP/1.1 400 nope\r\n\r\n".to_vec()
+            };
+            good = !good;
+            tokio::spawn(async move {
+                let mut header = [0u8; 8];
+                if s.read_exact(&mut header).await.is_ok() {
+                    let _ = s.write_all(&reply).await;
+                }
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// A minimal, valid AMQP 0-9-1 Connection.Start frame.
+fn connection_start() -> Vec<u8> {
+    let mut payload = vec![0, 10, 0, 10, 0, 9];
+    payload.extend_from_slice(&0u32.to_be_bytes()); // empty server-properties table
+    for s in [&b"PLAIN AMQPLAIN"[..], b"en_US"] {
+        payload.extend_from_slice(&(s.len() as u32).to_be_bytes());
+        payload.extend_from_slice(s);
+    }
+    let mut frame = vec![1, 0, 0];
+    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&payload);
+    frame.push(0xCE);
+    frame
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flapping_backend_changes_state_only_as_rise_and_fall_allow() {
+    let hooks = HookLog::new("flap");
+    let (addr, _broker) = flapping_broker().await;
+    let mut cfg = config(Balance::RoundRobin, vec![backend("flappy", addr)]);
+    cfg.pools[0].health = Some(HealthConfig {
+        probe: Probe::Amqp,
+        interval: Duration::from_millis(50),
+        timeout: Duration::from_millis(200),
+        rise: 2,
+        fall: 2,
+    });
+    cfg.hooks = vec![hooks.hook(&[HookEvent::BackendDown, HookEvent::BackendUp])];
+    let warren = Warren::start(cfg, quick());
+    let series = r#"warren_health_checks_total{backend="flappy",pool="default",result="failed"}"#;
+    wait_for("20 failed probes", 10 * SECOND, || {
+        warren.metric(series) >= 20.0
+    })
+    .await;
+    let ok =
+        warren.metric(r#"warren_health_checks_total{backend="flappy",pool="default",result="ok"}"#);
+    println!(
+        "after {ok} good and {} bad alternating probes",
+        warren.metric(series)
+    );
+    // Alternating results never give two failures (or two successes) in a row.
+    assert_eq!(health_of(&warren, "flappy"), Health::Up);
+    assert!(hooks.lines().is_empty(), "hooks ran: {:?}", hooks.lines());
+    warren.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_take_over_when_primaries_fail_and_give_back_when_one_returns() {
+    let hooks = HookLog::new("failover");
+    let mut primary = Revivable::start().await;
+    let spare = spawn_tagged(2).await;
+    let mut spare_cfg = backend("spare", spare.addr);
+    spare_cfg.backup = true;
+    let mut cfg = config(
+        Balance::RoundRobin,
+        vec![backend("primary", primary.addr), spare_cfg],
+    );
+    cfg.pools[0].health = Some(tcp_health(100, 100, 2, 2));
+    cfg.hooks = vec![hooks.hook(&[HookEvent::PoolFailover, HookEvent::PoolFailback])];
+    let warren = Warren::start(cfg, quick());
+    wait_for("primary up", 5 * SECOND, || {
+        health_of(&warren, "primary") == Health::Up
+    })
+    .await;
+
+    // An open connection through the primary: it must survive every health change.
+    let mut old = TcpStream::connect(warren.addr).await.unwrap();
+    old.write_all(b"1").await.unwrap();
+    let mut buf = [0u8; 1];
+    old.read_exact(&mut buf).await.unwrap();
+
+    // Take the primary's listener away (its open connection stays) → failover.
+    primary.kill().await;
+    wait_for("pool_failover hook", 5 * SECOND, || {
+        !hooks.lines().is_empty()
+    })
+    .await;
+    assert_eq!(
+        hooks.lines(),
+        vec!["pool_failover default   1 2".to_owned()]
+    );
+    for _ in 0..5 {
+        let (id, _) = which_backend(warren.addr).await;
+        assert_eq!(id, 2, "new connections go to the backup");
+    }
+    old.write_all(b"2").await.unwrap();
+    old.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"2", "the old connection is untouched by failover");
+
+    primary.revive().await;
+    wait_for("pool_failback hook", 5 * SECOND, || {
+        hooks.lines().len() == 2
+    })
+    .await;
+    assert_eq!(hooks.lines()[1], "pool_failback default   2 2");
+    let mut s = TcpStream::connect(warren.addr).await.unwrap();
+    s.write_all(b"p").await.unwrap();
+    let mut got = [0u8; 1];
+    s.read_exact(&mut got).await.unwrap();
+    assert_eq!(
+        &got, b"p",
+        "the primary (an echo, no id byte) takes new connections again"
+    );
+    old.write_all(b"3").await.unwrap();
+    old.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"3", "the old connection is untouched by failback");
+    warren.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_connects_count_as_failed_checks() {
+    // The probe interval is long, so only passive failures can take the backend down.
+    let dead = refused_addr();
+    let live = spawn_tagged(1).await;
+    let mut cfg = config(
+        Balance::RoundRobin,
+        vec![backend("dead", dead), backend("live", live.addr)],
+    );
+    cfg.pools[0].health = Some(tcp_health(60_000, 100, 2, 2));
+    let warren = Warren::start(cfg, quick());
+    for _ in 0..6 {
+        let (id, _) = which_backend(warren.addr).await;
+        assert_eq!(id, 1);
+    }
+    wait_for("dead marked down by passive checks", 5 * SECOND, || {
+        health_of(&warren, "dead") == Health::Down
+    })
+    .await;
+    warren.stop().await;
+}

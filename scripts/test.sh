@@ -21,11 +21,20 @@ apt_install() {
 }
 
 # System packages the tests use. Each entry: a command to look for, and the Debian packages
-# that provide it. Later test suites add theirs here (rabbitmq-server, nginx, haproxy).
+# that provide it.
 install_test_deps() {
     local missing=()
     if ! command -v setpriv >/dev/null 2>&1; then
         missing+=(util-linux iproute2)
+    fi
+    # RabbitMQ for the real-node probe tests (and later the cluster tests).
+    if [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
+        if [ "$(id -u)" -eq 0 ]; then
+            log "installing rabbitmq-server"
+            bash scripts/rabbitmq.sh install
+        else
+            log "not root: rabbitmq-server missing; the real-node tests will skip"
+        fi
     fi
     if [ "${#missing[@]}" -eq 0 ]; then
         log "test dependencies present"

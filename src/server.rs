@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::health::{self, Controller};
 use crate::hooks::Hooks;
 use crate::metrics::Metrics;
-use crate::proxy::{self, forward::Plane, Context, Stop};
+use crate::proxy::{self, forward::Plane, Context};
 use crate::state::Routing;
 
 /// How a server runs, beyond its config file.
@@ -261,10 +261,7 @@ impl Server {
 
     /// Serve until `shutdown` is cancelled, then stop gracefully.
     pub async fn run(self, shutdown: CancellationToken) {
-        let stop = Stop {
-            accepting: CancellationToken::new(),
-            connections: CancellationToken::new(),
-        };
+        let stop_accepting = CancellationToken::new();
 
         let connections = TaskTracker::new();
         let accept_loops = TaskTracker::new();
@@ -277,14 +274,14 @@ impl Server {
                 name,
                 max,
                 self.ctx.clone(),
-                stop.clone(),
+                stop_accepting.clone(),
                 connections.clone(),
             ));
         }
         accept_loops.close();
 
         shutdown.cancelled().await;
-        stop.accepting.cancel();
+        stop_accepting.cancel();
         accept_loops.wait().await;
         connections.close();
         let open = connections.len();
@@ -301,7 +298,7 @@ impl Server {
                 open_connections = connections.len(),
                 "grace period over, closing the remaining connections"
             );
-            stop.connections.cancel();
+            self.ctx.routing.shutdown_token().cancel();
             connections.wait().await;
         }
         let mut control = self.control;

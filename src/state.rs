@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use prometheus::{Histogram, IntCounter, IntGauge};
+use tokio_util::sync::CancellationToken;
 
 use crate::balance::{self, Selector};
 use crate::config::{Config, ListenerConfig};
@@ -56,10 +57,30 @@ pub struct BackendStats {
     pub failures_timeout: IntCounter,
     pub failures_other: IntCounter,
     pub up: IntGauge,
+    /// Cancelled to close this backend's connections (a drain deadline); a child of the
+    /// routing's shutdown token, so shutdown closes them too. Replaced after use.
+    close: Mutex<CancellationToken>,
 }
 
 impl BackendStats {
-    fn new(metrics: &Metrics, pool: &str, backend: &str) -> BackendStats {
+    /// The token a new connection to this backend watches.
+    pub fn close_token(&self) -> CancellationToken {
+        self.close.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Close every open connection to this backend; new ones get a fresh token.
+    pub fn close_connections(&self, shutdown: &CancellationToken) {
+        let mut close = self.close.lock().unwrap_or_else(|e| e.into_inner());
+        close.cancel();
+        *close = shutdown.child_token();
+    }
+
+    fn new(
+        metrics: &Metrics,
+        pool: &str,
+        backend: &str,
+        shutdown: &CancellationToken,
+    ) -> BackendStats {
         let pb = [pool, backend];
         let failures = |reason| {
             metrics
@@ -83,6 +104,7 @@ impl BackendStats {
             failures_timeout: failures("timeout"),
             failures_other: failures("other"),
             up: metrics.backend_up.with_label_values(&pb),
+            close: Mutex::new(shutdown.child_token()),
         }
     }
 }
@@ -174,6 +196,8 @@ pub struct Transition {
 /// Owner of the published snapshot and of the per-backend state that survives rebuilds.
 pub struct Routing {
     current: ArcSwap<Snapshot>,
+    /// Cancelled when the shutdown grace period is over: closes every proxied connection.
+    shutdown: CancellationToken,
     /// Serialises writers so two events never publish from the same base and lose one.
     writer: Mutex<()>,
     metrics: Arc<Metrics>,
@@ -182,13 +206,20 @@ pub struct Routing {
 impl Routing {
     /// Build the first snapshot from a config; every backend starts `Unknown` and `Active`.
     pub fn new(config: &Config, metrics: Arc<Metrics>) -> Routing {
-        let snapshot = build(config, None, &metrics);
+        let shutdown = CancellationToken::new();
+        let snapshot = build(config, None, &metrics, &shutdown);
         publish_gauges(&snapshot, &metrics);
         Routing {
             current: ArcSwap::from_pointee(snapshot),
+            shutdown,
             writer: Mutex::new(()),
             metrics,
         }
+    }
+
+    /// The token whose cancellation closes every proxied connection (end of the grace period).
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.shutdown
     }
 
     /// The current snapshot (the data path's only access).
@@ -248,7 +279,12 @@ impl Routing {
 }
 
 /// Build a snapshot from a config, carrying stats and selectors over from `previous` by name.
-fn build(config: &Config, previous: Option<&Snapshot>, metrics: &Metrics) -> Snapshot {
+fn build(
+    config: &Config,
+    previous: Option<&Snapshot>,
+    metrics: &Metrics,
+    shutdown: &CancellationToken,
+) -> Snapshot {
     let listeners = config
         .listeners
         .iter()
@@ -273,7 +309,7 @@ fn build(config: &Config, previous: Option<&Snapshot>, metrics: &Metrics) -> Sna
                         health: old_b.map_or(Health::Unknown, |o| o.health),
                         admin: old_b.map_or(AdminState::Active, |o| o.admin),
                         stats: old_b.map_or_else(
-                            || Arc::new(BackendStats::new(metrics, &p.name, &b.name)),
+                            || Arc::new(BackendStats::new(metrics, &p.name, &b.name, shutdown)),
                             |o| o.stats.clone(),
                         ),
                     }

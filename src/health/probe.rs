@@ -225,6 +225,7 @@ async fn tcp(target: &Target, stage: &mut Stage) -> Outcome {
 /// | read Connection.Start, send Connection.Close            | 6     | 1 info + 1 error**   |
 /// | send the header, close (FIN) before the answer          | 3     | 1 info + 1 warning*  |
 /// | connect and close without a byte (the `tcp` probe)      | 0     | (debug only)         |
+/// | `proxy_protocol = true`: PROXY v2 header, then as above | same  | same                 |
 ///
 /// \* "accepting AMQP connection <pid> (a -> b)" at info, then "closing AMQP connection <pid>
 /// (a -> b):" / "client unexpectedly closed TCP connection" (one warning event on two lines).
@@ -415,7 +416,8 @@ fn field_value_len(kind: u8, value: &[u8]) -> Option<usize> {
 // ---------------------------------------------------------------------------------------------
 // amqp_login
 
-/// Log in with lapin, open a channel, close both cleanly.
+/// Log in with lapin, open a channel, close both cleanly. RabbitMQ 3.10.8 logs three info lines
+/// per probe (accepting, "authenticated and granted access", closing) and nothing above info.
 ///
 /// lapin 4 lets the caller supply the transport (`Connection::connector` with a connect
 /// function), so the TCP connection is made here: to the backend's resolved address, with the

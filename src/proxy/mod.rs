@@ -119,15 +119,6 @@ impl Drop for GaugeGuard<'_> {
     }
 }
 
-/// Signals that end the accept loop and the connections.
-#[derive(Clone)]
-pub struct Stop {
-    /// Cancelled first on shutdown: listeners stop accepting, open connections continue.
-    pub accepting: CancellationToken,
-    /// Cancelled when the grace period is over: open connections are closed.
-    pub connections: CancellationToken,
-}
-
 /// A pause that grows after each consecutive accept error (EMFILE and the like), so a listener at
 /// the descriptor limit sleeps instead of spinning; capped so recovery is prompt.
 pub fn accept_backoff(consecutive_errors: u32) -> Duration {
@@ -153,7 +144,7 @@ pub async fn serve(
     name: Arc<str>,
     max_connections: usize,
     ctx: Arc<Context>,
-    stop: Stop,
+    stop_accepting: CancellationToken,
     tracker: TaskTracker,
 ) {
     // One permit per open connection; a connection over the limit is closed at once.
@@ -163,7 +154,7 @@ pub async fn serve(
     loop {
         let accepted = tokio::select! {
             biased;
-            () = stop.accepting.cancelled() => break,
+            () = stop_accepting.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
         match accepted {
@@ -175,7 +166,6 @@ pub async fn serve(
                             listener: name.clone(),
                             ctx: ctx.clone(),
                             stats: stats.clone(),
-                            stop: stop.connections.clone(),
                             _permit: permit,
                         };
                         tracker.spawn(handle(Box::new((socket, peer)), conn));
@@ -197,7 +187,7 @@ pub async fn serve(
                         consecutive_errors, "accept failed, backing off");
                 }
                 tokio::select! {
-                    () = stop.accepting.cancelled() => break,
+                    () = stop_accepting.cancelled() => break,
                     () = tokio::time::sleep(pause) => {}
                 }
             }
@@ -260,6 +250,8 @@ struct Link {
     idle_timeout: Duration,
     /// Payload that arrived with the inbound PROXY header, already sent to the backend.
     early_bytes: u64,
+    /// Cancelled at a drain deadline or at the end of the shutdown grace period.
+    close: CancellationToken,
 }
 
 /// What a connection task holds for its whole life besides its sockets.
@@ -267,8 +259,6 @@ struct Conn {
     listener: Arc<str>,
     ctx: Arc<Context>,
     stats: Arc<ListenerStats>,
-    /// Cancelled when the shutdown grace period is over.
-    stop: CancellationToken,
     /// The listener's `max_connections` slot; released when the task ends.
     _permit: OwnedSemaphorePermit,
 }
@@ -294,11 +284,16 @@ async fn handle(accepted: Box<(TcpStream, SocketAddr)>, conn: Conn) {
             &link.backend.bytes_to_backend,
             &link.backend.bytes_to_client,
         ),
-        &conn.stop,
-        CloseReason::Shutdown,
+        &link.close,
+        CloseReason::Drain,
     )
     .await;
-    stats.closed(outcome.reason).inc();
+    let mut reason = outcome.reason;
+    if reason == CloseReason::Drain && conn.ctx.routing.shutdown_token().is_cancelled() {
+        // The backend's close token is a child of the shutdown token.
+        reason = CloseReason::Shutdown;
+    }
+    stats.closed(reason).inc();
     tracing::info!(
         client = %link.origin,
         listener = &*conn.listener,
@@ -307,7 +302,7 @@ async fn handle(accepted: Box<(TcpStream, SocketAddr)>, conn: Conn) {
         bytes_to_backend = outcome.to_backend + link.early_bytes,
         bytes_to_client = outcome.to_client,
         duration_ms = started.elapsed().as_millis() as u64,
-        reason = outcome.reason.as_str(),
+        reason = reason.as_str(),
         "connection closed"
     );
 }
@@ -403,6 +398,7 @@ async fn establish(
         backend: backend.stats.clone(),
         idle_timeout: listener.idle_timeout,
         early_bytes: early.len() as u64,
+        close: backend.stats.close_token(),
     })
 }
 

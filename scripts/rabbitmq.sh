@@ -1,0 +1,267 @@
+#!/usr/bin/env bash
+# Real RabbitMQ nodes on loopback for warren's tests and demos (Debian/Ubuntu package).
+#
+#   scripts/rabbitmq.sh install
+#       apt-get install rabbitmq-server if missing (as root), and make sure the package's own
+#       service is stopped and disabled so it does not hold 5672.
+#   scripts/rabbitmq.sh start NAME AMQP_PORT DIST_PORT MGMT_PORT BASEDIR [EXTRA_CONF_LINE...]
+#       start node NAME@localhost detached: AMQP on 127.0.0.1:AMQP_PORT, Erlang distribution on
+#       DIST_PORT, management on 127.0.0.1:MGMT_PORT, everything (data, logs, config, cookie)
+#       under BASEDIR/NAME; then wait (bounded) until the node has booted. Extra arguments are
+#       appended to rabbitmq.conf as lines, e.g. 'proxy_protocol = true'. Nodes started with
+#       the same BASEDIR share an Erlang cookie, so they can be clustered.
+#   scripts/rabbitmq.sh stop NAME BASEDIR
+#       rabbitmqctl stop, then kill whatever of that node is left (by its pid file).
+#   scripts/rabbitmq.sh stop_app NAME BASEDIR | start_app NAME BASEDIR
+#       stop/start the RabbitMQ application; the Erlang node keeps running.
+#   scripts/rabbitmq.sh logfile NAME BASEDIR
+#       print the path of the node's main log file.
+#   scripts/rabbitmq.sh ctl NAME BASEDIR ARGS...
+#       run rabbitmqctl ARGS against the node (e.g. add_user, join_cluster).
+#
+# Every wait is bounded: START_TIMEOUT (default 60) and STOP_TIMEOUT (default 30) seconds.
+# Only loopback addresses are used.
+set -euo pipefail
+
+RABBIT_BIN=/usr/lib/rabbitmq/bin
+START_TIMEOUT=${START_TIMEOUT:-60}
+STOP_TIMEOUT=${STOP_TIMEOUT:-30}
+
+log() { printf '==> rabbitmq.sh: %s\n' "$*" >&2; }
+die() {
+    printf 'rabbitmq.sh: error: %s\n' "$*" >&2
+    exit 1
+}
+
+usage() {
+    sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    exit 2
+}
+
+need_installed() {
+    [ -x "$RABBIT_BIN/rabbitmq-server" ] || die "RabbitMQ is not installed: run scripts/rabbitmq.sh install (as root)"
+}
+
+# The package's own node (started by the postinst where services may start) would hold 5672
+# and 25672; stop it and keep it from coming back at boot.
+stop_package_service() {
+    if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+        systemctl stop rabbitmq-server.service >/dev/null 2>&1 || true
+        systemctl disable rabbitmq-server.service >/dev/null 2>&1 || true
+    fi
+    if command -v service >/dev/null 2>&1; then
+        service rabbitmq-server stop >/dev/null 2>&1 || true
+    fi
+    if command -v update-rc.d >/dev/null 2>&1; then
+        update-rc.d rabbitmq-server disable >/dev/null 2>&1 || true
+    fi
+    # Without an init system the service script may have left a node behind: its pid file.
+    local pidfile
+    for pidfile in /run/rabbitmq/pid /var/lib/rabbitmq/mnesia/rabbit@*.pid; do
+        [ -f "$pidfile" ] || continue
+        local pid
+        pid=$(cat "$pidfile" 2>/dev/null || true)
+        if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+            log "stopping the package's node (pid $pid from $pidfile)"
+            kill "$pid" 2>/dev/null || true
+            wait_gone "$pid" 15 || kill -9 "$pid" 2>/dev/null || true
+        fi
+    done
+}
+
+# wait_gone PID SECONDS: 0 once the process is gone, 1 if it is still there at the deadline.
+wait_gone() {
+    local pid=$1 deadline=$((SECONDS + $2))
+    while kill -0 "$pid" 2>/dev/null; do
+        [ "$SECONDS" -lt "$deadline" ] || return 1
+        sleep 0.2
+    done
+    return 0
+}
+
+cmd_install() {
+    if [ ! -x "$RABBIT_BIN/rabbitmq-server" ]; then
+        [ "$(id -u)" -eq 0 ] || die "rabbitmq-server is missing and installing it needs root"
+        command -v apt-get >/dev/null 2>&1 || die "no apt-get: install rabbitmq-server yourself"
+        log "installing rabbitmq-server"
+        apt-get update
+        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends rabbitmq-server
+    else
+        log "rabbitmq-server present"
+    fi
+    if [ "$(id -u)" -eq 0 ]; then
+        stop_package_service
+    fi
+}
+
+# Paths and environment of node NAME under BASEDIR; sets NODE_DIR and exports RABBITMQ_*.
+node_env() {
+    local name=$1 basedir=$2
+    case "$name" in
+    *[!A-Za-z0-9_-]* | "") die "node name '$name' must be letters, digits, _ or -" ;;
+    esac
+    mkdir -p "$basedir"
+    basedir=$(cd "$basedir" && pwd)
+    NODE_DIR="$basedir/$name"
+    export RABBITMQ_NODENAME="$name@localhost"
+    export RABBITMQ_MNESIA_BASE="$NODE_DIR/mnesia"
+    export RABBITMQ_LOG_BASE="$NODE_DIR/log"
+    export RABBITMQ_CONFIG_FILE="$NODE_DIR/rabbitmq.conf"
+    export RABBITMQ_ENABLED_PLUGINS_FILE="$NODE_DIR/enabled_plugins"
+    export RABBITMQ_PID_FILE="$NODE_DIR/rabbit.pid"
+    # The Erlang cookie lives in $HOME/.erlang.cookie for the server and for rabbitmqctl alike:
+    # one HOME per BASEDIR gives every node of a BASEDIR (and the CLI) the same cookie without
+    # touching root's or the rabbitmq user's cookie.
+    export HOME="$basedir/home"
+    mkdir -p "$HOME"
+    if [ ! -s "$HOME/.erlang.cookie" ]; then
+        (umask 077 && head -c 15 /dev/urandom | od -An -tx1 | tr -d ' \n' | tr 'a-f' 'A-F' >"$HOME/.erlang.cookie")
+    fi
+    chmod 400 "$HOME/.erlang.cookie"
+    # rabbitmqctl is an Erlang node too: it listens on a distribution port taken from
+    # RABBITMQ_CTL_DIST_PORT_MIN..MAX, by default AMQP port + 30000..+30010 (35672.. for 5672).
+    # That default range can hold this node's own AMQP or management port (tests pick ports
+    # from the ephemeral range), and a `start_app` whose CLI sits on the AMQP port fails with
+    # eaddrinuse. So the CLI range is chosen at start, clear of the node's ports, and kept.
+    if [ -f "$NODE_DIR/ctl_ports" ]; then
+        # shellcheck disable=SC1091
+        . "$NODE_DIR/ctl_ports"
+        export RABBITMQ_CTL_DIST_PORT_MIN RABBITMQ_CTL_DIST_PORT_MAX
+    fi
+}
+
+# ctl_port_range AMQP_PORT DIST_PORT MGMT_PORT: write NODE_DIR/ctl_ports with 10 CLI ports above
+# DIST_PORT that hold none of the node's ports.
+ctl_port_range() {
+    local amqp=$1 dist=$2 mgmt=$3 min=$(($2 + 1))
+    while { [ "$amqp" -ge "$min" ] && [ "$amqp" -le $((min + 9)) ]; } ||
+        { [ "$mgmt" -ge "$min" ] && [ "$mgmt" -le $((min + 9)) ]; } ||
+        { [ "$dist" -ge "$min" ] && [ "$dist" -le $((min + 9)) ]; }; do
+        min=$((min + 10))
+    done
+    [ $((min + 9)) -le 65535 ] || min=$((dist - 10))
+    printf 'RABBITMQ_CTL_DIST_PORT_MIN=%s\nRABBITMQ_CTL_DIST_PORT_MAX=%s\n' "$min" $((min + 9)) >"$NODE_DIR/ctl_ports"
+    export RABBITMQ_CTL_DIST_PORT_MIN=$min RABBITMQ_CTL_DIST_PORT_MAX=$((min + 9))
+}
+
+ctl() {
+    # rabbitmqctl refuses to run as root unless the erlang cookie is readable; HOME is set.
+    "$RABBIT_BIN/rabbitmqctl" -n "$RABBITMQ_NODENAME" "$@"
+}
+
+node_pid() {
+    [ -f "$RABBITMQ_PID_FILE" ] || return 1
+    local pid
+    pid=$(cat "$RABBITMQ_PID_FILE" 2>/dev/null || true)
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && echo "$pid"
+}
+
+cmd_start() {
+    [ $# -ge 5 ] || usage
+    local name=$1 amqp_port=$2 dist_port=$3 mgmt_port=$4 basedir=$5
+    shift 5
+    need_installed
+    node_env "$name" "$basedir"
+    if node_pid >/dev/null && ctl -q ping >/dev/null 2>&1; then
+        log "$RABBITMQ_NODENAME is already running"
+        return 0
+    fi
+    mkdir -p "$RABBITMQ_MNESIA_BASE" "$RABBITMQ_LOG_BASE"
+    ctl_port_range "$amqp_port" "$dist_port" "$mgmt_port"
+    {
+        echo "listeners.tcp.default = 127.0.0.1:$amqp_port"
+        echo "management.tcp.port = $mgmt_port"
+        echo "management.tcp.ip = 127.0.0.1"
+        echo "loopback_users = none"
+        local line
+        for line in "$@"; do
+            echo "$line"
+        done
+    } >"$RABBITMQ_CONFIG_FILE"
+    echo "[rabbitmq_management]." >"$RABBITMQ_ENABLED_PLUGINS_FILE"
+    export RABBITMQ_DIST_PORT="$dist_port"
+    export ERL_EPMD_ADDRESS=127.0.0.1
+    # Erlang distribution on loopback only (it listens on every interface by default).
+    export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+    log "starting $RABBITMQ_NODENAME (amqp $amqp_port, dist $dist_port, management $mgmt_port) in $NODE_DIR"
+    "$RABBIT_BIN/rabbitmq-server" -detached >>"$NODE_DIR/start.out" 2>&1 ||
+        die "rabbitmq-server -detached failed: $(tail -n 20 "$NODE_DIR/start.out")"
+    local deadline=$((SECONDS + START_TIMEOUT))
+    while :; do
+        if ctl -q await_startup --timeout 5 >/dev/null 2>&1; then
+            log "$RABBITMQ_NODENAME is up"
+            return 0
+        fi
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            log "last lines of $(log_path):"
+            tail -n 30 "$(log_path)" >&2 2>/dev/null || true
+            die "$RABBITMQ_NODENAME did not boot within ${START_TIMEOUT}s"
+        fi
+        sleep 0.5
+    done
+}
+
+log_path() {
+    echo "$RABBITMQ_LOG_BASE/$RABBITMQ_NODENAME.log"
+}
+
+cmd_stop() {
+    [ $# -eq 2 ] || usage
+    local name=$1 basedir=$2
+    need_installed
+    node_env "$name" "$basedir"
+    local pid
+    pid=$(node_pid || true)
+    ctl -q stop --idempotent >/dev/null 2>&1 || ctl -q stop >/dev/null 2>&1 || true
+    if [ -n "$pid" ] && ! wait_gone "$pid" "$STOP_TIMEOUT"; then
+        log "$RABBITMQ_NODENAME (pid $pid) did not stop within ${STOP_TIMEOUT}s: killing it"
+        kill -9 "$pid" 2>/dev/null || true
+        wait_gone "$pid" 5 || true
+    fi
+    # The node's helpers (erl_child_setup, inet_gethost) exit with its beam. epmd is shared by
+    # every Erlang node on the machine (another test's node may be registering right now), so it
+    # is left running: a small daemon on 4369 that holds no node state.
+    rm -f "$RABBITMQ_PID_FILE"
+    log "$RABBITMQ_NODENAME stopped"
+}
+
+cmd_app() {
+    [ $# -eq 3 ] || usage
+    local action=$1 name=$2 basedir=$3
+    need_installed
+    node_env "$name" "$basedir"
+    timeout "$STOP_TIMEOUT" "$RABBIT_BIN/rabbitmqctl" -n "$RABBITMQ_NODENAME" -q "$action" >/dev/null ||
+        die "rabbitmqctl $action on $RABBITMQ_NODENAME failed"
+    if [ "$action" = start_app ]; then
+        ctl -q await_startup --timeout "$START_TIMEOUT" >/dev/null ||
+            die "$RABBITMQ_NODENAME did not start its app within ${START_TIMEOUT}s"
+    fi
+}
+
+cmd_logfile() {
+    [ $# -eq 2 ] || usage
+    node_env "$1" "$2"
+    log_path
+}
+
+cmd_ctl() {
+    [ $# -ge 3 ] || usage
+    local name=$1 basedir=$2
+    shift 2
+    need_installed
+    node_env "$name" "$basedir"
+    timeout "$STOP_TIMEOUT" "$RABBIT_BIN/rabbitmqctl" -n "$RABBITMQ_NODENAME" "$@"
+}
+
+[ $# -ge 1 ] || usage
+command=$1
+shift
+case "$command" in
+install) cmd_install "$@" ;;
+start) cmd_start "$@" ;;
+stop) cmd_stop "$@" ;;
+stop_app | start_app) cmd_app "$command" "$@" ;;
+logfile) cmd_logfile "$@" ;;
+ctl) cmd_ctl "$@" ;;
+*) usage ;;
+esac

@@ -1,0 +1,790 @@
+//! Active probes (`warren::health::probe`) against in-process fakes on 127.0.0.1:0, and against
+//! real RabbitMQ nodes started with `scripts/rabbitmq.sh` (skipped with a SKIP line when RabbitMQ
+//! is not installed and the test cannot install it).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use warren::config::{Probe, ProxyProtocol, Secret};
+use warren::health::probe::{run, Outcome, Target, AMQP_PROTOCOL_HEADER};
+use warren::proxy_protocol::{encode_v1, encode_v2, Header};
+
+const TIMEOUT: Duration = Duration::from_millis(500);
+
+fn target(addr: SocketAddr, proxy_protocol: ProxyProtocol) -> Target {
+    Target {
+        host: addr.ip().to_string(),
+        port: addr.port(),
+        addr,
+        proxy_protocol,
+    }
+}
+
+/// A port nothing listens on (bound then released).
+async fn refused_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// A real Connection.Start frame as RabbitMQ 3.12.1 would send it (abridged properties).
+fn connection_start_frame() -> Vec<u8> {
+    fn long_string(out: &mut Vec<u8>, value: &[u8]) {
+        out.extend_from_slice(&(value.len() as u32).to_be_bytes());
+        out.extend_from_slice(value);
+    }
+    let mut table = Vec::new();
+    for (key, value) in [("product", "RabbitMQ"), ("version", "3.12.1")] {
+        table.push(key.len() as u8);
+        table.extend_from_slice(key.as_bytes());
+        table.push(b'S');
+        long_string(&mut table, value.as_bytes());
+    }
+    let mut payload = vec![0, 10, 0, 10, 0, 9]; // class 10, method 10, version 0-9
+    payload.extend_from_slice(&(table.len() as u32).to_be_bytes());
+    payload.extend_from_slice(&table);
+    long_string(&mut payload, b"PLAIN AMQPLAIN");
+    long_string(&mut payload, b"en_US");
+    let mut frame = vec![1, 0, 0]; // method frame, channel 0
+    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&payload);
+    frame.push(0xCE);
+    frame
+}
+
+/// A fake backend: for each connection, reads `expect.len()` bytes, checks them, then answers
+/// `reply` (or stays silent when `reply` is `None`). Returns the address and a task that yields
+/// what the first connection sent.
+async fn fake_backend(
+    expect: Vec<u8>,
+    reply: Option<Vec<u8>>,
+) -> (SocketAddr, JoinHandle<Vec<u8>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut got = vec![0u8; expect.len()];
+        stream.read_exact(&mut got).await.unwrap();
+        match reply {
+            Some(reply) => {
+                stream.write_all(&reply).await.unwrap();
+                // Hold the connection until the probe leaves.
+                let mut rest = Vec::new();
+                let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest))
+                    .await;
+            }
+            None => tokio::time::sleep(Duration::from_secs(5)).await,
+        }
+        got
+    });
+    (addr, task)
+}
+
+async fn probe(probe: &Probe, target: &Target) -> (Outcome, Duration) {
+    let started = Instant::now();
+    let outcome = run(probe, target, TIMEOUT).await;
+    (outcome, started.elapsed())
+}
+
+fn assert_down_containing(outcome: &Outcome, part: &str) {
+    assert!(!outcome.up, "expected down, got {outcome:?}");
+    assert!(
+        outcome.reason.contains(part),
+        "reason {:?} should contain {part:?}",
+        outcome.reason
+    );
+}
+
+#[tokio::test]
+async fn amqp_probe_is_up_on_connection_start() {
+    let (addr, fake) = fake_backend(
+        AMQP_PROTOCOL_HEADER.to_vec(),
+        Some(connection_start_frame()),
+    )
+    .await;
+    let (outcome, _) = probe(&Probe::Amqp, &target(addr, ProxyProtocol::Off)).await;
+    assert!(outcome.up, "{outcome:?}");
+    assert_eq!(
+        outcome.reason,
+        "Connection.Start received (RabbitMQ 3.12.1)"
+    );
+    assert_eq!(fake.await.unwrap(), AMQP_PROTOCOL_HEADER);
+}
+
+#[tokio::test]
+async fn amqp_probe_is_down_on_anything_but_connection_start() {
+    let cases: [(&str, Vec<u8>, &str); 4] = [
+        (
+            "garbage",
+            b"HTTP/1.1 400 Bad Request\r\n\r\n".to_vec(),
+            "not an AMQP Connection.Start frame",
+        ),
+        (
+            "protocol header reply",
+            b"AMQP\x00\x00\x09\x00".to_vec(),
+            "rejected AMQP 0-9-1",
+        ),
+        (
+            "another method",
+            {
+                let mut frame = connection_start_frame();
+                frame[10] = 30; // Connection.Tune
+                frame
+            },
+            "method 30",
+        ),
+        (
+            "no frame end",
+            {
+                let mut frame = connection_start_frame();
+                *frame.last_mut().unwrap() = 0;
+                frame
+            },
+            "frame-end",
+        ),
+    ];
+    for (name, reply, part) in cases {
+        let (addr, _fake) = fake_backend(AMQP_PROTOCOL_HEADER.to_vec(), Some(reply)).await;
+        let (outcome, _) = probe(&Probe::Amqp, &target(addr, ProxyProtocol::Off)).await;
+        assert!(!outcome.up, "{name}: {outcome:?}");
+        assert!(outcome.reason.contains(part), "{name}: {outcome:?}");
+    }
+}
+
+#[tokio::test]
+async fn amqp_probe_is_down_when_the_backend_closes_without_answering() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut header = [0u8; 8];
+        let _ = stream.read_exact(&mut header).await;
+    });
+    let (outcome, _) = probe(&Probe::Amqp, &target(addr, ProxyProtocol::Off)).await;
+    assert_down_containing(&outcome, "closed the connection without answering");
+}
+
+#[tokio::test]
+async fn silent_backends_are_down_at_the_timeout() {
+    for kind in [Probe::Amqp, Probe::Tcp] {
+        let (addr, _fake) = fake_backend(Vec::new(), None).await;
+        let (outcome, elapsed) = probe(&kind, &target(addr, ProxyProtocol::Off)).await;
+        if kind == Probe::Tcp {
+            // Connecting is all a tcp probe does: a silent backend is up.
+            assert!(outcome.up, "{outcome:?}");
+            continue;
+        }
+        assert_down_containing(
+            &outcome,
+            "timed out after 500ms waiting for Connection.Start",
+        );
+        assert!(
+            elapsed >= TIMEOUT && elapsed < TIMEOUT + Duration::from_millis(500),
+            "took {elapsed:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn refused_ports_are_down_for_every_probe_kind() {
+    let addr = refused_addr().await;
+    let probes = [
+        Probe::Tcp,
+        Probe::Amqp,
+        Probe::AmqpLogin {
+            uri: Secret("amqp://guest:hunter22@{host}:{port}/%2f".into()),
+        },
+        Probe::Http {
+            url: format!(
+                "http://{{host}}:{}/api/health/checks/virtual-hosts",
+                addr.port()
+            ),
+            user: None,
+            password: None,
+            password_file: None,
+        },
+    ];
+    for kind in probes {
+        let (outcome, _) = probe(&kind, &target(addr, ProxyProtocol::Off)).await;
+        assert_down_containing(&outcome, "refused");
+        assert!(!outcome.reason.contains("hunter22"), "{outcome:?}");
+    }
+}
+
+/// A fake that expects a PROXY header naming the connection as it sees it (source = the probe's
+/// address, destination = the fake's), then `then` bytes, and answers `reply`. Yields what it read.
+async fn fake_proxy_backend(
+    version: ProxyProtocol,
+    then: &'static [u8],
+    reply: Option<Vec<u8>>,
+) -> (SocketAddr, JoinHandle<(Vec<u8>, Vec<u8>)>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let (mut stream, peer) = listener.accept().await.unwrap();
+        let header = Header::Proxied {
+            source: peer,
+            destination: addr,
+        };
+        let mut expected = Vec::new();
+        match version {
+            ProxyProtocol::V1 => encode_v1(&header, &mut expected),
+            _ => encode_v2(&header, &mut expected),
+        }
+        expected.extend_from_slice(then);
+        let mut got = vec![0u8; expected.len()];
+        let _ = stream.read_exact(&mut got).await;
+        if let Some(reply) = reply {
+            stream.write_all(&reply).await.unwrap();
+        }
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest)).await;
+        got.extend_from_slice(&rest);
+        (expected, got)
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn probes_of_the_amqp_address_send_the_proxy_header_first() {
+    for version in [ProxyProtocol::V1, ProxyProtocol::V2] {
+        let (addr, fake) = fake_proxy_backend(
+            version,
+            AMQP_PROTOCOL_HEADER,
+            Some(connection_start_frame()),
+        )
+        .await;
+        let (outcome, _) = probe(&Probe::Amqp, &target(addr, version)).await;
+        assert!(outcome.up, "{version:?}: {outcome:?}");
+        let (expected, got) = fake.await.unwrap();
+        assert_eq!(got, expected, "{version:?}: PROXY header then AMQP header");
+        if version == ProxyProtocol::V1 {
+            assert!(
+                got.starts_with(b"PROXY TCP4 127.0.0.1 127.0.0.1 "),
+                "{got:?}"
+            );
+        }
+
+        let (addr, fake) = fake_proxy_backend(version, b"", None).await;
+        let (outcome, _) = probe(&Probe::Tcp, &target(addr, version)).await;
+        assert!(outcome.up, "{version:?}: {outcome:?}");
+        let (expected, got) = fake.await.unwrap();
+        assert_eq!(
+            got, expected,
+            "{version:?}: a tcp probe sends only the header"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// http
+
+/// A one-connection HTTP server that answers every request with `status` and `body` (or hangs
+/// when `status` is 0), and returns the request head it read.
+async fn fake_http(status: u16, body: &'static str) -> (SocketAddr, JoinHandle<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.ends_with(b"\r\n\r\n") {
+            let n = stream.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        let head = String::from_utf8_lossy(&head).into_owned();
+        if status == 0 {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            return head;
+        }
+        let response = format!(
+            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = stream.write_all(response.as_bytes()).await;
+        head
+    });
+    (addr, task)
+}
+
+fn http_probe(addr: SocketAddr, user: Option<&str>, password_file: Option<PathBuf>) -> Probe {
+    Probe::Http {
+        url: format!(
+            "http://{{host}}:{}/api/health/checks/virtual-hosts",
+            addr.port()
+        ),
+        user: user.map(str::to_string),
+        password: None,
+        password_file,
+    }
+}
+
+fn temp_file(name: &str, contents: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("warren-probe-{}-{name}", std::process::id()));
+    std::fs::write(&path, contents).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn http_probe_is_up_on_2xx_and_sends_host_and_user_agent() {
+    let (addr, fake) = fake_http(200, "{\"status\":\"ok\"}").await;
+    let (outcome, _) = probe(
+        &http_probe(addr, None, None),
+        &target(addr, ProxyProtocol::V2),
+    )
+    .await;
+    assert_eq!(
+        outcome,
+        Outcome {
+            up: true,
+            reason: "HTTP 200".into()
+        }
+    );
+    let head = fake.await.unwrap().to_ascii_lowercase();
+    assert!(
+        head.starts_with("get /api/health/checks/virtual-hosts http/1.1\r\n"),
+        "{head}"
+    );
+    assert!(
+        head.contains(&format!("host: 127.0.0.1:{}\r\n", addr.port())),
+        "{head}"
+    );
+    assert!(head.contains("user-agent: warren/"), "{head}");
+    assert!(!head.contains("authorization"), "{head}");
+    assert!(
+        !head.starts_with("proxy"),
+        "no PROXY header to the management port"
+    );
+}
+
+#[tokio::test]
+async fn http_probe_is_down_on_503_with_the_body_prefix() {
+    let body = "{\"status\":\"failed\",\"reason\":\"vhost / is down\nsecond line\"}";
+    let (addr, _fake) = fake_http(503, body).await;
+    let (outcome, _) = probe(
+        &http_probe(addr, None, None),
+        &target(addr, ProxyProtocol::Off),
+    )
+    .await;
+    assert_eq!(
+        outcome.reason,
+        "HTTP 503: {\"status\":\"failed\",\"reason\":\"vhost / is down second line\"}"
+    );
+    assert!(!outcome.up);
+
+    let long: &'static str = Box::leak("x".repeat(1000).into_boxed_str());
+    let (addr, _fake) = fake_http(500, long).await;
+    let (outcome, _) = probe(
+        &http_probe(addr, None, None),
+        &target(addr, ProxyProtocol::Off),
+    )
+    .await;
+    assert_eq!(outcome.reason, format!("HTTP 500: {}", "x".repeat(200)));
+}
+
+#[tokio::test]
+async fn http_probe_is_down_at_the_timeout_when_the_server_hangs() {
+    let (addr, _fake) = fake_http(0, "").await;
+    let (outcome, elapsed) = probe(
+        &http_probe(addr, None, None),
+        &target(addr, ProxyProtocol::Off),
+    )
+    .await;
+    assert_down_containing(
+        &outcome,
+        "timed out after 500ms waiting for the HTTP response",
+    );
+    assert!(
+        elapsed >= TIMEOUT && elapsed < TIMEOUT + Duration::from_millis(500),
+        "took {elapsed:?}"
+    );
+}
+
+#[tokio::test]
+async fn http_probe_sends_basic_auth_from_password_file_and_never_reports_it() {
+    let file = temp_file("password", "s3cr3t-pw\n");
+    // The fake echoes the password back in an error body: the reason must still not show it.
+    let (addr, fake) = fake_http(401, "{\"error\":\"bad password s3cr3t-pw\"}").await;
+    let (outcome, _) = probe(
+        &http_probe(addr, Some("monitor"), Some(file.clone())),
+        &target(addr, ProxyProtocol::Off),
+    )
+    .await;
+    let head = fake.await.unwrap();
+    // base64("monitor:s3cr3t-pw"): the trailing newline of the file is not part of the password.
+    assert!(
+        head.contains("authorization: Basic bW9uaXRvcjpzM2NyM3QtcHc=\r\n"),
+        "{head}"
+    );
+    assert_down_containing(&outcome, "HTTP 401");
+    assert!(!outcome.reason.contains("s3cr3t-pw"), "{outcome:?}");
+    assert!(
+        !outcome.reason.contains("bW9uaXRvcjpzM2NyM3QtcHc="),
+        "{outcome:?}"
+    );
+
+    let missing = file.with_extension("missing");
+    let (outcome, _) = probe(
+        &http_probe(addr, Some("monitor"), Some(missing.clone())),
+        &target(addr, ProxyProtocol::Off),
+    )
+    .await;
+    assert_down_containing(&outcome, &missing.display().to_string());
+    let _ = std::fs::remove_file(file);
+}
+
+#[tokio::test]
+async fn http_probe_refuses_https_urls() {
+    let addr = refused_addr().await;
+    let kind = Probe::Http {
+        url: "https://user:pw-in-url@{host}:15671/api/health".into(),
+        user: None,
+        password: None,
+        password_file: None,
+    };
+    let (outcome, _) = probe(&kind, &target(addr, ProxyProtocol::Off)).await;
+    assert_down_containing(&outcome, "not http://");
+    assert!(!outcome.reason.contains("pw-in-url"), "{outcome:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Real RabbitMQ
+
+const RABBITMQ_SERVER: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/rabbitmq.sh")
+}
+
+/// Whether real-node tests can run here; prints a SKIP line when not (and not root).
+fn rabbitmq_available(test: &str) -> bool {
+    if Path::new(RABBITMQ_SERVER).exists() {
+        return true;
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    assert!(
+        !root,
+        "{RABBITMQ_SERVER} is missing: run `bash scripts/rabbitmq.sh install` (scripts/test.sh does)"
+    );
+    println!("SKIP {test}: RabbitMQ is not installed and installing it needs root");
+    false
+}
+
+/// A node started with scripts/rabbitmq.sh; stopped on drop, so a failing test still stops it.
+struct Node {
+    name: String,
+    basedir: PathBuf,
+    amqp: SocketAddr,
+    mgmt_port: u16,
+}
+
+impl Node {
+    fn start(name: &str, extra_conf: &[&str]) -> Node {
+        let ports = free_ports(3);
+        let basedir = std::env::temp_dir().join(format!(
+            "warren-probe-rabbitmq-{}-{name}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&basedir);
+        let node = Node {
+            name: name.to_string(),
+            basedir,
+            amqp: SocketAddr::from(([127, 0, 0, 1], ports[0])),
+            mgmt_port: ports[2],
+        };
+        let mut args: Vec<String> = vec![
+            "start".into(),
+            name.into(),
+            ports[0].to_string(),
+            ports[1].to_string(),
+            ports[2].to_string(),
+            node.basedir.display().to_string(),
+        ];
+        args.extend(extra_conf.iter().map(|s| s.to_string()));
+        node.script(&args);
+        node
+    }
+
+    fn script(&self, args: &[String]) {
+        let output = Command::new("bash")
+            .arg(script())
+            .args(args)
+            .output()
+            .expect("run scripts/rabbitmq.sh");
+        assert!(
+            output.status.success(),
+            "scripts/rabbitmq.sh {args:?} failed:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    fn app(&self, action: &str) {
+        self.script(&[
+            action.into(),
+            self.name.clone(),
+            self.basedir.display().to_string(),
+        ]);
+    }
+
+    fn log_file(&self) -> PathBuf {
+        self.basedir
+            .join(&self.name)
+            .join("log")
+            .join(format!("{}@localhost.log", self.name))
+    }
+
+    fn target(&self, proxy_protocol: ProxyProtocol) -> Target {
+        target(self.amqp, proxy_protocol)
+    }
+
+    fn probes(&self) -> Vec<(&'static str, Probe)> {
+        vec![
+            ("tcp", Probe::Tcp),
+            ("amqp", Probe::Amqp),
+            (
+                "amqp_login",
+                Probe::AmqpLogin {
+                    uri: Secret("amqp://guest:guest@{host}:{port}/%2f".into()),
+                },
+            ),
+            (
+                "http",
+                Probe::Http {
+                    url: format!(
+                        "http://{{host}}:{}/api/health/checks/virtual-hosts",
+                        self.mgmt_port
+                    ),
+                    user: Some("guest".into()),
+                    password: Some(Secret("guest".into())),
+                    password_file: None,
+                },
+            ),
+        ]
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(script())
+            .args(["stop", &self.name])
+            .arg(&self.basedir)
+            .output();
+        let _ = std::fs::remove_dir_all(&self.basedir);
+    }
+}
+
+/// `n` distinct loopback ports that were free a moment ago.
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
+/// Probe until every probe's outcome has `up == want` (bounded by `within`); the last outcomes.
+async fn until_all(
+    probes: &[(&'static str, Probe)],
+    target: &Target,
+    want: bool,
+    within: Duration,
+) -> Vec<(&'static str, Outcome)> {
+    let deadline = Instant::now() + within;
+    loop {
+        let mut outcomes = Vec::new();
+        for (name, kind) in probes {
+            outcomes.push((*name, run(kind, target, Duration::from_secs(2)).await));
+        }
+        if outcomes.iter().all(|(_, o)| o.up == want) || Instant::now() >= deadline {
+            return outcomes;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn log_len(path: &Path) -> usize {
+    std::fs::read(path).map(|b| b.len()).unwrap_or(0)
+}
+
+/// Lines appended to `path` after byte `from`, once the file has stopped growing for 500 ms
+/// (bounded by 5 s: the broker logs a closed connection a few ms after it sees the close).
+async fn appended_lines(path: &Path, from: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut last = log_len(path);
+    let mut stable_since = Instant::now();
+    while Instant::now() < deadline && stable_since.elapsed() < Duration::from_millis(500) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = log_len(path);
+        if now != last {
+            last = now;
+            stable_since = Instant::now();
+        }
+    }
+    let bytes = std::fs::read(path).unwrap_or_default();
+    String::from_utf8_lossy(&bytes[from.min(bytes.len())..])
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn levels(lines: &[String]) -> String {
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for line in lines {
+        let level = line
+            .split_once('[')
+            .and_then(|(_, rest)| rest.split_once(']'))
+            .map_or("?", |(level, _)| level)
+            .to_string();
+        match counts.iter_mut().find(|(l, _)| *l == level) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((level, 1)),
+        }
+    }
+    let parts: Vec<String> = counts.iter().map(|(l, n)| format!("{n} {l}")).collect();
+    parts.join(", ")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_rabbitmq_probes_follow_stop_app_and_start_app() {
+    if !rabbitmq_available("real_rabbitmq_probes_follow_stop_app_and_start_app") {
+        return;
+    }
+    let node = Node::start("warren-probe", &[]);
+    let target = node.target(ProxyProtocol::Off);
+    let probes = node.probes();
+
+    let outcomes = until_all(&probes, &target, true, Duration::from_secs(10)).await;
+    for (name, outcome) in &outcomes {
+        println!("running node: {name}: {outcome:?}");
+        assert!(outcome.up, "{name} should be up: {outcome:?}");
+    }
+    let amqp = &outcomes[1].1;
+    assert!(
+        amqp.reason
+            .starts_with("Connection.Start received (RabbitMQ "),
+        "{amqp:?}"
+    );
+
+    // What one probe of each kind, and ten amqp probes, write to the node's log (each measured
+    // once the log has settled, so earlier probes' lines are not counted).
+    let log = node.log_file();
+    for (name, kind) in &probes {
+        appended_lines(&log, 0).await;
+        let from = log_len(&log);
+        let outcome = run(kind, &target, Duration::from_secs(2)).await;
+        assert!(outcome.up, "{name}: {outcome:?}");
+        let lines = appended_lines(&log, from).await;
+        println!(
+            "LOG one {name} probe: {} lines ({})",
+            lines.len(),
+            levels(&lines)
+        );
+        for line in &lines {
+            println!("    {line}");
+        }
+    }
+    appended_lines(&log, 0).await;
+    let from = log_len(&log);
+    for _ in 0..10 {
+        let outcome = run(&Probe::Amqp, &target, Duration::from_secs(2)).await;
+        assert!(outcome.up, "{outcome:?}");
+    }
+    let lines = appended_lines(&log, from).await;
+    println!(
+        "LOG ten amqp probes: {} lines ({})",
+        lines.len(),
+        levels(&lines)
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains("[error]")),
+        "amqp probes must not make the broker log errors: {lines:#?}"
+    );
+
+    node.app("stop_app");
+    let outcomes = until_all(&probes, &target, false, Duration::from_secs(10)).await;
+    for (name, outcome) in &outcomes {
+        println!("after stop_app: {name}: {outcome:?}");
+        // stop_app stops the AMQP listener and the management plugin's listener alike.
+        assert_down_containing(outcome, "connection refused");
+    }
+
+    node.app("start_app");
+    let outcomes = until_all(&probes, &target, true, Duration::from_secs(15)).await;
+    for (name, outcome) in &outcomes {
+        println!("after start_app: {name}: {outcome:?}");
+        assert!(outcome.up, "{name} should be up again: {outcome:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_rabbitmq_with_proxy_protocol_takes_probes_that_send_the_header() {
+    if !rabbitmq_available("real_rabbitmq_with_proxy_protocol_takes_probes_that_send_the_header") {
+        return;
+    }
+    let node = Node::start("warren-probe-pp", &["proxy_protocol = true"]);
+    let probes: Vec<(&'static str, Probe)> = node
+        .probes()
+        .into_iter()
+        .filter(|(name, _)| *name != "http")
+        .collect();
+    for version in [ProxyProtocol::V1, ProxyProtocol::V2] {
+        let outcomes = until_all(
+            &probes,
+            &node.target(version),
+            true,
+            Duration::from_secs(10),
+        )
+        .await;
+        for (name, outcome) in &outcomes {
+            println!("proxy_protocol = true, {version:?}: {name}: {outcome:?}");
+            assert!(
+                outcome.up,
+                "{name} with {version:?} should be up: {outcome:?}"
+            );
+        }
+    }
+    let log = node.log_file();
+    for (name, kind) in &probes {
+        appended_lines(&log, 0).await;
+        let from = log_len(&log);
+        let outcome = run(
+            kind,
+            &node.target(ProxyProtocol::V2),
+            Duration::from_secs(2),
+        )
+        .await;
+        assert!(outcome.up, "{name}: {outcome:?}");
+        let lines = appended_lines(&log, from).await;
+        println!(
+            "LOG proxy_protocol = true, one {name} probe with a v2 header: {} lines ({})",
+            lines.len(),
+            levels(&lines)
+        );
+        for line in &lines {
+            println!("    {line}");
+        }
+        assert!(
+            !lines.iter().any(|l| l.contains("[error]")),
+            "{name} probe made the broker log an error: {lines:#?}"
+        );
+    }
+    // Without the header the broker drops the connection: that is why probes send it.
+    let target = node.target(ProxyProtocol::Off);
+    for (name, kind) in &probes[1..] {
+        let outcome = run(kind, &target, Duration::from_secs(2)).await;
+        println!("proxy_protocol = true, no header: {name}: {outcome:?}");
+        assert!(!outcome.up, "{name} without a PROXY header: {outcome:?}");
+    }
+}

@@ -1,11 +1,18 @@
 //! The admin HTTP server. It runs on the control runtime (its own thread, see `server`) so it
-//! answers while the data plane is saturated. Endpoints served so far:
+//! answers while the data plane is saturated. Endpoints:
 //! - `GET /healthz`: 200 while the process serves;
 //! - `GET /readyz`: 200 when every pool has an available backend, else 503 naming the pools;
-//! - `GET /metrics`: Prometheus text format.
+//! - `GET /metrics`: Prometheus text format;
+//! - `GET /v1/status`: listeners, pools, backends (health, admin state, connections, last probe);
+//! - `POST /v1/pools/{pool}/backends/{name}/drain` with `{"deadline": "5m", "force": false}`
+//!   (both optional): 202, or 409 when `min_available` refuses it;
+//! - `POST /v1/pools/{pool}/backends/{name}/undrain`: 200, idempotent;
+//! - `POST /v1/reload`: 501 until hot reload lands.
 //!
-//! Anything else is a JSON error (404 unknown path, 405 wrong method). It reads routing and
-//! metrics; it never touches the data path's sockets.
+//! Every `/v1` route needs `Authorization: Bearer <token>` when a token is configured (compared
+//! in constant time). Bodies are capped at 64 KiB and must arrive within 10 s. Errors are JSON
+//! `{"error": "..."}`: 401, 404 unknown path/pool/backend, 405 wrong method, 413, 400 bad JSON.
+//! It changes admin state only through the [`Drainer`]; it never touches the data path's sockets.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -17,18 +24,36 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio_util::sync::CancellationToken;
 
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Limited};
+
+use crate::config::{Config, Probe, Secret};
+use crate::drain::{rfc3339, DrainError, Drainer};
+use crate::health::Controller;
 use crate::metrics::Metrics;
-use crate::state::Routing;
+use crate::state::{Health, Routing};
 
 type Reply = Response<Full<Bytes>>;
 
+/// Everything the admin API reads or changes.
+pub struct Admin {
+    pub config: Arc<Config>,
+    pub routing: Arc<Routing>,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Controller>,
+    pub drainer: Arc<Drainer>,
+    /// The bearer token every `/v1` request must present, when one is configured.
+    pub token: Option<Secret>,
+}
+
+/// Largest request body accepted (drain options are a few bytes).
+pub const MAX_BODY: usize = 64 * 1024;
+/// Time allowed for a client to send its headers, and then its body.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serve the admin API on `listener` until `stop` is cancelled. Runs on the control runtime.
-pub async fn serve(
-    listener: std::net::TcpListener,
-    routing: Arc<Routing>,
-    metrics: Arc<Metrics>,
-    stop: CancellationToken,
-) {
+pub async fn serve(listener: std::net::TcpListener, admin: Arc<Admin>, stop: CancellationToken) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
@@ -46,20 +71,20 @@ pub async fn serve(
                 Ok(a) => a,
                 Err(e) => {
                     tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
         };
-        let (routing, metrics) = (routing.clone(), metrics.clone());
+        let admin = admin.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let reply = route(&req, &routing, &metrics);
-                async move { Ok::<_, Infallible>(reply) }
+                let admin = admin.clone();
+                async move { Ok::<_, Infallible>(handle(req, &admin).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(10))
+                .header_read_timeout(READ_TIMEOUT)
                 .serve_connection(TokioIo::new(socket), service);
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "admin connection ended with an error");
@@ -68,21 +93,239 @@ pub async fn serve(
     }
 }
 
-fn route(req: &Request<Incoming>, routing: &Routing, metrics: &Metrics) -> Reply {
-    let path = req.uri().path();
-    let method = req.method();
-    match path {
-        "/healthz" | "/readyz" | "/metrics" if method != Method::GET => {
-            error(StatusCode::METHOD_NOT_ALLOWED, "use GET")
+/// One request: authenticate `/v1`, read a bounded body, route.
+async fn handle(req: Request<Incoming>, admin: &Admin) -> Reply {
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().to_owned();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    if segments.first() == Some(&"v1") {
+        if let Some(denied) = authenticate(&parts.headers, admin) {
+            return denied;
         }
-        "/healthz" => text(StatusCode::OK, "ok\n".into(), "text/plain"),
-        "/readyz" => readyz(routing),
-        "/metrics" => text(
-            StatusCode::OK,
-            metrics.encode(),
-            "text/plain; version=0.0.4; charset=utf-8",
+    }
+    let body =
+        match tokio::time::timeout(READ_TIMEOUT, Limited::new(body, MAX_BODY).collect()).await {
+            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                return error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &format!("request body over {MAX_BODY} bytes"),
+                )
+            }
+            Ok(Err(e)) => return error(StatusCode::BAD_REQUEST, &format!("cannot read body: {e}")),
+            Err(_) => {
+                return error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request body not received in time",
+                )
+            }
+        };
+    route(&parts.method, &segments, &body, admin)
+}
+
+/// `None` when the request may pass; else the 401 to send.
+fn authenticate(headers: &hyper::HeaderMap, admin: &Admin) -> Option<Reply> {
+    let expected = admin.token.as_ref()?;
+    let presented = headers
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(token)
+            if constant_time_eq::constant_time_eq(token.as_bytes(), expected.0.as_bytes()) =>
+        {
+            None
+        }
+        Some(_) => Some(error(StatusCode::UNAUTHORIZED, "wrong bearer token")),
+        None => Some(error(
+            StatusCode::UNAUTHORIZED,
+            "this endpoint needs Authorization: Bearer <token>",
+        )),
+    }
+}
+
+fn route(method: &Method, segments: &[&str], body: &[u8], admin: &Admin) -> Reply {
+    let allow = |expected: Method, reply: &dyn Fn() -> Reply| {
+        if *method == expected {
+            reply()
+        } else {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &format!("use {expected} for this endpoint"),
+            )
+        }
+    };
+    match segments {
+        ["healthz"] => allow(Method::GET, &|| {
+            text(StatusCode::OK, "ok\n".into(), "text/plain")
+        }),
+        ["readyz"] => allow(Method::GET, &|| readyz(&admin.routing)),
+        ["metrics"] => allow(Method::GET, &|| {
+            text(
+                StatusCode::OK,
+                admin.metrics.encode(),
+                "text/plain; version=0.0.4; charset=utf-8",
+            )
+        }),
+        ["v1", "status"] => allow(Method::GET, &|| json(StatusCode::OK, status(admin))),
+        ["v1", "pools", pool, "backends", backend, "drain"] => {
+            allow(Method::POST, &|| drain(admin, pool, backend, body))
+        }
+        ["v1", "pools", pool, "backends", backend, "undrain"] => allow(
+            Method::POST,
+            &|| match admin.drainer.undrain(pool, backend) {
+                Ok(s) => json(StatusCode::OK, serde_json::to_value(s).expect("plain data")),
+                Err(e) => drain_error(e),
+            },
         ),
-        _ => error(StatusCode::NOT_FOUND, &format!("no such endpoint: {path}")),
+        ["v1", "reload"] => allow(Method::POST, &|| {
+            error(
+                StatusCode::NOT_IMPLEMENTED,
+                "hot reload is not available in this version: restart warren to apply a new config \
+                 (`warren check` it first)",
+            )
+        }),
+        _ => error(
+            StatusCode::NOT_FOUND,
+            &format!("no such endpoint: /{}", segments.join("/")),
+        ),
+    }
+}
+
+/// Body of a drain request.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DrainRequest {
+    /// e.g. "5m": connections still open then are closed.
+    deadline: Option<String>,
+    #[serde(default)]
+    force: bool,
+}
+
+fn drain(admin: &Admin, pool: &str, backend: &str, body: &[u8]) -> Reply {
+    let request: DrainRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        DrainRequest::default()
+    } else {
+        match serde_json::from_slice(body) {
+            Ok(r) => r,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("malformed JSON body: {e} (expected {{\"deadline\": \"5m\", \"force\": false}})"),
+                )
+            }
+        }
+    };
+    let deadline = match request
+        .deadline
+        .as_deref()
+        .map(crate::config::parse_duration)
+    {
+        None => None,
+        Some(Ok(d)) => Some(d),
+        Some(Err(e)) => return error(StatusCode::BAD_REQUEST, &format!("deadline: {e}")),
+    };
+    match admin.drainer.drain(pool, backend, deadline, request.force) {
+        Ok(s) => json(
+            StatusCode::ACCEPTED,
+            serde_json::to_value(s).expect("plain data"),
+        ),
+        Err(e) => drain_error(e),
+    }
+}
+
+fn drain_error(e: DrainError) -> Reply {
+    let status = match e {
+        DrainError::NotFound { .. } => StatusCode::NOT_FOUND,
+        DrainError::MinAvailable { .. } => StatusCode::CONFLICT,
+    };
+    error(status, &e.to_string())
+}
+
+/// `GET /v1/status`: listeners, pools, backends.
+fn status(admin: &Admin) -> serde_json::Value {
+    use serde_json::json;
+    let snapshot = admin.routing.load();
+    let listeners: Vec<_> = admin
+        .config
+        .listeners
+        .iter()
+        .map(|l| {
+            json!({
+                "name": l.name,
+                "listen": l.listen.to_string(),
+                "pool": l.pool,
+                "active_connections": admin
+                    .metrics
+                    .listener_connections_active
+                    .with_label_values(&[&l.name])
+                    .get(),
+            })
+        })
+        .collect();
+    let pools: Vec<_> = admin
+        .config
+        .pools
+        .iter()
+        .filter_map(|p| {
+            let route = snapshot.pools.get(p.name.as_str())?;
+            let backends: Vec<_> = route
+                .backends
+                .iter()
+                .map(|b| {
+                    let health = admin.health.backend(&p.name, &b.name);
+                    json!({
+                        "name": &*b.name,
+                        "addr": b.addr.to_string(),
+                        "weight": b.weight,
+                        "backup": b.backup,
+                        "health": health_str(b.health),
+                        "admin": b.admin.as_str(),
+                        "available": b.available(),
+                        "active_connections": b.stats.active.get(),
+                        "health_changed_at": health.as_ref().map(|h| rfc3339(h.changed_at)),
+                        "drain_deadline": admin.drainer.deadline(&p.name, &b.name).map(rfc3339),
+                        "last_probe": health.and_then(|h| h.last_probe).map(|probe| json!({
+                            "up": probe.up,
+                            "reason": probe.reason,
+                            "duration_ms": probe.duration.as_secs_f64() * 1000.0,
+                            "at": rfc3339(probe.at),
+                        })),
+                    })
+                })
+                .collect();
+            Some(json!({
+                "name": p.name,
+                "balance": p.balance.as_str(),
+                "min_available": p.min_available,
+                "health_check": p.health.as_ref().map(|h| probe_kind(&h.probe)),
+                "available": route.available_count(),
+                "total": route.backends.len(),
+                "backends": backends,
+            }))
+        })
+        .collect();
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "listeners": listeners,
+        "pools": pools,
+    })
+}
+
+fn health_str(h: Health) -> &'static str {
+    match h {
+        Health::Unknown => "unknown",
+        Health::Up => "up",
+        Health::Down => "down",
+    }
+}
+
+fn probe_kind(p: &Probe) -> &'static str {
+    match p {
+        Probe::Tcp => "tcp",
+        Probe::Amqp => "amqp",
+        Probe::AmqpLogin { .. } => "amqp_login",
+        Probe::Http { .. } => "http",
     }
 }
 
@@ -114,6 +357,9 @@ fn text(status: StatusCode, body: String, content_type: &str) -> Reply {
 }
 
 fn error(status: StatusCode, message: &str) -> Reply {
-    let body = serde_json::json!({ "error": message }).to_string();
-    text(status, body, "application/json")
+    json(status, serde_json::json!({ "error": message }))
+}
+
+fn json(status: StatusCode, value: serde_json::Value) -> Reply {
+    text(status, format!("{value}\n"), "application/json")
 }

@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config};
+use crate::ctl;
 use crate::server::{Options, Server};
 
 /// warren: a TCP load balancer for RabbitMQ clusters.
@@ -34,6 +35,8 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Talk to a running warren through its admin API: status, drain, undrain, reload.
+    Ctl(ctl::CtlArgs),
 }
 
 /// Flags of `warren run`.
@@ -68,6 +71,7 @@ pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Run(args) => run_server(args),
+        Command::Ctl(args) => ctl::run(args),
     }
 }
 

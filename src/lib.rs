@@ -10,6 +10,8 @@ pub mod admin;
 pub mod balance;
 pub mod cli;
 pub mod config;
+pub mod ctl;
+pub mod drain;
 pub mod health;
 pub mod hooks;
 pub mod metrics;

@@ -36,6 +36,8 @@ pub struct Metrics {
     pub splice_fallbacks_total: IntCounterVec,
     /// Inbound PROXY headers rejected, by listener and reason (malformed | timeout | closed).
     pub proxy_header_rejected_total: IntCounterVec,
+    /// State file reads or writes that failed (a corrupt file moved aside counts too).
+    pub state_file_errors_total: IntCounter,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -217,6 +219,11 @@ impl Metrics {
                 ),
                 &["listener", "reason"]
             )
+            .unwrap()),
+            state_file_errors_total: reg!(IntCounter::with_opts(opts(
+                "state_file_errors_total",
+                "State file reads or writes that failed (a corrupt file is moved aside)"
+            ))
             .unwrap()),
             registry,
         }

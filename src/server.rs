@@ -4,6 +4,7 @@
 //! order of start-up and shutdown; what each part does lives in its own module.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin;
-use crate::config::Config;
+use crate::config::{Config, Secret};
+use crate::drain::Drainer;
 use crate::health::{self, Controller};
 use crate::hooks::Hooks;
 use crate::metrics::Metrics;
@@ -59,6 +61,8 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    #[error("admin: cannot read token_file {file}: {reason}")]
+    Token { file: PathBuf, reason: String },
     #[error("admin: cannot listen on {addr}: {source}")]
     AdminBind {
         addr: SocketAddr,
@@ -72,6 +76,7 @@ pub struct Server {
     listeners: Vec<(Arc<str>, TcpListener, usize)>,
     ctx: Arc<Context>,
     health: Arc<Controller>,
+    drainer: Arc<Drainer>,
     control: Control,
     options: Options,
 }
@@ -95,13 +100,13 @@ impl Drop for Control {
 /// Start the control thread; returns it with the health controller it runs.
 fn start_control(
     config: &Config,
-    admin: Option<std::net::TcpListener>,
+    admin: Option<(std::net::TcpListener, Option<Secret>)>,
     routing: Arc<Routing>,
     metrics: Arc<Metrics>,
     hold_down: Duration,
-) -> (Control, Arc<Controller>) {
+) -> (Control, Arc<Controller>, Arc<Drainer>) {
     let stop = CancellationToken::new();
-    let admin_addr = admin.as_ref().and_then(|a| a.local_addr().ok());
+    let admin_addr = admin.as_ref().and_then(|(a, _)| a.local_addr().ok());
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (config, thread_stop) = (config.clone(), stop.clone());
     let thread = std::thread::Builder::new()
@@ -123,9 +128,26 @@ fn start_control(
                     tokio::runtime::Handle::current(),
                 );
                 health.spawn_probes(&config, &thread_stop);
-                let _ = ready_tx.send(health);
+                let drainer = Drainer::new(
+                    &config,
+                    routing.clone(),
+                    health.clone(),
+                    &metrics,
+                    tokio::runtime::Handle::current(),
+                );
+                let _ = ready_tx.send((health.clone(), drainer.clone()));
                 match admin {
-                    Some(listener) => admin::serve(listener, routing, metrics, thread_stop).await,
+                    Some((listener, token)) => {
+                        let admin = Arc::new(admin::Admin {
+                            config: Arc::new(config.clone()),
+                            routing,
+                            metrics,
+                            health,
+                            drainer,
+                            token,
+                        });
+                        admin::serve(listener, admin, thread_stop).await
+                    }
                     None => thread_stop.cancelled().await,
                 }
                 if let Some(hooks) = hooks {
@@ -134,7 +156,7 @@ fn start_control(
             });
         })
         .expect("the control thread starts");
-    let health = ready_rx
+    let (health, drainer) = ready_rx
         .recv()
         .expect("the control thread hands over its health controller");
     (
@@ -144,7 +166,22 @@ fn start_control(
             admin_addr,
         },
         health,
+        drainer,
     )
+}
+
+/// The admin bearer token: the file's content without surrounding white space; never empty.
+fn read_token(path: &std::path::Path) -> Result<Secret, ServerError> {
+    let fail = |reason: String| ServerError::Token {
+        file: path.to_owned(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(fail("the file is empty".into()));
+    }
+    Ok(Secret(token.to_owned()))
 }
 
 /// Listen backlog; the kernel caps it at `net.core.somaxconn`.
@@ -186,10 +223,17 @@ impl Server {
             listeners.push((Arc::from(l.name.as_str()), listener, l.max_connections));
         }
         let admin = match &config.admin {
-            Some(a) => Some(bind_tcp(a.listen).map_err(|source| ServerError::AdminBind {
-                addr: a.listen,
-                source,
-            })?),
+            Some(a) => {
+                let token = match &a.token_file {
+                    Some(path) => Some(read_token(path)?),
+                    None => None,
+                };
+                let listener = bind_tcp(a.listen).map_err(|source| ServerError::AdminBind {
+                    addr: a.listen,
+                    source,
+                })?;
+                Some((listener, token))
+            }
             None => None,
         };
 
@@ -209,7 +253,7 @@ impl Server {
                 .splice_fallbacks_total
                 .with_label_values(&["no_pipe"]),
         };
-        let (control, health) = start_control(
+        let (control, health, drainer) = start_control(
             config,
             admin,
             routing.clone(),
@@ -226,6 +270,7 @@ impl Server {
             listeners,
             ctx,
             health,
+            drainer,
             control,
             options,
         })
@@ -247,6 +292,11 @@ impl Server {
     /// The health controller (health, last probe of every backend).
     pub fn health(&self) -> Arc<Controller> {
         self.health.clone()
+    }
+
+    /// Drain and undrain backends.
+    pub fn drainer(&self) -> Arc<Drainer> {
+        self.drainer.clone()
     }
 
     /// The metrics registry this server reports into.

@@ -20,6 +20,8 @@ use warren::{Options, Server};
 /// A running in-process warren.
 pub struct Warren {
     pub addr: SocketAddr,
+    /// The admin API's address, when the config has `[admin]`.
+    pub admin: Option<SocketAddr>,
     pub metrics: Arc<Metrics>,
     pub routing: Arc<Routing>,
     pub health: Arc<warren::health::Controller>,
@@ -32,6 +34,7 @@ impl Warren {
     pub fn start(config: Config, options: Options) -> Warren {
         let server = Server::bind(&config, options).expect("warren binds");
         let addr = server.listener_addrs()[0].1;
+        let admin = server.admin_addr();
         let metrics = server.metrics();
         let routing = server.routing();
         let health = server.health();
@@ -39,6 +42,7 @@ impl Warren {
         let task = tokio::spawn(server.run(shutdown.clone()));
         Warren {
             addr,
+            admin,
             metrics,
             routing,
             health,
@@ -248,4 +252,41 @@ pub fn quick() -> Options {
         shutdown_grace: Duration::from_millis(200),
         ..Options::default()
     }
+}
+
+/// One HTTP/1.1 request on a fresh connection; returns the status and the body.
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &[u8],
+) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: warren\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    // A refused request may be answered before the whole body is read.
+    let _ = s.write_all(body).await;
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
+        .await
+        .expect("admin answers within 10s")
+        .ok();
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    let status = raw
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
 }

@@ -1,0 +1,407 @@
+//! The admin API and drain/undrain as an operator uses them during a rolling upgrade: every
+//! route with its errors, drain semantics with and without a deadline, min_available, the state
+//! file across a restart, and `warren ctl drain --wait` against a real server.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use warren::config::{AdminConfig, Balance, Config};
+
+const SECOND: Duration = Duration::from_secs(1);
+const TOKEN: &str = "s3cret-token";
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("warren-admin-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Two echo backends a and b behind warren with an admin API (token, state file).
+fn admin_config(dir: &TempDir, a: SocketAddr, b: SocketAddr) -> Config {
+    let token_file = dir.0.join("token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let mut cfg = config(Balance::RoundRobin, vec![backend("a", a), backend("b", b)]);
+    cfg.admin = Some(AdminConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        token_file: Some(token_file),
+        state_file: Some(dir.0.join("state.json")),
+    });
+    cfg
+}
+
+async fn echo_once(s: &mut TcpStream, byte: u8) -> bool {
+    if s.write_all(&[byte]).await.is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 1];
+    matches!(
+        tokio::time::timeout(5 * SECOND, s.read_exact(&mut buf)).await,
+        Ok(Ok(_)) if buf[0] == byte
+    )
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_route_answers_and_refuses_what_it_should() {
+    let dir = TempDir::new("routes");
+    let (a, b) = (spawn_backend(echo).await, spawn_backend(echo).await);
+    let warren = Warren::start(admin_config(&dir, a.addr, b.addr), quick());
+    let admin = warren.admin.unwrap();
+    let t = Some(TOKEN);
+
+    assert_eq!(http(admin, "GET", "/healthz", None, b"").await.0, 200);
+    assert_eq!(http(admin, "GET", "/readyz", None, b"").await.0, 200);
+    let (code, metrics) = http(admin, "GET", "/metrics", None, b"").await;
+    assert_eq!(code, 200);
+    assert!(metrics.contains("warren_build_info"));
+
+    let (code, body) = http(admin, "GET", "/v1/status", t, b"").await;
+    assert_eq!(code, 200, "{body}");
+    let status = json(&body);
+    assert_eq!(status["pools"][0]["name"], "default");
+    assert_eq!(status["pools"][0]["backends"][1]["name"], "b");
+    assert_eq!(status["pools"][0]["backends"][0]["admin"], "active");
+    assert_eq!(status["listeners"][0]["pool"], "default");
+
+    // Token: missing and wrong are 401 on every /v1 route, and the token is not echoed back.
+    for (method, path) in [
+        ("GET", "/v1/status"),
+        ("POST", "/v1/pools/default/backends/a/drain"),
+        ("POST", "/v1/pools/default/backends/a/undrain"),
+        ("POST", "/v1/reload"),
+    ] {
+        let (code, body) = http(admin, method, path, None, b"").await;
+        assert_eq!(code, 401, "{method} {path} without token: {body}");
+        let (code, body) = http(admin, method, path, Some("wrong"), b"").await;
+        assert_eq!(code, 401, "{method} {path} with a wrong token: {body}");
+        assert!(!body.contains(TOKEN));
+    }
+    // 404s: unknown path, pool, backend.
+    assert_eq!(http(admin, "GET", "/nope", None, b"").await.0, 404);
+    let (code, body) = http(admin, "POST", "/v1/pools/nope/backends/a/drain", t, b"").await;
+    assert_eq!(code, 404, "{body}");
+    assert!(json(&body)["error"].as_str().unwrap().contains("nope"));
+    assert_eq!(
+        http(
+            admin,
+            "POST",
+            "/v1/pools/default/backends/zz/undrain",
+            t,
+            b""
+        )
+        .await
+        .0,
+        404
+    );
+    // 405: wrong method.
+    assert_eq!(http(admin, "POST", "/healthz", None, b"").await.0, 405);
+    assert_eq!(
+        http(admin, "GET", "/v1/pools/default/backends/a/drain", t, b"")
+            .await
+            .0,
+        405
+    );
+    // 413: oversized body; 400: malformed JSON, unknown field, bad duration.
+    let big = vec![b'x'; 100 * 1024];
+    assert_eq!(
+        http(admin, "POST", "/v1/pools/default/backends/a/drain", t, &big)
+            .await
+            .0,
+        413
+    );
+    for bad in [
+        &b"{"[..],
+        b"{\"deadlin\":\"5m\"}",
+        b"{\"deadline\":\"5 parsecs\"}",
+    ] {
+        let (code, body) = http(admin, "POST", "/v1/pools/default/backends/a/drain", t, bad).await;
+        assert_eq!(code, 400, "{}: {body}", String::from_utf8_lossy(bad));
+        assert!(json(&body)["error"].is_string());
+    }
+    // Nothing above drained anything.
+    assert_eq!(
+        warren.metric(r#"warren_backend_admin_state{backend="a",pool="default",state="active"}"#),
+        1.0
+    );
+    // Drain and undrain succeed; undrain is idempotent.
+    let (code, body) = http(admin, "POST", "/v1/pools/default/backends/a/drain", t, b"").await;
+    assert_eq!(code, 202, "{body}");
+    assert_eq!(json(&body)["admin"], "draining");
+    wait_for("a drained", 5 * SECOND, || {
+        warren.metric(r#"warren_backend_admin_state{backend="a",pool="default",state="drained"}"#)
+            == 1.0
+    })
+    .await;
+    for _ in 0..2 {
+        let (code, body) = http(
+            admin,
+            "POST",
+            "/v1/pools/default/backends/a/undrain",
+            t,
+            b"",
+        )
+        .await;
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(json(&body)["admin"], "active");
+    }
+    warren.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_moves_new_connections_keeps_old_ones_and_closes_them_at_the_deadline() {
+    let dir = TempDir::new("drain");
+    let (a, b) = (spawn_backend(echo).await, spawn_backend(echo).await);
+    let mut cfg = admin_config(&dir, a.addr, b.addr);
+    let hooks_log = dir.0.join("hooks.log");
+    let script = dir.0.join("hook.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$WARREN_EVENT $WARREN_BACKEND\" >> {}\n",
+            hooks_log.display()
+        ),
+    )
+    .unwrap();
+    cfg.hooks = vec![warren::config::HookConfig {
+        on: vec![
+            warren::config::HookEvent::DrainStarted,
+            warren::config::HookEvent::DrainComplete,
+        ],
+        action: warren::config::HookAction::Exec(vec![
+            "/bin/sh".into(),
+            script.display().to_string(),
+        ]),
+        timeout: 5 * SECOND,
+    }];
+    let warren = Warren::start(cfg, quick());
+    let admin = warren.admin.unwrap();
+
+    // 100 connections round robin: 50 on a.
+    let mut open = Vec::new();
+    for i in 0..100u8 {
+        let mut s = TcpStream::connect(warren.addr).await.unwrap();
+        assert!(echo_once(&mut s, i).await);
+        open.push(s);
+    }
+    assert_eq!(a.open.load(Ordering::SeqCst), 50);
+
+    let (code, body) = http(
+        admin,
+        "POST",
+        "/v1/pools/default/backends/a/drain",
+        Some(TOKEN),
+        br#"{"deadline":"2s"}"#,
+    )
+    .await;
+    let drained_at = Instant::now();
+    assert_eq!(code, 202, "{body}");
+    assert_eq!(json(&body)["active_connections"], 50);
+
+    // The next 200 connections all go to b.
+    let before = a.accepted.load(Ordering::SeqCst);
+    let mut fresh = Vec::new();
+    for i in 0..200u32 {
+        let mut s = TcpStream::connect(warren.addr).await.unwrap();
+        assert!(echo_once(&mut s, i as u8).await);
+        fresh.push(s);
+    }
+    assert_eq!(
+        a.accepted.load(Ordering::SeqCst),
+        before,
+        "no new connection on a"
+    );
+    // The 50 on a keep passing bytes.
+    for (i, s) in open.iter_mut().enumerate() {
+        assert!(
+            echo_once(s, i as u8).await,
+            "connection {i} must still work while draining"
+        );
+    }
+    // At the deadline, a's connections are closed (both sides) and the drain completes.
+    wait_for("a's connections closed", 10 * SECOND, || {
+        a.open.load(Ordering::SeqCst) == 0
+    })
+    .await;
+    let took = drained_at.elapsed();
+    println!("a's connections closed {took:?} after a drain with a 2s deadline");
+    assert!(took >= Duration::from_millis(1900) && took < Duration::from_millis(3500));
+    wait_for("drained", 5 * SECOND, || {
+        warren.metric(r#"warren_backend_admin_state{backend="a",pool="default",state="drained"}"#)
+            == 1.0
+    })
+    .await;
+    assert_eq!(
+        warren.metric(r#"warren_connections_closed_total{listener="default",reason="drain"}"#),
+        50.0
+    );
+    let mut closed_clients = 0;
+    for s in open.iter_mut() {
+        if !echo_once(s, 1).await {
+            closed_clients += 1;
+        }
+    }
+    assert_eq!(closed_clients, 50, "the clients of a were closed too");
+    wait_for("drain hooks ran", 5 * SECOND, || {
+        std::fs::read_to_string(&hooks_log).is_ok_and(|l| l.lines().count() == 2)
+    })
+    .await;
+    assert_eq!(
+        std::fs::read_to_string(&hooks_log).unwrap(),
+        "drain_started a\ndrain_complete a\n"
+    );
+    // b's connections were untouched.
+    for (i, s) in fresh.iter_mut().enumerate() {
+        assert!(echo_once(s, i as u8).await);
+    }
+    warren.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn min_available_refuses_the_last_primary_unless_forced() {
+    let dir = TempDir::new("min");
+    let (a, b) = (spawn_backend(echo).await, spawn_backend(echo).await);
+    let warren = Warren::start(admin_config(&dir, a.addr, b.addr), quick());
+    let admin = warren.admin.unwrap();
+    let drain = |name: &'static str, body: &'static [u8]| {
+        let path = format!("/v1/pools/default/backends/{name}/drain");
+        async move { http(admin, "POST", &path, Some(TOKEN), body).await }
+    };
+    assert_eq!(drain("a", b"").await.0, 202);
+    let (code, body) = drain("b", b"").await;
+    assert_eq!(code, 409, "{body}");
+    let message = json(&body)["error"].as_str().unwrap().to_owned();
+    assert!(
+        message.contains("min_available") && message.contains("force"),
+        "{message}"
+    );
+    let (code, body) = drain("b", br#"{"force":true}"#).await;
+    assert_eq!(code, 202, "{body}");
+    wait_for("b drained", 5 * SECOND, || {
+        warren.metric(r#"warren_backend_admin_state{backend="b",pool="default",state="drained"}"#)
+            == 1.0
+    })
+    .await;
+    assert_eq!(http(admin, "GET", "/readyz", None, b"").await.0, 503);
+    warren.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_state_survives_a_restart_and_a_corrupt_file_is_moved_aside() {
+    let dir = TempDir::new("state");
+    let (a, b) = (spawn_backend(echo).await, spawn_backend(echo).await);
+    let warren = Warren::start(admin_config(&dir, a.addr, b.addr), quick());
+    let admin = warren.admin.unwrap();
+    let (code, _) = http(
+        admin,
+        "POST",
+        "/v1/pools/default/backends/a/drain",
+        Some(TOKEN),
+        b"",
+    )
+    .await;
+    assert_eq!(code, 202);
+    wait_for("state file written", 5 * SECOND, || {
+        std::fs::read_to_string(dir.0.join("state.json")).is_ok_and(|s| s.contains("\"a\""))
+    })
+    .await;
+    warren.stop().await;
+
+    // Restart: a is still drained, and takes no connection.
+    let warren = Warren::start(admin_config(&dir, a.addr, b.addr), quick());
+    assert_eq!(
+        warren.metric(r#"warren_backend_admin_state{backend="a",pool="default",state="drained"}"#),
+        1.0
+    );
+    let before = a.accepted.load(Ordering::SeqCst);
+    for i in 0..10 {
+        let mut s = TcpStream::connect(warren.addr).await.unwrap();
+        assert!(echo_once(&mut s, i).await);
+    }
+    assert_eq!(a.accepted.load(Ordering::SeqCst), before);
+    warren.stop().await;
+
+    // A corrupt file: warren starts with everything active, reports it, moves the file aside.
+    std::fs::write(dir.0.join("state.json"), b"{ not json").unwrap();
+    let warren = Warren::start(admin_config(&dir, a.addr, b.addr), quick());
+    assert_eq!(warren.metric("warren_state_file_errors_total"), 1.0);
+    assert_eq!(
+        warren.metric(r#"warren_backend_admin_state{backend="a",pool="default",state="active"}"#),
+        1.0
+    );
+    let aside = std::fs::read_dir(&dir.0)
+        .unwrap()
+        .filter_map(Result::ok)
+        .any(|e| e.file_name().to_string_lossy().contains("corrupt"));
+    assert!(aside, "the corrupt file is kept for the operator");
+    warren.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctl_drain_wait_returns_when_the_last_connection_closes() {
+    let dir = TempDir::new("ctl");
+    let (a, b) = (spawn_backend(echo).await, spawn_backend(echo).await);
+    let warren = Warren::start(admin_config(&dir, a.addr, b.addr), quick());
+    let admin = warren.admin.unwrap();
+    let mut first = TcpStream::connect(warren.addr).await.unwrap();
+    assert!(echo_once(&mut first, 1).await);
+    assert_eq!(
+        a.open.load(Ordering::SeqCst),
+        1,
+        "round robin put the first on a"
+    );
+
+    let mut ctl = tokio::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(["ctl", "--admin", &format!("http://{admin}"), "--token-file"])
+        .arg(dir.0.join("token"))
+        .args(["drain", "a", "--wait"])
+        .env("WARREN_CTL_POLL_MS", "50")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_for("a draining", 5 * SECOND, || {
+        warren.metric(r#"warren_backend_admin_state{backend="a",pool="default",state="draining"}"#)
+            == 1.0
+    })
+    .await;
+    // ctl is still waiting while the connection is open.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        ctl.try_wait().unwrap().is_none(),
+        "ctl returned while a connection was open"
+    );
+    let closed = Instant::now();
+    drop(first);
+    let status = tokio::time::timeout(5 * SECOND, ctl.wait())
+        .await
+        .expect("ctl returns after the last connection closed")
+        .unwrap();
+    println!(
+        "ctl drain --wait returned {:?} after the last close",
+        closed.elapsed()
+    );
+    assert!(status.success());
+    warren.stop().await;
+}

@@ -1,0 +1,731 @@
+//! `warren ctl` as an operator runs it, against a fake admin API: an HTTP/1.1 responder on
+//! 127.0.0.1 port 0 in a thread, serving the `/v1` JSON contract with scripted state changes and
+//! recording every request. Each `warren ctl` is a child process with a deadline.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const WARREN: &str = env!("CARGO_BIN_EXE_warren");
+
+/// How long one `warren ctl` may run before the test kills it and fails.
+const RUN_LIMIT: Duration = Duration::from_secs(30);
+
+/// What the fake saw of one request.
+#[derive(Debug, Clone)]
+struct Recorded {
+    method: String,
+    path: String,
+    /// Header names lower-cased.
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Recorded {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("request body is JSON")
+    }
+
+    fn is(&self, method: &str, path: &str) -> bool {
+        self.method == method && self.path == path
+    }
+}
+
+type Handler = dyn Fn(&Recorded) -> (u16, Value) + Send + Sync;
+
+/// The fake admin API. Dropping it stops the thread.
+struct FakeAdmin {
+    addr: SocketAddr,
+    requests: Arc<Mutex<Vec<Recorded>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl FakeAdmin {
+    /// Serve `handler`'s answers; a handler sees every request (including `Authorization`).
+    fn start(handler: impl Fn(&Recorded) -> (u16, Value) + Send + Sync + 'static) -> FakeAdmin {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local addr");
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let handler: Arc<Handler> = Arc::new(handler);
+        let thread = {
+            let (requests, stop) = (requests.clone(), stop.clone());
+            std::thread::spawn(move || {
+                // Ends when `Drop` sets `stop` and connects once to wake `accept`.
+                for stream in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(stream) = stream else { continue };
+                    if let Some(request) = answer(stream, &*handler) {
+                        requests.lock().unwrap().push(request);
+                    }
+                }
+            })
+        };
+        FakeAdmin {
+            addr,
+            requests,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn requests(&self) -> Vec<Recorded> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+impl Drop for FakeAdmin {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Read one request from `stream`, answer it with `Connection: close`; `None` if it was not HTTP.
+fn answer(stream: TcpStream, handler: &Handler) -> Option<Recorded> {
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let mut reader = BufReader::new(stream.try_clone().ok()?);
+    let mut line = String::new();
+    reader.read_line(&mut line).ok()?;
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next()?.to_string(), parts.next()?.to_string());
+    let mut headers = Vec::new();
+    // A request head has a bounded number of lines; stop at the blank one.
+    for _ in 0..100 {
+        line.clear();
+        reader.read_line(&mut line).ok()?;
+        let trimmed = line.trim_end();
+        if trimmed.is_empty() {
+            break;
+        }
+        let (name, value) = trimmed.split_once(':')?;
+        headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
+    }
+    let length: usize = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .map_or(0, |(_, v)| v.parse().unwrap_or(0));
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).ok()?;
+    let request = Recorded {
+        method,
+        path,
+        headers,
+        body,
+    };
+    let (code, json) = handler(&request);
+    let body = json.to_string();
+    let reason = match code {
+        200 => "OK",
+        202 => "Accepted",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        409 => "Conflict",
+        _ => "Other",
+    };
+    let mut stream = stream;
+    let _ = write!(
+        stream,
+        "HTTP/1.1 {code} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.flush();
+    Some(request)
+}
+
+/// Answers 401 unless the request carries `Bearer <token>`, else defers to `handler`.
+fn with_token(
+    token: &'static str,
+    handler: impl Fn(&Recorded) -> (u16, Value) + Send + Sync + 'static,
+) -> impl Fn(&Recorded) -> (u16, Value) + Send + Sync + 'static {
+    move |r: &Recorded| {
+        if r.header("authorization") == Some(format!("Bearer {token}").as_str()) {
+            handler(r)
+        } else {
+            (401, json!({"error": "missing or wrong bearer token"}))
+        }
+    }
+}
+
+fn not_found(r: &Recorded) -> (u16, Value) {
+    (
+        404,
+        json!({"error": format!("no such endpoint: {} {}", r.method, r.path)}),
+    )
+}
+
+/// One backend as `/v1/status` shows it.
+fn backend(name: &str, health: &str, admin: &str, conns: u64) -> Value {
+    json!({
+        "name": name, "addr": format!("10.0.0.{}:5672", name.len()), "weight": 1, "backup": false,
+        "health": health, "admin": admin,
+        "available": health != "down" && admin == "active",
+        "active_connections": conns,
+        "health_changed_at": "2026-11-21T23:59:00Z",
+        "drain_deadline": null,
+        "last_probe": {"up": health == "up",
+                       "reason": if health == "up" { "Connection.Start received (RabbitMQ 3.12.1)" } else { "connection refused" },
+                       "duration_ms": 1.2, "at": "2026-11-21T23:59:01Z"}
+    })
+}
+
+/// A `/v1/status` answer with these pools.
+fn status(pools: Vec<(&str, Vec<Value>)>) -> Value {
+    let pools: Vec<Value> = pools
+        .into_iter()
+        .map(|(name, backends)| {
+            let available = backends.iter().filter(|b| b["available"] == true).count();
+            json!({"name": name, "balance": "least_conn", "min_available": 1,
+                   "available": available, "total": backends.len(), "backends": backends})
+        })
+        .collect();
+    json!({
+        "version": "0.1.0",
+        "listeners": [{"name": "amqp", "listen": "0.0.0.0:5672", "pool": "rabbitmq", "active_connections": 3}],
+        "pools": pools
+    })
+}
+
+/// rabbitmq: rabbit-a, shared; other: shared.
+fn two_pools() -> Value {
+    status(vec![
+        (
+            "rabbitmq",
+            vec![
+                backend("rabbit-a", "up", "active", 1),
+                backend("shared", "up", "active", 0),
+            ],
+        ),
+        ("other", vec![backend("shared", "up", "active", 0)]),
+    ])
+}
+
+/// A finished `warren ctl`.
+#[derive(Debug)]
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+    elapsed: Duration,
+}
+
+/// Run `warren ctl --admin URL ARGS...` with a 50 ms poll, no inherited token or admin URL.
+fn ctl(admin: &str, args: &[&str], env: &[(&str, &str)]) -> Run {
+    let started = Instant::now();
+    let mut child = Command::new(WARREN)
+        .arg("ctl")
+        .arg("--admin")
+        .arg(admin)
+        .args(args)
+        .env_remove("WARREN_TOKEN")
+        .env_remove("WARREN_ADMIN")
+        .env("WARREN_CTL_POLL_MS", "50")
+        .env("COLUMNS", "200")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn warren ctl");
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().unwrap()));
+    let stderr = drain(Box::new(child.stderr.take().unwrap()));
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for warren ctl") {
+            break status;
+        }
+        if started.elapsed() > RUN_LIMIT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("warren ctl {args:?} still running after {RUN_LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let elapsed = started.elapsed();
+    Run {
+        code: status.code(),
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+        elapsed,
+    }
+}
+
+/// A token file, removed on drop.
+struct TokenFile(PathBuf);
+
+impl TokenFile {
+    fn new(contents: &str) -> TokenFile {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("warren-ctl-{}-{n}.token", std::process::id()));
+        std::fs::write(&path, contents).expect("write token file");
+        TokenFile(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().expect("temp path is UTF-8")
+    }
+}
+
+impl Drop for TokenFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn status_prints_a_header_per_pool_and_an_aligned_row_per_backend() {
+    let mut served = two_pools();
+    served["pools"][0]["backends"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({
+            "name": "rabbit-backup-1", "addr": "10.0.0.100:5672", "weight": 1, "backup": true,
+            "health": "unknown", "admin": "drained", "available": false, "active_connections": 0,
+            "health_changed_at": null, "drain_deadline": null, "last_probe": null
+        }));
+    served["pools"][0]["total"] = json!(3);
+    let reply = served.clone();
+    let fake = FakeAdmin::start(with_token("t0ken", move |r| {
+        if r.is("GET", "/v1/status") {
+            (200, reply.clone())
+        } else {
+            not_found(r)
+        }
+    }));
+    let run = ctl(&fake.url(), &["status"], &[("WARREN_TOKEN", "t0ken")]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(run
+        .stdout
+        .contains("pool rabbitmq (least_conn): 2/3 available, min_available 1\n"));
+    assert!(run
+        .stdout
+        .contains("pool other (least_conn): 1/1 available, min_available 1\n"));
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    let headers: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i].trim_start().starts_with("NAME "))
+        .collect();
+    assert_eq!(headers.len(), 2, "one table per pool: {}", run.stdout);
+    let expected: [&[[&str; 5]]; 2] = [
+        &[
+            ["rabbit-a", "10.0.0.8:5672", "up", "active", "1"],
+            ["shared", "10.0.0.6:5672", "up", "active", "0"],
+            [
+                "rabbit-backup-1 (backup)",
+                "10.0.0.100:5672",
+                "unknown",
+                "drained",
+                "0",
+            ],
+        ],
+        &[["shared", "10.0.0.6:5672", "up", "active", "0"]],
+    ];
+    for (&header, rows) in headers.iter().zip(expected) {
+        let columns: Vec<usize> = ["NAME", "ADDR", "HEALTH", "ADMIN", "CONNS", "LAST PROBE"]
+            .iter()
+            .map(|c| lines[header].find(c).expect("column title"))
+            .collect();
+        for (i, cells) in rows.iter().enumerate() {
+            let row = lines[header + 1 + i];
+            for (&at, cell) in columns.iter().zip(cells) {
+                assert_eq!(row.get(at..at + cell.len()), Some(*cell), "{row:?}");
+                assert_eq!(row.as_bytes().get(at + cell.len()), Some(&b' '), "{row:?}");
+            }
+            let probe = &row[columns[5]..];
+            if cells[0].contains("backup") {
+                assert_eq!(probe, "-");
+            } else {
+                assert!(
+                    probe.starts_with("up 1.2ms ")
+                        && probe.ends_with(" ago: Connection.Start received (RabbitMQ 3.12.1)"),
+                    "{row:?}"
+                );
+            }
+        }
+    }
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].header("authorization"), Some("Bearer t0ken"));
+    assert!(!run.stdout.contains("t0ken") && !run.stderr.contains("t0ken"));
+}
+
+#[test]
+fn status_json_prints_what_the_api_served() {
+    let served = two_pools();
+    let reply = served.clone();
+    let fake = FakeAdmin::start(move |r| {
+        if r.is("GET", "/v1/status") {
+            (200, reply.clone())
+        } else {
+            not_found(r)
+        }
+    });
+    // `--json` is accepted after the subcommand too.
+    let run = ctl(&fake.url(), &["status", "--json"], &[]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let printed: Value = serde_json::from_str(&run.stdout).expect("stdout is JSON");
+    assert_eq!(printed, served);
+    assert!(run.stdout.contains("\n  "), "pretty-printed");
+}
+
+/// The drain script: POST answers 3 open; polls see 3, then 1, then drained.
+fn draining_fake(polls: Arc<AtomicUsize>) -> FakeAdmin {
+    FakeAdmin::start(with_token("s3cret", move |r| {
+        if r.is("POST", "/v1/pools/rabbitmq/backends/rabbit-a/drain") {
+            return (
+                202,
+                json!({"pool": "rabbitmq", "backend": "rabbit-a", "admin": "draining",
+                       "active_connections": 3, "drain_deadline": "2026-11-22T00:05:00Z"}),
+            );
+        }
+        if !r.is("GET", "/v1/status") {
+            return not_found(r);
+        }
+        let (admin, conns) = match polls.fetch_add(1, Ordering::SeqCst) {
+            0 => ("draining", 3),
+            1 => ("draining", 1),
+            _ => ("drained", 0),
+        };
+        let served = status(vec![(
+            "rabbitmq",
+            vec![
+                backend("rabbit-a", "up", admin, conns),
+                backend("rabbit-b", "up", "active", 5),
+            ],
+        )]);
+        (200, served)
+    }))
+}
+
+#[test]
+fn drain_wait_reports_progress_until_drained() {
+    let polls = Arc::new(AtomicUsize::new(0));
+    let fake = draining_fake(polls.clone());
+    let token = TokenFile::new("  s3cret\n");
+    let run = ctl(
+        &fake.url(),
+        &[
+            "--token-file",
+            token.path(),
+            "drain",
+            "rabbit-a",
+            "--pool",
+            "rabbitmq",
+            "--deadline",
+            "5m",
+            "--force",
+            "--wait",
+        ],
+        &[],
+    );
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "draining rabbit-a (pool rabbitmq): 3 connections open; the rest are closed at 2026-11-22T00:05:00Z",
+            "rabbit-a: 1 connection left",
+            "rabbit-a (pool rabbitmq) is drained",
+        ],
+        "{run:?}"
+    );
+    assert_eq!(polls.load(Ordering::SeqCst), 3);
+    let requests = fake.requests();
+    assert!(requests[0].is("POST", "/v1/pools/rabbitmq/backends/rabbit-a/drain"));
+    assert_eq!(requests[0].json(), json!({"deadline": "5m", "force": true}));
+    assert_eq!(requests[0].header("content-type"), Some("application/json"));
+    assert!(requests
+        .iter()
+        .all(|r| r.header("authorization") == Some("Bearer s3cret")));
+    assert!(!run.stdout.contains("s3cret") && !run.stderr.contains("s3cret"));
+}
+
+#[test]
+fn drain_refused_by_min_available_exits_1_with_the_server_message() {
+    const REFUSAL: &str = "draining rabbit-a would leave 0 available backends in pool rabbitmq \
+                           (min_available 1); pass force to drain anyway";
+    let fake = FakeAdmin::start(|r| {
+        if r.is("POST", "/v1/pools/rabbitmq/backends/rabbit-a/drain") {
+            (409, json!({"error": REFUSAL}))
+        } else {
+            not_found(r)
+        }
+    });
+    let run = ctl(
+        &fake.url(),
+        &["drain", "rabbit-a", "--pool", "rabbitmq", "--wait"],
+        &[],
+    );
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(run.stderr.starts_with("warren ctl: "), "{run:?}");
+    assert!(run.stderr.contains(REFUSAL), "{run:?}");
+    assert!(run.stderr.contains("409"), "{run:?}");
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 1, "no wait after a refusal");
+    assert_eq!(requests[0].json(), json!({"force": false}));
+    assert_eq!(requests[0].header("authorization"), None);
+}
+
+/// Serves [`two_pools`] and accepts any drain or undrain, answering for the path's pool.
+fn two_pools_fake() -> FakeAdmin {
+    FakeAdmin::start(|r| {
+        if r.is("GET", "/v1/status") {
+            return (200, two_pools());
+        }
+        let parts: Vec<&str> = r.path.split('/').collect();
+        match (r.method.as_str(), parts.as_slice()) {
+            ("POST", ["", "v1", "pools", pool, "backends", name, "drain"]) => (
+                202,
+                json!({"pool": pool, "backend": name, "admin": "drained",
+                       "active_connections": 0, "drain_deadline": null}),
+            ),
+            ("POST", ["", "v1", "pools", pool, "backends", name, "undrain"]) => (
+                200,
+                json!({"pool": pool, "backend": name, "admin": "active"}),
+            ),
+            _ => not_found(r),
+        }
+    })
+}
+
+#[test]
+fn a_name_in_one_pool_needs_no_pool_flag() {
+    let fake = two_pools_fake();
+    let run = ctl(&fake.url(), &["drain", "rabbit-a", "--wait"], &[]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(
+        run.stdout,
+        "drained rabbit-a (pool rabbitmq): no connection was open\n"
+    );
+    let posts: Vec<String> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST")
+        .map(|r| r.path)
+        .collect();
+    assert_eq!(posts, ["/v1/pools/rabbitmq/backends/rabbit-a/drain"]);
+
+    // With --pool the name may be in several pools, and no status is fetched.
+    let fake = two_pools_fake();
+    let run = ctl(&fake.url(), &["undrain", "shared", "--pool", "other"], &[]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(run.stdout, "shared (pool other) is active\n");
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 1);
+    assert!(requests[0].is("POST", "/v1/pools/other/backends/shared/undrain"));
+}
+
+#[test]
+fn a_name_in_two_pools_without_pool_flag_is_a_usage_error() {
+    let fake = two_pools_fake();
+    for command in ["drain", "undrain"] {
+        let run = ctl(&fake.url(), &[command, "shared"], &[]);
+        assert_eq!(run.code, Some(2), "{run:?}");
+        assert_eq!(
+            run.stderr,
+            "warren ctl: backend shared is in pools rabbitmq, other: pass --pool\n"
+        );
+    }
+    assert!(fake.requests().iter().all(|r| r.method == "GET"));
+}
+
+#[test]
+fn an_unknown_name_exits_1_listing_the_pools() {
+    let fake = two_pools_fake();
+    let run = ctl(&fake.url(), &["drain", "rabbit-z"], &[]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert_eq!(
+        run.stderr,
+        "warren ctl: no backend rabbit-z (pools: rabbitmq, other)\n"
+    );
+    assert!(fake.requests().iter().all(|r| r.method == "GET"));
+}
+
+/// Undrain answers active; polls see `health` from `script(poll number)`.
+fn undraining_fake(script: fn(usize) -> &'static str) -> (FakeAdmin, Arc<AtomicUsize>) {
+    let polls = Arc::new(AtomicUsize::new(0));
+    let counter = polls.clone();
+    let fake = FakeAdmin::start(move |r| {
+        if r.is("POST", "/v1/pools/rabbitmq/backends/rabbit-a/undrain") {
+            return (
+                200,
+                json!({"pool": "rabbitmq", "backend": "rabbit-a", "admin": "active"}),
+            );
+        }
+        if !r.is("GET", "/v1/status") {
+            return not_found(r);
+        }
+        let health = script(counter.fetch_add(1, Ordering::SeqCst));
+        (
+            200,
+            status(vec![(
+                "rabbitmq",
+                vec![backend("rabbit-a", health, "active", 0)],
+            )]),
+        )
+    });
+    (fake, polls)
+}
+
+#[test]
+fn undrain_wait_healthy_waits_for_up() {
+    let (fake, polls) = undraining_fake(|n| if n < 3 { "down" } else { "up" });
+    let run = ctl(&fake.url(), &["undrain", "rabbit-a", "--wait-healthy"], &[]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(
+        run.stdout.lines().collect::<Vec<_>>(),
+        [
+            "rabbit-a (pool rabbitmq) is active",
+            "rabbit-a: health down (last probe: connection refused)",
+            "rabbit-a (pool rabbitmq) is up and available",
+        ]
+    );
+    // One status to resolve the pool, then two polls see down and the third up.
+    assert_eq!(polls.load(Ordering::SeqCst), 4);
+}
+
+#[test]
+fn undrain_wait_healthy_gives_up_at_the_timeout() {
+    let (fake, _polls) = undraining_fake(|_| "down");
+    let run = ctl(
+        &fake.url(),
+        &[
+            "undrain",
+            "rabbit-a",
+            "--pool",
+            "rabbitmq",
+            "--wait-healthy",
+            "--timeout",
+            "1s",
+        ],
+        &[],
+    );
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(
+        run.elapsed >= Duration::from_secs(1) && run.elapsed < Duration::from_secs(4),
+        "{:?}",
+        run.elapsed
+    );
+    assert!(
+        run.stderr
+            .contains("warren ctl: rabbit-a (pool rabbitmq) is not up after 1s (health down)"),
+        "{run:?}"
+    );
+}
+
+#[test]
+fn reload_prints_the_summary_or_the_error() {
+    let fake = FakeAdmin::start(|r| {
+        if r.is("POST", "/v1/reload") {
+            (
+                200,
+                json!({"result": "ok", "summary": "1 listener, 1 pool, 3 backends"}),
+            )
+        } else {
+            not_found(r)
+        }
+    });
+    let run = ctl(&fake.url(), &["reload"], &[]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(run.stdout, "reloaded: 1 listener, 1 pool, 3 backends\n");
+
+    const BROKEN: &str =
+        "/etc/warren/warren.toml: pool.rabbitmq.balance: unknown variant `fastest`";
+    let fake = FakeAdmin::start(|r| {
+        if r.is("POST", "/v1/reload") {
+            (400, json!({"error": BROKEN}))
+        } else {
+            not_found(r)
+        }
+    });
+    let run = ctl(&fake.url(), &["reload"], &[]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(run.stderr.contains(BROKEN), "{run:?}");
+    assert!(run.stdout.is_empty(), "{run:?}");
+}
+
+#[test]
+fn nothing_listening_exits_1_with_a_clear_message() {
+    let port = {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().unwrap().port()
+    };
+    let admin = format!("http://127.0.0.1:{port}");
+    let run = ctl(&admin, &["status"], &[]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(
+        run.stderr.starts_with(&format!(
+            "warren ctl: cannot connect to the admin API at {admin}: "
+        )),
+        "{run:?}"
+    );
+    assert!(run.stderr.contains("is warren running"), "{run:?}");
+}
+
+#[test]
+fn a_refused_or_missing_token_exits_1_and_says_so() {
+    let fake = FakeAdmin::start(with_token("right", |r| {
+        if r.is("POST", "/v1/reload") {
+            (200, json!({"result": "ok", "summary": "fine"}))
+        } else {
+            not_found(r)
+        }
+    }));
+    let run = ctl(&fake.url(), &["reload"], &[("WARREN_TOKEN", "wrong")]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(
+        run.stderr
+            .contains("the admin API refused the token (HTTP 401): missing or wrong bearer token"),
+        "{run:?}"
+    );
+    assert!(!run.stderr.contains("wrong\n") && !run.stderr.contains("Bearer"));
+
+    let run = ctl(&fake.url(), &["reload"], &[]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(
+        run.stderr.contains("requires a token") && run.stderr.contains("--token-file"),
+        "{run:?}"
+    );
+
+    // The file wins over the environment.
+    let token = TokenFile::new("right\n");
+    let run = ctl(
+        &fake.url(),
+        &["--token-file", token.path(), "reload"],
+        &[("WARREN_TOKEN", "wrong")],
+    );
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(run.stdout, "reloaded: fine\n");
+}

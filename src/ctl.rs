@@ -509,13 +509,19 @@ async fn wait_healthy_for(
             let status =
                 decode::<Status>(client.get_json("/v1/status", "status").await?, "status")?;
             let backend = find_backend(&status, pool, name)?;
+            // Without a probe, health stays "unknown" (which counts as available) for good.
+            let probed_pool = status
+                .pools
+                .iter()
+                .any(|p| p.name == pool && p.health_check.is_some());
             if backend.admin != "active" {
                 return Err(CtlError::GaveUp(format!(
                     "{name} (pool {pool}) became {} while waiting for it to be healthy",
                     backend.admin
                 )));
             }
-            if backend.health == "up" && backend.available {
+            let healthy = backend.health == "up" || (!probed_pool && backend.health == "unknown");
+            if healthy && backend.available {
                 return Ok(());
             }
             last_seen.clone_from(&backend.health);
@@ -638,6 +644,9 @@ struct PoolStatus {
     name: String,
     #[serde(default)]
     balance: String,
+    /// The probe kind, or `None` when the pool has passive checks only.
+    #[serde(default)]
+    health_check: Option<String>,
     #[serde(default)]
     min_available: u64,
     #[serde(default)]

@@ -7,7 +7,7 @@
 //! - `POST /v1/pools/{pool}/backends/{name}/drain` with `{"deadline": "5m", "force": false}`
 //!   (both optional): 202, or 409 when `min_available` refuses it;
 //! - `POST /v1/pools/{pool}/backends/{name}/undrain`: 200, idempotent;
-//! - `POST /v1/reload`: 501 until hot reload lands.
+//! - `POST /v1/reload`: re-read the config file; 200, or 400 with the error (old config stays).
 //!
 //! Every `/v1` route needs `Authorization: Bearer <token>` when a token is configured (compared
 //! in constant time). Bodies are capped at 64 KiB and must arrive within 10 s. Errors are JSON
@@ -28,17 +28,23 @@ use std::time::Duration;
 
 use http_body_util::{BodyExt, Limited};
 
+use arc_swap::ArcSwap;
+
 use crate::config::{Config, Probe, Secret};
 use crate::drain::{rfc3339, DrainError, Drainer};
 use crate::health::Controller;
 use crate::metrics::Metrics;
+use crate::server::Reloader;
 use crate::state::{Health, Routing};
 
 type Reply = Response<Full<Bytes>>;
 
 /// Everything the admin API reads or changes.
 pub struct Admin {
-    pub config: Arc<Config>,
+    /// The config in force (a reload replaces it).
+    pub config: Arc<ArcSwap<Config>>,
+    /// Asks the server to re-read its config file.
+    pub reloader: Reloader,
     pub routing: Arc<Routing>,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Controller>,
@@ -120,6 +126,18 @@ async fn handle(req: Request<Incoming>, admin: &Admin) -> Reply {
                 )
             }
         };
+    if segments == ["v1", "reload"] {
+        if parts.method != Method::POST {
+            return error(StatusCode::METHOD_NOT_ALLOWED, "use POST for this endpoint");
+        }
+        return match admin.reloader.reload().await {
+            Ok(summary) => json(
+                StatusCode::OK,
+                serde_json::json!({ "result": "ok", "summary": summary }),
+            ),
+            Err(e) => error(StatusCode::BAD_REQUEST, &e),
+        };
+    }
     route(&parts.method, &segments, &body, admin)
 }
 
@@ -178,13 +196,6 @@ fn route(method: &Method, segments: &[&str], body: &[u8], admin: &Admin) -> Repl
                 Err(e) => drain_error(e),
             },
         ),
-        ["v1", "reload"] => allow(Method::POST, &|| {
-            error(
-                StatusCode::NOT_IMPLEMENTED,
-                "hot reload is not available in this version: restart warren to apply a new config \
-                 (`warren check` it first)",
-            )
-        }),
         _ => error(
             StatusCode::NOT_FOUND,
             &format!("no such endpoint: /{}", segments.join("/")),
@@ -246,8 +257,8 @@ fn drain_error(e: DrainError) -> Reply {
 fn status(admin: &Admin) -> serde_json::Value {
     use serde_json::json;
     let snapshot = admin.routing.load();
-    let listeners: Vec<_> = admin
-        .config
+    let config = admin.config.load();
+    let listeners: Vec<_> = config
         .listeners
         .iter()
         .map(|l| {
@@ -263,8 +274,7 @@ fn status(admin: &Admin) -> serde_json::Value {
             })
         })
         .collect();
-    let pools: Vec<_> = admin
-        .config
+    let pools: Vec<_> = config
         .pools
         .iter()
         .filter_map(|p| {

@@ -122,6 +122,7 @@ fn run_server(args: RunArgs) -> ExitCode {
     let options = Options {
         shutdown_grace: args.shutdown_grace,
         splice: !args.no_splice,
+        config_path: config.source.clone(),
         ..Options::default()
     };
     runtime.block_on(async move {
@@ -138,15 +139,16 @@ fn run_server(args: RunArgs) -> ExitCode {
             "warren started"
         );
         let shutdown = CancellationToken::new();
-        tokio::spawn(watch_signals(shutdown.clone()));
+        tokio::spawn(watch_signals(shutdown.clone(), server.reloader()));
         server.run(shutdown).await;
         ExitCode::SUCCESS
     })
 }
 
-/// SIGTERM/SIGINT stop gracefully. SIGHUP must not kill the process (its default action).
+/// SIGTERM/SIGINT stop gracefully; SIGHUP reloads the config file (a bad file is logged and
+/// the running config stays).
 #[cfg(unix)]
-async fn watch_signals(shutdown: CancellationToken) {
+async fn watch_signals(shutdown: CancellationToken, reloader: crate::server::Reloader) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -161,7 +163,10 @@ async fn watch_signals(shutdown: CancellationToken) {
             _ = term.recv() => { tracing::info!("SIGTERM: stopping gracefully"); break; }
             _ = int.recv() => { tracing::info!("SIGINT: stopping gracefully"); break; }
             _ = hup.recv() => {
-                tracing::warn!("SIGHUP received: config reload is not available in this version; keeping the running config");
+                tracing::info!("SIGHUP: reloading the config file");
+                // The server logs the outcome; reloads queue up behind each other.
+                let reloader = reloader.clone();
+                tokio::spawn(async move { let _ = reloader.reload().await; });
             }
         }
     }
@@ -169,7 +174,7 @@ async fn watch_signals(shutdown: CancellationToken) {
 }
 
 #[cfg(not(unix))]
-async fn watch_signals(shutdown: CancellationToken) {
+async fn watch_signals(shutdown: CancellationToken, _reloader: crate::server::Reloader) {
     if tokio::signal::ctrl_c().await.is_ok() {
         tracing::info!("Ctrl-C: stopping gracefully");
     }

@@ -55,8 +55,8 @@ type Key = (String, String);
 pub struct Drainer {
     routing: Arc<Routing>,
     health: Arc<Controller>,
-    /// `min_available` of each pool.
-    min_available: HashMap<String, usize>,
+    /// `min_available` of each pool; replaced on reload.
+    min_available: Mutex<HashMap<String, usize>>,
     state_file: Option<PathBuf>,
     /// Deadline of each draining backend, and a generation so an undrain stops its watcher.
     drains: Mutex<HashMap<Key, DrainEntry>>,
@@ -83,11 +83,7 @@ impl Drainer {
         let drainer = Arc::new(Drainer {
             routing,
             health,
-            min_available: config
-                .pools
-                .iter()
-                .map(|p| (p.name.clone(), p.min_available))
-                .collect(),
+            min_available: Mutex::new(min_available_of(config)),
             state_file,
             drains: Mutex::new(HashMap::new()),
             runtime,
@@ -95,6 +91,11 @@ impl Drainer {
         });
         drainer.restore();
         drainer
+    }
+
+    /// Take a reloaded config's `min_available` values.
+    pub fn reload(&self, config: &crate::config::Config) {
+        *self.min_available.lock().unwrap_or_else(|e| e.into_inner()) = min_available_of(config);
     }
 
     /// Stop new connections to a backend now; close the remaining ones after `deadline`.
@@ -112,7 +113,13 @@ impl Drainer {
         let snapshot = self.routing.load_full();
         let route = snapshot.pools.get(pool).ok_or_else(not_found)?;
         let target = route.backend(backend).ok_or_else(not_found)?;
-        let min_available = self.min_available.get(pool).copied().unwrap_or(0);
+        let min_available = self
+            .min_available
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(pool)
+            .copied()
+            .unwrap_or(0);
         if target.admin == AdminState::Active && !force {
             let primaries_left = route
                 .backends
@@ -359,6 +366,14 @@ impl Drainer {
             }
         }
     }
+}
+
+fn min_available_of(config: &crate::config::Config) -> HashMap<String, usize> {
+    config
+        .pools
+        .iter()
+        .map(|p| (p.name.clone(), p.min_available))
+        .collect()
 }
 
 /// The state file's content.

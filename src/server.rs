@@ -3,12 +3,15 @@
 //! (stop accepting → let connections finish for the grace period → close the rest). It owns the
 //! order of start-up and shutdown; what each part does lives in its own module.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -32,6 +35,8 @@ pub struct Options {
     pub max_pipes: usize,
     /// How long a backend stays out after a failed connect when no probe watches it.
     pub passive_hold_down: Duration,
+    /// The file a reload re-reads (`None`: started from flags, nothing to reload).
+    pub config_path: Option<PathBuf>,
 }
 
 /// Default grace period for open connections on SIGTERM.
@@ -47,6 +52,7 @@ impl Default for Options {
             #[cfg(not(target_os = "linux"))]
             max_pipes: 0,
             passive_hold_down: health::DEFAULT_HOLD_DOWN,
+            config_path: None,
         }
     }
 }
@@ -71,9 +77,37 @@ pub enum ServerError {
     },
 }
 
+/// Asks a running server to re-read its config file (SIGHUP, `POST /v1/reload`).
+#[derive(Clone)]
+pub struct Reloader(mpsc::UnboundedSender<oneshot::Sender<Result<String, String>>>);
+
+impl Reloader {
+    /// Reload and wait for the outcome: a summary of the new config, or why nothing changed.
+    pub async fn reload(&self) -> Result<String, String> {
+        let (tx, rx) = oneshot::channel();
+        self.0
+            .send(tx)
+            .map_err(|_| "warren is stopping".to_owned())?;
+        rx.await.map_err(|_| "warren is stopping".to_owned())?
+    }
+}
+
+/// A listener the server runs: its socket's address and how to stop or resize it.
+struct RunningListener {
+    listen: SocketAddr,
+    max_connections: usize,
+    limit: Arc<Semaphore>,
+    /// Cancelled when a reload removes the listener (its connections continue).
+    stop: CancellationToken,
+}
+
 /// A server whose sockets are bound and which is ready to [`Server::run`].
 pub struct Server {
     listeners: Vec<(Arc<str>, TcpListener, usize)>,
+    /// The config in force; the admin API reads it, a reload replaces it.
+    config: Arc<ArcSwap<Config>>,
+    reload_tx: Reloader,
+    reload_rx: mpsc::UnboundedReceiver<oneshot::Sender<Result<String, String>>>,
     ctx: Arc<Context>,
     health: Arc<Controller>,
     drainer: Arc<Drainer>,
@@ -100,6 +134,8 @@ impl Drop for Control {
 /// Start the control thread; returns it with the health controller it runs.
 fn start_control(
     config: &Config,
+    shared_config: Arc<ArcSwap<Config>>,
+    reloader: Reloader,
     admin: Option<(std::net::TcpListener, Option<Secret>)>,
     routing: Arc<Routing>,
     metrics: Arc<Metrics>,
@@ -139,7 +175,8 @@ fn start_control(
                 match admin {
                     Some((listener, token)) => {
                         let admin = Arc::new(admin::Admin {
-                            config: Arc::new(config.clone()),
+                            config: shared_config,
+                            reloader,
                             routing,
                             metrics,
                             health,
@@ -253,8 +290,13 @@ impl Server {
                 .splice_fallbacks_total
                 .with_label_values(&["no_pipe"]),
         };
+        let shared_config = Arc::new(ArcSwap::from_pointee(config.clone()));
+        let (reload_tx, reload_rx) = mpsc::unbounded_channel();
+        let reload_tx = Reloader(reload_tx);
         let (control, health, drainer) = start_control(
             config,
+            shared_config.clone(),
+            reload_tx.clone(),
             admin,
             routing.clone(),
             metrics.clone(),
@@ -268,6 +310,9 @@ impl Server {
         });
         Ok(Server {
             listeners,
+            config: shared_config,
+            reload_tx,
+            reload_rx,
             ctx,
             health,
             drainer,
@@ -294,6 +339,11 @@ impl Server {
         self.health.clone()
     }
 
+    /// A handle that reloads this server's config file.
+    pub fn reloader(&self) -> Reloader {
+        self.reload_tx.clone()
+    }
+
     /// Drain and undrain backends.
     pub fn drainer(&self) -> Arc<Drainer> {
         self.drainer.clone()
@@ -309,28 +359,44 @@ impl Server {
         self.ctx.routing.clone()
     }
 
-    /// Serve until `shutdown` is cancelled, then stop gracefully.
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// Serve until `shutdown` is cancelled, then stop gracefully. Reload requests are handled
+    /// here, between accepts, so listeners are added and removed by the loop that owns them.
+    pub async fn run(mut self, shutdown: CancellationToken) {
         let stop_accepting = CancellationToken::new();
-
         let connections = TaskTracker::new();
         let accept_loops = TaskTracker::new();
-        for (name, listener, max) in self.listeners {
-            if let Ok(addr) = listener.local_addr() {
-                tracing::info!(listener = %name, %addr, "listening");
-            }
-            accept_loops.spawn(proxy::serve(
-                listener,
+        let mut running: HashMap<Arc<str>, RunningListener> = HashMap::new();
+        for (name, listener, max) in std::mem::take(&mut self.listeners) {
+            self.start_listener(
+                &mut running,
                 name,
+                listener,
                 max,
-                self.ctx.clone(),
-                stop_accepting.clone(),
-                connections.clone(),
-            ));
+                &stop_accepting,
+                &accept_loops,
+                &connections,
+            );
         }
-        accept_loops.close();
 
-        shutdown.cancelled().await;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                Some(reply) = self.reload_rx.recv() => {
+                    let outcome = self
+                        .reload(&mut running, &stop_accepting, &accept_loops, &connections)
+                        .await;
+                    let result = if outcome.is_ok() { "ok" } else { "failed" };
+                    self.ctx.metrics.config_reloads_total.with_label_values(&[result]).inc();
+                    match &outcome {
+                        Ok(summary) => tracing::info!(%summary, "config reloaded"),
+                        Err(e) => tracing::error!(error = %e, "config reload failed; the running config stays"),
+                    }
+                    let _ = reply.send(outcome);
+                }
+            }
+        }
+
+        accept_loops.close();
         stop_accepting.cancel();
         accept_loops.wait().await;
         connections.close();
@@ -357,5 +423,192 @@ impl Server {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
         tracing::info!("stopped");
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start_listener(
+        &self,
+        running: &mut HashMap<Arc<str>, RunningListener>,
+        name: Arc<str>,
+        listener: TcpListener,
+        max_connections: usize,
+        stop_accepting: &CancellationToken,
+        accept_loops: &TaskTracker,
+        connections: &TaskTracker,
+    ) {
+        let Ok(listen) = listener.local_addr() else {
+            return;
+        };
+        tracing::info!(listener = %name, addr = %listen, "listening");
+        let stop = stop_accepting.child_token();
+        let limit = Arc::new(Semaphore::new(max_connections.min(Semaphore::MAX_PERMITS)));
+        accept_loops.spawn(proxy::serve(
+            listener,
+            name.clone(),
+            limit.clone(),
+            self.ctx.clone(),
+            stop.clone(),
+            connections.clone(),
+        ));
+        running.insert(
+            name,
+            RunningListener {
+                listen,
+                max_connections,
+                limit,
+                stop,
+            },
+        );
+    }
+
+    /// Re-read the config file and apply it; on any error nothing changes.
+    async fn reload(
+        &self,
+        running: &mut HashMap<Arc<str>, RunningListener>,
+        stop_accepting: &CancellationToken,
+        accept_loops: &TaskTracker,
+        connections: &TaskTracker,
+    ) -> Result<String, String> {
+        let path = self.options.config_path.as_deref().ok_or_else(|| {
+            "warren was started without a config file (quick start): nothing to reload".to_owned()
+        })?;
+        let path_owned = path.to_owned();
+        let new = tokio::task::spawn_blocking(move || crate::config::load(&path_owned))
+            .await
+            .map_err(|e| format!("reload task failed: {e}"))?
+            .map_err(|e| e.to_string())?;
+        let old = self.config.load_full();
+        if old.admin != new.admin {
+            tracing::warn!("[admin] changed: it takes effect at the next restart");
+        }
+        // Bind every new or moved listener first: a port in use fails the whole reload.
+        let plan = diff_listeners(&old, &new);
+        let mut bound = Vec::new();
+        for l in &plan.add {
+            let std_listener = bind_tcp(l.listen)
+                .map_err(|e| format!("listener {}: cannot listen on {}: {e}", l.name, l.listen))?;
+            let listener = TcpListener::from_std(std_listener)
+                .map_err(|e| format!("listener {}: {e}", l.name))?;
+            bound.push((Arc::from(l.name.as_str()), listener, l.max_connections));
+        }
+
+        // From here on nothing fails: apply.
+        self.ctx.routing.reload(&new);
+        self.health.reload(&new, &self.control.stop);
+        self.drainer.reload(&new);
+        for name in &plan.remove {
+            if let Some(gone) = running.remove(name.as_str()) {
+                tracing::info!(listener = %name, addr = %gone.listen, "listener removed: no new connections, open ones continue");
+                gone.stop.cancel();
+            }
+        }
+        for l in &new.listeners {
+            if let Some(r) = running.get_mut(l.name.as_str()) {
+                resize(r, l.max_connections);
+            }
+        }
+        for (name, listener, max) in bound {
+            self.start_listener(
+                running,
+                name,
+                listener,
+                max,
+                stop_accepting,
+                accept_loops,
+                connections,
+            );
+        }
+        self.config.store(Arc::new(new));
+        Ok(self.config.load().summary())
+    }
+}
+
+/// Change a running listener's `max_connections` without touching its open connections.
+fn resize(listener: &mut RunningListener, max: usize) {
+    let max = max.min(Semaphore::MAX_PERMITS);
+    if max > listener.max_connections {
+        listener.limit.add_permits(max - listener.max_connections);
+    } else if max < listener.max_connections {
+        // Permits held by open connections come back over time; take the surplus as they do.
+        let (limit, surplus) = (
+            listener.limit.clone(),
+            (listener.max_connections - max) as u32,
+        );
+        tokio::spawn(async move {
+            if let Ok(permits) = limit.acquire_many_owned(surplus).await {
+                permits.forget();
+            }
+        });
+    }
+    listener.max_connections = max;
+}
+
+/// What a reload does to listeners (pure): a listener is kept when its name and address are
+/// unchanged (its socket stays open, so no connection is refused); otherwise it is replaced.
+#[derive(Debug, Default, PartialEq)]
+pub struct ListenerPlan {
+    pub add: Vec<crate::config::ListenerConfig>,
+    pub remove: Vec<String>,
+}
+
+/// Compare the listeners of two configs.
+pub fn diff_listeners(old: &Config, new: &Config) -> ListenerPlan {
+    let mut plan = ListenerPlan::default();
+    for o in &old.listeners {
+        if !new
+            .listeners
+            .iter()
+            .any(|n| n.name == o.name && n.listen == o.listen)
+        {
+            plan.remove.push(o.name.clone());
+        }
+    }
+    for n in &new.listeners {
+        if !old
+            .listeners
+            .iter()
+            .any(|o| o.name == n.name && o.listen == n.listen)
+        {
+            plan.add.push(n.clone());
+        }
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ListenerConfig, PoolConfig};
+
+    fn config(listeners: &[(&str, &str)]) -> Config {
+        Config {
+            source: None,
+            admin: None,
+            listeners: listeners
+                .iter()
+                .map(|(name, addr)| ListenerConfig::default_for(name, addr.parse().unwrap(), "p"))
+                .collect(),
+            pools: Vec::<PoolConfig>::new(),
+            hooks: vec![],
+        }
+    }
+
+    #[test]
+    fn listener_diff_keeps_unchanged_sockets() {
+        let old = config(&[
+            ("a", "127.0.0.1:5672"),
+            ("b", "127.0.0.1:5673"),
+            ("c", "127.0.0.1:5674"),
+        ]);
+        let new = config(&[
+            ("a", "127.0.0.1:5672"),
+            ("b", "127.0.0.1:6000"),
+            ("d", "127.0.0.1:5675"),
+        ]);
+        let plan = diff_listeners(&old, &new);
+        assert_eq!(plan.remove, vec!["b".to_owned(), "c".to_owned()]);
+        let added: Vec<&str> = plan.add.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(added, vec!["b", "d"]);
+        assert_eq!(diff_listeners(&old, &old), ListenerPlan::default());
     }
 }

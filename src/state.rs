@@ -232,6 +232,17 @@ impl Routing {
         self.current.load_full()
     }
 
+    /// Publish the routing view of a reloaded config. Backends keep their health, admin state
+    /// and counters by pool + name; new ones start `unknown` and `active`; the config's
+    /// address and weight win.
+    pub fn reload(&self, config: &Config) {
+        let _guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self.current.load_full();
+        let next = build(config, Some(&old), &self.metrics, &self.shutdown);
+        publish_gauges(&next, &self.metrics);
+        self.current.store(Arc::new(next));
+    }
+
     /// Set one backend's health; returns the previous value, or `None` if it does not exist.
     pub fn set_health(&self, pool: &str, backend: &str, health: Health) -> Option<Health> {
         self.update(pool, backend, |b| std::mem::replace(&mut b.health, health))

@@ -113,6 +113,12 @@ impl Hysteresis {
         next
     }
 
+    /// New thresholds from a reloaded config; the current state and streaks stay.
+    pub fn set_thresholds(&mut self, rise: u32, fall: u32) {
+        self.rise = rise.max(1);
+        self.fall = fall.max(1);
+    }
+
     /// Put the machine in `state` (a passive hold-down ending, for example).
     pub fn reset(&mut self, state: Health) {
         *self = Hysteresis {
@@ -213,10 +219,13 @@ type Key = (Arc<str>, Arc<str>);
 /// Owner of every backend's health.
 pub struct Controller {
     routing: Arc<Routing>,
-    hooks: Option<Hooks>,
+    /// Replaced on reload; `emit` clones it out under the lock.
+    hooks: Mutex<Option<Hooks>>,
     metrics: Arc<Metrics>,
-    /// The probe of each pool (`None`: passive only).
-    probes: HashMap<Arc<str>, Option<HealthConfig>>,
+    /// The probe of each pool (`None`: passive only); replaced on reload.
+    probes: Mutex<HashMap<Arc<str>, Option<HealthConfig>>>,
+    /// Cancels the current generation of probe tasks (a reload starts a new one).
+    probe_tasks: Mutex<CancellationToken>,
     tracked: Mutex<HashMap<Key, Tracked>>,
     hold_down: Duration,
     /// The control runtime: hold-down timers and probes run here, off the data plane.
@@ -254,9 +263,10 @@ impl Controller {
         }
         Arc::new(Controller {
             routing,
-            hooks,
+            hooks: Mutex::new(hooks),
             metrics,
-            probes,
+            probes: Mutex::new(probes),
+            probe_tasks: Mutex::new(CancellationToken::new()),
             tracked: Mutex::new(tracked),
             hold_down,
             runtime,
@@ -274,9 +284,62 @@ impl Controller {
         })
     }
 
+    /// Take a reloaded config: track new backends (existing ones keep their state), adopt new
+    /// thresholds and probes, restart the probe tasks and, when they changed, the hooks.
+    /// `stop` is the control plane's stop token.
+    pub fn reload(self: &Arc<Self>, config: &Config, stop: &CancellationToken) {
+        {
+            let mut tracked = self.tracked.lock().unwrap_or_else(|e| e.into_inner());
+            let mut keep = HashMap::new();
+            for pool in &config.pools {
+                let name: Arc<str> = Arc::from(pool.name.as_str());
+                let (rise, fall) = pool.health.as_ref().map_or((1, 1), |h| (h.rise, h.fall));
+                for b in &pool.backends {
+                    let key: Key = (name.clone(), Arc::from(b.name.as_str()));
+                    let t = tracked.remove(&key).map_or_else(
+                        || Tracked {
+                            machine: Hysteresis::new(rise, fall),
+                            last_probe: None,
+                            changed_at: SystemTime::now(),
+                            hold_down_generation: 0,
+                        },
+                        |mut t| {
+                            t.machine.set_thresholds(rise, fall);
+                            t
+                        },
+                    );
+                    keep.insert(key, t);
+                }
+            }
+            *tracked = keep;
+        }
+        *self.probes.lock().unwrap_or_else(|e| e.into_inner()) = config
+            .pools
+            .iter()
+            .map(|p| (Arc::from(p.name.as_str()), p.health.clone()))
+            .collect();
+        let new_hooks =
+            (!config.hooks.is_empty()).then(|| Hooks::start(&config.hooks, self.metrics.clone()));
+        let old_hooks = std::mem::replace(
+            &mut *self.hooks.lock().unwrap_or_else(|e| e.into_inner()),
+            new_hooks,
+        );
+        if let Some(old) = old_hooks {
+            self.runtime.spawn(old.shutdown());
+        }
+        self.spawn_probes(config, stop);
+    }
+
     /// Start one probe task per backend of every pool with a `[health]` section, on the
-    /// control runtime, until `stop` is cancelled.
+    /// control runtime, until `stop` is cancelled or the next reload.
     pub fn spawn_probes(self: &Arc<Self>, config: &Config, stop: &CancellationToken) {
+        let generation = stop.child_token();
+        let previous = std::mem::replace(
+            &mut *self.probe_tasks.lock().unwrap_or_else(|e| e.into_inner()),
+            generation.clone(),
+        );
+        previous.cancel();
+        let stop = &generation;
         for pool in &config.pools {
             let Some(health) = pool.health.clone() else {
                 continue;
@@ -445,7 +508,8 @@ impl Controller {
                 total,
             });
         }
-        if let Some(hooks) = &self.hooks {
+        let hooks = self.hooks.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(hooks) = hooks {
             for event in events {
                 hooks.emit(event);
             }
@@ -491,17 +555,23 @@ impl Controller {
 
 impl Observer for Arc<Controller> {
     fn connect_failed(&self, pool: &str, backend: &str, failure: ConnectFailure) {
-        let Some((pool_key, probe)) = self.probes.get_key_value(pool) else {
+        let probed = {
+            let probes = self.probes.lock().unwrap_or_else(|e| e.into_inner());
+            probes
+                .get_key_value(pool)
+                .map(|(name, probe)| (name.clone(), probe.is_some()))
+        };
+        let Some((pool_key, probe)) = probed else {
             return;
         };
-        let key: Key = (pool_key.clone(), Arc::from(backend));
+        let key: Key = (pool_key, Arc::from(backend));
         tracing::debug!(
             pool,
             backend,
             reason = failure.as_str(),
             "failed connect counted as a failed check"
         );
-        if probe.is_some() {
+        if probe {
             self.record(&key, false, None);
         } else {
             self.hold_down(key);

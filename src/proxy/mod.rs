@@ -137,18 +137,17 @@ fn is_per_connection_accept_error(err: &io::Error) -> bool {
     )
 }
 
-/// Run one listener's accept loop until `stop.accepting` is cancelled. Connections are spawned
-/// on `tracker` so shutdown can wait for them.
+/// Run one listener's accept loop until `stop_accepting` is cancelled. `limit` holds one permit
+/// per allowed connection (`max_connections`); a connection over the limit is closed at once.
+/// Connections are spawned on `tracker` so shutdown can wait for them.
 pub async fn serve(
     listener: TcpListener,
     name: Arc<str>,
-    max_connections: usize,
+    limit: Arc<Semaphore>,
     ctx: Arc<Context>,
     stop_accepting: CancellationToken,
     tracker: TaskTracker,
 ) {
-    // One permit per open connection; a connection over the limit is closed at once.
-    let limit = Arc::new(Semaphore::new(max_connections.min(Semaphore::MAX_PERMITS)));
     let stats = Arc::new(ListenerStats::new(&ctx.metrics, &name));
     let mut consecutive_errors = 0u32;
     loop {
@@ -172,7 +171,7 @@ pub async fn serve(
                     }
                     Err(_) => {
                         stats.rejected_max_connections.inc();
-                        tracing::debug!(listener = %name, client = %peer, max_connections,
+                        tracing::debug!(listener = %name, client = %peer,
                             "connection refused: max_connections reached");
                     }
                 }

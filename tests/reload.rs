@@ -1,0 +1,263 @@
+//! Hot reload: with 1,000 connections open and new ones arriving, a reload drops none and
+//! refuses none; a bad file is rejected with the old config serving; listeners come and go
+//! without touching the connections of the others.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use warren::{Options, Server};
+
+const SECOND: Duration = Duration::from_secs(1);
+const TOKEN: &str = "reload-token";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Files {
+    dir: PathBuf,
+    config: PathBuf,
+}
+
+impl Files {
+    fn new(name: &str) -> Files {
+        let dir = std::env::temp_dir().join(format!("warren-reload-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("token"), TOKEN).unwrap();
+        let config = dir.join("warren.toml");
+        Files { dir, config }
+    }
+
+    /// Write a config: an admin section, the listeners (name, port), one pool of backends.
+    fn write(&self, admin_port: u16, listeners: &[(&str, u16)], backends: &[SocketAddr]) {
+        let mut text = format!(
+            "[admin]\nlisten = \"127.0.0.1:{admin_port}\"\ntoken_file = \"{}\"\n\n",
+            self.dir.join("token").display()
+        );
+        for (name, port) in listeners {
+            text += &format!(
+                "[[listener]]\nname = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\npool = \"rabbitmq\"\n\n"
+            );
+        }
+        text += "[pool.rabbitmq]\n\n";
+        for (i, b) in backends.iter().enumerate() {
+            text += &format!("[[pool.rabbitmq.backend]]\nname = \"b{i}\"\naddr = \"{b}\"\n\n");
+        }
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    fn start(&self) -> (Warren, SocketAddr) {
+        let config = warren::config::load(&self.config).expect("test config loads");
+        let options = Options {
+            config_path: Some(self.config.clone()),
+            ..quick()
+        };
+        let warren = Warren::start(config, options);
+        let admin = warren.admin.unwrap();
+        (warren, admin)
+    }
+}
+
+impl Drop for Files {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn echo_once(s: &mut TcpStream, byte: u8) -> bool {
+    if s.write_all(&[byte]).await.is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 1];
+    matches!(
+        tokio::time::timeout(5 * SECOND, s.read_exact(&mut buf)).await,
+        Ok(Ok(_)) if buf[0] == byte
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_under_load_drops_and_refuses_nothing() {
+    let files = Files::new("load");
+    let (b0, b1, b2) = (
+        spawn_backend(echo).await,
+        spawn_backend(echo).await,
+        spawn_backend(echo).await,
+    );
+    let (admin_port, port) = (free_port(), free_port());
+    files.write(admin_port, &[("amqp", port)], &[b0.addr, b1.addr]);
+    let (warren, admin) = files.start();
+    let addr = warren.addr;
+
+    let mut open = Vec::new();
+    for i in 0..1000u32 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        assert!(echo_once(&mut s, i as u8).await);
+        open.push(s);
+    }
+
+    // New connections keep arriving during the reload (bounded: at most 20,000 or 20 s).
+    let stop = Arc::new(AtomicBool::new(false));
+    let (made, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let churn = {
+        let (stop, made, failed) = (stop.clone(), made.clone(), failed.clone());
+        tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + 20 * SECOND;
+            for i in 0..20_000u32 {
+                if stop.load(Ordering::SeqCst) || tokio::time::Instant::now() > deadline {
+                    break;
+                }
+                let ok = match TcpStream::connect(addr).await {
+                    Ok(mut s) => echo_once(&mut s, i as u8).await,
+                    Err(_) => false,
+                };
+                made.fetch_add(1, Ordering::SeqCst);
+                if !ok {
+                    failed.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        })
+    };
+    wait_for("churn running", 5 * SECOND, || {
+        made.load(Ordering::SeqCst) > 50
+    })
+    .await;
+
+    // Reload: a third backend joins.
+    files.write(admin_port, &[("amqp", port)], &[b0.addr, b1.addr, b2.addr]);
+    let (code, body) = http(admin, "POST", "/v1/reload", Some(TOKEN), b"").await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("3 backends"), "{body}");
+    let before = made.load(Ordering::SeqCst);
+    wait_for("churn after the reload", 10 * SECOND, || {
+        made.load(Ordering::SeqCst) > before + 100
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    churn.await.unwrap();
+    println!(
+        "{} new connections during the reload, {} failed",
+        made.load(Ordering::SeqCst),
+        failed.load(Ordering::SeqCst)
+    );
+    assert_eq!(
+        failed.load(Ordering::SeqCst),
+        0,
+        "no new connection refused"
+    );
+    assert!(
+        b2.accepted.load(Ordering::SeqCst) > 0,
+        "the new backend takes connections"
+    );
+    let mut dropped = 0;
+    for (i, s) in open.iter_mut().enumerate() {
+        if !echo_once(s, i as u8).await {
+            dropped += 1;
+        }
+    }
+    assert_eq!(dropped, 0, "no existing connection dropped");
+    assert_eq!(
+        warren.metric(r#"warren_config_reloads_total{result="ok"}"#),
+        1.0
+    );
+    warren.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_reload_is_rejected_and_the_old_config_keeps_serving() {
+    let files = Files::new("bad");
+    let b0 = spawn_backend(echo).await;
+    let (admin_port, port) = (free_port(), free_port());
+    files.write(admin_port, &[("amqp", port)], &[b0.addr]);
+    let (warren, admin) = files.start();
+    std::fs::write(
+        &files.config,
+        "[[listener]]\nname = \"amqp\"\nlisten = \"nowhere\"\n",
+    )
+    .unwrap();
+    let (code, body) = http(admin, "POST", "/v1/reload", Some(TOKEN), b"").await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("listen"), "the error names the key: {body}");
+    let mut s = TcpStream::connect(warren.addr).await.unwrap();
+    assert!(echo_once(&mut s, 7).await, "the old config still serves");
+    assert_eq!(
+        warren.metric(r#"warren_config_reloads_total{result="failed"}"#),
+        1.0
+    );
+
+    // A listener port already in use: the reload fails whole, nothing changes.
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = squatter.local_addr().unwrap().port();
+    files.write(admin_port, &[("amqp", port), ("extra", taken)], &[b0.addr]);
+    let (code, body) = http(admin, "POST", "/v1/reload", Some(TOKEN), b"").await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("extra"), "{body}");
+    assert!(echo_once(&mut s, 8).await);
+    warren.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listeners_are_added_and_removed_without_touching_open_connections() {
+    let files = Files::new("listeners");
+    let b0 = spawn_backend(echo).await;
+    let (admin_port, port, extra) = (free_port(), free_port(), free_port());
+    files.write(admin_port, &[("amqp", port)], &[b0.addr]);
+    let (warren, admin) = files.start();
+
+    files.write(admin_port, &[("amqp", port), ("extra", extra)], &[b0.addr]);
+    let (code, body) = http(admin, "POST", "/v1/reload", Some(TOKEN), b"").await;
+    assert_eq!(code, 200, "{body}");
+    let extra_addr: SocketAddr = format!("127.0.0.1:{extra}").parse().unwrap();
+    let mut on_extra = TcpStream::connect(extra_addr).await.unwrap();
+    assert!(echo_once(&mut on_extra, 1).await);
+
+    // Remove it again: no new connections there, the open one continues.
+    files.write(admin_port, &[("amqp", port)], &[b0.addr]);
+    let (code, body) = http(admin, "POST", "/v1/reload", Some(TOKEN), b"").await;
+    assert_eq!(code, 200, "{body}");
+    wait_for("extra closed for new connections", 5 * SECOND, || {
+        std::net::TcpStream::connect_timeout(&extra_addr, Duration::from_millis(100)).is_err()
+    })
+    .await;
+    assert!(
+        echo_once(&mut on_extra, 2).await,
+        "its open connection continues"
+    );
+    let mut main = TcpStream::connect(warren.addr).await.unwrap();
+    assert!(echo_once(&mut main, 3).await);
+    warren.stop().await;
+}
+
+/// The quick-start server (no file) refuses a reload with a clear message.
+#[tokio::test]
+async fn reload_without_a_file_says_so() {
+    let b0 = spawn_backend(echo).await;
+    let config = warren::config::quick_start("127.0.0.1:0", &[b0.addr.to_string()]);
+    // quick_start validates port 0 away; fall back to the in-process helper config.
+    let config = config.unwrap_or_else(|_| {
+        common::config(
+            warren::config::Balance::RoundRobin,
+            vec![backend("b", b0.addr)],
+        )
+    });
+    let server = Server::bind(&config, quick()).unwrap();
+    let reloader = server.reloader();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(server.run(shutdown.clone()));
+    let err = reloader.reload().await.unwrap_err();
+    assert!(err.contains("without a config file"), "{err}");
+    shutdown.cancel();
+    task.await.unwrap();
+}

@@ -133,31 +133,61 @@ fn run_server(args: RunArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let shutdown = CancellationToken::new();
+        // Handlers are installed before "warren started" is logged, so a supervisor that
+        // signals as soon as it sees that line never hits the default (fatal) action.
+        let signals = match Signals::install() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("cannot install signal handlers: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        tokio::spawn(watch_signals(signals, shutdown.clone(), server.reloader()));
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
             config = %config.summary(),
             "warren started"
         );
-        let shutdown = CancellationToken::new();
-        tokio::spawn(watch_signals(shutdown.clone(), server.reloader()));
+
         server.run(shutdown).await;
         ExitCode::SUCCESS
     })
 }
 
+/// The signals warren handles, registered with the runtime.
+#[cfg(unix)]
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
 /// SIGTERM/SIGINT stop gracefully; SIGHUP reloads the config file (a bad file is logged and
 /// the running config stays).
 #[cfg(unix)]
-async fn watch_signals(shutdown: CancellationToken, reloader: crate::server::Reloader) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
+async fn watch_signals(
+    signals: Signals,
+    shutdown: CancellationToken,
+    reloader: crate::server::Reloader,
+) {
+    let Signals {
+        mut term,
+        mut int,
+        mut hup,
+    } = signals;
     loop {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM: stopping gracefully"); break; }
@@ -174,7 +204,21 @@ async fn watch_signals(shutdown: CancellationToken, reloader: crate::server::Rel
 }
 
 #[cfg(not(unix))]
-async fn watch_signals(shutdown: CancellationToken, _reloader: crate::server::Reloader) {
+struct Signals;
+
+#[cfg(not(unix))]
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        Ok(Signals)
+    }
+}
+
+#[cfg(not(unix))]
+async fn watch_signals(
+    _signals: Signals,
+    shutdown: CancellationToken,
+    _reloader: crate::server::Reloader,
+) {
     if tokio::signal::ctrl_c().await.is_ok() {
         tracing::info!("Ctrl-C: stopping gracefully");
     }

@@ -288,11 +288,26 @@ enum Step {
 fn copy_step(from: &TcpStream, to: &TcpStream, backlog: &mut Vec<u8>) -> Step {
     SCRATCH.with(|scratch| {
         let mut scratch = scratch.borrow_mut();
-        let read = match from.try_read(&mut scratch) {
-            Ok(0) => return Step::Eof,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Empty,
-            Err(e) => return Step::ReadErr(e),
+        // A short read from a TCP socket means it is drained: report "would block" from inside
+        // try_io so tokio clears the read readiness now (with the readiness tick taken before
+        // the read, so data that arrives meanwhile is not lost) instead of paying one more
+        // recv that returns EAGAIN for every small frame.
+        let mut short = None;
+        let result = from.try_io(tokio::io::Interest::READABLE, || {
+            use std::io::Read;
+            let n = (&*SockRef::from(from)).read(&mut scratch)?;
+            if n > 0 && n < scratch.len() {
+                short = Some(n);
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        });
+        let read = match (result, short) {
+            (_, Some(n)) => n,
+            (Ok(0), None) => return Step::Eof,
+            (Ok(n), None) => n,
+            (Err(e), None) if e.kind() == io::ErrorKind::WouldBlock => return Step::Empty,
+            (Err(e), None) => return Step::ReadErr(e),
         };
         let written = match to.try_write(&scratch[..read]) {
             Ok(n) => n,

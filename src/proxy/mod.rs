@@ -318,7 +318,13 @@ async fn establish(
     let _ = client.set_nodelay(true);
     let snapshot = ctx.routing.load_full();
     let listener = snapshot.listeners.get(listener_name)?;
-    let (mut origin, mut destination) = (peer, client.local_addr().unwrap_or(peer));
+    // The local address is only needed for an outbound PROXY header (a syscall saved otherwise).
+    let local = if listener.proxy_protocol == ProxyProtocol::Off {
+        peer
+    } else {
+        client.local_addr().unwrap_or(peer)
+    };
+    let (mut origin, mut destination) = (peer, local);
 
     let early = if listener.accept_proxy_protocol {
         match read_proxy_header(&client).await {

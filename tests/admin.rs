@@ -5,35 +5,17 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use warren::config::{AdminConfig, Balance, Config};
 
 const SECOND: Duration = Duration::from_secs(1);
 const TOKEN: &str = "s3cret-token";
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("warren-admin-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Two echo backends a and b behind warren with an admin API (token, state file).
 fn admin_config(dir: &TempDir, a: SocketAddr, b: SocketAddr) -> Config {
@@ -46,17 +28,6 @@ fn admin_config(dir: &TempDir, a: SocketAddr, b: SocketAddr) -> Config {
         state_file: Some(dir.0.join("state.json")),
     });
     cfg
-}
-
-async fn echo_once(s: &mut TcpStream, byte: u8) -> bool {
-    if s.write_all(&[byte]).await.is_err() {
-        return false;
-    }
-    let mut buf = [0u8; 1];
-    matches!(
-        tokio::time::timeout(5 * SECOND, s.read_exact(&mut buf)).await,
-        Ok(Ok(_)) if buf[0] == byte
-    )
 }
 
 fn json(body: &str) -> serde_json::Value {

@@ -7,7 +7,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
@@ -40,25 +39,6 @@ const DESIGN_METRICS: &[(&str, &str)] = &[
     ("warren_hook_runs_total", "counter"),
     ("warren_config_reloads_total", "counter"),
 ];
-
-/// A directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir =
-            std::env::temp_dir().join(format!("warren-metrics-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Add an `[admin]` section on 127.0.0.1:0 with a bearer token written to a token file.
 fn with_admin(mut cfg: Config, dir: &TempDir) -> Config {

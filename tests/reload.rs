@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
 use tokio::net::TcpStream;
 use warren::{Options, Server};
 
@@ -75,17 +75,6 @@ impl Drop for Files {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-async fn echo_once(s: &mut TcpStream, byte: u8) -> bool {
-    if s.write_all(&[byte]).await.is_err() {
-        return false;
-    }
-    let mut buf = [0u8; 1];
-    matches!(
-        tokio::time::timeout(5 * SECOND, s.read_exact(&mut buf)).await,
-        Ok(Ok(_)) if buf[0] == byte
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -290,3 +290,33 @@ pub async fn http(
         .unwrap_or_default();
     (status, body)
 }
+
+/// A directory under the system temp dir, unique per process and name, removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("warren-test-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Send one byte on a connection to an echo backend and read it back within 5 s.
+pub async fn echo_once(s: &mut TcpStream, byte: u8) -> bool {
+    if s.write_all(&[byte]).await.is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 1];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf)).await,
+        Ok(Ok(_)) if buf[0] == byte
+    )
+}

@@ -376,3 +376,89 @@ async fn ctl_drain_wait_returns_when_the_last_connection_closes() {
     assert!(status.success());
     warren.stop().await;
 }
+
+/// The admin API and the probes run on their own thread: with every data-plane worker busy (here
+/// pinned by tasks that never yield), `/healthz` and `/v1/status` still answer promptly and
+/// probes keep running.
+#[test]
+fn admin_and_probes_stay_responsive_while_the_data_plane_is_saturated() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = TempDir::new("saturated");
+    let (warren, backend_task) = runtime.block_on(async {
+        let (a, b) = (spawn_backend(echo).await, spawn_backend(echo).await);
+        let mut cfg = admin_config(&dir, a.addr, b.addr);
+        cfg.pools[0].health = Some(warren::config::HealthConfig {
+            probe: warren::config::Probe::Tcp,
+            interval: Duration::from_millis(100),
+            timeout: Duration::from_millis(100),
+            rise: 1,
+            fall: 1,
+        });
+        (Warren::start(cfg, quick()), (a, b))
+    });
+    let admin = warren.admin.unwrap();
+    let probes = |w: &Warren| {
+        w.metric(r#"warren_health_checks_total{backend="a",pool="default",result="ok"}"#)
+    };
+    // Pin both data-plane workers for 2 s.
+    let release = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pinned = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    for _ in 0..2 {
+        let (release, pinned) = (release.clone(), pinned.clone());
+        runtime.spawn(async move {
+            pinned.fetch_add(1, Ordering::SeqCst);
+            let until = std::time::Instant::now() + 3 * SECOND;
+            while !release.load(Ordering::SeqCst) && std::time::Instant::now() < until {
+                std::hint::spin_loop();
+            }
+        });
+    }
+    let deadline = std::time::Instant::now() + SECOND;
+    while pinned.load(Ordering::SeqCst) < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "workers never got pinned"
+        );
+        std::hint::spin_loop();
+    }
+    let probes_before = probes(&warren);
+    let started = std::time::Instant::now();
+    let mut worst = Duration::ZERO;
+    for _ in 0..5 {
+        let asked = std::time::Instant::now();
+        let mut s = std::net::TcpStream::connect(admin).unwrap();
+        s.set_read_timeout(Some(SECOND)).unwrap();
+        use std::io::{Read, Write};
+        write!(
+            s,
+            "GET /v1/status HTTP/1.1\r\nHost: w\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).unwrap();
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        worst = worst.max(asked.elapsed());
+    }
+    // Probes (every 100 ms) keep running while the workers stay pinned.
+    let deadline = std::time::Instant::now() + 1500 * Duration::from_millis(1);
+    while probes(&warren) - probes_before < 3.0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let probes_during = probes(&warren) - probes_before;
+    let saturated_for = started.elapsed();
+    release.store(true, Ordering::SeqCst);
+    println!(
+        "workers pinned: slowest /v1/status {worst:?}; {probes_during} probes in {saturated_for:?}"
+    );
+    assert!(
+        worst < Duration::from_millis(250),
+        "admin answered in {worst:?}"
+    );
+    assert!(probes_during >= 3.0, "probes kept running: {probes_during}");
+    runtime.block_on(warren.stop());
+    drop(backend_task);
+}

@@ -26,21 +26,24 @@ async fn spread(addr: SocketAddr, n: usize) -> HashMap<u8, usize> {
     counts
 }
 
-#[tokio::test]
-async fn round_robin_spreads_300_connections_evenly() {
+/// Three backends tagged 1, 2, 3 (named b0, b1, b2) and a config balancing over them.
+async fn three_tagged(balance: Balance) -> ([Backend; 3], warren::config::Config) {
     let backends = [
         spawn_tagged(1).await,
         spawn_tagged(2).await,
         spawn_tagged(3).await,
     ];
-    let cfg = config(
-        Balance::RoundRobin,
-        backends
-            .iter()
-            .enumerate()
-            .map(|(i, b)| backend(&format!("b{i}"), b.addr))
-            .collect(),
-    );
+    let list = backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| backend(&format!("b{i}"), b.addr))
+        .collect();
+    (backends, config(balance, list))
+}
+
+#[tokio::test]
+async fn round_robin_spreads_300_connections_evenly() {
+    let (_backends, cfg) = three_tagged(Balance::RoundRobin).await;
     let warren = Warren::start(cfg, quick());
     let counts = spread(warren.addr, 300).await;
     assert_eq!(counts, HashMap::from([(1, 100), (2, 100), (3, 100)]));
@@ -49,19 +52,10 @@ async fn round_robin_spreads_300_connections_evenly() {
 
 #[tokio::test]
 async fn round_robin_respects_weights() {
-    let backends = [
-        spawn_tagged(1).await,
-        spawn_tagged(2).await,
-        spawn_tagged(3).await,
-    ];
-    let mut list: Vec<_> = backends
-        .iter()
-        .enumerate()
-        .map(|(i, b)| backend(&format!("b{i}"), b.addr))
-        .collect();
-    list[0].weight = 3;
-    list[1].weight = 2;
-    let warren = Warren::start(config(Balance::RoundRobin, list), quick());
+    let (_backends, mut cfg) = three_tagged(Balance::RoundRobin).await;
+    cfg.pools[0].backends[0].weight = 3;
+    cfg.pools[0].backends[1].weight = 2;
+    let warren = Warren::start(cfg, quick());
     let counts = spread(warren.addr, 300).await;
     assert_eq!(counts, HashMap::from([(1, 150), (2, 100), (3, 50)]));
     warren.stop().await;
@@ -122,19 +116,7 @@ async fn least_conn_prefers_the_idle_backend() {
 
 #[tokio::test]
 async fn source_hash_keeps_a_client_ip_on_one_backend() {
-    let backends = [
-        spawn_tagged(1).await,
-        spawn_tagged(2).await,
-        spawn_tagged(3).await,
-    ];
-    let cfg = config(
-        Balance::SourceHash,
-        backends
-            .iter()
-            .enumerate()
-            .map(|(i, b)| backend(&format!("b{i}"), b.addr))
-            .collect(),
-    );
+    let (_backends, cfg) = three_tagged(Balance::SourceHash).await;
     let warren = Warren::start(cfg, quick());
     let mut seen = HashMap::new();
     // Different client IPs from the loopback range; each must stick to one backend.

@@ -17,7 +17,14 @@
 #   scripts/rabbitmq.sh logfile NAME BASEDIR
 #       print the path of the node's main log file.
 #   scripts/rabbitmq.sh ctl NAME BASEDIR ARGS...
-#       run rabbitmqctl ARGS against the node (e.g. add_user, join_cluster).
+#       run rabbitmqctl ARGS against the node (e.g. add_user, list_connections).
+#   scripts/rabbitmq.sh cluster BASEDIR NAME:AMQP:DIST:MGMT... [-- EXTRA_CONF_LINE...]
+#       start every node (in parallel), join the others to the first one, and wait until
+#       cluster_status lists every node as running. Extra lines go to every node's config.
+#   scripts/rabbitmq.sh kill NAME BASEDIR
+#       kill -9 the node's Erlang VM (a hard crash, no clean stop) and wait until it is gone.
+#   scripts/rabbitmq.sh cleanup BASEDIR
+#       stop every node under BASEDIR, then remove BASEDIR.
 #
 # Every wait is bounded: START_TIMEOUT (default 60) and STOP_TIMEOUT (default 30) seconds.
 # Only loopback addresses are used.
@@ -34,7 +41,7 @@ die() {
 }
 
 usage() {
-    sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,31p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -253,6 +260,85 @@ cmd_ctl() {
     timeout "$STOP_TIMEOUT" "$RABBIT_BIN/rabbitmqctl" -n "$RABBITMQ_NODENAME" "$@"
 }
 
+cmd_cluster() {
+    [ $# -ge 2 ] || usage
+    local basedir=$1
+    shift
+    local specs=() extra=()
+    while [ $# -gt 0 ]; do
+        if [ "$1" = -- ]; then
+            shift
+            extra=("$@")
+            break
+        fi
+        specs+=("$1")
+        shift
+    done
+    [ "${#specs[@]}" -ge 1 ] || usage
+    need_installed
+    local spec names=() fields
+    for spec in "${specs[@]}"; do
+        IFS=: read -r -a fields <<<"$spec"
+        [ "${#fields[@]}" -eq 4 ] || die "node spec '$spec' must be NAME:AMQP_PORT:DIST_PORT:MGMT_PORT"
+        names+=("${fields[0]}")
+    done
+    # The shared cookie is made once, before the nodes start side by side.
+    (node_env "${names[0]}" "$basedir")
+    local pids=() failed=0 pid
+    for spec in "${specs[@]}"; do
+        IFS=: read -r -a fields <<<"$spec"
+        "${BASH_SOURCE[0]}" start "${fields[@]}" "$basedir" "${extra[@]}" &
+        pids+=($!)
+    done
+    for pid in "${pids[@]}"; do
+        wait "$pid" || failed=1
+    done
+    [ "$failed" -eq 0 ] || die "a node of the cluster did not start"
+    local first=${names[0]} name
+    for name in "${names[@]:1}"; do
+        (
+            node_env "$name" "$basedir"
+            ctl -q stop_app >/dev/null || die "stop_app on $name failed"
+            ctl -q join_cluster "$first@localhost" >/dev/null || die "$name could not join $first@localhost"
+            ctl -q start_app >/dev/null || die "start_app on $name failed"
+        )
+    done
+    node_env "$first" "$basedir"
+    local deadline=$((SECONDS + START_TIMEOUT)) running
+    while :; do
+        running=$(ctl -q cluster_status --formatter json 2>/dev/null |
+            grep -o '"running_nodes":\[[^]]*\]' | grep -o '@localhost' | wc -l || true)
+        if [ "${running:-0}" -eq "${#names[@]}" ]; then
+            log "cluster of ${#names[@]} node(s) is running: ${names[*]}"
+            return 0
+        fi
+        [ "$SECONDS" -lt "$deadline" ] || die "cluster_status shows ${running:-0} of ${#names[@]} nodes running after ${START_TIMEOUT}s"
+        sleep 0.5
+    done
+}
+
+cmd_kill() {
+    [ $# -eq 2 ] || usage
+    node_env "$1" "$2"
+    local pid
+    pid=$(node_pid) || die "$RABBITMQ_NODENAME is not running (no live pid in $RABBITMQ_PID_FILE)"
+    kill -9 "$pid"
+    wait_gone "$pid" "$STOP_TIMEOUT" || die "$RABBITMQ_NODENAME (pid $pid) survived kill -9"
+    log "$RABBITMQ_NODENAME killed (pid $pid)"
+}
+
+cmd_cleanup() {
+    [ $# -eq 1 ] || usage
+    local basedir=$1 dir
+    [ -d "$basedir" ] || return 0
+    for dir in "$basedir"/*/; do
+        [ -f "$dir/rabbitmq.conf" ] || continue
+        dir=${dir%/}
+        cmd_stop "${dir##*/}" "$basedir" || true
+    done
+    rm -rf "$basedir"
+}
+
 [ $# -ge 1 ] || usage
 command=$1
 shift
@@ -263,5 +349,8 @@ stop) cmd_stop "$@" ;;
 stop_app | start_app) cmd_app "$command" "$@" ;;
 logfile) cmd_logfile "$@" ;;
 ctl) cmd_ctl "$@" ;;
+cluster) cmd_cluster "$@" ;;
+kill) cmd_kill "$@" ;;
+cleanup) cmd_cleanup "$@" ;;
 *) usage ;;
 esac

@@ -5,7 +5,9 @@
 //! - `GET /metrics`: Prometheus text format;
 //! - `GET /v1/status`: listeners, pools, backends (health, admin state, connections, last probe);
 //! - `POST /v1/pools/{pool}/backends/{name}/drain` with `{"deadline": "5m", "force": false}`
-//!   (both optional): 202, or 409 when `min_available` refuses it;
+//!   (both optional): 202, or 409 when `min_available` refuses it or, when the pool probes
+//!   RabbitMQ's management API over `http`, when the node says it is quorum-critical
+//!   (`/api/health/checks/node-is-quorum-critical`); `force` skips both checks;
 //! - `POST /v1/pools/{pool}/backends/{name}/undrain`: 200, idempotent;
 //! - `POST /v1/reload`: re-read the config file; 200, or 400 with the error (old config stays).
 //!
@@ -30,12 +32,13 @@ use http_body_util::{BodyExt, Limited};
 
 use arc_swap::ArcSwap;
 
-use crate::config::{Config, Probe, Secret};
+use crate::config::{Config, Probe, ProxyProtocol, Secret};
 use crate::drain::{rfc3339, DrainError, Drainer};
+use crate::health::probe::{self, QuorumCheck};
 use crate::health::Controller;
 use crate::metrics::Metrics;
 use crate::server::Reloader;
-use crate::state::{Health, Routing};
+use crate::state::{AdminState, Health, Routing};
 
 type Reply = Response<Full<Bytes>>;
 
@@ -57,6 +60,8 @@ pub struct Admin {
 pub const MAX_BODY: usize = 64 * 1024;
 /// Time allowed for a client to send its headers, and then its body.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Least time a drain's quorum check may take (a probe timeout is often tighter).
+const QUORUM_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Serve the admin API on `listener` until `stop` is cancelled. Runs on the control runtime.
 pub async fn serve(listener: std::net::TcpListener, admin: Arc<Admin>, stop: CancellationToken) {
@@ -138,7 +143,13 @@ async fn handle(req: Request<Incoming>, admin: &Admin) -> Reply {
             Err(e) => error(StatusCode::BAD_REQUEST, &e),
         };
     }
-    route(&parts.method, &segments, &body, admin)
+    if let ["v1", "pools", pool, "backends", backend, "drain"] = segments[..] {
+        if parts.method != Method::POST {
+            return error(StatusCode::METHOD_NOT_ALLOWED, "use POST for this endpoint");
+        }
+        return drain(admin, pool, backend, &body).await;
+    }
+    route(&parts.method, &segments, admin)
 }
 
 /// `None` when the request may pass; else the 401 to send.
@@ -162,7 +173,7 @@ fn authenticate(headers: &hyper::HeaderMap, admin: &Admin) -> Option<Reply> {
     }
 }
 
-fn route(method: &Method, segments: &[&str], body: &[u8], admin: &Admin) -> Reply {
+fn route(method: &Method, segments: &[&str], admin: &Admin) -> Reply {
     let allow = |expected: Method, reply: &dyn Fn() -> Reply| {
         if *method == expected {
             reply()
@@ -186,9 +197,6 @@ fn route(method: &Method, segments: &[&str], body: &[u8], admin: &Admin) -> Repl
             )
         }),
         ["v1", "status"] => allow(Method::GET, &|| json(StatusCode::OK, status(admin))),
-        ["v1", "pools", pool, "backends", backend, "drain"] => {
-            allow(Method::POST, &|| drain(admin, pool, backend, body))
-        }
         ["v1", "pools", pool, "backends", backend, "undrain"] => allow(
             Method::POST,
             &|| match admin.drainer.undrain(pool, backend) {
@@ -213,7 +221,7 @@ struct DrainRequest {
     force: bool,
 }
 
-fn drain(admin: &Admin, pool: &str, backend: &str, body: &[u8]) -> Reply {
+async fn drain(admin: &Admin, pool: &str, backend: &str, body: &[u8]) -> Reply {
     let request: DrainRequest = if body.iter().all(u8::is_ascii_whitespace) {
         DrainRequest::default()
     } else {
@@ -236,13 +244,90 @@ fn drain(admin: &Admin, pool: &str, backend: &str, body: &[u8]) -> Reply {
         Some(Ok(d)) => Some(d),
         Some(Err(e)) => return error(StatusCode::BAD_REQUEST, &format!("deadline: {e}")),
     };
+    let quorum = if request.force {
+        None
+    } else {
+        Some(quorum_check(admin, pool, backend).await)
+    };
+    let mut warnings = Vec::new();
+    match &quorum {
+        Some(QuorumCheck::Critical { reason, queues }) => {
+            tracing::warn!(pool, backend, reason, queues = ?queues, "drain refused: quorum-critical");
+            return json(
+                StatusCode::CONFLICT,
+                serde_json::json!({
+                    "error": format!(
+                        "{backend} (pool {pool}) is quorum-critical, RabbitMQ says: {reason} ({}); \
+                         drain it once those queues have enough replicas online, or force it \
+                         (force: true in the API, --force in warren ctl)",
+                        queues.join(", ")
+                    ),
+                    "reason": "quorum_critical",
+                    "queues": queues,
+                }),
+            );
+        }
+        Some(QuorumCheck::Unknown(why)) => {
+            tracing::warn!(
+                pool,
+                backend,
+                why,
+                "quorum check not answered; draining anyway"
+            );
+            warnings.push(format!(
+                "the quorum check of {backend} was not answered ({why}); drained anyway"
+            ));
+        }
+        _ => {}
+    }
     match admin.drainer.drain(pool, backend, deadline, request.force) {
-        Ok(s) => json(
-            StatusCode::ACCEPTED,
-            serde_json::to_value(s).expect("plain data"),
-        ),
+        Ok(s) => {
+            let mut answer = serde_json::to_value(s).expect("plain data");
+            answer["quorum_check"] = serde_json::Value::from(match &quorum {
+                None => "skipped (force)",
+                Some(QuorumCheck::NotApplicable) => {
+                    "not applicable (no http probe on the management API)"
+                }
+                Some(QuorumCheck::Safe) => "safe",
+                Some(QuorumCheck::Unknown(_)) => "unknown",
+                Some(QuorumCheck::Critical { .. }) => unreachable!("refused above"),
+            });
+            if !warnings.is_empty() {
+                answer["warnings"] = serde_json::Value::from(warnings);
+            }
+            json(StatusCode::ACCEPTED, answer)
+        }
         Err(e) => drain_error(e),
     }
+}
+
+/// Ask RabbitMQ whether `backend` may stop, when its pool probes the management API. A backend
+/// already draining or drained is not asked again (its drain was already allowed).
+async fn quorum_check(admin: &Admin, pool: &str, backend: &str) -> QuorumCheck {
+    let config = admin.config.load_full();
+    let Some(p) = config.pools.iter().find(|p| p.name == pool) else {
+        return QuorumCheck::NotApplicable;
+    };
+    let (Some(health), Some(b)) = (&p.health, p.backends.iter().find(|b| b.name == backend)) else {
+        return QuorumCheck::NotApplicable;
+    };
+    let active = admin
+        .routing
+        .load_full()
+        .pools
+        .get(pool)
+        .and_then(|route| route.backend(backend))
+        .is_some_and(|b| b.admin == AdminState::Active);
+    if !active {
+        return QuorumCheck::NotApplicable;
+    }
+    let target = probe::Target {
+        host: b.host.clone(),
+        port: b.port,
+        addr: b.addr,
+        proxy_protocol: ProxyProtocol::Off,
+    };
+    probe::quorum_check(&health.probe, &target, health.timeout.max(QUORUM_TIMEOUT)).await
 }
 
 fn drain_error(e: DrainError) -> Reply {
@@ -294,6 +379,8 @@ fn status(admin: &Admin) -> serde_json::Value {
                         "available": b.available(),
                         "active_connections": b.stats.active.get(),
                         "health_changed_at": health.as_ref().map(|h| rfc3339(h.changed_at)),
+                        "probes_run": health.as_ref().map_or(0, |h| h.probes_run),
+                        "probes_ok_in_a_row": health.as_ref().map_or(0, |h| h.probes_ok_in_a_row),
                         "drain_deadline": admin.drainer.deadline(&p.name, &b.name).map(rfc3339),
                         "last_probe": health.and_then(|h| h.last_probe).map(|probe| json!({
                             "up": probe.up,
@@ -309,6 +396,8 @@ fn status(admin: &Admin) -> serde_json::Value {
                 "balance": p.balance.as_str(),
                 "min_available": p.min_available,
                 "health_check": p.health.as_ref().map(|h| probe_kind(&h.probe)),
+                "rise": p.health.as_ref().map(|h| h.rise),
+                "fall": p.health.as_ref().map(|h| h.fall),
                 "available": route.available_count(),
                 "total": route.backends.len(),
                 "backends": backends,

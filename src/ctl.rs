@@ -1,5 +1,5 @@
 //! `warren ctl`: the operator's client of the admin API (`status`, `drain`, `undrain`,
-//! `reload`). It owns the HTTP exchange with a running warren, the polling behind `--wait` and
+//! `reload`, and `upgrade`, the rolling upgrade in [`upgrade`]). It owns the HTTP exchange with a running warren, the polling behind `--wait` and
 //! `--wait-healthy`, and the human rendering of `/v1/status`. It talks to warren only through
 //! the admin API's JSON contract: it must not read the config, the state file or anything else
 //! of the server's. Exit codes: 0 done, 1 refused or failed, 2 usage.
@@ -20,6 +20,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::config;
+
+mod upgrade;
 
 /// `--admin` when neither the flag nor `WARREN_ADMIN` is given: `config::DEFAULT_ADMIN_LISTEN`.
 pub const DEFAULT_ADMIN_URL: &str = "http://127.0.0.1:9901";
@@ -105,6 +107,34 @@ pub enum CtlCommand {
     },
     /// Make warren re-read its config file (the running config stays if the new one is invalid).
     Reload,
+    /// Rolling upgrade of a pool, one backend at a time: check the pool is healthy, drain (refused
+    /// while RabbitMQ says the node is quorum-critical), run COMMAND, wait until the backend
+    /// passes `rise` probes, undrain, next. A failing step stops the walk and leaves that
+    /// backend drained.
+    Upgrade {
+        /// The pool to walk.
+        #[arg(long, value_name = "POOL")]
+        pool: String,
+        /// Run for each backend with `sh -c` (`cmd /C` on Windows); {name}, {addr}, {host} and
+        /// {port} are replaced by the backend's. It should stop, upgrade and start the node.
+        #[arg(long, value_name = "COMMAND")]
+        run: String,
+        /// Close the connections still open this long after a drain started.
+        #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_deadline)]
+        deadline: Deadline,
+        /// Drain even while a node is quorum-critical or min_available objects.
+        #[arg(long)]
+        force: bool,
+        /// Continue a walk that stopped: start at this backend (it may be drained already).
+        #[arg(long, value_name = "NAME")]
+        from: Option<String>,
+        /// How long COMMAND may run for one backend before it is killed.
+        #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = parse_duration)]
+        command_timeout: Duration,
+        /// How long a backend may take to pass its probes again after COMMAND.
+        #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+        healthy_timeout: Duration,
+    },
 }
 
 /// A `--deadline` as typed (sent to the server verbatim) and as a duration (to bound `--wait`).
@@ -258,6 +288,26 @@ async fn execute(args: CtlArgs) -> Result<(), CtlError> {
             Ok(())
         }
         CtlCommand::Reload => reload(&client, &out).await,
+        CtlCommand::Upgrade {
+            pool,
+            run,
+            deadline,
+            force,
+            from,
+            command_timeout,
+            healthy_timeout,
+        } => {
+            let plan = upgrade::Plan {
+                pool,
+                run,
+                deadline,
+                force,
+                from,
+                command_timeout,
+                healthy_timeout,
+            };
+            upgrade::upgrade(&client, &out, &plan, poll).await
+        }
     }
 }
 
@@ -422,6 +472,12 @@ async fn drain_backend(
     out.json(&raw);
     let answer = decode::<DrainAnswer>(raw, &what)?;
     let open = answer.active_connections;
+    for warning in &answer.warnings {
+        out.say(&format!("warning: {warning}"));
+    }
+    if let Some(check) = &answer.quorum_check {
+        out.say(&format!("quorum check of {name}: {check}"));
+    }
     if answer.admin == "drained" {
         out.say(&format!(
             "drained {name} (pool {pool}): no connection was open"
@@ -653,6 +709,9 @@ struct PoolStatus {
     available: u64,
     #[serde(default)]
     total: u64,
+    /// Probes in a row that bring a down backend up (`None`: passive checks only).
+    #[serde(default)]
+    rise: Option<u32>,
     #[serde(default)]
     backends: Vec<BackendStatus>,
 }
@@ -673,6 +732,12 @@ struct BackendStatus {
     drain_deadline: Option<String>,
     #[serde(default)]
     last_probe: Option<ProbeStatus>,
+    /// Probes run since warren started.
+    #[serde(default)]
+    probes_run: u64,
+    /// Checks passed since the last failure.
+    #[serde(default)]
+    probes_ok_in_a_row: u32,
 }
 
 #[derive(Debug, Deserialize)]
@@ -689,6 +754,10 @@ struct ProbeStatus {
 #[derive(Debug, Deserialize)]
 struct DrainAnswer {
     admin: String,
+    #[serde(default)]
+    quorum_check: Option<String>,
+    #[serde(default)]
+    warnings: Vec<String>,
     #[serde(default)]
     active_connections: u64,
     #[serde(default)]

@@ -87,6 +87,11 @@ impl Hysteresis {
         self.state
     }
 
+    /// Successes since the last failure.
+    pub fn successes(&self) -> u32 {
+        self.successes
+    }
+
     /// Record one check; returns the new state when it flips.
     pub fn observe(&mut self, ok: bool) -> Option<Health> {
         let next = if ok {
@@ -204,12 +209,17 @@ pub struct BackendHealth {
     pub last_probe: Option<ProbeRecord>,
     /// When `health` last changed (start-up counts as a change to `unknown`).
     pub changed_at: SystemTime,
+    /// Probes run since warren started (passive failures not included).
+    pub probes_run: u64,
+    /// Checks passed since the last failure (a probe or a failed connect).
+    pub probes_ok_in_a_row: u32,
 }
 
 struct Tracked {
     machine: Hysteresis,
     last_probe: Option<ProbeRecord>,
     changed_at: SystemTime,
+    probes_run: u64,
     /// Bumped on every passive failure so only the newest hold-down timer ends a hold-down.
     hold_down_generation: u64,
 }
@@ -256,6 +266,7 @@ impl Controller {
                         last_probe: None,
                         changed_at: now,
                         hold_down_generation: 0,
+                        probes_run: 0,
                     },
                 );
             }
@@ -281,6 +292,8 @@ impl Controller {
             health: t.machine.state(),
             last_probe: t.last_probe.clone(),
             changed_at: t.changed_at,
+            probes_run: t.probes_run,
+            probes_ok_in_a_row: t.machine.successes(),
         })
     }
 
@@ -302,6 +315,7 @@ impl Controller {
                             last_probe: None,
                             changed_at: SystemTime::now(),
                             hold_down_generation: 0,
+                            probes_run: 0,
                         },
                         |mut t| {
                             t.machine.set_thresholds(rise, fall);
@@ -430,6 +444,7 @@ impl Controller {
                     tracing::debug!(pool = %key.0, backend = %key.1, reason = p.reason, "probe failed");
                 }
                 t.last_probe = Some(p);
+                t.probes_run += 1;
             }
             let flipped = t.machine.observe(ok);
             if flipped.is_some() {

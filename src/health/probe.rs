@@ -16,6 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
+use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -590,38 +591,66 @@ async fn http(
     target: &Target,
     stage: &mut Stage,
 ) -> Outcome {
-    let secrets: Vec<String> = credentials
-        .map(|c| vec![c.password.clone(), basic_auth_token(&c.user, &c.password)])
-        .unwrap_or_default();
-    let secret_refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
-    let redact = |s: &str| redact(s, &secret_refs);
-
+    let secrets = secrets_of(credentials);
+    let redact = |s: &str| redact(s, &secrets.iter().map(String::as_str).collect::<Vec<_>>());
     let text = substitute(url, target);
+    let (status, prefix) =
+        match http_get(&text, None, credentials, target, stage, HTTP_BODY_PREFIX).await {
+            Ok(answer) => answer,
+            Err(reason) => return Outcome::down(redact(&reason)),
+        };
+    if status.is_success() {
+        return Outcome::up(format!("HTTP {}", status.as_u16()));
+    }
+    let body = sanitize(&String::from_utf8_lossy(&prefix), HTTP_BODY_PREFIX);
+    let reason = if body.is_empty() {
+        format!("HTTP {}", status.as_u16())
+    } else {
+        format!("HTTP {}: {}", status.as_u16(), body)
+    };
+    Outcome::down(redact(&reason))
+}
+
+/// The strings an error message must never show: the password and its basic-auth token.
+fn secrets_of(credentials: Option<&Credentials>) -> Vec<String> {
+    credentials
+        .map(|c| vec![c.password.clone(), basic_auth_token(&c.user, &c.password)])
+        .unwrap_or_default()
+}
+
+/// GET `text` (an `http://` URL, templates already substituted), or `path` on its authority
+/// when given; returns the status and up to `body_cap` bytes of the body, which is read only
+/// when the status is not 2xx or `path` is given. Errors are operator-readable, not redacted.
+async fn http_get(
+    text: &str,
+    path: Option<&str>,
+    credentials: Option<&Credentials>,
+    target: &Target,
+    stage: &mut Stage,
+    body_cap: usize,
+) -> Result<(hyper::StatusCode, Vec<u8>), String> {
     let Some(rest) = text.strip_prefix("http://") else {
-        return Outcome::down(format!(
-            "http probe url {} is not http:// (https is not supported)",
-            redact(&text)
+        return Err(format!(
+            "http probe url {text} is not http:// (https is not supported)"
         ));
     };
-    let (authority, path) = match rest.find(['/', '?']) {
+    let (authority, url_path) = match rest.find(['/', '?']) {
         Some(i) if rest.as_bytes()[i] == b'/' => (&rest[..i], rest[i..].to_string()),
         Some(i) => (&rest[..i], format!("/{}", &rest[i..])),
         None => (rest, "/".to_string()),
     };
+    let read_body = path.is_some();
+    let path = path.map_or(url_path, str::to_string);
     // Credentials belong in `user`/`password`, not in the URL: drop userinfo from the Host header.
     let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
     let Some((_, port)) = split_host_port(authority) else {
-        return Outcome::down(format!("http probe url {} has no host", redact(&text)));
+        return Err(format!("http probe url {text} has no host"));
     };
     *stage = Stage::Connecting;
-    let addr = match resolve(&text, port.unwrap_or(80), target).await {
-        Ok(addr) => addr,
-        Err(reason) => return Outcome::down(redact(&reason)),
-    };
-    let stream = match TcpStream::connect(addr).await {
-        Ok(stream) => stream,
-        Err(e) => return Outcome::down(connect_error(&e)),
-    };
+    let addr = resolve(text, port.unwrap_or(80), target).await?;
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| connect_error(&e))?;
     let _ = stream.set_nodelay(true);
 
     let mut request = hyper::Request::get(path.as_str())
@@ -636,35 +665,28 @@ async fn http(
             format!("Basic {}", basic_auth_token(&c.user, &c.password)),
         );
     }
-    let request = match request.body(Empty::<Bytes>::new()) {
-        Ok(request) => request,
-        Err(e) => {
-            return Outcome::down(redact(&format!(
-                "http probe url {text} cannot be requested: {e}"
-            )))
-        }
-    };
+    let request = request
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| format!("http probe url {text} cannot be requested: {e}"))?;
 
     *stage = Stage::WaitingForResponse;
-    let (mut sender, connection) =
-        match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
-            Ok(parts) => parts,
-            Err(e) => return Outcome::down(format!("HTTP handshake failed: {e}")),
-        };
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("HTTP handshake failed: {e}"))?;
     // The connection future does the I/O; it must not outlive this attempt.
     let _connection = AbortOnDrop(tokio::spawn(connection));
-    let response = match sender.send_request(request).await {
-        Ok(response) => response,
-        Err(e) => return Outcome::down(redact(&format!("HTTP request failed: {e}"))),
-    };
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("HTTP request failed: {e}"))?;
     let status = response.status();
-    if status.is_success() {
-        return Outcome::up(format!("HTTP {}", status.as_u16()));
+    if status.is_success() && !read_body {
+        return Ok((status, Vec::new()));
     }
     *stage = Stage::ReadingBody;
     let mut body = response.into_body();
     let mut prefix = Vec::new();
-    while prefix.len() < HTTP_BODY_PREFIX {
+    while prefix.len() < body_cap {
         match body.frame().await {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
@@ -675,13 +697,129 @@ async fn http(
             Some(Err(_)) | None => break,
         }
     }
-    let body = sanitize(&String::from_utf8_lossy(&prefix), HTTP_BODY_PREFIX);
-    let reason = if body.is_empty() {
-        format!("HTTP {}", status.as_u16())
-    } else {
-        format!("HTTP {}: {}", status.as_u16(), body)
+    prefix.truncate(body_cap);
+    Ok((status, prefix))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The quorum check that guards a drain
+
+/// RabbitMQ's answer to "may this node stop?", from its management API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QuorumCheck {
+    /// The pool has no `http` probe on the management API (`/api/...`), so there is no one to ask.
+    NotApplicable,
+    /// The node can stop without any quorum queue or stream losing its quorum.
+    Safe,
+    /// Stopping the node would leave these queues (RabbitMQ's readable names) without quorum.
+    Critical { reason: String, queues: Vec<String> },
+    /// The check could not be answered (node unreachable, timeout, unexpected answer).
+    Unknown(String),
+}
+
+/// The management API path that answers 503 while a node is quorum-critical.
+pub const QUORUM_CRITICAL_PATH: &str = "/api/health/checks/node-is-quorum-critical";
+
+/// Largest quorum-check answer read: the list of critical queues can be long.
+const QUORUM_BODY_CAP: usize = 256 * 1024;
+
+/// Ask the node behind `target` whether it is quorum-critical, on the management API that
+/// `probe` (the pool's `http` probe, with its credentials) already talks to.
+pub async fn quorum_check(probe: &Probe, target: &Target, timeout: Duration) -> QuorumCheck {
+    let Probe::Http {
+        url,
+        user,
+        password,
+        password_file,
+    } = probe
+    else {
+        return QuorumCheck::NotApplicable;
     };
-    Outcome::down(redact(&reason))
+    let text = substitute(url, target);
+    if !management_path(&text) {
+        return QuorumCheck::NotApplicable;
+    }
+    let credentials = match credentials(user, password, password_file) {
+        Ok(credentials) => credentials,
+        Err(outcome) => return QuorumCheck::Unknown(outcome.reason),
+    };
+    let secrets = secrets_of(credentials.as_ref());
+    let redact = |s: &str| redact(s, &secrets.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut stage = Stage::Connecting;
+    let asked = tokio::time::timeout(
+        timeout,
+        http_get(
+            &text,
+            Some(QUORUM_CRITICAL_PATH),
+            credentials.as_ref(),
+            target,
+            &mut stage,
+            QUORUM_BODY_CAP,
+        ),
+    )
+    .await;
+    match asked {
+        Err(_) => QuorumCheck::Unknown(format!(
+            "timed out after {} {}",
+            humantime::format_duration(timeout),
+            stage.as_str()
+        )),
+        Ok(Err(reason)) => QuorumCheck::Unknown(redact(&reason)),
+        Ok(Ok((status, body))) => quorum_answer(status.as_u16(), &body),
+    }
+}
+
+/// Whether an `http` probe URL points at RabbitMQ's management API (its paths start `/api/`).
+fn management_path(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    rest.find('/')
+        .is_some_and(|i| rest[i..].starts_with("/api/"))
+}
+
+/// Read the management API's answer: 200 → safe, 503 with `{"status":"failed"}` → critical.
+fn quorum_answer(status: u16, body: &[u8]) -> QuorumCheck {
+    #[derive(Deserialize)]
+    struct Answer {
+        status: String,
+        #[serde(default)]
+        reason: String,
+        #[serde(default)]
+        queues: Vec<Queue>,
+    }
+    #[derive(Deserialize)]
+    struct Queue {
+        #[serde(default)]
+        readable_name: String,
+        #[serde(default)]
+        name: String,
+    }
+    let answer: Option<Answer> = serde_json::from_slice(body).ok();
+    match (status, answer) {
+        (200, _) => QuorumCheck::Safe,
+        (503, Some(a)) if a.status == "failed" => QuorumCheck::Critical {
+            reason: a.reason,
+            queues: a
+                .queues
+                .into_iter()
+                .map(|q| {
+                    if q.readable_name.is_empty() {
+                        q.name
+                    } else {
+                        q.readable_name
+                    }
+                })
+                .collect(),
+        },
+        (404, _) => QuorumCheck::Unknown(format!(
+            "HTTP 404 from {QUORUM_CRITICAL_PATH} (RabbitMQ older than 3.8.7?)"
+        )),
+        (status, _) => QuorumCheck::Unknown(format!(
+            "HTTP {status}: {}",
+            sanitize(&String::from_utf8_lossy(body), HTTP_BODY_PREFIX)
+        )),
+    }
 }
 
 /// Aborts a spawned task when dropped, so a timed-out probe leaves nothing running.
@@ -1040,5 +1178,48 @@ mod tests {
         assert_eq!(&v2[..12], &crate::proxy_protocol::V2_SIGNATURE);
         assert_eq!(v2[12], 0x21, "version 2, PROXY command");
         assert_eq!(v2[13], 0x11, "TCP over IPv4");
+    }
+
+    #[test]
+    fn quorum_answers() {
+        let critical = br#"{"status":"failed","reason":"There are quorum queues that would lose their quorum if the target node is shut down","queues":[{"name":"qq","readable_name":"queue 'qq' in vhost '/'","type":"quorum","virtual_host":"/"},{"name":"s"}]}"#;
+        let cases: &[(u16, &[u8], QuorumCheck)] = &[
+            (200, br#"{"status":"ok"}"#, QuorumCheck::Safe),
+            (
+                503,
+                critical,
+                QuorumCheck::Critical {
+                    reason: "There are quorum queues that would lose their quorum if the target node is shut down".into(),
+                    queues: vec!["queue 'qq' in vhost '/'".into(), "s".into()],
+                },
+            ),
+            (
+                503,
+                b"<html>busy</html>",
+                QuorumCheck::Unknown("HTTP 503: <html>busy</html>".into()),
+            ),
+            (
+                401,
+                br#"{"error":"not_authorized"}"#,
+                QuorumCheck::Unknown(r#"HTTP 401: {"error":"not_authorized"}"#.into()),
+            ),
+        ];
+        for (status, body, want) in cases {
+            assert_eq!(&quorum_answer(*status, body), want, "HTTP {status}");
+        }
+        assert!(matches!(quorum_answer(404, b""), QuorumCheck::Unknown(r) if r.contains("3.8.7")));
+    }
+
+    #[test]
+    fn only_management_api_urls_get_a_quorum_check() {
+        assert!(management_path(
+            "http://10.0.0.1:15672/api/health/checks/alarms"
+        ));
+        assert!(management_path("http://[::1]:15672/api/aliveness-test/%2F"));
+        assert!(!management_path("http://10.0.0.1:8080/health"));
+        assert!(!management_path("http://10.0.0.1:15672"));
+        assert!(!management_path(
+            "https://10.0.0.1:15671/api/health/checks/alarms"
+        ));
     }
 }

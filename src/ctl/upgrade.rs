@@ -1,0 +1,565 @@
+//! `warren ctl upgrade`: a rolling upgrade of one pool, one backend at a time, the way an
+//! operator walks a RabbitMQ cluster by hand: check the pool is healthy, drain the node (the
+//! server refuses while RabbitMQ says the node is quorum-critical), run the operator's command
+//! (stop, upgrade, start), wait until the node has passed `rise` probes again, undrain, next.
+//!
+//! It uses only the admin API (like the rest of `ctl`) and the operator's command. Any failing
+//! step stops the walk where it is: the node at hand stays drained (never put back into
+//! service half-upgraded), and the error names the step and the command that continues.
+
+use std::fmt::Write as _;
+use std::process::Stdio;
+use std::time::Duration;
+
+use super::{
+    decode, drain_backend, find_backend, undrain_backend, BackendStatus, Client, CtlError,
+    Deadline, DrainRequest, Output, PoolStatus, Status,
+};
+
+/// What `warren ctl upgrade` was asked to do.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub pool: String,
+    /// The operator's command, run with `sh -c` once per backend after `{name}`, `{addr}`,
+    /// `{host}` and `{port}` are replaced (each value shell-quoted).
+    pub run: String,
+    /// Connections still open this long after the drain started are closed.
+    pub deadline: Deadline,
+    /// Drain even when RabbitMQ says the node is quorum-critical or `min_available` objects.
+    pub force: bool,
+    /// Start at this backend (to continue a walk that stopped); earlier ones are skipped.
+    pub from: Option<String>,
+    /// How long the operator's command may run.
+    pub command_timeout: Duration,
+    /// How long a backend may take to pass `rise` probes after the command.
+    pub healthy_timeout: Duration,
+}
+
+/// The steps of one backend, in order; their names appear in progress lines and errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    CheckPool,
+    Drain,
+    RunCommand,
+    WaitHealthy,
+    Undrain,
+}
+
+impl Step {
+    fn number(self) -> usize {
+        self as usize + 1
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Step::CheckPool => "check that the pool is healthy",
+            Step::Drain => "quorum check and drain",
+            Step::RunCommand => "run the upgrade command",
+            Step::WaitHealthy => "wait until the backend passes its probes",
+            Step::Undrain => "undrain",
+        }
+    }
+}
+
+const STEPS: usize = 5;
+
+/// Walk the pool. On failure the error says where the walk stopped and how to go on.
+pub(super) async fn upgrade(
+    client: &Client,
+    out: &Output,
+    plan: &Plan,
+    poll: Duration,
+) -> Result<(), CtlError> {
+    let status = fetch_status(client).await?;
+    let pool = pool_status(&status, &plan.pool)?;
+    if pool.health_check.is_none() {
+        return Err(CtlError::GaveUp(format!(
+            "pool {} has no active health check: an upgrade needs probes to know when a node \
+             is back (add [pool.{}.health])",
+            plan.pool, plan.pool
+        )));
+    }
+    let names: Vec<String> = pool.backends.iter().map(|b| b.name.clone()).collect();
+    let start = match &plan.from {
+        None => 0,
+        Some(from) => names.iter().position(|n| n == from).ok_or_else(|| {
+            CtlError::GaveUp(format!(
+                "--from {from}: no such backend in pool {} (backends: {})",
+                plan.pool,
+                names.join(", ")
+            ))
+        })?,
+    };
+    let walk = &names[start..];
+    out.say(&format!(
+        "upgrading pool {} one backend at a time: {}",
+        plan.pool,
+        walk.join(", ")
+    ));
+    for (i, name) in walk.iter().enumerate() {
+        out.say(&format!("== {name} ({}/{})", i + 1, walk.len()));
+        let resuming = i == 0 && plan.from.is_some();
+        if let Err((step, reason)) = upgrade_one(client, out, plan, name, resuming, poll).await {
+            return Err(CtlError::GaveUp(stopped_message(
+                plan,
+                name,
+                step,
+                &reason,
+                &walk[..i],
+                &walk[i + 1..],
+            )));
+        }
+    }
+    out.say(&format!(
+        "pool {}: all {} backend(s) upgraded, undrained and healthy",
+        plan.pool,
+        walk.len()
+    ));
+    Ok(())
+}
+
+/// The five steps for one backend; the error is the step that failed and why.
+async fn upgrade_one(
+    client: &Client,
+    out: &Output,
+    plan: &Plan,
+    name: &str,
+    resuming: bool,
+    poll: Duration,
+) -> Result<(), (Step, String)> {
+    let step_line = |step: Step| {
+        out.say(&format!(
+            "[{}/{STEPS}] {name}: {}",
+            step.number(),
+            step.describe()
+        ))
+    };
+    let fail = |step: Step| move |e: CtlError| (step, e.to_string());
+
+    step_line(Step::CheckPool);
+    let status = fetch_status(client).await.map_err(fail(Step::CheckPool))?;
+    let pool = pool_status(&status, &plan.pool).map_err(fail(Step::CheckPool))?;
+    let problems = pool_problems(pool, name, resuming);
+    if !problems.is_empty() {
+        return Err((Step::CheckPool, problems.join("; ")));
+    }
+    let backend = find_backend(&status, &plan.pool, name).map_err(fail(Step::CheckPool))?;
+    let command = render_command(&plan.run, backend);
+
+    step_line(Step::Drain);
+    let drain = DrainRequest {
+        pool: &plan.pool,
+        name,
+        deadline: Some(&plan.deadline),
+        force: plan.force,
+    };
+    drain_backend(client, out, drain, true, poll)
+        .await
+        .map_err(fail(Step::Drain))?;
+
+    step_line(Step::RunCommand);
+    // The probe count before the command: only probes run after it count toward `rise`.
+    let probes_before = fetch_status(client)
+        .await
+        .and_then(|s| find_backend(&s, &plan.pool, name).map(|b| b.probes_run))
+        .map_err(fail(Step::RunCommand))?;
+    out.say(&format!("$ {command}"));
+    run_command(&command, plan.command_timeout)
+        .await
+        .map_err(|e| (Step::RunCommand, e))?;
+    let after_command = fetch_status(client)
+        .await
+        .and_then(|s| find_backend(&s, &plan.pool, name).map(|b| b.probes_run))
+        .map_err(fail(Step::WaitHealthy))?;
+
+    step_line(Step::WaitHealthy);
+    wait_probes_pass(
+        client,
+        out,
+        plan,
+        name,
+        probes_before.max(after_command),
+        poll,
+    )
+    .await
+    .map_err(|e| (Step::WaitHealthy, e))?;
+
+    step_line(Step::Undrain);
+    undrain_backend(client, out, &plan.pool, name)
+        .await
+        .map_err(fail(Step::Undrain))?;
+    Ok(())
+}
+
+async fn fetch_status(client: &Client) -> Result<Status, CtlError> {
+    decode::<Status>(client.get_json("/v1/status", "status").await?, "status")
+}
+
+fn pool_status<'s>(status: &'s Status, pool: &str) -> Result<&'s PoolStatus, CtlError> {
+    status.pools.iter().find(|p| p.name == pool).ok_or_else(|| {
+        CtlError::GaveUp(format!(
+            "no pool {pool} (pools: {})",
+            status
+                .pools
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    })
+}
+
+/// Why the pool is not ready for `name` to go down: every other backend must be up and active.
+/// `name` itself must be up and active too, unless the walk resumes at it (a stopped walk left
+/// it drained, and possibly down).
+fn pool_problems(pool: &PoolStatus, name: &str, resuming: bool) -> Vec<String> {
+    let mut problems = Vec::new();
+    for b in &pool.backends {
+        if b.name == name && resuming {
+            continue;
+        }
+        if b.health != "up" {
+            problems.push(format!("{} is {}", b.name, describe_health(b)));
+        }
+        if b.admin != "active" {
+            problems.push(format!("{} is {}", b.name, b.admin));
+        }
+    }
+    problems
+}
+
+fn describe_health(b: &BackendStatus) -> String {
+    match &b.last_probe {
+        Some(p) if !p.up && !p.reason.is_empty() => {
+            format!("{} (last probe: {})", b.health, p.reason)
+        }
+        _ => b.health.clone(),
+    }
+}
+
+/// Wait until `name` is up and has passed `rise` probes in a row, all run after the probe
+/// count `probes_before` (a node that came back before any probe noticed it was gone must
+/// still prove itself `rise` times).
+async fn wait_probes_pass(
+    client: &Client,
+    out: &Output,
+    plan: &Plan,
+    name: &str,
+    probes_before: u64,
+    poll: Duration,
+) -> Result<(), String> {
+    let mut last_line = String::new();
+    let mut last_seen = String::from("no answer yet");
+    let waiting = async {
+        loop {
+            let status = fetch_status(client).await.map_err(|e| e.to_string())?;
+            let rise = pool_status(&status, &plan.pool)
+                .map_err(|e| e.to_string())?
+                .rise
+                .unwrap_or(1)
+                .max(1);
+            let b = find_backend(&status, &plan.pool, name).map_err(|e| e.to_string())?;
+            let fresh = b.probes_run.saturating_sub(probes_before);
+            let passed = u64::from(b.probes_ok_in_a_row).min(fresh);
+            if b.health == "up" && passed >= u64::from(rise) {
+                out.say(&format!(
+                    "{name}: up, {passed} probe(s) in a row passed since the command (rise = {rise})"
+                ));
+                return Ok(());
+            }
+            let mut line = format!("{name}: health {}, {passed}/{rise} probes passed", b.health);
+            if let Some(p) = b.last_probe.as_ref().filter(|p| !p.up) {
+                let _ = write!(line, " (last probe: {})", p.reason);
+            }
+            if line != last_line {
+                out.say(&line);
+                last_seen.clone_from(&line);
+                last_line = line;
+            }
+            tokio::time::sleep(poll).await;
+        }
+    };
+    match tokio::time::timeout(plan.healthy_timeout, waiting).await {
+        Ok(result) => result,
+        Err(_) => Err(format!(
+            "not healthy after {} ({last_seen})",
+            humantime::format_duration(plan.healthy_timeout)
+        )),
+    }
+}
+
+/// `plan.run` with the backend's placeholders replaced by shell-quoted values.
+fn render_command(template: &str, backend: &BackendStatus) -> String {
+    let (host, port) = match backend.addr.rsplit_once(':') {
+        Some((host, port)) => (host.trim_matches(['[', ']']), port),
+        None => (backend.addr.as_str(), ""),
+    };
+    template
+        .replace("{name}", &shell_quote(&backend.name))
+        .replace("{addr}", &shell_quote(&backend.addr))
+        .replace("{host}", &shell_quote(host))
+        .replace("{port}", &shell_quote(port))
+}
+
+/// A word the shell reads back as `value`: as is when it is plainly safe, else single-quoted.
+fn shell_quote(value: &str) -> String {
+    let plain = !value.is_empty()
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.:@/+=,%".contains(c));
+    if plain {
+        value.to_string()
+    } else {
+        format!("'{}'", value.replace('\'', r"'\''"))
+    }
+}
+
+/// Run the operator's command with the shell, its output passed through; an error says how it
+/// ended. At the timeout the command's whole process group is killed.
+async fn run_command(command: &str, timeout: Duration) -> Result<(), String> {
+    let mut cmd = shell(command);
+    cmd.stdin(Stdio::null()).kill_on_drop(true);
+    #[cfg(unix)]
+    cmd.process_group(0);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start the command: {e}"))?;
+    let pid = child.id();
+    match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(Ok(status)) if status.success() => Ok(()),
+        Ok(Ok(status)) => Err(format!("the command failed: {status}")),
+        Ok(Err(e)) => Err(format!("waiting for the command failed: {e}")),
+        Err(_) => {
+            kill_group(pid);
+            let _ = child.kill().await;
+            Err(format!(
+                "the command did not finish within {} and was killed",
+                humantime::format_duration(timeout)
+            ))
+        }
+    }
+}
+
+#[cfg(unix)]
+fn shell(command: &str) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new("/bin/sh");
+    cmd.arg("-c").arg(command);
+    cmd
+}
+
+#[cfg(windows)]
+fn shell(command: &str) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new("cmd.exe");
+    cmd.arg("/C").arg(command);
+    cmd
+}
+
+#[cfg(unix)]
+fn kill_group(pid: Option<u32>) {
+    if let Some(pgid) = pid.and_then(|p| i32::try_from(p).ok()) {
+        let _ =
+            nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), nix::sys::signal::SIGKILL);
+    }
+}
+
+#[cfg(not(unix))]
+fn kill_group(_pid: Option<u32>) {}
+
+/// Where the walk stopped, what state it left, and the commands that continue it.
+fn stopped_message(
+    plan: &Plan,
+    name: &str,
+    step: Step,
+    reason: &str,
+    done: &[String],
+    not_started: &[String],
+) -> String {
+    let pool = &plan.pool;
+    let mut msg = format!(
+        "upgrade of pool {pool} stopped at {name}, step {}/{STEPS} ({}): {reason}",
+        step.number(),
+        step.describe()
+    );
+    let left = match step {
+        Step::CheckPool => format!("{name} was not touched"),
+        Step::Drain if reason.contains("HTTP 409") => format!("{name} was not drained"),
+        Step::Drain => format!("{name} is draining or drained"),
+        Step::RunCommand | Step::WaitHealthy | Step::Undrain => {
+            format!("{name} is left drained")
+        }
+    };
+    let _ = write!(msg, "\n  state: {left}");
+    if !done.is_empty() {
+        let _ = write!(msg, "; upgraded: {}", done.join(", "));
+    }
+    if !not_started.is_empty() {
+        let _ = write!(msg, "; not started: {}", not_started.join(", "));
+    }
+    let mut again = format!(
+        "warren ctl upgrade --pool {} --run {} --deadline {} --from {}",
+        shell_quote(pool),
+        shell_quote(&plan.run),
+        shell_quote(&plan.deadline.text),
+        shell_quote(name)
+    );
+    if plan.force {
+        again.push_str(" --force");
+    }
+    let _ = write!(msg, "\n  to continue once {name} is fixed: {again}");
+    if matches!(step, Step::RunCommand | Step::WaitHealthy | Step::Undrain) {
+        let _ = write!(
+            msg,
+            "\n  to put {name} back into service as it is: warren ctl undrain {} --pool {} --wait-healthy",
+            shell_quote(name),
+            shell_quote(pool)
+        );
+    }
+    msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend(name: &str, health: &str, admin: &str) -> BackendStatus {
+        BackendStatus {
+            name: name.into(),
+            addr: "127.0.1.1:5672".into(),
+            backup: false,
+            health: health.into(),
+            admin: admin.into(),
+            available: admin == "active" && health != "down",
+            active_connections: 0,
+            drain_deadline: None,
+            last_probe: None,
+            probes_run: 0,
+            probes_ok_in_a_row: 0,
+        }
+    }
+
+    fn pool(backends: Vec<BackendStatus>) -> PoolStatus {
+        PoolStatus {
+            name: "rabbitmq".into(),
+            balance: "round_robin".into(),
+            health_check: Some("http".into()),
+            min_available: 1,
+            available: 0,
+            total: backends.len() as u64,
+            rise: Some(2),
+            backends,
+        }
+    }
+
+    fn plan() -> Plan {
+        Plan {
+            pool: "rabbitmq".into(),
+            run: "ssh {host} 'sudo apt-get install -y rabbitmq-server'".into(),
+            deadline: super::super::parse_deadline("1m").unwrap(),
+            force: false,
+            from: None,
+            command_timeout: Duration::from_secs(60),
+            healthy_timeout: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn the_pool_must_be_up_and_active_except_a_resumed_backend() {
+        let cases: &[(&[(&str, &str, &str)], bool, &[&str])] = &[
+            (&[("a", "up", "active"), ("b", "up", "active")], false, &[]),
+            (
+                &[("a", "up", "active"), ("b", "down", "active")],
+                false,
+                &["b is down"],
+            ),
+            (
+                &[("a", "up", "active"), ("b", "up", "drained")],
+                false,
+                &["b is drained"],
+            ),
+            (
+                &[("a", "unknown", "draining"), ("b", "up", "active")],
+                false,
+                &["a is unknown", "a is draining"],
+            ),
+            // Resuming at a: a stopped walk left it drained and down; the others must be fine.
+            (
+                &[("a", "down", "drained"), ("b", "up", "active")],
+                true,
+                &[],
+            ),
+            (
+                &[("a", "down", "drained"), ("b", "down", "active")],
+                true,
+                &["b is down"],
+            ),
+        ];
+        for (backends, resuming, want) in cases {
+            let p = pool(backends.iter().map(|(n, h, a)| backend(n, h, a)).collect());
+            assert_eq!(pool_problems(&p, "a", *resuming), *want, "{backends:?}");
+        }
+    }
+
+    #[test]
+    fn placeholders_are_replaced_and_quoted() {
+        let mut b = backend("rabbit-1", "up", "active");
+        assert_eq!(
+            render_command("upgrade.sh {name} {addr} {host} {port}", &b),
+            "upgrade.sh rabbit-1 127.0.1.1:5672 127.0.1.1 5672"
+        );
+        b.name = "it's odd".into();
+        b.addr = "[::1]:5672".into();
+        assert_eq!(
+            render_command("x {name} {host}", &b),
+            r"x 'it'\''s odd' ::1"
+        );
+    }
+
+    #[test]
+    fn a_stopped_walk_says_where_and_how_to_continue() {
+        let msg = stopped_message(
+            &plan(),
+            "rabbit-2",
+            Step::RunCommand,
+            "the command failed: exit status: 3",
+            &["rabbit-1".into()],
+            &["rabbit-3".into()],
+        );
+        assert!(msg.starts_with(
+            "upgrade of pool rabbitmq stopped at rabbit-2, step 3/5 (run the upgrade command): \
+             the command failed: exit status: 3"
+        ));
+        assert!(msg.contains(
+            "state: rabbit-2 is left drained; upgraded: rabbit-1; not started: rabbit-3"
+        ));
+        assert!(msg.contains(
+            r"to continue once rabbit-2 is fixed: warren ctl upgrade --pool rabbitmq --run 'ssh {host} '\''sudo apt-get install -y rabbitmq-server'\''' --deadline 1m --from rabbit-2"
+        ));
+        assert!(msg.contains("warren ctl undrain rabbit-2 --pool rabbitmq --wait-healthy"));
+
+        let refused = stopped_message(
+            &plan(),
+            "rabbit-1",
+            Step::Drain,
+            "drain of rabbit-1 (pool rabbitmq) refused (HTTP 409): rabbit-1 is quorum-critical",
+            &[],
+            &["rabbit-2".into()],
+        );
+        assert!(refused.contains("state: rabbit-1 was not drained; not started: rabbit-2"));
+        assert!(!refused.contains("undrain"));
+    }
+
+    #[tokio::test]
+    async fn the_command_reports_how_it_ended() {
+        assert_eq!(run_command("true", Duration::from_secs(10)).await, Ok(()));
+        let failed = run_command("exit 3", Duration::from_secs(10))
+            .await
+            .unwrap_err();
+        assert!(failed.contains("exit status: 3"), "{failed}");
+        let started = std::time::Instant::now();
+        let killed = run_command("sleep 30 & sleep 30", Duration::from_millis(200))
+            .await
+            .unwrap_err();
+        assert!(killed.contains("did not finish within 200ms"), "{killed}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+}

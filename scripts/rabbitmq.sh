@@ -4,9 +4,10 @@
 #   scripts/rabbitmq.sh install
 #       apt-get install rabbitmq-server if missing (as root), and make sure the package's own
 #       service is stopped and disabled so it does not hold 5672.
-#   scripts/rabbitmq.sh start NAME AMQP_PORT DIST_PORT MGMT_PORT BASEDIR [EXTRA_CONF_LINE...]
-#       start node NAME@localhost detached: AMQP on 127.0.0.1:AMQP_PORT, Erlang distribution on
-#       DIST_PORT, management on 127.0.0.1:MGMT_PORT, everything (data, logs, config, cookie)
+#   scripts/rabbitmq.sh start [--ip IP] NAME AMQP_PORT DIST_PORT MGMT_PORT BASEDIR [EXTRA_CONF_LINE...]
+#       start node NAME@localhost detached: AMQP on IP:AMQP_PORT, Erlang distribution on
+#       127.0.0.1:DIST_PORT, management on IP:MGMT_PORT (IP: a loopback address, default
+#       127.0.0.1; nodes on 127.0.1.1, 127.0.1.2... can share ports, as on separate hosts), everything (data, logs, config, cookie)
 #       under BASEDIR/NAME; then wait (bounded) until the node has booted. Extra arguments are
 #       appended to rabbitmq.conf as lines, e.g. 'proxy_protocol = true'. Nodes started with
 #       the same BASEDIR share an Erlang cookie, so they can be clustered.
@@ -18,7 +19,7 @@
 #       print the path of the node's main log file.
 #   scripts/rabbitmq.sh ctl NAME BASEDIR ARGS...
 #       run rabbitmqctl ARGS against the node (e.g. add_user, list_connections).
-#   scripts/rabbitmq.sh cluster BASEDIR NAME:AMQP:DIST:MGMT... [-- EXTRA_CONF_LINE...]
+#   scripts/rabbitmq.sh cluster BASEDIR NAME:AMQP:DIST:MGMT[:IP]... [-- EXTRA_CONF_LINE...]
 #       start every node (in parallel), join the others to the first one, and wait until
 #       cluster_status lists every node as running. Extra lines go to every node's config.
 #   scripts/rabbitmq.sh kill NAME BASEDIR
@@ -41,7 +42,7 @@ die() {
 }
 
 usage() {
-    sed -n '2,31p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,32p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -164,6 +165,16 @@ node_pid() {
 }
 
 cmd_start() {
+    local ip=127.0.0.1
+    if [ "${1:-}" = --ip ]; then
+        [ $# -ge 2 ] || usage
+        ip=$2
+        shift 2
+    fi
+    case "$ip" in
+    127.*) ;;
+    *) die "--ip $ip: only loopback addresses (127.0.0.0/8) are used" ;;
+    esac
     [ $# -ge 5 ] || usage
     local name=$1 amqp_port=$2 dist_port=$3 mgmt_port=$4 basedir=$5
     shift 5
@@ -176,9 +187,9 @@ cmd_start() {
     mkdir -p "$RABBITMQ_MNESIA_BASE" "$RABBITMQ_LOG_BASE"
     ctl_port_range "$amqp_port" "$dist_port" "$mgmt_port"
     {
-        echo "listeners.tcp.default = 127.0.0.1:$amqp_port"
+        echo "listeners.tcp.default = $ip:$amqp_port"
         echo "management.tcp.port = $mgmt_port"
-        echo "management.tcp.ip = 127.0.0.1"
+        echo "management.tcp.ip = $ip"
         echo "loopback_users = none"
         local line
         for line in "$@"; do
@@ -190,7 +201,7 @@ cmd_start() {
     export ERL_EPMD_ADDRESS=127.0.0.1
     # Erlang distribution on loopback only (it listens on every interface by default).
     export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
-    log "starting $RABBITMQ_NODENAME (amqp $amqp_port, dist $dist_port, management $mgmt_port) in $NODE_DIR"
+    log "starting $RABBITMQ_NODENAME (amqp $ip:$amqp_port, dist $dist_port, management $ip:$mgmt_port) in $NODE_DIR"
     "$RABBIT_BIN/rabbitmq-server" -detached >>"$NODE_DIR/start.out" 2>&1 ||
         die "rabbitmq-server -detached failed: $(tail -n 20 "$NODE_DIR/start.out")"
     local deadline=$((SECONDS + START_TIMEOUT))
@@ -279,7 +290,8 @@ cmd_cluster() {
     local spec names=() fields
     for spec in "${specs[@]}"; do
         IFS=: read -r -a fields <<<"$spec"
-        [ "${#fields[@]}" -eq 4 ] || die "node spec '$spec' must be NAME:AMQP_PORT:DIST_PORT:MGMT_PORT"
+        [ "${#fields[@]}" -eq 4 ] || [ "${#fields[@]}" -eq 5 ] ||
+            die "node spec '$spec' must be NAME:AMQP_PORT:DIST_PORT:MGMT_PORT[:IP]"
         names+=("${fields[0]}")
     done
     # The shared cookie is made once, before the nodes start side by side.
@@ -287,7 +299,9 @@ cmd_cluster() {
     local pids=() failed=0 pid
     for spec in "${specs[@]}"; do
         IFS=: read -r -a fields <<<"$spec"
-        "${BASH_SOURCE[0]}" start "${fields[@]}" "$basedir" "${extra[@]}" &
+        local ip_args=()
+        [ "${#fields[@]}" -eq 5 ] && ip_args=(--ip "${fields[4]}")
+        "${BASH_SOURCE[0]}" start "${ip_args[@]}" "${fields[@]:0:4}" "$basedir" "${extra[@]}" &
         pids+=($!)
     done
     for pid in "${pids[@]}"; do

@@ -54,8 +54,13 @@ const MIN_PROBE_WIDTH: usize = 24;
 #[derive(Debug, Args)]
 pub struct CtlArgs {
     /// The admin API, as http://HOST:PORT (the [admin] listen address of the running warren).
-    #[arg(long, global = true, env = "WARREN_ADMIN", value_name = "URL", default_value = DEFAULT_ADMIN_URL)]
-    pub admin: String,
+    /// Repeat it (or give a comma-separated list in WARREN_ADMIN) for a pair of warren
+    /// instances: every command then goes to each of them.
+    #[arg(long, global = true, env = "WARREN_ADMIN", value_name = "URL", value_delimiter = ',', default_value = DEFAULT_ADMIN_URL)]
+    pub admin: Vec<String>,
+    /// A file listing admin API URLs, one per line (`#` starts a comment); used instead of --admin.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub admin_file: Option<PathBuf>,
     /// A file holding the bearer token (surrounding whitespace is ignored); else $WARREN_TOKEN.
     #[arg(long, global = true, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
@@ -70,7 +75,7 @@ pub struct CtlArgs {
 }
 
 /// What `warren ctl` asks the running warren.
-#[derive(Debug, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum CtlCommand {
     /// Show listeners, pools and backends: health, admin state, connections, last probe.
     Status,
@@ -217,6 +222,17 @@ pub enum CtlError {
     /// A wait ended without reaching its goal (cap reached, or someone else changed the state).
     #[error("{0}")]
     GaveUp(String),
+    /// `--admin-file` could not be read or lists nothing.
+    #[error("cannot use the admin file {}: {reason}", path.display())]
+    AdminFile { path: PathBuf, reason: String },
+    /// With several instances, some failed (each was reported on its own line).
+    #[error("failed on {} of {total} instances: {}", failed.len(), failed.join(", "))]
+    Instances {
+        failed: Vec<String>,
+        total: usize,
+        /// The worst exit code among them.
+        code: u8,
+    },
 }
 
 impl CtlError {
@@ -224,6 +240,7 @@ impl CtlError {
     pub fn exit_code(&self) -> u8 {
         match self {
             CtlError::AdminUrl { .. } | CtlError::Ambiguous { .. } => 2,
+            CtlError::Instances { code, .. } => *code,
             _ => 1,
         }
     }
@@ -252,12 +269,102 @@ pub fn run(args: CtlArgs) -> ExitCode {
 
 async fn execute(args: CtlArgs) -> Result<(), CtlError> {
     let token = read_token(args.token_file.as_deref())?;
-    let client = Client::new(&args.admin, token)?;
-    let out = Output { json: args.json };
+    let urls = match &args.admin_file {
+        Some(file) => read_admin_file(file)?,
+        None => args.admin.clone(),
+    };
+    let clients = urls
+        .iter()
+        .map(|url| Client::new(url, token.clone()))
+        .collect::<Result<Vec<_>, _>>()?;
     // Below 10 ms a poll loop only burns the server's CPU.
     let poll = Duration::from_millis(args.poll_ms.max(10));
-    match args.command {
-        CtlCommand::Status => status(&client, &out).await,
+    let command = args.command;
+    if let [client] = clients.as_slice() {
+        let out = Output::new(args.json, None);
+        return execute_one(client, &out, command, poll).await;
+    }
+    if let CtlCommand::Upgrade { .. } = command {
+        let out = Output::new(args.json, None);
+        return execute_upgrade(&clients, &out, command, poll).await;
+    }
+    every_instance(clients, args.json, command, poll).await
+}
+
+/// Run `command` on every instance at once (drains start together, so clients closed by one
+/// instance cannot reconnect through the other to the node being drained); report each.
+async fn every_instance(
+    clients: Vec<Client>,
+    json: bool,
+    command: CtlCommand,
+    poll: Duration,
+) -> Result<(), CtlError> {
+    let total = clients.len();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, client) in clients.into_iter().enumerate() {
+        let command = command.clone();
+        tasks.spawn(async move {
+            let out = Output::new(json, Some(client.admin.clone()));
+            let result = execute_one(&client, &out, command, poll).await;
+            (i, client.admin, result)
+        });
+    }
+    let mut results = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        results.push(joined.expect("ctl tasks do not panic"));
+    }
+    results.sort_by_key(|(i, _, _)| *i);
+    let mut failed = Vec::new();
+    let mut code = 1;
+    for (_, admin, result) in results {
+        match result {
+            Ok(()) => eprintln!("[{admin}] ok"),
+            Err(e) => {
+                eprintln!("[{admin}] failed: {e}");
+                code = code.max(e.exit_code());
+                failed.push(admin);
+            }
+        }
+    }
+    if failed.is_empty() {
+        return Ok(());
+    }
+    Err(CtlError::Instances {
+        failed,
+        total,
+        code,
+    })
+}
+
+/// The admin URLs of `--admin-file`: one per line, blank lines and `#` comments ignored.
+fn read_admin_file(file: &std::path::Path) -> Result<Vec<String>, CtlError> {
+    let text = std::fs::read_to_string(file).map_err(|source| CtlError::AdminFile {
+        path: file.to_path_buf(),
+        reason: source.to_string(),
+    })?;
+    let urls: Vec<String> = text
+        .lines()
+        .map(|line| line.split('#').next().unwrap_or("").trim())
+        .filter(|line| !line.is_empty())
+        .map(str::to_string)
+        .collect();
+    if urls.is_empty() {
+        return Err(CtlError::AdminFile {
+            path: file.to_path_buf(),
+            reason: "it lists no admin URL".into(),
+        });
+    }
+    Ok(urls)
+}
+
+async fn execute_one(
+    client: &Client,
+    out: &Output,
+    command: CtlCommand,
+    poll: Duration,
+) -> Result<(), CtlError> {
+    match command {
+        CtlCommand::Status => status(client, out).await,
         CtlCommand::Drain {
             name,
             pool,
@@ -265,14 +372,14 @@ async fn execute(args: CtlArgs) -> Result<(), CtlError> {
             wait,
             force,
         } => {
-            let pool = resolve_pool(&client, &name, pool).await?;
+            let pool = resolve_pool(client, &name, pool).await?;
             let drain = DrainRequest {
                 pool: &pool,
                 name: &name,
                 deadline: deadline.as_ref(),
                 force,
             };
-            drain_backend(&client, &out, drain, wait, poll).await
+            drain_backend(client, out, drain, wait, poll).await
         }
         CtlCommand::Undrain {
             name,
@@ -280,35 +387,48 @@ async fn execute(args: CtlArgs) -> Result<(), CtlError> {
             wait_healthy,
             timeout,
         } => {
-            let pool = resolve_pool(&client, &name, pool).await?;
-            undrain_backend(&client, &out, &pool, &name).await?;
+            let pool = resolve_pool(client, &name, pool).await?;
+            undrain_backend(client, out, &pool, &name).await?;
             if wait_healthy {
-                wait_healthy_for(&client, &out, &pool, &name, timeout, poll).await?;
+                wait_healthy_for(client, out, &pool, &name, timeout, poll).await?;
             }
             Ok(())
         }
-        CtlCommand::Reload => reload(&client, &out).await,
-        CtlCommand::Upgrade {
-            pool,
-            run,
-            deadline,
-            force,
-            from,
-            command_timeout,
-            healthy_timeout,
-        } => {
-            let plan = upgrade::Plan {
-                pool,
-                run,
-                deadline,
-                force,
-                from,
-                command_timeout,
-                healthy_timeout,
-            };
-            upgrade::upgrade(&client, &out, &plan, poll).await
+        CtlCommand::Reload => reload(client, out).await,
+        command @ CtlCommand::Upgrade { .. } => {
+            execute_upgrade(std::slice::from_ref(client), out, command, poll).await
         }
     }
+}
+
+async fn execute_upgrade(
+    clients: &[Client],
+    out: &Output,
+    command: CtlCommand,
+    poll: Duration,
+) -> Result<(), CtlError> {
+    let CtlCommand::Upgrade {
+        pool,
+        run,
+        deadline,
+        force,
+        from,
+        command_timeout,
+        healthy_timeout,
+    } = command
+    else {
+        unreachable!("called for upgrade only");
+    };
+    let plan = upgrade::Plan {
+        pool,
+        run,
+        deadline,
+        force,
+        from,
+        command_timeout,
+        healthy_timeout,
+    };
+    upgrade::upgrade(clients, out, &plan, poll).await
 }
 
 /// The token from `--token-file` (which wins) or `WARREN_TOKEN`; `None` when neither is set.
@@ -347,22 +467,43 @@ fn read_token(file: Option<&std::path::Path>) -> Result<Option<HeaderValue>, Ctl
 /// and the human progress lines move to stderr.
 struct Output {
     json: bool,
+    /// `[URL] ` before every line when several instances answer.
+    prefix: String,
 }
 
 impl Output {
-    /// A human line: the result in text mode, progress in JSON mode.
-    fn say(&self, line: &str) {
-        if self.json {
-            eprintln!("{line}");
-        } else {
-            print_stdout(line);
+    fn new(json: bool, admin: Option<String>) -> Output {
+        Output {
+            json,
+            prefix: admin.map(|a| format!("[{a}] ")).unwrap_or_default(),
         }
     }
 
-    /// In `--json` mode, the API's answer, pretty; nothing in text mode.
-    fn json(&self, value: &Value) {
+    /// A human line: the result in text mode, progress in JSON mode.
+    fn say(&self, text: &str) {
+        let mut lines = String::new();
+        for line in text.lines() {
+            let _ = writeln!(lines, "{}{line}", self.prefix);
+        }
+        let lines = lines.trim_end();
         if self.json {
+            eprintln!("{lines}");
+        } else {
+            print_stdout(lines);
+        }
+    }
+
+    /// In `--json` mode, the API's answer, pretty (as `{"admin": URL, "answer": ...}` when
+    /// several instances answer); nothing in text mode.
+    fn json(&self, value: &Value) {
+        if !self.json {
+            return;
+        }
+        if self.prefix.is_empty() {
             print_stdout(&pretty(value));
+        } else {
+            let admin = self.prefix.trim().trim_matches(['[', ']']);
+            print_stdout(&serde_json::json!({ "admin": admin, "answer": value }).to_string());
         }
     }
 }
@@ -434,6 +575,7 @@ fn pool_of(status: &Status, name: &str) -> Result<String, CtlError> {
 }
 
 /// What `drain` asks for.
+#[derive(Clone, Copy)]
 struct DrainRequest<'a> {
     pool: &'a str,
     name: &'a str,
@@ -458,12 +600,25 @@ async fn drain_backend(
     wait: bool,
     poll: Duration,
 ) -> Result<(), CtlError> {
+    let open = start_drain(client, out, &drain).await?;
+    match open {
+        Some(open) if wait => wait_drained(client, out, &drain, open, poll).await,
+        _ => Ok(()),
+    }
+}
+
+/// Ask for the drain and report it; the connections still open, or `None` when none was.
+async fn start_drain(
+    client: &Client,
+    out: &Output,
+    drain: &DrainRequest<'_>,
+) -> Result<Option<u64>, CtlError> {
     let DrainRequest {
         pool,
         name,
         deadline,
         force,
-    } = drain;
+    } = *drain;
     let what = format!("drain of {name} (pool {pool})");
     let path = backend_path(pool, name, "drain");
     let raw = client
@@ -482,16 +637,30 @@ async fn drain_backend(
         out.say(&format!(
             "drained {name} (pool {pool}): no connection was open"
         ));
-        return Ok(());
+        return Ok(None);
     }
     let mut line = format!("draining {name} (pool {pool}): {} open", connections(open));
     if let Some(at) = &answer.drain_deadline {
         let _ = write!(line, "; the rest are closed at {at}");
     }
     out.say(&line);
-    if !wait {
-        return Ok(());
-    }
+    Ok(Some(open))
+}
+
+/// Wait until a draining backend has no connection left (bounded by its deadline plus slack).
+async fn wait_drained(
+    client: &Client,
+    out: &Output,
+    drain: &DrainRequest<'_>,
+    open: u64,
+    poll: Duration,
+) -> Result<(), CtlError> {
+    let DrainRequest {
+        pool,
+        name,
+        deadline,
+        ..
+    } = *drain;
     let cap = match deadline {
         Some(d) => d.duration + DEADLINE_SLACK,
         None => WAIT_WITHOUT_DEADLINE,
@@ -939,6 +1108,7 @@ fn short_duration(d: Duration) -> String {
 
 /// The admin API's address and credentials; one short-lived connection per request, so a
 /// `--wait` survives nothing stale between polls.
+#[derive(Clone)]
 struct Client {
     /// The URL as the operator gave it, for messages.
     admin: String,

@@ -729,3 +729,87 @@ fn a_refused_or_missing_token_exits_1_and_says_so() {
     assert_eq!(run.code, Some(0), "{run:?}");
     assert_eq!(run.stdout, "reloaded: fine\n");
 }
+
+#[test]
+fn several_admins_each_get_the_drain_and_each_result_is_reported() {
+    let (polls_a, polls_b) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (a, b) = (draining_fake(polls_a), draining_fake(polls_b));
+    let token = TokenFile::new("s3cret");
+    let run = ctl(
+        &a.url(),
+        &[
+            "--admin",
+            &b.url(),
+            "--token-file",
+            token.path(),
+            "drain",
+            "rabbit-a",
+            "--deadline",
+            "5m",
+            "--wait",
+        ],
+        &[],
+    );
+    assert_eq!(run.code, Some(0), "{run:?}");
+    for fake in [&a, &b] {
+        let url = fake.url();
+        assert!(
+            run.stdout
+                .contains(&format!("[{url}] rabbit-a (pool rabbitmq) is drained")),
+            "{run:?}"
+        );
+        assert!(run.stderr.contains(&format!("[{url}] ok")), "{run:?}");
+        let drains = fake
+            .requests()
+            .iter()
+            .filter(|r| r.is("POST", "/v1/pools/rabbitmq/backends/rabbit-a/drain"))
+            .count();
+        assert_eq!(drains, 1, "one drain per instance");
+    }
+}
+
+#[test]
+fn one_instance_down_of_a_pair_fails_the_command_and_names_it() {
+    let polls = Arc::new(AtomicUsize::new(0));
+    let up = draining_fake(polls);
+    let down = {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port())
+    };
+    let list = TokenFile::new(&format!(
+        "# the pair in front of the cluster\n{}\n\n{down}   # standby\n",
+        up.url()
+    ));
+    let token = TokenFile::new("s3cret");
+    let run = ctl(
+        &up.url(),
+        &[
+            "--admin-file",
+            list.path(),
+            "--token-file",
+            token.path(),
+            "drain",
+            "rabbit-a",
+            "--pool",
+            "rabbitmq",
+        ],
+        &[],
+    );
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(
+        run.stderr.contains(&format!("[{}] ok", up.url())),
+        "{run:?}"
+    );
+    assert!(
+        run.stderr.contains(&format!(
+            "[{down}] failed: cannot connect to the admin API at {down}"
+        )),
+        "{run:?}"
+    );
+    assert!(
+        run.stderr
+            .contains(&format!("warren ctl: failed on 1 of 2 instances: {down}")),
+        "{run:?}"
+    );
+    assert_eq!(up.requests().len(), 1, "the live instance was drained");
+}

@@ -3,7 +3,9 @@
 //! server refuses while RabbitMQ says the node is quorum-critical), run the operator's command
 //! (stop, upgrade, start), wait until the node has passed `rise` probes again, undrain, next.
 //!
-//! It uses only the admin API (like the rest of `ctl`) and the operator's command. Any failing
+//! With several `--admin` instances (a pair of warren in front of the same cluster), every
+//! drain and undrain goes to each of them, and the drains start together; health is read from
+//! the first. It uses only the admin API (like the rest of `ctl`) and the operator's command. Any failing
 //! step stops the walk where it is: the node at hand stays drained (never put back into
 //! service half-upgraded), and the error names the step and the command that continues.
 
@@ -12,8 +14,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use super::{
-    decode, drain_backend, find_backend, undrain_backend, BackendStatus, Client, CtlError,
-    Deadline, DrainRequest, Output, PoolStatus, Status,
+    decode, find_backend, start_drain, undrain_backend, wait_drained, BackendStatus, Client,
+    CtlError, Deadline, DrainRequest, Output, PoolStatus, Status,
 };
 
 /// What `warren ctl upgrade` was asked to do.
@@ -65,11 +67,12 @@ const STEPS: usize = 5;
 
 /// Walk the pool. On failure the error says where the walk stopped and how to go on.
 pub(super) async fn upgrade(
-    client: &Client,
+    clients: &[Client],
     out: &Output,
     plan: &Plan,
     poll: Duration,
 ) -> Result<(), CtlError> {
+    let client = &clients[0];
     let status = fetch_status(client).await?;
     let pool = pool_status(&status, &plan.pool)?;
     if pool.health_check.is_none() {
@@ -99,7 +102,7 @@ pub(super) async fn upgrade(
     for (i, name) in walk.iter().enumerate() {
         out.say(&format!("== {name} ({}/{})", i + 1, walk.len()));
         let resuming = i == 0 && plan.from.is_some();
-        if let Err((step, reason)) = upgrade_one(client, out, plan, name, resuming, poll).await {
+        if let Err((step, reason)) = upgrade_one(clients, out, plan, name, resuming, poll).await {
             return Err(CtlError::GaveUp(stopped_message(
                 plan,
                 name,
@@ -120,7 +123,7 @@ pub(super) async fn upgrade(
 
 /// The five steps for one backend; the error is the step that failed and why.
 async fn upgrade_one(
-    client: &Client,
+    clients: &[Client],
     out: &Output,
     plan: &Plan,
     name: &str,
@@ -135,6 +138,15 @@ async fn upgrade_one(
         ))
     };
     let fail = |step: Step| move |e: CtlError| (step, e.to_string());
+    let client = &clients[0];
+    let several = clients.len() > 1;
+    let on = |c: &Client| {
+        if several {
+            format!("[{}] ", c.admin)
+        } else {
+            String::new()
+        }
+    };
 
     step_line(Step::CheckPool);
     let status = fetch_status(client).await.map_err(fail(Step::CheckPool))?;
@@ -153,9 +165,22 @@ async fn upgrade_one(
         deadline: Some(&plan.deadline),
         force: plan.force,
     };
-    drain_backend(client, out, drain, true, poll)
-        .await
-        .map_err(fail(Step::Drain))?;
+    // Every instance stops new connections before any closes one: a client cut off by one
+    // instance must not reconnect through another to the node being drained.
+    let mut open = Vec::new();
+    for c in clients {
+        let started = start_drain(c, out, &drain)
+            .await
+            .map_err(|e| (Step::Drain, format!("{}{e}", on(c))))?;
+        open.push(started);
+    }
+    for (c, open) in clients.iter().zip(open) {
+        if let Some(open) = open {
+            wait_drained(c, out, &drain, open, poll)
+                .await
+                .map_err(|e| (Step::Drain, format!("{}{e}", on(c))))?;
+        }
+    }
 
     step_line(Step::RunCommand);
     // The probe count before the command: only probes run after it count toward `rise`.
@@ -185,9 +210,11 @@ async fn upgrade_one(
     .map_err(|e| (Step::WaitHealthy, e))?;
 
     step_line(Step::Undrain);
-    undrain_backend(client, out, &plan.pool, name)
-        .await
-        .map_err(fail(Step::Undrain))?;
+    for c in clients {
+        undrain_backend(c, out, &plan.pool, name)
+            .await
+            .map_err(|e| (Step::Undrain, format!("{}{e}", on(c))))?;
+    }
     Ok(())
 }
 
@@ -464,7 +491,9 @@ mod tests {
 
     #[test]
     fn the_pool_must_be_up_and_active_except_a_resumed_backend() {
-        let cases: &[(&[(&str, &str, &str)], bool, &[&str])] = &[
+        // (backends as (name, health, admin), resuming at a, problems found)
+        type Case<'a> = (&'a [(&'a str, &'a str, &'a str)], bool, &'a [&'a str]);
+        let cases: &[Case] = &[
             (&[("a", "up", "active"), ("b", "up", "active")], false, &[]),
             (
                 &[("a", "up", "active"), ("b", "down", "active")],

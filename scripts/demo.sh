@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# warren in five minutes, on one machine: a two-node RabbitMQ cluster on loopback, warren in
+# front of it, a publisher and a consumer running through warren while a node is drained and
+# undrained, then `warren ctl status` and a few metrics. Everything is removed at the end.
+#
+#   bash scripts/demo.sh          # as root on a fresh Debian/Ubuntu machine (installs RabbitMQ)
+#
+# Nodes: demo1 on 127.0.1.1, demo2 on 127.0.1.2 (AMQP 5672, management 15672 on each, like two
+# hosts); warren listens on 127.0.0.1:${WARREN_DEMO_PORT:-5670}, admin API on 127.0.0.1:9901
+# (set WARREN_DEMO_ADMIN_PORT to change it).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$(pwd)
+DEMO_DIR=${WARREN_DEMO_DIR:-/tmp/warren-demo}
+PORT=${WARREN_DEMO_PORT:-5670}
+ADMIN_PORT=${WARREN_DEMO_ADMIN_PORT:-9901}
+WARREN=$ROOT/target/release/warren
+CLIENT=$ROOT/target/release/examples/amqp_client
+export WARREN_ADMIN=http://127.0.0.1:$ADMIN_PORT
+
+say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+run() {
+    printf '$ %s\n' "$*"
+    "$@"
+}
+
+WARREN_PID=
+CLIENT_PID=
+cleanup() {
+    set +e
+    [ -n "$CLIENT_PID" ] && kill "$CLIENT_PID" 2>/dev/null
+    [ -n "$WARREN_PID" ] && kill "$WARREN_PID" 2>/dev/null && wait "$WARREN_PID" 2>/dev/null
+    bash scripts/rabbitmq.sh cleanup "$DEMO_DIR" >/dev/null 2>&1
+}
+trap cleanup EXIT
+
+# Wait (bounded) until a TCP port answers; bash's /dev/tcp needs no extra tool.
+wait_port() {
+    local host=$1 port=$2 i
+    for i in $(seq 1 100); do
+        (exec 3<>"/dev/tcp/$host/$port") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "nothing answers on $host:$port" >&2
+    return 1
+}
+
+# GET a path of the admin API without curl.
+admin_get() {
+    exec 3<>"/dev/tcp/127.0.0.1/$ADMIN_PORT"
+    printf 'GET %s HTTP/1.1\r\nHost: warren\r\nConnection: close\r\n\r\n' "$1" >&3
+    sed '1,/^\r$/d' <&3
+    exec 3<&-
+}
+
+say "1. Install what is missing"
+bash scripts/rabbitmq.sh install
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "cargo not found: install Rust stable with rustup (https://rustup.rs)" >&2
+    exit 1
+fi
+cargo build --release --quiet --bin warren --example amqp_client
+
+say "2. Start a two-node RabbitMQ cluster (demo1, demo2)"
+rm -rf "$DEMO_DIR"
+mkdir -p "$DEMO_DIR"
+bash scripts/rabbitmq.sh cluster "$DEMO_DIR" \
+    demo1:5672:25701:15672:127.0.1.1 demo2:5672:25702:15672:127.0.1.2
+
+say "3. Start warren in front of it"
+cat >"$DEMO_DIR/warren.toml" <<EOF
+[admin]
+listen = "127.0.0.1:$ADMIN_PORT"
+
+[[listener]]
+name = "amqp"
+listen = "127.0.0.1:$PORT"
+pool = "rabbitmq"
+connect_timeout = "5s"
+idle_timeout = "120s"
+
+[pool.rabbitmq]
+balance = "round_robin"
+
+# The management API's health check: it also lets warren refuse to drain a quorum-critical node.
+[pool.rabbitmq.health]
+kind = "http"
+url = "http://{host}:15672/api/health/checks/alarms"
+user = "guest"
+password = "guest"
+interval = "1s"
+rise = 2
+fall = 2
+
+[[pool.rabbitmq.backend]]
+name = "demo1"
+addr = "127.0.1.1:5672"
+
+[[pool.rabbitmq.backend]]
+name = "demo2"
+addr = "127.0.1.2:5672"
+EOF
+run "$WARREN" check --config "$DEMO_DIR/warren.toml"
+"$WARREN" run --config "$DEMO_DIR/warren.toml" 2>"$DEMO_DIR/warren.log" &
+WARREN_PID=$!
+wait_port 127.0.0.1 "$ADMIN_PORT"
+wait_port 127.0.0.1 "$PORT"
+for i in $(seq 1 50); do
+    admin_get /readyz | grep -q ready && break
+    sleep 0.2
+done
+
+say "4. A publisher (with confirms) and a consumer through warren, for 40 seconds"
+"$CLIENT" --addr "127.0.0.1:$PORT" --duration 40s >"$DEMO_DIR/client.out" 2>"$DEMO_DIR/client.err" &
+CLIENT_PID=$!
+sleep 5
+tail -n 1 "$DEMO_DIR/client.out"
+run "$WARREN" ctl status
+
+say "5. Drain demo1 (connections still open after 5s are closed; clients reconnect to demo2)"
+run "$WARREN" ctl drain demo1 --deadline 5s --wait
+sleep 3
+tail -n 1 "$DEMO_DIR/client.out"
+run "$WARREN" ctl status
+
+say "6. Undrain demo1"
+run "$WARREN" ctl undrain demo1 --wait-healthy
+run "$WARREN" ctl status
+
+say "7. Let the clients finish"
+CLIENT_RC=0
+wait "$CLIENT_PID" || CLIENT_RC=$?
+CLIENT_PID=
+tail -n 3 "$DEMO_DIR/client.out"
+
+say "8. A few metrics"
+admin_get /metrics | grep -E '^warren_(backend_connections_total|backend_up|pool_available_backends|connections_closed_total\{[^}]*reason="drain"|hook_runs_total|config_reloads_total)' || true
+
+say "9. Clean up"
+if [ "$CLIENT_RC" -eq 0 ]; then
+    echo "demo done: no confirmed message was lost while demo1 was drained and undrained"
+else
+    echo "demo done, but the client reported lost messages (see $DEMO_DIR/client.out)" >&2
+    exit 1
+fi

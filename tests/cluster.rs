@@ -1,0 +1,850 @@
+//! warren in front of a real RabbitMQ cluster (Debian's `rabbitmq-server`, started on loopback
+//! by `scripts/rabbitmq.sh cluster`), driven by a real AMQP client (lapin): confirms, a node
+//! killed under load, drain and undrain with `warren ctl`, PROXY protocol v2, every probe kind
+//! through `stop_app`/`start_app`, and the rolling upgrade of `warren ctl upgrade`.
+//!
+//! Three clusters: a plain two-node one shared by four scenarios, a two-node one with
+//! `proxy_protocol = true`, and a three-node one with a quorum queue for the upgrade. The tests
+//! take turns (a cluster is two or three Erlang VMs, and CI machines have two cores). Skipped
+//! with a SKIP line when RabbitMQ is missing.
+
+mod common;
+#[path = "common/rabbit.rs"]
+mod rabbit;
+
+use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_lite::StreamExt;
+use tokio_util::sync::CancellationToken;
+use warren::state::Health;
+
+use common::{quick, wait_for, Warren};
+use rabbit::{Cluster, Node};
+
+/// One cluster at a time.
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const WARREN: &str = env!("CARGO_BIN_EXE_warren");
+
+/// Probes every second, two in a row to flip: a node's state shows within about two seconds.
+fn probe_toml(kind: &str, cluster: &Cluster) -> String {
+    let extra = match kind {
+        "amqp_login" => "uri = \"amqp://guest:guest@{host}:{port}/%2f\"".to_string(),
+        "http" => format!(
+            "url = \"http://{{host}}:{}/api/health/checks/alarms\"\nuser = \"guest\"\npassword = \"guest\"",
+            cluster.nodes[0].mgmt.port()
+        ),
+        _ => String::new(),
+    };
+    format!(
+        "kind = \"{kind}\"\n{extra}\ninterval = \"1s\"\ntimeout = \"900ms\"\nrise = 2\nfall = 2\n"
+    )
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A warren config with an admin API, and for each `(pool, probe kind)` a listener and a pool
+/// of every node of `cluster`. `listener_extra` goes into each listener.
+fn config(
+    cluster: &Cluster,
+    pools: &[(&str, &str)],
+    listener_extra: &str,
+) -> warren::config::Config {
+    let mut toml = format!("[admin]\nlisten = \"127.0.0.1:{}\"\n", free_port());
+    for (pool, kind) in pools {
+        toml += &format!(
+            "[[listener]]\nname = \"{pool}\"\nlisten = \"127.0.0.1:{}\"\npool = \"{pool}\"\n\
+             connect_timeout = \"2s\"\nidle_timeout = \"120s\"\n{listener_extra}\n\
+             [pool.{pool}]\nbalance = \"round_robin\"\nmin_available = 1\n\
+             [pool.{pool}.health]\n{}",
+            free_port(),
+            probe_toml(kind, cluster)
+        );
+        for node in &cluster.nodes {
+            toml += &format!(
+                "[[pool.{pool}.backend]]\nname = \"{}\"\naddr = \"{}\"\n",
+                node.name, node.amqp
+            );
+        }
+    }
+    warren::config::from_toml(&toml, Path::new("cluster-test.toml"))
+        .unwrap_or_else(|e| panic!("test config: {e}\n{toml}"))
+}
+
+fn health(warren: &Warren, pool: &str, node: &Node) -> Health {
+    warren
+        .health
+        .backend(pool, &node.name)
+        .map_or(Health::Unknown, |b| b.health)
+}
+
+async fn wait_health(warren: &Warren, pool: &str, node: &Node, want: Health, within: Duration) {
+    wait_for(
+        &format!("{} in pool {pool} to be {want:?}", node.name),
+        within,
+        || health(warren, pool, node) == want,
+    )
+    .await;
+}
+
+/// Run `warren ctl --admin ADMIN ARGS`; (exit code, stdout, stderr).
+async fn ctl(warren: &Warren, args: &[&str]) -> (i32, String, String) {
+    let admin = format!("http://{}", warren.admin.expect("admin API"));
+    let out = tokio::process::Command::new(WARREN)
+        .arg("ctl")
+        .arg("--admin")
+        .arg(&admin)
+        .args(args)
+        .env("WARREN_CTL_POLL_MS", "100")
+        .output()
+        .await
+        .expect("run warren ctl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Blocking cluster operations (they run rabbitmqctl) off the runtime's threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("blocking task")
+}
+
+fn id_of(payload: &[u8]) -> u64 {
+    std::str::from_utf8(payload)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("payload {payload:?} is not an id"))
+}
+
+async fn ten_thousand_confirmed_messages_go_through_warren_and_come_back_once(
+    cluster: &Arc<Cluster>,
+) {
+    let warren = Warren::start(config(cluster, &[("amqp", "amqp")], ""), quick());
+    for node in &cluster.nodes {
+        wait_health(&warren, "amqp", node, Health::Up, Duration::from_secs(20)).await;
+    }
+    const N: u64 = 10_000;
+    const WINDOW: u64 = 500;
+
+    // Publisher and consumer on separate connections: round robin puts them on different
+    // nodes, so every message also crosses the cluster.
+    let publisher = rabbit::connect(warren.addr, "warren-test-pub")
+        .await
+        .unwrap();
+    let channel = rabbit::confirm_channel(&publisher).await.unwrap();
+    rabbit::declare(&channel, "confirms", false).await.unwrap();
+    let consumer_conn = rabbit::connect(warren.addr, "warren-test-sub")
+        .await
+        .unwrap();
+    let consumer_channel = consumer_conn.create_channel().await.unwrap();
+    let mut consumer = rabbit::consume(&consumer_channel, "confirms", 500)
+        .await
+        .unwrap();
+
+    let started = Instant::now();
+    let mut acked = 0;
+    for window in 0..N / WINDOW {
+        let mut pending = Vec::with_capacity(WINDOW as usize);
+        for id in window * WINDOW..(window + 1) * WINDOW {
+            pending.push(
+                channel
+                    .basic_publish(
+                        "".into(),
+                        "confirms".into(),
+                        Default::default(),
+                        id.to_string().as_bytes(),
+                        lapin::BasicProperties::default().with_delivery_mode(2),
+                    )
+                    .await
+                    .unwrap(),
+            );
+        }
+        for confirm in pending {
+            let confirmation = tokio::time::timeout(rabbit::CLIENT_TIMEOUT, confirm)
+                .await
+                .expect("confirm within the client timeout")
+                .unwrap();
+            assert!(confirmation.is_ack(), "broker nacked a message");
+            acked += 1;
+        }
+    }
+    assert_eq!(acked, N);
+
+    let mut seen = HashSet::new();
+    let mut duplicates_not_redelivered = 0;
+    while (seen.len() as u64) < N {
+        let delivery = tokio::time::timeout(rabbit::CLIENT_TIMEOUT, consumer.next())
+            .await
+            .unwrap_or_else(|_| panic!("stuck after {} of {N} messages", seen.len()))
+            .expect("consumer open")
+            .unwrap();
+        if !seen.insert(id_of(&delivery.data)) && !delivery.redelivered {
+            duplicates_not_redelivered += 1;
+        }
+        rabbit::ack(&delivery).await.unwrap();
+    }
+    eprintln!(
+        "{N} messages published with confirms and consumed through warren in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(seen, (0..N).collect::<HashSet<_>>(), "every id exactly");
+    assert_eq!(
+        duplicates_not_redelivered, 0,
+        "a duplicate without the redelivered flag"
+    );
+    // Nothing left in the queue: a passive declare reports the count.
+    let left = consumer_channel
+        .queue_declare(
+            "confirms".into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(left.message_count(), 0);
+    let _ = publisher.close(200, "done".into()).await;
+    let _ = consumer_conn.close(200, "done".into()).await;
+    warren.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two_node_cluster_behind_warren() {
+    if !rabbit::available("a_two_node_cluster_behind_warren") {
+        return;
+    }
+    let _turn = TURN.lock().await;
+    let cluster = Arc::new(blocking(|| Cluster::start("c", 2, &[])).await);
+    // One cluster for four scenarios (a cluster takes half a minute to start). Each leaves the
+    // cluster as it found it, except the last, which kills a node.
+    let scenarios = Instant::now();
+    ten_thousand_confirmed_messages_go_through_warren_and_come_back_once(&cluster).await;
+    every_probe_kind_follows_stop_app_and_start_app_on_a_cluster_node(&cluster).await;
+    drain_moves_clients_off_a_node_and_undrain_brings_it_back(&cluster).await;
+    a_killed_node_leaves_reconnecting_clients_on_the_survivor(&cluster).await;
+    eprintln!(
+        "four scenarios in {:.1}s",
+        scenarios.elapsed().as_secs_f64()
+    );
+}
+
+/// One client cycle: connect, open a confirm channel, declare an exclusive queue, publish one
+/// message with a confirm, get it back, close. Err says which step failed.
+async fn client_cycle(addr: SocketAddr, name: &str) -> Result<(), (bool, String)> {
+    let connection = rabbit::connect(addr, name)
+        .await
+        .map_err(|e| (true, format!("connect: {e}")))?;
+    let work = async {
+        let e = |step: &'static str| move |e: lapin::Error| format!("{step}: {e}");
+        let channel = rabbit::confirm_channel(&connection)
+            .await
+            .map_err(e("channel"))?;
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                lapin::options::QueueDeclareOptions {
+                    exclusive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await
+            .map_err(e("declare"))?;
+        let queue = queue.name().as_str().to_string();
+        if !rabbit::publish_confirmed(&channel, &queue, b"ping")
+            .await
+            .map_err(e("publish"))?
+        {
+            return Err("publish: nacked".to_string());
+        }
+        let got = channel
+            .basic_get(
+                queue.as_str().into(),
+                lapin::options::BasicGetOptions { no_ack: true },
+            )
+            .await
+            .map_err(e("get"))?;
+        if got.is_none() {
+            return Err("get: the published message is not in the queue".to_string());
+        }
+        connection
+            .close(200, "cycle done".into())
+            .await
+            .map_err(e("close"))
+    };
+    tokio::time::timeout(rabbit::CLIENT_TIMEOUT, work)
+        .await
+        .map_err(|_| (false, "timed out".to_string()))?
+        .map_err(|e| (false, e))
+}
+
+async fn a_killed_node_leaves_reconnecting_clients_on_the_survivor(cluster: &Arc<Cluster>) {
+    let warren = Warren::start(config(cluster, &[("amqp", "amqp")], ""), quick());
+    for node in &cluster.nodes {
+        wait_health(&warren, "amqp", node, Health::Up, Duration::from_secs(20)).await;
+    }
+
+    // (started at, connect failed?, error) of every attempt.
+    type Attempts = Arc<Mutex<Vec<(Instant, Result<(), (bool, String)>)>>>;
+    let attempts: Attempts = Arc::default();
+    let stop = CancellationToken::new();
+    let mut workers = Vec::new();
+    for w in 0..4 {
+        let (attempts, stop, addr) = (attempts.clone(), stop.clone(), warren.addr);
+        workers.push(tokio::spawn(async move {
+            // Bounded: the test stops the loop, and 10,000 cycles is far more than it gets to.
+            for i in 0..10_000 {
+                if stop.is_cancelled() {
+                    break;
+                }
+                let started = Instant::now();
+                let result = client_cycle(addr, &format!("warren-test-k{w}-{i}")).await;
+                let failed = result.is_err();
+                attempts.lock().unwrap().push((started, result));
+                if failed {
+                    // The reconnect loop of a real client: a short pause, then again.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let victim = cluster.nodes[0].clone();
+    let c = cluster.clone();
+    let name = victim.name.clone();
+    blocking(move || c.kill(&name)).await;
+    let killed = Instant::now();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    stop.cancel();
+    for w in workers {
+        w.await.unwrap();
+    }
+
+    let attempts = std::mem::take(&mut *attempts.lock().unwrap());
+    let before = attempts.iter().filter(|(t, _)| *t < killed).count();
+    let after: Vec<_> = attempts.iter().filter(|(t, _)| *t >= killed).collect();
+    let failed_after: Vec<_> = after.iter().filter_map(|(_, r)| r.as_ref().err()).collect();
+    let in_flight_failures = attempts
+        .iter()
+        .filter(|(t, r)| *t < killed && r.is_err())
+        .count();
+    eprintln!(
+        "{before} cycles before the kill ({in_flight_failures} failed, in flight on the killed node), {} after, {} of them failed",
+        after.len(),
+        failed_after.len()
+    );
+    assert!(before >= 4, "the clients worked before the kill");
+    assert!(after.len() >= 8, "the clients kept working after the kill");
+    assert!(
+        failed_after.is_empty(),
+        "attempts started after the kill failed: {failed_after:?}"
+    );
+    assert_eq!(
+        warren.metric(r#"warren_listener_rejected_total{listener="amqp",reason="no_backend"}"#),
+        0.0
+    );
+    wait_health(
+        &warren,
+        "amqp",
+        &victim,
+        Health::Down,
+        Duration::from_secs(10),
+    )
+    .await;
+    wait_health(
+        &warren,
+        "amqp",
+        &cluster.nodes[1],
+        Health::Up,
+        Duration::from_secs(1),
+    )
+    .await;
+    warren.stop().await;
+}
+
+async fn drain_moves_clients_off_a_node_and_undrain_brings_it_back(cluster: &Arc<Cluster>) {
+    let warren = Warren::start(config(cluster, &[("amqp", "tcp")], ""), quick());
+    let (a, b) = (cluster.nodes[0].clone(), cluster.nodes[1].clone());
+    for node in [&a, &b] {
+        wait_health(&warren, "amqp", node, Health::Up, Duration::from_secs(20)).await;
+    }
+    let count = |node: &Node, prefix: &'static str| {
+        let (c, name) = (cluster.clone(), node.name.clone());
+        blocking(move || c.connections_on(&name, prefix))
+    };
+
+    let mut held = Vec::new();
+    for i in 0..6 {
+        held.push(
+            rabbit::connect(warren.addr, &format!("warren-test-held-{i}"))
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(
+        count(&a, "warren-test-held").await,
+        3,
+        "round robin: half on a"
+    );
+    assert_eq!(
+        count(&b, "warren-test-held").await,
+        3,
+        "round robin: half on b"
+    );
+
+    let (code, stdout, stderr) =
+        ctl(&warren, &["drain", &a.name, "--deadline", "2s", "--wait"]).await;
+    assert_eq!(code, 0, "ctl drain: {stdout}{stderr}");
+    assert!(
+        stdout.contains(&format!("{} (pool amqp) is drained", a.name)),
+        "{stdout}"
+    );
+    // RabbitMQ sees the TCP close at once; allow its bookkeeping a moment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count(&a, "warren-test").await != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "connections left on the drained node"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        count(&b, "warren-test-held").await,
+        3,
+        "b's clients untouched"
+    );
+    let closed_on_a = held.iter().filter(|c| !c.status().connected()).count();
+    assert_eq!(
+        closed_on_a, 3,
+        "the clients of a saw their connection closed"
+    );
+
+    let mut fresh = Vec::new();
+    for i in 0..4 {
+        fresh.push(
+            rabbit::connect(warren.addr, &format!("warren-test-new-{i}"))
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(
+        count(&a, "warren-test").await,
+        0,
+        "nothing new lands on a drained node"
+    );
+    assert_eq!(count(&b, "warren-test-new").await, 4);
+
+    let (code, stdout, stderr) = ctl(&warren, &["undrain", &a.name, "--wait-healthy"]).await;
+    assert_eq!(code, 0, "ctl undrain: {stdout}{stderr}");
+    for i in 0..4 {
+        fresh.push(
+            rabbit::connect(warren.addr, &format!("warren-test-back-{i}"))
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(
+        count(&a, "warren-test-back").await,
+        2,
+        "a takes its share again"
+    );
+    for c in held.into_iter().chain(fresh) {
+        let _ = c.close(200, "done".into()).await;
+    }
+    warren.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_v2_shows_rabbitmq_the_client_address() {
+    if !rabbit::available("proxy_protocol_v2_shows_rabbitmq_the_client_address") {
+        return;
+    }
+    let _turn = TURN.lock().await;
+    let cluster = Arc::new(blocking(|| Cluster::start("p", 2, &["proxy_protocol = true"])).await);
+    // Every probe kind must still pass against nodes that demand the PROXY header.
+    let pools = [
+        ("amqp", "amqp_login"),
+        ("amqp2", "amqp"),
+        ("tcp", "tcp"),
+        ("http", "http"),
+    ];
+    let warren = Warren::start(config(&cluster, &pools, "proxy_protocol = \"v2\""), quick());
+    for (pool, _) in pools {
+        for node in &cluster.nodes {
+            wait_health(&warren, pool, node, Health::Up, Duration::from_secs(20)).await;
+        }
+    }
+    // From 127.0.0.2, so the address RabbitMQ sees tells the client from warren (127.0.0.1).
+    let client_ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+    let connection = rabbit::connect_from(client_ip, warren.addr, "warren-test-pp")
+        .await
+        .unwrap();
+    let channel = rabbit::confirm_channel(&connection).await.unwrap();
+    rabbit::declare(&channel, "pp", false).await.unwrap();
+    assert!(rabbit::publish_confirmed(&channel, "pp", b"1")
+        .await
+        .unwrap());
+
+    let c = cluster.clone();
+    let peers: Vec<String> = blocking(move || c.connections("warren-test-pp"))
+        .await
+        .into_iter()
+        .map(|(_, peer)| peer)
+        .collect();
+    assert_eq!(peers, ["127.0.0.2"], "RabbitMQ sees the client, not warren");
+    let _ = connection.close(200, "done".into()).await;
+    for (pool, _) in pools {
+        for node in &cluster.nodes {
+            assert_eq!(
+                health(&warren, pool, node),
+                Health::Up,
+                "{pool} {}",
+                node.name
+            );
+        }
+    }
+    warren.stop().await;
+}
+
+async fn every_probe_kind_follows_stop_app_and_start_app_on_a_cluster_node(cluster: &Arc<Cluster>) {
+    let pools = [
+        ("tcp", "tcp"),
+        ("amqp", "amqp"),
+        ("amqp_login", "amqp_login"),
+        ("http", "http"),
+    ];
+    let warren = Warren::start(config(cluster, &pools, ""), quick());
+    let (a, b) = (cluster.nodes[0].clone(), cluster.nodes[1].clone());
+    for (pool, _) in pools {
+        for node in [&a, &b] {
+            wait_health(&warren, pool, node, Health::Up, Duration::from_secs(20)).await;
+        }
+    }
+    let (c, name) = (cluster.clone(), a.name.clone());
+    blocking(move || c.stop_app(&name)).await;
+    for (pool, _) in pools {
+        wait_health(&warren, pool, &a, Health::Down, Duration::from_secs(10)).await;
+    }
+    for (pool, _) in pools {
+        assert_eq!(health(&warren, pool, &b), Health::Up, "{pool}: b stays up");
+        let reason = warren
+            .health
+            .backend(pool, &a.name)
+            .and_then(|h| h.last_probe)
+            .map(|p| p.reason)
+            .unwrap_or_default();
+        eprintln!("{pool}: {} is down: {reason}", a.name);
+    }
+    let (c, name) = (cluster.clone(), a.name.clone());
+    blocking(move || c.start_app(&name)).await;
+    for (pool, _) in pools {
+        wait_health(&warren, pool, &a, Health::Up, Duration::from_secs(20)).await;
+    }
+    warren.stop().await;
+}
+
+/// Published and confirmed ids, and consumed ids, of the clients of the upgrade test.
+#[derive(Default)]
+struct Ledger {
+    confirmed: HashSet<u64>,
+    consumed: HashSet<u64>,
+    /// When the last confirm / delivery happened.
+    last_confirm: Option<Instant>,
+    last_delivery: Option<Instant>,
+    reconnects: u32,
+}
+
+/// A publisher with confirms in a reconnect loop: ids 0, 1, 2... to the quorum queue `queue`.
+async fn publisher(
+    addr: SocketAddr,
+    queue: &'static str,
+    ledger: Arc<Mutex<Ledger>>,
+    stop: CancellationToken,
+) {
+    let mut next_id = 0u64;
+    for attempt in 0..10_000u32 {
+        if stop.is_cancelled() {
+            return;
+        }
+        if attempt > 0 {
+            ledger.lock().unwrap().reconnects += 1;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let Ok(connection) = rabbit::connect(addr, "warren-test-publisher").await else {
+            continue;
+        };
+        let Ok(channel) = rabbit::confirm_channel(&connection).await else {
+            continue;
+        };
+        while !stop.is_cancelled() {
+            let id = next_id;
+            next_id += 1;
+            let sent = tokio::time::timeout(
+                rabbit::CLIENT_TIMEOUT,
+                rabbit::publish_confirmed(&channel, queue, id.to_string().as_bytes()),
+            )
+            .await;
+            match sent {
+                Ok(Ok(true)) => {
+                    let mut l = ledger.lock().unwrap();
+                    l.confirmed.insert(id);
+                    l.last_confirm = Some(Instant::now());
+                }
+                // A nack or an error: not confirmed, so not promised; reconnect and go on.
+                _ => break,
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let _ = connection.close(200, "publisher done".into()).await;
+    }
+}
+
+/// A consumer with manual acks in a reconnect loop.
+async fn consumer(
+    addr: SocketAddr,
+    queue: &'static str,
+    ledger: Arc<Mutex<Ledger>>,
+    stop: CancellationToken,
+) {
+    for attempt in 0..10_000u32 {
+        if stop.is_cancelled() {
+            return;
+        }
+        if attempt > 0 {
+            ledger.lock().unwrap().reconnects += 1;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let Ok(connection) = rabbit::connect(addr, "warren-test-consumer").await else {
+            continue;
+        };
+        let Ok(channel) = connection.create_channel().await else {
+            continue;
+        };
+        let Ok(mut deliveries) = rabbit::consume(&channel, queue, 100).await else {
+            continue;
+        };
+        loop {
+            let next = tokio::select! {
+                () = stop.cancelled() => return,
+                next = tokio::time::timeout(Duration::from_secs(5), deliveries.next()) => next,
+            };
+            match next {
+                // Quiet for a while: fine, the publisher may be reconnecting.
+                Err(_) => continue,
+                Ok(Some(Ok(delivery))) => {
+                    let id = id_of(&delivery.data);
+                    if rabbit::ack(&delivery).await.is_err() {
+                        break;
+                    }
+                    let mut l = ledger.lock().unwrap();
+                    l.consumed.insert(id);
+                    l.last_delivery = Some(Instant::now());
+                }
+                Ok(_) => break,
+            }
+        }
+        let _ = connection.close(200, "consumer done".into()).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_upgrade_walks_a_three_node_cluster_without_losing_a_confirmed_message() {
+    if !rabbit::available(
+        "rolling_upgrade_walks_a_three_node_cluster_without_losing_a_confirmed_message",
+    ) {
+        return;
+    }
+    let _turn = TURN.lock().await;
+    let cluster = Arc::new(blocking(|| Cluster::start("u", 3, &[])).await);
+    // The http probe on the management API is what lets warren ask the quorum question.
+    let warren = Warren::start(config(&cluster, &[("rabbitmq", "http")], ""), quick());
+    for node in &cluster.nodes {
+        wait_health(
+            &warren,
+            "rabbitmq",
+            node,
+            Health::Up,
+            Duration::from_secs(20),
+        )
+        .await;
+    }
+    let setup = rabbit::connect(warren.addr, "warren-test-setup")
+        .await
+        .unwrap();
+    let channel = setup.create_channel().await.unwrap();
+    rabbit::declare(&channel, "orders", true).await.unwrap();
+    let _ = setup.close(200, "setup done".into()).await;
+    let (n1, n3) = (cluster.nodes[0].clone(), cluster.nodes[2].clone());
+
+    // With n3 stopped, the quorum queue has 2 of 3 members online: n1 is quorum-critical.
+    let (c, name) = (cluster.clone(), n3.name.clone());
+    blocking(move || c.stop_app(&name)).await;
+    wait_health(
+        &warren,
+        "rabbitmq",
+        &n3,
+        Health::Down,
+        Duration::from_secs(10),
+    )
+    .await;
+    let (code, stdout, stderr) = ctl(&warren, &["drain", &n1.name, "--deadline", "2s"]).await;
+    assert_eq!(code, 1, "drain of a quorum-critical node: {stdout}{stderr}");
+    assert!(
+        stderr.contains("quorum-critical") && stderr.contains("queue 'orders'"),
+        "{stderr}"
+    );
+    // The walk refuses to start while a node is down, and says so.
+    let run = cluster.restart_app_command();
+    let (code, stdout, stderr) = ctl(
+        &warren,
+        &[
+            "upgrade",
+            "--pool",
+            "rabbitmq",
+            "--run",
+            &run,
+            "--deadline",
+            "2s",
+        ],
+    )
+    .await;
+    assert_eq!(code, 1, "upgrade with a node down: {stdout}{stderr}");
+    assert!(
+        stderr.contains(&format!("stopped at {}, step 1/5", n1.name))
+            && stderr.contains(&format!("{} is down", n3.name))
+            && stderr.contains("was not touched"),
+        "{stderr}"
+    );
+    let (c, name) = (cluster.clone(), n3.name.clone());
+    blocking(move || c.start_app(&name)).await;
+    wait_health(
+        &warren,
+        "rabbitmq",
+        &n3,
+        Health::Up,
+        Duration::from_secs(20),
+    )
+    .await;
+
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let stop = CancellationToken::new();
+    let clients = [
+        tokio::spawn(publisher(
+            warren.addr,
+            "orders",
+            ledger.clone(),
+            stop.clone(),
+        )),
+        tokio::spawn(consumer(
+            warren.addr,
+            "orders",
+            ledger.clone(),
+            stop.clone(),
+        )),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ledger.lock().unwrap().consumed.len() < 20 {
+        assert!(Instant::now() < deadline, "clients did not start working");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let started = Instant::now();
+    let (code, stdout, stderr) = ctl(
+        &warren,
+        &[
+            "upgrade",
+            "--pool",
+            "rabbitmq",
+            "--run",
+            &run,
+            "--deadline",
+            "2s",
+        ],
+    )
+    .await;
+    eprintln!("{stdout}");
+    assert_eq!(code, 0, "upgrade: {stdout}{stderr}");
+    assert!(
+        stdout.contains("pool rabbitmq: all 3 backend(s) upgraded, undrained and healthy"),
+        "{stdout}"
+    );
+    for node in &cluster.nodes {
+        assert!(stdout.contains(&format!("[3/5] {}: run the upgrade command", node.name)));
+        assert!(
+            stdout.contains(&format!("quorum check of {}: safe", node.name)),
+            "{stdout}"
+        );
+    }
+    let upgraded = Instant::now();
+    eprintln!(
+        "upgrade of 3 nodes took {:.1}s",
+        (upgraded - started).as_secs_f64()
+    );
+
+    // Both clients still work after the walk: new confirms and new deliveries.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let working = {
+            let l = ledger.lock().unwrap();
+            l.last_confirm.is_some_and(|t| t > upgraded)
+                && l.last_delivery.is_some_and(|t| t > upgraded)
+        };
+        if working {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "clients stopped working after the upgrade"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Stop publishing, then let the consumer catch up: every confirmed id must arrive.
+    let publisher_task = &clients[0];
+    publisher_task.abort();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (missing, summary) = {
+            let l = ledger.lock().unwrap();
+            let summary = format!(
+                "{} confirmed, {} consumed, {} reconnects during the upgrade",
+                l.confirmed.len(),
+                l.consumed.len(),
+                l.reconnects
+            );
+            (l.confirmed.difference(&l.consumed).count(), summary)
+        };
+        if missing == 0 {
+            eprintln!("{summary}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} confirmed messages never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.cancel();
+    for c in clients {
+        let _ = c.await;
+    }
+    for node in &cluster.nodes {
+        let b = warren.routing.load_full();
+        let backend = b.pools["rabbitmq"].backend(&node.name).unwrap();
+        assert!(backend.available(), "{} is back in service", node.name);
+    }
+    warren.stop().await;
+}

@@ -6,9 +6,10 @@
 //! (`tcp_nodelay on`, `proxy_half_close on`, `proxy_protocol_timeout 30s`) are taken as
 //! translated and produce no warning.
 //!
-//! Everything here is pure: files are read through the [`Files`] trait, so tests feed strings.
-//! It must not touch sockets, the runtime or shared state, and does not resolve host names
-//! (`warren check` does, when it loads the output).
+//! The translation is pure: files are read through the [`Files`] trait ([`FsFiles`] for the real
+//! file system), so tests feed strings; only [`run`], the CLI edge, prints. It must not touch
+//! sockets, the runtime or shared state, and does not resolve host names (`warren check` does,
+//! when it loads the output).
 
 use std::collections::HashSet;
 use std::fmt::{self, Write as _};
@@ -118,7 +119,8 @@ pub enum ImportError {
 pub trait Files {
     /// The whole file as UTF-8.
     fn read(&self, path: &Path) -> io::Result<String>;
-    /// Names of the entries of a directory (files and subdirectories), in any order.
+    /// Names of the entries of a directory (files and subdirectories), in any order;
+    /// `NotFound` when there is no such directory, no names when `dir` is a file.
     fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>>;
 }
 
@@ -136,6 +138,10 @@ impl Files for FsFiles {
         } else {
             dir
         };
+        // A file where the pattern wants a directory matches nothing, as with glob(3).
+        if dir.exists() && !dir.is_dir() {
+            return Ok(Vec::new());
+        }
         let mut names = Vec::new();
         for entry in std::fs::read_dir(dir)? {
             names.push(entry?.file_name().to_string_lossy().into_owned());
@@ -579,7 +585,6 @@ fn glob(files: &dyn Files, pattern: &Path) -> io::Result<Vec<PathBuf>> {
             let names = match files.list_dir(dir) {
                 Ok(names) => names,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) if e.kind() == io::ErrorKind::NotADirectory => continue,
                 Err(e) => return Err(e),
             };
             for name in names {

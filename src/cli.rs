@@ -37,6 +37,12 @@ pub enum Command {
     },
     /// Talk to a running warren through its admin API: status, drain, undrain, reload.
     Ctl(ctl::CtlArgs),
+    /// Translate an NGINX config's `stream` block into warren TOML on stdout; what does not
+    /// translate is listed on stderr with file and line.
+    ImportNginx {
+        /// The NGINX config (nginx.conf); relative includes are read from its directory.
+        file: PathBuf,
+    },
 }
 
 /// Flags of `warren run`.
@@ -72,6 +78,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Run(args) => run_server(args),
         Command::Ctl(args) => ctl::run(args),
+        Command::ImportNginx { file } => crate::import_nginx::run(&file),
     }
 }
 

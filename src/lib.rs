@@ -14,6 +14,7 @@ pub mod ctl;
 pub mod drain;
 pub mod health;
 pub mod hooks;
+pub mod import_nginx;
 pub mod metrics;
 pub mod proxy;
 pub mod proxy_protocol;

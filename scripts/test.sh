@@ -27,7 +27,14 @@ install_test_deps() {
     if ! command -v setpriv >/dev/null 2>&1; then
         missing+=(util-linux iproute2)
     fi
-    # RabbitMQ for the real-node probe tests (and later the cluster tests).
+    # promtool validates config/prometheus/alerts.yml; keepalived checks the pair example.
+    if ! command -v promtool >/dev/null 2>&1; then
+        missing+=(prometheus)
+    fi
+    if ! command -v keepalived >/dev/null 2>&1; then
+        missing+=(keepalived)
+    fi
+    # RabbitMQ for the real-node probe tests and the cluster tests (tests/cluster.rs).
     if [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
         if [ "$(id -u)" -eq 0 ]; then
             log "installing rabbitmq-server"

@@ -1,4 +1,4 @@
-//! The command line: `warren run`, `warren check`, `warren ctl`, `--version`. Parsing is clap's; each
+//! The command line: `warren run`, `warren check`, `warren ctl`, `warren import-nginx`, `--version`. Parsing is clap's; each
 //! subcommand turns its flags into library calls. This is the binary's edge: errors become a
 //! message on stderr and an exit code here, nowhere else.
 

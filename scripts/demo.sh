@@ -90,6 +90,7 @@ url = "http://{host}:15672/api/health/checks/alarms"
 user = "guest"
 password = "guest"
 interval = "1s"
+timeout = "800ms"
 rise = 2
 fall = 2
 

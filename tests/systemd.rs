@@ -3,8 +3,9 @@
 //! `NOTIFY_SOCKET` hears `READY=1` only once the listener accepts, `RELOADING=1` … `READY=1`
 //! around a reload (good or bad), `WATCHDOG=1`, and `STOPPING=1` on SIGTERM; and with socket
 //! activation warren serves on the socket passed as fd 3, and a restart while the test holds
-//! that socket open refuses no connection. Every warren here is a child process, killed by a
-//! guard also when a test panics.
+//! that socket open refuses no connection. Also `--log-file`, where a service without stderr
+//! (Windows) logs. Every warren here is a child process, killed by a guard also when a test
+//! panics.
 #![cfg(target_os = "linux")]
 
 mod common;
@@ -472,4 +473,65 @@ async fn socket_activation_serves_and_a_restart_refuses_nothing() {
     second.signal(Signal::SIGTERM);
     let status = second.exited(15 * SECOND).await;
     assert!(status.success(), "second warren exited with {status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_file_holds_the_log_a_service_has_no_stderr_for() {
+    let dir = TempDir::new("log-file");
+    let backend = spawn_backend(common::echo).await;
+    let config = dir.0.join("warren.toml");
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    write_config(&config, &[("amqp", addr)], backend.addr);
+    let mut systemd = FakeSystemd::bind(&dir.0);
+    let log_file = dir.0.join("service.log");
+
+    let mut command = clean_command(WARREN);
+    command
+        .arg("--log-file")
+        .arg(&log_file)
+        .args(["run", "--shutdown-grace", "1s", "--config"])
+        .arg(&config)
+        .env("NOTIFY_SOCKET", &systemd.path)
+        .stdin(Stdio::null());
+    let mut warren = WarrenProcess::spawn(command, dir.0.join("stderr.log"));
+    let ready = systemd.next_state(START).await;
+    assert_eq!(field(&ready, "READY"), Some("1"), "{ready}");
+    warren.signal(Signal::SIGTERM);
+    let status = warren.exited(15 * SECOND).await;
+    assert!(status.success(), "warren exited with {status}");
+
+    let log = std::fs::read_to_string(&log_file).unwrap();
+    assert!(log.contains("warren started"), "{log}");
+    assert!(log.contains("SIGTERM: stopping gracefully"), "{log}");
+    assert!(log.trim_end().ends_with("stopped"), "{log}");
+    assert!(!log.contains('\u{1b}'), "no colour codes in a file: {log}");
+    assert_eq!(warren.log(), "", "nothing on stderr");
+
+    // Appended, never truncated: a second run adds to the same file.
+    let before = log.len();
+    let out = clean_command(WARREN)
+        .arg("--log-file")
+        .arg(&log_file)
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(std::fs::read_to_string(&log_file).unwrap().len() >= before);
+
+    // A log file that cannot be opened is a usage error, said on stderr.
+    let missing = dir.0.join("no-such-dir").join("warren.log");
+    let out = clean_command(WARREN)
+        .arg("--log-file")
+        .arg(&missing)
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with(&format!("cannot open the log file {}: ", missing.display())),
+        "{stderr}"
+    );
 }

@@ -263,7 +263,8 @@ pub fn parse_watchdog(
     if micros == 0 {
         return Err(env_error("WATCHDOG_USEC", usec, "must be above 0"));
     }
-    Ok(Some(Duration::from_micros(micros / 2)))
+    // At least 1 µs: a zero period would be no interval at all.
+    Ok(Some(Duration::from_micros((micros / 2).max(1))))
 }
 
 /// The descriptors systemd passed to `pid`, with their names (`None` without
@@ -715,6 +716,10 @@ mod tests {
         assert_eq!(
             parse_watchdog(Some("200000"), Some("8"), pid).unwrap(),
             None
+        );
+        assert_eq!(
+            parse_watchdog(Some("1"), None, pid).unwrap(),
+            Some(Duration::from_micros(1))
         );
         let err = |usec, wpid| {
             parse_watchdog(Some(usec), wpid, pid)

@@ -20,6 +20,9 @@ pub struct Cli {
     /// Log level or filter (e.g. "info", "warn,warren=debug"); overrides RUST_LOG.
     #[arg(long, global = true, value_name = "FILTER")]
     pub log_level: Option<String>,
+    /// Append logs to this file instead of stderr (a Windows service has no stderr).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -66,6 +69,10 @@ pub struct RunArgs {
     /// Never use splice(2); always copy through userspace.
     #[arg(long)]
     pub no_splice: bool,
+    /// Run as the Windows service "warren" (set by windows/install.ps1; not for a console).
+    #[cfg(windows)]
+    #[arg(long)]
+    pub service: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -107,49 +114,62 @@ fn load_for_run(args: &RunArgs) -> Result<Config, config::ConfigError> {
 pub const DEFAULT_CONFIG: &str = "/etc/warren/warren.toml";
 
 fn run_server(args: RunArgs) -> ExitCode {
-    let config = match load_for_run(&args) {
-        Ok(c) => c,
+    #[cfg(windows)]
+    if args.service {
+        return crate::windows_service::run(args);
+    }
+    match serve(args, CancellationToken::new(), None) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{e}");
-            return ExitCode::FAILURE;
+            ExitCode::FAILURE
         }
-    };
+    }
+}
+
+/// Load the config, bind and serve until a stop signal, or until `shutdown` is cancelled (the
+/// Windows service manager's stop); `Err` says why warren could not start. `lifecycle` hears
+/// when the server is ready and stopping; under systemd (`NOTIFY_SOCKET`) systemd is told.
+pub(crate) fn serve(
+    args: RunArgs,
+    shutdown: CancellationToken,
+    lifecycle: Option<crate::server::LifecycleHook>,
+) -> Result<(), String> {
+    // Before any thread exists: this reads and clears the environment.
+    #[cfg(unix)]
+    let from_systemd = crate::systemd::take_from_env().map_err(|e| e.to_string())?;
+    let config = load_for_run(&args).map_err(|e| e.to_string())?;
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all().thread_name("warren-worker");
     if let Some(n) = args.workers {
         builder.worker_threads(n.max(1));
     }
-    let runtime = match builder.build() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let options = Options {
+    let runtime = builder
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    #[allow(unused_mut)]
+    let mut options = Options {
         shutdown_grace: args.shutdown_grace,
         splice: !args.no_splice,
         config_path: config.source.clone(),
+        lifecycle,
         ..Options::default()
     };
+    #[cfg(unix)]
+    if let Some(notifier) = &from_systemd.notifier {
+        options.lifecycle = Some(notifier.hook());
+        options.alive_every = from_systemd.watchdog;
+    }
     runtime.block_on(async move {
-        let server = match Server::bind(&config, options) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("{e}");
-                return ExitCode::FAILURE;
-            }
-        };
-        let shutdown = CancellationToken::new();
+        #[cfg(unix)]
+        let bound = Server::bind_with_inherited(&config, options, from_systemd.inherited);
+        #[cfg(not(unix))]
+        let bound = Server::bind(&config, options);
+        let server = bound.map_err(|e| e.to_string())?;
         // Handlers are installed before "warren started" is logged, so a supervisor that
         // signals as soon as it sees that line never hits the default (fatal) action.
-        let signals = match Signals::install() {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("cannot install signal handlers: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
+        let signals =
+            Signals::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
         tokio::spawn(watch_signals(signals, shutdown.clone(), server.reloader()));
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
@@ -158,7 +178,7 @@ fn run_server(args: RunArgs) -> ExitCode {
         );
 
         server.run(shutdown).await;
-        ExitCode::SUCCESS
+        Ok(())
     })
 }
 
@@ -226,8 +246,13 @@ async fn watch_signals(
     shutdown: CancellationToken,
     _reloader: crate::server::Reloader,
 ) {
-    if tokio::signal::ctrl_c().await.is_ok() {
-        tracing::info!("Ctrl-C: stopping gracefully");
+    match tokio::signal::ctrl_c().await {
+        Ok(()) => {
+            tracing::info!("Ctrl-C: stopping gracefully");
+            shutdown.cancel();
+        }
+        // Without a console (a service) there may be no Ctrl-C to watch; the service manager
+        // stops warren through `shutdown` instead, so this must not stop it.
+        Err(e) => tracing::warn!(error = %e, "cannot watch Ctrl-C"),
     }
-    shutdown.cancel();
 }

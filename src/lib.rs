@@ -20,5 +20,9 @@ pub mod proxy;
 pub mod proxy_protocol;
 pub mod server;
 pub mod state;
+#[cfg(unix)]
+pub mod systemd;
+#[cfg(windows)]
+pub mod windows_service;
 
 pub use server::{Options, Server};

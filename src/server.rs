@@ -37,6 +37,33 @@ pub struct Options {
     pub passive_hold_down: Duration,
     /// The file a reload re-reads (`None`: started from flags, nothing to reload).
     pub config_path: Option<PathBuf>,
+    /// Told when the server is ready, reloads, stops (systemd, the Windows service manager).
+    pub lifecycle: Option<LifecycleHook>,
+    /// Send [`Lifecycle::Alive`] this often while the server runs (systemd's watchdog).
+    pub alive_every: Option<Duration>,
+}
+
+/// A change in the server's life that a service manager wants to hear about.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Lifecycle {
+    /// Every listener accepts connections: at start and after each reload (ok or failed).
+    Ready { status: String },
+    /// A reload begins.
+    Reloading,
+    /// A stop begins: no new connections from now on.
+    Stopping { status: String },
+    /// The data plane's runtime still runs tasks (sent every [`Options::alive_every`]).
+    Alive,
+}
+
+/// Receives [`Lifecycle`] changes; called on the server's tasks, so it must not block for long.
+#[derive(Clone)]
+pub struct LifecycleHook(pub Arc<dyn Fn(&Lifecycle) + Send + Sync>);
+
+impl std::fmt::Debug for LifecycleHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LifecycleHook")
+    }
 }
 
 /// Default grace period for open connections on SIGTERM.
@@ -53,6 +80,8 @@ impl Default for Options {
             max_pipes: 0,
             passive_hold_down: health::DEFAULT_HOLD_DOWN,
             config_path: None,
+            lifecycle: None,
+            alive_every: None,
         }
     }
 }
@@ -62,6 +91,13 @@ impl Default for Options {
 pub enum ServerError {
     #[error("listener {listener}: cannot listen on {addr}: {source}")]
     Bind {
+        listener: String,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("listener {listener}: cannot serve on the socket from systemd ({addr}): {source}")]
+    Inherited {
         listener: String,
         addr: SocketAddr,
         #[source]
@@ -240,17 +276,62 @@ fn bind_tcp(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
+/// Make a socket passed by systemd serve like one warren bound: non-blocking, the same backlog.
+#[cfg(unix)]
+fn prepare_inherited(
+    socket: crate::systemd::InheritedSocket,
+) -> std::io::Result<std::net::TcpListener> {
+    socket.socket.set_nonblocking(true)?;
+    // listen(2) again on a listening socket only changes its backlog.
+    socket.socket.listen(BACKLOG)?;
+    Ok(socket.socket.into())
+}
+
 impl Server {
     /// Bind every listener and the admin address; on any failure nothing stays bound.
     /// Must be called within a Tokio runtime.
     pub fn bind(config: &Config, options: Options) -> Result<Server, ServerError> {
-        let mut listeners = Vec::new();
-        for l in &config.listeners {
-            let std_listener = bind_tcp(l.listen).map_err(|source| ServerError::Bind {
-                listener: l.name.clone(),
-                addr: l.listen,
+        Server::bind_adopting(config, options, HashMap::new())
+    }
+
+    /// [`Server::bind`], with listening sockets passed by systemd (socket activation): each
+    /// listener with a socket (see [`crate::systemd::match_listeners`]) serves on it, the
+    /// others bind as usual, and sockets no listener takes are logged and closed.
+    #[cfg(unix)]
+    pub fn bind_with_inherited(
+        config: &Config,
+        options: Options,
+        inherited: Vec<crate::systemd::InheritedSocket>,
+    ) -> Result<Server, ServerError> {
+        let mut adopted = HashMap::new();
+        for (name, socket) in crate::systemd::assign(&config.listeners, inherited) {
+            let addr = socket.local_addr;
+            let listener = prepare_inherited(socket).map_err(|source| ServerError::Inherited {
+                listener: name.clone(),
+                addr,
                 source,
             })?;
+            adopted.insert(name, listener);
+        }
+        Server::bind_adopting(config, options, adopted)
+    }
+
+    /// Bind the listeners not in `adopted` (already listening sockets, by listener name).
+    fn bind_adopting(
+        config: &Config,
+        options: Options,
+        mut adopted: HashMap<String, std::net::TcpListener>,
+    ) -> Result<Server, ServerError> {
+        let mut listeners = Vec::new();
+        for l in &config.listeners {
+            let std_listener = match adopted.remove(&l.name) {
+                Some(inherited) => inherited,
+                None => bind_tcp(l.listen).map_err(|source| ServerError::Bind {
+                    listener: l.name.clone(),
+                    addr: l.listen,
+                    source,
+                })?,
+            };
             let listener =
                 TcpListener::from_std(std_listener).map_err(|source| ServerError::Bind {
                     listener: l.name.clone(),
@@ -377,24 +458,56 @@ impl Server {
                 &connections,
             );
         }
+        self.tell(Lifecycle::Ready {
+            status: self.serving(&running),
+        });
+        // Ticks on the data plane's runtime, so a wedged runtime stops them.
+        let alive = match (&self.options.lifecycle, self.options.alive_every) {
+            (Some(hook), Some(every)) => {
+                let hook = hook.clone();
+                Some(tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(every);
+                    loop {
+                        tick.tick().await;
+                        (hook.0)(&Lifecycle::Alive);
+                    }
+                }))
+            }
+            _ => None,
+        };
 
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 Some(reply) = self.reload_rx.recv() => {
+                    self.tell(Lifecycle::Reloading);
                     let outcome = self
                         .reload(&mut running, &stop_accepting, &accept_loops, &connections)
                         .await;
                     let result = if outcome.is_ok() { "ok" } else { "failed" };
                     self.ctx.metrics.config_reloads_total.with_label_values(&[result]).inc();
-                    match &outcome {
-                        Ok(summary) => tracing::info!(%summary, "config reloaded"),
-                        Err(e) => tracing::error!(error = %e, "config reload failed; the running config stays"),
-                    }
+                    let serving = self.serving(&running);
+                    let status = match &outcome {
+                        Ok(summary) => {
+                            tracing::info!(%summary, "config reloaded");
+                            serving
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "config reload failed; the running config stays");
+                            format!("{serving}; last reload failed: {e}")
+                        }
+                    };
+                    self.tell(Lifecycle::Ready { status });
                     let _ = reply.send(outcome);
                 }
             }
         }
+        self.tell(Lifecycle::Stopping {
+            status: format!(
+                "stopping: no new connections, open ones get up to {:?}",
+                self.options.shutdown_grace
+            ),
+        });
 
         accept_loops.close();
         stop_accepting.cancel();
@@ -422,7 +535,31 @@ impl Server {
         if let Some(thread) = control.thread.take() {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
+        if let Some(alive) = alive {
+            alive.abort();
+        }
         tracing::info!("stopped");
+    }
+
+    /// Pass a lifecycle change to the service manager, if one listens.
+    fn tell(&self, change: Lifecycle) {
+        if let Some(hook) = &self.options.lifecycle {
+            (hook.0)(&change);
+        }
+    }
+
+    /// What is served, for the service manager's status line: `serving: amqp on 0.0.0.0:5672`.
+    fn serving(&self, running: &HashMap<Arc<str>, RunningListener>) -> String {
+        let config = self.config.load();
+        let listeners: Vec<String> = config
+            .listeners
+            .iter()
+            .filter_map(|l| {
+                let r = running.get(l.name.as_str())?;
+                Some(format!("{} on {}", l.name, r.listen))
+            })
+            .collect();
+        format!("serving: {}", listeners.join(", "))
     }
 
     #[allow(clippy::too_many_arguments)]

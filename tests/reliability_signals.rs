@@ -64,13 +64,7 @@ async fn fifty_sighups_in_a_second_end_in_the_final_config_without_unbinding() {
         &path,
         &process_config(admin_port, None, port, &[b0.addr], ""),
     );
-    let mut warren = WarrenProc::spawn(
-        &["run", "--config", path.to_str().unwrap()],
-        dir.0.join("warren.log"),
-    );
-    warren
-        .logged("warren started", Duration::from_secs(10))
-        .await;
+    let mut warren = WarrenProc::run_config(&path, dir.0.join("warren.log")).await;
     let (addr, admin): (SocketAddr, SocketAddr) = (
         ([127, 0, 0, 1], port).into(),
         ([127, 0, 0, 1], admin_port).into(),
@@ -300,13 +294,7 @@ async fn sigterm_during_a_reload_stops_cleanly_and_leaves_nothing_behind() {
                  rise = 1\nfall = 1\n\n[[hook]]\non = [\"backend_down\"]\nexec = [\"{marker}\"]\ntimeout = \"2s\"\n"
             );
         write_atomically(&path, &text);
-        let mut warren = WarrenProc::spawn(
-            &["run", "--config", path.to_str().unwrap()],
-            dir.0.join("warren.log"),
-        );
-        warren
-            .logged("warren started", Duration::from_secs(10))
-            .await;
+        let mut warren = WarrenProc::run_config(&path, dir.0.join("warren.log")).await;
         let started = Instant::now();
         wait_for("the hook to hang in sleep", Duration::from_secs(5), || {
             left_behind().len() == 2

@@ -471,6 +471,15 @@ impl WarrenProc {
         WarrenProc { child, log }
     }
 
+    /// `warren run --config CONFIG`, once it has logged "warren started" (within 10 s).
+    pub async fn run_config(config: &std::path::Path, log: std::path::PathBuf) -> WarrenProc {
+        let mut warren = WarrenProc::spawn(&["run", "--config", config.to_str().unwrap()], log);
+        warren
+            .logged("warren started", Duration::from_secs(10))
+            .await;
+        warren
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -467,3 +467,166 @@ async fn wait_for_async_echo(addr: SocketAddr, within: Duration) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Set (to the port range) for the re-run of this binary inside a network namespace.
+const NETNS_ENV: &str = "WARREN_TEST_IN_NETNS";
+/// Ephemeral ports in the test's namespace: 8, so warren runs out after a handful of backend
+/// connections. A namespace's sysctl; the host's range is untouched.
+const PORT_RANGE: &str = "40000 40007";
+
+/// Criterion (in a network namespace with 8 ephemeral ports): with the ports to the backend used
+/// up, each of 20 more clients is closed within 1 s and counted (no_backend); the backend gets
+/// 0 connect failures and stays up; warren uses under 10% of a core meanwhile (no spin); once
+/// the held connections close, a new client is served within 2 s (the ports sit in TIME_WAIT,
+/// which the kernel lets a new connect reuse only once a second has passed).
+#[test]
+fn ephemeral_ports_exhausted_is_counted_without_spinning_or_blaming_the_backend() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("skipped: needs root to create a network namespace (unshare --net)");
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let script = format!(
+        "ip link set lo up && sysctl -qw net.ipv4.ip_local_port_range='{PORT_RANGE}' && exec \"$0\" \
+         --exact in_netns_ephemeral_ports --ignored --nocapture --test-threads=1"
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["--net", "--", "sh", "-c", &script])
+        .arg(&exe)
+        .env(NETNS_ENV, PORT_RANGE)
+        .output()
+        .expect("run unshare (util-linux)");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    println!("{text}");
+    assert!(
+        out.status.success(),
+        "the namespaced run failed: {}",
+        out.status
+    );
+    assert!(text.contains("1 passed"), "the namespaced test did not run");
+}
+
+/// Not a test on its own: the body of
+/// `ephemeral_ports_exhausted_is_counted_without_spinning_or_blaming_the_backend`, run by it
+/// inside a network namespace. Without the namespace it returns at once.
+#[test]
+#[ignore = "run inside a network namespace by ephemeral_ports_exhausted_is_counted_without_spinning_or_blaming_the_backend"]
+fn in_netns_ephemeral_ports() {
+    if std::env::var(NETNS_ENV).as_deref() != Ok(PORT_RANGE) {
+        return;
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(ephemeral_ports_scenario());
+}
+
+/// A client from a fixed source port outside the ephemeral range, so clients never compete
+/// with warren for the few ephemeral ports.
+async fn client_from(port: u16, to: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_reuseaddr(true).unwrap();
+    socket.bind(([127, 0, 0, 1], port).into()).unwrap();
+    socket.connect(to).await.unwrap()
+}
+
+async fn ephemeral_ports_scenario() {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
+    println!("namespace port range: {}", range.trim());
+    let b = spawn_backend(echo).await;
+    let warren = Warren::start(
+        config(Balance::RoundRobin, vec![backend("b", b.addr)]),
+        quick(),
+    );
+    let mut next_port = 20_000u16;
+    let mut held = Vec::new();
+    // Hold connections until warren can make no more to the backend.
+    for _ in 0..20 {
+        next_port += 1;
+        let mut s = client_from(next_port, warren.addr).await;
+        if !echo_once(&mut s, 1).await {
+            break;
+        }
+        held.push(s);
+    }
+    println!(
+        "{} connections hold every ephemeral port to the backend",
+        held.len()
+    );
+    assert!(
+        (1..20).contains(&held.len()),
+        "{} connections before exhaustion",
+        held.len()
+    );
+
+    let rejected = || {
+        warren.metric(r#"warren_listener_rejected_total{listener="default",reason="no_backend"}"#)
+    };
+    let before = rejected();
+    let mut slowest = Duration::ZERO;
+    for _ in 0..20 {
+        next_port += 1;
+        let started = Instant::now();
+        let mut s = client_from(next_port, warren.addr).await;
+        let end = read_end(&mut s, Duration::from_secs(5)).await;
+        assert!(
+            matches!(end, Ok(0) | Err(ErrorKind::ConnectionReset)),
+            "closed, got {end:?}"
+        );
+        slowest = slowest.max(started.elapsed());
+    }
+    let cpu = cpu_share_over(std::process::id(), Duration::from_secs(1)).await;
+    println!(
+        "exhausted: 20 clients closed, slowest after {slowest:?}; {} counted; CPU {:.1}% after",
+        rejected() - before,
+        cpu * 100.0
+    );
+    assert!(slowest <= PROMPT, "a client waited {slowest:?}");
+    assert!(
+        rejected() - before >= 20.0,
+        "every turned-away client is counted"
+    );
+    assert!(
+        cpu < 0.10,
+        "{:.1}% of a core while out of ports",
+        cpu * 100.0
+    );
+    for reason in ["refused", "timeout", "other"] {
+        let series = format!(
+            r#"warren_backend_connect_failures_total{{backend="b",pool="default",reason="{reason}"}}"#
+        );
+        assert_eq!(
+            warren.metric(&series),
+            0.0,
+            "a local error counted against the backend ({reason})"
+        );
+    }
+    assert_eq!(
+        warren.metric(r#"warren_backend_up{backend="b",pool="default"}"#),
+        1.0
+    );
+
+    held.clear();
+    let freed = Instant::now();
+    loop {
+        next_port += 1;
+        let mut s = client_from(next_port, warren.addr).await;
+        if echo_once(&mut s, 2).await {
+            break;
+        }
+        assert!(
+            freed.elapsed() <= 2 * PROMPT,
+            "not served 2s after the ports were freed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "served again {:?} after the held connections closed",
+        freed.elapsed()
+    );
+    warren.stop().await;
+}

@@ -13,7 +13,8 @@
 //! in constant time). Wrong tokens are limited per source address ([`AuthLimiter`]): past the
 //! burst, `/v1` answers 429 with `Retry-After` without looking at the token. Bodies are capped at 64 KiB and must arrive within 10 s. Errors are JSON
 //! `{"error": "..."}`: 401, 429, 404 unknown path/pool/backend, 405 wrong method, 413, 400 bad JSON.
-//! It changes admin state only through the [`Drainer`]; it never touches the data path's sockets.
+//! At the descriptor limit it spends a small reserve of descriptors it holds, so it keeps
+//! answering while the data plane has none left. It changes admin state only through the [`Drainer`]; it never touches the data path's sockets.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -76,11 +77,15 @@ pub async fn serve(listener: std::net::TcpListener, admin: Arc<Admin>, stop: Can
     }
     // Shared by every connection: a guesser cannot reset its budget by reconnecting.
     let limiter = Arc::new(AuthLimiter::default());
+    let reserve = Arc::new(Reserve::new());
     loop {
         let (socket, peer) = tokio::select! {
             () = stop.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
+                // At the descriptor limit (the data plane holds them all): free reserved ones
+                // and accept at once, so /healthz, /readyz and /metrics still answer.
+                Err(e) if is_out_of_descriptors(&e) && reserve.release(2) => continue,
                 Err(e) => {
                     tracing::warn!(error = %e, "admin accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -88,7 +93,7 @@ pub async fn serve(listener: std::net::TcpListener, admin: Arc<Admin>, stop: Can
                 }
             },
         };
-        let (admin, limiter) = (admin.clone(), limiter.clone());
+        let (admin, limiter, reserve) = (admin.clone(), limiter.clone(), reserve.clone());
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let (admin, limiter) = (admin.clone(), limiter.clone());
@@ -101,7 +106,57 @@ pub async fn serve(listener: std::net::TcpListener, admin: Arc<Admin>, stop: Can
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "admin connection ended with an error");
             }
+            // The socket is closed: take its descriptor back into the reserve before the data
+            // plane's next accept does.
+            reserve.refill();
         });
+    }
+}
+
+/// Descriptors held open (on /dev/null) for the admin API to spend when the process is at its
+/// descriptor limit.
+struct Reserve(Mutex<Vec<std::fs::File>>);
+
+/// Descriptors in the reserve when it is full.
+const RESERVED_DESCRIPTORS: usize = 4;
+
+impl Reserve {
+    fn new() -> Reserve {
+        let reserve = Reserve(Mutex::new(Vec::new()));
+        reserve.refill();
+        reserve
+    }
+
+    /// Reopen what was released, as far as descriptors allow.
+    fn refill(&self) {
+        let mut files = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        while files.len() < RESERVED_DESCRIPTORS {
+            match std::fs::File::open("/dev/null") {
+                Ok(f) => files.push(f),
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Close up to `n` reserved descriptors; false when none was left.
+    fn release(&self, n: usize) -> bool {
+        let mut files = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let keep = files.len().saturating_sub(n);
+        let released = files.len() > keep;
+        files.truncate(keep);
+        released
+    }
+}
+
+fn is_out_of_descriptors(e: &std::io::Error) -> bool {
+    #[cfg(unix)]
+    {
+        matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = e;
+        false
     }
 }
 

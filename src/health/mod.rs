@@ -423,6 +423,16 @@ impl Controller {
             let started = Instant::now();
             let outcome = probe::run(&health.probe, &target, health.timeout).await;
             let duration = started.elapsed();
+            // ±10% jitter keeps probes of many warren instances from marching in step.
+            let jitter = rand::thread_rng().gen_range(0.9..1.1);
+            if outcome.local {
+                // Out of descriptors or ports here (e.g. at RLIMIT_NOFILE): says nothing about
+                // the backend, so its health stays as it is.
+                tracing::warn!(pool = %key.0, backend = %key.1, reason = %outcome.reason,
+                    "probe could not run for lack of local resources; not counted against the backend");
+                next = started + health.interval.mul_f64(jitter);
+                continue;
+            }
             seconds.observe(duration.as_secs_f64());
             if outcome.up { &ok } else { &failed }.inc();
             let record = ProbeRecord {
@@ -432,8 +442,6 @@ impl Controller {
                 at: SystemTime::now(),
             };
             self.record(&key, record.up, Some(record));
-            // ±10% jitter keeps probes of many warren instances from marching in step.
-            let jitter = rand::thread_rng().gen_range(0.9..1.1);
             next = started + health.interval.mul_f64(jitter);
         }
     }

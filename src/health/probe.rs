@@ -44,6 +44,9 @@ pub struct Outcome {
     /// "connection refused", "timed out after 1s waiting for Connection.Start",
     /// "HTTP 503: {\"status\":\"failed\",...}". Never contains a password.
     pub reason: String,
+    /// The attempt failed for lack of resources on this host (no descriptor, no ephemeral
+    /// port): no verdict on the backend, so the caller must not count it against it.
+    pub local: bool,
 }
 
 impl Outcome {
@@ -51,6 +54,7 @@ impl Outcome {
         Outcome {
             up: true,
             reason: reason.into(),
+            local: false,
         }
     }
 
@@ -58,6 +62,15 @@ impl Outcome {
         Outcome {
             up: false,
             reason: reason.into(),
+            local: false,
+        }
+    }
+
+    /// A failed connect: down, or no verdict when the error is this host's own.
+    fn connect_failed(e: &io::Error) -> Outcome {
+        Outcome {
+            local: crate::proxy::connect::is_local(e),
+            ..Outcome::down(connect_error(e))
         }
     }
 }
@@ -184,7 +197,7 @@ async fn connect_amqp_address(target: &Target, stage: &mut Stage) -> Result<TcpS
     *stage = Stage::Connecting;
     let mut stream = TcpStream::connect(target.addr)
         .await
-        .map_err(|e| Outcome::down(connect_error(&e)))?;
+        .map_err(|e| Outcome::connect_failed(&e))?;
     // Probes are small request/response exchanges: no reason to let Nagle hold a write back.
     let _ = stream.set_nodelay(true);
     *stage = Stage::SendingProxyHeader;
@@ -620,7 +633,7 @@ async fn http(
     };
     let stream = match TcpStream::connect(addr).await {
         Ok(stream) => stream,
-        Err(e) => return Outcome::down(connect_error(&e)),
+        Err(e) => return Outcome::connect_failed(&e),
     };
     let _ = stream.set_nodelay(true);
 

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::*;
-use warren::config::{AdminConfig, Balance};
+use warren::config::Balance;
 
 /// The seed files of one fuzz target, sorted by name.
 fn seeds(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
@@ -141,11 +141,7 @@ async fn admin_request_corpus_and_mutants_get_an_answer_or_a_clean_close() {
     let mut cfg = config(Balance::RoundRobin, vec![backend("rabbit-a", b.addr)]);
     cfg.pools[0].name = "rabbitmq".into();
     cfg.listeners[0].pool = "rabbitmq".into();
-    cfg.admin = Some(AdminConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        token_file: Some(dir.0.join("token")),
-        state_file: None,
-    });
+    let cfg = with_admin_api(cfg, Some(dir.0.join("token")));
     let warren = Warren::start(cfg, quick());
     let admin = warren.admin.unwrap();
     let started = Instant::now();

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use warren::config::{AdminConfig, Balance};
+use warren::config::Balance;
 
 const TOKEN: &str = "tok-3f9a1c77e2b54d08";
 /// The uid and gid of `nobody`.
@@ -63,12 +63,8 @@ async fn admin_api_needs_the_token_and_wrong_guesses_are_rate_limited() {
     let dir = TempDir::new("sec-token");
     let b = spawn_backend(echo).await;
     std::fs::write(dir.0.join("token"), TOKEN).unwrap();
-    let mut cfg = config(Balance::RoundRobin, vec![backend("b", b.addr)]);
-    cfg.admin = Some(AdminConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        token_file: Some(dir.0.join("token")),
-        state_file: None,
-    });
+    let cfg = config(Balance::RoundRobin, vec![backend("b", b.addr)]);
+    let cfg = with_admin_api(cfg, Some(dir.0.join("token")));
     let warren = Warren::start(cfg, quick());
     let admin = warren.admin.unwrap();
 

@@ -376,6 +376,26 @@ fn start_warren(config: &Path) -> ChildGuard {
     }
 }
 
+/// The echo backend process and warren (as nobody) in front of it, once `/healthz` answers:
+/// (backend, warren, listen port, admin port, the config file).
+fn start_stack() -> (ChildGuard, ChildGuard, u16, u16, TempPath) {
+    let (backend, backend_addr) = start_backend();
+    let (listen_port, admin_port) = (free_port(), free_port());
+    let config = TempPath::new("warren.toml");
+    write_config(&config.0, listen_port, admin_port, backend_addr);
+    let mut warren = start_warren(&config.0);
+    wait_until(
+        "warren's /healthz to answer 200",
+        Duration::from_secs(30),
+        Duration::from_millis(20),
+        || {
+            warren.assert_running();
+            matches!(http_get(admin_port, "/healthz"), Ok((200, _)))
+        },
+    );
+    (backend, warren, listen_port, admin_port, config)
+}
+
 fn write_config(path: &Path, listen_port: u16, admin_port: u16, backend: SocketAddr) {
     let text = format!(
         r#"
@@ -480,20 +500,7 @@ fn five_thousand_idle_connections_stay_open_and_hold_no_pipe() {
         "the test process needs {CONNECTIONS} client sockets; RLIMIT_NOFILE is {limit}"
     );
 
-    let (mut backend, backend_addr) = start_backend();
-    let (listen_port, admin_port) = (free_port(), free_port());
-    let config = TempPath::new("warren.toml");
-    write_config(&config.0, listen_port, admin_port, backend_addr);
-    let mut warren = start_warren(&config.0);
-    wait_until(
-        "warren's /healthz to answer 200",
-        Duration::from_secs(30),
-        Duration::from_millis(20),
-        || {
-            warren.assert_running();
-            matches!(http_get(admin_port, "/healthz"), Ok((200, _)))
-        },
-    );
+    let (mut backend, mut warren, listen_port, admin_port, _config) = start_stack();
     let pid = warren.pid();
     assert_eq!(
         proc_file(pid, "comm").as_deref().map(str::trim),
@@ -698,20 +705,7 @@ fn connect_close_cycles_leave_memory_and_descriptors_at_their_baseline() {
     } else {
         CYCLES_SHORT
     };
-    let (mut backend, backend_addr) = start_backend();
-    let (listen_port, admin_port) = (free_port(), free_port());
-    let config = TempPath::new("warren.toml");
-    write_config(&config.0, listen_port, admin_port, backend_addr);
-    let mut warren = start_warren(&config.0);
-    wait_until(
-        "warren's /healthz to answer 200",
-        Duration::from_secs(30),
-        Duration::from_millis(20),
-        || {
-            warren.assert_running();
-            matches!(http_get(admin_port, "/healthz"), Ok((200, _)))
-        },
-    );
+    let (mut backend, mut warren, listen_port, admin_port, _config) = start_stack();
     let pid = warren.pid();
     let addr = SocketAddr::from(([127, 0, 0, 1], listen_port));
     let listener_active = format!("warren_listener_connections_active{{listener=\"{LISTENER}\"}}");

@@ -547,6 +547,16 @@ impl Drop for WarrenProc {
     }
 }
 
+/// Give an in-process config an admin API on 127.0.0.1:0 with `token_file` (no state file).
+pub fn with_admin_api(mut config: Config, token_file: Option<std::path::PathBuf>) -> Config {
+    config.admin = Some(warren::config::AdminConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        token_file,
+        state_file: None,
+    });
+    config
+}
+
 /// Connect to `addr` and echo one byte (see [`echo_once`]); `None` if either fails.
 pub async fn connect_echo(addr: SocketAddr, byte: u8) -> Option<TcpStream> {
     let mut s = TcpStream::connect(addr).await.ok()?;

@@ -24,8 +24,16 @@ apt_install() {
 # that provide it.
 install_test_deps() {
     local missing=()
-    if ! command -v setpriv >/dev/null 2>&1; then
-        missing+=(util-linux iproute2)
+    # setpriv (warren as nobody), unshare (network namespaces), ip and sysctl (set up a
+    # namespace's loopback and port range): the reliability suite.
+    if ! command -v setpriv >/dev/null 2>&1 || ! command -v unshare >/dev/null 2>&1; then
+        missing+=(util-linux)
+    fi
+    if ! command -v ip >/dev/null 2>&1; then
+        missing+=(iproute2)
+    fi
+    if ! command -v sysctl >/dev/null 2>&1; then
+        missing+=(procps)
     fi
     # promtool validates config/prometheus/alerts.yml; keepalived checks the pair example.
     if ! command -v promtool >/dev/null 2>&1; then

@@ -12,12 +12,17 @@
 //! - `POST /v1/reload`: re-read the config file; 200, or 400 with the error (old config stays).
 //!
 //! Every `/v1` route needs `Authorization: Bearer <token>` when a token is configured (compared
-//! in constant time). Bodies are capped at 64 KiB and must arrive within 10 s. Errors are JSON
-//! `{"error": "..."}`: 401, 404 unknown path/pool/backend, 405 wrong method, 413, 400 bad JSON.
-//! It changes admin state only through the [`Drainer`]; it never touches the data path's sockets.
+//! in constant time). Wrong tokens are limited per source address ([`AuthLimiter`]): past the
+//! burst, `/v1` answers 429 with `Retry-After` without looking at the token. Bodies are capped at 64 KiB and must arrive within 10 s. Errors are JSON
+//! `{"error": "..."}`: 401, 429, 404 unknown path/pool/backend, 405 wrong method, 413, 400 bad JSON.
+//! At the descriptor limit it spends a small reserve of descriptors it holds, so it keeps
+//! answering while the data plane has none left. It changes admin state only through the [`Drainer`]; it never touches the data path's sockets.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -75,11 +80,17 @@ pub async fn serve(listener: std::net::TcpListener, admin: Arc<Admin>, stop: Can
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "admin API listening");
     }
+    // Shared by every connection: a guesser cannot reset its budget by reconnecting.
+    let limiter = Arc::new(AuthLimiter::default());
+    let reserve = Arc::new(Reserve::new());
     loop {
-        let (socket, _) = tokio::select! {
+        let (socket, peer) = tokio::select! {
             () = stop.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
+                // At the descriptor limit (the data plane holds them all): free reserved ones
+                // and accept at once, so /healthz, /readyz and /metrics still answer.
+                Err(e) if is_out_of_descriptors(&e) && reserve.release(2) => continue,
                 Err(e) => {
                     tracing::warn!(error = %e, "admin accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -87,11 +98,11 @@ pub async fn serve(listener: std::net::TcpListener, admin: Arc<Admin>, stop: Can
                 }
             },
         };
-        let admin = admin.clone();
+        let (admin, limiter, reserve) = (admin.clone(), limiter.clone(), reserve.clone());
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let admin = admin.clone();
-                async move { Ok::<_, Infallible>(handle(req, &admin).await) }
+                let (admin, limiter) = (admin.clone(), limiter.clone());
+                async move { Ok::<_, Infallible>(handle(req, &admin, &limiter, peer.ip()).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
@@ -100,17 +111,72 @@ pub async fn serve(listener: std::net::TcpListener, admin: Arc<Admin>, stop: Can
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "admin connection ended with an error");
             }
+            // The socket is closed: take its descriptor back into the reserve before the data
+            // plane's next accept does.
+            reserve.refill();
         });
     }
 }
 
+/// Descriptors held open (on /dev/null) for the admin API to spend when the process is at its
+/// descriptor limit.
+struct Reserve(Mutex<Vec<std::fs::File>>);
+
+/// Descriptors in the reserve when it is full.
+const RESERVED_DESCRIPTORS: usize = 4;
+
+impl Reserve {
+    fn new() -> Reserve {
+        let reserve = Reserve(Mutex::new(Vec::new()));
+        reserve.refill();
+        reserve
+    }
+
+    /// Reopen what was released, as far as descriptors allow.
+    fn refill(&self) {
+        let mut files = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        while files.len() < RESERVED_DESCRIPTORS {
+            match std::fs::File::open("/dev/null") {
+                Ok(f) => files.push(f),
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Close up to `n` reserved descriptors; false when none was left.
+    fn release(&self, n: usize) -> bool {
+        let mut files = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let keep = files.len().saturating_sub(n);
+        let released = files.len() > keep;
+        files.truncate(keep);
+        released
+    }
+}
+
+fn is_out_of_descriptors(e: &std::io::Error) -> bool {
+    #[cfg(unix)]
+    {
+        matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = e;
+        false
+    }
+}
+
 /// One request: authenticate `/v1`, read a bounded body, route.
-async fn handle(req: Request<Incoming>, admin: &Admin) -> Reply {
+async fn handle(
+    req: Request<Incoming>,
+    admin: &Admin,
+    limiter: &AuthLimiter,
+    source: IpAddr,
+) -> Reply {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_owned();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     if segments.first() == Some(&"v1") {
-        if let Some(denied) = authenticate(&parts.headers, admin) {
+        if let Some(denied) = authenticate(&parts.headers, admin, limiter, source) {
             return denied;
         }
     }
@@ -152,9 +218,35 @@ async fn handle(req: Request<Incoming>, admin: &Admin) -> Reply {
     route(&parts.method, &segments, admin)
 }
 
-/// `None` when the request may pass; else the 401 to send.
-fn authenticate(headers: &hyper::HeaderMap, admin: &Admin) -> Option<Reply> {
+/// `None` when the request may pass; else the 401 (or 429 while `source` is over its budget of
+/// wrong tokens) to send. Each refusal is counted by reason.
+fn authenticate(
+    headers: &hyper::HeaderMap,
+    admin: &Admin,
+    limiter: &AuthLimiter,
+    source: IpAddr,
+) -> Option<Reply> {
     let expected = admin.token.as_ref()?;
+    let refused = |reason: &str| {
+        admin
+            .metrics
+            .admin_auth_failures_total
+            .with_label_values(&[reason])
+            .inc();
+    };
+    let now = Instant::now();
+    if let Some(wait) = limiter.retry_after(source, now) {
+        refused("rate_limited");
+        let mut reply = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many wrong bearer tokens from this address; retry later",
+        );
+        reply.headers_mut().insert(
+            hyper::header::RETRY_AFTER,
+            hyper::header::HeaderValue::from(wait.as_secs_f64().ceil().max(1.0) as u64),
+        );
+        return Some(reply);
+    }
     let presented = headers
         .get(hyper::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -165,11 +257,71 @@ fn authenticate(headers: &hyper::HeaderMap, admin: &Admin) -> Option<Reply> {
         {
             None
         }
-        Some(_) => Some(error(StatusCode::UNAUTHORIZED, "wrong bearer token")),
-        None => Some(error(
-            StatusCode::UNAUTHORIZED,
-            "this endpoint needs Authorization: Bearer <token>",
-        )),
+        Some(_) => {
+            refused("wrong");
+            if limiter.failed(source, now) {
+                tracing::warn!(%source, "admin API: wrong bearer tokens over the limit, answering 429");
+            }
+            Some(error(StatusCode::UNAUTHORIZED, "wrong bearer token"))
+        }
+        None => {
+            refused("missing");
+            Some(error(
+                StatusCode::UNAUTHORIZED,
+                "this endpoint needs Authorization: Bearer <token>",
+            ))
+        }
+    }
+}
+
+/// Wrong tokens one source address may present in a burst.
+pub const AUTH_FAILURE_BURST: f64 = 10.0;
+/// Wrong tokens per second a source may present once its burst is spent.
+pub const AUTH_FAILURES_PER_SECOND: f64 = 2.0;
+/// Source addresses tracked at once; past it, those with a full budget are forgotten.
+const AUTH_SOURCES_TRACKED: usize = 4096;
+
+/// A token bucket of wrong-token attempts per source address, so guessing the token is slow
+/// (2 a second after a burst of 10) while a typo costs nothing. A missing token is not a guess
+/// and spends nothing. Pure: the caller passes `now`.
+#[derive(Default)]
+pub struct AuthLimiter {
+    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+}
+
+impl AuthLimiter {
+    /// Attempts `source` has left at `now`, after refilling since its last failure.
+    fn left(bucket: Option<&(f64, Instant)>, now: Instant) -> f64 {
+        match bucket {
+            None => AUTH_FAILURE_BURST,
+            Some((left, at)) => (left
+                + now.saturating_duration_since(*at).as_secs_f64() * AUTH_FAILURES_PER_SECOND)
+                .min(AUTH_FAILURE_BURST),
+        }
+    }
+
+    /// `Some(wait)` when `source` has no attempt left: how long until it has one.
+    pub fn retry_after(&self, source: IpAddr, now: Instant) -> Option<Duration> {
+        let buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let left = Self::left(buckets.get(&source), now);
+        (left < 1.0).then(|| Duration::from_secs_f64((1.0 - left) / AUTH_FAILURES_PER_SECOND))
+    }
+
+    /// Record a wrong token from `source`; true when that spent its last attempt.
+    pub fn failed(&self, source: IpAddr, now: Instant) -> bool {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        if buckets.len() >= AUTH_SOURCES_TRACKED && !buckets.contains_key(&source) {
+            buckets.retain(|_, b| Self::left(Some(b), now) < AUTH_FAILURE_BURST);
+            if buckets.len() >= AUTH_SOURCES_TRACKED {
+                // Every tracked source is guessing: forget the oldest rather than grow.
+                if let Some(oldest) = buckets.iter().min_by_key(|(_, b)| b.1).map(|(ip, _)| *ip) {
+                    buckets.remove(&oldest);
+                }
+            }
+        }
+        let left = Self::left(buckets.get(&source), now) - 1.0;
+        buckets.insert(source, (left, now));
+        left < 1.0
     }
 }
 
@@ -461,4 +613,46 @@ fn error(status: StatusCode, message: &str) -> Reply {
 
 fn json(status: StatusCode, value: serde_json::Value) -> Reply {
     text(status, format!("{value}\n"), "application/json")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrong_tokens_are_limited_per_source_and_refill_over_time() {
+        let limiter = AuthLimiter::default();
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let t0 = Instant::now();
+        for n in 1..=10 {
+            assert_eq!(limiter.retry_after(a, t0), None, "attempt {n} is allowed");
+            assert_eq!(limiter.failed(a, t0), n == 10, "attempt {n}");
+        }
+        let wait = limiter.retry_after(a, t0).expect("the 11th attempt waits");
+        assert_eq!(wait, Duration::from_millis(500));
+        assert_eq!(
+            limiter.retry_after(b, t0),
+            None,
+            "another source is not limited"
+        );
+        // Half a second later one more attempt is allowed, then none again.
+        let t1 = t0 + Duration::from_millis(500);
+        assert_eq!(limiter.retry_after(a, t1), None);
+        assert!(limiter.failed(a, t1));
+        assert!(limiter.retry_after(a, t1).is_some());
+        // After 5 s the whole burst is back.
+        let t2 = t1 + Duration::from_secs(5);
+        assert_eq!(limiter.retry_after(a, t2), None);
+        assert!(!limiter.failed(a, t2));
+    }
+
+    #[test]
+    fn tracked_sources_are_bounded() {
+        let limiter = AuthLimiter::default();
+        let now = Instant::now();
+        for i in 0..(AUTH_SOURCES_TRACKED as u32 + 100) {
+            limiter.failed(IpAddr::from(i.to_be_bytes()), now);
+        }
+        assert!(limiter.buckets.lock().unwrap().len() <= AUTH_SOURCES_TRACKED);
+    }
 }

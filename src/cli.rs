@@ -81,6 +81,11 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// Run a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> ExitCode {
+    #[cfg(unix)]
+    if !matches!(cli.command, Command::Run(_)) {
+        // Only `run` handles SIGHUP; the others keep its default action (end on hang-up).
+        hold_sighup(false);
+    }
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Run(args) => run_server(args),
@@ -170,6 +175,10 @@ pub(crate) fn serve(
         // signals as soon as it sees that line never hits the default (fatal) action.
         let signals =
             Signals::install().map_err(|e| format!("cannot install signal handlers: {e}"))?;
+        // SIGHUP was held since `main` began (see `hold_sighup`); one sent while warren
+        // started is delivered now, and reloads.
+        #[cfg(unix)]
+        hold_sighup(false);
         tokio::spawn(watch_signals(signals, shutdown.clone(), server.reloader()));
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
@@ -180,6 +189,26 @@ pub(crate) fn serve(
         server.run(shutdown).await;
         Ok(())
     })
+}
+
+/// Block (`true`) or unblock SIGHUP for the calling thread. `main` blocks it first thing:
+/// SIGHUP's default action ends the process, and a config manager may send one while warren
+/// starts. Threads started meanwhile inherit the block, so a held SIGHUP goes to the main
+/// thread once `run` unblocks it after installing its handler; hooks get a clean signal mask
+/// from std's process spawn.
+#[cfg(unix)]
+pub fn hold_sighup(hold: bool) {
+    use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow, Signal};
+    let how = if hold {
+        SigmaskHow::SIG_BLOCK
+    } else {
+        SigmaskHow::SIG_UNBLOCK
+    };
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGHUP);
+    if let Err(e) = pthread_sigmask(how, Some(&set), None) {
+        tracing::warn!(error = %e, "cannot change the signal mask for SIGHUP");
+    }
 }
 
 /// The signals warren handles, registered with the runtime.

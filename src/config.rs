@@ -493,6 +493,17 @@ pub fn from_toml(text: &str, file: &Path) -> Result<Config, ConfigError> {
     parse_with(text, file, &resolve_system)
 }
 
+/// [`from_toml`] without DNS: a backend or probe host that is not an IP literal is reported as a
+/// problem instead of resolved. Same parser and validation, so it is what the fuzz targets and
+/// their corpus replay run (deterministic, no network).
+pub fn from_toml_offline(text: &str, file: &Path) -> Result<Config, ConfigError> {
+    parse_with(text, file, &|host: &str, port: u16| {
+        host.parse::<IpAddr>()
+            .map(|ip| SocketAddr::new(ip, port))
+            .map_err(|_| format!("{host} is not an IP address (offline parse, nothing resolved)"))
+    })
+}
+
 /// The no-file quick start: listener "default" on `listen` → pool "default" with `backends`.
 ///
 /// Backends are named `backend-1`, `backend-2`, … in order; everything else is at its default

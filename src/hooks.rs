@@ -551,6 +551,10 @@ async fn run_exec(argv: &[String], event: &Event, timeout: Duration) -> Report {
         Err(e) => return Report::error(Outcome::Failed, format!("cannot run {program}: {e}")),
     };
     let pid = child.id();
+    // Declared after `child`, so dropped before it: if this future is dropped mid-run (the
+    // control runtime shutting down, retired hooks after a reload), the whole group dies, not
+    // only the leader that `kill_on_drop` reaches.
+    let mut group_guard = KillGroupOnDrop(pid);
 
     // Both pipes are read while the hook runs, or a chatty hook would block on a full pipe.
     let stop_reading = CancellationToken::new();
@@ -589,6 +593,8 @@ async fn run_exec(argv: &[String], event: &Event, timeout: Duration) -> Report {
             (Outcome::Timeout, status, Some(error))
         }
     };
+    // Reaped, or its group killed: nothing of this run is ours to kill any more.
+    group_guard.0 = None;
 
     // The hook is gone: what it wrote is in the pipes. Only processes it left behind, still
     // holding a pipe, keep the readers from seeing EOF; they get a short grace, then are ignored.
@@ -691,6 +697,22 @@ async fn kill_and_reap(child: &mut Child, pid: Option<u32>) -> Option<String> {
                 "a killed hook did not exit; it will be reaped in the background"
             );
             None
+        }
+    }
+}
+
+/// Kills the process group of a hook whose run was abandoned before it was reaped.
+struct KillGroupOnDrop(Option<u32>);
+
+impl Drop for KillGroupOnDrop {
+    fn drop(&mut self) {
+        #[cfg(unix)]
+        if let Some(pgid) = self.0.and_then(|p| libc::pid_t::try_from(p).ok()) {
+            // Not reaped yet (the guard is disarmed once it is), so the id is still this group's.
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pgid),
+                nix::sys::signal::SIGKILL,
+            );
         }
     }
 }

@@ -7,6 +7,9 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    // Before anything else: a SIGHUP while warren starts must not end it (see `hold_sighup`).
+    #[cfg(unix)]
+    warren::cli::hold_sighup(true);
     let cli = warren::cli::Cli::parse();
     let filter = match &cli.log_level {
         Some(level) => EnvFilter::try_new(level),

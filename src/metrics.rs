@@ -38,6 +38,8 @@ pub struct Metrics {
     pub proxy_header_rejected_total: IntCounterVec,
     /// State file reads or writes that failed (a corrupt file moved aside counts too).
     pub state_file_errors_total: IntCounter,
+    /// `/v1` requests refused for their token, by reason (missing | wrong | rate_limited).
+    pub admin_auth_failures_total: IntCounterVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -224,6 +226,14 @@ impl Metrics {
                 "state_file_errors_total",
                 "State file reads or writes that failed (a corrupt file is moved aside)"
             ))
+            .unwrap()),
+            admin_auth_failures_total: reg!(IntCounterVec::new(
+                opts(
+                    "admin_auth_failures_total",
+                    "Admin /v1 requests refused for their bearer token (missing | wrong | rate_limited)"
+                ),
+                &["reason"]
+            )
             .unwrap()),
             registry,
         }

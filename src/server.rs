@@ -208,6 +208,7 @@ fn start_control(
                     tokio::runtime::Handle::current(),
                 );
                 let _ = ready_tx.send((health.clone(), drainer.clone()));
+                let hooks_owner = health.clone();
                 match admin {
                     Some((listener, token)) => {
                         let admin = Arc::new(admin::Admin {
@@ -223,9 +224,8 @@ fn start_control(
                     }
                     None => thread_stop.cancelled().await,
                 }
-                if let Some(hooks) = hooks {
-                    hooks.shutdown().await;
-                }
+                // The hooks in force now, which a reload may have replaced since start.
+                hooks_owner.shutdown_hooks().await;
             });
         })
         .expect("the control thread starts");

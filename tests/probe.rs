@@ -344,7 +344,8 @@ async fn http_probe_is_up_on_2xx_and_sends_host_and_user_agent() {
         outcome,
         Outcome {
             up: true,
-            reason: "HTTP 200".into()
+            reason: "HTTP 200".into(),
+            local: false,
         }
     );
     let head = fake.await.unwrap().to_ascii_lowercase();

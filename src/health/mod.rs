@@ -231,6 +231,9 @@ pub struct Controller {
     routing: Arc<Routing>,
     /// Replaced on reload; `emit` clones it out under the lock.
     hooks: Mutex<Option<Hooks>>,
+    /// Hook sets a reload replaced, finishing their run in progress; awaited by
+    /// [`Controller::shutdown_hooks`] so the process never exits with a hook still running.
+    retired_hooks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     metrics: Arc<Metrics>,
     /// The probe of each pool (`None`: passive only); replaced on reload.
     probes: Mutex<HashMap<Arc<str>, Option<HealthConfig>>>,
@@ -275,6 +278,7 @@ impl Controller {
         Arc::new(Controller {
             routing,
             hooks: Mutex::new(hooks),
+            retired_hooks: Mutex::new(Vec::new()),
             metrics,
             probes: Mutex::new(probes),
             probe_tasks: Mutex::new(CancellationToken::new()),
@@ -339,9 +343,25 @@ impl Controller {
             new_hooks,
         );
         if let Some(old) = old_hooks {
-            self.runtime.spawn(old.shutdown());
+            let mut retired = self.retired_hooks.lock().unwrap_or_else(|e| e.into_inner());
+            retired.retain(|h| !h.is_finished());
+            retired.push(self.runtime.spawn(old.shutdown()));
         }
         self.spawn_probes(config, stop);
+    }
+
+    /// On shutdown: stop the hooks in force and wait for those a reload retired, each after its
+    /// run in progress finishes or is killed at its timeout.
+    pub async fn shutdown_hooks(&self) {
+        let current = self.hooks.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(hooks) = current {
+            hooks.shutdown().await;
+        }
+        let retired =
+            std::mem::take(&mut *self.retired_hooks.lock().unwrap_or_else(|e| e.into_inner()));
+        for handle in retired {
+            let _ = handle.await;
+        }
     }
 
     /// Start one probe task per backend of every pool with a `[health]` section, on the
@@ -417,6 +437,16 @@ impl Controller {
             let started = Instant::now();
             let outcome = probe::run(&health.probe, &target, health.timeout).await;
             let duration = started.elapsed();
+            // ±10% jitter keeps probes of many warren instances from marching in step.
+            let jitter = rand::thread_rng().gen_range(0.9..1.1);
+            if outcome.local {
+                // Out of descriptors or ports here (e.g. at RLIMIT_NOFILE): says nothing about
+                // the backend, so its health stays as it is.
+                tracing::warn!(pool = %key.0, backend = %key.1, reason = %outcome.reason,
+                    "probe could not run for lack of local resources; not counted against the backend");
+                next = started + health.interval.mul_f64(jitter);
+                continue;
+            }
             seconds.observe(duration.as_secs_f64());
             if outcome.up { &ok } else { &failed }.inc();
             let record = ProbeRecord {
@@ -426,8 +456,6 @@ impl Controller {
                 at: SystemTime::now(),
             };
             self.record(&key, record.up, Some(record));
-            // ±10% jitter keeps probes of many warren instances from marching in step.
-            let jitter = rand::thread_rng().gen_range(0.9..1.1);
             next = started + health.interval.mul_f64(jitter);
         }
     }

@@ -45,6 +45,9 @@ pub struct Outcome {
     /// "connection refused", "timed out after 1s waiting for Connection.Start",
     /// "HTTP 503: {\"status\":\"failed\",...}". Never contains a password.
     pub reason: String,
+    /// The attempt failed for lack of resources on this host (no descriptor, no ephemeral
+    /// port): no verdict on the backend, so the caller must not count it against it.
+    pub local: bool,
 }
 
 impl Outcome {
@@ -52,6 +55,7 @@ impl Outcome {
         Outcome {
             up: true,
             reason: reason.into(),
+            local: false,
         }
     }
 
@@ -59,6 +63,15 @@ impl Outcome {
         Outcome {
             up: false,
             reason: reason.into(),
+            local: false,
+        }
+    }
+
+    /// A failed connect: down, or no verdict when the error is this host's own.
+    fn connect_failed(e: &io::Error) -> Outcome {
+        Outcome {
+            local: crate::proxy::connect::is_local(e),
+            ..Outcome::down(connect_error(e))
         }
     }
 }
@@ -185,7 +198,7 @@ async fn connect_amqp_address(target: &Target, stage: &mut Stage) -> Result<TcpS
     *stage = Stage::Connecting;
     let mut stream = TcpStream::connect(target.addr)
         .await
-        .map_err(|e| Outcome::down(connect_error(&e)))?;
+        .map_err(|e| Outcome::connect_failed(&e))?;
     // Probes are small request/response exchanges: no reason to let Nagle hold a write back.
     let _ = stream.set_nodelay(true);
     *stage = Stage::SendingProxyHeader;
@@ -597,7 +610,10 @@ async fn http(
     let (status, prefix) =
         match http_get(&text, None, credentials, target, stage, HTTP_BODY_PREFIX).await {
             Ok(answer) => answer,
-            Err(reason) => return Outcome::down(redact(&reason)),
+            Err(mut failed) => {
+                failed.reason = redact(&failed.reason);
+                return failed;
+            }
         };
     if status.is_success() {
         return Outcome::up(format!("HTTP {}", status.as_u16()));
@@ -628,11 +644,11 @@ async fn http_get(
     target: &Target,
     stage: &mut Stage,
     body_cap: usize,
-) -> Result<(hyper::StatusCode, Vec<u8>), String> {
+) -> Result<(hyper::StatusCode, Vec<u8>), Outcome> {
     let Some(rest) = text.strip_prefix("http://") else {
-        return Err(format!(
+        return Err(Outcome::down(format!(
             "http probe url {text} is not http:// (https is not supported)"
-        ));
+        )));
     };
     let (authority, url_path) = match rest.find(['/', '?']) {
         Some(i) if rest.as_bytes()[i] == b'/' => (&rest[..i], rest[i..].to_string()),
@@ -644,13 +660,15 @@ async fn http_get(
     // Credentials belong in `user`/`password`, not in the URL: drop userinfo from the Host header.
     let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
     let Some((_, port)) = split_host_port(authority) else {
-        return Err(format!("http probe url {text} has no host"));
+        return Err(Outcome::down(format!("http probe url {text} has no host")));
     };
     *stage = Stage::Connecting;
-    let addr = resolve(text, port.unwrap_or(80), target).await?;
+    let addr = resolve(text, port.unwrap_or(80), target)
+        .await
+        .map_err(Outcome::down)?;
     let stream = TcpStream::connect(addr)
         .await
-        .map_err(|e| connect_error(&e))?;
+        .map_err(|e| Outcome::connect_failed(&e))?;
     let _ = stream.set_nodelay(true);
 
     let mut request = hyper::Request::get(path.as_str())
@@ -667,18 +685,18 @@ async fn http_get(
     }
     let request = request
         .body(Empty::<Bytes>::new())
-        .map_err(|e| format!("http probe url {text} cannot be requested: {e}"))?;
+        .map_err(|e| Outcome::down(format!("http probe url {text} cannot be requested: {e}")))?;
 
     *stage = Stage::WaitingForResponse;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| format!("HTTP handshake failed: {e}"))?;
+        .map_err(|e| Outcome::down(format!("HTTP handshake failed: {e}")))?;
     // The connection future does the I/O; it must not outlive this attempt.
     let _connection = AbortOnDrop(tokio::spawn(connection));
     let response = sender
         .send_request(request)
         .await
-        .map_err(|e| format!("HTTP request failed: {e}"))?;
+        .map_err(|e| Outcome::down(format!("HTTP request failed: {e}")))?;
     let status = response.status();
     if status.is_success() && !read_body {
         return Ok((status, Vec::new()));
@@ -764,7 +782,7 @@ pub async fn quorum_check(probe: &Probe, target: &Target, timeout: Duration) -> 
             humantime::format_duration(timeout),
             stage.as_str()
         )),
-        Ok(Err(reason)) => QuorumCheck::Unknown(redact(&reason)),
+        Ok(Err(failed)) => QuorumCheck::Unknown(redact(&failed.reason)),
         Ok(Ok((status, body))) => quorum_answer(status.as_u16(), &body),
     }
 }

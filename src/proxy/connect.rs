@@ -33,7 +33,7 @@ pub enum ConnectError {
 }
 
 /// Is this connect error ours (resources of this host) rather than the backend's?
-fn is_local(err: &io::Error) -> bool {
+pub(crate) fn is_local(err: &io::Error) -> bool {
     #[cfg(unix)]
     {
         matches!(

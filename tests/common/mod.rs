@@ -320,3 +320,245 @@ pub async fn echo_once(s: &mut TcpStream, byte: u8) -> bool {
         Ok(Ok(_)) if buf[0] == byte
     )
 }
+
+// ---------------------------------------------------------------------------------------------
+// Reliability suite helpers (tests/reliability_*.rs): warren as a child process, /proc readings
+// of a process, a deterministic RNG, and a config file writer. Added for issue 8.
+
+/// The built `warren` binary.
+pub const WARREN_BIN: &str = env!("CARGO_BIN_EXE_warren");
+
+/// A port on 127.0.0.1 that was free a moment ago (configs for a warren process need a real one).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A deterministic xorshift64* generator, so a failing input reproduces from the test alone.
+pub struct XorShift(pub u64);
+
+impl XorShift {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A number in `0..n` (`n` > 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+
+    pub fn bytes(&mut self, len: usize) -> Vec<u8> {
+        (0..len).map(|_| self.next_u64() as u8).collect()
+    }
+}
+
+/// One line of /proc/PID/stat split after the command name: field 3 (state) is index 0.
+fn proc_stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_comm = &stat[stat.rfind(')')? + 2..];
+    Some(after_comm.split_whitespace().map(str::to_owned).collect())
+}
+
+/// User + system CPU seconds a process has used so far.
+pub fn cpu_seconds_of(pid: u32) -> f64 {
+    let f = proc_stat_fields(pid).expect("/proc/PID/stat readable");
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let utime: f64 = f[11].parse().unwrap();
+    let stime: f64 = f[12].parse().unwrap();
+    (utime + stime) / ticks
+}
+
+/// Threads of a process.
+pub fn threads_of(pid: u32) -> usize {
+    proc_stat_fields(pid).expect("/proc/PID/stat readable")[17]
+        .parse()
+        .unwrap()
+}
+
+/// Resident memory of a process in KiB.
+pub fn rss_kib_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
+/// Open descriptors of a process.
+pub fn fds_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// Processes whose parent is `pid`.
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&p| proc_stat_fields(p).is_some_and(|f| f[1] == pid.to_string()))
+        .collect()
+}
+
+/// CPU share (1.0 = one core) a process uses over `window` of wall time.
+pub async fn cpu_share_over(pid: u32, window: Duration) -> f64 {
+    let (cpu, wall) = (cpu_seconds_of(pid), std::time::Instant::now());
+    tokio::time::sleep(window).await;
+    (cpu_seconds_of(pid) - cpu) / wall.elapsed().as_secs_f64()
+}
+
+/// A config file for a warren process: admin on `admin_port` (with `token_file` when given), one
+/// listener "amqp" on `listen_port` → pool "rabbitmq" with these backends (named b0, b1, ...),
+/// and `extra` TOML appended to the listener table (e.g. `connect_timeout = "1s"`).
+pub fn process_config(
+    admin_port: u16,
+    token_file: Option<&std::path::Path>,
+    listen_port: u16,
+    backends: &[SocketAddr],
+    extra: &str,
+) -> String {
+    let token = token_file
+        .map(|t| format!("token_file = \"{}\"\n", t.display()))
+        .unwrap_or_default();
+    let mut text = format!(
+        "[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n{token}\n[[listener]]\nname = \"amqp\"\n\
+         listen = \"127.0.0.1:{listen_port}\"\npool = \"rabbitmq\"\n{extra}\n\n[pool.rabbitmq]\n\n"
+    );
+    for (i, b) in backends.iter().enumerate() {
+        text += &format!("[[pool.rabbitmq.backend]]\nname = \"b{i}\"\naddr = \"{b}\"\n\n");
+    }
+    text
+}
+
+/// The `warren` binary as a child process, its stdout and stderr going to a log file. Killed
+/// and reaped on drop; the log's tail is printed when the test is failing.
+pub struct WarrenProc {
+    pub child: std::process::Child,
+    pub log: std::path::PathBuf,
+}
+
+impl WarrenProc {
+    /// Start `warren ARGS` (with `RUST_LOG` removed), logging to `log`.
+    pub fn spawn(args: &[&str], log: std::path::PathBuf) -> WarrenProc {
+        WarrenProc::spawn_with(std::process::Command::new(WARREN_BIN), args, log)
+    }
+
+    /// Start `command` (the warren binary, or a wrapper such as setpriv that execs it) with `args`.
+    pub fn spawn_with(
+        mut command: std::process::Command,
+        args: &[&str],
+        log: std::path::PathBuf,
+    ) -> WarrenProc {
+        let file = std::fs::File::create(&log).expect("create warren log");
+        let child = command
+            .args(args)
+            .env_remove("RUST_LOG")
+            .env("RUST_BACKTRACE", "0")
+            .stdin(std::process::Stdio::null())
+            .stdout(file.try_clone().expect("dup log"))
+            .stderr(file)
+            .spawn()
+            .expect("spawn warren");
+        WarrenProc { child, log }
+    }
+
+    /// `warren run --config CONFIG`, once it has logged "warren started" (within 10 s).
+    pub async fn run_config(config: &std::path::Path, log: std::path::PathBuf) -> WarrenProc {
+        let mut warren = WarrenProc::spawn(&["run", "--config", config.to_str().unwrap()], log);
+        warren
+            .logged("warren started", Duration::from_secs(10))
+            .await;
+        warren
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Send a signal (e.g. `libc::SIGHUP`).
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) only sends a signal; the pid is our child, not yet reaped.
+        let rc = unsafe { libc::kill(self.pid() as libc::pid_t, signal) };
+        assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
+    }
+
+    /// Everything logged so far.
+    pub fn log_text(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
+    }
+
+    /// Whether the process has exited (reaping it if so).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().expect("try_wait")
+    }
+
+    /// Wait until the process exits; panics after `within`.
+    pub async fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.exited() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "warren did not exit within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Wait until the log contains `needle`; panics after `within` or if warren exits first.
+    pub async fn logged(&mut self, needle: &str, within: Duration) {
+        let deadline = std::time::Instant::now() + within;
+        while !self.log_text().contains(needle) {
+            if let Some(status) = self.exited() {
+                panic!("warren exited ({status}) before logging {needle:?}");
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "warren did not log {needle:?} within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for WarrenProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = self.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- warren log, last lines ---");
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+/// Give an in-process config an admin API on 127.0.0.1:0 with `token_file` (no state file).
+pub fn with_admin_api(mut config: Config, token_file: Option<std::path::PathBuf>) -> Config {
+    config.admin = Some(warren::config::AdminConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        token_file,
+        state_file: None,
+    });
+    config
+}
+
+/// Connect to `addr` and echo one byte (see [`echo_once`]); `None` if either fails.
+pub async fn connect_echo(addr: SocketAddr, byte: u8) -> Option<TcpStream> {
+    let mut s = TcpStream::connect(addr).await.ok()?;
+    echo_once(&mut s, byte).await.then_some(s)
+}

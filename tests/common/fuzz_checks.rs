@@ -1,0 +1,104 @@
+//! The properties the fuzz targets (fuzz/fuzz_targets/*.rs) check, shared with the corpus
+//! replay test (tests/reliability_fuzz_corpus.rs) so both run exactly the same code. Each
+//! returns `Err(why)` for a broken property; a panic inside warren is a failure too.
+//! Only std and warren: the fuzz crate includes this file by path.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::path::Path;
+use std::time::Duration;
+
+use warren::proxy_protocol::{self, Header, Parsed};
+
+/// Config text: parsing and validating (offline, no DNS) either succeeds or gives a non-empty
+/// error that names the file; never a panic.
+pub fn config(data: &[u8]) -> Result<(), String> {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return Ok(());
+    };
+    let file = Path::new("fuzz.toml");
+    match warren::config::from_toml_offline(text, file) {
+        Ok(config) => {
+            // A valid config summarises without panicking and names at least one listener.
+            let summary = config.summary();
+            if config.listeners.is_empty() {
+                return Err(format!(
+                    "a config without listeners was accepted: {summary}"
+                ));
+            }
+            Ok(())
+        }
+        Err(e) => {
+            let message = e.to_string();
+            if message.is_empty() || !message.contains("fuzz.toml") {
+                return Err(format!("error does not name the file: {message:?}"));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Inbound PROXY header bytes: a complete header never claims more bytes than it was given and
+/// parses the same from exactly its own bytes; "incomplete" only below the size limit; a v2
+/// re-encoding of what was parsed parses back to the same header.
+pub fn proxy_header(data: &[u8]) -> Result<(), String> {
+    match proxy_protocol::parse(data) {
+        Err(_) => Ok(()),
+        Ok(Parsed::Incomplete) if data.len() < proxy_protocol::V2_MAX_LEN => Ok(()),
+        Ok(Parsed::Incomplete) => Err(format!("incomplete after {} bytes", data.len())),
+        Ok(Parsed::Complete { header, len }) => {
+            if len == 0 || len > data.len() {
+                return Err(format!("header length {len} of {} bytes", data.len()));
+            }
+            let again = proxy_protocol::parse(&data[..len]);
+            if again != Ok(Parsed::Complete { header, len }) {
+                return Err(format!("its own {len} bytes parse as {again:?}"));
+            }
+            if let Header::Proxied { .. } = header {
+                let mut encoded = Vec::new();
+                proxy_protocol::encode_v2(&header, &mut encoded);
+                let back = proxy_protocol::parse(&encoded);
+                let expected = Ok(Parsed::Complete {
+                    header,
+                    len: encoded.len(),
+                });
+                if back != expected {
+                    return Err(format!("{header:?} re-encoded as v2 parses as {back:?}"));
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Raw bytes to a live admin listener at `addr` (the client then half-closes): the answer is
+/// empty (a clean close) or starts with an HTTP/1.x status line with a code in 100..=599, and
+/// comes within 5 s.
+pub fn admin_request(addr: SocketAddr, data: &[u8]) -> Result<(), String> {
+    let mut s = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // The server may answer and close before reading everything: write errors are fine.
+    let _ = s.write_all(data);
+    let _ = s.shutdown(Shutdown::Write);
+    let mut answer = Vec::new();
+    if let Err(e) = s.read_to_end(&mut answer) {
+        if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut {
+            return Err("no answer nor close within 5s".into());
+        }
+        // A reset after a refused request is a clean enough end.
+    }
+    if answer.is_empty() {
+        return Ok(());
+    }
+    let head = String::from_utf8_lossy(&answer[..answer.len().min(64)]).into_owned();
+    let code = head
+        .strip_prefix("HTTP/1.1 ")
+        .or_else(|| head.strip_prefix("HTTP/1.0 "))
+        .and_then(|rest| rest.get(..3))
+        .and_then(|c| c.parse::<u16>().ok());
+    match code {
+        Some(100..=599) => Ok(()),
+        _ => Err(format!("not an HTTP/1.x answer: {head:?}")),
+    }
+}

@@ -1,0 +1,396 @@
+//! Reliability, security: the admin token guards every `/v1` route and guessing it is slow;
+//! the token and other secrets never reach a log line, a hook or a `Debug` print; hooks get a
+//! clean environment even from a warren whose own environment holds secrets; warren runs as an
+//! unprivileged user. Each test states its pass criterion as a number; RELIABILITY.md lists them.
+#![cfg(target_os = "linux")]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use warren::config::Balance;
+
+const TOKEN: &str = "tok-3f9a1c77e2b54d08";
+/// The uid and gid of `nobody`.
+const NOBODY: u32 = 65534;
+
+/// One request; returns the whole raw answer (status line, headers, body).
+async fn raw_http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: warren\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
+        .await
+        .expect("admin answers within 10s")
+        .unwrap();
+    String::from_utf8_lossy(&raw).into_owned()
+}
+
+/// With the token, `GET /v1/status` and `POST /v1/reload` answer 200; returns the admin address.
+async fn status_and_reload_answer(admin_port: u16) -> SocketAddr {
+    let admin: SocketAddr = ([127, 0, 0, 1], admin_port).into();
+    for (method, path) in [("GET", "/v1/status"), ("POST", "/v1/reload")] {
+        let raw = raw_http(admin, method, path, Some(TOKEN)).await;
+        assert_eq!(status_of(&raw), 200, "{method} {path}: {raw}");
+    }
+    admin
+}
+
+fn status_of(raw: &str) -> u16 {
+    raw.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Criterion: 0 of 4 `/v1` routes answer without the token or with a wrong one (401 each); of
+/// 100 wrong guesses sent as fast as possible, at most 10 + 2 per elapsed second are checked,
+/// the rest get 429 with `Retry-After`; while limited even the right token gets 429, probes
+/// (`/healthz`, `/metrics`) still get 200; the right token works again after `Retry-After`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_needs_the_token_and_wrong_guesses_are_rate_limited() {
+    let dir = TempDir::new("sec-token");
+    let b = spawn_backend(echo).await;
+    std::fs::write(dir.0.join("token"), TOKEN).unwrap();
+    let cfg = config(Balance::RoundRobin, vec![backend("b", b.addr)]);
+    let cfg = with_admin_api(cfg, Some(dir.0.join("token")));
+    let warren = Warren::start(cfg, quick());
+    let admin = warren.admin.unwrap();
+
+    for (method, path) in [
+        ("GET", "/v1/status"),
+        ("POST", "/v1/pools/default/backends/b/drain"),
+        ("POST", "/v1/pools/default/backends/b/undrain"),
+        ("POST", "/v1/reload"),
+    ] {
+        assert_eq!(
+            status_of(&raw_http(admin, method, path, None).await),
+            401,
+            "{path}"
+        );
+    }
+    assert_eq!(
+        warren.metric(r#"warren_admin_auth_failures_total{reason="missing"}"#),
+        4.0
+    );
+    assert_eq!(
+        status_of(&raw_http(admin, "GET", "/v1/status", Some(TOKEN)).await),
+        200
+    );
+
+    let started = Instant::now();
+    let (mut checked, mut limited, mut retry_after) = (0, 0, None);
+    for n in 0..100 {
+        let raw = raw_http(admin, "GET", "/v1/status", Some(&format!("guess-{n}"))).await;
+        match status_of(&raw) {
+            401 => checked += 1,
+            429 => {
+                limited += 1;
+                retry_after = raw
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("retry-after: ")
+                            .map(str::to_owned)
+                    })
+                    .and_then(|v| v.trim().parse::<u64>().ok());
+                assert!(retry_after.is_some(), "429 without Retry-After: {raw}");
+            }
+            other => panic!("guess {n}: status {other}: {raw}"),
+        }
+        assert!(!raw.contains(TOKEN), "an answer contains the token");
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let allowed = 10.0 + 2.0 * elapsed + 1.0;
+    println!(
+        "100 wrong guesses in {elapsed:.2}s: {checked} checked (401), {limited} refused (429)"
+    );
+    assert!(
+        f64::from(checked) <= allowed,
+        "{checked} guesses checked in {elapsed:.2}s (bound {allowed:.1})"
+    );
+    assert_eq!(checked + limited, 100);
+    assert_eq!(
+        warren.metric(r#"warren_admin_auth_failures_total{reason="wrong"}"#)
+            + warren.metric(r#"warren_admin_auth_failures_total{reason="rate_limited"}"#),
+        100.0
+    );
+
+    // Limited: the right token is not even looked at, so a 200 cannot confirm a guess.
+    assert_eq!(
+        status_of(&raw_http(admin, "GET", "/v1/status", Some(TOKEN)).await),
+        429
+    );
+    assert_eq!(
+        status_of(&raw_http(admin, "GET", "/healthz", None).await),
+        200
+    );
+    assert_eq!(
+        status_of(&raw_http(admin, "GET", "/metrics", None).await),
+        200
+    );
+    let wait = Duration::from_secs(retry_after.unwrap());
+    tokio::time::sleep(wait).await;
+    assert_eq!(
+        status_of(&raw_http(admin, "GET", "/v1/status", Some(TOKEN)).await),
+        200
+    );
+    warren.stop().await;
+}
+
+/// Criterion: a warren process logging at debug level, with secrets in its own environment,
+/// a token, an http probe password and a hook that fires, leaves 0 occurrences of any secret in
+/// its log and in the hook's environment, and the hook's environment holds exactly the 7
+/// documented variables.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_reach_the_log_or_hooks_and_hooks_get_a_clean_environment() {
+    const PROBE_PASSWORD: &str = "probe-pw-77c1e0";
+    const ENV_SECRET: &str = "env-secret-9d2b44";
+    let dir = TempDir::new("sec-leaks");
+    std::fs::write(dir.0.join("token"), format!("{TOKEN}\n")).unwrap();
+    let hook = dir.0.join("hook.sh");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\nenv > {0}/env.tmp; mv {0}/env.tmp {0}/env\n",
+            dir.0.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dead = refused_addr();
+    let (admin_port, port) = (free_port(), free_port());
+    let config_path = dir.0.join("warren.toml");
+    let text = process_config(admin_port, Some(&dir.0.join("token")), port, &[dead], "")
+        + &format!(
+            "[pool.rabbitmq.health]\nkind = \"http\"\nurl = \"http://{{host}}:{{port}}/api/health\"\n\
+             user = \"monitor\"\npassword = \"{PROBE_PASSWORD}\"\ninterval = \"200ms\"\ntimeout = \"100ms\"\n\
+             rise = 1\nfall = 1\n\n[[hook]]\non = [\"backend_down\"]\nexec = [\"{}\"]\ntimeout = \"5s\"\n",
+            hook.display()
+        );
+    std::fs::write(&config_path, text).unwrap();
+
+    let mut command = std::process::Command::new(WARREN_BIN);
+    command
+        .env("WARREN_TOKEN", TOKEN)
+        .env("AWS_SECRET_ACCESS_KEY", ENV_SECRET)
+        .env("HOME", "/root");
+    let mut warren = WarrenProc::spawn_with(
+        command,
+        &[
+            "--log-level",
+            "debug",
+            "run",
+            "--config",
+            config_path.to_str().unwrap(),
+        ],
+        dir.0.join("warren.log"),
+    );
+    warren
+        .logged("warren started", Duration::from_secs(10))
+        .await;
+    let admin = status_and_reload_answer(admin_port).await;
+    // A wrong token that shares a prefix with the right one.
+    assert_eq!(
+        status_of(&raw_http(admin, "GET", "/v1/status", Some(&TOKEN[..8])).await),
+        401
+    );
+    let env_file = dir.0.join("env");
+    wait_for(
+        "the backend_down hook to run",
+        Duration::from_secs(10),
+        || env_file.exists(),
+    )
+    .await;
+    warren.signal(libc::SIGTERM);
+    assert_eq!(
+        warren.wait_exit(Duration::from_secs(10)).await.code(),
+        Some(0)
+    );
+
+    let log = warren.log_text();
+    let hook_env = std::fs::read_to_string(&env_file).unwrap();
+    for secret in [TOKEN, PROBE_PASSWORD, ENV_SECRET] {
+        assert_eq!(
+            log.matches(secret).count(),
+            0,
+            "{secret} in the log:\n{log}"
+        );
+        assert!(
+            !hook_env.contains(secret),
+            "{secret} in the hook's environment:\n{hook_env}"
+        );
+    }
+    assert!(
+        log.contains("config reloaded"),
+        "the reload happened: {log}"
+    );
+    let mut names: Vec<&str> = hook_env
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k))
+        // The shell itself may export these.
+        .filter(|k| !["PWD", "SHLVL", "_", "OLDPWD"].contains(k))
+        .collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "PATH",
+            "WARREN_AVAILABLE",
+            "WARREN_BACKEND",
+            "WARREN_BACKEND_ADDR",
+            "WARREN_EVENT",
+            "WARREN_POOL",
+            "WARREN_TOTAL"
+        ]
+    );
+    println!(
+        "log of {} lines and hook environment checked: no secret",
+        log.lines().count()
+    );
+}
+
+/// Criterion: `Debug` of a loaded config with an http probe password, an amqp_login URI with a
+/// password and a token file shows 0 of the secrets.
+#[test]
+fn secrets_are_masked_in_debug_output() {
+    let dir = TempDir::new("sec-debug");
+    let text = r#"
+[admin]
+listen = "127.0.0.1:9901"
+token_file = "/etc/warren/token"
+
+[[listener]]
+name = "a"
+listen = "127.0.0.1:5672"
+pool = "http"
+
+[[listener]]
+name = "b"
+listen = "127.0.0.1:5673"
+pool = "login"
+
+[pool.http.health]
+kind = "http"
+url = "http://{host}:15672/api/health/checks/virtual-hosts"
+user = "monitor"
+password = "http-pw-51a2"
+
+[[pool.http.backend]]
+name = "a"
+addr = "127.0.0.1:5672"
+
+[pool.login.health]
+kind = "amqp_login"
+uri = "amqp://warren:login-pw-8e3d@{host}:{port}/%2f"
+
+[[pool.login.backend]]
+name = "a"
+addr = "127.0.0.1:5672"
+"#;
+    let path = dir.0.join("warren.toml");
+    std::fs::write(&path, text).unwrap();
+    let config = warren::config::load(&path).expect("loads");
+    let debug = format!("{config:?}");
+    for secret in ["http-pw-51a2", "login-pw-8e3d"] {
+        assert!(!debug.contains(secret), "{secret} in Debug output: {debug}");
+    }
+    assert!(debug.contains("***"), "secrets are shown masked: {debug}");
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A `Key:` line of /proc/PID/status.
+fn status_line(pid: u32, key: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_owned()))
+        .unwrap_or_default()
+}
+
+/// Criterion: run as user nobody (uid 65534, no capabilities) with a 0600 token file it owns,
+/// warren serves 100 of 100 echoes, answers the admin API, reloads, and exits 0 on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warren_runs_as_an_unprivileged_user() {
+    let b = spawn_backend(echo).await;
+    let dir = TempDir::new("sec-nobody");
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let token = dir.0.join("token");
+    std::fs::write(&token, TOKEN).unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (admin_port, port) = (free_port(), free_port());
+    let config_path = dir.0.join("warren.toml");
+    std::fs::write(
+        &config_path,
+        process_config(admin_port, Some(&token), port, &[b.addr], ""),
+    )
+    .unwrap();
+    std::fs::set_permissions(&config_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let command = if is_root() {
+        std::os::unix::fs::chown(&token, Some(NOBODY), Some(NOBODY)).unwrap();
+        let mut c = std::process::Command::new("setpriv");
+        c.args([
+            format!("--reuid={NOBODY}"),
+            format!("--regid={NOBODY}"),
+            "--clear-groups".into(),
+            "--inh-caps=-all".into(),
+            "--".into(),
+            WARREN_BIN.into(),
+        ]);
+        c
+    } else {
+        println!("not root: warren runs as this (unprivileged) user");
+        std::process::Command::new(WARREN_BIN)
+    };
+    let mut warren = WarrenProc::spawn_with(
+        command,
+        &["run", "--config", config_path.to_str().unwrap()],
+        dir.0.join("warren.log"),
+    );
+    warren
+        .logged("warren started", Duration::from_secs(10))
+        .await;
+    let pid = warren.pid();
+    let uid = status_line(pid, "Uid:");
+    let caps = status_line(pid, "CapEff:");
+    println!("warren pid {pid}: Uid {uid}, CapEff {caps}");
+    assert!(
+        !uid.starts_with("0\t") && !uid.starts_with("0 "),
+        "warren runs as root: {uid}"
+    );
+    assert_eq!(
+        caps.trim_start_matches('0'),
+        "",
+        "warren holds capabilities: {caps}"
+    );
+
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut served = 0;
+    for n in 0..100u8 {
+        if connect_echo(addr, n).await.is_some() {
+            served += 1;
+        }
+    }
+    assert_eq!(served, 100);
+    status_and_reload_answer(admin_port).await;
+    warren.signal(libc::SIGTERM);
+    assert_eq!(
+        warren.wait_exit(Duration::from_secs(10)).await.code(),
+        Some(0)
+    );
+}

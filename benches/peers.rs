@@ -5,7 +5,7 @@
 //! Run it with `bash scripts/bench.sh` (builds warren, installs the peers, runs this), or
 //! `cargo bench --bench peers -- --run [--rounds N] [--quick]` when everything is in place.
 //! Without `--run` it prints how to run it and exits 0, so plain `cargo bench` and
-//! `cargo test --all-targets` do not start a 12-minute run that needs root.
+//! `cargo test --all-targets` do not start a 20-minute run that needs root.
 //!
 //! What runs where (this machine has 2 cores, and every load generator competes for them):
 //! - the proxies, as user `nobody` (`setpriv`), each in its own process group, killed at the end
@@ -13,7 +13,9 @@
 //! - the echo backend: this binary re-run with `--echo-server`, a tokio runtime with as many
 //!   threads as the proxies' workers, in its own process;
 //! - the bulk backend and client: `iperf3 -s` / `iperf3 -c` (single-threaded in 3.12);
-//! - the churn, latency and idle clients: plain blocking threads in this process.
+//! - the churn, latency and idle clients: plain blocking threads in this process;
+//! - the AMQP backend: one RabbitMQ node for the whole run (`scripts/rabbitmq.sh start`, stopped
+//!   by a guard); its clients (lapin publishers and consumers) on a tokio runtime in this process.
 //!
 //! Everything binds 127.0.0.1 only; every loop is bounded by a deadline or a count.
 

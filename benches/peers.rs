@@ -5,7 +5,7 @@
 //! Run it with `bash scripts/bench.sh` (builds warren, installs the peers, runs this), or
 //! `cargo bench --bench peers -- --run [--rounds N] [--quick]` when everything is in place.
 //! Without `--run` it prints how to run it and exits 0, so plain `cargo bench` and
-//! `cargo test --all-targets` do not start a 12-minute run that needs root.
+//! `cargo test --all-targets` do not start a 20-minute run that needs root.
 //!
 //! What runs where (this machine has 2 cores, and every load generator competes for them):
 //! - the proxies, as user `nobody` (`setpriv`), each in its own process group, killed at the end
@@ -13,7 +13,9 @@
 //! - the echo backend: this binary re-run with `--echo-server`, a tokio runtime with as many
 //!   threads as the proxies' workers, in its own process;
 //! - the bulk backend and client: `iperf3 -s` / `iperf3 -c` (single-threaded in 3.12);
-//! - the churn, latency and idle clients: plain blocking threads in this process.
+//! - the churn, latency and idle clients: plain blocking threads in this process;
+//! - the AMQP backend: one RabbitMQ node for the whole run (`scripts/rabbitmq.sh start`, stopped
+//!   by a guard); its clients (lapin publishers and consumers) on a tokio runtime in this process.
 //!
 //! Everything binds 127.0.0.1 only; every loop is bounded by a deadline or a count.
 
@@ -38,6 +40,21 @@ const SIZES: [usize; 3] = [64, 1024, 16 * 1024];
 const CHURN_CLIENTS: [usize; 2] = [1, 8];
 /// An AMQP heartbeat frame: what an idle AMQP connection sends now and then.
 const HEARTBEAT: [u8; 8] = [8, 0, 0, 0, 0, 0, 0, 0xCE];
+/// AMQP message sizes.
+const AMQP_SIZES: [usize; 2] = [100, 64 * 1024];
+/// Publisher connections of the AMQP workload, each with one confirm channel.
+const AMQP_PUBLISHERS: usize = 4;
+/// Consumer connections of the AMQP workload, all on the same queue.
+const AMQP_CONSUMERS: usize = 2;
+/// Unconfirmed publishes per publisher: enough in flight that the measure is throughput, not
+/// one round trip (and one fsync) per message.
+const AMQP_WINDOW: usize = 64;
+/// Unacked deliveries per consumer.
+const AMQP_PREFETCH: u16 = 200;
+/// The package's server script; its absence means RabbitMQ is not installed.
+const RABBITMQ_SERVER: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
+/// Every workload, in the order they run.
+const WORKLOADS: [&str; 5] = ["bulk", "churn", "latency", "amqp", "idle"];
 const RESULTS_BEGIN: &str =
     "<!-- peers:results:begin (written by benches/peers.rs; edit outside) -->";
 const RESULTS_END: &str = "<!-- peers:results:end -->";
@@ -97,12 +114,15 @@ struct Opts {
     churn_secs: f64,
     latency_secs: f64,
     idle_connections: usize,
+    /// AMQP: unmeasured seconds after the clients connect, then measured seconds, per slot.
+    amqp_warmup: Duration,
+    amqp_secs: Duration,
     command: String,
 }
 
 fn usage() -> &'static str {
     "peers: warren vs HAProxy vs NGINX on loopback.\n\
-     Run: bash scripts/bench.sh [--rounds N] [--quick] [--workers N] [--workloads bulk,churn,latency,idle]\n\
+     Run: bash scripts/bench.sh [--rounds N] [--quick] [--workers N] [--workloads bulk,churn,latency,amqp,idle]\n\
      or:  cargo bench --bench peers -- --run [same flags] [--warren PATH] [--out FILE]"
 }
 
@@ -115,9 +135,7 @@ fn parse_args() -> Res<Option<Opts>> {
     let mut workers = 2;
     let mut warren = manifest.join("target/release/warren");
     let mut out = manifest.join("BENCHMARKS.md");
-    let mut workloads: Vec<String> = ["bulk", "churn", "latency", "idle"]
-        .map(String::from)
-        .to_vec();
+    let mut workloads: Vec<String> = WORKLOADS.map(String::from).to_vec();
     let mut command = "bash scripts/bench.sh".to_string();
     while let Some(a) = args.next() {
         let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
@@ -146,7 +164,7 @@ fn parse_args() -> Res<Option<Opts>> {
                     .map(|s| s.trim().to_string())
                     .collect();
                 for w in &workloads {
-                    if !["bulk", "churn", "latency", "idle"].contains(&w.as_str()) {
+                    if !WORKLOADS.contains(&w.as_str()) {
                         return Err(format!("unknown workload {w:?}"));
                     }
                 }
@@ -176,6 +194,8 @@ fn parse_args() -> Res<Option<Opts>> {
         churn_secs: if quick { 1.0 } else { 3.0 },
         latency_secs: if quick { 0.5 } else { 2.0 },
         idle_connections: 5000,
+        amqp_warmup: Duration::from_secs(1),
+        amqp_secs: Duration::from_secs(if quick { 3 } else { 10 }),
         command,
     }))
 }
@@ -548,6 +568,8 @@ struct Ports {
     echo: u16,
     /// Forwarded to the iperf3 server.
     bulk: u16,
+    /// Forwarded to the RabbitMQ node's AMQP port; only when the amqp workload runs.
+    amqp: Option<u16>,
 }
 
 struct Workdir(PathBuf);
@@ -629,7 +651,16 @@ fn start_proxy(t: Target, opts: &Opts, dir: &Path, backends: Ports, tag: &str) -
     let ports = Ports {
         echo: free_port()?,
         bulk: free_port()?,
+        amqp: backends.amqp.map(|_| free_port()).transpose()?,
     };
+    // (name, listen port, backend port) of every listener the proxy gets.
+    let mut forwards = vec![
+        ("echo", ports.echo, backends.echo),
+        ("bulk", ports.bulk, backends.bulk),
+    ];
+    if let (Some(port), Some(backend)) = (ports.amqp, backends.amqp) {
+        forwards.push(("amqp", port, backend));
+    }
     let n = opts.workers;
     let log = dir.join(format!("{}-{tag}.log", t.name()));
     let mut admin = None;
@@ -640,10 +671,7 @@ fn start_proxy(t: Target, opts: &Opts, dir: &Path, backends: Ports, tag: &str) -
             admin = Some(a);
             let conf = dir.join(format!("warren-{tag}.toml"));
             let mut text = format!("[admin]\nlisten = \"127.0.0.1:{a}\"\n\n");
-            for (name, port, backend) in [
-                ("echo", ports.echo, backends.echo),
-                ("bulk", ports.bulk, backends.bulk),
-            ] {
+            for &(name, port, backend) in &forwards {
                 write!(
                     text,
                     "[[listener]]\nname = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\npool = \"{name}\"\n\
@@ -667,14 +695,18 @@ fn start_proxy(t: Target, opts: &Opts, dir: &Path, backends: Ports, tag: &str) -
         }
         Target::Haproxy => {
             let conf = dir.join(format!("haproxy-{tag}.cfg"));
-            let text = format!(
+            let mut text = format!(
                 "global\n  nbthread {n}\n  maxconn 7500\n\n\
                  defaults\n  mode tcp\n  maxconn 7500\n  timeout connect 5s\n  timeout client 120s\n  \
-                 timeout server 120s\n  option splice-request\n  option splice-response\n\n\
-                 listen echo\n  bind 127.0.0.1:{}\n  server echo1 127.0.0.1:{}\n\n\
-                 listen bulk\n  bind 127.0.0.1:{}\n  server bulk1 127.0.0.1:{}\n",
-                ports.echo, backends.echo, ports.bulk, backends.bulk
+                 timeout server 120s\n  option splice-request\n  option splice-response\n"
             );
+            for &(name, port, backend) in &forwards {
+                write!(
+                    text,
+                    "\nlisten {name}\n  bind 127.0.0.1:{port}\n  server {name}1 127.0.0.1:{backend}\n"
+                )
+                .unwrap();
+            }
             write_file(&conf, &text)?;
             let mut c = as_nobody(&which("haproxy")?);
             c.arg("-db").arg("-f").arg(&conf);
@@ -683,18 +715,20 @@ fn start_proxy(t: Target, opts: &Opts, dir: &Path, backends: Ports, tag: &str) -
         Target::Nginx => {
             let conf = dir.join(format!("nginx-{tag}.conf"));
             let err = dir.join(format!("nginx-{tag}-error.log"));
-            let text = format!(
+            let mut text = format!(
                 "load_module {NGINX_STREAM_MODULE};\nworker_processes {n};\nworker_rlimit_nofile 20000;\n\
                  error_log {} warn;\nevents {{ worker_connections 9000; }}\n\
-                 stream {{\n  proxy_timeout 120s;\n  proxy_connect_timeout 5s;\n  proxy_half_close on;\n  \
-                 server {{ listen 127.0.0.1:{}; proxy_pass 127.0.0.1:{}; }}\n  \
-                 server {{ listen 127.0.0.1:{}; proxy_pass 127.0.0.1:{}; }}\n}}\n",
+                 stream {{\n  proxy_timeout 120s;\n  proxy_connect_timeout 5s;\n  proxy_half_close on;\n",
                 err.display(),
-                ports.echo,
-                backends.echo,
-                ports.bulk,
-                backends.bulk
             );
+            for &(_, port, backend) in &forwards {
+                writeln!(
+                    text,
+                    "  server {{ listen 127.0.0.1:{port}; proxy_pass 127.0.0.1:{backend}; }}"
+                )
+                .unwrap();
+            }
+            text.push_str("}\n");
             write_file(&conf, &text)?;
             let mut c = as_nobody(&which("nginx")?);
             c.arg("-e")
@@ -710,7 +744,7 @@ fn start_proxy(t: Target, opts: &Opts, dir: &Path, backends: Ports, tag: &str) -
         }
     };
     let mut proc_ = Proc::spawn(t.name(), cmd, Some(log))?;
-    let mut wait_for = vec![ports.echo, ports.bulk];
+    let mut wait_for: Vec<u16> = forwards.iter().map(|f| f.1).collect();
     wait_for.extend(admin);
     wait_listening(&mut proc_, &wait_for)?;
     Ok(Running {
@@ -916,6 +950,393 @@ fn idle(running: &mut Running, n: usize) -> Res<Idle> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The AMQP workload: lapin publishers with confirms and consumers, against a real RabbitMQ node.
+
+/// One RabbitMQ node for the whole run, started by `scripts/rabbitmq.sh`; stopped and its
+/// directory removed on drop (also on error and Ctrl-C), so no node outlives the harness.
+struct RabbitNode {
+    /// Everything of the node (data, logs, config, cookie) lives under it; `cleanup` removes it.
+    basedir: PathBuf,
+    /// The node's AMQP port on 127.0.0.1: direct's target and every proxy's backend.
+    amqp: u16,
+}
+
+impl RabbitNode {
+    fn start(dir: &Path) -> Res<RabbitNode> {
+        if !Path::new(RABBITMQ_SERVER).exists() {
+            return Err(format!(
+                "{RABBITMQ_SERVER} missing: run `bash scripts/rabbitmq.sh install` (scripts/bench.sh does)"
+            ));
+        }
+        let mut ports = Vec::new();
+        while ports.len() < 3 {
+            let p = free_port()?;
+            if !ports.contains(&p) {
+                ports.push(p);
+            }
+        }
+        // The guard exists before the node does: a node that half-booted is cleaned up too.
+        let node = RabbitNode {
+            basedir: dir.join("rabbitmq"),
+            amqp: ports[0],
+        };
+        let mut cmd = Command::new("bash");
+        cmd.arg(rabbitmq_script())
+            .arg("start")
+            .arg(format!("peers{}", std::process::id()));
+        cmd.args(ports.iter().map(u16::to_string))
+            .arg(&node.basedir);
+        let (ok, out, err) = run_bounded(cmd, Duration::from_secs(150))?;
+        if !ok {
+            return Err(format!("scripts/rabbitmq.sh start failed:\n{out}{err}"));
+        }
+        Ok(node)
+    }
+}
+
+impl Drop for RabbitNode {
+    fn drop(&mut self) {
+        // Not run_bounded: it gives up at once after Ctrl-C, and this must still run then.
+        // The script bounds its own waits (rabbitmqctl stop, then kill -9).
+        let out = Command::new("bash")
+            .arg(rabbitmq_script())
+            .arg("cleanup")
+            .arg(&self.basedir)
+            .stdin(Stdio::null())
+            .output();
+        match out {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => eprintln!(
+                "peers: scripts/rabbitmq.sh cleanup {} failed: {}",
+                self.basedir.display(),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => eprintln!("peers: scripts/rabbitmq.sh cleanup: {e}"),
+        }
+    }
+}
+
+fn rabbitmq_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/rabbitmq.sh")
+}
+
+/// What one AMQP slot measured.
+struct Amqp {
+    /// Messages consumed and acked per second inside the measured window: end to end.
+    delivered: f64,
+    /// Publishes confirmed (acked by the broker) per second inside the window.
+    confirmed: f64,
+    /// Confirm latency (basic.publish → its confirm) p50 and p99, ms, of messages published
+    /// inside the window.
+    confirm_ms: [f64; 2],
+    samples: usize,
+    /// Confirms that came back as nacks or errors.
+    failed: u64,
+}
+
+/// Counters shared by one slot's publishers and consumers.
+#[derive(Default)]
+struct AmqpCounters {
+    confirmed: AtomicU64,
+    failed: AtomicU64,
+    delivered: AtomicU64,
+    /// Confirm latencies (µs) of the messages published inside the measured window.
+    latencies: std::sync::Mutex<Vec<f64>>,
+}
+
+/// The measured window of a slot, `from` → `to`; publishing starts a warm-up before `from`.
+#[derive(Clone, Copy)]
+struct Window {
+    from: Instant,
+    to: Instant,
+}
+
+/// Longest wait for one AMQP step (connect, publish, confirm, ack, delete) before the slot is
+/// called stuck.
+const AMQP_STEP: Duration = Duration::from_secs(30);
+
+fn amqp_uri(port: u16) -> String {
+    format!("amqp://guest:guest@127.0.0.1:{port}/%2f?heartbeat=30&connection_timeout=10000")
+}
+
+async fn bounded<T, E: std::fmt::Display>(
+    what: &str,
+    f: impl std::future::Future<Output = Result<T, E>>,
+) -> Res<T> {
+    match tokio::time::timeout(AMQP_STEP, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(format!("{what}: {e}")),
+        Err(_) => Err(format!("{what}: no answer in {AMQP_STEP:?}")),
+    }
+}
+
+async fn amqp_channel(port: u16, name: &str) -> Res<(lapin::Connection, lapin::Channel)> {
+    let conn = bounded(
+        &format!("connect {name} to 127.0.0.1:{port}"),
+        lapin::Connection::connect(
+            &amqp_uri(port),
+            lapin::ConnectionProperties::default().with_connection_name(name.into()),
+        ),
+    )
+    .await?;
+    let channel = bounded(&format!("{name}: open a channel"), conn.create_channel()).await?;
+    Ok((conn, channel))
+}
+
+async fn amqp_close(conn: lapin::Connection) {
+    // Best effort: a connection that does not close in time is dropped with the runtime's task.
+    let _ = tokio::time::timeout(Duration::from_secs(5), conn.close(200, "done".into())).await;
+}
+
+/// One publisher: persistent messages on a confirm channel, at most `AMQP_WINDOW` unconfirmed,
+/// until the window ends (or `stop`); then waits for every outstanding confirm.
+async fn amqp_publisher(
+    conn: lapin::Connection,
+    channel: lapin::Channel,
+    queue: String,
+    size: usize,
+    window: Window,
+    stop: Arc<AtomicBool>,
+    counters: Arc<AmqpCounters>,
+) -> Res<()> {
+    use lapin::options::BasicPublishOptions;
+    let payload = vec![0x5au8; size];
+    let unconfirmed = Arc::new(tokio::sync::Semaphore::new(AMQP_WINDOW));
+    while Instant::now() < window.to
+        && !stop.load(Ordering::Relaxed)
+        && !INTERRUPTED.load(Ordering::Relaxed)
+    {
+        let permit = bounded("wait for a confirm", unconfirmed.clone().acquire_owned()).await?;
+        let t0 = Instant::now();
+        let confirm = bounded(
+            "basic.publish",
+            channel.basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                BasicPublishOptions::default(),
+                &payload,
+                lapin::BasicProperties::default().with_delivery_mode(2),
+            ),
+        )
+        .await?;
+        let counters = counters.clone();
+        tokio::spawn(async move {
+            let result = confirm.await;
+            let took = t0.elapsed();
+            drop(permit);
+            match result {
+                Ok(c) if c.is_ack() => {
+                    counters.confirmed.fetch_add(1, Ordering::Relaxed);
+                    if t0 >= window.from && t0 < window.to {
+                        counters
+                            .latencies
+                            .lock()
+                            .expect("latencies")
+                            .push(took.as_secs_f64() * 1e6);
+                    }
+                }
+                _ => {
+                    counters.failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    // All permits back = every confirm arrived.
+    let _all = bounded(
+        "wait for the last confirms",
+        unconfirmed.acquire_many(AMQP_WINDOW as u32),
+    )
+    .await?;
+    amqp_close(conn).await;
+    Ok(())
+}
+
+/// One consumer: manual acks, prefetch `AMQP_PREFETCH`, until `stop`.
+async fn amqp_consumer(
+    conn: lapin::Connection,
+    channel: lapin::Channel,
+    queue: String,
+    stop: Arc<AtomicBool>,
+    counters: Arc<AmqpCounters>,
+) -> Res<()> {
+    use futures_lite::StreamExt;
+    use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+    bounded(
+        "basic.qos",
+        channel.basic_qos(AMQP_PREFETCH, BasicQosOptions::default()),
+    )
+    .await?;
+    let mut deliveries = bounded(
+        "basic.consume",
+        channel.basic_consume(
+            queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            lapin::types::FieldTable::default(),
+        ),
+    )
+    .await?;
+    while !stop.load(Ordering::Relaxed) {
+        // A short wait, so that `stop` is seen while the queue is empty.
+        match tokio::time::timeout(Duration::from_millis(100), deliveries.next()).await {
+            Err(_) => continue,
+            Ok(None) => return Err("the broker cancelled the consumer".into()),
+            Ok(Some(Err(e))) => return Err(format!("delivery: {e}")),
+            Ok(Some(Ok(d))) => {
+                bounded("basic.ack", d.ack(BasicAckOptions::default())).await?;
+                counters.delivered.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    amqp_close(conn).await;
+    Ok(())
+}
+
+/// One slot: a fresh durable classic queue on the node, `AMQP_PUBLISHERS` publishers and
+/// `AMQP_CONSUMERS` consumers (each its own connection) through `port`, `warmup` unmeasured,
+/// then `secs` measured; the queue is deleted afterwards (through the node, also on error).
+fn amqp(
+    rt: &tokio::runtime::Runtime,
+    node: &RabbitNode,
+    port: u16,
+    queue: &str,
+    size: usize,
+    warmup: Duration,
+    secs: Duration,
+) -> Res<Amqp> {
+    use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
+    rt.block_on(async {
+        let (control, admin) = amqp_channel(node.amqp, "peers-control").await?;
+        let mut args = lapin::types::FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            lapin::types::AMQPValue::LongString("classic".into()),
+        );
+        let declare = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        bounded(
+            "queue.declare",
+            admin.queue_declare(queue.into(), declare, args),
+        )
+        .await?;
+        let result = amqp_load(port, queue, size, warmup, secs).await;
+        let deleted = bounded(
+            "queue.delete",
+            admin.queue_delete(queue.into(), QueueDeleteOptions::default()),
+        )
+        .await;
+        amqp_close(control).await;
+        let measured = result?;
+        deleted?;
+        Ok(measured)
+    })
+}
+
+async fn amqp_load(
+    port: u16,
+    queue: &str,
+    size: usize,
+    warmup: Duration,
+    secs: Duration,
+) -> Res<Amqp> {
+    use lapin::options::ConfirmSelectOptions;
+    let counters = Arc::new(AmqpCounters::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    // Every connection is up before the clock starts: the window measures traffic, not setup.
+    let mut publishers = Vec::new();
+    for i in 0..AMQP_PUBLISHERS {
+        let (conn, channel) = amqp_channel(port, &format!("peers-publisher-{i}")).await?;
+        bounded(
+            "confirm.select",
+            channel.confirm_select(ConfirmSelectOptions::default()),
+        )
+        .await?;
+        publishers.push((conn, channel));
+    }
+    let mut consumers = Vec::new();
+    for i in 0..AMQP_CONSUMERS {
+        consumers.push(amqp_channel(port, &format!("peers-consumer-{i}")).await?);
+    }
+    let from = Instant::now() + warmup;
+    let window = Window {
+        from,
+        to: from + secs,
+    };
+    let consumers: Vec<_> = consumers
+        .into_iter()
+        .map(|(conn, channel)| {
+            tokio::spawn(amqp_consumer(
+                conn,
+                channel,
+                queue.to_string(),
+                stop.clone(),
+                counters.clone(),
+            ))
+        })
+        .collect();
+    let publishers: Vec<_> = publishers
+        .into_iter()
+        .map(|(conn, channel)| {
+            tokio::spawn(amqp_publisher(
+                conn,
+                channel,
+                queue.to_string(),
+                size,
+                window,
+                stop.clone(),
+                counters.clone(),
+            ))
+        })
+        .collect();
+    let snapshot = |c: &AmqpCounters| {
+        (
+            Instant::now(),
+            c.delivered.load(Ordering::Relaxed),
+            c.confirmed.load(Ordering::Relaxed),
+        )
+    };
+    tokio::time::sleep_until(window.from.into()).await;
+    let (t0, d0, c0) = snapshot(&counters);
+    tokio::time::sleep_until(window.to.into()).await;
+    let (t1, d1, c1) = snapshot(&counters);
+    let mut errors = Vec::new();
+    for p in publishers {
+        match p.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => errors.push(format!("publisher: {e}")),
+            Err(e) => errors.push(format!("publisher task: {e}")),
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in consumers {
+        match c.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => errors.push(format!("consumer: {e}")),
+            Err(e) => errors.push(format!("consumer task: {e}")),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors.join("; "));
+    }
+    let mut lat = std::mem::take(&mut *counters.latencies.lock().expect("latencies"));
+    if lat.is_empty() {
+        return Err("no confirm inside the measured window".into());
+    }
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| lat[((p * lat.len() as f64).ceil() as usize).clamp(1, lat.len()) - 1] / 1e3;
+    let elapsed = (t1 - t0).as_secs_f64();
+    Ok(Amqp {
+        delivered: (d1 - d0) as f64 / elapsed,
+        confirmed: (c1 - c0) as f64 / elapsed,
+        confirm_ms: [pct(0.50), pct(0.99)],
+        samples: lat.len(),
+        failed: counters.failed.load(Ordering::Relaxed),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
 // Results.
 
 #[derive(Default)]
@@ -1040,6 +1461,24 @@ fn run(opts: &Opts) -> Res<()> {
     };
     let (mut echo, echo_port) = start_echo(opts, &dir.0)?;
     let has = |w: &str| opts.workloads.iter().any(|x| x == w);
+    // Declared after `dir`, so the node is stopped before its directory goes.
+    let rabbit = if has("amqp") {
+        eprintln!("peers: starting a RabbitMQ node (scripts/rabbitmq.sh)");
+        Some(RabbitNode::start(&dir.0)?)
+    } else {
+        None
+    };
+    // The AMQP clients' runtime, as many threads as the echo server has.
+    let amqp_rt = match rabbit {
+        Some(_) => Some(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(opts.workers)
+                .enable_all()
+                .build()
+                .map_err(|e| format!("AMQP client runtime: {e}"))?,
+        ),
+        None => None,
+    };
     eprintln!(
         "peers: {} rounds, {} workers, workloads {:?}, temp dir {}",
         opts.rounds,
@@ -1063,9 +1502,10 @@ fn run(opts: &Opts) -> Res<()> {
         let backends = Ports {
             echo: echo_port,
             bulk: iperf_port,
+            amqp: rabbit.as_ref().map(|r| r.amqp),
         };
         let mut proxies: Vec<(Target, Running)> = Vec::new();
-        if has("bulk") || has("churn") || has("latency") {
+        if has("bulk") || has("churn") || has("latency") || has("amqp") {
             for t in PROXIES {
                 proxies.push((
                     t,
@@ -1174,6 +1614,63 @@ fn run(opts: &Opts) -> Res<()> {
                 }
             }
         }
+        if let (Some(node), Some(rt)) = (&rabbit, &amqp_rt) {
+            for size in AMQP_SIZES {
+                for t in TARGETS {
+                    check_interrupted()?;
+                    let port = ports_of(t, &proxies)
+                        .amqp
+                        .ok_or("no AMQP listener: the node is not running")?;
+                    let queue = format!("peers-r{round}-{}-{size}", t.name());
+                    match amqp(
+                        rt,
+                        node,
+                        port,
+                        &queue,
+                        size,
+                        opts.amqp_warmup,
+                        opts.amqp_secs,
+                    ) {
+                        Ok(a) => {
+                            res.put(&format!("amqp {size} delivered"), t, round, a.delivered);
+                            res.put(&format!("amqp {size} confirmed"), t, round, a.confirmed);
+                            res.put(&format!("amqp {size} p50"), t, round, a.confirm_ms[0]);
+                            res.put(&format!("amqp {size} p99"), t, round, a.confirm_ms[1]);
+                            eprintln!(
+                                "   amqp {:>6} {:<8} {:7.0} msg/s delivered, {:7.0} confirmed, \
+                                 confirm p50 {:6.2} p99 {:6.2} ms ({} samples)",
+                                size_label(size),
+                                t.name(),
+                                a.delivered,
+                                a.confirmed,
+                                a.confirm_ms[0],
+                                a.confirm_ms[1],
+                                a.samples
+                            );
+                            if a.failed > 0 {
+                                res.notes.push(format!(
+                                    "round {} amqp {} {}: {} publishes nacked or failed",
+                                    round + 1,
+                                    size_label(size),
+                                    t.name(),
+                                    a.failed
+                                ));
+                            }
+                        }
+                        Err(e) => {
+                            let note = format!(
+                                "round {} amqp {} {}: {e}",
+                                round + 1,
+                                size_label(size),
+                                t.name()
+                            );
+                            eprintln!("   {note}");
+                            res.notes.push(note);
+                        }
+                    }
+                }
+            }
+        }
         for (_, r) in &mut proxies {
             r.proc_.ensure_running()?;
         }
@@ -1183,7 +1680,12 @@ fn run(opts: &Opts) -> Res<()> {
         if has("idle") {
             for t in PROXIES {
                 check_interrupted()?;
-                let mut r = start_proxy(t, opts, &dir.0, backends, &format!("r{round}-idle"))?;
+                // Without the AMQP listener: the idle baseline stays what it was before amqp.
+                let idle_backends = Ports {
+                    amqp: None,
+                    ..backends
+                };
+                let mut r = start_proxy(t, opts, &dir.0, idle_backends, &format!("r{round}-idle"))?;
                 match idle(&mut r, opts.idle_connections) {
                     Ok(i) => {
                         res.put("idle rss", t, round, i.rss_per_conn);
@@ -1213,6 +1715,8 @@ fn run(opts: &Opts) -> Res<()> {
         }
     }
     drop(echo);
+    drop(amqp_rt);
+    drop(rabbit);
     let load_after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let report = render(
         opts,
@@ -1230,6 +1734,14 @@ fn run(opts: &Opts) -> Res<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+fn size_label(size: usize) -> String {
+    if size >= 1024 {
+        format!("{} KiB", size / 1024)
+    } else {
+        format!("{size} B")
+    }
 }
 
 fn bulk_key(streams: usize, reverse: bool) -> String {
@@ -1320,6 +1832,13 @@ fn machine_info(opts: &Opts) -> Vec<(String, String)> {
         ("HAProxy".into(), cmd("haproxy", &["-v"])),
         ("NGINX".into(), cmd("nginx", &["-v"])),
         ("iperf3".into(), cmd("iperf3", &["--version"])),
+        (
+            "RabbitMQ".into(),
+            format!(
+                "{} (Debian package)",
+                cmd("dpkg-query", &["-W", "-f=${Version}\\n", "rabbitmq-server"])
+            ),
+        ),
         ("rustc".into(), cmd("rustc", &["-V"])),
     ]
 }
@@ -1341,14 +1860,17 @@ fn render(
     }
     writeln!(
         w,
-        "| settings | {} rounds{}, {} worker threads/processes per proxy, bulk {} s per slot, churn {} s, latency {} s, idle {} connections |",
+        "| settings | {} rounds{}, {} worker threads/processes per proxy, bulk {} s per slot, churn {} s, latency {} s, amqp {} s warm-up + {} s, idle {} connections; workloads {} |",
         opts.rounds,
         if opts.quick { " (`--quick`)" } else { "" },
         opts.workers,
         opts.bulk_secs,
         opts.churn_secs,
         opts.latency_secs,
-        opts.idle_connections
+        opts.amqp_warmup.as_secs_f64(),
+        opts.amqp_secs.as_secs_f64(),
+        opts.idle_connections,
+        opts.workloads.join(", ")
     )
     .unwrap();
     writeln!(
@@ -1568,6 +2090,87 @@ fn render(
         writeln!(w).unwrap();
     }
 
+    // AMQP.
+    if AMQP_SIZES.iter().any(|s| {
+        !res.values(&format!("amqp {s} delivered"), Direct)
+            .is_empty()
+    }) {
+        writeln!(
+            w,
+            "### AMQP (lapin → real RabbitMQ node), messages/s\n\n\
+             {AMQP_PUBLISHERS} publishers (own connection, confirm channel, persistent messages, \
+             ≤ {AMQP_WINDOW} unconfirmed each) and {AMQP_CONSUMERS} consumers (own connection, \
+             manual ack, prefetch {AMQP_PREFETCH}) on one fresh durable classic queue per slot. \
+             \"delivered\" = consumed and acked per second (end to end), \"confirmed\" = publishes \
+             confirmed per second, both over the measured window. **w/d** = warren ÷ direct.\n"
+        )
+        .unwrap();
+        writeln!(
+            w,
+            "| size | msgs/s | direct | warren | HAProxy | NGINX | w/d (≥ 0.97) | w/h | w/n |"
+        )
+        .unwrap();
+        writeln!(w, "|---|---|---|---|---|---|---|---|---|").unwrap();
+        for size in AMQP_SIZES {
+            for what in ["delivered", "confirmed"] {
+                let key = format!("amqp {size} {what}");
+                let rd = res.round_median(&key, &[Warren, Direct], |v| v[0] / v[1]);
+                let rh = res.round_median(&key, &[Warren, Haproxy], |v| v[0] / v[1]);
+                let rn = res.round_median(&key, &[Warren, Nginx], |v| v[0] / v[1]);
+                let v = if what == "delivered" {
+                    verdict(rd.map(|r| r >= 0.97))
+                } else {
+                    ""
+                };
+                let f = |x: Option<f64>| x.map(fmt_num).unwrap_or_default();
+                writeln!(
+                    w,
+                    "| {} | {what} | {} | {} | {} | {} | {} {v} | {} | {} |",
+                    size_label(size),
+                    cell(res, &key, Direct),
+                    cell(res, &key, Warren),
+                    cell(res, &key, Haproxy),
+                    cell(res, &key, Nginx),
+                    f(rd),
+                    f(rh),
+                    f(rn),
+                )
+                .unwrap();
+                if what == "delivered" {
+                    targets.push((
+                        format!("AMQP {} messages/s ≥ 0.97 × direct", size_label(size)),
+                        f(rd),
+                        v,
+                    ));
+                }
+            }
+        }
+        writeln!(
+            w,
+            "\n**Confirm latency** (basic.publish → its confirm, messages published inside the \
+             window, nearest rank), ms:\n"
+        )
+        .unwrap();
+        writeln!(w, "| size | pct | direct | warren | HAProxy | NGINX |").unwrap();
+        writeln!(w, "|---|---|---|---|---|---|").unwrap();
+        for size in AMQP_SIZES {
+            for q in ["p50", "p99"] {
+                let key = format!("amqp {size} {q}");
+                writeln!(
+                    w,
+                    "| {} | {q} | {} | {} | {} | {} |",
+                    size_label(size),
+                    cell(res, &key, Direct),
+                    cell(res, &key, Warren),
+                    cell(res, &key, Haproxy),
+                    cell(res, &key, Nginx),
+                )
+                .unwrap();
+            }
+        }
+        writeln!(w).unwrap();
+    }
+
     // Idle.
     if !res.values("idle rss", Warren).is_empty() {
         writeln!(
@@ -1624,7 +2227,6 @@ fn render(
     for (what, val, v) in &targets {
         writeln!(w, "| {what} | {val} | {v} |").unwrap();
     }
-    writeln!(w, "| AMQP (lapin publishers with confirms) | not run: comes with the RabbitMQ harness (`scripts/rabbitmq.sh`) | n/a |").unwrap();
     if !res.notes.is_empty() {
         writeln!(w, "\nErrors during the run:\n").unwrap();
         for n in &res.notes {

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # warren against HAProxy and NGINX on this machine, on loopback only: builds warren (release),
-# installs the peers when missing (Debian/Ubuntu, as root), runs benches/peers.rs and writes the
-# results into BENCHMARKS.md (between its "peers:results" markers; the text around them is kept).
+# installs the peers (and RabbitMQ, for the amqp workload) when missing (Debian/Ubuntu, as root),
+# runs benches/peers.rs and writes the results into BENCHMARKS.md (between its "peers:results"
+# markers; the text around them is kept).
 #
-#   bash scripts/bench.sh                 # full run: 5 rounds, ~12 minutes on 2 cores
-#   bash scripts/bench.sh --quick         # smoke run: 2 rounds, short slots, ~2-3 minutes
+#   bash scripts/bench.sh                 # full run: 5 rounds, ~20 minutes on 2 cores
+#   bash scripts/bench.sh --quick         # smoke run: 2 rounds, short slots, ~4 minutes
 #   bash scripts/bench.sh --rounds 7      # more rounds
 #   bash scripts/bench.sh --workers 4     # worker threads/processes for every proxy (default 2)
-#   bash scripts/bench.sh --workloads bulk,latency   # a subset (bulk, churn, latency, idle)
+#   bash scripts/bench.sh --workloads amqp,latency   # a subset (bulk, churn, latency, amqp, idle)
 #   bash scripts/bench.sh --out /tmp/b.md # write elsewhere
 #
 # Needs root for apt-get and for running the proxies as user nobody (setpriv).
@@ -19,7 +20,7 @@ log() { printf '==> %s\n' "$*"; }
 
 for arg in "$@"; do
     case "$arg" in
-        -h|--help) sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     esac
 done
 
@@ -49,6 +50,23 @@ fi
 if [ "$(id -u)" -ne 0 ]; then
     echo "run as root: the proxies are started as user nobody through setpriv" >&2
     exit 1
+fi
+
+# The amqp workload (in the default set) runs a real RabbitMQ node: install the package if it is
+# missing, and keep the package's own service off 5672 (scripts/rabbitmq.sh install does both).
+want_amqp=1
+prev=
+for arg in "$@"; do
+    if [ "$prev" = --workloads ]; then
+        case ",$arg," in
+            *,amqp,*) want_amqp=1 ;;
+            *) want_amqp=0 ;;
+        esac
+    fi
+    prev=$arg
+done
+if [ "$want_amqp" -eq 1 ]; then
+    bash scripts/rabbitmq.sh install
 fi
 
 log "building warren (release)"

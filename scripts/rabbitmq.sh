@@ -117,6 +117,8 @@ node_env() {
     export RABBITMQ_CONFIG_FILE="$NODE_DIR/rabbitmq.conf"
     export RABBITMQ_ENABLED_PLUGINS_FILE="$NODE_DIR/enabled_plugins"
     export RABBITMQ_PID_FILE="$NODE_DIR/rabbit.pid"
+    # An Erlang VM that dies writes erl_crash.dump in its working directory: keep it with the node.
+    export ERL_CRASH_DUMP="$NODE_DIR/erl_crash.dump"
     # The Erlang cookie lives in $HOME/.erlang.cookie for the server and for rabbitmqctl alike:
     # one HOME per BASEDIR gives every node of a BASEDIR (and the CLI) the same cookie without
     # touching root's or the rabbitmq user's cookie.

@@ -65,8 +65,9 @@ pub struct Admin {
 pub const MAX_BODY: usize = 64 * 1024;
 /// Time allowed for a client to send its headers, and then its body.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Least time a drain's quorum check may take (a probe timeout is often tighter).
-const QUORUM_TIMEOUT: Duration = Duration::from_secs(3);
+/// Bounds of the time a drain's quorum check may take: at least 3 s (a probe timeout is often
+/// tighter), at most 5 s (well inside `warren ctl`'s 10 s request timeout).
+const QUORUM_TIMEOUT: (Duration, Duration) = (Duration::from_secs(3), Duration::from_secs(5));
 
 /// Serve the admin API on `listener` until `stop` is cancelled. Runs on the control runtime.
 pub async fn serve(listener: std::net::TcpListener, admin: Arc<Admin>, stop: CancellationToken) {
@@ -419,6 +420,25 @@ async fn drain(admin: &Admin, pool: &str, backend: &str, body: &[u8]) -> Reply {
                 }),
             );
         }
+        Some(QuorumCheck::Unexpected(why)) => {
+            tracing::warn!(
+                pool,
+                backend,
+                why,
+                "drain refused: the quorum check got an unexpected answer"
+            );
+            return json(
+                StatusCode::CONFLICT,
+                serde_json::json!({
+                    "error": format!(
+                        "the quorum check of {backend} (pool {pool}) got an unexpected answer from \
+                         RabbitMQ's management API: {why}; fix the pool's http probe (user, \
+                         password) or force the drain (force: true in the API, --force in warren ctl)"
+                    ),
+                    "reason": "quorum_check_failed",
+                }),
+            );
+        }
         Some(QuorumCheck::Unknown(why)) => {
             tracing::warn!(
                 pool,
@@ -442,7 +462,9 @@ async fn drain(admin: &Admin, pool: &str, backend: &str, body: &[u8]) -> Reply {
                 }
                 Some(QuorumCheck::Safe) => "safe",
                 Some(QuorumCheck::Unknown(_)) => "unknown",
-                Some(QuorumCheck::Critical { .. }) => unreachable!("refused above"),
+                Some(QuorumCheck::Critical { .. } | QuorumCheck::Unexpected(_)) => {
+                    unreachable!("refused above")
+                }
             });
             if !warnings.is_empty() {
                 answer["warnings"] = serde_json::Value::from(warnings);
@@ -479,7 +501,8 @@ async fn quorum_check(admin: &Admin, pool: &str, backend: &str) -> QuorumCheck {
         addr: b.addr,
         proxy_protocol: ProxyProtocol::Off,
     };
-    probe::quorum_check(&health.probe, &target, health.timeout.max(QUORUM_TIMEOUT)).await
+    let timeout = health.timeout.clamp(QUORUM_TIMEOUT.0, QUORUM_TIMEOUT.1);
+    probe::quorum_check(&health.probe, &target, timeout).await
 }
 
 fn drain_error(e: DrainError) -> Reply {

@@ -37,8 +37,8 @@ const DEADLINE_SLACK: Duration = Duration::from_secs(30);
 /// but an unattended rolling upgrade should not hang forever.
 const WAIT_WITHOUT_DEADLINE: Duration = Duration::from_secs(60 * 60);
 
-/// One request (connect, send, whole answer) to the admin API; it answers from memory, so
-/// anything slower means the process is wedged.
+/// One request (connect, send, whole answer) to the admin API. It answers from memory, except
+/// a drain's quorum check (at most 5 s), so anything slower means the process is wedged.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Bounds the memory an unexpected answer can take (a status of thousands of backends is far less).

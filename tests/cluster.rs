@@ -106,8 +106,12 @@ async fn ctl(warren: &Warren, args: &[&str]) -> (i32, String, String) {
         .arg(&admin)
         .args(args)
         .env("WARREN_CTL_POLL_MS", "100")
-        .output()
+        .kill_on_drop(true)
+        .output();
+    // Far above what any step here takes, far below what would stall CI.
+    let out = tokio::time::timeout(Duration::from_secs(300), out)
         .await
+        .unwrap_or_else(|_| panic!("warren ctl {args:?} still running after 300s"))
         .expect("run warren ctl");
     (
         out.status.code().unwrap_or(-1),
@@ -719,6 +723,10 @@ async fn rolling_upgrade_walks_a_three_node_cluster_without_losing_a_confirmed_m
             &run,
             "--deadline",
             "2s",
+            "--command-timeout",
+            "2m",
+            "--healthy-timeout",
+            "1m",
         ],
     )
     .await;
@@ -773,6 +781,10 @@ async fn rolling_upgrade_walks_a_three_node_cluster_without_losing_a_confirmed_m
             &run,
             "--deadline",
             "2s",
+            "--command-timeout",
+            "2m",
+            "--healthy-timeout",
+            "1m",
         ],
     )
     .await;

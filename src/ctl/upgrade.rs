@@ -169,7 +169,7 @@ async fn upgrade_one(
     // instance must not reconnect through another to the node being drained.
     let mut open = Vec::new();
     for c in clients {
-        let started = start_drain(c, out, &drain)
+        let started = drain_when_not_critical(c, out, &drain, plan.healthy_timeout, poll)
             .await
             .map_err(|e| (Step::Drain, format!("{}{e}", on(c))))?;
         open.push(started);
@@ -183,31 +183,20 @@ async fn upgrade_one(
     }
 
     step_line(Step::RunCommand);
-    // The probe count before the command: only probes run after it count toward `rise`.
-    let probes_before = fetch_status(client)
-        .await
-        .and_then(|s| find_backend(&s, &plan.pool, name).map(|b| b.probes_run))
-        .map_err(fail(Step::RunCommand))?;
     out.say(&format!("$ {command}"));
     run_command(&command, plan.command_timeout)
         .await
         .map_err(|e| (Step::RunCommand, e))?;
+    // Only probes run after the command count toward `rise`.
     let after_command = fetch_status(client)
         .await
         .and_then(|s| find_backend(&s, &plan.pool, name).map(|b| b.probes_run))
         .map_err(fail(Step::WaitHealthy))?;
 
     step_line(Step::WaitHealthy);
-    wait_probes_pass(
-        client,
-        out,
-        plan,
-        name,
-        probes_before.max(after_command),
-        poll,
-    )
-    .await
-    .map_err(|e| (Step::WaitHealthy, e))?;
+    wait_probes_pass(client, out, plan, name, after_command, poll)
+        .await
+        .map_err(|e| (Step::WaitHealthy, e))?;
 
     step_line(Step::Undrain);
     for c in clients {
@@ -216,6 +205,39 @@ async fn upgrade_one(
             .map_err(|e| (Step::Undrain, format!("{}{e}", on(c))))?;
     }
     Ok(())
+}
+
+/// Start the drain; while RabbitMQ calls the node quorum-critical, ask again until `patience`
+/// runs out. Right after the previous node came back its quorum queue replicas may still be
+/// catching up, which makes this node critical for a few seconds.
+async fn drain_when_not_critical(
+    client: &Client,
+    out: &Output,
+    drain: &DrainRequest<'_>,
+    patience: Duration,
+    poll: Duration,
+) -> Result<Option<u64>, CtlError> {
+    let give_up = tokio::time::Instant::now() + patience;
+    let mut said = false;
+    loop {
+        match start_drain(client, out, drain).await {
+            Err(e) if e.to_string().contains("is quorum-critical") => {
+                if tokio::time::Instant::now() >= give_up {
+                    return Err(e);
+                }
+                if !said {
+                    out.say(&format!(
+                        "{} is quorum-critical for now; asking again until it is not (up to {})",
+                        drain.name,
+                        humantime::format_duration(patience)
+                    ));
+                    said = true;
+                }
+                tokio::time::sleep(poll.max(Duration::from_secs(1))).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 async fn fetch_status(client: &Client) -> Result<Status, CtlError> {
@@ -352,7 +374,17 @@ async fn run_command(command: &str, timeout: Duration) -> Result<(), String> {
         .spawn()
         .map_err(|e| format!("cannot start the command: {e}"))?;
     let pid = child.id();
-    match tokio::time::timeout(timeout, child.wait()).await {
+    // The command runs in its own process group (so a timeout can kill all of it), which also
+    // keeps the terminal's Ctrl-C from reaching it: pass an interrupt on, then stop the walk.
+    let ended = tokio::select! {
+        ended = tokio::time::timeout(timeout, child.wait()) => ended,
+        _ = tokio::signal::ctrl_c() => {
+            kill_group(pid);
+            let _ = child.kill().await;
+            return Err("interrupted (Ctrl-C): the command was killed".to_string());
+        }
+    };
+    match ended {
         Ok(Ok(status)) if status.success() => Ok(()),
         Ok(Ok(status)) => Err(format!("the command failed: {status}")),
         Ok(Err(e)) => Err(format!("waiting for the command failed: {e}")),
@@ -432,7 +464,11 @@ fn stopped_message(
     if plan.force {
         again.push_str(" --force");
     }
-    let _ = write!(msg, "\n  to continue once {name} is fixed: {again}");
+    let _ = write!(
+        msg,
+        "\n  to continue once {name} is fixed, run the same command (same --admin, --token-file \
+         and timeouts) with --from {name}: {again}"
+    );
     if matches!(step, Step::RunCommand | Step::WaitHealthy | Step::Undrain) {
         let _ = write!(
             msg,
@@ -561,7 +597,7 @@ mod tests {
             "state: rabbit-2 is left drained; upgraded: rabbit-1; not started: rabbit-3"
         ));
         assert!(msg.contains(
-            r"to continue once rabbit-2 is fixed: warren ctl upgrade --pool rabbitmq --run 'ssh {host} '\''sudo apt-get install -y rabbitmq-server'\''' --deadline 1m --from rabbit-2"
+            r"to continue once rabbit-2 is fixed, run the same command (same --admin, --token-file and timeouts) with --from rabbit-2: warren ctl upgrade --pool rabbitmq --run 'ssh {host} '\''sudo apt-get install -y rabbitmq-server'\''' --deadline 1m --from rabbit-2"
         ));
         assert!(msg.contains("warren ctl undrain rabbit-2 --pool rabbitmq --wait-healthy"));
 

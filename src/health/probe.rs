@@ -731,8 +731,12 @@ pub enum QuorumCheck {
     Safe,
     /// Stopping the node would leave these queues (RabbitMQ's readable names) without quorum.
     Critical { reason: String, queues: Vec<String> },
-    /// The check could not be answered (node unreachable, timeout, unexpected answer).
+    /// Nobody answered (connection refused, timeout): the node's management API is down, and
+    /// so, most likely, is the node.
     Unknown(String),
+    /// The management API answered, but not as the check does (401, 404, an HTML page): the
+    /// probe's credentials or the RabbitMQ version need fixing before a drain can be judged.
+    Unexpected(String),
 }
 
 /// The management API path that answers 503 while a node is quorum-critical.
@@ -830,10 +834,10 @@ fn quorum_answer(status: u16, body: &[u8]) -> QuorumCheck {
                 })
                 .collect(),
         },
-        (404, _) => QuorumCheck::Unknown(format!(
+        (404, _) => QuorumCheck::Unexpected(format!(
             "HTTP 404 from {QUORUM_CRITICAL_PATH} (RabbitMQ older than 3.8.7?)"
         )),
-        (status, _) => QuorumCheck::Unknown(format!(
+        (status, _) => QuorumCheck::Unexpected(format!(
             "HTTP {status}: {}",
             sanitize(&String::from_utf8_lossy(body), HTTP_BODY_PREFIX)
         )),
@@ -1214,18 +1218,20 @@ mod tests {
             (
                 503,
                 b"<html>busy</html>",
-                QuorumCheck::Unknown("HTTP 503: <html>busy</html>".into()),
+                QuorumCheck::Unexpected("HTTP 503: <html>busy</html>".into()),
             ),
             (
                 401,
                 br#"{"error":"not_authorized"}"#,
-                QuorumCheck::Unknown(r#"HTTP 401: {"error":"not_authorized"}"#.into()),
+                QuorumCheck::Unexpected(r#"HTTP 401: {"error":"not_authorized"}"#.into()),
             ),
         ];
         for (status, body, want) in cases {
             assert_eq!(&quorum_answer(*status, body), want, "HTTP {status}");
         }
-        assert!(matches!(quorum_answer(404, b""), QuorumCheck::Unknown(r) if r.contains("3.8.7")));
+        assert!(
+            matches!(quorum_answer(404, b""), QuorumCheck::Unexpected(r) if r.contains("3.8.7"))
+        );
     }
 
     #[test]

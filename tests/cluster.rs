@@ -120,6 +120,25 @@ async fn ctl(warren: &Warren, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// `warren ctl upgrade` of pool `rabbitmq` with the test's command, short drain deadline and
+/// timeouts bounded for CI.
+async fn upgrade(warren: &Warren, run: &str) -> (i32, String, String) {
+    let args = [
+        "upgrade",
+        "--pool",
+        "rabbitmq",
+        "--run",
+        run,
+        "--deadline",
+        "2s",
+        "--command-timeout",
+        "2m",
+        "--healthy-timeout",
+        "1m",
+    ];
+    ctl(warren, &args).await
+}
+
 /// Blocking cluster operations (they run rabbitmqctl) off the runtime's threads.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f).await.expect("blocking task")
@@ -713,23 +732,7 @@ async fn rolling_upgrade_walks_a_three_node_cluster_without_losing_a_confirmed_m
     );
     // The walk refuses to start while a node is down, and says so.
     let run = cluster.restart_app_command();
-    let (code, stdout, stderr) = ctl(
-        &warren,
-        &[
-            "upgrade",
-            "--pool",
-            "rabbitmq",
-            "--run",
-            &run,
-            "--deadline",
-            "2s",
-            "--command-timeout",
-            "2m",
-            "--healthy-timeout",
-            "1m",
-        ],
-    )
-    .await;
+    let (code, stdout, stderr) = upgrade(&warren, &run).await;
     assert_eq!(code, 1, "upgrade with a node down: {stdout}{stderr}");
     assert!(
         stderr.contains(&format!("stopped at {}, step 1/5", n1.name))
@@ -771,23 +774,7 @@ async fn rolling_upgrade_walks_a_three_node_cluster_without_losing_a_confirmed_m
     }
 
     let started = Instant::now();
-    let (code, stdout, stderr) = ctl(
-        &warren,
-        &[
-            "upgrade",
-            "--pool",
-            "rabbitmq",
-            "--run",
-            &run,
-            "--deadline",
-            "2s",
-            "--command-timeout",
-            "2m",
-            "--healthy-timeout",
-            "1m",
-        ],
-    )
-    .await;
+    let (code, stdout, stderr) = upgrade(&warren, &run).await;
     eprintln!("{stdout}");
     assert_eq!(code, 0, "upgrade: {stdout}{stderr}");
     assert!(

@@ -222,7 +222,7 @@ fn main() {
         let (port, n, secs) = (arg(2) as u16, arg(3) as usize, arg(4).max(0.1));
         match args.get(i + 1).map(String::as_str) {
             Some("churn") => {
-                let (rate, errors) = churn(port, n.max(1), secs);
+                let (rate, errors, _) = churn(port, n.max(1), secs);
                 println!("churn {port} clients {n}: {rate:.0} conn/s, {errors} errors");
             }
             Some("latency") => match latency(port, n.max(1), secs) {
@@ -820,7 +820,9 @@ fn iperf(port: u16, secs: u64, streams: usize, reverse: bool) -> Res<Bulk> {
 }
 
 /// Connections per second with `clients` threads doing connect → 1 byte → echo → close.
-fn churn(port: u16, clients: usize, secs: f64) -> (f64, u64) {
+/// Connect → 1 byte → echo → close by `clients` threads for `secs`: (connections/s, failed
+/// connections, completed connections).
+fn churn(port: u16, clients: usize, secs: f64) -> (f64, u64, u64) {
     let ok = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
@@ -852,10 +854,8 @@ fn churn(port: u16, clients: usize, secs: f64) -> (f64, u64) {
         let _ = t.join();
     }
     let elapsed = start.elapsed().as_secs_f64();
-    (
-        ok.load(Ordering::Relaxed) as f64 / elapsed,
-        errors.load(Ordering::Relaxed),
-    )
+    let done = ok.load(Ordering::Relaxed);
+    (done as f64 / elapsed, errors.load(Ordering::Relaxed), done)
 }
 
 /// Round trips of `size`-byte messages on one connection: (p50, p99, p99.9) in µs, samples.
@@ -1569,9 +1569,25 @@ fn run(opts: &Opts) -> Res<()> {
             for clients in CHURN_CLIENTS {
                 for t in TARGETS {
                     check_interrupted()?;
-                    let (rate, errors) =
+                    let pids = proxies
+                        .iter()
+                        .find(|(p, _)| *p == t)
+                        .map(|(_, r)| r.proc_.pids());
+                    let cpu0 = pids.as_deref().map(cpu_seconds);
+                    let (rate, errors, done) =
                         churn(ports_of(t, &proxies).echo, clients, opts.churn_secs);
                     res.put(&format!("churn c{clients}"), t, round, rate);
+                    if let (Some(p), Some(c0)) = (&pids, cpu0) {
+                        if done > 0 {
+                            let cpu = cpu_seconds(p) - c0;
+                            res.put(
+                                &format!("churn c{clients} cpu"),
+                                t,
+                                round,
+                                cpu * 1e6 / done as f64,
+                            );
+                        }
+                    }
                     eprintln!(
                         "   churn c{clients:<2} {:<8} {rate:8.0} conn/s ({errors} errors)",
                         t.name()
@@ -2027,6 +2043,28 @@ fn render(
                     v,
                 ));
             }
+        }
+        writeln!(
+            w,
+            "\n### Churn: proxy CPU µs per connection (utime+stime of all its processes/threads ÷ connections completed)\n"
+        )
+        .unwrap();
+        writeln!(w, "| clients | warren | HAProxy | NGINX | w/h | w/n |").unwrap();
+        writeln!(w, "|---|---|---|---|---|---|").unwrap();
+        for c in CHURN_CLIENTS {
+            let key = format!("churn c{c} cpu");
+            let rh = res.round_median(&key, &[Warren, Haproxy], |v| v[0] / v[1]);
+            let rn = res.round_median(&key, &[Warren, Nginx], |v| v[0] / v[1]);
+            writeln!(
+                w,
+                "| {c} | {} | {} | {} | {} | {} |",
+                cell(res, &key, Warren),
+                cell(res, &key, Haproxy),
+                cell(res, &key, Nginx),
+                rh.map(fmt_num).unwrap_or_default(),
+                rn.map(fmt_num).unwrap_or_default(),
+            )
+            .unwrap();
         }
         writeln!(w).unwrap();
     }

@@ -144,12 +144,10 @@ pub(crate) fn serve(
     #[cfg(unix)]
     let from_systemd = crate::systemd::take_from_env().map_err(|e| e.to_string())?;
     let config = load_for_run(&args).map_err(|e| e.to_string())?;
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all().thread_name("warren-worker");
-    if let Some(n) = args.workers {
-        builder.worker_threads(n.max(1));
-    }
-    let runtime = builder
+    // The main thread only starts, reloads and stops the server; the data plane runs on its
+    // own worker threads (see `workers`), the admin API and probes on the control thread.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
     #[allow(unused_mut)]
@@ -158,6 +156,10 @@ pub(crate) fn serve(
         splice: !args.no_splice,
         config_path: config.source.clone(),
         lifecycle,
+        workers: args
+            .workers
+            .unwrap_or_else(crate::workers::default_count)
+            .max(1),
         ..Options::default()
     };
     #[cfg(unix)]

@@ -4,7 +4,7 @@
 //! validated in [`config`], turned into a routing snapshot in [`state`], and served by the data
 //! plane in [`proxy`] (selection in [`balance`], PROXY headers in [`proxy_protocol`]); [`health`]
 //! receives connect outcomes, [`admin`] serves `/metrics` and friends, and [`server`] wires the
-//! process together. [`cli`] holds the command-line interface the binary parses.
+//! process together on the event loops of [`workers`]. [`cli`] holds the command-line interface the binary parses.
 
 pub mod admin;
 pub mod balance;
@@ -24,5 +24,6 @@ pub mod state;
 pub mod systemd;
 #[cfg(windows)]
 pub mod windows_service;
+pub mod workers;
 
 pub use server::{Options, Server};

@@ -23,6 +23,7 @@ use crate::hooks::Hooks;
 use crate::metrics::Metrics;
 use crate::proxy::{self, forward::Plane, Context};
 use crate::state::Routing;
+use crate::workers::Workers;
 
 /// How a server runs, beyond its config file.
 #[derive(Debug, Clone)]
@@ -41,6 +42,8 @@ pub struct Options {
     pub lifecycle: Option<LifecycleHook>,
     /// Send [`Lifecycle::Alive`] this often while the server runs (systemd's watchdog).
     pub alive_every: Option<Duration>,
+    /// Data plane workers (threads, each with its own event loop); at least one.
+    pub workers: usize,
 }
 
 /// A change in the server's life that a service manager wants to hear about.
@@ -82,6 +85,7 @@ impl Default for Options {
             config_path: None,
             lifecycle: None,
             alive_every: None,
+            workers: crate::workers::default_count(),
         }
     }
 }
@@ -105,6 +109,8 @@ pub enum ServerError {
     },
     #[error("admin: cannot read token_file {file}: {reason}")]
     Token { file: PathBuf, reason: String },
+    #[error("cannot start the data plane's worker threads: {0}")]
+    Workers(#[source] std::io::Error),
     #[error("admin: cannot listen on {addr}: {source}")]
     AdminBind {
         addr: SocketAddr,
@@ -139,7 +145,10 @@ struct RunningListener {
 
 /// A server whose sockets are bound and which is ready to [`Server::run`].
 pub struct Server {
-    listeners: Vec<(Arc<str>, TcpListener, usize)>,
+    /// Name, one socket per worker (index = worker; one socket on worker 0 outside Linux),
+    /// `max_connections`.
+    listeners: Vec<(Arc<str>, Vec<TcpListener>, usize)>,
+    workers: Arc<Workers>,
     /// The config in force; the admin API reads it, a reload replaces it.
     config: Arc<ArcSwap<Config>>,
     reload_tx: Reloader,
@@ -261,19 +270,93 @@ fn read_token(path: &std::path::Path) -> Result<Secret, ServerError> {
 const BACKLOG: i32 = 4096;
 
 fn bind_tcp(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = tcp_socket(addr, false)?;
+    socket.listen(BACKLOG)?;
+    Ok(socket.into())
+}
+
+/// A bound, non-blocking TCP socket, not yet listening.
+fn tcp_socket(addr: SocketAddr, reuse_port: bool) -> std::io::Result<socket2::Socket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     // Lets a restarted warren bind while old connections sit in TIME_WAIT (Unix meaning only).
     #[cfg(unix)]
     socket.set_reuse_address(true)?;
+    #[cfg(target_os = "linux")]
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = reuse_port;
     if addr.is_ipv6() {
         // "[::]:5672" means IPv6 only, as in NGINX; IPv4 gets its own listener.
         socket.set_only_v6(true)?;
     }
+    // AMQP frames are small and latency matters: no Nagle. Accepted sockets inherit it on Linux.
+    socket.set_nodelay(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    socket.listen(BACKLOG)?;
-    Ok(socket.into())
+    Ok(socket)
+}
+
+/// The listening sockets of one listener: on Linux one per worker, bound with `SO_REUSEPORT`
+/// so the kernel spreads connections over the workers; elsewhere one.
+fn bind_listener(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    if !cfg!(target_os = "linux") || workers <= 1 {
+        return Ok(vec![bind_tcp(addr)?]);
+    }
+    // SO_REUSEPORT would also let a second warren of the same user bind this address and
+    // silently take part of the connections: a plain bind first fails as usual when the
+    // address is taken.
+    if addr.port() != 0 {
+        drop(tcp_socket(addr, false)?);
+    }
+    let mut sockets: Vec<std::net::TcpListener> = Vec::with_capacity(workers);
+    let mut addr = addr;
+    for _ in 0..workers {
+        let socket = tcp_socket(addr, true)?;
+        socket.listen(BACKLOG)?;
+        let socket: std::net::TcpListener = socket.into();
+        // Port 0: the others join the port the kernel picked for the first.
+        addr = socket.local_addr()?;
+        sockets.push(socket);
+    }
+    Ok(sockets)
+}
+
+/// One listening socket per worker from a socket passed by systemd: on Linux every worker
+/// accepts on a copy of it; elsewhere worker 0 accepts and hands connections out.
+#[cfg(unix)]
+fn share_inherited(
+    socket: std::net::TcpListener,
+    workers: usize,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let copies = if cfg!(target_os = "linux") {
+        workers.max(1)
+    } else {
+        1
+    };
+    let mut sockets = Vec::with_capacity(copies);
+    for _ in 1..copies {
+        sockets.push(socket.try_clone()?);
+    }
+    sockets.insert(0, socket);
+    Ok(sockets)
+}
+
+/// Register socket `i` with worker `i`'s event loop.
+fn register(
+    workers: &Workers,
+    sockets: Vec<std::net::TcpListener>,
+) -> std::io::Result<Vec<TcpListener>> {
+    sockets
+        .into_iter()
+        .zip(workers.handles().iter())
+        .map(|(socket, worker)| {
+            let _on_worker = worker.enter();
+            TcpListener::from_std(socket)
+        })
+        .collect()
 }
 
 /// Make a socket passed by systemd serve like one warren bound: non-blocking, the same backlog.
@@ -282,6 +365,7 @@ fn prepare_inherited(
     socket: crate::systemd::InheritedSocket,
 ) -> std::io::Result<std::net::TcpListener> {
     socket.socket.set_nonblocking(true)?;
+    socket.socket.set_nodelay(true)?;
     // listen(2) again on a listening socket only changes its backlog.
     socket.socket.listen(BACKLOG)?;
     Ok(socket.socket.into())
@@ -322,23 +406,23 @@ impl Server {
         options: Options,
         mut adopted: HashMap<String, std::net::TcpListener>,
     ) -> Result<Server, ServerError> {
+        let workers = Arc::new(Workers::start(options.workers).map_err(ServerError::Workers)?);
         let mut listeners = Vec::new();
         for l in &config.listeners {
-            let std_listener = match adopted.remove(&l.name) {
-                Some(inherited) => inherited,
-                None => bind_tcp(l.listen).map_err(|source| ServerError::Bind {
-                    listener: l.name.clone(),
-                    addr: l.listen,
-                    source,
-                })?,
+            let bind_error = |source| ServerError::Bind {
+                listener: l.name.clone(),
+                addr: l.listen,
+                source,
             };
-            let listener =
-                TcpListener::from_std(std_listener).map_err(|source| ServerError::Bind {
-                    listener: l.name.clone(),
-                    addr: l.listen,
-                    source,
-                })?;
-            listeners.push((Arc::from(l.name.as_str()), listener, l.max_connections));
+            let sockets = match adopted.remove(&l.name) {
+                #[cfg(unix)]
+                Some(inherited) => share_inherited(inherited, workers.len()).map_err(bind_error)?,
+                #[cfg(not(unix))]
+                Some(inherited) => vec![inherited],
+                None => bind_listener(l.listen, workers.len()).map_err(bind_error)?,
+            };
+            let sockets = register(&workers, sockets).map_err(bind_error)?;
+            listeners.push((Arc::from(l.name.as_str()), sockets, l.max_connections));
         }
         let admin = match &config.admin {
             Some(a) => {
@@ -391,6 +475,7 @@ impl Server {
         });
         Ok(Server {
             listeners,
+            workers,
             config: shared_config,
             reload_tx,
             reload_rx,
@@ -406,7 +491,7 @@ impl Server {
     pub fn listener_addrs(&self) -> Vec<(String, SocketAddr)> {
         self.listeners
             .iter()
-            .filter_map(|(name, l, _)| Some((name.to_string(), l.local_addr().ok()?)))
+            .filter_map(|(name, l, _)| Some((name.to_string(), l.first()?.local_addr().ok()?)))
             .collect()
     }
 
@@ -461,15 +546,17 @@ impl Server {
         self.tell(Lifecycle::Ready {
             status: self.serving(&running),
         });
-        // Ticks on the data plane's runtime, so a wedged runtime stops them.
+        // Told only while every worker runs tasks, so a wedged worker stops the ticks.
         let alive = match (&self.options.lifecycle, self.options.alive_every) {
             (Some(hook), Some(every)) => {
-                let hook = hook.clone();
+                let (hook, workers) = (hook.clone(), self.workers.clone());
                 Some(tokio::spawn(async move {
                     let mut tick = tokio::time::interval(every);
                     loop {
                         tick.tick().await;
-                        (hook.0)(&Lifecycle::Alive);
+                        if workers.all_alive(every).await {
+                            (hook.0)(&Lifecycle::Alive);
+                        }
                     }
                 }))
             }
@@ -538,6 +625,8 @@ impl Server {
         if let Some(alive) = alive {
             alive.abort();
         }
+        let workers = self.workers.clone();
+        let _ = tokio::task::spawn_blocking(move || workers.join()).await;
         tracing::info!("stopped");
     }
 
@@ -567,26 +656,35 @@ impl Server {
         &self,
         running: &mut HashMap<Arc<str>, RunningListener>,
         name: Arc<str>,
-        listener: TcpListener,
+        sockets: Vec<TcpListener>,
         max_connections: usize,
         stop_accepting: &CancellationToken,
         accept_loops: &TaskTracker,
         connections: &TaskTracker,
     ) {
-        let Ok(listen) = listener.local_addr() else {
+        let Some(Ok(listen)) = sockets.first().map(TcpListener::local_addr) else {
             return;
         };
-        tracing::info!(listener = %name, addr = %listen, "listening");
+        tracing::info!(listener = %name, addr = %listen, sockets = sockets.len(), "listening");
         let stop = stop_accepting.child_token();
         let limit = Arc::new(Semaphore::new(max_connections.min(Semaphore::MAX_PERMITS)));
-        accept_loops.spawn(proxy::serve(
-            listener,
-            name.clone(),
-            limit.clone(),
-            self.ctx.clone(),
-            stop.clone(),
-            connections.clone(),
-        ));
+        let workers = self.workers.handles();
+        // One socket for several workers (outside Linux): its accept loop hands connections out.
+        let spread = (sockets.len() < workers.len()).then(|| workers.clone());
+        for (socket, worker) in sockets.into_iter().zip(workers.iter()) {
+            accept_loops.spawn_on(
+                proxy::serve(
+                    socket,
+                    name.clone(),
+                    limit.clone(),
+                    self.ctx.clone(),
+                    stop.clone(),
+                    connections.clone(),
+                    spread.clone(),
+                ),
+                worker,
+            );
+        }
         running.insert(
             name,
             RunningListener {
@@ -622,11 +720,10 @@ impl Server {
         let plan = diff_listeners(&old, &new);
         let mut bound = Vec::new();
         for l in &plan.add {
-            let std_listener = bind_tcp(l.listen)
+            let sockets = bind_listener(l.listen, self.workers.len())
+                .and_then(|sockets| register(&self.workers, sockets))
                 .map_err(|e| format!("listener {}: cannot listen on {}: {e}", l.name, l.listen))?;
-            let listener = TcpListener::from_std(std_listener)
-                .map_err(|e| format!("listener {}: {e}", l.name))?;
-            bound.push((Arc::from(l.name.as_str()), listener, l.max_connections));
+            bound.push((Arc::from(l.name.as_str()), sockets, l.max_connections));
         }
 
         // From here on nothing fails: apply.

@@ -179,7 +179,11 @@ impl Forward<'_> {
                 self.up.done = true;
                 match end {
                     End::Eof => {
-                        let _ = SockRef::from(backend).shutdown(Shutdown::Write);
+                        // Once both directions are done the sockets close, which sends the
+                        // FIN anyway: shut down only to pass on a half-close.
+                        if !self.down.done {
+                            let _ = SockRef::from(backend).shutdown(Shutdown::Write);
+                        }
                         self.first_to_close.get_or_insert(CloseReason::Client);
                     }
                     End::ReadFailed(e) => {
@@ -203,7 +207,9 @@ impl Forward<'_> {
                 self.down.done = true;
                 match end {
                     End::Eof => {
-                        let _ = SockRef::from(client).shutdown(Shutdown::Write);
+                        if !self.up.done {
+                            let _ = SockRef::from(client).shutdown(Shutdown::Write);
+                        }
                         self.first_to_close.get_or_insert(CloseReason::Backend);
                     }
                     End::ReadFailed(e) => {
@@ -513,6 +519,9 @@ impl Direction {
             Ok(n) => {
                 if n > 0 && n < COPY_BELOW {
                     self.mode = Mode::Copy;
+                } else if n == capacity {
+                    // A full pipe: a bulk stream, worth fewer splice calls per byte.
+                    pool.grow(pipe);
                 }
                 Some(Ok(n))
             }

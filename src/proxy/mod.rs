@@ -147,9 +147,11 @@ pub async fn serve(
     ctx: Arc<Context>,
     stop_accepting: CancellationToken,
     tracker: TaskTracker,
+    spread: Option<Arc<[tokio::runtime::Handle]>>,
 ) {
     let stats = Arc::new(ListenerStats::new(&ctx.metrics, &name));
     let mut consecutive_errors = 0u32;
+    let mut turn = 0usize;
     loop {
         let accepted = tokio::select! {
             biased;
@@ -167,7 +169,21 @@ pub async fn serve(
                             stats: stats.clone(),
                             _permit: permit,
                         };
-                        tracker.spawn(handle(Box::new((socket, peer)), conn));
+                        match &spread {
+                            None => {
+                                tracker.spawn(handle(Box::new((socket, peer)), conn));
+                            }
+                            Some(workers) => {
+                                turn = turn.wrapping_add(1);
+                                hand_out(
+                                    socket,
+                                    peer,
+                                    conn,
+                                    &workers[turn % workers.len()],
+                                    &tracker,
+                                );
+                            }
+                        }
                     }
                     Err(_) => {
                         stats.rejected_max_connections.inc();
@@ -193,6 +209,34 @@ pub async fn serve(
         }
     }
     tracing::info!(listener = %name, "listener stopped accepting");
+}
+
+/// Serve an accepted connection on another worker: its socket moves to that worker's event loop.
+fn hand_out(
+    socket: TcpStream,
+    peer: SocketAddr,
+    conn: Conn,
+    worker: &tokio::runtime::Handle,
+    tracker: &TaskTracker,
+) {
+    let socket = match socket.into_std() {
+        Ok(socket) => socket,
+        Err(e) => {
+            tracing::debug!(client = %peer, error = %e, "cannot hand the connection to a worker");
+            return;
+        }
+    };
+    tracker.spawn_on(
+        async move {
+            match TcpStream::from_std(socket) {
+                Ok(socket) => handle(Box::new((socket, peer)), conn).await,
+                Err(e) => {
+                    tracing::debug!(client = %peer, error = %e, "cannot register the connection")
+                }
+            }
+        },
+        worker,
+    );
 }
 
 /// Why an inbound PROXY header was refused.
@@ -315,6 +359,8 @@ async fn establish(
     stats: &ListenerStats,
 ) -> Option<Link> {
     let (client, peer) = *accepted;
+    // On Linux accepted sockets inherit TCP_NODELAY from the listening socket (set at bind).
+    #[cfg(not(target_os = "linux"))]
     let _ = client.set_nodelay(true);
     let snapshot = ctx.routing.load_full();
     let listener = snapshot.listeners.get(listener_name)?;

@@ -726,3 +726,40 @@ async fn ipv6_listener_and_backend_work() {
     assert_eq!(&buf, b"v6");
     warren.stop().await;
 }
+
+/// Each worker accepts on its own SO_REUSEPORT socket on Linux, yet the address stays warren's:
+/// a second warren (or anything else) binding it fails as it would without SO_REUSEPORT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_share_the_port_and_a_second_warren_cannot_bind_it() {
+    let b = spawn_backend(echo).await;
+    for workers in [1, 3] {
+        let warren = Warren::start(
+            config(Balance::RoundRobin, vec![backend("b", b.addr)]),
+            Options { workers, ..quick() },
+        );
+        // Every connection is served, whichever worker the kernel hands it to.
+        for i in 0..60u8 {
+            let mut s = TcpStream::connect(warren.addr).await.unwrap();
+            s.write_all(&[i]).await.unwrap();
+            let mut back = [0u8; 1];
+            tokio::time::timeout(5 * SECOND, s.read_exact(&mut back))
+                .await
+                .expect("echo within 5 s")
+                .unwrap();
+            assert_eq!(back[0], i, "{workers} workers");
+        }
+        let taken = with_listener(
+            config(Balance::RoundRobin, vec![backend("b", b.addr)]),
+            |l| l.listen = warren.addr,
+        );
+        let err = warren::Server::bind(&taken, Options { workers, ..quick() })
+            .err()
+            .unwrap_or_else(|| panic!("a second warren bound {} ({workers} workers)", warren.addr));
+        assert!(
+            err.to_string().contains(&warren.addr.to_string()),
+            "the error names the address: {err}"
+        );
+        assert!(std::net::TcpListener::bind(warren.addr).is_err());
+        warren.stop().await;
+    }
+}

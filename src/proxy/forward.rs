@@ -36,9 +36,12 @@ const SCRATCH_LEN: usize = 64 * 1024;
 /// A copy read at least this large means bulk: switch the direction to splice.
 #[cfg(target_os = "linux")]
 const SPLICE_FROM: usize = 16 * 1024;
-/// A splice smaller than this means small frames again: switch back to copy.
+/// Splices smaller than this, [`SMALL_SPLICES`] in a row, mean small frames again: switch back
+/// to copy. One alone is usually the tail of a burst that the proxy caught up with.
 #[cfg(target_os = "linux")]
 const COPY_BELOW: usize = 4 * 1024;
+#[cfg(target_os = "linux")]
+const SMALL_SPLICES: u8 = 2;
 
 thread_local! {
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH_LEN].into_boxed_slice());
@@ -338,6 +341,9 @@ struct Direction {
     done: bool,
     /// Cleared when splice is off or the kernel refused it for these sockets.
     splice_ok: bool,
+    /// Consecutive splices below [`COPY_BELOW`].
+    #[cfg(target_os = "linux")]
+    small_splices: u8,
     /// How much of `backlog` was written already.
     sent: u32,
     /// Bytes read on the copy path that the writer could not take yet; unallocated when idle.
@@ -359,6 +365,8 @@ impl Direction {
             splice_ok: plane.pipes.is_some(),
             #[cfg(not(target_os = "linux"))]
             splice_ok: false,
+            #[cfg(target_os = "linux")]
+            small_splices: 0,
             sent: 0,
             backlog: Vec::new(),
             total: 0,
@@ -518,8 +526,15 @@ impl Direction {
         }) {
             Ok(n) => {
                 if n > 0 && n < COPY_BELOW {
-                    self.mode = Mode::Copy;
-                } else if n == capacity {
+                    self.small_splices += 1;
+                    if self.small_splices >= SMALL_SPLICES {
+                        self.small_splices = 0;
+                        self.mode = Mode::Copy;
+                    }
+                } else {
+                    self.small_splices = 0;
+                }
+                if n == capacity {
                     // A full pipe: a bulk stream, worth fewer splice calls per byte.
                     pool.grow(pipe);
                 }

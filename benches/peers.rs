@@ -1032,6 +1032,28 @@ struct Amqp {
     samples: usize,
     /// Confirms that came back as nacks or errors.
     failed: u64,
+    /// The proxy's CPU (all its processes and threads) per delivered message inside the
+    /// window, µs; `None` for direct.
+    proxy_cpu_us: Option<f64>,
+    /// How busy the whole machine was inside the window, % of all CPUs (from /proc/stat).
+    machine_busy: f64,
+}
+
+/// (busy, total) jiffies of all CPUs, from the first line of /proc/stat.
+fn machine_jiffies() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let total: u64 = fields.iter().take(8).sum();
+    // idle and iowait are the 4th and 5th fields.
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    (total.saturating_sub(idle), total)
 }
 
 /// Counters shared by one slot's publishers and consumers.
@@ -1195,6 +1217,8 @@ async fn amqp_consumer(
 /// One slot: a fresh durable classic queue on the node, `AMQP_PUBLISHERS` publishers and
 /// `AMQP_CONSUMERS` consumers (each its own connection) through `port`, `warmup` unmeasured,
 /// then `secs` measured; the queue is deleted afterwards (through the node, also on error).
+/// `proxy_pids`: the target's processes, whose CPU inside the window is reported.
+#[allow(clippy::too_many_arguments)]
 fn amqp(
     rt: &tokio::runtime::Runtime,
     node: &RabbitNode,
@@ -1203,6 +1227,7 @@ fn amqp(
     size: usize,
     warmup: Duration,
     secs: Duration,
+    proxy_pids: Option<&[i32]>,
 ) -> Res<Amqp> {
     use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
     rt.block_on(async {
@@ -1221,7 +1246,7 @@ fn amqp(
             admin.queue_declare(queue.into(), declare, args),
         )
         .await?;
-        let result = amqp_load(port, queue, size, warmup, secs).await;
+        let result = amqp_load(port, queue, size, warmup, secs, proxy_pids).await;
         let deleted = bounded(
             "queue.delete",
             admin.queue_delete(queue.into(), QueueDeleteOptions::default()),
@@ -1240,6 +1265,7 @@ async fn amqp_load(
     size: usize,
     warmup: Duration,
     secs: Duration,
+    proxy_pids: Option<&[i32]>,
 ) -> Res<Amqp> {
     use lapin::options::ConfirmSelectOptions;
     let counters = Arc::new(AmqpCounters::default());
@@ -1295,12 +1321,14 @@ async fn amqp_load(
             Instant::now(),
             c.delivered.load(Ordering::Relaxed),
             c.confirmed.load(Ordering::Relaxed),
+            proxy_pids.map(cpu_seconds),
+            machine_jiffies(),
         )
     };
     tokio::time::sleep_until(window.from.into()).await;
-    let (t0, d0, c0) = snapshot(&counters);
+    let (t0, d0, c0, cpu0, m0) = snapshot(&counters);
     tokio::time::sleep_until(window.to.into()).await;
-    let (t1, d1, c1) = snapshot(&counters);
+    let (t1, d1, c1, cpu1, m1) = snapshot(&counters);
     let mut errors = Vec::new();
     for p in publishers {
         match p.await {
@@ -1333,6 +1361,11 @@ async fn amqp_load(
         confirm_ms: [pct(0.50), pct(0.99)],
         samples: lat.len(),
         failed: counters.failed.load(Ordering::Relaxed),
+        proxy_cpu_us: match (cpu0, cpu1) {
+            (Some(a), Some(b)) if d1 > d0 => Some((b - a) * 1e6 / (d1 - d0) as f64),
+            _ => None,
+        },
+        machine_busy: 100.0 * (m1.0 - m0.0) as f64 / (m1.1 - m0.1).max(1) as f64,
     })
 }
 
@@ -1638,6 +1671,10 @@ fn run(opts: &Opts) -> Res<()> {
                         .amqp
                         .ok_or("no AMQP listener: the node is not running")?;
                     let queue = format!("peers-r{round}-{}-{size}", t.name());
+                    let pids = proxies
+                        .iter()
+                        .find(|(p, _)| *p == t)
+                        .map(|(_, r)| r.proc_.pids());
                     match amqp(
                         rt,
                         node,
@@ -1646,22 +1683,30 @@ fn run(opts: &Opts) -> Res<()> {
                         size,
                         opts.amqp_warmup,
                         opts.amqp_secs,
+                        pids.as_deref(),
                     ) {
                         Ok(a) => {
+                            if let Some(cpu) = a.proxy_cpu_us {
+                                res.put(&format!("amqp {size} cpu"), t, round, cpu);
+                            }
+                            res.put(&format!("amqp {size} busy"), t, round, a.machine_busy);
                             res.put(&format!("amqp {size} delivered"), t, round, a.delivered);
                             res.put(&format!("amqp {size} confirmed"), t, round, a.confirmed);
                             res.put(&format!("amqp {size} p50"), t, round, a.confirm_ms[0]);
                             res.put(&format!("amqp {size} p99"), t, round, a.confirm_ms[1]);
                             eprintln!(
                                 "   amqp {:>6} {:<8} {:7.0} msg/s delivered, {:7.0} confirmed, \
-                                 confirm p50 {:6.2} p99 {:6.2} ms ({} samples)",
+                                 confirm p50 {:6.2} p99 {:6.2} ms ({} samples), proxy {} µs CPU/msg, \
+                                 machine {:.0} % busy",
                                 size_label(size),
                                 t.name(),
                                 a.delivered,
                                 a.confirmed,
                                 a.confirm_ms[0],
                                 a.confirm_ms[1],
-                                a.samples
+                                a.samples,
+                                a.proxy_cpu_us.map_or("–".into(), |c| format!("{c:.1}")),
+                                a.machine_busy
                             );
                             if a.failed > 0 {
                                 res.notes.push(format!(
@@ -2205,6 +2250,46 @@ fn render(
                 )
                 .unwrap();
             }
+        }
+        writeln!(
+            w,
+            "\n**Where the CPU goes** inside the measured window: the proxy's CPU (utime+stime of \
+             all its processes/threads) per delivered message, µs, and how busy the whole machine \
+             was, % of all CPUs (/proc/stat):\n"
+        )
+        .unwrap();
+        writeln!(
+            w,
+            "| size | | direct | warren | HAProxy | NGINX | w/h | w/n |"
+        )
+        .unwrap();
+        writeln!(w, "|---|---|---|---|---|---|---|---|").unwrap();
+        for size in AMQP_SIZES {
+            let key = format!("amqp {size} cpu");
+            let rh = res.round_median(&key, &[Warren, Haproxy], |v| v[0] / v[1]);
+            let rn = res.round_median(&key, &[Warren, Nginx], |v| v[0] / v[1]);
+            writeln!(
+                w,
+                "| {} | proxy CPU µs/msg | – | {} | {} | {} | {} | {} |",
+                size_label(size),
+                cell(res, &key, Warren),
+                cell(res, &key, Haproxy),
+                cell(res, &key, Nginx),
+                rh.map(fmt_num).unwrap_or_default(),
+                rn.map(fmt_num).unwrap_or_default(),
+            )
+            .unwrap();
+            let key = format!("amqp {size} busy");
+            writeln!(
+                w,
+                "| {} | machine busy % | {} | {} | {} | {} | | |",
+                size_label(size),
+                cell(res, &key, Direct),
+                cell(res, &key, Warren),
+                cell(res, &key, Haproxy),
+                cell(res, &key, Nginx),
+            )
+            .unwrap();
         }
         writeln!(w).unwrap();
     }

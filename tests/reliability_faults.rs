@@ -323,7 +323,7 @@ async fn all_backends_down_refuses_fast_without_spinning_and_resumes_when_one_re
         slowest <= PROMPT,
         "a client waited {slowest:?} while every backend was down"
     );
-    let cpu = cpu_share_over(std::process::id(), Duration::from_secs(1)).await;
+    let cpu = idle_cpu_share(Duration::from_secs(1), 0.10).await;
     println!(
         "all down: {CLIENTS} clients closed, slowest after {slowest:?}; idle CPU {:.1}%",
         cpu * 100.0
@@ -579,7 +579,7 @@ async fn ephemeral_ports_scenario() {
         );
         slowest = slowest.max(started.elapsed());
     }
-    let cpu = cpu_share_over(std::process::id(), Duration::from_secs(1)).await;
+    let cpu = idle_cpu_share(Duration::from_secs(1), 0.10).await;
     println!(
         "exhausted: 20 clients closed, slowest after {slowest:?}; {} counted; CPU {:.1}% after",
         rejected() - before,

@@ -1553,6 +1553,13 @@ fn run(opts: &Opts) -> Res<()> {
                 .map(|(_, r)| r.ports)
                 .unwrap_or(backends)
         };
+        // The processes of a proxy target, whose CPU is measured; `None` for direct.
+        let pids_of = |t: Target, proxies: &[(Target, Running)]| -> Option<Vec<i32>> {
+            proxies
+                .iter()
+                .find(|(p, _)| *p == t)
+                .map(|(_, r)| r.proc_.pids())
+        };
 
         if has("bulk") {
             for streams in [1usize, 4] {
@@ -1560,10 +1567,7 @@ fn run(opts: &Opts) -> Res<()> {
                     let key = bulk_key(streams, reverse);
                     for t in TARGETS {
                         check_interrupted()?;
-                        let pids = proxies
-                            .iter()
-                            .find(|(p, _)| *p == t)
-                            .map(|(_, r)| r.proc_.pids());
+                        let pids = pids_of(t, &proxies);
                         let cpu0 = pids.as_deref().map(cpu_seconds);
                         match iperf(ports_of(t, &proxies).bulk, opts.bulk_secs, streams, reverse) {
                             Ok(b) => {
@@ -1602,10 +1606,7 @@ fn run(opts: &Opts) -> Res<()> {
             for clients in CHURN_CLIENTS {
                 for t in TARGETS {
                     check_interrupted()?;
-                    let pids = proxies
-                        .iter()
-                        .find(|(p, _)| *p == t)
-                        .map(|(_, r)| r.proc_.pids());
+                    let pids = pids_of(t, &proxies);
                     let cpu0 = pids.as_deref().map(cpu_seconds);
                     let (rate, errors, done) =
                         churn(ports_of(t, &proxies).echo, clients, opts.churn_secs);
@@ -1671,10 +1672,7 @@ fn run(opts: &Opts) -> Res<()> {
                         .amqp
                         .ok_or("no AMQP listener: the node is not running")?;
                     let queue = format!("peers-r{round}-{}-{size}", t.name());
-                    let pids = proxies
-                        .iter()
-                        .find(|(p, _)| *p == t)
-                        .map(|(_, r)| r.proc_.pids());
+                    let pids = pids_of(t, &proxies);
                     match amqp(
                         rt,
                         node,

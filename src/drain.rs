@@ -171,21 +171,23 @@ impl Drainer {
             self.clone()
                 .watch((pool.to_owned(), backend.to_owned()), entry.generation),
         );
-        Ok(self.status(pool, backend).expect("the backend exists"))
+        // A reload may have removed the backend since: not found, never a panic.
+        self.status(pool, backend).ok_or_else(not_found)
     }
 
     /// Let a backend take new connections again (idempotent).
     pub fn undrain(&self, pool: &str, backend: &str) -> Result<DrainStatus, DrainError> {
         let key = (pool.to_owned(), backend.to_owned());
+        let not_found = || DrainError::NotFound {
+            pool: pool.to_owned(),
+            backend: backend.to_owned(),
+        };
         let changed = self
             .routing
             .update(pool, backend, |b| {
                 std::mem::replace(&mut b.admin, AdminState::Active)
             })
-            .ok_or_else(|| DrainError::NotFound {
-                pool: pool.to_owned(),
-                backend: backend.to_owned(),
-            })?;
+            .ok_or_else(not_found)?;
         // Removing the entry stops its watcher (it checks the generation).
         self.drains
             .lock()
@@ -198,7 +200,7 @@ impl Drainer {
                 .emit(&(Arc::from(pool), Arc::from(backend)), None, &transition);
             self.save();
         }
-        Ok(self.status(pool, backend).expect("the backend exists"))
+        self.status(pool, backend).ok_or_else(not_found)
     }
 
     /// The admin view of one backend.

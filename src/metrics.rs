@@ -277,5 +277,47 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    /// Remove every series of a backend a reload took away, so `backend_up 0` or a drained
+    /// state does not stay in `/metrics` (and keep an alert firing) for a backend that is gone.
+    /// Absent series are fine: a backend never probed has no `health_checks_total`.
+    pub fn remove_backend(&self, pool: &str, backend: &str) {
+        let pb = [pool, backend];
+        let _ = self.backend_connections_active.remove_label_values(&pb);
+        let _ = self.backend_connections_total.remove_label_values(&pb);
+        let _ = self
+            .backend_connect_duration_seconds
+            .remove_label_values(&pb);
+        let _ = self.backend_up.remove_label_values(&pb);
+        let _ = self.health_check_duration_seconds.remove_label_values(&pb);
+        for reason in ["refused", "timeout", "other"] {
+            let _ = self
+                .backend_connect_failures_total
+                .remove_label_values(&[pool, backend, reason]);
+        }
+        for direction in ["to_backend", "to_client"] {
+            let _ = self
+                .backend_bytes_total
+                .remove_label_values(&[pool, backend, direction]);
+        }
+        for state in ["active", "draining", "drained"] {
+            let _ = self
+                .backend_admin_state
+                .remove_label_values(&[pool, backend, state]);
+        }
+        for result in ["ok", "failed"] {
+            let _ = self
+                .health_checks_total
+                .remove_label_values(&[pool, backend, result]);
+        }
+    }
+
+    /// Remove the series of a pool a reload took away (its backends' go through
+    /// [`Metrics::remove_backend`]).
+    pub fn remove_pool(&self, pool: &str) {
+        let _ = self.pool_available_backends.remove_label_values(&[pool]);
+    }
+}
+
 /// A histogram handle, re-exported so callers need not depend on `prometheus` directly.
 pub type Seconds = Histogram;

@@ -234,12 +234,25 @@ impl Routing {
 
     /// Publish the routing view of a reloaded config. Backends keep their health, admin state
     /// and counters by pool + name; new ones start `unknown` and `active`; the config's
-    /// address and weight win.
+    /// address and weight win, and a backend whose address changed starts `unknown`. The
+    /// metric series of removed backends and pools are removed, so no alert keeps firing on a
+    /// backend that is gone.
     pub fn reload(&self, config: &Config) {
         let _guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let old = self.current.load_full();
         let next = build(config, Some(&old), &self.metrics, &self.shutdown);
         publish_gauges(&next, &self.metrics);
+        for (name, pool) in &old.pools {
+            let kept = next.pools.get(name);
+            if kept.is_none() {
+                self.metrics.remove_pool(name);
+            }
+            for b in &pool.backends {
+                if kept.and_then(|p| p.backend(&b.name)).is_none() {
+                    self.metrics.remove_backend(name, &b.name);
+                }
+            }
+        }
         self.current.store(Arc::new(next));
     }
 
@@ -317,7 +330,10 @@ fn build(
                         weight: b.weight,
                         backup: b.backup,
                         key: balance::stable_hash(format!("{}/{}", p.name, b.name).as_bytes()),
-                        health: old_b.map_or(Health::Unknown, |o| o.health),
+                        // A verdict about an old address says nothing about the new one.
+                        health: old_b
+                            .filter(|o| o.addr == b.addr)
+                            .map_or(Health::Unknown, |o| o.health),
                         admin: old_b.map_or(AdminState::Active, |o| o.admin),
                         stats: old_b.map_or_else(
                             || Arc::new(BackendStats::new(metrics, &p.name, &b.name, shutdown)),

@@ -250,3 +250,61 @@ async fn reload_without_a_file_says_so() {
     shutdown.cancel();
     task.await.unwrap();
 }
+
+/// A backend removed by a reload leaves no series behind in `/metrics`: a `backend_up 0` or
+/// `backend_admin_state{state="drained"} 1` would otherwise keep an alert firing for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_backend_leaves_no_metric_series_behind() {
+    let files = Files::new("series");
+    let (b0, b1) = (spawn_backend(echo).await, spawn_backend(echo).await);
+    let (admin_port, port) = (free_port(), free_port());
+    files.write(admin_port, &[("amqp", port)], &[b0.addr, b1.addr]);
+    let (warren, admin) = files.start();
+    // Traffic through both, and b1 drained: every kind of per-backend series exists.
+    for i in 0..4u8 {
+        let mut s = TcpStream::connect(warren.addr).await.unwrap();
+        assert!(echo_once(&mut s, i).await);
+    }
+    let (code, body) = http(
+        admin,
+        "POST",
+        "/v1/pools/rabbitmq/backends/b1/drain",
+        Some(TOKEN),
+        b"",
+    )
+    .await;
+    assert_eq!(code, 202, "{body}");
+    let b1_series = |text: &str| {
+        text.lines()
+            .filter(|l| !l.starts_with('#') && l.contains(r#"backend="b1""#))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let (_, before) = http(admin, "GET", "/metrics", None, b"").await;
+    for family in [
+        "warren_backend_up{",
+        "warren_backend_admin_state{",
+        "warren_backend_connections_total{",
+        "warren_backend_bytes_total{",
+    ] {
+        assert!(
+            b1_series(&before).iter().any(|l| l.starts_with(family)),
+            "{family} of b1 exists before the reload"
+        );
+    }
+
+    files.write(admin_port, &[("amqp", port)], &[b0.addr]);
+    let (code, body) = http(admin, "POST", "/v1/reload", Some(TOKEN), b"").await;
+    assert_eq!(code, 200, "{body}");
+    let (_, after) = http(admin, "GET", "/metrics", None, b"").await;
+    assert_eq!(
+        b1_series(&after),
+        Vec::<String>::new(),
+        "b1's series after its removal"
+    );
+    assert!(
+        after.contains(r#"warren_backend_up{backend="b0",pool="rabbitmq"} 1"#),
+        "b0 keeps its series"
+    );
+    warren.stop().await;
+}

@@ -16,6 +16,7 @@
 pub mod probe;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -217,11 +218,27 @@ pub struct BackendHealth {
 
 struct Tracked {
     machine: Hysteresis,
+    /// The address the verdict is about: a reload that moves the backend starts it afresh.
+    addr: SocketAddr,
     last_probe: Option<ProbeRecord>,
     changed_at: SystemTime,
     probes_run: u64,
     /// Bumped on every passive failure so only the newest hold-down timer ends a hold-down.
     hold_down_generation: u64,
+}
+
+impl Tracked {
+    /// A backend with no verdict yet (`unknown`), as at start.
+    fn new(rise: u32, fall: u32, addr: SocketAddr, hold_down_generation: u64) -> Tracked {
+        Tracked {
+            machine: Hysteresis::new(rise, fall),
+            addr,
+            last_probe: None,
+            changed_at: SystemTime::now(),
+            probes_run: 0,
+            hold_down_generation,
+        }
+    }
 }
 
 type Key = (Arc<str>, Arc<str>);
@@ -255,7 +272,6 @@ impl Controller {
         hold_down: Duration,
         runtime: Handle,
     ) -> Arc<Controller> {
-        let now = SystemTime::now();
         let mut tracked = HashMap::new();
         let mut probes = HashMap::new();
         for pool in &config.pools {
@@ -264,13 +280,7 @@ impl Controller {
             for b in &pool.backends {
                 tracked.insert(
                     (name.clone(), Arc::from(b.name.as_str())),
-                    Tracked {
-                        machine: Hysteresis::new(rise, fall),
-                        last_probe: None,
-                        changed_at: now,
-                        hold_down_generation: 0,
-                        probes_run: 0,
-                    },
+                    Tracked::new(rise, fall, b.addr, 0),
                 );
             }
             probes.insert(name, pool.health.clone());
@@ -304,38 +314,59 @@ impl Controller {
     /// Take a reloaded config: track new backends (existing ones keep their state), adopt new
     /// thresholds and probes, restart the probe tasks and, when they changed, the hooks.
     /// `stop` is the control plane's stop token.
+    ///
+    /// A backend starts afresh (`unknown`, probed again) when its address changed: the old
+    /// verdict was about another host. A `down` backend of a pool that lost its `[health]`
+    /// section becomes `unknown` too, as at start: nothing would ever probe it up again, and
+    /// the passive check takes over.
     pub fn reload(self: &Arc<Self>, config: &Config, stop: &CancellationToken) {
         {
+            let probed_before: Vec<Arc<str>> = {
+                let probes = self.probes.lock().unwrap_or_else(|e| e.into_inner());
+                probes
+                    .iter()
+                    .filter(|(_, probe)| probe.is_some())
+                    .map(|(name, _)| name.clone())
+                    .collect()
+            };
             let mut tracked = self.tracked.lock().unwrap_or_else(|e| e.into_inner());
             let mut keep = HashMap::new();
+            let mut reset = Vec::new();
             for pool in &config.pools {
                 let name: Arc<str> = Arc::from(pool.name.as_str());
+                let lost_probe = pool.health.is_none() && probed_before.contains(&name);
                 let (rise, fall) = pool.health.as_ref().map_or((1, 1), |h| (h.rise, h.fall));
                 for b in &pool.backends {
                     let key: Key = (name.clone(), Arc::from(b.name.as_str()));
-                    let t = tracked.remove(&key).map_or_else(
-                        || Tracked {
-                            machine: Hysteresis::new(rise, fall),
-                            last_probe: None,
-                            changed_at: SystemTime::now(),
-                            hold_down_generation: 0,
-                            probes_run: 0,
-                        },
-                        |mut t| {
+                    let t = match tracked.remove(&key) {
+                        None => Tracked::new(rise, fall, b.addr, 0),
+                        Some(old) if old.addr != b.addr => {
+                            tracing::info!(pool = %key.0, backend = %key.1, old = %old.addr, new = %b.addr,
+                                "backend address changed: health starts again as unknown");
+                            reset.push(key.clone());
+                            Tracked::new(rise, fall, b.addr, old.hold_down_generation + 1)
+                        }
+                        Some(old) if lost_probe && old.machine.state() == Health::Down => {
+                            tracing::info!(pool = %key.0, backend = %key.1,
+                                "pool has no probe any more: a down backend becomes unknown and takes connections again");
+                            reset.push(key.clone());
+                            Tracked::new(rise, fall, b.addr, old.hold_down_generation + 1)
+                        }
+                        Some(mut t) => {
                             t.machine.set_thresholds(rise, fall);
                             t
-                        },
-                    );
+                        }
+                    };
                     keep.insert(key, t);
                 }
             }
             *tracked = keep;
+            for key in reset {
+                if let Some(t) = tracked.get(&key) {
+                    self.publish(&key, t);
+                }
+            }
         }
-        *self.probes.lock().unwrap_or_else(|e| e.into_inner()) = config
-            .pools
-            .iter()
-            .map(|p| (Arc::from(p.name.as_str()), p.health.clone()))
-            .collect();
         let new_hooks =
             (!config.hooks.is_empty()).then(|| Hooks::start(&config.hooks, self.metrics.clone()));
         let old_hooks = std::mem::replace(
@@ -460,38 +491,31 @@ impl Controller {
         }
     }
 
-    /// Feed one check result into a backend's machine; apply a flip.
+    /// Feed one check result into a backend's machine; publish a flip.
     fn record(&self, key: &Key, ok: bool, probe: Option<ProbeRecord>) {
-        let flipped = {
-            let mut tracked = self.tracked.lock().unwrap_or_else(|e| e.into_inner());
-            let Some(t) = tracked.get_mut(key) else {
-                return;
-            };
-            if let Some(p) = probe {
-                if !p.up {
-                    tracing::debug!(pool = %key.0, backend = %key.1, reason = p.reason, "probe failed");
-                }
-                t.last_probe = Some(p);
-                t.probes_run += 1;
-            }
-            let flipped = t.machine.observe(ok);
-            if flipped.is_some() {
-                t.changed_at = SystemTime::now();
-            }
-            flipped
+        let mut tracked = self.tracked.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(t) = tracked.get_mut(key) else {
+            return;
         };
-        if let Some(health) = flipped {
-            self.apply(key, health);
+        if let Some(p) = probe {
+            if !p.up {
+                tracing::debug!(pool = %key.0, backend = %key.1, reason = p.reason, "probe failed");
+            }
+            t.last_probe = Some(p);
+            t.probes_run += 1;
+        }
+        if t.machine.observe(ok).is_some() {
+            t.changed_at = SystemTime::now();
+            self.publish(key, t);
         }
     }
 
-    /// Publish a backend's new health and emit the events the change causes.
-    fn apply(&self, key: &Key, health: Health) {
-        let reason = self
-            .backend(&key.0, &key.1)
-            .and_then(|b| b.last_probe)
-            .map(|p| p.reason)
-            .unwrap_or_else(|| "failed connect from the data path".to_owned());
+    /// Publish a backend's health as its machine says now and emit the events the change
+    /// causes. Called with the `tracked` lock held (`t` is borrowed from it): two checks racing
+    /// on one backend (a probe and a failed connect) then publish in the order their machine
+    /// saw them, so routing always ends equal to health.
+    fn publish(&self, key: &Key, t: &Tracked) {
+        let health = t.machine.state();
         let Some((previous, transition)) = self
             .routing
             .update(&key.0, &key.1, |b| std::mem::replace(&mut b.health, health))
@@ -501,6 +525,10 @@ impl Controller {
         if previous == health {
             return;
         }
+        let reason = t.last_probe.as_ref().map_or_else(
+            || "failed connect from the data path".to_owned(),
+            |p| p.reason.clone(),
+        );
         match health {
             Health::Down => {
                 tracing::warn!(pool = %key.0, backend = %key.1, %reason, "backend is down")
@@ -571,26 +599,20 @@ impl Controller {
                 t.machine.reset(Health::Down);
                 t.changed_at = SystemTime::now();
             }
+            self.publish(&key, t);
             t.hold_down_generation
         };
-        self.apply(&key, Health::Down);
         let this = self.clone();
         self.runtime.spawn(async move {
             tokio::time::sleep(this.hold_down).await;
-            let ended = {
-                let mut tracked = this.tracked.lock().unwrap_or_else(|e| e.into_inner());
-                match tracked.get_mut(&key) {
-                    Some(t) if t.hold_down_generation == generation => {
-                        t.machine.reset(Health::Unknown);
-                        t.changed_at = SystemTime::now();
-                        true
-                    }
-                    _ => false,
+            let mut tracked = this.tracked.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(t) = tracked.get_mut(&key) {
+                if t.hold_down_generation == generation {
+                    t.machine.reset(Health::Unknown);
+                    t.changed_at = SystemTime::now();
+                    tracing::info!(pool = %key.0, backend = %key.1, "hold-down over, backend takes connections again");
+                    this.publish(&key, t);
                 }
-            };
-            if ended {
-                tracing::info!(pool = %key.0, backend = %key.1, "hold-down over, backend takes connections again");
-                this.apply(&key, Health::Unknown);
             }
         });
     }
@@ -625,6 +647,151 @@ impl Observer for Arc<Controller> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const ONE_PROBED_BACKEND: &str = r#"
+[[listener]]
+name = "amqp"
+listen = "127.0.0.1:5672"
+pool = "p"
+
+[pool.p]
+health = { kind = "tcp", interval = "1h", rise = 1, fall = 1 }
+
+[[pool.p.backend]]
+name = "b"
+addr = "127.0.0.1:1"
+"#;
+
+    fn controller(text: &str, runtime: Handle) -> (Arc<Controller>, Arc<Routing>, Config) {
+        let config = crate::config::from_toml_offline(text, std::path::Path::new("t.toml"))
+            .expect("test config loads");
+        let metrics = Arc::new(Metrics::new());
+        let routing = Arc::new(Routing::new(&config, metrics.clone()));
+        let controller = Controller::new(
+            &config,
+            routing.clone(),
+            None,
+            metrics,
+            DEFAULT_HOLD_DOWN,
+            runtime,
+        );
+        (controller, routing, config)
+    }
+
+    fn routed(routing: &Routing, pool: &str, backend: &str) -> Health {
+        routing.load().pools[pool].backend(backend).unwrap().health
+    }
+
+    /// A probe and the data path flipping one backend at once (rise = fall = 1, so every
+    /// check flips it): whatever the interleaving, routing ends where health ends.
+    #[test]
+    fn concurrent_flips_leave_routing_equal_to_health() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        const ROUNDS: usize = 50_000;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let (controller, routing, _) = controller(ONE_PROBED_BACKEND, runtime.handle().clone());
+        let key: Key = (Arc::from("p"), Arc::from("b"));
+        // Each round the main thread sets the backend up in both views, then releases both
+        // threads at once (spinning, so they really overlap): a failed connect flips it down
+        // and a probe success flips it up again, racing; then it compares.
+        let (round, finished) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let threads: Vec<_> = [false, true]
+            .into_iter()
+            .map(|ok| {
+                let (controller, key) = (controller.clone(), key.clone());
+                let (round, finished) = (round.clone(), finished.clone());
+                std::thread::spawn(move || {
+                    for r in 1..=ROUNDS {
+                        while round.load(Ordering::Acquire) < r {
+                            std::thread::yield_now();
+                        }
+                        if ok {
+                            // Let the failure go first, most of the time.
+                            for _ in 0..50 {
+                                std::hint::spin_loop();
+                            }
+                        }
+                        controller.record(&key, ok, None);
+                        finished.fetch_add(1, Ordering::AcqRel);
+                    }
+                })
+            })
+            .collect();
+        let mut disagreements = 0;
+        for r in 1..=ROUNDS {
+            controller.record(&key, true, None);
+            routing.set_health("p", "b", Health::Up);
+            round.store(r, Ordering::Release);
+            while finished.load(Ordering::Acquire) < 2 * r {
+                std::thread::yield_now();
+            }
+            let health = controller.backend("p", "b").unwrap().health;
+            if routed(&routing, "p", "b") != health {
+                disagreements += 1;
+            }
+        }
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(
+            disagreements, 0,
+            "rounds of {ROUNDS} where routing disagreed with health"
+        );
+    }
+
+    /// A reload that removes `[health]` brings a `down` backend back (as `unknown`); one that
+    /// moves a backend to another address forgets the old verdict.
+    #[test]
+    fn reload_resets_health_that_nothing_would_ever_correct() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (controller, routing, _) = controller(ONE_PROBED_BACKEND, runtime.handle().clone());
+        let stop = CancellationToken::new();
+        let key: Key = (Arc::from("p"), Arc::from("b"));
+        let load = |text: &str| {
+            crate::config::from_toml_offline(text, std::path::Path::new("t.toml")).unwrap()
+        };
+        let reload = |text: &str| {
+            let config = load(text);
+            routing.reload(&config);
+            runtime.block_on(async { controller.reload(&config, &stop) });
+        };
+        let down = |c: &Controller| {
+            c.record(&key, false, None);
+            assert_eq!(routed(&routing, "p", "b"), Health::Down);
+        };
+        let cases = [
+            // (the new config, the health routing must show after the reload)
+            (ONE_PROBED_BACKEND.to_owned(), Health::Down),
+            (
+                ONE_PROBED_BACKEND.replace(
+                    "health = { kind = \"tcp\", interval = \"1h\", rise = 1, fall = 1 }\n",
+                    "",
+                ),
+                Health::Unknown,
+            ),
+            (
+                ONE_PROBED_BACKEND.replace("127.0.0.1:1\"", "127.0.0.2:1\""),
+                Health::Unknown,
+            ),
+        ];
+        for (text, expected) in cases {
+            reload(ONE_PROBED_BACKEND);
+            down(&controller);
+            reload(&text);
+            assert_eq!(
+                routed(&routing, "p", "b"),
+                expected,
+                "after reloading:\n{text}"
+            );
+            assert_eq!(controller.backend("p", "b").unwrap().health, expected);
+        }
+        stop.cancel();
+    }
 
     #[test]
     fn hysteresis_follows_rise_and_fall() {

@@ -315,7 +315,13 @@ async fn slow_proxy_headers_do_not_keep_real_clients_out() {
     wait_for(
         "every slow connection accepted",
         Duration::from_secs(10),
-        || warren.metric(r#"warren_listener_connections_total{listener="default"}"#) >= SLOW as f64,
+        || {
+            warren.metric(r#"warren_listener_connections_total{listener="default"}"#)
+                + warren.metric(
+                    r#"warren_listener_rejected_total{listener="default",reason="max_connections"}"#,
+                )
+                >= SLOW as f64
+        },
     )
     .await;
     println!("{SLOW} slow-header connections in {:?}", started.elapsed());

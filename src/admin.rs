@@ -12,15 +12,20 @@
 //! - `POST /v1/reload`: re-read the config file; 200, or 400 with the error (old config stays).
 //!
 //! Every `/v1` route needs `Authorization: Bearer <token>` when a token is configured (compared
-//! in constant time). Wrong tokens are limited per source address ([`AuthLimiter`]): past the
-//! burst, `/v1` answers 429 with `Retry-After` without looking at the token. Bodies are capped at 64 KiB and must arrive within 10 s. Errors are JSON
+//! in constant time). Wrong tokens are limited per source network (IPv4 /24, IPv6 /64) and in
+//! total ([`AuthLimiter`]): past the budget a wrong token gets 429 with `Retry-After`, while the
+//! right one still passes. Connections are bounded per source and in total ([`ConnectionTable`]):
+//! over the total, the oldest idle one is closed; a request head must arrive within
+//! `admin.idle_timeout`. Bodies are capped at 64 KiB and must arrive within 10 s. Errors are JSON
 //! `{"error": "..."}`: 401, 429, 404 unknown path/pool/backend, 405 wrong method, 413, 400 bad JSON.
 //! At the descriptor limit it spends a small reserve of descriptors it holds, so it keeps
 //! answering while the data plane has none left. It changes admin state only through the [`Drainer`]; it never touches the data path's sockets.
 
+mod limits;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -37,13 +42,18 @@ use http_body_util::{BodyExt, Limited};
 
 use arc_swap::ArcSwap;
 
-use crate::config::{Config, Probe, ProxyProtocol, Secret};
+use crate::config::{AdminConfig, Config, Probe, ProxyProtocol, Secret};
 use crate::drain::{rfc3339, DrainError, Drainer};
 use crate::health::probe::{self, QuorumCheck};
 use crate::health::Controller;
 use crate::metrics::Metrics;
 use crate::server::Reloader;
 use crate::state::{AdminState, Health, Routing};
+
+pub use limits::{
+    Admit, AuthLimiter, ConnectionTable, AUTH_FAILURES_PER_SECOND, AUTH_FAILURES_PER_SECOND_TOTAL,
+    AUTH_FAILURE_BURST, AUTH_FAILURE_BURST_TOTAL,
+};
 
 type Reply = Response<Full<Bytes>>;
 
@@ -63,7 +73,7 @@ pub struct Admin {
 
 /// Largest request body accepted (drain options are a few bytes).
 pub const MAX_BODY: usize = 64 * 1024;
-/// Time allowed for a client to send its headers, and then its body.
+/// Time allowed for a client to send its body (its head gets `admin.idle_timeout`).
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bounds of the time a drain's quorum check may take: at least 3 s (a probe timeout is often
 /// tighter), at most 5 s (well inside `warren ctl`'s 10 s request timeout).
@@ -81,9 +91,13 @@ pub async fn serve(listener: std::net::TcpListener, admin: Arc<Admin>, stop: Can
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "admin API listening");
     }
+    // [admin] is read once: a reload does not change it (the server says so).
+    let limits = admin.config.load().admin.clone().unwrap_or_default();
     // Shared by every connection: a guesser cannot reset its budget by reconnecting.
     let limiter = Arc::new(AuthLimiter::default());
     let reserve = Arc::new(Reserve::new());
+    let connections = Arc::new(Connections::new(&limits));
+    let mut next_id = 0u64;
     loop {
         let (socket, peer) = tokio::select! {
             () = stop.cancelled() => return,
@@ -99,24 +113,138 @@ pub async fn serve(listener: std::net::TcpListener, admin: Arc<Admin>, stop: Can
                 }
             },
         };
+        next_id += 1;
+        let Some(conn) = connections.admit(next_id, peer, &admin.metrics) else {
+            drop(socket);
+            reserve.refill();
+            continue;
+        };
         let (admin, limiter, reserve) = (admin.clone(), limiter.clone(), reserve.clone());
+        let idle_timeout = limits.idle_timeout;
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let (admin, limiter) = (admin.clone(), limiter.clone());
-                async move { Ok::<_, Infallible>(handle(req, &admin, &limiter, peer.ip()).await) }
+            let tracked = Arc::new(conn);
+            let service = hyper::service::service_fn({
+                let tracked = tracked.clone();
+                move |req| {
+                    let (admin, limiter, tracked) =
+                        (admin.clone(), limiter.clone(), tracked.clone());
+                    async move { Ok::<_, Infallible>(handle(req, &admin, &limiter, &tracked).await) }
+                }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(READ_TIMEOUT)
+                .header_read_timeout(idle_timeout)
                 .serve_connection(TokioIo::new(socket), service);
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "admin connection ended with an error");
+            tokio::select! {
+                ended = conn => if let Err(e) = ended {
+                    tracing::debug!(error = %e, "admin connection ended with an error");
+                },
+                () = tracked.evicted.cancelled() => {
+                    tracing::debug!(client = %tracked.peer, "idle admin connection closed to make room");
+                }
             }
+            drop(tracked);
             // The socket is closed: take its descriptor back into the reserve before the data
             // plane's next accept does.
             reserve.refill();
         });
     }
+}
+
+/// The open admin connections and their bounds (`admin.max_connections`,
+/// `admin.max_connections_per_source`): the pure [`ConnectionTable`] plus a way to close each.
+struct Connections {
+    table: Mutex<ConnectionTable>,
+    /// Cancelling one closes that connection (evicted to make room).
+    closers: Mutex<HashMap<u64, CancellationToken>>,
+}
+
+/// One admin connection's place in [`Connections`]; leaves it when dropped.
+struct Tracked {
+    id: u64,
+    peer: SocketAddr,
+    evicted: CancellationToken,
+    connections: Arc<Connections>,
+}
+
+impl Connections {
+    fn new(limits: &AdminConfig) -> Connections {
+        Connections {
+            table: Mutex::new(ConnectionTable::new(
+                limits.max_connections,
+                limits.max_connections_per_source,
+            )),
+            closers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Let connection `id` in, closing the oldest idle ones if needed; `None` (counted and
+    /// logged) when it must be closed at once.
+    fn admit(self: &Arc<Self>, id: u64, peer: SocketAddr, metrics: &Metrics) -> Option<Tracked> {
+        let refused = |reason: &str| {
+            metrics
+                .admin_connections_refused_total
+                .with_label_values(&[reason])
+                .inc();
+        };
+        let decision = lock(&self.table).admit(id, peer.ip());
+        match decision {
+            Admit::Serve { evict } => {
+                let mut closers = lock(&self.closers);
+                for gone in evict {
+                    refused("evicted");
+                    if let Some(token) = closers.remove(&gone) {
+                        token.cancel();
+                    }
+                }
+                let evicted = CancellationToken::new();
+                closers.insert(id, evicted.clone());
+                Some(Tracked {
+                    id,
+                    peer,
+                    evicted,
+                    connections: self.clone(),
+                })
+            }
+            Admit::PerSourceLimit => {
+                refused("per_source");
+                tracing::debug!(client = %peer, "admin connection refused: max_connections_per_source open from this source");
+                None
+            }
+            Admit::TotalLimit => {
+                refused("max_connections");
+                tracing::warn!(client = %peer, "admin connection refused: max_connections open, each serving a request");
+                None
+            }
+        }
+    }
+}
+
+impl Tracked {
+    /// Marks the connection as serving a request (so it is not evicted) until dropped.
+    fn serving(&self) -> Serving<'_> {
+        lock(&self.connections.table).set_busy(self.id, true);
+        Serving(self)
+    }
+}
+
+struct Serving<'a>(&'a Tracked);
+
+impl Drop for Serving<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.connections.table).set_busy(self.0.id, false);
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        lock(&self.connections.table).close(self.id);
+        lock(&self.connections.closers).remove(&self.id);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Descriptors held open (on /dev/null) for the admin API to spend when the process is at its
@@ -171,8 +299,9 @@ async fn handle(
     req: Request<Incoming>,
     admin: &Admin,
     limiter: &AuthLimiter,
-    source: IpAddr,
+    conn: &Tracked,
 ) -> Reply {
+    let source = conn.peer.ip();
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_owned();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
@@ -198,6 +327,8 @@ async fn handle(
                 )
             }
         };
+    // From here the request is being served: a flood of new connections must not cut it.
+    let _serving = conn.serving();
     if segments == ["v1", "reload"] {
         if parts.method != Method::POST {
             return error(StatusCode::METHOD_NOT_ALLOWED, "use POST for this endpoint");
@@ -235,12 +366,28 @@ fn authenticate(
             .with_label_values(&[reason])
             .inc();
     };
+    let presented = headers
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let Some(token) = presented else {
+        refused("missing");
+        return Some(error(
+            StatusCode::UNAUTHORIZED,
+            "this endpoint needs Authorization: Bearer <token>",
+        ));
+    };
+    // Compared first and in constant time: the right token passes even from a network whose
+    // budget of wrong tokens a guesser behind the same NAT has spent.
+    if constant_time_eq::constant_time_eq(token.as_bytes(), expected.0.as_bytes()) {
+        return None;
+    }
     let now = Instant::now();
     if let Some(wait) = limiter.retry_after(source, now) {
         refused("rate_limited");
         let mut reply = error(
             StatusCode::TOO_MANY_REQUESTS,
-            "too many wrong bearer tokens from this address; retry later",
+            "too many wrong bearer tokens from this network or in total; retry later",
         );
         reply.headers_mut().insert(
             hyper::header::RETRY_AFTER,
@@ -248,82 +395,11 @@ fn authenticate(
         );
         return Some(reply);
     }
-    let presented = headers
-        .get(hyper::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match presented {
-        Some(token)
-            if constant_time_eq::constant_time_eq(token.as_bytes(), expected.0.as_bytes()) =>
-        {
-            None
-        }
-        Some(_) => {
-            refused("wrong");
-            if limiter.failed(source, now) {
-                tracing::warn!(%source, "admin API: wrong bearer tokens over the limit, answering 429");
-            }
-            Some(error(StatusCode::UNAUTHORIZED, "wrong bearer token"))
-        }
-        None => {
-            refused("missing");
-            Some(error(
-                StatusCode::UNAUTHORIZED,
-                "this endpoint needs Authorization: Bearer <token>",
-            ))
-        }
+    refused("wrong");
+    if limiter.failed(source, now) {
+        tracing::warn!(%source, "admin API: wrong bearer tokens from this network over the limit, answering 429");
     }
-}
-
-/// Wrong tokens one source address may present in a burst.
-pub const AUTH_FAILURE_BURST: f64 = 10.0;
-/// Wrong tokens per second a source may present once its burst is spent.
-pub const AUTH_FAILURES_PER_SECOND: f64 = 2.0;
-/// Source addresses tracked at once; past it, those with a full budget are forgotten.
-const AUTH_SOURCES_TRACKED: usize = 4096;
-
-/// A token bucket of wrong-token attempts per source address, so guessing the token is slow
-/// (2 a second after a burst of 10) while a typo costs nothing. A missing token is not a guess
-/// and spends nothing. Pure: the caller passes `now`.
-#[derive(Default)]
-pub struct AuthLimiter {
-    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
-}
-
-impl AuthLimiter {
-    /// Attempts `source` has left at `now`, after refilling since its last failure.
-    fn left(bucket: Option<&(f64, Instant)>, now: Instant) -> f64 {
-        match bucket {
-            None => AUTH_FAILURE_BURST,
-            Some((left, at)) => (left
-                + now.saturating_duration_since(*at).as_secs_f64() * AUTH_FAILURES_PER_SECOND)
-                .min(AUTH_FAILURE_BURST),
-        }
-    }
-
-    /// `Some(wait)` when `source` has no attempt left: how long until it has one.
-    pub fn retry_after(&self, source: IpAddr, now: Instant) -> Option<Duration> {
-        let buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        let left = Self::left(buckets.get(&source), now);
-        (left < 1.0).then(|| Duration::from_secs_f64((1.0 - left) / AUTH_FAILURES_PER_SECOND))
-    }
-
-    /// Record a wrong token from `source`; true when that spent its last attempt.
-    pub fn failed(&self, source: IpAddr, now: Instant) -> bool {
-        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        if buckets.len() >= AUTH_SOURCES_TRACKED && !buckets.contains_key(&source) {
-            buckets.retain(|_, b| Self::left(Some(b), now) < AUTH_FAILURE_BURST);
-            if buckets.len() >= AUTH_SOURCES_TRACKED {
-                // Every tracked source is guessing: forget the oldest rather than grow.
-                if let Some(oldest) = buckets.iter().min_by_key(|(_, b)| b.1).map(|(ip, _)| *ip) {
-                    buckets.remove(&oldest);
-                }
-            }
-        }
-        let left = Self::left(buckets.get(&source), now) - 1.0;
-        buckets.insert(source, (left, now));
-        left < 1.0
-    }
+    Some(error(StatusCode::UNAUTHORIZED, "wrong bearer token"))
 }
 
 fn route(method: &Method, segments: &[&str], admin: &Admin) -> Reply {
@@ -636,46 +712,4 @@ fn error(status: StatusCode, message: &str) -> Reply {
 
 fn json(status: StatusCode, value: serde_json::Value) -> Reply {
     text(status, format!("{value}\n"), "application/json")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn wrong_tokens_are_limited_per_source_and_refill_over_time() {
-        let limiter = AuthLimiter::default();
-        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
-        let t0 = Instant::now();
-        for n in 1..=10 {
-            assert_eq!(limiter.retry_after(a, t0), None, "attempt {n} is allowed");
-            assert_eq!(limiter.failed(a, t0), n == 10, "attempt {n}");
-        }
-        let wait = limiter.retry_after(a, t0).expect("the 11th attempt waits");
-        assert_eq!(wait, Duration::from_millis(500));
-        assert_eq!(
-            limiter.retry_after(b, t0),
-            None,
-            "another source is not limited"
-        );
-        // Half a second later one more attempt is allowed, then none again.
-        let t1 = t0 + Duration::from_millis(500);
-        assert_eq!(limiter.retry_after(a, t1), None);
-        assert!(limiter.failed(a, t1));
-        assert!(limiter.retry_after(a, t1).is_some());
-        // After 5 s the whole burst is back.
-        let t2 = t1 + Duration::from_secs(5);
-        assert_eq!(limiter.retry_after(a, t2), None);
-        assert!(!limiter.failed(a, t2));
-    }
-
-    #[test]
-    fn tracked_sources_are_bounded() {
-        let limiter = AuthLimiter::default();
-        let now = Instant::now();
-        for i in 0..(AUTH_SOURCES_TRACKED as u32 + 100) {
-            limiter.failed(IpAddr::from(i.to_be_bytes()), now);
-        }
-        assert!(limiter.buckets.lock().unwrap().len() <= AUTH_SOURCES_TRACKED);
-    }
 }

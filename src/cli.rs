@@ -97,6 +97,9 @@ pub fn run(cli: Cli) -> ExitCode {
 fn check(path: &std::path::Path) -> ExitCode {
     match config::load(path) {
         Ok(config) => {
+            for warning in config.warnings() {
+                eprintln!("warning: {warning}");
+            }
             println!("{}", config.summary());
             ExitCode::SUCCESS
         }

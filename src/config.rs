@@ -14,6 +14,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::source::SourceList;
+
 /// A validated configuration: what the rest of warren trusts without re-checking.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -35,6 +37,26 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     pub token_file: Option<PathBuf>,
     pub state_file: Option<PathBuf>,
+    /// Admin connections open at once, from every source together.
+    pub max_connections: usize,
+    /// Admin connections open at once from one source (an IPv4 address, an IPv6 /64).
+    pub max_connections_per_source: usize,
+    /// How long a connection may stay open without sending a complete request head.
+    pub idle_timeout: Duration,
+}
+
+impl Default for AdminConfig {
+    /// `[admin]` with every key at its default.
+    fn default() -> AdminConfig {
+        AdminConfig {
+            listen: DEFAULT_ADMIN_LISTEN,
+            token_file: None,
+            state_file: None,
+            max_connections: DEFAULT_ADMIN_MAX_CONNECTIONS,
+            max_connections_per_source: DEFAULT_ADMIN_MAX_CONNECTIONS_PER_SOURCE,
+            idle_timeout: DEFAULT_ADMIN_IDLE_TIMEOUT,
+        }
+    }
 }
 
 /// PROXY protocol version sent to the backend.
@@ -60,6 +82,10 @@ pub struct ListenerConfig {
     pub max_connections: usize,
     pub proxy_protocol: ProxyProtocol,
     pub accept_proxy_protocol: bool,
+    /// Sources allowed to send a PROXY header; `None` = any source (the key is absent).
+    pub proxy_protocol_from: Option<SourceList>,
+    /// How long a client may take to send its PROXY header.
+    pub proxy_protocol_timeout: Duration,
 }
 
 /// Balancing algorithm of a pool.
@@ -182,6 +208,16 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
 pub const DEFAULT_PROXY_PROTOCOL: ProxyProtocol = ProxyProtocol::Off;
 /// `listener.accept_proxy_protocol` when omitted.
 pub const DEFAULT_ACCEPT_PROXY_PROTOCOL: bool = false;
+/// `listener.proxy_protocol_timeout` when omitted: a balancer sends its header with the
+/// connection's first bytes, so 5 s is generous and a slow-header client is let go early.
+pub const DEFAULT_PROXY_PROTOCOL_TIMEOUT: Duration = Duration::from_secs(5);
+/// `admin.max_connections` when omitted: far above scrapers, probes and `warren ctl`, far below
+/// any descriptor limit warren runs with.
+pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 64;
+/// `admin.max_connections_per_source` when omitted.
+pub const DEFAULT_ADMIN_MAX_CONNECTIONS_PER_SOURCE: usize = 16;
+/// `admin.idle_timeout` when omitted.
+pub const DEFAULT_ADMIN_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 /// `pool.balance` when omitted: nginx's default.
 pub const DEFAULT_BALANCE: Balance = Balance::RoundRobin;
 /// `pool.min_available` when omitted.
@@ -322,6 +358,25 @@ impl Config {
         )
     }
 
+    /// Settings that load but that an operator should hear about: each a sentence naming the
+    /// key. Logged at start and at each reload, printed by `warren check`.
+    pub fn warnings(&self) -> Vec<String> {
+        self.listeners
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.accept_proxy_protocol && l.proxy_protocol_from.is_none())
+            .map(|(i, l)| {
+                format!(
+                    "listener[{i}] ({}): accept_proxy_protocol = true without \
+                     proxy_protocol_from: a PROXY header from any source is believed, so any \
+                     client that reaches {} can choose the address RabbitMQ sees; list the \
+                     balancers in proxy_protocol_from",
+                    l.name, l.listen
+                )
+            })
+            .collect()
+    }
+
     /// The pool called `name`.
     pub fn pool(&self, name: &str) -> Option<&PoolConfig> {
         self.pools.iter().find(|p| p.name == name)
@@ -350,6 +405,8 @@ impl ListenerConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             proxy_protocol: DEFAULT_PROXY_PROTOCOL,
             accept_proxy_protocol: DEFAULT_ACCEPT_PROXY_PROTOCOL,
+            proxy_protocol_from: None,
+            proxy_protocol_timeout: DEFAULT_PROXY_PROTOCOL_TIMEOUT,
         }
     }
 }
@@ -578,6 +635,8 @@ fn quick_start_with(
             max_connections: None,
             proxy_protocol: None,
             accept_proxy_protocol: None,
+            proxy_protocol_from: None,
+            proxy_protocol_timeout: None,
         }],
         pool: BTreeMap::from([(unspanned(NAME.to_string()), pool)]),
         hook: Vec::new(),
@@ -626,6 +685,9 @@ struct RawAdmin {
     listen: Option<Str>,
     token_file: Option<Str>,
     state_file: Option<Str>,
+    max_connections: Option<Spanned<usize>>,
+    max_connections_per_source: Option<Spanned<usize>>,
+    idle_timeout: Option<Str>,
 }
 
 #[derive(Deserialize)]
@@ -641,6 +703,8 @@ struct RawListener {
     max_connections: Option<Spanned<usize>>,
     proxy_protocol: Option<Str>,
     accept_proxy_protocol: Option<bool>,
+    proxy_protocol_from: Option<Spanned<Vec<Str>>>,
+    proxy_protocol_timeout: Option<Str>,
 }
 
 #[derive(Deserialize)]
@@ -780,11 +844,101 @@ impl Validator<'_> {
                 );
             }
         }
+        let (max_connections, max_connections_per_source, idle_timeout) = self.admin_limits(&raw);
         AdminConfig {
             listen: listen.unwrap_or(DEFAULT_ADMIN_LISTEN),
             token_file,
             state_file,
+            max_connections,
+            max_connections_per_source,
+            idle_timeout,
         }
+    }
+
+    /// `admin.max_connections`, `admin.max_connections_per_source`, `admin.idle_timeout`.
+    fn admin_limits(&mut self, raw: &RawAdmin) -> (usize, usize, Duration) {
+        let mut count = |key: &str, raw: Option<&Spanned<usize>>, default: usize| match raw {
+            Some(n) if *n.get_ref() == 0 => {
+                self.report(
+                    key,
+                    "0",
+                    Some(n.span()),
+                    "must be at least 1: 0 would refuse every admin connection",
+                );
+                default
+            }
+            Some(n) => *n.get_ref(),
+            None => default,
+        };
+        let total = count(
+            "admin.max_connections",
+            raw.max_connections.as_ref(),
+            DEFAULT_ADMIN_MAX_CONNECTIONS,
+        );
+        let per_source = count(
+            "admin.max_connections_per_source",
+            raw.max_connections_per_source.as_ref(),
+            DEFAULT_ADMIN_MAX_CONNECTIONS_PER_SOURCE,
+        );
+        if let Some(n) = raw.max_connections_per_source.as_ref() {
+            if *n.get_ref() > total {
+                self.report(
+                    "admin.max_connections_per_source",
+                    n.get_ref().to_string(),
+                    Some(n.span()),
+                    format!("must not exceed admin.max_connections ({total})"),
+                );
+            }
+        }
+        let idle = self.positive_duration(
+            "admin.idle_timeout",
+            raw.idle_timeout.as_ref(),
+            DEFAULT_ADMIN_IDLE_TIMEOUT,
+        );
+        (total, per_source.min(total), idle)
+    }
+
+    /// `listener.proxy_protocol_from` and `listener.proxy_protocol_timeout`.
+    fn proxy_header(&mut self, key: &str, raw: &RawListener) -> (Option<SourceList>, Duration) {
+        let timeout = self.positive_duration(
+            &format!("{key}.proxy_protocol_timeout"),
+            raw.proxy_protocol_timeout.as_ref(),
+            DEFAULT_PROXY_PROTOCOL_TIMEOUT,
+        );
+        let Some(from) = &raw.proxy_protocol_from else {
+            return (None, timeout);
+        };
+        let from_key = format!("{key}.proxy_protocol_from");
+        if raw.accept_proxy_protocol != Some(true) {
+            self.report(
+                &from_key,
+                "",
+                Some(from.span()),
+                "only applies with accept_proxy_protocol = true: set it, or remove this key",
+            );
+        }
+        if from.get_ref().is_empty() {
+            self.report(
+                &from_key,
+                "[]",
+                Some(from.span()),
+                "an empty list would refuse every connection: name the balancers' networks, \
+                 or remove the key to accept a header from any source",
+            );
+        }
+        let mut networks = Vec::new();
+        for (j, entry) in from.get_ref().iter().enumerate() {
+            match crate::source::parse_network(entry.get_ref()) {
+                Ok(net) => networks.push(net),
+                Err(e) => self.report(
+                    format!("{from_key}[{j}]"),
+                    quote(entry.get_ref()),
+                    Some(entry.span()),
+                    e.to_string(),
+                ),
+            }
+        }
+        (Some(SourceList::new(networks)), timeout)
     }
 
     fn listeners(&mut self, raw: Vec<RawListener>, pools: &[&str]) -> Vec<ListenerConfig> {
@@ -883,6 +1037,7 @@ impl Validator<'_> {
                 raw.proxy_protocol.as_ref(),
                 DEFAULT_PROXY_PROTOCOL,
             );
+            let (proxy_protocol_from, proxy_protocol_timeout) = self.proxy_header(&key, &raw);
             listeners.push(ListenerConfig {
                 name: raw.name.into_inner(),
                 listen: listen.unwrap_or(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))),
@@ -898,6 +1053,8 @@ impl Validator<'_> {
                 accept_proxy_protocol: raw
                     .accept_proxy_protocol
                     .unwrap_or(DEFAULT_ACCEPT_PROXY_PROTOCOL),
+                proxy_protocol_from,
+                proxy_protocol_timeout,
             });
         }
         listeners
@@ -1905,6 +2062,137 @@ addr = "10.0.0.2:5672"
     }
 
     #[test]
+    fn proxy_header_and_admin_limit_keys_name_key_and_value() {
+        let pp = |extra: &str| {
+            replaced(
+                "pool = \"rabbitmq\"",
+                &format!("pool = \"rabbitmq\"\naccept_proxy_protocol = true\n{extra}"),
+            )
+        };
+        // (text, key, value as displayed, fragment of the message)
+        let cases: Vec<(String, &str, &str, &str)> = vec![
+            (
+                pp("proxy_protocol_from = [\"10.0.0.0/24\", \"lb.internal\"]"),
+                "listener[0].proxy_protocol_from[1]",
+                "\"lb.internal\"",
+                "not an IP address or CIDR",
+            ),
+            (
+                pp("proxy_protocol_from = [\"10.0.0.0/33\"]"),
+                "listener[0].proxy_protocol_from[0]",
+                "\"10.0.0.0/33\"",
+                "not an IP address or CIDR",
+            ),
+            (
+                pp("proxy_protocol_from = [\"10.0.0.5/24\"]"),
+                "listener[0].proxy_protocol_from[0]",
+                "\"10.0.0.5/24\"",
+                "write 10.0.0.0/24",
+            ),
+            (
+                pp("proxy_protocol_from = []"),
+                "listener[0].proxy_protocol_from",
+                "[]",
+                "refuse every connection",
+            ),
+            (
+                replaced(
+                    "pool = \"rabbitmq\"",
+                    "pool = \"rabbitmq\"\nproxy_protocol_from = [\"10.0.0.1\"]",
+                ),
+                "listener[0].proxy_protocol_from",
+                "",
+                "only applies with accept_proxy_protocol = true",
+            ),
+            (
+                pp("proxy_protocol_timeout = \"0s\""),
+                "listener[0].proxy_protocol_timeout",
+                "\"0s\"",
+                "longer than 0",
+            ),
+            (
+                appended("[admin]\nmax_connections = 0"),
+                "admin.max_connections",
+                "0",
+                "at least 1",
+            ),
+            (
+                appended("[admin]\nmax_connections_per_source = 0"),
+                "admin.max_connections_per_source",
+                "0",
+                "at least 1",
+            ),
+            (
+                appended("[admin]\nmax_connections = 4\nmax_connections_per_source = 8"),
+                "admin.max_connections_per_source",
+                "8",
+                "must not exceed admin.max_connections (4)",
+            ),
+            (
+                appended("[admin]\nidle_timeout = \"0s\""),
+                "admin.idle_timeout",
+                "\"0s\"",
+                "longer than 0",
+            ),
+        ];
+        for (text, key, value, fragment) in &cases {
+            let problems = problems_of(text);
+            assert_eq!(problems.len(), 1, "{key}: {problems:#?}");
+            let p = &problems[0];
+            assert_eq!((p.key.as_str(), p.value.as_str()), (*key, *value), "{p:#?}");
+            assert!(
+                p.message.contains(fragment),
+                "{key}: {:?} lacks {fragment:?}",
+                p.message
+            );
+            assert!(p.line.is_some(), "{key}: no line in {p:#?}");
+        }
+
+        let config = parse(&pp(
+            "proxy_protocol_from = [\"10.0.0.0/24\", \"127.0.0.1\", \"::1/128\"]\nproxy_protocol_timeout = \"2s\"",
+        ))
+        .unwrap();
+        let l = &config.listeners[0];
+        let from = l.proxy_protocol_from.as_ref().unwrap();
+        assert_eq!(from.networks().len(), 3);
+        assert!(from.contains("10.0.0.9".parse().unwrap()));
+        assert!(!from.contains("10.0.1.9".parse().unwrap()));
+        assert_eq!(l.proxy_protocol_timeout, Duration::from_secs(2));
+        assert!(config.warnings().is_empty());
+
+        // Absent: any source is believed, as before the key existed, and the operator is told.
+        let open = parse(&pp("")).unwrap();
+        assert_eq!(open.listeners[0].proxy_protocol_from, None);
+        assert_eq!(
+            open.listeners[0].proxy_protocol_timeout,
+            Duration::from_secs(5)
+        );
+        let warnings = open.warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("listener[0] (amqp)")
+                && warnings[0].contains("proxy_protocol_from"),
+            "{warnings:?}"
+        );
+        assert!(parse(BASE).unwrap().warnings().is_empty());
+
+        let admin = parse(&appended(
+            "[admin]\nmax_connections = 10\nmax_connections_per_source = 3\nidle_timeout = \"2s\"",
+        ))
+        .unwrap()
+        .admin
+        .unwrap();
+        assert_eq!(
+            (
+                admin.max_connections,
+                admin.max_connections_per_source,
+                admin.idle_timeout
+            ),
+            (10, 3, Duration::from_secs(2))
+        );
+    }
+
+    #[test]
     fn problem_lines_point_at_the_value() {
         let text = replaced("addr = \"10.0.0.2:5672\"", "addr = \"10.0.0.2:0\"");
         let problems = problems_of(&text);
@@ -1978,6 +2266,9 @@ addr = "10.0.0.2:5672"
                 listen: "127.0.0.1:9901".parse().unwrap(),
                 token_file: None,
                 state_file: None,
+                max_connections: 64,
+                max_connections_per_source: 16,
+                idle_timeout: Duration::from_secs(5),
             })
         );
     }

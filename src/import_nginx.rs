@@ -3,8 +3,7 @@
 //! `include` with globs), and the translation of the `stream` block: `upstream` → `[pool.NAME]`,
 //! `server` → `[[listener]]`. Every directive it cannot translate becomes a [`Warning`] with its
 //! file and line; none is dropped silently. Directives whose value is what warren always does
-//! (`tcp_nodelay on`, `proxy_half_close on`, `proxy_protocol_timeout 30s`) are taken as
-//! translated and produce no warning.
+//! (`tcp_nodelay on`, `proxy_half_close on`) are taken as translated and produce no warning.
 //!
 //! The translation is pure: files are read through the [`Files`] trait ([`FsFiles`] for the real
 //! file system), so tests feed strings; only [`run`], the CLI edge, prints. It must not touch
@@ -26,9 +25,6 @@ use crate::config::Balance;
 /// hold-down matches for pools without a probe.
 const NGINX_MAX_FAILS: u32 = 1;
 const NGINX_FAIL_TIMEOUT: Duration = crate::health::DEFAULT_HOLD_DOWN;
-
-/// warren's fixed wait for an inbound PROXY header (NGINX's `proxy_protocol_timeout` default).
-const PROXY_HEADER_TIMEOUT: Duration = crate::proxy::PROXY_HEADER_TIMEOUT;
 
 /// Deepest chain of `include`s followed; deeper is almost certainly a cycle.
 const MAX_INCLUDE_DEPTH: usize = 16;
@@ -943,6 +939,7 @@ struct ProxySettings {
     next_upstream_tries: Option<Sourced<u32>>,
     next_upstream_timeout: Option<Sourced<Duration>>,
     proxy_protocol: Option<Sourced<bool>>,
+    proxy_protocol_timeout: Option<Sourced<Duration>>,
 }
 
 #[derive(Debug)]
@@ -1177,14 +1174,14 @@ impl Translator {
             }
             "proxy_protocol_timeout" => {
                 let value = nginx_duration(arg).map_err(|m| invalid(d, m))?;
-                if value != PROXY_HEADER_TIMEOUT {
+                if value.is_zero() {
                     self.warn(
                         d,
-                        format!(
-                            "warren waits a fixed {} for an inbound PROXY header; not configurable",
-                            warren_duration(PROXY_HEADER_TIMEOUT)
-                        ),
+                        "0 is not accepted by warren (timeouts must be longer than 0); the \
+                         default is used",
                     );
+                } else {
+                    settings.proxy_protocol_timeout = Some(sourced(value, d));
                 }
             }
             "tcp_nodelay" => {
@@ -1856,6 +1853,13 @@ fn listener_keys(
     if let Some(t) = &s.idle_timeout {
         push("idle_timeout", toml_str(&warren_duration(t.value)), &t.note);
     }
+    if let Some(t) = &s.proxy_protocol_timeout {
+        push(
+            "proxy_protocol_timeout",
+            toml_str(&warren_duration(t.value)),
+            &t.note,
+        );
+    }
     match (&s.next_upstream, &s.next_upstream_tries) {
         (Some(off), tries) if !off.value => {
             push("next_upstream_tries", "1".to_string(), &off.note);
@@ -2448,7 +2452,7 @@ stream {
             ),
             (
                 stream("server { listen 5672; listen [::]:5672; proxy_pass u; tcp_nodelay on; proxy_half_close on; proxy_protocol_timeout 30s; }"),
-                vec!["listen = \"[::]:5672\"", "name = \"u-5672\""],
+                vec!["listen = \"[::]:5672\"", "name = \"u-5672\"", "proxy_protocol_timeout = \"30s\""],
                 vec![],
             ),
             (

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod server;
+pub mod source;
 pub mod state;
 #[cfg(unix)]
 pub mod systemd;

@@ -34,12 +34,16 @@ pub struct Metrics {
     pub splice_pipes_leased: IntGauge,
     /// Times a connection fell back from splice to copy, by reason.
     pub splice_fallbacks_total: IntCounterVec,
-    /// Inbound PROXY headers rejected, by listener and reason (malformed | timeout | closed).
+    /// Inbound PROXY headers rejected, by listener and reason (malformed | timeout | closed |
+    /// untrusted: the peer is outside `proxy_protocol_from` | evicted: closed to make room).
     pub proxy_header_rejected_total: IntCounterVec,
     /// State file reads or writes that failed (a corrupt file moved aside counts too).
     pub state_file_errors_total: IntCounter,
     /// `/v1` requests refused for their token, by reason (missing | wrong | rate_limited).
     pub admin_auth_failures_total: IntCounterVec,
+    /// Admin connections closed at accept or to make room, by reason
+    /// (per_source | max_connections | evicted).
+    pub admin_connections_refused_total: IntCounterVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -217,7 +221,7 @@ impl Metrics {
             proxy_header_rejected_total: reg!(IntCounterVec::new(
                 opts(
                     "proxy_header_rejected_total",
-                    "Inbound PROXY protocol headers rejected (malformed | timeout | closed)"
+                    "Inbound PROXY protocol headers rejected (malformed | timeout | closed | untrusted | evicted)"
                 ),
                 &["listener", "reason"]
             )
@@ -231,6 +235,14 @@ impl Metrics {
                 opts(
                     "admin_auth_failures_total",
                     "Admin /v1 requests refused for their bearer token (missing | wrong | rate_limited)"
+                ),
+                &["reason"]
+            )
+            .unwrap()),
+            admin_connections_refused_total: reg!(IntCounterVec::new(
+                opts(
+                    "admin_connections_refused_total",
+                    "Admin connections closed at accept (per_source | max_connections) or idle ones closed to make room (evicted)"
                 ),
                 &["reason"]
             )

@@ -406,6 +406,9 @@ impl Server {
         options: Options,
         mut adopted: HashMap<String, std::net::TcpListener>,
     ) -> Result<Server, ServerError> {
+        for warning in config.warnings() {
+            tracing::warn!("{warning}");
+        }
         let workers = Arc::new(Workers::start(options.workers).map_err(ServerError::Workers)?);
         let mut listeners = Vec::new();
         for l in &config.listeners {
@@ -668,6 +671,10 @@ impl Server {
         tracing::info!(listener = %name, addr = %listen, sockets = sockets.len(), "listening");
         let stop = stop_accepting.child_token();
         let limit = Arc::new(Semaphore::new(max_connections.min(Semaphore::MAX_PERMITS)));
+        let limits = proxy::Limits {
+            connections: limit.clone(),
+            pending_headers: Arc::default(),
+        };
         let workers = self.workers.handles();
         // One socket for several workers (outside Linux): its accept loop hands connections out.
         let spread = (sockets.len() < workers.len()).then(|| workers.clone());
@@ -676,7 +683,7 @@ impl Server {
                 proxy::serve(
                     socket,
                     name.clone(),
-                    limit.clone(),
+                    limits.clone(),
                     self.ctx.clone(),
                     stop.clone(),
                     connections.clone(),
@@ -712,6 +719,9 @@ impl Server {
             .await
             .map_err(|e| format!("reload task failed: {e}"))?
             .map_err(|e| e.to_string())?;
+        for warning in new.warnings() {
+            tracing::warn!("{warning}");
+        }
         let old = self.config.load_full();
         if old.admin != new.admin {
             tracing::warn!("[admin] changed: it takes effect at the next restart");

@@ -26,6 +26,7 @@ fn admin_config(dir: &TempDir, a: SocketAddr, b: SocketAddr) -> Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         token_file: Some(token_file),
         state_file: Some(dir.0.join("state.json")),
+        ..Default::default()
     });
     cfg
 }

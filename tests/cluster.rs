@@ -543,6 +543,112 @@ async fn proxy_protocol_v2_shows_rabbitmq_the_client_address() {
     warren.stop().await;
 }
 
+/// An AMQP connection to `addr` from `source` that starts with a PROXY v1 header claiming
+/// `claimed` as the client.
+async fn connect_with_header(
+    source: IpAddr,
+    claimed: Ipv4Addr,
+    addr: SocketAddr,
+    name: &str,
+) -> lapin::Result<lapin::Connection> {
+    use tokio::io::AsyncWriteExt;
+    let runtime = lapin::runtime::default_runtime()?;
+    lapin::Connection::connector(
+        rabbit::uri(addr).parse().expect("valid uri"),
+        runtime,
+        async move |_uri, _runtime| {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(SocketAddr::new(source, 0))?;
+            let mut stream = socket.connect(addr).await?;
+            let header = format!(
+                "PROXY TCP4 {claimed} {} 40000 {}\r\n",
+                addr.ip(),
+                addr.port()
+            );
+            stream.write_all(header.as_bytes()).await?;
+            Ok(lapin::AsyncTcpStream::Plain(async_compat::Compat::new(
+                stream,
+            )))
+        },
+        lapin::ConnectionProperties::default().with_connection_name(name.into()),
+    )
+    .await
+}
+
+/// Criterion: with `proxy_protocol_from = ["127.0.0.3"]`, a client at 127.0.0.2 whose PROXY
+/// header claims 10.9.9.9 gets no AMQP connection, RabbitMQ lists 0 connections of that name
+/// and no peer 10.9.9.9, and the refusal is counted (`reason="untrusted"`); a client at the
+/// trusted 127.0.0.3 claiming 127.0.0.9 is seen by RabbitMQ as 127.0.0.9.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_header_from_an_untrusted_source_does_not_reach_rabbitmq() {
+    if !rabbit::available("proxy_protocol_header_from_an_untrusted_source_does_not_reach_rabbitmq")
+    {
+        return;
+    }
+    let _turn = TURN.lock().await;
+    let cluster = Arc::new(blocking(|| Cluster::start("p", 2, &["proxy_protocol = true"])).await);
+    let pools = [("tcp", "tcp")];
+    let listener = "proxy_protocol = \"v2\"\naccept_proxy_protocol = true\n\
+                    proxy_protocol_from = [\"127.0.0.3\"]";
+    let warren = Warren::start(config(&cluster, &pools, listener), quick());
+    for node in &cluster.nodes {
+        wait_health(&warren, "tcp", node, Health::Up, Duration::from_secs(20)).await;
+    }
+    let untrusted = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+    let forged = tokio::time::timeout(
+        Duration::from_secs(10),
+        connect_with_header(
+            untrusted,
+            Ipv4Addr::new(10, 9, 9, 9),
+            warren.addr,
+            "warren-test-forged",
+        ),
+    )
+    .await
+    .expect("the untrusted client is answered within 10 s");
+    assert!(
+        forged.is_err(),
+        "an untrusted PROXY header got an AMQP connection"
+    );
+    assert_eq!(
+        warren.metric(r#"warren_proxy_header_rejected_total{listener="tcp",reason="untrusted"}"#),
+        1.0
+    );
+
+    let trusted = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
+    let connection = connect_with_header(
+        trusted,
+        Ipv4Addr::new(127, 0, 0, 9),
+        warren.addr,
+        "warren-test-trusted",
+    )
+    .await
+    .unwrap();
+    let channel = rabbit::confirm_channel(&connection).await.unwrap();
+    rabbit::declare(&channel, "pp-trust", false).await.unwrap();
+    let c = cluster.clone();
+    let (forged_seen, all): (Vec<_>, Vec<_>) = blocking(move || {
+        (
+            c.connections("warren-test-forged"),
+            c.connections("warren-test"),
+        )
+    })
+    .await;
+    assert_eq!(
+        forged_seen,
+        Vec::<(String, String)>::new(),
+        "RabbitMQ got the forged client"
+    );
+    let peers: Vec<&str> = all.iter().map(|(_, peer)| peer.as_str()).collect();
+    assert_eq!(
+        peers,
+        ["127.0.0.9"],
+        "RabbitMQ sees the trusted header's client only"
+    );
+    let _ = connection.close(200, "done".into()).await;
+    warren.stop().await;
+}
+
 async fn every_probe_kind_follows_stop_app_and_start_app_on_a_cluster_node(cluster: &Arc<Cluster>) {
     let pools = [
         ("tcp", "tcp"),

@@ -422,6 +422,7 @@ async fn keepalived_check_script_follows_readyz() {
         listen: "127.0.0.1:0".parse().unwrap(),
         token_file: None,
         state_file: None,
+        ..Default::default()
     });
     let warren = Warren::start(cfg, quick());
     let admin = warren.admin.expect("admin API");

@@ -48,6 +48,7 @@ fn with_admin(mut cfg: Config, dir: &TempDir) -> Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         token_file: Some(token_file),
         state_file: None,
+        ..Default::default()
     });
     cfg
 }

@@ -56,6 +56,7 @@ async fn accept_backs_off_at_the_descriptor_limit_and_recovers() {
         listen: "127.0.0.1:0".parse().unwrap(),
         token_file: None,
         state_file: None,
+        ..Default::default()
     });
     cfg.pools[0].health = Some(warren::config::HealthConfig {
         probe: warren::config::Probe::Tcp,
@@ -161,4 +162,93 @@ async fn accept_backs_off_at_the_descriptor_limit_and_recovers() {
     println!("recovered in {:?}", recovered.elapsed());
     s.shutdown().await.unwrap();
     warren.stop().await;
+}
+
+/// Criterion: a warren process at RLIMIT_NOFILE 256 whose admin port holds 400 idle connection
+/// attempts (16 from each of 25 loopback addresses, more than its descriptors) keeps at most
+/// `admin.max_connections` (64) of them: 6 of 6 data-plane echoes succeed, `/healthz` answers
+/// 200 within 2 s, and the refusals are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_connection_flood_leaves_the_data_plane_its_descriptors() {
+    use std::os::unix::process::CommandExt;
+    let b = spawn_backend(echo).await;
+    let dir = TempDir::new("fd-admin-flood");
+    let (admin_port, port) = (free_port(), free_port());
+    let config_path = dir.0.join("warren.toml");
+    std::fs::write(
+        &config_path,
+        process_config(admin_port, None, port, &[b.addr], ""),
+    )
+    .unwrap();
+    let mut command = std::process::Command::new(WARREN_BIN);
+    // SAFETY: setrlimit is async-signal-safe and touches only the child about to exec.
+    unsafe {
+        command.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 256,
+                rlim_max: 256,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut warren = WarrenProc::spawn_with(
+        command,
+        &["run", "--config", config_path.to_str().unwrap()],
+        dir.0.join("warren.log"),
+    );
+    warren
+        .logged("warren started", Duration::from_secs(10))
+        .await;
+    let admin: std::net::SocketAddr = ([127, 0, 0, 1], admin_port).into();
+    let data: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+
+    let mut flood = Vec::new();
+    for source in 0..25u8 {
+        for _ in 0..16 {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket
+                .bind((std::net::Ipv4Addr::new(127, 0, 1, source + 1), 0).into())
+                .unwrap();
+            if let Ok(Ok(s)) =
+                tokio::time::timeout(Duration::from_secs(2), socket.connect(admin)).await
+            {
+                flood.push(s);
+            }
+        }
+    }
+    println!(
+        "{} idle admin connections made; warren holds {} descriptors",
+        flood.len(),
+        fds_of(warren.pid())
+    );
+    assert!(
+        fds_of(warren.pid()) < 200,
+        "the flood took {} descriptors",
+        fds_of(warren.pid())
+    );
+    let mut echoed = 0;
+    for n in 0..6u8 {
+        if connect_echo(data, n).await.is_some() {
+            echoed += 1;
+        }
+    }
+    assert_eq!(echoed, 6, "data-plane echoes during the admin flood");
+    let (status, _) = tokio::time::timeout(
+        Duration::from_secs(2),
+        http(admin, "GET", "/healthz", None, b""),
+    )
+    .await
+    .expect("/healthz answers within 2 s");
+    assert_eq!(status, 200);
+    let (_, metrics) = http(admin, "GET", "/metrics", None, b"").await;
+    let evicted = metric_value(
+        &metrics,
+        r#"warren_admin_connections_refused_total{reason="evicted"}"#,
+    );
+    println!("admin connections evicted: {evicted}");
+    assert!(evicted >= 300.0, "{evicted} evicted:\n{metrics}");
+    drop(flood);
 }

@@ -21,7 +21,20 @@ const NOBODY: u32 = 65534;
 
 /// One request; returns the whole raw answer (status line, headers, body).
 async fn raw_http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> String {
-    let mut s = TcpStream::connect(addr).await.unwrap();
+    raw_http_from([127, 0, 0, 1].into(), addr, method, path, token).await
+}
+
+/// [`raw_http`] from a chosen loopback address.
+async fn raw_http_from(
+    source: std::net::IpAddr,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> String {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(source, 0)).unwrap();
+    let mut s = socket.connect(addr).await.unwrap();
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
@@ -56,8 +69,9 @@ fn status_of(raw: &str) -> u16 {
 
 /// Criterion: 0 of 4 `/v1` routes answer without the token or with a wrong one (401 each); of
 /// 100 wrong guesses sent as fast as possible, at most 10 + 2 per elapsed second are checked,
-/// the rest get 429 with `Retry-After`; while limited even the right token gets 429, probes
-/// (`/healthz`, `/metrics`) still get 200; the right token works again after `Retry-After`.
+/// the rest get 429 with `Retry-After`; while limited the right token still gets 200 (an
+/// operator behind the guesser's address is not locked out), probes (`/healthz`, `/metrics`)
+/// get 200; a wrong token is checked again after `Retry-After`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_api_needs_the_token_and_wrong_guesses_are_rate_limited() {
     let dir = TempDir::new("sec-token");
@@ -127,10 +141,10 @@ async fn admin_api_needs_the_token_and_wrong_guesses_are_rate_limited() {
         100.0
     );
 
-    // Limited: the right token is not even looked at, so a 200 cannot confirm a guess.
+    // Limited: the right token still passes.
     assert_eq!(
         status_of(&raw_http(admin, "GET", "/v1/status", Some(TOKEN)).await),
-        429
+        200
     );
     assert_eq!(
         status_of(&raw_http(admin, "GET", "/healthz", None).await),
@@ -143,9 +157,195 @@ async fn admin_api_needs_the_token_and_wrong_guesses_are_rate_limited() {
     let wait = Duration::from_secs(retry_after.unwrap());
     tokio::time::sleep(wait).await;
     assert_eq!(
-        status_of(&raw_http(admin, "GET", "/v1/status", Some(TOKEN)).await),
-        200
+        status_of(&raw_http(admin, "GET", "/v1/status", Some("guess-again")).await),
+        401
     );
+    warren.stop().await;
+}
+
+/// Criterion: 100 wrong guesses from 100 addresses of 127.0.0.0/24 (a new address for each)
+/// get at most 10 + 2 per elapsed second checked (401), the rest 429; the right token from a
+/// 101st address of that /24 gets 200 while it is limited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guesses_rotating_addresses_in_one_prefix_share_one_budget() {
+    let dir = TempDir::new("sec-rotate");
+    let b = spawn_backend(echo).await;
+    std::fs::write(dir.0.join("token"), TOKEN).unwrap();
+    let cfg = config(Balance::RoundRobin, vec![backend("b", b.addr)]);
+    let warren = Warren::start(with_admin_api(cfg, Some(dir.0.join("token"))), quick());
+    let admin = warren.admin.unwrap();
+    let started = Instant::now();
+    let (mut checked, mut limited) = (0u32, 0u32);
+    for n in 0..100u8 {
+        let source = std::net::IpAddr::from([127, 0, 0, 2 + n]);
+        let raw = raw_http_from(
+            source,
+            admin,
+            "GET",
+            "/v1/status",
+            Some(&format!("guess-{n}")),
+        )
+        .await;
+        match status_of(&raw) {
+            401 => checked += 1,
+            429 => limited += 1,
+            other => panic!("guess {n} from {source}: status {other}: {raw}"),
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let allowed = 10.0 + 2.0 * elapsed + 1.0;
+    println!(
+        "100 guesses from 100 addresses in {elapsed:.2}s: {checked} checked, {limited} refused"
+    );
+    assert!(
+        f64::from(checked) <= allowed,
+        "{checked} checked in {elapsed:.2}s (bound {allowed:.1})"
+    );
+    assert_eq!(checked + limited, 100);
+    let raw = raw_http_from(
+        [127, 0, 0, 200].into(),
+        admin,
+        "GET",
+        "/v1/status",
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(
+        status_of(&raw),
+        200,
+        "the right token is let through: {raw}"
+    );
+    warren.stop().await;
+}
+
+/// A backend that reads the PROXY v1 line warren sends and answers with it.
+async fn header_echo(mut socket: TcpStream) {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while !line.ends_with(b"\r\n") && line.len() < 200 {
+        if socket.read_exact(&mut byte).await.is_err() {
+            return;
+        }
+        line.push(byte[0]);
+    }
+    let _ = socket.write_all(&line).await;
+    let _ = socket.shutdown().await;
+}
+
+/// Connect to `addr` from `source`, send `sent`, and read until EOF (at most 5 s).
+async fn exchange_from(source: std::net::IpAddr, addr: SocketAddr, sent: &[u8]) -> Vec<u8> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(source, 0)).unwrap();
+    let mut s = socket.connect(addr).await.unwrap();
+    let _ = s.write_all(sent).await;
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got))
+        .await
+        .expect("warren answers or closes within 5 s");
+    got
+}
+
+/// Criterion: with `proxy_protocol_from = ["127.0.0.2", "10.0.0.0/8"]`, 5 of 5 connections from
+/// 127.0.0.1 that send a PROXY header claiming 192.0.2.7 are closed with 0 bytes, never reach
+/// the backend, and count 5 under `reason="untrusted"`; a header from 127.0.0.2 passes and the
+/// backend sees 192.0.2.7.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_header_from_an_untrusted_source_is_refused_and_counted() {
+    let b = spawn_backend(header_echo).await;
+    let cfg = with_listener(
+        config(Balance::RoundRobin, vec![backend("b", b.addr)]),
+        |l| {
+            l.accept_proxy_protocol = true;
+            l.proxy_protocol = warren::config::ProxyProtocol::V1;
+            l.proxy_protocol_from = Some(warren::source::SourceList::new(vec![
+                "127.0.0.2/32".parse().unwrap(),
+                "10.0.0.0/8".parse().unwrap(),
+            ]));
+        },
+    );
+    let warren = Warren::start(cfg, quick());
+    let header = format!(
+        "PROXY TCP4 192.0.2.7 127.0.0.1 40000 {}\r\n",
+        warren.addr.port()
+    );
+    for _ in 0..5 {
+        let got = exchange_from([127, 0, 0, 1].into(), warren.addr, header.as_bytes()).await;
+        assert_eq!(got, b"", "an untrusted source got an answer");
+    }
+    assert_eq!(
+        warren
+            .metric(r#"warren_proxy_header_rejected_total{listener="default",reason="untrusted"}"#),
+        5.0
+    );
+    assert_eq!(b.accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let got = exchange_from([127, 0, 0, 2].into(), warren.addr, header.as_bytes()).await;
+    let seen = String::from_utf8_lossy(&got);
+    assert!(
+        seen.starts_with("PROXY TCP4 192.0.2.7 "),
+        "the backend saw {seen:?}"
+    );
+    warren.stop().await;
+}
+
+/// Criterion: with `max_connections = 1000`, 1,500 connections that each sent 1 byte of a
+/// PROXY header and then wait keep no real client out: a client that then sends its header
+/// and a byte is echoed within 1 s, while the slow ones are still within
+/// `proxy_protocol_timeout` (20 s here); at least 500 of them were closed to make room
+/// (`reason="evicted"`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_proxy_headers_do_not_keep_real_clients_out() {
+    const SLOW: usize = 1500;
+    let b = spawn_backend(echo).await;
+    let cfg = with_listener(
+        config(Balance::RoundRobin, vec![backend("b", b.addr)]),
+        |l| {
+            l.accept_proxy_protocol = true;
+            l.max_connections = 1000;
+            l.proxy_protocol_timeout = Duration::from_secs(20);
+        },
+    );
+    let warren = Warren::start(cfg, quick());
+    let started = Instant::now();
+    let mut slow = Vec::with_capacity(SLOW);
+    for _ in 0..SLOW {
+        let mut s = TcpStream::connect(warren.addr).await.unwrap();
+        s.write_all(b"P").await.unwrap();
+        slow.push(s);
+    }
+    wait_for(
+        "every slow connection accepted",
+        Duration::from_secs(10),
+        || {
+            warren.metric(r#"warren_listener_connections_total{listener="default"}"#)
+                + warren.metric(
+                    r#"warren_listener_rejected_total{listener="default",reason="max_connections"}"#,
+                )
+                >= SLOW as f64
+        },
+    )
+    .await;
+    println!("{SLOW} slow-header connections in {:?}", started.elapsed());
+    let served = Instant::now();
+    let mut s = tokio::time::timeout(Duration::from_secs(1), async {
+        let mut s = TcpStream::connect(warren.addr).await.unwrap();
+        s.write_all(b"PROXY TCP4 192.0.2.8 127.0.0.1 40000 5672\r\n")
+            .await
+            .unwrap();
+        assert!(echo_once(&mut s, 7).await, "the real client is echoed");
+        s
+    })
+    .await
+    .expect("a real client is served within 1 s despite the slow headers");
+    println!("real client served in {:?}", served.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the slow ones had not timed out yet"
+    );
+    let evicted =
+        warren.metric(r#"warren_proxy_header_rejected_total{listener="default",reason="evicted"}"#);
+    assert!(evicted >= (SLOW - 1000) as f64, "{evicted} evicted");
+    s.shutdown().await.unwrap();
+    drop(slow);
     warren.stop().await;
 }
 

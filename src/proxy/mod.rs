@@ -3,15 +3,23 @@
 //! outbound PROXY header → forwarding → one log line). It reads routing only through
 //! [`Routing::load_full`] once per connection and reports connect failures to the health
 //! [`Observer`]; it never changes routing itself.
+//!
+//! On a listener with `accept_proxy_protocol`, a peer outside `proxy_protocol_from` is closed at
+//! accept, before a byte is read. A connection whose header is still to come holds no
+//! `max_connections` slot: it waits in the listener's [`PendingHeaders`] (as many as
+//! `max_connections`; past that the one waiting longest is closed), for at most
+//! `proxy_protocol_timeout`, and takes its slot once the header is complete. Slow-header clients
+//! therefore cannot keep established ones out.
 
 pub mod connect;
 pub mod forward;
 #[cfg(target_os = "linux")]
 pub mod splice;
 
+use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus::{IntCounter, IntGauge};
@@ -28,10 +36,6 @@ use crate::metrics::Metrics;
 use crate::proxy_protocol::{self, Header, Parsed};
 use crate::state::{BackendStats, Routing};
 use forward::{CloseReason, Plane};
-
-/// How long a client behind a balancer may take to send its PROXY header (NGINX's
-/// `proxy_protocol_timeout` default).
-pub const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What every connection of the process shares.
 pub struct Context {
@@ -52,6 +56,8 @@ struct ListenerStats {
     proxy_header_malformed: IntCounter,
     proxy_header_timeout: IntCounter,
     proxy_header_closed: IntCounter,
+    proxy_header_untrusted: IntCounter,
+    proxy_header_evicted: IntCounter,
     closed: [IntCounter; 6],
 }
 
@@ -89,6 +95,8 @@ impl ListenerStats {
             proxy_header_malformed: header("malformed"),
             proxy_header_timeout: header("timeout"),
             proxy_header_closed: header("closed"),
+            proxy_header_untrusted: header("untrusted"),
+            proxy_header_evicted: header("evicted"),
             closed: CLOSE_REASONS.map(|r| {
                 metrics
                     .connections_closed_total
@@ -137,13 +145,146 @@ fn is_per_connection_accept_error(err: &io::Error) -> bool {
     )
 }
 
-/// Run one listener's accept loop until `stop_accepting` is cancelled. `limit` holds one permit
-/// per allowed connection (`max_connections`); a connection over the limit is closed at once.
+/// What bounds one listener's connections; shared by its accept loops (one per worker).
+#[derive(Clone)]
+pub struct Limits {
+    /// One permit per allowed connection (`max_connections`).
+    pub connections: Arc<Semaphore>,
+    /// Connections still waiting for their PROXY header (they hold no permit yet).
+    pub pending_headers: Arc<PendingHeaders>,
+}
+
+/// The connections of one listener whose PROXY header has not arrived yet, oldest first.
+#[derive(Default)]
+pub struct PendingHeaders(Mutex<PendingInner>);
+
+#[derive(Default)]
+struct PendingInner {
+    next_id: u64,
+    /// By arrival: cancelling a token closes that connection.
+    waiting: BTreeMap<u64, CancellationToken>,
+}
+
+/// A connection's place among the header-pending ones; leaves when dropped.
+pub struct PendingSlot {
+    id: u64,
+    /// Cancelled when a newer connection needed the place.
+    evicted: CancellationToken,
+    set: Arc<PendingHeaders>,
+}
+
+impl PendingHeaders {
+    /// Add a connection. With `cap` already waiting, the one waiting longest is evicted to make
+    /// room (returns true then): a balancer sends its header at once, so under a flood of slow
+    /// headers a real client still gets in, while the flood only pushes itself out.
+    pub fn admit(self: &Arc<Self>, cap: usize) -> (PendingSlot, bool) {
+        let mut inner = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut evicted = false;
+        while inner.waiting.len() >= cap.max(1) {
+            if let Some((_, oldest)) = inner.waiting.pop_first() {
+                oldest.cancel();
+                evicted = true;
+            }
+        }
+        let id = inner.next_id;
+        inner.next_id += 1;
+        let token = CancellationToken::new();
+        inner.waiting.insert(id, token.clone());
+        let slot = PendingSlot {
+            id,
+            evicted: token,
+            set: self.clone(),
+        };
+        (slot, evicted)
+    }
+
+    /// Connections waiting now.
+    pub fn len(&self) -> usize {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .waiting
+            .len()
+    }
+
+    /// Whether none is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        let mut inner = self.set.0.lock().unwrap_or_else(|e| e.into_inner());
+        inner.waiting.remove(&self.id);
+    }
+}
+
+/// How an accepted connection was let in.
+enum Admission {
+    /// It holds its `max_connections` slot.
+    Admitted(OwnedSemaphorePermit),
+    /// Its PROXY header is still to come; it takes a slot from `limit` once the header is read.
+    HeaderPending {
+        slot: PendingSlot,
+        limit: Arc<Semaphore>,
+    },
+}
+
+/// Decide how a connection accepted on a listener is let in; `None` when it is turned away
+/// (counted and logged here).
+fn admit(
+    name: &str,
+    peer: SocketAddr,
+    limits: &Limits,
+    ctx: &Context,
+    stats: &ListenerStats,
+) -> Option<Admission> {
+    let proxied = ctx
+        .routing
+        .load()
+        .listeners
+        .get(name)
+        .filter(|l| l.accept_proxy_protocol)
+        .cloned();
+    let Some(listener) = proxied else {
+        return match limits.connections.clone().try_acquire_owned() {
+            Ok(permit) => Some(Admission::Admitted(permit)),
+            Err(_) => {
+                stats.rejected_max_connections.inc();
+                tracing::debug!(listener = name, client = %peer,
+                    "connection refused: max_connections reached");
+                None
+            }
+        };
+    };
+    if let Some(from) = &listener.proxy_protocol_from {
+        if !from.contains(peer.ip()) {
+            stats.proxy_header_untrusted.inc();
+            tracing::warn!(listener = name, client = %peer,
+                "connection from a source outside proxy_protocol_from closed: its PROXY header would not be believed");
+            return None;
+        }
+    }
+    let (slot, evicted) = limits.pending_headers.admit(listener.max_connections);
+    if evicted {
+        tracing::debug!(listener = name, client = %peer,
+            "PROXY header pending on max_connections connections: the oldest was closed");
+    }
+    Some(Admission::HeaderPending {
+        slot,
+        limit: limits.connections.clone(),
+    })
+}
+
+/// Run one listener's accept loop until `stop_accepting` is cancelled. `limits.connections`
+/// holds one permit per allowed connection (`max_connections`); a connection over the limit is
+/// closed at once (on a PROXY listener: once its header is read, see [`PendingHeaders`]).
 /// Connections are spawned on `tracker` so shutdown can wait for them.
 pub async fn serve(
     listener: TcpListener,
     name: Arc<str>,
-    limit: Arc<Semaphore>,
+    limits: Limits,
     ctx: Arc<Context>,
     stop_accepting: CancellationToken,
     tracker: TaskTracker,
@@ -161,34 +302,22 @@ pub async fn serve(
         match accepted {
             Ok((socket, peer)) => {
                 consecutive_errors = 0;
-                match limit.clone().try_acquire_owned() {
-                    Ok(permit) => {
-                        let conn = Conn {
-                            listener: name.clone(),
-                            ctx: ctx.clone(),
-                            stats: stats.clone(),
-                            _permit: permit,
-                        };
-                        match &spread {
-                            None => {
-                                tracker.spawn(handle(Box::new((socket, peer)), conn));
-                            }
-                            Some(workers) => {
-                                turn = turn.wrapping_add(1);
-                                hand_out(
-                                    socket,
-                                    peer,
-                                    conn,
-                                    &workers[turn % workers.len()],
-                                    &tracker,
-                                );
-                            }
-                        }
+                let Some(admission) = admit(&name, peer, &limits, &ctx, &stats) else {
+                    continue;
+                };
+                let conn = Conn {
+                    listener: name.clone(),
+                    ctx: ctx.clone(),
+                    stats: stats.clone(),
+                    admission,
+                };
+                match &spread {
+                    None => {
+                        tracker.spawn(handle(Box::new((socket, peer)), conn));
                     }
-                    Err(_) => {
-                        stats.rejected_max_connections.inc();
-                        tracing::debug!(listener = %name, client = %peer,
-                            "connection refused: max_connections reached");
+                    Some(workers) => {
+                        turn = turn.wrapping_add(1);
+                        hand_out(socket, peer, conn, &workers[turn % workers.len()], &tracker);
                     }
                 }
             }
@@ -244,19 +373,29 @@ enum HeaderError {
     Malformed(proxy_protocol::ParseError),
     Timeout,
     Closed,
+    /// Closed to make room for a newer connection (see [`PendingHeaders`]).
+    Evicted,
     Io(io::Error),
 }
 
-/// Read a PROXY header; returns the header and any payload bytes that came with it.
-async fn read_proxy_header(socket: &TcpStream) -> Result<(Header, Vec<u8>), HeaderError> {
+/// Read a PROXY header within `timeout` unless `evicted` first; returns the header and any
+/// payload bytes that came with it.
+async fn read_proxy_header(
+    socket: &TcpStream,
+    timeout: Duration,
+    evicted: &CancellationToken,
+) -> Result<(Header, Vec<u8>), HeaderError> {
     let mut buf = vec![0u8; proxy_protocol::V2_MAX_LEN];
     let mut len = 0;
-    let deadline = Instant::now() + PROXY_HEADER_TIMEOUT;
+    let deadline = Instant::now() + timeout;
     loop {
-        match tokio::time::timeout_at(deadline, socket.readable()).await {
-            Err(_) => return Err(HeaderError::Timeout),
-            Ok(Err(e)) => return Err(HeaderError::Io(e)),
-            Ok(Ok(())) => {}
+        tokio::select! {
+            () = evicted.cancelled() => return Err(HeaderError::Evicted),
+            readable = tokio::time::timeout_at(deadline, socket.readable()) => match readable {
+                Err(_) => return Err(HeaderError::Timeout),
+                Ok(Err(e)) => return Err(HeaderError::Io(e)),
+                Ok(Ok(())) => {}
+            },
         }
         match socket.try_read(&mut buf[len..]) {
             Ok(0) => return Err(HeaderError::Closed),
@@ -295,6 +434,8 @@ struct Link {
     early_bytes: u64,
     /// Cancelled at a drain deadline or at the end of the shutdown grace period.
     close: CancellationToken,
+    /// The listener's `max_connections` slot; released when the connection ends.
+    _permit: OwnedSemaphorePermit,
 }
 
 /// What a connection task holds for its whole life besides its sockets.
@@ -302,8 +443,8 @@ struct Conn {
     listener: Arc<str>,
     ctx: Arc<Context>,
     stats: Arc<ListenerStats>,
-    /// The listener's `max_connections` slot; released when the task ends.
-    _permit: OwnedSemaphorePermit,
+    /// Its `max_connections` slot, or its place among the header-pending connections.
+    admission: Admission,
 }
 
 /// The whole life of one accepted connection. Setting up runs in its own boxed future, freed
@@ -314,7 +455,8 @@ async fn handle(accepted: Box<(TcpStream, SocketAddr)>, conn: Conn) {
     let stats = &conn.stats;
     stats.total.inc();
     let _active = GaugeGuard::new(&stats.active);
-    let Some(link) = Box::pin(establish(accepted, &conn.listener, &conn.ctx, stats)).await else {
+    let establishing = establish(accepted, conn.admission, &conn.listener, &conn.ctx, stats);
+    let Some(link) = Box::pin(establishing).await else {
         return;
     };
     let _backend_active = GaugeGuard::new(&link.backend.active);
@@ -354,6 +496,7 @@ async fn handle(accepted: Box<(TcpStream, SocketAddr)>, conn: Conn) {
 /// client was turned away (the reason is counted and logged here).
 async fn establish(
     accepted: Box<(TcpStream, SocketAddr)>,
+    admission: Admission,
     listener_name: &str,
     ctx: &Context,
     stats: &ListenerStats,
@@ -372,34 +515,34 @@ async fn establish(
     };
     let (mut origin, mut destination) = (peer, local);
 
-    let early = if listener.accept_proxy_protocol {
-        match read_proxy_header(&client).await {
-            Ok((header, early)) => {
-                if let Header::Proxied {
-                    source,
-                    destination: d,
-                } = header
-                {
-                    origin = source;
-                    destination = d;
+    let (permit, early) = match admission {
+        Admission::Admitted(permit) => (permit, Vec::new()),
+        Admission::HeaderPending { slot, limit } => {
+            let timeout = listener.proxy_protocol_timeout;
+            let (header, early) = match read_proxy_header(&client, timeout, &slot.evicted).await {
+                Ok(read) => read,
+                Err(e) => {
+                    header_rejected(&e, listener_name, peer, stats);
+                    return None;
                 }
-                early
-            }
-            Err(e) => {
-                let (counter, why) = match &e {
-                    HeaderError::Malformed(p) => (&stats.proxy_header_malformed, p.to_string()),
-                    HeaderError::Timeout => (&stats.proxy_header_timeout, "timeout".to_owned()),
-                    HeaderError::Closed => (&stats.proxy_header_closed, "closed".to_owned()),
-                    HeaderError::Io(e) => (&stats.proxy_header_closed, e.to_string()),
-                };
-                counter.inc();
-                tracing::warn!(listener = listener_name, client = %peer, error = why,
-                    "inbound PROXY header rejected, connection closed");
+            };
+            drop(slot);
+            let Ok(permit) = limit.try_acquire_owned() else {
+                stats.rejected_max_connections.inc();
+                tracing::debug!(listener = listener_name, client = %peer,
+                    "connection refused after its PROXY header: max_connections reached");
                 return None;
+            };
+            if let Header::Proxied {
+                source,
+                destination: d,
+            } = header
+            {
+                origin = source;
+                destination = d;
             }
+            (permit, early)
         }
-    } else {
-        Vec::new()
     };
 
     let Some(pool) = snapshot.pools.get(listener.pool.as_str()) else {
@@ -450,7 +593,25 @@ async fn establish(
         idle_timeout: listener.idle_timeout,
         early_bytes: early.len() as u64,
         close: backend.stats.close_token(),
+        _permit: permit,
     })
+}
+
+/// Count and log a refused inbound PROXY header.
+fn header_rejected(e: &HeaderError, listener: &str, peer: SocketAddr, stats: &ListenerStats) {
+    let (counter, why) = match e {
+        HeaderError::Malformed(p) => (&stats.proxy_header_malformed, p.to_string()),
+        HeaderError::Timeout => (&stats.proxy_header_timeout, "timeout".to_owned()),
+        HeaderError::Closed => (&stats.proxy_header_closed, "closed".to_owned()),
+        HeaderError::Evicted => (
+            &stats.proxy_header_evicted,
+            "evicted: max_connections connections were waiting for their header".to_owned(),
+        ),
+        HeaderError::Io(e) => (&stats.proxy_header_closed, e.to_string()),
+    };
+    counter.inc();
+    tracing::warn!(listener, client = %peer, error = why,
+        "inbound PROXY header rejected, connection closed");
 }
 
 #[cfg(test)]

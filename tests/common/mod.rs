@@ -567,6 +567,7 @@ pub fn with_admin_api(mut config: Config, token_file: Option<std::path::PathBuf>
         listen: "127.0.0.1:0".parse().unwrap(),
         token_file,
         state_file: None,
+        ..Default::default()
     });
     config
 }

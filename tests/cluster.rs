@@ -345,13 +345,28 @@ async fn a_killed_node_leaves_reconnecting_clients_on_the_survivor(cluster: &Arc
             }
         }));
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Measure over a number of cycles, not a fixed time: 8 before the kill, 16 started after
+    // it (several on each of the 4 workers), each bounded by a deadline.
+    wait_for(
+        "8 client cycles before the kill",
+        Duration::from_secs(30),
+        || attempts.lock().unwrap().len() >= 8,
+    )
+    .await;
     let victim = cluster.nodes[0].clone();
     let c = cluster.clone();
     let name = victim.name.clone();
     blocking(move || c.kill(&name)).await;
     let killed = Instant::now();
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    wait_for(
+        "16 client cycles after the kill",
+        Duration::from_secs(60),
+        || {
+            let attempts = attempts.lock().unwrap();
+            attempts.iter().filter(|(t, _)| *t >= killed).count() >= 16
+        },
+    )
+    .await;
     stop.cancel();
     for w in workers {
         w.await.unwrap();
@@ -371,7 +386,7 @@ async fn a_killed_node_leaves_reconnecting_clients_on_the_survivor(cluster: &Arc
         failed_after.len()
     );
     assert!(before >= 4, "the clients worked before the kill");
-    assert!(after.len() >= 8, "the clients kept working after the kill");
+    assert!(after.len() >= 16, "the clients kept working after the kill");
     assert!(
         failed_after.is_empty(),
         "attempts started after the kill failed: {failed_after:?}"
@@ -695,6 +710,44 @@ struct Ledger {
     last_confirm: Option<Instant>,
     last_delivery: Option<Instant>,
     reconnects: u32,
+    /// Why each client (re)connected, with the time since the test began: printed when the
+    /// test fails, so a stuck client says where it stuck.
+    events: Vec<String>,
+    began: Option<Instant>,
+}
+
+impl Ledger {
+    fn note(&mut self, who: &str, what: impl std::fmt::Display) {
+        let at = self.began.get_or_insert_with(Instant::now).elapsed();
+        self.events
+            .push(format!("{:7.2}s {who}: {what}", at.as_secs_f64()));
+    }
+}
+
+/// Every step of a client is bounded, as in a real application: a step that hangs (a
+/// handshake or a `basic.consume` that a node busy restarting never answers) ends in a
+/// reconnect, never in a client stuck for good.
+async fn step<T>(
+    what: &str,
+    future: impl std::future::Future<Output = lapin::Result<T>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(rabbit::CLIENT_TIMEOUT, future).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(format!("{what}: {e}")),
+        Err(_) => Err(format!(
+            "{what}: no answer within {:?}",
+            rabbit::CLIENT_TIMEOUT
+        )),
+    }
+}
+
+/// Close a client's connection, bounded (a broken connection may never answer).
+async fn close(connection: lapin::Connection) {
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        connection.close(200, "client done".into()),
+    )
+    .await;
 }
 
 /// A publisher with confirms in a reconnect loop: ids 0, 1, 2... to the quorum queue `queue`.
@@ -713,32 +766,56 @@ async fn publisher(
             ledger.lock().unwrap().reconnects += 1;
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let Ok(connection) = rabbit::connect(addr, "warren-test-publisher").await else {
-            continue;
+        let connection = match step("connect", rabbit::connect(addr, "warren-test-publisher")).await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                ledger.lock().unwrap().note("publisher", e);
+                continue;
+            }
         };
-        let Ok(channel) = rabbit::confirm_channel(&connection).await else {
-            continue;
+        let channel = match step("confirm channel", rabbit::confirm_channel(&connection)).await {
+            Ok(c) => c,
+            Err(e) => {
+                ledger.lock().unwrap().note("publisher", e);
+                close(connection).await;
+                continue;
+            }
         };
+        ledger.lock().unwrap().note("publisher", "connected");
         while !stop.is_cancelled() {
             let id = next_id;
             next_id += 1;
-            let sent = tokio::time::timeout(
-                rabbit::CLIENT_TIMEOUT,
+            let sent = step(
+                "publish",
                 rabbit::publish_confirmed(&channel, queue, id.to_string().as_bytes()),
             )
             .await;
             match sent {
-                Ok(Ok(true)) => {
+                Ok(true) => {
                     let mut l = ledger.lock().unwrap();
                     l.confirmed.insert(id);
                     l.last_confirm = Some(Instant::now());
                 }
                 // A nack or an error: not confirmed, so not promised; reconnect and go on.
-                _ => break,
+                Ok(false) => {
+                    ledger
+                        .lock()
+                        .unwrap()
+                        .note("publisher", format!("id {id} nacked"));
+                    break;
+                }
+                Err(e) => {
+                    ledger
+                        .lock()
+                        .unwrap()
+                        .note("publisher", format!("id {id}: {e}"));
+                    break;
+                }
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let _ = connection.close(200, "publisher done".into()).await;
+        close(connection).await;
     }
 }
 
@@ -757,15 +834,27 @@ async fn consumer(
             ledger.lock().unwrap().reconnects += 1;
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let Ok(connection) = rabbit::connect(addr, "warren-test-consumer").await else {
-            continue;
+        let connection = match step("connect", rabbit::connect(addr, "warren-test-consumer")).await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                ledger.lock().unwrap().note("consumer", e);
+                continue;
+            }
         };
-        let Ok(channel) = connection.create_channel().await else {
-            continue;
+        let subscribed = async {
+            let channel = step("channel", connection.create_channel()).await?;
+            step("consume", rabbit::consume(&channel, queue, 100)).await
         };
-        let Ok(mut deliveries) = rabbit::consume(&channel, queue, 100).await else {
-            continue;
+        let mut deliveries = match subscribed.await {
+            Ok(d) => d,
+            Err(e) => {
+                ledger.lock().unwrap().note("consumer", e);
+                close(connection).await;
+                continue;
+            }
         };
+        ledger.lock().unwrap().note("consumer", "consuming");
         loop {
             let next = tokio::select! {
                 () = stop.cancelled() => return,
@@ -776,18 +865,44 @@ async fn consumer(
                 Err(_) => continue,
                 Ok(Some(Ok(delivery))) => {
                     let id = id_of(&delivery.data);
-                    if rabbit::ack(&delivery).await.is_err() {
+                    if let Err(e) = step("ack", rabbit::ack(&delivery)).await {
+                        ledger.lock().unwrap().note("consumer", e);
                         break;
                     }
                     let mut l = ledger.lock().unwrap();
                     l.consumed.insert(id);
                     l.last_delivery = Some(Instant::now());
                 }
-                Ok(_) => break,
+                Ok(Some(Err(e))) => {
+                    ledger
+                        .lock()
+                        .unwrap()
+                        .note("consumer", format!("delivery: {e}"));
+                    break;
+                }
+                Ok(None) => {
+                    ledger
+                        .lock()
+                        .unwrap()
+                        .note("consumer", "the broker cancelled the consumer");
+                    break;
+                }
             }
         }
-        let _ = connection.close(200, "consumer done".into()).await;
+        close(connection).await;
     }
+}
+
+/// What the clients went through, for a failure message.
+fn story(ledger: &Mutex<Ledger>) -> String {
+    let l = ledger.lock().unwrap();
+    format!(
+        "{} confirmed, {} consumed, {} reconnects; client events:\n{}",
+        l.confirmed.len(),
+        l.consumed.len(),
+        l.reconnects,
+        l.events.join("\n")
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -875,7 +990,11 @@ async fn rolling_upgrade_walks_a_three_node_cluster_without_losing_a_confirmed_m
     ];
     let deadline = Instant::now() + Duration::from_secs(20);
     while ledger.lock().unwrap().consumed.len() < 20 {
-        assert!(Instant::now() < deadline, "clients did not start working");
+        assert!(
+            Instant::now() < deadline,
+            "clients did not start working: {}",
+            story(&ledger)
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
@@ -911,10 +1030,30 @@ async fn rolling_upgrade_walks_a_three_node_cluster_without_losing_a_confirmed_m
         if working {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "clients stopped working after the upgrade"
-        );
+        if Instant::now() >= deadline {
+            let c = cluster.clone();
+            let queue = blocking(move || {
+                c.ctl(
+                    &c.nodes[0].name,
+                    &[
+                        "-q",
+                        "list_queues",
+                        "name",
+                        "type",
+                        "leader",
+                        "members",
+                        "online",
+                        "messages",
+                        "consumers",
+                    ],
+                )
+            })
+            .await;
+            panic!(
+                "clients stopped working after the upgrade: {}\nqueues: {queue}",
+                story(&ledger)
+            );
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Stop publishing, then let the consumer catch up: every confirmed id must arrive.
@@ -933,12 +1072,13 @@ async fn rolling_upgrade_walks_a_three_node_cluster_without_losing_a_confirmed_m
             (l.confirmed.difference(&l.consumed).count(), summary)
         };
         if missing == 0 {
-            eprintln!("{summary}");
+            eprintln!("{summary}\n{}", story(&ledger));
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "{missing} confirmed messages never arrived"
+            "{missing} confirmed messages never arrived: {}",
+            story(&ledger)
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

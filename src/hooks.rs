@@ -138,17 +138,199 @@ pub struct Hooks {
 }
 
 struct Inner {
-    hooks: Vec<Subscription>,
+    /// In config order. A reload shares the hooks whose config did not change with the new
+    /// set, so their worker, run in progress and queue carry on.
+    hooks: Vec<Arc<Hook>>,
     metrics: Arc<Metrics>,
-    /// The worker tasks, taken by [`Hooks::shutdown`] to wait for the run in progress.
-    workers: Mutex<Vec<JoinHandle<()>>>,
 }
 
-/// What [`Hooks::emit`] needs to know about one hook.
-struct Subscription {
-    on: Vec<HookEvent>,
+/// One configured hook: its config, its queue and its worker.
+struct Hook {
+    config: HookConfig,
     /// Shared with the hook's worker, which is the only consumer.
     slot: Arc<Slot>,
+    /// Taken by whoever stops the hook (shutdown, or the hook that replaces it) to wait for
+    /// the run in progress.
+    worker: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Hook {
+    /// Start a hook's worker on the current runtime with `queued` events waiting; it begins
+    /// only once `after` (the worker of the hook it replaces) has ended, so an old and a new
+    /// version of one hook never run at once.
+    fn start(
+        config: &HookConfig,
+        queued: VecDeque<Event>,
+        after: Option<JoinHandle<()>>,
+        metrics: &Arc<Metrics>,
+    ) -> Arc<Hook> {
+        let slot = Arc::new(Slot {
+            queue: Mutex::new(Queue {
+                events: queued,
+                closed: false,
+            }),
+            wake: Notify::new(),
+        });
+        let worker = Worker {
+            action: Action::new(&config.action),
+            timeout: config.timeout,
+            slot: slot.clone(),
+            metrics: metrics.clone(),
+            after,
+        };
+        // The workers log through the subscriber of whoever started them (the process's
+        // global one in production, a capturing one in tests).
+        let handle = tokio::spawn(worker.run().with_current_subscriber());
+        Arc::new(Hook {
+            config: config.clone(),
+            slot,
+            worker: Mutex::new(Some(handle)),
+        })
+    }
+
+    /// Close the queue (the worker ends after its run in progress); returns what was queued.
+    fn close(&self) -> VecDeque<Event> {
+        let events = {
+            let mut queue = self.slot.lock();
+            queue.closed = true;
+            std::mem::take(&mut queue.events)
+        };
+        self.slot.wake.notify_one();
+        events
+    }
+
+    fn take_worker(&self) -> Option<JoinHandle<()>> {
+        self.worker
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+    }
+
+    /// Close the hook, log what it discards, and wait for its run in progress.
+    async fn stop(&self) {
+        for event in self.close() {
+            tracing::warn!(
+                event = event.kind.as_str(),
+                pool = %event.pool,
+                backend = event.backend.as_deref(),
+                "hook stopped; queued hook event discarded"
+            );
+        }
+        if let Some(worker) = self.take_worker() {
+            if let Err(e) = worker.await {
+                tracing::error!(error = %e, "hook worker failed");
+            }
+        }
+    }
+}
+
+/// What a reload does with one hook of the new config (pure; see [`plan_reload`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookPlan {
+    /// Unchanged: old hook `i` keeps running with its queue.
+    Keep(usize),
+    /// Changed: replaces old hook `i`, taking over its queue after its run in progress.
+    Replace(usize),
+    /// New: nothing to carry over.
+    Start,
+}
+
+/// Pair the hooks of a reloaded config with the running ones: equal configs are kept; a
+/// changed hook replaces the old one with the same action (argv or URL), else the old one at
+/// the same place among those left. Old hooks paired with nothing are retired.
+pub fn plan_reload(old: &[HookConfig], new: &[HookConfig]) -> Vec<HookPlan> {
+    let mut taken = vec![false; old.len()];
+    let mut plan = vec![HookPlan::Start; new.len()];
+    let mut pair = |plan: &mut Vec<HookPlan>,
+                    matches: &dyn Fn(&HookConfig, &HookConfig) -> bool,
+                    make: fn(usize) -> HookPlan| {
+        for (n, new_hook) in new.iter().enumerate() {
+            if plan[n] != HookPlan::Start {
+                continue;
+            }
+            if let Some(o) = (0..old.len()).find(|&o| !taken[o] && matches(&old[o], new_hook)) {
+                taken[o] = true;
+                plan[n] = make(o);
+            }
+        }
+    };
+    pair(&mut plan, &|a, b| a == b, HookPlan::Keep);
+    pair(&mut plan, &|a, b| a.action == b.action, HookPlan::Replace);
+    pair(&mut plan, &|_, _| true, HookPlan::Replace);
+    plan
+}
+
+impl Hooks {
+    /// Start one worker task per configured hook on the current Tokio runtime.
+    pub fn start(configs: &[HookConfig], metrics: Arc<Metrics>) -> Hooks {
+        let hooks = configs
+            .iter()
+            .map(|config| Hook::start(config, VecDeque::new(), None, &metrics))
+            .collect();
+        Hooks {
+            inner: Arc::new(Inner { hooks, metrics }),
+        }
+    }
+
+    /// The hooks of a reloaded config, built from these (see [`plan_reload`]): unchanged hooks
+    /// keep running with their queue; a changed hook takes over the queue of the one it
+    /// replaces (the events it still subscribes to) and starts once that one's run in
+    /// progress ends. Returns the new set and a future that stops the hooks retired by the
+    /// reload (their queues are discarded and logged).
+    pub fn reload(
+        &self,
+        configs: &[HookConfig],
+    ) -> (
+        Hooks,
+        impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        let old = &self.inner.hooks;
+        let old_configs: Vec<HookConfig> = old.iter().map(|h| h.config.clone()).collect();
+        let plan = plan_reload(&old_configs, configs);
+        let mut used = vec![false; old.len()];
+        let hooks = configs
+            .iter()
+            .zip(&plan)
+            .map(|(config, step)| match *step {
+                HookPlan::Keep(o) => {
+                    used[o] = true;
+                    old[o].clone()
+                }
+                HookPlan::Replace(o) => {
+                    used[o] = true;
+                    let mut queued = old[o].close();
+                    queued.retain(|e| config.on.contains(&e.kind));
+                    if !queued.is_empty() {
+                        tracing::info!(
+                            hook = Action::new(&config.action).name(),
+                            events = queued.len(),
+                            "hook changed by the reload: its queued events carry over"
+                        );
+                    }
+                    Hook::start(config, queued, old[o].take_worker(), &self.inner.metrics)
+                }
+                HookPlan::Start => Hook::start(config, VecDeque::new(), None, &self.inner.metrics),
+            })
+            .collect();
+        let retired: Vec<Arc<Hook>> = old
+            .iter()
+            .zip(&used)
+            .filter(|(_, used)| !**used)
+            .map(|(h, _)| h.clone())
+            .collect();
+        let next = Hooks {
+            inner: Arc::new(Inner {
+                hooks,
+                metrics: self.inner.metrics.clone(),
+            }),
+        };
+        let stop_retired = async move {
+            for hook in retired {
+                hook.stop().await;
+            }
+        };
+        (next, stop_retired)
+    }
 }
 
 /// The queue between `emit` (many producers, never waiting) and one worker.
@@ -214,38 +396,6 @@ impl Queue {
 }
 
 impl Hooks {
-    /// Start one worker task per configured hook on the current Tokio runtime.
-    pub fn start(configs: &[HookConfig], metrics: Arc<Metrics>) -> Hooks {
-        let mut hooks = Vec::with_capacity(configs.len());
-        let mut workers = Vec::with_capacity(configs.len());
-        for config in configs {
-            let slot = Arc::new(Slot {
-                queue: Mutex::new(Queue::default()),
-                wake: Notify::new(),
-            });
-            let worker = Worker {
-                action: Action::new(&config.action),
-                timeout: config.timeout,
-                slot: slot.clone(),
-                metrics: metrics.clone(),
-            };
-            // The workers log through the subscriber of whoever started them (the process's
-            // global one in production, a capturing one in tests).
-            workers.push(tokio::spawn(worker.run().with_current_subscriber()));
-            hooks.push(Subscription {
-                on: config.on.clone(),
-                slot,
-            });
-        }
-        Hooks {
-            inner: Arc::new(Inner {
-                hooks,
-                metrics,
-                workers: Mutex::new(workers),
-            }),
-        }
-    }
-
     /// Queue `event` for every hook subscribed to `event.kind`. Never blocks, never fails: a
     /// full queue drops the oldest queued event for that hook (logged at warn, counted as
     /// `hook_runs_total{event, result="dropped"}`).
@@ -254,7 +404,7 @@ impl Hooks {
             .inner
             .hooks
             .iter()
-            .filter(|h| h.on.contains(&event.kind))
+            .filter(|h| h.config.on.contains(&event.kind))
         {
             let dropped = {
                 let mut queue = hook.slot.lock();
@@ -291,32 +441,7 @@ impl Hooks {
     /// Events still queued are discarded and logged.
     pub async fn shutdown(self) {
         for hook in &self.inner.hooks {
-            let discarded = {
-                let mut queue = hook.slot.lock();
-                queue.closed = true;
-                std::mem::take(&mut queue.events)
-            };
-            hook.slot.wake.notify_one();
-            for event in discarded {
-                tracing::warn!(
-                    event = event.kind.as_str(),
-                    pool = %event.pool,
-                    backend = event.backend.as_deref(),
-                    "shutting down; queued hook event discarded"
-                );
-            }
-        }
-        let workers = std::mem::take(
-            &mut *self
-                .inner
-                .workers
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()),
-        );
-        for worker in workers {
-            if let Err(e) = worker.await {
-                tracing::error!(error = %e, "hook worker failed");
-            }
+            hook.stop().await;
         }
     }
 }
@@ -480,10 +605,15 @@ struct Worker {
     timeout: Duration,
     slot: Arc<Slot>,
     metrics: Arc<Metrics>,
+    /// The worker of the hook this one replaces: waited for before the first run.
+    after: Option<JoinHandle<()>>,
 }
 
 impl Worker {
-    async fn run(self) {
+    async fn run(mut self) {
+        if let Some(previous) = self.after.take() {
+            let _ = previous.await;
+        }
         while let Some(event) = self.slot.next().await {
             let started = Instant::now();
             let report = match &self.action {
@@ -859,6 +989,64 @@ async fn post(target: &Target, body: String) -> Result<(hyper::StatusCode, Vec<u
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn reload_pairs_hooks_unchanged_then_by_action_then_in_order() {
+        use HookPlan::*;
+        let hook = |argv: &str, on: HookEvent, secs: u64| HookConfig {
+            on: vec![on],
+            action: HookAction::Exec(vec![argv.to_owned()]),
+            timeout: Duration::from_secs(secs),
+        };
+        let (a, b, c) = (
+            hook("a", HookEvent::BackendDown, 5),
+            hook("b", HookEvent::PoolDown, 5),
+            hook("c", HookEvent::PoolDown, 5),
+        );
+        let a_longer = hook("a", HookEvent::BackendDown, 60);
+        let cases: Vec<(Vec<HookConfig>, Vec<HookConfig>, Vec<HookPlan>)> = vec![
+            // Nothing changed.
+            (
+                vec![a.clone(), b.clone()],
+                vec![a.clone(), b.clone()],
+                vec![Keep(0), Keep(1)],
+            ),
+            // Reordered: still the same hooks.
+            (
+                vec![a.clone(), b.clone()],
+                vec![b.clone(), a.clone()],
+                vec![Keep(1), Keep(0)],
+            ),
+            // A hook inserted at the top: the others are kept, it starts fresh.
+            (
+                vec![a.clone()],
+                vec![c.clone(), a.clone()],
+                vec![Replace(0), Keep(0)][..0]
+                    .iter()
+                    .copied()
+                    .chain([Start, Keep(0)])
+                    .collect(),
+            ),
+            // A's timeout changed: same action, so it replaces A (not B).
+            (
+                vec![b.clone(), a.clone()],
+                vec![a_longer.clone(), b.clone()],
+                vec![Replace(1), Keep(0)],
+            ),
+            // B's command changed and nothing else matches it: replaces B by order.
+            (
+                vec![a.clone(), b.clone()],
+                vec![a.clone(), c.clone()],
+                vec![Keep(0), Replace(1)],
+            ),
+            // One hook removed, one added.
+            (vec![a.clone(), b.clone()], vec![b.clone()], vec![Keep(1)]),
+            (vec![], vec![a.clone()], vec![Start]),
+        ];
+        for (old, new, expected) in cases {
+            assert_eq!(plan_reload(&old, &new), expected, "{old:?} -> {new:?}");
+        }
+    }
+
     use super::*;
 
     fn event(kind: HookEvent, backend: Option<&str>, available: usize) -> Event {

@@ -663,3 +663,79 @@ async fn webhook_without_answer_times_out() {
     );
     hooks.shutdown().await;
 }
+
+/// A reload keeps an unchanged hook running: its run in progress goes on, its queued events
+/// run (none discarded), nothing runs twice. A changed hook takes over the queue of the one
+/// it replaces and starts only after that one's run in progress ended (never both at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_unchanged_hooks_and_hands_a_changed_hooks_queue_over() {
+    let dir = Scratch::new("reload");
+    // `sh hook.sh VERSION`: a run for a backend named block* waits for {dir}/release-NAME.
+    let argv = dir.script(
+        "echo \"$1:$WARREN_BACKEND:start\" >> {dir}/out\n\
+         case \"$WARREN_BACKEND\" in block*)\n\
+           i=0\n\
+           while [ ! -e {dir}/release-$WARREN_BACKEND ] && [ $i -lt 1000 ]; do sleep 0.01; i=$((i+1)); done;;\n\
+         esac\n\
+         echo \"$1:$WARREN_BACKEND:end\" >> {dir}/out",
+    );
+    let version = |v: &str| {
+        let mut argv = argv.clone();
+        argv.push(v.to_string());
+        exec(&[HookEvent::BackendDown], argv, Duration::from_secs(30))
+    };
+    let metrics = Arc::new(Metrics::new());
+    let down = |name: &str| backend_event(HookEvent::BackendDown, name, 1);
+    let hooks = Hooks::start(&[version("v1")], metrics.clone());
+    hooks.emit(down("block1"));
+    wait_until("the first run", LONG, || dir.lines("out").len() == 1).await;
+    hooks.emit(down("a"));
+    hooks.emit(down("b"));
+
+    // The same config: the same hook carries on.
+    let (hooks, retired) = hooks.reload(&[version("v1")]);
+    tokio::spawn(retired);
+    hooks.emit(down("c"));
+    std::fs::write(dir.path("release-block1"), "").unwrap();
+    wait_until("the queued runs", LONG, || {
+        runs(&metrics, HookEvent::BackendDown, "ok") == 4
+    })
+    .await;
+    let expected: Vec<String> = ["block1", "a", "b", "c"]
+        .iter()
+        .flat_map(|b| [format!("v1:{b}:start"), format!("v1:{b}:end")])
+        .collect();
+    assert_eq!(
+        dir.lines("out"),
+        expected,
+        "an unchanged hook across a reload"
+    );
+
+    // A changed hook: v2 replaces v1 while v1 runs, with an event queued.
+    std::fs::remove_file(dir.path("out")).unwrap();
+    hooks.emit(down("block2"));
+    wait_until("v1's run", LONG, || dir.lines("out").len() == 1).await;
+    hooks.emit(down("d"));
+    let (hooks, retired) = hooks.reload(&[version("v2")]);
+    tokio::spawn(retired);
+    hooks.emit(down("e"));
+    std::fs::write(dir.path("release-block2"), "").unwrap();
+    wait_until("the handed-over runs", LONG, || {
+        runs(&metrics, HookEvent::BackendDown, "ok") == 7
+    })
+    .await;
+    assert_eq!(
+        dir.lines("out"),
+        vec![
+            "v1:block2:start",
+            "v1:block2:end",
+            "v2:d:start",
+            "v2:d:end",
+            "v2:e:start",
+            "v2:e:end"
+        ],
+        "a changed hook: the old run ends first, then the queue runs on the new version"
+    );
+    assert_eq!(runs(&metrics, HookEvent::BackendDown, "dropped"), 0);
+    hooks.shutdown().await;
+}

@@ -367,16 +367,21 @@ impl Controller {
                 }
             }
         }
-        let new_hooks =
-            (!config.hooks.is_empty()).then(|| Hooks::start(&config.hooks, self.metrics.clone()));
-        let old_hooks = std::mem::replace(
-            &mut *self.hooks.lock().unwrap_or_else(|e| e.into_inner()),
-            new_hooks,
-        );
-        if let Some(old) = old_hooks {
-            let mut retired = self.retired_hooks.lock().unwrap_or_else(|e| e.into_inner());
-            retired.retain(|h| !h.is_finished());
-            retired.push(self.runtime.spawn(old.shutdown()));
+        // Unchanged hooks keep running with their queue; changed ones take theirs over.
+        let mut current = self.hooks.lock().unwrap_or_else(|e| e.into_inner());
+        let (next, retired) = match current.as_ref() {
+            Some(hooks) => {
+                let (next, retired) = hooks.reload(&config.hooks);
+                (next, Some(retired))
+            }
+            None => (Hooks::start(&config.hooks, self.metrics.clone()), None),
+        };
+        *current = Some(next);
+        drop(current);
+        if let Some(retired) = retired {
+            let mut handles = self.retired_hooks.lock().unwrap_or_else(|e| e.into_inner());
+            handles.retain(|h| !h.is_finished());
+            handles.push(self.runtime.spawn(retired));
         }
         self.spawn_probes(config, stop);
     }

@@ -40,6 +40,8 @@ pub struct Metrics {
     pub state_file_errors_total: IntCounter,
     /// `/v1` requests refused for their token, by reason (missing | wrong | rate_limited).
     pub admin_auth_failures_total: IntCounterVec,
+    /// Log lines dropped because they could not be written (process-wide, see `logging`).
+    pub log_write_errors_total: IntCounter,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -222,6 +224,7 @@ impl Metrics {
                 &["listener", "reason"]
             )
             .unwrap()),
+            log_write_errors_total: reg!(crate::logging::write_errors().clone()),
             state_file_errors_total: reg!(IntCounter::with_opts(opts(
                 "state_file_errors_total",
                 "State file reads or writes that failed (a corrupt file is moved aside)"

@@ -95,16 +95,45 @@ pub fn run(cli: Cli) -> ExitCode {
 }
 
 fn check(path: &std::path::Path) -> ExitCode {
-    match config::load(path) {
+    let problems = match config::load(path) {
         Ok(config) => {
-            say(&mut std::io::stdout(), &config.summary());
-            ExitCode::SUCCESS
+            let problems = files_run_reads(&config);
+            if problems.is_empty() {
+                say(&mut std::io::stdout(), &config.summary());
+                return ExitCode::SUCCESS;
+            }
+            problems
         }
-        Err(e) => {
-            say(&mut std::io::stderr(), &e.to_string());
-            ExitCode::FAILURE
+        Err(e) => vec![e.to_string()],
+    };
+    for problem in problems {
+        say(&mut std::io::stderr(), &problem);
+    }
+    ExitCode::FAILURE
+}
+
+/// The files `warren run` reads besides the config (the admin token, the state file), read
+/// now so that `check` refuses what `run` would. Each problem is one line naming the file.
+fn files_run_reads(config: &Config) -> Vec<String> {
+    let mut problems = Vec::new();
+    let Some(admin) = &config.admin else {
+        return problems;
+    };
+    let source = config
+        .source
+        .as_deref()
+        .map_or_else(String::new, |s| format!("{}: ", s.display()));
+    if let Some(token) = &admin.token_file {
+        if let Err(e) = crate::server::read_token(token) {
+            problems.push(format!("{source}{e}"));
         }
     }
+    if let Some(state) = &admin.state_file {
+        if let Err(e) = crate::drain::check_state_file(state) {
+            problems.push(format!("{source}admin: {e}"));
+        }
+    }
+    problems
 }
 
 fn load_for_run(args: &RunArgs) -> Result<Config, config::ConfigError> {

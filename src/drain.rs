@@ -596,6 +596,19 @@ fn state_dir(path: &Path) -> &Path {
         .unwrap_or(Path::new("."))
 }
 
+/// Create `path` for writing only if nothing (not even a dangling symlink) is there yet:
+/// `O_CREAT|O_EXCL|O_NOFOLLOW`, mode 0600.
+fn open_new(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600).custom_flags(libc::O_NOFOLLOW);
+    }
+    options.open(path)
+}
+
 /// Create a new temp file next to the state file: an unpredictable name, created exclusively
 /// (`O_EXCL`, and `O_NOFOLLOW`), so a file or symlink planted there is never written through.
 fn create_temp(path: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
@@ -609,14 +622,7 @@ fn create_temp(path: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
             std::process::id(),
             rand::thread_rng().gen::<u64>()
         ));
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            options.mode(0o600).custom_flags(libc::O_NOFOLLOW);
-        }
-        match options.open(&tmp) {
+        match open_new(&tmp) {
             Ok(file) => return Ok((tmp, file)),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
             Err(e) => return Err(e),
@@ -725,6 +731,24 @@ mod tests {
         };
         write_atomically(&path, &state).unwrap();
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
+        // A symlink (dangling or not) or a file already at the temp path is never opened.
+        let planted = dir.join(".state.json.tmp-planted");
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        let dangling = dir.join(".state.json.tmp-dangling");
+        std::os::unix::fs::symlink(dir.join("nowhere"), &dangling).unwrap();
+        for path in [&planted, &dangling, &victim] {
+            let e = open_new(path).unwrap_err();
+            assert_eq!(
+                e.kind(),
+                std::io::ErrorKind::AlreadyExists,
+                "{}",
+                path.display()
+            );
+        }
+        assert!(
+            !dir.join("nowhere").exists(),
+            "a dangling link's target is not created"
+        );
         let (tmp, _file) = create_temp(&path).unwrap();
         let (tmp2, _file2) = create_temp(&path).unwrap();
         assert_ne!(tmp, tmp2, "unpredictable, distinct names");

@@ -585,6 +585,7 @@ fn drain_error(e: DrainError) -> Reply {
     let status = match e {
         DrainError::NotFound { .. } => StatusCode::NOT_FOUND,
         DrainError::MinAvailable { .. } => StatusCode::CONFLICT,
+        DrainError::DeadlineTooLong { .. } => StatusCode::BAD_REQUEST,
     };
     error(status, &e.to_string())
 }

@@ -95,19 +95,48 @@ pub fn run(cli: Cli) -> ExitCode {
 }
 
 fn check(path: &std::path::Path) -> ExitCode {
-    match config::load(path) {
+    let problems = match config::load(path) {
         Ok(config) => {
             for warning in config.warnings() {
-                eprintln!("warning: {warning}");
+                say(&mut std::io::stderr(), &format!("warning: {warning}"));
             }
-            println!("{}", config.summary());
-            ExitCode::SUCCESS
+            let problems = files_run_reads(&config);
+            if problems.is_empty() {
+                say(&mut std::io::stdout(), &config.summary());
+                return ExitCode::SUCCESS;
+            }
+            problems
         }
-        Err(e) => {
-            eprintln!("{e}");
-            ExitCode::FAILURE
+        Err(e) => vec![e.to_string()],
+    };
+    for problem in problems {
+        say(&mut std::io::stderr(), &problem);
+    }
+    ExitCode::FAILURE
+}
+
+/// The files `warren run` reads besides the config (the admin token, the state file), read
+/// now so that `check` refuses what `run` would. Each problem is one line naming the file.
+fn files_run_reads(config: &Config) -> Vec<String> {
+    let mut problems = Vec::new();
+    let Some(admin) = &config.admin else {
+        return problems;
+    };
+    let source = config
+        .source
+        .as_deref()
+        .map_or_else(String::new, |s| format!("{}: ", s.display()));
+    if let Some(token) = &admin.token_file {
+        if let Err(e) = crate::server::read_token(token) {
+            problems.push(format!("{source}{e}"));
         }
     }
+    if let Some(state) = &admin.state_file {
+        if let Err(e) = crate::drain::check_state_file(state) {
+            problems.push(format!("{source}admin: {e}"));
+        }
+    }
+    problems
 }
 
 fn load_for_run(args: &RunArgs) -> Result<Config, config::ConfigError> {
@@ -129,10 +158,16 @@ fn run_server(args: RunArgs) -> ExitCode {
     match serve(args, CancellationToken::new(), None) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("{e}");
+            say(&mut std::io::stderr(), &e);
             ExitCode::FAILURE
         }
     }
+}
+
+/// One line to stdout or stderr; a closed pipe there is ignored (`println!` would panic and
+/// turn exit code 1 into 101).
+fn say(out: &mut impl std::io::Write, line: &str) {
+    let _ = writeln!(out, "{line}");
 }
 
 /// Load the config, bind and serve until a stop signal, or until `shutdown` is cancelled (the
@@ -184,7 +219,13 @@ pub(crate) fn serve(
         // started is delivered now, and reloads.
         #[cfg(unix)]
         hold_sighup(false);
-        tokio::spawn(watch_signals(signals, shutdown.clone(), server.reloader()));
+        let close_now = server.routing().shutdown_token().clone();
+        tokio::spawn(watch_signals(
+            signals,
+            shutdown.clone(),
+            close_now,
+            server.reloader(),
+        ));
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
             config = %config.summary(),
@@ -236,12 +277,14 @@ impl Signals {
     }
 }
 
-/// SIGTERM/SIGINT stop gracefully; SIGHUP reloads the config file (a bad file is logged and
-/// the running config stays).
+/// SIGTERM/SIGINT stop gracefully; a second one during the grace period closes the open
+/// connections at once (NGINX's fast shutdown). SIGHUP reloads the config file (a bad file is
+/// logged and the running config stays).
 #[cfg(unix)]
 async fn watch_signals(
     signals: Signals,
     shutdown: CancellationToken,
+    close_now: CancellationToken,
     reloader: crate::server::Reloader,
 ) {
     let Signals {
@@ -250,18 +293,29 @@ async fn watch_signals(
         mut hup,
     } = signals;
     loop {
-        tokio::select! {
-            _ = term.recv() => { tracing::info!("SIGTERM: stopping gracefully"); break; }
-            _ = int.recv() => { tracing::info!("SIGINT: stopping gracefully"); break; }
+        let stop = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
             _ = hup.recv() => {
-                tracing::info!("SIGHUP: reloading the config file");
-                // The server logs the outcome; reloads queue up behind each other.
-                let reloader = reloader.clone();
-                tokio::spawn(async move { let _ = reloader.reload().await; });
+                if shutdown.is_cancelled() {
+                    tracing::info!("SIGHUP while stopping: ignored");
+                } else {
+                    tracing::info!("SIGHUP: reloading the config file");
+                    // The server logs the outcome; reloads queue up behind each other.
+                    let reloader = reloader.clone();
+                    tokio::spawn(async move { let _ = reloader.reload().await; });
+                }
+                continue;
             }
+        };
+        if shutdown.is_cancelled() {
+            tracing::info!("{stop} again: closing the open connections now");
+            close_now.cancel();
+            return;
         }
+        tracing::info!("{stop}: stopping gracefully");
+        shutdown.cancel();
     }
-    shutdown.cancel();
 }
 
 #[cfg(not(unix))]
@@ -278,6 +332,7 @@ impl Signals {
 async fn watch_signals(
     _signals: Signals,
     shutdown: CancellationToken,
+    _close_now: CancellationToken,
     _reloader: crate::server::Reloader,
 ) {
     match tokio::signal::ctrl_c().await {

@@ -240,6 +240,37 @@ pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_ADMIN_LISTEN: SocketAddr =
     SocketAddr::V4(std::net::SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9901));
 
+/// Longest `listener.connect_timeout`: one connect attempt.
+pub const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(60 * 60);
+/// Longest `listener.idle_timeout`.
+pub const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+/// Longest `listener.next_upstream_timeout`.
+pub const MAX_NEXT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
+/// Longest `health.interval` and `health.timeout`.
+pub const MAX_PROBE_DURATION: Duration = Duration::from_secs(60 * 60);
+/// Longest `hook.timeout`.
+pub const MAX_HOOK_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
+/// Longest value of any other duration key: keeps every deadline warren computes from a
+/// configured duration (`now + d`) far from overflowing.
+pub const MAX_DURATION: Duration = Duration::from_secs(31_557_600);
+
+/// The longest value a duration key accepts, by the key's last part (and `hook[` prefix).
+/// Loading refuses longer values, so no arithmetic on a configured duration can overflow.
+pub fn max_duration(key: &str) -> Duration {
+    let last = key.rsplit('.').next().unwrap_or(key);
+    match last {
+        "connect_timeout" => MAX_CONNECT_TIMEOUT,
+        "idle_timeout" => MAX_IDLE_TIMEOUT,
+        "next_upstream_timeout" => MAX_NEXT_UPSTREAM_TIMEOUT,
+        "timeout" if key.starts_with("hook[") => MAX_HOOK_TIMEOUT,
+        "interval" | "timeout" => MAX_PROBE_DURATION,
+        _ => MAX_DURATION,
+    }
+}
+
+/// The largest config file `load` reads; a larger one (or `/dev/zero`) is refused unread.
+pub const MAX_CONFIG_BYTES: u64 = 16 * 1024 * 1024;
+
 /// What error messages call the quick-start flags, which have no file.
 pub const QUICK_START_SOURCE: &str = "command line";
 
@@ -430,6 +461,9 @@ pub enum ConfigError {
         file: PathBuf,
         source: std::io::Error,
     },
+    /// The file is larger than [`MAX_CONFIG_BYTES`] (or endless, like `/dev/zero`).
+    #[error("{}: too large: a config file may have at most {max} bytes", .file.display())]
+    TooLarge { file: PathBuf, max: u64 },
     /// The file is not UTF-8 (TOML must be).
     #[error("{}:{line}:{column}: is not valid UTF-8 (byte offset {offset})", .file.display())]
     NotUtf8 {
@@ -528,10 +562,7 @@ fn render_problems(file: &Path, problems: &[Problem]) -> String {
 
 /// Read, parse, validate and resolve a config file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
-        file: path.to_path_buf(),
-        source,
-    })?;
+    let bytes = read_bounded(path)?;
     let text = String::from_utf8(bytes).map_err(|e| {
         let offset = e.utf8_error().valid_up_to();
         let (line, column) = line_col(e.as_bytes(), offset);
@@ -543,6 +574,27 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         }
     })?;
     from_toml(&text, path)
+}
+
+/// Read at most [`MAX_CONFIG_BYTES`]: a larger file (or an endless one such as `/dev/zero`) is
+/// an error, never a read until memory runs out.
+fn read_bounded(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    use std::io::Read;
+    let read_error = |source| ConfigError::Read {
+        file: path.to_path_buf(),
+        source,
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(read_error)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(ConfigError::TooLarge {
+            file: path.to_path_buf(),
+            max: MAX_CONFIG_BYTES,
+        });
+    }
+    Ok(bytes)
 }
 
 /// Parse + validate from a string; `file` is only used in error messages. Resolves host names.
@@ -766,9 +818,14 @@ fn validate(
         resolve,
         problems: Vec::new(),
     };
+    let admin_listen = raw.admin.as_ref().and_then(|a| a.listen.clone());
     let admin = raw.admin.map(|a| v.admin(a));
     let pool_names: Vec<&str> = raw.pool.keys().map(|k| k.get_ref().as_str()).collect();
+    let listen_spans: Vec<Range<usize>> = raw.listener.iter().map(|l| l.listen.span()).collect();
     let listeners = v.listeners(raw.listener, &pool_names);
+    if let Some(admin) = &admin {
+        v.admin_clash(admin, admin_listen.as_ref(), &listeners, &listen_spans);
+    }
     let pools: Vec<PoolConfig> = raw
         .pool
         .into_iter()
@@ -939,6 +996,40 @@ impl Validator<'_> {
             }
         }
         (Some(SourceList::new(networks)), timeout)
+    }
+
+    /// `admin.listen` must not take a listener's address: `run` would fail to bind the second.
+    fn admin_clash(
+        &mut self,
+        admin: &AdminConfig,
+        raw: Option<&Str>,
+        listeners: &[ListenerConfig],
+        listen_spans: &[Range<usize>],
+    ) {
+        let clash = listeners
+            .iter()
+            .zip(listen_spans)
+            .enumerate()
+            .find(|(_, (l, _))| overlaps(l.listen, admin.listen));
+        let Some((i, (listener, span))) = clash else {
+            return;
+        };
+        let (value, span) = match raw {
+            Some(raw) => (quote(raw.get_ref()), raw.span()),
+            // The default admin address: point at the listener that takes it.
+            None => (quote(&admin.listen.to_string()), span.clone()),
+        };
+        self.report(
+            "admin.listen",
+            value,
+            Some(span),
+            format!(
+                "takes the address of listener[{i}].listen = {} (listener {}); the admin API \
+                 needs its own port",
+                quote(&listener.listen.to_string()),
+                quote(&listener.name)
+            ),
+        );
     }
 
     fn listeners(&mut self, raw: Vec<RawListener>, pools: &[&str]) -> Vec<ListenerConfig> {
@@ -1223,33 +1314,9 @@ impl Validator<'_> {
             raw.timeout.as_ref(),
             DEFAULT_HEALTH_TIMEOUT,
         );
-        if timeout >= interval {
-            // Overlapping probes of one backend would race on its rise/fall counters.
-            let (value, span) = match &raw.timeout {
-                Some(t) => (quote(t.get_ref()), Some(t.span())),
-                None => (
-                    String::new(),
-                    Some(raw.interval.as_ref().unwrap_or(&raw.kind).span()),
-                ),
-            };
-            let default_note = if raw.timeout.is_none() {
-                format!(
-                    " (the default timeout is {})",
-                    humantime::format_duration(timeout)
-                )
-            } else {
-                String::new()
-            };
-            self.report(
-                format!("{key}.timeout"),
-                value,
-                span,
-                format!(
-                    "the probe timeout must be shorter than interval ({}){default_note}",
-                    humantime::format_duration(interval)
-                ),
-            );
-        }
+        // A timeout at or above interval is allowed (HAProxy's `inter` with a longer
+        // `timeout check`): probes of one backend run one after another, so the next one starts
+        // when the previous one ends, never overlapping it (see `health::Controller`).
         HealthConfig {
             probe,
             interval,
@@ -1323,6 +1390,24 @@ impl Validator<'_> {
         self.report(key, quote(text), Some(url.span()), message);
     }
 
+    /// A webhook URL parsed as the hook worker will parse it (hyper's `Uri`), so `check`
+    /// refuses what would fail every run.
+    fn webhook_url(&mut self, key: &str, url: &Str) {
+        let text = url.get_ref();
+        let problem = match webhook_url_problem(text) {
+            Some(p) => p,
+            None => return,
+        };
+        // User info may hold a password: show the URL without it.
+        let shown = match text.split_once('@') {
+            Some((_, rest)) if problem.contains("user info") => {
+                quote(&format!("http://***@{rest}"))
+            }
+            _ => quote(text),
+        };
+        self.report(key, shown, Some(url.span()), problem);
+    }
+
     fn backend(&mut self, key: &str, raw: RawBackend) -> BackendConfig {
         let addr_key = format!("{key}.addr");
         let (host, port, addr) = match self.backend_addr(&addr_key, &raw.addr) {
@@ -1385,7 +1470,7 @@ impl Validator<'_> {
                 HookAction::Exec(exec.into_inner())
             }
             (None, Some(webhook)) => {
-                self.http_url(&format!("{key}.webhook"), &webhook);
+                self.webhook_url(&format!("{key}.webhook"), &webhook);
                 HookAction::Webhook(webhook.into_inner())
             }
             (Some(_), Some(webhook)) => {
@@ -1437,8 +1522,22 @@ impl Validator<'_> {
 
     fn duration(&mut self, key: &str, raw: Option<&Str>, default: Duration) -> Duration {
         let Some(raw) = raw else { return default };
+        let max = max_duration(key);
         match parse_duration(raw.get_ref()) {
-            Ok(d) => d,
+            Ok(d) if d <= max => d,
+            Ok(_) => {
+                self.report(
+                    key,
+                    quote(raw.get_ref()),
+                    Some(raw.span()),
+                    format!(
+                        "too long: at most {} (omit it for the default, {})",
+                        humantime::format_duration(max),
+                        humantime::format_duration(default)
+                    ),
+                );
+                default
+            }
             Err(message) => {
                 self.report(key, quote(raw.get_ref()), Some(raw.span()), message);
                 default
@@ -1517,6 +1616,12 @@ impl Validator<'_> {
                     return Ok(SocketAddr::from((Ipv4Addr::UNSPECIFIED, hp.port)));
                 }
                 match hp.host.parse::<IpAddr>() {
+                    Ok(IpAddr::V6(ip)) if ip.to_ipv4_mapped().is_some() => Err(format!(
+                        "an IPv4-mapped IPv6 address cannot be listened on (IPv6 listeners are \
+                         IPv6-only); write the IPv4 address: \"{}:{}\"",
+                        ip.to_ipv4_mapped().expect("checked"),
+                        hp.port
+                    )),
                     Ok(ip) => Ok(SocketAddr::new(ip, hp.port)),
                     Err(_) => Err(format!(
                         "must be an IP address, not a host name: write \"0.0.0.0:{0}\" for every address or \"127.0.0.1:{0}\" for this machine only",
@@ -1564,6 +1669,41 @@ impl Validator<'_> {
 
 // ---------------------------------------------------------------------------------------------
 // Pure helpers.
+
+/// What is wrong with a webhook URL, or `None` when the hook worker can use it: `http://`, a
+/// host, a port that fits 16 bits, and no `user:pass@` (warren sends no credentials, so a
+/// webhook that needs them would be refused at every event).
+fn webhook_url_problem(text: &str) -> Option<String> {
+    if text.starts_with("https://") {
+        return Some("https is not supported yet; use an http:// URL".into());
+    }
+    if !text.starts_with("http://") {
+        return Some("must be an http:// URL, e.g. \"http://127.0.0.1:9000/warren\"".into());
+    }
+    let uri: hyper::Uri = match text.parse() {
+        Ok(uri) => uri,
+        Err(e) => return Some(format!("not a valid URL: {e}")),
+    };
+    let Some(authority) = uri.authority() else {
+        return Some("no host: write http://HOST[:PORT]/PATH".into());
+    };
+    if authority.host().is_empty() {
+        return Some("no host: write http://HOST[:PORT]/PATH".into());
+    }
+    if authority.as_str().contains('@') {
+        return Some(
+            "user info (user:pass@) is not supported in a webhook URL: warren would not send \
+             it; put a secret in the path or query instead"
+                .into(),
+        );
+    }
+    // hyper's parser lets an out-of-range port through (the worker would then use 80).
+    let port = authority.as_str()[authority.host().len()..].strip_prefix(':');
+    if port.is_some_and(|p| !matches!(p.parse::<u16>(), Ok(1..))) {
+        return Some("the port must be a number from 1 to 65535".into());
+    }
+    None
+}
 
 /// A `host:port` split and checked, before any resolution. The host has no brackets.
 #[derive(Debug, PartialEq, Eq)]
@@ -1810,6 +1950,54 @@ addr = "10.0.0.2:5672"
     }
 
     #[test]
+    fn probe_timeout_may_reach_or_pass_interval() {
+        let text = appended(
+            "[pool.rabbitmq.health]\nkind = \"tcp\"\ninterval = \"500ms\"\ntimeout = \"1s\"",
+        );
+        let health = parse(&text).unwrap().pools[0].health.clone().unwrap();
+        assert_eq!(
+            (health.interval, health.timeout),
+            (Duration::from_millis(500), Duration::from_secs(1))
+        );
+    }
+
+    #[test]
+    fn duration_limits_by_key() {
+        let cases = [
+            ("listener[0].connect_timeout", MAX_CONNECT_TIMEOUT),
+            ("listener[0].idle_timeout", MAX_IDLE_TIMEOUT),
+            (
+                "listener[3].next_upstream_timeout",
+                MAX_NEXT_UPSTREAM_TIMEOUT,
+            ),
+            ("pool.p.health.interval", MAX_PROBE_DURATION),
+            ("pool.p.health.timeout", MAX_PROBE_DURATION),
+            ("hook[2].timeout", MAX_HOOK_TIMEOUT),
+            ("listener[0].some_future_key", MAX_DURATION),
+        ];
+        for (key, max) in cases {
+            assert_eq!(max_duration(key), max, "{key}");
+            // Every limit leaves `Instant::now() + max` far from overflowing.
+            assert!(
+                std::time::Instant::now().checked_add(max).is_some(),
+                "{key}"
+            );
+        }
+        // The exact limit loads; one millisecond more does not.
+        let at = |d: &str| {
+            replaced(
+                "pool = \"rabbitmq\"",
+                &format!("pool = \"rabbitmq\"\nconnect_timeout = \"{d}\""),
+            )
+        };
+        assert_eq!(
+            parse(&at("1h")).unwrap().listeners[0].connect_timeout,
+            MAX_CONNECT_TIMEOUT
+        );
+        assert_eq!(problems_of(&at("1h 1ms")).len(), 1);
+    }
+
+    #[test]
     fn base_is_valid() {
         let config = parse(BASE).unwrap();
         assert_eq!(config.source.as_deref(), Some(Path::new("test.toml")));
@@ -1918,12 +2106,56 @@ addr = "10.0.0.2:5672"
                 "pool.rabbitmq.backend[1].weight", "0", "at least 1",
             ),
             (
-                health("interval = \"1s\"\ntimeout = \"1s\""),
-                "pool.rabbitmq.health.timeout", "\"1s\"", "shorter than interval (1s)",
+                health("interval = \"300000000000y\""),
+                "pool.rabbitmq.health.interval", "\"300000000000y\"", "too long: at most 1h",
             ),
             (
-                health("interval = \"500ms\""),
-                "pool.rabbitmq.health.timeout", "", "the default timeout is 1s",
+                health("timeout = \"2h\""),
+                "pool.rabbitmq.health.timeout", "\"2h\"", "too long: at most 1h (omit it for the default, 1s)",
+            ),
+            (
+                replaced("pool = \"rabbitmq\"", "pool = \"rabbitmq\"\nnext_upstream_timeout = \"300000000000y\""),
+                "listener[0].next_upstream_timeout", "\"300000000000y\"", "too long: at most 1day",
+            ),
+            (
+                replaced("pool = \"rabbitmq\"", "pool = \"rabbitmq\"\nconnect_timeout = \"61m\""),
+                "listener[0].connect_timeout", "\"61m\"", "too long: at most 1h",
+            ),
+            (
+                replaced("pool = \"rabbitmq\"", "pool = \"rabbitmq\"\nidle_timeout = \"31days\""),
+                "listener[0].idle_timeout", "\"31days\"", "too long: at most 30days",
+            ),
+            (
+                appended("[[hook]]\non = [\"backend_down\"]\nexec = [\"/bin/true\"]\ntimeout = \"300000000000y\""),
+                "hook[0].timeout", "\"300000000000y\"", "too long: at most 1day",
+            ),
+            (
+                "[admin]\nlisten = \"0.0.0.0:5672\"\ntoken_file = \"/t\"\n".to_string() + BASE,
+                "admin.listen", "\"0.0.0.0:5672\"", "takes the address of listener[0].listen = \"0.0.0.0:5672\"",
+            ),
+            (
+                "[admin]\nlisten = \"127.0.0.1:5672\"\n".to_string() + BASE,
+                "admin.listen", "\"127.0.0.1:5672\"", "the admin API needs its own port",
+            ),
+            (
+                replaced("listen = \"0.0.0.0:5672\"", "listen = \"[::ffff:127.0.0.1]:5672\""),
+                "listener[0].listen", "\"[::ffff:127.0.0.1]:5672\"", "write the IPv4 address: \"127.0.0.1:5672\"",
+            ),
+            (
+                appended("[[hook]]\non = [\"backend_down\"]\nwebhook = \"http://exa mple/\""),
+                "hook[0].webhook", "\"http://exa mple/\"", "not a valid URL",
+            ),
+            (
+                appended("[[hook]]\non = [\"backend_down\"]\nwebhook = \"http://h:99999/\""),
+                "hook[0].webhook", "\"http://h:99999/\"", "1 to 65535",
+            ),
+            (
+                appended("[[hook]]\non = [\"backend_down\"]\nwebhook = \"http:///x\""),
+                "hook[0].webhook", "\"http:///x\"", "",
+            ),
+            (
+                appended("[[hook]]\non = [\"backend_down\"]\nwebhook = \"http://user:s3cret@h:8080/x\""),
+                "hook[0].webhook", "\"http://***@h:8080/x\"", "user info (user:pass@) is not supported",
             ),
             (health("interval = \"0s\""), "pool.rabbitmq.health.interval", "\"0s\"", "longer than 0"),
             (

@@ -627,7 +627,7 @@ async fn start_drain(
     out.json(&raw);
     let answer = decode::<DrainAnswer>(raw, &what)?;
     let open = answer.active_connections;
-    for warning in &answer.warnings {
+    for warning in answer.warnings.iter().chain(&answer.persist_error) {
         out.say(&format!("warning: {warning}"));
     }
     if let Some(check) = &answer.quorum_check {
@@ -662,7 +662,7 @@ async fn wait_drained(
         ..
     } = *drain;
     let cap = match deadline {
-        Some(d) => d.duration + DEADLINE_SLACK,
+        Some(d) => d.duration.saturating_add(DEADLINE_SLACK),
         None => WAIT_WITHOUT_DEADLINE,
     };
     let mut last = open;
@@ -714,6 +714,9 @@ async fn undrain_backend(
         .await?;
     out.json(&raw);
     let answer = decode::<UndrainAnswer>(raw, &what)?;
+    if let Some(e) = &answer.persist_error {
+        out.say(&format!("warning: {e}"));
+    }
     out.say(&format!("{name} (pool {pool}) is {}", answer.admin));
     Ok(())
 }
@@ -931,11 +934,16 @@ struct DrainAnswer {
     active_connections: u64,
     #[serde(default)]
     drain_deadline: Option<String>,
+    /// Why the drain could not be written to the state file (it holds until a restart).
+    #[serde(default)]
+    persist_error: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
 struct UndrainAnswer {
     admin: String,
+    #[serde(default)]
+    persist_error: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

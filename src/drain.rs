@@ -20,6 +20,10 @@ use crate::state::{AdminState, Routing};
 /// How often a draining backend is checked for its last connection.
 const DRAINED_POLL: Duration = Duration::from_millis(100);
 
+/// The longest drain deadline, one (Julian) year: a longer one is refused with 400 (a drain may
+/// also have no deadline). It keeps every deadline representable and printable (RFC 3339).
+pub const MAX_DRAIN_DEADLINE: Duration = Duration::from_secs(31_557_600);
+
 /// Why a drain or undrain was not done.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DrainError {
@@ -36,6 +40,39 @@ pub enum DrainError {
         left: usize,
         min_available: usize,
     },
+    #[error(
+        "deadline {deadline}: too long: at most {max} (omit the deadline to let connections \
+         run until they close)",
+        deadline = humantime::format_duration(*.deadline),
+        max = humantime::format_duration(MAX_DRAIN_DEADLINE)
+    )]
+    DeadlineTooLong { deadline: Duration },
+}
+
+/// Why the state file stops warren from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum StateFileError {
+    /// It exists but cannot be read (permissions, a directory in its place, an I/O error):
+    /// starting with every backend active could send traffic to a drained node.
+    #[error(
+        "state file {}: cannot read it: {source}; warren will not start without knowing which \
+         backends were drained: fix its permissions (warren must read and write it) or remove it",
+        .file.display()
+    )]
+    Unreadable {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The drains a state file held, read once at start (see [`load_state`]).
+#[derive(Debug, Default)]
+pub struct Restored {
+    /// `(pool, backend)` of every backend that was draining or drained.
+    drained: Vec<Key>,
+    /// A corrupt file was moved aside (counted in `state_file_errors_total` once metrics exist).
+    moved_aside: bool,
 }
 
 /// A backend's admin state as the API reports it after a change.
@@ -47,6 +84,13 @@ pub struct DrainStatus {
     pub active_connections: i64,
     /// RFC 3339, when a deadline is set.
     pub drain_deadline: Option<String>,
+    /// `false` when the change could not be written to the state file (it holds now, but not
+    /// across a restart); absent when nothing had to be written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub persisted: Option<bool>,
+    /// Why the change was not persisted, for the operator.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub persist_error: Option<String>,
 }
 
 type Key = (String, String);
@@ -71,7 +115,8 @@ struct DrainEntry {
 }
 
 impl Drainer {
-    /// A drainer for the pools of `routing`; loads `state_file` and re-applies its drains.
+    /// A drainer for the pools of `routing` (whose drains the state file restored, see
+    /// [`load_state`]).
     pub fn new(
         config: &crate::config::Config,
         routing: Arc<Routing>,
@@ -80,7 +125,7 @@ impl Drainer {
         runtime: Handle,
     ) -> Arc<Drainer> {
         let state_file = config.admin.as_ref().and_then(|a| a.state_file.clone());
-        let drainer = Arc::new(Drainer {
+        Arc::new(Drainer {
             routing,
             health,
             min_available: Mutex::new(min_available_of(config)),
@@ -88,9 +133,7 @@ impl Drainer {
             drains: Mutex::new(HashMap::new()),
             runtime,
             state_file_errors: metrics.state_file_errors_total.clone(),
-        });
-        drainer.restore();
-        drainer
+        })
     }
 
     /// Take a reloaded config's `min_available` values.
@@ -136,7 +179,17 @@ impl Drainer {
                 });
             }
         }
-        let deadline_at = deadline.map(|d| SystemTime::now() + d);
+        let deadline_at = match deadline {
+            Some(d) if d > MAX_DRAIN_DEADLINE => {
+                return Err(DrainError::DeadlineTooLong { deadline: d })
+            }
+            Some(d) => Some(
+                SystemTime::now()
+                    .checked_add(d)
+                    .ok_or(DrainError::DeadlineTooLong { deadline: d })?,
+            ),
+            None => None,
+        };
         let entry = {
             let mut drains = self.drains.lock().unwrap_or_else(|e| e.into_inner());
             let entry = drains
@@ -153,6 +206,7 @@ impl Drainer {
             };
             *entry
         };
+        let mut saved = None;
         if target.admin == AdminState::Active {
             if let Some((_, transition)) = self
                 .routing
@@ -165,14 +219,15 @@ impl Drainer {
                     &transition,
                 );
             }
-            self.save();
+            saved = self.save();
         }
         self.runtime.spawn(
             self.clone()
                 .watch((pool.to_owned(), backend.to_owned()), entry.generation),
         );
         // A reload may have removed the backend since: not found, never a panic.
-        self.status(pool, backend).ok_or_else(not_found)
+        let status = self.status(pool, backend).ok_or_else(not_found)?;
+        Ok(status.saved(saved))
     }
 
     /// Let a backend take new connections again (idempotent).
@@ -194,13 +249,16 @@ impl Drainer {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&key);
         let (previous, transition) = changed;
+        let mut saved = None;
         if previous != AdminState::Active {
             tracing::info!(pool, backend, "undrained: taking new connections");
             self.health
                 .emit(&(Arc::from(pool), Arc::from(backend)), None, &transition);
-            self.save();
+            saved = self.save();
         }
-        self.status(pool, backend).ok_or_else(not_found)
+        // A reload may have removed the backend since: not found, never a panic.
+        let status = self.status(pool, backend).ok_or_else(not_found)?;
+        Ok(status.saved(saved))
     }
 
     /// The admin view of one backend.
@@ -213,6 +271,8 @@ impl Drainer {
             admin: b.admin.as_str(),
             active_connections: b.stats.active.get(),
             drain_deadline: self.deadline(pool, backend).map(rfc3339),
+            persisted: None,
+            persist_error: None,
         })
     }
 
@@ -261,7 +321,8 @@ impl Drainer {
                         Some(HookEvent::DrainComplete),
                         &transition,
                     );
-                    self.save();
+                    // A failed save is logged and counted by `save`.
+                    let _ = self.save();
                 }
                 return;
             }
@@ -289,10 +350,9 @@ impl Drainer {
     }
 
     /// Write the admin state of every non-active backend to the state file, atomically.
-    fn save(&self) {
-        let Some(path) = &self.state_file else {
-            return;
-        };
+    /// `None` without a state file; a failure is logged and counted here.
+    fn save(&self) -> Option<Result<(), String>> {
+        let path = self.state_file.as_ref()?;
         let snapshot = self.routing.load();
         let mut backends: Vec<PersistedBackend> = snapshot
             .pools
@@ -313,60 +373,118 @@ impl Drainer {
             version: 1,
             backends,
         };
-        if let Err(e) = write_atomically(path, &state) {
-            self.state_file_errors.inc();
-            tracing::error!(file = %path.display(), error = %e, "cannot write the state file; drain state will not survive a restart");
-        }
-    }
-
-    /// Re-apply the drains of the state file at start-up. A draining backend comes back drained:
-    /// a new process has no connection to it.
-    fn restore(&self) {
-        let Some(path) = &self.state_file else {
-            return;
-        };
-        let state = match read_state(path) {
-            Ok(Some(state)) => state,
-            Ok(None) => return,
+        match write_atomically(path, &state) {
+            Ok(()) => Some(Ok(())),
             Err(e) => {
                 self.state_file_errors.inc();
-                let aside = path.with_extension(format!(
-                    "corrupt-{}",
-                    SystemTime::now()
-                        .duration_since(SystemTime::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_secs())
-                ));
-                let moved = std::fs::rename(path, &aside);
-                tracing::error!(
-                    file = %path.display(),
-                    error = %e,
-                    moved_to = %aside.display(),
-                    moved = moved.is_ok(),
-                    "state file unreadable: starting with every backend active; the bad file was moved aside"
-                );
-                return;
+                tracing::error!(file = %path.display(), error = %e, "cannot write the state file; drain state will not survive a restart");
+                Some(Err(format!(
+                    "cannot write the state file {}: {e}; the change holds but will not survive a \
+                     restart of warren",
+                    path.display()
+                )))
             }
-        };
-        for b in state.backends {
-            if b.admin == "active" {
-                continue;
-            }
-            match self
-                .routing
-                .update(&b.pool, &b.backend, |r| r.admin = AdminState::Drained)
-            {
-                Some(_) => tracing::info!(
-                    pool = b.pool,
-                    backend = b.backend,
-                    "restored drained state from the state file"
-                ),
+        }
+    }
+}
+
+impl Restored {
+    /// Re-apply the drains of the state file at start-up, before any connection is accepted. A
+    /// draining backend comes back drained: a new process has no connection to it.
+    pub fn apply(self, routing: &Routing, metrics: &Metrics) {
+        if self.moved_aside {
+            metrics.state_file_errors_total.inc();
+        }
+        for (pool, backend) in self.drained {
+            match routing.update(&pool, &backend, |r| r.admin = AdminState::Drained) {
+                Some(_) => {
+                    tracing::info!(pool, backend, "restored drained state from the state file")
+                }
                 None => tracing::warn!(
-                    pool = b.pool,
-                    backend = b.backend,
+                    pool,
+                    backend,
                     "state file names a backend that is not in the config; ignored"
                 ),
             }
         }
+    }
+}
+
+impl DrainStatus {
+    /// Add the outcome of writing the state file (see [`Drainer::save`]).
+    fn saved(mut self, saved: Option<Result<(), String>>) -> DrainStatus {
+        match saved {
+            None => {}
+            Some(Ok(())) => self.persisted = Some(true),
+            Some(Err(e)) => {
+                self.persisted = Some(false);
+                self.persist_error = Some(e);
+            }
+        }
+        self
+    }
+}
+
+/// Read the state file at start: the drains it holds. A missing file is a first start; a
+/// corrupt one is moved aside (logged; counted once metrics exist) and every backend starts
+/// active; one that cannot be read stops the start ([`StateFileError::Unreadable`]). Temp files
+/// a killed warren left next to it are removed.
+pub fn load_state(config: &crate::config::Config) -> Result<Restored, StateFileError> {
+    let Some(path) = config.admin.as_ref().and_then(|a| a.state_file.as_deref()) else {
+        return Ok(Restored::default());
+    };
+    remove_stale_temp_files(path);
+    let state = match read_state(path) {
+        Ok(Some(state)) => state,
+        Ok(None) => return Ok(Restored::default()),
+        Err(ReadError::Unreadable(source)) => {
+            return Err(StateFileError::Unreadable {
+                file: path.to_owned(),
+                source,
+            })
+        }
+        Err(ReadError::Corrupt(e)) => {
+            let aside = path.with_extension(format!(
+                "corrupt-{}",
+                SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs())
+            ));
+            let moved = std::fs::rename(path, &aside);
+            tracing::error!(
+                file = %path.display(),
+                error = %e,
+                moved_to = %aside.display(),
+                moved = moved.is_ok(),
+                "state file corrupt: starting with every backend active; the bad file was moved aside"
+            );
+            return Ok(Restored {
+                drained: Vec::new(),
+                moved_aside: true,
+            });
+        }
+    };
+    let drained = state
+        .backends
+        .into_iter()
+        .filter(|b| b.admin != "active")
+        .map(|b| (b.pool, b.backend))
+        .collect();
+    Ok(Restored {
+        drained,
+        moved_aside: false,
+    })
+}
+
+/// Whether the state file can be read, for `warren check`: an unreadable file is an error
+/// (`run` would refuse to start); a missing or corrupt one is not (`run` starts).
+pub fn check_state_file(path: &Path) -> Result<(), StateFileError> {
+    match read_state(path) {
+        Err(ReadError::Unreadable(source)) => Err(StateFileError::Unreadable {
+            file: path.to_owned(),
+            source,
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -394,54 +512,156 @@ struct PersistedBackend {
     admin: String,
 }
 
+/// Why the state file could not be used.
+#[derive(Debug)]
+enum ReadError {
+    /// Reading failed (permissions, a directory, I/O): its content is unknown.
+    Unreadable(std::io::Error),
+    /// Read, but not a state file warren wrote.
+    Corrupt(String),
+}
+
+/// The largest state file read; it holds one short line per drained backend.
+const MAX_STATE_BYTES: u64 = 16 * 1024 * 1024;
+
 /// Read the state file: `Ok(None)` when it does not exist (a normal first start).
-fn read_state(path: &Path) -> Result<Option<PersistedState>, String> {
-    let text = match std::fs::read(path) {
-        Ok(t) => t,
+fn read_state(path: &Path) -> Result<Option<PersistedState>, ReadError> {
+    use std::io::Read;
+    let mut text = Vec::new();
+    match std::fs::File::open(path).and_then(|f| f.take(MAX_STATE_BYTES + 1).read_to_end(&mut text))
+    {
+        Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e.to_string()),
-    };
-    let state: PersistedState = serde_json::from_slice(&text).map_err(|e| e.to_string())?;
+        Err(e) => return Err(ReadError::Unreadable(e)),
+    }
+    if text.len() as u64 > MAX_STATE_BYTES {
+        return Err(ReadError::Corrupt(format!(
+            "larger than {MAX_STATE_BYTES} bytes"
+        )));
+    }
+    let corrupt = ReadError::Corrupt;
+    let state: PersistedState =
+        serde_json::from_slice(&text).map_err(|e| corrupt(e.to_string()))?;
     if state.version != 1 {
-        return Err(format!("unknown state file version {}", state.version));
+        return Err(corrupt(format!(
+            "unknown state file version {}",
+            state.version
+        )));
     }
     for b in &state.backends {
         if !matches!(b.admin.as_str(), "active" | "draining" | "drained") {
-            return Err(format!(
+            return Err(corrupt(format!(
                 "unknown admin state {:?} for {}/{}",
                 b.admin, b.pool, b.backend
-            ));
+            )));
         }
     }
     Ok(Some(state))
+}
+
+/// The prefix of the state file's temp files: `.NAME.tmp-`.
+fn temp_prefix(path: &Path) -> String {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
+    format!(".{name}.tmp-")
+}
+
+/// Remove temp files a killed warren left next to the state file (never directories).
+fn remove_stale_temp_files(path: &Path) {
+    let dir = state_dir(path);
+    let prefix = temp_prefix(path);
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let stale = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(&prefix));
+        // `file_type` does not follow symlinks: a planted link is removed, not its target.
+        let is_dir = entry.file_type().map_or(true, |t| t.is_dir());
+        if stale && !is_dir {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    tracing::info!(file = %entry.path().display(), "removed a stale state temp file")
+                }
+                Err(e) => {
+                    tracing::warn!(file = %entry.path().display(), error = %e, "cannot remove a stale state temp file")
+                }
+            }
+        }
+    }
+}
+
+/// The directory the state file (and its temp files) live in.
+fn state_dir(path: &Path) -> &Path {
+    path.parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// Create `path` for writing only if nothing (not even a dangling symlink) is there yet:
+/// `O_CREAT|O_EXCL|O_NOFOLLOW`, mode 0600.
+fn open_new(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600).custom_flags(libc::O_NOFOLLOW);
+    }
+    options.open(path)
+}
+
+/// Create a new temp file next to the state file: an unpredictable name, created exclusively
+/// (`O_EXCL`, and `O_NOFOLLOW`), so a file or symlink planted there is never written through.
+fn create_temp(path: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
+    use rand::Rng;
+    let dir = state_dir(path);
+    let prefix = temp_prefix(path);
+    let mut last = None;
+    for _ in 0..8 {
+        let tmp = dir.join(format!(
+            "{prefix}{}-{:016x}",
+            std::process::id(),
+            rand::thread_rng().gen::<u64>()
+        ));
+        match open_new(&tmp) {
+            Ok(file) => return Ok((tmp, file)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no temp file name was free")))
 }
 
 /// Temp file in the same directory, fsync, rename over, fsync the directory: a crash leaves
 /// either the old or the new file, never a torn one.
 fn write_atomically(path: &Path, state: &PersistedState) -> std::io::Result<()> {
     use std::io::Write;
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("state"),
-        std::process::id()
-    ));
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(&serde_json::to_vec_pretty(state).expect("plain data serializes"))?;
-    file.write_all(b"\n")?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&tmp, path)?;
+    let (tmp, mut file) = create_temp(path)?;
+    let written = (|| {
+        file.write_all(&serde_json::to_vec_pretty(state).expect("plain data serializes"))?;
+        file.write_all(b"\n")?;
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        // Ours (created exclusively above), so removing it cannot touch anything else.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     #[cfg(unix)]
-    std::fs::File::open(dir)?.sync_all()?;
+    std::fs::File::open(state_dir(path))?.sync_all()?;
     Ok(())
 }
 
-/// RFC 3339 in UTC, seconds precision.
+/// RFC 3339 in UTC, seconds precision. Times outside 1970..=9999 (which humantime would panic
+/// on; deadlines are bounded far inside) are clamped to that range.
 pub fn rfc3339(t: SystemTime) -> String {
+    const LAST_SECOND_OF_9999: u64 = 253_402_300_799;
+    let last = SystemTime::UNIX_EPOCH + Duration::from_secs(LAST_SECOND_OF_9999);
+    let t = t.clamp(SystemTime::UNIX_EPOCH, last);
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
@@ -454,7 +674,10 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("warren-drain-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("state.json");
-        assert_eq!(read_state(&path), Ok(None), "a missing file is normal");
+        assert!(
+            matches!(read_state(&path), Ok(None)),
+            "a missing file is normal"
+        );
         let state = PersistedState {
             version: 1,
             backends: vec![PersistedBackend {
@@ -464,7 +687,7 @@ mod tests {
             }],
         };
         write_atomically(&path, &state).unwrap();
-        assert_eq!(read_state(&path), Ok(Some(state)));
+        assert!(matches!(read_state(&path), Ok(Some(s)) if s == state));
         for garbage in [
             &b"{"[..],
             b"[]",
@@ -472,8 +695,83 @@ mod tests {
             b"\xff\xfe",
         ] {
             std::fs::write(&path, garbage).unwrap();
-            assert!(read_state(&path).is_err(), "{garbage:?} must be rejected");
+            assert!(
+                matches!(read_state(&path), Err(ReadError::Corrupt(_))),
+                "{garbage:?} must be rejected as corrupt"
+            );
         }
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_unreadable_state_file_is_not_called_corrupt() {
+        let dir = std::env::temp_dir().join(format!("warren-drain-eisdir-{}", std::process::id()));
+        let path = dir.join("state.json");
+        // A directory in the file's place cannot be read, even by root.
+        std::fs::create_dir_all(&path).unwrap();
+        assert!(matches!(read_state(&path), Err(ReadError::Unreadable(_))));
+        let e = check_state_file(&path).unwrap_err().to_string();
+        assert!(e.contains("state.json") && e.contains("cannot read"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn temp_files_are_exclusive_never_follow_a_symlink_and_stale_ones_are_removed() {
+        let dir = std::env::temp_dir().join(format!("warren-drain-tmp-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("state.json");
+        let victim = dir.join("victim");
+        std::fs::write(&victim, "untouched").unwrap();
+        // What a kill -9 leaves, and a symlink planted under the old predictable name.
+        let stale = dir.join(format!(".state.json.tmp-{}", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &stale).unwrap();
+        std::fs::write(dir.join(".state.json.tmp-1-00ff"), "half").unwrap();
+        let state = PersistedState {
+            version: 1,
+            backends: Vec::new(),
+        };
+        write_atomically(&path, &state).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
+        // A symlink (dangling or not) or a file already at the temp path is never opened.
+        let planted = dir.join(".state.json.tmp-planted");
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        let dangling = dir.join(".state.json.tmp-dangling");
+        std::os::unix::fs::symlink(dir.join("nowhere"), &dangling).unwrap();
+        for path in [&planted, &dangling, &victim] {
+            let e = open_new(path).unwrap_err();
+            assert_eq!(
+                e.kind(),
+                std::io::ErrorKind::AlreadyExists,
+                "{}",
+                path.display()
+            );
+        }
+        assert!(
+            !dir.join("nowhere").exists(),
+            "a dangling link's target is not created"
+        );
+        let (tmp, _file) = create_temp(&path).unwrap();
+        let (tmp2, _file2) = create_temp(&path).unwrap();
+        assert_ne!(tmp, tmp2, "unpredictable, distinct names");
+        remove_stale_temp_files(&path);
+        let left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert!(left.is_empty(), "stale temp files left: {left:?}");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
+        assert!(matches!(read_state(&path), Ok(Some(s)) if s == state));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn rfc3339_never_panics() {
+        let far = SystemTime::UNIX_EPOCH + Duration::from_secs(u64::MAX / 4);
+        assert_eq!(rfc3339(far), "9999-12-31T23:59:59Z");
+        let before = SystemTime::UNIX_EPOCH - Duration::from_secs(10);
+        assert_eq!(rfc3339(before), "1970-01-01T00:00:00Z");
     }
 }

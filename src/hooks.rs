@@ -658,7 +658,10 @@ impl Worker {
 
 /// Runs an exec hook for `event`, killing its process group at `timeout`.
 async fn run_exec(argv: &[String], event: &Event, timeout: Duration) -> Report {
-    let deadline = Instant::now() + timeout;
+    // Checked: config bounds `timeout`, and an unrepresentable deadline must not panic either.
+    let deadline = Instant::now()
+        .checked_add(timeout)
+        .unwrap_or_else(|| Instant::now() + crate::config::MAX_HOOK_TIMEOUT);
     let Some((program, args)) = argv.split_first() else {
         return Report::error(Outcome::Failed, "exec hook has no program");
     };

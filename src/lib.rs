@@ -15,6 +15,7 @@ pub mod drain;
 pub mod health;
 pub mod hooks;
 pub mod import_nginx;
+pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod proxy_protocol;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
+use warren::logging::LogWriter;
 
 fn main() -> ExitCode {
     // Before anything else: a SIGHUP while warren starts must not end it (see `hold_sighup`).
@@ -22,7 +23,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    // A log line that cannot be written is dropped and counted, never reported on the same
+    // (possibly broken) stderr: tracing-subscriber's own report there would panic.
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .log_internal_errors(false);
     match &cli.log_file {
         Some(path) => {
             let file = match std::fs::OpenOptions::new()
@@ -36,12 +41,12 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            logs.with_writer(std::sync::Arc::new(file))
+            logs.with_writer(LogWriter::File(std::sync::Arc::new(file)))
                 .with_ansi(false)
                 .init();
         }
         None => logs
-            .with_writer(std::io::stderr)
+            .with_writer(LogWriter::Stderr)
             .with_ansi(std::io::stderr().is_terminal())
             .init(),
     }

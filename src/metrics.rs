@@ -44,6 +44,8 @@ pub struct Metrics {
     /// Admin connections closed at accept or to make room, by reason
     /// (per_source | max_connections | evicted).
     pub admin_connections_refused_total: IntCounterVec,
+    /// Log lines dropped because they could not be written (process-wide, see `logging`).
+    pub log_write_errors_total: IntCounter,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -226,6 +228,7 @@ impl Metrics {
                 &["listener", "reason"]
             )
             .unwrap()),
+            log_write_errors_total: reg!(crate::logging::write_errors().clone()),
             state_file_errors_total: reg!(IntCounter::with_opts(opts(
                 "state_file_errors_total",
                 "State file reads or writes that failed (a corrupt file is moved aside)"

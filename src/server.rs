@@ -109,6 +109,8 @@ pub enum ServerError {
     },
     #[error("admin: cannot read token_file {file}: {reason}")]
     Token { file: PathBuf, reason: String },
+    #[error("admin: {0}")]
+    StateFile(#[from] crate::drain::StateFileError),
     #[error("cannot start the data plane's worker threads: {0}")]
     Workers(#[source] std::io::Error),
     #[error("admin: cannot listen on {addr}: {source}")]
@@ -253,7 +255,7 @@ fn start_control(
 }
 
 /// The admin bearer token: the file's content without surrounding white space; never empty.
-fn read_token(path: &std::path::Path) -> Result<Secret, ServerError> {
+pub fn read_token(path: &std::path::Path) -> Result<Secret, ServerError> {
     let fail = |reason: String| ServerError::Token {
         file: path.to_owned(),
         reason,
@@ -409,6 +411,8 @@ impl Server {
         for warning in config.warnings() {
             tracing::warn!("{warning}");
         }
+        // Before anything is bound: an unreadable state file stops the start.
+        let restored = crate::drain::load_state(config)?;
         let workers = Arc::new(Workers::start(options.workers).map_err(ServerError::Workers)?);
         let mut listeners = Vec::new();
         for l in &config.listeners {
@@ -444,6 +448,7 @@ impl Server {
 
         let metrics = Arc::new(Metrics::new());
         let routing = Arc::new(Routing::new(config, metrics.clone()));
+        restored.apply(&routing, &metrics);
         let plane = Plane {
             #[cfg(target_os = "linux")]
             pipes: options.splice.then(|| {

@@ -573,3 +573,170 @@ addr = "127.0.0.1:{backend_port}"
     }
     drop(taken);
 }
+
+// ---------------------------------------------------------------------------------------------
+// `check` refuses what `run` would refuse
+
+/// A valid config on free ports whose `[[listener]]` table gets `listener_extra` and which ends
+/// with `tail` (extra tables); `head` goes first (e.g. an `[admin]` table).
+fn config_text(head: &str, listener_extra: &str, tail: &str) -> String {
+    format!(
+        "{head}\n[[listener]]\nname = \"amqp\"\nlisten = \"127.0.0.1:{}\"\npool = \"rabbitmq\"\n\
+         {listener_extra}\n\n[pool.rabbitmq]\n\n[[pool.rabbitmq.backend]]\nname = \"a\"\n\
+         addr = \"127.0.0.1:1\"\n\n{tail}\n",
+        free_port()
+    )
+}
+
+/// `warren check` and `warren run` on `text` both exit 1 with exactly one line containing each
+/// of `fragments` (`check`'s also names the config file); `run` never logs "started".
+fn assert_check_and_run_refuse(name: &str, text: &str, fragments: &[&str]) {
+    let file = TempFile::new(name, text.as_bytes());
+    let path = file.0.to_str().expect("UTF-8 path");
+    for command in ["check", "run"] {
+        let (status, stdout, stderr) = run_to_end(&[command, "--config", path]);
+        assert_eq!(
+            status.code(),
+            Some(1),
+            "{name}: {command}: {stdout}{stderr}"
+        );
+        assert_no_panic(&stderr);
+        assert_eq!(
+            stderr.lines().count(),
+            1,
+            "{name}: {command}: one line: {stderr}"
+        );
+        // `run` names the file the problem is in (the token file, not the config, for one case).
+        if command == "check" {
+            assert!(
+                stderr.contains(path),
+                "{name}: check names the file: {stderr}"
+            );
+        }
+        for fragment in fragments {
+            assert!(
+                stderr.contains(fragment),
+                "{name}: {command}: {fragment:?} missing: {stderr}"
+            );
+        }
+        assert!(
+            !stderr.contains("warren started"),
+            "{name}: {command} started"
+        );
+    }
+}
+
+/// Criterion: 3 of 3 durations far past their limit (a listener's `next_upstream_timeout`, a
+/// hook's `timeout`, a probe's `interval`, each "300000000000y") are refused by both `check` and
+/// `run` with one line naming the file, the line, the key, the value and the limit.
+#[test]
+fn durations_past_their_limit_are_refused_by_check_and_run() {
+    let huge = "\"300000000000y\"";
+    let cases = [
+        (
+            config_text("", &format!("next_upstream_timeout = {huge}"), ""),
+            ":6: listener[0].next_upstream_timeout = \"300000000000y\": too long: at most 1day",
+        ),
+        (
+            config_text(
+                "",
+                "",
+                &format!(
+                    "[[hook]]\non = [\"backend_down\"]\nexec = [\"/bin/true\"]\ntimeout = {huge}"
+                ),
+            ),
+            ":17: hook[0].timeout = \"300000000000y\": too long: at most 1day",
+        ),
+        (
+            config_text(
+                "",
+                "",
+                &format!("[pool.rabbitmq.health]\nkind = \"tcp\"\ninterval = {huge}"),
+            ),
+            ":16: pool.rabbitmq.health.interval = \"300000000000y\": too long: at most 1h",
+        ),
+    ];
+    for (i, (text, expected)) in cases.iter().enumerate() {
+        assert_check_and_run_refuse(&format!("duration-{i}.toml"), text, &[expected]);
+    }
+}
+
+/// Criterion: 6 of 6 configs that `run` refuses are refused by `check` too, each with one line
+/// naming the file and what is wrong: `admin.listen` on a listener's address, a missing
+/// `token_file`, a listener on `[::ffff:127.0.0.1]:P` (refused, with the IPv4 form to write),
+/// 2 unusable webhook URLs, and a webhook URL with `user:pass@` (masked in the message).
+#[test]
+fn check_refuses_what_run_would_refuse() {
+    let port = free_port();
+    let missing = std::env::temp_dir().join(format!("warren-cli-{}-no-token", std::process::id()));
+    let hook = |url: &str| format!("[[hook]]\non = [\"backend_down\"]\nwebhook = \"{url}\"");
+    let clash = format!(
+        "[admin]\nlisten = \"127.0.0.1:{port}\"\n\n[[listener]]\nname = \"amqp\"\n\
+         listen = \"127.0.0.1:{port}\"\npool = \"p\"\n\n[pool.p]\n[[pool.p.backend]]\n\
+         name = \"a\"\naddr = \"127.0.0.1:1\"\n"
+    );
+    let mapped = format!(
+        "[[listener]]\nname = \"amqp\"\nlisten = \"[::ffff:127.0.0.1]:{port}\"\npool = \"p\"\n\n\
+         [pool.p]\n[[pool.p.backend]]\nname = \"a\"\naddr = \"127.0.0.1:1\"\n"
+    );
+    let ipv4_form = format!("write the IPv4 address: \"127.0.0.1:{port}\"");
+    let cases: Vec<(String, Vec<&str>)> = vec![
+        (
+            clash,
+            vec!["admin.listen", "takes the address of listener[0].listen"],
+        ),
+        (
+            config_text(
+                &format!(
+                    "[admin]\nlisten = \"127.0.0.1:{}\"\ntoken_file = \"{}\"\n",
+                    free_port(),
+                    missing.display()
+                ),
+                "",
+                "",
+            ),
+            vec!["cannot read token_file", "no-token"],
+        ),
+        (mapped, vec!["listener[0].listen", &ipv4_form]),
+        (
+            config_text("", "", &hook("http://bad host/")),
+            vec!["hook[0].webhook", "not a valid URL"],
+        ),
+        (
+            config_text("", "", &hook("http://h:70000/")),
+            vec!["hook[0].webhook", "1 to 65535"],
+        ),
+        (
+            config_text("", "", &hook("http://ops:hunter2@h:8080/x")),
+            vec!["hook[0].webhook = \"http://***@h:8080/x\"", "user info"],
+        ),
+    ];
+    for (i, (text, fragments)) in cases.iter().enumerate() {
+        assert_check_and_run_refuse(&format!("refused-{i}.toml"), text, fragments);
+    }
+    let file = TempFile::new(
+        "userinfo.toml",
+        config_text("", "", &hook("http://ops:hunter2@h/")).as_bytes(),
+    );
+    let (_, _, stderr) = run_to_end(&["check", "--config", file.0.to_str().unwrap()]);
+    assert!(
+        !stderr.contains("hunter2"),
+        "the password is masked: {stderr}"
+    );
+}
+
+/// Criterion: `check --config /dev/zero` and `run --config /dev/zero` exit 1 within 20 s with one
+/// line naming the file and the 16 MiB limit (they used to read until memory ran out).
+#[test]
+fn an_endless_config_file_is_refused_at_the_size_limit() {
+    for command in ["check", "run"] {
+        let (status, _, stderr) = run_to_end(&[command, "--config", "/dev/zero"]);
+        assert_eq!(status.code(), Some(1), "{command}: {stderr}");
+        assert_no_panic(&stderr);
+        assert_eq!(stderr.lines().count(), 1, "{command}: {stderr}");
+        assert!(
+            stderr.contains("/dev/zero: too large: a config file may have at most 16777216 bytes"),
+            "{command}: {stderr}"
+        );
+    }
+}

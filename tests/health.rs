@@ -363,3 +363,90 @@ async fn failed_connects_count_as_failed_checks() {
     .await;
     warren.stop().await;
 }
+
+/// An HTTP health target that answers 200 after `delay`; counts requests and the most that were
+/// in flight at once. A request is out of flight before its answer is written, so a probe that
+/// starts only after the previous one ended is never counted as overlapping.
+struct SlowHealthTarget {
+    addr: SocketAddr,
+    served: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    max_in_flight: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+async fn slow_health_target(delay: Duration) -> SlowHealthTarget {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = Arc::new(AtomicUsize::new(0));
+    let max_in_flight = Arc::new(AtomicUsize::new(0));
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let (s, m) = (served.clone(), max_in_flight.clone());
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let (served, max, in_flight) = (s.clone(), m.clone(), in_flight.clone());
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                max.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(delay).await;
+                in_flight.fetch_sub(1, Ordering::SeqCst);
+                served.fetch_add(1, Ordering::SeqCst);
+                let _ = socket
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .await;
+            });
+        }
+    });
+    SlowHealthTarget {
+        addr,
+        served,
+        max_in_flight,
+    }
+}
+
+/// Criterion: a pool with `interval = "100ms"` and `timeout = "1s"` (timeout past interval, as
+/// HAProxy allows) loads from TOML; against a target that takes 300 ms per answer, at least 4
+/// probes run and at most 1 is ever in flight (the next starts after the previous ends), and
+/// the backend stays up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_with_a_timeout_past_the_interval_never_overlap() {
+    use std::sync::atomic::Ordering;
+    let backend = spawn_backend(echo).await;
+    let target = slow_health_target(Duration::from_millis(300)).await;
+    let text = format!(
+        "[[listener]]\nname = \"amqp\"\nlisten = \"127.0.0.1:{}\"\npool = \"default\"\n\n\
+         [pool.default]\n[pool.default.health]\nkind = \"http\"\nurl = \"http://{}/ready\"\n\
+         interval = \"100ms\"\ntimeout = \"1s\"\nrise = 1\nfall = 1\n\n\
+         [[pool.default.backend]]\nname = \"a\"\naddr = \"{}\"\n",
+        free_port(),
+        target.addr,
+        backend.addr
+    );
+    let config = warren::config::from_toml(&text, std::path::Path::new("overlap.toml"))
+        .expect("timeout >= interval loads");
+    let warren = Warren::start(config, quick());
+    wait_for("4 probes answered", 10 * SECOND, || {
+        target.served.load(Ordering::SeqCst) >= 4
+    })
+    .await;
+    let served = target.served.load(Ordering::SeqCst);
+    assert_eq!(
+        target.max_in_flight.load(Ordering::SeqCst),
+        1,
+        "probes of one backend overlapped ({served} served)"
+    );
+    assert_eq!(
+        warren.metric(r#"warren_backend_up{backend="a",pool="default"}"#),
+        1.0
+    );
+    println!("{served} slow probes, never more than 1 in flight");
+    warren.stop().await;
+}

@@ -594,3 +594,82 @@ async fn warren_runs_as_an_unprivileged_user() {
         Some(0)
     );
 }
+
+/// `setpriv` arguments that run the following program as `nobody` with no capabilities.
+fn as_nobody() -> std::process::Command {
+    let mut c = std::process::Command::new("setpriv");
+    c.args([
+        format!("--reuid={NOBODY}"),
+        format!("--regid={NOBODY}"),
+        "--clear-groups".into(),
+        "--inh-caps=-all".into(),
+        "--".into(),
+        WARREN_BIN.into(),
+    ]);
+    c
+}
+
+/// Criterion: as `nobody`, with a state file recording a drain that only root may read (0600,
+/// EACCES): `warren run` exits 1 within 10 s with 1 line naming the state file and "Permission
+/// denied", binds neither port, and leaves the file where it was (not moved aside as corrupt);
+/// `warren check` also exits 1 naming it. Needs root (to make a file nobody cannot read).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_file_warren_cannot_read_stops_the_start() {
+    if !is_root() {
+        println!("not root: cannot make a file this user cannot read; skipped");
+        return;
+    }
+    let dir = TempDir::new("sec-state-eacces");
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let state = dir.0.join("state.json");
+    std::fs::write(
+        &state,
+        r#"{"version": 1, "backends": [{"pool": "rabbitmq", "backend": "b0", "admin": "drained"}]}"#,
+    )
+    .unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (admin_port, port) = (free_port(), free_port());
+    let config_path = dir.0.join("warren.toml");
+    let text = process_config(
+        admin_port,
+        None,
+        port,
+        &["127.0.0.1:1".parse().unwrap()],
+        "",
+    )
+    .replacen(
+        "[admin]\n",
+        &format!("[admin]\nstate_file = \"{}\"\n", state.display()),
+        1,
+    );
+    std::fs::write(&config_path, text).unwrap();
+    std::fs::set_permissions(&config_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let config = config_path.to_str().unwrap();
+    for command in ["run", "check"] {
+        let mut warren = WarrenProc::spawn_with(
+            as_nobody(),
+            &[command, "--config", config],
+            dir.0.join(format!("{command}.log")),
+        );
+        let status = warren.wait_exit(Duration::from_secs(10)).await;
+        let log = warren.log_text();
+        println!("{command} as nobody: {status}: {}", log.trim_end());
+        assert_eq!(status.code(), Some(1), "{command}: {log}");
+        assert_eq!(log.lines().count(), 1, "{command}: {log}");
+        assert!(
+            log.contains(state.to_str().unwrap()) && log.contains("Permission denied"),
+            "{command}: {log}"
+        );
+        assert!(!log.contains("panicked"), "{log}");
+    }
+    for p in [admin_port, port] {
+        std::net::TcpListener::bind(("127.0.0.1", p))
+            .unwrap_or_else(|e| panic!("port {p} bound: {e}"));
+    }
+    assert!(state.is_file(), "the state file stays where it was");
+    let aside = std::fs::read_dir(&dir.0)
+        .unwrap()
+        .filter_map(Result::ok)
+        .any(|e| e.file_name().to_string_lossy().contains("corrupt"));
+    assert!(!aside, "an unreadable file is not moved aside as corrupt");
+}

@@ -324,3 +324,177 @@ async fn sigterm_during_a_reload_stops_cleanly_and_leaves_nothing_behind() {
         }
     }
 }
+
+/// `warren run --config PATH` with stderr a pipe: returns the child once "warren started" came
+/// through the pipe, and the pipe's read end (drop it to break the pipe).
+fn spawn_logging_to_a_pipe(
+    path: &Path,
+    extra: &[&str],
+) -> (std::process::Child, std::process::ChildStderr) {
+    use std::io::Read;
+    let mut child = std::process::Command::new(WARREN_BIN)
+        .args(["run", "--config", path.to_str().unwrap()])
+        .args(extra)
+        .env_remove("RUST_LOG")
+        .env("RUST_BACKTRACE", "0")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn warren");
+    let mut stderr = child.stderr.take().unwrap();
+    let (mut seen, mut buf) = (String::new(), [0u8; 4096]);
+    // Bounded: warren either logs the line or exits (EOF) within its start-up.
+    while !seen.contains("warren started") {
+        let n = stderr.read(&mut buf).expect("read warren's stderr");
+        assert!(n > 0, "warren exited before starting: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    (child, stderr)
+}
+
+/// Wait for `child` to exit within `within` (polling); `None` if it is still running then.
+async fn exit_within(
+    child: &mut std::process::Child,
+    within: Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A series' value in the admin API's `/metrics`.
+async fn admin_metric(admin: SocketAddr, series: &str) -> f64 {
+    let (code, body) = http(admin, "GET", "/metrics", None, b"").await;
+    assert_eq!(code, 200, "{body}");
+    metric_value(&body, series)
+}
+
+/// Criterion: with stderr a pipe whose reader is gone, SIGHUP reloads (reload count +1),
+/// `POST /v1/reload` answers 200, data flows, at least 1 dropped log line is counted in
+/// `warren_log_write_errors_total`, and SIGTERM ends warren with exit code 0 within 5 s (not 101).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_log_pipe_never_stops_signals_or_reloads() {
+    let b0 = spawn_backend(echo).await;
+    let dir = TempDir::new("signals-log-pipe");
+    let (admin_port, port) = (free_port(), free_port());
+    let path = dir.0.join("warren.toml");
+    write_atomically(
+        &path,
+        &process_config(admin_port, None, port, &[b0.addr], ""),
+    );
+    let (child, stderr) = spawn_logging_to_a_pipe(&path, &[]);
+    let mut child = KillOnDrop(child);
+    drop(stderr);
+    let admin: SocketAddr = ([127, 0, 0, 1], admin_port).into();
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let ok_reloads = "warren_config_reloads_total{result=\"ok\"}";
+
+    child.signal(libc::SIGHUP);
+    wait_for_async("SIGHUP to reload", Duration::from_secs(5), || async {
+        admin_metric(admin, ok_reloads).await >= 1.0
+    })
+    .await;
+    let (code, body) = http(admin, "POST", "/v1/reload", None, b"").await;
+    assert_eq!(code, 200, "POST /v1/reload: {body}");
+    assert_eq!(admin_metric(admin, ok_reloads).await, 2.0);
+    assert!(connect_echo(addr, 7).await.is_some(), "data flows");
+    let dropped = admin_metric(admin, "warren_log_write_errors_total").await;
+    assert!(dropped >= 1.0, "dropped log lines counted: {dropped}");
+
+    child.signal(libc::SIGTERM);
+    let status = exit_within(&mut child.0, Duration::from_secs(5))
+        .await
+        .expect("SIGTERM ends warren within 5 s");
+    assert_eq!(status.code(), Some(0), "{status}");
+    println!("broken log pipe: {dropped} log lines dropped, exit {status}");
+}
+
+/// A child process killed and reaped on drop, so a failing test leaves no warren behind.
+struct KillOnDrop(std::process::Child);
+
+impl KillOnDrop {
+    /// Send `signal`; the child must not have been reaped yet.
+    fn signal(&mut self, signal: i32) {
+        assert!(
+            self.0.try_wait().unwrap().is_none(),
+            "warren already exited"
+        );
+        // SAFETY: kill(2) only sends a signal; the pid is our child and not yet reaped.
+        let rc = unsafe { libc::kill(self.0.id() as libc::pid_t, signal) };
+        assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Criterion: with one connection open and `--shutdown-grace 60s`, a first SIGTERM stops
+/// accepting and waits; a second SIGTERM (and, in a second run, SIGINT after SIGTERM) closes the
+/// open connection and ends warren with exit code 0 within 5 s, not after 60 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_stop_signal_during_the_grace_period_stops_at_once() {
+    use tokio::io::AsyncReadExt;
+    let b0 = spawn_backend(echo).await;
+    let dir = TempDir::new("signals-fast-stop");
+    for (first, second, name) in [
+        (libc::SIGTERM, libc::SIGTERM, "SIGTERM, SIGTERM"),
+        (libc::SIGTERM, libc::SIGINT, "SIGTERM, SIGINT"),
+    ] {
+        let (admin_port, port) = (free_port(), free_port());
+        let path = dir.0.join("warren.toml");
+        write_atomically(
+            &path,
+            &process_config(admin_port, None, port, &[b0.addr], ""),
+        );
+        let mut warren = WarrenProc::spawn(
+            &[
+                "run",
+                "--config",
+                path.to_str().unwrap(),
+                "--shutdown-grace",
+                "60s",
+            ],
+            dir.0.join("warren.log"),
+        );
+        warren
+            .logged("warren started", Duration::from_secs(10))
+            .await;
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let mut open = connect_echo(addr, 9).await.expect("a connection open");
+
+        warren.signal(first);
+        warren
+            .logged("waiting for open ones", Duration::from_secs(5))
+            .await;
+        assert!(warren.exited().is_none(), "{name}: the grace period runs");
+        let second_at = Instant::now();
+        warren.signal(second);
+        let status = warren.wait_exit(Duration::from_secs(5)).await;
+        assert_eq!(status.code(), Some(0), "{name}: {status}");
+        let mut buf = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(2), open.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "{name}: the open connection is closed: {read:?}"
+        );
+        println!(
+            "{name}: stopped {:?} after the second signal",
+            second_at.elapsed()
+        );
+        assert!(warren
+            .log_text()
+            .contains("again: closing the open connections now"));
+    }
+}

@@ -217,12 +217,13 @@ async fn drain_when_not_critical(
     patience: Duration,
     poll: Duration,
 ) -> Result<Option<u64>, CtlError> {
-    let give_up = tokio::time::Instant::now() + patience;
+    // Checked: `patience` comes from the command line; an unrepresentable end means never.
+    let give_up = tokio::time::Instant::now().checked_add(patience);
     let mut said = false;
     loop {
         match start_drain(client, out, drain).await {
             Err(e) if e.to_string().contains("is quorum-critical") => {
-                if tokio::time::Instant::now() >= give_up {
+                if give_up.is_some_and(|at| tokio::time::Instant::now() >= at) {
                     return Err(e);
                 }
                 if !said {

@@ -106,7 +106,10 @@ pub async fn connect<'a>(
         });
     }
     let started = Instant::now();
-    let deadline = listener.next_upstream_timeout.map(|t| started + t);
+    // Checked: a deadline past what `Instant` holds means no overall limit, never a panic.
+    let deadline = listener
+        .next_upstream_timeout
+        .and_then(|t| started.checked_add(t));
     let max_tries = match listener.next_upstream_tries {
         0 => usize::MAX,
         n => n as usize,

@@ -143,6 +143,41 @@ struct RunningListener {
     limit: Arc<Semaphore>,
     /// Cancelled when a reload removes the listener (its connections continue).
     stop: CancellationToken,
+    /// A copy (dup) of each listening socket, so a reload that renames the listener, or swaps
+    /// two listeners' ports, hands the open socket to the new name: not one connect refused.
+    sockets: Vec<std::net::TcpListener>,
+    /// The accept loops, awaited when a reload must release the address (widening
+    /// `127.0.0.1:P` to `0.0.0.0:P`): the socket closes once they have ended.
+    loops: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningListener {
+    /// Stop accepting and close the listening socket (open connections continue).
+    async fn release(self) {
+        self.stop.cancel();
+        for accept_loop in self.loops {
+            let _ = accept_loop.await;
+        }
+        drop(self.sockets);
+    }
+}
+
+/// Copies of a running listener's sockets, registered with the workers' event loops.
+fn take_over(workers: &Workers, from: &RunningListener) -> std::io::Result<Vec<TcpListener>> {
+    let copies = from
+        .sockets
+        .iter()
+        .map(std::net::TcpListener::try_clone)
+        .collect::<std::io::Result<Vec<_>>>()?;
+    register(workers, copies)
+}
+
+/// Two listening addresses that cannot both be bound: the same port, and the same IP or
+/// either one the wildcard of the same family.
+fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && a.is_ipv4() == b.is_ipv4()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
 /// A server whose sockets are bound and which is ready to [`Server::run`].
@@ -683,8 +718,17 @@ impl Server {
         let workers = self.workers.handles();
         // One socket for several workers (outside Linux): its accept loop hands connections out.
         let spread = (sockets.len() < workers.len()).then(|| workers.clone());
+        let mut copies = Vec::with_capacity(sockets.len());
+        let mut loops = Vec::with_capacity(sockets.len());
         for (socket, worker) in sockets.into_iter().zip(workers.iter()) {
-            accept_loops.spawn_on(
+            match socket2::SockRef::from(&socket).try_clone() {
+                Ok(copy) => copies.push(copy.into()),
+                // Only a later rename of this listener needs it: it would bind afresh.
+                Err(e) => {
+                    tracing::warn!(listener = %name, error = %e, "cannot keep a copy of the listening socket")
+                }
+            }
+            loops.push(accept_loops.spawn_on(
                 proxy::serve(
                     socket,
                     name.clone(),
@@ -695,7 +739,7 @@ impl Server {
                     spread.clone(),
                 ),
                 worker,
-            );
+            ));
         }
         running.insert(
             name,
@@ -704,8 +748,92 @@ impl Server {
                 max_connections,
                 limit,
                 stop,
+                sockets: copies,
+                loops,
             },
         );
+    }
+
+    /// The sockets of every listener a reload adds or moves, before anything is applied; on an
+    /// error every running listener is as it was.
+    ///
+    /// - The address is open under a name the reload removes (a rename, two listeners swapping
+    ///   ports): the socket is taken over, so not one connect is refused.
+    /// - The address overlaps one the reload gives up (`127.0.0.1:P` widened to `0.0.0.0:P`,
+    ///   or narrowed back): the old socket must close before the new one can bind, so that
+    ///   one listener is closed for the moment between the two; if the bind then fails, the
+    ///   old address is bound again.
+    /// - Otherwise a fresh bind: a port in use fails the whole reload.
+    async fn open_listeners(
+        &self,
+        plan: &ListenerPlan,
+        running: &mut HashMap<Arc<str>, RunningListener>,
+        stop_accepting: &CancellationToken,
+        accept_loops: &TaskTracker,
+        connections: &TaskTracker,
+    ) -> Result<Vec<(Arc<str>, Vec<TcpListener>, usize)>, String> {
+        let giving_up = |running: &HashMap<Arc<str>, RunningListener>,
+                         same: &dyn Fn(SocketAddr) -> bool| {
+            plan.remove
+                .iter()
+                .find(|n| running.get(n.as_str()).is_some_and(|r| same(r.listen)))
+                .cloned()
+        };
+        let mut bound = Vec::new();
+        // Released listeners, to bind again if a later step fails: (name, address, max).
+        let mut released: Vec<(Arc<str>, SocketAddr, usize)> = Vec::new();
+        let mut failure = None;
+        for l in &plan.add {
+            let fail = |e: std::io::Error| {
+                format!("listener {}: cannot listen on {}: {e}", l.name, l.listen)
+            };
+            let opened = if let Some(owner) = giving_up(running, &|a| a == l.listen) {
+                tracing::info!(listener = %l.name, from = %owner, addr = %l.listen, "listener takes over the open socket");
+                take_over(&self.workers, &running[owner.as_str()]).map_err(fail)
+            } else if let Some(owner) = giving_up(running, &|a| overlaps(a, l.listen)) {
+                let old = running.remove(owner.as_str()).expect("found just above");
+                tracing::info!(listener = %l.name, from = %owner, old = %old.listen, new = %l.listen,
+                    "listener address overlaps the old one: closing it to bind the new one");
+                released.push((Arc::from(owner.as_str()), old.listen, old.max_connections));
+                old.release().await;
+                bind_listener(l.listen, self.workers.len())
+                    .and_then(|sockets| register(&self.workers, sockets))
+                    .map_err(fail)
+            } else {
+                bind_listener(l.listen, self.workers.len())
+                    .and_then(|sockets| register(&self.workers, sockets))
+                    .map_err(fail)
+            };
+            match opened {
+                Ok(sockets) => bound.push((Arc::from(l.name.as_str()), sockets, l.max_connections)),
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        let Some(failure) = failure else {
+            return Ok(bound);
+        };
+        drop(bound);
+        for (name, listen, max) in released {
+            match bind_listener(listen, self.workers.len())
+                .and_then(|sockets| register(&self.workers, sockets))
+            {
+                Ok(sockets) => self.start_listener(
+                    running,
+                    name,
+                    sockets,
+                    max,
+                    stop_accepting,
+                    accept_loops,
+                    connections,
+                ),
+                Err(e) => tracing::error!(listener = %name, addr = %listen, error = %e,
+                    "reload failed and the listener's old address could not be bound again"),
+            }
+        }
+        Err(failure)
     }
 
     /// Re-read the config file and apply it; on any error nothing changes.
@@ -731,15 +859,10 @@ impl Server {
         if old.admin != new.admin {
             tracing::warn!("[admin] changed: it takes effect at the next restart");
         }
-        // Bind every new or moved listener first: a port in use fails the whole reload.
         let plan = diff_listeners(&old, &new);
-        let mut bound = Vec::new();
-        for l in &plan.add {
-            let sockets = bind_listener(l.listen, self.workers.len())
-                .and_then(|sockets| register(&self.workers, sockets))
-                .map_err(|e| format!("listener {}: cannot listen on {}: {e}", l.name, l.listen))?;
-            bound.push((Arc::from(l.name.as_str()), sockets, l.max_connections));
-        }
+        let bound = self
+            .open_listeners(&plan, running, stop_accepting, accept_loops, connections)
+            .await?;
 
         // From here on nothing fails: apply.
         self.ctx.routing.reload(&new);

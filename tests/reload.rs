@@ -43,13 +43,22 @@ impl Files {
 
     /// Write a config: an admin section, the listeners (name, port), one pool of backends.
     fn write(&self, admin_port: u16, listeners: &[(&str, u16)], backends: &[SocketAddr]) {
+        let listeners: Vec<(&str, String)> = listeners
+            .iter()
+            .map(|(name, port)| (*name, format!("127.0.0.1:{port}")))
+            .collect();
+        self.write_addrs(admin_port, &listeners, backends);
+    }
+
+    /// [`Files::write`] with each listener's whole address.
+    fn write_addrs(&self, admin_port: u16, listeners: &[(&str, String)], backends: &[SocketAddr]) {
         let mut text = format!(
             "[admin]\nlisten = \"127.0.0.1:{admin_port}\"\ntoken_file = \"{}\"\n\n",
             self.dir.join("token").display()
         );
-        for (name, port) in listeners {
+        for (name, addr) in listeners {
             text += &format!(
-                "[[listener]]\nname = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\npool = \"rabbitmq\"\n\n"
+                "[[listener]]\nname = \"{name}\"\nlisten = \"{addr}\"\npool = \"rabbitmq\"\n\n"
             );
         }
         text += "[pool.rabbitmq]\n\n";
@@ -305,6 +314,125 @@ async fn a_removed_backend_leaves_no_metric_series_behind() {
     assert!(
         after.contains(r#"warren_backend_up{backend="b0",pool="rabbitmq"} 1"#),
         "b0 keeps its series"
+    );
+    warren.stop().await;
+}
+
+/// Connects to `addr` in a loop until stopped (bounded: 20,000 or 20 s); (made, failed).
+fn churn(addr: SocketAddr, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<(usize, usize)> {
+    tokio::spawn(async move {
+        let (mut made, mut failed) = (0, 0);
+        let deadline = tokio::time::Instant::now() + 20 * SECOND;
+        for i in 0..20_000u32 {
+            if stop.load(Ordering::SeqCst) || tokio::time::Instant::now() > deadline {
+                break;
+            }
+            let ok = match TcpStream::connect(addr).await {
+                Ok(mut s) => echo_once(&mut s, i as u8).await,
+                Err(_) => false,
+            };
+            made += 1;
+            failed += usize::from(!ok);
+            tokio::task::yield_now().await;
+        }
+        (made, failed)
+    })
+}
+
+/// Criterion: renaming a listener and then swapping two listeners' ports, each under a
+/// stream of new connects: reloads answer 200, 0 connects refused or failed on either port,
+/// open connections keep echoing, and new connections are counted under the new names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_renames_listeners_and_swaps_their_ports_refusing_nothing() {
+    let files = Files::new("rename");
+    let b0 = spawn_backend(echo).await;
+    let (admin_port, p1, p2) = (free_port(), free_port(), free_port());
+    files.write(admin_port, &[("a", p1), ("b", p2)], &[b0.addr]);
+    let (warren, admin) = files.start();
+    let addr = |port: u16| -> SocketAddr { format!("127.0.0.1:{port}").parse().unwrap() };
+    let mut open = TcpStream::connect(addr(p1)).await.unwrap();
+    assert!(echo_once(&mut open, 1).await);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let churns = [churn(addr(p1), stop.clone()), churn(addr(p2), stop.clone())];
+    let reload = |listeners: &[(&str, u16)]| {
+        files.write(admin_port, listeners, &[b0.addr]);
+        http(admin, "POST", "/v1/reload", Some(TOKEN), b"")
+    };
+    let (code, body) = reload(&[("a-renamed", p1), ("b", p2)]).await;
+    assert_eq!(code, 200, "rename: {body}");
+    let (code, body) = reload(&[("a-renamed", p2), ("b", p1)]).await;
+    assert_eq!(code, 200, "swap: {body}");
+    // Connections after the swap land under the swapped names.
+    let (before_renamed, before_b) = (
+        warren.metric(r#"warren_listener_connections_total{listener="a-renamed"}"#),
+        warren.metric(r#"warren_listener_connections_total{listener="b"}"#),
+    );
+    for port in [p1, p2] {
+        let mut s = TcpStream::connect(addr(port)).await.unwrap();
+        assert!(echo_once(&mut s, 2).await);
+    }
+    assert!(
+        warren.metric(r#"warren_listener_connections_total{listener="a-renamed"}"#)
+            > before_renamed
+    );
+    assert!(warren.metric(r#"warren_listener_connections_total{listener="b"}"#) > before_b);
+    stop.store(true, Ordering::SeqCst);
+    for c in churns {
+        let (made, failed) = c.await.unwrap();
+        assert!(made > 0);
+        assert_eq!(
+            failed, 0,
+            "connects refused or failed during the reloads (of {made})"
+        );
+    }
+    assert!(
+        echo_once(&mut open, 3).await,
+        "the open connection continues"
+    );
+    warren.stop().await;
+}
+
+/// Criterion: widening `127.0.0.1:P` to `0.0.0.0:P` and narrowing it back both answer 200;
+/// after the widening another loopback address (127.0.0.2) reaches the listener, after the
+/// narrowing it does not; an open connection keeps echoing throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_widens_and_narrows_a_listener_address() {
+    let files = Files::new("widen");
+    let b0 = spawn_backend(echo).await;
+    let (admin_port, port) = (free_port(), free_port());
+    let narrow = vec![("amqp", format!("127.0.0.1:{port}"))];
+    let wide = vec![("amqp", format!("0.0.0.0:{port}"))];
+    files.write_addrs(admin_port, &narrow, &[b0.addr]);
+    let (warren, admin) = files.start();
+    let mut open = TcpStream::connect(warren.addr).await.unwrap();
+    assert!(echo_once(&mut open, 1).await);
+    let other: SocketAddr = format!("127.0.0.2:{port}").parse().unwrap();
+    assert!(
+        TcpStream::connect(other).await.is_err(),
+        "not on 127.0.0.2 yet"
+    );
+
+    files.write_addrs(admin_port, &wide, &[b0.addr]);
+    let (code, body) = http(admin, "POST", "/v1/reload", Some(TOKEN), b"").await;
+    assert_eq!(code, 200, "widen: {body}");
+    let mut s = TcpStream::connect(other)
+        .await
+        .expect("0.0.0.0 takes 127.0.0.2");
+    assert!(echo_once(&mut s, 2).await);
+
+    files.write_addrs(admin_port, &narrow, &[b0.addr]);
+    let (code, body) = http(admin, "POST", "/v1/reload", Some(TOKEN), b"").await;
+    assert_eq!(code, 200, "narrow: {body}");
+    assert!(
+        TcpStream::connect(other).await.is_err(),
+        "127.0.0.2 refused again"
+    );
+    let mut s = TcpStream::connect(warren.addr).await.unwrap();
+    assert!(echo_once(&mut s, 3).await);
+    assert!(
+        echo_once(&mut open, 4).await,
+        "the open connection continues"
     );
     warren.stop().await;
 }

@@ -342,8 +342,16 @@ fn build(
                     }
                 })
                 .collect();
+            // Round-robin state is indexed by position and built on the weights: it carries
+            // over only while the backends, their order, weights and backup flags are the same.
+            let same_shape = |o: &PoolRoute| {
+                o.backends.len() == p.backends.len()
+                    && o.backends.iter().zip(&p.backends).all(|(ob, nb)| {
+                        *ob.name == *nb.name && ob.weight == nb.weight && ob.backup == nb.backup
+                    })
+            };
             let selector = match old {
-                Some(o) if o.selector.balance() == p.balance => o.selector.clone(),
+                Some(o) if o.selector.balance() == p.balance && same_shape(o) => o.selector.clone(),
                 _ => Arc::new(Selector::new(p.balance)),
             };
             let name: Arc<str> = Arc::from(p.name.as_str());
@@ -376,6 +384,45 @@ fn publish_gauges(snapshot: &Snapshot, metrics: &Metrics) {
                     .with_label_values(&[&pool.name, &b.name, state.as_str()])
                     .set(i64::from(b.admin == state));
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(backends: &[(&str, u32)]) -> Config {
+        let mut text = String::from(
+            "[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:5672\"\npool = \"p\"\n[pool.p]\n",
+        );
+        for (i, (name, weight)) in backends.iter().enumerate() {
+            text += &format!(
+                "[[pool.p.backend]]\nname = \"{name}\"\naddr = \"127.0.0.1:{}\"\nweight = {weight}\n",
+                1000 + i
+            );
+        }
+        crate::config::from_toml_offline(&text, std::path::Path::new("t.toml")).unwrap()
+    }
+
+    /// Round-robin state survives a reload that changes nothing about the pool's backends and
+    /// is reset by one that reorders them or changes a weight (its slots would name other
+    /// backends, or carry weights that no longer hold).
+    #[test]
+    fn round_robin_state_is_kept_only_while_the_pool_keeps_its_shape() {
+        let cases = [
+            (vec![("a", 1), ("b", 1)], true),
+            (vec![("b", 1), ("a", 1)], false),
+            (vec![("a", 5), ("b", 1)], false),
+            (vec![("a", 1), ("c", 1)], false),
+            (vec![("a", 1), ("b", 1), ("c", 1)], false),
+        ];
+        for (backends, kept) in cases {
+            let routing = Routing::new(&config(&[("a", 1), ("b", 1)]), Arc::new(Metrics::new()));
+            let before = routing.load().pools["p"].selector.clone();
+            routing.reload(&config(&backends));
+            let after = routing.load().pools["p"].selector.clone();
+            assert_eq!(Arc::ptr_eq(&before, &after), kept, "{backends:?}");
         }
     }
 }

@@ -200,8 +200,16 @@ pub struct HookConfig {
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 /// `listener.idle_timeout` when omitted: nginx's `proxy_timeout` default.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
-/// `listener.next_upstream_tries` when omitted: 0 = every eligible backend, as nginx does.
+/// `listener.next_upstream_tries` when omitted: 0 = every eligible backend, as nginx does,
+/// but at most [`MAX_AUTOMATIC_TRIES`].
 pub const DEFAULT_NEXT_UPSTREAM_TRIES: u32 = 0;
+/// Backends tried per connection when `next_upstream_tries` is 0: every one of a RabbitMQ
+/// cluster, never thousands (a client of a large pool that refuses everywhere would otherwise
+/// try every backend, burning a core for tens of seconds). An explicit value is not capped.
+pub const MAX_AUTOMATIC_TRIES: usize = 16;
+/// Backends one pool may have: the size warren is tested at (`/metrics`, probes and the admin
+/// API stay quick there).
+pub const MAX_BACKENDS_PER_POOL: usize = 1000;
 /// `listener.max_connections` when omitted.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
 /// `listener.proxy_protocol` when omitted.
@@ -1187,6 +1195,16 @@ impl Validator<'_> {
                 Some(name.span()),
                 "the pool has no backends; add at least one backend",
             );
+        } else if backends.len() > MAX_BACKENDS_PER_POOL {
+            self.report(
+                format!("{key}.backend"),
+                backends.len().to_string(),
+                Some(name.span()),
+                format!(
+                    "too many backends: a pool may have at most {MAX_BACKENDS_PER_POOL} \
+                     (the size warren is tested at); split it into several pools"
+                ),
+            );
         } else if primaries == 0 {
             self.report(
                 format!("{key}.backend"),
@@ -1898,6 +1916,30 @@ fn line_key(content: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_pool_past_the_supported_size_is_refused() {
+        let pool = |n: usize| {
+            let mut text = String::from(
+                "[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:5672\"\npool = \"p\"\n[pool.p]\n",
+            );
+            for i in 0..n {
+                text += &format!(
+                    "[[pool.p.backend]]\nname = \"b{i}\"\naddr = \"127.0.0.1:{}\"\n",
+                    1000 + i
+                );
+            }
+            from_toml_offline(&text, Path::new("big.toml"))
+        };
+        assert!(pool(MAX_BACKENDS_PER_POOL).is_ok());
+        let error = pool(MAX_BACKENDS_PER_POOL + 1).unwrap_err().to_string();
+        assert!(
+            error.contains("pool.p.backend")
+                && error.contains("1001")
+                && error.contains("at most 1000"),
+            "{error}"
+        );
+    }
+
     use super::*;
 
     /// A valid two-node config that cases edit; every line in it is unique so `replaced` is exact.

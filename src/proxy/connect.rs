@@ -111,7 +111,7 @@ pub async fn connect<'a>(
         .next_upstream_timeout
         .and_then(|t| started.checked_add(t));
     let max_tries = match listener.next_upstream_tries {
-        0 => usize::MAX,
+        0 => crate::config::MAX_AUTOMATIC_TRIES,
         n => n as usize,
     };
     let mut tries = 0;

@@ -471,7 +471,12 @@ impl Controller {
                 () = tokio::time::sleep_until(next) => {}
             }
             let started = Instant::now();
-            let outcome = probe::run(&health.probe, &target, health.timeout).await;
+            // A reload cancels this generation mid-probe too: a verdict about an address the
+            // reload moved away from must not land on the backend's new entry.
+            let outcome = tokio::select! {
+                () = stop.cancelled() => return,
+                outcome = probe::run(&health.probe, &target, health.timeout) => outcome,
+            };
             let duration = started.elapsed();
             // ±10% jitter keeps probes of many warren instances from marching in step.
             let jitter = rand::thread_rng().gen_range(0.9..1.1);
@@ -795,6 +800,55 @@ addr = "127.0.0.1:1"
             );
             assert_eq!(controller.backend("p", "b").unwrap().health, expected);
         }
+        stop.cancel();
+    }
+
+    /// A probe in flight when a reload moves its backend elsewhere records nothing: its verdict
+    /// is about the old address (here a node that accepts and never answers, so the probe
+    /// would time out and, with fall = 1, mark the backend down at its new address).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_probe_cancelled_by_a_reload_records_nothing() {
+        use std::io::Read;
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let old_addr = silent.local_addr().unwrap();
+        let text = |addr: SocketAddr, interval: &str| {
+            ONE_PROBED_BACKEND
+                .replace("127.0.0.1:1", &addr.to_string())
+                .replace(
+                    "kind = \"tcp\", interval = \"1h\"",
+                    &format!("kind = \"amqp\", interval = \"{interval}\", timeout = \"1s\""),
+                )
+        };
+        let (controller, routing, config) = controller(&text(old_addr, "100ms"), Handle::current());
+        let stop = CancellationToken::new();
+        controller.spawn_probes(&config, &stop);
+        // The probe has connected and waits for the node's answer.
+        let (mut held, _) = tokio::task::spawn_blocking(move || silent.accept().unwrap())
+            .await
+            .unwrap();
+        let moved = crate::config::from_toml_offline(
+            &text("127.0.0.1:1".parse().unwrap(), "1h"),
+            std::path::Path::new("t.toml"),
+        )
+        .unwrap();
+        routing.reload(&moved);
+        controller.reload(&moved, &stop);
+        // The old probe lets go of its connection (at once when cancelled, after its 1 s
+        // timeout if not), and would record right after.
+        held.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let closed = tokio::task::spawn_blocking(move || held.read(&mut [0u8; 64]))
+            .await
+            .unwrap();
+        assert!(
+            matches!(closed, Ok(_)),
+            "the old probe's connection closed: {closed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            controller.backend("p", "b").unwrap().health,
+            Health::Unknown
+        );
+        assert_eq!(routed(&routing, "p", "b"), Health::Unknown);
         stop.cancel();
     }
 

@@ -219,6 +219,60 @@ async fn resets_are_passed_on_in_both_directions() {
     warren.stop().await;
 }
 
+/// Criterion: 10 of 10 clients that close normally (FIN) to a backend that answers the close
+/// with a reset (RabbitMQ's `linger {true, 0}`) are counted as
+/// `connections_closed_total{reason="client"}` (the first side to close decides), 0 as `backend`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_close_answered_by_a_backend_reset_counts_as_a_client_close() {
+    const N: usize = 10;
+    // Greets (so it is not a backend that closes before a word), then resets once the client's
+    // FIN arrives.
+    let b = spawn_backend(|mut s| async move {
+        if s.write_all(b"hi").await.is_err() {
+            return;
+        }
+        let _ = read_end(&mut s, Duration::from_secs(10)).await;
+        reset(s);
+    })
+    .await;
+    let warren = Warren::start(
+        config(Balance::RoundRobin, vec![backend("b", b.addr)]),
+        quick(),
+    );
+    for _ in 0..N {
+        let mut s = TcpStream::connect(warren.addr).await.unwrap();
+        let mut greeting = [0u8; 2];
+        tokio::time::timeout(PROMPT, s.read_exact(&mut greeting))
+            .await
+            .expect("greeted within 1 s")
+            .unwrap();
+        s.shutdown().await.unwrap();
+        let end = read_end(&mut s, PROMPT).await;
+        assert!(
+            matches!(end, Ok(0) | Err(ErrorKind::ConnectionReset)),
+            "closed after the client's FIN, got {end:?}"
+        );
+    }
+    let closed = |reason: &str| {
+        warren.metric(&format!(
+            r#"warren_connections_closed_total{{listener="default",reason="{reason}"}}"#
+        ))
+    };
+    wait_for("every close to be counted", Duration::from_secs(5), || {
+        ["client", "backend", "error"]
+            .iter()
+            .map(|r| closed(r))
+            .sum::<f64>()
+            >= N as f64
+    })
+    .await;
+    assert_eq!(
+        (closed("client"), closed("backend"), closed("error")),
+        (N as f64, 0.0, 0.0)
+    );
+    warren.stop().await;
+}
+
 /// Sockets of this process in SYN_SENT towards `port` (from /proc/net/tcp).
 fn syn_sent_to(port: u16) -> usize {
     let table = std::fs::read_to_string("/proc/net/tcp").unwrap();

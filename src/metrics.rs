@@ -104,7 +104,7 @@ impl Metrics {
             listener_rejected_total: reg!(IntCounterVec::new(
                 opts(
                     "listener_rejected_total",
-                    "Client connections refused (max_connections | no_backend | accept_error)"
+                    "Client connections refused (max_connections | no_backend | next_upstream_timeout | accept_error)"
                 ),
                 &["listener", "reason"]
             )

@@ -1,7 +1,9 @@
 //! Connecting to a backend with failover, with NGINX `proxy_next_upstream` semantics: walk the
 //! balancer's candidates, one `connect_timeout` per attempt, stop after `next_upstream_tries`
 //! attempts or `next_upstream_timeout` overall. Failures the backend caused are reported to the
-//! health [`Observer`]; local failures (no ephemeral port, no descriptor) are not held against it.
+//! health [`Observer`]; local failures (no ephemeral port, no descriptor) are not held against it,
+//! and neither is a try cut short by the end of `next_upstream_timeout` (the budget ran out, not
+//! the backend's `connect_timeout`): that ends in [`ConnectError::BudgetSpent`].
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -20,6 +22,12 @@ pub enum ConnectError {
     NoBackend { pool: String },
     #[error("every tried backend of pool {pool} failed ({tries} tries), last: {last}")]
     AllFailed {
+        pool: String,
+        tries: usize,
+        last: String,
+    },
+    #[error("next_upstream_timeout of pool {pool} spent after {tries} tries, last: {last}")]
+    BudgetSpent {
         pool: String,
         tries: usize,
         last: String,
@@ -113,19 +121,24 @@ pub async fn connect<'a>(
     };
     let mut tries = 0;
     let mut last = String::new();
+    let mut budget_spent = false;
     for index in candidates {
         if tries >= max_tries {
             break;
         }
-        let budget = match deadline {
+        let (budget, shortened) = match deadline {
             Some(d) if tries > 0 => {
                 let left = d.saturating_duration_since(Instant::now());
                 if left.is_zero() {
+                    budget_spent = true;
                     break;
                 }
-                left.min(listener.connect_timeout)
+                (
+                    left.min(listener.connect_timeout),
+                    left < listener.connect_timeout,
+                )
             }
-            _ => listener.connect_timeout,
+            _ => (listener.connect_timeout, false),
         };
         let backend = &pool.backends[index];
         tries += 1;
@@ -162,6 +175,17 @@ pub async fn connect<'a>(
                     _ => ConnectFailure::Other,
                 }
             }
+            Err(_elapsed) if shortened => {
+                // The backend had less than its connect_timeout: no verdict on it.
+                last = format!(
+                    "{} ({}): no answer within the {:?} left of next_upstream_timeout",
+                    backend.name, backend.addr, budget
+                );
+                tracing::info!(pool = %pool.name, backend = %backend.name,
+                    "next_upstream_timeout spent during a shortened try (not counted against the backend)");
+                budget_spent = true;
+                break;
+            }
             Err(_elapsed) => {
                 last = format!(
                     "{} ({}): no answer within {:?}",
@@ -179,10 +203,11 @@ pub async fn connect<'a>(
             "connect to backend failed, trying the next candidate");
         health.connect_failed(&pool.name, &backend.name, failure);
     }
-    Err(ConnectError::AllFailed {
-        pool: pool.name.to_string(),
-        tries,
-        last,
+    let pool = pool.name.to_string();
+    Err(if budget_spent {
+        ConnectError::BudgetSpent { pool, tries, last }
+    } else {
+        ConnectError::AllFailed { pool, tries, last }
     })
 }
 

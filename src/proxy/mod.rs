@@ -52,6 +52,7 @@ struct ListenerStats {
     total: IntCounter,
     rejected_max_connections: IntCounter,
     rejected_no_backend: IntCounter,
+    rejected_next_upstream_timeout: IntCounter,
     rejected_accept_error: IntCounter,
     proxy_header_malformed: IntCounter,
     proxy_header_timeout: IntCounter,
@@ -91,6 +92,7 @@ impl ListenerStats {
                 .with_label_values(&[listener]),
             rejected_max_connections: rejected("max_connections"),
             rejected_no_backend: rejected("no_backend"),
+            rejected_next_upstream_timeout: rejected("next_upstream_timeout"),
             rejected_accept_error: rejected("accept_error"),
             proxy_header_malformed: header("malformed"),
             proxy_header_timeout: header("timeout"),
@@ -552,7 +554,11 @@ async fn establish(
     let connected = match connect::connect(pool, listener, origin.ip(), &*ctx.health).await {
         Ok(c) => c,
         Err(e) => {
-            stats.rejected_no_backend.inc();
+            match e {
+                connect::ConnectError::BudgetSpent { .. } => &stats.rejected_next_upstream_timeout,
+                _ => &stats.rejected_no_backend,
+            }
+            .inc();
             tracing::warn!(listener = listener_name, client = %origin, error = %e,
                 "no backend connection, client closed");
             return None;

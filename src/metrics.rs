@@ -122,7 +122,7 @@ impl Metrics {
             backend_connect_failures_total: reg!(IntCounterVec::new(
                 opts(
                     "backend_connect_failures_total",
-                    "Failed connects to a backend (refused | timeout | other)"
+                    "Failed connects to a backend (refused | timeout | other | closed_early)"
                 ),
                 &["pool", "backend", "reason"]
             )
@@ -302,7 +302,7 @@ impl Metrics {
             .remove_label_values(&pb);
         let _ = self.backend_up.remove_label_values(&pb);
         let _ = self.health_check_duration_seconds.remove_label_values(&pb);
-        for reason in ["refused", "timeout", "other"] {
+        for reason in ["refused", "timeout", "other", "closed_early"] {
             let _ = self
                 .backend_connect_failures_total
                 .remove_label_values(&[pool, backend, reason]);

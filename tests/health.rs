@@ -363,3 +363,52 @@ async fn failed_connects_count_as_failed_checks() {
     .await;
     warren.stop().await;
 }
+
+/// Criterion: a backend that accepts and closes at once (0 bytes to the client, as a broken
+/// broker that still listens) is marked down after `fall` = 3 such connections, although the
+/// tcp probe succeeds against it; each counts as
+/// `backend_connect_failures_total{reason="closed_early"}`; then 10 of 10 clients reach the
+/// healthy backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_closes_at_once_is_taken_out() {
+    const FALL: u32 = 3;
+    let closer = spawn_backend(|s| async move { drop(s) }).await;
+    let live = spawn_tagged(1).await;
+    let mut cfg = config(
+        Balance::RoundRobin,
+        vec![backend("closer", closer.addr), backend("live", live.addr)],
+    );
+    // The probe interval is long, so only what the data path sees can take it down (a tcp
+    // probe would pass: the port accepts).
+    cfg.pools[0].health = Some(tcp_health(60_000, 500, 1, FALL));
+    let warren = Warren::start(cfg, quick());
+    let mut early_eofs = 0;
+    for _ in 0..(4 * FALL) {
+        if health_of(&warren, "closer") == Health::Down {
+            break;
+        }
+        let mut s = TcpStream::connect(warren.addr).await.unwrap();
+        s.write_all(b"AMQP\x00\x00\x09\x01").await.unwrap();
+        let mut id = [0u8; 1];
+        match tokio::time::timeout(5 * SECOND, s.read(&mut id)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => early_eofs += 1,
+            Ok(Ok(_)) => assert_eq!(id[0], 1),
+            Err(_) => panic!("no answer nor close within 5 s"),
+        }
+    }
+    wait_for("closer marked down", 2 * SECOND, || {
+        health_of(&warren, "closer") == Health::Down
+    })
+    .await;
+    let counted = warren.metric(
+        r#"warren_backend_connect_failures_total{backend="closer",pool="default",reason="closed_early"}"#,
+    );
+    println!("closer down after {early_eofs} early closes ({counted} counted)");
+    assert_eq!(early_eofs, FALL as usize);
+    assert_eq!(counted, f64::from(FALL));
+    for _ in 0..10 {
+        let (id, _) = which_backend(warren.addr).await;
+        assert_eq!(id, 1, "a client went to the backend that closes at once");
+    }
+    warren.stop().await;
+}

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use crate::config::ListenerConfig;
 use crate::health::{ConnectFailure, Observer};
-use crate::state::{BackendRoute, PoolRoute};
+use crate::state::{BackendRoute, BackendStats, PoolRoute};
 
 /// Why no backend connection could be made.
 #[derive(Debug, thiserror::Error)]
@@ -194,14 +194,9 @@ pub async fn connect<'a>(
                 ConnectFailure::Timeout
             }
         };
-        match failure {
-            ConnectFailure::Refused => backend.stats.failures_refused.inc(),
-            ConnectFailure::Timeout => backend.stats.failures_timeout.inc(),
-            ConnectFailure::Other => backend.stats.failures_other.inc(),
-        }
         tracing::info!(pool = %pool.name, backend = %backend.name, reason = failure.as_str(),
             "connect to backend failed, trying the next candidate");
-        health.connect_failed(&pool.name, &backend.name, failure);
+        blame(&pool.name, &backend.name, &backend.stats, failure, health);
     }
     let pool = pool.name.to_string();
     Err(if budget_spent {
@@ -209,6 +204,28 @@ pub async fn connect<'a>(
     } else {
         ConnectError::AllFailed { pool, tries, last }
     })
+}
+
+/// A backend that closes a connection within this of accepting it, before sending a byte,
+/// failed a check ([`ConnectFailure::ClosedEarly`]): RabbitMQ answers a client's protocol header
+/// within milliseconds, and gives a silent client `handshake_timeout` (10 s) before closing.
+pub const EARLY_CLOSE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Count a failure the backend caused and report it to health (which returns at once).
+pub(crate) fn blame(
+    pool: &str,
+    backend: &str,
+    stats: &BackendStats,
+    failure: ConnectFailure,
+    health: &dyn Observer,
+) {
+    match failure {
+        ConnectFailure::Refused => stats.failures_refused.inc(),
+        ConnectFailure::Timeout => stats.failures_timeout.inc(),
+        ConnectFailure::Other => stats.failures_other.inc(),
+        ConnectFailure::ClosedEarly => stats.failures_closed_early.inc(),
+    }
+    health.connect_failed(pool, backend, failure);
 }
 
 #[cfg(all(test, unix))]

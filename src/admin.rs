@@ -16,12 +16,13 @@
 //! total ([`AuthLimiter`]): past the budget a wrong token is held on its connection (a slot of
 //! the connection bounds, up to 5 s, even if the client hangs up) before its 429 with
 //! `Retry-After`, so a guesser learns at most the connection bounds' worth of answers per hold;
-//! the right token is answered at once. Connections are bounded per source and in total ([`ConnectionTable`]):
-//! over the total, the oldest idle one is closed; a request head must arrive within
-//! `admin.idle_timeout`. Bodies are capped at 64 KiB and must arrive within 10 s. Errors are JSON
-//! `{"error": "..."}`: 401, 429, 404 unknown path/pool/backend, 405 wrong method, 413, 400 bad JSON.
-//! At the descriptor limit it spends a small reserve of descriptors it holds, so it keeps
-//! answering while the data plane has none left. It changes admin state only through the [`Drainer`]; it never touches the data path's sockets.
+//! the right token is answered at once. Connections are bounded per source and in total
+//! ([`ConnectionTable`]): over the total, the oldest idle one is closed; a request head must
+//! arrive within `admin.idle_timeout`. Bodies are capped at 64 KiB and must arrive within 10 s.
+//! Errors are JSON `{"error": "..."}`: 401, 429, 404 unknown path/pool/backend, 405 wrong method,
+//! 413, 400 bad JSON. At the descriptor limit it spends a small reserve of descriptors it holds,
+//! so it keeps answering while the data plane has none left. It changes admin state only through
+//! the [`Drainer`]; it never touches the data path's sockets.
 
 mod limits;
 

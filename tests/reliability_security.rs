@@ -166,8 +166,8 @@ async fn admin_api_needs_the_token_and_wrong_guesses_are_rate_limited() {
     println!("{GUESSES} wrong guesses in turn in {took:.2?}: {checked} checked (401), {limited} held then refused (429)");
     assert_eq!(checked + limited, GUESSES as u32);
     assert!(
-        (10..=11).contains(&checked),
-        "{checked} checked: the burst is 10"
+        checked >= 10 && f64::from(checked) <= 10.0 + 2.0 * took.as_secs_f64() + 1.0,
+        "{checked} checked in {took:?}: the burst is 10, then 2 a second"
     );
     let at_least = Duration::from_millis(500) * (limited - 1);
     assert!(
@@ -220,8 +220,8 @@ async fn guesses_rotating_addresses_in_one_prefix_share_one_budget() {
         "{GUESSES} guesses from {GUESSES} addresses in {took:.2?}: {checked} checked, {limited} held then refused"
     );
     assert!(
-        (10..=11).contains(&checked),
-        "{checked} checked: the /24's burst is 10"
+        checked >= 10 && f64::from(checked) <= 10.0 + 2.0 * took.as_secs_f64() + 1.0,
+        "{checked} checked in {took:?}: the /24's burst is 10, then 2 a second"
     );
     let at_least = Duration::from_millis(500) * (limited - 1);
     assert!(

@@ -13,13 +13,16 @@
 //!
 //! Every `/v1` route needs `Authorization: Bearer <token>` when a token is configured (compared
 //! in constant time). Wrong tokens are limited per source network (IPv4 /24, IPv6 /64) and in
-//! total ([`AuthLimiter`]): past the budget a wrong token gets 429 with `Retry-After`, while the
-//! right one still passes. Connections are bounded per source and in total ([`ConnectionTable`]):
-//! over the total, the oldest idle one is closed; a request head must arrive within
-//! `admin.idle_timeout`. Bodies are capped at 64 KiB and must arrive within 10 s. Errors are JSON
-//! `{"error": "..."}`: 401, 429, 404 unknown path/pool/backend, 405 wrong method, 413, 400 bad JSON.
-//! At the descriptor limit it spends a small reserve of descriptors it holds, so it keeps
-//! answering while the data plane has none left. It changes admin state only through the [`Drainer`]; it never touches the data path's sockets.
+//! total ([`AuthLimiter`]): past the budget a wrong token is held on its connection (a slot of
+//! the connection bounds, up to 5 s, even if the client hangs up) before its 429 with
+//! `Retry-After`, so a guesser learns at most the connection bounds' worth of answers per hold;
+//! the right token is answered at once. Connections are bounded per source and in total
+//! ([`ConnectionTable`]): over the total, the oldest idle one is closed; a request head must
+//! arrive within `admin.idle_timeout`. Bodies are capped at 64 KiB and must arrive within 10 s.
+//! Errors are JSON `{"error": "..."}`: 401, 429, 404 unknown path/pool/backend, 405 wrong method,
+//! 413, 400 bad JSON. At the descriptor limit it spends a small reserve of descriptors it holds,
+//! so it keeps answering while the data plane has none left. It changes admin state only through
+//! the [`Drainer`]; it never touches the data path's sockets.
 
 mod limits;
 
@@ -51,8 +54,8 @@ use crate::server::Reloader;
 use crate::state::{AdminState, Health, Routing};
 
 pub use limits::{
-    Admit, AuthLimiter, ConnectionTable, AUTH_FAILURES_PER_SECOND, AUTH_FAILURES_PER_SECOND_TOTAL,
-    AUTH_FAILURE_BURST, AUTH_FAILURE_BURST_TOTAL,
+    Admit, AuthLimiter, ConnectionTable, WrongToken, AUTH_FAILURES_PER_SECOND,
+    AUTH_FAILURES_PER_SECOND_TOTAL, AUTH_FAILURE_BURST, AUTH_FAILURE_BURST_TOTAL, AUTH_HOLD_MAX,
 };
 
 type Reply = Response<Full<Bytes>>;
@@ -143,6 +146,11 @@ pub async fn serve(listener: std::net::TcpListener, admin: Arc<Admin>, stop: Can
                     tracing::debug!(client = %tracked.peer, "idle admin connection closed to make room");
                 }
             }
+            // A wrong token being held keeps its slot until the hold ends, even if the client
+            // hung up: a guesser cannot trade the wait for a new connection.
+            if let Some(until) = tracked.held_until() {
+                tokio::time::sleep_until(until).await;
+            }
             drop(tracked);
             // The socket is closed: take its descriptor back into the reserve before the data
             // plane's next accept does.
@@ -165,6 +173,8 @@ struct Tracked {
     peer: SocketAddr,
     evicted: CancellationToken,
     connections: Arc<Connections>,
+    /// Set while a wrong token is held on it (see [`Tracked::hold`]).
+    held_until: Mutex<Option<tokio::time::Instant>>,
 }
 
 impl Connections {
@@ -204,6 +214,7 @@ impl Connections {
                     peer,
                     evicted,
                     connections: self.clone(),
+                    held_until: Mutex::new(None),
                 })
             }
             Admit::PerSourceLimit => {
@@ -225,6 +236,18 @@ impl Tracked {
     fn serving(&self) -> Serving<'_> {
         lock(&self.connections.table).set_busy(self.id, true);
         Serving(self)
+    }
+
+    /// Hold a wrong token for `hold`: the connection counts as serving (never evicted) until
+    /// it closes, and its slot stays taken until the hold ends (see `serve`). The held answer
+    /// closes the connection.
+    fn hold(&self, hold: Duration) {
+        lock(&self.connections.table).set_busy(self.id, true);
+        *lock(&self.held_until) = Some(tokio::time::Instant::now() + hold);
+    }
+
+    fn held_until(&self) -> Option<tokio::time::Instant> {
+        *lock(&self.held_until)
     }
 }
 
@@ -306,8 +329,14 @@ async fn handle(
     let path = parts.uri.path().to_owned();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     if segments.first() == Some(&"v1") {
-        if let Some(denied) = authenticate(&parts.headers, admin, limiter, source) {
-            return denied;
+        match authenticate(&parts.headers, admin, limiter, source) {
+            Auth::Pass => {}
+            Auth::Deny(reply) => return reply,
+            Auth::Hold(hold, reply) => {
+                conn.hold(hold);
+                tokio::time::sleep(hold).await;
+                return reply;
+            }
         }
     }
     let body =
@@ -350,15 +379,27 @@ async fn handle(
     route(&parts.method, &segments, admin)
 }
 
-/// `None` when the request may pass; else the 401 (or 429 while `source` is over its budget of
-/// wrong tokens) to send. Each refusal is counted by reason.
+/// What `authenticate` decided about a request.
+enum Auth {
+    Pass,
+    /// Answer this now.
+    Deny(Reply),
+    /// A wrong token over the budget: answer this after the hold.
+    Hold(Duration, Reply),
+}
+
+/// Let the request pass, or the 401 to send at once, or the 429 to send after a hold (a wrong
+/// token while `source`'s network or every source is over its budget). Each refusal is counted
+/// by reason.
 fn authenticate(
     headers: &hyper::HeaderMap,
     admin: &Admin,
     limiter: &AuthLimiter,
     source: IpAddr,
-) -> Option<Reply> {
-    let expected = admin.token.as_ref()?;
+) -> Auth {
+    let Some(expected) = admin.token.as_ref() else {
+        return Auth::Pass;
+    };
     let refused = |reason: &str| {
         admin
             .metrics
@@ -372,34 +413,42 @@ fn authenticate(
         .and_then(|v| v.strip_prefix("Bearer "));
     let Some(token) = presented else {
         refused("missing");
-        return Some(error(
+        return Auth::Deny(error(
             StatusCode::UNAUTHORIZED,
             "this endpoint needs Authorization: Bearer <token>",
         ));
     };
-    // Compared first and in constant time: the right token passes even from a network whose
-    // budget of wrong tokens a guesser behind the same NAT has spent.
+    // Compared first and in constant time: the right token passes at once even from a network
+    // whose budget of wrong tokens a guesser behind the same NAT has spent.
     if constant_time_eq::constant_time_eq(token.as_bytes(), expected.0.as_bytes()) {
-        return None;
+        return Auth::Pass;
     }
-    let now = Instant::now();
-    if let Some(wait) = limiter.retry_after(source, now) {
-        refused("rate_limited");
-        let mut reply = error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too many wrong bearer tokens from this network or in total; retry later",
-        );
-        reply.headers_mut().insert(
-            hyper::header::RETRY_AFTER,
-            hyper::header::HeaderValue::from(wait.as_secs_f64().ceil().max(1.0) as u64),
-        );
-        return Some(reply);
+    match limiter.wrong_token(source, Instant::now()) {
+        WrongToken::Checked { last } => {
+            refused("wrong");
+            if last {
+                tracing::warn!(%source, "admin API: wrong bearer tokens from this network over the limit, holding the next ones");
+            }
+            Auth::Deny(error(StatusCode::UNAUTHORIZED, "wrong bearer token"))
+        }
+        WrongToken::Held { hold, retry_after } => {
+            refused("rate_limited");
+            let mut reply = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many wrong bearer tokens from this network or in total; retry later",
+            );
+            let headers = reply.headers_mut();
+            headers.insert(
+                hyper::header::RETRY_AFTER,
+                hyper::header::HeaderValue::from(retry_after.as_secs_f64().ceil().max(1.0) as u64),
+            );
+            headers.insert(
+                hyper::header::CONNECTION,
+                hyper::header::HeaderValue::from_static("close"),
+            );
+            Auth::Hold(hold, reply)
+        }
     }
-    refused("wrong");
-    if limiter.failed(source, now) {
-        tracing::warn!(%source, "admin API: wrong bearer tokens from this network over the limit, answering 429");
-    }
-    Some(error(StatusCode::UNAUTHORIZED, "wrong bearer token"))
 }
 
 fn route(method: &Method, segments: &[&str], admin: &Admin) -> Reply {

@@ -106,7 +106,7 @@ impl Metrics {
             listener_rejected_total: reg!(IntCounterVec::new(
                 opts(
                     "listener_rejected_total",
-                    "Client connections refused (max_connections | no_backend | accept_error)"
+                    "Client connections refused (max_connections | no_backend | next_upstream_timeout | accept_error)"
                 ),
                 &["listener", "reason"]
             )
@@ -124,7 +124,7 @@ impl Metrics {
             backend_connect_failures_total: reg!(IntCounterVec::new(
                 opts(
                     "backend_connect_failures_total",
-                    "Failed connects to a backend (refused | timeout | other)"
+                    "Failed connects to a backend (refused | timeout | other | closed_early)"
                 ),
                 &["pool", "backend", "reason"]
             )
@@ -305,7 +305,7 @@ impl Metrics {
             .remove_label_values(&pb);
         let _ = self.backend_up.remove_label_values(&pb);
         let _ = self.health_check_duration_seconds.remove_label_values(&pb);
-        for reason in ["refused", "timeout", "other"] {
+        for reason in ["refused", "timeout", "other", "closed_early"] {
             let _ = self
                 .backend_connect_failures_total
                 .remove_label_values(&[pool, backend, reason]);

@@ -56,6 +56,7 @@ pub struct BackendStats {
     pub failures_refused: IntCounter,
     pub failures_timeout: IntCounter,
     pub failures_other: IntCounter,
+    pub failures_closed_early: IntCounter,
     pub up: IntGauge,
     /// Cancelled to close this backend's connections (a drain deadline); a child of the
     /// routing's shutdown token, so shutdown closes them too. Replaced after use.
@@ -103,6 +104,7 @@ impl BackendStats {
             failures_refused: failures("refused"),
             failures_timeout: failures("timeout"),
             failures_other: failures("other"),
+            failures_closed_early: failures("closed_early"),
             up: metrics.backend_up.with_label_values(&pb),
             close: Mutex::new(shutdown.child_token()),
         }

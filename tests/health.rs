@@ -450,3 +450,68 @@ async fn probes_with_a_timeout_past_the_interval_never_overlap() {
     println!("{served} slow probes, never more than 1 in flight");
     warren.stop().await;
 }
+
+/// Criterion: a backend that accepts and closes at once (0 bytes to the client, as a broken
+/// broker that still listens) is marked down after `fall` = 3 such connections, although the
+/// tcp probe succeeds against it; each counts as
+/// `backend_connect_failures_total{reason="closed_early"}`; then 10 of 10 clients reach the
+/// healthy backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_closes_at_once_is_taken_out() {
+    const FALL: u32 = 3;
+    let closer = spawn_backend(|s| async move { drop(s) }).await;
+    let live = spawn_tagged(1).await;
+    let mut cfg = config(
+        Balance::RoundRobin,
+        vec![backend("closer", closer.addr), backend("live", live.addr)],
+    );
+    // The probe interval is long, so only what the data path sees can take it down (a tcp
+    // probe would pass: the port accepts).
+    cfg.pools[0].health = Some(tcp_health(60_000, 500, 1, FALL));
+    let warren = Warren::start(cfg, quick());
+    let counted = || {
+        warren.metric(
+            r#"warren_backend_connect_failures_total{backend="closer",pool="default",reason="closed_early"}"#,
+        )
+    };
+    let mut early_eofs = 0u32;
+    for _ in 0..(4 * FALL) {
+        if early_eofs == FALL {
+            break;
+        }
+        let mut s = TcpStream::connect(warren.addr).await.unwrap();
+        s.write_all(b"AMQP\x00\x00\x09\x01").await.unwrap();
+        let mut id = [0u8; 1];
+        match tokio::time::timeout(5 * SECOND, s.read(&mut id)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => early_eofs += 1,
+            Ok(Ok(_)) => {
+                assert_eq!(id[0], 1);
+                continue;
+            }
+            Err(_) => panic!("no answer nor close within 5 s"),
+        }
+        drop(s);
+        wait_for("the early close to be counted", 2 * SECOND, || {
+            counted() == f64::from(early_eofs)
+        })
+        .await;
+        if early_eofs < FALL {
+            assert_ne!(
+                health_of(&warren, "closer"),
+                Health::Down,
+                "down after {early_eofs} of fall = {FALL}"
+            );
+        }
+    }
+    assert_eq!(early_eofs, FALL, "clients never reached the closer");
+    wait_for("closer marked down", 2 * SECOND, || {
+        health_of(&warren, "closer") == Health::Down
+    })
+    .await;
+    println!("closer down after {early_eofs} early closes");
+    for _ in 0..10 {
+        let (id, _) = which_backend(warren.addr).await;
+        assert_eq!(id, 1, "a client went to the backend that closes at once");
+    }
+    warren.stop().await;
+}

@@ -219,6 +219,133 @@ async fn resets_are_passed_on_in_both_directions() {
     warren.stop().await;
 }
 
+/// Criterion: 10 of 10 clients that close normally (FIN) to a backend that answers the close
+/// with a reset (RabbitMQ's `linger {true, 0}`) are counted as
+/// `connections_closed_total{reason="client"}` (the first side to close decides), 0 as `backend`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_close_answered_by_a_backend_reset_counts_as_a_client_close() {
+    const N: usize = 10;
+    // Greets (so it is not a backend that closes before a word), then resets once the client's
+    // FIN arrives.
+    let b = spawn_backend(|mut s| async move {
+        if s.write_all(b"hi").await.is_err() {
+            return;
+        }
+        let _ = read_end(&mut s, Duration::from_secs(10)).await;
+        reset(s);
+    })
+    .await;
+    let warren = Warren::start(
+        config(Balance::RoundRobin, vec![backend("b", b.addr)]),
+        quick(),
+    );
+    for _ in 0..N {
+        let mut s = TcpStream::connect(warren.addr).await.unwrap();
+        let mut greeting = [0u8; 2];
+        tokio::time::timeout(PROMPT, s.read_exact(&mut greeting))
+            .await
+            .expect("greeted within 1 s")
+            .unwrap();
+        s.shutdown().await.unwrap();
+        let end = read_end(&mut s, PROMPT).await;
+        assert!(
+            matches!(end, Ok(0) | Err(ErrorKind::ConnectionReset)),
+            "closed after the client's FIN, got {end:?}"
+        );
+    }
+    let closed = |reason: &str| {
+        warren.metric(&format!(
+            r#"warren_connections_closed_total{{listener="default",reason="{reason}"}}"#
+        ))
+    };
+    wait_for("every close to be counted", Duration::from_secs(5), || {
+        ["client", "backend", "error"]
+            .iter()
+            .map(|r| closed(r))
+            .sum::<f64>()
+            >= N as f64
+    })
+    .await;
+    assert_eq!(
+        (closed("client"), closed("backend"), closed("error")),
+        (N as f64, 0.0, 0.0)
+    );
+    warren.stop().await;
+}
+
+/// Criterion: with `connect_timeout` 500 ms and `next_upstream_timeout` 700 ms, a client whose
+/// first try (a silent primary) takes its full 500 ms gets a second try (a silent backup)
+/// shortened to about 200 ms; that shortened try's timeout is not the backup's fault: 0 timeout
+/// failures counted against it and it stays available (a failure would hold it down), while
+/// the primary has 1; the client is closed within 700 ms + 500 ms and counted as
+/// `listener_rejected_total{reason="next_upstream_timeout"}`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_out_of_the_failover_budget_does_not_blame_the_last_backend() {
+    let (primary, spare) = (silent_peer(), silent_peer());
+    let mut b = backend("b", spare.addr);
+    b.backup = true;
+    let cfg = with_listener(
+        config(Balance::RoundRobin, vec![backend("a", primary.addr), b]),
+        |l| {
+            l.connect_timeout = Duration::from_millis(500);
+            l.next_upstream_timeout = Some(Duration::from_millis(700));
+        },
+    );
+    let warren = Warren::start(cfg, quick());
+    let started = Instant::now();
+    let mut s = TcpStream::connect(warren.addr).await.unwrap();
+    let end = read_end(&mut s, Duration::from_secs(5)).await;
+    let took = started.elapsed();
+    assert!(
+        matches!(end, Ok(0) | Err(ErrorKind::ConnectionReset)),
+        "closed, got {end:?}"
+    );
+    assert!(took < Duration::from_millis(1200), "closed after {took:?}");
+    let rejected = |reason: &str| {
+        warren.metric(&format!(
+            r#"warren_listener_rejected_total{{listener="default",reason="{reason}"}}"#
+        ))
+    };
+    wait_for("the client to be counted", Duration::from_secs(2), || {
+        rejected("next_upstream_timeout") + rejected("no_backend") >= 1.0
+    })
+    .await;
+    let timeouts = |name: &str| {
+        warren.metric(&format!(
+            r#"warren_backend_connect_failures_total{{backend="{name}",pool="default",reason="timeout"}}"#
+        ))
+    };
+    let b_health = warren.routing.load().pools["default"]
+        .backend("b")
+        .unwrap()
+        .health;
+    println!(
+        "closed after {took:?}; timeouts a {}, b {}; b {b_health:?}",
+        timeouts("a"),
+        timeouts("b")
+    );
+    assert_eq!(
+        timeouts("a"),
+        1.0,
+        "the full try's timeout is the primary's"
+    );
+    assert_eq!(
+        timeouts("b"),
+        0.0,
+        "the budget's end is not the backup's fault"
+    );
+    assert_ne!(
+        b_health,
+        warren::state::Health::Down,
+        "the backup is held down"
+    );
+    assert_eq!(
+        (rejected("next_upstream_timeout"), rejected("no_backend")),
+        (1.0, 0.0)
+    );
+    warren.stop().await;
+}
+
 /// Sockets of this process in SYN_SENT towards `port` (from /proc/net/tcp).
 fn syn_sent_to(port: u16) -> usize {
     let table = std::fs::read_to_string("/proc/net/tcp").unwrap();

@@ -67,13 +67,71 @@ fn status_of(raw: &str) -> u16 {
         .unwrap_or(0)
 }
 
+/// The `Retry-After` of an answer, in seconds.
+fn retry_after_of(raw: &str) -> Option<u64> {
+    raw.lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("retry-after: ")
+                .map(str::to_owned)
+        })
+        .and_then(|v| v.trim().parse::<u64>().ok())
+}
+
+/// Each of `n` wrong guesses from `sources` (one after another, cycling through them) answered:
+/// (401s, 429s, the last `Retry-After`, how long all took).
+async fn guess_in_turn(
+    admin: SocketAddr,
+    sources: &[std::net::IpAddr],
+    n: usize,
+) -> (u32, u32, Option<u64>, Duration) {
+    let started = Instant::now();
+    let (mut checked, mut limited, mut retry_after) = (0, 0, None);
+    for i in 0..n {
+        let source = sources[i % sources.len()];
+        let raw = raw_http_from(
+            source,
+            admin,
+            "GET",
+            "/v1/status",
+            Some(&format!("guess-{i}")),
+        )
+        .await;
+        match status_of(&raw) {
+            401 => checked += 1,
+            429 => {
+                limited += 1;
+                retry_after = retry_after_of(&raw);
+                assert!(retry_after.is_some(), "429 without Retry-After: {raw}");
+            }
+            other => panic!("guess {i} from {source}: status {other}: {raw}"),
+        }
+        assert!(!raw.contains(TOKEN), "an answer contains the token");
+    }
+    (checked, limited, retry_after, started.elapsed())
+}
+
+/// `GET /v1/status` with the right token from `source` answers 200 within 300 ms.
+async fn right_token_answers_at_once(admin: SocketAddr, source: std::net::IpAddr) {
+    let asked = Instant::now();
+    let raw = raw_http_from(source, admin, "GET", "/v1/status", Some(TOKEN)).await;
+    let took = asked.elapsed();
+    assert_eq!(status_of(&raw), 200, "the right token from {source}: {raw}");
+    assert!(
+        took < Duration::from_millis(300),
+        "the right token waited {took:?} while wrong ones are held"
+    );
+}
+
 /// Criterion: 0 of 4 `/v1` routes answer without the token or with a wrong one (401 each); of
-/// 100 wrong guesses sent as fast as possible, at most 10 + 2 per elapsed second are checked,
-/// the rest get 429 with `Retry-After`; while limited the right token still gets 200 (an
-/// operator behind the guesser's address is not locked out), probes (`/healthz`, `/metrics`)
-/// get 200; a wrong token is checked again after `Retry-After`.
+/// 16 wrong guesses sent one after another, at most 10 + 2 per second of the burst are checked
+/// (401) at once, the rest get 429 with `Retry-After` only after being held, so the 16 take at
+/// least 0.5 s per 429 after the first (2 a second); while limited the right token gets 200
+/// within 300 ms (an operator behind the guesser's address is not locked out), probes
+/// (`/healthz`, `/metrics`) get 200; a wrong token is checked again after `Retry-After`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_api_needs_the_token_and_wrong_guesses_are_rate_limited() {
+    const GUESSES: usize = 16;
     let dir = TempDir::new("sec-token");
     let b = spawn_backend(echo).await;
     std::fs::write(dir.0.join("token"), TOKEN).unwrap();
@@ -103,117 +161,180 @@ async fn admin_api_needs_the_token_and_wrong_guesses_are_rate_limited() {
         200
     );
 
-    let started = Instant::now();
-    let (mut checked, mut limited, mut retry_after) = (0, 0, None);
-    for n in 0..100 {
-        let raw = raw_http(admin, "GET", "/v1/status", Some(&format!("guess-{n}"))).await;
-        match status_of(&raw) {
-            401 => checked += 1,
-            429 => {
-                limited += 1;
-                retry_after = raw
-                    .lines()
-                    .find_map(|l| {
-                        l.to_ascii_lowercase()
-                            .strip_prefix("retry-after: ")
-                            .map(str::to_owned)
-                    })
-                    .and_then(|v| v.trim().parse::<u64>().ok());
-                assert!(retry_after.is_some(), "429 without Retry-After: {raw}");
-            }
-            other => panic!("guess {n}: status {other}: {raw}"),
-        }
-        assert!(!raw.contains(TOKEN), "an answer contains the token");
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    let allowed = 10.0 + 2.0 * elapsed + 1.0;
-    println!(
-        "100 wrong guesses in {elapsed:.2}s: {checked} checked (401), {limited} refused (429)"
-    );
+    let (checked, limited, retry_after, took) =
+        guess_in_turn(admin, &[[127, 0, 0, 1].into()], GUESSES).await;
+    println!("{GUESSES} wrong guesses in turn in {took:.2?}: {checked} checked (401), {limited} held then refused (429)");
+    assert_eq!(checked + limited, GUESSES as u32);
     assert!(
-        f64::from(checked) <= allowed,
-        "{checked} guesses checked in {elapsed:.2}s (bound {allowed:.1})"
+        checked >= 10 && f64::from(checked) <= 10.0 + 2.0 * took.as_secs_f64() + 1.0,
+        "{checked} checked in {took:?}: the burst is 10, then 2 a second"
     );
-    assert_eq!(checked + limited, 100);
+    let at_least = Duration::from_millis(500) * (limited - 1);
+    assert!(
+        took >= at_least,
+        "{limited} held guesses answered in {took:?}, under {at_least:?}: guessing is not slowed"
+    );
     assert_eq!(
         warren.metric(r#"warren_admin_auth_failures_total{reason="wrong"}"#)
             + warren.metric(r#"warren_admin_auth_failures_total{reason="rate_limited"}"#),
-        100.0
+        GUESSES as f64
     );
 
-    // Limited: the right token still passes.
-    assert_eq!(
-        status_of(&raw_http(admin, "GET", "/v1/status", Some(TOKEN)).await),
-        200
-    );
-    assert_eq!(
-        status_of(&raw_http(admin, "GET", "/healthz", None).await),
-        200
-    );
-    assert_eq!(
-        status_of(&raw_http(admin, "GET", "/metrics", None).await),
-        200
-    );
+    // Limited: the right token still passes at once, and so do the probes.
+    right_token_answers_at_once(admin, [127, 0, 0, 1].into()).await;
+    for path in ["/healthz", "/metrics"] {
+        assert_eq!(status_of(&raw_http(admin, "GET", path, None).await), 200);
+    }
     let wait = Duration::from_secs(retry_after.unwrap());
     tokio::time::sleep(wait).await;
+    let asked = Instant::now();
     assert_eq!(
         status_of(&raw_http(admin, "GET", "/v1/status", Some("guess-again")).await),
         401
     );
+    assert!(
+        asked.elapsed() < Duration::from_millis(300),
+        "checked at once after Retry-After"
+    );
     warren.stop().await;
 }
 
-/// Criterion: 100 wrong guesses from 100 addresses of 127.0.0.0/24 (a new address for each)
-/// get at most 10 + 2 per elapsed second checked (401), the rest 429; the right token from a
-/// 101st address of that /24 gets 200 while it is limited.
+/// Criterion: 16 wrong guesses from 16 addresses of 127.0.0.0/24 (a new address for each, one
+/// after another) get at most 10 + 2 per second of the burst checked (401), the rest 429 after
+/// being held (at least 0.5 s per 429 after the first); the right token from a 17th address of
+/// that /24 gets 200 within 300 ms while it is limited.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guesses_rotating_addresses_in_one_prefix_share_one_budget() {
+    const GUESSES: u8 = 16;
     let dir = TempDir::new("sec-rotate");
     let b = spawn_backend(echo).await;
     std::fs::write(dir.0.join("token"), TOKEN).unwrap();
     let cfg = config(Balance::RoundRobin, vec![backend("b", b.addr)]);
     let warren = Warren::start(with_admin_api(cfg, Some(dir.0.join("token"))), quick());
     let admin = warren.admin.unwrap();
-    let started = Instant::now();
-    let (mut checked, mut limited) = (0u32, 0u32);
-    for n in 0..100u8 {
-        let source = std::net::IpAddr::from([127, 0, 0, 2 + n]);
-        let raw = raw_http_from(
-            source,
-            admin,
-            "GET",
-            "/v1/status",
-            Some(&format!("guess-{n}")),
-        )
-        .await;
-        match status_of(&raw) {
-            401 => checked += 1,
-            429 => limited += 1,
-            other => panic!("guess {n} from {source}: status {other}: {raw}"),
-        }
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    let allowed = 10.0 + 2.0 * elapsed + 1.0;
+    let sources: Vec<std::net::IpAddr> = (0..GUESSES)
+        .map(|n| std::net::IpAddr::from([127, 0, 0, 2 + n]))
+        .collect();
+    let (checked, limited, _, took) = guess_in_turn(admin, &sources, sources.len()).await;
     println!(
-        "100 guesses from 100 addresses in {elapsed:.2}s: {checked} checked, {limited} refused"
+        "{GUESSES} guesses from {GUESSES} addresses in {took:.2?}: {checked} checked, {limited} held then refused"
     );
     assert!(
-        f64::from(checked) <= allowed,
-        "{checked} checked in {elapsed:.2}s (bound {allowed:.1})"
+        checked >= 10 && f64::from(checked) <= 10.0 + 2.0 * took.as_secs_f64() + 1.0,
+        "{checked} checked in {took:?}: the /24's burst is 10, then 2 a second"
     );
-    assert_eq!(checked + limited, 100);
-    let raw = raw_http_from(
-        [127, 0, 0, 200].into(),
-        admin,
-        "GET",
-        "/v1/status",
-        Some(TOKEN),
-    )
-    .await;
+    let at_least = Duration::from_millis(500) * (limited - 1);
+    assert!(
+        took >= at_least,
+        "{limited} held guesses answered in {took:?}"
+    );
+    right_token_answers_at_once(admin, [127, 0, 0, 200].into()).await;
+    warren.stop().await;
+}
+
+/// What one guess taught the guesser.
+enum Learned {
+    /// An answer (401 or 429), or silence past the guesser's patience: the right token would
+    /// have been answered at once, so silence means "wrong" too.
+    Wrong,
+    /// Closed at accept, unread (the source's connections are all taken).
+    Refused,
+}
+
+/// One guess from `source` by a guesser that waits at most `patience` for an answer and then
+/// hangs up.
+async fn impatient_guess(
+    source: std::net::IpAddr,
+    admin: SocketAddr,
+    n: usize,
+    patience: Duration,
+) -> Learned {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(source, 0)).unwrap();
+    let Ok(mut s) = socket.connect(admin).await else {
+        return Learned::Refused;
+    };
+    let head = format!(
+        "GET /v1/status HTTP/1.1\r\nHost: warren\r\nAuthorization: Bearer guess-{n}\r\nConnection: close\r\n\r\n"
+    );
+    if s.write_all(head.as_bytes()).await.is_err() {
+        return Learned::Refused;
+    }
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(patience, s.read(&mut first)).await {
+        Ok(Ok(1)) => Learned::Wrong,
+        Ok(_) => Learned::Refused,
+        Err(_) => Learned::Wrong,
+    }
+}
+
+/// Criterion: with `admin.max_connections_per_source = 4`, a guesser on one address with 6
+/// guesses in flight at once for 3 s, that takes 150 ms of silence as "wrong" and hangs up,
+/// learns the outcome of at most 10 + 2 a second + 2 × 4 guesses (a wrong token over the budget
+/// is held and its connection keeps its slot until the hold ends, even after the hang-up; today
+/// such a guesser learns hundreds); connections over the 4 are refused at accept
+/// (`admin_connections_refused_total{reason="per_source"}` > 0); meanwhile the right token from
+/// another address of the /24 gets 200 within 300 ms, and `/healthz` 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_wrong_tokens_bound_the_guess_rate_by_the_connection_caps() {
+    const SLOTS: usize = 4;
+    const GUESSERS: usize = 6;
+    const WINDOW: Duration = Duration::from_secs(3);
+    const PATIENCE: Duration = Duration::from_millis(150);
+    let dir = TempDir::new("sec-hold");
+    let b = spawn_backend(echo).await;
+    std::fs::write(dir.0.join("token"), TOKEN).unwrap();
+    let mut cfg = with_admin_api(
+        config(Balance::RoundRobin, vec![backend("b", b.addr)]),
+        Some(dir.0.join("token")),
+    );
+    cfg.admin.as_mut().unwrap().max_connections_per_source = SLOTS;
+    let warren = Warren::start(cfg, quick());
+    let admin = warren.admin.unwrap();
+    let started = Instant::now();
+    let guesser: std::net::IpAddr = [127, 0, 0, 1].into();
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let workers: Vec<_> = (0..GUESSERS)
+        .map(|_| {
+            let next = next.clone();
+            tokio::spawn(async move {
+                let (mut learned, mut refused) = (0u32, 0u32);
+                while started.elapsed() < WINDOW {
+                    let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    match impatient_guess(guesser, admin, n, PATIENCE).await {
+                        Learned::Wrong if started.elapsed() <= WINDOW => learned += 1,
+                        Learned::Wrong => {}
+                        Learned::Refused => {
+                            refused += 1;
+                            tokio::time::sleep(Duration::from_millis(25)).await;
+                        }
+                    }
+                }
+                (learned, refused)
+            })
+        })
+        .collect();
+    tokio::time::sleep(WINDOW / 2).await;
+    right_token_answers_at_once(admin, [127, 0, 0, 2].into()).await;
     assert_eq!(
-        status_of(&raw),
-        200,
-        "the right token is let through: {raw}"
+        status_of(&raw_http_from([127, 0, 0, 3].into(), admin, "GET", "/healthz", None).await),
+        200
+    );
+    let (mut learned, mut refused) = (0, 0);
+    for w in workers {
+        let (l, r) = w.await.unwrap();
+        learned += l;
+        refused += r;
+    }
+    let bound = 10.0 + 2.0 * WINDOW.as_secs_f64() + 2.0 * SLOTS as f64;
+    println!("{GUESSERS} impatient guessers for {WINDOW:?}: learned {learned}, refused at accept {refused} (bound {bound})");
+    assert!(
+        f64::from(learned) <= bound,
+        "learned the outcome of {learned} guesses in {WINDOW:?} (bound {bound})"
+    );
+    assert!(
+        warren.metric(r#"warren_admin_connections_refused_total{reason="per_source"}"#) > 0.0,
+        "held connections count against max_connections_per_source"
     );
     warren.stop().await;
 }

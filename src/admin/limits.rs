@@ -1,5 +1,6 @@
 //! The admin API's defences against a client it does not trust yet: the wrong-token limiter
-//! ([`AuthLimiter`]) and the bound on open connections ([`ConnectionTable`]). Both group clients
+//! ([`AuthLimiter`], which decides whether a wrong token is answered at once or held, see
+//! [`WrongToken`]) and the bound on open connections ([`ConnectionTable`]). Both group clients
 //! by source prefix (see [`crate::source::prefix_of`]) so rotating through addresses of one
 //! network gains nothing. Pure: the caller passes `now` and connection ids; no sockets, no
 //! tokens (comparing the token is the caller's, in constant time).
@@ -23,6 +24,11 @@ pub const AUTH_FAILURE_BURST_TOTAL: f64 = 50.0;
 pub const AUTH_FAILURES_PER_SECOND_TOTAL: f64 = 10.0;
 /// IPv4 prefix wrong tokens are counted by (an IPv6 source counts by its /64).
 pub const AUTH_V4_PREFIX: u8 = 24;
+/// Longest a wrong token over the budget is held before its 429. A guesser's held connections
+/// count against `admin.max_connections_per_source` and `admin.max_connections`, so it learns at
+/// most that many answers per hold; the budget's debt is capped so that a wrong token is checked
+/// again at most this long after the last one.
+pub const AUTH_HOLD_MAX: Duration = Duration::from_secs(5);
 /// Source prefixes tracked at once; past it, those with a full budget are forgotten.
 const AUTH_SOURCES_TRACKED: usize = 4096;
 
@@ -43,17 +49,40 @@ impl Bucket {
         }
     }
 
-    /// How long until one attempt is back, when none is left.
+    /// How long until one attempt is back, when none is left (at most [`AUTH_HOLD_MAX`]).
     fn wait(left: f64, rate: f64) -> Option<Duration> {
-        (left < 1.0).then(|| Duration::from_secs_f64((1.0 - left) / rate))
+        (left < 1.0).then(|| Duration::from_secs_f64((1.0 - left) / rate).min(AUTH_HOLD_MAX))
     }
+
+    /// `left` after one more attempt: it may go into debt (each wrong token while waiting pushes
+    /// the wait further out), but never so deep that the wait passes [`AUTH_HOLD_MAX`].
+    fn spend(left: f64, rate: f64) -> f64 {
+        (left - 1.0).max(1.0 - rate * AUTH_HOLD_MAX.as_secs_f64())
+    }
+}
+
+/// What to do with a wrong token.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum WrongToken {
+    /// Within the budget: answer 401 now. `last` when it spent its prefix's last attempt.
+    Checked { last: bool },
+    /// Over the budget: hold the connection for `hold`, then answer 429 with `Retry-After` =
+    /// `retry_after` (from the answer; how long until a wrong token is checked again). Answering
+    /// at once would tell a guesser "wrong" as fast as it asks, since the right token is always
+    /// answered at once.
+    Held {
+        hold: Duration,
+        retry_after: Duration,
+    },
 }
 
 /// Token buckets of wrong-token attempts per source prefix (IPv4 /24, IPv6 /64) and for all
 /// sources together, so guessing is slow (2 a second per prefix after a burst of 10, 10 a second
 /// in total after a burst of 50) while a typo costs nothing. A missing token is not a guess and
-/// spends nothing. The limiter only answers "must this wrong token wait?": a request carrying
-/// the right token is let through whatever the buckets say (see `admin::authenticate`).
+/// spends nothing. Every wrong token spends, also one over the budget, which is held (see
+/// [`WrongToken::Held`]) for as long as the buckets say, up to [`AUTH_HOLD_MAX`]. The limiter
+/// only sees wrong tokens: a request carrying the right token is let through whatever the
+/// buckets say (see `admin::authenticate`).
 #[derive(Default)]
 pub struct AuthLimiter {
     inner: Mutex<LimiterState>,
@@ -63,6 +92,26 @@ pub struct AuthLimiter {
 struct LimiterState {
     prefixes: HashMap<IpNet, Bucket>,
     total: Option<Bucket>,
+}
+
+impl LimiterState {
+    /// Keep the tracked prefixes bounded before `prefix` is added: forget those with a full
+    /// budget, and if every one is guessing, the oldest (the total bucket still holds it back).
+    fn make_room(&mut self, prefix: IpNet, now: Instant) {
+        let prefixes = &mut self.prefixes;
+        if prefixes.len() < AUTH_SOURCES_TRACKED || prefixes.contains_key(&prefix) {
+            return;
+        }
+        prefixes.retain(|_, b| {
+            Bucket::left(Some(b), now, AUTH_FAILURE_BURST, AUTH_FAILURES_PER_SECOND)
+                < AUTH_FAILURE_BURST
+        });
+        if prefixes.len() >= AUTH_SOURCES_TRACKED {
+            if let Some(oldest) = prefixes.iter().min_by_key(|(_, b)| b.at).map(|(p, _)| *p) {
+                prefixes.remove(&oldest);
+            }
+        }
+    }
 }
 
 impl AuthLimiter {
@@ -92,42 +141,45 @@ impl AuthLimiter {
         }
     }
 
-    /// Record a wrong token from `source`; true when that spent its prefix's last attempt.
-    pub fn failed(&self, source: IpAddr, now: Instant) -> bool {
+    /// Decide about a wrong token from `source` at `now`, and spend it from its prefix's
+    /// budget and the total.
+    pub fn wrong_token(&self, source: IpAddr, now: Instant) -> WrongToken {
         let mut state = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let prefix = prefix_of(source, AUTH_V4_PREFIX);
-        let prefixes = &mut state.prefixes;
-        if prefixes.len() >= AUTH_SOURCES_TRACKED && !prefixes.contains_key(&prefix) {
-            prefixes.retain(|_, b| {
-                Bucket::left(Some(b), now, AUTH_FAILURE_BURST, AUTH_FAILURES_PER_SECOND)
-                    < AUTH_FAILURE_BURST
-            });
-            if prefixes.len() >= AUTH_SOURCES_TRACKED {
-                // Every tracked prefix is guessing: forget the oldest rather than grow. The
-                // total bucket still holds them all back.
-                if let Some(oldest) = prefixes.iter().min_by_key(|(_, b)| b.at).map(|(p, _)| *p) {
-                    prefixes.remove(&oldest);
-                }
-            }
-        }
+        state.make_room(prefix, now);
         let own = Bucket::left(
-            prefixes.get(&prefix),
+            state.prefixes.get(&prefix),
             now,
             AUTH_FAILURE_BURST,
             AUTH_FAILURES_PER_SECOND,
-        ) - 1.0;
-        prefixes.insert(prefix, Bucket { left: own, at: now });
+        );
         let total = Bucket::left(
             state.total.as_ref(),
             now,
             AUTH_FAILURE_BURST_TOTAL,
             AUTH_FAILURES_PER_SECOND_TOTAL,
-        ) - 1.0;
+        );
+        let waits = |own: f64, total: f64| {
+            Bucket::wait(own, AUTH_FAILURES_PER_SECOND)
+                .max(Bucket::wait(total, AUTH_FAILURES_PER_SECOND_TOTAL))
+        };
+        let hold = waits(own, total);
+        let (own, total) = (
+            Bucket::spend(own, AUTH_FAILURES_PER_SECOND),
+            Bucket::spend(total, AUTH_FAILURES_PER_SECOND_TOTAL),
+        );
+        state.prefixes.insert(prefix, Bucket { left: own, at: now });
         state.total = Some(Bucket {
             left: total,
             at: now,
         });
-        own < 1.0
+        match hold {
+            None => WrongToken::Checked { last: own < 1.0 },
+            Some(hold) => WrongToken::Held {
+                hold,
+                retry_after: waits(own, total).unwrap_or_default().saturating_sub(hold),
+            },
+        }
     }
 
     #[cfg(test)]
@@ -256,8 +308,12 @@ mod tests {
                 "{name}: step {i} ({} at {} ms)",
                 s.source, s.t
             );
-            if s.fail && !limited {
-                limiter.failed(ip(s.source), now);
+            if s.fail {
+                let held = matches!(
+                    limiter.wrong_token(ip(s.source), now),
+                    WrongToken::Held { .. }
+                );
+                assert_eq!(held, limited, "{name}: step {i} held");
             }
         }
     }
@@ -395,7 +451,7 @@ mod tests {
         let limiter = AuthLimiter::default();
         let t0 = Instant::now();
         for _ in 0..10 {
-            limiter.failed(ip("10.0.0.1"), t0);
+            limiter.wrong_token(ip("10.0.0.1"), t0);
         }
         assert_eq!(
             limiter.retry_after(ip("10.0.0.1"), t0),
@@ -411,12 +467,94 @@ mod tests {
         );
     }
 
+    /// A wrong token over the budget is held: (ms since the first guess, source, expected
+    /// verdict: `None` = 401 at once, `Some((hold ms, Retry-After ms))` = 429 after the hold).
+    #[test]
+    fn wrong_tokens_over_the_budget_are_held_and_the_hold_is_capped() {
+        type Case = (&'static str, Vec<(u64, String, Option<(u64, u64)>)>);
+        let burst = |t: u64, source: &str, n: usize| vec![(t, source.to_owned(), None); n];
+        let cases: Vec<Case> = vec![
+            (
+                "one guess at a time: 10 at once, then one answer every 500 ms (2 a second)",
+                {
+                    let mut s = burst(0, "10.0.0.1", 10);
+                    // Each guess waits for its answer before the next.
+                    s.push((0, "10.0.0.1".into(), Some((500, 500))));
+                    s.push((500, "10.0.0.1".into(), Some((500, 500))));
+                    s.push((1000, "10.0.0.1".into(), Some((500, 500))));
+                    // Waiting out Retry-After: checked again.
+                    s.push((2000, "10.0.0.1".into(), None));
+                    s
+                },
+            ),
+            (
+                "guesses at once: each pushes the next further out, capped at 5 s",
+                {
+                    let mut s = burst(0, "10.0.0.1", 10);
+                    for k in 1..=10u64 {
+                        let hold = (500 * k).min(5000);
+                        s.push((
+                            0,
+                            "10.0.0.1".into(),
+                            Some((hold, (hold + 500).min(5000) - hold)),
+                        ));
+                    }
+                    // The debt is capped too: 100 more at once are each held 5 s...
+                    s.extend(vec![(0, "10.0.0.2".into(), Some((5000, 0))); 100]);
+                    // ...and 5 s after the last, a wrong token is checked again.
+                    s.push((5000, "10.0.0.3".into(), None));
+                    s
+                },
+            ),
+            ("another network is not held by this one's guesses", {
+                let mut s = burst(0, "10.0.0.1", 12);
+                s[10].2 = Some((500, 500));
+                s[11].2 = Some((1000, 500));
+                s.push((0, "10.0.1.1".into(), None));
+                s
+            }),
+            (
+                "the total budget holds every network: 50 at once, then 10 a second",
+                {
+                    let mut s: Vec<_> = (1..=50u8)
+                        .map(|n| (0, format!("10.{n}.0.1"), None))
+                        .collect();
+                    s.push((0, "192.0.2.1".into(), Some((100, 100))));
+                    s.push((0, "2001:db8::1".into(), Some((200, 100))));
+                    s
+                },
+            ),
+        ];
+        for (name, steps) in cases {
+            let limiter = AuthLimiter::default();
+            let t0 = Instant::now();
+            for (i, (t, source, want)) in steps.into_iter().enumerate() {
+                let got = limiter.wrong_token(ip(&source), t0 + Duration::from_millis(t));
+                let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+                match (got, want) {
+                    (WrongToken::Checked { .. }, None) => {}
+                    (WrongToken::Held { hold, retry_after }, Some((h, r))) => assert!(
+                        (ms(hold) - h as f64).abs() < 0.5
+                            && (ms(retry_after) - r as f64).abs() < 0.5,
+                        "{name}: step {i} at {t} ms from {source}: held {hold:?}, \
+                         retry after {retry_after:?}; expected {h} ms, {r} ms"
+                    ),
+                    (got, want) => {
+                        panic!(
+                            "{name}: step {i} at {t} ms from {source}: {got:?}, expected {want:?}"
+                        )
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn tracked_prefixes_are_bounded() {
         let limiter = AuthLimiter::default();
         let now = Instant::now();
         for i in 0..(AUTH_SOURCES_TRACKED as u32 + 100) {
-            limiter.failed(IpAddr::from((i << 8).to_be_bytes()), now);
+            limiter.wrong_token(IpAddr::from((i << 8).to_be_bytes()), now);
         }
         assert!(limiter.tracked() <= AUTH_SOURCES_TRACKED);
     }

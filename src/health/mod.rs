@@ -39,6 +39,9 @@ pub enum ConnectFailure {
     Timeout,
     /// Unreachable host or network, or another error the backend's side caused.
     Other,
+    /// Connected, then the backend closed or reset first without sending a byte, at once (a
+    /// broker always answers a client's protocol header): HAProxy's layer-4 `observe`.
+    ClosedEarly,
 }
 
 impl ConnectFailure {
@@ -48,6 +51,7 @@ impl ConnectFailure {
             ConnectFailure::Refused => "refused",
             ConnectFailure::Timeout => "timeout",
             ConnectFailure::Other => "other",
+            ConnectFailure::ClosedEarly => "closed_early",
         }
     }
 }

@@ -1,7 +1,9 @@
 //! Connecting to a backend with failover, with NGINX `proxy_next_upstream` semantics: walk the
 //! balancer's candidates, one `connect_timeout` per attempt, stop after `next_upstream_tries`
 //! attempts or `next_upstream_timeout` overall. Failures the backend caused are reported to the
-//! health [`Observer`]; local failures (no ephemeral port, no descriptor) are not held against it.
+//! health [`Observer`]; local failures (no ephemeral port, no descriptor) are not held against it,
+//! and neither is a try cut short by the end of `next_upstream_timeout` (the budget ran out, not
+//! the backend's `connect_timeout`): that ends in [`ConnectError::BudgetSpent`].
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -11,7 +13,7 @@ use tokio::time::Instant;
 
 use crate::config::ListenerConfig;
 use crate::health::{ConnectFailure, Observer};
-use crate::state::{BackendRoute, PoolRoute};
+use crate::state::{BackendRoute, BackendStats, PoolRoute};
 
 /// Why no backend connection could be made.
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +22,12 @@ pub enum ConnectError {
     NoBackend { pool: String },
     #[error("every tried backend of pool {pool} failed ({tries} tries), last: {last}")]
     AllFailed {
+        pool: String,
+        tries: usize,
+        last: String,
+    },
+    #[error("next_upstream_timeout of pool {pool} spent after {tries} tries, last: {last}")]
+    BudgetSpent {
         pool: String,
         tries: usize,
         last: String,
@@ -116,19 +124,24 @@ pub async fn connect<'a>(
     };
     let mut tries = 0;
     let mut last = String::new();
+    let mut budget_spent = false;
     for index in candidates {
         if tries >= max_tries {
             break;
         }
-        let budget = match deadline {
+        let (budget, shortened) = match deadline {
             Some(d) if tries > 0 => {
                 let left = d.saturating_duration_since(Instant::now());
                 if left.is_zero() {
+                    budget_spent = true;
                     break;
                 }
-                left.min(listener.connect_timeout)
+                (
+                    left.min(listener.connect_timeout),
+                    left < listener.connect_timeout,
+                )
             }
-            _ => listener.connect_timeout,
+            _ => (listener.connect_timeout, false),
         };
         let backend = &pool.backends[index];
         tries += 1;
@@ -165,6 +178,17 @@ pub async fn connect<'a>(
                     _ => ConnectFailure::Other,
                 }
             }
+            Err(_elapsed) if shortened => {
+                // The backend had less than its connect_timeout: no verdict on it.
+                last = format!(
+                    "{} ({}): no answer within the {:?} left of next_upstream_timeout",
+                    backend.name, backend.addr, budget
+                );
+                tracing::info!(pool = %pool.name, backend = %backend.name,
+                    "next_upstream_timeout spent during a shortened try (not counted against the backend)");
+                budget_spent = true;
+                break;
+            }
             Err(_elapsed) => {
                 last = format!(
                     "{} ({}): no answer within {:?}",
@@ -173,20 +197,38 @@ pub async fn connect<'a>(
                 ConnectFailure::Timeout
             }
         };
-        match failure {
-            ConnectFailure::Refused => backend.stats.failures_refused.inc(),
-            ConnectFailure::Timeout => backend.stats.failures_timeout.inc(),
-            ConnectFailure::Other => backend.stats.failures_other.inc(),
-        }
         tracing::info!(pool = %pool.name, backend = %backend.name, reason = failure.as_str(),
             "connect to backend failed, trying the next candidate");
-        health.connect_failed(&pool.name, &backend.name, failure);
+        blame(&pool.name, &backend.name, &backend.stats, failure, health);
     }
-    Err(ConnectError::AllFailed {
-        pool: pool.name.to_string(),
-        tries,
-        last,
+    let pool = pool.name.to_string();
+    Err(if budget_spent {
+        ConnectError::BudgetSpent { pool, tries, last }
+    } else {
+        ConnectError::AllFailed { pool, tries, last }
     })
+}
+
+/// A backend that closes a connection within this of accepting it, before sending a byte,
+/// failed a check ([`ConnectFailure::ClosedEarly`]): RabbitMQ answers a client's protocol header
+/// within milliseconds, and gives a silent client `handshake_timeout` (10 s) before closing.
+pub const EARLY_CLOSE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Count a failure the backend caused and report it to health (which returns at once).
+pub(crate) fn blame(
+    pool: &str,
+    backend: &str,
+    stats: &BackendStats,
+    failure: ConnectFailure,
+    health: &dyn Observer,
+) {
+    match failure {
+        ConnectFailure::Refused => stats.failures_refused.inc(),
+        ConnectFailure::Timeout => stats.failures_timeout.inc(),
+        ConnectFailure::Other => stats.failures_other.inc(),
+        ConnectFailure::ClosedEarly => stats.failures_closed_early.inc(),
+    }
+    health.connect_failed(pool, backend, failure);
 }
 
 #[cfg(all(test, unix))]

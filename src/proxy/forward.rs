@@ -190,10 +190,10 @@ impl Forward<'_> {
                         self.first_to_close.get_or_insert(CloseReason::Client);
                     }
                     End::ReadFailed(e) => {
-                        return Poll::Ready(failed(e, CloseReason::Client, backend))
+                        return Poll::Ready(self.failed(e, CloseReason::Client, backend))
                     }
                     End::WriteFailed(e) => {
-                        return Poll::Ready(failed(e, CloseReason::Backend, client))
+                        return Poll::Ready(self.failed(e, CloseReason::Backend, client))
                     }
                 }
             }
@@ -216,10 +216,10 @@ impl Forward<'_> {
                         self.first_to_close.get_or_insert(CloseReason::Backend);
                     }
                     End::ReadFailed(e) => {
-                        return Poll::Ready(failed(e, CloseReason::Backend, client))
+                        return Poll::Ready(self.failed(e, CloseReason::Backend, client))
                     }
                     End::WriteFailed(e) => {
-                        return Poll::Ready(failed(e, CloseReason::Client, backend))
+                        return Poll::Ready(self.failed(e, CloseReason::Client, backend))
                     }
                 }
             }
@@ -239,6 +239,17 @@ impl Forward<'_> {
             idle.as_mut().reset(deadline);
         }
         Poll::Pending
+    }
+
+    /// A side failed (see [`failed`]). When one side had already closed normally, that close
+    /// decides the reason: a broker answering a client's FIN with a reset (RabbitMQ's
+    /// `linger {true, 0}`) ends a connection the client closed.
+    fn failed(&self, err: io::Error, side: CloseReason, other: &TcpStream) -> CloseReason {
+        match (failed(err, side, other), self.first_to_close) {
+            (CloseReason::Error, _) => CloseReason::Error,
+            (_, Some(first)) => first,
+            (reason, None) => reason,
+        }
     }
 }
 

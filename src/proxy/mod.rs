@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::ProxyProtocol;
-use crate::health::Observer;
+use crate::health::{self, Observer};
 use crate::metrics::Metrics;
 use crate::proxy_protocol::{self, Header, Parsed};
 use crate::state::{BackendStats, Routing};
@@ -52,6 +52,7 @@ struct ListenerStats {
     total: IntCounter,
     rejected_max_connections: IntCounter,
     rejected_no_backend: IntCounter,
+    rejected_next_upstream_timeout: IntCounter,
     rejected_accept_error: IntCounter,
     proxy_header_malformed: IntCounter,
     proxy_header_timeout: IntCounter,
@@ -91,6 +92,7 @@ impl ListenerStats {
                 .with_label_values(&[listener]),
             rejected_max_connections: rejected("max_connections"),
             rejected_no_backend: rejected("no_backend"),
+            rejected_next_upstream_timeout: rejected("next_upstream_timeout"),
             rejected_accept_error: rejected("accept_error"),
             proxy_header_malformed: header("malformed"),
             proxy_header_timeout: header("timeout"),
@@ -426,6 +428,7 @@ struct Link {
     upstream: TcpStream,
     /// The original client (from the inbound PROXY header when there is one).
     origin: SocketAddr,
+    pool: Arc<str>,
     backend_name: Arc<str>,
     backend_addr: SocketAddr,
     backend: Arc<BackendStats>,
@@ -460,6 +463,7 @@ async fn handle(accepted: Box<(TcpStream, SocketAddr)>, conn: Conn) {
         return;
     };
     let _backend_active = GaugeGuard::new(&link.backend.active);
+    let connected_at = Instant::now();
     let outcome = forward::forward(
         &link.client,
         &link.upstream,
@@ -479,6 +483,17 @@ async fn handle(accepted: Box<(TcpStream, SocketAddr)>, conn: Conn) {
         reason = CloseReason::Shutdown;
     }
     stats.closed(reason).inc();
+    if reason == CloseReason::Backend
+        && outcome.to_client == 0
+        && connected_at.elapsed() < connect::EARLY_CLOSE
+    {
+        closed_early(
+            &link.pool,
+            &link.backend_name,
+            &link.backend,
+            &*conn.ctx.health,
+        );
+    }
     tracing::info!(
         client = %link.origin,
         listener = &*conn.listener,
@@ -552,7 +567,11 @@ async fn establish(
     let connected = match connect::connect(pool, listener, origin.ip(), &*ctx.health).await {
         Ok(c) => c,
         Err(e) => {
-            stats.rejected_no_backend.inc();
+            match e {
+                connect::ConnectError::BudgetSpent { .. } => &stats.rejected_next_upstream_timeout,
+                _ => &stats.rejected_no_backend,
+            }
+            .inc();
             tracing::warn!(listener = listener_name, client = %origin, error = %e,
                 "no backend connection, client closed");
             return None;
@@ -578,6 +597,7 @@ async fn establish(
             tracing::warn!(listener = listener_name, backend = %backend.name, error = %e,
                 "writing the preamble to the backend failed");
             stats.closed(CloseReason::Backend).inc();
+            closed_early(&pool.name, &backend.name, &backend.stats, &*ctx.health);
             return None;
         }
         backend.stats.bytes_to_backend.inc_by(early.len() as u64);
@@ -587,6 +607,7 @@ async fn establish(
         client,
         upstream,
         origin,
+        pool: pool.name.clone(),
         backend_name: backend.name.clone(),
         backend_addr: backend.addr,
         backend: backend.stats.clone(),
@@ -595,6 +616,24 @@ async fn establish(
         close: backend.stats.close_token(),
         _permit: permit,
     })
+}
+
+/// The backend closed or reset a new connection first, at once and without a byte: a failed
+/// check, like a refused connect (the client already has its close).
+fn closed_early(pool: &str, backend: &str, stats: &BackendStats, health: &dyn Observer) {
+    tracing::info!(
+        pool,
+        backend,
+        reason = "closed_early",
+        "the backend closed a new connection at once without a byte, counted as a failed check"
+    );
+    connect::blame(
+        pool,
+        backend,
+        stats,
+        health::ConnectFailure::ClosedEarly,
+        health,
+    );
 }
 
 /// Count and log a refused inbound PROXY header.

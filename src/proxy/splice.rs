@@ -17,8 +17,10 @@ pub const DEFAULT_MAX_LEASED: usize = 1024;
 const MAX_IDLE: usize = 128;
 /// What the pool's pipes may hold in all, leased and idle: the default per-user soft limit
 /// (`fs.pipe-user-pages-soft`, 16384 pages of 4 KiB). Past it the kernel shrinks new pipes of an
-/// unprivileged user, so the pool stays inside it.
+/// unprivileged user, so the pool stays inside it: a new pipe and a growing one both need room.
 const BUDGET: usize = 16384 * 4096;
+/// What a new pipe is reserved at before the kernel says its real size (Linux's default).
+const NEW_PIPE: usize = 16 * 4096;
 /// The size a pipe grows to once a splice fills it: a bulk stream then moves 256 KiB per pair of
 /// splice calls instead of 64 KiB (about a third less CPU per GB here, see BENCHMARKS.md).
 pub const BULK_PIPE: usize = 256 * 1024;
@@ -127,6 +129,8 @@ pub struct PipePool {
 pub enum LeaseError {
     /// `max_leased` pipes are in use.
     Exhausted,
+    /// No idle pipe, and a new one would take the pool's pipes past their byte budget.
+    Budget,
     /// The kernel refused a new pipe (EMFILE, ENFILE, ENOMEM).
     Os(io::Error),
 }
@@ -143,7 +147,8 @@ impl PipePool {
         })
     }
 
-    /// Take a pipe for one burst of bytes; give it back with [`PipePool::give_back`].
+    /// Take a pipe for one burst of bytes; give it back with [`PipePool::give_back`]. An idle
+    /// pipe is reused; a new one is made only if its bytes fit the budget.
     pub fn lease(&self) -> Result<Pipe, LeaseError> {
         if self.leased.fetch_add(1, Ordering::Relaxed) >= self.max_leased {
             self.leased.fetch_sub(1, Ordering::Relaxed);
@@ -152,17 +157,33 @@ impl PipePool {
         let reused = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let pipe = match reused {
             Some(pipe) => pipe,
-            None => {
-                let pipe = Pipe::new().map_err(|e| {
-                    self.leased.fetch_sub(1, Ordering::Relaxed);
-                    LeaseError::Os(e)
-                })?;
-                self.bytes.fetch_add(pipe.capacity, Ordering::Relaxed);
-                pipe
-            }
+            None => self.new_pipe().inspect_err(|_| {
+                self.leased.fetch_sub(1, Ordering::Relaxed);
+            })?,
         };
         self.gauge.inc();
         Ok(pipe)
+    }
+
+    /// A new pipe, its bytes reserved in the budget first and settled on its real size.
+    fn new_pipe(&self) -> Result<Pipe, LeaseError> {
+        self.bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                (b + NEW_PIPE <= BUDGET).then_some(b + NEW_PIPE)
+            })
+            .map_err(|_| LeaseError::Budget)?;
+        match Pipe::new() {
+            Ok(pipe) => {
+                // The kernel's default may differ from ours (a page size other than 4 KiB).
+                self.bytes.fetch_add(pipe.capacity, Ordering::Relaxed);
+                self.bytes.fetch_sub(NEW_PIPE, Ordering::Relaxed);
+                Ok(pipe)
+            }
+            Err(e) => {
+                self.bytes.fetch_sub(NEW_PIPE, Ordering::Relaxed);
+                Err(LeaseError::Os(e))
+            }
+        }
     }
 
     /// Grow a leased pipe that a splice filled to [`BULK_PIPE`], if the budget has room; a
@@ -276,6 +297,32 @@ mod tests {
         pool.grow(&mut pipe);
         assert_eq!(pipe.capacity, small);
         assert_eq!(pool.bytes(), BUDGET - 1);
+    }
+
+    #[test]
+    fn a_new_pipe_needs_room_in_the_budget_an_idle_one_does_not() {
+        let pool = PipePool::new(4, IntGauge::new("g", "g").unwrap());
+        let first = pool.lease().unwrap();
+        let small = first.capacity;
+        pool.give_back(first);
+        assert_eq!(pool.bytes(), small);
+        // The idle pipe is counted already: reusing it needs no room.
+        pool.bytes.store(BUDGET, Ordering::Relaxed);
+        let reused = pool.lease().expect("the idle pipe is reused at the budget");
+        // No idle pipe left and no room: refused, nothing leased, nothing reserved.
+        assert!(matches!(pool.lease(), Err(LeaseError::Budget)));
+        assert_eq!(pool.leased(), 1);
+        assert_eq!(pool.gauge.get(), 1);
+        assert_eq!(pool.bytes(), BUDGET);
+        // Room for exactly one more new pipe.
+        pool.bytes.store(BUDGET - NEW_PIPE, Ordering::Relaxed);
+        let new = pool.lease().expect("a new pipe fits");
+        assert_eq!(pool.bytes(), BUDGET - NEW_PIPE + new.capacity);
+        assert!(matches!(pool.lease(), Err(LeaseError::Budget)));
+        assert_eq!(pool.leased(), 2);
+        pool.give_back(reused);
+        pool.give_back(new);
+        assert_eq!(pool.leased(), 0);
     }
 
     #[test]

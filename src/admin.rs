@@ -98,6 +98,11 @@ pub async fn serve(listener: std::net::TcpListener, admin: Arc<Admin>, stop: Can
     let limits = admin.config.load().admin.clone().unwrap_or_default();
     // Shared by every connection: a guesser cannot reset its budget by reconnecting.
     let limiter = Arc::new(AuthLimiter::default());
+    // Held wrong tokens may take at most half the admin connections: the other half stays for
+    // `/healthz`, `/readyz`, `/metrics` and the operator, whatever a guesser does.
+    let holds = Arc::new(tokio::sync::Semaphore::new(
+        (limits.max_connections / 2).max(1),
+    ));
     let reserve = Arc::new(Reserve::new());
     let connections = Arc::new(Connections::new(&limits));
     let mut next_id = 0u64;
@@ -122,16 +127,27 @@ pub async fn serve(listener: std::net::TcpListener, admin: Arc<Admin>, stop: Can
             reserve.refill();
             continue;
         };
-        let (admin, limiter, reserve) = (admin.clone(), limiter.clone(), reserve.clone());
+        let (admin, limiter, holds, reserve) = (
+            admin.clone(),
+            limiter.clone(),
+            holds.clone(),
+            reserve.clone(),
+        );
         let idle_timeout = limits.idle_timeout;
         tokio::spawn(async move {
             let tracked = Arc::new(conn);
             let service = hyper::service::service_fn({
                 let tracked = tracked.clone();
                 move |req| {
-                    let (admin, limiter, tracked) =
-                        (admin.clone(), limiter.clone(), tracked.clone());
-                    async move { Ok::<_, Infallible>(handle(req, &admin, &limiter, &tracked).await) }
+                    let (admin, limiter, holds, tracked) = (
+                        admin.clone(),
+                        limiter.clone(),
+                        holds.clone(),
+                        tracked.clone(),
+                    );
+                    async move {
+                        Ok::<_, Infallible>(handle(req, &admin, &limiter, &holds, &tracked).await)
+                    }
                 }
             });
             let conn = hyper::server::conn::http1::Builder::new()
@@ -322,6 +338,7 @@ async fn handle(
     req: Request<Incoming>,
     admin: &Admin,
     limiter: &AuthLimiter,
+    holds: &Arc<tokio::sync::Semaphore>,
     conn: &Tracked,
 ) -> Reply {
     let source = conn.peer.ip();
@@ -329,10 +346,10 @@ async fn handle(
     let path = parts.uri.path().to_owned();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     if segments.first() == Some(&"v1") {
-        match authenticate(&parts.headers, admin, limiter, source) {
+        match authenticate(&parts.headers, admin, limiter, holds, source) {
             Auth::Pass => {}
             Auth::Deny(reply) => return reply,
-            Auth::Hold(hold, reply) => {
+            Auth::Hold(hold, reply, _slot) => {
                 conn.hold(hold);
                 tokio::time::sleep(hold).await;
                 return reply;
@@ -384,8 +401,9 @@ enum Auth {
     Pass,
     /// Answer this now.
     Deny(Reply),
-    /// A wrong token over the budget: answer this after the hold.
-    Hold(Duration, Reply),
+    /// A wrong token over the budget: answer this after the hold, keeping one of the hold
+    /// slots until then.
+    Hold(Duration, Reply, tokio::sync::OwnedSemaphorePermit),
 }
 
 /// Let the request pass, or the 401 to send at once, or the 429 to send after a hold (a wrong
@@ -395,6 +413,7 @@ fn authenticate(
     headers: &hyper::HeaderMap,
     admin: &Admin,
     limiter: &AuthLimiter,
+    holds: &Arc<tokio::sync::Semaphore>,
     source: IpAddr,
 ) -> Auth {
     let Some(expected) = admin.token.as_ref() else {
@@ -418,8 +437,35 @@ fn authenticate(
             "this endpoint needs Authorization: Bearer <token>",
         ));
     };
+    let too_many = |reason: &str| {
+        refused("rate_limited");
+        let mut reply = error(StatusCode::TOO_MANY_REQUESTS, reason);
+        let headers = reply.headers_mut();
+        headers.insert(
+            hyper::header::RETRY_AFTER,
+            hyper::header::HeaderValue::from(AUTH_HOLD_MAX.as_secs().max(1)),
+        );
+        headers.insert(
+            hyper::header::CONNECTION,
+            hyper::header::HeaderValue::from_static("close"),
+        );
+        reply
+    };
+    // A network over its budget needs a hold slot before its token is even compared: with
+    // every slot taken, it is refused at once, and an answer about a token never compared
+    // tells a guesser nothing.
+    let mut slot = None;
+    if limiter.retry_after(source, Instant::now()).is_some() {
+        match holds.clone().try_acquire_owned() {
+            Ok(permit) => slot = Some(permit),
+            Err(_) => return Auth::Deny(too_many(
+                "too many wrong bearer tokens from this network while others are held; retry later",
+            )),
+        }
+    }
     // Compared first and in constant time: the right token passes at once even from a network
-    // whose budget of wrong tokens a guesser behind the same NAT has spent.
+    // whose budget of wrong tokens a guesser behind the same NAT has spent (unless every hold
+    // slot is taken, above).
     if constant_time_eq::constant_time_eq(token.as_bytes(), expected.0.as_bytes()) {
         return Auth::Pass;
     }
@@ -446,7 +492,12 @@ fn authenticate(
                 hyper::header::CONNECTION,
                 hyper::header::HeaderValue::from_static("close"),
             );
-            Auth::Hold(hold, reply)
+            // The budget ran out since the check above: take a slot now (or answer at once;
+            // only requests racing the budget's end can get here without one).
+            match slot.or_else(|| holds.clone().try_acquire_owned().ok()) {
+                Some(slot) => Auth::Hold(hold, reply, slot),
+                None => Auth::Deny(reply),
+            }
         }
     }
 }

@@ -642,6 +642,9 @@ impl Server {
         accept_loops.close();
         stop_accepting.cancel();
         accept_loops.wait().await;
+        // The copies kept for a reload's hand-over are the last holders of the listening
+        // sockets: closing them makes new connects refused at once, not queued.
+        drop(running);
         connections.close();
         let open = connections.len();
         tracing::info!(

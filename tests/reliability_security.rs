@@ -339,6 +339,80 @@ async fn held_wrong_tokens_bound_the_guess_rate_by_the_connection_caps() {
     warren.stop().await;
 }
 
+/// Criterion: with `admin.max_connections = 8` (so at most 4 held wrong tokens), a guesser
+/// whose network spent its budget sends 8 wrong tokens at once: at most 4 are held, the others
+/// get 429 at once without their token being compared (the answer says so), and `/healthz` from
+/// another address answers 200 within 1 s while the 4 are held (with every connection held, it
+/// was refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_wrong_tokens_leave_half_the_admin_connections_free() {
+    let dir = TempDir::new("sec-hold-half");
+    let b = spawn_backend(echo).await;
+    std::fs::write(dir.0.join("token"), TOKEN).unwrap();
+    let mut cfg = with_admin_api(
+        config(Balance::RoundRobin, vec![backend("b", b.addr)]),
+        Some(dir.0.join("token")),
+    );
+    cfg.admin.as_mut().unwrap().max_connections = 8;
+    cfg.admin.as_mut().unwrap().max_connections_per_source = 8;
+    let warren = Warren::start(cfg, quick());
+    let admin = warren.admin.unwrap();
+    let guesser: std::net::IpAddr = [127, 0, 0, 1].into();
+    let (checked, _, _, _) = guess_in_turn(admin, &[guesser], 10).await;
+    assert_eq!(checked, 10, "the budget is spent");
+    let guesses: Vec<_> = (0..8)
+        .map(|i| {
+            tokio::spawn(async move {
+                let asked = Instant::now();
+                let raw = raw_http_from(
+                    guesser,
+                    admin,
+                    "GET",
+                    "/v1/status",
+                    Some(&format!("again-{i}")),
+                )
+                .await;
+                (raw, asked.elapsed())
+            })
+        })
+        .collect();
+    wait_for("8 guesses refused or held", Duration::from_secs(5), || {
+        warren.metric(r#"warren_admin_auth_failures_total{reason="rate_limited"}"#) >= 8.0
+    })
+    .await;
+    let asked = Instant::now();
+    let raw = raw_http_from([127, 0, 0, 9].into(), admin, "GET", "/healthz", None).await;
+    assert_eq!(status_of(&raw), 200, "{raw}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "/healthz took {:?}",
+        asked.elapsed()
+    );
+    let (mut held, mut untested) = (0, 0);
+    for g in guesses {
+        let (raw, took) = g.await.unwrap();
+        assert_eq!(status_of(&raw), 429, "{raw}");
+        if raw.contains("while others are held") {
+            untested += 1;
+            assert!(
+                took < Duration::from_millis(500),
+                "refused at once, not after {took:?}"
+            );
+        } else {
+            held += 1;
+        }
+    }
+    assert!(
+        held <= 4,
+        "{held} wrong tokens held at once (at most half of 8 connections)"
+    );
+    assert!(
+        untested >= 4,
+        "{untested} refused without comparing the token"
+    );
+    warren.stop().await;
+}
+
 /// A backend that reads the PROXY v1 line warren sends and answers with it.
 async fn header_echo(mut socket: TcpStream) {
     let mut line = Vec::new();

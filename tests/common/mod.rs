@@ -53,8 +53,14 @@ impl Warren {
 
     /// The value of one metric series in the text exposition, e.g.
     /// `warren_listener_rejected_total{listener="default",reason="max_connections"}`.
+    /// Panics when the series is absent (see [`metric_value`]).
     pub fn metric(&self, series: &str) -> f64 {
         metric_value(&self.metrics.encode(), series)
+    }
+
+    /// The value of one metric series, 0 when it is absent: only where absence is expected.
+    pub fn metric_or_zero(&self, series: &str) -> f64 {
+        metric_or_zero(&self.metrics.encode(), series)
     }
 
     /// Stop and wait for `run` to return.
@@ -67,15 +73,45 @@ impl Warren {
     }
 }
 
-/// Find `series` (name with labels exactly as exported) in a Prometheus text exposition; 0 if absent.
+/// Find `series` (name with labels exactly as exported) in a Prometheus text exposition.
+/// Panics when the series is absent, naming it and listing the exported series of the same
+/// family, so a renamed or missing series cannot pass as 0. Where absence is really expected,
+/// use [`metric_or_zero`] or [`metric_opt`].
 pub fn metric_value(text: &str, series: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            (name == series).then(|| value.parse().ok())?
-        })
-        .unwrap_or(0.0)
+    match metric_opt(text, series) {
+        Some(v) => v,
+        None => {
+            let family = series.split('{').next().unwrap_or(series);
+            let similar: Vec<&str> = text
+                .lines()
+                .filter(|l| !l.starts_with('#'))
+                .filter_map(|l| l.rsplit_once(' ').map(|(name, _)| name))
+                .filter(|name| name.split('{').next() == Some(family))
+                .collect();
+            panic!(
+                "metric series {series} is not exported; series of {family}: {}",
+                if similar.is_empty() {
+                    "none".to_string()
+                } else {
+                    similar.join(", ")
+                }
+            )
+        }
+    }
+}
+
+/// `series`'s value, or `None` when it is not exported.
+pub fn metric_opt(text: &str, series: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (name, value) = l.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().ok())?
+    })
+}
+
+/// `series`'s value, 0 when it is not exported: only where absence is expected (a labelled
+/// counter that has not counted yet, a series a reload removed).
+pub fn metric_or_zero(text: &str, series: &str) -> f64 {
+    metric_opt(text, series).unwrap_or(0.0)
 }
 
 /// A backend pool entry for a config.

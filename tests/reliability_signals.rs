@@ -305,6 +305,21 @@ async fn sigterm_during_a_reload_stops_cleanly_and_leaves_nothing_behind() {
         .await;
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         assert!(connect_echo(addr, 3).await.is_some());
+        // Checked while they are alive: warren listens on its two ports, and the hanging hook
+        // (the only process that could outlive warren) holds neither socket.
+        let mut listening = listening_ports_of(warren.pid());
+        listening.sort_unstable();
+        listening.dedup();
+        let mut expected = vec![port, admin_port];
+        expected.sort_unstable();
+        assert_eq!(listening, expected, "warren's listening sockets");
+        for pid in left_behind() {
+            let held = listening_ports_of(pid);
+            assert!(
+                held.is_empty(),
+                "the hook (pid {pid}) holds listening sockets {held:?}"
+            );
+        }
 
         warren.signal(libc::SIGHUP);
         std::thread::sleep(Duration::from_millis(gap_ms));
@@ -317,14 +332,16 @@ async fn sigterm_during_a_reload_stops_cleanly_and_leaves_nothing_behind() {
             started.elapsed()
         );
         assert_eq!(status.code(), Some(0));
-        wait_for("no process left behind", Duration::from_secs(1), || {
-            left_behind().is_empty()
-        })
-        .await;
+        // Before the hook's processes are known to be gone: a leaked socket would still be
+        // listening here.
         for p in [port, admin_port] {
             std::net::TcpListener::bind(("127.0.0.1", p))
                 .unwrap_or_else(|e| panic!("port {p} still bound: {e}"));
         }
+        wait_for("no process left behind", Duration::from_secs(1), || {
+            left_behind().is_empty()
+        })
+        .await;
     }
 }
 

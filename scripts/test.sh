@@ -43,6 +43,14 @@ install_test_deps() {
     if ! command -v keepalived >/dev/null 2>&1; then
         missing+=(keepalived)
     fi
+    # systemd-analyze verifies the units (tests/systemd.rs); curl runs the keepalived check
+    # script (tests/examples.rs). As root, those tests fail when the tool is missing.
+    if ! command -v systemd-analyze >/dev/null 2>&1; then
+        missing+=(systemd)
+    fi
+    if ! command -v curl >/dev/null 2>&1; then
+        missing+=(curl)
+    fi
     # RabbitMQ for the real-node probe tests and the cluster tests (tests/cluster.rs).
     if [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
         if [ "$(id -u)" -eq 0 ]; then

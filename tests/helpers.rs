@@ -39,3 +39,13 @@ fn an_absent_metric_series_fails_unless_absence_is_expected() {
     assert_eq!(metric_or_zero(EXPOSITION, absent), 0.0);
     assert_eq!(metric_opt(EXPOSITION, absent), None);
 }
+
+/// The tools scripts/test.sh installs (promtool, keepalived, curl, systemd-analyze) are needed
+/// as root: a missing one fails the test there instead of skipping it.
+#[test]
+fn a_missing_tool_fails_as_root_and_skips_otherwise() {
+    assert!(tool_or_skip_as("sh", "t", true).is_some());
+    assert!(tool_or_skip_as("warren-no-such-tool", "t", false).is_none());
+    let as_root = std::panic::catch_unwind(|| tool_or_skip_as("warren-no-such-tool", "t", true));
+    assert!(as_root.is_err(), "a missing tool fails the test as root");
+}

@@ -114,6 +114,31 @@ pub fn metric_or_zero(text: &str, series: &str) -> f64 {
     metric_opt(text, series).unwrap_or(0.0)
 }
 
+/// `program` on `PATH`. When it is missing: as root (CI, where scripts/test.sh installs it) the
+/// test fails; otherwise it prints a SKIP line for `test` and gets `None`.
+pub fn tool_or_skip(program: &str, test: &str) -> Option<std::path::PathBuf> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    tool_or_skip_as(program, test, root)
+}
+
+/// [`tool_or_skip`] as root or not.
+pub fn tool_or_skip_as(program: &str, test: &str, root: bool) -> Option<std::path::PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(program))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        assert!(
+            !root,
+            "{test}: {program} is not installed: run scripts/test.sh as root (it installs it)"
+        );
+        eprintln!("SKIP {test}: {program} is not installed (scripts/test.sh installs it as root)");
+    }
+    found
+}
+
 /// A backend pool entry for a config.
 pub fn backend(name: &str, addr: SocketAddr) -> BackendConfig {
     BackendConfig {

@@ -43,6 +43,28 @@ install_test_deps() {
     if ! command -v keepalived >/dev/null 2>&1; then
         missing+=(keepalived)
     fi
+    # systemd-analyze verifies the units (tests/systemd.rs); curl runs the keepalived check
+    # script (tests/examples.rs). As root, those tests fail when the tool is missing.
+    if ! command -v systemd-analyze >/dev/null 2>&1; then
+        missing+=(systemd)
+    fi
+    if ! command -v curl >/dev/null 2>&1; then
+        missing+=(curl)
+    fi
+    # The peers the benchmark smoke (below) runs against: HAProxy, NGINX with its stream
+    # module, iperf3 (benches/peers.rs checks for all of them before any workload).
+    if ! command -v haproxy >/dev/null 2>&1; then
+        missing+=(haproxy)
+    fi
+    if ! command -v nginx >/dev/null 2>&1; then
+        missing+=(nginx-light)
+    fi
+    if [ ! -e /usr/lib/nginx/modules/ngx_stream_module.so ]; then
+        missing+=(libnginx-mod-stream)
+    fi
+    if ! command -v iperf3 >/dev/null 2>&1; then
+        missing+=(iperf3)
+    fi
     # RabbitMQ for the real-node probe tests and the cluster tests (tests/cluster.rs).
     if [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
         if [ "$(id -u)" -eq 0 ]; then
@@ -101,3 +123,23 @@ if [ "$status" -ne 0 ] || [ "$cluster_status" -ne 0 ]; then
     log "FAILED: other targets exit $status, cluster exit $cluster_status"
     exit 1
 fi
+
+# A smoke of the benchmark harness (benches/peers.rs), so its code cannot rot unnoticed: one
+# short round of one workload (latency) through no proxy, warren (the debug build above),
+# HAProxy and NGINX; about 10 s once built. It needs root (the proxies run as nobody) and
+# fails on any error the run reports. The numbers mean nothing here.
+if [ "$(id -u)" -ne 0 ]; then
+    log "not root: skipping the benchmark smoke (benches/peers.rs runs the proxies as nobody)"
+    exit 0
+fi
+smoke_out=$(mktemp)
+trap 'rm -f "$cluster_log" "$smoke_out"' EXIT
+log "benchmark smoke: cargo test --bench peers -- --run --quick --rounds 1 --workloads latency"
+timeout 120 cargo test --bench peers -- --run --quick --rounds 1 --workloads latency \
+    --warren target/debug/warren --out "$smoke_out"
+if grep -q "Errors during the run" "$smoke_out"; then
+    cat "$smoke_out"
+    log "FAILED: the benchmark smoke reported errors"
+    exit 1
+fi
+log "benchmark smoke passed"

@@ -555,7 +555,17 @@ addr = "127.0.0.1:{backend_port}"
         .as_bytes(),
     );
     let path = config.0.to_str().expect("UTF-8 path");
-    let (status, _, stderr) = run_to_end(&["run", "--config", path]);
+    // warren's stderr is a full pipe: it stays alive, blocked writing its error, while the test
+    // looks at what it listens on (nothing) and whether the other ports are free.
+    let mut warren = common::BlockedOnStderr::spawn(&["run", "--config", path]);
+    warren.wait_blocked(Duration::from_secs(20));
+    let held = common::listening_ports_of(warren.child.id());
+    assert!(held.is_empty(), "warren listens on {held:?} while failing");
+    for port in [first_port, admin_port] {
+        std::net::TcpListener::bind(("127.0.0.1", port))
+            .unwrap_or_else(|e| panic!("port {port} taken while warren fails: {e}"));
+    }
+    let (status, stderr) = warren.finish(Duration::from_secs(20));
     assert!(!status.success(), "must fail: {status:?}, stderr: {stderr}");
     assert!(status.code().is_some(), "an exit, not a signal: {status:?}");
     assert_no_panic(&stderr);
@@ -566,11 +576,6 @@ addr = "127.0.0.1:{backend_port}"
             .any(|l| l.contains("listener second") && l.contains(&taken_addr)),
         "one line names the listener and the address: {stderr}"
     );
-    // Nothing warren bound is left behind: the other listener's and the admin port are free.
-    for port in [first_port, admin_port] {
-        std::net::TcpListener::bind(("127.0.0.1", port))
-            .unwrap_or_else(|e| panic!("port {port} still taken after warren exited: {e}"));
-    }
     drop(taken);
 }
 

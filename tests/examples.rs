@@ -42,12 +42,6 @@ fn run(cmd: &mut Command) -> Output {
     child.wait_with_output().expect("collect output")
 }
 
-/// Whether `program` is on PATH (promtool, keepalived and curl are optional).
-fn installed(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
-}
-
 /// Every file under `dir` whose name ends with `suffix`, sorted.
 fn files_under(dir: &Path, suffix: &str) -> Vec<PathBuf> {
     let mut found = Vec::new();
@@ -341,10 +335,7 @@ fn alert_rules_use_only_exported_metrics() {
 
 #[test]
 fn alert_rules_pass_promtool_when_installed() {
-    if !installed("promtool") {
-        eprintln!(
-            "promtool is not installed (apt-get install prometheus): only the parser test ran"
-        );
+    if tool_or_skip("promtool", "alert_rules_pass_promtool_when_installed").is_none() {
         return;
     }
     let dir = repo().join("config/prometheus");
@@ -384,8 +375,7 @@ fn keepalived_example_tracks_readyz() {
         let mode = std::fs::metadata(&script).unwrap().permissions().mode();
         assert!(mode & 0o111 != 0, "check-warren.sh is not executable");
     }
-    if !installed("keepalived") {
-        eprintln!("keepalived is not installed: its config test was skipped");
+    if tool_or_skip("keepalived", "keepalived_example_tracks_readyz").is_none() {
         return;
     }
     // keepalived disables a track script it cannot find, so point it at the shipped one.
@@ -412,8 +402,7 @@ fn keepalived_example_tracks_readyz() {
 /// once the only backend is drained, and alive throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keepalived_check_script_follows_readyz() {
-    if !installed("curl") {
-        eprintln!("curl is not installed: the check script cannot run here");
+    if tool_or_skip("curl", "keepalived_check_script_follows_readyz").is_none() {
         return;
     }
     let rabbit = spawn_backend(echo).await;

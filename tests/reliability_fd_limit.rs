@@ -29,6 +29,10 @@ fn cpu_seconds() -> f64 {
     t(usage.ru_utime) + t(usage.ru_stime)
 }
 
+/// The descriptor limit is the test process's: a test that lowers it holds this, and so does
+/// every other test of this file, so none opens descriptors under another's lowered limit.
+static RLIMIT_NOFILE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn set_soft_nofile(n: u64) -> u64 {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -45,11 +49,13 @@ fn set_soft_nofile(n: u64) -> u64 {
 }
 
 /// Criterion: at the descriptor limit warren uses under 20% of a core and counts under 100
-/// accept errors a second (backoff); its backend stays up through 5 probes (100 ms, fall 1) run
-/// at the limit; /healthz, /readyz and /metrics answer 200 within 2 s each; once descriptors
-/// are free it serves again within 1 s.
+/// accept errors a second (backoff); through the 1 s at the limit (10 probe intervals of 100 ms,
+/// fall 1, probes unable to open a socket) 0 probes count as failed and the backend, up by its
+/// probes before, stays up (health "up", not "unknown"); /healthz, /readyz and
+/// /metrics answer 200 within 2 s each; once descriptors are free it serves again within 1 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accept_backs_off_at_the_descriptor_limit_and_recovers() {
+    let _limit = RLIMIT_NOFILE.lock().await;
     let b = spawn_backend(echo).await;
     let mut cfg = config(Balance::RoundRobin, vec![backend("b", b.addr)]);
     cfg.admin = Some(warren::config::AdminConfig {
@@ -77,6 +83,15 @@ async fn accept_backs_off_at_the_descriptor_limit_and_recovers() {
     let sockets: Vec<_> = (0..60)
         .map(|_| tokio::net::TcpSocket::new_v4().unwrap())
         .collect();
+    // The backend is up by its probes before the limit (not "unknown").
+    let ok_series = r#"warren_health_checks_total{backend="b",pool="default",result="ok"}"#;
+    let failed_series = r#"warren_health_checks_total{backend="b",pool="default",result="failed"}"#;
+    wait_for("a passed probe", Duration::from_secs(10), || {
+        // Absent until the prober starts; only >= 1 passes.
+        warren.metric_or_zero(ok_series) >= 1.0
+    })
+    .await;
+    let failed_before = warren.metric(failed_series);
     // Room for a few proxied connections only (each costs 3 descriptors in this process besides
     // the client: the accepted socket, the backend socket and the backend's accepted socket).
     let old = set_soft_nofile((open_fds() + 10) as u64);
@@ -107,12 +122,28 @@ async fn accept_backs_off_at_the_descriptor_limit_and_recovers() {
         "accept loop spins at the fd limit: {cpu:.3} CPU-s in {wall:.2}s"
     );
     assert!(errors < 100.0, "{errors} accept errors: no backoff");
-    // Probes ran at the limit (100 ms interval, fall 1): the backend must still be up.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Probes kept running through the 1 s window at the limit (10 intervals of 100 ms, fall 1):
+    // they cannot open a socket there, which is a local error, not the backend's: none counts
+    // as failed, and the backend is still "up" by its probes (not merely "unknown", which also
+    // exports backend_up 1).
+    assert!(
+        wall >= 0.5,
+        "at least 5 probe intervals at the limit: {wall:.2}s"
+    );
+    assert_eq!(
+        warren.metric(failed_series),
+        failed_before,
+        "a local error must not count as a failed probe"
+    );
+    let record = warren.health.backend("default", "b").unwrap();
+    assert_eq!(
+        record.health,
+        warren::state::Health::Up,
+        "a local error must not mark the backend down: {record:?}"
+    );
     assert_eq!(
         warren.metric(r#"warren_backend_up{backend="b",pool="default"}"#),
-        1.0,
-        "a local error must not mark the backend down"
+        1.0
     );
     // The admin API answers at the limit.
     for (socket, path) in admin_sockets
@@ -171,6 +202,7 @@ async fn accept_backs_off_at_the_descriptor_limit_and_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_connection_flood_leaves_the_data_plane_its_descriptors() {
     use std::os::unix::process::CommandExt;
+    let _limit = RLIMIT_NOFILE.lock().await;
     let b = spawn_backend(echo).await;
     let dir = TempDir::new("fd-admin-flood");
     let (admin_port, port) = (free_port(), free_port());

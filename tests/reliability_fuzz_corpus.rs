@@ -113,12 +113,25 @@ fn replay(
     runs
 }
 
-/// Criterion: 0 panics and 0 broken properties over every config seed and 1,000 mutants of each.
+/// Criterion: 0 panics and 0 broken properties over every config seed and 1,000 mutants of each:
+/// UTF-8 inputs parsed and validated, non-UTF-8 ones loaded from a file and refused as not UTF-8.
 #[test]
 fn config_corpus_and_mutants_parse_or_fail_cleanly() {
     let started = Instant::now();
-    let runs = replay("config", 1_000, fuzz_checks::config);
-    println!("config: {runs} inputs in {:?}", started.elapsed());
+    let mut not_utf8 = 0;
+    let runs = replay("config", 1_000, |data| {
+        if std::str::from_utf8(data).is_err() {
+            not_utf8 += 1;
+        }
+        fuzz_checks::config(data)
+    });
+    println!(
+        "config: {runs} inputs in {:?}: {} UTF-8 parsed and validated, {not_utf8} non-UTF-8 \
+         loaded from a file and refused",
+        started.elapsed(),
+        runs - not_utf8
+    );
+    assert!(not_utf8 > 0, "the mutants include non-UTF-8 inputs");
 }
 
 /// Criterion: 0 panics and 0 broken properties over every PROXY header seed and 20,000 mutants

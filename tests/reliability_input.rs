@@ -10,8 +10,9 @@ use std::time::Duration;
 use common::*;
 
 /// Criterion: for each of 4 bad files `warren run` exits 1 within 20 s with exactly 1 line on
-/// stderr (under 1 KiB, naming the file, no panic) and leaves the admin port (and every other
-/// configured port) unbound.
+/// stderr (under 1 KiB, naming the file, no panic) and, checked while it is still alive and
+/// writing that line, listens on nothing and leaves the admin port (and every other configured
+/// port) unbound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_with_a_bad_config_file_gives_one_clear_error_and_binds_nothing() {
     let dir = TempDir::new("input-bad");
@@ -48,12 +49,20 @@ async fn run_with_a_bad_config_file_gives_one_clear_error_and_binds_nothing() {
     for (name, bytes) in files {
         let path = dir.0.join(name);
         std::fs::write(&path, &bytes).unwrap();
-        let mut warren = WarrenProc::spawn(
-            &["run", "--config", path.to_str().unwrap()],
-            dir.0.join(format!("{name}.log")),
+        // warren's stderr is a full pipe: it stays alive, blocked writing its error, while the
+        // test looks at the sockets it holds (none may listen) and at who listens on the ports.
+        let mut warren = BlockedOnStderr::spawn(&["run", "--config", path.to_str().unwrap()]);
+        tokio::task::block_in_place(|| warren.wait_blocked(Duration::from_secs(20)));
+        let held = listening_ports_of(warren.child.id());
+        assert!(
+            held.is_empty(),
+            "{name}: warren listens on {held:?} while failing"
         );
-        let status = warren.wait_exit(Duration::from_secs(20)).await;
-        let log = warren.log_text();
+        for p in [admin_port, port] {
+            std::net::TcpListener::bind(("127.0.0.1", p))
+                .unwrap_or_else(|e| panic!("{name}: port {p} bound while warren fails: {e}"));
+        }
+        let (status, log) = warren.finish(Duration::from_secs(20));
         println!(
             "{name} ({} bytes): {status}: {}",
             bytes.len(),
@@ -67,9 +76,5 @@ async fn run_with_a_bad_config_file_gives_one_clear_error_and_binds_nothing() {
             "{name}: names the file: {log}"
         );
         assert!(!log.contains("panicked"), "{name}: {log}");
-        for p in [admin_port, port] {
-            std::net::TcpListener::bind(("127.0.0.1", p))
-                .unwrap_or_else(|e| panic!("{name}: port {p} bound: {e}"));
-        }
     }
 }

@@ -86,9 +86,10 @@ async fn fifty_sighups_in_a_second_end_in_the_final_config_without_unbinding() {
         tokio::time::sleep(Duration::from_millis(18)).await;
     }
     let storm_took = storm.elapsed();
-    // Reloads run one after another; wait until the count stops moving.
+    // Reloads run one after another; wait until the count stops moving. A result's series
+    // appears with its first reload: absent is 0 while waiting, and for "failed" at the end.
     let reloads = |text: &str, result: &str| {
-        metric_value(
+        metric_or_zero(
             text,
             &format!("warren_config_reloads_total{{result=\"{result}\"}}"),
         )
@@ -111,7 +112,9 @@ async fn fifty_sighups_in_a_second_end_in_the_final_config_without_unbinding() {
     stop.store(true, Ordering::SeqCst);
     let (ok, failed) = client.await.unwrap();
     let (_, text) = http(admin, "GET", "/metrics", None, b"").await;
-    let (done, bad) = (reloads(&text, "ok"), reloads(&text, "failed"));
+    // "ok" must be exported (so the family is not renamed); no failed reload, no "failed" series.
+    let done = metric_value(&text, "warren_config_reloads_total{result=\"ok\"}");
+    let bad = reloads(&text, "failed");
     let threads_after = threads_of(warren.pid());
     println!(
         "50 SIGHUPs in {storm_took:?}: {done} reloads ok, {bad} failed; clients {ok} ok, {failed} \
@@ -302,6 +305,21 @@ async fn sigterm_during_a_reload_stops_cleanly_and_leaves_nothing_behind() {
         .await;
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         assert!(connect_echo(addr, 3).await.is_some());
+        // Checked while they are alive: warren listens on its two ports, and the hanging hook
+        // (the only process that could outlive warren) holds neither socket.
+        let mut listening = listening_ports_of(warren.pid());
+        listening.sort_unstable();
+        listening.dedup();
+        let mut expected = vec![port, admin_port];
+        expected.sort_unstable();
+        assert_eq!(listening, expected, "warren's listening sockets");
+        for pid in left_behind() {
+            let held = listening_ports_of(pid);
+            assert!(
+                held.is_empty(),
+                "the hook (pid {pid}) holds listening sockets {held:?}"
+            );
+        }
 
         warren.signal(libc::SIGHUP);
         std::thread::sleep(Duration::from_millis(gap_ms));
@@ -314,14 +332,16 @@ async fn sigterm_during_a_reload_stops_cleanly_and_leaves_nothing_behind() {
             started.elapsed()
         );
         assert_eq!(status.code(), Some(0));
-        wait_for("no process left behind", Duration::from_secs(1), || {
-            left_behind().is_empty()
-        })
-        .await;
+        // Before the hook's processes are known to be gone: a leaked socket would still be
+        // listening here.
         for p in [port, admin_port] {
             std::net::TcpListener::bind(("127.0.0.1", p))
                 .unwrap_or_else(|e| panic!("port {p} still bound: {e}"));
         }
+        wait_for("no process left behind", Duration::from_secs(1), || {
+            left_behind().is_empty()
+        })
+        .await;
     }
 }
 
@@ -399,7 +419,9 @@ async fn a_broken_log_pipe_never_stops_signals_or_reloads() {
 
     child.signal(libc::SIGHUP);
     wait_for_async("SIGHUP to reload", Duration::from_secs(5), || async {
-        admin_metric(admin, ok_reloads).await >= 1.0
+        // The series appears with the first reload; only >= 1 passes.
+        let (code, body) = http(admin, "GET", "/metrics", None, b"").await;
+        code == 200 && metric_or_zero(&body, ok_reloads) >= 1.0
     })
     .await;
     let (code, body) = http(admin, "POST", "/v1/reload", None, b"").await;

@@ -181,12 +181,6 @@ impl Drop for WarrenProcess {
     }
 }
 
-fn find_in_path(tool: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|dir| dir.join(tool))
-        .find(|p| p.is_file())
-}
-
 #[test]
 fn units_pass_systemd_analyze_verify() {
     let units = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd");
@@ -215,8 +209,8 @@ fn units_pass_systemd_analyze_verify() {
     assert!(socket.lines().any(|l| l == "FileDescriptorName=amqp"));
     assert!(socket.lines().any(|l| l == "Service=warren.service"));
 
-    let Some(tool) = find_in_path("systemd-analyze") else {
-        eprintln!("skipped systemd-analyze verify: systemd-analyze is not installed");
+    let Some(tool) = common::tool_or_skip("systemd-analyze", "units_pass_systemd_analyze_verify")
+    else {
         return;
     };
     // verify checks that ExecStart= exists: point the units at the binary just built.

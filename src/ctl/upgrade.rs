@@ -580,27 +580,122 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_stopped_walk_says_where_and_how_to_continue() {
-        let msg = stopped_message(
-            &plan(),
-            "rabbit-2",
-            Step::RunCommand,
-            "the command failed: exit status: 3",
-            &["rabbit-1".into()],
-            &["rabbit-3".into()],
+    /// A warren on loopback with three TCP-probed backends a, b, c (listeners of this test)
+    /// and its admin API; stopped when the token is cancelled.
+    async fn walkable_warren() -> (
+        std::net::SocketAddr,
+        Vec<tokio::net::TcpListener>,
+        tokio_util::sync::CancellationToken,
+    ) {
+        let mut backends = Vec::new();
+        // The config wants fixed ports: take free ones (bound, then released).
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+        };
+        let mut text = format!(
+            "[admin]\nlisten = \"{}\"\n\n[[listener]]\nname = \"amqp\"\nlisten = \"{}\"\n\
+             pool = \"rabbitmq\"\n\n[pool.rabbitmq.health]\nkind = \"tcp\"\ninterval = \"50ms\"\n\
+             timeout = \"500ms\"\nrise = 1\nfall = 1\n\n",
+            free(),
+            free()
         );
-        assert!(msg.starts_with(
-            "upgrade of pool rabbitmq stopped at rabbit-2, step 3/5 (run the upgrade command): \
-             the command failed: exit status: 3"
-        ));
-        assert!(msg.contains(
-            "state: rabbit-2 is left drained; upgraded: rabbit-1; not started: rabbit-3"
-        ));
-        assert!(msg.contains(
-            r"to continue once rabbit-2 is fixed, run the same command (same --admin, --token-file and timeouts) with --from rabbit-2: warren ctl upgrade --pool rabbitmq --run 'ssh {host} '\''sudo apt-get install -y rabbitmq-server'\''' --deadline 1m --from rabbit-2"
-        ));
-        assert!(msg.contains("warren ctl undrain rabbit-2 --pool rabbitmq --wait-healthy"));
+        for name in ["a", "b", "c"] {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap();
+            text += &format!("[[pool.rabbitmq.backend]]\nname = \"{name}\"\naddr = \"{addr}\"\n\n");
+            backends.push(l);
+        }
+        let config =
+            crate::config::from_toml_offline(&text, std::path::Path::new("walk.toml")).unwrap();
+        let server = crate::Server::bind(&config, crate::Options::default()).unwrap();
+        let admin = server.admin_addr().unwrap();
+        let stop = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(server.run(stop.clone()));
+        (admin, backends, stop)
+    }
+
+    /// Run `upgrade` against `admin` once every backend is up; its error message.
+    async fn walk_until_it_stops(admin: std::net::SocketAddr, plan: &Plan) -> String {
+        let client = Client::new(&format!("http://{admin}"), None).unwrap();
+        let all_up = async {
+            loop {
+                let status = fetch_status(&client).await.unwrap();
+                let pool = pool_status(&status, "rabbitmq").unwrap();
+                if pool.backends.iter().all(|b| b.health == "up") {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), all_up)
+            .await
+            .expect("a, b and c up within 10 s");
+        let out = Output::new(false, None);
+        let clients = [client];
+        let walk = upgrade(&clients, &out, plan, Duration::from_millis(20));
+        match tokio::time::timeout(Duration::from_secs(30), walk)
+            .await
+            .expect("the walk ends within 30 s")
+        {
+            Err(CtlError::GaveUp(msg)) => msg,
+            other => panic!("the walk should stop at b: {other:?}"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stopped_walk_says_where_and_how_to_continue() {
+        let (admin, _backends, stop) = walkable_warren().await;
+        // The command fails on b only: the walk upgrades a, stops at b's step 3, leaves c.
+        let mut walk = Plan {
+            run: "test {name} != b".into(),
+            force: true,
+            ..plan()
+        };
+        let msg = walk_until_it_stops(admin, &walk).await;
+        assert!(
+            msg.starts_with(
+                "upgrade of pool rabbitmq stopped at b, step 3/5 (run the upgrade command): \
+                 the command failed: exit status: 1"
+            ),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("state: b is left drained; upgraded: a; not started: c"),
+            "{msg}"
+        );
+        // The same command again, from b, keeping --force.
+        assert!(
+            msg.contains(
+                "with --from b: warren ctl upgrade --pool rabbitmq --run 'test {name} != b' \
+                 --deadline 1m --from b --force"
+            ),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("warren ctl undrain b --pool rabbitmq --wait-healthy"),
+            "{msg}"
+        );
+
+        // Resumed from b (after an undrain, as the message says), it starts at b: nothing
+        // upgraded in this walk, c still to do; without --force none is suggested.
+        let client = Client::new(&format!("http://{admin}"), None).unwrap();
+        undrain_backend(&client, &Output::new(false, None), "rabbitmq", "b")
+            .await
+            .unwrap();
+        walk.from = Some("b".into());
+        walk.force = false;
+        let msg = walk_until_it_stops(admin, &walk).await;
+        assert!(msg.contains("stopped at b, step 3/5"), "{msg}");
+        assert!(
+            msg.contains("state: b is left drained; not started: c"),
+            "{msg}"
+        );
+        assert!(!msg.contains("upgraded:"), "{msg}");
+        assert!(msg.contains("--deadline 1m --from b\n"), "{msg}");
+        stop.cancel();
 
         let refused = stopped_message(
             &plan(),

@@ -11,11 +11,14 @@ use std::time::Duration;
 
 use warren::proxy_protocol::{self, Header, Parsed};
 
-/// Config text: parsing and validating (offline, no DNS) either succeeds or gives a non-empty
-/// error that names the file; never a panic.
+/// Config bytes: UTF-8 text is parsed and validated (offline, no DNS) and either succeeds or
+/// gives a non-empty error that names the file; other bytes go through `warren::config::load`
+/// from a file, which must refuse them as not UTF-8, naming the file and the byte offset where
+/// UTF-8 breaks. Never a panic.
 pub fn config(data: &[u8]) -> Result<(), String> {
-    let Ok(text) = std::str::from_utf8(data) else {
-        return Ok(());
+    let text = match std::str::from_utf8(data) {
+        Ok(text) => text,
+        Err(e) => return config_not_utf8(data, e.valid_up_to()),
     };
     let file = Path::new("fuzz.toml");
     match warren::config::from_toml_offline(text, file) {
@@ -36,6 +39,38 @@ pub fn config(data: &[u8]) -> Result<(), String> {
             }
             Ok(())
         }
+    }
+}
+
+/// Non-UTF-8 bytes written to a file of this process and thread, then loaded as warren loads
+/// its config: refused as `NotUtf8` at `valid_up_to`, naming the file.
+fn config_not_utf8(data: &[u8], valid_up_to: usize) -> Result<(), String> {
+    let thread = format!("{:?}", std::thread::current().id());
+    let thread: String = thread.chars().filter(char::is_ascii_digit).collect();
+    let file = std::env::temp_dir().join(format!(
+        "warren-fuzz-config-{}-{thread}.toml",
+        std::process::id()
+    ));
+    std::fs::write(&file, data).map_err(|e| format!("write {}: {e}", file.display()))?;
+    let loaded = warren::config::load(&file);
+    let _ = std::fs::remove_file(&file);
+    match loaded {
+        Err(e @ warren::config::ConfigError::NotUtf8 { .. }) => {
+            let message = e.to_string();
+            let at = format!("(byte offset {valid_up_to})");
+            if !message.contains(&file.display().to_string()) || !message.contains(&at) {
+                return Err(format!(
+                    "error does not name the file and {at}: {message:?}"
+                ));
+            }
+            Ok(())
+        }
+        Err(e) => Err(format!(
+            "non-UTF-8 bytes (valid up to {valid_up_to}) gave {e:?}, not NotUtf8"
+        )),
+        Ok(_) => Err(format!(
+            "non-UTF-8 bytes (valid up to {valid_up_to}) were accepted"
+        )),
     }
 }
 

@@ -53,8 +53,14 @@ impl Warren {
 
     /// The value of one metric series in the text exposition, e.g.
     /// `warren_listener_rejected_total{listener="default",reason="max_connections"}`.
+    /// Panics when the series is absent (see [`metric_value`]).
     pub fn metric(&self, series: &str) -> f64 {
         metric_value(&self.metrics.encode(), series)
+    }
+
+    /// The value of one metric series, 0 when it is absent: only where absence is expected.
+    pub fn metric_or_zero(&self, series: &str) -> f64 {
+        metric_or_zero(&self.metrics.encode(), series)
     }
 
     /// Stop and wait for `run` to return.
@@ -67,15 +73,70 @@ impl Warren {
     }
 }
 
-/// Find `series` (name with labels exactly as exported) in a Prometheus text exposition; 0 if absent.
+/// Find `series` (name with labels exactly as exported) in a Prometheus text exposition.
+/// Panics when the series is absent, naming it and listing the exported series of the same
+/// family, so a renamed or missing series cannot pass as 0. Where absence is really expected,
+/// use [`metric_or_zero`] or [`metric_opt`].
 pub fn metric_value(text: &str, series: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            (name == series).then(|| value.parse().ok())?
-        })
-        .unwrap_or(0.0)
+    match metric_opt(text, series) {
+        Some(v) => v,
+        None => {
+            let family = series.split('{').next().unwrap_or(series);
+            let similar: Vec<&str> = text
+                .lines()
+                .filter(|l| !l.starts_with('#'))
+                .filter_map(|l| l.rsplit_once(' ').map(|(name, _)| name))
+                .filter(|name| name.split('{').next() == Some(family))
+                .collect();
+            panic!(
+                "metric series {series} is not exported; series of {family}: {}",
+                if similar.is_empty() {
+                    "none".to_string()
+                } else {
+                    similar.join(", ")
+                }
+            )
+        }
+    }
+}
+
+/// `series`'s value, or `None` when it is not exported.
+pub fn metric_opt(text: &str, series: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (name, value) = l.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().ok())?
+    })
+}
+
+/// `series`'s value, 0 when it is not exported: only where absence is expected (a labelled
+/// counter that has not counted yet, a series a reload removed).
+pub fn metric_or_zero(text: &str, series: &str) -> f64 {
+    metric_opt(text, series).unwrap_or(0.0)
+}
+
+/// `program` on `PATH`. When it is missing: as root (CI, where scripts/test.sh installs it) the
+/// test fails; otherwise it prints a SKIP line for `test` and gets `None`.
+pub fn tool_or_skip(program: &str, test: &str) -> Option<std::path::PathBuf> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    tool_or_skip_as(program, test, root)
+}
+
+/// [`tool_or_skip`] as root or not.
+pub fn tool_or_skip_as(program: &str, test: &str, root: bool) -> Option<std::path::PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(program))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        assert!(
+            !root,
+            "{test}: {program} is not installed: run scripts/test.sh as root (it installs it)"
+        );
+        eprintln!("SKIP {test}: {program} is not installed (scripts/test.sh installs it as root)");
+    }
+    found
 }
 
 /// A backend pool entry for a config.
@@ -576,4 +637,160 @@ pub fn with_admin_api(mut config: Config, token_file: Option<std::path::PathBuf>
 pub async fn connect_echo(addr: SocketAddr, byte: u8) -> Option<TcpStream> {
     let mut s = TcpStream::connect(addr).await.ok()?;
     echo_once(&mut s, byte).await.then_some(s)
+}
+
+/// The local ports of the TCP sockets process `pid` holds in LISTEN state (IPv4 and IPv6):
+/// its descriptors' socket inodes matched against /proc/net/tcp and tcp6.
+pub fn listening_ports_of(pid: u32) -> Vec<u16> {
+    let inodes: std::collections::HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.filter_map(|e| {
+                let link = std::fs::read_link(e.ok()?.path()).ok()?;
+                let link = link.to_str()?;
+                Some(
+                    link.strip_prefix("socket:[")?
+                        .strip_suffix(']')?
+                        .to_string(),
+                )
+            })
+            .collect()
+        })
+        .unwrap_or_default();
+    let mut ports = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+            if fields.len() > 9 && fields[3] == "0A" && inodes.contains(fields[9]) {
+                let port = fields[1].rsplit(':').next().unwrap_or("");
+                ports.push(u16::from_str_radix(port, 16).expect("hex port"));
+            }
+        }
+    }
+    ports
+}
+
+/// `warren ARGS` with its stderr a pipe that is already full: warren blocks in its first write
+/// to stderr, alive, until the test reads. What it holds at the moment it reports an error can
+/// then be looked at before it exits (once it exits, the kernel has closed everything).
+pub struct BlockedOnStderr {
+    pub child: std::process::Child,
+    read: Option<std::fs::File>,
+}
+
+/// Bytes put into the pipe before warren starts (a pipe holds 64 KiB by default).
+const PIPE_FILLER: u8 = b'\0';
+
+impl BlockedOnStderr {
+    pub fn spawn(args: &[&str]) -> BlockedOnStderr {
+        use std::io::Write;
+        use std::os::fd::{FromRawFd, OwnedFd};
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 writes two descriptors into the array we own; each is owned once below.
+        let (read, write) = unsafe {
+            assert_eq!(libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC), 0, "pipe2");
+            (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1]))
+        };
+        let mut write = std::fs::File::from(write);
+        let set_nonblocking = |f: &std::fs::File, on: bool| {
+            use std::os::fd::AsRawFd;
+            // SAFETY: fcntl on a descriptor we own, with valid flags.
+            unsafe {
+                let flags = libc::fcntl(f.as_raw_fd(), libc::F_GETFL);
+                let flags = if on {
+                    flags | libc::O_NONBLOCK
+                } else {
+                    flags & !libc::O_NONBLOCK
+                };
+                assert_eq!(libc::fcntl(f.as_raw_fd(), libc::F_SETFL, flags), 0);
+            }
+        };
+        set_nonblocking(&write, true);
+        let chunk = [PIPE_FILLER; 4096];
+        for _ in 0..1024 {
+            match write.write(&chunk) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("fill the pipe: {e}"),
+            }
+        }
+        // Blocking again: the flag belongs to the open pipe, which warren shares.
+        set_nonblocking(&write, false);
+        let child = std::process::Command::new(WARREN_BIN)
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::from(OwnedFd::from(write)))
+            .spawn()
+            .expect("spawn warren");
+        BlockedOnStderr {
+            child,
+            read: Some(std::fs::File::from(read)),
+        }
+    }
+
+    /// Wait until a thread of warren blocks writing into the full pipe; panics if warren exits
+    /// first or `within` passes.
+    pub fn wait_blocked(&mut self, within: Duration) {
+        let pid = self.child.id();
+        let blocked = || {
+            std::fs::read_dir(format!("/proc/{pid}/task"))
+                .into_iter()
+                .flatten()
+                .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("wchan")).ok())
+                .any(|wchan| wchan.contains("pipe_write"))
+        };
+        let deadline = std::time::Instant::now() + within;
+        while !blocked() {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                panic!("warren exited ({status}) before writing to stderr");
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "warren did not write to stderr within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Read the pipe (the filler, then what warren wrote) until warren closes it, and its exit
+    /// status; panics after `within`.
+    pub fn finish(mut self, within: Duration) -> (std::process::ExitStatus, String) {
+        use std::io::Read;
+        let mut read = self.read.take().expect("finish once");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = read.read_to_end(&mut bytes);
+            let _ = tx.send(bytes);
+        });
+        let bytes = rx
+            .recv_timeout(within)
+            .unwrap_or_else(|_| panic!("warren did not close its stderr within {within:?}"));
+        let start = bytes
+            .iter()
+            .position(|&b| b != PIPE_FILLER)
+            .unwrap_or(bytes.len());
+        let deadline = std::time::Instant::now() + within;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                break status;
+            }
+            assert!(std::time::Instant::now() < deadline, "warren did not exit");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        (
+            status,
+            String::from_utf8_lossy(&bytes[start..]).into_owned(),
+        )
+    }
+}
+
+impl Drop for BlockedOnStderr {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

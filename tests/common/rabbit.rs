@@ -21,16 +21,48 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 /// The package's server script; its absence means RabbitMQ is not installed.
 pub const RABBITMQ_SERVER: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
 
-/// Whether RabbitMQ is installed; prints a SKIP line for `test` when it is not.
+/// Whether RabbitMQ is installed; prints a SKIP line for `test` when it is not. As root (CI runs
+/// as root and `scripts/test.sh` installs it) a missing RabbitMQ fails the test instead, as
+/// tests/probe.rs does: a silent skip there would pass the real-cluster tests untested.
 pub fn available(test: &str) -> bool {
-    if Path::new(RABBITMQ_SERVER).exists() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    check_available(test, Path::new(RABBITMQ_SERVER), root)
+}
+
+fn check_available(test: &str, server: &Path, root: bool) -> bool {
+    if server.exists() {
         return true;
     }
+    assert!(
+        !root,
+        "{test}: {} is missing: run `bash scripts/rabbitmq.sh install` (scripts/test.sh does)",
+        server.display()
+    );
     eprintln!(
-        "SKIP {test}: {RABBITMQ_SERVER} is missing: run `bash scripts/rabbitmq.sh install` \
-         (scripts/test.sh does)"
+        "SKIP {test}: {} is missing and installing it needs root: run \
+         `bash scripts/rabbitmq.sh install` as root (scripts/test.sh does)",
+        server.display()
     );
     false
+}
+
+#[test]
+fn a_missing_rabbitmq_fails_as_root_and_skips_otherwise() {
+    let missing = Path::new("/nonexistent/rabbitmq-server");
+    assert!(!check_available("t", missing, false));
+    let as_root = std::panic::catch_unwind(|| check_available("t", missing, true));
+    let message = *as_root
+        .expect_err("a missing RabbitMQ fails as root")
+        .downcast::<String>()
+        .unwrap();
+    assert!(
+        message.contains("/nonexistent/rabbitmq-server is missing"),
+        "{message}"
+    );
+    let present = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+    assert!(check_available("t", &present, true));
+    assert!(check_available("t", &present, false));
 }
 
 fn script_path() -> PathBuf {

@@ -773,3 +773,146 @@ async fn workers_share_the_port_and_a_second_warren_cannot_bind_it() {
         warren.stop().await;
     }
 }
+
+/// README (passive health): a backend out of rotation after a refused connect, in a pool with
+/// no probe, gets new connections again once the hold-down has passed, and not before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passively_ejected_backend_gets_connections_again_after_the_hold_down() {
+    const HOLD_DOWN: Duration = Duration::from_secs(2);
+    let flaky = refused_addr();
+    let live = spawn_tagged(7).await;
+    let options = Options {
+        passive_hold_down: HOLD_DOWN,
+        ..quick()
+    };
+    let warren = Warren::start(
+        config(
+            Balance::RoundRobin,
+            vec![backend("flaky", flaky), backend("live", live.addr)],
+        ),
+        options,
+    );
+    let refused = || {
+        warren.metric(
+            r#"warren_backend_connect_failures_total{backend="flaky",pool="default",reason="refused"}"#,
+        )
+    };
+    // Round robin tries flaky within two connections; each fails over to live.
+    let mut before_ejection = None;
+    for _ in 0..2 {
+        let started = Instant::now();
+        let (id, _conn) = which_backend(warren.addr).await;
+        assert_eq!(id, 7);
+        if refused() >= 1.0 {
+            before_ejection = Some(started);
+            break;
+        }
+    }
+    let ejected = before_ejection.expect("flaky was tried (and refused) within 2 connections");
+    assert_eq!(
+        warren.metric(r#"warren_backend_up{backend="flaky",pool="default"}"#),
+        0.0,
+        "flaky is out of rotation"
+    );
+    // flaky listens again at once; it still gets nothing until the hold-down has passed.
+    let listener = tokio::net::TcpListener::bind(flaky)
+        .await
+        .expect("flaky's port is free again");
+    let server = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if s.write_all(&[8]).await.is_ok() {
+                    echo(s).await;
+                }
+            });
+        }
+    });
+    let mut to_live_in_hold_down = 0;
+    let back_after = loop {
+        let asked = Instant::now();
+        let (id, _conn) = which_backend(warren.addr).await;
+        if id == 8 {
+            break asked.max(ejected).duration_since(ejected);
+        }
+        if asked.duration_since(ejected) < HOLD_DOWN {
+            to_live_in_hold_down += 1;
+        }
+        assert!(
+            ejected.elapsed() < HOLD_DOWN + 10 * SECOND,
+            "flaky got no connection {:?} after its ejection (hold-down {HOLD_DOWN:?})",
+            ejected.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    println!(
+        "flaky back after {back_after:?} (hold-down {HOLD_DOWN:?}); {to_live_in_hold_down} \
+         connections went to live in the hold-down"
+    );
+    // Not before the hold-down (measured from before the refused connect, so never shorter
+    // than the real hold-down); generous above, a loaded machine delays the timer.
+    assert!(back_after >= HOLD_DOWN, "flaky back after {back_after:?}");
+    assert!(
+        to_live_in_hold_down >= 1,
+        "no connection was made in the hold-down"
+    );
+    assert_eq!(
+        warren.metric(r#"warren_backend_up{backend="flaky",pool="default"}"#),
+        1.0
+    );
+    server.abort();
+    warren.stop().await;
+}
+
+/// README (failover): `next_upstream_timeout` bounds the whole walk. Three silent backends with
+/// `connect_timeout` 2 s would hold a client 6 s; with `next_upstream_timeout` 3 s the client is
+/// closed after about 3 s, the second attempt cut short, the third backend never tried.
+#[tokio::test]
+async fn next_upstream_timeout_bounds_the_whole_failover() {
+    let silent = [silent_peer(), silent_peer(), silent_peer()];
+    let cfg = with_listener(
+        config(
+            Balance::RoundRobin,
+            silent
+                .iter()
+                .enumerate()
+                .map(|(i, p)| backend(&format!("s{i}"), p.addr))
+                .collect(),
+        ),
+        |l| {
+            l.connect_timeout = Duration::from_secs(2);
+            l.next_upstream_timeout = Some(Duration::from_secs(3));
+        },
+    );
+    let warren = Warren::start(cfg, quick());
+    let started = Instant::now();
+    let mut s = TcpStream::connect(warren.addr).await.unwrap();
+    let mut buf = [0u8; 1];
+    let end = tokio::time::timeout(10 * SECOND, s.read(&mut buf))
+        .await
+        .expect("the client is closed within 10 s");
+    let took = started.elapsed();
+    assert!(matches!(end, Ok(0) | Err(_)), "closed, got {end:?}");
+    let timeouts: Vec<f64> = (0..3)
+        .map(|i| {
+            warren.metric(&format!(
+                r#"warren_backend_connect_failures_total{{backend="s{i}",pool="default",reason="timeout"}}"#
+            ))
+        })
+        .collect();
+    println!("closed after {took:?}; timeouts per backend {timeouts:?}");
+    assert_eq!(
+        timeouts.iter().filter(|t| **t > 0.0).count(),
+        2,
+        "two backends tried, the third never: {timeouts:?}"
+    );
+    // Not before the overall limit; well before the 6 s of three connect timeouts.
+    assert!(
+        took >= Duration::from_millis(2900) && took < Duration::from_millis(5500),
+        "closed after {took:?}"
+    );
+    assert_eq!(
+        warren.metric(r#"warren_listener_rejected_total{listener="default",reason="no_backend"}"#),
+        1.0
+    );
+    warren.stop().await;
+}

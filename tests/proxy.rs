@@ -916,3 +916,53 @@ async fn next_upstream_timeout_bounds_the_whole_failover() {
     );
     warren.stop().await;
 }
+
+/// README: an inbound PROXY header must arrive within `proxy_protocol_timeout`; a client that
+/// sends part of one (or nothing) is closed once it passes, not before, and counted as
+/// `reason="timeout"`; one that closes before its header is complete is counted as `closed`.
+/// Neither reaches the backend.
+#[tokio::test]
+async fn a_proxy_header_must_arrive_in_time_and_a_client_gone_before_it_is_counted() {
+    const HEADER_TIMEOUT: Duration = Duration::from_millis(500);
+    let b = spawn_backend(echo).await;
+    let cfg = with_listener(
+        config(Balance::RoundRobin, vec![backend("b", b.addr)]),
+        |l| {
+            l.accept_proxy_protocol = true;
+            l.proxy_protocol_timeout = HEADER_TIMEOUT;
+        },
+    );
+    let warren = Warren::start(cfg, quick());
+    let rejected = |reason: &str| {
+        warren.metric(&format!(
+            r#"warren_proxy_header_rejected_total{{listener="default",reason="{reason}"}}"#
+        ))
+    };
+    for sent in [&b"PROXY TCP4 1.2"[..], b""] {
+        let started = Instant::now();
+        let mut s = TcpStream::connect(warren.addr).await.unwrap();
+        s.write_all(sent).await.unwrap();
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(10 * SECOND, s.read(&mut buf))
+            .await
+            .expect("closed within 10 s");
+        let took = started.elapsed();
+        println!("{sent:?}: closed after {took:?} (proxy_protocol_timeout {HEADER_TIMEOUT:?})");
+        assert!(matches!(n, Ok(0) | Err(_)), "{sent:?} must be closed");
+        // Not before the timeout; the upper bound is the generous deadline above.
+        assert!(took >= HEADER_TIMEOUT, "{sent:?} closed after {took:?}");
+    }
+    wait_for("two timeouts counted", 5 * SECOND, || {
+        rejected("timeout") == 2.0
+    })
+    .await;
+
+    let mut s = TcpStream::connect(warren.addr).await.unwrap();
+    s.write_all(b"PROXY TCP4 1.2.3.4").await.unwrap();
+    drop(s);
+    wait_for("a close counted", 5 * SECOND, || rejected("closed") == 1.0).await;
+    assert_eq!(rejected("timeout"), 2.0);
+    assert_eq!(rejected("malformed"), 0.0);
+    assert_eq!(b.accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
+    warren.stop().await;
+}

@@ -629,3 +629,69 @@ async fn an_unreadable_state_file_stops_the_start() {
     assert!(left.is_empty(), "stale temp files left: {left:?}");
     warren.stop().await;
 }
+
+/// README: "with `admin.state_file`, drains survive a warren restart", here a restart of the
+/// process: the first warren is killed (SIGKILL, as a crash) after the drain, and a second
+/// process on the same config starts with b0 drained and sends it nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_state_survives_a_process_restart() {
+    let dir = TempDir::new("process-restart");
+    let (b0, b1) = (spawn_backend(echo).await, spawn_backend(echo).await);
+    let token_file = dir.0.join("token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let state_file = dir.0.join("state.json");
+    let (admin_port, listen_port) = (free_port(), free_port());
+    let text = process_config(
+        admin_port,
+        Some(&token_file),
+        listen_port,
+        &[b0.addr, b1.addr],
+        "",
+    )
+    .replacen(
+        "[admin]\n",
+        &format!("[admin]\nstate_file = \"{}\"\n", state_file.display()),
+        1,
+    );
+    let config = dir.0.join("warren.toml");
+    std::fs::write(&config, text).unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let listen: SocketAddr = format!("127.0.0.1:{listen_port}").parse().unwrap();
+    let drained = r#"warren_backend_admin_state{backend="b0",pool="rabbitmq",state="drained"}"#;
+
+    let mut first = WarrenProc::run_config(&config, dir.0.join("first.log")).await;
+    let (code, body) = http(
+        admin,
+        "POST",
+        "/v1/pools/rabbitmq/backends/b0/drain",
+        Some(TOKEN),
+        b"",
+    )
+    .await;
+    assert_eq!(code, 202, "{body}");
+    wait_for("state file written", 5 * SECOND, || {
+        std::fs::read_to_string(&state_file).is_ok_and(|s| s.contains("\"b0\""))
+    })
+    .await;
+    first.child.kill().unwrap();
+    first.wait_exit(5 * SECOND).await;
+
+    let _second = WarrenProc::run_config(&config, dir.0.join("second.log")).await;
+    let (code, metrics) = http(admin, "GET", "/metrics", None, b"").await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        metric_value(&metrics, drained),
+        1.0,
+        "b0 drained in the new process"
+    );
+    let before = b0.accepted.load(Ordering::SeqCst);
+    for i in 0..10 {
+        let mut s = TcpStream::connect(listen).await.unwrap();
+        assert!(echo_once(&mut s, i).await);
+    }
+    assert_eq!(
+        b0.accepted.load(Ordering::SeqCst),
+        before,
+        "no new connection on drained b0"
+    );
+}

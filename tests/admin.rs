@@ -218,7 +218,12 @@ async fn drain_moves_new_connections_keeps_old_ones_and_closes_them_at_the_deadl
     .await;
     let took = drained_at.elapsed();
     println!("a's connections closed {took:?} after a drain with a 2s deadline");
-    assert!(took >= Duration::from_millis(1900) && took < Duration::from_millis(3500));
+    // Not before the deadline (a timer cannot fire early under load); the upper bound is
+    // generous: closed before twice the deadline, so a drain that ignored it still fails.
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_secs(4),
+        "closed {took:?} after a drain with a 2s deadline"
+    );
     wait_for("drained", 5 * SECOND, || {
         warren.metric(r#"warren_backend_admin_state{backend="a",pool="default",state="drained"}"#)
             == 1.0
@@ -405,17 +410,21 @@ fn admin_and_probes_stay_responsive_while_the_data_plane_is_saturated() {
     let probes = |w: &Warren| {
         w.metric(r#"warren_health_checks_total{backend="a",pool="default",result="ok"}"#)
     };
-    // Pin both data-plane workers for 2 s.
+    // Pin both workers until released (20 s at most). Each answer below must come while both
+    // are still pinned: an order of events, which load cannot break, where a latency bound in
+    // milliseconds could.
     let release = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let pinned = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let unpinned = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     for _ in 0..2 {
-        let (release, pinned) = (release.clone(), pinned.clone());
+        let (release, pinned, unpinned) = (release.clone(), pinned.clone(), unpinned.clone());
         runtime.spawn(async move {
             pinned.fetch_add(1, Ordering::SeqCst);
-            let until = std::time::Instant::now() + 3 * SECOND;
+            let until = std::time::Instant::now() + 20 * SECOND;
             while !release.load(Ordering::SeqCst) && std::time::Instant::now() < until {
                 std::hint::spin_loop();
             }
+            unpinned.fetch_add(1, Ordering::SeqCst);
         });
     }
     let deadline = std::time::Instant::now() + SECOND;
@@ -432,7 +441,7 @@ fn admin_and_probes_stay_responsive_while_the_data_plane_is_saturated() {
     for _ in 0..5 {
         let asked = std::time::Instant::now();
         let mut s = std::net::TcpStream::connect(admin).unwrap();
-        s.set_read_timeout(Some(SECOND)).unwrap();
+        s.set_read_timeout(Some(5 * SECOND)).unwrap();
         use std::io::{Read, Write};
         write!(
             s,
@@ -445,19 +454,20 @@ fn admin_and_probes_stay_responsive_while_the_data_plane_is_saturated() {
         worst = worst.max(asked.elapsed());
     }
     // Probes (every 100 ms) keep running while the workers stay pinned.
-    let deadline = std::time::Instant::now() + 1500 * Duration::from_millis(1);
+    let deadline = std::time::Instant::now() + 10 * SECOND;
     while probes(&warren) - probes_before < 3.0 && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
     let probes_during = probes(&warren) - probes_before;
     let saturated_for = started.elapsed();
+    let still_pinned = unpinned.load(Ordering::SeqCst) == 0;
     release.store(true, Ordering::SeqCst);
     println!(
         "workers pinned: slowest /v1/status {worst:?}; {probes_during} probes in {saturated_for:?}"
     );
     assert!(
-        worst < Duration::from_millis(250),
-        "admin answered in {worst:?}"
+        still_pinned,
+        "the answers came only after the workers were released ({saturated_for:?})"
     );
     assert!(probes_during >= 3.0, "probes kept running: {probes_during}");
     runtime.block_on(warren.stop());
@@ -618,4 +628,70 @@ async fn an_unreadable_state_file_stops_the_start() {
         .collect();
     assert!(left.is_empty(), "stale temp files left: {left:?}");
     warren.stop().await;
+}
+
+/// README: "with `admin.state_file`, drains survive a warren restart", here a restart of the
+/// process: the first warren is killed (SIGKILL, as a crash) after the drain, and a second
+/// process on the same config starts with b0 drained and sends it nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_state_survives_a_process_restart() {
+    let dir = TempDir::new("process-restart");
+    let (b0, b1) = (spawn_backend(echo).await, spawn_backend(echo).await);
+    let token_file = dir.0.join("token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let state_file = dir.0.join("state.json");
+    let (admin_port, listen_port) = (free_port(), free_port());
+    let text = process_config(
+        admin_port,
+        Some(&token_file),
+        listen_port,
+        &[b0.addr, b1.addr],
+        "",
+    )
+    .replacen(
+        "[admin]\n",
+        &format!("[admin]\nstate_file = \"{}\"\n", state_file.display()),
+        1,
+    );
+    let config = dir.0.join("warren.toml");
+    std::fs::write(&config, text).unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let listen: SocketAddr = format!("127.0.0.1:{listen_port}").parse().unwrap();
+    let drained = r#"warren_backend_admin_state{backend="b0",pool="rabbitmq",state="drained"}"#;
+
+    let mut first = WarrenProc::run_config(&config, dir.0.join("first.log")).await;
+    let (code, body) = http(
+        admin,
+        "POST",
+        "/v1/pools/rabbitmq/backends/b0/drain",
+        Some(TOKEN),
+        b"",
+    )
+    .await;
+    assert_eq!(code, 202, "{body}");
+    wait_for("state file written", 5 * SECOND, || {
+        std::fs::read_to_string(&state_file).is_ok_and(|s| s.contains("\"b0\""))
+    })
+    .await;
+    first.child.kill().unwrap();
+    first.wait_exit(5 * SECOND).await;
+
+    let _second = WarrenProc::run_config(&config, dir.0.join("second.log")).await;
+    let (code, metrics) = http(admin, "GET", "/metrics", None, b"").await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        metric_value(&metrics, drained),
+        1.0,
+        "b0 drained in the new process"
+    );
+    let before = b0.accepted.load(Ordering::SeqCst);
+    for i in 0..10 {
+        let mut s = TcpStream::connect(listen).await.unwrap();
+        assert!(echo_once(&mut s, i).await);
+    }
+    assert_eq!(
+        b0.accepted.load(Ordering::SeqCst),
+        before,
+        "no new connection on drained b0"
+    );
 }

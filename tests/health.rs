@@ -145,17 +145,41 @@ async fn killed_backend_goes_down_in_time_and_comes_back_after_rise() {
     let warren = Warren::start(cfg, quick());
 
     wait_for("a up", 5 * SECOND, || health_of(&warren, "a") == Health::Up).await;
+    let probes_at_kill = warren.health.backend("default", "a").unwrap().probes_run;
     let killed = Instant::now();
     a.kill().await;
-    wait_for("a down", 5 * SECOND, || {
-        health_of(&warren, "a") == Health::Down
-    })
-    .await;
+    // Counted in probes, not milliseconds, so a loaded machine that delays the probe timer
+    // cannot fail it: down on the `fall`-th failed probe after the kill, or the one after it
+    // when a probe was in flight at the kill. Polled every millisecond so the record seen is
+    // almost always the one the flip left (its last probe is the flipping one).
+    let deadline = Instant::now() + 10 * SECOND;
+    let down = loop {
+        let record = warren.health.backend("default", "a").unwrap();
+        if record.health == Health::Down {
+            break record;
+        }
+        assert!(Instant::now() < deadline, "a not down 10 s after the kill");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
     let took = killed.elapsed();
+    let probes = down.probes_run - probes_at_kill;
+    let flip_seen = down
+        .last_probe
+        .as_ref()
+        .is_some_and(|p| p.at <= down.changed_at);
     // fall × interval (+10% jitter) + timeout, plus the probe in flight at the kill.
     let bound = Duration::from_millis((fall as u64 + 1) * interval * 11 / 10 + timeout);
-    println!("down after {took:?} (bound {bound:?})");
-    assert!(took <= bound, "down after {took:?}, bound {bound:?}");
+    println!("down after {took:?} and {probes} probes (unloaded bound {bound:?})");
+    assert!(probes >= fall as u64, "down after only {probes} probes");
+    if flip_seen {
+        assert!(
+            probes <= fall as u64 + 1,
+            "down only after {probes} probes (fall {fall})"
+        );
+    }
+    // Generous: the probe timer itself is checked by the count above; this only catches a
+    // backend that goes down far later than fall × interval (five times the unloaded bound).
+    assert!(took <= 5 * bound, "down after {took:?}, bound {bound:?}");
 
     wait_for("backend_down hook ran", 5 * SECOND, || {
         !hooks.lines().is_empty()

@@ -52,7 +52,8 @@ fn set_soft_nofile(n: u64) -> u64 {
 /// accept errors a second (backoff); through the 1 s at the limit (10 probe intervals of 100 ms,
 /// fall 1, probes unable to open a socket) 0 probes count as failed and the backend, up by its
 /// probes before, stays up (health "up", not "unknown"); /healthz, /readyz and
-/// /metrics answer 200 within 2 s each; once descriptors are free it serves again within 1 s.
+/// /metrics answer 200 within 2 s each; once descriptors are free it serves again within 3 s
+/// (milliseconds unloaded; generous for a loaded machine).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accept_backs_off_at_the_descriptor_limit_and_recovers() {
     let _limit = RLIMIT_NOFILE.lock().await;
@@ -168,11 +169,11 @@ async fn accept_backs_off_at_the_descriptor_limit_and_recovers() {
         );
     }
 
-    // Free descriptors: everything still queued and new connections work within a second.
+    // Free descriptors: everything still queued and new connections work within 3 s.
     clients.clear();
     set_soft_nofile(old);
     let recovered = Instant::now();
-    let mut s = tokio::time::timeout(Duration::from_secs(1), async {
+    let mut s = tokio::time::timeout(Duration::from_secs(3), async {
         loop {
             if let Ok(mut s) = TcpStream::connect(warren.addr).await {
                 if s.write_all(b"back").await.is_ok() {
@@ -189,7 +190,7 @@ async fn accept_backs_off_at_the_descriptor_limit_and_recovers() {
         }
     })
     .await
-    .expect("warren serves again within 1s of descriptors being freed");
+    .expect("warren serves again within 3s of descriptors being freed");
     println!("recovered in {:?}", recovered.elapsed());
     s.shutdown().await.unwrap();
     warren.stop().await;

@@ -13,6 +13,7 @@ use std::time::Duration;
 use common::*;
 
 use tokio::net::TcpStream;
+use warren::state::Health;
 use warren::{Options, Server};
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -433,6 +434,117 @@ async fn a_reload_widens_and_narrows_a_listener_address() {
     assert!(
         echo_once(&mut open, 4).await,
         "the open connection continues"
+    );
+    warren.stop().await;
+}
+
+/// README: "health, drain state and counters of unchanged backends carry over" a reload. A
+/// reload that adds a backend leaves b0 `up`, b1 `down` and b2 drained exactly as they were (the
+/// same `changed_at`, so no machine started afresh), and no counter starts again from 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_carries_health_drain_state_and_counters_over() {
+    let files = Files::new("carry");
+    let (b0, b2, b3) = (
+        spawn_backend(echo).await,
+        spawn_backend(echo).await,
+        spawn_backend(echo).await,
+    );
+    let b1 = refused_addr();
+    let (admin_port, port) = (free_port(), free_port());
+    // rise 1, fall 1. A health machine started afresh by the reload would read `unknown`, or
+    // (re-probed) carry a new `changed_at`: both are checked below.
+    let health = "[pool.rabbitmq.health]\nkind = \"tcp\"\ninterval = \"1s\"\ntimeout = \"500ms\"\n\
+                  rise = 1\nfall = 1\n";
+    let write = |backends: &[SocketAddr]| {
+        files.write(admin_port, &[("amqp", port)], backends);
+        let text = std::fs::read_to_string(&files.config).unwrap();
+        std::fs::write(&files.config, text + health).unwrap();
+    };
+    write(&[b0.addr, b1, b2.addr]);
+    let (warren, admin) = files.start();
+    let record = |name: &str| warren.health.backend("rabbitmq", name).unwrap();
+    wait_for("b0 and b2 up, b1 down", 10 * SECOND, || {
+        record("b0").health == Health::Up
+            && record("b1").health == Health::Down
+            && record("b2").health == Health::Up
+    })
+    .await;
+    let (code, body) = http(
+        admin,
+        "POST",
+        "/v1/pools/rabbitmq/backends/b2/drain",
+        Some(TOKEN),
+        b"",
+    )
+    .await;
+    assert_eq!(code, 202, "{body}");
+    for i in 0..6u8 {
+        let mut s = TcpStream::connect(warren.addr).await.unwrap();
+        assert!(echo_once(&mut s, i).await);
+    }
+    let counters = [
+        r#"warren_backend_connections_total{backend="b0",pool="rabbitmq"}"#,
+        r#"warren_listener_connections_total{listener="amqp"}"#,
+        r#"warren_health_checks_total{backend="b0",pool="rabbitmq",result="ok"}"#,
+        r#"warren_health_checks_total{backend="b1",pool="rabbitmq",result="failed"}"#,
+    ];
+    let before: Vec<f64> = counters.iter().map(|c| warren.metric(c)).collect();
+    let changed_before: Vec<_> = ["b0", "b1", "b2"].map(|b| record(b).changed_at).into();
+    assert_eq!(
+        before[0], 6.0,
+        "every connection went to b0 (b1 down, b2 drained)"
+    );
+
+    write(&[b0.addr, b1, b2.addr, b3.addr]);
+    let (code, body) = http(admin, "POST", "/v1/reload", Some(TOKEN), b"").await;
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        warren.health.backend("rabbitmq", "b3").is_some(),
+        "b3 added"
+    );
+
+    assert_eq!(
+        record("b0").health,
+        Health::Up,
+        "b0's health after the reload"
+    );
+    assert_eq!(
+        record("b1").health,
+        Health::Down,
+        "b1's health after the reload"
+    );
+    let changed_after: Vec<_> = ["b0", "b1", "b2"].map(|b| record(b).changed_at).into();
+    assert_eq!(
+        changed_after, changed_before,
+        "no health machine started afresh"
+    );
+    assert_eq!(
+        warren.metric(r#"warren_backend_up{backend="b1",pool="rabbitmq"}"#),
+        0.0
+    );
+    assert_eq!(
+        warren
+            .metric(r#"warren_backend_admin_state{backend="b2",pool="rabbitmq",state="drained"}"#),
+        1.0,
+        "b2 stays drained"
+    );
+    let after: Vec<f64> = counters.iter().map(|c| warren.metric(c)).collect();
+    for ((name, b), a) in counters.iter().zip(&before).zip(&after) {
+        assert!(*b > 0.0, "{name} counted before the reload");
+        // Probes run on (every second): a counter may only have grown.
+        assert!(a >= b, "{name} went from {b} to {a} over the reload");
+    }
+    assert_eq!(after[..2], before[..2], "no connection was made in between");
+    // Drained b2 still gets nothing; b0 and the new b3 share the new connections.
+    let b2_before = b2.accepted.load(Ordering::SeqCst);
+    for i in 0..6u8 {
+        let mut s = TcpStream::connect(warren.addr).await.unwrap();
+        assert!(echo_once(&mut s, i).await);
+    }
+    assert_eq!(
+        b2.accepted.load(Ordering::SeqCst),
+        b2_before,
+        "no new connection on drained b2"
     );
     warren.stop().await;
 }

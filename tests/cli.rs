@@ -464,8 +464,11 @@ async fn sigterm_stops_accepting_and_closes_open_connections_after_the_grace_per
         "--backend",
         &backend_addr,
         "--shutdown-grace",
-        "1s",
+        "3s",
     ]);
+    // The grace is long enough that the steps below fit in it on a loaded machine; the
+    // deadlines are generous, and the order of events is what is asserted.
+    let grace = Duration::from_secs(3);
     warren
         .logged("warren started", Duration::from_secs(10))
         .await;
@@ -475,10 +478,10 @@ async fn sigterm_stops_accepting_and_closes_open_connections_after_the_grace_per
     let sigterm = Instant::now();
     warren.sigterm();
     warren
-        .logged("listener stopped accepting", Duration::from_secs(1))
+        .logged("listener stopped accepting", Duration::from_secs(5))
         .await;
     // The accept loop logs just before it drops the socket, so allow it a moment.
-    let deadline = Instant::now() + Duration::from_millis(500);
+    let deadline = Instant::now() + Duration::from_secs(2);
     loop {
         match TcpStream::connect(listen).await {
             Err(e) if e.kind() == ErrorKind::ConnectionRefused => break,
@@ -494,23 +497,25 @@ async fn sigterm_stops_accepting_and_closes_open_connections_after_the_grace_per
     echo_round_trip(&mut client, b"during the grace period").await;
     let echoed_after = sigterm.elapsed();
     assert!(
-        echoed_after < Duration::from_millis(800),
+        echoed_after < grace,
         "the echo must come back within the grace period ({echoed_after:?})"
     );
 
     let mut buf = [0u8; 16];
-    let read = tokio::time::timeout(Duration::from_secs(6), client.read(&mut buf))
+    let read = tokio::time::timeout(grace + Duration::from_secs(5), client.read(&mut buf))
         .await
-        .expect("warren closes the connection within 6s of SIGTERM");
+        .expect("warren closes the connection within 8s of SIGTERM");
     let closed_after = sigterm.elapsed();
     assert_eq!(read.expect("a clean close, not a reset"), 0, "EOF");
     println!(
         "after SIGTERM: new connects refused at {refused_after:?}, echo at {echoed_after:?}, \
          EOF at {closed_after:?}"
     );
+    // Not before the grace (a timer cannot fire early under load); the upper bound is the
+    // generous deadline of the read above.
     assert!(
-        closed_after >= Duration::from_millis(800) && closed_after <= Duration::from_secs(5),
-        "closed {closed_after:?} after SIGTERM; expected about the 1s grace"
+        closed_after >= grace - Duration::from_millis(100),
+        "closed {closed_after:?} after SIGTERM, before the 3s grace"
     );
 
     let status = warren.exited(Duration::from_secs(5)).await;

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use futures_lite::StreamExt;
 use tokio_util::sync::CancellationToken;
-use warren::state::Health;
+use warren::state::{AdminState, Health};
 
 use common::{quick, wait_for, Warren};
 use rabbit::{Cluster, Node};
@@ -971,6 +971,71 @@ async fn rolling_upgrade_walks_a_three_node_cluster_without_losing_a_confirmed_m
         Duration::from_secs(20),
     )
     .await;
+
+    // An upgrade command that fails on the second node stops the walk there with that node
+    // left drained (nothing is restarted: only the walk's bookkeeping is under test), and the
+    // printed resume command, `--from` it, finishes the walk.
+    let n2 = cluster.nodes[1].clone();
+    let failing = format!("test {{name}} != {}", n2.name);
+    let (code, stdout, stderr) = upgrade(&warren, &failing).await;
+    assert_eq!(code, 1, "a failing upgrade command: {stdout}{stderr}");
+    assert!(
+        stderr.contains(&format!("stopped at {}, step 3/5", n2.name))
+            && stderr.contains(&format!("{} is left drained", n2.name))
+            && stderr.contains(&format!("--from {}", n2.name)),
+        "{stderr}"
+    );
+    let admin_of = |node: &Node| {
+        let routing = warren.routing.load_full();
+        routing.pools["rabbitmq"].backend(&node.name).unwrap().admin
+    };
+    assert_eq!(
+        admin_of(&n2),
+        AdminState::Drained,
+        "the failed node stays drained"
+    );
+    assert_eq!(
+        admin_of(&n1),
+        AdminState::Active,
+        "the node before it is back in service"
+    );
+    let warren_ref = &warren;
+    let resumed = ctl(
+        warren_ref,
+        &[
+            "upgrade",
+            "--pool",
+            "rabbitmq",
+            "--run",
+            "true",
+            "--deadline",
+            "2s",
+            "--command-timeout",
+            "2m",
+            "--healthy-timeout",
+            "1m",
+            "--from",
+            &n2.name,
+        ],
+    )
+    .await;
+    assert_eq!(resumed.0, 0, "the resumed walk: {}{}", resumed.1, resumed.2);
+    assert!(
+        !resumed.1.contains(&format!("[3/5] {}:", n1.name))
+            && resumed.1.contains(&format!("[3/5] {}:", n2.name))
+            && resumed.1.contains(&format!("[3/5] {}:", n3.name)),
+        "the resumed walk starts at {}: {}",
+        n2.name,
+        resumed.1
+    );
+    for node in &cluster.nodes {
+        assert_eq!(
+            admin_of(node),
+            AdminState::Active,
+            "{} after the resumed walk",
+            node.name
+        );
+    }
 
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let stop = CancellationToken::new();

@@ -951,6 +951,26 @@ async fn rolling_upgrade_walks_a_three_node_cluster_without_losing_a_confirmed_m
         stderr.contains("quorum-critical") && stderr.contains("queue 'orders'"),
         "{stderr}"
     );
+    // n3's management API went down with its app, so its quorum check gets no answer: the
+    // drain goes ahead, with a warning that says so (README, "The quorum check").
+    let (code, stdout, stderr) = ctl(&warren, &["drain", &n3.name, "--deadline", "2s"]).await;
+    assert_eq!(code, 0, "drain with no quorum answer: {stdout}{stderr}");
+    assert!(
+        stdout.contains(&format!("quorum check of {}: unknown", n3.name))
+            && stdout.contains(&format!(
+                "warning: the quorum check of {} was not answered",
+                n3.name
+            ))
+            && stdout.contains("drained anyway"),
+        "{stdout}"
+    );
+    let admin = warren.routing.load_full().pools["rabbitmq"]
+        .backend(&n3.name)
+        .unwrap()
+        .admin;
+    assert_ne!(admin, AdminState::Active, "{} is draining", n3.name);
+    let (code, stdout, stderr) = ctl(&warren, &["undrain", &n3.name]).await;
+    assert_eq!(code, 0, "undrain: {stdout}{stderr}");
     // The walk refuses to start while a node is down, and says so.
     let run = cluster.restart_app_command();
     let (code, stdout, stderr) = upgrade(&warren, &run).await;

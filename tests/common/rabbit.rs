@@ -110,7 +110,7 @@ impl Cluster {
                 ip: *ip,
                 amqp: SocketAddr::new(IpAddr::V4(*ip), amqp),
                 mgmt: SocketAddr::new(IpAddr::V4(*ip), mgmt),
-                dist: port_free_on(&[Ipv4Addr::LOCALHOST]),
+                dist: dist_port(),
             })
             .collect();
         let cluster = Cluster { dir, nodes };
@@ -252,6 +252,34 @@ fn address(value: &serde_json::Value) -> String {
             .join("."),
         other => other.to_string(),
     }
+}
+
+/// Erlang distribution ports come from blocks below the kernel's ephemeral range
+/// (`ip_local_port_range`, 32768-60999 by default), which no test binds with port 0: a dist
+/// port picked there could be taken by some other process's outgoing connection before the node
+/// starts, and a node that cannot bind it never boots. Each block holds the node's port and the
+/// 10 ports `scripts/rabbitmq.sh` gives its rabbitmqctl right above it.
+const DIST_BLOCKS: std::ops::Range<u32> = 20_000..32_000;
+const DIST_BLOCK: u32 = 16;
+
+/// A distribution port whose whole block is free on 127.0.0.1 and on every address right now.
+/// The start block depends on the process and a counter, so concurrent test processes try
+/// different blocks first.
+fn dist_port() -> u16 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let blocks = (DIST_BLOCKS.end - DIST_BLOCKS.start) / DIST_BLOCK;
+    let seed = std::process::id().wrapping_mul(7919) + NEXT.fetch_add(1, Ordering::Relaxed) * 13;
+    for i in 0..blocks {
+        let first = DIST_BLOCKS.start + ((seed + i) % blocks) * DIST_BLOCK;
+        let free = (first..first + 11).all(|port| {
+            TcpListener::bind((Ipv4Addr::LOCALHOST, port as u16)).is_ok()
+                && TcpListener::bind((Ipv4Addr::UNSPECIFIED, port as u16)).is_ok()
+        });
+        if free {
+            return first as u16;
+        }
+    }
+    panic!("no free block of 11 ports in {DIST_BLOCKS:?} for Erlang distribution");
 }
 
 /// A port that is free on every one of `ips` right now.

@@ -49,8 +49,8 @@ use crate::config::{AdminConfig, Config, Probe, ProxyProtocol, Secret};
 use crate::drain::{rfc3339, DrainError, Drainer};
 use crate::health::probe::{self, QuorumCheck};
 use crate::health::Controller;
+use crate::lifecycle::Reloader;
 use crate::metrics::Metrics;
-use crate::server::Reloader;
 use crate::state::{AdminState, Health, Routing};
 
 pub use limits::{

@@ -196,6 +196,9 @@ pub struct HookConfig {
 // Defaults. Public so that `import-nginx`, the README and tests can name them instead of
 // repeating the numbers.
 
+/// How long a backend without a probe stays out after a failed connect (NGINX's `fail_timeout`).
+pub const DEFAULT_HOLD_DOWN: Duration = Duration::from_secs(10);
+
 /// `listener.connect_timeout` when omitted: nginx's `proxy_connect_timeout` default.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 /// `listener.idle_timeout` when omitted: nginx's `proxy_timeout` default.

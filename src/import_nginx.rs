@@ -24,7 +24,7 @@ use crate::config::Balance;
 /// NGINX's passive health defaults (`max_fails=1 fail_timeout=10s`), which warren's passive
 /// hold-down matches for pools without a probe.
 const NGINX_MAX_FAILS: u32 = 1;
-const NGINX_FAIL_TIMEOUT: Duration = crate::health::DEFAULT_HOLD_DOWN;
+const NGINX_FAIL_TIMEOUT: Duration = crate::config::DEFAULT_HOLD_DOWN;
 
 /// Deepest chain of `include`s followed; deeper is almost certainly a cycle.
 const MAX_INCLUDE_DEPTH: usize = 16;

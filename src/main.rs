@@ -10,7 +10,7 @@ use warren::logging::LogWriter;
 fn main() -> ExitCode {
     // Before anything else: a SIGHUP while warren starts must not end it (see `hold_sighup`).
     #[cfg(unix)]
-    warren::cli::hold_sighup(true);
+    warren::run::hold_sighup(true);
     let cli = warren::cli::Cli::parse();
     let filter = match &cli.log_level {
         Some(level) => EnvFilter::try_new(level),

@@ -11,15 +11,16 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin;
 use crate::config::{Config, Secret};
 use crate::drain::Drainer;
-use crate::health::{self, Controller};
+use crate::health::Controller;
 use crate::hooks::Hooks;
+use crate::lifecycle::{Lifecycle, LifecycleHook, ReloadRequest, Reloader};
 use crate::metrics::Metrics;
 use crate::proxy::{self, forward::Plane, Context};
 use crate::state::Routing;
@@ -46,29 +47,6 @@ pub struct Options {
     pub workers: usize,
 }
 
-/// A change in the server's life that a service manager wants to hear about.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Lifecycle {
-    /// Every listener accepts connections: at start and after each reload (ok or failed).
-    Ready { status: String },
-    /// A reload begins.
-    Reloading,
-    /// A stop begins: no new connections from now on.
-    Stopping { status: String },
-    /// The data plane's runtime still runs tasks (sent every [`Options::alive_every`]).
-    Alive,
-}
-
-/// Receives [`Lifecycle`] changes; called on the server's tasks, so it must not block for long.
-#[derive(Clone)]
-pub struct LifecycleHook(pub Arc<dyn Fn(&Lifecycle) + Send + Sync>);
-
-impl std::fmt::Debug for LifecycleHook {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("LifecycleHook")
-    }
-}
-
 /// Default grace period for open connections on SIGTERM.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
@@ -81,7 +59,7 @@ impl Default for Options {
             max_pipes: proxy::splice::DEFAULT_MAX_LEASED,
             #[cfg(not(target_os = "linux"))]
             max_pipes: 0,
-            passive_hold_down: health::DEFAULT_HOLD_DOWN,
+            passive_hold_down: crate::config::DEFAULT_HOLD_DOWN,
             config_path: None,
             lifecycle: None,
             alive_every: None,
@@ -119,21 +97,6 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
-}
-
-/// Asks a running server to re-read its config file (SIGHUP, `POST /v1/reload`).
-#[derive(Clone)]
-pub struct Reloader(mpsc::UnboundedSender<oneshot::Sender<Result<String, String>>>);
-
-impl Reloader {
-    /// Reload and wait for the outcome: a summary of the new config, or why nothing changed.
-    pub async fn reload(&self) -> Result<String, String> {
-        let (tx, rx) = oneshot::channel();
-        self.0
-            .send(tx)
-            .map_err(|_| "warren is stopping".to_owned())?;
-        rx.await.map_err(|_| "warren is stopping".to_owned())?
-    }
 }
 
 /// A listener the server runs: its socket's address and how to stop or resize it.
@@ -189,7 +152,7 @@ pub struct Server {
     /// The config in force; the admin API reads it, a reload replaces it.
     config: Arc<ArcSwap<Config>>,
     reload_tx: Reloader,
-    reload_rx: mpsc::UnboundedReceiver<oneshot::Sender<Result<String, String>>>,
+    reload_rx: mpsc::UnboundedReceiver<ReloadRequest>,
     ctx: Arc<Context>,
     health: Arc<Controller>,
     drainer: Arc<Drainer>,
@@ -499,8 +462,7 @@ impl Server {
                 .with_label_values(&["no_pipe"]),
         };
         let shared_config = Arc::new(ArcSwap::from_pointee(config.clone()));
-        let (reload_tx, reload_rx) = mpsc::unbounded_channel();
-        let reload_tx = Reloader(reload_tx);
+        let (reload_tx, reload_rx) = Reloader::channel();
         let (control, health, drainer) = start_control(
             config,
             shared_config.clone(),

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::ListenerConfig;
-use crate::server::{Lifecycle, LifecycleHook};
+use crate::lifecycle::{Lifecycle, LifecycleHook};
 
 /// The first descriptor systemd passes (`SD_LISTEN_FDS_START`).
 pub const LISTEN_FDS_START: i32 = 3;

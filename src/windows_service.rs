@@ -3,7 +3,7 @@
 //! bound, then *running*; it turns the manager's Stop and Shutdown into the same graceful stop
 //! as SIGTERM on Linux (stop accepting, let open connections finish for the grace period, close
 //! the rest), and reports *stopped* with warren's outcome. It owns the conversation with the
-//! service manager only: loading, binding and serving are `cli::serve`'s.
+//! service manager only: loading, binding and serving are `run::serve`'s.
 //!
 //! `define_windows_service!` expands to the FFI entry point the manager calls; that generated
 //! function holds the one `unsafe` block outside the splice module, the crate's own.
@@ -22,8 +22,8 @@ use windows_service::service_control_handler::{
 };
 use windows_service::{define_windows_service, service_dispatcher};
 
-use crate::cli::RunArgs;
-use crate::server::{Lifecycle, LifecycleHook};
+use crate::lifecycle::{Lifecycle, LifecycleHook};
+use crate::run::RunArgs;
 
 /// The service name `windows/install.ps1` registers.
 pub const SERVICE_NAME: &str = "warren";
@@ -93,7 +93,7 @@ fn service_main(_manager_arguments: Vec<OsString>) {
         Lifecycle::Stopping { .. } => report(handle, ServiceState::StopPending, stop_wait, 0),
         Lifecycle::Reloading | Lifecycle::Alive => {}
     }));
-    let outcome = match crate::cli::serve(args, shutdown, Some(lifecycle)) {
+    let outcome = match crate::run::serve(args, shutdown, Some(lifecycle)) {
         Ok(()) => {
             report(handle, ServiceState::Stopped, Duration::ZERO, 0);
             ExitCode::SUCCESS

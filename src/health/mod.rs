@@ -28,42 +28,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, HealthConfig, HookEvent, ProxyProtocol};
 use crate::hooks::{Event, Hooks};
 use crate::metrics::Metrics;
+use crate::net::{ConnectFailure, Observer};
 use crate::state::{Health, PoolRoute, Routing, Transition};
-
-/// Why a connect to a backend failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConnectFailure {
-    /// The backend answered with a reset (nothing listens).
-    Refused,
-    /// No answer within `connect_timeout`.
-    Timeout,
-    /// Unreachable host or network, or another error the backend's side caused.
-    Other,
-    /// Connected, then the backend closed or reset first without sending a byte, at once (a
-    /// broker always answers a client's protocol header): HAProxy's layer-4 `observe`.
-    ClosedEarly,
-}
-
-impl ConnectFailure {
-    /// The metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ConnectFailure::Refused => "refused",
-            ConnectFailure::Timeout => "timeout",
-            ConnectFailure::Other => "other",
-            ConnectFailure::ClosedEarly => "closed_early",
-        }
-    }
-}
-
-/// Receives the data path's connect outcomes. Implementations must return at once.
-pub trait Observer: Send + Sync {
-    /// A connect to `pool`/`backend` failed because of the backend (never for local errors).
-    fn connect_failed(&self, pool: &str, backend: &str, failure: ConnectFailure);
-}
-
-/// How long a backend without a probe stays out after a failed connect (NGINX's `fail_timeout`).
-pub const DEFAULT_HOLD_DOWN: Duration = Duration::from_secs(10);
 
 /// The rise/fall hysteresis of one backend: pure, no clock.
 #[derive(Debug, Clone)]
@@ -324,6 +290,12 @@ impl Controller {
     /// section becomes `unknown` too, as at start: nothing would ever probe it up again, and
     /// the passive check takes over.
     pub fn reload(self: &Arc<Self>, config: &Config, stop: &CancellationToken) {
+        // The running probes end first: one that finishes while the entries below are reset
+        // then records nothing (see `record`).
+        self.probe_tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .cancel();
         {
             let probed_before: Vec<Arc<str>> = {
                 let probes = self.probes.lock().unwrap_or_else(|e| e.into_inner());
@@ -500,18 +472,27 @@ impl Controller {
                 duration,
                 at: SystemTime::now(),
             };
-            self.record(&key, record.up, Some(record));
+            self.record(&key, record.up, Some((record, &stop)));
             next = started + health.interval.mul_f64(jitter);
         }
     }
 
-    /// Feed one check result into a backend's machine; publish a flip.
-    fn record(&self, key: &Key, ok: bool, probe: Option<ProbeRecord>) {
+    /// Feed one check result into a backend's machine; publish a flip. A probe's result comes
+    /// with the probe generation it belongs to, checked under the `tracked` lock: a reload
+    /// cancels that generation before it resets any entry, so a verdict about the old address
+    /// (or the old probe) never lands on the entry the reload made.
+    fn record(&self, key: &Key, ok: bool, probe: Option<(ProbeRecord, &CancellationToken)>) {
         let mut tracked = self.tracked.lock().unwrap_or_else(|e| e.into_inner());
+        if probe
+            .as_ref()
+            .is_some_and(|(_, generation)| generation.is_cancelled())
+        {
+            return;
+        }
         let Some(t) = tracked.get_mut(key) else {
             return;
         };
-        if let Some(p) = probe {
+        if let Some((p, _)) = probe {
             if !p.up {
                 tracing::debug!(pool = %key.0, backend = %key.1, reason = p.reason, "probe failed");
             }
@@ -686,7 +667,7 @@ addr = "127.0.0.1:1"
             routing.clone(),
             None,
             metrics,
-            DEFAULT_HOLD_DOWN,
+            crate::config::DEFAULT_HOLD_DOWN,
             runtime,
         );
         (controller, routing, config)

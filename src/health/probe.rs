@@ -70,7 +70,7 @@ impl Outcome {
     /// A failed connect: down, or no verdict when the error is this host's own.
     fn connect_failed(e: &io::Error) -> Outcome {
         Outcome {
-            local: crate::proxy::connect::is_local(e),
+            local: crate::net::is_local(e),
             ..Outcome::down(connect_error(e))
         }
     }

@@ -12,7 +12,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 
 use crate::config::ListenerConfig;
-use crate::health::{ConnectFailure, Observer};
+use crate::net::{is_exhaustion, is_local, ConnectFailure, Observer};
 use crate::state::{BackendRoute, BackendStats, PoolRoute};
 
 /// Why no backend connection could be made.
@@ -38,49 +38,6 @@ pub enum ConnectError {
         #[source]
         source: io::Error,
     },
-}
-
-/// Is this connect error ours (resources of this host) rather than the backend's?
-pub(crate) fn is_local(err: &io::Error) -> bool {
-    #[cfg(unix)]
-    {
-        matches!(
-            err.raw_os_error(),
-            Some(
-                libc::EADDRNOTAVAIL
-                    | libc::EADDRINUSE
-                    | libc::EMFILE
-                    | libc::ENFILE
-                    | libc::ENOBUFS
-                    | libc::ENOMEM
-                    | libc::EPERM
-                    | libc::EACCES
-            )
-        )
-    }
-    #[cfg(not(unix))]
-    {
-        matches!(
-            err.kind(),
-            io::ErrorKind::AddrNotAvailable | io::ErrorKind::AddrInUse
-        )
-    }
-}
-
-/// Does a local error mean the next candidate cannot succeed either (we are out of descriptors)?
-fn is_exhaustion(err: &io::Error) -> bool {
-    #[cfg(unix)]
-    {
-        matches!(
-            err.raw_os_error(),
-            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-        )
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = err;
-        false
-    }
 }
 
 async fn connect_once(addr: SocketAddr) -> io::Result<TcpStream> {
@@ -229,27 +186,4 @@ pub(crate) fn blame(
         ConnectFailure::ClosedEarly => stats.failures_closed_early.inc(),
     }
     health.connect_failed(pool, backend, failure);
-}
-
-#[cfg(all(test, unix))]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn local_errors_are_not_the_backends_fault() {
-        let os = io::Error::from_raw_os_error;
-        for (errno, local, exhaustion) in [
-            (libc::EADDRNOTAVAIL, true, false),
-            (libc::EMFILE, true, true),
-            (libc::ENFILE, true, true),
-            (libc::ENOBUFS, true, true),
-            (libc::ECONNREFUSED, false, false),
-            (libc::ETIMEDOUT, false, false),
-            (libc::EHOSTUNREACH, false, false),
-            (libc::ENETUNREACH, false, false),
-        ] {
-            assert_eq!(is_local(&os(errno)), local, "errno {errno}");
-            assert_eq!(is_exhaustion(&os(errno)), exhaustion, "errno {errno}");
-        }
-    }
 }

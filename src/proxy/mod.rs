@@ -31,8 +31,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::ProxyProtocol;
-use crate::health::{self, Observer};
 use crate::metrics::Metrics;
+use crate::net::{ConnectFailure, Observer};
 use crate::proxy_protocol::{self, Header, Parsed};
 use crate::state::{BackendStats, Routing};
 use forward::{CloseReason, Plane};
@@ -627,13 +627,7 @@ fn closed_early(pool: &str, backend: &str, stats: &BackendStats, health: &dyn Ob
         reason = "closed_early",
         "the backend closed a new connection at once without a byte, counted as a failed check"
     );
-    connect::blame(
-        pool,
-        backend,
-        stats,
-        health::ConnectFailure::ClosedEarly,
-        health,
-    );
+    connect::blame(pool, backend, stats, ConnectFailure::ClosedEarly, health);
 }
 
 /// Count and log a refused inbound PROXY header.

@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use crate::amqp::{AMQP_CONSUMERS, AMQP_PREFETCH, AMQP_PUBLISHERS, AMQP_SIZES, AMQP_WINDOW};
 use crate::cli::Opts;
-use crate::stats::{cell, fmt_num, median, verdict, Results};
+use crate::stats::{cells, median, opt_num, verdict, Results};
 use crate::workloads::{CHURN_CLIENTS, SIZES};
-use crate::Res;
 use crate::Target::*;
+use crate::{Res, PROXIES, TARGETS};
 
 // The markers and the fallback text below still name benches/peers.rs, the harness's old single
 // file: the markers are matched in BENCHMARKS.md as it stands, and the report must not change.
@@ -137,29 +137,26 @@ fn bulk_throughput(w: &mut String, res: &Results, bulk_keys: &[String], targets:
     writeln!(w, "|---|---|---|---|---|---|---|").unwrap();
     for k in bulk_keys {
         let key = format!("{k} gbps");
-        let rh = res.round_median(&key, &[Warren, Haproxy], |v| v[0] / v[1]);
-        let rn = res.round_median(&key, &[Warren, Nginx], |v| v[0] / v[1]);
+        let rh = res.ratio(&key, Haproxy);
+        let rn = res.ratio(&key, Nginx);
         writeln!(
             w,
-            "| {k} | {} | {} | {} | {} | {} {} | {} {} |",
-            cell(res, &key, Direct),
-            cell(res, &key, Warren),
-            cell(res, &key, Haproxy),
-            cell(res, &key, Nginx),
-            rh.map(fmt_num).unwrap_or_default(),
+            "| {k} | {} | {} {} | {} {} |",
+            cells(res, &key, &TARGETS),
+            opt_num(rh),
             verdict(rh.map(|r| r >= 1.15)),
-            rn.map(fmt_num).unwrap_or_default(),
+            opt_num(rn),
             verdict(rn.map(|r| r >= 1.8)),
         )
         .unwrap();
         targets.push((
             format!("{k} throughput ≥ 1.15 × HAProxy"),
-            rh.map(fmt_num).unwrap_or_default(),
+            opt_num(rh),
             verdict(rh.map(|r| r >= 1.15)),
         ));
         targets.push((
             format!("{k} throughput ≥ 1.8 × NGINX"),
-            rn.map(fmt_num).unwrap_or_default(),
+            opt_num(rn),
             verdict(rn.map(|r| r >= 1.8)),
         ));
     }
@@ -180,28 +177,26 @@ fn bulk_cpu(w: &mut String, res: &Results, bulk_keys: &[String], targets: &mut V
     writeln!(w, "|---|---|---|---|---|---|").unwrap();
     for k in bulk_keys {
         let key = format!("{k} cpu");
-        let rh = res.round_median(&key, &[Warren, Haproxy], |v| v[0] / v[1]);
-        let rn = res.round_median(&key, &[Warren, Nginx], |v| v[0] / v[1]);
+        let rh = res.ratio(&key, Haproxy);
+        let rn = res.ratio(&key, Nginx);
         writeln!(
             w,
-            "| {k} | {} | {} | {} | {} {} | {} {} |",
-            cell(res, &key, Warren),
-            cell(res, &key, Haproxy),
-            cell(res, &key, Nginx),
-            rh.map(fmt_num).unwrap_or_default(),
+            "| {k} | {} | {} {} | {} {} |",
+            cells(res, &key, &PROXIES),
+            opt_num(rh),
             verdict(rh.map(|r| r <= 1.0)),
-            rn.map(fmt_num).unwrap_or_default(),
+            opt_num(rn),
             verdict(rn.map(|r| r <= 0.4)),
         )
         .unwrap();
         targets.push((
             format!("{k} CPU/GB ≤ HAProxy"),
-            rh.map(fmt_num).unwrap_or_default(),
+            opt_num(rh),
             verdict(rh.map(|r| r <= 1.0)),
         ));
         targets.push((
             format!("{k} CPU/GB ≤ 0.4 × NGINX"),
-            rn.map(fmt_num).unwrap_or_default(),
+            opt_num(rn),
             verdict(rn.map(|r| r <= 0.4)),
         ));
     }
@@ -221,8 +216,8 @@ fn churn(w: &mut String, res: &Results, targets: &mut Verdicts) {
     writeln!(w, "|---|---|---|---|---|---|---|---|").unwrap();
     for c in CHURN_CLIENTS {
         let key = format!("churn c{c}");
-        let rh = res.round_median(&key, &[Warren, Haproxy], |v| v[0] / v[1]);
-        let rn = res.round_median(&key, &[Warren, Nginx], |v| v[0] / v[1]);
+        let rh = res.ratio(&key, Haproxy);
+        let rn = res.ratio(&key, Nginx);
         let rb = res.round_median(&key, &[Warren, Haproxy, Nginx], |v| v[0] / v[1].max(v[2]));
         let v = if c == 8 {
             verdict(rb.map(|r| r >= 1.2))
@@ -231,20 +226,17 @@ fn churn(w: &mut String, res: &Results, targets: &mut Verdicts) {
         };
         writeln!(
             w,
-            "| {c} | {} | {} | {} | {} | {} | {} | {} {v} |",
-            cell(res, &key, Direct),
-            cell(res, &key, Warren),
-            cell(res, &key, Haproxy),
-            cell(res, &key, Nginx),
-            rh.map(fmt_num).unwrap_or_default(),
-            rn.map(fmt_num).unwrap_or_default(),
-            rb.map(fmt_num).unwrap_or_default(),
+            "| {c} | {} | {} | {} | {} {v} |",
+            cells(res, &key, &TARGETS),
+            opt_num(rh),
+            opt_num(rn),
+            opt_num(rb),
         )
         .unwrap();
         if c == 8 {
             targets.push((
                 "churn, 8 clients ≥ 1.2 × best of HAProxy, NGINX".into(),
-                rb.map(fmt_num).unwrap_or_default(),
+                opt_num(rb),
                 v,
             ));
         }
@@ -258,16 +250,14 @@ fn churn(w: &mut String, res: &Results, targets: &mut Verdicts) {
     writeln!(w, "|---|---|---|---|---|---|").unwrap();
     for c in CHURN_CLIENTS {
         let key = format!("churn c{c} cpu");
-        let rh = res.round_median(&key, &[Warren, Haproxy], |v| v[0] / v[1]);
-        let rn = res.round_median(&key, &[Warren, Nginx], |v| v[0] / v[1]);
+        let rh = res.ratio(&key, Haproxy);
+        let rn = res.ratio(&key, Nginx);
         writeln!(
             w,
-            "| {c} | {} | {} | {} | {} | {} |",
-            cell(res, &key, Warren),
-            cell(res, &key, Haproxy),
-            cell(res, &key, Nginx),
-            rh.map(fmt_num).unwrap_or_default(),
-            rn.map(fmt_num).unwrap_or_default(),
+            "| {c} | {} | {} | {} |",
+            cells(res, &key, &PROXIES),
+            opt_num(rh),
+            opt_num(rn),
         )
         .unwrap();
     }
@@ -305,25 +295,21 @@ fn latency(w: &mut String, res: &Results, targets: &mut Verdicts) {
             } else {
                 verdict(diff.map(|d| d <= 0.0))
             };
-            let f = |x: Option<f64>| x.map(fmt_num).unwrap_or_default();
             writeln!(
                 w,
-                "| {} | {q} | {} | {} | {} | {} | {} | {} | {} | {} {v} |",
+                "| {} | {q} | {} | {} | {} | {} | {} {v} |",
                 size_label(size),
-                cell(res, &key, Direct),
-                cell(res, &key, Warren),
-                cell(res, &key, Haproxy),
-                cell(res, &key, Nginx),
-                f(added(Warren)),
-                f(added(Haproxy)),
-                f(added(Nginx)),
-                f(diff),
+                cells(res, &key, &TARGETS),
+                opt_num(added(Warren)),
+                opt_num(added(Haproxy)),
+                opt_num(added(Nginx)),
+                opt_num(diff),
             )
             .unwrap();
             if q != "p99.9" {
                 targets.push((
                     format!("latency {size} B {q}: added ≤ best peer (µs over)"),
-                    f(diff),
+                    opt_num(diff),
                     v,
                 ));
             }
@@ -367,32 +353,28 @@ fn amqp_rates(w: &mut String, res: &Results, targets: &mut Verdicts) {
     for size in AMQP_SIZES {
         for what in ["delivered", "confirmed"] {
             let key = format!("amqp {size} {what}");
-            let rd = res.round_median(&key, &[Warren, Direct], |v| v[0] / v[1]);
-            let rh = res.round_median(&key, &[Warren, Haproxy], |v| v[0] / v[1]);
-            let rn = res.round_median(&key, &[Warren, Nginx], |v| v[0] / v[1]);
+            let rd = res.ratio(&key, Direct);
+            let rh = res.ratio(&key, Haproxy);
+            let rn = res.ratio(&key, Nginx);
             let v = if what == "delivered" {
                 verdict(rd.map(|r| r >= 0.97))
             } else {
                 ""
             };
-            let f = |x: Option<f64>| x.map(fmt_num).unwrap_or_default();
             writeln!(
                 w,
-                "| {} | {what} | {} | {} | {} | {} | {} {v} | {} | {} |",
+                "| {} | {what} | {} | {} {v} | {} | {} |",
                 size_label(size),
-                cell(res, &key, Direct),
-                cell(res, &key, Warren),
-                cell(res, &key, Haproxy),
-                cell(res, &key, Nginx),
-                f(rd),
-                f(rh),
-                f(rn),
+                cells(res, &key, &TARGETS),
+                opt_num(rd),
+                opt_num(rh),
+                opt_num(rn),
             )
             .unwrap();
             if what == "delivered" {
                 targets.push((
                     format!("AMQP {} messages/s ≥ 0.97 × direct", size_label(size)),
-                    f(rd),
+                    opt_num(rd),
                     v,
                 ));
             }
@@ -415,12 +397,9 @@ fn amqp_confirm_latency(w: &mut String, res: &Results) {
             let key = format!("amqp {size} {q}");
             writeln!(
                 w,
-                "| {} | {q} | {} | {} | {} | {} |",
+                "| {} | {q} | {} |",
                 size_label(size),
-                cell(res, &key, Direct),
-                cell(res, &key, Warren),
-                cell(res, &key, Haproxy),
-                cell(res, &key, Nginx),
+                cells(res, &key, &TARGETS),
             )
             .unwrap();
         }
@@ -444,28 +423,23 @@ fn amqp_cpu(w: &mut String, res: &Results) {
     writeln!(w, "|---|---|---|---|---|---|---|---|").unwrap();
     for size in AMQP_SIZES {
         let key = format!("amqp {size} cpu");
-        let rh = res.round_median(&key, &[Warren, Haproxy], |v| v[0] / v[1]);
-        let rn = res.round_median(&key, &[Warren, Nginx], |v| v[0] / v[1]);
+        let rh = res.ratio(&key, Haproxy);
+        let rn = res.ratio(&key, Nginx);
         writeln!(
             w,
-            "| {} | proxy CPU µs/msg | – | {} | {} | {} | {} | {} |",
+            "| {} | proxy CPU µs/msg | – | {} | {} | {} |",
             size_label(size),
-            cell(res, &key, Warren),
-            cell(res, &key, Haproxy),
-            cell(res, &key, Nginx),
-            rh.map(fmt_num).unwrap_or_default(),
-            rn.map(fmt_num).unwrap_or_default(),
+            cells(res, &key, &PROXIES),
+            opt_num(rh),
+            opt_num(rn),
         )
         .unwrap();
         let key = format!("amqp {size} busy");
         writeln!(
             w,
-            "| {} | machine busy % | {} | {} | {} | {} | | |",
+            "| {} | machine busy % | {} | | |",
             size_label(size),
-            cell(res, &key, Direct),
-            cell(res, &key, Warren),
-            cell(res, &key, Haproxy),
-            cell(res, &key, Nginx),
+            cells(res, &key, &TARGETS),
         )
         .unwrap();
     }
@@ -492,20 +466,11 @@ fn idle(w: &mut String, opts: &Opts, res: &Results, targets: &mut Verdicts) {
     writeln!(w, "| | warren | HAProxy | NGINX |\n|---|---|---|---|").unwrap();
     writeln!(
         w,
-        "| RSS per connection, bytes | {} | {} | {} |",
-        cell(res, "idle rss", Warren),
-        cell(res, "idle rss", Haproxy),
-        cell(res, "idle rss", Nginx)
+        "| RSS per connection, bytes | {} |",
+        cells(res, "idle rss", &PROXIES),
     )
     .unwrap();
-    writeln!(
-        w,
-        "| alive | {} | {} | {} |",
-        cell(res, "idle alive", Warren),
-        cell(res, "idle alive", Haproxy),
-        cell(res, "idle alive", Nginx)
-    )
-    .unwrap();
+    writeln!(w, "| alive | {} |", cells(res, "idle alive", &PROXIES),).unwrap();
     let pipes = res.values("idle pipes", Warren);
     let max_pipes = pipes.iter().copied().fold(0.0, f64::max);
     writeln!(w, "| pipes held (`warren_splice_pipes_leased`) | max {max_pipes:.0} over {} rounds | – | – |\n", pipes.len()).unwrap();

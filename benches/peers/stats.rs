@@ -55,6 +55,11 @@ impl Results {
             .collect();
         median(&vals)
     }
+
+    /// warren ÷ `peer` in each round, the median over rounds.
+    pub fn ratio(&self, key: &str, peer: Target) -> Option<f64> {
+        self.round_median(key, &[Target::Warren, peer], |v| v[0] / v[1])
+    }
 }
 
 /// The median; `None` of nothing.
@@ -97,6 +102,20 @@ pub fn cell(res: &Results, key: &str, t: Target) -> String {
             format!("{} ({}–{})", fmt_num(m), fmt_num(lo), fmt_num(hi))
         }
     }
+}
+
+/// [`fmt_num`], or nothing when there is no number.
+pub fn opt_num(x: Option<f64>) -> String {
+    x.map(fmt_num).unwrap_or_default()
+}
+
+/// The cells of `key` for these targets, joined as table columns.
+pub fn cells(res: &Results, key: &str, targets: &[Target]) -> String {
+    targets
+        .iter()
+        .map(|&t| cell(res, key, t))
+        .collect::<Vec<_>>()
+        .join(" | ")
 }
 
 /// A target's verdict as the report writes it.

@@ -1,5 +1,6 @@
 //! Helpers for integration tests: in-process warren servers, in-process backends on port 0,
-//! and waiting on conditions with deadlines.
+//! waiting on conditions with deadlines, reading `/metrics`, and hook scripts
+//! ([`hook_scripts`]).
 #![allow(dead_code)]
 
 use std::future::Future;
@@ -16,6 +17,11 @@ use warren::config::{BackendConfig, Balance, Config, ListenerConfig, PoolConfig}
 use warren::metrics::Metrics;
 use warren::state::Routing;
 use warren::{Options, Server};
+
+mod hook_scripts;
+// Each test binary uses only part of common (hence also the dead_code allow above).
+#[allow(unused_imports)]
+pub use hook_scripts::*;
 
 /// A running in-process warren.
 pub struct Warren {
@@ -112,6 +118,19 @@ pub fn metric_opt(text: &str, series: &str) -> Option<f64> {
 /// counter that has not counted yet, a series a reload removed).
 pub fn metric_or_zero(text: &str, series: &str) -> f64 {
     metric_opt(text, series).unwrap_or(0.0)
+}
+
+/// warren's `/metrics` text from the admin API at `admin`; panics unless it answers 200.
+pub async fn scrape_metrics(admin: SocketAddr) -> String {
+    let (code, body) = http(admin, "GET", "/metrics", None, b"").await;
+    assert_eq!(code, 200, "GET /metrics: {body}");
+    body
+}
+
+/// One series' value in the admin API's `/metrics`; panics when it is absent (see
+/// [`metric_value`]).
+pub async fn admin_metric(admin: SocketAddr, series: &str) -> f64 {
+    metric_value(&scrape_metrics(admin).await, series)
 }
 
 /// `program` on `PATH`. When it is missing: as root (CI, where scripts/test.sh installs it) the
@@ -548,7 +567,17 @@ impl WarrenProc {
 
     /// `warren run --config CONFIG`, once it has logged "warren started" (within 10 s).
     pub async fn run_config(config: &std::path::Path, log: std::path::PathBuf) -> WarrenProc {
-        let mut warren = WarrenProc::spawn(&["run", "--config", config.to_str().unwrap()], log);
+        WarrenProc::run_config_with(std::process::Command::new(WARREN_BIN), config, log).await
+    }
+
+    /// [`WarrenProc::run_config`] through `command` (see [`WarrenProc::spawn_with`]).
+    pub async fn run_config_with(
+        command: std::process::Command,
+        config: &std::path::Path,
+        log: std::path::PathBuf,
+    ) -> WarrenProc {
+        let mut warren =
+            WarrenProc::spawn_with(command, &["run", "--config", config.to_str().unwrap()], log);
         warren
             .logged("warren started", Duration::from_secs(10))
             .await;

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # warren against HAProxy and NGINX on this machine, on loopback only: builds warren (release),
 # installs the peers (and RabbitMQ, for the amqp workload) when missing (Debian/Ubuntu, as root),
-# runs benches/peers.rs and writes the results into BENCHMARKS.md (between its "peers:results"
+# runs benches/peers/ and writes the results into BENCHMARKS.md (between its "peers:results"
 # markers; the text around them is kept).
 #
 #   bash scripts/bench.sh                 # full run: 5 rounds, ~20 minutes on 2 cores
@@ -72,5 +72,5 @@ fi
 log "building warren (release)"
 cargo build --release --bin warren
 
-log "running benches/peers.rs"
+log "running benches/peers/"
 cargo bench --bench peers -- --run --command "bash scripts/bench.sh${*:+ $*}" "$@"

@@ -51,7 +51,7 @@ install_test_deps() {
         missing+=(curl)
     fi
     # The peers the benchmark smoke (below) runs against: HAProxy, NGINX with its stream
-    # module, iperf3 (benches/peers.rs checks for all of them before any workload).
+    # module, iperf3 (benches/peers/ checks for all of them before any workload).
     if ! command -v haproxy >/dev/null 2>&1; then
         missing+=(haproxy)
     fi
@@ -101,12 +101,12 @@ log "cargo test --all-targets"
 # and CPU against three Erlang VMs picking their ports); serial costs about three minutes.
 cargo test --all-targets "$@"
 
-# A smoke of the benchmark harness (benches/peers.rs), so its code cannot rot unnoticed: one
+# A smoke of the benchmark harness (benches/peers/), so its code cannot rot unnoticed: one
 # short round of one workload (latency) through no proxy, warren (the debug build above),
 # HAProxy and NGINX; about 10 s once built. It needs root (the proxies run as nobody) and
 # fails on any error the run reports. The numbers mean nothing here.
 if [ "$(id -u)" -ne 0 ]; then
-    log "not root: skipping the benchmark smoke (benches/peers.rs runs the proxies as nobody)"
+    log "not root: skipping the benchmark smoke (benches/peers/ runs the proxies as nobody)"
     exit 0
 fi
 smoke_out=$(mktemp)

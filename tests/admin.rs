@@ -45,8 +45,7 @@ async fn every_route_answers_and_refuses_what_it_should() {
 
     assert_eq!(http(admin, "GET", "/healthz", None, b"").await.0, 200);
     assert_eq!(http(admin, "GET", "/readyz", None, b"").await.0, 200);
-    let (code, metrics) = http(admin, "GET", "/metrics", None, b"").await;
-    assert_eq!(code, 200);
+    let metrics = scrape_metrics(admin).await;
     assert!(metrics.contains("warren_build_info"));
 
     let (code, body) = http(admin, "GET", "/v1/status", t, b"").await;
@@ -146,27 +145,15 @@ async fn drain_moves_new_connections_keeps_old_ones_and_closes_them_at_the_deadl
     let dir = TempDir::new("drain");
     let (a, b) = (spawn_backend(echo).await, spawn_backend(echo).await);
     let mut cfg = admin_config(&dir, a.addr, b.addr);
-    let hooks_log = dir.0.join("hooks.log");
-    let script = dir.0.join("hook.sh");
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\necho \"$WARREN_EVENT $WARREN_BACKEND\" >> {}\n",
-            hooks_log.display()
-        ),
-    )
-    .unwrap();
-    cfg.hooks = vec![warren::config::HookConfig {
-        on: vec![
+    let hooks = HookRecorder::new(&dir.0, "$WARREN_EVENT $WARREN_BACKEND");
+    let hooks_log = &hooks.log;
+    cfg.hooks = vec![hooks.hook(
+        &[
             warren::config::HookEvent::DrainStarted,
             warren::config::HookEvent::DrainComplete,
         ],
-        action: warren::config::HookAction::Exec(vec![
-            "/bin/sh".into(),
-            script.display().to_string(),
-        ]),
-        timeout: 5 * SECOND,
-    }];
+        5 * SECOND,
+    )];
     let warren = Warren::start(cfg, quick());
     let admin = warren.admin.unwrap();
 
@@ -241,11 +228,11 @@ async fn drain_moves_new_connections_keeps_old_ones_and_closes_them_at_the_deadl
     }
     assert_eq!(closed_clients, 50, "the clients of a were closed too");
     wait_for("drain hooks ran", 5 * SECOND, || {
-        std::fs::read_to_string(&hooks_log).is_ok_and(|l| l.lines().count() == 2)
+        std::fs::read_to_string(hooks_log).is_ok_and(|l| l.lines().count() == 2)
     })
     .await;
     assert_eq!(
-        std::fs::read_to_string(&hooks_log).unwrap(),
+        std::fs::read_to_string(hooks_log).unwrap(),
         "drain_started a\ndrain_complete a\n"
     );
     // b's connections were untouched.
@@ -677,10 +664,8 @@ async fn drain_state_survives_a_process_restart() {
     first.wait_exit(5 * SECOND).await;
 
     let _second = WarrenProc::run_config(&config, dir.0.join("second.log")).await;
-    let (code, metrics) = http(admin, "GET", "/metrics", None, b"").await;
-    assert_eq!(code, 200);
     assert_eq!(
-        metric_value(&metrics, drained),
+        admin_metric(admin, drained).await,
         1.0,
         "b0 drained in the new process"
     );

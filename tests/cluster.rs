@@ -22,7 +22,7 @@ use futures_lite::StreamExt;
 use tokio_util::sync::CancellationToken;
 use warren::state::{AdminState, Health};
 
-use common::{quick, wait_for, Warren};
+use common::{free_port, quick, wait_for, Warren};
 use rabbit::{Cluster, Node};
 
 /// One cluster at a time.
@@ -43,14 +43,6 @@ fn probe_toml(kind: &str, cluster: &Cluster) -> String {
     format!(
         "kind = \"{kind}\"\n{extra}\ninterval = \"1s\"\ntimeout = \"900ms\"\nrise = 2\nfall = 2\n"
     )
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A warren config with an admin API, and for each `(pool, probe kind)` a listener and a pool

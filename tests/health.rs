@@ -6,14 +6,13 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
-use warren::config::{Balance, HealthConfig, HookAction, HookConfig, HookEvent, Probe};
+use warren::config::{Balance, HealthConfig, HookEvent, Probe};
 use warren::state::Health;
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -28,55 +27,10 @@ fn tcp_health(interval_ms: u64, timeout_ms: u64, rise: u32, fall: u32) -> Health
     }
 }
 
-/// A hook that appends one line per run to a file: "EVENT POOL BACKEND ADDR AVAILABLE TOTAL".
-struct HookLog {
-    dir: PathBuf,
-    log: PathBuf,
-}
-
-impl HookLog {
-    fn new(name: &str) -> HookLog {
-        let dir = std::env::temp_dir().join(format!("warren-health-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let log = dir.join("events.log");
-        let script = dir.join("hook.sh");
-        std::fs::write(
-            &script,
-            format!(
-                "#!/bin/sh\necho \"$WARREN_EVENT $WARREN_POOL $WARREN_BACKEND $WARREN_BACKEND_ADDR $WARREN_AVAILABLE $WARREN_TOTAL\" >> {}\n",
-                log.display()
-            ),
-        )
-        .unwrap();
-        HookLog { dir, log }
-    }
-
-    fn hook(&self, on: &[HookEvent]) -> HookConfig {
-        HookConfig {
-            on: on.to_vec(),
-            action: HookAction::Exec(vec![
-                "/bin/sh".into(),
-                self.dir.join("hook.sh").display().to_string(),
-            ]),
-            timeout: Duration::from_secs(5),
-        }
-    }
-
-    fn lines(&self) -> Vec<String> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    }
-}
-
-impl Drop for HookLog {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+/// What the tests' hook records per run: "EVENT POOL BACKEND ADDR AVAILABLE TOTAL".
+const HOOK_LINE: &str =
+    "$WARREN_EVENT $WARREN_POOL $WARREN_BACKEND $WARREN_BACKEND_ADDR $WARREN_AVAILABLE $WARREN_TOTAL";
+const HOOK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// An echo backend on a fixed address that can be killed and brought back.
 struct Revivable {
@@ -132,7 +86,8 @@ fn health_of(warren: &Warren, backend: &str) -> Health {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_backend_goes_down_in_time_and_comes_back_after_rise() {
-    let hooks = HookLog::new("kill");
+    let dir = TempDir::new("health-kill");
+    let hooks = HookRecorder::new(&dir.0, HOOK_LINE);
     let mut a = Revivable::start().await;
     let b = spawn_backend(echo).await;
     let (interval, timeout, rise, fall) = (200, 100, 2, 3);
@@ -141,7 +96,10 @@ async fn killed_backend_goes_down_in_time_and_comes_back_after_rise() {
         vec![backend("a", a.addr), backend("b", b.addr)],
     );
     cfg.pools[0].health = Some(tcp_health(interval, timeout, rise, fall));
-    cfg.hooks = vec![hooks.hook(&[HookEvent::BackendDown, HookEvent::BackendUp])];
+    cfg.hooks = vec![hooks.hook(
+        &[HookEvent::BackendDown, HookEvent::BackendUp],
+        HOOK_TIMEOUT,
+    )];
     let warren = Warren::start(cfg, quick());
 
     wait_for("a up", 5 * SECOND, || health_of(&warren, "a") == Health::Up).await;
@@ -274,7 +232,8 @@ fn connection_start() -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flapping_backend_changes_state_only_as_rise_and_fall_allow() {
-    let hooks = HookLog::new("flap");
+    let dir = TempDir::new("health-flap");
+    let hooks = HookRecorder::new(&dir.0, HOOK_LINE);
     let (addr, _broker) = flapping_broker().await;
     let mut cfg = config(Balance::RoundRobin, vec![backend("flappy", addr)]);
     cfg.pools[0].health = Some(HealthConfig {
@@ -284,7 +243,10 @@ async fn flapping_backend_changes_state_only_as_rise_and_fall_allow() {
         rise: 2,
         fall: 2,
     });
-    cfg.hooks = vec![hooks.hook(&[HookEvent::BackendDown, HookEvent::BackendUp])];
+    cfg.hooks = vec![hooks.hook(
+        &[HookEvent::BackendDown, HookEvent::BackendUp],
+        HOOK_TIMEOUT,
+    )];
     let warren = Warren::start(cfg, quick());
     let series = r#"warren_health_checks_total{backend="flappy",pool="default",result="failed"}"#;
     wait_for("20 failed probes", 10 * SECOND, || {
@@ -306,7 +268,8 @@ async fn flapping_backend_changes_state_only_as_rise_and_fall_allow() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backups_take_over_when_primaries_fail_and_give_back_when_one_returns() {
-    let hooks = HookLog::new("failover");
+    let dir = TempDir::new("health-failover");
+    let hooks = HookRecorder::new(&dir.0, HOOK_LINE);
     let mut primary = Revivable::start().await;
     let spare = spawn_tagged(2).await;
     let mut spare_cfg = backend("spare", spare.addr);
@@ -316,7 +279,10 @@ async fn backups_take_over_when_primaries_fail_and_give_back_when_one_returns() 
         vec![backend("primary", primary.addr), spare_cfg],
     );
     cfg.pools[0].health = Some(tcp_health(100, 100, 2, 2));
-    cfg.hooks = vec![hooks.hook(&[HookEvent::PoolFailover, HookEvent::PoolFailback])];
+    cfg.hooks = vec![hooks.hook(
+        &[HookEvent::PoolFailover, HookEvent::PoolFailback],
+        HOOK_TIMEOUT,
+    )];
     let warren = Warren::start(cfg, quick());
     wait_for("primary up", 5 * SECOND, || {
         health_of(&warren, "primary") == Health::Up

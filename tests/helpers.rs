@@ -1,4 +1,4 @@
-//! The test helpers' own checks (tests/common/mod.rs): a helper that cannot fail would let every
+//! The test helpers' own checks (tests/common/): a helper that cannot fail would let every
 //! test built on it pass without proving anything.
 
 mod common;

@@ -2,12 +2,16 @@
 //! an in-process HTTP server on port 0. Every wait polls a file or a metric with a deadline.
 #![cfg(unix)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use common::{exec_hook, file_lines, wait_for, write_hook_script};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -36,37 +40,22 @@ impl Scratch {
     }
 
     /// Writes `body` as a shell script; `{dir}` in it becomes the scratch directory. Returns the
-    /// argv that runs it (through /bin/sh, so exec never races a writer for ETXTBSY).
+    /// argv that runs it (see [`write_hook_script`]).
     fn script(&self, body: &str) -> Vec<String> {
-        let path = self.path("hook.sh");
-        let text = format!(
-            "#!/bin/sh\n{}\n",
-            body.replace("{dir}", &self.0.display().to_string())
-        );
-        std::fs::write(&path, text).expect("write script");
-        vec!["/bin/sh".to_string(), path.display().to_string()]
+        write_hook_script(
+            &self.path("hook.sh"),
+            &body.replace("{dir}", &self.0.display().to_string()),
+        )
     }
 
     fn lines(&self, name: &str) -> Vec<String> {
-        std::fs::read_to_string(self.path(name))
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_string)
-            .collect()
+        file_lines(&self.path(name))
     }
 }
 
 impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn exec(on: &[HookEvent], argv: Vec<String>, timeout: Duration) -> HookConfig {
-    HookConfig {
-        on: on.to_vec(),
-        action: HookAction::Exec(argv),
-        timeout,
     }
 }
 
@@ -96,15 +85,6 @@ fn runs(metrics: &Metrics, kind: HookEvent, result: &str) -> u64 {
         .get()
 }
 
-/// Polls `cond` every 10 ms until it holds; panics after `within`.
-async fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 const LONG: Duration = Duration::from_secs(10);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,11 +93,11 @@ async fn exec_hook_gets_exactly_the_documented_environment() {
     let argv = dir.script("env > {dir}/env.tmp && mv {dir}/env.tmp {dir}/env");
     let metrics = Arc::new(Metrics::new());
     let hooks = Hooks::start(
-        &[exec(&[HookEvent::BackendDown], argv, LONG)],
+        &[exec_hook(&[HookEvent::BackendDown], argv, LONG)],
         metrics.clone(),
     );
     hooks.emit(backend_event(HookEvent::BackendDown, "rabbit-a", 1));
-    wait_until("the env file", LONG, || dir.path("env").exists()).await;
+    wait_for("the env file", LONG, || dir.path("env").exists()).await;
 
     let mut env: BTreeMap<String, String> = dir
         .lines("env")
@@ -145,7 +125,7 @@ async fn exec_hook_gets_exactly_the_documented_environment() {
     assert!(!env.contains_key("WARREN_TOKEN") && !env.contains_key("HOME"));
     assert!(!env.keys().any(|k| k.starts_with("CARGO")));
 
-    wait_until("the ok count", LONG, || {
+    wait_for("the ok count", LONG, || {
         runs(&metrics, HookEvent::BackendDown, "ok") == 1
     })
     .await;
@@ -160,7 +140,10 @@ async fn pool_events_get_empty_backend_variables() {
          >> {dir}/out",
     );
     let metrics = Arc::new(Metrics::new());
-    let hooks = Hooks::start(&[exec(&[HookEvent::PoolDown], argv, LONG)], metrics.clone());
+    let hooks = Hooks::start(
+        &[exec_hook(&[HookEvent::PoolDown], argv, LONG)],
+        metrics.clone(),
+    );
     hooks.emit(Event {
         kind: HookEvent::PoolDown,
         pool: "rabbitmq".to_string(),
@@ -169,7 +152,7 @@ async fn pool_events_get_empty_backend_variables() {
         available: 0,
         total: 2,
     });
-    wait_until("the run", LONG, || {
+    wait_for("the run", LONG, || {
         runs(&metrics, HookEvent::PoolDown, "ok") == 1
     })
     .await;
@@ -211,18 +194,18 @@ async fn hanging_hook_is_killed_with_its_group_and_the_next_event_runs() {
     let metrics = Arc::new(Metrics::new());
     let timeout = Duration::from_millis(300);
     let hooks = Hooks::start(
-        &[exec(&[HookEvent::BackendDown], argv, timeout)],
+        &[exec_hook(&[HookEvent::BackendDown], argv, timeout)],
         metrics.clone(),
     );
     let started = Instant::now();
     hooks.emit(backend_event(HookEvent::BackendDown, "hang", 1));
-    wait_until("the hanging hook to start", LONG, || {
+    wait_for("the hanging hook to start", LONG, || {
         dir.path("pid.hang").exists()
     })
     .await;
     hooks.emit(backend_event(HookEvent::BackendDown, "next", 1));
 
-    wait_until("the timeout", LONG, || {
+    wait_for("the timeout", LONG, || {
         runs(&metrics, HookEvent::BackendDown, "timeout") == 1
     })
     .await;
@@ -231,7 +214,7 @@ async fn hanging_hook_is_killed_with_its_group_and_the_next_event_runs() {
         "killed before its timeout: {:?}",
         started.elapsed()
     );
-    wait_until("the next event's run", LONG, || {
+    wait_for("the next event's run", LONG, || {
         runs(&metrics, HookEvent::BackendDown, "ok") == 1
     })
     .await;
@@ -249,7 +232,7 @@ async fn hanging_hook_is_killed_with_its_group_and_the_next_event_runs() {
     );
     // The background `sleep` died with the group. Once orphaned it is init's to reap, so a
     // zombie of it is not ours; a live member would be.
-    wait_until(
+    wait_for(
         "the hook's process group to die",
         Duration::from_secs(2),
         || {
@@ -302,15 +285,15 @@ async fn failing_hook_is_counted_and_its_output_logged() {
     let _guard = tracing::subscriber::set_default(subscriber);
     let metrics = Arc::new(Metrics::new());
     let hooks = Hooks::start(
-        &[exec(&[HookEvent::BackendDown], argv, LONG)],
+        &[exec_hook(&[HookEvent::BackendDown], argv, LONG)],
         metrics.clone(),
     );
     hooks.emit(backend_event(HookEvent::BackendDown, "rabbit-a", 1));
-    wait_until("the failed run", LONG, || {
+    wait_for("the failed run", LONG, || {
         runs(&metrics, HookEvent::BackendDown, "failed") == 1
     })
     .await;
-    wait_until("the log line", LONG, || log.text().contains("hook failed")).await;
+    wait_for("the log line", LONG, || log.text().contains("hook failed")).await;
     let text = log.text();
     for expected in [
         "WARN",
@@ -333,11 +316,11 @@ async fn hook_that_cannot_start_is_failed() {
     let metrics = Arc::new(Metrics::new());
     let argv = vec!["/nonexistent/warren-hook".to_string()];
     let hooks = Hooks::start(
-        &[exec(&[HookEvent::BackendDown], argv, LONG)],
+        &[exec_hook(&[HookEvent::BackendDown], argv, LONG)],
         metrics.clone(),
     );
     hooks.emit(backend_event(HookEvent::BackendDown, "rabbit-a", 1));
-    wait_until("the failed run", LONG, || {
+    wait_for("the failed run", LONG, || {
         runs(&metrics, HookEvent::BackendDown, "failed") == 1
     })
     .await;
@@ -357,7 +340,7 @@ async fn runs_are_sequential_and_identical_events_coalesce() {
     );
     let metrics = Arc::new(Metrics::new());
     let hooks = Hooks::start(
-        &[exec(
+        &[exec_hook(
             &[HookEvent::BackendDown, HookEvent::BackendUp],
             argv,
             LONG,
@@ -365,7 +348,7 @@ async fn runs_are_sequential_and_identical_events_coalesce() {
         metrics.clone(),
     );
     hooks.emit(backend_event(HookEvent::BackendDown, "rabbit-a", 0));
-    wait_until("the first run to start", LONG, || {
+    wait_for("the first run to start", LONG, || {
         dir.path("started").exists()
     })
     .await;
@@ -374,7 +357,7 @@ async fn runs_are_sequential_and_identical_events_coalesce() {
     }
     hooks.emit(backend_event(HookEvent::BackendUp, "rabbit-a", 2));
 
-    wait_until("three runs", LONG, || {
+    wait_for("three runs", LONG, || {
         runs(&metrics, HookEvent::BackendDown, "ok") == 2
             && runs(&metrics, HookEvent::BackendUp, "ok") == 1
     })
@@ -405,7 +388,7 @@ async fn queue_is_bounded_and_overflow_is_counted_as_dropped() {
     );
     let metrics = Arc::new(Metrics::new());
     let hooks = Hooks::start(
-        &[exec(
+        &[exec_hook(
             &[HookEvent::BackendDown],
             argv,
             Duration::from_secs(30),
@@ -413,7 +396,7 @@ async fn queue_is_bounded_and_overflow_is_counted_as_dropped() {
         metrics.clone(),
     );
     hooks.emit(backend_event(HookEvent::BackendDown, "first", 1));
-    wait_until("the first run to start", LONG, || {
+    wait_for("the first run to start", LONG, || {
         dir.path("started").exists()
     })
     .await;
@@ -431,7 +414,7 @@ async fn queue_is_bounded_and_overflow_is_counted_as_dropped() {
     assert_eq!(runs(&metrics, HookEvent::BackendDown, "dropped"), dropped);
 
     std::fs::write(dir.path("release"), "").expect("release the hook");
-    wait_until("the queued runs", Duration::from_secs(30), || {
+    wait_for("the queued runs", Duration::from_secs(30), || {
         runs(&metrics, HookEvent::BackendDown, "ok") == 1 + QUEUE_CAPACITY as u64
     })
     .await;
@@ -448,7 +431,7 @@ async fn hook_runs_only_on_subscribed_events() {
     let argv = dir.script("echo \"$WARREN_EVENT\" >> {dir}/out");
     let metrics = Arc::new(Metrics::new());
     let hooks = Hooks::start(
-        &[exec(&[HookEvent::PoolFailover], argv, LONG)],
+        &[exec_hook(&[HookEvent::PoolFailover], argv, LONG)],
         metrics.clone(),
     );
     hooks.emit(backend_event(HookEvent::BackendDown, "rabbit-a", 1));
@@ -461,7 +444,7 @@ async fn hook_runs_only_on_subscribed_events() {
         total: 3,
     });
     // Runs are in order, so a queued backend_down would have run before this.
-    wait_until("the failover run", LONG, || {
+    wait_for("the failover run", LONG, || {
         runs(&metrics, HookEvent::PoolFailover, "ok") == 1
     })
     .await;
@@ -483,17 +466,17 @@ async fn shutdown_kills_a_hanging_run_within_its_timeout() {
     let metrics = Arc::new(Metrics::new());
     let timeout = Duration::from_millis(300);
     let hooks = Hooks::start(
-        &[exec(&[HookEvent::BackendDown], argv, timeout)],
+        &[exec_hook(&[HookEvent::BackendDown], argv, timeout)],
         metrics.clone(),
     );
     // The hook can end `ok`: so the `ok` count below could move if a discarded event ran.
     hooks.emit(backend_event(HookEvent::BackendDown, "z", 1));
-    wait_until("the quick run", LONG, || {
+    wait_for("the quick run", LONG, || {
         runs(&metrics, HookEvent::BackendDown, "ok") == 1
     })
     .await;
     hooks.emit(backend_event(HookEvent::BackendDown, "a", 1));
-    wait_until("the run to start", LONG, || dir.path("started").exists()).await;
+    wait_for("the run to start", LONG, || dir.path("started").exists()).await;
     hooks.emit(backend_event(HookEvent::BackendDown, "b", 1));
     let other_handle = hooks.clone();
 
@@ -629,7 +612,7 @@ async fn webhook_posts_the_event_as_json() {
         second.body,
         r#"{"event":"pool_down","pool":"rabbitmq","backend":null,"backend_addr":null,"available":0,"total":2}"#
     );
-    wait_until("both runs counted", LONG, || {
+    wait_for("both runs counted", LONG, || {
         runs(&metrics, HookEvent::BackendDown, "ok") == 1
             && runs(&metrics, HookEvent::PoolDown, "ok") == 1
     })
@@ -649,7 +632,7 @@ async fn webhook_error_status_is_failed() {
         .await
         .expect("a request within 10s")
         .expect("the server is running");
-    wait_until("the failed run", LONG, || {
+    wait_for("the failed run", LONG, || {
         runs(&metrics, HookEvent::BackendDown, "failed") == 1
     })
     .await;
@@ -666,7 +649,7 @@ async fn webhook_without_answer_times_out() {
     let hooks = Hooks::start(&[webhook(url, timeout)], metrics.clone());
     let started = Instant::now();
     hooks.emit(backend_event(HookEvent::BackendDown, "rabbit-a", 1));
-    wait_until("the timeout", LONG, || {
+    wait_for("the timeout", LONG, || {
         runs(&metrics, HookEvent::BackendDown, "timeout") == 1
     })
     .await;
@@ -696,13 +679,13 @@ async fn a_reload_keeps_unchanged_hooks_and_hands_a_changed_hooks_queue_over() {
     let version = |v: &str| {
         let mut argv = argv.clone();
         argv.push(v.to_string());
-        exec(&[HookEvent::BackendDown], argv, Duration::from_secs(30))
+        exec_hook(&[HookEvent::BackendDown], argv, Duration::from_secs(30))
     };
     let metrics = Arc::new(Metrics::new());
     let down = |name: &str| backend_event(HookEvent::BackendDown, name, 1);
     let hooks = Hooks::start(&[version("v1")], metrics.clone());
     hooks.emit(down("block1"));
-    wait_until("the first run", LONG, || dir.lines("out").len() == 1).await;
+    wait_for("the first run", LONG, || dir.lines("out").len() == 1).await;
     hooks.emit(down("a"));
     hooks.emit(down("b"));
 
@@ -711,7 +694,7 @@ async fn a_reload_keeps_unchanged_hooks_and_hands_a_changed_hooks_queue_over() {
     tokio::spawn(retired);
     hooks.emit(down("c"));
     std::fs::write(dir.path("release-block1"), "").unwrap();
-    wait_until("the queued runs", LONG, || {
+    wait_for("the queued runs", LONG, || {
         runs(&metrics, HookEvent::BackendDown, "ok") == 4
     })
     .await;
@@ -728,13 +711,13 @@ async fn a_reload_keeps_unchanged_hooks_and_hands_a_changed_hooks_queue_over() {
     // A changed hook: v2 replaces v1 while v1 runs, with an event queued.
     std::fs::remove_file(dir.path("out")).unwrap();
     hooks.emit(down("block2"));
-    wait_until("v1's run", LONG, || dir.lines("out").len() == 1).await;
+    wait_for("v1's run", LONG, || dir.lines("out").len() == 1).await;
     hooks.emit(down("d"));
     let (hooks, retired) = hooks.reload(&[version("v2")]);
     tokio::spawn(retired);
     hooks.emit(down("e"));
     std::fs::write(dir.path("release-block2"), "").unwrap();
-    wait_until("the handed-over runs", LONG, || {
+    wait_for("the handed-over runs", LONG, || {
         runs(&metrics, HookEvent::BackendDown, "ok") == 7
     })
     .await;

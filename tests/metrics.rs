@@ -12,9 +12,7 @@ use std::time::Duration;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use warren::config::{
-    AdminConfig, Balance, Config, HealthConfig, HookAction, HookConfig, HookEvent, Probe,
-};
+use warren::config::{AdminConfig, Balance, Config, HealthConfig, HookEvent, Probe};
 
 const SECOND: Duration = Duration::from_secs(1);
 const TOKEN: &str = "metrics-token";
@@ -171,9 +169,7 @@ impl Scrape {
 /// Scrape the real `/metrics` endpoint over HTTP.
 async fn scrape(warren: &Warren) -> Scrape {
     let admin = warren.admin.expect("the test config has [admin]");
-    let (code, body) = http(admin, "GET", "/metrics", None, b"").await;
-    assert_eq!(code, 200, "{body}");
-    Scrape::parse(body)
+    Scrape::parse(scrape_metrics(admin).await)
 }
 
 /// One in-process value of a series (for waiting; assertions use the HTTP scrape).
@@ -680,10 +676,12 @@ async fn drain_sets_admin_state_and_hooks_are_counted() {
         ),
         &dir,
     );
-    let hook = |argv: &str| HookConfig {
-        on: vec![HookEvent::DrainStarted],
-        action: HookAction::Exec(vec![argv.to_owned()]),
-        timeout: 5 * SECOND,
+    let hook = |argv: &str| {
+        exec_hook(
+            &[HookEvent::DrainStarted],
+            vec![argv.to_owned()],
+            5 * SECOND,
+        )
     };
     cfg.hooks = vec![hook("/bin/true"), hook("/bin/false")];
     let warren = Warren::start(cfg, quick());

@@ -227,14 +227,7 @@ async fn an_admin_connection_flood_leaves_the_data_plane_its_descriptors() {
             Ok(())
         });
     }
-    let mut warren = WarrenProc::spawn_with(
-        command,
-        &["run", "--config", config_path.to_str().unwrap()],
-        dir.0.join("warren.log"),
-    );
-    warren
-        .logged("warren started", Duration::from_secs(10))
-        .await;
+    let warren = WarrenProc::run_config_with(command, &config_path, dir.0.join("warren.log")).await;
     let admin: std::net::SocketAddr = ([127, 0, 0, 1], admin_port).into();
     let data: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
 
@@ -276,7 +269,7 @@ async fn an_admin_connection_flood_leaves_the_data_plane_its_descriptors() {
     .await
     .expect("/healthz answers within 2 s");
     assert_eq!(status, 200);
-    let (_, metrics) = http(admin, "GET", "/metrics", None, b"").await;
+    let metrics = scrape_metrics(admin).await;
     let evicted = metric_value(
         &metrics,
         r#"warren_admin_connections_refused_total{reason="evicted"}"#,

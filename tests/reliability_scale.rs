@@ -44,7 +44,7 @@ async fn a_pool_of_a_thousand_refusing_backends_stays_quick_and_caps_tries() {
         "the client is closed within 2 s: {read:?} after {:?}",
         started.elapsed()
     );
-    let (_, text) = http(admin, "GET", "/metrics", None, b"").await;
+    let text = scrape_metrics(admin).await;
     let tries: f64 = text
         .lines()
         .filter(|l| l.starts_with("warren_backend_connect_failures_total{"))

@@ -556,15 +556,10 @@ async fn secrets_never_reach_the_log_or_hooks_and_hooks_get_a_clean_environment(
     let dir = TempDir::new("sec-leaks");
     std::fs::write(dir.0.join("token"), format!("{TOKEN}\n")).unwrap();
     let hook = dir.0.join("hook.sh");
-    std::fs::write(
+    write_hook_script(
         &hook,
-        format!(
-            "#!/bin/sh\nenv > {0}/env.tmp; mv {0}/env.tmp {0}/env\n",
-            dir.0.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+        &format!("env > {0}/env.tmp; mv {0}/env.tmp {0}/env", dir.0.display()),
+    );
     let dead = refused_addr();
     let (admin_port, port) = (free_port(), free_port());
     let config_path = dir.0.join("warren.toml");
@@ -753,14 +748,8 @@ async fn warren_runs_as_an_unprivileged_user() {
         println!("not root: warren runs as this (unprivileged) user");
         std::process::Command::new(WARREN_BIN)
     };
-    let mut warren = WarrenProc::spawn_with(
-        command,
-        &["run", "--config", config_path.to_str().unwrap()],
-        dir.0.join("warren.log"),
-    );
-    warren
-        .logged("warren started", Duration::from_secs(10))
-        .await;
+    let mut warren =
+        WarrenProc::run_config_with(command, &config_path, dir.0.join("warren.log")).await;
     let pid = warren.pid();
     let uid = status_line(pid, "Uid:");
     let caps = status_line(pid, "CapEff:");

@@ -111,7 +111,7 @@ async fn fifty_sighups_in_a_second_end_in_the_final_config_without_unbinding() {
     }
     stop.store(true, Ordering::SeqCst);
     let (ok, failed) = client.await.unwrap();
-    let (_, text) = http(admin, "GET", "/metrics", None, b"").await;
+    let text = scrape_metrics(admin).await;
     // "ok" must be exported (so the family is not renamed); no failed reload, no "failed" series.
     let done = metric_value(&text, "warren_config_reloads_total{result=\"ok\"}");
     let bad = reloads(&text, "failed");
@@ -277,8 +277,7 @@ async fn sigterm_during_a_reload_stops_cleanly_and_leaves_nothing_behind() {
     let hook = dir.0.join("hang.sh");
     // The shell and its sleep both carry a marker in their command line.
     let sleep_marker = format!("60.{}", std::process::id());
-    std::fs::write(&hook, format!("#!/bin/sh\nsleep {sleep_marker}\n")).unwrap();
-    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    write_hook_script(&hook, &format!("sleep {sleep_marker}"));
     let dead = refused_addr();
     let marker = hook.to_str().unwrap().to_owned();
     let left_behind = || {
@@ -388,13 +387,6 @@ async fn exit_within(
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-}
-
-/// A series' value in the admin API's `/metrics`.
-async fn admin_metric(admin: SocketAddr, series: &str) -> f64 {
-    let (code, body) = http(admin, "GET", "/metrics", None, b"").await;
-    assert_eq!(code, 200, "{body}");
-    metric_value(&body, series)
 }
 
 /// Criterion: with stderr a pipe whose reader is gone, SIGHUP reloads (reload count +1),

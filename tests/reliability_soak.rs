@@ -21,6 +21,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::free_port;
+
 const WARREN: &str = env!("CARGO_BIN_EXE_warren");
 /// Set for the re-run test binary: where `backend_process` writes its port.
 const BACKEND_PORT_FILE_ENV: &str = "WARREN_IDLE_BACKEND_PORT_FILE";
@@ -128,12 +130,6 @@ fn raise_nofile_limit() -> std::io::Result<u64> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(limit.rlim_cur)
-}
-
-/// A port on 127.0.0.1 that was free a moment ago (warren's config rejects port 0).
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local addr").port()
 }
 
 fn find_in_path(program: &str) -> Option<PathBuf> {

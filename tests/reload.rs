@@ -19,14 +19,6 @@ use warren::{Options, Server};
 const SECOND: Duration = Duration::from_secs(1);
 const TOKEN: &str = "reload-token";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Files {
     dir: PathBuf,
     config: PathBuf,
@@ -109,53 +101,23 @@ async fn reload_under_load_drops_and_refuses_nothing() {
 
     // New connections keep arriving during the reload (bounded: at most 20,000 or 20 s).
     let stop = Arc::new(AtomicBool::new(false));
-    let (made, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let churn = {
-        let (stop, made, failed) = (stop.clone(), made.clone(), failed.clone());
-        tokio::spawn(async move {
-            let deadline = tokio::time::Instant::now() + 20 * SECOND;
-            for i in 0..20_000u32 {
-                if stop.load(Ordering::SeqCst) || tokio::time::Instant::now() > deadline {
-                    break;
-                }
-                let ok = match TcpStream::connect(addr).await {
-                    Ok(mut s) => echo_once(&mut s, i as u8).await,
-                    Err(_) => false,
-                };
-                made.fetch_add(1, Ordering::SeqCst);
-                if !ok {
-                    failed.fetch_add(1, Ordering::SeqCst);
-                }
-            }
-        })
-    };
-    wait_for("churn running", 5 * SECOND, || {
-        made.load(Ordering::SeqCst) > 50
-    })
-    .await;
+    let churn = churn(addr, stop.clone());
+    wait_for("churn running", 5 * SECOND, || churn.made() > 50).await;
 
     // Reload: a third backend joins.
     files.write(admin_port, &[("amqp", port)], &[b0.addr, b1.addr, b2.addr]);
     let (code, body) = http(admin, "POST", "/v1/reload", Some(TOKEN), b"").await;
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("3 backends"), "{body}");
-    let before = made.load(Ordering::SeqCst);
+    let before = churn.made();
     wait_for("churn after the reload", 10 * SECOND, || {
-        made.load(Ordering::SeqCst) > before + 100
+        churn.made() > before + 100
     })
     .await;
     stop.store(true, Ordering::SeqCst);
-    churn.await.unwrap();
-    println!(
-        "{} new connections during the reload, {} failed",
-        made.load(Ordering::SeqCst),
-        failed.load(Ordering::SeqCst)
-    );
-    assert_eq!(
-        failed.load(Ordering::SeqCst),
-        0,
-        "no new connection refused"
-    );
+    let (made, failed) = churn.finish().await;
+    println!("{made} new connections during the reload, {failed} failed");
+    assert_eq!(failed, 0, "no new connection refused");
     assert!(
         b2.accepted.load(Ordering::SeqCst) > 0,
         "the new backend takes connections"
@@ -290,7 +252,7 @@ async fn a_removed_backend_leaves_no_metric_series_behind() {
             .map(str::to_owned)
             .collect::<Vec<_>>()
     };
-    let (_, before) = http(admin, "GET", "/metrics", None, b"").await;
+    let before = scrape_metrics(admin).await;
     for family in [
         "warren_backend_up{",
         "warren_backend_admin_state{",
@@ -306,7 +268,7 @@ async fn a_removed_backend_leaves_no_metric_series_behind() {
     files.write(admin_port, &[("amqp", port)], &[b0.addr]);
     let (code, body) = http(admin, "POST", "/v1/reload", Some(TOKEN), b"").await;
     assert_eq!(code, 200, "{body}");
-    let (_, after) = http(admin, "GET", "/metrics", None, b"").await;
+    let after = scrape_metrics(admin).await;
     assert_eq!(
         b1_series(&after),
         Vec::<String>::new(),
@@ -319,10 +281,36 @@ async fn a_removed_backend_leaves_no_metric_series_behind() {
     warren.stop().await;
 }
 
-/// Connects to `addr` in a loop until stopped (bounded: 20,000 or 20 s); (made, failed).
-fn churn(addr: SocketAddr, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<(usize, usize)> {
-    tokio::spawn(async move {
-        let (mut made, mut failed) = (0, 0);
+/// A loop of new connections (connect, echo one byte, close) running as a task; its counters
+/// can be read while it runs.
+struct Churn {
+    /// Connects tried so far.
+    made: Arc<AtomicUsize>,
+    /// Of those, the ones refused or not echoed.
+    failed: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Churn {
+    fn made(&self) -> usize {
+        self.made.load(Ordering::SeqCst)
+    }
+
+    /// Wait for the loop to end (after `stop`, or its bound); (made, failed).
+    async fn finish(self) -> (usize, usize) {
+        self.task.await.unwrap();
+        (
+            self.made.load(Ordering::SeqCst),
+            self.failed.load(Ordering::SeqCst),
+        )
+    }
+}
+
+/// Connects to `addr` in a loop until `stop` (bounded: 20,000 or 20 s).
+fn churn(addr: SocketAddr, stop: Arc<AtomicBool>) -> Churn {
+    let (made, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (m, f) = (made.clone(), failed.clone());
+    let task = tokio::spawn(async move {
         let deadline = tokio::time::Instant::now() + 20 * SECOND;
         for i in 0..20_000u32 {
             if stop.load(Ordering::SeqCst) || tokio::time::Instant::now() > deadline {
@@ -332,12 +320,12 @@ fn churn(addr: SocketAddr, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<(us
                 Ok(mut s) => echo_once(&mut s, i as u8).await,
                 Err(_) => false,
             };
-            made += 1;
-            failed += usize::from(!ok);
+            m.fetch_add(1, Ordering::SeqCst);
+            f.fetch_add(usize::from(!ok), Ordering::SeqCst);
             tokio::task::yield_now().await;
         }
-        (made, failed)
-    })
+    });
+    Churn { made, failed, task }
 }
 
 /// Criterion: renaming a listener and then swapping two listeners' ports, each under a
@@ -380,7 +368,7 @@ async fn a_reload_renames_listeners_and_swaps_their_ports_refusing_nothing() {
     assert!(warren.metric(r#"warren_listener_connections_total{listener="b"}"#) > before_b);
     stop.store(true, Ordering::SeqCst);
     for c in churns {
-        let (made, failed) = c.await.unwrap();
+        let (made, failed) = c.finish().await;
         assert!(made > 0);
         assert_eq!(
             failed, 0,

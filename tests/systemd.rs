@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{echo_once, spawn_backend, wait_for, TempDir};
+use common::{echo_once, free_port, spawn_backend, wait_for, TempDir};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::net::{TcpStream, UnixDatagram};
@@ -27,15 +27,6 @@ const WARREN: &str = env!("CARGO_BIN_EXE_warren");
 const SECOND: Duration = Duration::from_secs(1);
 /// Start-up on a loaded 2-core machine: process start, config load, runtime, bind.
 const START: Duration = Duration::from_secs(30);
-
-/// A port on 127.0.0.1 that was free a moment ago (warren's config rejects port 0).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A config file: listeners (name, address) → pool "rabbitmq" with one backend.
 fn write_config(path: &Path, listeners: &[(&str, SocketAddr)], backend: SocketAddr) {

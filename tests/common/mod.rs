@@ -1,5 +1,6 @@
 //! Helpers for integration tests: in-process warren servers, in-process backends on port 0,
-//! and waiting on conditions with deadlines.
+//! waiting on conditions with deadlines, reading `/metrics` ([`metrics`]), and hook scripts
+//! ([`hook_scripts`]).
 #![allow(dead_code)]
 
 use std::future::Future;
@@ -16,6 +17,13 @@ use warren::config::{BackendConfig, Balance, Config, ListenerConfig, PoolConfig}
 use warren::metrics::Metrics;
 use warren::state::Routing;
 use warren::{Options, Server};
+
+mod hook_scripts;
+mod metrics;
+// Each test binary uses only part of common (hence also the dead_code allow above).
+#[allow(unused_imports)]
+pub use hook_scripts::*;
+pub use metrics::*;
 
 /// A running in-process warren.
 pub struct Warren {
@@ -71,47 +79,6 @@ impl Warren {
             .expect("warren stops within 10s")
             .expect("warren task did not panic");
     }
-}
-
-/// Find `series` (name with labels exactly as exported) in a Prometheus text exposition.
-/// Panics when the series is absent, naming it and listing the exported series of the same
-/// family, so a renamed or missing series cannot pass as 0. Where absence is really expected,
-/// use [`metric_or_zero`] or [`metric_opt`].
-pub fn metric_value(text: &str, series: &str) -> f64 {
-    match metric_opt(text, series) {
-        Some(v) => v,
-        None => {
-            let family = series.split('{').next().unwrap_or(series);
-            let similar: Vec<&str> = text
-                .lines()
-                .filter(|l| !l.starts_with('#'))
-                .filter_map(|l| l.rsplit_once(' ').map(|(name, _)| name))
-                .filter(|name| name.split('{').next() == Some(family))
-                .collect();
-            panic!(
-                "metric series {series} is not exported; series of {family}: {}",
-                if similar.is_empty() {
-                    "none".to_string()
-                } else {
-                    similar.join(", ")
-                }
-            )
-        }
-    }
-}
-
-/// `series`'s value, or `None` when it is not exported.
-pub fn metric_opt(text: &str, series: &str) -> Option<f64> {
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
-        let (name, value) = l.rsplit_once(' ')?;
-        (name == series).then(|| value.parse().ok())?
-    })
-}
-
-/// `series`'s value, 0 when it is not exported: only where absence is expected (a labelled
-/// counter that has not counted yet, a series a reload removed).
-pub fn metric_or_zero(text: &str, series: &str) -> f64 {
-    metric_opt(text, series).unwrap_or(0.0)
 }
 
 /// `program` on `PATH`. When it is missing: as root (CI, where scripts/test.sh installs it) the
@@ -548,7 +515,17 @@ impl WarrenProc {
 
     /// `warren run --config CONFIG`, once it has logged "warren started" (within 10 s).
     pub async fn run_config(config: &std::path::Path, log: std::path::PathBuf) -> WarrenProc {
-        let mut warren = WarrenProc::spawn(&["run", "--config", config.to_str().unwrap()], log);
+        WarrenProc::run_config_with(std::process::Command::new(WARREN_BIN), config, log).await
+    }
+
+    /// [`WarrenProc::run_config`] through `command` (see [`WarrenProc::spawn_with`]).
+    pub async fn run_config_with(
+        command: std::process::Command,
+        config: &std::path::Path,
+        log: std::path::PathBuf,
+    ) -> WarrenProc {
+        let mut warren =
+            WarrenProc::spawn_with(command, &["run", "--config", config.to_str().unwrap()], log);
         warren
             .logged("warren started", Duration::from_secs(10))
             .await;

@@ -5,6 +5,14 @@
 //! turns inherited descriptors into sockets; it does not bind, serve or reload anything: the
 //! server decides what to do with what is found here.
 //!
+//! Written by hand rather than with the `sd-notify` crate, which was weighed for this: it reads
+//! `NOTIFY_SOCKET`, `LISTEN_PID` and `LISTEN_FDS` from the environment at each call, so they
+//! would have to stay set for the whole run, and warren's hooks (child processes) would inherit
+//! them and could notify systemd as if they were warren. Unsetting them later, with threads
+//! running, is unsound (`set_var`/`remove_var` are `unsafe` since Rust 2024). warren reads and
+//! clears them once, before any thread exists, and keeps its own socket. The crate also has no
+//! matching of sockets to listeners, and its errors do not name the variable and value.
+//!
 //! The exception to "unsafe lives only in the splice module" is [`adopt`]: taking ownership of
 //! a descriptor number systemd handed over has no safe API. It is one block, behind checks that
 //! the descriptor is open and is a socket.

@@ -71,6 +71,19 @@ async fn fake_node(quorum: Quorum) -> Backend {
     .await
 }
 
+/// A port on 127.0.0.1 that refuses connections and stays ours: bound but not listening, so no
+/// other process can start listening there while the test runs (a port bound and closed can
+/// be taken by anyone and then answer).
+fn held_refusing_port() -> (socket2::Socket, SocketAddr) {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    (socket, addr)
+}
+
 /// Masks what differs from run to run: the given addresses (as `<name>`), RFC 3339 times, the
 /// version, probe durations and probe counters.
 fn mask(text: &str, addrs: &[(String, SocketAddr)]) -> String {
@@ -256,9 +269,9 @@ async fn admin_api_answers_match_the_stored_samples() {
         fake_node(Quorum::Unauthorized).await,
         fake_node(Quorum::Safe).await,
     );
-    let gone = refused_addr();
+    let (gone_socket, gone) = held_refusing_port();
     let (tcp_a, tcp_b) = (spawn_backend(echo).await, spawn_backend(echo).await);
-    let tcp_down = refused_addr();
+    let (tcp_down_socket, tcp_down) = held_refusing_port();
     let (p_a, p_b) = (spawn_backend(echo).await, spawn_backend(echo).await);
     // The config wants fixed ports: free ones (bound, then released).
     let port = |_| SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -543,7 +556,7 @@ exec = ["/bin/sh", "-c", "true"]
     .unwrap();
     x.check("18-reload-refused", "POST", "/v1/reload", "").await;
 
-    drop(client);
+    drop((client, gone_socket, tcp_down_socket));
     stop.cancel();
     tokio::time::timeout(SECOND * 10, task)
         .await

@@ -22,7 +22,9 @@
 //! Errors are JSON `{"error": "..."}`: 401, 429, 404 unknown path/pool/backend, 405 wrong method,
 //! 413, 400 bad JSON. At the descriptor limit it spends a small reserve of descriptors it holds,
 //! so it keeps answering while the data plane has none left. It changes admin state only through
-//! the [`Drainer`]; it never touches the data path's sockets.
+//! the [`Drainer`], which decides whether a drain may happen (quorum check, `min_available`);
+//! this module only maps its answers and refusals to HTTP. Every JSON body is a type of
+//! [`crate::api`]. It never touches the data path's sockets.
 
 mod limits;
 
@@ -45,13 +47,13 @@ use http_body_util::{BodyExt, Limited};
 
 use arc_swap::ArcSwap;
 
-use crate::config::{AdminConfig, Config, Probe, ProxyProtocol, Secret};
+use crate::api::{self, DrainRequest, ErrorBody, RefusalReason};
+use crate::config::{AdminConfig, Config, PoolConfig, Probe, Secret};
 use crate::drain::{rfc3339, DrainError, Drainer};
-use crate::health::probe::{self, QuorumCheck};
 use crate::health::Controller;
 use crate::lifecycle::Reloader;
 use crate::metrics::Metrics;
-use crate::state::{AdminState, Health, Routing};
+use crate::state::{BackendId, BackendRoute, PoolRoute, Routing};
 
 pub use limits::{
     Admit, AuthLimiter, ConnectionTable, WrongToken, AUTH_FAILURES_PER_SECOND,
@@ -78,9 +80,6 @@ pub struct Admin {
 pub const MAX_BODY: usize = 64 * 1024;
 /// Time allowed for a client to send its body (its head gets `admin.idle_timeout`).
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Bounds of the time a drain's quorum check may take: at least 3 s (a probe timeout is often
-/// tighter), at most 5 s (well inside `warren ctl`'s 10 s request timeout).
-const QUORUM_TIMEOUT: (Duration, Duration) = (Duration::from_secs(3), Duration::from_secs(5));
 
 /// Serve the admin API on `listener` until `stop` is cancelled. Runs on the control runtime.
 pub async fn serve(listener: std::net::TcpListener, admin: Arc<Admin>, stop: CancellationToken) {
@@ -382,7 +381,10 @@ async fn handle(
         return match admin.reloader.reload().await {
             Ok(summary) => json(
                 StatusCode::OK,
-                serde_json::json!({ "result": "ok", "summary": summary }),
+                &api::ReloadAnswer {
+                    result: "ok".into(),
+                    summary,
+                },
             ),
             Err(e) => error(StatusCode::BAD_REQUEST, &e),
         };
@@ -525,11 +527,11 @@ fn route(method: &Method, segments: &[&str], admin: &Admin) -> Reply {
                 "text/plain; version=0.0.4; charset=utf-8",
             )
         }),
-        ["v1", "status"] => allow(Method::GET, &|| json(StatusCode::OK, status(admin))),
+        ["v1", "status"] => allow(Method::GET, &|| json(StatusCode::OK, &status(admin))),
         ["v1", "pools", pool, "backends", backend, "undrain"] => allow(
             Method::POST,
-            &|| match admin.drainer.undrain(pool, backend) {
-                Ok(s) => json(StatusCode::OK, serde_json::to_value(s).expect("plain data")),
+            &|| match admin.drainer.undrain(&BackendId::new(pool, backend)) {
+                Ok(answer) => json(StatusCode::OK, &answer),
                 Err(e) => drain_error(e),
             },
         ),
@@ -540,16 +542,7 @@ fn route(method: &Method, segments: &[&str], admin: &Admin) -> Reply {
     }
 }
 
-/// Body of a drain request.
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DrainRequest {
-    /// e.g. "5m": connections still open then are closed.
-    deadline: Option<String>,
-    #[serde(default)]
-    force: bool,
-}
-
+/// `POST .../drain`: read the request, let the [`Drainer`] decide, answer.
 async fn drain(admin: &Admin, pool: &str, backend: &str, body: &[u8]) -> Reply {
     let request: DrainRequest = if body.iter().all(u8::is_ascii_whitespace) {
         DrainRequest::default()
@@ -573,210 +566,120 @@ async fn drain(admin: &Admin, pool: &str, backend: &str, body: &[u8]) -> Reply {
         Some(Ok(d)) => Some(d),
         Some(Err(e)) => return error(StatusCode::BAD_REQUEST, &format!("deadline: {e}")),
     };
-    let quorum = if request.force {
-        None
-    } else {
-        Some(quorum_check(admin, pool, backend).await)
-    };
-    let mut warnings = Vec::new();
-    match &quorum {
-        Some(QuorumCheck::Critical { reason, queues }) => {
-            tracing::warn!(pool, backend, reason, queues = ?queues, "drain refused: quorum-critical");
-            return json(
-                StatusCode::CONFLICT,
-                serde_json::json!({
-                    "error": format!(
-                        "{backend} (pool {pool}) is quorum-critical, RabbitMQ says: {reason} ({}); \
-                         drain it once those queues have enough replicas online, or force it \
-                         (force: true in the API, --force in warren ctl)",
-                        queues.join(", ")
-                    ),
-                    "reason": "quorum_critical",
-                    "queues": queues,
-                }),
-            );
-        }
-        Some(QuorumCheck::Unexpected(why)) => {
-            tracing::warn!(
-                pool,
-                backend,
-                why,
-                "drain refused: the quorum check got an unexpected answer"
-            );
-            return json(
-                StatusCode::CONFLICT,
-                serde_json::json!({
-                    "error": format!(
-                        "the quorum check of {backend} (pool {pool}) got an unexpected answer from \
-                         RabbitMQ's management API: {why}; fix the pool's http probe (user, \
-                         password) or force the drain (force: true in the API, --force in warren ctl)"
-                    ),
-                    "reason": "quorum_check_failed",
-                }),
-            );
-        }
-        Some(QuorumCheck::Unknown(why)) => {
-            tracing::warn!(
-                pool,
-                backend,
-                why,
-                "quorum check not answered; draining anyway"
-            );
-            warnings.push(format!(
-                "the quorum check of {backend} was not answered ({why}); drained anyway"
-            ));
-        }
-        _ => {}
-    }
-    match admin.drainer.drain(pool, backend, deadline, request.force) {
-        Ok(s) => {
-            let mut answer = serde_json::to_value(s).expect("plain data");
-            answer["quorum_check"] = serde_json::Value::from(match &quorum {
-                None => "skipped (force)",
-                Some(QuorumCheck::NotApplicable) => {
-                    "not applicable (no http probe on the management API)"
-                }
-                Some(QuorumCheck::Safe) => "safe",
-                Some(QuorumCheck::Unknown(_)) => "unknown",
-                Some(QuorumCheck::Critical { .. } | QuorumCheck::Unexpected(_)) => {
-                    unreachable!("refused above")
-                }
-            });
-            if !warnings.is_empty() {
-                answer["warnings"] = serde_json::Value::from(warnings);
-            }
-            json(StatusCode::ACCEPTED, answer)
-        }
+    let id = BackendId::new(pool, backend);
+    match admin.drainer.drain(&id, deadline, request.force).await {
+        Ok(answer) => json(StatusCode::ACCEPTED, &answer),
         Err(e) => drain_error(e),
     }
 }
 
-/// Ask RabbitMQ whether `backend` may stop, when its pool probes the management API. A backend
-/// already draining or drained is not asked again (its drain was already allowed).
-async fn quorum_check(admin: &Admin, pool: &str, backend: &str) -> QuorumCheck {
-    let config = admin.config.load_full();
-    let Some(p) = config.pools.iter().find(|p| p.name == pool) else {
-        return QuorumCheck::NotApplicable;
-    };
-    let (Some(health), Some(b)) = (&p.health, p.backends.iter().find(|b| b.name == backend)) else {
-        return QuorumCheck::NotApplicable;
-    };
-    let active = admin
-        .routing
-        .load_full()
-        .pools
-        .get(pool)
-        .and_then(|route| route.backend(backend))
-        .is_some_and(|b| b.admin == AdminState::Active);
-    if !active {
-        return QuorumCheck::NotApplicable;
-    }
-    let target = probe::Target {
-        host: b.host.clone(),
-        port: b.port,
-        addr: b.addr,
-        proxy_protocol: ProxyProtocol::Off,
-    };
-    let timeout = health.timeout.clamp(QUORUM_TIMEOUT.0, QUORUM_TIMEOUT.1);
-    probe::quorum_check(&health.probe, &target, timeout).await
-}
-
+/// A refused drain or undrain: its status code, and for the quorum check's refusals the
+/// reason (and the queues) beside the message.
 fn drain_error(e: DrainError) -> Reply {
-    let status = match e {
-        DrainError::NotFound { .. } => StatusCode::NOT_FOUND,
-        DrainError::MinAvailable { .. } => StatusCode::CONFLICT,
-        DrainError::DeadlineTooLong { .. } => StatusCode::BAD_REQUEST,
+    let (status, reason, queues) = match &e {
+        DrainError::NotFound(_) => (StatusCode::NOT_FOUND, None, None),
+        DrainError::MinAvailable { .. } => (StatusCode::CONFLICT, None, None),
+        DrainError::DeadlineTooLong { .. } => (StatusCode::BAD_REQUEST, None, None),
+        DrainError::QuorumCritical { queues, .. } => (
+            StatusCode::CONFLICT,
+            Some(RefusalReason::QuorumCritical),
+            Some(queues.clone()),
+        ),
+        DrainError::QuorumCheckFailed { .. } => (
+            StatusCode::CONFLICT,
+            Some(RefusalReason::QuorumCheckFailed),
+            None,
+        ),
     };
-    error(status, &e.to_string())
+    let body = ErrorBody {
+        error: e.to_string(),
+        queues,
+        reason,
+    };
+    json(status, &body)
 }
 
 /// `GET /v1/status`: listeners, pools, backends.
-fn status(admin: &Admin) -> serde_json::Value {
-    use serde_json::json;
+fn status(admin: &Admin) -> api::Status {
     let snapshot = admin.routing.load();
     let config = admin.config.load();
-    let listeners: Vec<_> = config
+    let listeners = config
         .listeners
         .iter()
-        .map(|l| {
-            json!({
-                "name": l.name,
-                "listen": l.listen.to_string(),
-                "pool": l.pool,
-                "active_connections": admin
-                    .metrics
-                    .listener_connections_active
-                    .with_label_values(&[&l.name])
-                    .get(),
-            })
+        .map(|l| api::ListenerStatus {
+            active_connections: admin
+                .metrics
+                .listener_connections_active
+                .with_label_values(&[&l.name])
+                .get(),
+            listen: l.listen.to_string(),
+            name: l.name.clone(),
+            pool: l.pool.clone(),
         })
         .collect();
-    let pools: Vec<_> = config
+    let pools = config
         .pools
         .iter()
-        .filter_map(|p| {
-            let route = snapshot.pools.get(p.name.as_str())?;
-            let backends: Vec<_> = route
-                .backends
-                .iter()
-                .map(|b| {
-                    let health = admin.health.backend(&p.name, &b.name);
-                    json!({
-                        "name": &*b.name,
-                        "addr": b.addr.to_string(),
-                        "weight": b.weight,
-                        "backup": b.backup,
-                        "health": health_str(b.health),
-                        "admin": b.admin.as_str(),
-                        "available": b.available(),
-                        "active_connections": b.stats.active.get(),
-                        "health_changed_at": health.as_ref().map(|h| rfc3339(h.changed_at)),
-                        "probes_run": health.as_ref().map_or(0, |h| h.probes_run),
-                        "probes_ok_in_a_row": health.as_ref().map_or(0, |h| h.probes_ok_in_a_row),
-                        "drain_deadline": admin.drainer.deadline(&p.name, &b.name).map(rfc3339),
-                        "last_probe": health.and_then(|h| h.last_probe).map(|probe| json!({
-                            "up": probe.up,
-                            "reason": probe.reason,
-                            "duration_ms": probe.duration.as_secs_f64() * 1000.0,
-                            "at": rfc3339(probe.at),
-                        })),
-                    })
-                })
-                .collect();
-            Some(json!({
-                "name": p.name,
-                "balance": p.balance.as_str(),
-                "min_available": p.min_available,
-                "health_check": p.health.as_ref().map(|h| probe_kind(&h.probe)),
-                "rise": p.health.as_ref().map(|h| h.rise),
-                "fall": p.health.as_ref().map(|h| h.fall),
-                "available": route.available_count(),
-                "total": route.backends.len(),
-                "backends": backends,
-            }))
-        })
+        .filter_map(|p| Some(pool_status(admin, p, snapshot.pools.get(p.name.as_str())?)))
         .collect();
-    json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "listeners": listeners,
-        "pools": pools,
-    })
-}
-
-fn health_str(h: Health) -> &'static str {
-    match h {
-        Health::Unknown => "unknown",
-        Health::Up => "up",
-        Health::Down => "down",
+    api::Status {
+        listeners,
+        pools,
+        version: env!("CARGO_PKG_VERSION").to_string(),
     }
 }
 
-fn probe_kind(p: &Probe) -> &'static str {
+fn pool_status(admin: &Admin, p: &PoolConfig, route: &PoolRoute) -> api::PoolStatus {
+    api::PoolStatus {
+        available: route.available_count(),
+        backends: route
+            .backends
+            .iter()
+            .map(|b| backend_status(admin, &p.name, b))
+            .collect(),
+        balance: p.balance.as_str().to_string(),
+        fall: p.health.as_ref().map(|h| h.fall),
+        health_check: p.health.as_ref().map(|h| probe_kind(&h.probe)),
+        min_available: p.min_available,
+        name: p.name.clone(),
+        rise: p.health.as_ref().map(|h| h.rise),
+        total: route.backends.len(),
+    }
+}
+
+fn backend_status(admin: &Admin, pool: &str, b: &BackendRoute) -> api::BackendStatus {
+    let health = admin.health.backend(pool, &b.name);
+    let health = health.as_ref();
+    api::BackendStatus {
+        active_connections: b.stats.active.get(),
+        addr: b.addr.to_string(),
+        admin: b.admin,
+        available: b.available(),
+        backup: b.backup,
+        drain_deadline: admin.drainer.deadline(pool, &b.name).map(rfc3339),
+        health: b.health,
+        health_changed_at: health.map(|h| rfc3339(h.changed_at)),
+        last_probe: health
+            .and_then(|h| h.last_probe.as_ref())
+            .map(|probe| api::ProbeStatus {
+                at: Some(rfc3339(probe.at)),
+                duration_ms: Some(probe.duration.as_secs_f64() * 1000.0),
+                reason: probe.reason.clone(),
+                up: probe.up,
+            }),
+        name: b.name.to_string(),
+        probes_ok_in_a_row: health.map_or(0, |h| h.probes_ok_in_a_row),
+        probes_run: health.map_or(0, |h| h.probes_run),
+        weight: b.weight,
+    }
+}
+
+fn probe_kind(p: &Probe) -> api::ProbeKind {
     match p {
-        Probe::Tcp => "tcp",
-        Probe::Amqp => "amqp",
-        Probe::AmqpLogin { .. } => "amqp_login",
-        Probe::Http { .. } => "http",
+        Probe::Tcp => api::ProbeKind::Tcp,
+        Probe::Amqp => api::ProbeKind::Amqp,
+        Probe::AmqpLogin { .. } => api::ProbeKind::AmqpLogin,
+        Probe::Http { .. } => api::ProbeKind::Http,
     }
 }
 
@@ -808,9 +711,11 @@ fn text(status: StatusCode, body: String, content_type: &str) -> Reply {
 }
 
 fn error(status: StatusCode, message: &str) -> Reply {
-    json(status, serde_json::json!({ "error": message }))
+    json(status, &ErrorBody::new(message))
 }
 
-fn json(status: StatusCode, value: serde_json::Value) -> Reply {
-    text(status, format!("{value}\n"), "application/json")
+/// One JSON line: every `/v1` answer and every error is an [`api`] type.
+fn json(status: StatusCode, value: &impl serde::Serialize) -> Reply {
+    let body = serde_json::to_string(value).expect("the API's types serialize");
+    text(status, body + "\n", "application/json")
 }

@@ -1,7 +1,7 @@
 //! `warren ctl`: the operator's client of the admin API (`status`, `drain`, `undrain`,
 //! `reload`, and `upgrade`, the rolling upgrade in [`upgrade`]). It owns the HTTP exchange with a running warren, the polling behind `--wait` and
 //! `--wait-healthy`, and the human rendering of `/v1/status`. It talks to warren only through
-//! the admin API's JSON contract: it must not read the config, the state file or anything else
+//! the admin API's JSON contract ([`crate::api`], the types the server writes): it must not read the config, the state file or anything else
 //! of the server's. Exit codes: 0 done, 1 refused or failed, 2 usage.
 
 use std::fmt::Write as _;
@@ -16,9 +16,12 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::header::{HeaderValue, AUTHORIZATION, CONNECTION, CONTENT_TYPE, HOST, USER_AGENT};
 use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
-use serde::Deserialize;
 use serde_json::Value;
 
+use crate::api::{
+    AdminState, BackendStatus, DrainAnswer, DrainRequest, ErrorBody, Health, ProbeStatus,
+    RefusalReason, ReloadAnswer, Status,
+};
 use crate::config;
 
 mod upgrade;
@@ -206,6 +209,8 @@ pub enum CtlError {
         what: String,
         status: StatusCode,
         message: String,
+        /// What refused a drain, when the server names it (the quorum check).
+        reason: Option<RefusalReason>,
     },
     /// A 2xx whose body is not the contract's JSON.
     #[error("unexpected answer to {what}: {reason}")]
@@ -243,6 +248,17 @@ impl CtlError {
             CtlError::Instances { code, .. } => *code,
             _ => 1,
         }
+    }
+
+    /// Whether the server refused a drain because RabbitMQ calls the node quorum-critical.
+    pub fn is_quorum_critical(&self) -> bool {
+        matches!(
+            self,
+            CtlError::Refused {
+                reason: Some(RefusalReason::QuorumCritical),
+                ..
+            }
+        )
     }
 }
 
@@ -373,7 +389,7 @@ async fn execute_one(
             force,
         } => {
             let pool = resolve_pool(client, &name, pool).await?;
-            let drain = DrainRequest {
+            let drain = BackendDrain {
                 pool: &pool,
                 name: &name,
                 deadline: deadline.as_ref(),
@@ -574,9 +590,9 @@ fn pool_of(status: &Status, name: &str) -> Result<String, CtlError> {
     }
 }
 
-/// What `drain` asks for.
+/// One backend's drain as `warren ctl` was asked for it.
 #[derive(Clone, Copy)]
-struct DrainRequest<'a> {
+struct BackendDrain<'a> {
     pool: &'a str,
     name: &'a str,
     deadline: Option<&'a Deadline>,
@@ -585,18 +601,17 @@ struct DrainRequest<'a> {
 
 /// The body of `POST .../drain`: `deadline` only when given, so the server's default applies.
 fn drain_body(deadline: Option<&Deadline>, force: bool) -> Value {
-    let mut body = serde_json::Map::new();
-    if let Some(d) = deadline {
-        body.insert("deadline".into(), Value::String(d.text.clone()));
-    }
-    body.insert("force".into(), Value::Bool(force));
-    Value::Object(body)
+    let request = DrainRequest {
+        deadline: deadline.map(|d| d.text.clone()),
+        force,
+    };
+    serde_json::to_value(request).expect("a drain request serializes")
 }
 
 async fn drain_backend(
     client: &Client,
     out: &Output,
-    drain: DrainRequest<'_>,
+    drain: BackendDrain<'_>,
     wait: bool,
     poll: Duration,
 ) -> Result<(), CtlError> {
@@ -611,9 +626,9 @@ async fn drain_backend(
 async fn start_drain(
     client: &Client,
     out: &Output,
-    drain: &DrainRequest<'_>,
-) -> Result<Option<u64>, CtlError> {
-    let DrainRequest {
+    drain: &BackendDrain<'_>,
+) -> Result<Option<i64>, CtlError> {
+    let BackendDrain {
         pool,
         name,
         deadline,
@@ -633,7 +648,7 @@ async fn start_drain(
     if let Some(check) = &answer.quorum_check {
         out.say(&format!("quorum check of {name}: {check}"));
     }
-    if answer.admin == "drained" {
+    if answer.admin == AdminState::Drained {
         out.say(&format!(
             "drained {name} (pool {pool}): no connection was open"
         ));
@@ -651,11 +666,11 @@ async fn start_drain(
 async fn wait_drained(
     client: &Client,
     out: &Output,
-    drain: &DrainRequest<'_>,
-    open: u64,
+    drain: &BackendDrain<'_>,
+    open: i64,
     poll: Duration,
 ) -> Result<(), CtlError> {
-    let DrainRequest {
+    let BackendDrain {
         pool,
         name,
         deadline,
@@ -672,14 +687,14 @@ async fn wait_drained(
             let status =
                 decode::<Status>(client.get_json("/v1/status", "status").await?, "status")?;
             let backend = find_backend(&status, pool, name)?;
-            match backend.admin.as_str() {
-                "drained" => return Ok(()),
-                "active" => {
+            match backend.admin {
+                AdminState::Drained => return Ok(()),
+                AdminState::Active => {
                     return Err(CtlError::GaveUp(format!(
                         "{name} (pool {pool}) was undrained while waiting for it to drain"
                     )))
                 }
-                _ => {}
+                AdminState::Draining => {}
             }
             if backend.active_connections != last {
                 last = backend.active_connections;
@@ -713,7 +728,7 @@ async fn undrain_backend(
         .post_json(&backend_path(pool, name, "undrain"), None, &what)
         .await?;
     out.json(&raw);
-    let answer = decode::<UndrainAnswer>(raw, &what)?;
+    let answer = decode::<DrainAnswer>(raw, &what)?;
     if let Some(e) = &answer.persist_error {
         out.say(&format!("warning: {e}"));
     }
@@ -729,7 +744,7 @@ async fn wait_healthy_for(
     timeout: Duration,
     poll: Duration,
 ) -> Result<(), CtlError> {
-    let mut last_seen = String::from("unknown");
+    let mut last_seen = Health::Unknown;
     let mut probed = false;
     let waiting = async {
         let mut last_line = String::new();
@@ -742,17 +757,18 @@ async fn wait_healthy_for(
                 .pools
                 .iter()
                 .any(|p| p.name == pool && p.health_check.is_some());
-            if backend.admin != "active" {
+            if backend.admin != AdminState::Active {
                 return Err(CtlError::GaveUp(format!(
                     "{name} (pool {pool}) became {} while waiting for it to be healthy",
                     backend.admin
                 )));
             }
-            let healthy = backend.health == "up" || (!probed_pool && backend.health == "unknown");
+            let healthy =
+                backend.health == Health::Up || (!probed_pool && backend.health == Health::Unknown);
             if healthy && backend.available {
                 return Ok(());
             }
-            last_seen.clone_from(&backend.health);
+            last_seen = backend.health;
             probed = backend.last_probe.is_some();
             let mut line = format!("{name}: health {}", backend.health);
             if let Some(probe) = &backend.last_probe {
@@ -838,7 +854,7 @@ fn encode_segment(segment: &str) -> String {
     out
 }
 
-fn connections(n: u64) -> String {
+fn connections(n: i64) -> String {
     if n == 1 {
         "1 connection".to_string()
     } else {
@@ -847,110 +863,7 @@ fn connections(n: u64) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The JSON contract. Unknown fields are ignored (unlike the config): a newer server may add some.
-
-#[derive(Debug, Deserialize)]
-struct Status {
-    #[serde(default)]
-    listeners: Vec<ListenerStatus>,
-    pools: Vec<PoolStatus>,
-}
-
-#[derive(Debug, Deserialize)]
-struct ListenerStatus {
-    name: String,
-    #[serde(default)]
-    listen: String,
-    #[serde(default)]
-    pool: String,
-    #[serde(default)]
-    active_connections: u64,
-}
-
-#[derive(Debug, Deserialize)]
-struct PoolStatus {
-    name: String,
-    #[serde(default)]
-    balance: String,
-    /// The probe kind, or `None` when the pool has passive checks only.
-    #[serde(default)]
-    health_check: Option<String>,
-    #[serde(default)]
-    min_available: u64,
-    #[serde(default)]
-    available: u64,
-    #[serde(default)]
-    total: u64,
-    /// Probes in a row that bring a down backend up (`None`: passive checks only).
-    #[serde(default)]
-    rise: Option<u32>,
-    #[serde(default)]
-    backends: Vec<BackendStatus>,
-}
-
-#[derive(Debug, Deserialize)]
-struct BackendStatus {
-    name: String,
-    #[serde(default)]
-    addr: String,
-    #[serde(default)]
-    backup: bool,
-    health: String,
-    admin: String,
-    available: bool,
-    #[serde(default)]
-    active_connections: u64,
-    #[serde(default)]
-    drain_deadline: Option<String>,
-    #[serde(default)]
-    last_probe: Option<ProbeStatus>,
-    /// Probes run since warren started.
-    #[serde(default)]
-    probes_run: u64,
-    /// Checks passed since the last failure.
-    #[serde(default)]
-    probes_ok_in_a_row: u32,
-}
-
-#[derive(Debug, Deserialize)]
-struct ProbeStatus {
-    up: bool,
-    #[serde(default)]
-    reason: String,
-    #[serde(default)]
-    duration_ms: Option<f64>,
-    #[serde(default)]
-    at: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct DrainAnswer {
-    admin: String,
-    #[serde(default)]
-    quorum_check: Option<String>,
-    #[serde(default)]
-    warnings: Vec<String>,
-    #[serde(default)]
-    active_connections: u64,
-    #[serde(default)]
-    drain_deadline: Option<String>,
-    /// Why the drain could not be written to the state file (it holds until a restart).
-    #[serde(default)]
-    persist_error: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct UndrainAnswer {
-    admin: String,
-    #[serde(default)]
-    persist_error: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct ReloadAnswer {
-    #[serde(default)]
-    summary: String,
-}
+// Reading answers (the shapes are `crate::api`'s).
 
 fn decode<T: serde::de::DeserializeOwned>(raw: Value, what: &str) -> Result<T, CtlError> {
     serde_json::from_value(raw).map_err(|e| CtlError::BadAnswer {
@@ -1005,7 +918,7 @@ fn render_status(status: &Status, now: SystemTime, width: usize) -> String {
             rows.push([
                 name,
                 b.addr.clone(),
-                b.health.clone(),
+                b.health.to_string(),
                 admin_cell(b, now),
                 b.active_connections.to_string(),
                 probe_cell(b.last_probe.as_ref(), now),
@@ -1053,15 +966,15 @@ fn cut(text: &str, width: usize) -> String {
 }
 
 fn admin_cell(b: &BackendStatus, now: SystemTime) -> String {
-    match (&b.drain_deadline, b.admin.as_str()) {
-        (Some(deadline), "draining") => match humantime::parse_rfc3339_weak(deadline) {
+    match (&b.drain_deadline, b.admin) {
+        (Some(deadline), AdminState::Draining) => match humantime::parse_rfc3339_weak(deadline) {
             Ok(at) => match at.duration_since(now) {
                 Ok(left) => format!("draining ({} left)", short_duration(left)),
                 Err(_) => "draining (deadline passed)".to_string(),
             },
             Err(_) => format!("draining (until {deadline})"),
         },
-        _ => b.admin.clone(),
+        _ => b.admin.to_string(),
     }
 }
 
@@ -1218,6 +1131,9 @@ impl Client {
                 what: what.to_string(),
                 status,
                 message: error_message(status, &bytes),
+                reason: serde_json::from_slice::<ErrorBody>(&bytes)
+                    .ok()
+                    .and_then(|e| e.reason),
             });
         }
         serde_json::from_slice(&bytes).map_err(|e| CtlError::BadAnswer {
@@ -1289,6 +1205,8 @@ impl Client {
 
 /// The server's `{"error": "..."}` text, else the start of the body, else the status's reason.
 fn error_message(status: StatusCode, body: &[u8]) -> String {
+    // Read as a map, not as an [`ErrorBody`]: a newer server's unknown `reason` must not cost
+    // the operator the message.
     if let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(body) {
         if let Some(Value::String(message)) = map.get("error") {
             return message.clone();
@@ -1471,6 +1389,7 @@ mod tests {
             what: "drain of a (pool p)".into(),
             status: s,
             message: "would leave 0".into(),
+            reason: None,
         };
         assert_eq!(
             e.to_string(),

@@ -1,8 +1,11 @@
-//! The operator's admin state of backends: drain (no new connections; existing ones continue;
-//! with a deadline, those still open then are closed), undrain, the `draining → drained`
-//! transition when the last connection closes, the `min_available` guard, and the state file
-//! that makes drains survive a restart. It changes admin state only through [`Routing`] and
-//! emits events through the health [`Controller`]; it never touches health.
+//! The operator's admin state of backends and the policy that guards it: drain (no new
+//! connections; existing ones continue; with a deadline, those still open then are closed),
+//! undrain, the `draining → drained` transition when the last connection closes, the state file
+//! that makes drains survive a restart, and the two checks a drain must pass unless forced:
+//! RabbitMQ's quorum check (asked through the pool's `http` probe on the management API) and
+//! `min_available`. A refusal is a typed [`DrainError`]; the admin API only maps it to a status
+//! code. It changes admin state only through [`Routing`] and emits events through the health
+//! [`Controller`]; it never touches health, and never speaks HTTP to the operator.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -12,10 +15,12 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use tokio::runtime::Handle;
 
-use crate::config::HookEvent;
+use crate::api::{DrainAnswer, QuorumAnswer};
+use crate::config::{Config, HookEvent, ProxyProtocol};
+use crate::health::probe::{self, QuorumCheck};
 use crate::health::Controller;
 use crate::metrics::Metrics;
-use crate::state::{AdminState, Routing};
+use crate::state::{AdminState, BackendId, Routing};
 
 /// How often a draining backend is checked for its last connection.
 const DRAINED_POLL: Duration = Duration::from_millis(100);
@@ -24,19 +29,23 @@ const DRAINED_POLL: Duration = Duration::from_millis(100);
 /// also have no deadline). It keeps every deadline representable and printable (RFC 3339).
 pub const MAX_DRAIN_DEADLINE: Duration = Duration::from_secs(31_557_600);
 
-/// Why a drain or undrain was not done.
+/// Bounds of the time a drain's quorum check may take: at least 3 s (a probe timeout is often
+/// tighter), at most 5 s (well inside `warren ctl`'s 10 s request timeout).
+const QUORUM_TIMEOUT: (Duration, Duration) = (Duration::from_secs(3), Duration::from_secs(5));
+
+/// Why a drain or undrain was refused. The messages are the API's `error` texts.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DrainError {
-    #[error("no backend {backend} in pool {pool}")]
-    NotFound { pool: String, backend: String },
+    #[error("no backend {} in pool {}", .0.backend, .0.pool)]
+    NotFound(BackendId),
     #[error(
-        "draining {backend} would leave {left} available primary backend(s) in pool {pool}, \
+        "draining {} would leave {left} available primary backend(s) in pool {}, \
          fewer than min_available = {min_available}; drain it when another backend is back, \
-         or force it (force: true in the API, --force in warren ctl)"
+         or force it (force: true in the API, --force in warren ctl)",
+        .id.backend, .id.pool
     )]
     MinAvailable {
-        pool: String,
-        backend: String,
+        id: BackendId,
         left: usize,
         min_available: usize,
     },
@@ -47,6 +56,24 @@ pub enum DrainError {
         max = humantime::format_duration(MAX_DRAIN_DEADLINE)
     )]
     DeadlineTooLong { deadline: Duration },
+    /// RabbitMQ says stopping the node would cost these queues their quorum.
+    #[error(
+        "{id} is quorum-critical, RabbitMQ says: {reason} ({}); drain it once those queues have \
+         enough replicas online, or force it (force: true in the API, --force in warren ctl)",
+        .queues.join(", ")
+    )]
+    QuorumCritical {
+        id: BackendId,
+        reason: String,
+        queues: Vec<String>,
+    },
+    /// The management API answered, but not as the check does (401, 404, an HTML page).
+    #[error(
+        "the quorum check of {id} got an unexpected answer from RabbitMQ's management API: \
+         {why}; fix the pool's http probe (user, password) or force the drain (force: true in \
+         the API, --force in warren ctl)"
+    )]
+    QuorumCheckFailed { id: BackendId, why: String },
 }
 
 /// Why the state file stops warren from starting.
@@ -69,41 +96,22 @@ pub enum StateFileError {
 /// The drains a state file held, read once at start (see [`load_state`]).
 #[derive(Debug, Default)]
 pub struct Restored {
-    /// `(pool, backend)` of every backend that was draining or drained.
-    drained: Vec<Key>,
+    /// Every backend that was draining or drained.
+    drained: Vec<BackendId>,
     /// A corrupt file was moved aside (counted in `state_file_errors_total` once metrics exist).
     moved_aside: bool,
 }
-
-/// A backend's admin state as the API reports it after a change.
-#[derive(Debug, Clone, Serialize)]
-pub struct DrainStatus {
-    pub pool: String,
-    pub backend: String,
-    pub admin: &'static str,
-    pub active_connections: i64,
-    /// RFC 3339, when a deadline is set.
-    pub drain_deadline: Option<String>,
-    /// `false` when the change could not be written to the state file (it holds now, but not
-    /// across a restart); absent when nothing had to be written.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub persisted: Option<bool>,
-    /// Why the change was not persisted, for the operator.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub persist_error: Option<String>,
-}
-
-type Key = (String, String);
 
 /// Drains and undrains backends; one per process, on the control runtime.
 pub struct Drainer {
     routing: Arc<Routing>,
     health: Arc<Controller>,
-    /// `min_available` of each pool; replaced on reload.
-    min_available: Mutex<HashMap<String, usize>>,
+    /// The config in force (replaced on reload): each pool's `min_available`, and the probe and
+    /// backend addresses the quorum check asks through.
+    config: Mutex<Arc<Config>>,
     state_file: Option<PathBuf>,
     /// Deadline of each draining backend, and a generation so an undrain stops its watcher.
-    drains: Mutex<HashMap<Key, DrainEntry>>,
+    drains: Mutex<HashMap<BackendId, DrainEntry>>,
     runtime: Handle,
     state_file_errors: prometheus::IntCounter,
 }
@@ -118,7 +126,7 @@ impl Drainer {
     /// A drainer for the pools of `routing` (whose drains the state file restored, see
     /// [`load_state`]).
     pub fn new(
-        config: &crate::config::Config,
+        config: &Config,
         routing: Arc<Routing>,
         health: Arc<Controller>,
         metrics: &Metrics,
@@ -128,7 +136,7 @@ impl Drainer {
         Arc::new(Drainer {
             routing,
             health,
-            min_available: Mutex::new(min_available_of(config)),
+            config: Mutex::new(Arc::new(config.clone())),
             state_file,
             drains: Mutex::new(HashMap::new()),
             runtime,
@@ -136,45 +144,89 @@ impl Drainer {
         })
     }
 
-    /// Take a reloaded config's `min_available` values.
-    pub fn reload(&self, config: &crate::config::Config) {
-        *self.min_available.lock().unwrap_or_else(|e| e.into_inner()) = min_available_of(config);
+    /// Take a reloaded config (`min_available`, probes, backend addresses).
+    pub fn reload(&self, config: &Config) {
+        *lock(&self.config) = Arc::new(config.clone());
     }
 
     /// Stop new connections to a backend now; close the remaining ones after `deadline`.
-    pub fn drain(
+    /// Unless `force`, RabbitMQ's quorum check and then `min_available` may refuse it; a
+    /// quorum check nobody answered lets it go ahead with a warning in the answer.
+    pub async fn drain(
         self: &Arc<Self>,
-        pool: &str,
-        backend: &str,
+        id: &BackendId,
         deadline: Option<Duration>,
         force: bool,
-    ) -> Result<DrainStatus, DrainError> {
-        let not_found = || DrainError::NotFound {
-            pool: pool.to_owned(),
-            backend: backend.to_owned(),
+    ) -> Result<DrainAnswer, DrainError> {
+        let (quorum, warning) = if force {
+            (QuorumAnswer::SkippedForce, None)
+        } else {
+            judge_quorum(id, self.ask_quorum(id).await)?
         };
+        let mut answer = self.drain_checked(id, deadline, force)?;
+        answer.quorum_check = Some(quorum);
+        answer.warnings.extend(warning);
+        Ok(answer)
+    }
+
+    /// Ask RabbitMQ whether `id` may stop, when its pool probes the management API. A backend
+    /// already draining or drained is not asked again (its drain was already allowed).
+    async fn ask_quorum(&self, id: &BackendId) -> QuorumCheck {
+        let config = lock(&self.config).clone();
+        let Some(p) = config.pools.iter().find(|p| *p.name == *id.pool) else {
+            return QuorumCheck::NotApplicable;
+        };
+        let backend = p.backends.iter().find(|b| *b.name == *id.backend);
+        let (Some(health), Some(b)) = (&p.health, backend) else {
+            return QuorumCheck::NotApplicable;
+        };
+        if self.admin_state(id) != Some(AdminState::Active) {
+            return QuorumCheck::NotApplicable;
+        }
+        let target = probe::Target {
+            host: b.host.clone(),
+            port: b.port,
+            addr: b.addr,
+            proxy_protocol: ProxyProtocol::Off,
+        };
+        let timeout = health.timeout.clamp(QUORUM_TIMEOUT.0, QUORUM_TIMEOUT.1);
+        probe::quorum_check(&health.probe, &target, timeout).await
+    }
+
+    fn admin_state(&self, id: &BackendId) -> Option<AdminState> {
+        let snapshot = self.routing.load();
+        Some(snapshot.pools.get(&*id.pool)?.backend(&id.backend)?.admin)
+    }
+
+    /// The drain itself, once the quorum check let it through: `min_available` (unless
+    /// `force`), the deadline, the state change, the watcher.
+    fn drain_checked(
+        self: &Arc<Self>,
+        id: &BackendId,
+        deadline: Option<Duration>,
+        force: bool,
+    ) -> Result<DrainAnswer, DrainError> {
+        let (pool, backend) = (&*id.pool, &*id.backend);
+        let not_found = || DrainError::NotFound(id.clone());
         let snapshot = self.routing.load_full();
         let route = snapshot.pools.get(pool).ok_or_else(not_found)?;
         let target = route.backend(backend).ok_or_else(not_found)?;
-        let min_available = self
-            .min_available
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(pool)
-            .copied()
-            .unwrap_or(0);
         if target.admin == AdminState::Active && !force {
-            let primaries_left = route
+            let min_available = lock(&self.config)
+                .pools
+                .iter()
+                .find(|p| p.name == pool)
+                .map_or(0, |p| p.min_available);
+            let left = route
                 .backends
                 .iter()
                 .filter(|b| !b.backup && b.available() && &*b.name != backend)
                 .count();
             let loses_one = !target.backup && target.available();
-            if loses_one && primaries_left < min_available {
+            if loses_one && left < min_available {
                 return Err(DrainError::MinAvailable {
-                    pool: pool.to_owned(),
-                    backend: backend.to_owned(),
-                    left: primaries_left,
+                    id: id.clone(),
+                    left,
                     min_available,
                 });
             }
@@ -190,22 +242,7 @@ impl Drainer {
             ),
             None => None,
         };
-        let entry = {
-            let mut drains = self.drains.lock().unwrap_or_else(|e| e.into_inner());
-            let entry = drains
-                .entry((pool.to_owned(), backend.to_owned()))
-                .or_insert(DrainEntry {
-                    deadline: None,
-                    generation: 0,
-                });
-            entry.generation += 1;
-            // A repeated drain may set or shorten the deadline, never drop it silently.
-            entry.deadline = match (entry.deadline, deadline_at) {
-                (Some(old), Some(new)) => Some(old.min(new)),
-                (old, new) => new.or(old),
-            };
-            *entry
-        };
+        let generation = self.set_deadline(id, deadline_at);
         let mut saved = None;
         if target.admin == AdminState::Active {
             if let Some((_, transition)) = self
@@ -213,30 +250,39 @@ impl Drainer {
                 .update(pool, backend, |b| b.admin = AdminState::Draining)
             {
                 tracing::info!(pool, backend, deadline = ?deadline, force, "drain started");
-                self.health.emit(
-                    &(Arc::from(pool), Arc::from(backend)),
-                    Some(HookEvent::DrainStarted),
-                    &transition,
-                );
+                self.health
+                    .emit(id, Some(HookEvent::DrainStarted), &transition);
             }
             saved = self.save();
         }
-        self.runtime.spawn(
-            self.clone()
-                .watch((pool.to_owned(), backend.to_owned()), entry.generation),
-        );
+        self.runtime
+            .spawn(self.clone().watch(id.clone(), generation));
         // A reload may have removed the backend since: not found, never a panic.
-        let status = self.status(pool, backend).ok_or_else(not_found)?;
-        Ok(status.saved(saved))
+        let mut answer = self.status(id).ok_or_else(not_found)?;
+        record_save(&mut answer, saved);
+        Ok(answer)
+    }
+
+    /// Start (or join) the drain entry of `id`: a new generation, and the deadline set or
+    /// shortened, never dropped silently by a repeated drain. Returns the generation.
+    fn set_deadline(&self, id: &BackendId, deadline_at: Option<SystemTime>) -> u64 {
+        let mut drains = lock(&self.drains);
+        let entry = drains.entry(id.clone()).or_insert(DrainEntry {
+            deadline: None,
+            generation: 0,
+        });
+        entry.generation += 1;
+        entry.deadline = match (entry.deadline, deadline_at) {
+            (Some(old), Some(new)) => Some(old.min(new)),
+            (old, new) => new.or(old),
+        };
+        entry.generation
     }
 
     /// Let a backend take new connections again (idempotent).
-    pub fn undrain(&self, pool: &str, backend: &str) -> Result<DrainStatus, DrainError> {
-        let key = (pool.to_owned(), backend.to_owned());
-        let not_found = || DrainError::NotFound {
-            pool: pool.to_owned(),
-            backend: backend.to_owned(),
-        };
+    pub fn undrain(&self, id: &BackendId) -> Result<DrainAnswer, DrainError> {
+        let (pool, backend) = (&*id.pool, &*id.backend);
+        let not_found = || DrainError::NotFound(id.clone());
         let changed = self
             .routing
             .update(pool, backend, |b| {
@@ -244,61 +290,56 @@ impl Drainer {
             })
             .ok_or_else(not_found)?;
         // Removing the entry stops its watcher (it checks the generation).
-        self.drains
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&key);
+        lock(&self.drains).remove(id);
         let (previous, transition) = changed;
         let mut saved = None;
         if previous != AdminState::Active {
             tracing::info!(pool, backend, "undrained: taking new connections");
-            self.health
-                .emit(&(Arc::from(pool), Arc::from(backend)), None, &transition);
+            self.health.emit(id, None, &transition);
             saved = self.save();
         }
         // A reload may have removed the backend since: not found, never a panic.
-        let status = self.status(pool, backend).ok_or_else(not_found)?;
-        Ok(status.saved(saved))
+        let mut answer = self.status(id).ok_or_else(not_found)?;
+        record_save(&mut answer, saved);
+        Ok(answer)
     }
 
     /// The admin view of one backend.
-    pub fn status(&self, pool: &str, backend: &str) -> Option<DrainStatus> {
+    pub fn status(&self, id: &BackendId) -> Option<DrainAnswer> {
         let snapshot = self.routing.load();
-        let b = snapshot.pools.get(pool)?.backend(backend)?;
-        Some(DrainStatus {
-            pool: pool.to_owned(),
-            backend: backend.to_owned(),
-            admin: b.admin.as_str(),
+        let b = snapshot.pools.get(&*id.pool)?.backend(&id.backend)?;
+        Some(DrainAnswer {
             active_connections: b.stats.active.get(),
-            drain_deadline: self.deadline(pool, backend).map(rfc3339),
-            persisted: None,
+            admin: b.admin,
+            backend: id.backend.to_string(),
+            drain_deadline: self.deadline(&id.pool, &id.backend).map(rfc3339),
             persist_error: None,
+            persisted: None,
+            pool: id.pool.to_string(),
+            quorum_check: None,
+            warnings: Vec::new(),
         })
     }
 
     /// The deadline of a draining backend, if it has one.
     pub fn deadline(&self, pool: &str, backend: &str) -> Option<SystemTime> {
-        self.drains
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&(pool.to_owned(), backend.to_owned()))
+        lock(&self.drains)
+            .get(&BackendId::new(pool, backend))
             .and_then(|e| e.deadline)
     }
 
     /// Follow one draining backend until it is drained (or undrained / drained again).
-    async fn watch(self: Arc<Self>, key: Key, generation: u64) {
+    async fn watch(self: Arc<Self>, id: BackendId, generation: u64) {
+        let (pool, backend) = (&*id.pool, &*id.backend);
         let mut closed_at_deadline = false;
         loop {
-            let entry = {
-                let drains = self.drains.lock().unwrap_or_else(|e| e.into_inner());
-                match drains.get(&key) {
-                    Some(e) if e.generation == generation => *e,
-                    // Undrained, or a newer drain took over.
-                    _ => return,
-                }
+            let entry = match lock(&self.drains).get(&id) {
+                Some(e) if e.generation == generation => *e,
+                // Undrained, or a newer drain took over.
+                _ => return,
             };
             let snapshot = self.routing.load_full();
-            let Some(b) = snapshot.pools.get(&*key.0).and_then(|p| p.backend(&key.1)) else {
+            let Some(b) = snapshot.pools.get(pool).and_then(|p| p.backend(backend)) else {
                 return;
             };
             match b.admin {
@@ -307,20 +348,13 @@ impl Drainer {
                 AdminState::Draining => {}
             }
             if b.stats.active.get() <= 0 {
-                let done = self.routing.update(&key.0, &key.1, |b| {
+                let done = self.routing.update(pool, backend, |b| {
                     (b.admin == AdminState::Draining).then(|| b.admin = AdminState::Drained)
                 });
                 if let Some((Some(()), transition)) = done {
-                    tracing::info!(
-                        pool = key.0,
-                        backend = key.1,
-                        "drain complete: no connection left"
-                    );
-                    self.health.emit(
-                        &(Arc::from(key.0.as_str()), Arc::from(key.1.as_str())),
-                        Some(HookEvent::DrainComplete),
-                        &transition,
-                    );
+                    tracing::info!(pool, backend, "drain complete: no connection left");
+                    self.health
+                        .emit(&id, Some(HookEvent::DrainComplete), &transition);
                     // A failed save is logged and counted by `save`.
                     let _ = self.save();
                 }
@@ -329,8 +363,8 @@ impl Drainer {
             if let Some(deadline) = entry.deadline {
                 if !closed_at_deadline && SystemTime::now() >= deadline {
                     tracing::warn!(
-                        pool = key.0,
-                        backend = key.1,
+                        pool,
+                        backend,
                         open = b.stats.active.get(),
                         "drain deadline reached: closing the remaining connections"
                     );
@@ -395,8 +429,9 @@ impl Restored {
         if self.moved_aside {
             metrics.state_file_errors_total.inc();
         }
-        for (pool, backend) in self.drained {
-            match routing.update(&pool, &backend, |r| r.admin = AdminState::Drained) {
+        for id in self.drained {
+            let (pool, backend) = (&*id.pool, &*id.backend);
+            match routing.update(pool, backend, |r| r.admin = AdminState::Drained) {
                 Some(_) => {
                     tracing::info!(pool, backend, "restored drained state from the state file")
                 }
@@ -410,26 +445,71 @@ impl Restored {
     }
 }
 
-impl DrainStatus {
-    /// Add the outcome of writing the state file (see [`Drainer::save`]).
-    fn saved(mut self, saved: Option<Result<(), String>>) -> DrainStatus {
-        match saved {
-            None => {}
-            Some(Ok(())) => self.persisted = Some(true),
-            Some(Err(e)) => {
-                self.persisted = Some(false);
-                self.persist_error = Some(e);
-            }
+/// The quorum check's verdict on a drain of `id`: go ahead (with a warning when nobody
+/// answered), or the refusal. Each refusal and the warning are logged.
+fn judge_quorum(
+    id: &BackendId,
+    check: QuorumCheck,
+) -> Result<(QuorumAnswer, Option<String>), DrainError> {
+    let (pool, backend) = (&*id.pool, &*id.backend);
+    match check {
+        QuorumCheck::NotApplicable => Ok((QuorumAnswer::NotApplicable, None)),
+        QuorumCheck::Safe => Ok((QuorumAnswer::Safe, None)),
+        QuorumCheck::Unknown(why) => {
+            tracing::warn!(
+                pool,
+                backend,
+                why,
+                "quorum check not answered; draining anyway"
+            );
+            let warning =
+                format!("the quorum check of {backend} was not answered ({why}); drained anyway");
+            Ok((QuorumAnswer::Unknown, Some(warning)))
         }
-        self
+        QuorumCheck::Critical { reason, queues } => {
+            tracing::warn!(pool, backend, reason, queues = ?queues, "drain refused: quorum-critical");
+            Err(DrainError::QuorumCritical {
+                id: id.clone(),
+                reason,
+                queues,
+            })
+        }
+        QuorumCheck::Unexpected(why) => {
+            tracing::warn!(
+                pool,
+                backend,
+                why,
+                "drain refused: the quorum check got an unexpected answer"
+            );
+            Err(DrainError::QuorumCheckFailed {
+                id: id.clone(),
+                why,
+            })
+        }
     }
+}
+
+/// Add the outcome of writing the state file (see [`Drainer::save`]) to an answer.
+fn record_save(answer: &mut DrainAnswer, saved: Option<Result<(), String>>) {
+    match saved {
+        None => {}
+        Some(Ok(())) => answer.persisted = Some(true),
+        Some(Err(e)) => {
+            answer.persisted = Some(false);
+            answer.persist_error = Some(e);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Read the state file at start: the drains it holds. A missing file is a first start; a
 /// corrupt one is moved aside (logged; counted once metrics exist) and every backend starts
 /// active; one that cannot be read stops the start ([`StateFileError::Unreadable`]). Temp files
 /// a killed warren left next to it are removed.
-pub fn load_state(config: &crate::config::Config) -> Result<Restored, StateFileError> {
+pub fn load_state(config: &Config) -> Result<Restored, StateFileError> {
     let Some(path) = config.admin.as_ref().and_then(|a| a.state_file.as_deref()) else {
         return Ok(Restored::default());
     };
@@ -468,7 +548,7 @@ pub fn load_state(config: &crate::config::Config) -> Result<Restored, StateFileE
         .backends
         .into_iter()
         .filter(|b| b.admin != "active")
-        .map(|b| (b.pool, b.backend))
+        .map(|b| BackendId::new(&b.pool, &b.backend))
         .collect();
     Ok(Restored {
         drained,
@@ -486,14 +566,6 @@ pub fn check_state_file(path: &Path) -> Result<(), StateFileError> {
         }),
         _ => Ok(()),
     }
-}
-
-fn min_available_of(config: &crate::config::Config) -> HashMap<String, usize> {
-    config
-        .pools
-        .iter()
-        .map(|p| (p.name.clone(), p.min_available))
-        .collect()
 }
 
 /// The state file's content.
@@ -765,6 +837,75 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
         assert!(matches!(read_state(&path), Ok(Some(s)) if s == state));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The quorum check's verdicts, with the API's texts word for word (tests/cluster.rs and
+    /// `warren ctl upgrade` read them).
+    #[test]
+    fn the_quorum_check_refuses_or_lets_through() {
+        let id = BackendId::new("rabbitmq", "rabbit-a");
+        type Case = (
+            QuorumCheck,
+            Result<(QuorumAnswer, Option<&'static str>), &'static str>,
+        );
+        let cases: Vec<Case> = vec![
+            (QuorumCheck::NotApplicable, Ok((QuorumAnswer::NotApplicable, None))),
+            (QuorumCheck::Safe, Ok((QuorumAnswer::Safe, None))),
+            (
+                QuorumCheck::Unknown("connection refused".into()),
+                Ok((
+                    QuorumAnswer::Unknown,
+                    Some("the quorum check of rabbit-a was not answered (connection refused); drained anyway"),
+                )),
+            ),
+            (
+                QuorumCheck::Critical {
+                    reason: "There are quorum queues that would lose their quorum".into(),
+                    queues: vec!["queue 'a' in vhost '/'".into(), "b".into()],
+                },
+                Err("rabbit-a (pool rabbitmq) is quorum-critical, RabbitMQ says: There are quorum \
+                     queues that would lose their quorum (queue 'a' in vhost '/', b); drain it once \
+                     those queues have enough replicas online, or force it (force: true in the \
+                     API, --force in warren ctl)"),
+            ),
+            (
+                QuorumCheck::Unexpected("HTTP 401: nope".into()),
+                Err("the quorum check of rabbit-a (pool rabbitmq) got an unexpected answer from \
+                     RabbitMQ's management API: HTTP 401: nope; fix the pool's http probe (user, \
+                     password) or force the drain (force: true in the API, --force in warren ctl)"),
+            ),
+        ];
+        for (check, want) in cases {
+            let got = judge_quorum(&id, check.clone());
+            match (got, want) {
+                (Ok((answer, warning)), Ok((want_answer, want_warning))) => {
+                    assert_eq!(answer, want_answer, "{check:?}");
+                    assert_eq!(warning.as_deref(), want_warning, "{check:?}");
+                }
+                (Err(e), Err(message)) => assert_eq!(e.to_string(), message, "{check:?}"),
+                (got, _) => panic!("{check:?}: {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn refusals_name_the_backend_as_before() {
+        let id = BackendId::new("p", "b");
+        assert_eq!(
+            DrainError::NotFound(id.clone()).to_string(),
+            "no backend b in pool p"
+        );
+        assert_eq!(
+            DrainError::MinAvailable {
+                id,
+                left: 0,
+                min_available: 1
+            }
+            .to_string(),
+            "draining b would leave 0 available primary backend(s) in pool p, fewer than \
+             min_available = 1; drain it when another backend is back, or force it (force: true \
+             in the API, --force in warren ctl)"
+        );
     }
 
     #[test]

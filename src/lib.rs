@@ -3,10 +3,13 @@
 //! The crate is a library with a thin binary (`src/main.rs`). Configuration is parsed and
 //! validated in [`config`], turned into a routing snapshot in [`state`], and served by the data
 //! plane in [`proxy`] (selection in [`balance`], PROXY headers in [`proxy_protocol`]); [`health`]
-//! receives connect outcomes, [`admin`] serves `/metrics` and friends, and [`server`] wires the
+//! receives connect outcomes, [`drain`] drains backends (and decides whether it may),
+//! [`admin`] serves `/metrics` and friends with the JSON contract of [`api`] (which `warren ctl`
+//! reads too), and [`server`] wires the
 //! process together on the event loops of [`workers`]. [`cli`] holds the command-line interface the binary parses.
 
 pub mod admin;
+pub mod api;
 pub mod balance;
 pub mod cli;
 pub mod config;

@@ -17,31 +17,29 @@ use crate::balance::{self, Selector};
 use crate::config::{Config, ListenerConfig};
 use crate::metrics::Metrics;
 
-/// A backend's health as probes and passive checks see it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Health {
-    /// No verdict yet (before the first probe); counts as available.
-    Unknown,
-    Up,
-    Down,
+pub use crate::api::{AdminState, Health};
+
+/// Which backend: its pool and its name (unique in the pool). Cheap to clone; displayed as the
+/// operator's messages name a backend, `rabbit-a (pool rabbitmq)`. Log lines keep `pool` and
+/// `backend` as two fields.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendId {
+    pub pool: Arc<str>,
+    pub backend: Arc<str>,
 }
 
-/// The operator's admin state of a backend (separate from health).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AdminState {
-    Active,
-    Draining,
-    Drained,
-}
-
-impl AdminState {
-    /// The label used by the API, metrics and the state file.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AdminState::Active => "active",
-            AdminState::Draining => "draining",
-            AdminState::Drained => "drained",
+impl BackendId {
+    pub fn new(pool: &str, backend: &str) -> BackendId {
+        BackendId {
+            pool: Arc::from(pool),
+            backend: Arc::from(backend),
         }
+    }
+}
+
+impl std::fmt::Display for BackendId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (pool {})", self.backend, self.pool)
     }
 }
 

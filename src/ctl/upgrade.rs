@@ -14,9 +14,10 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use super::{
-    decode, find_backend, start_drain, undrain_backend, wait_drained, BackendStatus, Client,
-    CtlError, Deadline, DrainRequest, Output, PoolStatus, Status,
+    decode, find_backend, start_drain, undrain_backend, wait_drained, BackendDrain, Client,
+    CtlError, Deadline, Output,
 };
+use crate::api::{AdminState, BackendStatus, Health, PoolStatus, Status};
 
 /// What `warren ctl upgrade` was asked to do.
 #[derive(Debug, Clone)]
@@ -159,7 +160,7 @@ async fn upgrade_one(
     let command = render_command(&plan.run, backend);
 
     step_line(Step::Drain);
-    let drain = DrainRequest {
+    let drain = BackendDrain {
         pool: &plan.pool,
         name,
         deadline: Some(&plan.deadline),
@@ -213,16 +214,16 @@ async fn upgrade_one(
 async fn drain_when_not_critical(
     client: &Client,
     out: &Output,
-    drain: &DrainRequest<'_>,
+    drain: &BackendDrain<'_>,
     patience: Duration,
     poll: Duration,
-) -> Result<Option<u64>, CtlError> {
+) -> Result<Option<i64>, CtlError> {
     // Checked: `patience` comes from the command line; an unrepresentable end means never.
     let give_up = tokio::time::Instant::now().checked_add(patience);
     let mut said = false;
     loop {
         match start_drain(client, out, drain).await {
-            Err(e) if e.to_string().contains("is quorum-critical") => {
+            Err(e) if e.is_quorum_critical() => {
                 if give_up.is_some_and(|at| tokio::time::Instant::now() >= at) {
                     return Err(e);
                 }
@@ -268,10 +269,10 @@ fn pool_problems(pool: &PoolStatus, name: &str, resuming: bool) -> Vec<String> {
         if b.name == name && resuming {
             continue;
         }
-        if b.health != "up" {
+        if b.health != Health::Up {
             problems.push(format!("{} is {}", b.name, describe_health(b)));
         }
-        if b.admin != "active" {
+        if b.admin != AdminState::Active {
             problems.push(format!("{} is {}", b.name, b.admin));
         }
     }
@@ -283,7 +284,7 @@ fn describe_health(b: &BackendStatus) -> String {
         Some(p) if !p.up && !p.reason.is_empty() => {
             format!("{} (last probe: {})", b.health, p.reason)
         }
-        _ => b.health.clone(),
+        _ => b.health.to_string(),
     }
 }
 
@@ -311,7 +312,7 @@ async fn wait_probes_pass(
             let b = find_backend(&status, &plan.pool, name).map_err(|e| e.to_string())?;
             let fresh = b.probes_run.saturating_sub(probes_before);
             let passed = u64::from(b.probes_ok_in_a_row).min(fresh);
-            if b.health == "up" && passed >= u64::from(rise) {
+            if b.health == Health::Up && passed >= u64::from(rise) {
                 out.say(&format!(
                     "{name}: up, {passed} probe(s) in a row passed since the command (rise = {rise})"
                 ));
@@ -490,14 +491,17 @@ mod tests {
             name: name.into(),
             addr: "127.0.1.1:5672".into(),
             backup: false,
-            health: health.into(),
-            admin: admin.into(),
+            // The wire names, as the server sends them.
+            health: serde_json::from_value(serde_json::json!(health)).unwrap(),
+            admin: serde_json::from_value(serde_json::json!(admin)).unwrap(),
             available: admin == "active" && health != "down",
             active_connections: 0,
             drain_deadline: None,
+            health_changed_at: None,
             last_probe: None,
             probes_run: 0,
             probes_ok_in_a_row: 0,
+            weight: 1,
         }
     }
 
@@ -505,11 +509,12 @@ mod tests {
         PoolStatus {
             name: "rabbitmq".into(),
             balance: "round_robin".into(),
-            health_check: Some("http".into()),
+            health_check: Some(crate::api::ProbeKind::Http),
             min_available: 1,
             available: 0,
-            total: backends.len() as u64,
+            total: backends.len(),
             rise: Some(2),
+            fall: Some(2),
             backends,
         }
     }
@@ -624,7 +629,7 @@ mod tests {
             loop {
                 let status = fetch_status(&client).await.unwrap();
                 let pool = pool_status(&status, "rabbitmq").unwrap();
-                if pool.backends.iter().all(|b| b.health == "up") {
+                if pool.backends.iter().all(|b| b.health == Health::Up) {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;

@@ -29,7 +29,7 @@ use crate::config::{Config, HealthConfig, HookEvent, ProxyProtocol};
 use crate::hooks::{Event, Hooks};
 use crate::metrics::Metrics;
 use crate::net::{ConnectFailure, Observer};
-use crate::state::{Health, PoolRoute, Routing, Transition};
+use crate::state::{BackendId, Health, PoolRoute, Routing, Transition};
 
 /// The rise/fall hysteresis of one backend: pure, no clock.
 #[derive(Debug, Clone)]
@@ -211,8 +211,6 @@ impl Tracked {
     }
 }
 
-type Key = (Arc<str>, Arc<str>);
-
 /// Owner of every backend's health.
 pub struct Controller {
     routing: Arc<Routing>,
@@ -226,7 +224,7 @@ pub struct Controller {
     probes: Mutex<HashMap<Arc<str>, Option<HealthConfig>>>,
     /// Cancels the current generation of probe tasks (a reload starts a new one).
     probe_tasks: Mutex<CancellationToken>,
-    tracked: Mutex<HashMap<Key, Tracked>>,
+    tracked: Mutex<HashMap<BackendId, Tracked>>,
     hold_down: Duration,
     /// The control runtime: hold-down timers and probes run here, off the data plane.
     runtime: Handle,
@@ -249,7 +247,10 @@ impl Controller {
             let (rise, fall) = pool.health.as_ref().map_or((1, 1), |h| (h.rise, h.fall));
             for b in &pool.backends {
                 tracked.insert(
-                    (name.clone(), Arc::from(b.name.as_str())),
+                    BackendId {
+                        pool: name.clone(),
+                        backend: Arc::from(b.name.as_str()),
+                    },
                     Tracked::new(rise, fall, b.addr, 0),
                 );
             }
@@ -271,7 +272,7 @@ impl Controller {
     /// What the controller knows about a backend.
     pub fn backend(&self, pool: &str, backend: &str) -> Option<BackendHealth> {
         let tracked = self.tracked.lock().unwrap_or_else(|e| e.into_inner());
-        let t = tracked.get(&(Arc::from(pool), Arc::from(backend)))?;
+        let t = tracked.get(&BackendId::new(pool, backend))?;
         Some(BackendHealth {
             health: t.machine.state(),
             last_probe: t.last_probe.clone(),
@@ -313,17 +314,20 @@ impl Controller {
                 let lost_probe = pool.health.is_none() && probed_before.contains(&name);
                 let (rise, fall) = pool.health.as_ref().map_or((1, 1), |h| (h.rise, h.fall));
                 for b in &pool.backends {
-                    let key: Key = (name.clone(), Arc::from(b.name.as_str()));
+                    let key = BackendId {
+                        pool: name.clone(),
+                        backend: Arc::from(b.name.as_str()),
+                    };
                     let t = match tracked.remove(&key) {
                         None => Tracked::new(rise, fall, b.addr, 0),
                         Some(old) if old.addr != b.addr => {
-                            tracing::info!(pool = %key.0, backend = %key.1, old = %old.addr, new = %b.addr,
+                            tracing::info!(pool = %key.pool, backend = %key.backend, old = %old.addr, new = %b.addr,
                                 "backend address changed: health starts again as unknown");
                             reset.push(key.clone());
                             Tracked::new(rise, fall, b.addr, old.hold_down_generation + 1)
                         }
                         Some(old) if lost_probe && old.machine.state() == Health::Down => {
-                            tracing::info!(pool = %key.0, backend = %key.1,
+                            tracing::info!(pool = %key.pool, backend = %key.backend,
                                 "pool has no probe any more: a down backend becomes unknown and takes connections again");
                             reset.push(key.clone());
                             Tracked::new(rise, fall, b.addr, old.hold_down_generation + 1)
@@ -405,7 +409,7 @@ impl Controller {
                     addr: b.addr,
                     proxy_protocol,
                 };
-                let key: Key = (Arc::from(pool.name.as_str()), Arc::from(b.name.as_str()));
+                let key = BackendId::new(&pool.name, &b.name);
                 self.runtime.spawn(self.clone().probe_loop(
                     key,
                     target,
@@ -418,12 +422,12 @@ impl Controller {
 
     async fn probe_loop(
         self: Arc<Self>,
-        key: Key,
+        key: BackendId,
         target: probe::Target,
         health: HealthConfig,
         stop: CancellationToken,
     ) {
-        let labels = [&*key.0, &*key.1];
+        let labels = [&*key.pool, &*key.backend];
         let ok = self
             .metrics
             .health_checks_total
@@ -459,7 +463,7 @@ impl Controller {
             if outcome.local {
                 // Out of descriptors or ports here (e.g. at RLIMIT_NOFILE): says nothing about
                 // the backend, so its health stays as it is.
-                tracing::warn!(pool = %key.0, backend = %key.1, reason = %outcome.reason,
+                tracing::warn!(pool = %key.pool, backend = %key.backend, reason = %outcome.reason,
                     "probe could not run for lack of local resources; not counted against the backend");
                 next = started + health.interval.mul_f64(jitter);
                 continue;
@@ -481,7 +485,7 @@ impl Controller {
     /// with the probe generation it belongs to, checked under the `tracked` lock: a reload
     /// cancels that generation before it resets any entry, so a verdict about the old address
     /// (or the old probe) never lands on the entry the reload made.
-    fn record(&self, key: &Key, ok: bool, probe: Option<(ProbeRecord, &CancellationToken)>) {
+    fn record(&self, key: &BackendId, ok: bool, probe: Option<(ProbeRecord, &CancellationToken)>) {
         let mut tracked = self.tracked.lock().unwrap_or_else(|e| e.into_inner());
         if probe
             .as_ref()
@@ -494,7 +498,7 @@ impl Controller {
         };
         if let Some((p, _)) = probe {
             if !p.up {
-                tracing::debug!(pool = %key.0, backend = %key.1, reason = p.reason, "probe failed");
+                tracing::debug!(pool = %key.pool, backend = %key.backend, reason = p.reason, "probe failed");
             }
             t.last_probe = Some(p);
             t.probes_run += 1;
@@ -509,12 +513,11 @@ impl Controller {
     /// causes. Called with the `tracked` lock held (`t` is borrowed from it): two checks racing
     /// on one backend (a probe and a failed connect) then publish in the order their machine
     /// saw them, so routing always ends equal to health.
-    fn publish(&self, key: &Key, t: &Tracked) {
+    fn publish(&self, key: &BackendId, t: &Tracked) {
         let health = t.machine.state();
-        let Some((previous, transition)) = self
-            .routing
-            .update(&key.0, &key.1, |b| std::mem::replace(&mut b.health, health))
-        else {
+        let Some((previous, transition)) = self.routing.update(&key.pool, &key.backend, |b| {
+            std::mem::replace(&mut b.health, health)
+        }) else {
             return;
         };
         if previous == health {
@@ -526,10 +529,10 @@ impl Controller {
         );
         match health {
             Health::Down => {
-                tracing::warn!(pool = %key.0, backend = %key.1, %reason, "backend is down")
+                tracing::warn!(pool = %key.pool, backend = %key.backend, %reason, "backend is down")
             }
             _ => {
-                tracing::info!(pool = %key.0, backend = %key.1, %reason, health = ?health, "backend is up")
+                tracing::info!(pool = %key.pool, backend = %key.backend, %reason, health = ?health, "backend is up")
             }
         }
         let backend_event = match (previous, health) {
@@ -541,33 +544,33 @@ impl Controller {
     }
 
     /// Emit `backend_event` (if any) and the pool events of `transition` for the pool of `key`.
-    pub fn emit(&self, key: &Key, backend_event: Option<HookEvent>, transition: &Transition) {
+    pub fn emit(&self, key: &BackendId, backend_event: Option<HookEvent>, transition: &Transition) {
         let (Some(before), Some(after)) = (
-            transition.before.pools.get(&*key.0),
-            transition.after.pools.get(&*key.0),
+            transition.before.pools.get(&*key.pool),
+            transition.after.pools.get(&*key.pool),
         ) else {
             return;
         };
         let (counts_before, counts_after) = (PoolCounts::of(before), PoolCounts::of(after));
         let total = after.backends.len();
         let available = counts_after.available();
-        let addr = after.backend(&key.1).map(|b| b.addr.to_string());
+        let addr = after.backend(&key.backend).map(|b| b.addr.to_string());
         let mut events = Vec::new();
         if let Some(kind) = backend_event {
             events.push(Event {
                 kind,
-                pool: key.0.to_string(),
-                backend: Some(key.1.to_string()),
+                pool: key.pool.to_string(),
+                backend: Some(key.backend.to_string()),
                 backend_addr: addr,
                 available,
                 total,
             });
         }
         for kind in pool_events(counts_before, counts_after) {
-            tracing::warn!(pool = %key.0, event = kind.as_str(), available, total, "pool event");
+            tracing::warn!(pool = %key.pool, event = kind.as_str(), available, total, "pool event");
             events.push(Event {
                 kind,
-                pool: key.0.to_string(),
+                pool: key.pool.to_string(),
                 backend: None,
                 backend_addr: None,
                 available,
@@ -583,7 +586,7 @@ impl Controller {
     }
 
     /// Passive hold-down for a pool without a probe: out now, `unknown` again after `hold_down`.
-    fn hold_down(self: &Arc<Self>, key: Key) {
+    fn hold_down(self: &Arc<Self>, key: BackendId) {
         let generation = {
             let mut tracked = self.tracked.lock().unwrap_or_else(|e| e.into_inner());
             let Some(t) = tracked.get_mut(&key) else {
@@ -605,7 +608,7 @@ impl Controller {
                 if t.hold_down_generation == generation {
                     t.machine.reset(Health::Unknown);
                     t.changed_at = SystemTime::now();
-                    tracing::info!(pool = %key.0, backend = %key.1, "hold-down over, backend takes connections again");
+                    tracing::info!(pool = %key.pool, backend = %key.backend, "hold-down over, backend takes connections again");
                     this.publish(&key, t);
                 }
             }
@@ -624,7 +627,10 @@ impl Observer for Arc<Controller> {
         let Some((pool_key, probe)) = probed else {
             return;
         };
-        let key: Key = (pool_key, Arc::from(backend));
+        let key = BackendId {
+            pool: pool_key,
+            backend: Arc::from(backend),
+        };
         tracing::debug!(
             pool,
             backend,
@@ -687,7 +693,7 @@ addr = "127.0.0.1:1"
             .build()
             .unwrap();
         let (controller, routing, _) = controller(ONE_PROBED_BACKEND, runtime.handle().clone());
-        let key: Key = (Arc::from("p"), Arc::from("b"));
+        let key = BackendId::new("p", "b");
         // Each round the main thread sets the backend up in both views, then releases both
         // threads at once (spinning, so they really overlap): a failed connect flips it down
         // and a probe success flips it up again, racing; then it compares.
@@ -746,7 +752,7 @@ addr = "127.0.0.1:1"
             .unwrap();
         let (controller, routing, _) = controller(ONE_PROBED_BACKEND, runtime.handle().clone());
         let stop = CancellationToken::new();
-        let key: Key = (Arc::from("p"), Arc::from("b"));
+        let key = BackendId::new("p", "b");
         let load = |text: &str| {
             crate::config::from_toml_offline(text, std::path::Path::new("t.toml")).unwrap()
         };

@@ -1,0 +1,407 @@
+//! The admin API's contract: the JSON bodies that the admin server (`admin`) writes and
+//! `warren ctl` reads, as serde types, with the states as snake_case enums. Both sides use these
+//! types and nothing else, so the two cannot drift apart. This module owns only shapes: no I/O,
+//! no policy (the drainer decides, `admin` maps decisions to HTTP). README.md's "Admin API"
+//! section documents it; `tests/api_samples.rs` holds it byte for byte to stored samples.
+//!
+//! Wire rules kept from the first version of the API, which built its bodies as
+//! `serde_json::Value` maps:
+//! - keys come out in alphabetical order, so every struct declares its fields alphabetically
+//!   (serde writes them in declaration order);
+//! - optional values are `null` unless a field says it is left out when empty.
+//!
+//! Reading is lenient where `warren ctl` always was: unknown fields are ignored (a newer server
+//! may add some) and most fields have a default.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// A backend's health as probes and passive checks see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    /// No verdict yet (before the first probe); counts as available.
+    Unknown,
+    Up,
+    Down,
+}
+
+/// The operator's admin state of a backend (separate from health).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdminState {
+    Active,
+    Draining,
+    Drained,
+}
+
+/// The kind of a pool's active probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeKind {
+    Tcp,
+    Amqp,
+    AmqpLogin,
+    Http,
+}
+
+impl Health {
+    /// The name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Unknown => "unknown",
+            Health::Up => "up",
+            Health::Down => "down",
+        }
+    }
+}
+
+impl AdminState {
+    /// The label used by the API, metrics and the state file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminState::Active => "active",
+            AdminState::Draining => "draining",
+            AdminState::Drained => "drained",
+        }
+    }
+}
+
+impl fmt::Display for Health {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Display for AdminState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `GET /v1/status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    #[serde(default)]
+    pub listeners: Vec<ListenerStatus>,
+    pub pools: Vec<PoolStatus>,
+    /// warren's version.
+    #[serde(default)]
+    pub version: String,
+}
+
+/// One `[[listener]]` in `/v1/status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ListenerStatus {
+    #[serde(default)]
+    pub active_connections: i64,
+    /// The configured address.
+    #[serde(default)]
+    pub listen: String,
+    pub name: String,
+    #[serde(default)]
+    pub pool: String,
+}
+
+/// One pool in `/v1/status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PoolStatus {
+    /// Backends that may take new connections now.
+    #[serde(default)]
+    pub available: usize,
+    #[serde(default)]
+    pub backends: Vec<BackendStatus>,
+    /// The balancing method as written in the config (the config owns those names).
+    #[serde(default)]
+    pub balance: String,
+    /// Failed probes in a row that bring an up backend down (`None`: passive checks only).
+    #[serde(default)]
+    pub fall: Option<u32>,
+    /// The probe kind, or `None` when the pool has passive checks only.
+    #[serde(default)]
+    pub health_check: Option<ProbeKind>,
+    #[serde(default)]
+    pub min_available: usize,
+    pub name: String,
+    /// Probes in a row that bring a down backend up (`None`: passive checks only).
+    #[serde(default)]
+    pub rise: Option<u32>,
+    #[serde(default)]
+    pub total: usize,
+}
+
+/// One backend in `/v1/status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackendStatus {
+    #[serde(default)]
+    pub active_connections: i64,
+    /// `host:port` (`[v6]:port`), resolved.
+    #[serde(default)]
+    pub addr: String,
+    pub admin: AdminState,
+    pub available: bool,
+    #[serde(default)]
+    pub backup: bool,
+    /// RFC 3339, while draining with a deadline.
+    #[serde(default)]
+    pub drain_deadline: Option<String>,
+    pub health: Health,
+    /// RFC 3339: when `health` last changed (start-up counts as a change to `unknown`).
+    #[serde(default)]
+    pub health_changed_at: Option<String>,
+    #[serde(default)]
+    pub last_probe: Option<ProbeStatus>,
+    pub name: String,
+    /// Checks passed since the last failure.
+    #[serde(default)]
+    pub probes_ok_in_a_row: u32,
+    /// Probes run since warren started.
+    #[serde(default)]
+    pub probes_run: u64,
+    #[serde(default)]
+    pub weight: u32,
+}
+
+/// A backend's last probe in `/v1/status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbeStatus {
+    /// RFC 3339.
+    #[serde(default)]
+    pub at: Option<String>,
+    #[serde(default)]
+    pub duration_ms: Option<f64>,
+    #[serde(default)]
+    pub reason: String,
+    pub up: bool,
+}
+
+/// Body of `POST /v1/pools/{pool}/backends/{name}/drain` (an empty body means the defaults).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrainRequest {
+    /// e.g. "5m": connections still open then are closed. Sent only when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<String>,
+    /// Skip the quorum check and `min_available`.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// The answer to a drain (202) or an undrain (200): the backend's admin state after it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DrainAnswer {
+    #[serde(default)]
+    pub active_connections: i64,
+    pub admin: AdminState,
+    #[serde(default)]
+    pub backend: String,
+    /// RFC 3339, when a deadline is set.
+    #[serde(default)]
+    pub drain_deadline: Option<String>,
+    /// Why the change was not persisted, for the operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persist_error: Option<String>,
+    /// `false` when the change could not be written to the state file (it holds now, but not
+    /// across a restart); left out when nothing had to be written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persisted: Option<bool>,
+    #[serde(default)]
+    pub pool: String,
+    /// What the quorum check said (drains only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quorum_check: Option<QuorumAnswer>,
+    /// What the operator should know although the drain went ahead; left out when none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// The quorum check's verdict on a drain that went ahead (a refusing one is a
+/// [`RefusalReason`]). The wire names are the phrases `warren ctl` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum QuorumAnswer {
+    /// RabbitMQ says the node can stop.
+    #[serde(rename = "safe")]
+    Safe,
+    /// Not asked: the drain was forced.
+    #[serde(rename = "skipped (force)")]
+    SkippedForce,
+    /// Nobody to ask (no `http` probe on the management API), or the backend was not active.
+    #[serde(rename = "not applicable (no http probe on the management API)")]
+    NotApplicable,
+    /// Asked, no answer; the drain went ahead with a warning.
+    #[serde(rename = "unknown")]
+    Unknown,
+}
+
+impl QuorumAnswer {
+    /// The name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QuorumAnswer::Safe => "safe",
+            QuorumAnswer::SkippedForce => "skipped (force)",
+            QuorumAnswer::NotApplicable => "not applicable (no http probe on the management API)",
+            QuorumAnswer::Unknown => "unknown",
+        }
+    }
+}
+
+impl fmt::Display for QuorumAnswer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a drain was refused, where the error body names it (the quorum check's refusals).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusalReason {
+    /// RabbitMQ says stopping the node costs quorum queues their majority.
+    QuorumCritical,
+    /// The management API answered, but not as the check does (401, 404...).
+    QuorumCheckFailed,
+}
+
+/// Every error answer: `{"error": "..."}`, and for a refused drain what refused it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    /// The queues that would lose their quorum.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queues: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<RefusalReason>,
+}
+
+impl ErrorBody {
+    /// An error with its message only.
+    pub fn new(error: impl Into<String>) -> ErrorBody {
+        ErrorBody {
+            error: error.into(),
+            queues: None,
+            reason: None,
+        }
+    }
+}
+
+/// `POST /v1/reload` when the new config is in force.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadAnswer {
+    /// Always "ok" (a failed reload is an [`ErrorBody`] with 400).
+    #[serde(default)]
+    pub result: String,
+    /// One line: the file, and what it holds.
+    #[serde(default)]
+    pub summary: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enums_have_their_wire_names() {
+        for h in [Health::Unknown, Health::Up, Health::Down] {
+            assert_eq!(serde_json::to_value(h).unwrap(), h.as_str());
+            assert_eq!(h.to_string(), h.as_str());
+        }
+        for a in [
+            AdminState::Active,
+            AdminState::Draining,
+            AdminState::Drained,
+        ] {
+            assert_eq!(serde_json::to_value(a).unwrap(), a.as_str());
+        }
+        for q in [
+            QuorumAnswer::Safe,
+            QuorumAnswer::SkippedForce,
+            QuorumAnswer::NotApplicable,
+            QuorumAnswer::Unknown,
+        ] {
+            assert_eq!(serde_json::to_value(q).unwrap(), q.as_str());
+        }
+        assert_eq!(
+            serde_json::to_value(ProbeKind::AmqpLogin).unwrap(),
+            "amqp_login"
+        );
+        assert_eq!(
+            serde_json::to_value(RefusalReason::QuorumCheckFailed).unwrap(),
+            "quorum_check_failed"
+        );
+    }
+
+    /// serde writes fields in declaration order; the API's keys have always been sorted.
+    #[test]
+    fn fields_come_out_in_alphabetical_order() {
+        fn keys_sorted(value: &impl Serialize) {
+            let text = serde_json::to_string(value).unwrap();
+            let sorted = serde_json::to_string(&serde_json::to_value(value).unwrap()).unwrap();
+            assert_eq!(text, sorted);
+        }
+        let probe = ProbeStatus {
+            at: Some("2026-11-21T23:59:01Z".into()),
+            duration_ms: Some(1.5),
+            reason: "HTTP 200".into(),
+            up: true,
+        };
+        let backend = BackendStatus {
+            active_connections: 1,
+            addr: "10.0.0.1:5672".into(),
+            admin: AdminState::Draining,
+            available: false,
+            backup: true,
+            drain_deadline: Some("2026-11-22T00:04:06Z".into()),
+            health: Health::Up,
+            health_changed_at: Some("2026-11-21T23:00:00Z".into()),
+            last_probe: Some(probe),
+            name: "rabbit-a".into(),
+            probes_ok_in_a_row: 3,
+            probes_run: 9,
+            weight: 2,
+        };
+        keys_sorted(&Status {
+            listeners: vec![ListenerStatus {
+                active_connections: 0,
+                listen: "0.0.0.0:5672".into(),
+                name: "amqp".into(),
+                pool: "rabbitmq".into(),
+            }],
+            pools: vec![PoolStatus {
+                available: 0,
+                backends: vec![backend],
+                balance: "round_robin".into(),
+                fall: Some(3),
+                health_check: Some(ProbeKind::Http),
+                min_available: 1,
+                name: "rabbitmq".into(),
+                rise: Some(2),
+                total: 1,
+            }],
+            version: "0.1.0".into(),
+        });
+        keys_sorted(&DrainAnswer {
+            active_connections: 0,
+            admin: AdminState::Draining,
+            backend: "rabbit-a".into(),
+            drain_deadline: None,
+            persist_error: Some("disk full".into()),
+            persisted: Some(false),
+            pool: "rabbitmq".into(),
+            quorum_check: Some(QuorumAnswer::Unknown),
+            warnings: vec!["not answered".into()],
+        });
+        keys_sorted(&ErrorBody {
+            error: "refused".into(),
+            queues: Some(vec!["q".into()]),
+            reason: Some(RefusalReason::QuorumCritical),
+        });
+        keys_sorted(&ReloadAnswer {
+            result: "ok".into(),
+            summary: "ok".into(),
+        });
+        keys_sorted(&DrainRequest {
+            deadline: Some("5m".into()),
+            force: true,
+        });
+    }
+}

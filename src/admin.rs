@@ -95,14 +95,15 @@ pub async fn serve(listener: std::net::TcpListener, admin: Arc<Admin>, stop: Can
     }
     // [admin] is read once: a reload does not change it (the server says so).
     let limits = admin.config.load().admin.clone().unwrap_or_default();
-    // Shared by every connection: a guesser cannot reset its budget by reconnecting.
-    let limiter = Arc::new(AuthLimiter::default());
-    // Held wrong tokens may take at most half the admin connections: the other half stays for
-    // `/healthz`, `/readyz`, `/metrics` and the operator, whatever a guesser does.
-    let holds = Arc::new(tokio::sync::Semaphore::new(
-        (limits.max_connections / 2).max(1),
-    ));
-    let reserve = Arc::new(Reserve::new());
+    let shared = Arc::new(Shared {
+        admin,
+        limiter: AuthLimiter::default(),
+        holds: Arc::new(tokio::sync::Semaphore::new(
+            (limits.max_connections / 2).max(1),
+        )),
+        reserve: Reserve::new(),
+        idle_timeout: limits.idle_timeout,
+    });
     let connections = Arc::new(Connections::new(&limits));
     let mut next_id = 0u64;
     loop {
@@ -112,7 +113,7 @@ pub async fn serve(listener: std::net::TcpListener, admin: Arc<Admin>, stop: Can
                 Ok(a) => a,
                 // At the descriptor limit (the data plane holds them all): free reserved ones
                 // and accept at once, so /healthz, /readyz and /metrics still answer.
-                Err(e) if is_out_of_descriptors(&e) && reserve.release(2) => continue,
+                Err(e) if is_out_of_descriptors(&e) && shared.reserve.release(2) => continue,
                 Err(e) => {
                     tracing::warn!(error = %e, "admin accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -121,57 +122,64 @@ pub async fn serve(listener: std::net::TcpListener, admin: Arc<Admin>, stop: Can
             },
         };
         next_id += 1;
-        let Some(conn) = connections.admit(next_id, peer, &admin.metrics) else {
+        let Some(conn) = connections.admit(next_id, peer, &shared.admin.metrics) else {
             drop(socket);
-            reserve.refill();
+            shared.reserve.refill();
             continue;
         };
-        let (admin, limiter, holds, reserve) = (
-            admin.clone(),
-            limiter.clone(),
-            holds.clone(),
-            reserve.clone(),
-        );
-        let idle_timeout = limits.idle_timeout;
-        tokio::spawn(async move {
-            let tracked = Arc::new(conn);
-            let service = hyper::service::service_fn({
-                let tracked = tracked.clone();
-                move |req| {
-                    let (admin, limiter, holds, tracked) = (
-                        admin.clone(),
-                        limiter.clone(),
-                        holds.clone(),
-                        tracked.clone(),
-                    );
-                    async move {
-                        Ok::<_, Infallible>(handle(req, &admin, &limiter, &holds, &tracked).await)
-                    }
-                }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(idle_timeout)
-                .serve_connection(TokioIo::new(socket), service);
-            tokio::select! {
-                ended = conn => if let Err(e) = ended {
-                    tracing::debug!(error = %e, "admin connection ended with an error");
-                },
-                () = tracked.evicted.cancelled() => {
-                    tracing::debug!(client = %tracked.peer, "idle admin connection closed to make room");
-                }
-            }
-            // A wrong token being held keeps its slot until the hold ends, even if the client
-            // hung up: a guesser cannot trade the wait for a new connection.
-            if let Some(until) = tracked.held_until() {
-                tokio::time::sleep_until(until).await;
-            }
-            drop(tracked);
-            // The socket is closed: take its descriptor back into the reserve before the data
-            // plane's next accept does.
-            reserve.refill();
-        });
+        tokio::spawn(serve_connection(shared.clone(), socket, conn));
     }
+}
+
+/// What every admin connection shares: the API's state and the bounds that hold across
+/// connections (the wrong-token limiter, the hold slots, the descriptor reserve).
+struct Shared {
+    admin: Arc<Admin>,
+    /// Shared by every connection: a guesser cannot reset its budget by reconnecting.
+    limiter: AuthLimiter,
+    /// Held wrong tokens may take at most half the admin connections: the other half stays for
+    /// `/healthz`, `/readyz`, `/metrics` and the operator, whatever a guesser does.
+    holds: Arc<tokio::sync::Semaphore>,
+    reserve: Reserve,
+    idle_timeout: Duration,
+}
+
+/// One admin connection: HTTP/1.1 until the client is done, the connection is evicted to make
+/// room, or a held wrong token's wait ends.
+async fn serve_connection(shared: Arc<Shared>, socket: tokio::net::TcpStream, conn: Tracked) {
+    let tracked = Arc::new(conn);
+    let service = hyper::service::service_fn({
+        let (shared, tracked) = (shared.clone(), tracked.clone());
+        move |req| {
+            let (shared, tracked) = (shared.clone(), tracked.clone());
+            async move {
+                let answer =
+                    handle(req, &shared.admin, &shared.limiter, &shared.holds, &tracked).await;
+                Ok::<_, Infallible>(answer)
+            }
+        }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(shared.idle_timeout)
+        .serve_connection(TokioIo::new(socket), service);
+    tokio::select! {
+        ended = conn => if let Err(e) = ended {
+            tracing::debug!(error = %e, "admin connection ended with an error");
+        },
+        () = tracked.evicted.cancelled() => {
+            tracing::debug!(client = %tracked.peer, "idle admin connection closed to make room");
+        }
+    }
+    // A wrong token being held keeps its slot until the hold ends, even if the client hung up:
+    // a guesser cannot trade the wait for a new connection.
+    if let Some(until) = tracked.held_until() {
+        tokio::time::sleep_until(until).await;
+    }
+    drop(tracked);
+    // The socket is closed: take its descriptor back into the reserve before the data plane's
+    // next accept does.
+    shared.reserve.refill();
 }
 
 /// The open admin connections and their bounds (`admin.max_connections`,
@@ -439,20 +447,6 @@ fn authenticate(
             "this endpoint needs Authorization: Bearer <token>",
         ));
     };
-    let too_many = |reason: &str| {
-        refused("rate_limited");
-        let mut reply = error(StatusCode::TOO_MANY_REQUESTS, reason);
-        let headers = reply.headers_mut();
-        headers.insert(
-            hyper::header::RETRY_AFTER,
-            hyper::header::HeaderValue::from(AUTH_HOLD_MAX.as_secs().max(1)),
-        );
-        headers.insert(
-            hyper::header::CONNECTION,
-            hyper::header::HeaderValue::from_static("close"),
-        );
-        reply
-    };
     // A network over its budget needs a hold slot before its token is even compared: with
     // every slot taken, it is refused at once, and an answer about a token never compared
     // tells a guesser nothing.
@@ -460,9 +454,13 @@ fn authenticate(
     if limiter.retry_after(source, Instant::now()).is_some() {
         match holds.clone().try_acquire_owned() {
             Ok(permit) => slot = Some(permit),
-            Err(_) => return Auth::Deny(too_many(
-                "too many wrong bearer tokens from this network while others are held; retry later",
-            )),
+            Err(_) => {
+                refused("rate_limited");
+                return Auth::Deny(rate_limited(
+                    "too many wrong bearer tokens from this network while others are held; retry later",
+                    AUTH_HOLD_MAX.as_secs().max(1),
+                ));
+            }
         }
     }
     // Compared first and in constant time: the right token passes at once even from a network
@@ -481,18 +479,9 @@ fn authenticate(
         }
         WrongToken::Held { hold, retry_after } => {
             refused("rate_limited");
-            let mut reply = error(
-                StatusCode::TOO_MANY_REQUESTS,
+            let reply = rate_limited(
                 "too many wrong bearer tokens from this network or in total; retry later",
-            );
-            let headers = reply.headers_mut();
-            headers.insert(
-                hyper::header::RETRY_AFTER,
-                hyper::header::HeaderValue::from(retry_after.as_secs_f64().ceil().max(1.0) as u64),
-            );
-            headers.insert(
-                hyper::header::CONNECTION,
-                hyper::header::HeaderValue::from_static("close"),
+                retry_after.as_secs_f64().ceil().max(1.0) as u64,
             );
             // The budget ran out since the check above: take a slot now (or answer at once;
             // only requests racing the budget's end can get here without one).
@@ -502,6 +491,22 @@ fn authenticate(
             }
         }
     }
+}
+
+/// 429 with `Retry-After` (whole seconds) and `Connection: close`: a guesser gets no more
+/// requests on this connection.
+fn rate_limited(reason: &str, retry_after_secs: u64) -> Reply {
+    let mut reply = error(StatusCode::TOO_MANY_REQUESTS, reason);
+    let headers = reply.headers_mut();
+    headers.insert(
+        hyper::header::RETRY_AFTER,
+        hyper::header::HeaderValue::from(retry_after_secs),
+    );
+    headers.insert(
+        hyper::header::CONNECTION,
+        hyper::header::HeaderValue::from_static("close"),
+    );
+    reply
 }
 
 fn route(method: &Method, segments: &[&str], admin: &Admin) -> Reply {

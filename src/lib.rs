@@ -14,6 +14,7 @@ pub mod ctl;
 pub mod drain;
 pub mod health;
 pub mod hooks;
+pub mod http_client;
 pub mod import_nginx;
 pub mod logging;
 pub mod metrics;

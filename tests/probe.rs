@@ -447,6 +447,37 @@ async fn http_probe_sends_basic_auth_from_password_file_and_never_reports_it() {
     let _ = std::fs::remove_file(file);
 }
 
+/// `user:pass@` in the probe URL is sent as basic authentication (it used to be dropped
+/// silently), and a failure's reason shows neither the password nor the token.
+#[tokio::test]
+async fn http_probe_sends_the_urls_user_info_as_basic_auth() {
+    let (addr, fake) = fake_http(401, "{\"error\":\"bad password pw-in-url\"}").await;
+    let kind = Probe::Http {
+        url: probe_url(&format!(
+            "http://monitor:pw-in-url@{{host}}:{}/api/health/checks/alarms",
+            addr.port()
+        )),
+        user: None,
+        password: None,
+        password_file: None,
+    };
+    let (outcome, _) = probe(&kind, &target(addr, ProxyProtocol::Off)).await;
+    let head = fake.await.unwrap();
+    // base64("monitor:pw-in-url")
+    let token = "bW9uaXRvcjpwdy1pbi11cmw=";
+    assert!(
+        head.contains(&format!("authorization: Basic {token}\r\n")),
+        "{head}"
+    );
+    assert!(
+        head.contains(&format!("host: 127.0.0.1:{}\r\n", addr.port())),
+        "{head}"
+    );
+    assert_down_containing(&outcome, "HTTP 401");
+    assert!(!outcome.reason.contains("pw-in-url"), "{outcome:?}");
+    assert!(!outcome.reason.contains(token), "{outcome:?}");
+}
+
 /// An https URL is refused where probe URLs are parsed (at config load, by [`ProbeUrl::parse`]),
 /// so no probe ever runs with one.
 #[tokio::test]

@@ -247,6 +247,22 @@ pub fn fill_template(template: &str, host: &str, port: u16) -> String {
         .replace("{port}", &port.to_string())
 }
 
+/// The host of a `scheme://[userinfo@]host[:port]/...` URL of any scheme (an AMQP URI too),
+/// without brackets; `None` when it has none.
+pub fn url_host(text: &str) -> Option<String> {
+    let url = Url::parse(text).ok()?;
+    // The WHATWG parser reads `http:///path` as host `path`: an empty authority has no host.
+    if text.split_once("://")?.1.starts_with(['/', '\\']) {
+        return None;
+    }
+    match url.host()? {
+        Host::Domain(name) if !name.is_empty() => Some(name.to_string()),
+        Host::Ipv4(ip) => Some(ip.to_string()),
+        Host::Ipv6(ip) => Some(ip.to_string()),
+        Host::Domain(_) => None,
+    }
+}
+
 /// `text` with the user info of its authority replaced by `***`, for showing a URL that may
 /// not parse (so it is cut by hand: the URL parser is what refused it).
 pub fn without_userinfo(text: &str) -> String {
@@ -730,6 +746,22 @@ mod tests {
             fill_template("amqp://u:p@{host}:{port}/%2f", "::1", 5672),
             "amqp://u:p@[::1]:5672/%2f"
         );
+    }
+
+    #[test]
+    fn url_host_handles_userinfo_ports_and_brackets() {
+        let cases = [
+            ("amqp://u:p@rabbit:5672/%2f", Some("rabbit")),
+            ("amqp://u:p@[::1]:5672/", Some("::1")),
+            ("http://[fe80::1]/api", Some("fe80::1")),
+            ("http://host", Some("host")),
+            ("http://u:p@h:1?x", Some("h")),
+            ("no-scheme", None),
+            ("http:///path", None),
+        ];
+        for (url, expected) in cases {
+            assert_eq!(url_host(url).as_deref(), expected, "{url}");
+        }
     }
 
     #[test]

@@ -21,8 +21,8 @@ use tokio::net::TcpStream;
 
 use crate::config::{Probe, ProxyProtocol, Secret};
 use crate::http_client::{
-    fill_template, without_userinfo, BodyRead, Credentials, HttpError, HttpUrl, Phase, ProbeUrl,
-    Request, Response,
+    fill_template, url_host, without_userinfo, BodyRead, Credentials, HttpError, HttpUrl, Phase,
+    ProbeUrl, Request, Response,
 };
 use crate::proxy_protocol::{encode_v1, encode_v2, Header};
 
@@ -833,35 +833,6 @@ fn quorum_answer(status: u16, body: &[u8]) -> QuorumCheck {
 // ---------------------------------------------------------------------------------------------
 // Shared helpers
 
-/// Split `host[:port]` or `[v6][:port]` (no userinfo) into the host without brackets and the port.
-fn split_host_port(authority: &str) -> Option<(&str, Option<u16>)> {
-    let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
-        let (host, after) = rest.split_once(']')?;
-        (host, after.strip_prefix(':'))
-    } else {
-        match authority.rsplit_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (authority, None),
-        }
-    };
-    if host.is_empty() {
-        return None;
-    }
-    let port = match port {
-        Some(p) => Some(p.parse().ok()?),
-        None => None,
-    };
-    Some((host, port))
-}
-
-/// The host of a `scheme://[userinfo@]host[:port]/...` URL, without brackets.
-fn url_host(url: &str) -> Option<&str> {
-    let rest = &url[url.find("://")? + 3..];
-    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
-    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
-    split_host_port(authority).map(|(host, _)| host)
-}
-
 /// Where a URL probe connects: the backend's resolved address when the URL names the backend's
 /// host (the usual `{host}` template, no DNS lookup per probe), else the URL's host resolved now.
 async fn resolve(url: &str, port: u16, target: &Target) -> Result<SocketAddr, String> {
@@ -874,7 +845,8 @@ async fn resolve(url: &str, port: u16, target: &Target) -> Result<SocketAddr, St
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(SocketAddr::new(ip, port));
     }
-    match tokio::net::lookup_host((host, port)).await {
+    let resolved = tokio::net::lookup_host((host.as_str(), port)).await;
+    match resolved {
         Ok(mut addrs) => addrs
             .next()
             .ok_or_else(|| format!("{host} resolves to no address")),
@@ -990,22 +962,6 @@ mod tests {
         p.extend_from_slice(&(table.len() as u32).to_be_bytes());
         p.extend_from_slice(table);
         p
-    }
-
-    #[test]
-    fn url_host_handles_userinfo_ports_and_brackets() {
-        let cases = [
-            ("amqp://u:p@rabbit:5672/%2f", Some("rabbit")),
-            ("amqp://u:p@[::1]:5672/", Some("::1")),
-            ("http://[fe80::1]/api", Some("fe80::1")),
-            ("http://host", Some("host")),
-            ("http://u:p@h:1?x", Some("h")),
-            ("no-scheme", None),
-            ("http:///path", None),
-        ];
-        for (url, expected) in cases {
-            assert_eq!(url_host(url), expected, "{url}");
-        }
     }
 
     #[test]

@@ -47,6 +47,9 @@ pub enum UrlError {
     /// Anything else the URL parser refuses (a space in the host, ...).
     #[error("not a valid URL: {0}")]
     Invalid(url::ParseError),
+    /// The path and query, as the URL parser escaped them, are still no HTTP request target.
+    #[error("not a valid URL: the path or query cannot be sent in an HTTP request ({0})")]
+    Target(String),
 }
 
 /// `user:password` for HTTP basic authentication; `Debug` never shows the password.
@@ -135,11 +138,15 @@ impl HttpUrl {
                 user: decode(url.username()),
                 password: decode(url.password().unwrap_or_default()),
             });
+        let path_and_query = url[Position::BeforePath..Position::AfterQuery].to_string();
+        // Checked here so that building a request from this URL cannot fail later.
+        hyper::http::uri::PathAndQuery::try_from(path_and_query.as_str())
+            .map_err(|e| UrlError::Target(e.to_string()))?;
         Ok(HttpUrl {
             host,
             port: url.port_or_known_default().unwrap_or(80),
             authority,
-            path_and_query: url[Position::BeforePath..Position::AfterQuery].to_string(),
+            path_and_query,
             credentials,
         })
     }
@@ -686,6 +693,14 @@ mod tests {
             spaced.to_string().starts_with("not a valid URL"),
             "{spaced}"
         );
+        let endless = format!("http://h/{}", "x".repeat(70_000));
+        assert!(
+            matches!(HttpUrl::parse(&endless), Err(UrlError::Target(_))),
+            "a request target past hyper's limit"
+        );
+        // What the URL parser escapes is sent escaped.
+        let spaces = HttpUrl::parse("http://h/a b?c d").unwrap();
+        assert_eq!(spaces.path_and_query(), "/a%20b?c%20d");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! plane in [`proxy`] (selection in [`balance`], PROXY headers in [`proxy_protocol`]); [`health`]
 //! receives connect outcomes, [`admin`] serves `/metrics` and friends, and [`server`] wires the
 //! process together on the event loops of [`workers`]. [`cli`] holds the command-line interface the binary parses.
+//! [`http_client`] is the one HTTP client (webhooks of [`hooks`], `http` probes, `warren ctl`).
 
 pub mod admin;
 pub mod balance;

@@ -11,7 +11,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use warren::config::{Probe, ProxyProtocol, Secret};
-use warren::health::probe::{run, Outcome, Target, AMQP_PROTOCOL_HEADER};
+use warren::health::probe::{
+    quorum_check, run, Outcome, QuorumCheck, Target, AMQP_PROTOCOL_HEADER,
+};
 use warren::http_client::ProbeUrl;
 use warren::proxy_protocol::{encode_v1, encode_v2, Header};
 
@@ -476,6 +478,41 @@ async fn http_probe_sends_the_urls_user_info_as_basic_auth() {
     assert_down_containing(&outcome, "HTTP 401");
     assert!(!outcome.reason.contains("pw-in-url"), "{outcome:?}");
     assert!(!outcome.reason.contains(token), "{outcome:?}");
+}
+
+/// The drain's quorum check asks the management API the `http` probe talks to (its authority,
+/// the fixed quorum path, the URL's credentials) and reads the critical queues from a 503.
+#[tokio::test]
+async fn quorum_check_asks_the_probes_management_api() {
+    let body = r#"{"status":"failed","reason":"would lose quorum","queues":[{"name":"qq","readable_name":"queue 'qq' in vhost '/'"}]}"#;
+    let (addr, fake) = fake_http(503, body).await;
+    let kind = Probe::Http {
+        url: probe_url(&format!(
+            "http://monitor:pw@{{host}}:{}/api/health/checks/alarms",
+            addr.port()
+        )),
+        user: None,
+        password: None,
+        password_file: None,
+    };
+    let answer = quorum_check(&kind, &target(addr, ProxyProtocol::Off), TIMEOUT).await;
+    assert_eq!(
+        answer,
+        QuorumCheck::Critical {
+            reason: "would lose quorum".into(),
+            queues: vec!["queue 'qq' in vhost '/'".into()],
+        }
+    );
+    let head = fake.await.unwrap();
+    assert!(
+        head.starts_with("GET /api/health/checks/node-is-quorum-critical HTTP/1.1\r\n"),
+        "{head}"
+    );
+    // base64("monitor:pw")
+    assert!(
+        head.contains("authorization: Basic bW9uaXRvcjpwdw==\r\n"),
+        "{head}"
+    );
 }
 
 /// An https URL is refused where probe URLs are parsed (at config load, by [`ProbeUrl::parse`]),

@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::http_client::{without_userinfo, HttpUrl, ProbeUrl, UrlError};
 use crate::source::SourceList;
 
 /// A validated configuration: what the rest of warren trusts without re-checking.
@@ -129,9 +130,10 @@ pub enum Probe {
     AmqpLogin {
         uri: Secret,
     },
-    /// GET `url` (may contain `{host}` and `{port}`); 2xx = up.
+    /// GET `url` (may contain `{host}` and `{port}`); 2xx = up. A `user:pass@` in `url` and
+    /// `user` are exclusive (checked at load).
     Http {
-        url: String,
+        url: ProbeUrl,
         user: Option<String>,
         password: Option<Secret>,
         password_file: Option<PathBuf>,
@@ -180,8 +182,8 @@ pub enum HookEvent {
 pub enum HookAction {
     /// argv, no shell; never empty.
     Exec(Vec<String>),
-    /// POST JSON to this http:// URL.
-    Webhook(String),
+    /// POST JSON to this http:// URL (its `user:pass@` is sent as basic authentication).
+    Webhook(HttpUrl),
 }
 
 /// `[[hook]]`.
@@ -1357,10 +1359,7 @@ impl Validator<'_> {
         password_file: Option<Str>,
     ) -> Probe {
         let url = match url {
-            Some(url) => {
-                self.http_url(&format!("{key}.url"), &url);
-                url.into_inner()
-            }
+            Some(url) => self.probe_url(&format!("{key}.url"), &url, user.as_ref()),
             None => {
                 self.report(
                     format!("{key}.url"),
@@ -1369,7 +1368,7 @@ impl Validator<'_> {
                     "required for kind = \"http\", e.g. url = \
                      \"http://{host}:15672/api/health/checks/ready-to-serve-clients\"",
                 );
-                String::new()
+                None
             }
         };
         if let (Some(_), Some(file)) = (&password, &password_file) {
@@ -1391,6 +1390,10 @@ impl Validator<'_> {
             }
         }
         let password_file = self.path(&format!("{key}.password_file"), password_file.as_ref());
+        let Some(url) = url else {
+            // Reported above; keeps building the snapshot so later keys are checked too.
+            return Probe::Tcp;
+        };
         Probe::Http {
             url,
             user: user.map(Spanned::into_inner),
@@ -1399,34 +1402,44 @@ impl Validator<'_> {
         }
     }
 
-    fn http_url(&mut self, key: &str, url: &Str) {
-        let text = url.get_ref();
-        let message = if text.starts_with("https://") {
-            "https is not supported yet; use an http:// URL"
-        } else if !text.starts_with("http://") {
-            "must be an http:// URL"
-        } else {
-            return;
-        };
-        self.report(key, quote(text), Some(url.span()), message);
+    /// An `http` probe's URL, parsed as every probe will use it (`{host}` and `{port}` filled
+    /// in), so `check` refuses what would fail every probe. Credentials go either in the URL or
+    /// in `user`: with both, which one is sent would be a guess.
+    fn probe_url(&mut self, key: &str, url: &Str, user: Option<&Str>) -> Option<ProbeUrl> {
+        match ProbeUrl::parse(url.get_ref()) {
+            Ok(parsed) if parsed.has_credentials() && user.is_some() => {
+                self.report(
+                    key,
+                    quote(&without_userinfo(url.get_ref())),
+                    Some(url.span()),
+                    "user info (user:pass@) and user are mutually exclusive; keep one",
+                );
+                None
+            }
+            Ok(parsed) => Some(parsed),
+            Err(e) => {
+                self.url_problem(key, url, e);
+                None
+            }
+        }
     }
 
-    /// A webhook URL parsed as the hook worker will parse it (hyper's `Uri`), so `check`
-    /// refuses what would fail every run.
-    fn webhook_url(&mut self, key: &str, url: &Str) {
-        let text = url.get_ref();
-        let problem = match webhook_url_problem(text) {
-            Some(p) => p,
-            None => return,
-        };
-        // User info may hold a password: show the URL without it.
-        let shown = match text.split_once('@') {
-            Some((_, rest)) if problem.contains("user info") => {
-                quote(&format!("http://***@{rest}"))
+    /// A webhook URL, parsed once for the hook worker, so `check` refuses what would fail
+    /// every run.
+    fn webhook_url(&mut self, key: &str, url: &Str) -> Option<HttpUrl> {
+        match HttpUrl::parse(url.get_ref()) {
+            Ok(parsed) => Some(parsed),
+            Err(e) => {
+                self.url_problem(key, url, e);
+                None
             }
-            _ => quote(text),
-        };
-        self.report(key, shown, Some(url.span()), problem);
+        }
+    }
+
+    /// Report an unusable URL; its user info may hold a password, so it is shown without.
+    fn url_problem(&mut self, key: &str, url: &Str, problem: UrlError) {
+        let shown = quote(&without_userinfo(url.get_ref()));
+        self.report(key, shown, Some(url.span()), problem.to_string());
     }
 
     fn backend(&mut self, key: &str, raw: RawBackend) -> BackendConfig {
@@ -1490,18 +1503,19 @@ impl Validator<'_> {
                 }
                 HookAction::Exec(exec.into_inner())
             }
-            (None, Some(webhook)) => {
-                self.webhook_url(&format!("{key}.webhook"), &webhook);
-                HookAction::Webhook(webhook.into_inner())
-            }
+            (None, Some(webhook)) => match self.webhook_url(&format!("{key}.webhook"), &webhook) {
+                Some(url) => HookAction::Webhook(url),
+                // Reported; keeps building the snapshot so later keys are checked too.
+                None => HookAction::Exec(Vec::new()),
+            },
             (Some(_), Some(webhook)) => {
                 self.report(
                     format!("{key}.webhook"),
-                    quote(webhook.get_ref()),
+                    quote(&without_userinfo(webhook.get_ref())),
                     Some(webhook.span()),
                     "exec and webhook are mutually exclusive; use one [[hook]] for each",
                 );
-                HookAction::Webhook(webhook.into_inner())
+                HookAction::Exec(Vec::new())
             }
             (None, None) => {
                 self.report(
@@ -1690,41 +1704,6 @@ impl Validator<'_> {
 
 // ---------------------------------------------------------------------------------------------
 // Pure helpers.
-
-/// What is wrong with a webhook URL, or `None` when the hook worker can use it: `http://`, a
-/// host, a port that fits 16 bits, and no `user:pass@` (warren sends no credentials, so a
-/// webhook that needs them would be refused at every event).
-fn webhook_url_problem(text: &str) -> Option<String> {
-    if text.starts_with("https://") {
-        return Some("https is not supported yet; use an http:// URL".into());
-    }
-    if !text.starts_with("http://") {
-        return Some("must be an http:// URL, e.g. \"http://127.0.0.1:9000/warren\"".into());
-    }
-    let uri: hyper::Uri = match text.parse() {
-        Ok(uri) => uri,
-        Err(e) => return Some(format!("not a valid URL: {e}")),
-    };
-    let Some(authority) = uri.authority() else {
-        return Some("no host: write http://HOST[:PORT]/PATH".into());
-    };
-    if authority.host().is_empty() {
-        return Some("no host: write http://HOST[:PORT]/PATH".into());
-    }
-    if authority.as_str().contains('@') {
-        return Some(
-            "user info (user:pass@) is not supported in a webhook URL: warren would not send \
-             it; put a secret in the path or query instead"
-                .into(),
-        );
-    }
-    // hyper's parser lets an out-of-range port through (the worker would then use 80).
-    let port = authority.as_str()[authority.host().len()..].strip_prefix(':');
-    if port.is_some_and(|p| !matches!(p.parse::<u16>(), Ok(1..))) {
-        return Some("the port must be a number from 1 to 65535".into());
-    }
-    None
-}
 
 /// A `host:port` split and checked, before any resolution. The host has no brackets.
 #[derive(Debug, PartialEq, Eq)]
@@ -2198,9 +2177,26 @@ addr = "10.0.0.2:5672"
                 appended("[[hook]]\non = [\"backend_down\"]\nwebhook = \"http:///x\""),
                 "hook[0].webhook", "\"http:///x\"", "",
             ),
+            // User info is sent as basic authentication, but never shown in a problem.
             (
-                appended("[[hook]]\non = [\"backend_down\"]\nwebhook = \"http://user:s3cret@h:8080/x\""),
-                "hook[0].webhook", "\"http://***@h:8080/x\"", "user info (user:pass@) is not supported",
+                appended("[[hook]]\non = [\"backend_down\"]\nwebhook = \"http://user:s3cret@h:80800/x\""),
+                "hook[0].webhook", "\"http://***@h:80800/x\"", "1 to 65535",
+            ),
+            (
+                appended("[pool.rabbitmq.health]\nkind = \"http\"\nurl = \"http://{host}:99999/api\""),
+                "pool.rabbitmq.health.url", "\"http://{host}:99999/api\"", "1 to 65535",
+            ),
+            (
+                appended("[pool.rabbitmq.health]\nkind = \"http\"\nurl = \"http://exa mple:15672/api\""),
+                "pool.rabbitmq.health.url", "\"http://exa mple:15672/api\"", "not a valid URL",
+            ),
+            (
+                appended("[pool.rabbitmq.health]\nkind = \"http\"\nurl = \"http:///api\""),
+                "pool.rabbitmq.health.url", "\"http:///api\"", "no host",
+            ),
+            (
+                appended("[pool.rabbitmq.health]\nkind = \"http\"\nurl = \"http://u:s3cret@{host}:15672/api\"\nuser = \"u\""),
+                "pool.rabbitmq.health.url", "\"http://***@{host}:15672/api\"", "user info (user:pass@) and user are mutually exclusive",
             ),
             (health("interval = \"0s\""), "pool.rabbitmq.health.interval", "\"0s\"", "longer than 0"),
             (
@@ -2640,7 +2636,10 @@ timeout = "10s"
         assert_eq!(
             health.probe,
             Probe::Http {
-                url: "http://{host}:15672/api/health/checks/ready-to-serve-clients".to_string(),
+                url: ProbeUrl::parse(
+                    "http://{host}:15672/api/health/checks/ready-to-serve-clients"
+                )
+                .unwrap(),
                 user: Some("monitor".to_string()),
                 password: Some(Secret("hunter2".to_string())),
                 password_file: None,
@@ -2671,7 +2670,9 @@ timeout = "10s"
             config.hooks[0],
             HookConfig {
                 on: vec![HookEvent::PoolFailover, HookEvent::BackendDown],
-                action: HookAction::Webhook("http://127.0.0.1:8080/warren-events".to_string()),
+                action: HookAction::Webhook(
+                    HttpUrl::parse("http://127.0.0.1:8080/warren-events").unwrap()
+                ),
                 timeout: Duration::from_secs(10),
             }
         );

@@ -1,5 +1,5 @@
 //! `warren ctl`: the operator's client of the admin API (`status`, `drain`, `undrain`,
-//! `reload`, and `upgrade`, the rolling upgrade in [`upgrade`]). It owns the HTTP exchange with a running warren, the polling behind `--wait` and
+//! `reload`, and `upgrade`, the rolling upgrade in [`upgrade`]). It owns the requests to a running warren (sent through [`crate::http_client`]), the polling behind `--wait` and
 //! `--wait-healthy`, and the human rendering of `/v1/status`. It talks to warren only through
 //! the admin API's JSON contract ([`crate::api`], the types the server writes): it must not read the config, the state file or anything else
 //! of the server's. Exit codes: 0 done, 1 refused or failed, 2 usage.
@@ -12,10 +12,8 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use clap::{Args, Subcommand};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::header::{HeaderValue, AUTHORIZATION, CONNECTION, CONTENT_TYPE, HOST, USER_AGENT};
-use hyper::{Method, Request, StatusCode, Uri};
-use hyper_util::rt::TokioIo;
+use hyper::header::HeaderValue;
+use hyper::{Method, StatusCode};
 use serde_json::Value;
 
 use crate::api::{
@@ -23,6 +21,7 @@ use crate::api::{
     RefusalReason, ReloadAnswer, Status,
 };
 use crate::config;
+use crate::http_client::{BodyRead, HttpError, HttpUrl, Request, UrlError};
 
 mod upgrade;
 
@@ -1033,11 +1032,7 @@ fn short_duration(d: Duration) -> String {
 struct Client {
     /// The URL as the operator gave it, for messages.
     admin: String,
-    /// Host to connect to (IPv6 without brackets).
-    host: String,
-    port: u16,
-    /// The `Host` header.
-    authority: String,
+    url: HttpUrl,
     /// Prepended to `/v1/...` when warren's admin API sits behind a path prefix.
     prefix: String,
     token: Option<HeaderValue>,
@@ -1056,32 +1051,20 @@ impl Client {
         } else {
             format!("http://{trimmed}")
         };
-        let uri: Uri = full
-            .parse()
-            .map_err(|e: hyper::http::uri::InvalidUri| invalid(&e.to_string()))?;
-        if uri.scheme_str() != Some("http") {
-            return Err(invalid("only http:// is supported"));
-        }
-        let authority = uri.authority().ok_or_else(|| invalid("no host"))?;
-        if authority.as_str().contains('@') {
+        let parsed = HttpUrl::parse(&full).map_err(|e| match e {
+            UrlError::Https | UrlError::Scheme => invalid("only http:// is supported"),
+            e => invalid(&e.to_string()),
+        })?;
+        if parsed.credentials().is_some() {
             return Err(invalid("credentials go in --token-file, not in the URL"));
         }
-        let host = authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']');
-        if host.is_empty() {
-            return Err(invalid("no host"));
-        }
-        if uri.query().is_some() {
+        if parsed.has_query() {
             return Err(invalid("a query string is not supported"));
         }
         Ok(Client {
             admin: trimmed.to_string(),
-            host: host.to_string(),
-            port: authority.port_u16().unwrap_or(80),
-            authority: authority.as_str().to_string(),
-            prefix: uri.path().trim_end_matches('/').to_string(),
+            prefix: parsed.path().trim_end_matches('/').to_string(),
+            url: parsed,
             token,
         })
     }
@@ -1107,17 +1090,7 @@ impl Client {
         body: Option<Value>,
         what: &str,
     ) -> Result<Value, CtlError> {
-        let exchange = self.exchange(method, path, body);
-        let (status, bytes) = match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
-            Ok(answer) => answer?,
-            Err(_) => {
-                return Err(CtlError::Timeout {
-                    admin: self.admin.clone(),
-                    what: what.to_string(),
-                    timeout: REQUEST_TIMEOUT,
-                })
-            }
-        };
+        let (status, bytes) = self.exchange(method, path, body, what).await?;
         if status == StatusCode::UNAUTHORIZED {
             let message = error_message(status, &bytes);
             return Err(if self.token.is_some() {
@@ -1142,64 +1115,59 @@ impl Client {
         })
     }
 
+    /// One request on a fresh connection (connect, send, whole answer) within [`REQUEST_TIMEOUT`].
     async fn exchange(
         &self,
         method: Method,
         path: &str,
         body: Option<Value>,
+        what: &str,
     ) -> Result<(StatusCode, Bytes), CtlError> {
+        let target = format!("{}{path}", self.prefix);
+        let mut request = Request::new(method, &self.url)
+            .path(&target)
+            .user_agent(concat!("warren-ctl/", env!("CARGO_PKG_VERSION")))
+            .read(BodyRead::Whole(MAX_ANSWER_BYTES));
+        if let Some(token) = &self.token {
+            request = request.authorization(token.clone());
+        }
+        if let Some(body) = body {
+            request = request.json(body.to_string());
+        }
         let http = |reason: String| CtlError::Http {
             admin: self.admin.clone(),
             reason,
         };
-        let stream = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
-            .await
-            .map_err(|source| CtlError::Connect {
+        match request.send_within(REQUEST_TIMEOUT).await {
+            Ok(response) => Ok((response.status, response.body)),
+            Err(HttpError::Timeout { .. }) => Err(CtlError::Timeout {
                 admin: self.admin.clone(),
-                source,
-            })?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
-                .await
-                .map_err(|e| http(e.to_string()))?;
-        // The connection task's own error also fails `send_request` or the body read below,
-        // where it is reported; the task ends with `Connection: close`.
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        let mut request = Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.prefix))
-            .header(HOST, self.authority.as_str())
-            .header(
-                USER_AGENT,
-                concat!("warren-ctl/", env!("CARGO_PKG_VERSION")),
-            )
-            .header(CONNECTION, "close");
-        if let Some(token) = &self.token {
-            request = request.header(AUTHORIZATION, token.clone());
-        }
-        let payload = match body {
-            Some(body) => {
-                request = request.header(CONTENT_TYPE, "application/json");
-                Bytes::from(body.to_string())
+                what: what.to_string(),
+                timeout: REQUEST_TIMEOUT,
+            }),
+            Err(HttpError::Resolve { source, .. } | HttpError::Connect { source, .. }) => {
+                Err(CtlError::Connect {
+                    admin: self.admin.clone(),
+                    source,
+                })
             }
-            None => Bytes::new(),
-        };
-        let request = request
-            .body(Full::new(payload))
-            .map_err(|e| http(e.to_string()))?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| http(e.to_string()))?;
-        let status = response.status();
-        let bytes = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
-            .collect()
-            .await
-            .map_err(|e| http(format!("reading the answer: {e}")))?
-            .to_bytes();
-        Ok((status, bytes))
+            Err(HttpError::NoAddress { .. }) => Err(CtlError::Connect {
+                admin: self.admin.clone(),
+                source: std::io::Error::other("the host resolves to no address"),
+            }),
+            Err(
+                HttpError::Handshake { source, .. }
+                | HttpError::Exchange { source, .. }
+                | HttpError::Closed { source, .. },
+            ) => Err(http(source.to_string())),
+            Err(HttpError::Body { source, .. }) => {
+                Err(http(format!("reading the answer: {source}")))
+            }
+            Err(HttpError::TooLarge { .. }) => Err(http(
+                "reading the answer: length limit exceeded".to_string(),
+            )),
+            Err(HttpError::Build { source, .. }) => Err(http(source.to_string())),
+        }
     }
 }
 
@@ -1341,16 +1309,13 @@ mod tests {
     fn admin_urls() {
         let c = Client::new("http://127.0.0.1:9901", None).unwrap();
         assert_eq!(
-            (c.host.as_str(), c.port, c.prefix.as_str()),
+            (c.url.host(), c.url.port(), c.prefix.as_str()),
             ("127.0.0.1", 9901, "")
         );
         let c = Client::new("[::1]:9901", None).unwrap();
-        assert_eq!(
-            (c.host.as_str(), c.authority.as_str()),
-            ("::1", "[::1]:9901")
-        );
+        assert_eq!((c.url.host(), c.url.authority()), ("::1", "[::1]:9901"));
         let c = Client::new("http://lb.example/warren/", None).unwrap();
-        assert_eq!((c.port, c.prefix.as_str()), (80, "/warren"));
+        assert_eq!((c.url.port(), c.prefix.as_str()), (80, "/warren"));
         for bad in [
             "https://127.0.0.1:9901",
             "http://u:p@127.0.0.1:1",

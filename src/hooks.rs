@@ -13,7 +13,8 @@
 //!   ends when the hook's process exits: processes it leaves running are not waited for and their
 //!   later output is not read (start daemons with `setsid cmd >/dev/null 2>&1 &`).
 //! - **webhook**: `POST` of `{"event","pool","backend","backend_addr","available","total"}` as
-//!   JSON (`backend` and `backend_addr` are `null` for pool events), under the hook's `timeout`.
+//!   JSON (`backend` and `backend_addr` are `null` for pool events), under the hook's `timeout`,
+//!   through [`crate::http_client`] (the URL's `user:pass@` as basic authentication).
 //!
 //! The admin token is never passed to a hook nor logged: [`Event`] does not carry it and the exec
 //! environment is built from nothing but an [`Event`].
@@ -30,13 +31,8 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::header::{CONNECTION, CONTENT_TYPE, HOST, USER_AGENT};
-use hyper::{Request, Uri};
-use hyper_util::rt::TokioIo;
+use hyper::Method;
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -45,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::instrument::WithSubscriber;
 
 use crate::config::{HookAction, HookConfig, HookEvent};
+use crate::http_client::{BodyRead, HttpError, HttpUrl, Request};
 use crate::metrics::Metrics;
 
 /// Events waiting per hook while it runs; beyond this the oldest is dropped.
@@ -489,104 +486,18 @@ impl Report {
     }
 }
 
-/// Why a webhook run failed.
-#[derive(Debug, thiserror::Error)]
-enum WebhookError {
-    #[error("invalid webhook URL {url:?}: {reason}")]
-    Url { url: String, reason: String },
-    #[error("cannot resolve {host}: {source}")]
-    Resolve {
-        host: String,
-        source: std::io::Error,
-    },
-    #[error("{host} resolves to no address")]
-    NoAddress { host: String },
-    #[error("cannot connect to {host}: {source}")]
-    Connect {
-        host: String,
-        source: std::io::Error,
-    },
-    #[error("HTTP exchange with {host} failed: {source}")]
-    Http { host: String, source: hyper::Error },
-    #[error("{host} closed the connection before answering")]
-    Closed { host: String },
-}
-
-/// A webhook's target, parsed once at start.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Target {
-    /// Host name or IP, without IPv6 brackets, for resolving.
-    host: String,
-    port: u16,
-    /// The `Host` header: the URL's authority without user info.
-    authority: String,
-    path_and_query: String,
-}
-
-impl Target {
-    fn parse(url: &str) -> Result<Target, WebhookError> {
-        let invalid = |reason: &str| WebhookError::Url {
-            url: url.to_string(),
-            reason: reason.to_string(),
-        };
-        let uri: Uri = url
-            .parse()
-            .map_err(|e: hyper::http::uri::InvalidUri| invalid(&e.to_string()))?;
-        if uri.scheme_str() != Some("http") {
-            return Err(invalid("only http:// is supported"));
-        }
-        let authority = uri.authority().ok_or_else(|| invalid("no host"))?;
-        let bracketed = authority.host();
-        if bracketed.is_empty() {
-            return Err(invalid("no host"));
-        }
-        let host = bracketed.trim_start_matches('[').trim_end_matches(']');
-        let port = authority.port_u16().unwrap_or(80);
-        let authority = match authority.port_u16() {
-            Some(port) => format!("{bracketed}:{port}"),
-            None => bracketed.to_string(),
-        };
-        Ok(Target {
-            host: host.to_string(),
-            port,
-            path_and_query: uri
-                .path_and_query()
-                .map(|p| p.as_str())
-                .filter(|p| !p.is_empty())
-                .unwrap_or("/")
-                .to_string(),
-            authority,
-        })
-    }
-
-    /// How the hook is named in logs: the URL without user info (it may hold a password).
-    fn display(&self) -> String {
-        let path = self.path_and_query.split('?').next().unwrap_or("/");
-        format!("http://{}{path}", self.authority)
-    }
-}
-
-/// A hook's action, checked once at start.
+/// A hook's action, with the name it has in logs.
 enum Action {
     Exec(Vec<String>),
-    /// An unparseable URL fails every run (the config validates only its scheme).
-    Webhook(Result<Target, String>, String),
+    /// The URL (parsed at config load) and its name without user info or query.
+    Webhook(HttpUrl, String),
 }
 
 impl Action {
     fn new(action: &HookAction) -> Action {
         match action {
             HookAction::Exec(argv) => Action::Exec(argv.clone()),
-            HookAction::Webhook(url) => match Target::parse(url) {
-                Ok(target) => {
-                    let name = target.display();
-                    Action::Webhook(Ok(target), name)
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "webhook hook cannot run");
-                    Action::Webhook(Err(e.to_string()), "<invalid webhook URL>".to_string())
-                }
-            },
+            HookAction::Webhook(url) => Action::Webhook(url.clone(), url.to_string()),
         }
     }
 
@@ -618,8 +529,7 @@ impl Worker {
             let started = Instant::now();
             let report = match &self.action {
                 Action::Exec(argv) => run_exec(argv, &event, self.timeout).await,
-                Action::Webhook(Ok(target), _) => run_webhook(target, &event, self.timeout).await,
-                Action::Webhook(Err(e), _) => Report::error(Outcome::Failed, e),
+                Action::Webhook(url, _) => run_webhook(url, &event, self.timeout).await,
             };
             let duration_ms = started.elapsed().as_millis() as u64;
             self.metrics
@@ -876,117 +786,37 @@ fn kill_group(child: &mut Child, _pid: Option<u32>) {
 }
 
 /// Runs a webhook for `event`: one POST on a fresh connection, all within `timeout`.
-async fn run_webhook(target: &Target, event: &Event, timeout: Duration) -> Report {
-    match tokio::time::timeout(timeout, post(target, event.json())).await {
-        Ok(Ok((status, body))) => {
-            let outcome = if status.is_success() {
+async fn run_webhook(url: &HttpUrl, event: &Event, timeout: Duration) -> Report {
+    let answer = Request::new(Method::POST, url)
+        .json(event.json())
+        // Only a failure's body is logged, and only its start.
+        .read(BodyRead::FailurePrefix(WEBHOOK_BODY_LOGGED))
+        .send_within(timeout)
+        .await;
+    match answer {
+        Ok(response) => {
+            let outcome = if response.status.is_success() {
                 Outcome::Ok
             } else {
                 Outcome::Failed
             };
             Report {
                 outcome,
-                status: Some(format!("HTTP {}", status.as_u16())),
+                status: Some(format!("HTTP {}", response.status.as_u16())),
                 stdout: if outcome == Outcome::Ok {
                     None
                 } else {
-                    summarize(&String::from_utf8_lossy(&body))
+                    summarize(&String::from_utf8_lossy(&response.body))
                 },
                 stderr: None,
                 error: None,
             }
         }
-        Ok(Err(e)) => Report::error(Outcome::Failed, e),
-        Err(_) => Report::error(
+        Err(HttpError::Timeout { .. }) => Report::error(
             Outcome::Timeout,
             format!("no answer within {}", humantime::format_duration(timeout)),
         ),
-    }
-}
-
-/// POSTs `body` to `target`; returns the status and the first bytes of the response body.
-async fn post(target: &Target, body: String) -> Result<(hyper::StatusCode, Vec<u8>), WebhookError> {
-    let host = || target.authority.clone();
-    let addrs: Vec<_> = tokio::net::lookup_host((target.host.as_str(), target.port))
-        .await
-        .map_err(|source| WebhookError::Resolve {
-            host: host(),
-            source,
-        })?
-        .collect();
-    let mut last_error = None;
-    let mut stream = None;
-    for addr in addrs {
-        match TcpStream::connect(addr).await {
-            Ok(s) => {
-                stream = Some(s);
-                break;
-            }
-            Err(e) => last_error = Some(e),
-        }
-    }
-    let stream = match (stream, last_error) {
-        (Some(stream), _) => stream,
-        (None, Some(source)) => {
-            return Err(WebhookError::Connect {
-                host: host(),
-                source,
-            })
-        }
-        (None, None) => return Err(WebhookError::NoAddress { host: host() }),
-    };
-    let http = |source| WebhookError::Http {
-        host: host(),
-        source,
-    };
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
-            .await
-            .map_err(http)?;
-    let request = Request::post(target.path_and_query.as_str())
-        .header(HOST, target.authority.as_str())
-        .header(CONTENT_TYPE, "application/json")
-        .header(USER_AGENT, concat!("warren/", env!("CARGO_PKG_VERSION")))
-        .header(CONNECTION, "close")
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| WebhookError::Url {
-            url: target.display(),
-            reason: e.to_string(),
-        })?;
-    let exchange = async {
-        let response = sender.send_request(request).await.map_err(http)?;
-        let status = response.status();
-        let mut body = response.into_body();
-        let mut head = Vec::new();
-        // Only a failure's body is logged, and only its start.
-        while !status.is_success() && head.len() < WEBHOOK_BODY_LOGGED {
-            match body.frame().await {
-                Some(Ok(frame)) => {
-                    if let Some(data) = frame.data_ref() {
-                        let room = WEBHOOK_BODY_LOGGED - head.len();
-                        head.extend_from_slice(&data[..data.len().min(room)]);
-                    }
-                }
-                Some(Err(_)) | None => break,
-            }
-        }
-        Ok((status, head))
-    };
-    // The connection is driven here rather than spawned, so a timeout drops it with the run.
-    tokio::pin!(exchange);
-    tokio::pin!(connection);
-    tokio::select! {
-        result = &mut exchange => result,
-        finished = &mut connection => match finished {
-            // With `Connection: close` it may finish while the response is still buffered.
-            Ok(()) => exchange.await.map_err(|e| match e {
-                WebhookError::Http { source, .. } if source.is_canceled() || source.is_closed() => {
-                    WebhookError::Closed { host: host() }
-                }
-                e => e,
-            }),
-            Err(source) => Err(http(source)),
-        },
+        Err(e) => Report::error(Outcome::Failed, e),
     }
 }
 
@@ -1153,58 +983,6 @@ mod tests {
                 ("WARREN_TOTAL", "2".to_string()),
             ]
         );
-    }
-
-    #[test]
-    fn webhook_urls() {
-        let cases = [
-            (
-                "http://127.0.0.1:8080/warren-events",
-                "127.0.0.1",
-                8080,
-                "127.0.0.1:8080",
-                "/warren-events",
-            ),
-            (
-                "http://hooks.example/",
-                "hooks.example",
-                80,
-                "hooks.example",
-                "/",
-            ),
-            (
-                "http://hooks.example",
-                "hooks.example",
-                80,
-                "hooks.example",
-                "/",
-            ),
-            (
-                "http://[::1]:9000/a?b=c",
-                "::1",
-                9000,
-                "[::1]:9000",
-                "/a?b=c",
-            ),
-            ("http://user:secret@h:81/x", "h", 81, "h:81", "/x"),
-        ];
-        for (url, host, port, authority, path) in cases {
-            let target = Target::parse(url).unwrap_or_else(|e| panic!("{url}: {e}"));
-            assert_eq!(
-                target,
-                Target {
-                    host: host.to_string(),
-                    port,
-                    authority: authority.to_string(),
-                    path_and_query: path.to_string(),
-                },
-                "{url}"
-            );
-            assert!(!target.display().contains("secret"), "{url}");
-        }
-        for bad in ["https://h/", "http://", "h:80/x", "http://a b/"] {
-            assert!(Target::parse(bad).is_err(), "{bad} parsed");
-        }
     }
 
     #[test]

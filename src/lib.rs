@@ -7,6 +7,7 @@
 //! [`admin`] serves `/metrics` and friends with the JSON contract of [`api`] (which `warren ctl`
 //! reads too), and [`server`] wires the
 //! process together on the event loops of [`workers`]. [`cli`] holds the command-line interface the binary parses.
+//! [`http_client`] is the one HTTP client (webhooks of [`hooks`], `http` probes, `warren ctl`).
 
 pub mod admin;
 pub mod api;
@@ -17,6 +18,7 @@ pub mod ctl;
 pub mod drain;
 pub mod health;
 pub mod hooks;
+pub mod http_client;
 pub mod import_nginx;
 pub mod lifecycle;
 pub mod logging;

@@ -669,7 +669,8 @@ fn durations_past_their_limit_are_refused_by_check_and_run() {
 /// Criterion: 6 of 6 configs that `run` refuses are refused by `check` too, each with one line
 /// naming the file and what is wrong: `admin.listen` on a listener's address, a missing
 /// `token_file`, a listener on `[::ffff:127.0.0.1]:P` (refused, with the IPv4 form to write),
-/// 2 unusable webhook URLs, and a webhook URL with `user:pass@` (masked in the message).
+/// 2 unusable webhook URLs, and an unusable webhook URL with `user:pass@` (masked in the
+/// message; a usable one is accepted and its credentials sent, see tests/hooks.rs).
 #[test]
 fn check_refuses_what_run_would_refuse() {
     let port = free_port();
@@ -712,8 +713,8 @@ fn check_refuses_what_run_would_refuse() {
             vec!["hook[0].webhook", "1 to 65535"],
         ),
         (
-            config_text("", "", &hook("http://ops:hunter2@h:8080/x")),
-            vec!["hook[0].webhook = \"http://***@h:8080/x\"", "user info"],
+            config_text("", "", &hook("http://ops:hunter2@h:80800/x")),
+            vec!["hook[0].webhook = \"http://***@h:80800/x\"", "1 to 65535"],
         ),
     ];
     for (i, (text, fragments)) in cases.iter().enumerate() {
@@ -723,11 +724,55 @@ fn check_refuses_what_run_would_refuse() {
         "userinfo.toml",
         config_text("", "", &hook("http://ops:hunter2@h/")).as_bytes(),
     );
-    let (_, _, stderr) = run_to_end(&["check", "--config", file.0.to_str().unwrap()]);
+    let (_, stdout, stderr) = run_to_end(&["check", "--config", file.0.to_str().unwrap()]);
     assert!(
-        !stderr.contains("hunter2"),
-        "the password is masked: {stderr}"
+        !stderr.contains("hunter2") && !stdout.contains("hunter2"),
+        "the password is masked: {stdout}{stderr}"
     );
+}
+
+/// Probe URLs are parsed at load as every probe will use them (`{host}` and `{port}` filled
+/// in): `check` and `run` refuse one that would fail every probe, naming the key and the value
+/// (its user info masked). Before, only the scheme was checked.
+#[test]
+fn check_refuses_unusable_probe_urls() {
+    let probe = |url: &str, extra: &str| {
+        format!("[pool.rabbitmq.health]\nkind = \"http\"\nurl = \"{url}\"\n{extra}")
+    };
+    let cases: Vec<(String, Vec<&str>)> = vec![
+        (
+            config_text(
+                "",
+                "",
+                &probe("http://{host}:99999/api/health/checks/alarms", ""),
+            ),
+            vec![
+                "pool.rabbitmq.health.url = \"http://{host}:99999/api/health/checks/alarms\"",
+                "1 to 65535",
+            ],
+        ),
+        (
+            config_text("", "", &probe("http://mgmt host:15672/api", "")),
+            vec![
+                "pool.rabbitmq.health.url = \"http://mgmt host:15672/api\"",
+                "not a valid URL",
+            ],
+        ),
+        (
+            config_text(
+                "",
+                "",
+                &probe("http://mon:hunter2@{host}:15672/api", "user = \"mon\""),
+            ),
+            vec![
+                "pool.rabbitmq.health.url = \"http://***@{host}:15672/api\"",
+                "mutually exclusive",
+            ],
+        ),
+    ];
+    for (i, (text, fragments)) in cases.iter().enumerate() {
+        assert_check_and_run_refuse(&format!("probe-url-{i}.toml"), text, fragments);
+    }
 }
 
 /// Criterion: `check --config /dev/zero` and `run --config /dev/zero` exit 1 within 20 s with one

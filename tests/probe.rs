@@ -11,7 +11,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use warren::config::{Probe, ProxyProtocol, Secret};
-use warren::health::probe::{run, Outcome, Target, AMQP_PROTOCOL_HEADER};
+use warren::health::probe::{
+    quorum_check, run, Outcome, QuorumCheck, Target, AMQP_PROTOCOL_HEADER,
+};
+use warren::http_client::ProbeUrl;
 use warren::proxy_protocol::{encode_v1, encode_v2, Header};
 
 const TIMEOUT: Duration = Duration::from_millis(500);
@@ -199,10 +202,10 @@ async fn refused_ports_are_down_for_every_probe_kind() {
             uri: Secret("amqp://guest:hunter22@{host}:{port}/%2f".into()),
         },
         Probe::Http {
-            url: format!(
+            url: probe_url(&format!(
                 "http://{{host}}:{}/api/health/checks/virtual-hosts",
                 addr.port()
-            ),
+            )),
             user: None,
             password: None,
             password_file: None,
@@ -316,14 +319,19 @@ async fn fake_http(status: u16, body: &'static str) -> (SocketAddr, JoinHandle<S
 
 fn http_probe(addr: SocketAddr, user: Option<&str>, password_file: Option<PathBuf>) -> Probe {
     Probe::Http {
-        url: format!(
+        url: probe_url(&format!(
             "http://{{host}}:{}/api/health/checks/virtual-hosts",
             addr.port()
-        ),
+        )),
         user: user.map(str::to_string),
         password: None,
         password_file,
     }
+}
+
+/// A probe URL as the config would hold it.
+fn probe_url(template: &str) -> ProbeUrl {
+    ProbeUrl::parse(template).expect("a valid probe URL")
 }
 
 fn temp_file(name: &str, contents: &str) -> PathBuf {
@@ -441,18 +449,81 @@ async fn http_probe_sends_basic_auth_from_password_file_and_never_reports_it() {
     let _ = std::fs::remove_file(file);
 }
 
+/// `user:pass@` in the probe URL is sent as basic authentication (it used to be dropped
+/// silently), and a failure's reason shows neither the password nor the token.
 #[tokio::test]
-async fn http_probe_refuses_https_urls() {
-    let addr = refused_addr().await;
+async fn http_probe_sends_the_urls_user_info_as_basic_auth() {
+    let (addr, fake) = fake_http(401, "{\"error\":\"bad password pw-in-url\"}").await;
     let kind = Probe::Http {
-        url: "https://user:pw-in-url@{host}:15671/api/health".into(),
+        url: probe_url(&format!(
+            "http://monitor:pw-in-url@{{host}}:{}/api/health/checks/alarms",
+            addr.port()
+        )),
         user: None,
         password: None,
         password_file: None,
     };
     let (outcome, _) = probe(&kind, &target(addr, ProxyProtocol::Off)).await;
-    assert_down_containing(&outcome, "not http://");
+    let head = fake.await.unwrap();
+    // base64("monitor:pw-in-url")
+    let token = "bW9uaXRvcjpwdy1pbi11cmw=";
+    assert!(
+        head.contains(&format!("authorization: Basic {token}\r\n")),
+        "{head}"
+    );
+    assert!(
+        head.contains(&format!("host: 127.0.0.1:{}\r\n", addr.port())),
+        "{head}"
+    );
+    assert_down_containing(&outcome, "HTTP 401");
     assert!(!outcome.reason.contains("pw-in-url"), "{outcome:?}");
+    assert!(!outcome.reason.contains(token), "{outcome:?}");
+}
+
+/// The drain's quorum check asks the management API the `http` probe talks to (its authority,
+/// the fixed quorum path, the URL's credentials) and reads the critical queues from a 503.
+#[tokio::test]
+async fn quorum_check_asks_the_probes_management_api() {
+    let body = r#"{"status":"failed","reason":"would lose quorum","queues":[{"name":"qq","readable_name":"queue 'qq' in vhost '/'"}]}"#;
+    let (addr, fake) = fake_http(503, body).await;
+    let kind = Probe::Http {
+        url: probe_url(&format!(
+            "http://monitor:pw@{{host}}:{}/api/health/checks/alarms",
+            addr.port()
+        )),
+        user: None,
+        password: None,
+        password_file: None,
+    };
+    let answer = quorum_check(&kind, &target(addr, ProxyProtocol::Off), TIMEOUT).await;
+    assert_eq!(
+        answer,
+        QuorumCheck::Critical {
+            reason: "would lose quorum".into(),
+            queues: vec!["queue 'qq' in vhost '/'".into()],
+        }
+    );
+    let head = fake.await.unwrap();
+    assert!(
+        head.starts_with("GET /api/health/checks/node-is-quorum-critical HTTP/1.1\r\n"),
+        "{head}"
+    );
+    // base64("monitor:pw")
+    assert!(
+        head.contains("authorization: Basic bW9uaXRvcjpwdw==\r\n"),
+        "{head}"
+    );
+}
+
+/// An https URL is refused where probe URLs are parsed (at config load, by [`ProbeUrl::parse`]),
+/// so no probe ever runs with one.
+#[tokio::test]
+async fn http_probe_refuses_https_urls() {
+    let refused = ProbeUrl::parse("https://user:pw-in-url@{host}:15671/api/health")
+        .expect_err("https is refused")
+        .to_string();
+    assert!(refused.contains("not http://"), "{refused}");
+    assert!(!refused.contains("pw-in-url"), "{refused}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -560,10 +631,10 @@ impl Node {
             (
                 "http",
                 Probe::Http {
-                    url: format!(
+                    url: probe_url(&format!(
                         "http://{{host}}:{}/api/health/checks/virtual-hosts",
                         self.mgmt_port
-                    ),
+                    )),
                     user: Some("guest".into()),
                     password: Some(Secret("guest".into())),
                     password_file: None,

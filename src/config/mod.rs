@@ -1,0 +1,747 @@
+//! Configuration: the TOML file (or the quick-start flags) turned into a validated, immutable
+//! [`Config`] snapshot. Parsing happens in two steps, raw serde structs then `validate()`, and
+//! every error names the file, the key path, the bad value and, where known, the line.
+//! This module is pure apart from reading the file and resolving host names in [`load`]; it must
+//! not touch sockets, the runtime or shared state.
+//!
+//! This file holds the snapshot types, the defaults, the names of enumerated values, the errors
+//! and the entry points. The stages have a file each: `raw` (the serde structs), `validate` (the
+//! walk and the checks shared by every section), one file per section (`admin`, `listeners`,
+//! `pools`, `hooks`), and `text` (host:port, and parse errors turned into lines and key paths).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::http_client::{without_userinfo, HttpUrl, ProbeUrl, UrlError};
+use crate::source::SourceList;
+
+/// A validated configuration: what the rest of warren trusts without re-checking.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file it came from (`None` for the quick-start flags).
+    pub source: Option<PathBuf>,
+    /// `[admin]`; `None` when the section is absent (no admin server).
+    pub admin: Option<AdminConfig>,
+    /// `[[listener]]`, in file order.
+    pub listeners: Vec<ListenerConfig>,
+    /// `[pool.NAME]`, sorted by name.
+    pub pools: Vec<PoolConfig>,
+    /// `[[hook]]`, in file order.
+    pub hooks: Vec<HookConfig>,
+}
+
+/// `[admin]`: the admin API and `/metrics`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    pub token_file: Option<PathBuf>,
+    pub state_file: Option<PathBuf>,
+    /// Admin connections open at once, from every source together.
+    pub max_connections: usize,
+    /// Admin connections open at once from one source (an IPv4 address, an IPv6 /64).
+    pub max_connections_per_source: usize,
+    /// How long a connection may stay open without sending a complete request head.
+    pub idle_timeout: Duration,
+}
+
+impl Default for AdminConfig {
+    /// `[admin]` with every key at its default.
+    fn default() -> AdminConfig {
+        AdminConfig {
+            listen: DEFAULT_ADMIN_LISTEN,
+            token_file: None,
+            state_file: None,
+            max_connections: DEFAULT_ADMIN_MAX_CONNECTIONS,
+            max_connections_per_source: DEFAULT_ADMIN_MAX_CONNECTIONS_PER_SOURCE,
+            idle_timeout: DEFAULT_ADMIN_IDLE_TIMEOUT,
+        }
+    }
+}
+
+/// PROXY protocol version sent to the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProxyProtocol {
+    Off,
+    V1,
+    V2,
+}
+
+/// `[[listener]]`: one listening socket and the pool it forwards to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub pool: String,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// 0 = try every eligible backend.
+    pub next_upstream_tries: u32,
+    /// `None` = no overall limit ("0s" in the file).
+    pub next_upstream_timeout: Option<Duration>,
+    pub max_connections: usize,
+    pub proxy_protocol: ProxyProtocol,
+    pub accept_proxy_protocol: bool,
+    /// Sources allowed to send a PROXY header; `None` = any source (the key is absent).
+    pub proxy_protocol_from: Option<SourceList>,
+    /// How long a client may take to send its PROXY header.
+    pub proxy_protocol_timeout: Duration,
+}
+
+/// Balancing algorithm of a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Balance {
+    RoundRobin,
+    LeastConn,
+    RandomTwo,
+    SourceHash,
+}
+
+/// `[pool.NAME]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolConfig {
+    pub name: String,
+    pub balance: Balance,
+    pub min_available: usize,
+    pub health: Option<HealthConfig>,
+    /// In file order; never empty.
+    pub backends: Vec<BackendConfig>,
+}
+
+/// `[pool.NAME.health]`: the active probe.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthConfig {
+    pub probe: Probe,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive successes that bring a backend up (>= 1).
+    pub rise: u32,
+    /// Consecutive failures that bring a backend down (>= 1).
+    pub fall: u32,
+}
+
+/// What a probe does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Probe {
+    Tcp,
+    Amqp,
+    /// Full login with an AMQP client; `uri` may contain `{host}` and `{port}`.
+    AmqpLogin {
+        uri: Secret,
+    },
+    /// GET `url` (may contain `{host}` and `{port}`); 2xx = up. A `user:pass@` in `url` and
+    /// `user` are exclusive (checked at load).
+    Http {
+        url: ProbeUrl,
+        user: Option<String>,
+        password: Option<Secret>,
+        password_file: Option<PathBuf>,
+    },
+}
+
+/// A string that never shows in `Debug` output or logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// `[[pool.NAME.backend]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendConfig {
+    pub name: String,
+    /// Host as written (a name or an IP literal, IPv6 without brackets); used by probe templates.
+    pub host: String,
+    pub port: u16,
+    /// The resolved address connections go to.
+    pub addr: SocketAddr,
+    /// >= 1.
+    pub weight: u32,
+    pub backup: bool,
+}
+
+/// Events a hook can subscribe to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HookEvent {
+    BackendDown,
+    BackendUp,
+    PoolDegraded,
+    PoolDown,
+    PoolFailover,
+    PoolFailback,
+    DrainStarted,
+    DrainComplete,
+}
+
+/// What a hook runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HookAction {
+    /// argv, no shell; never empty.
+    Exec(Vec<String>),
+    /// POST JSON to this http:// URL (its `user:pass@` is sent as basic authentication).
+    Webhook(HttpUrl),
+}
+
+/// `[[hook]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HookConfig {
+    pub on: Vec<HookEvent>,
+    pub action: HookAction,
+    pub timeout: Duration,
+}
+
+mod admin;
+mod hooks;
+mod listeners;
+mod pools;
+mod raw;
+mod text;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+use raw::*;
+use text::*;
+use validate::*;
+
+// ---------------------------------------------------------------------------------------------
+// Defaults. Public so that `import-nginx`, the README and tests can name them instead of
+// repeating the numbers.
+
+/// How long a backend without a probe stays out after a failed connect (NGINX's `fail_timeout`).
+pub const DEFAULT_HOLD_DOWN: Duration = Duration::from_secs(10);
+
+/// `listener.connect_timeout` when omitted: nginx's `proxy_connect_timeout` default.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+/// `listener.idle_timeout` when omitted: nginx's `proxy_timeout` default.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+/// `listener.next_upstream_tries` when omitted: 0 = every eligible backend, as nginx does,
+/// but at most [`MAX_AUTOMATIC_TRIES`].
+pub const DEFAULT_NEXT_UPSTREAM_TRIES: u32 = 0;
+/// Backends tried per connection when `next_upstream_tries` is 0: every one of a RabbitMQ
+/// cluster, never thousands (a client of a large pool that refuses everywhere would otherwise
+/// try every backend, burning a core for tens of seconds). An explicit value is not capped.
+pub const MAX_AUTOMATIC_TRIES: usize = 16;
+/// Backends one pool may have: the size warren is tested at (`/metrics`, probes and the admin
+/// API stay quick there).
+pub const MAX_BACKENDS_PER_POOL: usize = 1000;
+/// `listener.max_connections` when omitted.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 100_000;
+/// `listener.proxy_protocol` when omitted.
+pub const DEFAULT_PROXY_PROTOCOL: ProxyProtocol = ProxyProtocol::Off;
+/// `listener.accept_proxy_protocol` when omitted.
+pub const DEFAULT_ACCEPT_PROXY_PROTOCOL: bool = false;
+/// `listener.proxy_protocol_timeout` when omitted: a balancer sends its header with the
+/// connection's first bytes, so 5 s is generous and a slow-header client is let go early.
+pub const DEFAULT_PROXY_PROTOCOL_TIMEOUT: Duration = Duration::from_secs(5);
+/// `admin.max_connections` when omitted: far above scrapers, probes and `warren ctl`, far below
+/// any descriptor limit warren runs with.
+pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 64;
+/// `admin.max_connections_per_source` when omitted.
+pub const DEFAULT_ADMIN_MAX_CONNECTIONS_PER_SOURCE: usize = 16;
+/// `admin.idle_timeout` when omitted.
+pub const DEFAULT_ADMIN_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// `pool.balance` when omitted: nginx's default.
+pub const DEFAULT_BALANCE: Balance = Balance::RoundRobin;
+/// `pool.min_available` when omitted.
+pub const DEFAULT_MIN_AVAILABLE: usize = 1;
+/// `health.interval` when omitted.
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(2);
+/// `health.timeout` when omitted.
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+/// `health.rise` when omitted.
+pub const DEFAULT_RISE: u32 = 2;
+/// `health.fall` when omitted.
+pub const DEFAULT_FALL: u32 = 3;
+/// `backend.weight` when omitted.
+pub const DEFAULT_WEIGHT: u32 = 1;
+/// `backend.backup` when omitted.
+pub const DEFAULT_BACKUP: bool = false;
+/// `hook.timeout` when omitted.
+pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(30);
+/// `admin.listen` when `[admin]` is present without it: loopback, so no token is required.
+pub const DEFAULT_ADMIN_LISTEN: SocketAddr =
+    SocketAddr::V4(std::net::SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9901));
+
+/// Longest `listener.connect_timeout`: one connect attempt.
+pub const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(60 * 60);
+/// Longest `listener.idle_timeout`.
+pub const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+/// Longest `listener.next_upstream_timeout`.
+pub const MAX_NEXT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
+/// Longest `health.interval` and `health.timeout`.
+pub const MAX_PROBE_DURATION: Duration = Duration::from_secs(60 * 60);
+/// Longest `hook.timeout`.
+pub const MAX_HOOK_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
+/// Longest value of any other duration key: keeps every deadline warren computes from a
+/// configured duration (`now + d`) far from overflowing.
+pub const MAX_DURATION: Duration = Duration::from_secs(31_557_600);
+
+/// The longest value a duration key accepts, by the key's last part (and `hook[` prefix).
+/// Loading refuses longer values, so no arithmetic on a configured duration can overflow.
+pub fn max_duration(key: &str) -> Duration {
+    let last = key.rsplit('.').next().unwrap_or(key);
+    match last {
+        "connect_timeout" => MAX_CONNECT_TIMEOUT,
+        "idle_timeout" => MAX_IDLE_TIMEOUT,
+        "next_upstream_timeout" => MAX_NEXT_UPSTREAM_TIMEOUT,
+        "timeout" if key.starts_with("hook[") => MAX_HOOK_TIMEOUT,
+        "interval" | "timeout" => MAX_PROBE_DURATION,
+        _ => MAX_DURATION,
+    }
+}
+
+/// The largest config file `load` reads; a larger one (or `/dev/zero`) is refused unread.
+pub const MAX_CONFIG_BYTES: u64 = 16 * 1024 * 1024;
+
+/// What error messages call the quick-start flags, which have no file.
+pub const QUICK_START_SOURCE: &str = "command line";
+
+// ---------------------------------------------------------------------------------------------
+// Names of the enumerated values, as written in the file.
+
+/// A closed set of values written as lower-case names in the file.
+trait Named: Copy + 'static {
+    const ALL: &'static [Self];
+    fn as_str(self) -> &'static str;
+}
+
+impl Named for ProxyProtocol {
+    const ALL: &'static [Self] = &[ProxyProtocol::Off, ProxyProtocol::V1, ProxyProtocol::V2];
+    fn as_str(self) -> &'static str {
+        ProxyProtocol::as_str(self)
+    }
+}
+
+impl ProxyProtocol {
+    /// The name used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProxyProtocol::Off => "off",
+            ProxyProtocol::V1 => "v1",
+            ProxyProtocol::V2 => "v2",
+        }
+    }
+}
+
+impl Named for Balance {
+    const ALL: &'static [Self] = &[
+        Balance::RoundRobin,
+        Balance::LeastConn,
+        Balance::RandomTwo,
+        Balance::SourceHash,
+    ];
+    fn as_str(self) -> &'static str {
+        Balance::as_str(self)
+    }
+}
+
+impl Balance {
+    /// The name used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balance::RoundRobin => "round_robin",
+            Balance::LeastConn => "least_conn",
+            Balance::RandomTwo => "random_two",
+            Balance::SourceHash => "source_hash",
+        }
+    }
+}
+
+impl Named for HookEvent {
+    const ALL: &'static [Self] = &HookEvent::ALL;
+    fn as_str(self) -> &'static str {
+        HookEvent::as_str(self)
+    }
+}
+
+impl HookEvent {
+    /// Every event, in the order DESIGN.md lists them.
+    pub const ALL: [HookEvent; 8] = [
+        HookEvent::BackendDown,
+        HookEvent::BackendUp,
+        HookEvent::PoolDegraded,
+        HookEvent::PoolDown,
+        HookEvent::PoolFailover,
+        HookEvent::PoolFailback,
+        HookEvent::DrainStarted,
+        HookEvent::DrainComplete,
+    ];
+
+    /// The name used in the config file, `WARREN_EVENT` and the `event` metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookEvent::BackendDown => "backend_down",
+            HookEvent::BackendUp => "backend_up",
+            HookEvent::PoolDegraded => "pool_degraded",
+            HookEvent::PoolDown => "pool_down",
+            HookEvent::PoolFailover => "pool_failover",
+            HookEvent::PoolFailback => "pool_failback",
+            HookEvent::DrainStarted => "drain_started",
+            HookEvent::DrainComplete => "drain_complete",
+        }
+    }
+}
+
+fn lookup<T: Named>(name: &str) -> Option<T> {
+    T::ALL.iter().copied().find(|v| v.as_str() == name)
+}
+
+fn names_of<T: Named>() -> String {
+    let names: Vec<&str> = T::ALL.iter().map(|v| v.as_str()).collect();
+    names.join(", ")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Snapshot helpers.
+
+impl Config {
+    /// One-line summary for `warren check`, e.g. `"warren.toml: ok: 1 listener, 1 pool, 2 backends, 0 hooks"`.
+    pub fn summary(&self) -> String {
+        let source = match &self.source {
+            Some(path) => path.display().to_string(),
+            None => QUICK_START_SOURCE.to_string(),
+        };
+        let backends: usize = self.pools.iter().map(|p| p.backends.len()).sum();
+        format!(
+            "{source}: ok: {}, {}, {}, {}",
+            count(self.listeners.len(), "listener"),
+            count(self.pools.len(), "pool"),
+            count(backends, "backend"),
+            count(self.hooks.len(), "hook"),
+        )
+    }
+
+    /// Settings that load but that an operator should hear about: each a sentence naming the
+    /// key. Logged at start and at each reload, printed by `warren check`.
+    pub fn warnings(&self) -> Vec<String> {
+        self.listeners
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.accept_proxy_protocol && l.proxy_protocol_from.is_none())
+            .map(|(i, l)| {
+                format!(
+                    "listener[{i}] ({}): accept_proxy_protocol = true without \
+                     proxy_protocol_from: a PROXY header from any source is believed, so any \
+                     client that reaches {} can choose the address RabbitMQ sees; list the \
+                     balancers in proxy_protocol_from",
+                    l.name, l.listen
+                )
+            })
+            .collect()
+    }
+
+    /// The pool called `name`.
+    pub fn pool(&self, name: &str) -> Option<&PoolConfig> {
+        self.pools.iter().find(|p| p.name == name)
+    }
+}
+
+fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+impl ListenerConfig {
+    /// A listener with every optional key at its default.
+    pub fn default_for(name: &str, listen: SocketAddr, pool: &str) -> ListenerConfig {
+        ListenerConfig {
+            name: name.to_string(),
+            listen,
+            pool: pool.to_string(),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            next_upstream_tries: DEFAULT_NEXT_UPSTREAM_TRIES,
+            next_upstream_timeout: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            proxy_protocol: DEFAULT_PROXY_PROTOCOL,
+            accept_proxy_protocol: DEFAULT_ACCEPT_PROXY_PROTOCOL,
+            proxy_protocol_from: None,
+            proxy_protocol_timeout: DEFAULT_PROXY_PROTOCOL_TIMEOUT,
+        }
+    }
+}
+
+impl PoolConfig {
+    /// Backends with `backup = false`: the ones `min_available` and `pool_degraded` count.
+    pub fn primary_count(&self) -> usize {
+        self.backends.iter().filter(|b| !b.backup).count()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors.
+
+/// Why a config could not be loaded. `Display` is meant for the operator as is.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{}: cannot read: {source}", .file.display())]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file is larger than [`MAX_CONFIG_BYTES`] (or endless, like `/dev/zero`).
+    #[error("{}: too large: a config file may have at most {max} bytes", .file.display())]
+    TooLarge { file: PathBuf, max: u64 },
+    /// The file is not UTF-8 (TOML must be).
+    #[error("{}:{line}:{column}: is not valid UTF-8 (byte offset {offset})", .file.display())]
+    NotUtf8 {
+        file: PathBuf,
+        offset: usize,
+        line: usize,
+        column: usize,
+    },
+    /// TOML syntax, an unknown key or a value of the wrong type.
+    #[error("{}", render_parse(.file, *.line, *.column, .key.as_deref(), .message, .source_line))]
+    Parse {
+        file: PathBuf,
+        line: usize,
+        column: usize,
+        /// Best-effort key path, e.g. `pool.rabbitmq.backend[1].weigth`.
+        key: Option<String>,
+        message: String,
+        /// The offending line as written, trimmed, so the bad value shows without opening the file.
+        source_line: String,
+    },
+    /// The file parsed but its values do not make a working config; every problem found.
+    #[error("{}", render_problems(.file, .problems))]
+    Invalid {
+        file: PathBuf,
+        problems: Vec<Problem>,
+    },
+}
+
+/// One validation problem: which key, what value, where, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Key path, e.g. `listener[1].listen` or `pool.rabbitmq.backend[0].addr`.
+    pub key: String,
+    /// The offending value as written (strings quoted, secrets masked); empty for a missing key.
+    pub value: String,
+    /// 1-based line in the file, when known.
+    pub line: Option<usize>,
+    /// What is wrong and, where possible, how to fix it.
+    pub message: String,
+}
+
+impl Problem {
+    /// `FILE:LINE: KEY = VALUE: MESSAGE`, leaving out `:LINE` and `= VALUE` when unknown.
+    pub fn render(&self, file: &Path) -> String {
+        let mut out = file.display().to_string();
+        if let Some(line) = self.line {
+            let _ = write!(out, ":{line}");
+        }
+        let _ = write!(out, ": {}", self.key);
+        if !self.value.is_empty() {
+            let _ = write!(out, " = {}", self.value);
+        }
+        let _ = write!(out, ": {}", self.message);
+        out
+    }
+}
+
+impl ConfigError {
+    /// One line per problem, for `warren check` to print.
+    pub fn problems(&self) -> Vec<String> {
+        match self {
+            ConfigError::Invalid { file, problems } => {
+                problems.iter().map(|p| p.render(file)).collect()
+            }
+            other => vec![other.to_string()],
+        }
+    }
+}
+
+fn render_parse(
+    file: &Path,
+    line: usize,
+    column: usize,
+    key: Option<&str>,
+    message: &str,
+    source_line: &str,
+) -> String {
+    let mut out = format!("{}:{line}:{column}: ", file.display());
+    if let Some(key) = key {
+        let _ = write!(out, "{key}: ");
+    }
+    out.push_str(message);
+    if !source_line.is_empty() {
+        let _ = write!(out, " in `{source_line}`");
+    }
+    out
+}
+
+fn render_problems(file: &Path, problems: &[Problem]) -> String {
+    let lines: Vec<String> = problems.iter().map(|p| p.render(file)).collect();
+    lines.join("\n")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Public entry points.
+
+/// Read, parse, validate and resolve a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let bytes = read_bounded(path)?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let offset = e.utf8_error().valid_up_to();
+        let (line, column) = line_col(e.as_bytes(), offset);
+        ConfigError::NotUtf8 {
+            file: path.to_path_buf(),
+            offset,
+            line,
+            column,
+        }
+    })?;
+    from_toml(&text, path)
+}
+
+/// Read at most [`MAX_CONFIG_BYTES`]: a larger file (or an endless one such as `/dev/zero`) is
+/// an error, never a read until memory runs out.
+fn read_bounded(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    use std::io::Read;
+    let read_error = |source| ConfigError::Read {
+        file: path.to_path_buf(),
+        source,
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(read_error)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(ConfigError::TooLarge {
+            file: path.to_path_buf(),
+            max: MAX_CONFIG_BYTES,
+        });
+    }
+    Ok(bytes)
+}
+
+/// Parse + validate from a string; `file` is only used in error messages. Resolves host names.
+pub fn from_toml(text: &str, file: &Path) -> Result<Config, ConfigError> {
+    parse_with(text, file, &resolve_system)
+}
+
+/// [`from_toml`] without DNS: a backend or probe host that is not an IP literal is reported as a
+/// problem instead of resolved. Same parser and validation, so it is what the fuzz targets and
+/// their corpus replay run (deterministic, no network).
+pub fn from_toml_offline(text: &str, file: &Path) -> Result<Config, ConfigError> {
+    parse_with(text, file, &|host: &str, port: u16| {
+        host.parse::<IpAddr>()
+            .map(|ip| SocketAddr::new(ip, port))
+            .map_err(|_| format!("{host} is not an IP address (offline parse, nothing resolved)"))
+    })
+}
+
+/// The no-file quick start: listener "default" on `listen` → pool "default" with `backends`.
+///
+/// Backends are named `backend-1`, `backend-2`, … in order; everything else is at its default
+/// and there is no active health check. Problems name the flags (`--listen`, `--backend`).
+pub fn quick_start(listen: &str, backends: &[String]) -> Result<Config, ConfigError> {
+    quick_start_with(listen, backends, &resolve_system)
+}
+
+/// Parse "5s", "2m", "1h30m", "250ms", "0s"; the error says what format is expected.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| {
+        format!(
+            "not a duration ({e}); expected a number with a unit, like \"5s\", \"2m\", \"1h30m\" or \"250ms\""
+        )
+    })
+}
+
+/// Turns a backend host name into an address. Validation takes it as a parameter so that tests
+/// run without DNS.
+type Resolve<'r> = &'r dyn Fn(&str, u16) -> Result<SocketAddr, String>;
+
+fn resolve_system(host: &str, port: u16) -> Result<SocketAddr, String> {
+    let mut addrs = (host, port).to_socket_addrs().map_err(|e| e.to_string())?;
+    addrs
+        .next()
+        .ok_or_else(|| "the name has no addresses".to_string())
+}
+
+fn parse_with(text: &str, file: &Path, resolve: Resolve<'_>) -> Result<Config, ConfigError> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| parse_error(file, text, &e))?;
+    let mut config =
+        validate(raw, Some(text), resolve).map_err(|problems| ConfigError::Invalid {
+            file: file.to_path_buf(),
+            problems,
+        })?;
+    config.source = Some(file.to_path_buf());
+    Ok(config)
+}
+
+fn quick_start_with(
+    listen: &str,
+    backends: &[String],
+    resolve: Resolve<'_>,
+) -> Result<Config, ConfigError> {
+    const NAME: &str = "default";
+    let backend = backends
+        .iter()
+        .enumerate()
+        .map(|(i, addr)| RawBackend {
+            name: unspanned(format!("backend-{}", i + 1)),
+            addr: unspanned(addr.clone()),
+            weight: None,
+            backup: None,
+        })
+        .collect();
+    let pool = RawPool {
+        balance: None,
+        min_available: None,
+        health: None,
+        backend,
+    };
+    let raw = RawConfig {
+        admin: None,
+        listener: vec![RawListener {
+            name: unspanned(NAME.to_string()),
+            listen: unspanned(listen.to_string()),
+            pool: unspanned(NAME.to_string()),
+            connect_timeout: None,
+            idle_timeout: None,
+            next_upstream_tries: None,
+            next_upstream_timeout: None,
+            max_connections: None,
+            proxy_protocol: None,
+            accept_proxy_protocol: None,
+            proxy_protocol_from: None,
+            proxy_protocol_timeout: None,
+        }],
+        pool: BTreeMap::from([(unspanned(NAME.to_string()), pool)]),
+        hook: Vec::new(),
+    };
+    validate(raw, None, resolve).map_err(|problems| ConfigError::Invalid {
+        file: PathBuf::from(QUICK_START_SOURCE),
+        problems: problems.into_iter().map(flag_problem).collect(),
+    })
+}
+
+/// Quick-start values come from flags, so problems name the flag instead of a file key.
+fn flag_problem(mut problem: Problem) -> Problem {
+    if problem.key.starts_with("listener[0].listen") {
+        problem.key = "--listen".to_string();
+    } else if problem.key.starts_with("pool.default.backend") {
+        problem.key = "--backend".to_string();
+    }
+    problem
+}
+
+fn unspanned<T>(value: T) -> Spanned<T> {
+    Spanned::new(0..0, value)
+}

@@ -1,0 +1,296 @@
+//! Validation of `[pool.NAME]`: balancing, `min_available`, the health section and its probe
+//! (with the `http` probe's URL and credentials), and each backend.
+
+use super::*;
+
+impl Validator<'_> {
+    pub(super) fn pool(&mut self, name: Str, raw: RawPool) -> PoolConfig {
+        let key = format!("pool.{}", name.get_ref());
+        self.name(&key, &name, "pool");
+        let balance = self.choice(
+            &format!("{key}.balance"),
+            raw.balance.as_ref(),
+            DEFAULT_BALANCE,
+        );
+        let health = raw.health.map(|h| self.health(&format!("{key}.health"), h));
+        let mut names: HashMap<String, usize> = HashMap::new();
+        let mut backends = Vec::with_capacity(raw.backend.len());
+        for (i, raw) in raw.backend.into_iter().enumerate() {
+            let backend_key = format!("{key}.backend[{i}]");
+            if self.name(&format!("{backend_key}.name"), &raw.name, "backend") {
+                let name = raw.name.get_ref();
+                if let Some(first) = names.get(name) {
+                    self.report(
+                        format!("{backend_key}.name"),
+                        quote(name),
+                        Some(raw.name.span()),
+                        format!("duplicate backend name in this pool (also {key}.backend[{first}].name)"),
+                    );
+                } else {
+                    names.insert(name.clone(), i);
+                }
+            }
+            backends.push(self.backend(&backend_key, raw));
+        }
+        let primaries = backends.iter().filter(|b| !b.backup).count();
+        if backends.is_empty() {
+            self.report(
+                format!("{key}.backend"),
+                "",
+                Some(name.span()),
+                "the pool has no backends; add at least one backend",
+            );
+        } else if backends.len() > MAX_BACKENDS_PER_POOL {
+            self.report(
+                format!("{key}.backend"),
+                backends.len().to_string(),
+                Some(name.span()),
+                format!(
+                    "too many backends: a pool may have at most {MAX_BACKENDS_PER_POOL} \
+                     (the size warren is tested at); split it into several pools"
+                ),
+            );
+        } else if primaries == 0 {
+            self.report(
+                format!("{key}.backend"),
+                "",
+                Some(name.span()),
+                "every backend is a backup; at least one needs backup = false",
+            );
+        }
+        let min_available = match &raw.min_available {
+            Some(min) => {
+                if primaries > 0 && *min.get_ref() > primaries {
+                    self.report(
+                        format!("{key}.min_available"),
+                        min.get_ref().to_string(),
+                        Some(min.span()),
+                        format!(
+                            "is more than the {primaries} primary (non-backup) backend(s): \
+                             every drain would be refused"
+                        ),
+                    );
+                }
+                *min.get_ref()
+            }
+            None => DEFAULT_MIN_AVAILABLE,
+        };
+        PoolConfig {
+            name: name.into_inner(),
+            balance,
+            min_available,
+            health,
+            backends,
+        }
+    }
+
+    pub(super) fn health(&mut self, key: &str, raw: RawHealth) -> HealthConfig {
+        let kind = raw.kind.get_ref().as_str();
+        let kind_span = Some(raw.kind.span());
+        const KINDS: &str = "tcp, amqp, amqp_login, http";
+        if !matches!(kind, "tcp" | "amqp" | "amqp_login" | "http") {
+            self.report(
+                format!("{key}.kind"),
+                quote(kind),
+                kind_span.clone(),
+                format!("unknown probe kind; expected one of {KINDS}"),
+            );
+        }
+        // Keys of one probe kind set on another are a mistake, not something to ignore.
+        let http_keys = [
+            ("url", &raw.url, false),
+            ("user", &raw.user, false),
+            ("password", &raw.password, true),
+            ("password_file", &raw.password_file, false),
+        ];
+        for (name, value, secret) in http_keys {
+            if let (Some(value), false) = (value, kind == "http") {
+                let shown = if secret {
+                    MASKED.to_string()
+                } else {
+                    quote(value.get_ref())
+                };
+                self.report(
+                    format!("{key}.{name}"),
+                    shown,
+                    Some(value.span()),
+                    format!("only used by kind = \"http\", not kind = {}", quote(kind)),
+                );
+            }
+        }
+        if let (Some(uri), false) = (&raw.uri, kind == "amqp_login") {
+            self.report(
+                format!("{key}.uri"),
+                MASKED,
+                Some(uri.span()),
+                format!(
+                    "only used by kind = \"amqp_login\", not kind = {}",
+                    quote(kind)
+                ),
+            );
+        }
+        let probe = match kind {
+            "amqp" => Probe::Amqp,
+            "amqp_login" => match raw.uri {
+                Some(uri) => {
+                    let text = uri.get_ref();
+                    if !(text.starts_with("amqp://") || text.starts_with("amqps://")) {
+                        // The value usually carries a password, so only its shape is described.
+                        self.report(
+                            format!("{key}.uri"),
+                            MASKED,
+                            Some(uri.span()),
+                            "must start with amqp:// or amqps://, e.g. \"amqp://user:pass@{host}:{port}/%2f\"",
+                        );
+                    }
+                    Probe::AmqpLogin {
+                        uri: Secret(uri.into_inner()),
+                    }
+                }
+                None => {
+                    self.report(
+                        format!("{key}.uri"),
+                        "",
+                        kind_span.clone(),
+                        "required for kind = \"amqp_login\", e.g. uri = \"amqp://user:pass@{host}:{port}/%2f\"",
+                    );
+                    Probe::Tcp
+                }
+            },
+            "http" => self.http_probe(
+                key,
+                kind_span,
+                raw.url,
+                raw.user,
+                raw.password,
+                raw.password_file,
+            ),
+            _ => Probe::Tcp,
+        };
+        let interval = self.positive_duration(
+            &format!("{key}.interval"),
+            raw.interval.as_ref(),
+            DEFAULT_HEALTH_INTERVAL,
+        );
+        let timeout = self.positive_duration(
+            &format!("{key}.timeout"),
+            raw.timeout.as_ref(),
+            DEFAULT_HEALTH_TIMEOUT,
+        );
+        // A timeout at or above interval is allowed (HAProxy's `inter` with a longer
+        // `timeout check`): probes of one backend run one after another, so the next one starts
+        // when the previous one ends, never overlapping it (see `health::Controller`).
+        HealthConfig {
+            probe,
+            interval,
+            timeout,
+            rise: self.positive_count(&format!("{key}.rise"), raw.rise.as_ref(), DEFAULT_RISE),
+            fall: self.positive_count(&format!("{key}.fall"), raw.fall.as_ref(), DEFAULT_FALL),
+        }
+    }
+
+    pub(super) fn http_probe(
+        &mut self,
+        key: &str,
+        kind_span: Option<Range<usize>>,
+        url: Option<Str>,
+        user: Option<Str>,
+        password: Option<Str>,
+        password_file: Option<Str>,
+    ) -> Probe {
+        let url = match url {
+            Some(url) => self.probe_url(&format!("{key}.url"), &url, user.as_ref()),
+            None => {
+                self.report(
+                    format!("{key}.url"),
+                    "",
+                    kind_span,
+                    "required for kind = \"http\", e.g. url = \
+                     \"http://{host}:15672/api/health/checks/ready-to-serve-clients\"",
+                );
+                None
+            }
+        };
+        if let (Some(_), Some(file)) = (&password, &password_file) {
+            self.report(
+                format!("{key}.password_file"),
+                quote(file.get_ref()),
+                Some(file.span()),
+                "password and password_file are mutually exclusive; keep one",
+            );
+        }
+        if user.is_none() {
+            if let Some(secret) = password.as_ref().or(password_file.as_ref()) {
+                self.report(
+                    format!("{key}.user"),
+                    "",
+                    Some(secret.span()),
+                    "required when password or password_file is set",
+                );
+            }
+        }
+        let password_file = self.path(&format!("{key}.password_file"), password_file.as_ref());
+        let Some(url) = url else {
+            // Reported above; keeps building the snapshot so later keys are checked too.
+            return Probe::Tcp;
+        };
+        Probe::Http {
+            url,
+            user: user.map(Spanned::into_inner),
+            password: password.map(|p| Secret(p.into_inner())),
+            password_file,
+        }
+    }
+
+    /// An `http` probe's URL, parsed as every probe will use it (`{host}` and `{port}` filled
+    /// in), so `check` refuses what would fail every probe. Credentials go either in the URL or
+    /// in `user`: with both, which one is sent would be a guess.
+    pub(super) fn probe_url(
+        &mut self,
+        key: &str,
+        url: &Str,
+        user: Option<&Str>,
+    ) -> Option<ProbeUrl> {
+        match ProbeUrl::parse(url.get_ref()) {
+            Ok(parsed) if parsed.has_credentials() && user.is_some() => {
+                self.report(
+                    key,
+                    quote(&without_userinfo(url.get_ref())),
+                    Some(url.span()),
+                    "user info (user:pass@) and user are mutually exclusive; keep one",
+                );
+                None
+            }
+            Ok(parsed) => Some(parsed),
+            Err(e) => {
+                self.url_problem(key, url, e);
+                None
+            }
+        }
+    }
+
+    pub(super) fn backend(&mut self, key: &str, raw: RawBackend) -> BackendConfig {
+        let addr_key = format!("{key}.addr");
+        let (host, port, addr) = match self.backend_addr(&addr_key, &raw.addr) {
+            Some(resolved) => resolved,
+            // Keeps building the snapshot so later keys are checked too; it is never returned.
+            None => (
+                raw.addr.get_ref().clone(),
+                0,
+                SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+            ),
+        };
+        BackendConfig {
+            name: raw.name.into_inner(),
+            host,
+            port,
+            addr,
+            weight: self.positive_count(
+                &format!("{key}.weight"),
+                raw.weight.as_ref(),
+                DEFAULT_WEIGHT,
+            ),
+            backup: raw.backup.unwrap_or(DEFAULT_BACKUP),
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! The file as written: serde structs that mirror the TOML. Fields that validation checks are
+//! `Spanned`, so a problem can name its line.
+
+use super::*;
+
+pub(super) type Str = Spanned<String>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    pub(super) admin: Option<RawAdmin>,
+    #[serde(default)]
+    pub(super) listener: Vec<RawListener>,
+    #[serde(default)]
+    pub(super) pool: BTreeMap<Str, RawPool>,
+    #[serde(default)]
+    pub(super) hook: Vec<RawHook>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAdmin {
+    pub(super) listen: Option<Str>,
+    pub(super) token_file: Option<Str>,
+    pub(super) state_file: Option<Str>,
+    pub(super) max_connections: Option<Spanned<usize>>,
+    pub(super) max_connections_per_source: Option<Spanned<usize>>,
+    pub(super) idle_timeout: Option<Str>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawListener {
+    pub(super) name: Str,
+    pub(super) listen: Str,
+    pub(super) pool: Str,
+    pub(super) connect_timeout: Option<Str>,
+    pub(super) idle_timeout: Option<Str>,
+    pub(super) next_upstream_tries: Option<u32>,
+    pub(super) next_upstream_timeout: Option<Str>,
+    pub(super) max_connections: Option<Spanned<usize>>,
+    pub(super) proxy_protocol: Option<Str>,
+    pub(super) accept_proxy_protocol: Option<bool>,
+    pub(super) proxy_protocol_from: Option<Spanned<Vec<Str>>>,
+    pub(super) proxy_protocol_timeout: Option<Str>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPool {
+    pub(super) balance: Option<Str>,
+    pub(super) min_available: Option<Spanned<usize>>,
+    pub(super) health: Option<RawHealth>,
+    #[serde(default)]
+    pub(super) backend: Vec<RawBackend>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHealth {
+    pub(super) kind: Str,
+    pub(super) interval: Option<Str>,
+    pub(super) timeout: Option<Str>,
+    pub(super) rise: Option<Spanned<u32>>,
+    pub(super) fall: Option<Spanned<u32>>,
+    pub(super) uri: Option<Str>,
+    pub(super) url: Option<Str>,
+    pub(super) user: Option<Str>,
+    pub(super) password: Option<Str>,
+    pub(super) password_file: Option<Str>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBackend {
+    pub(super) name: Str,
+    pub(super) addr: Str,
+    pub(super) weight: Option<Spanned<u32>>,
+    pub(super) backup: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHook {
+    pub(super) on: Spanned<Vec<Str>>,
+    pub(super) exec: Option<Spanned<Vec<String>>>,
+    pub(super) webhook: Option<Str>,
+    pub(super) timeout: Option<Str>,
+}

@@ -96,7 +96,44 @@ impl Validator<'_> {
                 format!("unknown probe kind; expected one of {KINDS}"),
             );
         }
-        // Keys of one probe kind set on another are a mistake, not something to ignore.
+        self.misplaced_probe_keys(key, kind, &raw);
+        let probe = match kind {
+            "amqp" => Probe::Amqp,
+            "amqp_login" => self.amqp_login_probe(key, kind_span.clone(), raw.uri),
+            "http" => self.http_probe(
+                key,
+                kind_span,
+                raw.url,
+                raw.user,
+                raw.password,
+                raw.password_file,
+            ),
+            _ => Probe::Tcp,
+        };
+        let interval = self.positive_duration(
+            &format!("{key}.interval"),
+            raw.interval.as_ref(),
+            DEFAULT_HEALTH_INTERVAL,
+        );
+        let timeout = self.positive_duration(
+            &format!("{key}.timeout"),
+            raw.timeout.as_ref(),
+            DEFAULT_HEALTH_TIMEOUT,
+        );
+        // A timeout at or above interval is allowed (HAProxy's `inter` with a longer
+        // `timeout check`): probes of one backend run one after another, so the next one starts
+        // when the previous one ends, never overlapping it (see `health::Controller`).
+        HealthConfig {
+            probe,
+            interval,
+            timeout,
+            rise: self.positive_count(&format!("{key}.rise"), raw.rise.as_ref(), DEFAULT_RISE),
+            fall: self.positive_count(&format!("{key}.fall"), raw.fall.as_ref(), DEFAULT_FALL),
+        }
+    }
+
+    /// Keys of one probe kind set on another are a mistake, not something to ignore.
+    fn misplaced_probe_keys(&mut self, key: &str, kind: &str, raw: &RawHealth) {
         let http_keys = [
             ("url", &raw.url, false),
             ("user", &raw.user, false),
@@ -129,63 +166,40 @@ impl Validator<'_> {
                 ),
             );
         }
-        let probe = match kind {
-            "amqp" => Probe::Amqp,
-            "amqp_login" => match raw.uri {
-                Some(uri) => {
-                    let text = uri.get_ref();
-                    if !(text.starts_with("amqp://") || text.starts_with("amqps://")) {
-                        // The value usually carries a password, so only its shape is described.
-                        self.report(
-                            format!("{key}.uri"),
-                            MASKED,
-                            Some(uri.span()),
-                            "must start with amqp:// or amqps://, e.g. \"amqp://user:pass@{host}:{port}/%2f\"",
-                        );
-                    }
-                    Probe::AmqpLogin {
-                        uri: Secret(uri.into_inner()),
-                    }
-                }
-                None => {
+    }
+
+    /// The `amqp_login` probe: its `uri` is required and must be an AMQP URI.
+    fn amqp_login_probe(
+        &mut self,
+        key: &str,
+        kind_span: Option<Range<usize>>,
+        uri: Option<Str>,
+    ) -> Probe {
+        match uri {
+            Some(uri) => {
+                let text = uri.get_ref();
+                if !(text.starts_with("amqp://") || text.starts_with("amqps://")) {
+                    // The value usually carries a password, so only its shape is described.
                     self.report(
-                        format!("{key}.uri"),
-                        "",
-                        kind_span.clone(),
-                        "required for kind = \"amqp_login\", e.g. uri = \"amqp://user:pass@{host}:{port}/%2f\"",
-                    );
-                    Probe::Tcp
+                    format!("{key}.uri"),
+                    MASKED,
+                    Some(uri.span()),
+                    "must start with amqp:// or amqps://, e.g. \"amqp://user:pass@{host}:{port}/%2f\"",
+                );
                 }
-            },
-            "http" => self.http_probe(
-                key,
-                kind_span,
-                raw.url,
-                raw.user,
-                raw.password,
-                raw.password_file,
-            ),
-            _ => Probe::Tcp,
-        };
-        let interval = self.positive_duration(
-            &format!("{key}.interval"),
-            raw.interval.as_ref(),
-            DEFAULT_HEALTH_INTERVAL,
-        );
-        let timeout = self.positive_duration(
-            &format!("{key}.timeout"),
-            raw.timeout.as_ref(),
-            DEFAULT_HEALTH_TIMEOUT,
-        );
-        // A timeout at or above interval is allowed (HAProxy's `inter` with a longer
-        // `timeout check`): probes of one backend run one after another, so the next one starts
-        // when the previous one ends, never overlapping it (see `health::Controller`).
-        HealthConfig {
-            probe,
-            interval,
-            timeout,
-            rise: self.positive_count(&format!("{key}.rise"), raw.rise.as_ref(), DEFAULT_RISE),
-            fall: self.positive_count(&format!("{key}.fall"), raw.fall.as_ref(), DEFAULT_FALL),
+                Probe::AmqpLogin {
+                    uri: Secret(uri.into_inner()),
+                }
+            }
+            None => {
+                self.report(
+                format!("{key}.uri"),
+                "",
+                kind_span.clone(),
+                "required for kind = \"amqp_login\", e.g. uri = \"amqp://user:pass@{host}:{port}/%2f\"",
+            );
+                Probe::Tcp
+            }
         }
     }
 

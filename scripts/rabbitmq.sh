@@ -27,12 +27,13 @@
 #   scripts/rabbitmq.sh cleanup BASEDIR
 #       stop every node under BASEDIR, then remove BASEDIR.
 #
-# Every wait is bounded: START_TIMEOUT (default 60) and STOP_TIMEOUT (default 30) seconds.
+# Every wait is bounded: START_TIMEOUT (default 180: a node still booting on a loaded machine
+# gets that long; one whose VM died fails at once) and STOP_TIMEOUT (default 30) seconds.
 # Only loopback addresses are used.
 set -euo pipefail
 
 RABBIT_BIN=/usr/lib/rabbitmq/bin
-START_TIMEOUT=${START_TIMEOUT:-60}
+START_TIMEOUT=${START_TIMEOUT:-180}
 STOP_TIMEOUT=${STOP_TIMEOUT:-30}
 
 log() { printf '==> rabbitmq.sh: %s\n' "$*" >&2; }
@@ -206,19 +207,38 @@ cmd_start() {
     log "starting $RABBITMQ_NODENAME (amqp $ip:$amqp_port, dist $dist_port, management $ip:$mgmt_port) in $NODE_DIR"
     "$RABBIT_BIN/rabbitmq-server" -detached >>"$NODE_DIR/start.out" 2>&1 ||
         die "rabbitmq-server -detached failed: $(tail -n 20 "$NODE_DIR/start.out")"
-    local deadline=$((SECONDS + START_TIMEOUT))
+    # A node whose VM still runs is still booting: on a loaded machine (nodes of a cluster boot
+    # side by side, on CPUs shared with builds) that takes longer, so it gets up to
+    # START_TIMEOUT. A VM that is gone will never boot: that fails at once, saying why.
+    local deadline=$((SECONDS + START_TIMEOUT)) started=0
     while :; do
         if ctl -q await_startup --timeout 5 >/dev/null 2>&1; then
-            log "$RABBITMQ_NODENAME is up"
+            log "$RABBITMQ_NODENAME is up after $((SECONDS - deadline + START_TIMEOUT))s"
             return 0
         fi
+        if node_pid >/dev/null; then
+            started=1
+        elif [ "$started" -eq 1 ] || [ -f "$NODE_DIR/erl_crash.dump" ]; then
+            boot_failure "$RABBITMQ_NODENAME stopped while booting"
+        fi
         if [ "$SECONDS" -ge "$deadline" ]; then
-            log "last lines of $(log_path):"
-            tail -n 30 "$(log_path)" >&2 2>/dev/null || true
-            die "$RABBITMQ_NODENAME did not boot within ${START_TIMEOUT}s"
+            boot_failure "$RABBITMQ_NODENAME did not boot within ${START_TIMEOUT}s"
         fi
         sleep 0.5
     done
+}
+
+# boot_failure MESSAGE: print what the node left (its log, the start script's output, the
+# crash dump's reason), then die with MESSAGE.
+boot_failure() {
+    log "last lines of $(log_path):"
+    tail -n 30 "$(log_path)" >&2 2>/dev/null || true
+    log "last lines of $NODE_DIR/start.out:"
+    tail -n 20 "$NODE_DIR/start.out" >&2 2>/dev/null || true
+    if [ -f "$NODE_DIR/erl_crash.dump" ]; then
+        log "crash dump: $(grep -m1 '^Slogan:' "$NODE_DIR/erl_crash.dump" 2>/dev/null || true)"
+    fi
+    die "$1"
 }
 
 log_path() {

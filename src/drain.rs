@@ -183,7 +183,7 @@ impl Drainer {
         if self.admin_state(id) != Some(AdminState::Active) {
             return QuorumCheck::NotApplicable;
         }
-        let target = probe::Target {
+        let target = probe::ProbeTarget {
             host: b.host.clone(),
             port: b.port,
             addr: b.addr,

@@ -445,18 +445,18 @@ impl Hooks {
 
 /// How a run ended; the `result` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Outcome {
+enum RunOutcome {
     Ok,
     Failed,
     Timeout,
 }
 
-impl Outcome {
+impl RunOutcome {
     fn as_str(self) -> &'static str {
         match self {
-            Outcome::Ok => "ok",
-            Outcome::Failed => "failed",
-            Outcome::Timeout => "timeout",
+            RunOutcome::Ok => "ok",
+            RunOutcome::Failed => "failed",
+            RunOutcome::Timeout => "timeout",
         }
     }
 }
@@ -464,7 +464,7 @@ impl Outcome {
 /// What one run produced, for the log line and the metric.
 #[derive(Debug)]
 struct Report {
-    outcome: Outcome,
+    outcome: RunOutcome,
     /// `exit 0`, `signal 9`, `HTTP 500`; `None` when the hook never got that far.
     status: Option<String>,
     /// First lines of stdout (exec) or of the response body (webhook).
@@ -475,7 +475,7 @@ struct Report {
 }
 
 impl Report {
-    fn error(outcome: Outcome, error: impl ToString) -> Report {
+    fn error(outcome: RunOutcome, error: impl ToString) -> Report {
         Report {
             outcome,
             status: None,
@@ -559,9 +559,9 @@ impl Worker {
             };
         }
         match report.outcome {
-            Outcome::Ok => log_run!(info, "hook ran"),
-            Outcome::Failed => log_run!(warn, "hook failed"),
-            Outcome::Timeout => log_run!(warn, "hook timed out"),
+            RunOutcome::Ok => log_run!(info, "hook ran"),
+            RunOutcome::Failed => log_run!(warn, "hook failed"),
+            RunOutcome::Timeout => log_run!(warn, "hook timed out"),
         }
     }
 }
@@ -573,7 +573,7 @@ async fn run_exec(argv: &[String], event: &Event, timeout: Duration) -> Report {
         .checked_add(timeout)
         .unwrap_or_else(|| Instant::now() + crate::config::MAX_HOOK_TIMEOUT);
     let Some((program, args)) = argv.split_first() else {
-        return Report::error(Outcome::Failed, "exec hook has no program");
+        return Report::error(RunOutcome::Failed, "exec hook has no program");
     };
     let mut command = Command::new(program);
     command
@@ -591,7 +591,7 @@ async fn run_exec(argv: &[String], event: &Event, timeout: Duration) -> Report {
     command.process_group(0);
     let mut child = match command.spawn() {
         Ok(child) => child,
-        Err(e) => return Report::error(Outcome::Failed, format!("cannot run {program}: {e}")),
+        Err(e) => return Report::error(RunOutcome::Failed, format!("cannot run {program}: {e}")),
     };
     let pid = child.id();
     // Declared after `child`, so dropped before it: if this future is dropped mid-run (the
@@ -613,16 +613,16 @@ async fn run_exec(argv: &[String], event: &Event, timeout: Duration) -> Report {
     let (outcome, status, mut error) = match tokio::time::timeout_at(deadline, child.wait()).await {
         Ok(Ok(status)) => {
             let outcome = if status.success() {
-                Outcome::Ok
+                RunOutcome::Ok
             } else {
-                Outcome::Failed
+                RunOutcome::Failed
             };
             (outcome, Some(describe(status)), None)
         }
         Ok(Err(e)) => {
             let status = kill_and_reap(&mut child, pid).await;
             (
-                Outcome::Failed,
+                RunOutcome::Failed,
                 status,
                 Some(format!("waiting for the hook failed: {e}")),
             )
@@ -633,7 +633,7 @@ async fn run_exec(argv: &[String], event: &Event, timeout: Duration) -> Report {
                 "still running after {}; killed its process group",
                 humantime::format_duration(timeout)
             );
-            (Outcome::Timeout, status, Some(error))
+            (RunOutcome::Timeout, status, Some(error))
         }
     };
     // Reaped, or its group killed: nothing of this run is ours to kill any more.
@@ -796,14 +796,14 @@ async fn run_webhook(url: &HttpUrl, event: &Event, timeout: Duration) -> Report 
     match answer {
         Ok(response) => {
             let outcome = if response.status.is_success() {
-                Outcome::Ok
+                RunOutcome::Ok
             } else {
-                Outcome::Failed
+                RunOutcome::Failed
             };
             Report {
                 outcome,
                 status: Some(format!("HTTP {}", response.status.as_u16())),
-                stdout: if outcome == Outcome::Ok {
+                stdout: if outcome == RunOutcome::Ok {
                     None
                 } else {
                     summarize(&String::from_utf8_lossy(&response.body))
@@ -813,10 +813,10 @@ async fn run_webhook(url: &HttpUrl, event: &Event, timeout: Duration) -> Report 
             }
         }
         Err(HttpError::Timeout { .. }) => Report::error(
-            Outcome::Timeout,
+            RunOutcome::Timeout,
             format!("no answer within {}", humantime::format_duration(timeout)),
         ),
-        Err(e) => Report::error(Outcome::Failed, e),
+        Err(e) => Report::error(RunOutcome::Failed, e),
     }
 }
 

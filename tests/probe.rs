@@ -12,15 +12,15 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use warren::config::{Probe, ProxyProtocol, Secret};
 use warren::health::probe::{
-    quorum_check, run, Outcome, QuorumCheck, Target, AMQP_PROTOCOL_HEADER,
+    quorum_check, run, ProbeOutcome, ProbeTarget, QuorumCheck, AMQP_PROTOCOL_HEADER,
 };
 use warren::http_client::ProbeUrl;
 use warren::proxy_protocol::{encode_v1, encode_v2, Header};
 
 const TIMEOUT: Duration = Duration::from_millis(500);
 
-fn target(addr: SocketAddr, proxy_protocol: ProxyProtocol) -> Target {
-    Target {
+fn target(addr: SocketAddr, proxy_protocol: ProxyProtocol) -> ProbeTarget {
+    ProbeTarget {
         host: addr.ip().to_string(),
         port: addr.port(),
         addr,
@@ -87,13 +87,13 @@ async fn fake_backend(
     (addr, task)
 }
 
-async fn probe(probe: &Probe, target: &Target) -> (Outcome, Duration) {
+async fn probe(probe: &Probe, target: &ProbeTarget) -> (ProbeOutcome, Duration) {
     let started = Instant::now();
     let outcome = run(probe, target, TIMEOUT).await;
     (outcome, started.elapsed())
 }
 
-fn assert_down_containing(outcome: &Outcome, part: &str) {
+fn assert_down_containing(outcome: &ProbeOutcome, part: &str) {
     assert!(!outcome.up, "expected down, got {outcome:?}");
     assert!(
         outcome.reason.contains(part),
@@ -350,7 +350,7 @@ async fn http_probe_is_up_on_2xx_and_sends_host_and_user_agent() {
     .await;
     assert_eq!(
         outcome,
-        Outcome {
+        ProbeOutcome {
             up: true,
             reason: "HTTP 200".into(),
             local: false,
@@ -614,7 +614,7 @@ impl Node {
             .join(format!("{}@localhost.log", self.name))
     }
 
-    fn target(&self, proxy_protocol: ProxyProtocol) -> Target {
+    fn target(&self, proxy_protocol: ProxyProtocol) -> ProbeTarget {
         target(self.amqp, proxy_protocol)
     }
 
@@ -669,10 +669,10 @@ fn free_ports(n: usize) -> Vec<u16> {
 /// Probe until every probe's outcome has `up == want` (bounded by `within`); the last outcomes.
 async fn until_all(
     probes: &[(&'static str, Probe)],
-    target: &Target,
+    target: &ProbeTarget,
     want: bool,
     within: Duration,
-) -> Vec<(&'static str, Outcome)> {
+) -> Vec<(&'static str, ProbeOutcome)> {
     let deadline = Instant::now() + within;
     loop {
         let mut outcomes = Vec::new();

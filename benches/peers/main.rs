@@ -55,28 +55,28 @@ pub fn check_interrupted() -> Res<()> {
 
 /// What a workload goes through: no proxy, or one of the three proxies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Target {
+pub enum Balancer {
     Direct,
     Warren,
     Haproxy,
     Nginx,
 }
 
-pub const TARGETS: [Target; 4] = [
-    Target::Direct,
-    Target::Warren,
-    Target::Haproxy,
-    Target::Nginx,
+pub const TARGETS: [Balancer; 4] = [
+    Balancer::Direct,
+    Balancer::Warren,
+    Balancer::Haproxy,
+    Balancer::Nginx,
 ];
-pub const PROXIES: [Target; 3] = [Target::Warren, Target::Haproxy, Target::Nginx];
+pub const PROXIES: [Balancer; 3] = [Balancer::Warren, Balancer::Haproxy, Balancer::Nginx];
 
-impl Target {
+impl Balancer {
     pub fn name(self) -> &'static str {
         match self {
-            Target::Direct => "direct",
-            Target::Warren => "warren",
-            Target::Haproxy => "haproxy",
-            Target::Nginx => "nginx",
+            Balancer::Direct => "direct",
+            Balancer::Warren => "warren",
+            Balancer::Haproxy => "haproxy",
+            Balancer::Nginx => "nginx",
         }
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::cli::Opts;
 use crate::procs::{addr, as_nobody, free_port, raise_nofile, wait_listening, which, Proc};
-use crate::{Res, Target};
+use crate::{Balancer, Res};
 
 pub const NGINX_STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
 
@@ -135,7 +135,13 @@ pub struct Running {
 type Forward = (&'static str, u16, u16);
 
 /// Start one proxy (fresh), as nobody, forwarding to the given backends, and wait until it listens.
-pub fn start_proxy(t: Target, opts: &Opts, dir: &Path, backends: Ports, tag: &str) -> Res<Running> {
+pub fn start_proxy(
+    t: Balancer,
+    opts: &Opts,
+    dir: &Path,
+    backends: Ports,
+    tag: &str,
+) -> Res<Running> {
     let ports = Ports {
         echo: free_port()?,
         bulk: free_port()?,
@@ -151,14 +157,14 @@ pub fn start_proxy(t: Target, opts: &Opts, dir: &Path, backends: Ports, tag: &st
     let log = dir.join(format!("{}-{tag}.log", t.name()));
     let mut admin = None;
     let cmd = match t {
-        Target::Direct => unreachable!("direct has no proxy"),
-        Target::Warren => {
+        Balancer::Direct => unreachable!("direct has no proxy"),
+        Balancer::Warren => {
             let a = free_port()?;
             admin = Some(a);
             warren_command(opts, dir, tag, a, &forwards)?
         }
-        Target::Haproxy => haproxy_command(opts.workers, dir, tag, &forwards)?,
-        Target::Nginx => nginx_command(opts.workers, dir, tag, &forwards)?,
+        Balancer::Haproxy => haproxy_command(opts.workers, dir, tag, &forwards)?,
+        Balancer::Nginx => nginx_command(opts.workers, dir, tag, &forwards)?,
     };
     let mut proc_ = Proc::spawn(t.name(), cmd, Some(log))?;
     let mut wait_for: Vec<u16> = forwards.iter().map(|f| f.1).collect();

@@ -12,7 +12,7 @@ use crate::amqp::{AMQP_CONSUMERS, AMQP_PREFETCH, AMQP_PUBLISHERS, AMQP_SIZES, AM
 use crate::cli::Opts;
 use crate::stats::{cells, median, opt_num, verdict, Results};
 use crate::workloads::{CHURN_CLIENTS, SIZES};
-use crate::Target::*;
+use crate::Balancer::*;
 use crate::{Res, PROXIES, TARGETS};
 
 // The markers and the fallback text below still name benches/peers.rs, the harness's old single
@@ -276,7 +276,7 @@ fn latency(w: &mut String, res: &Results, targets: &mut Verdicts) {
     .unwrap();
     writeln!(
         w,
-        "\"added\" = proxy − direct in the same round. Target: warren's added ≤ the smaller of \
+        "\"added\" = proxy − direct in the same round. Balancer: warren's added ≤ the smaller of \
          HAProxy's and NGINX's added, at p50 and p99; the last column is the median over rounds \
          of (warren added − best peer added), ≤ 0 meets it.\n"
     )

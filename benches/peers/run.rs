@@ -14,7 +14,7 @@ use crate::procs::{cpu_seconds, which, Proc, Workdir};
 use crate::report::{bulk_key, machine_info, render, size_label, write_report};
 use crate::stats::Results;
 use crate::workloads::{churn, idle, iperf, latency, CHURN_CLIENTS, SIZES};
-use crate::{check_interrupted, Res, Target, PROXIES, TARGETS};
+use crate::{check_interrupted, Balancer, Res, PROXIES, TARGETS};
 
 /// What every round shares: the options, the scratch directory and the backends that live for
 /// the whole run.
@@ -37,12 +37,12 @@ impl Shared<'_> {
 struct Targets {
     round: usize,
     backends: Ports,
-    proxies: Vec<(Target, Running)>,
+    proxies: Vec<(Balancer, Running)>,
 }
 
 impl Targets {
     /// Where `t` accepts traffic: its proxy's ports, or the backends' for direct.
-    fn ports_of(&self, t: Target) -> Ports {
+    fn ports_of(&self, t: Balancer) -> Ports {
         self.proxies
             .iter()
             .find(|(p, _)| *p == t)
@@ -51,7 +51,7 @@ impl Targets {
     }
 
     /// The processes of a proxy target, whose CPU is measured; `None` for direct.
-    fn pids_of(&self, t: Target) -> Option<Vec<i32>> {
+    fn pids_of(&self, t: Balancer) -> Option<Vec<i32>> {
         self.proxies
             .iter()
             .find(|(p, _)| *p == t)
@@ -236,10 +236,15 @@ fn bulk_slots(opts: &Opts, targets: &Targets, res: &mut Results, iperf_srv: &mut
             }
         }
     }
-    if let Some((_, w)) = targets.proxies.iter().find(|(p, _)| *p == Target::Warren) {
+    if let Some((_, w)) = targets.proxies.iter().find(|(p, _)| *p == Balancer::Warren) {
         if let Some(a) = w.admin {
             std::thread::sleep(Duration::from_millis(200));
-            res.put("pipes after bulk", Target::Warren, round, warren_pipes(a)?);
+            res.put(
+                "pipes after bulk",
+                Balancer::Warren,
+                round,
+                warren_pipes(a)?,
+            );
         }
     }
     Ok(())
@@ -360,7 +365,7 @@ fn amqp_slots(
 }
 
 /// Record one AMQP slot's measures, print them, and note nacked publishes.
-fn record_amqp(res: &mut Results, t: Target, round: usize, size: usize, a: &Amqp) {
+fn record_amqp(res: &mut Results, t: Balancer, round: usize, size: usize, a: &Amqp) {
     if let Some(cpu) = a.proxy_cpu_us {
         res.put(&format!("amqp {size} cpu"), t, round, cpu);
     }

@@ -4,14 +4,14 @@
 
 use std::collections::HashMap;
 
-use crate::Target;
+use crate::Balancer;
 
 /// Every value of the run.
 #[derive(Default)]
 pub struct Results {
     pub rounds: usize,
     /// (metric, target) → one value per round.
-    pub data: HashMap<(String, Target), Vec<Option<f64>>>,
+    pub data: HashMap<(String, Balancer), Vec<Option<f64>>>,
     pub notes: Vec<String>,
     /// 1-minute load average at the start of each round: other work on the machine.
     pub loads: Vec<String>,
@@ -19,7 +19,7 @@ pub struct Results {
 
 impl Results {
     /// Record `v` for `key` and `t` in `round`.
-    pub fn put(&mut self, key: &str, t: Target, round: usize, v: f64) {
+    pub fn put(&mut self, key: &str, t: Balancer, round: usize, v: f64) {
         let rounds = self.rounds;
         let e = self
             .data
@@ -29,7 +29,7 @@ impl Results {
     }
 
     /// The values of `key` and `t`, rounds without one left out.
-    pub fn values(&self, key: &str, t: Target) -> Vec<f64> {
+    pub fn values(&self, key: &str, t: Balancer) -> Vec<f64> {
         self.data
             .get(&(key.to_string(), t))
             .map(|v| v.iter().flatten().copied().collect())
@@ -37,7 +37,7 @@ impl Results {
     }
 
     /// The values of `key` and `t`, one per round.
-    pub fn per_round(&self, key: &str, t: Target) -> Vec<Option<f64>> {
+    pub fn per_round(&self, key: &str, t: Balancer) -> Vec<Option<f64>> {
         self.data
             .get(&(key.to_string(), t))
             .cloned()
@@ -45,7 +45,12 @@ impl Results {
     }
 
     /// Median over rounds of f(values of the targets in that round), rounds with all values only.
-    pub fn round_median(&self, key: &str, ts: &[Target], f: impl Fn(&[f64]) -> f64) -> Option<f64> {
+    pub fn round_median(
+        &self,
+        key: &str,
+        ts: &[Balancer],
+        f: impl Fn(&[f64]) -> f64,
+    ) -> Option<f64> {
         let cols: Vec<Vec<Option<f64>>> = ts.iter().map(|&t| self.per_round(key, t)).collect();
         let vals: Vec<f64> = (0..self.rounds)
             .filter_map(|r| {
@@ -57,8 +62,8 @@ impl Results {
     }
 
     /// warren ÷ `peer` in each round, the median over rounds.
-    pub fn ratio(&self, key: &str, peer: Target) -> Option<f64> {
-        self.round_median(key, &[Target::Warren, peer], |v| v[0] / v[1])
+    pub fn ratio(&self, key: &str, peer: Balancer) -> Option<f64> {
+        self.round_median(key, &[Balancer::Warren, peer], |v| v[0] / v[1])
     }
 }
 
@@ -92,7 +97,7 @@ pub fn fmt_num(x: f64) -> String {
 }
 
 /// A table cell: "median (min–max)" over rounds, or "–" with no value.
-pub fn cell(res: &Results, key: &str, t: Target) -> String {
+pub fn cell(res: &Results, key: &str, t: Balancer) -> String {
     let v = res.values(key, t);
     match median(&v) {
         None => "–".into(),
@@ -110,7 +115,7 @@ pub fn opt_num(x: Option<f64>) -> String {
 }
 
 /// The cells of `key` for these targets, joined as table columns.
-pub fn cells(res: &Results, key: &str, targets: &[Target]) -> String {
+pub fn cells(res: &Results, key: &str, targets: &[Balancer]) -> String {
     targets
         .iter()
         .map(|&t| cell(res, key, t))

@@ -403,7 +403,7 @@ impl Controller {
                 .find(|p| *p != ProxyProtocol::Off)
                 .unwrap_or(ProxyProtocol::Off);
             for b in &pool.backends {
-                let target = probe::Target {
+                let target = probe::ProbeTarget {
                     host: b.host.clone(),
                     port: b.port,
                     addr: b.addr,
@@ -423,7 +423,7 @@ impl Controller {
     async fn probe_loop(
         self: Arc<Self>,
         key: BackendId,
-        target: probe::Target,
+        target: probe::ProbeTarget,
         health: HealthConfig,
         stop: CancellationToken,
     ) {

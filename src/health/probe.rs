@@ -28,7 +28,7 @@ use crate::proxy_protocol::{encode_v1, encode_v2, Header};
 
 /// Where a probe goes.
 #[derive(Debug, Clone)]
-pub struct Target {
+pub struct ProbeTarget {
     /// Host as written in the config (a name or an IP literal, IPv6 without brackets).
     pub host: String,
     /// The backend's AMQP port as written in the config.
@@ -41,7 +41,7 @@ pub struct Target {
 
 /// What one probe found.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outcome {
+pub struct ProbeOutcome {
     /// Whether the backend passed.
     pub up: bool,
     /// Short and operator-readable, e.g. "Connection.Start received (RabbitMQ 3.12.1)",
@@ -53,17 +53,17 @@ pub struct Outcome {
     pub local: bool,
 }
 
-impl Outcome {
-    fn up(reason: impl Into<String>) -> Outcome {
-        Outcome {
+impl ProbeOutcome {
+    fn up(reason: impl Into<String>) -> ProbeOutcome {
+        ProbeOutcome {
             up: true,
             reason: reason.into(),
             local: false,
         }
     }
 
-    fn down(reason: impl Into<String>) -> Outcome {
-        Outcome {
+    fn down(reason: impl Into<String>) -> ProbeOutcome {
+        ProbeOutcome {
             up: false,
             reason: reason.into(),
             local: false,
@@ -71,10 +71,10 @@ impl Outcome {
     }
 
     /// A failed connect: down, or no verdict when the error is this host's own.
-    fn connect_failed(e: &io::Error) -> Outcome {
-        Outcome {
+    fn connect_failed(e: &io::Error) -> ProbeOutcome {
+        ProbeOutcome {
             local: crate::net::is_local(e),
-            ..Outcome::down(connect_error(e))
+            ..ProbeOutcome::down(connect_error(e))
         }
     }
 }
@@ -96,7 +96,7 @@ const METHOD_START: u16 = 10;
 
 /// Run one probe of `probe` against `target`, bounded by `timeout` (whatever happens, it returns
 /// within `timeout` plus a few milliseconds).
-pub async fn run(probe: &Probe, target: &Target, timeout: Duration) -> Outcome {
+pub async fn run(probe: &Probe, target: &ProbeTarget, timeout: Duration) -> ProbeOutcome {
     // The attempt records where it is, so a timeout can say what it was waiting for.
     let mut stage = Stage::Connecting;
     let attempt = async {
@@ -120,7 +120,7 @@ pub async fn run(probe: &Probe, target: &Target, timeout: Duration) -> Outcome {
     };
     match tokio::time::timeout(timeout, attempt).await {
         Ok(outcome) => outcome,
-        Err(_) => Outcome::down(format!(
+        Err(_) => ProbeOutcome::down(format!(
             "timed out after {} {}",
             humantime::format_duration(timeout),
             stage.as_str()
@@ -207,18 +207,21 @@ async fn send_proxy_header(stream: &mut TcpStream, version: ProxyProtocol) -> io
 }
 
 /// Connect to the backend's AMQP address and send the PROXY header if the listener sends one.
-async fn connect_amqp_address(target: &Target, stage: &mut Stage) -> Result<TcpStream, Outcome> {
+async fn connect_amqp_address(
+    target: &ProbeTarget,
+    stage: &mut Stage,
+) -> Result<TcpStream, ProbeOutcome> {
     *stage = Stage::Connecting;
     let mut stream = TcpStream::connect(target.addr)
         .await
-        .map_err(|e| Outcome::connect_failed(&e))?;
+        .map_err(|e| ProbeOutcome::connect_failed(&e))?;
     // Probes are small request/response exchanges: no reason to let Nagle hold a write back.
     let _ = stream.set_nodelay(true);
     *stage = Stage::SendingProxyHeader;
     send_proxy_header(&mut stream, target.proxy_protocol)
         .await
         .map_err(|e| {
-            Outcome::down(format!(
+            ProbeOutcome::down(format!(
                 "sending the PROXY {} header failed: {}",
                 target.proxy_protocol.as_str(),
                 io_error(&e)
@@ -227,13 +230,15 @@ async fn connect_amqp_address(target: &Target, stage: &mut Stage) -> Result<TcpS
     Ok(stream)
 }
 
-async fn tcp(target: &Target, stage: &mut Stage) -> Outcome {
+async fn tcp(target: &ProbeTarget, stage: &mut Stage) -> ProbeOutcome {
     match connect_amqp_address(target, stage).await {
         // Dropping the stream closes it with a FIN; RabbitMQ logs a connection that sent no AMQP
         // byte at debug level only ("connection_closed_with_no_data_received").
         Ok(_stream) => match target.proxy_protocol {
-            ProxyProtocol::Off => Outcome::up("connected"),
-            version => Outcome::up(format!("connected, PROXY {} header sent", version.as_str())),
+            ProxyProtocol::Off => ProbeOutcome::up("connected"),
+            version => {
+                ProbeOutcome::up(format!("connected, PROXY {} header sent", version.as_str()))
+            }
         },
         Err(outcome) => outcome,
     }
@@ -264,24 +269,24 @@ async fn tcp(target: &Target, stage: &mut Stage) -> Outcome {
 /// line as soon as it reads the header, and any close before Connection.Tune-Ok is "unexpected",
 /// so one info and one warning event per probe is the floor; a plain close (FIN) reaches it,
 /// with no trick that could behave differently across versions.
-async fn amqp(target: &Target, stage: &mut Stage) -> Outcome {
+async fn amqp(target: &ProbeTarget, stage: &mut Stage) -> ProbeOutcome {
     let mut stream = match connect_amqp_address(target, stage).await {
         Ok(stream) => stream,
         Err(outcome) => return outcome,
     };
     *stage = Stage::WaitingForStart;
     if let Err(e) = stream.write_all(AMQP_PROTOCOL_HEADER).await {
-        return Outcome::down(format!(
+        return ProbeOutcome::down(format!(
             "sending the AMQP protocol header failed: {}",
             io_error(&e)
         ));
     }
     let outcome = match read_start_frame(&mut stream).await {
         Ok(payload) => match parse_start(&payload) {
-            Ok(start) => Outcome::up(start.describe()),
-            Err(reason) => Outcome::down(reason),
+            Ok(start) => ProbeOutcome::up(start.describe()),
+            Err(reason) => ProbeOutcome::down(reason),
         },
-        Err(reason) => Outcome::down(reason),
+        Err(reason) => ProbeOutcome::down(reason),
     };
     // A plain close (FIN): measured to be as quiet as anything else, see the table above.
     drop(stream);
@@ -449,7 +454,7 @@ fn field_value_len(kind: u8, value: &[u8]) -> Option<usize> {
 /// lapin 4 lets the caller supply the transport (`Connection::connector` with a connect
 /// function), so the TCP connection is made here: to the backend's resolved address, with the
 /// PROXY header written before lapin sends its protocol header.
-async fn amqp_login(uri: &Secret, target: &Target, stage: &mut Stage) -> Outcome {
+async fn amqp_login(uri: &Secret, target: &ProbeTarget, stage: &mut Stage) -> ProbeOutcome {
     use lapin::uri::{AMQPScheme, AMQPUri};
     use lapin::{AsyncTcpStream, Connection, ConnectionProperties};
 
@@ -458,7 +463,7 @@ async fn amqp_login(uri: &Secret, target: &Target, stage: &mut Stage) -> Outcome
     let parsed: AMQPUri = match text.parse() {
         Ok(parsed) => parsed,
         Err(e) => {
-            return Outcome::down(format!(
+            return ProbeOutcome::down(format!(
                 "amqp_login uri {} is invalid: {}",
                 redact(&text),
                 redact(&e)
@@ -466,13 +471,15 @@ async fn amqp_login(uri: &Secret, target: &Target, stage: &mut Stage) -> Outcome
         }
     };
     if parsed.scheme == AMQPScheme::AMQPS {
-        return Outcome::down("amqp_login: amqps:// is not supported (warren has no TLS client)");
+        return ProbeOutcome::down(
+            "amqp_login: amqps:// is not supported (warren has no TLS client)",
+        );
     }
     let port = parsed.authority.port;
     *stage = Stage::Connecting;
     let addr = match resolve(&text, port, target).await {
         Ok(addr) => addr,
-        Err(reason) => return Outcome::down(redact(&reason)),
+        Err(reason) => return ProbeOutcome::down(redact(&reason)),
     };
 
     // A second handle on lapin's socket: lapin's I/O runs on its own thread, which a dropped
@@ -483,7 +490,7 @@ async fn amqp_login(uri: &Secret, target: &Target, stage: &mut Stage) -> Outcome
     let version = target.proxy_protocol;
     let runtime = match lapin::runtime::default_runtime() {
         Ok(runtime) => runtime,
-        Err(e) => return Outcome::down(format!("amqp_login: no runtime for lapin: {e}")),
+        Err(e) => return ProbeOutcome::down(format!("amqp_login: no runtime for lapin: {e}")),
     };
     *stage = Stage::LoggingIn;
     let connected = Connection::connector(
@@ -505,27 +512,27 @@ async fn amqp_login(uri: &Secret, target: &Target, stage: &mut Stage) -> Outcome
     .await;
     let connection = match connected {
         Ok(connection) => connection,
-        Err(e) => return Outcome::down(redact(&login_error(&e))),
+        Err(e) => return ProbeOutcome::down(redact(&login_error(&e))),
     };
     *stage = Stage::OpeningChannel;
     let outcome = match connection.create_channel().await {
         Ok(channel) => {
             *stage = Stage::Closing;
             match channel.close(200, "warren probe".into()).await {
-                Ok(()) => Outcome::up("logged in, channel opened and closed"),
-                Err(e) => Outcome::down(redact(&format!(
+                Ok(()) => ProbeOutcome::up("logged in, channel opened and closed"),
+                Err(e) => ProbeOutcome::down(redact(&format!(
                     "logged in and opened a channel, but closing it failed: {e}"
                 ))),
             }
         }
-        Err(e) => Outcome::down(redact(&format!(
+        Err(e) => ProbeOutcome::down(redact(&format!(
             "logged in, but opening a channel failed: {e}"
         ))),
     };
     *stage = Stage::Closing;
     if let Err(e) = connection.close(200, "warren probe".into()).await {
         if outcome.up {
-            return Outcome::down(redact(&format!(
+            return ProbeOutcome::down(redact(&format!(
                 "logged in, channel opened and closed, but closing the connection failed: {e}"
             )));
         }
@@ -578,7 +585,7 @@ fn credentials(
     user: &Option<String>,
     password: &Option<Secret>,
     password_file: &Option<std::path::PathBuf>,
-) -> Result<Option<Credentials>, Outcome> {
+) -> Result<Option<Credentials>, ProbeOutcome> {
     let Some(user) = user else {
         return Ok(None);
     };
@@ -593,12 +600,12 @@ fn credentials(
     }))
 }
 
-fn read_password_file(file: &Path) -> Result<String, Outcome> {
+fn read_password_file(file: &Path) -> Result<String, ProbeOutcome> {
     // A few bytes from a local file: blocking the runtime thread for that is cheaper than a
     // spawn_blocking round trip (and tokio's fs feature is not enabled).
     match std::fs::read_to_string(file) {
         Ok(text) => Ok(text.trim_end_matches(['\n', '\r']).to_string()),
-        Err(e) => Err(Outcome::down(format!(
+        Err(e) => Err(ProbeOutcome::down(format!(
             "cannot read password_file {}: {}",
             file.display(),
             io_error(&e)
@@ -618,7 +625,7 @@ struct HttpAsk {
 
 /// The probe URL filled in for `target` (checked at load, so this fails only on a backend host
 /// that makes it invalid).
-fn fill(url: &ProbeUrl, target: &Target) -> Result<HttpUrl, String> {
+fn fill(url: &ProbeUrl, target: &ProbeTarget) -> Result<HttpUrl, String> {
     url.for_backend(&target.host, target.port).map_err(|e| {
         format!(
             "http probe url {} is not usable: {e}",
@@ -652,10 +659,10 @@ impl HttpAsk {
     async fn get(
         &self,
         path: Option<&str>,
-        target: &Target,
+        target: &ProbeTarget,
         phase: &mut Phase,
         read: BodyRead,
-    ) -> Result<Response, Outcome> {
+    ) -> Result<Response, ProbeOutcome> {
         let mut request = Request::new(Method::GET, &self.url).read(read);
         if let Some(path) = path {
             request = request.path(path);
@@ -669,14 +676,14 @@ impl HttpAsk {
             request = request.connect_to(SocketAddr::new(target.addr.ip(), self.url.port()));
         }
         request.send(phase).await.map_err(|e| match e {
-            HttpError::Connect { source, .. } => Outcome::connect_failed(&source),
+            HttpError::Connect { source, .. } => ProbeOutcome::connect_failed(&source),
             HttpError::Handshake { source, .. } => {
-                Outcome::down(format!("HTTP handshake failed: {source}"))
+                ProbeOutcome::down(format!("HTTP handshake failed: {source}"))
             }
             HttpError::Exchange { source, .. } | HttpError::Closed { source, .. } => {
-                Outcome::down(format!("HTTP request failed: {source}"))
+                ProbeOutcome::down(format!("HTTP request failed: {source}"))
             }
-            e => Outcome::down(e.to_string()),
+            e => ProbeOutcome::down(e.to_string()),
         })
     }
 }
@@ -684,12 +691,12 @@ impl HttpAsk {
 async fn http(
     url: &ProbeUrl,
     credentials: Option<Credentials>,
-    target: &Target,
+    target: &ProbeTarget,
     stage: &mut Stage,
-) -> Outcome {
+) -> ProbeOutcome {
     let ask = match fill(url, target) {
         Ok(url) => HttpAsk::new(url, credentials),
-        Err(reason) => return Outcome::down(reason),
+        Err(reason) => return ProbeOutcome::down(reason),
     };
     let read = BodyRead::FailurePrefix(HTTP_BODY_PREFIX);
     let response = match ask.get(None, target, stage.http(), read).await {
@@ -701,7 +708,7 @@ async fn http(
     };
     let status = response.status;
     if status.is_success() {
-        return Outcome::up(format!("HTTP {}", status.as_u16()));
+        return ProbeOutcome::up(format!("HTTP {}", status.as_u16()));
     }
     let body = sanitize(&String::from_utf8_lossy(&response.body), HTTP_BODY_PREFIX);
     let reason = if body.is_empty() {
@@ -709,7 +716,7 @@ async fn http(
     } else {
         format!("HTTP {}: {}", status.as_u16(), body)
     };
-    Outcome::down(ask.redact(&reason))
+    ProbeOutcome::down(ask.redact(&reason))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -740,7 +747,7 @@ const QUORUM_BODY_CAP: usize = 256 * 1024;
 
 /// Ask the node behind `target` whether it is quorum-critical, on the management API that
 /// `probe` (the pool's `http` probe, with its credentials) already talks to.
-pub async fn quorum_check(probe: &Probe, target: &Target, timeout: Duration) -> QuorumCheck {
+pub async fn quorum_check(probe: &Probe, target: &ProbeTarget, timeout: Duration) -> QuorumCheck {
     let Probe::Http {
         url,
         user,
@@ -835,7 +842,7 @@ fn quorum_answer(status: u16, body: &[u8]) -> QuorumCheck {
 
 /// Where a URL probe connects: the backend's resolved address when the URL names the backend's
 /// host (the usual `{host}` template, no DNS lookup per probe), else the URL's host resolved now.
-async fn resolve(url: &str, port: u16, target: &Target) -> Result<SocketAddr, String> {
+async fn resolve(url: &str, port: u16, target: &ProbeTarget) -> Result<SocketAddr, String> {
     let Some(host) = url_host(url) else {
         return Err(format!("{url} has no host"));
     };

@@ -279,12 +279,12 @@ fn listen_addr_cases() {
 #[test]
 fn target_cases() {
     let addr = |host: &str, addr: &str| {
-        Ok(Target::Addr {
+        Ok(ServerTarget::Addr {
             host: host.to_string(),
             addr: addr.to_string(),
         })
     };
-    let cases: Vec<(&str, Result<Target, String>)> = vec![
+    let cases: Vec<(&str, Result<ServerTarget, String>)> = vec![
         ("10.0.0.1:5672", addr("10.0.0.1", "10.0.0.1:5672")),
         (
             "rabbit-a.internal:5672",
@@ -297,7 +297,7 @@ fn target_cases() {
     }
     for input in ["unix:/tmp/s", "$upstream_addr"] {
         assert!(
-            matches!(target(input), Ok(Target::Unsupported(_))),
+            matches!(target(input), Ok(ServerTarget::Unsupported(_))),
             "{input}"
         );
     }

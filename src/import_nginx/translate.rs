@@ -494,8 +494,8 @@ impl Translator {
             ));
         }
         let (host, addr) = match target(arg).map_err(|m| invalid(pass, m))? {
-            Target::Addr { host, addr } => (host, addr),
-            Target::Unsupported(why) => {
+            ServerTarget::Addr { host, addr } => (host, addr),
+            ServerTarget::Unsupported(why) => {
                 self.warn(pass, why);
                 return Ok(None);
             }

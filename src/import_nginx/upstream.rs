@@ -141,8 +141,8 @@ impl Translator {
             return Err(invalid(d, "expected `server ADDRESS [PARAMETERS];`"));
         }
         let (host, addr) = match target(&d.args[0]).map_err(|m| invalid(d, m))? {
-            Target::Addr { host, addr } => (host, addr),
-            Target::Unsupported(why) => {
+            ServerTarget::Addr { host, addr } => (host, addr),
+            ServerTarget::Unsupported(why) => {
                 self.warn(d, format!("{why}; this server is left out"));
                 return Ok(None);
             }

@@ -138,7 +138,7 @@ pub(super) fn listen_addr(s: &str) -> Result<ListenAddr, String> {
 
 /// A backend address from `server` or `proxy_pass`.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) enum Target {
+pub(super) enum ServerTarget {
     /// Host as written (IPv6 without brackets), port, and warren's `addr`.
     Addr { host: String, addr: String },
     /// Cannot be taken; why.
@@ -146,14 +146,14 @@ pub(super) enum Target {
 }
 
 /// `10.0.0.1:5672`, `rabbit-a:5672`, `[fd00::1]:5672`; `unix:` and variables are unsupported.
-pub(super) fn target(s: &str) -> Result<Target, String> {
+pub(super) fn target(s: &str) -> Result<ServerTarget, String> {
     if s.starts_with("unix:") {
-        return Ok(Target::Unsupported(
+        return Ok(ServerTarget::Unsupported(
             "unix sockets are not supported; warren connects over TCP only".to_string(),
         ));
     }
     if s.contains('$') {
-        return Ok(Target::Unsupported(
+        return Ok(ServerTarget::Unsupported(
             "variables are not supported".to_string(),
         ));
     }
@@ -168,7 +168,7 @@ pub(super) fn target(s: &str) -> Result<Target, String> {
             .strip_prefix(':')
             .ok_or_else(|| format!("no port in {s:?} (a stream upstream needs one)"))?;
         let port = parse_port(port)?;
-        return Ok(Target::Addr {
+        return Ok(ServerTarget::Addr {
             host: ip.to_string(),
             addr: format!("[{ip}]:{port}"),
         });
@@ -189,7 +189,7 @@ pub(super) fn target(s: &str) -> Result<Target, String> {
     {
         return Err(format!("{host:?} is not a host name or IP address"));
     }
-    Ok(Target::Addr {
+    Ok(ServerTarget::Addr {
         host: host.to_string(),
         addr: format!("{host}:{port}"),
     })

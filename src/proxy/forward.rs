@@ -92,7 +92,7 @@ pub struct Plane {
 
 /// What a finished connection reports.
 #[derive(Debug, Clone, Copy)]
-pub struct Outcome {
+pub struct ForwardOutcome {
     pub reason: CloseReason,
     pub to_backend: u64,
     pub to_client: u64,
@@ -122,7 +122,7 @@ pub fn forward<'a>(
     backend_bytes: (&'a IntCounter, &'a IntCounter),
     stop: &'a CancellationToken,
     stop_reason: CloseReason,
-) -> impl Future<Output = Outcome> + Send + 'a {
+) -> impl Future<Output = ForwardOutcome> + Send + 'a {
     let mut link = Forward {
         client,
         backend,
@@ -139,7 +139,7 @@ pub fn forward<'a>(
         let mut idle = pin!(tokio::time::sleep(idle_timeout));
         let mut stopped = pin!(stop.cancelled());
         let reason = poll_fn(|cx| link.poll(cx, idle.as_mut(), stopped.as_mut())).await;
-        Outcome {
+        ForwardOutcome {
             reason,
             to_backend: link.up.total,
             to_client: link.down.total,
@@ -295,7 +295,7 @@ enum Mode {
     Splice,
 }
 
-/// Outcome of one copy step done synchronously on the scratch buffer.
+/// ForwardOutcome of one copy step done synchronously on the scratch buffer.
 enum Step {
     Moved { read: usize, written: usize },
     Eof,

@@ -1,0 +1,153 @@
+//! `warren ctl status` as text: listeners, then per pool an aligned table. Pure: the clock and
+//! the terminal width are parameters.
+
+use super::*;
+
+/// The text of `warren ctl status`: listeners, then per pool a header and an aligned table.
+pub(super) fn render_status(status: &Status, now: SystemTime, width: usize) -> String {
+    let mut text = String::new();
+    for l in &status.listeners {
+        let _ = writeln!(
+            text,
+            "listener {} on {} -> pool {}: {}",
+            l.name,
+            l.listen,
+            l.pool,
+            connections(l.active_connections)
+        );
+    }
+    for pool in &status.pools {
+        if !text.is_empty() {
+            text.push('\n');
+        }
+        let _ = writeln!(
+            text,
+            "pool {} ({}): {}/{} available, min_available {}",
+            pool.name, pool.balance, pool.available, pool.total, pool.min_available
+        );
+        if pool.backends.is_empty() {
+            text.push_str("  (no backends)\n");
+            continue;
+        }
+        let mut rows = vec![[
+            "NAME".to_string(),
+            "ADDR".to_string(),
+            "HEALTH".to_string(),
+            "ADMIN".to_string(),
+            "CONNS".to_string(),
+            "LAST PROBE".to_string(),
+        ]];
+        for b in &pool.backends {
+            let name = if b.backup {
+                format!("{} (backup)", b.name)
+            } else {
+                b.name.clone()
+            };
+            rows.push([
+                name,
+                b.addr.clone(),
+                b.health.to_string(),
+                admin_cell(b, now),
+                b.active_connections.to_string(),
+                probe_cell(b.last_probe.as_ref(), now),
+            ]);
+        }
+        text.push_str(&render_table(&rows, width));
+    }
+    text
+}
+
+/// Left-aligned columns two spaces apart, indented under the pool; the last column is cut
+/// with `…` so that a row fits `width` (it keeps at least [`MIN_PROBE_WIDTH`] characters).
+pub(super) fn render_table(rows: &[[String; 6]], width: usize) -> String {
+    const INDENT: &str = "  ";
+    const GAP: usize = 2;
+    let mut widths = [0usize; 5];
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row.iter()) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let used = INDENT.len() + widths.iter().map(|w| w + GAP).sum::<usize>();
+    let last_width = width.saturating_sub(used).max(MIN_PROBE_WIDTH);
+    let mut text = String::new();
+    for row in rows {
+        text.push_str(INDENT);
+        for (cell, w) in row.iter().zip(widths) {
+            let pad = w + GAP - cell.chars().count();
+            text.push_str(cell);
+            text.extend(std::iter::repeat(' ').take(pad));
+        }
+        text.push_str(&cut(&row[5], last_width));
+        text.push('\n');
+    }
+    text
+}
+
+pub(super) fn cut(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        return text.to_string();
+    }
+    let mut cut: String = text.chars().take(width.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
+pub(super) fn admin_cell(b: &BackendStatus, now: SystemTime) -> String {
+    match (&b.drain_deadline, b.admin) {
+        (Some(deadline), AdminState::Draining) => match humantime::parse_rfc3339_weak(deadline) {
+            Ok(at) => match at.duration_since(now) {
+                Ok(left) => format!("draining ({} left)", short_duration(left)),
+                Err(_) => "draining (deadline passed)".to_string(),
+            },
+            Err(_) => format!("draining (until {deadline})"),
+        },
+        _ => b.admin.to_string(),
+    }
+}
+
+/// `up 1.2ms 5s ago: Connection.Start received…`, or `-` before the first probe.
+pub(super) fn probe_cell(probe: Option<&ProbeStatus>, now: SystemTime) -> String {
+    let Some(p) = probe else {
+        return "-".to_string();
+    };
+    let mut cell = String::from(if p.up { "up" } else { "down" });
+    if let Some(ms) = p.duration_ms {
+        let _ = write!(cell, " {}", probe_duration(ms));
+    }
+    if let Some(at) =
+        p.at.as_deref()
+            .and_then(|a| humantime::parse_rfc3339_weak(a).ok())
+    {
+        // A server clock slightly ahead of ours reads as "0s ago", not as an error.
+        let age = now.duration_since(at).unwrap_or_default();
+        let _ = write!(cell, " {} ago", short_duration(age));
+    }
+    if !p.reason.is_empty() {
+        let _ = write!(cell, ": {}", p.reason);
+    }
+    cell
+}
+
+pub(super) fn probe_duration(ms: f64) -> String {
+    if !ms.is_finite() || ms < 0.0 {
+        "?".to_string()
+    } else if ms < 10.0 {
+        format!("{ms:.1}ms")
+    } else if ms < 1000.0 {
+        format!("{ms:.0}ms")
+    } else {
+        format!("{:.1}s", ms / 1000.0)
+    }
+}
+
+/// One unit, rounded down: `5s`, `3m`, `2h`, `4d`.
+pub(super) fn short_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m", s / 60),
+        3600..=86_399 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}

@@ -1,0 +1,193 @@
+use super::*;
+
+fn status_fixture() -> Status {
+    serde_json::from_value(serde_json::json!({
+        "version": "0.1.0",
+        "listeners": [{"name": "amqp", "listen": "0.0.0.0:5672", "pool": "rabbitmq", "active_connections": 3}],
+        "pools": [
+            {"name": "rabbitmq", "balance": "least_conn", "min_available": 1, "available": 2, "total": 3,
+             "backends": [
+                {"name": "rabbit-a", "addr": "10.0.0.1:5672", "weight": 1, "backup": false,
+                 "health": "up", "admin": "active", "available": true, "active_connections": 1,
+                 "health_changed_at": "2026-11-21T23:59:00Z", "drain_deadline": null,
+                 "last_probe": {"up": true, "reason": "Connection.Start received (RabbitMQ 3.12.1)",
+                                "duration_ms": 1.2, "at": "2026-11-21T23:59:01Z"}},
+                {"name": "rabbit-bb", "addr": "10.0.0.22:5672", "weight": 1, "backup": true,
+                 "health": "unknown", "admin": "draining", "available": false, "active_connections": 12,
+                 "drain_deadline": "2026-11-22T00:04:06Z", "last_probe": null},
+                {"name": "shared", "addr": "10.0.0.3:5672", "health": "down", "admin": "drained",
+                 "available": false, "active_connections": 0,
+                 "last_probe": {"up": false, "reason": "connection refused", "duration_ms": 0.3, "at": "2026-11-21T22:00:06Z"}}
+             ]},
+            {"name": "other", "balance": "round_robin", "min_available": 0, "available": 1, "total": 1,
+             "backends": [
+                {"name": "shared", "addr": "10.0.1.3:5672", "health": "up", "admin": "active",
+                 "available": true, "active_connections": 0, "last_probe": null}
+             ]}
+        ]
+    }))
+    .expect("fixture matches the contract")
+}
+
+fn now() -> SystemTime {
+    humantime::parse_rfc3339("2026-11-21T23:59:06Z").unwrap()
+}
+
+#[test]
+fn default_admin_url_is_the_default_admin_listen() {
+    assert_eq!(
+        DEFAULT_ADMIN_URL,
+        format!("http://{}", config::DEFAULT_ADMIN_LISTEN)
+    );
+}
+
+#[test]
+fn status_renders_a_header_per_pool_and_aligned_rows() {
+    let text = render_status(&status_fixture(), now(), 200);
+    assert!(text.contains("listener amqp on 0.0.0.0:5672 -> pool rabbitmq: 3 connections\n"));
+    assert!(text.contains("pool rabbitmq (least_conn): 2/3 available, min_available 1\n"));
+    assert!(text.contains("pool other (round_robin): 1/1 available, min_available 0\n"));
+    let lines: Vec<&str> = text.lines().collect();
+    let header = lines
+        .iter()
+        .position(|l| l.trim_start().starts_with("NAME"))
+        .unwrap();
+    let columns: Vec<usize> = ["ADDR", "HEALTH", "ADMIN", "CONNS", "LAST PROBE"]
+        .iter()
+        .map(|c| lines[header].find(c).unwrap())
+        .collect();
+    let rows = &lines[header + 1..header + 4];
+    let expected = [
+        [
+            "10.0.0.1:5672",
+            "up",
+            "active",
+            "1",
+            "up 1.2ms 5s ago: Connection.Start received (RabbitMQ 3.12.1)",
+        ],
+        ["10.0.0.22:5672", "unknown", "draining (5m left)", "12", "-"],
+        [
+            "10.0.0.3:5672",
+            "down",
+            "drained",
+            "0",
+            "down 0.3ms 1h ago: connection refused",
+        ],
+    ];
+    for (row, cells) in rows.iter().zip(expected) {
+        for (&at, cell) in columns.iter().zip(cells) {
+            assert_eq!(&row[at..at + cell.len()], cell, "row {row:?}");
+        }
+    }
+    assert!(rows[1].starts_with("  rabbit-bb (backup)  "));
+}
+
+#[test]
+fn last_probe_is_cut_to_fit_the_width() {
+    let text = render_status(&status_fixture(), now(), 110);
+    let row = text.lines().find(|l| l.contains("rabbit-a")).unwrap();
+    assert_eq!(row.chars().count(), 110, "{row:?}");
+    assert!(row.ends_with('…'));
+    // A very narrow terminal still shows the start of the probe.
+    let text = render_status(&status_fixture(), now(), 20);
+    let row = text.lines().find(|l| l.contains("rabbit-a")).unwrap();
+    assert!(row.contains("up 1.2ms 5s ago: Conn"), "{row:?}");
+}
+
+#[test]
+fn pool_is_resolved_only_when_the_name_is_unique() {
+    let status = status_fixture();
+    assert_eq!(pool_of(&status, "rabbit-a").unwrap(), "rabbitmq");
+    let e = pool_of(&status, "shared").unwrap_err();
+    assert_eq!(e.exit_code(), 2);
+    assert_eq!(
+        e.to_string(),
+        "backend shared is in pools rabbitmq, other: pass --pool"
+    );
+    let e = pool_of(&status, "nope").unwrap_err();
+    assert_eq!(e.exit_code(), 1);
+    assert_eq!(e.to_string(), "no backend nope (pools: rabbitmq, other)");
+}
+
+#[test]
+fn admin_urls() {
+    let c = Client::new("http://127.0.0.1:9901", None).unwrap();
+    assert_eq!(
+        (c.url.host(), c.url.port(), c.prefix.as_str()),
+        ("127.0.0.1", 9901, "")
+    );
+    let c = Client::new("[::1]:9901", None).unwrap();
+    assert_eq!((c.url.host(), c.url.authority()), ("::1", "[::1]:9901"));
+    let c = Client::new("http://lb.example/warren/", None).unwrap();
+    assert_eq!((c.url.port(), c.prefix.as_str()), (80, "/warren"));
+    for bad in [
+        "https://127.0.0.1:9901",
+        "http://u:p@127.0.0.1:1",
+        "http://",
+        "http://h:1/?x=1",
+    ] {
+        let e = Client::new(bad, None)
+            .err()
+            .unwrap_or_else(|| panic!("{bad} accepted"));
+        assert_eq!(e.exit_code(), 2, "{bad}: {e}");
+    }
+}
+
+#[test]
+fn drain_body_has_deadline_only_when_given() {
+    assert_eq!(drain_body(None, false), serde_json::json!({"force": false}));
+    let d = parse_deadline(" 5m ").unwrap();
+    assert_eq!(d.duration, Duration::from_secs(300));
+    assert_eq!(
+        drain_body(Some(&d), true),
+        serde_json::json!({"deadline": "5m", "force": true})
+    );
+    assert!(parse_deadline("soon").is_err());
+}
+
+#[test]
+fn error_messages_come_from_the_body() {
+    let s = StatusCode::CONFLICT;
+    assert_eq!(
+        error_message(s, br#"{"error":"min_available"}"#),
+        "min_available"
+    );
+    assert_eq!(error_message(s, b" plain text \n"), "plain text");
+    assert_eq!(error_message(s, b""), "Conflict");
+    let e = CtlError::Refused {
+        what: "drain of a (pool p)".into(),
+        status: s,
+        message: "would leave 0".into(),
+        reason: None,
+    };
+    assert_eq!(
+        e.to_string(),
+        "drain of a (pool p) refused (HTTP 409 Conflict): would leave 0"
+    );
+}
+
+#[test]
+fn path_segments_are_encoded() {
+    assert_eq!(
+        backend_path("rabbitmq", "rabbit-a.b_c", "drain"),
+        "/v1/pools/rabbitmq/backends/rabbit-a.b_c/drain"
+    );
+    assert_eq!(encode_segment("a/b c"), "a%2Fb%20c");
+}
+
+#[test]
+fn short_durations() {
+    for (secs, text) in [
+        (0, "0s"),
+        (59, "59s"),
+        (60, "1m"),
+        (3599, "59m"),
+        (3600, "1h"),
+        (90_000, "1d"),
+    ] {
+        assert_eq!(short_duration(Duration::from_secs(secs)), text);
+    }
+    assert_eq!(probe_duration(1.23), "1.2ms");
+    assert_eq!(probe_duration(250.4), "250ms");
+    assert_eq!(probe_duration(1500.0), "1.5s");
+}

@@ -1,0 +1,186 @@
+//! One active probe attempt against one backend: `tcp`, `amqp` (protocol header → Connection.Start),
+//! `amqp_login` (a full lapin login) or `http` (a management health endpoint), bounded by the
+//! attempt's own timeout. A probe that targets the backend's AMQP address sends the listener's
+//! PROXY header first (naming the probe's own connection), because RabbitMQ with
+//! `proxy_protocol = true` closes anything without one. This module keeps no state and runs no
+//! timers beyond the attempt's timeout; turning outcomes into health (rise/fall) and publishing
+//! them belongs to the caller. It must not touch routing. The `http` probe and the quorum check
+//! talk HTTP through [`crate::http_client`].
+//!
+//! This file holds what every kind shares (the target, the outcome, the run with its timeout);
+//! each kind has a file: `amqp` (`tcp` and `amqp`), `login` (`amqp_login`), `http`, and `quorum`
+//! (the drain's quorum check); `text` holds the error texts they share.
+
+use std::fmt::Write as _;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper::Method;
+use serde::Deserialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::config::{Probe, ProxyProtocol, Secret};
+use crate::http_client::{
+    fill_template, url_host, without_userinfo, BodyRead, Credentials, HttpError, HttpUrl, Phase,
+    ProbeUrl, Request, Response,
+};
+use crate::proxy_protocol::{encode_v1, encode_v2, Header};
+
+mod amqp;
+mod http;
+mod login;
+mod quorum;
+mod text;
+
+#[cfg(test)]
+mod tests;
+
+use amqp::*;
+use http::*;
+use login::*;
+pub use quorum::{quorum_check, QuorumCheck, QUORUM_CRITICAL_PATH};
+use text::*;
+
+/// Where a probe goes.
+#[derive(Debug, Clone)]
+pub struct ProbeTarget {
+    /// Host as written in the config (a name or an IP literal, IPv6 without brackets).
+    pub host: String,
+    /// The backend's AMQP port as written in the config.
+    pub port: u16,
+    /// The resolved AMQP address.
+    pub addr: SocketAddr,
+    /// What the listener sends to this backend; probes of the AMQP address send the same.
+    pub proxy_protocol: ProxyProtocol,
+}
+
+/// What one probe found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeOutcome {
+    /// Whether the backend passed.
+    pub up: bool,
+    /// Short and operator-readable, e.g. "Connection.Start received (RabbitMQ 3.12.1)",
+    /// "connection refused", "timed out after 1s waiting for Connection.Start",
+    /// "HTTP 503: {\"status\":\"failed\",...}". Never contains a password.
+    pub reason: String,
+    /// The attempt failed for lack of resources on this host (no descriptor, no ephemeral
+    /// port): no verdict on the backend, so the caller must not count it against it.
+    pub local: bool,
+}
+
+impl ProbeOutcome {
+    fn up(reason: impl Into<String>) -> ProbeOutcome {
+        ProbeOutcome {
+            up: true,
+            reason: reason.into(),
+            local: false,
+        }
+    }
+
+    fn down(reason: impl Into<String>) -> ProbeOutcome {
+        ProbeOutcome {
+            up: false,
+            reason: reason.into(),
+            local: false,
+        }
+    }
+
+    /// A failed connect: down, or no verdict when the error is this host's own.
+    fn connect_failed(e: &io::Error) -> ProbeOutcome {
+        ProbeOutcome {
+            local: crate::net::is_local(e),
+            ..ProbeOutcome::down(connect_error(e))
+        }
+    }
+}
+
+/// The AMQP 0-9-1 protocol header a client opens with.
+pub const AMQP_PROTOCOL_HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
+
+/// Longest body prefix an `http` probe keeps in its reason.
+pub const HTTP_BODY_PREFIX: usize = 200;
+
+/// Largest Connection.Start frame payload accepted. RabbitMQ's is about 500 bytes; the spec's
+/// minimum frame size before tuning is 4096, so anything bigger is not a broker talking.
+const MAX_START_PAYLOAD: usize = 64 * 1024;
+
+const FRAME_METHOD: u8 = 1;
+const FRAME_END: u8 = 0xCE;
+const CLASS_CONNECTION: u16 = 10;
+const METHOD_START: u16 = 10;
+
+/// Run one probe of `probe` against `target`, bounded by `timeout` (whatever happens, it returns
+/// within `timeout` plus a few milliseconds).
+pub async fn run(probe: &Probe, target: &ProbeTarget, timeout: Duration) -> ProbeOutcome {
+    // The attempt records where it is, so a timeout can say what it was waiting for.
+    let mut stage = Stage::Connecting;
+    let attempt = async {
+        match probe {
+            Probe::Tcp => tcp(target, &mut stage).await,
+            Probe::Amqp => amqp(target, &mut stage).await,
+            Probe::AmqpLogin { uri } => amqp_login(uri, target, &mut stage).await,
+            Probe::Http {
+                url,
+                user,
+                password,
+                password_file,
+            } => {
+                let credentials = match credentials(user, password, password_file) {
+                    Ok(credentials) => credentials,
+                    Err(outcome) => return outcome,
+                };
+                http(url, credentials, target, &mut stage).await
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(outcome) => outcome,
+        Err(_) => ProbeOutcome::down(format!(
+            "timed out after {} {}",
+            humantime::format_duration(timeout),
+            stage.as_str()
+        )),
+    }
+}
+
+/// What an attempt was doing, for the reason of a timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Connecting,
+    SendingProxyHeader,
+    WaitingForStart,
+    LoggingIn,
+    OpeningChannel,
+    Closing,
+    /// An HTTP exchange, where the client records its phase.
+    Http(Phase),
+}
+
+impl Stage {
+    fn as_str(self) -> &'static str {
+        match self {
+            Stage::Connecting => "connecting",
+            Stage::SendingProxyHeader => "sending the PROXY header",
+            Stage::WaitingForStart => "waiting for Connection.Start",
+            Stage::LoggingIn => "connecting and logging in",
+            Stage::OpeningChannel => "opening a channel",
+            Stage::Closing => "closing the connection",
+            Stage::Http(phase) => phase.as_str(),
+        }
+    }
+}
+
+impl Stage {
+    /// Enter an HTTP exchange; the returned phase is where the client records its progress.
+    fn http(&mut self) -> &mut Phase {
+        *self = Stage::Http(Phase::Connecting);
+        match self {
+            Stage::Http(phase) => phase,
+            _ => unreachable!("set just above"),
+        }
+    }
+}

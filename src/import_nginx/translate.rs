@@ -300,6 +300,8 @@ impl Translator {
         Ok(true)
     }
 
+    /// A `server` block of `stream`: a listener per usable `listen`, to the pool its
+    /// `proxy_pass` names; left out, with a warning, when either is missing.
     pub(super) fn server(
         &mut self,
         d: &Directive,
@@ -311,6 +313,41 @@ impl Translator {
                 "a server in stream needs a block: server { ... }",
             ));
         };
+        let (settings, listens, proxy_pass) = self.server_block(children, inherited)?;
+        let Some(pass) = proxy_pass else {
+            self.warn(
+                d,
+                "server without proxy_pass: warren only proxies, so this server is left out",
+            );
+            return Ok(());
+        };
+        if listens.is_empty() {
+            self.warn(
+                d,
+                "no listen warren can take (see the warnings); this server and its proxy_pass \
+                 are left out",
+            );
+            return Ok(());
+        }
+        let Some(pool) = self.pass_pool(pass)? else {
+            self.warn(
+                d,
+                "its proxy_pass cannot be translated; this server is left out",
+            );
+            return Ok(());
+        };
+        let keys = listener_keys(&settings, pass, &mut self.warnings);
+        self.add_listeners(listens, &pool, pass, &keys);
+        Ok(())
+    }
+
+    /// What a `server` block holds: its proxy settings (the inherited ones overridden), its
+    /// listens and its one `proxy_pass`. Other directives become warnings.
+    fn server_block<'d>(
+        &mut self,
+        children: &'d [Directive],
+        inherited: &ProxySettings,
+    ) -> Result<(ProxySettings, Vec<Listen<'d>>, Option<&'d Directive>), ImportError> {
         let mut settings = inherited.clone();
         let mut seen = HashSet::new();
         let mut listens: Vec<Listen<'_>> = Vec::new();
@@ -341,29 +378,17 @@ impl Translator {
                 }
             }
         }
-        let Some(pass) = proxy_pass else {
-            self.warn(
-                d,
-                "server without proxy_pass: warren only proxies, so this server is left out",
-            );
-            return Ok(());
-        };
-        if listens.is_empty() {
-            self.warn(
-                d,
-                "no listen warren can take (see the warnings); this server and its proxy_pass \
-                 are left out",
-            );
-            return Ok(());
-        }
-        let Some(pool) = self.pass_pool(pass)? else {
-            self.warn(
-                d,
-                "its proxy_pass cannot be translated; this server is left out",
-            );
-            return Ok(());
-        };
-        let keys = listener_keys(&settings, pass, &mut self.warnings);
+        Ok((settings, listens, proxy_pass))
+    }
+
+    /// One listener per `listen` of a server, all to `pool` with the server's keys.
+    fn add_listeners(
+        &mut self,
+        listens: Vec<Listen<'_>>,
+        pool: &str,
+        pass: &Directive,
+        keys: &[(String, String, String)],
+    ) {
         for Listen {
             directive: listen,
             addr,
@@ -372,12 +397,12 @@ impl Translator {
         } in listens
         {
             let port = addr.rsplit(':').next().unwrap_or_default();
-            let name = if self.listener_names.contains(&pool) {
+            let name = if self.listener_names.contains(pool) {
                 unique(&format!("{pool}-{port}"), &mut self.listener_names)
             } else {
-                unique(&pool, &mut self.listener_names)
+                unique(pool, &mut self.listener_names)
             };
-            let mut keys = keys.clone();
+            let mut keys = keys.to_vec();
             if accept_pp {
                 keys.push((
                     "accept_proxy_protocol".to_string(),
@@ -396,13 +421,12 @@ impl Translator {
                     note: listen_note,
                 },
                 pool: Sourced {
-                    value: pool.clone(),
+                    value: pool.to_owned(),
                     note: note(pass),
                 },
                 keys,
             });
         }
-        Ok(())
     }
 
     /// `listen ADDR [proxy_protocol] [...]`: the address, whether a PROXY header is expected,

@@ -575,21 +575,7 @@ async fn run_exec(argv: &[String], event: &Event, timeout: Duration) -> Report {
     let Some((program, args)) = argv.split_first() else {
         return Report::error(RunOutcome::Failed, "exec hook has no program");
     };
-    let mut command = Command::new(program);
-    command
-        .args(args)
-        .env_clear()
-        .env("PATH", HOOK_PATH)
-        .envs(event.env())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // Only a safety net (it kills the leader alone): every path below reaps the child.
-        .kill_on_drop(true);
-    // Its own group, so the timeout kills whatever the hook started too.
-    #[cfg(unix)]
-    command.process_group(0);
-    let mut child = match command.spawn() {
+    let mut child = match exec_command(program, args, event).spawn() {
         Ok(child) => child,
         Err(e) => return Report::error(RunOutcome::Failed, format!("cannot run {program}: {e}")),
     };
@@ -610,32 +596,7 @@ async fn run_exec(argv: &[String], event: &Event, timeout: Duration) -> Report {
         .take()
         .map(|pipe| tokio::spawn(capture(pipe, stop_reading.clone())));
 
-    let (outcome, status, mut error) = match tokio::time::timeout_at(deadline, child.wait()).await {
-        Ok(Ok(status)) => {
-            let outcome = if status.success() {
-                RunOutcome::Ok
-            } else {
-                RunOutcome::Failed
-            };
-            (outcome, Some(describe(status)), None)
-        }
-        Ok(Err(e)) => {
-            let status = kill_and_reap(&mut child, pid).await;
-            (
-                RunOutcome::Failed,
-                status,
-                Some(format!("waiting for the hook failed: {e}")),
-            )
-        }
-        Err(_) => {
-            let status = kill_and_reap(&mut child, pid).await;
-            let error = format!(
-                "still running after {}; killed its process group",
-                humantime::format_duration(timeout)
-            );
-            (RunOutcome::Timeout, status, Some(error))
-        }
-    };
+    let (outcome, status, mut error) = wait_or_kill(&mut child, pid, deadline, timeout).await;
     // Reaped, or its group killed: nothing of this run is ours to kill any more.
     group_guard.0 = None;
 
@@ -664,6 +625,62 @@ async fn run_exec(argv: &[String], event: &Event, timeout: Duration) -> Report {
         stdout,
         stderr,
         error,
+    }
+}
+
+/// The hook's command: `argv` with a clean environment (`PATH` and the event's variables),
+/// its output piped, in a process group of its own so a timeout kills whatever it started too.
+fn exec_command(program: &str, args: &[String], event: &Event) -> Command {
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .env_clear()
+        .env("PATH", HOOK_PATH)
+        .envs(event.env())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Only a safety net (it kills the leader alone): every path of `run_exec` reaps the
+        // child.
+        .kill_on_drop(true);
+    #[cfg(unix)]
+    command.process_group(0);
+    command
+}
+
+/// Wait for the hook until `deadline`; past it (or when waiting fails) kill its process group
+/// and reap it. The outcome, the exit status and why the run failed, if it did.
+async fn wait_or_kill(
+    child: &mut Child,
+    pid: Option<u32>,
+    deadline: Instant,
+    timeout: Duration,
+) -> (RunOutcome, Option<String>, Option<String>) {
+    match tokio::time::timeout_at(deadline, child.wait()).await {
+        Ok(Ok(status)) => {
+            let outcome = if status.success() {
+                RunOutcome::Ok
+            } else {
+                RunOutcome::Failed
+            };
+            (outcome, Some(describe(status)), None)
+        }
+        Ok(Err(e)) => {
+            let status = kill_and_reap(child, pid).await;
+            (
+                RunOutcome::Failed,
+                status,
+                Some(format!("waiting for the hook failed: {e}")),
+            )
+        }
+        Err(_) => {
+            let status = kill_and_reap(child, pid).await;
+            let error = format!(
+                "still running after {}; killed its process group",
+                humantime::format_duration(timeout)
+            );
+            (RunOutcome::Timeout, status, Some(error))
+        }
     }
 }
 

@@ -110,16 +110,25 @@ pub fn proxy_header(data: &[u8]) -> Result<(), String> {
 /// Raw bytes to a live admin listener at `addr` (the client then half-closes): the answer is
 /// empty (a clean close) or starts with an HTTP/1.x status line with a code in 100..=599, and
 /// comes within 5 s.
+/// How long a raw admin request may take to be answered or closed.
+pub const ADMIN_ANSWER_WITHIN: Duration =
+    Duration::from_secs(warren::admin::AUTH_HOLD_MAX.as_secs() + 5);
+
 pub fn admin_request(addr: SocketAddr, data: &[u8]) -> Result<(), String> {
     let mut s = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // A wrong token may be held up to AUTH_HOLD_MAX before its 429 (the guessing limiter, which
+    // the corpus's token guesses run into): the bound is that plus 5 s for the answer itself.
+    s.set_read_timeout(Some(ADMIN_ANSWER_WITHIN)).unwrap();
     // The server may answer and close before reading everything: write errors are fine.
     let _ = s.write_all(data);
     let _ = s.shutdown(Shutdown::Write);
     let mut answer = Vec::new();
     if let Err(e) = s.read_to_end(&mut answer) {
         if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut {
-            return Err("no answer nor close within 5s".into());
+            return Err(format!(
+                "no answer nor close within {}s",
+                ADMIN_ANSWER_WITHIN.as_secs()
+            ));
         }
         // A reset after a refused request is a clean enough end.
     }

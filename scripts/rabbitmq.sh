@@ -210,16 +210,18 @@ cmd_start() {
     # A node whose VM still runs is still booting: on a loaded machine (nodes of a cluster boot
     # side by side, on CPUs shared with builds) that takes longer, so it gets up to
     # START_TIMEOUT. A VM that is gone will never boot: that fails at once, saying why.
-    local deadline=$((SECONDS + START_TIMEOUT)) started=0
+    # "Gone" needs two checks in a row (a pid file read while being rewritten looks empty).
+    local deadline=$((SECONDS + START_TIMEOUT)) started=0 missing=0
     while :; do
         if ctl -q await_startup --timeout 5 >/dev/null 2>&1; then
             log "$RABBITMQ_NODENAME is up after $((SECONDS - deadline + START_TIMEOUT))s"
             return 0
         fi
         if node_pid >/dev/null; then
-            started=1
+            started=1 missing=0
         elif [ "$started" -eq 1 ] || [ -f "$NODE_DIR/erl_crash.dump" ]; then
-            boot_failure "$RABBITMQ_NODENAME stopped while booting"
+            missing=$((missing + 1))
+            [ "$missing" -lt 2 ] || boot_failure "$RABBITMQ_NODENAME stopped while booting"
         fi
         if [ "$SECONDS" -ge "$deadline" ]; then
             boot_failure "$RABBITMQ_NODENAME did not boot within ${START_TIMEOUT}s"
@@ -372,6 +374,10 @@ cmd_cleanup() {
         dir=${dir%/}
         cmd_stop "${dir##*/}" "$basedir" || true
     done
+    # A node that had not written its pid file yet (stopped while booting) is found by its
+    # command line, which names the cluster's directory, so none is left behind holding its
+    # node name.
+    pkill -9 -f -- "$basedir/" 2>/dev/null || true
     rm -rf "$basedir"
 }
 

@@ -1,5 +1,5 @@
-//! The one HTTP/1.1 client of warren, used by webhooks ([`crate::hooks`]), the `http` probe and
-//! the drain's quorum check ([`crate::health::probe`]) and `warren ctl` ([`crate::ctl`]). It owns
+//! The one HTTP/1.1 client of warren, used by webhooks (`hooks`), the `http` probe and
+//! the drain's quorum check (`health::probe`) and `warren ctl` (`ctl`). It owns
 //! the parsed URL types ([`HttpUrl`], and [`ProbeUrl`] for the probe's `{host}`/`{port}`
 //! template, both parsed at config load), resolving and connecting, one request per fresh
 //! connection (`Connection: close`), the `Authorization` header (bearer, or basic from

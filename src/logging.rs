@@ -11,7 +11,7 @@ use std::sync::{Arc, LazyLock};
 
 use prometheus::{IntCounter, Opts};
 
-/// Log lines that could not be written, process-wide (every [`crate::metrics::Metrics`]
+/// Log lines that could not be written, process-wide (every `metrics::Metrics`
 /// registry exports this one counter).
 pub fn write_errors() -> &'static IntCounter {
     static ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {

@@ -7,6 +7,7 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
@@ -86,72 +87,31 @@ pub async fn connect<'a>(
         if tries >= max_tries {
             break;
         }
-        let (budget, shortened) = match deadline {
-            Some(d) if tries > 0 => {
-                let left = d.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    budget_spent = true;
-                    break;
-                }
-                (
-                    left.min(listener.connect_timeout),
-                    left < listener.connect_timeout,
-                )
-            }
-            _ => (listener.connect_timeout, false),
+        let Some(budget) = try_budget(deadline, tries, listener.connect_timeout) else {
+            budget_spent = true;
+            break;
         };
         let backend = &pool.backends[index];
         tries += 1;
-        let attempt = Instant::now();
-        let failure = match tokio::time::timeout(budget, connect_once(backend.addr)).await {
-            Ok(Ok(stream)) => {
-                backend
-                    .stats
-                    .connect_duration
-                    .observe(attempt.elapsed().as_secs_f64());
+        let failure = match attempt(&pool.name, backend, budget, &mut last).await {
+            Attempt::Connected(stream) => {
                 return Ok(Connected {
                     stream,
                     backend,
                     tries,
-                });
+                })
             }
-            Ok(Err(e)) if is_local(&e) => {
-                tracing::warn!(pool = %pool.name, backend = %backend.name, error = %e,
-                    "local error connecting to backend (not counted against it)");
-                if is_exhaustion(&e) {
-                    return Err(ConnectError::Local {
-                        backend: backend.name.to_string(),
-                        source: e,
-                    });
-                }
-                last = format!("{}: {e}", backend.name);
-                continue;
+            Attempt::Failed(failure) => failure,
+            Attempt::NotCounted => continue,
+            Attempt::Exhausted(source) => {
+                return Err(ConnectError::Local {
+                    backend: backend.name.to_string(),
+                    source,
+                })
             }
-            Ok(Err(e)) => {
-                last = format!("{} ({}): {e}", backend.name, backend.addr);
-                match e.kind() {
-                    io::ErrorKind::ConnectionRefused => ConnectFailure::Refused,
-                    io::ErrorKind::TimedOut => ConnectFailure::Timeout,
-                    _ => ConnectFailure::Other,
-                }
-            }
-            Err(_elapsed) if shortened => {
-                // The backend had less than its connect_timeout: no verdict on it.
-                last = format!(
-                    "{} ({}): no answer within the {:?} left of next_upstream_timeout",
-                    backend.name, backend.addr, budget
-                );
-                tracing::info!(pool = %pool.name, backend = %backend.name,
-                    "next_upstream_timeout spent during a shortened try (not counted against the backend)");
+            Attempt::BudgetSpent => {
                 budget_spent = true;
                 break;
-            }
-            Err(_elapsed) => {
-                last = format!(
-                    "{} ({}): no answer within {:?}",
-                    backend.name, backend.addr, budget
-                );
-                ConnectFailure::Timeout
             }
         };
         tracing::info!(pool = %pool.name, backend = %backend.name, reason = failure.as_str(),
@@ -164,6 +124,99 @@ pub async fn connect<'a>(
     } else {
         ConnectError::AllFailed { pool, tries, last }
     })
+}
+
+/// How long the next try may take: its `connect_timeout`, cut to what is left of
+/// `next_upstream_timeout` after the first try (`shortened` then says so). `None` when
+/// nothing is left.
+fn try_budget(
+    deadline: Option<Instant>,
+    tries: usize,
+    connect_timeout: Duration,
+) -> Option<Budget> {
+    match deadline {
+        Some(d) if tries > 0 => {
+            let left = d.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            Some(Budget {
+                time: left.min(connect_timeout),
+                shortened: left < connect_timeout,
+            })
+        }
+        _ => Some(Budget {
+            time: connect_timeout,
+            shortened: false,
+        }),
+    }
+}
+
+/// The time one try has, and whether the end of `next_upstream_timeout` cut it short.
+struct Budget {
+    time: Duration,
+    shortened: bool,
+}
+
+/// What one connect try came to.
+enum Attempt {
+    Connected(TcpStream),
+    /// The backend failed it: counted against the backend, the next candidate is tried.
+    Failed(ConnectFailure),
+    /// A local error not held against the backend; the next candidate is tried.
+    NotCounted,
+    /// No ephemeral port or descriptor: no other candidate would do better.
+    Exhausted(io::Error),
+    /// The try was cut short by the end of `next_upstream_timeout`: no verdict on the backend.
+    BudgetSpent,
+}
+
+/// One try at `backend` within `budget`; a failure is described into `last`.
+async fn attempt(pool: &str, backend: &BackendRoute, budget: Budget, last: &mut String) -> Attempt {
+    let started = Instant::now();
+    match tokio::time::timeout(budget.time, connect_once(backend.addr)).await {
+        Ok(Ok(stream)) => {
+            backend
+                .stats
+                .connect_duration
+                .observe(started.elapsed().as_secs_f64());
+            Attempt::Connected(stream)
+        }
+        Ok(Err(e)) if is_local(&e) => {
+            tracing::warn!(pool = %pool, backend = %backend.name, error = %e,
+                "local error connecting to backend (not counted against it)");
+            if is_exhaustion(&e) {
+                return Attempt::Exhausted(e);
+            }
+            *last = format!("{}: {e}", backend.name);
+            Attempt::NotCounted
+        }
+        Ok(Err(e)) => {
+            *last = format!("{} ({}): {e}", backend.name, backend.addr);
+            Attempt::Failed(match e.kind() {
+                io::ErrorKind::ConnectionRefused => ConnectFailure::Refused,
+                io::ErrorKind::TimedOut => ConnectFailure::Timeout,
+                _ => ConnectFailure::Other,
+            })
+        }
+        Err(_elapsed) if budget.shortened => {
+            // The backend had less than its connect_timeout: no verdict on it.
+            *last = format!(
+                "{} ({}): no answer within the {:?} left of next_upstream_timeout",
+                backend.name, backend.addr, budget.time
+            );
+            tracing::info!(pool = %pool, backend = %backend.name,
+                "next_upstream_timeout spent during a shortened try (not counted against the backend)");
+            Attempt::BudgetSpent
+        }
+        Err(_elapsed) => {
+            *last = format!(
+                "{} ({}): no answer within {:?}",
+                backend.name, backend.addr, budget.time
+            );
+            Attempt::Failed(ConnectFailure::Timeout)
+        }
+    }
 }
 
 /// A backend that closes a connection within this of accepting it, before sending a byte,

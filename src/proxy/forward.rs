@@ -108,6 +108,16 @@ enum End {
     WriteFailed(io::Error),
 }
 
+/// What writing out the bytes in flight came to.
+enum Flushed {
+    /// Something was in flight and was (partly) written: look again before reading.
+    Some,
+    /// Nothing was in flight.
+    Nothing,
+    /// The writing side failed.
+    End(End),
+}
+
 /// Forward until both sides are done, the idle timeout passes, or `stop` is cancelled (then the
 /// connection ends with `stop_reason`).
 ///
@@ -417,54 +427,14 @@ impl Direction {
         tally: &Tally<'_>,
         moved: &mut bool,
     ) -> Poll<End> {
-        #[cfg(target_os = "linux")]
-        use std::os::fd::AsRawFd;
         #[cfg(not(target_os = "linux"))]
         let _ = plane;
         loop {
-            if (self.sent as usize) < self.backlog.len() {
-                if let Err(e) = ready!(to.poll_write_ready(cx)) {
-                    return Poll::Ready(End::WriteFailed(e));
-                }
-                match to.try_write(&self.backlog[self.sent as usize..]) {
-                    Ok(n) => {
-                        // The backlog never exceeds the 64 KiB scratch buffer.
-                        self.sent += n as u32;
-                        self.count(tally, n, false);
-                        *moved = true;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => return Poll::Ready(End::WriteFailed(e)),
-                }
-                if self.sent as usize == self.backlog.len() {
-                    self.backlog.clear();
-                    self.sent = 0;
-                }
-                continue;
-            }
-            #[cfg(target_os = "linux")]
-            if let Some(pipe) = self.pipe.as_mut() {
-                if pipe.pending > 0 {
-                    if let Err(e) = ready!(to.poll_write_ready(cx)) {
-                        return Poll::Ready(End::WriteFailed(e));
-                    }
-                    match to.try_io(tokio::io::Interest::WRITABLE, || {
-                        pipe.drain_to(to.as_raw_fd())
-                    }) {
-                        Ok(n) => {
-                            self.count(tally, n, true);
-                            *moved = true;
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(e) => return Poll::Ready(End::WriteFailed(e)),
-                    }
-                    if self.mode == Mode::Copy && self.pipe.as_ref().is_some_and(|p| p.pending == 0)
-                    {
-                        // Small frames again: hold no pipe on the copy path.
-                        self.release(plane);
-                    }
-                    continue;
-                }
+            // Bytes in flight go out before anything more is read.
+            match ready!(self.poll_flush(cx, to, plane, tally, moved)) {
+                Flushed::Some => continue,
+                Flushed::Nothing => {}
+                Flushed::End(end) => return Poll::Ready(end),
             }
 
             // Nothing in flight: wait for the reading side.
@@ -489,25 +459,99 @@ impl Direction {
                 }
             }
 
-            match copy_step(from, to, &mut self.backlog) {
-                Step::Moved { read, written } => {
-                    self.count(tally, written, false);
-                    *moved = true;
-                    #[cfg(target_os = "linux")]
-                    if read >= SPLICE_FROM && self.splice_ok {
-                        self.mode = Mode::Splice;
-                    }
-                    let _ = read;
-                }
-                Step::Empty => {
-                    if self.backlog.capacity() > 0 {
-                        self.backlog = Vec::new();
-                    }
-                }
-                Step::Eof => return Poll::Ready(End::Eof),
-                Step::ReadErr(e) => return Poll::Ready(End::ReadFailed(e)),
-                Step::WriteErr(e) => return Poll::Ready(End::WriteFailed(e)),
+            if let Some(end) = self.copy_in(from, to, tally, moved) {
+                return Poll::Ready(end);
             }
+        }
+    }
+
+    /// Write out what is in flight: the copy backlog, then (Linux) what the pipe holds.
+    fn poll_flush(
+        &mut self,
+        cx: &mut Context<'_>,
+        to: &TcpStream,
+        plane: &Plane,
+        tally: &Tally<'_>,
+        moved: &mut bool,
+    ) -> Poll<Flushed> {
+        #[cfg(not(target_os = "linux"))]
+        let _ = plane;
+        if (self.sent as usize) < self.backlog.len() {
+            if let Err(e) = ready!(to.poll_write_ready(cx)) {
+                return Poll::Ready(Flushed::End(End::WriteFailed(e)));
+            }
+            match to.try_write(&self.backlog[self.sent as usize..]) {
+                Ok(n) => {
+                    // The backlog never exceeds the 64 KiB scratch buffer.
+                    self.sent += n as u32;
+                    self.count(tally, n, false);
+                    *moved = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Flushed::End(End::WriteFailed(e))),
+            }
+            if self.sent as usize == self.backlog.len() {
+                self.backlog.clear();
+                self.sent = 0;
+            }
+            return Poll::Ready(Flushed::Some);
+        }
+        #[cfg(target_os = "linux")]
+        if let Some(pipe) = self.pipe.as_mut() {
+            use std::os::fd::AsRawFd;
+            if pipe.pending > 0 {
+                if let Err(e) = ready!(to.poll_write_ready(cx)) {
+                    return Poll::Ready(Flushed::End(End::WriteFailed(e)));
+                }
+                match to.try_io(tokio::io::Interest::WRITABLE, || {
+                    pipe.drain_to(to.as_raw_fd())
+                }) {
+                    Ok(n) => {
+                        self.count(tally, n, true);
+                        *moved = true;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Poll::Ready(Flushed::End(End::WriteFailed(e))),
+                }
+                if self.mode == Mode::Copy && self.pipe.as_ref().is_some_and(|p| p.pending == 0) {
+                    // Small frames again: hold no pipe on the copy path.
+                    self.release(plane);
+                }
+                return Poll::Ready(Flushed::Some);
+            }
+        }
+        Poll::Ready(Flushed::Nothing)
+    }
+
+    /// One read-and-write on the copy path; what is not written stays in the backlog.
+    /// `Some` when this direction ended.
+    fn copy_in(
+        &mut self,
+        from: &TcpStream,
+        to: &TcpStream,
+        tally: &Tally<'_>,
+        moved: &mut bool,
+    ) -> Option<End> {
+        match copy_step(from, to, &mut self.backlog) {
+            Step::Moved { read, written } => {
+                self.count(tally, written, false);
+                *moved = true;
+                #[cfg(target_os = "linux")]
+                if read >= SPLICE_FROM && self.splice_ok {
+                    self.mode = Mode::Splice;
+                }
+                let _ = read;
+                None
+            }
+            Step::Empty => {
+                if self.backlog.capacity() > 0 {
+                    self.backlog = Vec::new();
+                }
+                None
+            }
+            Step::Eof => Some(End::Eof),
+            Step::ReadErr(e) => Some(End::ReadFailed(e)),
+            Step::WriteErr(e) => Some(End::WriteFailed(e)),
         }
     }
 

@@ -30,7 +30,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::ProxyProtocol;
+use crate::config::{ListenerConfig, ProxyProtocol};
 use crate::metrics::Metrics;
 use crate::net::{ConnectFailure, Observer};
 use crate::proxy_protocol::{self, Header, Parsed};
@@ -522,43 +522,12 @@ async fn establish(
     let _ = client.set_nodelay(true);
     let snapshot = ctx.routing.load_full();
     let listener = snapshot.listeners.get(listener_name)?;
-    // The local address is only needed for an outbound PROXY header (a syscall saved otherwise).
-    let local = if listener.proxy_protocol == ProxyProtocol::Off {
-        peer
-    } else {
-        client.local_addr().unwrap_or(peer)
-    };
-    let (mut origin, mut destination) = (peer, local);
-
-    let (permit, early) = match admission {
-        Admission::Admitted(permit) => (permit, Vec::new()),
-        Admission::HeaderPending { slot, limit } => {
-            let timeout = listener.proxy_protocol_timeout;
-            let (header, early) = match read_proxy_header(&client, timeout, &slot.evicted).await {
-                Ok(read) => read,
-                Err(e) => {
-                    header_rejected(&e, listener_name, peer, stats);
-                    return None;
-                }
-            };
-            drop(slot);
-            let Ok(permit) = limit.try_acquire_owned() else {
-                stats.rejected_max_connections.inc();
-                tracing::debug!(listener = listener_name, client = %peer,
-                    "connection refused after its PROXY header: max_connections reached");
-                return None;
-            };
-            if let Header::Proxied {
-                source,
-                destination: d,
-            } = header
-            {
-                origin = source;
-                destination = d;
-            }
-            (permit, early)
-        }
-    };
+    let Entry {
+        permit,
+        early,
+        origin,
+        destination,
+    } = enter(&client, peer, admission, listener, listener_name, stats).await?;
 
     let Some(pool) = snapshot.pools.get(listener.pool.as_str()) else {
         stats.rejected_no_backend.inc();
@@ -581,25 +550,18 @@ async fn establish(
     let mut upstream = connected.stream;
     backend.stats.total.inc();
 
-    let mut preamble = Vec::new();
     let header = Header::Proxied {
         source: origin,
         destination,
     };
-    match listener.proxy_protocol {
-        ProxyProtocol::Off => {}
-        ProxyProtocol::V1 => proxy_protocol::encode_v1(&header, &mut preamble),
-        ProxyProtocol::V2 => proxy_protocol::encode_v2(&header, &mut preamble),
+    if let Err(e) = write_preamble(&mut upstream, listener.proxy_protocol, &header, &early).await {
+        tracing::warn!(listener = listener_name, backend = %backend.name, error = %e,
+            "writing the preamble to the backend failed");
+        stats.closed(CloseReason::Backend).inc();
+        closed_early(&pool.name, &backend.name, &backend.stats, &*ctx.health);
+        return None;
     }
-    preamble.extend_from_slice(&early);
-    if !preamble.is_empty() {
-        if let Err(e) = upstream.write_all(&preamble).await {
-            tracing::warn!(listener = listener_name, backend = %backend.name, error = %e,
-                "writing the preamble to the backend failed");
-            stats.closed(CloseReason::Backend).inc();
-            closed_early(&pool.name, &backend.name, &backend.stats, &*ctx.health);
-            return None;
-        }
+    if !early.is_empty() {
         backend.stats.bytes_to_backend.inc_by(early.len() as u64);
         ctx.plane.to_backend.copy.inc_by(early.len() as u64);
     }
@@ -616,6 +578,93 @@ async fn establish(
         close: backend.stats.close_token(),
         _permit: permit,
     })
+}
+
+/// A client let in: its `max_connections` slot, the bytes it sent after its PROXY header, and
+/// who it is and was talking to (the header's addresses when it sent one).
+struct Entry {
+    permit: OwnedSemaphorePermit,
+    early: Vec<u8>,
+    origin: SocketAddr,
+    destination: SocketAddr,
+}
+
+/// Read the inbound PROXY header if the listener expects one, then take the client's slot.
+/// `None` when the client was turned away (counted and logged here).
+async fn enter(
+    client: &TcpStream,
+    peer: SocketAddr,
+    admission: Admission,
+    listener: &ListenerConfig,
+    listener_name: &str,
+    stats: &ListenerStats,
+) -> Option<Entry> {
+    // The local address is only needed for an outbound PROXY header (a syscall saved otherwise).
+    let local = if listener.proxy_protocol == ProxyProtocol::Off {
+        peer
+    } else {
+        client.local_addr().unwrap_or(peer)
+    };
+    let (slot, limit) = match admission {
+        Admission::Admitted(permit) => {
+            return Some(Entry {
+                permit,
+                early: Vec::new(),
+                origin: peer,
+                destination: local,
+            })
+        }
+        Admission::HeaderPending { slot, limit } => (slot, limit),
+    };
+    let timeout = listener.proxy_protocol_timeout;
+    let (header, early) = match read_proxy_header(client, timeout, &slot.evicted).await {
+        Ok(read) => read,
+        Err(e) => {
+            header_rejected(&e, listener_name, peer, stats);
+            return None;
+        }
+    };
+    drop(slot);
+    let Ok(permit) = limit.try_acquire_owned() else {
+        stats.rejected_max_connections.inc();
+        tracing::debug!(listener = listener_name, client = %peer,
+            "connection refused after its PROXY header: max_connections reached");
+        return None;
+    };
+    let (origin, destination) = match header {
+        Header::Proxied {
+            source,
+            destination,
+        } => (source, destination),
+        Header::Local => (peer, local),
+    };
+    Some(Entry {
+        permit,
+        early,
+        origin,
+        destination,
+    })
+}
+
+/// Send the backend what goes before the client's bytes: the outbound PROXY header the
+/// listener asks for, then what the client sent after its inbound header.
+async fn write_preamble(
+    upstream: &mut TcpStream,
+    version: ProxyProtocol,
+    header: &Header,
+    early: &[u8],
+) -> io::Result<()> {
+    let mut preamble = Vec::new();
+    match version {
+        ProxyProtocol::Off => {}
+        ProxyProtocol::V1 => proxy_protocol::encode_v1(header, &mut preamble),
+        ProxyProtocol::V2 => proxy_protocol::encode_v2(header, &mut preamble),
+    }
+    preamble.extend_from_slice(early);
+    if preamble.is_empty() {
+        return Ok(());
+    }
+    upstream.write_all(&preamble).await
 }
 
 /// The backend closed or reset a new connection first, at once and without a byte: a failed

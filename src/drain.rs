@@ -18,7 +18,7 @@ use tokio::runtime::Handle;
 use crate::api::{DrainAnswer, QuorumAnswer};
 use crate::config::{Config, HookEvent, ProxyProtocol};
 use crate::health::probe::{self, QuorumCheck};
-use crate::health::Controller;
+use crate::health::{Cause, Controller};
 use crate::metrics::Metrics;
 use crate::state::{AdminState, BackendId, Routing};
 
@@ -251,7 +251,7 @@ impl Drainer {
             {
                 tracing::info!(pool, backend, deadline = ?deadline, force, "drain started");
                 self.health
-                    .emit(id, Some(HookEvent::DrainStarted), &transition);
+                    .emit(id, Some(HookEvent::DrainStarted), &transition, Cause::Admin);
             }
             saved = self.save();
         }
@@ -295,7 +295,7 @@ impl Drainer {
         let mut saved = None;
         if previous != AdminState::Active {
             tracing::info!(pool, backend, "undrained: taking new connections");
-            self.health.emit(id, None, &transition);
+            self.health.emit(id, None, &transition, Cause::Admin);
             saved = self.save();
         }
         // A reload may have removed the backend since: not found, never a panic.
@@ -353,8 +353,12 @@ impl Drainer {
                 });
                 if let Some((Some(()), transition)) = done {
                     tracing::info!(pool, backend, "drain complete: no connection left");
-                    self.health
-                        .emit(&id, Some(HookEvent::DrainComplete), &transition);
+                    self.health.emit(
+                        &id,
+                        Some(HookEvent::DrainComplete),
+                        &transition,
+                        Cause::Admin,
+                    );
                     // A failed save is logged and counted by `save`.
                     let _ = self.save();
                 }

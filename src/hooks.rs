@@ -7,13 +7,15 @@
 //! What a hook sees:
 //! - **exec**: the argv from the config, run without a shell, stdin `/dev/null`, the working
 //!   directory of warren, and a clean environment holding exactly [`HOOK_PATH`] as `PATH` and
-//!   `WARREN_EVENT`, `WARREN_POOL`, `WARREN_BACKEND`, `WARREN_BACKEND_ADDR` (both empty for pool
-//!   events), `WARREN_AVAILABLE`, `WARREN_TOTAL`. The hook is the leader of its own process
+//!   `WARREN_EVENT`, `WARREN_POOL`, `WARREN_BACKEND`, `WARREN_BACKEND_ADDR`,
+//!   `WARREN_ADMIN_STATE` (the three empty for pool events), `WARREN_AVAILABLE`, `WARREN_TOTAL`,
+//!   `WARREN_PLANNED` (`true` | `false`, see [`Event::planned`]). The hook is the leader of its own process
 //!   group; at its `timeout` the whole group is killed with SIGKILL and the hook is reaped. A run
 //!   ends when the hook's process exits: processes it leaves running are not waited for and their
 //!   later output is not read (start daemons with `setsid cmd >/dev/null 2>&1 &`).
-//! - **webhook**: `POST` of `{"event","pool","backend","backend_addr","available","total"}` as
-//!   JSON (`backend` and `backend_addr` are `null` for pool events), under the hook's `timeout`,
+//! - **webhook**: `POST` of
+//!   `{"event","pool","backend","backend_addr","available","total","admin_state","planned"}` as
+//!   JSON (`backend`, `backend_addr` and `admin_state` are `null` for pool events), under the hook's `timeout`,
 //!   through [`crate::http_client`] (the URL's `user:pass@` as basic authentication).
 //!
 //! The admin token is never passed to a hook nor logged: [`Event`] does not carry it and the exec
@@ -40,6 +42,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::instrument::WithSubscriber;
 
+use crate::api::AdminState;
 use crate::config::{HookAction, HookConfig, HookEvent};
 use crate::http_client::{BodyRead, HttpError, HttpUrl, Request};
 use crate::metrics::Metrics;
@@ -81,6 +84,11 @@ pub struct Event {
     pub available: usize,
     /// Backends in the pool.
     pub total: usize,
+    /// The backend's admin state after the change, for backend and drain events.
+    pub admin_state: Option<AdminState>,
+    /// Planned work, not an outage: the event comes from a drain or an undrain, or it is about
+    /// a backend an operator took out (draining or drained). Example hooks do not page on it.
+    pub planned: bool,
 }
 
 impl Event {
@@ -91,7 +99,7 @@ impl Event {
     }
 
     /// The `WARREN_*` variables of an exec hook (`PATH` is added separately).
-    fn env(&self) -> [(&'static str, String); 6] {
+    fn env(&self) -> [(&'static str, String); 8] {
         [
             ("WARREN_EVENT", self.kind.as_str().to_string()),
             ("WARREN_POOL", self.pool.clone()),
@@ -102,6 +110,12 @@ impl Event {
             ),
             ("WARREN_AVAILABLE", self.available.to_string()),
             ("WARREN_TOTAL", self.total.to_string()),
+            (
+                "WARREN_ADMIN_STATE",
+                self.admin_state
+                    .map_or_else(String::new, |a| a.as_str().to_string()),
+            ),
+            ("WARREN_PLANNED", self.planned.to_string()),
         ]
     }
 
@@ -115,6 +129,8 @@ impl Event {
             backend_addr: Option<&'a str>,
             available: usize,
             total: usize,
+            admin_state: Option<AdminState>,
+            planned: bool,
         }
         serde_json::to_string(&Body {
             event: self.kind.as_str(),
@@ -123,6 +139,8 @@ impl Event {
             backend_addr: self.backend_addr.as_deref(),
             available: self.available,
             total: self.total,
+            admin_state: self.admin_state,
+            planned: self.planned,
         })
         .expect("a struct of strings and numbers serializes")
     }
@@ -907,6 +925,8 @@ mod tests {
             backend_addr: backend.map(|_| "10.0.0.1:5672".to_string()),
             available,
             total: 2,
+            admin_state: backend.map(|_| AdminState::Active),
+            planned: false,
         }
     }
 
@@ -981,12 +1001,29 @@ mod tests {
         let backend = event(HookEvent::BackendDown, Some("rabbit-a"), 1);
         assert_eq!(
             backend.json(),
-            r#"{"event":"backend_down","pool":"rabbitmq","backend":"rabbit-a","backend_addr":"10.0.0.1:5672","available":1,"total":2}"#
+            r#"{"event":"backend_down","pool":"rabbitmq","backend":"rabbit-a","backend_addr":"10.0.0.1:5672","available":1,"total":2,"admin_state":"active","planned":false}"#
+        );
+        let drained = Event {
+            admin_state: Some(AdminState::Drained),
+            planned: true,
+            ..backend.clone()
+        };
+        assert_eq!(
+            drained.json(),
+            r#"{"event":"backend_down","pool":"rabbitmq","backend":"rabbit-a","backend_addr":"10.0.0.1:5672","available":1,"total":2,"admin_state":"drained","planned":true}"#
+        );
+        let env: Vec<(&str, String)> = drained.env().into_iter().collect();
+        assert_eq!(
+            env[6..],
+            [
+                ("WARREN_ADMIN_STATE", "drained".to_string()),
+                ("WARREN_PLANNED", "true".to_string()),
+            ]
         );
         let pool = event(HookEvent::PoolFailover, None, 0);
         assert_eq!(
             pool.json(),
-            r#"{"event":"pool_failover","pool":"rabbitmq","backend":null,"backend_addr":null,"available":0,"total":2}"#
+            r#"{"event":"pool_failover","pool":"rabbitmq","backend":null,"backend_addr":null,"available":0,"total":2,"admin_state":null,"planned":false}"#
         );
         let env: Vec<(&str, String)> = pool.env().into_iter().collect();
         assert_eq!(
@@ -998,6 +1035,8 @@ mod tests {
                 ("WARREN_BACKEND_ADDR", String::new()),
                 ("WARREN_AVAILABLE", "0".to_string()),
                 ("WARREN_TOTAL", "2".to_string()),
+                ("WARREN_ADMIN_STATE", String::new()),
+                ("WARREN_PLANNED", "false".to_string()),
             ]
         );
     }

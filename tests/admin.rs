@@ -771,3 +771,52 @@ async fn drain_state_survives_a_process_restart() {
         "no new connection on drained b0"
     );
 }
+
+/// The pool event of a drain is planned work, logged at INFO with `planned=true`; the same
+/// event from a backend dying while active is logged at WARN with `planned=false`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drains_pool_event_is_logged_as_planned_and_an_outages_as_a_warning() {
+    let dir = TempDir::new("planned-log");
+    let (a, b) = (spawn_backend(echo).await, spawn_backend(echo).await);
+    let c = spawn_backend(echo).await;
+    let (admin_port, listen_port) = (free_port(), free_port());
+    let config = dir.0.join("warren.toml");
+    let text = process_config(admin_port, None, listen_port, &[a.addr, b.addr, c.addr], "")
+        + "[pool.rabbitmq.health]\nkind = \"tcp\"\ninterval = \"100ms\"\ntimeout = \"1s\"\n\
+           rise = 1\nfall = 1\n";
+    std::fs::write(&config, text).unwrap();
+    let mut warren = WarrenProc::spawn(
+        &["run", "--config", config.to_str().unwrap()],
+        dir.0.join("warren.log"),
+    );
+    warren.logged("warren started", 10 * SECOND).await;
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let (code, body) = http(
+        admin,
+        "POST",
+        "/v1/pools/rabbitmq/backends/b0/drain",
+        None,
+        b"",
+    )
+    .await;
+    assert_eq!(code, 202, "{body}");
+    warren.logged("pool event", 5 * SECOND).await;
+    drop(b);
+    warren.logged("planned=false", 5 * SECOND).await;
+    let log = warren.log_text();
+    let events: Vec<&str> = log.lines().filter(|l| l.contains("pool event")).collect();
+    assert_eq!(events.len(), 2, "{log}");
+    assert!(
+        events[0].contains("INFO")
+            && events[0].contains("pool_degraded")
+            && events[0].contains("planned=true"),
+        "{log}"
+    );
+    assert!(
+        events[1].contains("WARN")
+            && events[1].contains("pool_degraded")
+            && events[1].contains("planned=false"),
+        "{log}"
+    );
+    drop((a, c));
+}

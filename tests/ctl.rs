@@ -494,7 +494,11 @@ fn drain_refused_by_min_available_exits_1_with_the_server_message() {
     assert!(run.stderr.contains("409"), "{run:?}");
     let requests = fake.requests();
     assert_eq!(requests.len(), 1, "no wait after a refusal");
-    assert_eq!(requests[0].json(), json!({"force": false}));
+    // --wait without --deadline sends the default one (issue 16).
+    assert_eq!(
+        requests[0].json(),
+        json!({"deadline": "60s", "force": false})
+    );
     assert_eq!(requests[0].header("authorization"), None);
 }
 
@@ -812,4 +816,45 @@ fn one_instance_down_of_a_pair_fails_the_command_and_names_it() {
         "{run:?}"
     );
     assert_eq!(up.requests().len(), 1, "the live instance was drained");
+}
+
+/// `drain --wait` without `--deadline` sends the 60 s default (AMQP connections never close by
+/// themselves, so a wait without one would never end) and says so in its progress line.
+#[test]
+fn drain_wait_without_a_deadline_sends_the_default_and_says_so() {
+    let polls = Arc::new(AtomicUsize::new(0));
+    let fake = draining_fake(polls);
+    let token = TokenFile::new("s3cret");
+    let run = ctl(
+        &fake.url(),
+        &["--token-file", token.path(), "drain", "rabbit-a", "--wait"],
+        &[],
+    );
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let requests = fake.requests();
+    let post = requests
+        .iter()
+        .find(|r| r.method == "POST")
+        .expect("a drain request");
+    assert_eq!(post.json(), json!({"deadline": "60s", "force": false}));
+    let first = run.stdout.lines().next().unwrap_or_default();
+    assert!(
+        first.ends_with(
+            "the rest are closed at 2026-11-22T00:05:00Z (--wait's default deadline, 60s: AMQP \
+             clients keep their connections until they are closed; give --deadline to choose)"
+        ),
+        "{run:?}"
+    );
+
+    // Without --wait there is no default: the server keeps open connections until they close.
+    let fake = draining_fake(Arc::new(AtomicUsize::new(0)));
+    let run = ctl(
+        &fake.url(),
+        &["--token-file", token.path(), "drain", "rabbit-a"],
+        &[],
+    );
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let requests = fake.requests();
+    let post = requests.iter().find(|r| r.method == "POST").unwrap();
+    assert_eq!(post.json(), json!({"force": false}));
 }

@@ -452,3 +452,98 @@ async fn keepalived_check_script_follows_readyz() {
     assert_eq!(check("healthz").await, Some(0));
     warren.stop().await;
 }
+
+/// Run config/hooks/page.sh as warren runs a hook (clean environment, PATH and WARREN_*), with
+/// a one-shot HTTP server as its alerting webhook; returns the script's output and the request
+/// body the webhook got, if any.
+fn run_page_hook(env: &[(&str, &str)]) -> (Output, Option<String>) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hooks/warren", server.local_addr().unwrap());
+    server.set_nonblocking(true).unwrap();
+    let script_done = Arc::new(AtomicBool::new(false));
+    let done = script_done.clone();
+    // Answers one request; gives up once the script has ended without sending one.
+    let webhook = std::thread::spawn(move || {
+        let deadline = Instant::now() + SHORT_RUN;
+        let mut conn = loop {
+            match server.accept() {
+                Ok((conn, _)) => break conn,
+                Err(_) if done.load(Ordering::SeqCst) || Instant::now() > deadline => return None,
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        };
+        conn.set_nonblocking(false).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut request = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = conn.read(&mut buf) {
+            request.extend_from_slice(&buf[..n]);
+            if n == 0 || request.ends_with(b"}") {
+                break;
+            }
+        }
+        let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+        let text = String::from_utf8_lossy(&request).into_owned();
+        text.split_once("\r\n\r\n").map(|(_, body)| body.to_owned())
+    });
+    let out = run(Command::new("sh")
+        .arg(repo().join("config/hooks/page.sh"))
+        .arg(&url)
+        .env_clear()
+        .env("PATH", warren::hooks::HOOK_PATH)
+        .envs(env.iter().copied()));
+    script_done.store(true, Ordering::SeqCst);
+    (out, webhook.join().expect("the webhook thread"))
+}
+
+#[test]
+fn page_hook_pages_an_outage_and_not_planned_work() {
+    if tool_or_skip("curl", "page_hook_pages_an_outage_and_not_planned_work").is_none() {
+        return;
+    }
+    let outage = [
+        ("WARREN_EVENT", "backend_down"),
+        ("WARREN_POOL", "rabbitmq"),
+        ("WARREN_BACKEND", "rabbit-a"),
+        ("WARREN_BACKEND_ADDR", "10.0.0.1:5672"),
+        ("WARREN_ADMIN_STATE", "active"),
+        ("WARREN_AVAILABLE", "1"),
+        ("WARREN_TOTAL", "2"),
+        ("WARREN_PLANNED", "false"),
+    ];
+    let (out, body) = run_page_hook(&outage);
+    assert!(out.status.success(), "{out:?}");
+    let body = body.expect("an outage is paged");
+    assert!(
+        body.contains("backend_down in pool rabbitmq, backend rabbit-a (10.0.0.1:5672)"),
+        "{body}"
+    );
+
+    // The same node stopped after its drain, and the pool_degraded of a drain.
+    let mut stopped_after_drain = outage;
+    stopped_after_drain[4].1 = "drained";
+    stopped_after_drain[7].1 = "true";
+    let degraded_by_drain = [
+        ("WARREN_EVENT", "pool_degraded"),
+        ("WARREN_POOL", "rabbitmq"),
+        ("WARREN_BACKEND", ""),
+        ("WARREN_BACKEND_ADDR", ""),
+        ("WARREN_ADMIN_STATE", ""),
+        ("WARREN_AVAILABLE", "1"),
+        ("WARREN_TOTAL", "2"),
+        ("WARREN_PLANNED", "true"),
+    ];
+    for env in [&stopped_after_drain, &degraded_by_drain] {
+        let (out, body) = run_page_hook(env);
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(body, None, "planned work paged: {env:?}");
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            said.starts_with("planned: ") && said.contains("not paged"),
+            "{said}"
+        );
+    }
+}

@@ -506,3 +506,82 @@ async fn a_backend_that_closes_at_once_is_taken_out() {
     }
     warren.stop().await;
 }
+
+/// Planned work must not look like an outage: hooks are told the backend's admin state and
+/// whether the event is planned. A drain (and the `pool_degraded` it causes) is planned, and so
+/// is a drained node that then stops; a node that dies while active is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooks_tell_planned_work_from_an_outage() {
+    let dir = TempDir::new("health-planned");
+    let hooks = HookRecorder::new(
+        &dir.0,
+        "$WARREN_EVENT $WARREN_BACKEND/$WARREN_ADMIN_STATE planned=$WARREN_PLANNED",
+    );
+    let mut a = Revivable::start().await;
+    let mut b = Revivable::start().await;
+    let c = spawn_backend(echo).await;
+    let mut cfg = config(
+        Balance::RoundRobin,
+        vec![
+            backend("a", a.addr),
+            backend("b", b.addr),
+            backend("c", c.addr),
+        ],
+    );
+    cfg.pools[0].health = Some(tcp_health(100, 100, 1, 2));
+    cfg.hooks = vec![hooks.hook(
+        &[
+            HookEvent::BackendDown,
+            HookEvent::BackendUp,
+            HookEvent::PoolDegraded,
+            HookEvent::DrainStarted,
+            HookEvent::DrainComplete,
+        ],
+        HOOK_TIMEOUT,
+    )];
+    let warren = Warren::start(with_admin_api(cfg, None), quick());
+    let admin = warren.admin.expect("admin API");
+    for name in ["a", "b", "c"] {
+        wait_for(name, 5 * SECOND, || health_of(&warren, name) == Health::Up).await;
+    }
+    let lines_reach = |n: usize| {
+        let hooks = &hooks;
+        move || hooks.lines().len() >= n
+    };
+
+    // The upgrade of a: drain it (no connection, so it is drained at once), then stop it.
+    let (code, body) = http(
+        admin,
+        "POST",
+        "/v1/pools/default/backends/a/drain",
+        None,
+        b"",
+    )
+    .await;
+    assert_eq!(code, 202, "{body}");
+    wait_for("drain events", 5 * SECOND, lines_reach(3)).await;
+    a.kill().await;
+    wait_for("a down", 5 * SECOND, lines_reach(4)).await;
+    // Its node back after the upgrade, still drained.
+    a.revive().await;
+    wait_for("a up", 5 * SECOND, lines_reach(5)).await;
+    // b dies while it takes traffic: an outage.
+    b.kill().await;
+    wait_for("b down", 5 * SECOND, lines_reach(7)).await;
+    assert_eq!(
+        hooks.lines(),
+        [
+            "drain_started a/draining planned=true",
+            "pool_degraded / planned=true",
+            "drain_complete a/drained planned=true",
+            "backend_down a/drained planned=true",
+            "backend_up a/drained planned=true",
+            "backend_down b/active planned=false",
+            "pool_degraded / planned=false",
+        ]
+    );
+    // The pool event of a drain is logged as information, of an outage as a warning (the log
+    // itself is covered in tests/cli.rs; here, the events are enough).
+    b.revive().await;
+    warren.stop().await;
+}

@@ -16,6 +16,7 @@ use common::{exec_hook, file_lines, wait_for, write_hook_script};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use warren::api::AdminState;
 use warren::config::{HookAction, HookConfig, HookEvent};
 use warren::hooks::{Event, Hooks, HOOK_PATH, QUEUE_CAPACITY};
 use warren::http_client::HttpUrl;
@@ -76,6 +77,8 @@ fn backend_event(kind: HookEvent, backend: &str, available: usize) -> Event {
         backend_addr: Some("10.0.0.1:5672".to_string()),
         available,
         total: 2,
+        admin_state: Some(AdminState::Active),
+        planned: false,
     }
 }
 
@@ -118,6 +121,8 @@ async fn exec_hook_gets_exactly_the_documented_environment() {
         ("WARREN_BACKEND_ADDR", "10.0.0.1:5672"),
         ("WARREN_AVAILABLE", "1"),
         ("WARREN_TOTAL", "2"),
+        ("WARREN_ADMIN_STATE", "active"),
+        ("WARREN_PLANNED", "false"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -152,6 +157,8 @@ async fn pool_events_get_empty_backend_variables() {
         backend_addr: None,
         available: 0,
         total: 2,
+        admin_state: None,
+        planned: false,
     });
     wait_for("the run", LONG, || {
         runs(&metrics, HookEvent::PoolDown, "ok") == 1
@@ -443,6 +450,8 @@ async fn hook_runs_only_on_subscribed_events() {
         backend_addr: None,
         available: 1,
         total: 3,
+        admin_state: None,
+        planned: false,
     });
     // Runs are in order, so a queued backend_down would have run before this.
     wait_for("the failover run", LONG, || {
@@ -578,6 +587,8 @@ async fn webhook_posts_the_event_as_json() {
         backend_addr: None,
         available: 0,
         total: 2,
+        admin_state: None,
+        planned: false,
     });
 
     let first = tokio::time::timeout(LONG, requests.recv())
@@ -603,7 +614,7 @@ async fn webhook_posts_the_event_as_json() {
     );
     assert_eq!(
         first.body,
-        r#"{"event":"backend_down","pool":"rabbitmq","backend":"rabbit-a","backend_addr":"10.0.0.1:5672","available":1,"total":2}"#
+        r#"{"event":"backend_down","pool":"rabbitmq","backend":"rabbit-a","backend_addr":"10.0.0.1:5672","available":1,"total":2,"admin_state":"active","planned":false}"#
     );
     let second = tokio::time::timeout(LONG, requests.recv())
         .await
@@ -611,7 +622,7 @@ async fn webhook_posts_the_event_as_json() {
         .expect("the server is running");
     assert_eq!(
         second.body,
-        r#"{"event":"pool_down","pool":"rabbitmq","backend":null,"backend_addr":null,"available":0,"total":2}"#
+        r#"{"event":"pool_down","pool":"rabbitmq","backend":null,"backend_addr":null,"available":0,"total":2,"admin_state":null,"planned":false}"#
     );
     wait_for("both runs counted", LONG, || {
         runs(&metrics, HookEvent::BackendDown, "ok") == 1

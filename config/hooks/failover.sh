@@ -5,7 +5,9 @@
 #   exec = ["/etc/warren/hooks/failover.sh", "passive-frontends.target"]
 #
 # warren runs hooks one at a time per hook, with a clean environment: PATH plus WARREN_EVENT,
-# WARREN_POOL, WARREN_BACKEND, WARREN_BACKEND_ADDR, WARREN_AVAILABLE, WARREN_TOTAL. A non-zero
+# WARREN_POOL, WARREN_BACKEND, WARREN_BACKEND_ADDR, WARREN_ADMIN_STATE, WARREN_AVAILABLE,
+# WARREN_TOTAL, WARREN_PLANNED. A planned failover (every primary drained) still starts UNIT:
+# the backups carry the pool either way. A non-zero
 # exit is logged and counted in warren_hook_runs_total{result="failed"}; a run longer than the
 # hook's timeout is killed (result="timeout").
 set -eu

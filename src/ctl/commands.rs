@@ -124,6 +124,13 @@ pub(super) async fn start_drain(
     let mut line = format!("draining {name} (pool {pool}): {} open", connections(open));
     if let Some(at) = &answer.drain_deadline {
         let _ = write!(line, "; the rest are closed at {at}");
+        if deadline.is_some_and(|d| d.default) {
+            let _ = write!(
+                line,
+                " (--wait's default deadline, {WAIT_DEFAULT_DEADLINE}: AMQP clients keep their \
+                 connections until they are closed; give --deadline to choose)"
+            );
+        }
     }
     out.say(&line);
     Ok(Some(open))
@@ -143,10 +150,8 @@ pub(super) async fn wait_drained(
         deadline,
         ..
     } = *drain;
-    let cap = match deadline {
-        Some(d) => d.duration.saturating_add(DEADLINE_SLACK),
-        None => WAIT_WITHOUT_DEADLINE,
-    };
+    // `drain --wait` always sends a deadline (its default when none was given).
+    let cap = deadline.map_or(Duration::MAX, |d| d.duration.saturating_add(DEADLINE_SLACK));
     let mut last = open;
     let waiting = async {
         loop {

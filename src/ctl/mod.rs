@@ -49,9 +49,9 @@ pub const DEFAULT_POLL_MS: u64 = 500;
 /// remaining connections at the deadline, so the backend should be drained well before this.
 const DEADLINE_SLACK: Duration = Duration::from_secs(30);
 
-/// How long `drain --wait` waits when no deadline was given: connections may live for hours,
-/// but an unattended rolling upgrade should not hang forever.
-const WAIT_WITHOUT_DEADLINE: Duration = Duration::from_secs(60 * 60);
+/// The drain deadline `drain --wait` sends when no `--deadline` is given, as `upgrade` does:
+/// AMQP clients keep their connections open for hours, so without one the wait would not end.
+pub const WAIT_DEFAULT_DEADLINE: &str = "60s";
 
 /// One request (connect, send, whole answer) to the admin API. It answers from memory, except
 /// a drain's quorum check (at most 5 s), so anything slower means the process is wedged.
@@ -102,7 +102,9 @@ pub enum CtlCommand {
         /// The backend's pool; needed only when the name is in more than one pool.
         #[arg(long, value_name = "POOL")]
         pool: Option<String>,
-        /// Close the connections still open after this long, e.g. "5m".
+        /// Close the connections still open after this long, e.g. "5m". With --wait the
+        /// default is 60s (AMQP clients do not close their connections by themselves); without
+        /// --wait there is none: open connections stay until they close.
         #[arg(long, value_name = "DURATION", value_parser = parse_deadline)]
         deadline: Option<Deadline>,
         /// Wait until the backend has no connection left (and say how many remain meanwhile).
@@ -165,6 +167,18 @@ pub struct Deadline {
     pub text: String,
     /// The same, parsed.
     pub duration: Duration,
+    /// Not given: `drain --wait`'s [`WAIT_DEFAULT_DEADLINE`] (said in the progress line).
+    pub default: bool,
+}
+
+impl Deadline {
+    /// `drain --wait`'s deadline when none was given.
+    fn wait_default() -> Deadline {
+        Deadline {
+            default: true,
+            ..parse_deadline(WAIT_DEFAULT_DEADLINE).expect("the default deadline parses")
+        }
+    }
 }
 
 fn parse_deadline(s: &str) -> Result<Deadline, String> {
@@ -172,6 +186,7 @@ fn parse_deadline(s: &str) -> Result<Deadline, String> {
     Ok(Deadline {
         text: s.trim().to_string(),
         duration,
+        default: false,
     })
 }
 
@@ -402,6 +417,10 @@ async fn execute_one(
             force,
         } => {
             let pool = resolve_pool(client, &name, pool).await?;
+            let deadline = match deadline {
+                None if wait => Some(Deadline::wait_default()),
+                given => given,
+            };
             let drain = BackendDrain {
                 pool: &pool,
                 name: &name,

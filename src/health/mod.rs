@@ -29,7 +29,7 @@ use crate::config::{Config, HealthConfig, HookEvent, ProxyProtocol};
 use crate::hooks::{Event, Hooks};
 use crate::metrics::Metrics;
 use crate::net::{ConnectFailure, Observer};
-use crate::state::{BackendId, Health, PoolRoute, Routing, Transition};
+use crate::state::{AdminState, BackendId, Health, PoolRoute, Routing, Transition};
 
 /// The rise/fall hysteresis of one backend: pure, no clock.
 #[derive(Debug, Clone)]
@@ -137,6 +137,14 @@ impl PoolCounts {
     fn available(&self) -> usize {
         self.available_primaries + self.available_backups
     }
+}
+
+/// What changed a backend's availability: its health (probes, failed connects), or an
+/// operator's drain or undrain (planned work).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    Health,
+    Admin,
 }
 
 /// Pool-level events caused by going from `before` to `after` (pure).
@@ -540,11 +548,18 @@ impl Controller {
             (Health::Down, _) => Some(HookEvent::BackendUp),
             _ => None,
         };
-        self.emit(key, backend_event, &transition);
+        self.emit(key, backend_event, &transition, Cause::Health);
     }
 
-    /// Emit `backend_event` (if any) and the pool events of `transition` for the pool of `key`.
-    pub fn emit(&self, key: &BackendId, backend_event: Option<HookEvent>, transition: &Transition) {
+    /// Emit `backend_event` (if any) and the pool events of `transition` for the pool of `key`,
+    /// telling hooks whether this is planned work (see [`Event::planned`]).
+    pub fn emit(
+        &self,
+        key: &BackendId,
+        backend_event: Option<HookEvent>,
+        transition: &Transition,
+        cause: Cause,
+    ) {
         let (Some(before), Some(after)) = (
             transition.before.pools.get(&*key.pool),
             transition.after.pools.get(&*key.pool),
@@ -554,20 +569,30 @@ impl Controller {
         let (counts_before, counts_after) = (PoolCounts::of(before), PoolCounts::of(after));
         let total = after.backends.len();
         let available = counts_after.available();
-        let addr = after.backend(&key.backend).map(|b| b.addr.to_string());
+        let backend = after.backend(&key.backend);
+        let admin_state = backend.map(|b| b.admin);
         let mut events = Vec::new();
         if let Some(kind) = backend_event {
             events.push(Event {
                 kind,
                 pool: key.pool.to_string(),
                 backend: Some(key.backend.to_string()),
-                backend_addr: addr,
+                backend_addr: backend.map(|b| b.addr.to_string()),
                 available,
                 total,
+                admin_state,
+                // A drained node that stops (or comes back) is the upgrade going to plan.
+                planned: cause == Cause::Admin
+                    || admin_state.is_some_and(|a| a != AdminState::Active),
             });
         }
+        let planned = cause == Cause::Admin;
         for kind in pool_events(counts_before, counts_after) {
-            tracing::warn!(pool = %key.pool, event = kind.as_str(), available, total, "pool event");
+            if planned {
+                tracing::info!(pool = %key.pool, event = kind.as_str(), available, total, planned, "pool event");
+            } else {
+                tracing::warn!(pool = %key.pool, event = kind.as_str(), available, total, planned, "pool event");
+            }
             events.push(Event {
                 kind,
                 pool: key.pool.to_string(),
@@ -575,6 +600,8 @@ impl Controller {
                 backend_addr: None,
                 available,
                 total,
+                admin_state: None,
+                planned,
             });
         }
         let hooks = self.hooks.lock().unwrap_or_else(|e| e.into_inner()).clone();

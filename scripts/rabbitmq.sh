@@ -26,6 +26,12 @@
 #       kill -9 the node's Erlang VM (a hard crash, no clean stop) and wait until it is gone.
 #   scripts/rabbitmq.sh cleanup BASEDIR
 #       stop every node under BASEDIR, then remove BASEDIR.
+#   scripts/rabbitmq.sh ctl-ports DIST_PORT AVOID_PORT...
+#       print the first of the 10 rabbitmqctl distribution ports `start` gives a node whose
+#       dist port is DIST_PORT, clear of every AVOID_PORT (`cluster` avoids all its nodes' ports).
+#
+# `start` fails at once when another Erlang node on the host has NAME or when one of its ports
+# is in use, naming the collision. A node that does not boot prints its logs before failing.
 #
 # Every wait is bounded: START_TIMEOUT (default 180: a node still booting on a loaded machine
 # gets that long; one whose VM died fails at once) and STOP_TIMEOUT (default 30) seconds.
@@ -43,7 +49,7 @@ die() {
 }
 
 usage() {
-    sed -n '2,32p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,38p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -141,18 +147,68 @@ node_env() {
     fi
 }
 
-# ctl_port_range AMQP_PORT DIST_PORT MGMT_PORT: write NODE_DIR/ctl_ports with 10 CLI ports above
-# DIST_PORT that hold none of the node's ports.
-ctl_port_range() {
-    local amqp=$1 dist=$2 mgmt=$3 min=$(($2 + 1))
-    while { [ "$amqp" -ge "$min" ] && [ "$amqp" -le $((min + 9)) ]; } ||
-        { [ "$mgmt" -ge "$min" ] && [ "$mgmt" -le $((min + 9)) ]; } ||
-        { [ "$dist" -ge "$min" ] && [ "$dist" -le $((min + 9)) ]; }; do
+# ctl_ports DIST_PORT AVOID_PORT...: print the first of 10 consecutive CLI distribution ports
+# above DIST_PORT that hold none of AVOID_PORT (the node's own ports, and with `cluster` every
+# port of every node: consecutive dist ports would otherwise put one node's CLI range on the
+# next node's dist port, and that node fails with dist_port_already_used). Below DIST_PORT when
+# nothing fits above.
+ctl_ports() {
+    local dist=$1 min=$(($1 + 1)) port clash
+    shift
+    while :; do
+        clash=0
+        for port in "$dist" "$@"; do
+            if [ "$port" -ge "$min" ] && [ "$port" -le $((min + 9)) ]; then
+                clash=1
+                break
+            fi
+        done
+        [ "$clash" -eq 1 ] || break
         min=$((min + 10))
     done
-    [ $((min + 9)) -le 65535 ] || min=$((dist - 10))
+    if [ $((min + 9)) -gt 65535 ]; then
+        min=$((dist - 10))
+        for port in "$@"; do
+            if [ "$port" -ge "$min" ] && [ "$port" -lt "$dist" ]; then
+                min=$((port - 10))
+            fi
+        done
+    fi
+    echo "$min"
+}
+
+# ctl_port_range AMQP_PORT DIST_PORT MGMT_PORT: write NODE_DIR/ctl_ports with 10 CLI ports above
+# DIST_PORT that hold none of the node's ports nor RABBITMQ_SH_AVOID_PORTS (set by `cluster`).
+ctl_port_range() {
+    local amqp=$1 dist=$2 mgmt=$3 min
+    # shellcheck disable=SC2086
+    min=$(ctl_ports "$dist" "$amqp" "$mgmt" ${RABBITMQ_SH_AVOID_PORTS:-})
     printf 'RABBITMQ_CTL_DIST_PORT_MIN=%s\nRABBITMQ_CTL_DIST_PORT_MAX=%s\n' "$min" $((min + 9)) >"$NODE_DIR/ctl_ports"
     export RABBITMQ_CTL_DIST_PORT_MIN=$min RABBITMQ_CTL_DIST_PORT_MAX=$((min + 9))
+}
+
+# port_taken IP PORT: true when something accepts connections on IP:PORT right now.
+port_taken() {
+    (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null
+}
+
+# preflight NAME IP AMQP_PORT DIST_PORT MGMT_PORT: fail at once, saying what collides, when
+# another Erlang node already has this name or something already listens on one of the ports
+# (another cluster on the same host), instead of a node that does not boot after a long wait.
+preflight() {
+    local name=$1 ip=$2 amqp=$3 dist=$4 mgmt=$5
+    if command -v epmd >/dev/null 2>&1; then
+        if epmd -names 2>/dev/null | grep -q "^name $name at port "; then
+            die "an Erlang node named $name is already running on this host ($(epmd -names | grep "^name $name at port ")): another cluster uses the name; stop it or choose another name"
+        fi
+    fi
+    local what port host
+    for what in "amqp $ip $amqp" "management $ip $mgmt" "distribution 127.0.0.1 $dist"; do
+        read -r what host port <<<"$what"
+        if port_taken "$host" "$port"; then
+            die "the $what port $host:$port of $name is already in use (another cluster or service on this host); choose another port"
+        fi
+    done
 }
 
 ctl() {
@@ -187,6 +243,7 @@ cmd_start() {
         log "$RABBITMQ_NODENAME is already running"
         return 0
     fi
+    preflight "$name" "$ip" "$amqp_port" "$dist_port" "$mgmt_port"
     mkdir -p "$RABBITMQ_MNESIA_BASE" "$RABBITMQ_LOG_BASE"
     ctl_port_range "$amqp_port" "$dist_port" "$mgmt_port"
     {
@@ -233,8 +290,16 @@ cmd_start() {
 # boot_failure MESSAGE: print what the node left (its log, the start script's output, the
 # crash dump's reason), then die with MESSAGE.
 boot_failure() {
-    log "last lines of $(log_path):"
-    tail -n 30 "$(log_path)" >&2 2>/dev/null || true
+    # The main log may not exist yet (a node that dies early writes only its startup log), so
+    # every non-empty log of the node is shown, or it is said that there is none.
+    local file shown=0
+    for file in "$RABBITMQ_LOG_BASE"/*.log; do
+        [ -s "$file" ] || continue
+        log "last lines of $file:"
+        tail -n 30 "$file" >&2
+        shown=1
+    done
+    [ "$shown" -eq 1 ] || log "no log written in $RABBITMQ_LOG_BASE"
     log "last lines of $NODE_DIR/start.out:"
     tail -n 20 "$NODE_DIR/start.out" >&2 2>/dev/null || true
     if [ -f "$NODE_DIR/erl_crash.dump" ]; then
@@ -320,6 +385,14 @@ cmd_cluster() {
     done
     # The shared cookie is made once, before the nodes start side by side.
     (node_env "${names[0]}" "$basedir")
+    # Each node's CLI port range keeps clear of every node's ports, not only its own.
+    local avoid=()
+    for spec in "${specs[@]}"; do
+        IFS=: read -r -a fields <<<"$spec"
+        avoid+=("${fields[1]}" "${fields[2]}" "${fields[3]}")
+    done
+    export RABBITMQ_SH_AVOID_PORTS="${avoid[*]}"
+
     local pids=() failed=0 pid
     for spec in "${specs[@]}"; do
         IFS=: read -r -a fields <<<"$spec"
@@ -394,5 +467,9 @@ ctl) cmd_ctl "$@" ;;
 cluster) cmd_cluster "$@" ;;
 kill) cmd_kill "$@" ;;
 cleanup) cmd_cleanup "$@" ;;
+ctl-ports)
+    [ $# -ge 1 ] || usage
+    ctl_ports "$@"
+    ;;
 *) usage ;;
 esac

@@ -110,7 +110,7 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 0
 fi
 smoke_out=$(mktemp)
-trap 'rm -f "$smoke_out"' EXIT
+trap 'rm -f "$smoke_out" "$smoke_out.demo"' EXIT
 log "benchmark smoke: cargo test --bench peers -- --run --quick --rounds 1 --workloads latency"
 timeout 120 cargo test --bench peers -- --run --quick --rounds 1 --workloads latency \
     --warren target/debug/warren --out "$smoke_out"
@@ -120,3 +120,17 @@ if grep -q "Errors during the run" "$smoke_out"; then
     exit 1
 fi
 log "benchmark smoke passed"
+
+# The README's demo, end to end, on the test build: a two-node cluster, warren, a client with
+# confirms through a drain and an undrain (about 2 minutes). A failed run keeps its logs and
+# says where (scripts/demo.sh).
+log "demo: WARREN_DEMO_PROFILE=dev bash scripts/demo.sh"
+demo_dir=$(mktemp -d /tmp/warren-demo-ci.XXXXXX)
+if ! WARREN_DEMO_PROFILE=dev WARREN_DEMO_DIR="$demo_dir" timeout 600 bash scripts/demo.sh >"$smoke_out.demo" 2>&1; then
+    tail -n 60 "$smoke_out.demo"
+    log "FAILED: scripts/demo.sh"
+    exit 1
+fi
+tail -n 1 "$smoke_out.demo"
+rm -f "$smoke_out.demo"
+log "demo passed"

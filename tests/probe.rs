@@ -860,3 +860,77 @@ async fn real_rabbitmq_with_proxy_protocol_takes_probes_that_send_the_header() {
         assert!(!outcome.up, "{name} without a PROXY header: {outcome:?}");
     }
 }
+
+/// `rabbitmq.sh start` fails at once, naming the collision, when another node on the host has
+/// the name or holds one of the ports (another cluster on a shared host), instead of a node
+/// that never boots and a long wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_sh_refuses_a_taken_node_name_or_port_at_once() {
+    if !rabbitmq_available("rabbitmq_sh_refuses_a_taken_node_name_or_port_at_once") {
+        return;
+    }
+    let name = format!("warren-clash-{}", std::process::id());
+    let node = Node::start(&name, &[]);
+    let other_dir = std::env::temp_dir().join(format!("warren-clash-other-{}", std::process::id()));
+    let start = |name: &str, amqp: u16| {
+        let ports = free_ports(3);
+        let started = Instant::now();
+        let output = Command::new("bash")
+            .arg(script())
+            .args(["start", name])
+            .arg(amqp.to_string())
+            .arg(ports[1].to_string())
+            .arg(ports[2].to_string())
+            .arg(&other_dir)
+            .output()
+            .expect("run scripts/rabbitmq.sh");
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        (output.status.success(), started.elapsed(), stderr)
+    };
+    let (ok, took, stderr) = start(&name, free_ports(1)[0]);
+    assert!(!ok, "a second node with the same name started: {stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "an Erlang node named {name} is already running on this host"
+        )),
+        "{stderr}"
+    );
+    assert!(took < Duration::from_secs(10), "refused after {took:?}");
+    let (ok, took, stderr) = start("warren-clash-port", node.amqp.port());
+    assert!(!ok, "a node on a taken AMQP port started: {stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "the amqp port 127.0.0.1:{} of warren-clash-port is already in use",
+            node.amqp.port()
+        )),
+        "{stderr}"
+    );
+    assert!(took < Duration::from_secs(10), "refused after {took:?}");
+    let _ = std::fs::remove_dir_all(&other_dir);
+}
+
+/// The rabbitmqctl port range of one node stays clear of every node's ports in `cluster`:
+/// with consecutive dist ports (25701, 25702) the first node's range would otherwise start on
+/// the second node's dist port.
+#[test]
+fn rabbitmq_sh_ctl_ports_avoid_every_nodes_ports() {
+    let ctl_ports = |args: &[&str]| {
+        let output = Command::new("bash")
+            .arg(script())
+            .arg("ctl-ports")
+            .args(args)
+            .output()
+            .expect("run scripts/rabbitmq.sh");
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    };
+    // Alone, the range starts right above the dist port.
+    assert_eq!(ctl_ports(&["25701", "5672", "15672"]), "25702");
+    // In a cluster with demo2 on 25702, it moves past it.
+    assert_eq!(
+        ctl_ports(&["25701", "5672", "15672", "5672", "25702", "15672"]),
+        "25712"
+    );
+    // Near the top of the port range it goes below the dist port.
+    assert_eq!(ctl_ports(&["65530", "1", "2"]), "65520");
+}

@@ -858,3 +858,173 @@ fn drain_wait_without_a_deadline_sends_the_default_and_says_so() {
     let post = requests.iter().find(|r| r.method == "POST").unwrap();
     assert_eq!(post.json(), json!({"force": false}));
 }
+
+/// One warren of a pair during `warren ctl upgrade` of pool rabbitmq (tcp probes, rise 2) with
+/// rabbit-a and rabbit-b, both up. A drain answers one connection open and the next status shows
+/// the backend drained; an undrain makes it active; every status answer counts one more probe
+/// run and passed. With `refuse_drain`, every drain is refused (409) instead.
+fn upgrade_fake(refuse_drain: bool) -> FakeAdmin {
+    let admins = Mutex::new(vec![("rabbit-a", "active"), ("rabbit-b", "active")]);
+    let probes = AtomicUsize::new(0);
+    FakeAdmin::start(move |r| {
+        let parts: Vec<&str> = r.path.split('/').collect();
+        match (r.method.as_str(), parts.as_slice()) {
+            ("GET", ["", "v1", "status"]) => {
+                let probes = probes.fetch_add(1, Ordering::SeqCst) + 1;
+                let backends = admins
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .map(|(name, admin)| {
+                        let mut b = backend(name, "up", admin, 0);
+                        b["probes_run"] = json!(probes);
+                        b["probes_ok_in_a_row"] = json!(probes);
+                        b
+                    })
+                    .collect();
+                let mut served = status(vec![("rabbitmq", backends)]);
+                served["pools"][0]["health_check"] = json!("tcp");
+                served["pools"][0]["rise"] = json!(2);
+                (200, served)
+            }
+            ("POST", ["", "v1", "pools", "rabbitmq", "backends", name, "drain"])
+                if refuse_drain =>
+            {
+                (
+                    409,
+                    json!({"error": format!("{name} is quorum-critical; pass force to drain anyway")}),
+                )
+            }
+            ("POST", ["", "v1", "pools", "rabbitmq", "backends", name, action]) => {
+                let drain = *action == "drain";
+                for (n, admin) in admins.lock().unwrap().iter_mut() {
+                    if n == name {
+                        *admin = if drain { "drained" } else { "active" };
+                    }
+                }
+                if drain {
+                    (
+                        202,
+                        json!({"pool": "rabbitmq", "backend": name, "admin": "draining",
+                               "active_connections": 1, "drain_deadline": "2026-11-22T00:05:00Z"}),
+                    )
+                } else {
+                    (
+                        200,
+                        json!({"pool": "rabbitmq", "backend": name, "admin": "active"}),
+                    )
+                }
+            }
+            _ => not_found(r),
+        }
+    })
+}
+
+/// The drains and undrains an instance received, as `drain NAME` / `undrain NAME`.
+fn drain_calls(fake: &FakeAdmin) -> Vec<String> {
+    fake.requests()
+        .iter()
+        .filter(|r| r.method == "POST")
+        .map(|r| {
+            let parts: Vec<&str> = r.path.rsplitn(3, '/').collect();
+            format!("{} {}", parts[0], parts[1])
+        })
+        .collect()
+}
+
+#[test]
+fn upgrade_walks_the_pool_on_both_instances_of_a_pair() {
+    let (a, b) = (upgrade_fake(false), upgrade_fake(false));
+    let run = ctl(
+        &a.url(),
+        &[
+            "--admin",
+            &b.url(),
+            "upgrade",
+            "--pool",
+            "rabbitmq",
+            "--run",
+            "echo upgrading {name} at {addr}",
+            "--deadline",
+            "5m",
+        ],
+        &[],
+    );
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let mut want = vec!["upgrading pool rabbitmq one backend at a time: rabbit-a, rabbit-b"];
+    let steps = |name: &str, of: &str| {
+        let twice = |line: String| [line.clone(), line];
+        let mut lines = vec![
+            format!("== {name} ({of})"),
+            format!("[1/5] {name}: check that the pool is healthy"),
+            format!("[2/5] {name}: quorum check and drain"),
+        ];
+        // Both instances drain before either is waited on; each says so.
+        lines.extend(twice(format!(
+            "draining {name} (pool rabbitmq): 1 connection open; the rest are closed at \
+             2026-11-22T00:05:00Z"
+        )));
+        lines.extend(twice(format!("{name} (pool rabbitmq) is drained")));
+        lines.extend([
+            format!("[3/5] {name}: run the upgrade command"),
+            format!("$ echo upgrading {name} at 10.0.0.8:5672"),
+            format!("upgrading {name} at 10.0.0.8:5672"),
+            format!("[4/5] {name}: wait until the backend passes its probes"),
+            format!("{name}: health up, 1/2 probes passed"),
+            format!("{name}: up, 2 probe(s) in a row passed since the command (rise = 2)"),
+            format!("[5/5] {name}: undrain"),
+        ]);
+        lines.extend(twice(format!("{name} (pool rabbitmq) is active")));
+        lines
+    };
+    let (first, second) = (steps("rabbit-a", "1/2"), steps("rabbit-b", "2/2"));
+    want.extend(first.iter().chain(&second).map(String::as_str));
+    want.push("pool rabbitmq: all 2 backend(s) upgraded, undrained and healthy");
+    assert_eq!(run.stdout.lines().collect::<Vec<_>>(), want, "{run:?}");
+    let walk = [
+        "drain rabbit-a",
+        "undrain rabbit-a",
+        "drain rabbit-b",
+        "undrain rabbit-b",
+    ];
+    assert_eq!(drain_calls(&a), walk);
+    assert_eq!(drain_calls(&b), walk);
+}
+
+#[test]
+fn upgrade_stops_where_the_second_instance_refuses_the_drain() {
+    let (a, b) = (upgrade_fake(false), upgrade_fake(true));
+    let run = ctl(
+        &a.url(),
+        &[
+            "--admin",
+            &b.url(),
+            "upgrade",
+            "--pool",
+            "rabbitmq",
+            "--run",
+            "echo upgrading {name}",
+        ],
+        &[],
+    );
+    assert_eq!(run.code, Some(1), "{run:?}");
+    // The refusal is named with the instance that refused; the walk stops before waiting.
+    assert!(
+        run.stdout.ends_with(
+            "[2/5] rabbit-a: quorum check and drain\n\
+             draining rabbit-a (pool rabbitmq): 1 connection open; the rest are closed at \
+             2026-11-22T00:05:00Z\n"
+        ),
+        "{run:?}"
+    );
+    let stopped = format!(
+        "warren ctl: upgrade of pool rabbitmq stopped at rabbit-a, step 2/5 (quorum check and \
+         drain): [{}] drain of rabbit-a (pool rabbitmq) refused (HTTP 409 Conflict): rabbit-a is \
+         quorum-critical; pass force to drain anyway\n  state: rabbit-a was not drained; not \
+         started: rabbit-b\n",
+        b.url()
+    );
+    assert!(run.stderr.starts_with(&stopped), "{run:?}");
+    assert_eq!(drain_calls(&a), ["drain rabbit-a"]);
+    assert_eq!(drain_calls(&b), ["drain rabbit-a"]);
+}

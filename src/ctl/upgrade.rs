@@ -138,26 +138,12 @@ async fn upgrade_one(
             step.describe()
         ))
     };
-    let fail = |step: Step| move |e: CtlError| (step, e.to_string());
     let client = &clients[0];
-    let several = clients.len() > 1;
-    let on = |c: &Client| {
-        if several {
-            format!("[{}] ", c.admin)
-        } else {
-            String::new()
-        }
-    };
 
     step_line(Step::CheckPool);
-    let status = fetch_status(client).await.map_err(fail(Step::CheckPool))?;
-    let pool = pool_status(&status, &plan.pool).map_err(fail(Step::CheckPool))?;
-    let problems = pool_problems(pool, name, resuming);
-    if !problems.is_empty() {
-        return Err((Step::CheckPool, problems.join("; ")));
-    }
-    let backend = find_backend(&status, &plan.pool, name).map_err(fail(Step::CheckPool))?;
-    let command = render_command(&plan.run, backend);
+    let command = check_pool(client, plan, name, resuming)
+        .await
+        .map_err(|e| (Step::CheckPool, e))?;
 
     step_line(Step::Drain);
     let drain = BackendDrain {
@@ -166,22 +152,9 @@ async fn upgrade_one(
         deadline: Some(&plan.deadline),
         force: plan.force,
     };
-    // Every instance stops new connections before any closes one: a client cut off by one
-    // instance must not reconnect through another to the node being drained.
-    let mut open = Vec::new();
-    for c in clients {
-        let started = drain_when_not_critical(c, out, &drain, plan.healthy_timeout, poll)
-            .await
-            .map_err(|e| (Step::Drain, format!("{}{e}", on(c))))?;
-        open.push(started);
-    }
-    for (c, open) in clients.iter().zip(open) {
-        if let Some(open) = open {
-            wait_drained(c, out, &drain, open, poll)
-                .await
-                .map_err(|e| (Step::Drain, format!("{}{e}", on(c))))?;
-        }
-    }
+    drain_everywhere(clients, out, &drain, plan.healthy_timeout, poll)
+        .await
+        .map_err(|e| (Step::Drain, e))?;
 
     step_line(Step::RunCommand);
     out.say(&format!("$ {command}"));
@@ -192,7 +165,7 @@ async fn upgrade_one(
     let after_command = fetch_status(client)
         .await
         .and_then(|s| find_backend(&s, &plan.pool, name).map(|b| b.probes_run))
-        .map_err(fail(Step::WaitHealthy))?;
+        .map_err(|e| (Step::WaitHealthy, e.to_string()))?;
 
     step_line(Step::WaitHealthy);
     wait_probes_pass(client, out, plan, name, after_command, poll)
@@ -203,9 +176,62 @@ async fn upgrade_one(
     for c in clients {
         undrain_backend(c, out, &plan.pool, name)
             .await
-            .map_err(|e| (Step::Undrain, format!("{}{e}", on(c))))?;
+            .map_err(|e| (Step::Undrain, on_instance(clients, c, e)))?;
     }
     Ok(())
+}
+
+/// Step 1: the pool is ready for `name` to go down (see [`pool_problems`]); the operator's
+/// command for it, its placeholders filled.
+async fn check_pool(
+    client: &Client,
+    plan: &Plan,
+    name: &str,
+    resuming: bool,
+) -> Result<String, String> {
+    let status = fetch_status(client).await.map_err(|e| e.to_string())?;
+    let pool = pool_status(&status, &plan.pool).map_err(|e| e.to_string())?;
+    let problems = pool_problems(pool, name, resuming);
+    if !problems.is_empty() {
+        return Err(problems.join("; "));
+    }
+    let backend = find_backend(&status, &plan.pool, name).map_err(|e| e.to_string())?;
+    Ok(render_command(&plan.run, backend))
+}
+
+/// Step 2 on every instance: every instance stops new connections before any closes one, so a
+/// client cut off by one instance cannot reconnect through another to the node being drained.
+async fn drain_everywhere(
+    clients: &[Client],
+    out: &Output,
+    drain: &BackendDrain<'_>,
+    patience: Duration,
+    poll: Duration,
+) -> Result<(), String> {
+    let mut open = Vec::new();
+    for c in clients {
+        let started = drain_when_not_critical(c, out, drain, patience, poll)
+            .await
+            .map_err(|e| on_instance(clients, c, e))?;
+        open.push(started);
+    }
+    for (c, open) in clients.iter().zip(open) {
+        if let Some(open) = open {
+            wait_drained(c, out, drain, open, poll)
+                .await
+                .map_err(|e| on_instance(clients, c, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// An instance's error, prefixed with its admin URL when there are several instances.
+fn on_instance(clients: &[Client], c: &Client, e: CtlError) -> String {
+    if clients.len() > 1 {
+        format!("[{}] {e}", c.admin)
+    } else {
+        e.to_string()
+    }
 }
 
 /// Start the drain; while RabbitMQ calls the node quorum-critical, ask again until `patience`

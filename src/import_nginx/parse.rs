@@ -70,111 +70,130 @@ pub(super) fn syntax(file: &Arc<Path>, line: usize, message: impl Into<String>) 
 
 /// Split NGINX config text into words and `;`, `{`, `}`, each with its line.
 pub(super) fn tokenize(text: &str, file: &Arc<Path>) -> Result<Vec<(Token, usize)>, ImportError> {
+    let mut lexer = Lexer {
+        chars: text.chars().peekable(),
+        line: 1,
+        file,
+    };
     let mut tokens = Vec::new();
-    let mut chars = text.chars().peekable();
-    let mut line = 1;
-    while let Some(&c) = chars.peek() {
+    while let Some(&c) = lexer.chars.peek() {
         match c {
             '\n' => {
-                line += 1;
-                chars.next();
+                lexer.line += 1;
+                lexer.chars.next();
             }
             c if c.is_whitespace() => {
-                chars.next();
+                lexer.chars.next();
             }
-            '#' => while chars.next_if(|&c| c != '\n').is_some() {},
+            '#' => while lexer.chars.next_if(|&c| c != '\n').is_some() {},
             ';' | '{' | '}' => {
-                chars.next();
+                lexer.chars.next();
                 let token = match c {
                     ';' => Token::Semicolon,
                     '{' => Token::Open,
                     _ => Token::Close,
                 };
-                tokens.push((token, line));
+                tokens.push((token, lexer.line));
             }
             '"' | '\'' => {
-                let start = line;
-                chars.next();
-                let mut word = String::new();
-                loop {
-                    match chars.next() {
-                        None => {
-                            return Err(syntax(
-                                file,
-                                start,
-                                format!("unterminated {c}-quoted string"),
-                            ))
-                        }
-                        Some(q) if q == c => break,
-                        Some('\\') => match chars.next() {
-                            Some(next) => {
-                                if next == '\n' {
-                                    line += 1;
-                                }
-                                push_escaped(&mut word, next);
-                            }
-                            None => {
-                                return Err(syntax(
-                                    file,
-                                    start,
-                                    format!("unterminated {c}-quoted string"),
-                                ))
-                            }
-                        },
-                        Some(other) => {
-                            if other == '\n' {
-                                line += 1;
-                            }
-                            word.push(other);
-                        }
-                    }
-                }
-                // NGINX wants a separator after a closing quote: `"a"b` is an error there too.
-                if let Some(&next) = chars.peek() {
-                    if !(next.is_whitespace() || matches!(next, ';' | '{' | '}')) {
-                        return Err(syntax(
-                            file,
-                            line,
-                            format!("unexpected {next:?} right after a quoted string"),
-                        ));
-                    }
-                }
+                let start = lexer.line;
+                let word = lexer.quoted(c)?;
                 tokens.push((Token::Word(word), start));
             }
             _ => {
-                let start = line;
-                let mut word = String::new();
-                while let Some(&c) = chars.peek() {
-                    if c.is_whitespace() || matches!(c, ';' | '{' | '}') {
-                        break;
-                    }
-                    chars.next();
-                    match c {
-                        '\\' => match chars.next() {
-                            Some(next) => push_escaped(&mut word, next),
-                            None => word.push('\\'),
-                        },
-                        // `${name}`: the braces belong to the variable, not to a block.
-                        '$' if chars.peek() == Some(&'{') => {
-                            word.push('$');
-                            for c in chars.by_ref() {
-                                word.push(c);
-                                if c == '}' {
-                                    break;
-                                }
-                            }
-                            if !word.ends_with('}') {
-                                return Err(syntax(file, start, "unterminated ${variable}"));
-                            }
-                        }
-                        _ => word.push(c),
-                    }
-                }
+                let start = lexer.line;
+                let word = lexer.bare_word()?;
                 tokens.push((Token::Word(word), start));
             }
         }
     }
     Ok(tokens)
+}
+
+/// Where [`tokenize`] is: the characters still to read and the line they start on.
+struct Lexer<'a> {
+    chars: std::iter::Peekable<std::str::Chars<'a>>,
+    line: usize,
+    /// For the errors.
+    file: &'a Arc<Path>,
+}
+
+/// What ends an unquoted word (and must follow a quoted one).
+fn ends_word(c: char) -> bool {
+    c.is_whitespace() || matches!(c, ';' | '{' | '}')
+}
+
+impl Lexer<'_> {
+    /// A `"..."` or `'...'` string, the next character being its opening `quote`; escapes
+    /// applied, newlines inside counted.
+    fn quoted(&mut self, quote: char) -> Result<String, ImportError> {
+        let (file, start) = (self.file, self.line);
+        let unterminated = || syntax(file, start, format!("unterminated {quote}-quoted string"));
+        self.chars.next();
+        let mut word = String::new();
+        loop {
+            match self.chars.next().ok_or_else(unterminated)? {
+                c if c == quote => break,
+                '\\' => {
+                    let next = self.chars.next().ok_or_else(unterminated)?;
+                    if next == '\n' {
+                        self.line += 1;
+                    }
+                    push_escaped(&mut word, next);
+                }
+                other => {
+                    if other == '\n' {
+                        self.line += 1;
+                    }
+                    word.push(other);
+                }
+            }
+        }
+        // NGINX wants a separator after a closing quote: `"a"b` is an error there too.
+        if let Some(&next) = self.chars.peek() {
+            if !ends_word(next) {
+                return Err(syntax(
+                    file,
+                    self.line,
+                    format!("unexpected {next:?} right after a quoted string"),
+                ));
+            }
+        }
+        Ok(word)
+    }
+
+    /// An unquoted word, up to white space, `;`, `{` or `}`; escapes applied.
+    fn bare_word(&mut self) -> Result<String, ImportError> {
+        let mut word = String::new();
+        while let Some(c) = self.chars.next_if(|&c| !ends_word(c)) {
+            match c {
+                '\\' => match self.chars.next() {
+                    Some(next) => push_escaped(&mut word, next),
+                    None => word.push('\\'),
+                },
+                // `${name}`: the braces belong to the variable, not to a block.
+                '$' if self.chars.peek() == Some(&'{') => self.variable(&mut word)?,
+                _ => word.push(c),
+            }
+        }
+        Ok(word)
+    }
+
+    /// The rest of a `${name}` whose `$` was just read, braces included, onto `word`.
+    fn variable(&mut self, word: &mut String) -> Result<(), ImportError> {
+        word.push('$');
+        for c in self.chars.by_ref() {
+            word.push(c);
+            if c == '}' {
+                break;
+            }
+        }
+        if !word.ends_with('}') {
+            // Nothing in an unquoted word advances `line`: it is still the word's first line.
+            return Err(syntax(self.file, self.line, "unterminated ${variable}"));
+        }
+        Ok(())
+    }
 }
 
 /// NGINX's escapes: `\"`, `\'`, `\\`, `\t`, `\r`, `\n`; any other backslash stays as written.

@@ -7,87 +7,102 @@ impl Translator {
     /// The TOML text.
     pub(super) fn render(&self, main: &Path, warnings: &[Warning]) -> String {
         let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "# warren config translated by `warren import-nginx` from {}.",
-            main.display()
-        );
-        out.push_str(
-            "# Check it with `warren check --config FILE`. Keys that are not set keep warren's \
-             defaults,\n# which are NGINX's (connect_timeout 60s, idle_timeout 10m, round_robin, \
-             every backend tried).\n",
-        );
-        if warnings.is_empty() {
-            out.push_str("# Every NGINX directive was translated.\n");
-        } else {
-            let _ = writeln!(
-                out,
-                "# {} NGINX directive(s) not translated exactly (also printed on stderr):",
-                warnings.len()
-            );
-            for w in warnings {
-                let _ = writeln!(out, "#   {}", one_line(&w.to_string()));
-            }
-        }
-        out.push_str(
-            "#\n# No [admin] section, as NGINX has none. Add one for /metrics, /readyz and \
-             drain/undrain:\n# [admin]\n# listen = \"127.0.0.1:9901\"\n",
-        );
+        header(&mut out, main, warnings);
         for l in &self.listeners {
-            out.push_str("\n[[listener]]\n");
-            line(&mut out, "name", &toml_str(&l.name), "");
-            line(
-                &mut out,
-                "listen",
-                &toml_str(&l.listen.value),
-                &l.listen.note,
-            );
-            line(&mut out, "pool", &toml_str(&l.pool.value), &l.pool.note);
-            for (key, value, note) in &l.keys {
-                line(&mut out, key, value, note);
-            }
+            listener(&mut out, l);
         }
         for p in &self.pools {
-            let key = toml_key(&p.name);
-            let header = format!("[pool.{key}]");
-            let _ = writeln!(out, "\n{header:<32}# {}", one_line(&p.note));
-            line(
-                &mut out,
-                "balance",
-                &toml_str(p.balance.value.as_str()),
-                &p.balance.note,
-            );
-            for c in &p.comments {
-                for l in wrap(&one_line(c), COMMENT_WIDTH) {
-                    let _ = writeln!(out, "# {l}");
-                }
-            }
-            for b in &p.backends {
-                let prefix = if b.commented_out { "# " } else { "" };
-                if b.commented_out {
-                    let _ = writeln!(
-                        out,
-                        "\n# `down` in NGINX; uncomment and drain it to keep it known:"
-                    );
-                } else {
-                    out.push('\n');
-                }
-                let _ = writeln!(out, "{prefix}[[pool.{key}.backend]]");
-                let mut body = String::new();
-                line(&mut body, "name", &toml_str(&b.name), "");
-                line(&mut body, "addr", &toml_str(&b.addr), &b.note);
-                if let Some(weight) = b.weight {
-                    line(&mut body, "weight", &weight.to_string(), "");
-                }
-                if b.backup {
-                    line(&mut body, "backup", "true", "");
-                }
-                for l in body.lines() {
-                    let _ = writeln!(out, "{prefix}{l}");
-                }
-            }
+            pool(&mut out, p);
         }
         out
+    }
+}
+
+/// The comment at the top: where the text came from, what was not translated, no `[admin]`.
+fn header(out: &mut String, main: &Path, warnings: &[Warning]) {
+    let _ = writeln!(
+        out,
+        "# warren config translated by `warren import-nginx` from {}.",
+        main.display()
+    );
+    out.push_str(
+        "# Check it with `warren check --config FILE`. Keys that are not set keep warren's \
+         defaults,\n# which are NGINX's (connect_timeout 60s, idle_timeout 10m, round_robin, \
+         every backend tried).\n",
+    );
+    if warnings.is_empty() {
+        out.push_str("# Every NGINX directive was translated.\n");
+    } else {
+        let _ = writeln!(
+            out,
+            "# {} NGINX directive(s) not translated exactly (also printed on stderr):",
+            warnings.len()
+        );
+        for w in warnings {
+            let _ = writeln!(out, "#   {}", one_line(&w.to_string()));
+        }
+    }
+    out.push_str(
+        "#\n# No [admin] section, as NGINX has none. Add one for /metrics, /readyz and \
+         drain/undrain:\n# [admin]\n# listen = \"127.0.0.1:9901\"\n",
+    );
+}
+
+/// One `[[listener]]` table.
+fn listener(out: &mut String, l: &OutListener) {
+    out.push_str("\n[[listener]]\n");
+    line(out, "name", &toml_str(&l.name), "");
+    line(out, "listen", &toml_str(&l.listen.value), &l.listen.note);
+    line(out, "pool", &toml_str(&l.pool.value), &l.pool.note);
+    for (key, value, note) in &l.keys {
+        line(out, key, value, note);
+    }
+}
+
+/// One `[pool.NAME]` table, its comments wrapped, then its backends.
+fn pool(out: &mut String, p: &OutPool) {
+    let key = toml_key(&p.name);
+    let title = format!("[pool.{key}]");
+    let _ = writeln!(out, "\n{title:<32}# {}", one_line(&p.note));
+    line(
+        out,
+        "balance",
+        &toml_str(p.balance.value.as_str()),
+        &p.balance.note,
+    );
+    for c in &p.comments {
+        for l in wrap(&one_line(c), COMMENT_WIDTH) {
+            let _ = writeln!(out, "# {l}");
+        }
+    }
+    for b in &p.backends {
+        backend(out, &key, b);
+    }
+}
+
+/// One `[[pool.KEY.backend]]` table; a backend `down` in NGINX is written commented out.
+fn backend(out: &mut String, pool_key: &str, b: &OutBackend) {
+    let prefix = if b.commented_out { "# " } else { "" };
+    if b.commented_out {
+        let _ = writeln!(
+            out,
+            "\n# `down` in NGINX; uncomment and drain it to keep it known:"
+        );
+    } else {
+        out.push('\n');
+    }
+    let _ = writeln!(out, "{prefix}[[pool.{pool_key}.backend]]");
+    let mut body = String::new();
+    line(&mut body, "name", &toml_str(&b.name), "");
+    line(&mut body, "addr", &toml_str(&b.addr), &b.note);
+    if let Some(weight) = b.weight {
+        line(&mut body, "weight", &weight.to_string(), "");
+    }
+    if b.backup {
+        line(&mut body, "backup", "true", "");
+    }
+    for l in body.lines() {
+        let _ = writeln!(out, "{prefix}{l}");
     }
 }
 

@@ -423,6 +423,12 @@ fn translations_table() {
             vec![],
         ),
         (
+            // A 0 in the server is refused and leaves what the stream level set.
+            stream("proxy_timeout 30s;\nserver { listen 5672; proxy_pass u; proxy_timeout 0; }"),
+            vec!["idle_timeout = \"30s\""],
+            vec!["`proxy_timeout 0;`: 0 is not accepted by warren"],
+        ),
+        (
             stream("server { listen 5672; proxy_pass u; proxy_next_upstream off; }"),
             vec!["next_upstream_tries = 1"],
             vec![],

@@ -227,22 +227,21 @@ impl Translator {
         if !seen.insert(d.name.clone()) {
             return Err(invalid(d, "is duplicate in this block"));
         }
-        let arg = d.args[0].as_str();
+        self.apply_proxy_setting(settings, d, &d.args[0])?;
+        Ok(true)
+    }
+
+    /// One known `proxy_*` directive with its one argument `arg`, into `settings`: a table, one
+    /// arm per directive.
+    fn apply_proxy_setting(
+        &mut self,
+        settings: &mut ProxySettings,
+        d: &Directive,
+        arg: &str,
+    ) -> Result<(), ImportError> {
         match d.name.as_str() {
-            "proxy_connect_timeout" | "proxy_timeout" => {
-                let value = nginx_duration(arg).map_err(|m| invalid(d, m))?;
-                if value.is_zero() {
-                    self.warn(
-                        d,
-                        "0 is not accepted by warren (timeouts must be longer than 0); the \
-                         default is used",
-                    );
-                } else if d.name == "proxy_timeout" {
-                    settings.idle_timeout = Some(sourced(value, d));
-                } else {
-                    settings.connect_timeout = Some(sourced(value, d));
-                }
-            }
+            "proxy_connect_timeout" => self.timeout(&mut settings.connect_timeout, d, arg)?,
+            "proxy_timeout" => self.timeout(&mut settings.idle_timeout, d, arg)?,
             "proxy_next_upstream_timeout" => {
                 let value = nginx_duration(arg).map_err(|m| invalid(d, m))?;
                 settings.next_upstream_timeout = Some(sourced(value, d));
@@ -256,48 +255,53 @@ impl Translator {
                 })?;
                 settings.next_upstream_tries = Some(sourced(value, d));
             }
-            "proxy_next_upstream" | "proxy_protocol" => {
-                let value = on_off(d)?;
-                if d.name == "proxy_protocol" {
-                    settings.proxy_protocol = Some(sourced(value, d));
-                } else {
-                    settings.next_upstream = Some(sourced(value, d));
-                }
-            }
+            "proxy_next_upstream" => settings.next_upstream = Some(sourced(on_off(d)?, d)),
+            "proxy_protocol" => settings.proxy_protocol = Some(sourced(on_off(d)?, d)),
             "proxy_protocol_timeout" => {
-                let value = nginx_duration(arg).map_err(|m| invalid(d, m))?;
-                if value.is_zero() {
-                    self.warn(
-                        d,
-                        "0 is not accepted by warren (timeouts must be longer than 0); the \
-                         default is used",
-                    );
-                } else {
-                    settings.proxy_protocol_timeout = Some(sourced(value, d));
-                }
+                self.timeout(&mut settings.proxy_protocol_timeout, d, arg)?
             }
-            "tcp_nodelay" => {
-                if !on_off(d)? {
-                    self.warn(
-                        d,
-                        "warren always sets TCP_NODELAY (AMQP frames are small); cannot be \
-                         turned off",
-                    );
-                }
-            }
-            _ => {
-                // proxy_half_close: warren always forwards a half-close and lets both
-                // directions finish, which is what `on` asks for.
-                if !on_off(d)? {
-                    self.warn(
-                        d,
-                        "warren always forwards a half-close (shutdown of one direction) and \
-                         keeps the other direction open until it finishes too",
-                    );
-                }
-            }
+            "tcp_nodelay" => self.always_on(
+                d,
+                "warren always sets TCP_NODELAY (AMQP frames are small); cannot be turned off",
+            )?,
+            // warren always forwards a half-close and lets both directions finish, which is
+            // what `on` asks for.
+            _ => self.always_on(
+                d,
+                "warren always forwards a half-close (shutdown of one direction) and keeps the \
+                 other direction open until it finishes too",
+            )?,
         }
-        Ok(true)
+        Ok(())
+    }
+
+    /// A timeout into `slot`; 0, which warren does not take, gets a warning and leaves `slot`
+    /// as it was (what the `stream` level set, else warren's default).
+    fn timeout(
+        &mut self,
+        slot: &mut Option<Sourced<Duration>>,
+        d: &Directive,
+        arg: &str,
+    ) -> Result<(), ImportError> {
+        let value = nginx_duration(arg).map_err(|m| invalid(d, m))?;
+        if value.is_zero() {
+            self.warn(
+                d,
+                "0 is not accepted by warren (timeouts must be longer than 0); the default is \
+                 used",
+            );
+        } else {
+            *slot = Some(sourced(value, d));
+        }
+        Ok(())
+    }
+
+    /// An on/off directive for something warren always does: `off` gets the warning `why`.
+    fn always_on(&mut self, d: &Directive, why: &str) -> Result<(), ImportError> {
+        if !on_off(d)? {
+            self.warn(d, why);
+        }
+        Ok(())
     }
 
     /// A `server` block of `stream`: a listener per usable `listen`, to the pool its

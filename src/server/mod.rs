@@ -228,6 +228,54 @@ pub fn read_token(path: &std::path::Path) -> Result<Secret, ServerError> {
     Ok(Secret(token.to_owned()))
 }
 
+/// A listener ready to serve, as [`Server`] keeps it: name, its sockets, `max_connections`.
+type BoundListener = (Arc<str>, Vec<TcpListener>, usize);
+
+/// Every listener's sockets, one per worker and registered with it: the socket in `adopted`
+/// (by listener name) where there is one, else freshly bound.
+fn bind_listeners(
+    config: &Config,
+    workers: &Workers,
+    mut adopted: HashMap<String, std::net::TcpListener>,
+) -> Result<Vec<BoundListener>, ServerError> {
+    let mut listeners = Vec::new();
+    for l in &config.listeners {
+        let bind_error = |source| ServerError::Bind {
+            listener: l.name.clone(),
+            addr: l.listen,
+            source,
+        };
+        let sockets = match adopted.remove(&l.name) {
+            #[cfg(unix)]
+            Some(inherited) => share_inherited(inherited, workers.len()).map_err(bind_error)?,
+            #[cfg(not(unix))]
+            Some(inherited) => vec![inherited],
+            None => bind_listener(l.listen, workers.len()).map_err(bind_error)?,
+        };
+        let sockets = register(workers, sockets).map_err(bind_error)?;
+        listeners.push((Arc::from(l.name.as_str()), sockets, l.max_connections));
+    }
+    Ok(listeners)
+}
+
+/// The admin server's socket and bearer token, when `[admin]` is configured.
+fn bind_admin(
+    config: &Config,
+) -> Result<Option<(std::net::TcpListener, Option<Secret>)>, ServerError> {
+    let Some(a) = &config.admin else {
+        return Ok(None);
+    };
+    let token = match &a.token_file {
+        Some(path) => Some(read_token(path)?),
+        None => None,
+    };
+    let listener = bind_tcp(a.listen).map_err(|source| ServerError::AdminBind {
+        addr: a.listen,
+        source,
+    })?;
+    Ok(Some((listener, token)))
+}
+
 impl Server {
     /// Bind every listener and the admin address; on any failure nothing stays bound.
     /// Must be called within a Tokio runtime.
@@ -261,7 +309,7 @@ impl Server {
     fn bind_adopting(
         config: &Config,
         options: Options,
-        mut adopted: HashMap<String, std::net::TcpListener>,
+        adopted: HashMap<String, std::net::TcpListener>,
     ) -> Result<Server, ServerError> {
         for warning in config.warnings() {
             tracing::warn!("{warning}");
@@ -269,37 +317,8 @@ impl Server {
         // Before anything is bound: an unreadable state file stops the start.
         let restored = crate::drain::load_state(config)?;
         let workers = Arc::new(Workers::start(options.workers).map_err(ServerError::Workers)?);
-        let mut listeners = Vec::new();
-        for l in &config.listeners {
-            let bind_error = |source| ServerError::Bind {
-                listener: l.name.clone(),
-                addr: l.listen,
-                source,
-            };
-            let sockets = match adopted.remove(&l.name) {
-                #[cfg(unix)]
-                Some(inherited) => share_inherited(inherited, workers.len()).map_err(bind_error)?,
-                #[cfg(not(unix))]
-                Some(inherited) => vec![inherited],
-                None => bind_listener(l.listen, workers.len()).map_err(bind_error)?,
-            };
-            let sockets = register(&workers, sockets).map_err(bind_error)?;
-            listeners.push((Arc::from(l.name.as_str()), sockets, l.max_connections));
-        }
-        let admin = match &config.admin {
-            Some(a) => {
-                let token = match &a.token_file {
-                    Some(path) => Some(read_token(path)?),
-                    None => None,
-                };
-                let listener = bind_tcp(a.listen).map_err(|source| ServerError::AdminBind {
-                    addr: a.listen,
-                    source,
-                })?;
-                Some((listener, token))
-            }
-            None => None,
-        };
+        let listeners = bind_listeners(config, &workers, adopted)?;
+        let admin = bind_admin(config)?;
 
         let metrics = Arc::new(Metrics::new());
         let routing = Arc::new(Routing::new(config, metrics.clone()));

@@ -14,26 +14,14 @@ pub(super) async fn amqp_login(
     target: &ProbeTarget,
     stage: &mut Stage,
 ) -> ProbeOutcome {
-    use lapin::uri::{AMQPScheme, AMQPUri};
     use lapin::{AsyncTcpStream, Connection, ConnectionProperties};
 
     let text = fill_template(&uri.0, &target.host, target.port);
     let redact = |s: &str| redact(s, &[uri.0.as_str(), text.as_str()]);
-    let parsed: AMQPUri = match text.parse() {
+    let parsed = match login_uri(&text, redact) {
         Ok(parsed) => parsed,
-        Err(e) => {
-            return ProbeOutcome::down(format!(
-                "amqp_login uri {} is invalid: {}",
-                redact(&text),
-                redact(&e)
-            ))
-        }
+        Err(outcome) => return outcome,
     };
-    if parsed.scheme == AMQPScheme::AMQPS {
-        return ProbeOutcome::down(
-            "amqp_login: amqps:// is not supported (warren has no TLS client)",
-        );
-    }
     let port = parsed.authority.port;
     *stage = Stage::Connecting;
     let addr = match resolve(&text, port, target).await {
@@ -73,6 +61,43 @@ pub(super) async fn amqp_login(
         Ok(connection) => connection,
         Err(e) => return ProbeOutcome::down(redact(&login_error(&e))),
     };
+    let outcome = open_channel_and_close(&connection, stage, redact).await;
+    drop(socket_handle);
+    outcome
+}
+
+/// The probe's URI, parsed; the error (redacted) when it is not one lapin can use.
+pub(super) fn login_uri(
+    text: &str,
+    redact: impl Fn(&str) -> String,
+) -> Result<lapin::uri::AMQPUri, ProbeOutcome> {
+    use lapin::uri::{AMQPScheme, AMQPUri};
+
+    let parsed: AMQPUri = match text.parse() {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            return Err(ProbeOutcome::down(format!(
+                "amqp_login uri {} is invalid: {}",
+                redact(text),
+                redact(&e)
+            )))
+        }
+    };
+    if parsed.scheme == AMQPScheme::AMQPS {
+        return Err(ProbeOutcome::down(
+            "amqp_login: amqps:// is not supported (warren has no TLS client)",
+        ));
+    }
+    Ok(parsed)
+}
+
+/// After the login: open a channel, close it, close the connection; the outcome says which
+/// step failed (redacted).
+async fn open_channel_and_close(
+    connection: &lapin::Connection,
+    stage: &mut Stage,
+    redact: impl Fn(&str) -> String,
+) -> ProbeOutcome {
     *stage = Stage::OpeningChannel;
     let outcome = match connection.create_channel().await {
         Ok(channel) => {
@@ -96,7 +121,6 @@ pub(super) async fn amqp_login(
             )));
         }
     }
-    drop(socket_handle);
     outcome
 }
 

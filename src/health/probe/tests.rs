@@ -41,6 +41,30 @@ fn redact_strips_userinfo_and_passwords() {
 }
 
 #[test]
+fn login_uri_refuses_what_lapin_cannot_use_without_showing_the_password() {
+    let secret = "amqp://guest:s3cret@h:5672/%2f";
+    let redact = |s: &str| redact(s, &[secret]);
+    let cases = [
+        (
+            "amqps://guest:s3cret@h:5671/%2f",
+            "amqp_login: amqps:// is not supported (warren has no TLS client)",
+        ),
+        (
+            "amqp://guest:s3cret@h:port/%2f",
+            "amqp_login uri amqp://h:port/%2f is invalid: ",
+        ),
+    ];
+    for (text, want) in cases {
+        let outcome = login_uri(text, redact).expect_err(text);
+        assert!(!outcome.up, "{text}: {outcome:?}");
+        assert!(outcome.reason.starts_with(want), "{text}: {outcome:?}");
+        assert!(!outcome.reason.contains("s3cret"), "{text}: {outcome:?}");
+    }
+    let parsed = login_uri("amqp://guest:s3cret@h:5673/%2f", redact).unwrap();
+    assert_eq!(parsed.authority.port, 5673);
+}
+
+#[test]
 fn sanitize_cuts_at_char_boundary_and_replaces_controls() {
     assert_eq!(sanitize("a\nb\tc", 10), "a b c");
     assert_eq!(sanitize("ééé", 5), "éé");

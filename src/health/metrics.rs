@@ -1,6 +1,6 @@
 //! The probe metric families: `health_checks_total` by result and
 //! `health_check_duration_seconds`, registered once per process by [`HealthMetrics`]. A probe
-//! task resolves its backend's handles once ([`ProbeMetrics`]); the controller removes a
+//! task resolves its backend's handles once (`ProbeMetrics`); the controller removes a
 //! backend's series when a reload takes the backend away.
 
 use prometheus::{Histogram, HistogramVec, IntCounter, IntCounterVec, Registry};

@@ -1,7 +1,7 @@
 //! The data plane's metric families: per listener (connections open and accepted, refusals,
 //! closes by reason, rejected PROXY headers) and process-wide (bytes by direction and method,
 //! pipes leased, splice fallbacks). [`ProxyMetrics`] registers them once per process; a
-//! listener resolves its handles once into [`ListenerStats`] and the data plane its byte
+//! listener resolves its handles once into `ListenerStats` and the data plane its byte
 //! counters once into [`ForwardCounters`], so a connection only increments resolved handles.
 //! Labels come from the enums below and [`CloseReason`], never from strings at the call site.
 
@@ -25,7 +25,7 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
-    /// Every reason, in the order of [`ListenerStats`]'s handles.
+    /// Every reason, in the order of `ListenerStats`'s handles.
     pub const ALL: [RejectReason; 4] = [
         RejectReason::MaxConnections,
         RejectReason::NoBackend,
@@ -61,7 +61,7 @@ pub enum HeaderRejectReason {
 }
 
 impl HeaderRejectReason {
-    /// Every reason, in the order of [`ListenerStats`]'s handles.
+    /// Every reason, in the order of `ListenerStats`'s handles.
     pub const ALL: [HeaderRejectReason; 5] = [
         HeaderRejectReason::Malformed,
         HeaderRejectReason::Timeout,
@@ -287,7 +287,7 @@ pub struct ForwardCounters {
 mod tests {
     use super::*;
 
-    /// [`ListenerStats`] keeps its handles in arrays indexed by the enums.
+    /// `ListenerStats` keeps its handles in arrays indexed by the enums.
     #[test]
     fn each_reason_indexes_its_own_slot() {
         for (i, r) in RejectReason::ALL.into_iter().enumerate() {

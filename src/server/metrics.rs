@@ -63,7 +63,7 @@ impl ReloadMetrics {
 /// Cheap to clone (handles).
 #[derive(Clone)]
 pub(super) struct ProcessMetrics {
-    /// The registry (`/metrics`, [`crate::Server::metrics`]).
+    /// The registry (`/metrics`, `Server::metrics`).
     pub(super) exposition: Arc<Metrics>,
     pub(super) proxy: ProxyMetrics,
     pub(super) backends: BackendMetrics,

@@ -24,9 +24,12 @@
 //! so it keeps answering while the data plane has none left. It changes admin state only through
 //! the [`Drainer`], which decides whether a drain may happen (quorum check, `min_available`);
 //! this module only maps its answers and refusals to HTTP. Every JSON body is a type of
-//! [`crate::api`]. It never touches the data path's sockets.
+//! [`crate::api`]. It never touches the data path's sockets. Its own counters (refused tokens
+//! and connections) are declared in [`metrics`]; for the rest it gets narrow handles: the
+//! registry `/metrics` encodes and a read-only view of the listeners' open connections.
 
 mod limits;
+pub mod metrics;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -53,7 +56,10 @@ use crate::drain::{rfc3339, DrainError, Drainer};
 use crate::health::Controller;
 use crate::lifecycle::Reloader;
 use crate::metrics::Metrics;
+use crate::proxy::metrics::ActiveConnections;
 use crate::state::{BackendId, BackendRoute, PoolRoute, Routing};
+
+use metrics::{AdminMetrics, AuthFailure, ConnectionRefused};
 
 pub use limits::{
     Admit, AuthLimiter, ConnectionTable, WrongToken, AUTH_FAILURES_PER_SECOND,
@@ -69,7 +75,12 @@ pub struct Admin {
     /// Asks the server to re-read its config file.
     pub reloader: Reloader,
     pub routing: Arc<Routing>,
+    /// What `GET /metrics` encodes: the process's registry.
     pub metrics: Arc<Metrics>,
+    /// This server's own counters (refused tokens and connections).
+    pub admin_metrics: AdminMetrics,
+    /// Open connections per listener, for `/v1/status`.
+    pub active_connections: ActiveConnections,
     pub health: Arc<Controller>,
     pub drainer: Arc<Drainer>,
     /// The bearer token every `/v1` request must present, when one is configured.
@@ -122,7 +133,7 @@ pub async fn serve(listener: std::net::TcpListener, admin: Arc<Admin>, stop: Can
             },
         };
         next_id += 1;
-        let Some(conn) = connections.admit(next_id, peer, &shared.admin.metrics) else {
+        let Some(conn) = connections.admit(next_id, peer, &shared.admin.admin_metrics) else {
             drop(socket);
             shared.reserve.refill();
             continue;
@@ -213,19 +224,19 @@ impl Connections {
 
     /// Let connection `id` in, closing the oldest idle ones if needed; `None` (counted and
     /// logged) when it must be closed at once.
-    fn admit(self: &Arc<Self>, id: u64, peer: SocketAddr, metrics: &Metrics) -> Option<Tracked> {
-        let refused = |reason: &str| {
-            metrics
-                .admin_connections_refused_total
-                .with_label_values(&[reason])
-                .inc();
-        };
+    fn admit(
+        self: &Arc<Self>,
+        id: u64,
+        peer: SocketAddr,
+        metrics: &AdminMetrics,
+    ) -> Option<Tracked> {
+        let refused = |reason| metrics.connection_refused(reason);
         let decision = lock(&self.table).admit(id, peer.ip());
         match decision {
             Admit::Serve { evict } => {
                 let mut closers = lock(&self.closers);
                 for gone in evict {
-                    refused("evicted");
+                    refused(ConnectionRefused::Evicted);
                     if let Some(token) = closers.remove(&gone) {
                         token.cancel();
                     }
@@ -241,12 +252,12 @@ impl Connections {
                 })
             }
             Admit::PerSourceLimit => {
-                refused("per_source");
+                refused(ConnectionRefused::PerSource);
                 tracing::debug!(client = %peer, "admin connection refused: max_connections_per_source open from this source");
                 None
             }
             Admit::TotalLimit => {
-                refused("max_connections");
+                refused(ConnectionRefused::MaxConnections);
                 tracing::warn!(client = %peer, "admin connection refused: max_connections open, each serving a request");
                 None
             }
@@ -429,19 +440,13 @@ fn authenticate(
     let Some(expected) = admin.token.as_ref() else {
         return Auth::Pass;
     };
-    let refused = |reason: &str| {
-        admin
-            .metrics
-            .admin_auth_failures_total
-            .with_label_values(&[reason])
-            .inc();
-    };
+    let refused = |reason| admin.admin_metrics.auth_failed(reason);
     let presented = headers
         .get(hyper::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     let Some(token) = presented else {
-        refused("missing");
+        refused(AuthFailure::Missing);
         return Auth::Deny(error(
             StatusCode::UNAUTHORIZED,
             "this endpoint needs Authorization: Bearer <token>",
@@ -455,7 +460,7 @@ fn authenticate(
         match holds.clone().try_acquire_owned() {
             Ok(permit) => slot = Some(permit),
             Err(_) => {
-                refused("rate_limited");
+                refused(AuthFailure::RateLimited);
                 return Auth::Deny(rate_limited(
                     "too many wrong bearer tokens from this network while others are held; retry later",
                     AUTH_HOLD_MAX.as_secs().max(1),
@@ -471,14 +476,14 @@ fn authenticate(
     }
     match limiter.wrong_token(source, Instant::now()) {
         WrongToken::Checked { last } => {
-            refused("wrong");
+            refused(AuthFailure::Wrong);
             if last {
                 tracing::warn!(%source, "admin API: wrong bearer tokens from this network over the limit, holding the next ones");
             }
             Auth::Deny(error(StatusCode::UNAUTHORIZED, "wrong bearer token"))
         }
         WrongToken::Held { hold, retry_after } => {
-            refused("rate_limited");
+            refused(AuthFailure::RateLimited);
             let reply = rate_limited(
                 "too many wrong bearer tokens from this network or in total; retry later",
                 retry_after.as_secs_f64().ceil().max(1.0) as u64,
@@ -612,11 +617,7 @@ fn status(admin: &Admin) -> api::Status {
         .listeners
         .iter()
         .map(|l| api::ListenerStatus {
-            active_connections: admin
-                .metrics
-                .listener_connections_active
-                .with_label_values(&[&l.name])
-                .get(),
+            active_connections: admin.active_connections.of(&l.name),
             listen: l.listen.to_string(),
             name: l.name.clone(),
             pool: l.pool.clone(),

@@ -58,6 +58,13 @@ impl Health {
 }
 
 impl AdminState {
+    /// Every state (each backend has a `backend_admin_state` series per state).
+    pub const ALL: [AdminState; 3] = [
+        AdminState::Active,
+        AdminState::Draining,
+        AdminState::Drained,
+    ];
+
     /// The label used by the API, metrics and the state file.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -5,7 +5,8 @@
 //! RabbitMQ's quorum check (asked through the pool's `http` probe on the management API) and
 //! `min_available`. A refusal is a typed [`DrainError`]; the admin API only maps it to a status
 //! code. It changes admin state only through [`Routing`] and emits events through the health
-//! [`Controller`]; it never touches health, and never speaks HTTP to the operator.
+//! [`Controller`]; it never touches health, and never speaks HTTP to the operator. It owns
+//! `state_file_errors_total` ([`StateFileMetrics`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -19,7 +20,7 @@ use crate::api::{DrainAnswer, QuorumAnswer};
 use crate::config::{Config, HookEvent, ProxyProtocol};
 use crate::health::probe::{self, QuorumCheck};
 use crate::health::{Cause, Controller};
-use crate::metrics::Metrics;
+use crate::metrics;
 use crate::state::{AdminState, BackendId, Routing};
 
 /// How often a draining backend is checked for its last connection.
@@ -93,6 +94,26 @@ pub enum StateFileError {
     },
 }
 
+/// `state_file_errors_total`: state file reads or writes that failed, registered once per
+/// process. Cheap to clone.
+#[derive(Clone)]
+pub struct StateFileMetrics {
+    errors_total: prometheus::IntCounter,
+}
+
+impl StateFileMetrics {
+    /// Register `state_file_errors_total` into `registry` (once per process).
+    pub fn register(registry: &prometheus::Registry) -> StateFileMetrics {
+        StateFileMetrics {
+            errors_total: metrics::counter(
+                registry,
+                "state_file_errors_total",
+                "State file reads or writes that failed (a corrupt file is moved aside)",
+            ),
+        }
+    }
+}
+
 /// The drains a state file held, read once at start (see [`load_state`]).
 #[derive(Debug, Default)]
 pub struct Restored {
@@ -113,7 +134,7 @@ pub struct Drainer {
     /// Deadline of each draining backend, and a generation so an undrain stops its watcher.
     drains: Mutex<HashMap<BackendId, DrainEntry>>,
     runtime: Handle,
-    state_file_errors: prometheus::IntCounter,
+    metrics: StateFileMetrics,
 }
 
 #[derive(Clone, Copy)]
@@ -129,7 +150,7 @@ impl Drainer {
         config: &Config,
         routing: Arc<Routing>,
         health: Arc<Controller>,
-        metrics: &Metrics,
+        metrics: StateFileMetrics,
         runtime: Handle,
     ) -> Arc<Drainer> {
         let state_file = config.admin.as_ref().and_then(|a| a.state_file.clone());
@@ -140,7 +161,7 @@ impl Drainer {
             state_file,
             drains: Mutex::new(HashMap::new()),
             runtime,
-            state_file_errors: metrics.state_file_errors_total.clone(),
+            metrics,
         })
     }
 
@@ -414,7 +435,7 @@ impl Drainer {
         match write_atomically(path, &state) {
             Ok(()) => Some(Ok(())),
             Err(e) => {
-                self.state_file_errors.inc();
+                self.metrics.errors_total.inc();
                 tracing::error!(file = %path.display(), error = %e, "cannot write the state file; drain state will not survive a restart");
                 Some(Err(format!(
                     "cannot write the state file {}: {e}; the change holds but will not survive a \
@@ -429,9 +450,9 @@ impl Drainer {
 impl Restored {
     /// Re-apply the drains of the state file at start-up, before any connection is accepted. A
     /// draining backend comes back drained: a new process has no connection to it.
-    pub fn apply(self, routing: &Routing, metrics: &Metrics) {
+    pub fn apply(self, routing: &Routing, metrics: &StateFileMetrics) {
         if self.moved_aside {
-            metrics.state_file_errors_total.inc();
+            metrics.errors_total.inc();
         }
         for id in self.drained {
             let (pool, backend) = (&*id.pool, &*id.backend);

@@ -26,7 +26,8 @@
 //! and moves to the back, so a flapping backend does not build a backlog and the last queued
 //! event about a backend is always the newest. A full queue drops its oldest event.
 //! Every run is logged (exit status, first lines of output) and counted in
-//! `hook_runs_total{event,result}` with result `ok | failed | timeout | dropped`.
+//! `hook_runs_total{event,result}` with result `ok | failed | timeout | dropped`, a family this
+//! module owns ([`HookMetrics`]).
 
 use std::collections::VecDeque;
 use std::process::Stdio;
@@ -45,7 +46,7 @@ use tracing::instrument::WithSubscriber;
 use crate::api::AdminState;
 use crate::config::{HookAction, HookConfig, HookEvent};
 use crate::http_client::{BodyRead, HttpError, HttpUrl, Request};
-use crate::metrics::Metrics;
+use crate::metrics;
 
 /// Events waiting per hook while it runs; beyond this the oldest is dropped.
 pub const QUEUE_CAPACITY: usize = 64;
@@ -146,6 +147,44 @@ impl Event {
     }
 }
 
+/// `hook_runs_total`, registered once per process; a series appears with its first count.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct HookMetrics {
+    runs_total: prometheus::IntCounterVec,
+}
+
+impl HookMetrics {
+    /// Register `hook_runs_total` into `registry` (once per process).
+    pub fn register(registry: &prometheus::Registry) -> HookMetrics {
+        HookMetrics {
+            runs_total: metrics::counter_vec(
+                registry,
+                "hook_runs_total",
+                "Hook runs (ok | failed | timeout)",
+                &["event", "result"],
+            ),
+        }
+    }
+
+    /// A run for `event` ended with `outcome`.
+    fn ran(&self, event: HookEvent, outcome: RunOutcome) {
+        self.count(event, outcome.as_str());
+    }
+
+    /// An event for `event` was dropped from a full queue without running (result `dropped`).
+    fn dropped(&self, event: HookEvent) {
+        self.count(event, "dropped");
+    }
+
+    /// `result` is [`RunOutcome::as_str`] or `dropped`, from the two methods above only.
+    fn count(&self, event: HookEvent, result: &'static str) {
+        self.runs_total
+            .with_label_values(&[event.as_str(), result])
+            .inc();
+    }
+}
+
 /// Runs the configured hooks; cheap to clone.
 #[derive(Clone)]
 pub struct Hooks {
@@ -156,7 +195,7 @@ struct Inner {
     /// In config order. A reload shares the hooks whose config did not change with the new
     /// set, so their worker, run in progress and queue carry on.
     hooks: Vec<Arc<Hook>>,
-    metrics: Arc<Metrics>,
+    metrics: HookMetrics,
 }
 
 /// One configured hook: its config, its queue and its worker.
@@ -177,7 +216,7 @@ impl Hook {
         config: &HookConfig,
         queued: VecDeque<Event>,
         after: Option<JoinHandle<()>>,
-        metrics: &Arc<Metrics>,
+        metrics: &HookMetrics,
     ) -> Arc<Hook> {
         let slot = Arc::new(Slot {
             queue: Mutex::new(Queue {
@@ -277,7 +316,7 @@ pub fn plan_reload(old: &[HookConfig], new: &[HookConfig]) -> Vec<HookPlan> {
 
 impl Hooks {
     /// Start one worker task per configured hook on the current Tokio runtime.
-    pub fn start(configs: &[HookConfig], metrics: Arc<Metrics>) -> Hooks {
+    pub fn start(configs: &[HookConfig], metrics: HookMetrics) -> Hooks {
         let hooks = configs
             .iter()
             .map(|config| Hook::start(config, VecDeque::new(), None, &metrics))
@@ -435,11 +474,7 @@ impl Hooks {
             };
             hook.slot.wake.notify_one();
             if let Some(old) = dropped {
-                self.inner
-                    .metrics
-                    .hook_runs_total
-                    .with_label_values(&[old.kind.as_str(), "dropped"])
-                    .inc();
+                self.inner.metrics.dropped(old.kind);
                 tracing::warn!(
                     event = old.kind.as_str(),
                     pool = %old.pool,
@@ -533,7 +568,7 @@ struct Worker {
     action: Action,
     timeout: Duration,
     slot: Arc<Slot>,
-    metrics: Arc<Metrics>,
+    metrics: HookMetrics,
     /// The worker of the hook this one replaces: waited for before the first run.
     after: Option<JoinHandle<()>>,
 }
@@ -550,10 +585,7 @@ impl Worker {
                 Action::Webhook(url, _) => run_webhook(url, &event, self.timeout).await,
             };
             let duration_ms = started.elapsed().as_millis() as u64;
-            self.metrics
-                .hook_runs_total
-                .with_label_values(&[event.kind.as_str(), report.outcome.as_str()])
-                .inc();
+            self.metrics.ran(event.kind, report.outcome);
             self.log(&event, &report, duration_ms);
         }
     }

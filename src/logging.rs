@@ -11,8 +11,8 @@ use std::sync::{Arc, LazyLock};
 
 use prometheus::{IntCounter, Opts};
 
-/// Log lines that could not be written, process-wide (every `metrics::Metrics`
-/// registry exports this one counter).
+/// Log lines that could not be written, process-wide (every registry that `server` composes
+/// exports this one counter, see [`register_metrics`]).
 pub fn write_errors() -> &'static IntCounter {
     static ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
         IntCounter::with_opts(
@@ -25,6 +25,14 @@ pub fn write_errors() -> &'static IntCounter {
         .expect("a valid metric name")
     });
     &ERRORS
+}
+
+/// Register [`write_errors`] into a process's registry (one counter shared by every registry,
+/// as the writer has no handle to pass it around).
+pub fn register_metrics(registry: &prometheus::Registry) {
+    registry
+        .register(Box::new(write_errors().clone()))
+        .expect("metric names are unique");
 }
 
 /// Where logs go: a `tracing_subscriber` `MakeWriter` whose writers swallow write errors.

@@ -1,7 +1,8 @@
 //! What the data path and the health checks share about connecting to a backend: whose fault
-//! a failed connect is ([`is_local`]), why it failed ([`ConnectFailure`]), and the [`Observer`]
-//! the data path reports backend failures to. A leaf: it names no other module, so the proxy
-//! and health modules can both use it without reaching each other.
+//! a failed connect is ([`is_local`]), why it failed ([`ConnectFailure`]), the [`Observer`] the
+//! data path reports backend failures to, and which way bytes went ([`ByteDirection`], a label
+//! the proxy's and the backends' byte counters share). A leaf: it names no other module, so the
+//! proxy, state and health modules can all use it without reaching each other.
 
 use std::io;
 
@@ -20,6 +21,14 @@ pub enum ConnectFailure {
 }
 
 impl ConnectFailure {
+    /// Every failure, in the order of their metric handles (see `state::BackendStats`).
+    pub const ALL: [ConnectFailure; 4] = [
+        ConnectFailure::Refused,
+        ConnectFailure::Timeout,
+        ConnectFailure::Other,
+        ConnectFailure::ClosedEarly,
+    ];
+
     /// The metric label.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -27,6 +36,28 @@ impl ConnectFailure {
             ConnectFailure::Timeout => "timeout",
             ConnectFailure::Other => "other",
             ConnectFailure::ClosedEarly => "closed_early",
+        }
+    }
+}
+
+/// Which way forwarded bytes went (the `direction` label of the byte counters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ByteDirection {
+    /// From the client to the backend.
+    ToBackend,
+    /// From the backend to the client.
+    ToClient,
+}
+
+impl ByteDirection {
+    /// Both directions.
+    pub const ALL: [ByteDirection; 2] = [ByteDirection::ToBackend, ByteDirection::ToClient];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ByteDirection::ToBackend => "to_backend",
+            ByteDirection::ToClient => "to_client",
         }
     }
 }
@@ -99,6 +130,14 @@ mod tests {
         ] {
             assert_eq!(is_local(&os(errno)), local, "errno {errno}");
             assert_eq!(is_exhaustion(&os(errno)), exhaustion, "errno {errno}");
+        }
+    }
+
+    /// `BackendStats` keeps its failure counters in an array indexed by the enum.
+    #[test]
+    fn connect_failures_index_their_own_slot() {
+        for (i, failure) in ConnectFailure::ALL.into_iter().enumerate() {
+            assert_eq!(failure as usize, i, "{failure:?}");
         }
     }
 }

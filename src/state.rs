@@ -3,19 +3,25 @@
 //! picture with a single `load()`. Writers (health, admin, reload) go through [`Routing`]'s
 //! methods, which rebuild and publish a new snapshot under one lock. Per-backend counters live in
 //! [`BackendStats`], shared across snapshots, because they change per connection, not per event.
-//! This module owns no sockets and no timers.
+//! It owns the backend and pool metric families ([`BackendMetrics`]: connections, connect
+//! failures and durations, bytes, `backend_up`, `backend_admin_state`,
+//! `pool_available_backends`) and removes a backend's or pool's series when a reload takes it
+//! away. This module owns no sockets and no timers.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
-use prometheus::{Histogram, IntCounter, IntGauge};
+use prometheus::{
+    Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::balance::{self, Selector};
 use crate::config::{Config, ListenerConfig};
-use crate::metrics::Metrics;
+use crate::metrics;
+use crate::net::{ByteDirection, ConnectFailure};
 
 pub use crate::api::{AdminState, Health};
 
@@ -51,10 +57,8 @@ pub struct BackendStats {
     pub bytes_to_backend: IntCounter,
     pub bytes_to_client: IntCounter,
     pub connect_duration: Histogram,
-    pub failures_refused: IntCounter,
-    pub failures_timeout: IntCounter,
-    pub failures_other: IntCounter,
-    pub failures_closed_early: IntCounter,
+    /// By [`ConnectFailure::ALL`]'s order (see [`BackendStats::failures`]).
+    failures: [IntCounter; 4],
     pub up: IntGauge,
     /// Cancelled to close this backend's connections (a drain deadline); a child of the
     /// routing's shutdown token, so shutdown closes them too. Replaced after use.
@@ -74,38 +78,151 @@ impl BackendStats {
         *close = shutdown.child_token();
     }
 
+    /// The counter of connects to this backend that failed for `failure`.
+    pub fn failures(&self, failure: ConnectFailure) -> &IntCounter {
+        &self.failures[failure as usize]
+    }
+
     fn new(
-        metrics: &Metrics,
+        metrics: &BackendMetrics,
         pool: &str,
         backend: &str,
         shutdown: &CancellationToken,
     ) -> BackendStats {
         let pb = [pool, backend];
-        let failures = |reason| {
+        let bytes = |direction: ByteDirection| {
             metrics
-                .backend_connect_failures_total
-                .with_label_values(&[pool, backend, reason])
-        };
-        let bytes = |direction| {
-            metrics
-                .backend_bytes_total
-                .with_label_values(&[pool, backend, direction])
+                .bytes_total
+                .with_label_values(&[pool, backend, direction.as_str()])
         };
         BackendStats {
-            active: metrics.backend_connections_active.with_label_values(&pb),
-            total: metrics.backend_connections_total.with_label_values(&pb),
-            bytes_to_backend: bytes("to_backend"),
-            bytes_to_client: bytes("to_client"),
-            connect_duration: metrics
-                .backend_connect_duration_seconds
-                .with_label_values(&pb),
-            failures_refused: failures("refused"),
-            failures_timeout: failures("timeout"),
-            failures_other: failures("other"),
-            failures_closed_early: failures("closed_early"),
-            up: metrics.backend_up.with_label_values(&pb),
+            active: metrics.connections_active.with_label_values(&pb),
+            total: metrics.connections_total.with_label_values(&pb),
+            bytes_to_backend: bytes(ByteDirection::ToBackend),
+            bytes_to_client: bytes(ByteDirection::ToClient),
+            connect_duration: metrics.connect_duration_seconds.with_label_values(&pb),
+            failures: ConnectFailure::ALL.map(|failure| {
+                metrics
+                    .connect_failures_total
+                    .with_label_values(&[pool, backend, failure.as_str()])
+            }),
+            up: metrics.up.with_label_values(&pb),
             close: Mutex::new(shutdown.child_token()),
         }
+    }
+}
+
+/// The backend and pool metric families, owned here because routing is what they report:
+/// registered once per process, resolved per backend into [`BackendStats`] (outside the data
+/// path), and removed with the backends and pools a reload takes away. Cheap to clone.
+#[derive(Clone)]
+pub struct BackendMetrics {
+    connections_active: IntGaugeVec,
+    connections_total: IntCounterVec,
+    connect_failures_total: IntCounterVec,
+    connect_duration_seconds: HistogramVec,
+    bytes_total: IntCounterVec,
+    up: IntGaugeVec,
+    admin_state: IntGaugeVec,
+    pool_available: IntGaugeVec,
+}
+
+impl BackendMetrics {
+    /// Register the backend and pool families into `registry` (once per process).
+    pub fn register(registry: &Registry) -> BackendMetrics {
+        let pb = &["pool", "backend"];
+        BackendMetrics {
+            connections_active: metrics::gauge_vec(
+                registry,
+                "backend_connections_active",
+                "Proxied connections open now",
+                pb,
+            ),
+            connections_total: metrics::counter_vec(
+                registry,
+                "backend_connections_total",
+                "Proxied connections established",
+                pb,
+            ),
+            connect_failures_total: metrics::counter_vec(
+                registry,
+                "backend_connect_failures_total",
+                "Failed connects to a backend (refused | timeout | other | closed_early)",
+                &["pool", "backend", "reason"],
+            ),
+            connect_duration_seconds: metrics::histogram_vec(
+                registry,
+                "backend_connect_duration_seconds",
+                "Time to establish a backend connection",
+                metrics::CONNECT_BUCKETS,
+                pb,
+            ),
+            bytes_total: metrics::counter_vec(
+                registry,
+                "backend_bytes_total",
+                "Bytes forwarded (to_backend | to_client)",
+                &["pool", "backend", "direction"],
+            ),
+            up: metrics::gauge_vec(
+                registry,
+                "backend_up",
+                "1 when the backend's health is up (or unknown)",
+                pb,
+            ),
+            admin_state: metrics::gauge_vec(
+                registry,
+                "backend_admin_state",
+                "1 on the backend's current admin state (active | draining | drained)",
+                &["pool", "backend", "state"],
+            ),
+            pool_available: metrics::gauge_vec(
+                registry,
+                "pool_available_backends",
+                "Backends that may take new connections",
+                &["pool"],
+            ),
+        }
+    }
+
+    /// `backend_admin_state`: 1 on `current`, 0 on the other states.
+    fn set_admin_state(&self, pool: &str, backend: &str, current: AdminState) {
+        for state in AdminState::ALL {
+            self.admin_state
+                .with_label_values(&[pool, backend, state.as_str()])
+                .set(i64::from(current == state));
+        }
+    }
+
+    /// Remove every series of a backend a reload took away, so `backend_up 0` or a drained
+    /// state does not stay in `/metrics` (and keep an alert firing) for a backend that is gone.
+    /// (Its probe series are the health module's to remove.)
+    fn remove_backend(&self, pool: &str, backend: &str) {
+        let pb = [pool, backend];
+        let _ = self.connections_active.remove_label_values(&pb);
+        let _ = self.connections_total.remove_label_values(&pb);
+        let _ = self.connect_duration_seconds.remove_label_values(&pb);
+        let _ = self.up.remove_label_values(&pb);
+        for failure in ConnectFailure::ALL {
+            let _ =
+                self.connect_failures_total
+                    .remove_label_values(&[pool, backend, failure.as_str()]);
+        }
+        for direction in ByteDirection::ALL {
+            let _ = self
+                .bytes_total
+                .remove_label_values(&[pool, backend, direction.as_str()]);
+        }
+        for state in AdminState::ALL {
+            let _ = self
+                .admin_state
+                .remove_label_values(&[pool, backend, state.as_str()]);
+        }
+    }
+
+    /// Remove the series of a pool a reload took away (its backends' go through
+    /// [`BackendMetrics::remove_backend`]).
+    fn remove_pool(&self, pool: &str) {
+        let _ = self.pool_available.remove_label_values(&[pool]);
     }
 }
 
@@ -200,12 +317,12 @@ pub struct Routing {
     shutdown: CancellationToken,
     /// Serialises writers so two events never publish from the same base and lose one.
     writer: Mutex<()>,
-    metrics: Arc<Metrics>,
+    metrics: BackendMetrics,
 }
 
 impl Routing {
     /// Build the first snapshot from a config; every backend starts `Unknown` and `Active`.
-    pub fn new(config: &Config, metrics: Arc<Metrics>) -> Routing {
+    pub fn new(config: &Config, metrics: BackendMetrics) -> Routing {
         let shutdown = CancellationToken::new();
         let snapshot = build(config, None, &metrics, &shutdown);
         publish_gauges(&snapshot, &metrics);
@@ -306,7 +423,7 @@ impl Routing {
 fn build(
     config: &Config,
     previous: Option<&Snapshot>,
-    metrics: &Metrics,
+    metrics: &BackendMetrics,
     shutdown: &CancellationToken,
 ) -> Snapshot {
     let listeners = config
@@ -359,9 +476,7 @@ fn build(
                 name: name.clone(),
                 selector,
                 backends,
-                available_gauge: metrics
-                    .pool_available_backends
-                    .with_label_values(&[&p.name]),
+                available_gauge: metrics.pool_available.with_label_values(&[&p.name]),
             };
             (name, route)
         })
@@ -369,21 +484,12 @@ fn build(
     Snapshot { listeners, pools }
 }
 
-fn publish_gauges(snapshot: &Snapshot, metrics: &Metrics) {
+fn publish_gauges(snapshot: &Snapshot, metrics: &BackendMetrics) {
     for pool in snapshot.pools.values() {
         pool.available_gauge.set(pool.available_count() as i64);
         for b in &pool.backends {
             b.stats.up.set(i64::from(b.health != Health::Down));
-            for state in [
-                AdminState::Active,
-                AdminState::Draining,
-                AdminState::Drained,
-            ] {
-                metrics
-                    .backend_admin_state
-                    .with_label_values(&[&pool.name, &b.name, state.as_str()])
-                    .set(i64::from(b.admin == state));
-            }
+            metrics.set_admin_state(&pool.name, &b.name, b.admin);
         }
     }
 }
@@ -418,7 +524,10 @@ mod tests {
             (vec![("a", 1), ("b", 1), ("c", 1)], false),
         ];
         for (backends, kept) in cases {
-            let routing = Routing::new(&config(&[("a", 1), ("b", 1)]), Arc::new(Metrics::new()));
+            let routing = Routing::new(
+                &config(&[("a", 1), ("b", 1)]),
+                BackendMetrics::register(&Registry::new()),
+            );
             let before = routing.load().pools["p"].selector.clone();
             routing.reload(&config(&backends));
             let after = routing.load().pools["p"].selector.clone();

@@ -71,19 +71,6 @@ async fn fake_node(quorum: Quorum) -> Backend {
     .await
 }
 
-/// A port on 127.0.0.1 that refuses connections and stays ours: bound but not listening, so no
-/// other process can start listening there while the test runs (a port bound and closed can
-/// be taken by anyone and then answer).
-fn held_refusing_port() -> (socket2::Socket, SocketAddr) {
-    use socket2::{Domain, Socket, Type};
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    socket
-        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
-        .unwrap();
-    let addr = socket.local_addr().unwrap().as_socket().unwrap();
-    (socket, addr)
-}
-
 /// Masks what differs from run to run: the given addresses (as `<name>`), RFC 3339 times, the
 /// version, probe durations and probe counters.
 fn mask(text: &str, addrs: &[(String, SocketAddr)]) -> String {

@@ -11,14 +11,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{exec_hook, file_lines, wait_for, write_hook_script};
+use common::{exec_hook, file_lines, metric_or_zero, wait_for, write_hook_script};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use warren::api::AdminState;
 use warren::config::{HookAction, HookConfig, HookEvent};
-use warren::hooks::{Event, Hooks, HOOK_PATH, QUEUE_CAPACITY};
+use warren::hooks::{Event, HookMetrics, Hooks, HOOK_PATH, QUEUE_CAPACITY};
 use warren::http_client::HttpUrl;
 use warren::metrics::Metrics;
 
@@ -82,11 +82,13 @@ fn backend_event(kind: HookEvent, backend: &str, available: usize) -> Event {
     }
 }
 
+/// `hook_runs_total{event,result}` as exported (0 while absent).
 fn runs(metrics: &Metrics, kind: HookEvent, result: &str) -> u64 {
-    metrics
-        .hook_runs_total
-        .with_label_values(&[kind.as_str(), result])
-        .get()
+    let series = format!(
+        "warren_hook_runs_total{{event=\"{}\",result=\"{result}\"}}",
+        kind.as_str()
+    );
+    metric_or_zero(&metrics.encode(), &series) as u64
 }
 
 const LONG: Duration = Duration::from_secs(10);
@@ -98,7 +100,7 @@ async fn exec_hook_gets_exactly_the_documented_environment() {
     let metrics = Arc::new(Metrics::new());
     let hooks = Hooks::start(
         &[exec_hook(&[HookEvent::BackendDown], argv, LONG)],
-        metrics.clone(),
+        HookMetrics::register(metrics.registry()),
     );
     hooks.emit(backend_event(HookEvent::BackendDown, "rabbit-a", 1));
     wait_for("the env file", LONG, || dir.path("env").exists()).await;
@@ -148,7 +150,7 @@ async fn pool_events_get_empty_backend_variables() {
     let metrics = Arc::new(Metrics::new());
     let hooks = Hooks::start(
         &[exec_hook(&[HookEvent::PoolDown], argv, LONG)],
-        metrics.clone(),
+        HookMetrics::register(metrics.registry()),
     );
     hooks.emit(Event {
         kind: HookEvent::PoolDown,
@@ -203,7 +205,7 @@ async fn hanging_hook_is_killed_with_its_group_and_the_next_event_runs() {
     let timeout = Duration::from_millis(300);
     let hooks = Hooks::start(
         &[exec_hook(&[HookEvent::BackendDown], argv, timeout)],
-        metrics.clone(),
+        HookMetrics::register(metrics.registry()),
     );
     let started = Instant::now();
     hooks.emit(backend_event(HookEvent::BackendDown, "hang", 1));
@@ -294,7 +296,7 @@ async fn failing_hook_is_counted_and_its_output_logged() {
     let metrics = Arc::new(Metrics::new());
     let hooks = Hooks::start(
         &[exec_hook(&[HookEvent::BackendDown], argv, LONG)],
-        metrics.clone(),
+        HookMetrics::register(metrics.registry()),
     );
     hooks.emit(backend_event(HookEvent::BackendDown, "rabbit-a", 1));
     wait_for("the failed run", LONG, || {
@@ -325,7 +327,7 @@ async fn hook_that_cannot_start_is_failed() {
     let argv = vec!["/nonexistent/warren-hook".to_string()];
     let hooks = Hooks::start(
         &[exec_hook(&[HookEvent::BackendDown], argv, LONG)],
-        metrics.clone(),
+        HookMetrics::register(metrics.registry()),
     );
     hooks.emit(backend_event(HookEvent::BackendDown, "rabbit-a", 1));
     wait_for("the failed run", LONG, || {
@@ -353,7 +355,7 @@ async fn runs_are_sequential_and_identical_events_coalesce() {
             argv,
             LONG,
         )],
-        metrics.clone(),
+        HookMetrics::register(metrics.registry()),
     );
     hooks.emit(backend_event(HookEvent::BackendDown, "rabbit-a", 0));
     wait_for("the first run to start", LONG, || {
@@ -401,7 +403,7 @@ async fn queue_is_bounded_and_overflow_is_counted_as_dropped() {
             argv,
             Duration::from_secs(30),
         )],
-        metrics.clone(),
+        HookMetrics::register(metrics.registry()),
     );
     hooks.emit(backend_event(HookEvent::BackendDown, "first", 1));
     wait_for("the first run to start", LONG, || {
@@ -440,7 +442,7 @@ async fn hook_runs_only_on_subscribed_events() {
     let metrics = Arc::new(Metrics::new());
     let hooks = Hooks::start(
         &[exec_hook(&[HookEvent::PoolFailover], argv, LONG)],
-        metrics.clone(),
+        HookMetrics::register(metrics.registry()),
     );
     hooks.emit(backend_event(HookEvent::BackendDown, "rabbit-a", 1));
     hooks.emit(Event {
@@ -477,7 +479,7 @@ async fn shutdown_kills_a_hanging_run_within_its_timeout() {
     let timeout = Duration::from_millis(300);
     let hooks = Hooks::start(
         &[exec_hook(&[HookEvent::BackendDown], argv, timeout)],
-        metrics.clone(),
+        HookMetrics::register(metrics.registry()),
     );
     // The hook can end `ok`: so the `ok` count below could move if a discarded event ran.
     hooks.emit(backend_event(HookEvent::BackendDown, "z", 1));
@@ -578,7 +580,10 @@ async fn webhook_posts_the_event_as_json() {
     let (port, mut requests) = http_server(Some(200)).await;
     let metrics = Arc::new(Metrics::new());
     let url = format!("http://127.0.0.1:{port}/warren-events");
-    let hooks = Hooks::start(&[webhook(url, LONG)], metrics.clone());
+    let hooks = Hooks::start(
+        &[webhook(url, LONG)],
+        HookMetrics::register(metrics.registry()),
+    );
     hooks.emit(backend_event(HookEvent::BackendDown, "rabbit-a", 1));
     hooks.emit(Event {
         kind: HookEvent::PoolDown,
@@ -638,7 +643,10 @@ async fn webhook_error_status_is_failed() {
     let metrics = Arc::new(Metrics::new());
     // A host name, so the URL goes through the resolver.
     let url = format!("http://localhost:{port}/hook");
-    let hooks = Hooks::start(&[webhook(url, LONG)], metrics.clone());
+    let hooks = Hooks::start(
+        &[webhook(url, LONG)],
+        HookMetrics::register(metrics.registry()),
+    );
     hooks.emit(backend_event(HookEvent::BackendDown, "rabbit-a", 1));
     tokio::time::timeout(LONG, requests.recv())
         .await
@@ -676,7 +684,7 @@ async fn webhook_sends_the_urls_user_info_as_basic_auth() {
         .finish();
     // The workers inherit the subscriber that is current when they start.
     let _guard = tracing::subscriber::set_default(subscriber);
-    let hooks = Hooks::start(&config.hooks, metrics.clone());
+    let hooks = Hooks::start(&config.hooks, HookMetrics::register(metrics.registry()));
     hooks.emit(backend_event(HookEvent::BackendDown, "rabbit-a", 1));
     let request = tokio::time::timeout(LONG, requests.recv())
         .await
@@ -713,7 +721,10 @@ async fn webhook_without_answer_times_out() {
     let metrics = Arc::new(Metrics::new());
     let timeout = Duration::from_millis(300);
     let url = format!("http://127.0.0.1:{port}/hook");
-    let hooks = Hooks::start(&[webhook(url, timeout)], metrics.clone());
+    let hooks = Hooks::start(
+        &[webhook(url, timeout)],
+        HookMetrics::register(metrics.registry()),
+    );
     let started = Instant::now();
     hooks.emit(backend_event(HookEvent::BackendDown, "rabbit-a", 1));
     wait_for("the timeout", LONG, || {
@@ -750,7 +761,7 @@ async fn a_reload_keeps_unchanged_hooks_and_hands_a_changed_hooks_queue_over() {
     };
     let metrics = Arc::new(Metrics::new());
     let down = |name: &str| backend_event(HookEvent::BackendDown, name, 1);
-    let hooks = Hooks::start(&[version("v1")], metrics.clone());
+    let hooks = Hooks::start(&[version("v1")], HookMetrics::register(metrics.registry()));
     hooks.emit(down("block1"));
     wait_for("the first run", LONG, || dir.lines("out").len() == 1).await;
     hooks.emit(down("a"));

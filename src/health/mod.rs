@@ -11,8 +11,11 @@
 //!   hold-down period (10 s), after which it is `unknown` (and tried) again.
 //! - Health changes never touch existing connections; they only steer new ones.
 //!
-//! Probes and timers run on the control runtime, never on the data plane's workers.
+//! Probes and timers run on the control runtime, never on the data plane's workers. The probe
+//! metric families are this module's ([`metrics`]); a reload that takes a backend away removes
+//! its probe series.
 
+pub mod metrics;
 pub mod probe;
 
 use std::collections::HashMap;
@@ -26,10 +29,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, HealthConfig, HookEvent, ProxyProtocol};
-use crate::hooks::{Event, Hooks};
-use crate::metrics::Metrics;
+use crate::hooks::{Event, HookMetrics, Hooks};
 use crate::net::{ConnectFailure, Observer};
 use crate::state::{AdminState, BackendId, Health, PoolRoute, Routing, Transition};
+use metrics::HealthMetrics;
 
 /// The rise/fall hysteresis of one backend: pure, no clock.
 #[derive(Debug, Clone)]
@@ -227,7 +230,9 @@ pub struct Controller {
     /// Hook sets a reload replaced, finishing their run in progress; awaited by
     /// [`Controller::shutdown_hooks`] so the process never exits with a hook still running.
     retired_hooks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
-    metrics: Arc<Metrics>,
+    metrics: HealthMetrics,
+    /// What hooks a reload starts (when there were none before) count into.
+    hook_metrics: HookMetrics,
     /// The probe of each pool (`None`: passive only); replaced on reload.
     probes: Mutex<HashMap<Arc<str>, Option<HealthConfig>>>,
     /// Cancels the current generation of probe tasks (a reload starts a new one).
@@ -244,7 +249,8 @@ impl Controller {
         config: &Config,
         routing: Arc<Routing>,
         hooks: Option<Hooks>,
-        metrics: Arc<Metrics>,
+        metrics: HealthMetrics,
+        hook_metrics: HookMetrics,
         hold_down: Duration,
         runtime: Handle,
     ) -> Arc<Controller> {
@@ -269,6 +275,7 @@ impl Controller {
             hooks: Mutex::new(hooks),
             retired_hooks: Mutex::new(Vec::new()),
             metrics,
+            hook_metrics,
             probes: Mutex::new(probes),
             probe_tasks: Mutex::new(CancellationToken::new()),
             tracked: Mutex::new(tracked),
@@ -348,6 +355,10 @@ impl Controller {
                     keep.insert(key, t);
                 }
             }
+            // What is left was taken away by the reload: its probe series go with it.
+            for gone in tracked.keys() {
+                self.metrics.remove_backend(gone);
+            }
             *tracked = keep;
             for key in reset {
                 if let Some(t) = tracked.get(&key) {
@@ -362,7 +373,7 @@ impl Controller {
                 let (next, retired) = hooks.reload(&config.hooks);
                 (next, Some(retired))
             }
-            None => (Hooks::start(&config.hooks, self.metrics.clone()), None),
+            None => (Hooks::start(&config.hooks, self.hook_metrics.clone()), None),
         };
         *current = Some(next);
         drop(current);
@@ -435,19 +446,7 @@ impl Controller {
         health: HealthConfig,
         stop: CancellationToken,
     ) {
-        let labels = [&*key.pool, &*key.backend];
-        let ok = self
-            .metrics
-            .health_checks_total
-            .with_label_values(&[labels[0], labels[1], "ok"]);
-        let failed = self
-            .metrics
-            .health_checks_total
-            .with_label_values(&[labels[0], labels[1], "failed"]);
-        let seconds = self
-            .metrics
-            .health_check_duration_seconds
-            .with_label_values(&labels);
+        let metrics = self.metrics.probe(&key);
         // Spread the first probes of many backends over half an interval.
         let first = health
             .interval
@@ -476,8 +475,13 @@ impl Controller {
                 next = started + health.interval.mul_f64(jitter);
                 continue;
             }
-            seconds.observe(duration.as_secs_f64());
-            if outcome.up { &ok } else { &failed }.inc();
+            metrics.seconds.observe(duration.as_secs_f64());
+            if outcome.up {
+                &metrics.ok
+            } else {
+                &metrics.failed
+            }
+            .inc();
             let record = ProbeRecord {
                 up: outcome.up,
                 reason: outcome.reason,
@@ -693,13 +697,17 @@ addr = "127.0.0.1:1"
     fn controller(text: &str, runtime: Handle) -> (Arc<Controller>, Arc<Routing>, Config) {
         let config = crate::config::from_toml_offline(text, std::path::Path::new("t.toml"))
             .expect("test config loads");
-        let metrics = Arc::new(Metrics::new());
-        let routing = Arc::new(Routing::new(&config, metrics.clone()));
+        let registry = prometheus::Registry::new();
+        let routing = Arc::new(Routing::new(
+            &config,
+            crate::state::BackendMetrics::register(&registry),
+        ));
         let controller = Controller::new(
             &config,
             routing.clone(),
             None,
-            metrics,
+            HealthMetrics::register(&registry),
+            HookMetrics::register(&registry),
             crate::config::DEFAULT_HOLD_DOWN,
             runtime,
         );

@@ -232,11 +232,6 @@ pub(crate) fn blame(
     failure: ConnectFailure,
     health: &dyn Observer,
 ) {
-    match failure {
-        ConnectFailure::Refused => stats.failures_refused.inc(),
-        ConnectFailure::Timeout => stats.failures_timeout.inc(),
-        ConnectFailure::Other => stats.failures_other.inc(),
-        ConnectFailure::ClosedEarly => stats.failures_closed_early.inc(),
-    }
+    stats.failures(failure).inc();
     health.connect_failed(pool, backend, failure);
 }

@@ -26,7 +26,7 @@ use socket2::SockRef;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
-use crate::metrics::ForwardCounters;
+use super::metrics::ForwardCounters;
 
 #[cfg(target_os = "linux")]
 use super::splice::{self, Pipe, PipePool};
@@ -65,6 +65,16 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
+    /// Every reason, in declaration order (the listener's close counters are indexed by it).
+    pub const ALL: [CloseReason; 6] = [
+        CloseReason::Client,
+        CloseReason::Backend,
+        CloseReason::Idle,
+        CloseReason::Drain,
+        CloseReason::Shutdown,
+        CloseReason::Error,
+    ];
+
     /// The metric and log label.
     pub fn as_str(self) -> &'static str {
         match self {

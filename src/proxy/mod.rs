@@ -10,9 +10,13 @@
 //! `max_connections`; past that the one waiting longest is closed), for at most
 //! `proxy_protocol_timeout`, and takes its slot once the header is complete. Slow-header clients
 //! therefore cannot keep established ones out.
+//!
+//! The data plane's metric families (listeners, closes, PROXY headers, bytes, pipes) are its
+//! own: declared and registered in [`metrics`], resolved once per listener and per process.
 
 pub mod connect;
 pub mod forward;
+pub mod metrics;
 #[cfg(target_os = "linux")]
 pub mod splice;
 
@@ -22,7 +26,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use prometheus::{IntCounter, IntGauge};
+use prometheus::IntGauge;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -31,86 +35,19 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{ListenerConfig, ProxyProtocol};
-use crate::metrics::Metrics;
 use crate::net::{ConnectFailure, Observer};
 use crate::proxy_protocol::{self, Header, Parsed};
 use crate::state::{BackendStats, Routing};
 use forward::{CloseReason, Plane};
+use metrics::{HeaderRejectReason, ListenerStats, ProxyMetrics, RejectReason};
 
 /// What every connection of the process shares.
 pub struct Context {
     pub routing: Arc<Routing>,
-    pub metrics: Arc<Metrics>,
+    pub metrics: ProxyMetrics,
     pub plane: Plane,
     /// Where connect failures go (the health controller).
     pub health: Arc<dyn Observer>,
-}
-
-/// Per-listener metric handles, resolved once.
-struct ListenerStats {
-    active: IntGauge,
-    total: IntCounter,
-    rejected_max_connections: IntCounter,
-    rejected_no_backend: IntCounter,
-    rejected_next_upstream_timeout: IntCounter,
-    rejected_accept_error: IntCounter,
-    proxy_header_malformed: IntCounter,
-    proxy_header_timeout: IntCounter,
-    proxy_header_closed: IntCounter,
-    proxy_header_untrusted: IntCounter,
-    proxy_header_evicted: IntCounter,
-    closed: [IntCounter; 6],
-}
-
-const CLOSE_REASONS: [CloseReason; 6] = [
-    CloseReason::Client,
-    CloseReason::Backend,
-    CloseReason::Idle,
-    CloseReason::Drain,
-    CloseReason::Shutdown,
-    CloseReason::Error,
-];
-
-impl ListenerStats {
-    fn new(metrics: &Metrics, listener: &str) -> ListenerStats {
-        let rejected = |reason| {
-            metrics
-                .listener_rejected_total
-                .with_label_values(&[listener, reason])
-        };
-        let header = |reason| {
-            metrics
-                .proxy_header_rejected_total
-                .with_label_values(&[listener, reason])
-        };
-        ListenerStats {
-            active: metrics
-                .listener_connections_active
-                .with_label_values(&[listener]),
-            total: metrics
-                .listener_connections_total
-                .with_label_values(&[listener]),
-            rejected_max_connections: rejected("max_connections"),
-            rejected_no_backend: rejected("no_backend"),
-            rejected_next_upstream_timeout: rejected("next_upstream_timeout"),
-            rejected_accept_error: rejected("accept_error"),
-            proxy_header_malformed: header("malformed"),
-            proxy_header_timeout: header("timeout"),
-            proxy_header_closed: header("closed"),
-            proxy_header_untrusted: header("untrusted"),
-            proxy_header_evicted: header("evicted"),
-            closed: CLOSE_REASONS.map(|r| {
-                metrics
-                    .connections_closed_total
-                    .with_label_values(&[listener, r.as_str()])
-            }),
-        }
-    }
-
-    fn closed(&self, reason: CloseReason) -> &IntCounter {
-        let i = CLOSE_REASONS.iter().position(|r| *r == reason).unwrap_or(5);
-        &self.closed[i]
-    }
 }
 
 /// Decrements a gauge when dropped, so every exit path of a connection keeps gauges right.
@@ -253,7 +190,7 @@ fn admit(
         return match limits.connections.clone().try_acquire_owned() {
             Ok(permit) => Some(Admission::Admitted(permit)),
             Err(_) => {
-                stats.rejected_max_connections.inc();
+                stats.rejected(RejectReason::MaxConnections).inc();
                 tracing::debug!(listener = name, client = %peer,
                     "connection refused: max_connections reached");
                 None
@@ -262,7 +199,7 @@ fn admit(
     };
     if let Some(from) = &listener.proxy_protocol_from {
         if !from.contains(peer.ip()) {
-            stats.proxy_header_untrusted.inc();
+            stats.header_rejected(HeaderRejectReason::Untrusted).inc();
             tracing::warn!(listener = name, client = %peer,
                 "connection from a source outside proxy_protocol_from closed: its PROXY header would not be believed");
             return None;
@@ -292,7 +229,7 @@ pub async fn serve(
     tracker: TaskTracker,
     spread: Option<Arc<[tokio::runtime::Handle]>>,
 ) {
-    let stats = Arc::new(ListenerStats::new(&ctx.metrics, &name));
+    let stats = Arc::new(ctx.metrics.listener(&name));
     let mut consecutive_errors = 0u32;
     let mut turn = 0usize;
     loop {
@@ -325,7 +262,7 @@ pub async fn serve(
             }
             Err(e) if is_per_connection_accept_error(&e) => {}
             Err(e) => {
-                stats.rejected_accept_error.inc();
+                stats.rejected(RejectReason::AcceptError).inc();
                 consecutive_errors += 1;
                 let pause = accept_backoff(consecutive_errors);
                 if consecutive_errors.is_power_of_two() {
@@ -530,17 +467,17 @@ async fn establish(
     } = enter(&client, peer, admission, listener, listener_name, stats).await?;
 
     let Some(pool) = snapshot.pools.get(listener.pool.as_str()) else {
-        stats.rejected_no_backend.inc();
+        stats.rejected(RejectReason::NoBackend).inc();
         return None;
     };
     let connected = match connect::connect(pool, listener, origin.ip(), &*ctx.health).await {
         Ok(c) => c,
         Err(e) => {
-            match e {
-                connect::ConnectError::BudgetSpent { .. } => &stats.rejected_next_upstream_timeout,
-                _ => &stats.rejected_no_backend,
-            }
-            .inc();
+            let reason = match e {
+                connect::ConnectError::BudgetSpent { .. } => RejectReason::NextUpstreamTimeout,
+                _ => RejectReason::NoBackend,
+            };
+            stats.rejected(reason).inc();
             tracing::warn!(listener = listener_name, client = %origin, error = %e,
                 "no backend connection, client closed");
             return None;
@@ -626,7 +563,7 @@ async fn enter(
     };
     drop(slot);
     let Ok(permit) = limit.try_acquire_owned() else {
-        stats.rejected_max_connections.inc();
+        stats.rejected(RejectReason::MaxConnections).inc();
         tracing::debug!(listener = listener_name, client = %peer,
             "connection refused after its PROXY header: max_connections reached");
         return None;
@@ -681,17 +618,17 @@ fn closed_early(pool: &str, backend: &str, stats: &BackendStats, health: &dyn Ob
 
 /// Count and log a refused inbound PROXY header.
 fn header_rejected(e: &HeaderError, listener: &str, peer: SocketAddr, stats: &ListenerStats) {
-    let (counter, why) = match e {
-        HeaderError::Malformed(p) => (&stats.proxy_header_malformed, p.to_string()),
-        HeaderError::Timeout => (&stats.proxy_header_timeout, "timeout".to_owned()),
-        HeaderError::Closed => (&stats.proxy_header_closed, "closed".to_owned()),
+    let (reason, why) = match e {
+        HeaderError::Malformed(p) => (HeaderRejectReason::Malformed, p.to_string()),
+        HeaderError::Timeout => (HeaderRejectReason::Timeout, "timeout".to_owned()),
+        HeaderError::Closed => (HeaderRejectReason::Closed, "closed".to_owned()),
         HeaderError::Evicted => (
-            &stats.proxy_header_evicted,
+            HeaderRejectReason::Evicted,
             "evicted: max_connections connections were waiting for their header".to_owned(),
         ),
-        HeaderError::Io(e) => (&stats.proxy_header_closed, e.to_string()),
+        HeaderError::Io(e) => (HeaderRejectReason::Closed, e.to_string()),
     };
-    counter.inc();
+    stats.header_rejected(reason).inc();
     tracing::warn!(listener, client = %peer, error = why,
         "inbound PROXY header rejected, connection closed");
 }

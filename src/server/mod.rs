@@ -2,7 +2,9 @@
 //! snapshot and the data plane, start the admin server, run the accept loops, and stop gracefully
 //! (stop accepting → let connections finish for the grace period → close the rest). It owns the
 //! order of start-up and shutdown; what each part does lives in its own module. The listening
-//! sockets themselves (binding, hand-over across a reload) are in `listeners`.
+//! sockets themselves (binding, hand-over across a reload) are in `listeners`. Every module's
+//! metric families are registered once per process into one registry and handed to their
+//! owners in `metrics`, which also holds the reload counter.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -22,15 +24,18 @@ use crate::drain::Drainer;
 use crate::health::Controller;
 use crate::hooks::Hooks;
 use crate::lifecycle::{Lifecycle, LifecycleHook, ReloadRequest, Reloader};
-use crate::metrics::Metrics;
+use crate::net::ByteDirection;
+use crate::proxy::metrics::SpliceFallback;
 use crate::proxy::{self, forward::Plane, Context};
 use crate::state::Routing;
 use crate::workers::Workers;
 
 mod listeners;
+mod metrics;
 
 use listeners::*;
 pub use listeners::{diff_listeners, ListenerPlan};
+use metrics::{ProcessMetrics, ReloadMetrics, ReloadResult};
 
 /// How a server runs, beyond its config file.
 #[derive(Debug, Clone)]
@@ -120,6 +125,10 @@ pub struct Server {
     drainer: Arc<Drainer>,
     control: Control,
     options: Options,
+    /// The registry every module's families are registered in (`/metrics`).
+    exposition: Arc<crate::metrics::Metrics>,
+    /// Counts each reload `run` handles.
+    reloads: ReloadMetrics,
 }
 
 /// The control plane's thread and runtime: admin API, probes, hooks. Kept apart from the data
@@ -145,7 +154,7 @@ fn start_control(
     reloader: Reloader,
     admin: Option<(std::net::TcpListener, Option<Secret>)>,
     routing: Arc<Routing>,
-    metrics: Arc<Metrics>,
+    metrics: ProcessMetrics,
     hold_down: Duration,
 ) -> (Control, Arc<Controller>, Arc<Drainer>) {
     let stop = CancellationToken::new();
@@ -161,12 +170,13 @@ fn start_control(
                 .expect("the control runtime starts");
             runtime.block_on(async move {
                 let hooks = (!config.hooks.is_empty())
-                    .then(|| Hooks::start(&config.hooks, metrics.clone()));
+                    .then(|| Hooks::start(&config.hooks, metrics.hooks.clone()));
                 let health = Controller::new(
                     &config,
                     routing.clone(),
                     hooks.clone(),
-                    metrics.clone(),
+                    metrics.health.clone(),
+                    metrics.hooks.clone(),
                     hold_down,
                     tokio::runtime::Handle::current(),
                 );
@@ -175,7 +185,7 @@ fn start_control(
                     &config,
                     routing.clone(),
                     health.clone(),
-                    &metrics,
+                    metrics.state_file.clone(),
                     tokio::runtime::Handle::current(),
                 );
                 let _ = ready_tx.send((health.clone(), drainer.clone()));
@@ -186,7 +196,9 @@ fn start_control(
                             config: shared_config,
                             reloader,
                             routing,
-                            metrics,
+                            metrics: metrics.exposition,
+                            admin_metrics: metrics.admin,
+                            active_connections: metrics.proxy.active_connections(),
                             health,
                             drainer,
                             token,
@@ -320,22 +332,19 @@ impl Server {
         let listeners = bind_listeners(config, &workers, adopted)?;
         let admin = bind_admin(config)?;
 
-        let metrics = Arc::new(Metrics::new());
-        let routing = Arc::new(Routing::new(config, metrics.clone()));
-        restored.apply(&routing, &metrics);
+        let metrics = ProcessMetrics::register();
+        let routing = Arc::new(Routing::new(config, metrics.backends.clone()));
+        restored.apply(&routing, &metrics.state_file);
+        let proxy_metrics = &metrics.proxy;
         let plane = Plane {
             #[cfg(target_os = "linux")]
             pipes: options.splice.then(|| {
-                proxy::splice::PipePool::new(options.max_pipes, metrics.splice_pipes_leased.clone())
+                proxy::splice::PipePool::new(options.max_pipes, proxy_metrics.pipes_leased())
             }),
-            to_backend: metrics.forward_counters("to_backend"),
-            to_client: metrics.forward_counters("to_client"),
-            fallback_unsupported: metrics
-                .splice_fallbacks_total
-                .with_label_values(&["unsupported"]),
-            fallback_no_pipe: metrics
-                .splice_fallbacks_total
-                .with_label_values(&["no_pipe"]),
+            to_backend: proxy_metrics.forward_counters(ByteDirection::ToBackend),
+            to_client: proxy_metrics.forward_counters(ByteDirection::ToClient),
+            fallback_unsupported: proxy_metrics.splice_fallbacks(SpliceFallback::Unsupported),
+            fallback_no_pipe: proxy_metrics.splice_fallbacks(SpliceFallback::NoPipe),
         };
         let shared_config = Arc::new(ArcSwap::from_pointee(config.clone()));
         let (reload_tx, reload_rx) = Reloader::channel();
@@ -350,7 +359,7 @@ impl Server {
         );
         let ctx = Arc::new(Context {
             routing,
-            metrics,
+            metrics: metrics.proxy,
             plane,
             health: Arc::new(health.clone()),
         });
@@ -365,6 +374,8 @@ impl Server {
             drainer,
             control,
             options,
+            exposition: metrics.exposition,
+            reloads: metrics.reloads,
         })
     }
 
@@ -398,7 +409,7 @@ impl Server {
 
     /// The metrics registry this server reports into.
     pub fn metrics(&self) -> Arc<crate::metrics::Metrics> {
-        self.ctx.metrics.clone()
+        self.exposition.clone()
     }
 
     /// The routing view (health and admin state of every backend).
@@ -474,12 +485,11 @@ impl Server {
         let outcome = self
             .reload(running, stop_accepting, accept_loops, connections)
             .await;
-        let result = if outcome.is_ok() { "ok" } else { "failed" };
-        self.ctx
-            .metrics
-            .config_reloads_total
-            .with_label_values(&[result])
-            .inc();
+        self.reloads.reloaded(if outcome.is_ok() {
+            ReloadResult::Ok
+        } else {
+            ReloadResult::Failed
+        });
         let serving = self.serving(running);
         let status = match &outcome {
             Ok(summary) => {

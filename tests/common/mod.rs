@@ -243,6 +243,19 @@ pub fn refused_addr() -> SocketAddr {
     addr
 }
 
+/// A port on 127.0.0.1 that refuses connections and stays ours: bound but not listening, so no
+/// other process can start listening there while the test runs (a port bound and closed can
+/// be taken by anyone and then answer).
+pub fn held_refusing_port() -> (socket2::Socket, SocketAddr) {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    (socket, addr)
+}
+
 /// A peer that never answers SYN: a listener whose accept queue is full and never drained.
 /// Linux drops SYNs to a listener with a full queue, so connects hang as against a dropped packet.
 pub struct SilentPeer {

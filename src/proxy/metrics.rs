@@ -1,0 +1,322 @@
+//! The data plane's metric families: per listener (connections open and accepted, refusals,
+//! closes by reason, rejected PROXY headers) and process-wide (bytes by direction and method,
+//! pipes leased, splice fallbacks). [`ProxyMetrics`] registers them once per process; a
+//! listener resolves its handles once into `ListenerStats` and the data plane its byte
+//! counters once into [`ForwardCounters`], so a connection only increments resolved handles.
+//! Labels come from the enums below and [`CloseReason`], never from strings at the call site.
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
+
+use super::forward::CloseReason;
+use crate::metrics;
+use crate::net::ByteDirection;
+
+/// Why a client connection was refused (the `reason` label of `listener_rejected_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    /// `max_connections` are open.
+    MaxConnections,
+    /// No backend of the pool could be connected.
+    NoBackend,
+    /// `next_upstream_timeout` was spent trying backends.
+    NextUpstreamTimeout,
+    /// `accept` itself failed (counted per failure, the listener backs off).
+    AcceptError,
+}
+
+impl RejectReason {
+    /// Every reason, in the order of `ListenerStats`'s handles.
+    pub const ALL: [RejectReason; 4] = [
+        RejectReason::MaxConnections,
+        RejectReason::NoBackend,
+        RejectReason::NextUpstreamTimeout,
+        RejectReason::AcceptError,
+    ];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::MaxConnections => "max_connections",
+            RejectReason::NoBackend => "no_backend",
+            RejectReason::NextUpstreamTimeout => "next_upstream_timeout",
+            RejectReason::AcceptError => "accept_error",
+        }
+    }
+}
+
+/// Why an inbound PROXY header was rejected (the `reason` label of
+/// `proxy_header_rejected_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderRejectReason {
+    /// Not a valid PROXY v1 or v2 header.
+    Malformed,
+    /// Not complete within `proxy_protocol_timeout`.
+    Timeout,
+    /// The peer closed (or the read failed) before the header was complete.
+    Closed,
+    /// The peer is outside `proxy_protocol_from`: closed at accept.
+    Untrusted,
+    /// Closed to make room: `max_connections` connections were waiting for their header.
+    Evicted,
+}
+
+impl HeaderRejectReason {
+    /// Every reason, in the order of `ListenerStats`'s handles.
+    pub const ALL: [HeaderRejectReason; 5] = [
+        HeaderRejectReason::Malformed,
+        HeaderRejectReason::Timeout,
+        HeaderRejectReason::Closed,
+        HeaderRejectReason::Untrusted,
+        HeaderRejectReason::Evicted,
+    ];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HeaderRejectReason::Malformed => "malformed",
+            HeaderRejectReason::Timeout => "timeout",
+            HeaderRejectReason::Closed => "closed",
+            HeaderRejectReason::Untrusted => "untrusted",
+            HeaderRejectReason::Evicted => "evicted",
+        }
+    }
+}
+
+/// How bytes were moved (the `method` label of `forwarded_bytes_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardMethod {
+    /// splice(2) through a leased pipe.
+    Splice,
+    /// read and write through the per-thread scratch buffer.
+    Copy,
+}
+
+impl ForwardMethod {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ForwardMethod::Splice => "splice",
+            ForwardMethod::Copy => "copy",
+        }
+    }
+}
+
+/// Why a transfer used copy instead of splice (the `reason` label of
+/// `splice_fallbacks_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpliceFallback {
+    /// The kernel refused splice on these sockets.
+    Unsupported,
+    /// Every pipe of the pool was leased.
+    NoPipe,
+}
+
+impl SpliceFallback {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpliceFallback::Unsupported => "unsupported",
+            SpliceFallback::NoPipe => "no_pipe",
+        }
+    }
+}
+
+/// The data plane's families, registered once per process. Cheap to clone.
+#[derive(Clone)]
+pub struct ProxyMetrics {
+    connections_active: IntGaugeVec,
+    connections_total: IntCounterVec,
+    rejected_total: IntCounterVec,
+    closed_total: IntCounterVec,
+    header_rejected_total: IntCounterVec,
+    forwarded_bytes_total: IntCounterVec,
+    pipes_leased: IntGauge,
+    splice_fallbacks_total: IntCounterVec,
+}
+
+impl ProxyMetrics {
+    /// Register the data plane's families into `registry` (once per process).
+    pub fn register(registry: &Registry) -> ProxyMetrics {
+        ProxyMetrics {
+            connections_active: metrics::gauge_vec(
+                registry,
+                "listener_connections_active",
+                "Client connections open now",
+                &["listener"],
+            ),
+            connections_total: metrics::counter_vec(
+                registry,
+                "listener_connections_total",
+                "Client connections accepted",
+                &["listener"],
+            ),
+            rejected_total: metrics::counter_vec(
+                registry,
+                "listener_rejected_total",
+                "Client connections refused (max_connections | no_backend | next_upstream_timeout | accept_error)",
+                &["listener", "reason"],
+            ),
+            closed_total: metrics::counter_vec(
+                registry,
+                "connections_closed_total",
+                "Closed proxied connections (client | backend | idle | drain | shutdown | error)",
+                &["listener", "reason"],
+            ),
+            header_rejected_total: metrics::counter_vec(
+                registry,
+                "proxy_header_rejected_total",
+                "Inbound PROXY protocol headers rejected (malformed | timeout | closed | untrusted | evicted)",
+                &["listener", "reason"],
+            ),
+            forwarded_bytes_total: metrics::counter_vec(
+                registry,
+                "forwarded_bytes_total",
+                "Bytes forwarded, by direction (to_backend | to_client) and method (splice | copy)",
+                &["direction", "method"],
+            ),
+            pipes_leased: metrics::gauge(
+                registry,
+                "splice_pipes_leased",
+                "Pipes leased by connections with bytes in flight",
+            ),
+            splice_fallbacks_total: metrics::counter_vec(
+                registry,
+                "splice_fallbacks_total",
+                "Transfers that used copy because splice or a pipe was refused, by reason",
+                &["reason"],
+            ),
+        }
+    }
+
+    /// The handles of one listener, every series created at once (a listener's refusals and
+    /// closes show 0 before the first one).
+    pub(super) fn listener(&self, listener: &str) -> ListenerStats {
+        ListenerStats {
+            active: self.connections_active.with_label_values(&[listener]),
+            total: self.connections_total.with_label_values(&[listener]),
+            rejected: RejectReason::ALL.map(|r| {
+                self.rejected_total
+                    .with_label_values(&[listener, r.as_str()])
+            }),
+            header_rejected: HeaderRejectReason::ALL.map(|r| {
+                self.header_rejected_total
+                    .with_label_values(&[listener, r.as_str()])
+            }),
+            closed: CloseReason::ALL
+                .map(|r| self.closed_total.with_label_values(&[listener, r.as_str()])),
+        }
+    }
+
+    /// The byte counters of one direction, resolved once per process.
+    pub fn forward_counters(&self, direction: ByteDirection) -> ForwardCounters {
+        let method = |m: ForwardMethod| {
+            self.forwarded_bytes_total
+                .with_label_values(&[direction.as_str(), m.as_str()])
+        };
+        ForwardCounters {
+            splice: method(ForwardMethod::Splice),
+            copy: method(ForwardMethod::Copy),
+        }
+    }
+
+    /// The counter of fallbacks to copy for `reason`.
+    pub fn splice_fallbacks(&self, reason: SpliceFallback) -> IntCounter {
+        self.splice_fallbacks_total
+            .with_label_values(&[reason.as_str()])
+    }
+
+    /// The gauge of pipes leased now (the pipe pool keeps it).
+    pub fn pipes_leased(&self) -> IntGauge {
+        self.pipes_leased.clone()
+    }
+
+    /// A read-only view of the open connections per listener, for the admin API's status.
+    pub fn active_connections(&self) -> ActiveConnections {
+        ActiveConnections(self.connections_active.clone())
+    }
+}
+
+/// Open client connections per listener, read-only: the narrow handle the admin API gets.
+#[derive(Clone)]
+pub struct ActiveConnections(IntGaugeVec);
+
+impl ActiveConnections {
+    /// Connections open now on `listener` (its series is created if it does not exist yet).
+    pub fn of(&self, listener: &str) -> i64 {
+        self.0.with_label_values(&[listener]).get()
+    }
+}
+
+/// Per-listener metric handles, resolved once when the listener starts.
+pub(super) struct ListenerStats {
+    pub(super) active: IntGauge,
+    pub(super) total: IntCounter,
+    /// By [`RejectReason::ALL`]'s order.
+    rejected: [IntCounter; 4],
+    /// By [`HeaderRejectReason::ALL`]'s order.
+    header_rejected: [IntCounter; 5],
+    /// By [`CloseReason::ALL`]'s order.
+    closed: [IntCounter; 6],
+}
+
+impl ListenerStats {
+    /// The counter of connections refused for `reason`.
+    pub(super) fn rejected(&self, reason: RejectReason) -> &IntCounter {
+        &self.rejected[reason as usize]
+    }
+
+    /// The counter of PROXY headers rejected for `reason`.
+    pub(super) fn header_rejected(&self, reason: HeaderRejectReason) -> &IntCounter {
+        &self.header_rejected[reason as usize]
+    }
+
+    /// The counter of connections closed for `reason`.
+    pub(super) fn closed(&self, reason: CloseReason) -> &IntCounter {
+        &self.closed[reason as usize]
+    }
+}
+
+/// Per-direction byte counters of the data plane, resolved once per process.
+#[derive(Clone)]
+pub struct ForwardCounters {
+    pub splice: IntCounter,
+    pub copy: IntCounter,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `ListenerStats` keeps its handles in arrays indexed by the enums.
+    #[test]
+    fn each_reason_indexes_its_own_slot() {
+        for (i, r) in RejectReason::ALL.into_iter().enumerate() {
+            assert_eq!(r as usize, i, "{r:?}");
+        }
+        for (i, r) in HeaderRejectReason::ALL.into_iter().enumerate() {
+            assert_eq!(r as usize, i, "{r:?}");
+        }
+        for (i, r) in CloseReason::ALL.into_iter().enumerate() {
+            assert_eq!(r as usize, i, "{r:?}");
+        }
+    }
+
+    #[test]
+    fn a_listener_resolves_every_reason_with_its_label() {
+        let registry = Registry::new();
+        let stats = ProxyMetrics::register(&registry).listener("amqp");
+        stats.rejected(RejectReason::NextUpstreamTimeout).inc();
+        stats.header_rejected(HeaderRejectReason::Untrusted).inc();
+        stats.closed(CloseReason::Drain).inc();
+        let text = metrics::encode(&registry);
+        for line in [
+            "warren_listener_rejected_total{listener=\"amqp\",reason=\"next_upstream_timeout\"} 1",
+            "warren_listener_rejected_total{listener=\"amqp\",reason=\"no_backend\"} 0",
+            "warren_proxy_header_rejected_total{listener=\"amqp\",reason=\"untrusted\"} 1",
+            "warren_connections_closed_total{listener=\"amqp\",reason=\"drain\"} 1",
+            "warren_connections_closed_total{listener=\"amqp\",reason=\"client\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in {text}");
+        }
+    }
+}

@@ -1,7 +1,8 @@
 //! The admin HTTP server. It runs on the control runtime (its own thread, see `server`) so it
 //! answers while the data plane is saturated. Endpoints:
 //! - `GET /healthz`: 200 while the process serves;
-//! - `GET /readyz`: 200 when every pool has an available backend, else 503 naming the pools;
+//! - `GET /readyz`: 200 when every pool has an available backend, confirmed `up` by a probe in
+//!   a pool that has one, else 503 naming the pools;
 //! - `GET /metrics`: Prometheus text format;
 //! - `GET /v1/status`: listeners, pools, backends (health, admin state, connections, last probe);
 //! - `POST /v1/pools/{pool}/backends/{name}/drain` with `{"deadline": "5m", "force": false}`
@@ -57,7 +58,7 @@ use crate::health::Controller;
 use crate::lifecycle::Reloader;
 use crate::metrics::Metrics;
 use crate::proxy::metrics::ActiveConnections;
-use crate::state::{BackendId, BackendRoute, PoolRoute, Routing};
+use crate::state::{BackendId, BackendRoute, Health, PoolRoute, Routing};
 
 use metrics::{AdminMetrics, AuthFailure, ConnectionRefused};
 
@@ -529,7 +530,9 @@ fn route(method: &Method, segments: &[&str], admin: &Admin) -> Reply {
         ["healthz"] => allow(Method::GET, &|| {
             text(StatusCode::OK, "ok\n".into(), "text/plain")
         }),
-        ["readyz"] => allow(Method::GET, &|| readyz(&admin.routing)),
+        ["readyz"] => allow(Method::GET, &|| {
+            readyz(&admin.routing, &admin.config.load())
+        }),
         ["metrics"] => allow(Method::GET, &|| {
             text(
                 StatusCode::OK,
@@ -665,6 +668,7 @@ fn backend_status(admin: &Admin, pool: &str, b: &BackendRoute) -> api::BackendSt
         drain_deadline: admin.drainer.deadline(pool, &b.name).map(rfc3339),
         health: b.health,
         health_changed_at: health.map(|h| rfc3339(h.changed_at)),
+        health_reason: health.and_then(|h| h.changed_reason.clone()),
         last_probe: health
             .and_then(|h| h.last_probe.as_ref())
             .map(|probe| api::ProbeStatus {
@@ -689,22 +693,42 @@ fn probe_kind(p: &Probe) -> api::ProbeKind {
     }
 }
 
-fn readyz(routing: &Routing) -> Reply {
+/// Ready when every pool can take a client on a backend known to work: an available backend
+/// that a probe confirmed `up`, or, in a pool without a probe, any available backend (passive
+/// checks are all it has). At start, before the first probes answer, a probed pool's backends
+/// are `unknown`: they take connections, but nothing says they work, so `/readyz` waits.
+fn readyz(routing: &Routing, config: &Config) -> Reply {
     let snapshot = routing.load();
-    let mut empty: Vec<&str> = snapshot
-        .pools
-        .values()
-        .filter(|p| p.available_count() == 0)
-        .map(|p| &*p.name)
-        .collect();
+    let mut empty = Vec::new();
+    let mut unconfirmed = Vec::new();
+    for pool in snapshot.pools.values() {
+        let probed = config.pool(&pool.name).is_some_and(|p| p.health.is_some());
+        let available = pool.backends.iter().filter(|b| b.available());
+        if available.clone().next().is_none() {
+            empty.push(&*pool.name);
+        } else if probed && !available.clone().any(|b| b.health == Health::Up) {
+            unconfirmed.push(&*pool.name);
+        }
+    }
     empty.sort_unstable();
-    if empty.is_empty() {
+    unconfirmed.sort_unstable();
+    let mut problems = Vec::new();
+    if !empty.is_empty() {
+        problems.push(format!(
+            "no available backend in pool(s): {}",
+            empty.join(", ")
+        ));
+    }
+    if !unconfirmed.is_empty() {
+        problems.push(format!(
+            "no backend confirmed up by a probe yet in pool(s): {}",
+            unconfirmed.join(", ")
+        ));
+    }
+    if problems.is_empty() {
         text(StatusCode::OK, "ready\n".into(), "text/plain")
     } else {
-        error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &format!("no available backend in pool(s): {}", empty.join(", ")),
-        )
+        error(StatusCode::SERVICE_UNAVAILABLE, &problems.join("; "))
     }
 }
 

@@ -157,6 +157,10 @@ pub struct BackendStatus {
     /// RFC 3339: when `health` last changed (start-up counts as a change to `unknown`).
     #[serde(default)]
     pub health_changed_at: Option<String>,
+    /// The check that made the last change of `health` (a probe's reason, or a failed connect
+    /// from the data path); `null` before the first change.
+    #[serde(default)]
+    pub health_reason: Option<String>,
     #[serde(default)]
     pub last_probe: Option<ProbeStatus>,
     pub name: String,
@@ -360,6 +364,7 @@ mod tests {
             drain_deadline: Some("2026-11-22T00:04:06Z".into()),
             health: Health::Up,
             health_changed_at: Some("2026-11-21T23:00:00Z".into()),
+            health_reason: Some("HTTP 200".into()),
             last_probe: Some(probe),
             name: "rabbit-a".into(),
             probes_ok_in_a_row: 3,

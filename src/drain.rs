@@ -270,7 +270,11 @@ impl Drainer {
                 .routing
                 .update(pool, backend, |b| b.admin = AdminState::Draining)
             {
-                tracing::info!(pool, backend, deadline = ?deadline, force, "drain started");
+                let deadline = deadline.map_or_else(
+                    || "none".to_owned(),
+                    |d| humantime::format_duration(d).to_string(),
+                );
+                tracing::info!(pool = %pool, backend = %backend, %deadline, force, "drain started");
                 self.health
                     .emit(id, Some(HookEvent::DrainStarted), &transition, Cause::Admin);
             }
@@ -315,7 +319,7 @@ impl Drainer {
         let (previous, transition) = changed;
         let mut saved = None;
         if previous != AdminState::Active {
-            tracing::info!(pool, backend, "undrained: taking new connections");
+            tracing::info!(pool = %pool, backend = %backend, "undrained: taking new connections");
             self.health.emit(id, None, &transition, Cause::Admin);
             saved = self.save();
         }
@@ -373,7 +377,7 @@ impl Drainer {
                     (b.admin == AdminState::Draining).then(|| b.admin = AdminState::Drained)
                 });
                 if let Some((Some(()), transition)) = done {
-                    tracing::info!(pool, backend, "drain complete: no connection left");
+                    tracing::info!(pool = %pool, backend = %backend, "drain complete: no connection left");
                     self.health.emit(
                         &id,
                         Some(HookEvent::DrainComplete),
@@ -458,7 +462,7 @@ impl Restored {
             let (pool, backend) = (&*id.pool, &*id.backend);
             match routing.update(pool, backend, |r| r.admin = AdminState::Drained) {
                 Some(_) => {
-                    tracing::info!(pool, backend, "restored drained state from the state file")
+                    tracing::info!(pool = %pool, backend = %backend, "restored drained state from the state file")
                 }
                 None => tracing::warn!(
                     pool,
@@ -492,7 +496,7 @@ fn judge_quorum(
             Ok((QuorumAnswer::Unknown, Some(warning)))
         }
         QuorumCheck::Critical { reason, queues } => {
-            tracing::warn!(pool, backend, reason, queues = ?queues, "drain refused: quorum-critical");
+            tracing::warn!(pool = %pool, backend = %backend, %reason, queues = %queues.join(", "), "drain refused: quorum-critical");
             Err(DrainError::QuorumCritical {
                 id: id.clone(),
                 reason,

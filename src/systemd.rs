@@ -427,6 +427,15 @@ pub enum Match {
 }
 
 impl Match {
+    /// The name in the log line.
+    fn as_str(self) -> &'static str {
+        match self {
+            Match::NameAndAddress => "name_and_address",
+            Match::Address => "address",
+            Match::Name => "name",
+        }
+    }
+
     fn fits(self, listener: &ListenerConfig, socket: &SocketInfo) -> bool {
         let name = socket.name.as_deref() == Some(listener.name.as_str());
         let address = socket.local_addr == listener.listen;
@@ -503,7 +512,7 @@ pub fn assign(
             fd = socket.fd,
             name = %socket.describe(),
             addr = %socket.local_addr,
-            matched_by = ?kind,
+            matched_by = kind.as_str(),
             "listener takes its socket from systemd"
         );
         assigned.insert(listener.name.clone(), socket);

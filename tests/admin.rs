@@ -773,7 +773,8 @@ async fn drain_state_survives_a_process_restart() {
 }
 
 /// The pool event of a drain is planned work, logged at INFO with `planned=true`; the same
-/// event from a backend dying while active is logged at WARN with `planned=false`.
+/// event from a backend dying while active is logged at WARN with `planned=false`. No log line
+/// shows a Rust debug value (`Some(10s)`, `None`, `Up`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drains_pool_event_is_logged_as_planned_and_an_outages_as_a_warning() {
     let dir = TempDir::new("planned-log");
@@ -818,5 +819,69 @@ async fn a_drains_pool_event_is_logged_as_planned_and_an_outages_as_a_warning() 
             && events[1].contains("planned=false"),
         "{log}"
     );
+    // Values read as an operator writes them, never as Rust debug output.
+    assert!(
+        log.contains("drain started pool=rabbitmq backend=b0 deadline=none force=false"),
+        "{log}"
+    );
+    for debug in ["Some(", "=None", "=Up", "=Down", "=Unknown", "{ "] {
+        assert!(!log.contains(debug), "{debug} in the log:\n{log}");
+    }
     drop((a, c));
+}
+
+/// At start nothing is confirmed: with a probe configured, `/readyz` waits for a backend a
+/// probe found `up` (two refusing backends stay `unknown` for `fall` probes, and must not make
+/// warren look ready), and a pool whose backend answers is ready after its first probe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_waits_for_a_backend_a_probe_confirmed_up() {
+    let probed = |interval: Duration| warren::config::HealthConfig {
+        probe: warren::config::Probe::Tcp,
+        interval,
+        timeout: Duration::from_millis(500),
+        rise: 1,
+        fall: 3,
+    };
+    // Both refuse, but with a long interval no probe has said so yet.
+    let mut cfg = config(
+        Balance::RoundRobin,
+        vec![backend("a", refused_addr()), backend("b", refused_addr())],
+    );
+    cfg.pools[0].health = Some(probed(Duration::from_secs(3600)));
+    let warren = Warren::start(with_admin_api(cfg, None), quick());
+    let admin = warren.admin.unwrap();
+    // No probe has said so yet (the first comes within half an interval; and one failure is
+    // below fall 3 anyway): both are unknown, and count as available.
+    for name in ["a", "b"] {
+        let record = warren.health.backend("default", name).unwrap();
+        assert_eq!(record.health, warren::state::Health::Unknown);
+    }
+    let (code, body) = http(admin, "GET", "/readyz", None, b"").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("no backend confirmed up by a probe yet in pool(s): default"),
+        "{body}"
+    );
+    warren.stop().await;
+
+    // One backend answers: ready once its first probe passed.
+    let up = spawn_backend(echo).await;
+    let mut cfg = config(
+        Balance::RoundRobin,
+        vec![backend("a", up.addr), backend("b", refused_addr())],
+    );
+    cfg.pools[0].health = Some(probed(Duration::from_millis(100)));
+    let warren = Warren::start(with_admin_api(cfg, None), quick());
+    let admin = warren.admin.unwrap();
+    let mut last = (0, String::new());
+    let deadline = Instant::now() + 5 * SECOND;
+    while Instant::now() < deadline {
+        last = http(admin, "GET", "/readyz", None, b"").await;
+        if last.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(last.0, 200, "{}", last.1);
+    warren.stop().await;
 }

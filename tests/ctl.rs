@@ -1028,3 +1028,94 @@ fn upgrade_stops_where_the_second_instance_refuses_the_drain() {
     assert_eq!(drain_calls(&a), ["drain rabbit-a"]);
     assert_eq!(drain_calls(&b), ["drain rabbit-a"]);
 }
+
+/// With `--json`, a failure is JSON on stdout too (the human line stays on stderr), so a script
+/// reading stdout always reads JSON: nothing listening, and a drain the server refused.
+#[test]
+fn json_mode_prints_errors_as_json() {
+    let port = {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().unwrap().port()
+    };
+    let admin = format!("http://127.0.0.1:{port}");
+    let run = ctl(&admin, &["--json", "status"], &[]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    let answer: Value = serde_json::from_str(&run.stdout).expect("stdout is JSON");
+    assert_eq!(answer["exit_code"], 1);
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("cannot connect to the admin API at {admin}: ")),
+        "{run:?}"
+    );
+    assert!(
+        run.stderr.starts_with("warren ctl: cannot connect"),
+        "{run:?}"
+    );
+
+    let fake = FakeAdmin::start(|r| {
+        if r.is("POST", "/v1/pools/rabbitmq/backends/rabbit-a/drain") {
+            (
+                409,
+                json!({"error": "rabbit-a is quorum-critical", "reason": "quorum_critical"}),
+            )
+        } else {
+            not_found(r)
+        }
+    });
+    let run = ctl(
+        &fake.url(),
+        &["--json", "drain", "rabbit-a", "--pool", "rabbitmq"],
+        &[],
+    );
+    assert_eq!(run.code, Some(1), "{run:?}");
+    let answer: Value = serde_json::from_str(&run.stdout).expect("stdout is JSON");
+    assert_eq!(answer["reason"], "quorum_critical", "{run:?}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("rabbit-a is quorum-critical"),
+        "{run:?}"
+    );
+}
+
+/// The wait says why the backend is down: the check that took it down (failed client connects)
+/// comes first, and the last probe after it when it says something else.
+#[test]
+fn undrain_wait_healthy_says_what_took_the_backend_down() {
+    let fake = FakeAdmin::start(|r| {
+        if r.is("POST", "/v1/pools/rabbitmq/backends/rabbit-a/undrain") {
+            return (
+                200,
+                json!({"pool": "rabbitmq", "backend": "rabbit-a", "admin": "active"}),
+            );
+        }
+        let mut b = backend("rabbit-a", "down", "active", 0);
+        b["health_reason"] = json!("failed connect from the data path (refused)");
+        b["last_probe"]["reason"] = json!("Connection.Start received (RabbitMQ 3.12.1)");
+        (200, status(vec![("rabbitmq", vec![b])]))
+    });
+    let run = ctl(
+        &fake.url(),
+        &[
+            "undrain",
+            "rabbit-a",
+            "--pool",
+            "rabbitmq",
+            "--wait-healthy",
+            "--timeout",
+            "1s",
+        ],
+        &[],
+    );
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(
+        run.stdout.contains(
+            "rabbit-a: health down (failed connect from the data path (refused); last probe: \
+             Connection.Start received (RabbitMQ 3.12.1))"
+        ),
+        "{run:?}"
+    );
+}

@@ -585,3 +585,40 @@ async fn hooks_tell_planned_work_from_an_outage() {
     b.revive().await;
     warren.stop().await;
 }
+
+/// A backend that failed client connects took down says so: the reason of the change is the
+/// failed connect, not the last probe's result (here no probe has run yet), in the health
+/// record and in `/v1/status`'s `health_reason`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_failed_connects_took_down_says_why() {
+    let up = spawn_backend(echo).await;
+    let mut cfg = config(
+        Balance::RoundRobin,
+        vec![backend("gone", refused_addr()), backend("up", up.addr)],
+    );
+    // Probes too rare to run during the test: only failed connects can flip "gone".
+    cfg.pools[0].health = Some(tcp_health(3_600_000, 500, 1, 1));
+    let warren = Warren::start(with_admin_api(cfg, None), quick());
+    let admin = warren.admin.expect("admin API");
+    // Round robin: one of the first two clients is sent to "gone", fails over to "up".
+    for i in 0..2 {
+        assert!(connect_echo(warren.addr, i).await.is_some());
+    }
+    wait_for("gone down", 5 * SECOND, || {
+        health_of(&warren, "gone") == Health::Down
+    })
+    .await;
+    let record = warren.health.backend("default", "gone").unwrap();
+    assert_eq!(
+        record.changed_reason.as_deref(),
+        Some("failed connect from the data path (refused)")
+    );
+    let (code, body) = http(admin, "GET", "/v1/status", None, b"").await;
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains(r#""health":"down","health_changed_at":"#)
+            && body.contains(r#""health_reason":"failed connect from the data path (refused)""#),
+        "{body}"
+    );
+    warren.stop().await;
+}

@@ -243,10 +243,24 @@ pub(super) async fn wait_healthy_for(
             last_seen = backend.health;
             probed = backend.last_probe.is_some();
             let mut line = format!("{name}: health {}", backend.health);
-            if let Some(probe) = &backend.last_probe {
-                if !probe.reason.is_empty() {
-                    let _ = write!(line, " (last probe: {})", probe.reason);
+            // Why it is so: the check that made the change (a failed connect from the data
+            // path is not the last probe), then what the last probe says now, if different.
+            let probe = backend
+                .last_probe
+                .as_ref()
+                .map(|p| p.reason.as_str())
+                .filter(|r| !r.is_empty());
+            match (backend.health_reason.as_deref(), probe) {
+                (Some(why), Some(probe)) if why != probe => {
+                    let _ = write!(line, " ({why}; last probe: {probe})");
                 }
+                (Some(why), _) => {
+                    let _ = write!(line, " ({why})");
+                }
+                (None, Some(probe)) => {
+                    let _ = write!(line, " (last probe: {probe})");
+                }
+                (None, None) => {}
             }
             if line != last_line {
                 out.say(&line);

@@ -290,8 +290,11 @@ impl CtlError {
     }
 }
 
-/// Run `warren ctl`; returns the process exit code. Errors go to stderr as `warren ctl: ...`.
+/// Run `warren ctl`; returns the process exit code. Errors go to stderr as `warren ctl: ...`;
+/// with `--json` they are also printed on stdout as one JSON object (see [`error_json`]), so a
+/// script reading stdout always reads JSON.
 pub fn run(args: CtlArgs) -> ExitCode {
+    let json = args.json;
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -299,6 +302,11 @@ pub fn run(args: CtlArgs) -> ExitCode {
         Ok(r) => r,
         Err(e) => {
             eprintln!("warren ctl: cannot start the runtime: {e}");
+            if json {
+                print_stdout(
+                    &error_json(&format!("cannot start the runtime: {e}"), 1, None).to_string(),
+                );
+            }
             return ExitCode::FAILURE;
         }
     };
@@ -306,9 +314,26 @@ pub fn run(args: CtlArgs) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("warren ctl: {e}");
+            if json {
+                let reason = match &e {
+                    CtlError::Refused { reason, .. } => *reason,
+                    _ => None,
+                };
+                print_stdout(&error_json(&e.to_string(), e.exit_code(), reason).to_string());
+            }
             ExitCode::from(e.exit_code())
         }
     }
+}
+
+/// What `warren ctl --json` prints on stdout when it fails:
+/// `{"error": "...", "exit_code": N}`, plus `"reason"` when the server named why it refused.
+fn error_json(message: &str, exit_code: u8, reason: Option<RefusalReason>) -> Value {
+    let mut body = serde_json::json!({ "error": message, "exit_code": exit_code });
+    if let Some(reason) = reason {
+        body["reason"] = serde_json::to_value(reason).expect("a refusal reason serializes");
+    }
+    body
 }
 
 async fn execute(args: CtlArgs) -> Result<(), CtlError> {

@@ -46,7 +46,7 @@ pub(super) fn render_status(status: &Status, now: SystemTime, width: usize) -> S
             rows.push([
                 name,
                 b.addr.clone(),
-                b.health.to_string(),
+                health_cell(b, now),
                 admin_cell(b, now),
                 b.active_connections.to_string(),
                 probe_cell(b.last_probe.as_ref(), now),
@@ -91,6 +91,23 @@ pub(super) fn cut(text: &str, width: usize) -> String {
     let mut cut: String = text.chars().take(width.saturating_sub(1)).collect();
     cut.push('…');
     cut
+}
+
+/// `down for 3m12s`: the health and how long it has been so (`unknown` alone before the first
+/// change, or when the server did not say when).
+pub(super) fn health_cell(b: &BackendStatus, now: SystemTime) -> String {
+    let since = b
+        .health_changed_at
+        .as_deref()
+        .and_then(|at| humantime::parse_rfc3339_weak(at).ok());
+    match since {
+        Some(at) if b.health != Health::Unknown || b.health_reason.is_some() => {
+            // A server clock slightly ahead of ours reads as "for 0s", not as an error.
+            let age = now.duration_since(at).unwrap_or_default();
+            format!("{} for {}", b.health, short_duration(age))
+        }
+        _ => b.health.to_string(),
+    }
 }
 
 pub(super) fn admin_cell(b: &BackendStatus, now: SystemTime) -> String {

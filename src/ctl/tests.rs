@@ -191,3 +191,17 @@ fn short_durations() {
     assert_eq!(probe_duration(250.4), "250ms");
     assert_eq!(probe_duration(1500.0), "1.5s");
 }
+
+#[test]
+fn health_says_since_when() {
+    let mut status = status_fixture();
+    let b = &mut status.pools[0].backends[2];
+    b.health_changed_at = Some("2026-11-21T23:56:00Z".into());
+    b.health_reason = Some("failed connect from the data path (refused)".into());
+    assert_eq!(health_cell(b, now()), "down for 3m");
+    // Unknown since start, with no change yet: nothing to say about since when.
+    let unknown = &status.pools[0].backends[1];
+    assert_eq!(health_cell(unknown, now()), "unknown");
+    let text = render_status(&status, now(), 200);
+    assert!(text.contains("  down for 3m  "), "{text}");
+}

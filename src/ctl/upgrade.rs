@@ -524,6 +524,7 @@ mod tests {
             active_connections: 0,
             drain_deadline: None,
             health_changed_at: None,
+            health_reason: None,
             last_probe: None,
             probes_run: 0,
             probes_ok_in_a_row: 0,

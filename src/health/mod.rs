@@ -175,6 +175,11 @@ pub fn pool_events(before: PoolCounts, after: PoolCounts) -> Vec<HookEvent> {
     events
 }
 
+/// What a failed connect from the data path is called where it changes a backend's health.
+fn passive_reason(failure: ConnectFailure) -> String {
+    format!("failed connect from the data path ({})", failure.as_str())
+}
+
 /// The last probe of a backend, for the status API and metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeRecord {
@@ -191,6 +196,9 @@ pub struct BackendHealth {
     pub last_probe: Option<ProbeRecord>,
     /// When `health` last changed (start-up counts as a change to `unknown`).
     pub changed_at: SystemTime,
+    /// The check that made the last change: a probe's reason, or a failed connect from the
+    /// data path (which the last probe may not show). `None` before the first change.
+    pub changed_reason: Option<String>,
     /// Probes run since warren started (passive failures not included).
     pub probes_run: u64,
     /// Checks passed since the last failure (a probe or a failed connect).
@@ -203,6 +211,7 @@ struct Tracked {
     addr: SocketAddr,
     last_probe: Option<ProbeRecord>,
     changed_at: SystemTime,
+    changed_reason: Option<String>,
     probes_run: u64,
     /// Bumped on every passive failure so only the newest hold-down timer ends a hold-down.
     hold_down_generation: u64,
@@ -216,6 +225,7 @@ impl Tracked {
             addr,
             last_probe: None,
             changed_at: SystemTime::now(),
+            changed_reason: None,
             probes_run: 0,
             hold_down_generation,
         }
@@ -292,6 +302,7 @@ impl Controller {
             health: t.machine.state(),
             last_probe: t.last_probe.clone(),
             changed_at: t.changed_at,
+            changed_reason: t.changed_reason.clone(),
             probes_run: t.probes_run,
             probes_ok_in_a_row: t.machine.successes(),
         })
@@ -488,7 +499,7 @@ impl Controller {
                 duration,
                 at: SystemTime::now(),
             };
-            self.record(&key, record.up, Some((record, &stop)));
+            self.record(&key, record.up, Some((record, &stop)), None);
             next = started + health.interval.mul_f64(jitter);
         }
     }
@@ -497,7 +508,15 @@ impl Controller {
     /// with the probe generation it belongs to, checked under the `tracked` lock: a reload
     /// cancels that generation before it resets any entry, so a verdict about the old address
     /// (or the old probe) never lands on the entry the reload made.
-    fn record(&self, key: &BackendId, ok: bool, probe: Option<(ProbeRecord, &CancellationToken)>) {
+    /// A failed connect from the data path comes as `passive` (its reason is kept if it flips
+    /// the backend).
+    fn record(
+        &self,
+        key: &BackendId,
+        ok: bool,
+        probe: Option<(ProbeRecord, &CancellationToken)>,
+        passive: Option<ConnectFailure>,
+    ) {
         let mut tracked = self.tracked.lock().unwrap_or_else(|e| e.into_inner());
         if probe
             .as_ref()
@@ -508,15 +527,21 @@ impl Controller {
         let Some(t) = tracked.get_mut(key) else {
             return;
         };
+        let reason = match (&probe, passive) {
+            (Some((p, _)), _) => p.reason.clone(),
+            (None, Some(failure)) => passive_reason(failure),
+            (None, None) => "check".to_owned(),
+        };
         if let Some((p, _)) = probe {
             if !p.up {
-                tracing::debug!(pool = %key.pool, backend = %key.backend, reason = p.reason, "probe failed");
+                tracing::debug!(pool = %key.pool, backend = %key.backend, reason = %p.reason, "probe failed");
             }
             t.last_probe = Some(p);
             t.probes_run += 1;
         }
         if t.machine.observe(ok).is_some() {
             t.changed_at = SystemTime::now();
+            t.changed_reason = Some(reason);
             self.publish(key, t);
         }
     }
@@ -535,16 +560,14 @@ impl Controller {
         if previous == health {
             return;
         }
-        let reason = t.last_probe.as_ref().map_or_else(
-            || "failed connect from the data path".to_owned(),
-            |p| p.reason.clone(),
-        );
+        // The check that flipped it: a failed connect is not the last probe's result.
+        let reason = t.changed_reason.as_deref().unwrap_or("check");
         match health {
             Health::Down => {
                 tracing::warn!(pool = %key.pool, backend = %key.backend, %reason, "backend is down")
             }
             _ => {
-                tracing::info!(pool = %key.pool, backend = %key.backend, %reason, health = ?health, "backend is up")
+                tracing::info!(pool = %key.pool, backend = %key.backend, %reason, %health, "backend is up")
             }
         }
         let backend_event = match (previous, health) {
@@ -593,9 +616,9 @@ impl Controller {
         let planned = cause == Cause::Admin;
         for kind in pool_events(counts_before, counts_after) {
             if planned {
-                tracing::info!(pool = %key.pool, event = kind.as_str(), available, total, planned, "pool event");
+                tracing::info!(pool = %key.pool, event = %kind.as_str(), available, total, planned, "pool event");
             } else {
-                tracing::warn!(pool = %key.pool, event = kind.as_str(), available, total, planned, "pool event");
+                tracing::warn!(pool = %key.pool, event = %kind.as_str(), available, total, planned, "pool event");
             }
             events.push(Event {
                 kind,
@@ -617,7 +640,7 @@ impl Controller {
     }
 
     /// Passive hold-down for a pool without a probe: out now, `unknown` again after `hold_down`.
-    fn hold_down(self: &Arc<Self>, key: BackendId) {
+    fn hold_down(self: &Arc<Self>, key: BackendId, failure: ConnectFailure) {
         let generation = {
             let mut tracked = self.tracked.lock().unwrap_or_else(|e| e.into_inner());
             let Some(t) = tracked.get_mut(&key) else {
@@ -627,6 +650,7 @@ impl Controller {
             if t.machine.state() != Health::Down {
                 t.machine.reset(Health::Down);
                 t.changed_at = SystemTime::now();
+                t.changed_reason = Some(passive_reason(failure));
             }
             self.publish(&key, t);
             t.hold_down_generation
@@ -639,6 +663,7 @@ impl Controller {
                 if t.hold_down_generation == generation {
                     t.machine.reset(Health::Unknown);
                     t.changed_at = SystemTime::now();
+                    t.changed_reason = Some("hold-down over".to_owned());
                     tracing::info!(pool = %key.pool, backend = %key.backend, "hold-down over, backend takes connections again");
                     this.publish(&key, t);
                 }
@@ -669,9 +694,9 @@ impl Observer for Arc<Controller> {
             "failed connect counted as a failed check"
         );
         if probe {
-            self.record(&key, false, None);
+            self.record(&key, false, None, Some(failure));
         } else {
-            self.hold_down(key);
+            self.hold_down(key, failure);
         }
     }
 }
@@ -749,7 +774,7 @@ addr = "127.0.0.1:1"
                                 std::hint::spin_loop();
                             }
                         }
-                        controller.record(&key, ok, None);
+                        controller.record(&key, ok, None, None);
                         finished.fetch_add(1, Ordering::AcqRel);
                     }
                 })
@@ -757,7 +782,7 @@ addr = "127.0.0.1:1"
             .collect();
         let mut disagreements = 0;
         for r in 1..=ROUNDS {
-            controller.record(&key, true, None);
+            controller.record(&key, true, None, None);
             routing.set_health("p", "b", Health::Up);
             round.store(r, Ordering::Release);
             while finished.load(Ordering::Acquire) < 2 * r {
@@ -797,7 +822,7 @@ addr = "127.0.0.1:1"
             runtime.block_on(async { controller.reload(&config, &stop) });
         };
         let down = |c: &Controller| {
-            c.record(&key, false, None);
+            c.record(&key, false, None, None);
             assert_eq!(routed(&routing, "p", "b"), Health::Down);
         };
         let cases = [

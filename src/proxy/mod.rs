@@ -266,7 +266,7 @@ pub async fn serve(
                 consecutive_errors += 1;
                 let pause = accept_backoff(consecutive_errors);
                 if consecutive_errors.is_power_of_two() {
-                    tracing::warn!(listener = %name, error = %e, ?pause,
+                    tracing::warn!(listener = %name, error = %e, pause = %humantime::format_duration(pause),
                         consecutive_errors, "accept failed, backing off");
                 }
                 tokio::select! {

@@ -532,7 +532,7 @@ impl Server {
         let open = connections.len();
         tracing::info!(
             open_connections = open,
-            grace = ?self.options.shutdown_grace,
+            grace = %humantime::format_duration(self.options.shutdown_grace),
             "stopping: no new connections, waiting for open ones"
         );
         if tokio::time::timeout(self.options.shutdown_grace, connections.wait())

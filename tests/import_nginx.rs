@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use warren::config::{Balance, Config, ProxyProtocol};
+use warren::config::{Balance, Config, Probe, ProxyProtocol};
 
 const WARREN: &str = env!("CARGO_BIN_EXE_warren");
 
@@ -62,7 +62,10 @@ fn import(dir: &Path, file: &str) -> Imported {
     let config = warren::config::from_toml(&stdout, Path::new("imported.toml"))
         .unwrap_or_else(|e| panic!("{e}\n--- output ---\n{stdout}"));
 
-    let tmp = common::TempDir::new(&format!("import-nginx-{}", file.replace('/', "-")));
+    // Tests run in parallel and every fixture's main file is nginx.conf: one directory each.
+    static IMPORTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = IMPORTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = common::TempDir::new(&format!("import-nginx-{n}-{}", file.replace('/', "-")));
     let path = tmp.0.join("warren.toml");
     std::fs::write(&path, &stdout).unwrap();
     let check = warren(&tmp.0, &["check", "--config", "warren.toml"]);
@@ -145,7 +148,9 @@ fn classic_two_node_config() {
     assert_eq!(config.pools.len(), 1);
     let pool = config.pool("rabbitmq").unwrap();
     assert_eq!(pool.balance, Balance::RoundRobin);
-    assert_eq!(pool.health, None, "NGINX has passive checks only");
+    // NGINX has passive checks only; the import adds the probe `warren ctl upgrade` needs.
+    let health = pool.health.as_ref().expect("a probe");
+    assert_eq!((&health.probe, health.fall), (&Probe::Amqp, 3));
     assert_eq!(
         backend_list(config, "rabbitmq"),
         [
@@ -153,7 +158,14 @@ fn classic_two_node_config() {
             b("10.0.0.2", "10.0.0.2:5672", 1, false)
         ]
     );
-    assert_eq!(config.admin, None);
+    // NGINX has no admin API; the import adds warren's on loopback.
+    assert_eq!(
+        config
+            .admin
+            .as_ref()
+            .map(|a| (a.listen, a.token_file.clone())),
+        Some(("127.0.0.1:9901".parse().unwrap(), None))
+    );
     for line in [
         "connect_timeout = \"5s\"          # proxy_connect_timeout 5s;  (nginx.conf:28)",
         "idle_timeout = \"120s\"           # proxy_timeout 120s;  (nginx.conf:29)",
@@ -298,13 +310,30 @@ fn large_config_with_glob_includes() {
         [b("10.0.1.1", "10.0.1.1:25672", 1, false)]
     );
     assert_eq!(backend_list(config, "rabbitmq_mgmt").len(), 2);
-    assert!(config.pools.iter().all(|p| p.health.is_none()));
-    // The down server and the probe suggestion are there, commented out.
+    // A probe on every pool: amqp where the backends are on 5672, tcp on the management port;
+    // max_fails=3 became fall = 3.
+    let probes: Vec<(&str, Probe, u32)> = config
+        .pools
+        .iter()
+        .map(|p| {
+            let h = p.health.as_ref().unwrap();
+            (p.name.as_str(), h.probe.clone(), h.fall)
+        })
+        .collect();
+    assert_eq!(
+        probes,
+        [
+            ("10.0.1.1-25672", Probe::Tcp, 3),
+            ("rabbitmq_main", Probe::Amqp, 3),
+            ("rabbitmq_mgmt", Probe::Tcp, 3),
+            ("rabbitmq_sticky", Probe::Amqp, 3),
+        ]
+    );
+    // The down server is there, commented out; fall says where it came from.
     for line in [
         "# [[pool.rabbitmq_main.backend]]",
         "# addr = \"10.0.1.3:5672\"          # server 10.0.1.3:5672 down;  (stream.d/10-upstreams.conf:7)",
-        "# [pool.rabbitmq_main.health]",
-        "# fall = 3",
+        "fall = 3                        # max_fails=3 of server 10.0.1.1:5672 weight=2 max_fails=3 fail_timeout=30s;  (stream.d/10-upstreams.conf:5)",
     ] {
         assert!(
             out.toml.lines().any(|l| l == line),
@@ -386,4 +415,172 @@ fn bad_input_exits_1_naming_file_and_line() {
             "{file}"
         );
     }
+}
+
+/// Lines of `toml` whose trailing comment is not set off by two spaces (`value"# note`):
+/// TOML lines, commented-out ones too, with the first `#` outside a string.
+fn glued_comments(toml: &str) -> Vec<String> {
+    let mut glued = Vec::new();
+    for line in toml.lines() {
+        let body = line.strip_prefix("# ").unwrap_or(line);
+        let is_toml = body.starts_with('[')
+            || body
+                .split_once(" = ")
+                .is_some_and(|(k, _)| !k.is_empty() && !k.contains(' '));
+        if !is_toml {
+            continue;
+        }
+        let (mut in_string, mut escaped) = (false, false);
+        for (i, c) in body.char_indices() {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' if in_string => escaped = true,
+                '"' => in_string = !in_string,
+                '#' if !in_string => {
+                    if !body[..i].ends_with("  ") {
+                        glued.push(line.to_string());
+                    }
+                    break;
+                }
+                _ => {}
+            }
+        }
+    }
+    glued
+}
+
+/// Every fixture that imports (all but errors/): `import` runs `warren check` on the output;
+/// here also the admin API and a probe on every pool (what `warren ctl upgrade` needs) and
+/// comments set off from their values.
+#[test]
+fn every_fixture_output_passes_check_with_admin_and_probes() {
+    let mut dirs: Vec<String> = std::fs::read_dir(fixtures())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name != "errors")
+        .collect();
+    dirs.sort();
+    assert_eq!(dirs, ["classic", "large", "tls-and-trust"]);
+    for dir in dirs {
+        let out = import(&fixtures().join(&dir), "nginx.conf");
+        let admin = out.config.admin.as_ref();
+        assert_eq!(
+            admin.map(|a| a.listen),
+            Some("127.0.0.1:9901".parse().unwrap()),
+            "{dir}:\n{}",
+            out.toml
+        );
+        for pool in &out.config.pools {
+            assert!(
+                pool.health.is_some(),
+                "{dir}: pool {} has no probe",
+                pool.name
+            );
+        }
+        assert!(!out.toml.contains("\"#"), "{dir}:\n{}", out.toml);
+        assert_eq!(
+            glued_comments(&out.toml),
+            Vec::<String>::new(),
+            "{dir}:\n{}",
+            out.toml
+        );
+    }
+}
+
+#[test]
+fn tls_to_backends_real_ip_and_unused_pools() {
+    let out = import(&fixtures().join("tls-and-trust"), "nginx.conf");
+    assert_eq!(
+        places(&out.warnings),
+        [
+            "nginx.conf:27: `proxy_pass rabbit_tls;`",
+            "nginx.conf:29: `proxy_ssl_verify on;`",
+            "nginx.conf:34: `set_real_ip_from 10.0.0.0/24;`",
+        ]
+    );
+    let why = |i: usize| {
+        let w = &out.warnings[i];
+        w[w.find("`: ").unwrap() + 3..].to_string()
+    };
+    assert!(
+        why(0).starts_with(
+            "TLS to the backends is lost: `proxy_ssl on;` (nginx.conf:28): NGINX encrypted \
+             this server's traffic to its backends, warren does not originate TLS"
+        ),
+        "{}",
+        why(0)
+    );
+    assert!(why(0).contains("in clear"), "{}", why(0));
+    assert!(
+        why(2).contains("whoever can reach the listener can forge a client address"),
+        "{}",
+        why(2)
+    );
+    assert!(
+        why(2).contains("proxy_protocol_from = [\"10.0.0.0/24\"]"),
+        "{}",
+        why(2)
+    );
+    // The TLS listener says it too, where it is.
+    let tls_listener = out
+        .toml
+        .split("\n[[listener]]\n")
+        .find(|l| l.contains("pool = \"rabbit_tls\""))
+        .unwrap();
+    assert!(
+        tls_listener.contains("# TLS to the backends is lost"),
+        "{tls_listener}"
+    );
+
+    let config = &out.config;
+    let kinds: Vec<(&str, String)> = config
+        .pools
+        .iter()
+        .map(|p| {
+            (
+                p.name.as_str(),
+                format!("{:?}", p.health.as_ref().unwrap().probe),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("fd00-1234-5678-9abc--10--5672", "Amqp".to_string()),
+            ("rabbit_tls", "Tcp".to_string()),
+            ("rabbitmq", "Amqp".to_string()),
+            ("rabbitmq_mgmt", "Tcp".to_string()),
+        ]
+    );
+    // The unused upstream is kept for the reader, commented out (check would resolve its names).
+    assert!(
+        out.toml
+            .lines()
+            .any(|l| l.starts_with("# [pool.rabbitmq_dr]")),
+        "{}",
+        out.toml
+    );
+    assert!(out
+        .toml
+        .lines()
+        .any(|l| l.starts_with("# addr = \"rabbit-dr-1.invalid:5672\"")));
+}
+
+/// The README's sample output is what `import-nginx` prints for the classic fixture.
+#[test]
+fn readme_sample_output_is_the_classic_fixture_output() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let section = readme
+        .split("## Migrating from NGINX: `warren import-nginx`")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("the import-nginx section");
+    let sample = section
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("a ```toml sample in the import-nginx section");
+    let out = import(&fixtures().join("classic"), "nginx.conf");
+    assert_eq!(sample, out.toml);
 }

@@ -4,6 +4,9 @@
 //! `server` → `[[listener]]`. Every directive it cannot translate becomes a [`Warning`] with its
 //! file and line; none is dropped silently. Directives whose value is what warren always does
 //! (`tcp_nodelay on`, `proxy_half_close on`) are taken as translated and produce no warning.
+//! What NGINX lacks and `warren ctl upgrade` needs is added, each with a comment saying why: an
+//! `[admin]` section on loopback and a probe on every pool. A pool no listener uses is written
+//! commented out.
 //!
 //! The translation is pure: files are read through the [`Files`] trait ([`FsFiles`] for the real
 //! file system), so tests feed strings; only [`run`], the CLI edge, prints. It must not touch
@@ -27,7 +30,7 @@ use std::time::Duration;
 use crate::config::Balance;
 
 /// NGINX's passive health defaults (`max_fails=1 fail_timeout=10s`), which warren's passive
-/// hold-down matches for pools without a probe.
+/// hold-down matches for pools without a probe; other values become the probe's `fall`.
 const NGINX_MAX_FAILS: u32 = 1;
 const NGINX_FAIL_TIMEOUT: Duration = crate::config::DEFAULT_HOLD_DOWN;
 

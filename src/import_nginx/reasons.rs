@@ -1,5 +1,8 @@
 //! Why a directive is not translated, in the operator's terms: one table per place a directive
-//! can appear (top level, a block, `stream`).
+//! can appear (top level, a block, `stream`), and the two losses that need the directive's own
+//! values to say what to do (TLS to the backends, `set_real_ip_from`).
+
+use super::values::toml_str;
 
 /// Why a top-level directive outside `stream` is not translated.
 pub(super) fn outside_reason(name: &str) -> &'static str {
@@ -76,4 +79,33 @@ pub(super) fn stream_reason(name: &str) -> &'static str {
         "variables_hash_max_size" | "variables_hash_bucket_size" => "variables are not supported",
         _ => "no warren equivalent; not translated",
     }
+}
+
+/// Why a kept listener whose server had `proxy_ssl on` (`ssl`: "`proxy_ssl on;` (FILE:LINE)")
+/// no longer protects its traffic, and the two ways out.
+pub(super) fn tls_lost(ssl: &str) -> String {
+    format!(
+        "TLS to the backends is lost: {ssl}: NGINX encrypted this server's traffic to its \
+         backends, warren does not originate TLS, so this listener sends it to them in clear \
+         (and a backend port that expects TLS, such as RabbitMQ's 5671, will refuse it). Either \
+         have the clients connect with TLS (amqps) and point the pool at RabbitMQ's TLS port \
+         (5671), which warren forwards untouched, so TLS runs from client to node; or, only on \
+         a network you trust, point the pool at RabbitMQ's plain port (5672)"
+    )
+}
+
+/// Why `set_real_ip_from SOURCES` matters: without `proxy_protocol_from` warren trusts the
+/// PROXY header of every source.
+pub(super) fn real_ip_reason(sources: &[String]) -> String {
+    let list: Vec<String> = sources.iter().map(|s| toml_str(s)).collect();
+    format!(
+        "not translated, and what is left is open: a listener with accept_proxy_protocol \
+         trusts the PROXY header of every source unless its proxy_protocol_from lists the ones \
+         to trust, so whoever can reach the listener can forge a client address (the one warren \
+         logs, hashes with source_hash and passes on to RabbitMQ). Restrict it to your load \
+         balancers: add `proxy_protocol_from = [{}]` to each listener with \
+         accept_proxy_protocol (a connection from another source is then closed, where NGINX \
+         kept the peer's own address), and firewall the port to them",
+        list.join(", ")
+    )
 }

@@ -347,7 +347,11 @@ fn classic_config_translates_key_for_key() {
     assert_eq!(l.proxy_protocol, crate::config::ProxyProtocol::Off);
     let pool = config.pool("rabbitmq").unwrap();
     assert_eq!(pool.balance, Balance::RoundRobin);
-    assert_eq!(pool.health, None);
+    // NGINX has passive checks only; the import adds the probe `warren ctl upgrade` needs.
+    assert_eq!(
+        pool.health.as_ref().map(|h| (&h.probe, h.fall)),
+        Some((&crate::config::Probe::Amqp, crate::config::DEFAULT_FALL))
+    );
     let backends: Vec<(&str, String, u32, bool)> = pool
         .backends
         .iter()
@@ -460,7 +464,7 @@ fn translations_table() {
         ),
         (
             stream("upstream p { server 10.0.0.3:5672 max_fails=3 fail_timeout=30s; server 10.0.0.4:5672 max_fails=0; }\n server { listen 5672; proxy_pass p; }"),
-            vec!["# [pool.p.health]", "# fall = 3"],
+            vec!["\n[pool.p.health]", "\nfall = 3  "],
             vec!["max_fails=3 fail_timeout=30s has no exact equivalent", "max_fails=0 turns NGINX's failure accounting off"],
         ),
         (
@@ -681,4 +685,250 @@ fn include_errors_name_the_include_line() {
         "include /nowhere/*.conf;\nstream { include none/*.conf; server { listen 1; proxy_pass 10.0.0.1:1; } }\n",
     )]);
     assert!(import(Path::new("/n/nginx.conf"), &files).is_ok());
+}
+
+/// Lines of `toml` whose trailing comment is not set off by two spaces (`value"# note`,
+/// `value # note`): TOML lines, also commented-out ones, with the first `#` outside a string.
+fn glued_comments(toml: &str) -> Vec<String> {
+    let mut glued = Vec::new();
+    for line in toml.lines() {
+        let body = line.strip_prefix("# ").unwrap_or(line);
+        let is_toml = body.starts_with('[')
+            || body
+                .split_once(" = ")
+                .is_some_and(|(k, _)| !k.is_empty() && !k.contains(' '));
+        if !is_toml {
+            continue;
+        }
+        let mut in_string = false;
+        let mut escaped = false;
+        for (i, c) in body.char_indices() {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' if in_string => escaped = true,
+                '"' => in_string = !in_string,
+                '#' if !in_string => {
+                    if !body[..i].ends_with("  ") {
+                        glued.push(line.to_string());
+                    }
+                    break;
+                }
+                _ => {}
+            }
+        }
+    }
+    glued
+}
+
+#[test]
+fn trailing_comments_are_set_off_by_two_spaces() {
+    let mut out = String::new();
+    super::render::line(
+        &mut out,
+        "addr",
+        &toml_str("[fd00:1234:5678:9abc::10]:5672"),
+        "note",
+    );
+    super::render::line(&mut out, "k", "1", "short");
+    assert_eq!(
+        out,
+        "addr = \"[fd00:1234:5678:9abc::10]:5672\"  # note\nk = 1                           # short\n"
+    );
+    // Every rendering place: long addresses, listen, pool names and pool titles.
+    let long = stream(
+        "upstream a_pool_with_a_rather_long_name { server 10.0.0.3:5672 max_fails=3; server [fd00:1234:5678:9abc::11]:5672 down; }\n\
+         server { listen [fd00:1234:5678:9abc::1]:5672; proxy_pass [fd00:1234:5678:9abc::10]:5672; proxy_next_upstream_timeout 30s; proxy_protocol_timeout 1500ms; }\n\
+         server { listen 5673; proxy_pass a_pool_with_a_rather_long_name; }",
+    );
+    let import = import_str(&long).unwrap();
+    assert!(!import.toml.contains("\"#"), "{}", import.toml);
+    assert_eq!(
+        glued_comments(&import.toml),
+        Vec::<String>::new(),
+        "{}",
+        import.toml
+    );
+    load(&import);
+}
+
+#[test]
+fn proxy_ssl_on_warns_that_tls_to_the_backends_is_lost() {
+    // (stream body, warning fragments in order; empty: no TLS warning)
+    let cases: Vec<(String, Vec<&str>)> = vec![
+        (
+            stream("server { listen 5672; proxy_pass u; proxy_ssl on; }"),
+            vec!["nginx.conf:3: `proxy_pass u;`: TLS to the backends is lost: `proxy_ssl on;`"],
+        ),
+        (
+            // At the stream level it applies to every server, each warned about.
+            stream("proxy_ssl on;\nserver { listen 5672; proxy_pass u; }\nserver { listen 5673; proxy_pass u; proxy_ssl off; }\nserver { listen 5674; proxy_pass u; }"),
+            vec!["nginx.conf:4: `proxy_pass u;`: TLS to the backends is lost", "nginx.conf:6: `proxy_pass u;`: TLS to the backends is lost"],
+        ),
+        (stream("server { listen 5672; proxy_pass u; proxy_ssl off; }"), vec![]),
+    ];
+    for (text, wanted) in cases {
+        let import = import_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let got = warnings(&import);
+        assert_eq!(got.len(), wanted.len(), "{got:#?}\nfor:\n{text}");
+        for (got, want) in got.iter().zip(&wanted) {
+            assert!(got.contains(want), "{got:?} lacks {want:?}");
+            for says in ["warren does not originate TLS", "in clear", "amqps", "5671"] {
+                assert!(got.contains(says), "{got:?} does not say {says:?}");
+            }
+        }
+        // The listener itself carries the note, and the header repeats the warning.
+        assert_eq!(
+            import.toml.matches("# TLS to the backends is lost").count(),
+            wanted.len(),
+            "{}",
+            import.toml
+        );
+        for w in &import.warnings {
+            assert!(import.toml.contains(&one_line(&w.to_string())));
+        }
+        load(&import);
+    }
+}
+
+#[test]
+fn set_real_ip_from_says_the_address_can_be_forged_and_what_to_restrict() {
+    let text = stream(
+        "set_real_ip_from 10.0.0.0/24;\nserver { listen 5672 proxy_protocol; proxy_pass u; set_real_ip_from 192.168.1.7; }",
+    );
+    let import = import_str(&text).unwrap();
+    let got = warnings(&import);
+    assert_eq!(got.len(), 2, "{got:#?}");
+    for (w, value) in got.iter().zip(["10.0.0.0/24", "192.168.1.7"]) {
+        assert!(w.contains("`set_real_ip_from"), "{w}");
+        for says in [
+            "whoever can reach the listener can forge a client address",
+            "trusts the PROXY header",
+            &format!("proxy_protocol_from = [\"{value}\"]"),
+            "firewall",
+        ] {
+            assert!(w.contains(says), "{w:?} does not say {says:?}");
+        }
+    }
+    load(&import);
+}
+
+#[test]
+fn pools_no_listener_uses_are_written_commented_out() {
+    // `spare` is named by no server; `tls` only by a server that is left out (listen ... ssl).
+    let text = stream(
+        "upstream spare { server rabbit-spare.invalid:5672; }\n\
+         upstream tls { server rabbit-tls.invalid:5671; }\n\
+         server { listen 5671 ssl; proxy_pass tls; }\n\
+         server { listen 5672; proxy_pass u; }",
+    );
+    let import = import_str(&text).unwrap();
+    let config = load(&import);
+    let pools: Vec<&str> = config.pools.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(pools, ["u"], "{}", import.toml);
+    for pool in ["spare", "tls"] {
+        let commented = format!("# [pool.{pool}]");
+        assert!(
+            import.toml.lines().any(|l| l.starts_with(&commented)),
+            "{commented} not in:\n{}",
+            import.toml
+        );
+        assert!(import.toml.contains(&format!("# [[pool.{pool}.backend]]")));
+    }
+    assert!(
+        import.toml.contains("no listener uses this pool"),
+        "{}",
+        import.toml
+    );
+    // Nothing uncommented names a host no one would use.
+    for line in import.toml.lines().filter(|l| !l.starts_with('#')) {
+        assert!(!line.contains(".invalid"), "{line}");
+    }
+}
+
+#[test]
+fn output_has_an_admin_section_and_a_probe_per_pool() {
+    let import = import_str(CLASSIC).unwrap();
+    let config = load(&import);
+    let admin = config.admin.as_ref().expect("an [admin] section");
+    assert_eq!(admin.listen, "127.0.0.1:9901".parse().unwrap());
+    assert_eq!(admin.token_file, None);
+    assert!(import.toml.contains("\n[admin]"), "{}", import.toml);
+    assert!(import.toml.contains("# token_file = "), "{}", import.toml);
+    let health = config
+        .pool("rabbitmq")
+        .unwrap()
+        .health
+        .as_ref()
+        .expect("a probe");
+    assert_eq!(health.probe, crate::config::Probe::Amqp);
+    // Why it was chosen is said next to it.
+    assert!(
+        import
+            .toml
+            .lines()
+            .any(|l| l.starts_with("kind = \"amqp\"") && l.contains("5672")),
+        "{}",
+        import.toml
+    );
+
+    // A listener on 9901 moves the admin API to the next free port.
+    let import = import_str(&stream("server { listen 9901; proxy_pass u; }")).unwrap();
+    let config = load(&import);
+    assert_eq!(
+        config.admin.unwrap().listen,
+        "127.0.0.1:9902".parse().unwrap()
+    );
+}
+
+#[test]
+fn probe_kind_follows_the_backends_port_and_the_pool_name() {
+    // (stream body, pool, kind)
+    let cases = [
+        (stream("server { listen 5672; proxy_pass u; }"), "u", "amqp"),
+        (
+            stream("upstream web { server 10.0.0.3:8080; }\nserver { listen 8080; proxy_pass web; }"),
+            "web",
+            "tcp",
+        ),
+        (
+            stream("upstream rabbit_nodes { server 10.0.0.3:5680; }\nserver { listen 5672; proxy_pass rabbit_nodes; }"),
+            "rabbit_nodes",
+            "amqp",
+        ),
+        (
+            stream("upstream my_AMQP { server 10.0.0.3:5680; }\nserver { listen 5672; proxy_pass my_AMQP; }"),
+            "my_AMQP",
+            "amqp",
+        ),
+        (
+            // RabbitMQ's management port: a name with "rabbit" does not make it AMQP.
+            stream("upstream rabbitmq_mgmt { server 10.0.0.3:15672; }\nserver { listen 15672; proxy_pass rabbitmq_mgmt; }"),
+            "rabbitmq_mgmt",
+            "tcp",
+        ),
+        (
+            // RabbitMQ's TLS port: warren's amqp probe speaks plain AMQP, which TLS refuses.
+            stream("upstream rabbit_tls { server 10.0.0.3:5671; }\nserver { listen 5671; proxy_pass rabbit_tls; }"),
+            "rabbit_tls",
+            "tcp",
+        ),
+        (
+            stream("server { listen 5673; proxy_pass 10.0.0.9:5672; }"),
+            "10.0.0.9-5672",
+            "amqp",
+        ),
+    ];
+    for (text, pool, kind) in cases {
+        let import = import_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let config = load(&import);
+        let health = config
+            .pool(pool)
+            .and_then(|p| p.health.as_ref())
+            .unwrap_or_else(|| panic!("no probe for {pool}:\n{}", import.toml));
+        let want = match kind {
+            "amqp" => crate::config::Probe::Amqp,
+            _ => crate::config::Probe::Tcp,
+        };
+        assert_eq!(health.probe, want, "{pool}:\n{}", import.toml);
+    }
 }

@@ -2,6 +2,7 @@
 //! `stream` into `server`, and `server` blocks into listeners. What cannot be translated becomes
 //! a `Warning` with the reason from `reasons`.
 
+use super::upstream::probe_kind;
 use super::*;
 
 /// A value together with the directive it came from, for the comment in the output.
@@ -32,6 +33,9 @@ pub(super) struct ProxySettings {
     pub(super) next_upstream_timeout: Option<Sourced<Duration>>,
     pub(super) proxy_protocol: Option<Sourced<bool>>,
     pub(super) proxy_protocol_timeout: Option<Sourced<Duration>>,
+    /// `proxy_ssl`: NGINX encrypts to the backends, which warren cannot; the note is
+    /// "`proxy_ssl on;` (FILE:LINE)".
+    pub(super) proxy_ssl: Option<Sourced<bool>>,
 }
 
 #[derive(Debug)]
@@ -41,6 +45,8 @@ pub(super) struct OutListener {
     pub(super) pool: Sourced<String>,
     /// `key = value` lines (value already TOML) with their notes.
     pub(super) keys: Vec<(String, String, String)>,
+    /// Comment lines printed under the listener header (without the leading '#').
+    pub(super) comments: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -53,6 +59,20 @@ pub(super) struct OutPool {
     /// Comment lines printed under the pool header (without the leading '#').
     pub(super) comments: Vec<String>,
     pub(super) backends: Vec<OutBackend>,
+    /// The active probe written for it (NGINX has none; `warren ctl upgrade` needs one).
+    pub(super) health: OutHealth,
+    /// Whether a listener forwards to it; one no listener uses is written commented out, so
+    /// `warren check` does not resolve host names nothing would connect to.
+    pub(super) used: bool,
+}
+
+/// A pool's `[pool.NAME.health]`: the probe kind and why it was chosen, and `fall` when NGINX's
+/// `max_fails` asked for more than one failure.
+#[derive(Debug)]
+pub(super) struct OutHealth {
+    pub(super) kind: &'static str,
+    pub(super) why: String,
+    pub(super) fall: Option<Sourced<u32>>,
 }
 
 #[derive(Debug)]
@@ -184,7 +204,9 @@ impl Translator {
 
     /// A directive with no translation: a warning that says why.
     pub(super) fn unsupported(&mut self, d: &Directive) {
-        let message = if d.block.is_some() && block_reason(&d.name).is_none() {
+        let message = if d.name == "set_real_ip_from" && d.block.is_none() {
+            real_ip_reason(&d.args)
+        } else if d.block.is_some() && block_reason(&d.name).is_none() {
             format!(
                 "block not translated ({} directive(s) inside): {}",
                 d.block.as_ref().map_or(0, Vec::len),
@@ -215,6 +237,7 @@ impl Translator {
                 | "proxy_next_upstream_timeout"
                 | "proxy_protocol"
                 | "proxy_protocol_timeout"
+                | "proxy_ssl"
                 | "tcp_nodelay"
                 | "proxy_half_close"
         );
@@ -257,6 +280,12 @@ impl Translator {
             }
             "proxy_next_upstream" => settings.next_upstream = Some(sourced(on_off(d)?, d)),
             "proxy_protocol" => settings.proxy_protocol = Some(sourced(on_off(d)?, d)),
+            "proxy_ssl" => {
+                settings.proxy_ssl = Some(Sourced {
+                    value: on_off(d)?,
+                    note: format!("`{}` ({})", d.shown(), d.loc),
+                });
+            }
             "proxy_protocol_timeout" => {
                 self.timeout(&mut settings.proxy_protocol_timeout, d, arg)?
             }
@@ -341,7 +370,16 @@ impl Translator {
             return Ok(());
         };
         let keys = listener_keys(&settings, pass, &mut self.warnings);
-        self.add_listeners(listens, &pool, pass, &keys);
+        let mut comments = Vec::new();
+        if let Some(ssl) = settings.proxy_ssl.as_ref().filter(|ssl| ssl.value) {
+            self.warn(pass, tls_lost(&ssl.note));
+            comments.push(format!(
+                "TLS to the backends is lost: warren sends this listener's traffic to them in \
+                 clear, where NGINX encrypted it with {}; see the warning above.",
+                ssl.note
+            ));
+        }
+        self.add_listeners(listens, &pool, pass, &keys, &comments);
         Ok(())
     }
 
@@ -392,6 +430,7 @@ impl Translator {
         pool: &str,
         pass: &Directive,
         keys: &[(String, String, String)],
+        comments: &[String],
     ) {
         for Listen {
             directive: listen,
@@ -429,7 +468,11 @@ impl Translator {
                     note: note(pass),
                 },
                 keys,
+                comments: comments.to_vec(),
             });
+        }
+        if let Some(p) = self.pools.iter_mut().find(|p| p.name == pool) {
+            p.used = true;
         }
     }
 
@@ -530,6 +573,7 @@ impl Translator {
         };
         let base = sanitize(&addr);
         let name = unique(&base, &mut self.pool_names);
+        let (kind, why) = probe_kind(&name, &[addr.as_str()]);
         self.pools.push(OutPool {
             name: name.clone(),
             nginx_name: arg.clone(),
@@ -547,6 +591,13 @@ impl Translator {
                 note: note(pass),
                 commented_out: false,
             }],
+            health: OutHealth {
+                kind,
+                why,
+                fall: None,
+            },
+            // The server that names it becomes a listener (add_listeners marks it).
+            used: false,
         });
         Ok(Some(name))
     }

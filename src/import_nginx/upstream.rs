@@ -1,5 +1,6 @@
 //! `upstream` blocks translated into pools: the balancing method, each `server` line with its
-//! weight, `backup`, `down` and passive health parameters.
+//! weight, `backup`, `down` and passive health parameters, and the active probe each pool gets
+//! (NGINX has none; `warren ctl upgrade` waits on one).
 
 use super::*;
 
@@ -61,7 +62,9 @@ impl Translator {
                 "no servers warren can take are inside the upstream (see the warnings)",
             ));
         }
-        self.passive_health(&name, &servers, &mut comments);
+        let fall = self.passive_health(&name, &servers);
+        let addrs: Vec<&str> = servers.iter().map(|s| s.addr.as_str()).collect();
+        let (kind, why) = probe_kind(&name, &addrs);
         let backends = self.backends(&name, servers);
         self.pools.push(OutPool {
             name,
@@ -73,6 +76,8 @@ impl Translator {
             }),
             comments,
             backends,
+            health: OutHealth { kind, why, fall },
+            used: false,
         });
         Ok(())
     }
@@ -197,15 +202,16 @@ impl Translator {
         Ok(Some(server))
     }
 
-    /// max_fails / fail_timeout against warren's passive rule: without a probe, one failed
-    /// connect takes a backend out for 10 s — exactly NGINX's defaults.
+    /// max_fails / fail_timeout against warren's rules: without a probe, one failed connect
+    /// takes a backend out for 10 s — exactly NGINX's defaults; with the probe the output has,
+    /// `fall` consecutive failures (failed connects count) do. The largest other `max_fails`
+    /// becomes `fall`, the closest warren has.
     pub(super) fn passive_health(
         &mut self,
         pool: &str,
         servers: &[UpstreamServer<'_>],
-        comments: &mut Vec<String>,
-    ) {
-        let mut suggest_fall = 0;
+    ) -> Option<Sourced<u32>> {
+        let mut fall: Option<Sourced<u32>> = None;
         for s in servers {
             if s.max_fails == NGINX_MAX_FAILS && s.fail_timeout == NGINX_FAIL_TIMEOUT {
                 continue;
@@ -221,33 +227,27 @@ impl Translator {
                 );
                 continue;
             }
-            suggest_fall = suggest_fall.max(s.max_fails);
+            if fall.as_ref().map_or(true, |f| s.max_fails > f.value) {
+                fall = Some(Sourced {
+                    value: s.max_fails,
+                    note: format!("max_fails={} of {}", s.max_fails, note(s.directive)),
+                });
+            }
             self.warn(
                 s.directive,
                 format!(
                     "max_fails={} fail_timeout={} has no exact equivalent: without a probe warren \
                      takes a backend out for {} after one failed connect; with a probe, `fall` \
                      consecutive failures (failed connects count) take it down until `rise` \
-                     probes pass. A commented [pool.{pool}.health] with fall = {} is in the output",
+                     probes pass. The [pool.{pool}.health] probe in the output has fall = {}",
                     s.max_fails,
                     warren_duration(s.fail_timeout),
                     warren_duration(NGINX_FAIL_TIMEOUT),
-                    s.max_fails
+                    fall.as_ref().map_or(s.max_fails, |f| f.value)
                 ),
             );
         }
-        if suggest_fall > 0 {
-            let key = toml_key(pool);
-            comments.push(
-                "NGINX max_fails/fail_timeout differ from the defaults (see the warnings). The \
-                 closest warren has is an active probe, whose `fall` counts failed connects too \
-                 (uncomment to use it; \"amqp\" probes RabbitMQ itself, see config/warren.toml):"
-                    .to_string(),
-            );
-            comments.push(format!("[pool.{key}.health]"));
-            comments.push("kind = \"tcp\"".to_string());
-            comments.push(format!("fall = {suggest_fall}"));
-        }
+        fall
     }
 
     pub(super) fn backends(
@@ -312,4 +312,60 @@ impl Translator {
         }
         out
     }
+}
+
+/// RabbitMQ's plain AMQP port.
+const AMQP_PORT: u16 = 5672;
+
+/// RabbitMQ's ports that do not answer plain AMQP, with what listens there: the `amqp` probe
+/// would mark every backend on them down, whatever the pool is called.
+const NOT_AMQP_PORTS: &[(u16, &str)] = &[
+    (5671, "AMQP over TLS, which warren's probe cannot speak"),
+    (15672, "management API"),
+    (15671, "management API over TLS"),
+    (15692, "Prometheus metrics"),
+    (25672, "Erlang distribution"),
+    (4369, "epmd"),
+    (5552, "stream protocol"),
+    (5551, "stream protocol over TLS"),
+    (1883, "MQTT"),
+    (8883, "MQTT over TLS"),
+    (61613, "STOMP"),
+    (61614, "STOMP over TLS"),
+];
+
+/// The probe a pool gets, and why: "amqp" (RabbitMQ answers `Connection.Start`, so a node whose
+/// app is stopped is down) for AMQP-looking pools — every backend on 5672, or a name with
+/// "rabbit" or "amqp" and no backend on a RabbitMQ port known not to be plain AMQP — else "tcp".
+pub(super) fn probe_kind(pool: &str, addrs: &[&str]) -> (&'static str, String) {
+    let ports: Vec<u16> = addrs
+        .iter()
+        .filter_map(|a| a.rsplit(':').next()?.parse().ok())
+        .collect();
+    let other = ports
+        .iter()
+        .find_map(|p| NOT_AMQP_PORTS.iter().find(|(q, _)| q == p));
+    if let Some((port, what)) = other {
+        return (
+            "tcp",
+            format!("a backend is on {port}, RabbitMQ's {what}: an amqp probe would fail there"),
+        );
+    }
+    if !ports.is_empty() && ports.iter().all(|p| *p == AMQP_PORT) {
+        return (
+            "amqp",
+            format!("backends on {AMQP_PORT}, RabbitMQ's AMQP port: up = answers Connection.Start"),
+        );
+    }
+    let lower = pool.to_ascii_lowercase();
+    if lower.contains("rabbit") || lower.contains("amqp") {
+        return (
+            "amqp",
+            format!("the name {pool:?} says RabbitMQ: up = answers Connection.Start; \"tcp\" if not AMQP"),
+        );
+    }
+    (
+        "tcp",
+        format!("not AMQP-looking (no backend on {AMQP_PORT}, no rabbit/amqp in the name): connect only"),
+    )
 }

@@ -24,6 +24,10 @@ pub struct RunArgs {
     /// Quick start: a backend address (repeat for each node), e.g. --backend 10.0.0.1:5672.
     #[arg(long, requires = "listen", value_name = "ADDR")]
     pub backend: Vec<String>,
+    /// Quick start: serve the admin API (drain, status, /metrics, /readyz) on this address,
+    /// e.g. 127.0.0.1:9901; without a token, so keep it on loopback.
+    #[arg(long, requires = "listen", value_name = "ADDR")]
+    pub admin: Option<String>,
     /// Worker threads of the data plane (default: one per CPU).
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
@@ -46,7 +50,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 fn load_for_run(args: &RunArgs) -> Result<Config, config::ConfigError> {
     match (&args.config, &args.listen) {
         (Some(path), _) => config::load(path),
-        (None, Some(listen)) => config::quick_start(listen, &args.backend),
+        (None, Some(listen)) => config::quick_start(listen, &args.backend, args.admin.as_deref()),
         (None, None) => config::load(std::path::Path::new(DEFAULT_CONFIG)),
     }
 }

@@ -377,6 +377,47 @@ fn bad_log_level_exits_2() {
 // ---------------------------------------------------------------------------------------------
 // run
 
+/// `run --listen … --backend … --admin ADDR`: the quick start gets the admin API, so a newcomer
+/// can drain, see status and scrape metrics without writing a config.
+#[tokio::test]
+async fn quick_start_with_admin_serves_status_and_drain() {
+    let backend = echo_backend().await;
+    let (port, admin_port) = (free_port(), free_port());
+    let listen = format!("127.0.0.1:{port}");
+    let admin = format!("127.0.0.1:{admin_port}");
+    let backend_addr = backend.addr.to_string();
+    let mut warren = WarrenProcess::spawn(&[
+        "run",
+        "--listen",
+        &listen,
+        "--backend",
+        &backend_addr,
+        "--admin",
+        &admin,
+    ]);
+    warren
+        .logged("warren started", Duration::from_secs(10))
+        .await;
+    let admin: SocketAddr = admin.parse().unwrap();
+    let (code, body) = common::http(admin, "GET", "/v1/status", None, b"").await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains(r#""name":"backend-1""#), "{body}");
+    let (code, body) = common::http(
+        admin,
+        "POST",
+        "/v1/pools/default/backends/backend-1/drain",
+        None,
+        br#"{"force": true}"#,
+    )
+    .await;
+    assert_eq!(code, 202, "{body}");
+    let (code, _) = common::http(admin, "GET", "/metrics", None, b"").await;
+    assert_eq!(code, 200);
+    warren.sigterm();
+    let status = warren.exited(Duration::from_secs(5)).await;
+    assert_eq!(status.code(), Some(0));
+}
+
 #[tokio::test]
 async fn quick_start_forwards_logs_each_close_and_stops_on_sigterm() {
     let backend = echo_backend().await;

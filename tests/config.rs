@@ -212,7 +212,8 @@ fn host_names_are_resolved_at_load_time() {
 
 #[test]
 fn quick_start_errors_name_the_flag_and_value() {
-    let err = config::quick_start("0.0.0.0:5672", &["10.0.0.1:99999".to_string()]).unwrap_err();
+    let err =
+        config::quick_start("0.0.0.0:5672", &["10.0.0.1:99999".to_string()], None).unwrap_err();
     assert_eq!(
         err.to_string(),
         "command line: --backend = \"10.0.0.1:99999\": port 99999 is out of range 1-65535"
@@ -220,10 +221,30 @@ fn quick_start_errors_name_the_flag_and_value() {
     let config = config::quick_start(
         "0.0.0.0:5672",
         &["127.0.0.1:5673".to_string(), "127.0.0.1:5674".to_string()],
+        None,
     )
     .unwrap();
     assert_eq!(
         config.summary(),
         "command line: ok: 1 listener, 1 pool, 2 backends, 0 hooks"
     );
+}
+
+/// `--admin` gives a quick start the admin API (an `[admin]` with its defaults); a bad one is
+/// named by its flag.
+#[test]
+fn quick_start_admin_flag_adds_the_admin_api() {
+    let backends = ["127.0.0.1:5673".to_string()];
+    let config = config::quick_start("127.0.0.1:5672", &backends, Some("127.0.0.1:9901")).unwrap();
+    let admin = config.admin.expect("an admin API");
+    assert_eq!(admin.listen, "127.0.0.1:9901".parse().unwrap());
+    assert_eq!(admin.token_file, None);
+    let err = config::quick_start("127.0.0.1:5672", &backends, Some("nonsense")).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("command line: --admin = \"nonsense\""),
+        "{err}"
+    );
+    let err = config::quick_start("127.0.0.1:5672", &backends, Some("127.0.0.1:5672")).unwrap_err();
+    assert!(err.to_string().contains("--admin"), "{err}");
 }

@@ -582,3 +582,40 @@ fn page_hook_pages_an_outage_and_not_planned_work() {
         );
     }
 }
+
+/// README's "Run it yourself" command starts the cluster `config/warren.toml` points at: each
+/// backend's port is a node's AMQP port in that command, and the command's node specs are
+/// valid (`NAME:AMQP:DIST:MGMT`, distribution ports at least 11 apart so each node's
+/// rabbitmqctl ports stay clear of the other's).
+#[test]
+fn readme_cluster_command_starts_what_the_reference_config_points_at() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let command = readme
+        .lines()
+        .find(|l| l.starts_with("bash scripts/rabbitmq.sh cluster /tmp/warren-rabbit "))
+        .expect("README has the cluster command");
+    let header = std::fs::read_to_string(repo().join("config/warren.toml")).unwrap();
+    let rest = command.trim_start_matches("bash scripts/rabbitmq.sh cluster /tmp/warren-rabbit ");
+    assert!(
+        header.contains(rest),
+        "config/warren.toml names the same command"
+    );
+    let mut amqp = Vec::new();
+    let mut dist = Vec::new();
+    for spec in rest.split_whitespace() {
+        let fields: Vec<&str> = spec.split(':').collect();
+        assert_eq!(fields.len(), 4, "{spec}");
+        amqp.push(fields[1].parse::<u16>().unwrap());
+        dist.push(fields[2].parse::<u16>().unwrap());
+    }
+    assert!(dist[0].abs_diff(dist[1]) >= 11, "{dist:?}");
+    let config = warren::config::load(&repo().join("config/warren.toml")).unwrap();
+    let ports: Vec<u16> = config
+        .pool("rabbitmq")
+        .unwrap()
+        .backends
+        .iter()
+        .map(|b| b.port)
+        .collect();
+    assert_eq!(ports, amqp);
+}

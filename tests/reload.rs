@@ -205,7 +205,7 @@ async fn listeners_are_added_and_removed_without_touching_open_connections() {
 #[tokio::test]
 async fn reload_without_a_file_says_so() {
     let b0 = spawn_backend(echo).await;
-    let config = warren::config::quick_start("127.0.0.1:0", &[b0.addr.to_string()]);
+    let config = warren::config::quick_start("127.0.0.1:0", &[b0.addr.to_string()], None);
     // quick_start validates port 0 away; fall back to the in-process helper config.
     let config = config.unwrap_or_else(|_| {
         common::config(

@@ -650,8 +650,12 @@ pub fn from_toml_offline(text: &str, file: &Path) -> Result<Config, ConfigError>
 ///
 /// Backends are named `backend-1`, `backend-2`, … in order; everything else is at its default
 /// and there is no active health check. Problems name the flags (`--listen`, `--backend`).
-pub fn quick_start(listen: &str, backends: &[String]) -> Result<Config, ConfigError> {
-    quick_start_with(listen, backends, &resolve_system)
+pub fn quick_start(
+    listen: &str,
+    backends: &[String],
+    admin: Option<&str>,
+) -> Result<Config, ConfigError> {
+    quick_start_with(listen, backends, admin, &resolve_system)
 }
 
 /// Parse "5s", "2m", "1h30m", "250ms", "0s"; the error says what format is expected.
@@ -688,6 +692,7 @@ fn parse_with(text: &str, file: &Path, resolve: Resolve<'_>) -> Result<Config, C
 fn quick_start_with(
     listen: &str,
     backends: &[String],
+    admin: Option<&str>,
     resolve: Resolve<'_>,
 ) -> Result<Config, ConfigError> {
     const NAME: &str = "default";
@@ -707,8 +712,17 @@ fn quick_start_with(
         health: None,
         backend,
     };
+    // `--admin`: the admin API (drain, status, metrics) with the defaults of an `[admin]` table.
+    let admin = admin.map(|listen| RawAdmin {
+        listen: Some(unspanned(listen.to_string())),
+        token_file: None,
+        state_file: None,
+        max_connections: None,
+        max_connections_per_source: None,
+        idle_timeout: None,
+    });
     let raw = RawConfig {
-        admin: None,
+        admin,
         listener: vec![RawListener {
             name: unspanned(NAME.to_string()),
             listen: unspanned(listen.to_string()),
@@ -736,6 +750,8 @@ fn quick_start_with(
 fn flag_problem(mut problem: Problem) -> Problem {
     if problem.key.starts_with("listener[0].listen") {
         problem.key = "--listen".to_string();
+    } else if problem.key.starts_with("admin.listen") {
+        problem.key = "--admin".to_string();
     } else if problem.key.starts_with("pool.default.backend") {
         problem.key = "--backend".to_string();
     }

@@ -922,7 +922,7 @@ fn parse_duration_cases() {
 #[test]
 fn quick_start_builds_one_listener_and_pool() {
     let backends = vec!["10.0.0.1:5672".to_string(), "[::1]:5673".to_string()];
-    let config = quick_start_with("127.0.0.1:5672", &backends, &fake_resolve).unwrap();
+    let config = quick_start_with("127.0.0.1:5672", &backends, None, &fake_resolve).unwrap();
     assert_eq!(config.source, None);
     assert_eq!(config.admin, None);
     assert_eq!(
@@ -949,8 +949,13 @@ fn quick_start_builds_one_listener_and_pool() {
 
 #[test]
 fn quick_start_problems_name_the_flags() {
-    let err =
-        quick_start_with("localhost:5672", &["10.0.0.1".to_string()], &fake_resolve).unwrap_err();
+    let err = quick_start_with(
+        "localhost:5672",
+        &["10.0.0.1".to_string()],
+        None,
+        &fake_resolve,
+    )
+    .unwrap_err();
     assert_eq!(
         err.problems(),
         [
@@ -961,7 +966,7 @@ fn quick_start_problems_name_the_flags() {
              \"10.0.0.1:5672\", \"rabbit-a:5672\" or \"[::1]:5672\"",
         ]
     );
-    let err = quick_start_with("127.0.0.1:5672", &[], &fake_resolve).unwrap_err();
+    let err = quick_start_with("127.0.0.1:5672", &[], None, &fake_resolve).unwrap_err();
     assert_eq!(err.problems().len(), 1);
     assert!(err
         .to_string()

@@ -208,6 +208,31 @@ pub(super) async fn undrain_backend(
     Ok(())
 }
 
+/// `rabbit-a: health down (failed connect from the data path (refused); last probe: ...)`:
+/// the check that made the change (a failed connect from the data path is not the last probe),
+/// then what the last probe says now, when it says something else.
+fn health_line(name: &str, backend: &BackendStatus) -> String {
+    let mut line = format!("{name}: health {}", backend.health);
+    let probe = backend
+        .last_probe
+        .as_ref()
+        .map(|p| p.reason.as_str())
+        .filter(|r| !r.is_empty());
+    match (backend.health_reason.as_deref(), probe) {
+        (Some(why), Some(probe)) if why != probe => {
+            let _ = write!(line, " ({why}; last probe: {probe})");
+        }
+        (Some(why), _) => {
+            let _ = write!(line, " ({why})");
+        }
+        (None, Some(probe)) => {
+            let _ = write!(line, " (last probe: {probe})");
+        }
+        (None, None) => {}
+    }
+    line
+}
+
 pub(super) async fn wait_healthy_for(
     client: &Client,
     out: &Output,
@@ -242,26 +267,7 @@ pub(super) async fn wait_healthy_for(
             }
             last_seen = backend.health;
             probed = backend.last_probe.is_some();
-            let mut line = format!("{name}: health {}", backend.health);
-            // Why it is so: the check that made the change (a failed connect from the data
-            // path is not the last probe), then what the last probe says now, if different.
-            let probe = backend
-                .last_probe
-                .as_ref()
-                .map(|p| p.reason.as_str())
-                .filter(|r| !r.is_empty());
-            match (backend.health_reason.as_deref(), probe) {
-                (Some(why), Some(probe)) if why != probe => {
-                    let _ = write!(line, " ({why}; last probe: {probe})");
-                }
-                (Some(why), _) => {
-                    let _ = write!(line, " ({why})");
-                }
-                (None, Some(probe)) => {
-                    let _ = write!(line, " (last probe: {probe})");
-                }
-                (None, None) => {}
-            }
+            let line = health_line(name, backend);
             if line != last_line {
                 out.say(&line);
                 last_line = line;

@@ -107,7 +107,9 @@ build_static() {
     # --target keeps RUSTFLAGS off build scripts and proc macros (they must stay dynamic) and
     # puts the static objects in target/$triple/, apart from the normal build's cache.
     log "RUSTFLAGS='-C target-feature=+crt-static' cargo build --profile $profile --target $triple --bin warren"
-    RUSTFLAGS='-C target-feature=+crt-static' \
+    # The artifact is stripped, so the dev profile's debug info would only cost compile time
+    # (about a quarter of a cold static build's CPU, measured).
+    RUSTFLAGS='-C target-feature=+crt-static' CARGO_PROFILE_DEV_DEBUG=false \
         cargo build --profile "$profile" --target "$triple" --bin warren
     local artifact=$out/warren-${version}-x86_64-linux-static
     install -m 0755 "target/$triple/$profile_dir/warren" "$artifact"

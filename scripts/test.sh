@@ -50,6 +50,18 @@ install_test_deps() {
     if ! command -v curl >/dev/null 2>&1; then
         missing+=(curl)
     fi
+    # tests/package.rs: scripts/package.sh strips the binaries and reads the .deb's glibc
+    # version with objdump (binutils), checks the static binary with file; the .deb's postinst
+    # needs adduser (dpkg-deb, dpkg and ldd are on every Debian machine).
+    if ! command -v objdump >/dev/null 2>&1 || ! command -v strip >/dev/null 2>&1; then
+        missing+=(binutils)
+    fi
+    if ! command -v file >/dev/null 2>&1; then
+        missing+=(file)
+    fi
+    if ! command -v adduser >/dev/null 2>&1; then
+        missing+=(adduser)
+    fi
     # The peers the benchmark smoke (below) runs against: HAProxy, NGINX with its stream
     # module, iperf3 (benches/peers/ checks for all of them before any workload).
     if ! command -v haproxy >/dev/null 2>&1; then

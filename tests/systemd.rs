@@ -1,5 +1,6 @@
 //! warren under systemd, with this test playing systemd: the units in systemd/ pass
-//! `systemd-analyze verify` (skipped, saying so, where the tool is missing); a fake
+//! `systemd-analyze verify` (skipped, saying so, where the tool is missing); the failover hook
+//! and the root-side warren-switch agree on what a hook may ask (start or stop one unit); a fake
 //! `NOTIFY_SOCKET` hears `READY=1` only once the listener accepts, `RELOADING=1` … `READY=1`
 //! around a reload (good or bad), `WATCHDOG=1`, and `STOPPING=1` on SIGTERM; and with socket
 //! activation warren serves on the socket passed as fd 3, and a restart while the test holds
@@ -12,8 +13,9 @@ mod common;
 
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -181,11 +183,14 @@ fn units_pass_systemd_analyze_verify() {
     for line in [
         "Type=notify",
         "ExecReload=/bin/kill -HUP $MAINPID",
-        "DynamicUser=yes",
+        "User=warren",
+        "Group=warren",
         "StateDirectory=warren",
         "AmbientCapabilities=CAP_NET_BIND_SERVICE",
         "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",
         "NoNewPrivileges=yes",
+        "RestrictSUIDSGID=yes",
+        "RemoveIPC=yes",
         "ProtectSystem=strict",
         "ProtectHome=yes",
         "PrivateTmp=yes",
@@ -197,26 +202,50 @@ fn units_pass_systemd_analyze_verify() {
             "warren.service lacks {line}"
         );
     }
+    assert!(
+        !service.lines().any(|l| l.starts_with("DynamicUser=")),
+        "warren.service runs as the fixed user warren, not a dynamic one"
+    );
     assert!(socket.lines().any(|l| l == "FileDescriptorName=amqp"));
     assert!(socket.lines().any(|l| l == "Service=warren.service"));
+    let switch_path = std::fs::read_to_string(units.join("warren-switch@.path")).unwrap();
+    let switch_service = std::fs::read_to_string(units.join("warren-switch@.service")).unwrap();
+    assert!(switch_path
+        .lines()
+        .any(|l| l == "PathChanged=/var/lib/warren/switch/%i"));
+    assert!(
+        switch_service
+            .lines()
+            .any(|l| l
+                == "ExecStart=/usr/local/lib/warren/warren-switch %i /var/lib/warren/switch/%i")
+    );
 
     let Some(tool) = common::tool_or_skip("systemd-analyze", "units_pass_systemd_analyze_verify")
     else {
         return;
     };
-    // verify checks that ExecStart= exists: point the units at the binary just built.
+    // verify checks that ExecStart= exists: point the units at the binary just built and the
+    // switch script in the repository. A template is verified through an instance.
     let dir = TempDir::new("units");
-    for (name, text) in [("warren.service", &service), ("warren.socket", &socket)] {
-        std::fs::write(
-            dir.0.join(name),
-            text.replace("/usr/local/bin/warren", WARREN),
-        )
-        .unwrap();
+    let switch = units.join("warren-switch");
+    for (name, text) in [
+        ("warren.service", &service),
+        ("warren.socket", &socket),
+        ("warren-switch@.path", &switch_path),
+        ("warren-switch@.service", &switch_service),
+    ] {
+        let text = text.replace("/usr/local/bin/warren", WARREN).replace(
+            "/usr/local/lib/warren/warren-switch",
+            switch.to_str().unwrap(),
+        );
+        std::fs::write(dir.0.join(name), text).unwrap();
     }
     let out = Command::new(tool)
         .args(["verify", "--man=no"])
         .arg(dir.0.join("warren.socket"))
         .arg(dir.0.join("warren.service"))
+        .arg(dir.0.join("warren-switch@passive-frontends.target.path"))
+        .arg(dir.0.join("warren-switch@passive-frontends.target.service"))
         .output()
         .expect("run systemd-analyze");
     let text = format!(
@@ -232,6 +261,117 @@ fn units_pass_systemd_analyze_verify() {
         "systemd-analyze verify: {}\n{text}",
         out.status
     );
+}
+
+/// Runs the shell script `script` as warren runs a hook (a clean environment: `PATH` and
+/// `env`), with `bin` (a fake `systemctl`) first on `PATH`.
+fn run_script(script: &Path, args: &[&str], env: &[(&str, &str)], bin: &Path) -> Output {
+    let out = Command::new("sh")
+        .arg(script)
+        .args(args)
+        .env_clear()
+        .env(
+            "PATH",
+            format!("{}:{}", bin.display(), warren::hooks::HOOK_PATH),
+        )
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run sh");
+    eprintln!("{} {args:?}: {out:?}", script.display());
+    out
+}
+
+/// The hook side and the root side of a unit switch agree: config/hooks/failover.sh (as the
+/// unprivileged warren user runs it) only writes `start` or `stop` to the request file, and
+/// systemd/warren-switch (as root runs it from warren-switch@UNIT.service) turns exactly those
+/// into `systemctl start|stop UNIT`, refuses anything else, and applies a request that changed
+/// while systemctl ran.
+#[test]
+fn failover_hook_asks_and_warren_switch_obeys_only_start_and_stop() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (failover, switch) = (
+        repo.join("config/hooks/failover.sh"),
+        repo.join("systemd/warren-switch"),
+    );
+    let dir = TempDir::new("switch");
+    let (bin, requests) = (dir.0.join("bin"), dir.0.join("switch"));
+    let (calls, flip) = (dir.0.join("calls"), dir.0.join("flip"));
+    let unit = "passive-frontends.target";
+    let request = requests.join(unit);
+    // A fake systemctl: records its arguments; once `flip` exists, it turns the request into
+    // `stop` while "running", as a failback arriving mid-start would.
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::write(
+        bin.join("systemctl"),
+        format!(
+            "#!/bin/sh\necho \"$*\" >>'{}'\nif [ -e '{}' ]; then rm '{}'; echo stop >'{}'; fi\n",
+            calls.display(),
+            flip.display(),
+            flip.display(),
+            request.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(bin.join("systemctl"), PermissionsExt::from_mode(0o755)).unwrap();
+    let taken = || -> Vec<String> {
+        let lines = std::fs::read_to_string(&calls).unwrap_or_default();
+        let _ = std::fs::remove_file(&calls);
+        lines.lines().map(str::to_owned).collect()
+    };
+    let hook = |event: &str, unit: &str| {
+        let env = [
+            ("WARREN_EVENT", event),
+            ("WARREN_POOL", "rabbitmq"),
+            ("WARREN_AVAILABLE", "0"),
+            ("WARREN_TOTAL", "2"),
+        ];
+        run_script(&failover, &[unit, requests.to_str().unwrap()], &env, &bin)
+    };
+    let root_side = || run_script(&switch, &[unit, request.to_str().unwrap()], &[], &bin);
+    let start = format!("--no-ask-password start {unit}");
+    let stop = format!("--no-ask-password stop {unit}");
+
+    // Nothing asked yet: nothing done.
+    assert!(root_side().status.success());
+    assert!(taken().is_empty());
+
+    assert!(hook("pool_failover", unit).status.success());
+    assert_eq!(std::fs::read_to_string(&request).unwrap(), "start\n");
+    assert!(taken().is_empty(), "the hook itself runs no systemctl");
+    assert!(root_side().status.success());
+    assert_eq!(taken(), [start.as_str()]);
+
+    assert!(hook("pool_failback", unit).status.success());
+    assert!(root_side().status.success());
+    assert_eq!(taken(), [stop.as_str()]);
+
+    // Other events leave the request as it is.
+    let out = hook("backend_down", unit);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("nothing to do"));
+    assert_eq!(std::fs::read_to_string(&request).unwrap(), "stop\n");
+
+    // A unit name that is a path is refused; nothing is written.
+    for bad in ["../x", ".hidden", "a/b"] {
+        assert_eq!(hook("pool_failover", bad).status.code(), Some(2), "{bad}");
+    }
+    assert_eq!(std::fs::read_dir(&requests).unwrap().count(), 1);
+
+    // A failback arriving while the start runs is applied after it.
+    assert!(hook("pool_failover", unit).status.success());
+    std::fs::write(&flip, "").unwrap();
+    assert!(root_side().status.success());
+    assert_eq!(taken(), [start.as_str(), stop.as_str()]);
+
+    // The root side obeys nothing but start and stop in a regular file.
+    std::fs::write(&request, "poweroff\n").unwrap();
+    assert_eq!(root_side().status.code(), Some(1));
+    std::fs::remove_file(&request).unwrap();
+    std::os::unix::fs::symlink(dir.0.join("elsewhere"), &request).unwrap();
+    std::fs::write(dir.0.join("elsewhere"), "start\n").unwrap();
+    assert_eq!(root_side().status.code(), Some(1));
+    assert!(taken().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

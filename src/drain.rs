@@ -2,9 +2,9 @@
 //! connections; existing ones continue; with a deadline, those still open then are closed),
 //! undrain, the `draining → drained` transition when the last connection closes, the state file
 //! that makes drains survive a restart, and the two checks a drain must pass unless forced:
-//! RabbitMQ's quorum check (asked through the pool's `http` probe on the management API) and
-//! `min_available`. A refusal is a typed [`DrainError`]; the admin API only maps it to a status
-//! code. It changes admin state only through [`Routing`] and emits events through the health
+//! RabbitMQ's quorum check (asked on the backend's management endpoint, or through the pool's
+//! `http` probe on the management API) and `min_available`. A refusal is a typed
+//! [`DrainError`]; the admin API only maps it to a status code. It changes admin state only through [`Routing`] and emits events through the health
 //! [`Controller`]; it never touches health, and never speaks HTTP to the operator. It owns
 //! `state_file_errors_total` ([`StateFileMetrics`]).
 
@@ -190,28 +190,28 @@ impl Drainer {
         Ok(answer)
     }
 
-    /// Ask RabbitMQ whether `id` may stop, when its pool probes the management API. A backend
-    /// already draining or drained is not asked again (its drain was already allowed).
+    /// Ask RabbitMQ whether `id` may stop, on the backend's management endpoint, or when its
+    /// pool probes the management API. A backend already draining or drained is not asked again
+    /// (its drain was already allowed).
     async fn ask_quorum(&self, id: &BackendId) -> QuorumCheck {
         let config = lock(&self.config).clone();
         let Some(p) = config.pools.iter().find(|p| *p.name == *id.pool) else {
             return QuorumCheck::NotApplicable;
         };
-        let backend = p.backends.iter().find(|b| *b.name == *id.backend);
-        let (Some(health), Some(b)) = (&p.health, backend) else {
+        let Some(b) = p.backends.iter().find(|b| *b.name == *id.backend) else {
             return QuorumCheck::NotApplicable;
+        };
+        let timeout = match (&b.management, &p.health) {
+            (Some(management), _) => management.timeout,
+            (None, Some(health)) => health.timeout.clamp(QUORUM_TIMEOUT.0, QUORUM_TIMEOUT.1),
+            (None, None) => return QuorumCheck::NotApplicable,
         };
         if self.admin_state(id) != Some(AdminState::Active) {
             return QuorumCheck::NotApplicable;
         }
-        let target = probe::ProbeTarget {
-            host: b.host.clone(),
-            port: b.port,
-            addr: b.addr,
-            proxy_protocol: ProxyProtocol::Off,
-        };
-        let timeout = health.timeout.clamp(QUORUM_TIMEOUT.0, QUORUM_TIMEOUT.1);
-        probe::quorum_check(&health.probe, &target, timeout).await
+        let target = probe::ProbeTarget::for_backend(b, ProxyProtocol::Off);
+        let probe = p.health.as_ref().map(|h| &h.probe);
+        probe::quorum_check(probe, &target, timeout).await
     }
 
     fn admin_state(&self, id: &BackendId) -> Option<AdminState> {

@@ -1,7 +1,7 @@
 //! The one HTTP/1.1 client of warren, used by webhooks (`hooks`), the `http` probe and
 //! the drain's quorum check (`health::probe`) and `warren ctl` (`ctl`). It owns
 //! the parsed URL types ([`HttpUrl`], and [`ProbeUrl`] for the probe's `{host}`/`{port}`
-//! template, both parsed at config load), resolving and connecting, one request per fresh
+//! template or its path on a management endpoint, both parsed at config load), resolving and connecting, one request per fresh
 //! connection (`Connection: close`), the `Authorization` header (bearer, or basic from
 //! `user:pass@` or the caller), the cap on the body read, an optional bound on the whole exchange,
 //! and [`HttpError`]. What a status means, retries, redaction of what is logged, and each caller's
@@ -50,6 +50,18 @@ pub enum UrlError {
     /// The path and query, as the URL parser escaped them, are still no HTTP request target.
     #[error("not a valid URL: the path or query cannot be sent in an HTTP request ({0})")]
     Target(String),
+    /// `{management}` anywhere but at the start of a probe URL.
+    #[error(
+        "{{management}} stands for the backend's whole management endpoint (http://HOST:PORT), \
+         so it may only start the url, e.g. \"{{management}}/api/health/checks/alarms\""
+    )]
+    ManagementPlacement,
+    /// A probe URL that is a path on the management endpoint, for a backend that has none.
+    #[error(
+        "is a path on the backend's management endpoint, and this backend has none \
+         (set [pool.NAME.management] url, or management on the backend)"
+    )]
+    NoManagement,
 }
 
 /// `user:password` for HTTP basic authentication; `Debug` never shows the password.
@@ -185,6 +197,17 @@ impl HttpUrl {
     pub fn credentials(&self) -> Option<&Credentials> {
         self.credentials.as_ref()
     }
+
+    /// This URL with `path` (a path, maybe with a query, starting with `/`) appended to its own
+    /// path, keeping its `user:pass@`: a management endpoint `http://h:15672` or
+    /// `http://proxy/rabbitmq/` joined with `/api/health/checks/alarms`. The query of this URL,
+    /// if any, is dropped (config load refuses one on a management endpoint).
+    pub fn join(&self, path: &str) -> Result<HttpUrl, UrlError> {
+        let base = self.path().trim_end_matches('/');
+        let mut url = HttpUrl::parse(&format!("http://{}{base}{path}", self.authority))?;
+        url.credentials = self.credentials.clone();
+        Ok(url)
+    }
 }
 
 /// How a URL is named in logs: without user info and without the query (either may hold a
@@ -195,31 +218,74 @@ impl fmt::Display for HttpUrl {
     }
 }
 
-/// An `http` probe's URL as written: `{host}` and `{port}` stand for each backend's host and
-/// AMQP port. It is checked at load against a stand-in backend; each probe fills it in for its
-/// backend ([`ProbeUrl::for_backend`]). Kept as text because the template is only a URL once
-/// filled in (`{port}` can stand where a number must be). `Debug` hides user info.
+/// An `http` probe's URL as written. Either a full URL template, where `{host}` and `{port}`
+/// stand for each backend's host and AMQP port, or a path on each backend's management endpoint
+/// (`/api/health/checks/alarms`, or the same after `{management}`). It is checked at load against
+/// a stand-in backend; each probe fills it in for its backend ([`ProbeUrl::for_backend`],
+/// [`ProbeUrl::resolve`]). Kept as text because the template is only a URL once filled in
+/// (`{port}` can stand where a number must be). `Debug` hides user info.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ProbeUrl {
     template: String,
+    /// The path to join to the backend's management endpoint; `None` for a full URL template.
+    management_path: Option<String>,
 }
+
+/// What a probe URL writes for the backend's management endpoint.
+pub const MANAGEMENT_PLACEHOLDER: &str = "{management}";
 
 impl ProbeUrl {
     /// The stand-in backend a template is checked against at load.
     const CHECK_HOST: &'static str = "backend.invalid";
     const CHECK_PORT: u16 = 5672;
+    const CHECK_MANAGEMENT: &'static str = "http://backend.invalid:15672";
 
     /// Check `template` as a probe URL (see [`HttpUrl::parse`]).
     pub fn parse(template: &str) -> Result<ProbeUrl, UrlError> {
-        HttpUrl::parse(&fill_template(template, Self::CHECK_HOST, Self::CHECK_PORT))?;
-        Ok(ProbeUrl {
+        let management_path = match template.strip_prefix(MANAGEMENT_PLACEHOLDER) {
+            Some("") => Some("/".to_string()),
+            Some(rest) if rest.starts_with('/') => Some(rest.to_string()),
+            Some(_) => return Err(UrlError::ManagementPlacement),
+            None if template.starts_with('/') => Some(template.to_string()),
+            None => None,
+        };
+        let rest = management_path.as_deref().unwrap_or(template);
+        if rest.contains(MANAGEMENT_PLACEHOLDER) {
+            return Err(UrlError::ManagementPlacement);
+        }
+        let url = ProbeUrl {
             template: template.to_string(),
-        })
+            management_path,
+        };
+        let management = HttpUrl::parse(Self::CHECK_MANAGEMENT).expect("a valid URL");
+        url.resolve(Self::CHECK_HOST, Self::CHECK_PORT, Some(&management))?;
+        Ok(url)
     }
 
-    /// The URL for the backend at `host` (as configured, IPv6 without brackets) and `port`.
+    /// The URL for the backend at `host` (as configured, IPv6 without brackets) and `port`, for
+    /// a full URL template (a path needs the backend's management endpoint: [`Self::resolve`]).
     pub fn for_backend(&self, host: &str, port: u16) -> Result<HttpUrl, UrlError> {
-        HttpUrl::parse(&fill_template(&self.template, host, port))
+        self.resolve(host, port, None)
+    }
+
+    /// The URL for the backend at `host` and `port` whose management endpoint is `management`:
+    /// a path is joined to the endpoint, a full template filled in.
+    pub fn resolve(
+        &self,
+        host: &str,
+        port: u16,
+        management: Option<&HttpUrl>,
+    ) -> Result<HttpUrl, UrlError> {
+        match (&self.management_path, management) {
+            (None, _) => HttpUrl::parse(&fill_template(&self.template, host, port)),
+            (Some(path), Some(base)) => base.join(&fill_template(path, host, port)),
+            (Some(_), None) => Err(UrlError::NoManagement),
+        }
+    }
+
+    /// Whether the URL is a path on each backend's management endpoint.
+    pub fn on_management(&self) -> bool {
+        self.management_path.is_some()
     }
 
     /// Whether the template has `user:pass@` (checked against the stand-in backend).
@@ -744,6 +810,72 @@ mod tests {
             ("http:///api", UrlError::NoHost),
         ] {
             assert_eq!(ProbeUrl::parse(bad), Err(want), "{bad}");
+        }
+    }
+
+    /// A probe URL that is a path (or starts with `{management}`) is joined to each backend's
+    /// management endpoint, keeping the endpoint's prefix and user info; a full template is
+    /// filled in as before, whatever the endpoint.
+    #[test]
+    fn probe_url_paths_resolve_against_the_management_endpoint() {
+        let endpoint = |text: &str| HttpUrl::parse(text).unwrap();
+        let cases = [
+            (
+                "/api/health/checks/alarms",
+                "http://10.0.0.5:15673",
+                "10.0.0.5:15673",
+                "/api/health/checks/alarms",
+            ),
+            (
+                "{management}/api/x",
+                "http://10.0.0.5:15673/",
+                "10.0.0.5:15673",
+                "/api/x",
+            ),
+            ("{management}", "http://h:15672", "h:15672", "/"),
+            (
+                "/api/x?node={host}",
+                "http://proxy/rabbit-a/",
+                "proxy",
+                "/rabbit-a/api/x?node=rabbit-a",
+            ),
+            ("/a b", "http://[::1]:15672", "[::1]:15672", "/a%20b"),
+            (
+                "http://{host}:15672/api/y",
+                "http://other:1",
+                "rabbit-a:15672",
+                "/api/y",
+            ),
+        ];
+        for (template, base, authority, path) in cases {
+            let url = ProbeUrl::parse(template).unwrap();
+            let got = url
+                .resolve("rabbit-a", 5672, Some(&endpoint(base)))
+                .unwrap();
+            assert_eq!(
+                (got.authority(), got.path_and_query()),
+                (authority, path),
+                "{template} on {base}"
+            );
+        }
+        let on = ProbeUrl::parse("/api/x").unwrap();
+        assert!(on.on_management() && !on.has_credentials());
+        assert_eq!(on.resolve("h", 1, None), Err(UrlError::NoManagement));
+        assert_eq!(on.for_backend("h", 1), Err(UrlError::NoManagement));
+        assert!(!ProbeUrl::parse("http://{host}/").unwrap().on_management());
+        // The endpoint's user info comes along.
+        let joined = endpoint("http://u:p%40ss@h:15672").join("/api/x").unwrap();
+        assert_eq!(joined.credentials().unwrap().password, "p@ss");
+        for bad in [
+            "{management}api",
+            "http://{management}/x",
+            "/api/{management}",
+        ] {
+            assert_eq!(
+                ProbeUrl::parse(bad),
+                Err(UrlError::ManagementPlacement),
+                "{bad}"
+            );
         }
     }
 

@@ -70,6 +70,61 @@ fn example_config_loads() {
     );
 }
 
+/// The management keys config/warren.toml shows commented out load once uncommented: each
+/// backend gets its own endpoint (its own `management`, replacing the pool's url), with the
+/// pool's credentials and timeout.
+#[test]
+fn example_config_management_keys_load_when_uncommented() {
+    let path = example("warren.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let section = "# [pool.rabbitmq.management]\n";
+    let (head, tail) = text.split_at(text.find(section).expect("the commented section"));
+    let mut tail = tail.to_string();
+    for line in [
+        "[pool.rabbitmq.management]",
+        "url = \"http://{host}:15672\"",
+        "user = \"monitoring\"",
+        "password_file = \"/etc/warren/rabbitmq-monitoring-password\"",
+        "timeout = \"3s\"",
+        "management = \"http://127.0.0.1:15673\"",
+        "management = \"http://127.0.0.1:15674\"",
+    ] {
+        let commented = format!("# {line}\n");
+        assert!(tail.contains(&commented), "{commented}");
+        tail = tail.replacen(&commented, &format!("{line}\n"), 1);
+    }
+    let config =
+        config::from_toml(&format!("{head}{tail}"), &path).unwrap_or_else(|e| panic!("{e}"));
+    let pool = config.pool("rabbitmq").unwrap();
+    let endpoints: Vec<(String, Option<&str>, Duration)> = pool
+        .backends
+        .iter()
+        .map(|b| {
+            let m = b.management.as_ref().expect("an endpoint");
+            assert_eq!(
+                m.password_file.as_deref(),
+                Some(Path::new("/etc/warren/rabbitmq-monitoring-password"))
+            );
+            (m.url.to_string(), m.user.as_deref(), m.timeout)
+        })
+        .collect();
+    assert_eq!(
+        endpoints,
+        [
+            (
+                "http://127.0.0.1:15673/".to_string(),
+                Some("monitoring"),
+                Duration::from_secs(3)
+            ),
+            (
+                "http://127.0.0.1:15674/".to_string(),
+                Some("monitoring"),
+                Duration::from_secs(3)
+            ),
+        ]
+    );
+}
+
 #[test]
 fn nginx_equivalent_config_loads() {
     let path = example("quickstart-nginx-equivalent.toml");

@@ -2,6 +2,8 @@
 //! real RabbitMQ nodes started with `scripts/rabbitmq.sh` (skipped with a SKIP line when RabbitMQ
 //! is not installed and the test cannot install it).
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -10,11 +12,11 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use warren::config::{Probe, ProxyProtocol, Secret};
+use warren::config::{ManagementEndpoint, Probe, ProxyProtocol, Secret};
 use warren::health::probe::{
     quorum_check, run, ProbeOutcome, ProbeTarget, QuorumCheck, AMQP_PROTOCOL_HEADER,
 };
-use warren::http_client::ProbeUrl;
+use warren::http_client::{HttpUrl, ProbeUrl};
 use warren::proxy_protocol::{encode_v1, encode_v2, Header};
 
 const TIMEOUT: Duration = Duration::from_millis(500);
@@ -25,6 +27,7 @@ fn target(addr: SocketAddr, proxy_protocol: ProxyProtocol) -> ProbeTarget {
         port: addr.port(),
         addr,
         proxy_protocol,
+        management: None,
     }
 }
 
@@ -495,7 +498,7 @@ async fn quorum_check_asks_the_probes_management_api() {
         password: None,
         password_file: None,
     };
-    let answer = quorum_check(&kind, &target(addr, ProxyProtocol::Off), TIMEOUT).await;
+    let answer = quorum_check(Some(&kind), &target(addr, ProxyProtocol::Off), TIMEOUT).await;
     assert_eq!(
         answer,
         QuorumCheck::Critical {
@@ -508,6 +511,117 @@ async fn quorum_check_asks_the_probes_management_api() {
         head.starts_with("GET /api/health/checks/node-is-quorum-critical HTTP/1.1\r\n"),
         "{head}"
     );
+    // base64("monitor:pw")
+    assert!(
+        head.contains("authorization: Basic bW9uaXRvcjpwdw==\r\n"),
+        "{head}"
+    );
+}
+
+/// A backend's own management endpoint, as config load resolves it.
+fn management(url: &str, user: Option<&str>, password: Option<&str>) -> ManagementEndpoint {
+    ManagementEndpoint {
+        url: HttpUrl::parse(url).expect("a valid management URL"),
+        user: user.map(str::to_string),
+        password: password.map(|p| Secret(p.to_string())),
+        password_file: None,
+        timeout: TIMEOUT,
+    }
+}
+
+/// An `http` probe whose url is a path goes to the backend's own management endpoint (joined
+/// to its prefix), with the endpoint's credentials when the probe has no `user`, or with the
+/// probe's own.
+#[tokio::test]
+async fn http_probe_paths_go_to_the_backends_own_management_endpoint() {
+    // (probe user, header sent): base64("mon:pw"), base64("probe:pp")
+    for (user, auth) in [
+        (None, "authorization: Basic bW9uOnB3\r\n"),
+        (Some("probe"), "authorization: Basic cHJvYmU6cHA=\r\n"),
+    ] {
+        let (addr, fake) = fake_http(200, "{}").await;
+        let refused = refused_addr().await;
+        let mut target = target(refused, ProxyProtocol::Off);
+        target.management = Some(management(
+            &format!("http://127.0.0.1:{}/rabbit/", addr.port()),
+            Some("mon"),
+            Some("pw"),
+        ));
+        let kind = Probe::Http {
+            url: probe_url("/api/health/checks/alarms"),
+            user: user.map(str::to_string),
+            password: Some(Secret("pp".into())),
+            password_file: None,
+        };
+        let (outcome, _) = probe(&kind, &target).await;
+        assert!(outcome.up, "{user:?}: {outcome:?}");
+        let head = fake.await.unwrap();
+        assert!(
+            head.starts_with("GET /rabbit/api/health/checks/alarms HTTP/1.1\r\n"),
+            "{head}"
+        );
+        assert!(head.contains(auth), "{user:?}: {head}");
+    }
+}
+
+/// The quorum check asks the backend's own management endpoint whatever the probe kind (or
+/// with no probe at all); without an endpoint, only an `http` probe on the management API
+/// makes it applicable. An endpoint without credentials is asked with the `http` probe's.
+#[tokio::test]
+async fn quorum_check_asks_the_backends_own_endpoint_whatever_the_probe() {
+    let login = Probe::AmqpLogin {
+        uri: Secret("amqp://guest:guest@{host}:{port}/%2f".into()),
+    };
+    let refused = refused_addr().await;
+    for kind in [None, Some(&Probe::Tcp), Some(&Probe::Amqp), Some(&login)] {
+        let (addr, fake) = fake_http(200, "{\"status\":\"ok\"}").await;
+        let mut target = target(refused, ProxyProtocol::Off);
+        assert_eq!(
+            quorum_check(kind, &target, TIMEOUT).await,
+            QuorumCheck::NotApplicable,
+            "{kind:?} without an endpoint"
+        );
+        target.management = Some(management(
+            &format!("http://127.0.0.1:{}", addr.port()),
+            Some("mon"),
+            Some("pw"),
+        ));
+        assert_eq!(
+            quorum_check(kind, &target, TIMEOUT).await,
+            QuorumCheck::Safe,
+            "{kind:?}"
+        );
+        let head = fake.await.unwrap();
+        assert!(
+            head.starts_with("GET /api/health/checks/node-is-quorum-critical HTTP/1.1\r\n"),
+            "{head}"
+        );
+        assert!(head.contains("authorization: Basic bW9uOnB3\r\n"), "{head}");
+    }
+    // The endpoint has no credentials: the http probe's are sent; and its full URL template,
+    // which names another port, is not what is asked.
+    let (addr, fake) = fake_http(503, "{}").await;
+    let mut target = target(refused, ProxyProtocol::Off);
+    target.management = Some(management(
+        &format!("http://127.0.0.1:{}", addr.port()),
+        None,
+        None,
+    ));
+    let kind = Probe::Http {
+        url: probe_url(&format!(
+            "http://{{host}}:{}/api/health/checks/alarms",
+            refused.port()
+        )),
+        user: Some("monitor".into()),
+        password: Some(Secret("pw".into())),
+        password_file: None,
+    };
+    let answer = quorum_check(Some(&kind), &target, TIMEOUT).await;
+    assert!(
+        matches!(answer, QuorumCheck::Unexpected(ref why) if why.starts_with("HTTP 503")),
+        "{answer:?}"
+    );
+    let head = fake.await.unwrap();
     // base64("monitor:pw")
     assert!(
         head.contains("authorization: Basic bW9uaXRvcjpwdw==\r\n"),
@@ -859,6 +973,127 @@ async fn real_rabbitmq_with_proxy_protocol_takes_probes_that_send_the_header() {
         println!("proxy_protocol = true, no header: {name}: {outcome:?}");
         assert!(!outcome.up, "{name} without a PROXY header: {outcome:?}");
     }
+}
+
+/// Two real nodes whose management ports differ, in one pool with a tcp probe and each
+/// backend's own management endpoint (issue 16). With one url template for the pool, node b was
+/// probed on node a's management port: after `stop_app` on b it stayed "up, HTTP 200", and its
+/// quorum check asked a and said "safe". With an endpoint per backend, b's http probe goes down
+/// and its quorum check, asked of b itself though the probe is tcp, gets no answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_rabbitmq_nodes_are_each_asked_on_their_own_management_port() {
+    if !rabbitmq_available("real_rabbitmq_nodes_are_each_asked_on_their_own_management_port") {
+        return;
+    }
+    let pid = std::process::id();
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| Node::start(&format!("warren-mgmt-a-{pid}"), &[]));
+        let b = s.spawn(|| Node::start(&format!("warren-mgmt-b-{pid}"), &[]));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    assert_ne!(a.mgmt_port, b.mgmt_port);
+    let text = format!(
+        r#"
+[pool.amqp.health]
+kind = "tcp"
+[pool.amqp.management]
+user = "guest"
+password = "guest"
+[[pool.amqp.backend]]
+name = "a"
+addr = "{}"
+management = "http://127.0.0.1:{}"
+[[pool.amqp.backend]]
+name = "b"
+addr = "{}"
+management = "http://127.0.0.1:{}"
+"#,
+        a.amqp, a.mgmt_port, b.amqp, b.mgmt_port
+    );
+    // The same backends, probed over http on a path of each one's endpoint.
+    let http_text = text.replace("pool.amqp", "pool.mgmt").replace(
+        "kind = \"tcp\"",
+        "kind = \"http\"\nurl = \"/api/health/checks/virtual-hosts\"",
+    );
+    let listener = "[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:5672\"\npool = \"amqp\"\n";
+    let config = warren::config::from_toml(
+        &format!("{listener}{text}{http_text}"),
+        Path::new("mgmt.toml"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let (tcp_pool, http_pool) = (config.pool("amqp").unwrap(), config.pool("mgmt").unwrap());
+    let tcp = tcp_pool.health.as_ref().unwrap().probe.clone();
+    let http = vec![("http", http_pool.health.as_ref().unwrap().probe.clone())];
+    let targets: Vec<ProbeTarget> = http_pool
+        .backends
+        .iter()
+        .map(|backend| ProbeTarget::for_backend(backend, ProxyProtocol::Off))
+        .collect();
+    let quorum = |target: &ProbeTarget| {
+        let (tcp, target) = (tcp.clone(), target.clone());
+        async move { quorum_check(Some(&tcp), &target, Duration::from_secs(3)).await }
+    };
+    for target in &targets {
+        let outcomes = until_all(&http, target, true, Duration::from_secs(20)).await;
+        assert!(outcomes[0].1.up, "{target:?}: {outcomes:?}");
+        assert_eq!(quorum(target).await, QuorumCheck::Safe, "{target:?}");
+    }
+
+    b.app("stop_app");
+    let outcomes = until_all(&http, &targets[1], false, Duration::from_secs(10)).await;
+    println!("b after stop_app: {outcomes:?}");
+    assert_down_containing(&outcomes[0].1, "connection refused");
+    let answer = quorum(&targets[1]).await;
+    println!("quorum check of b after stop_app: {answer:?}");
+    assert!(
+        matches!(answer, QuorumCheck::Unknown(ref why) if why.contains("connection refused")),
+        "the quorum check of b must ask b, not a: {answer:?}"
+    );
+    // a is asked on its own port, and still answers.
+    let outcome = run(&http[0].1, &targets[0], Duration::from_secs(2)).await;
+    assert!(outcome.up, "{outcome:?}");
+    assert_eq!(quorum(&targets[0]).await, QuorumCheck::Safe);
+    // A drain of b through warren's admin API asks b: no answer, so it goes ahead with a
+    // warning instead of "safe".
+    let warren = common::Warren::start(
+        common::with_admin_api(config.clone(), None),
+        common::quick(),
+    );
+    let admin = warren.admin.expect("an admin API");
+    let (status, body) =
+        common::http(admin, "POST", "/v1/pools/amqp/backends/b/drain", None, b"").await;
+    println!("drain of b after stop_app: {status} {body}");
+    assert_eq!(status, 202, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["quorum_check"], "unknown", "{body}");
+    assert!(
+        answer["warnings"][0]
+            .as_str()
+            .is_some_and(|w| w.contains("connection refused")),
+        "{body}"
+    );
+    warren.stop().await;
+    // What one template for the pool did: `{host}` is 127.0.0.1 for both, so b is asked on a's
+    // management port and looks up and safe.
+    let one_template = Probe::Http {
+        url: probe_url(&format!(
+            "http://guest:guest@{{host}}:{}/api/health/checks/virtual-hosts",
+            a.mgmt_port
+        )),
+        user: None,
+        password: None,
+        password_file: None,
+    };
+    let old_target = target(b.amqp, ProxyProtocol::Off);
+    assert!(
+        run(&one_template, &old_target, Duration::from_secs(2))
+            .await
+            .up
+    );
+    assert_eq!(
+        quorum_check(Some(&one_template), &old_target, Duration::from_secs(3)).await,
+        QuorumCheck::Safe
+    );
 }
 
 /// `rabbitmq.sh start` fails at once, naming the collision, when another node on the host has

@@ -7,7 +7,7 @@
 //! This file holds the snapshot types, the defaults, the names of enumerated values, the errors
 //! and the entry points. The stages have a file each: `raw` (the serde structs), `validate` (the
 //! walk and the checks shared by every section), one file per section (`admin`, `listeners`,
-//! `pools`, `hooks`), and `text` (host:port, and parse errors turned into lines and key paths).
+//! `pools`, `management`, `hooks`), and `text` (host:port, and parse errors turned into lines and key paths).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -19,7 +19,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::http_client::{without_userinfo, HttpUrl, ProbeUrl, UrlError};
+use crate::http_client::{fill_template, without_userinfo, HttpUrl, ProbeUrl, UrlError};
 use crate::source::SourceList;
 
 /// A validated configuration: what the rest of warren trusts without re-checking.
@@ -135,8 +135,9 @@ pub enum Probe {
     AmqpLogin {
         uri: Secret,
     },
-    /// GET `url` (may contain `{host}` and `{port}`); 2xx = up. A `user:pass@` in `url` and
-    /// `user` are exclusive (checked at load).
+    /// GET `url` (may contain `{host}` and `{port}`, or be a path on each backend's management
+    /// endpoint); 2xx = up. A `user:pass@` in `url` and `user` are exclusive (checked at load).
+    /// Without `user`, a path on the management endpoint is sent with the endpoint's credentials.
     Http {
         url: ProbeUrl,
         user: Option<String>,
@@ -167,6 +168,24 @@ pub struct BackendConfig {
     /// >= 1.
     pub weight: u32,
     pub backup: bool,
+    /// The node's RabbitMQ management API: the backend's own `management`, else the pool's
+    /// `[pool.NAME.management]` url filled in for it; `None` when neither is set.
+    pub management: Option<ManagementEndpoint>,
+}
+
+/// One backend's RabbitMQ management API, resolved at load: where an `http` probe that is a
+/// path goes, and what the drain's quorum check asks. `Debug` hides the password.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ManagementEndpoint {
+    /// `http://HOST:PORT`, maybe with a path prefix; paths are joined to it. Its `user:pass@`
+    /// is sent when `user` is not set.
+    pub url: HttpUrl,
+    pub user: Option<String>,
+    pub password: Option<Secret>,
+    /// Re-read at each request, so a rotated password is picked up.
+    pub password_file: Option<PathBuf>,
+    /// How long the quorum check waits for this node's answer.
+    pub timeout: Duration,
 }
 
 /// Events a hook can subscribe to.
@@ -202,6 +221,7 @@ pub struct HookConfig {
 mod admin;
 mod hooks;
 mod listeners;
+mod management;
 mod pools;
 mod raw;
 mod text;
@@ -210,6 +230,7 @@ mod validate;
 #[cfg(test)]
 mod tests;
 
+use management::*;
 use raw::*;
 use text::*;
 use validate::*;
@@ -267,6 +288,12 @@ pub const DEFAULT_FALL: u32 = 3;
 pub const DEFAULT_WEIGHT: u32 = 1;
 /// `backend.backup` when omitted.
 pub const DEFAULT_BACKUP: bool = false;
+/// `management.timeout` when omitted: the shortest the quorum check waits when asked through
+/// the `http` probe.
+pub const DEFAULT_MANAGEMENT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest `management.timeout`: a drain waits for the quorum check inside one admin request,
+/// which `warren ctl` gives 10 s.
+pub const MAX_MANAGEMENT_TIMEOUT: Duration = Duration::from_secs(5);
 /// `hook.timeout` when omitted.
 pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(30);
 /// `admin.listen` when `[admin]` is present without it: loopback, so no token is required.
@@ -296,6 +323,7 @@ pub fn max_duration(key: &str) -> Duration {
         "idle_timeout" => MAX_IDLE_TIMEOUT,
         "next_upstream_timeout" => MAX_NEXT_UPSTREAM_TIMEOUT,
         "timeout" if key.starts_with("hook[") => MAX_HOOK_TIMEOUT,
+        "timeout" if key.ends_with(".management.timeout") => MAX_MANAGEMENT_TIMEOUT,
         "interval" | "timeout" => MAX_PROBE_DURATION,
         _ => MAX_DURATION,
     }
@@ -704,12 +732,14 @@ fn quick_start_with(
             addr: unspanned(addr.clone()),
             weight: None,
             backup: None,
+            management: None,
         })
         .collect();
     let pool = RawPool {
         balance: None,
         min_available: None,
         health: None,
+        management: None,
         backend,
     };
     // `--admin`: the admin API (drain, status, metrics) with the defaults of an `[admin]` table.

@@ -1,5 +1,6 @@
 //! Validation of `[pool.NAME]`: balancing, `min_available`, the health section and its probe
-//! (with the `http` probe's URL and credentials), and each backend.
+//! (with the `http` probe's URL and credentials), and each backend (its management endpoint is
+//! `management`'s).
 
 use super::*;
 
@@ -12,7 +13,10 @@ impl Validator<'_> {
             raw.balance.as_ref(),
             DEFAULT_BALANCE,
         );
+        let probe_url = raw.health.as_ref().and_then(|h| h.url.clone());
         let health = raw.health.map(|h| self.health(&format!("{key}.health"), h));
+        let management = raw.management.map(|m| self.pool_management(&key, m));
+        let own: Vec<bool> = raw.backend.iter().map(|b| b.management.is_some()).collect();
         let mut names: HashMap<String, usize> = HashMap::new();
         let mut backends = Vec::with_capacity(raw.backend.len());
         for (i, raw) in raw.backend.into_iter().enumerate() {
@@ -30,8 +34,10 @@ impl Validator<'_> {
                     names.insert(name.clone(), i);
                 }
             }
-            backends.push(self.backend(&backend_key, raw));
+            backends.push(self.backend(&backend_key, raw, management.as_ref()));
         }
+        let probe = health.as_ref().map(|h| &h.probe).zip(probe_url.as_ref());
+        self.pool_endpoints(&key, management.as_ref(), &own, probe, &backends);
         let primaries = backends.iter().filter(|b| !b.backup).count();
         if backends.is_empty() {
             self.report(
@@ -225,25 +231,12 @@ impl Validator<'_> {
                 None
             }
         };
-        if let (Some(_), Some(file)) = (&password, &password_file) {
-            self.report(
-                format!("{key}.password_file"),
-                quote(file.get_ref()),
-                Some(file.span()),
-                "password and password_file are mutually exclusive; keep one",
-            );
-        }
-        if user.is_none() {
-            if let Some(secret) = password.as_ref().or(password_file.as_ref()) {
-                self.report(
-                    format!("{key}.user"),
-                    "",
-                    Some(secret.span()),
-                    "required when password or password_file is set",
-                );
-            }
-        }
-        let password_file = self.path(&format!("{key}.password_file"), password_file.as_ref());
+        let password_file = self.basic_auth(
+            key,
+            user.as_ref(),
+            password.as_ref(),
+            password_file.as_ref(),
+        );
         let Some(url) = url else {
             // Reported above; keeps building the snapshot so later keys are checked too.
             return Probe::Tcp;
@@ -254,6 +247,36 @@ impl Validator<'_> {
             password: password.map(|p| Secret(p.into_inner())),
             password_file,
         }
+    }
+
+    /// Basic authentication keys under `key`: `password` and `password_file` are exclusive, and
+    /// either needs `user`. The password file's path, when valid.
+    pub(super) fn basic_auth(
+        &mut self,
+        key: &str,
+        user: Option<&Str>,
+        password: Option<&Str>,
+        password_file: Option<&Str>,
+    ) -> Option<PathBuf> {
+        if let (Some(_), Some(file)) = (password, password_file) {
+            self.report(
+                format!("{key}.password_file"),
+                quote(file.get_ref()),
+                Some(file.span()),
+                "password and password_file are mutually exclusive; keep one",
+            );
+        }
+        if user.is_none() {
+            if let Some(secret) = password.or(password_file) {
+                self.report(
+                    format!("{key}.user"),
+                    "",
+                    Some(secret.span()),
+                    "required when password or password_file is set",
+                );
+            }
+        }
+        self.path(&format!("{key}.password_file"), password_file)
     }
 
     /// An `http` probe's URL, parsed as every probe will use it (`{host}` and `{port}` filled
@@ -283,9 +306,22 @@ impl Validator<'_> {
         }
     }
 
-    pub(super) fn backend(&mut self, key: &str, raw: RawBackend) -> BackendConfig {
+    pub(super) fn backend(
+        &mut self,
+        key: &str,
+        raw: RawBackend,
+        management: Option<&PoolManagement>,
+    ) -> BackendConfig {
         let addr_key = format!("{key}.addr");
-        let (host, port, addr) = match self.backend_addr(&addr_key, &raw.addr) {
+        let resolved = self.backend_addr(&addr_key, &raw.addr);
+        let management = self.backend_management(
+            key,
+            raw.management.as_ref(),
+            resolved.as_ref().map(|(host, _, _)| host.as_str()),
+            raw.name.get_ref(),
+            management,
+        );
+        let (host, port, addr) = match resolved {
             Some(resolved) => resolved,
             // Keeps building the snapshot so later keys are checked too; it is never returned.
             None => (
@@ -305,6 +341,7 @@ impl Validator<'_> {
                 DEFAULT_WEIGHT,
             ),
             backup: raw.backup.unwrap_or(DEFAULT_BACKUP),
+            management,
         }
     }
 }

@@ -51,8 +51,19 @@ pub(super) struct RawPool {
     pub(super) balance: Option<Str>,
     pub(super) min_available: Option<Spanned<usize>>,
     pub(super) health: Option<RawHealth>,
+    pub(super) management: Option<Spanned<RawManagement>>,
     #[serde(default)]
     pub(super) backend: Vec<RawBackend>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawManagement {
+    pub(super) url: Option<Str>,
+    pub(super) user: Option<Str>,
+    pub(super) password: Option<Str>,
+    pub(super) password_file: Option<Str>,
+    pub(super) timeout: Option<Str>,
 }
 
 #[derive(Deserialize)]
@@ -77,6 +88,7 @@ pub(super) struct RawBackend {
     pub(super) addr: Str,
     pub(super) weight: Option<Spanned<u32>>,
     pub(super) backup: Option<bool>,
+    pub(super) management: Option<Str>,
 }
 
 #[derive(Deserialize)]

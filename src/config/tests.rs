@@ -96,6 +96,7 @@ fn duration_limits_by_key() {
         ("pool.p.health.interval", MAX_PROBE_DURATION),
         ("pool.p.health.timeout", MAX_PROBE_DURATION),
         ("hook[2].timeout", MAX_HOOK_TIMEOUT),
+        ("pool.p.management.timeout", MAX_MANAGEMENT_TIMEOUT),
         ("listener[0].some_future_key", MAX_DURATION),
     ];
     for (key, max) in cases {

@@ -433,12 +433,7 @@ impl Controller {
                 .find(|p| *p != ProxyProtocol::Off)
                 .unwrap_or(ProxyProtocol::Off);
             for b in &pool.backends {
-                let target = probe::ProbeTarget {
-                    host: b.host.clone(),
-                    port: b.port,
-                    addr: b.addr,
-                    proxy_protocol,
-                };
+                let target = probe::ProbeTarget::for_backend(b, proxy_protocol);
                 let key = BackendId::new(&pool.name, &b.name);
                 self.runtime.spawn(self.clone().probe_loop(
                     key,

@@ -115,6 +115,7 @@ pub fn backend(name: &str, addr: SocketAddr) -> BackendConfig {
         addr,
         weight: 1,
         backup: false,
+        management: None,
     }
 }
 

@@ -1,5 +1,6 @@
-//! The `http` probe: the URL template filled in for the backend, the credentials (re-read
-//! from `password_file` each time), one GET through `crate::http_client`, 2xx = up.
+//! The `http` probe: the URL template filled in for the backend (or its path joined to the
+//! backend's management endpoint), the credentials (re-read from `password_file` each time), one
+//! GET through `crate::http_client`, 2xx = up.
 
 use super::*;
 
@@ -22,6 +23,24 @@ pub(super) fn credentials(
         user: user.clone(),
         password,
     }))
+}
+
+/// What an `http` probe sends: its own `user`; without one, a path on the management endpoint
+/// goes with the endpoint's credentials (its `user`, else the `user:pass@` of its url, which the
+/// joined URL carries).
+pub(super) fn probe_credentials(
+    url: &ProbeUrl,
+    user: &Option<String>,
+    password: &Option<Secret>,
+    password_file: &Option<std::path::PathBuf>,
+    target: &ProbeTarget,
+) -> Result<Option<Credentials>, ProbeOutcome> {
+    match (&target.management, user) {
+        (Some(m), None) if url.on_management() => {
+            credentials(&m.user, &m.password, &m.password_file)
+        }
+        _ => credentials(user, password, password_file),
+    }
 }
 
 pub(super) fn read_password_file(file: &Path) -> Result<String, ProbeOutcome> {
@@ -47,15 +66,17 @@ pub(super) struct HttpAsk {
     pub(super) secrets: Vec<String>,
 }
 
-/// The probe URL filled in for `target` (checked at load, so this fails only on a backend host
-/// that makes it invalid).
+/// The probe URL filled in for `target`, a path joined to its management endpoint (checked at
+/// load, so this fails only on a backend host that makes it invalid).
 pub(super) fn fill(url: &ProbeUrl, target: &ProbeTarget) -> Result<HttpUrl, String> {
-    url.for_backend(&target.host, target.port).map_err(|e| {
-        format!(
-            "http probe url {} is not usable: {e}",
-            without_userinfo(url.template())
-        )
-    })
+    let management = target.management.as_ref().map(|m| &m.url);
+    url.resolve(&target.host, target.port, management)
+        .map_err(|e| {
+            format!(
+                "http probe url {} is not usable: {e}",
+                without_userinfo(url.template())
+            )
+        })
 }
 
 impl HttpAsk {

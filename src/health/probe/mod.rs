@@ -5,7 +5,8 @@
 //! `proxy_protocol = true` closes anything without one. This module keeps no state and runs no
 //! timers beyond the attempt's timeout; turning outcomes into health (rise/fall) and publishing
 //! them belongs to the caller. It must not touch routing. The `http` probe and the quorum check
-//! talk HTTP through [`crate::http_client`].
+//! talk HTTP through [`crate::http_client`], to the backend's own management endpoint when it
+//! has one (`ProbeTarget::management`).
 //!
 //! This file holds what every kind shares (the target, the outcome, the run with its timeout);
 //! each kind has a file: `amqp` (`tcp` and `amqp`), `login` (`amqp_login`), `http`, and `quorum`
@@ -23,7 +24,7 @@ use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::config::{Probe, ProxyProtocol, Secret};
+use crate::config::{BackendConfig, ManagementEndpoint, Probe, ProxyProtocol, Secret};
 use crate::http_client::{
     fill_template, url_host, without_userinfo, BodyRead, Credentials, HttpError, HttpUrl, Phase,
     ProbeUrl, Request, Response,
@@ -56,6 +57,22 @@ pub struct ProbeTarget {
     pub addr: SocketAddr,
     /// What the listener sends to this backend; probes of the AMQP address send the same.
     pub proxy_protocol: ProxyProtocol,
+    /// The node's management API: where an `http` probe that is a path goes, and what the
+    /// quorum check asks, whatever the probe kind.
+    pub management: Option<ManagementEndpoint>,
+}
+
+impl ProbeTarget {
+    /// The target of `backend` as configured, probed with `proxy_protocol`.
+    pub fn for_backend(backend: &BackendConfig, proxy_protocol: ProxyProtocol) -> ProbeTarget {
+        ProbeTarget {
+            host: backend.host.clone(),
+            port: backend.port,
+            addr: backend.addr,
+            proxy_protocol,
+            management: backend.management.clone(),
+        }
+    }
 }
 
 /// What one probe found.
@@ -129,10 +146,11 @@ pub async fn run(probe: &Probe, target: &ProbeTarget, timeout: Duration) -> Prob
                 password,
                 password_file,
             } => {
-                let credentials = match credentials(user, password, password_file) {
-                    Ok(credentials) => credentials,
-                    Err(outcome) => return outcome,
-                };
+                let credentials =
+                    match probe_credentials(url, user, password, password_file, target) {
+                        Ok(credentials) => credentials,
+                        Err(outcome) => return outcome,
+                    };
                 http(url, credentials, target, &mut stage).await
             }
         }

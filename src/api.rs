@@ -238,7 +238,7 @@ pub enum QuorumAnswer {
     #[serde(rename = "skipped (force)")]
     SkippedForce,
     /// Nobody to ask (no `http` probe on the management API), or the backend was not active.
-    #[serde(rename = "not applicable (no http probe on the management API)")]
+    #[serde(rename = "not applicable (no management endpoint and no http probe)")]
     NotApplicable,
     /// Asked, no answer; the drain went ahead with a warning.
     #[serde(rename = "unknown")]
@@ -251,7 +251,7 @@ impl QuorumAnswer {
         match self {
             QuorumAnswer::Safe => "safe",
             QuorumAnswer::SkippedForce => "skipped (force)",
-            QuorumAnswer::NotApplicable => "not applicable (no http probe on the management API)",
+            QuorumAnswer::NotApplicable => "not applicable (no management endpoint and no http probe)",
             QuorumAnswer::Unknown => "unknown",
         }
     }

@@ -39,17 +39,30 @@ impl Validator<'_> {
         let probe = health.as_ref().map(|h| &h.probe).zip(probe_url.as_ref());
         self.pool_endpoints(&key, management.as_ref(), &own, probe, &backends);
         let primaries = backends.iter().filter(|b| !b.backup).count();
-        if backends.is_empty() {
+        self.backend_count(&key, &name, backends.len(), primaries);
+        let min_available = self.min_available(&key, raw.min_available.as_ref(), primaries);
+        PoolConfig {
+            name: name.into_inner(),
+            balance,
+            min_available,
+            health,
+            backends,
+        }
+    }
+
+    /// A pool needs backends, not too many, and at least one primary.
+    fn backend_count(&mut self, key: &str, name: &Str, backends: usize, primaries: usize) {
+        if backends == 0 {
             self.report(
                 format!("{key}.backend"),
                 "",
                 Some(name.span()),
                 "the pool has no backends; add at least one backend",
             );
-        } else if backends.len() > MAX_BACKENDS_PER_POOL {
+        } else if backends > MAX_BACKENDS_PER_POOL {
             self.report(
                 format!("{key}.backend"),
-                backends.len().to_string(),
+                backends.to_string(),
                 Some(name.span()),
                 format!(
                     "too many backends: a pool may have at most {MAX_BACKENDS_PER_POOL} \
@@ -64,30 +77,30 @@ impl Validator<'_> {
                 "every backend is a backup; at least one needs backup = false",
             );
         }
-        let min_available = match &raw.min_available {
-            Some(min) => {
-                if primaries > 0 && *min.get_ref() > primaries {
-                    self.report(
-                        format!("{key}.min_available"),
-                        min.get_ref().to_string(),
-                        Some(min.span()),
-                        format!(
-                            "is more than the {primaries} primary (non-backup) backend(s): \
-                             every drain would be refused"
-                        ),
-                    );
-                }
-                *min.get_ref()
-            }
-            None => DEFAULT_MIN_AVAILABLE,
+    }
+
+    /// `min_available`: at most the primaries, or every drain would be refused.
+    fn min_available(
+        &mut self,
+        key: &str,
+        raw: Option<&Spanned<usize>>,
+        primaries: usize,
+    ) -> usize {
+        let Some(min) = raw else {
+            return DEFAULT_MIN_AVAILABLE;
         };
-        PoolConfig {
-            name: name.into_inner(),
-            balance,
-            min_available,
-            health,
-            backends,
+        if primaries > 0 && *min.get_ref() > primaries {
+            self.report(
+                format!("{key}.min_available"),
+                min.get_ref().to_string(),
+                Some(min.span()),
+                format!(
+                    "is more than the {primaries} primary (non-backup) backend(s): \
+                     every drain would be refused"
+                ),
+            );
         }
+        *min.get_ref()
     }
 
     pub(super) fn health(&mut self, key: &str, raw: RawHealth) -> HealthConfig {

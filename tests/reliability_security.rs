@@ -638,10 +638,12 @@ async fn secrets_never_reach_the_log_or_hooks_and_hooks_get_a_clean_environment(
         names,
         [
             "PATH",
+            "WARREN_ADMIN_STATE",
             "WARREN_AVAILABLE",
             "WARREN_BACKEND",
             "WARREN_BACKEND_ADDR",
             "WARREN_EVENT",
+            "WARREN_PLANNED",
             "WARREN_POOL",
             "WARREN_TOTAL"
         ]

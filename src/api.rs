@@ -251,7 +251,9 @@ impl QuorumAnswer {
         match self {
             QuorumAnswer::Safe => "safe",
             QuorumAnswer::SkippedForce => "skipped (force)",
-            QuorumAnswer::NotApplicable => "not applicable (no management endpoint and no http probe)",
+            QuorumAnswer::NotApplicable => {
+                "not applicable (no management endpoint and no http probe)"
+            }
             QuorumAnswer::Unknown => "unknown",
         }
     }

@@ -409,6 +409,16 @@ async fn handle(
             Err(e) => error(StatusCode::BAD_REQUEST, &e),
         };
     }
+    if let ["v1", set @ ("drain" | "undrain")] = segments[..] {
+        if parts.method != Method::POST {
+            return error(StatusCode::METHOD_NOT_ALLOWED, "use POST for this endpoint");
+        }
+        return if set == "drain" {
+            drain_set(admin, &body).await
+        } else {
+            undrain_set(admin, &body)
+        };
+    }
     if let ["v1", "pools", pool, "backends", backend, "drain"] = segments[..] {
         if parts.method != Method::POST {
             return error(StatusCode::METHOD_NOT_ALLOWED, "use POST for this endpoint");
@@ -586,12 +596,72 @@ async fn drain(admin: &Admin, pool: &str, backend: &str, body: &[u8]) -> Reply {
     }
 }
 
+/// `POST /v1/drain`: a set of backends drained as one decision (see [`Drainer::drain_set`]).
+async fn drain_set(admin: &Admin, body: &[u8]) -> Reply {
+    let request: api::DrainSetRequest = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "malformed JSON body: {e} (expected {{\"backends\": [{{\"pool\": \"P\", \
+                     \"backend\": \"B\"}}], \"deadline\": \"5m\", \"force\": false}})"
+                ),
+            )
+        }
+    };
+    let deadline = match request
+        .deadline
+        .as_deref()
+        .map(crate::config::parse_duration)
+    {
+        None => None,
+        Some(Ok(d)) => Some(d),
+        Some(Err(e)) => return error(StatusCode::BAD_REQUEST, &format!("deadline: {e}")),
+    };
+    let ids = backend_ids(&request.backends);
+    match admin.drainer.drain_set(&ids, deadline, request.force).await {
+        Ok(backends) => json(StatusCode::ACCEPTED, &api::DrainSetAnswer { backends }),
+        Err(e) => drain_error(e),
+    }
+}
+
+/// `POST /v1/undrain`: every backend of the set takes new connections again.
+fn undrain_set(admin: &Admin, body: &[u8]) -> Reply {
+    let request: api::UndrainSetRequest = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "malformed JSON body: {e} (expected {{\"backends\": [{{\"pool\": \"P\", \
+                     \"backend\": \"B\"}}]}})"
+                ),
+            )
+        }
+    };
+    match admin.drainer.undrain_set(&backend_ids(&request.backends)) {
+        Ok(backends) => json(StatusCode::OK, &api::DrainSetAnswer { backends }),
+        Err(e) => drain_error(e),
+    }
+}
+
+fn backend_ids(backends: &[api::BackendRef]) -> Vec<BackendId> {
+    backends
+        .iter()
+        .map(|b| BackendId::new(&b.pool, &b.backend))
+        .collect()
+}
+
 /// A refused drain or undrain: its status code, and for the quorum check's refusals the
 /// reason (and the queues) beside the message.
 fn drain_error(e: DrainError) -> Reply {
     let (status, reason, queues) = match &e {
         DrainError::NotFound(_) => (StatusCode::NOT_FOUND, None, None),
-        DrainError::MinAvailable { .. } => (StatusCode::CONFLICT, None, None),
+        DrainError::MinAvailable { .. } | DrainError::MinAvailableSet { .. } => {
+            (StatusCode::CONFLICT, None, None)
+        }
+        DrainError::EmptySet => (StatusCode::BAD_REQUEST, None, None),
         DrainError::DeadlineTooLong { .. } => (StatusCode::BAD_REQUEST, None, None),
         DrainError::QuorumCritical { queues, .. } => (
             StatusCode::CONFLICT,
@@ -639,12 +709,20 @@ fn status(admin: &Admin) -> api::Status {
 }
 
 fn pool_status(admin: &Admin, p: &PoolConfig, route: &PoolRoute) -> api::PoolStatus {
+    let tags: std::collections::HashMap<&str, &[String]> = p
+        .backends
+        .iter()
+        .map(|b| (b.name.as_str(), b.tags.as_slice()))
+        .collect();
     api::PoolStatus {
         available: route.available_count(),
         backends: route
             .backends
             .iter()
-            .map(|b| backend_status(admin, &p.name, b))
+            .map(|b| {
+                let tags = tags.get(&*b.name).copied().unwrap_or_default();
+                backend_status(admin, &p.name, b, tags)
+            })
             .collect(),
         balance: p.balance.as_str().to_string(),
         fall: p.health.as_ref().map(|h| h.fall),
@@ -656,7 +734,12 @@ fn pool_status(admin: &Admin, p: &PoolConfig, route: &PoolRoute) -> api::PoolSta
     }
 }
 
-fn backend_status(admin: &Admin, pool: &str, b: &BackendRoute) -> api::BackendStatus {
+fn backend_status(
+    admin: &Admin,
+    pool: &str,
+    b: &BackendRoute,
+    tags: &[String],
+) -> api::BackendStatus {
     let health = admin.health.backend(pool, &b.name);
     let health = health.as_ref();
     api::BackendStatus {
@@ -680,6 +763,7 @@ fn backend_status(admin: &Admin, pool: &str, b: &BackendRoute) -> api::BackendSt
         name: b.name.to_string(),
         probes_ok_in_a_row: health.map_or(0, |h| h.probes_ok_in_a_row),
         probes_run: health.map_or(0, |h| h.probes_run),
+        tags: tags.to_vec(),
         weight: b.weight,
     }
 }

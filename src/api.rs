@@ -170,6 +170,9 @@ pub struct BackendStatus {
     /// Probes run since warren started.
     #[serde(default)]
     pub probes_run: u64,
+    /// The backend's `tags` (groups drained together), sorted; left out when it has none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
     #[serde(default)]
     pub weight: u32,
 }
@@ -197,6 +200,36 @@ pub struct DrainRequest {
     /// Skip the quorum check and `min_available`.
     #[serde(default)]
     pub force: bool,
+}
+
+/// One backend of a set, as `POST /v1/drain` and `POST /v1/undrain` name it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendRef {
+    pub backend: String,
+    pub pool: String,
+}
+
+/// The body of `POST /v1/drain`: a set of backends drained as one decision (the quorum check of
+/// each, `min_available` counting the whole set), with one deadline.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainSetRequest {
+    pub backends: Vec<BackendRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<String>,
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// The body of `POST /v1/undrain`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UndrainSetRequest {
+    pub backends: Vec<BackendRef>,
+}
+
+/// The answer to a set drain (202) or undrain (200): one answer per backend, in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DrainSetAnswer {
+    pub backends: Vec<DrainAnswer>,
 }
 
 /// The answer to a drain (202) or an undrain (200): the backend's admin state after it.
@@ -367,6 +400,7 @@ mod tests {
             health: Health::Up,
             health_changed_at: Some("2026-11-21T23:00:00Z".into()),
             health_reason: Some("HTTP 200".into()),
+            tags: Vec::new(),
             last_probe: Some(probe),
             name: "rabbit-a".into(),
             probes_ok_in_a_row: 3,

@@ -23,6 +23,12 @@ use crate::health::{Cause, Controller};
 use crate::metrics;
 use crate::state::{AdminState, BackendId, Routing};
 
+/// The set in order, each backend once.
+fn dedup(ids: &[BackendId]) -> Vec<BackendId> {
+    let mut seen = std::collections::HashSet::new();
+    ids.iter().filter(|id| seen.insert(*id)).cloned().collect()
+}
+
 /// How often a draining backend is checked for its last connection.
 const DRAINED_POLL: Duration = Duration::from_millis(100);
 
@@ -50,6 +56,22 @@ pub enum DrainError {
         left: usize,
         min_available: usize,
     },
+    /// A set drain whose backends together would leave a pool short.
+    #[error(
+        "draining {} together would leave {left} available primary backend(s) in pool {pool}, \
+         fewer than min_available = {min_available}; drain fewer at once, or force it \
+         (force: true in the API, --force in warren ctl)",
+        .backends.join(", ")
+    )]
+    MinAvailableSet {
+        pool: String,
+        backends: Vec<String>,
+        left: usize,
+        min_available: usize,
+    },
+    /// A set with no backend in it.
+    #[error("no backend to drain or undrain: the set is empty")]
+    EmptySet,
     #[error(
         "deadline {deadline}: too long: at most {max} (omit the deadline to let connections \
          run until they close)",
@@ -190,6 +212,102 @@ impl Drainer {
         Ok(answer)
     }
 
+    /// Drain a set of backends as one decision (a tag, several names, one node in several
+    /// pools): every backend must exist; unless `force`, each one's quorum check must let it
+    /// go and each pool must keep `min_available` primaries counting the whole set. Then all
+    /// are drained, else none. RabbitMQ answers its quorum check for one node at a time, so
+    /// two nodes that are each safe alone are not asked about together.
+    pub async fn drain_set(
+        self: &Arc<Self>,
+        ids: &[BackendId],
+        deadline: Option<Duration>,
+        force: bool,
+    ) -> Result<Vec<DrainAnswer>, DrainError> {
+        let ids = dedup(ids);
+        if ids.is_empty() {
+            return Err(DrainError::EmptySet);
+        }
+        if let Some(missing) = ids.iter().find(|id| self.admin_state(id).is_none()) {
+            return Err(DrainError::NotFound(missing.clone()));
+        }
+        if let Some(d) = deadline.filter(|d| *d > MAX_DRAIN_DEADLINE) {
+            return Err(DrainError::DeadlineTooLong { deadline: d });
+        }
+        let mut judged = Vec::with_capacity(ids.len());
+        for id in &ids {
+            judged.push(if force {
+                (QuorumAnswer::SkippedForce, None)
+            } else {
+                judge_quorum(id, self.ask_quorum(id).await)?
+            });
+        }
+        if !force {
+            self.check_set_min_available(&ids)?;
+        }
+        let mut answers = Vec::with_capacity(ids.len());
+        for (id, (quorum, warning)) in ids.iter().zip(judged) {
+            // The set passed its checks as a whole; one by one, each would see the others gone.
+            let mut answer = self.drain_started(id, deadline, force)?;
+            answer.quorum_check = Some(quorum);
+            answer.warnings.extend(warning);
+            answers.push(answer);
+        }
+        Ok(answers)
+    }
+
+    /// Undrain every backend of a set (each must exist; idempotent).
+    pub fn undrain_set(&self, ids: &[BackendId]) -> Result<Vec<DrainAnswer>, DrainError> {
+        let ids = dedup(ids);
+        if ids.is_empty() {
+            return Err(DrainError::EmptySet);
+        }
+        if let Some(missing) = ids.iter().find(|id| self.admin_state(id).is_none()) {
+            return Err(DrainError::NotFound(missing.clone()));
+        }
+        ids.iter().map(|id| self.undrain(id)).collect()
+    }
+
+    /// `min_available` for a set: in each pool, the primaries left available once every
+    /// backend of the set in it is out.
+    fn check_set_min_available(&self, ids: &[BackendId]) -> Result<(), DrainError> {
+        let snapshot = self.routing.load_full();
+        let config = lock(&self.config).clone();
+        let mut pools: Vec<&str> = ids.iter().map(|id| &*id.pool).collect();
+        pools.sort_unstable();
+        pools.dedup();
+        for pool in pools {
+            let Some(route) = snapshot.pools.get(pool) else {
+                continue;
+            };
+            let leaving: Vec<&str> = ids
+                .iter()
+                .filter(|id| &*id.pool == pool)
+                .map(|id| &*id.backend)
+                .collect();
+            let is_leaving = |name: &str| leaving.contains(&name);
+            let primaries = route.backends.iter().filter(|b| !b.backup && b.available());
+            let loses = primaries.clone().any(|b| is_leaving(&b.name));
+            let left = primaries.filter(|b| !is_leaving(&b.name)).count();
+            let min_available = config.pool(pool).map_or(0, |p| p.min_available);
+            if loses && left < min_available {
+                return Err(match leaving.as_slice() {
+                    [one] => DrainError::MinAvailable {
+                        id: BackendId::new(pool, one),
+                        left,
+                        min_available,
+                    },
+                    _ => DrainError::MinAvailableSet {
+                        pool: pool.to_string(),
+                        backends: leaving.iter().map(|b| b.to_string()).collect(),
+                        left,
+                        min_available,
+                    },
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Ask RabbitMQ whether `id` may stop, on the backend's management endpoint, or when its
     /// pool probes the management API. A backend already draining or drained is not asked again
     /// (its drain was already allowed).
@@ -220,7 +338,7 @@ impl Drainer {
     }
 
     /// The drain itself, once the quorum check let it through: `min_available` (unless
-    /// `force`), the deadline, the state change, the watcher.
+    /// `force`), then [`Drainer::drain_started`].
     fn drain_checked(
         self: &Arc<Self>,
         id: &BackendId,
@@ -233,6 +351,20 @@ impl Drainer {
         let route = snapshot.pools.get(pool).ok_or_else(not_found)?;
         let target = route.backend(backend).ok_or_else(not_found)?;
         if target.admin == AdminState::Active && !force {
+            self.check_min_available(id, route, target)?;
+        }
+        self.drain_started(id, deadline, force)
+    }
+
+    /// `min_available` for one backend: the primaries left available without it.
+    fn check_min_available(
+        &self,
+        id: &BackendId,
+        route: &crate::state::PoolRoute,
+        target: &crate::state::BackendRoute,
+    ) -> Result<(), DrainError> {
+        let (pool, backend) = (&*id.pool, &*id.backend);
+        {
             let min_available = lock(&self.config)
                 .pools
                 .iter()
@@ -252,6 +384,24 @@ impl Drainer {
                 });
             }
         }
+        Ok(())
+    }
+
+    /// The drain itself once its checks passed: the deadline, the state change, the watcher.
+    fn drain_started(
+        self: &Arc<Self>,
+        id: &BackendId,
+        deadline: Option<Duration>,
+        force: bool,
+    ) -> Result<DrainAnswer, DrainError> {
+        let (pool, backend) = (&*id.pool, &*id.backend);
+        let not_found = || DrainError::NotFound(id.clone());
+        let snapshot = self.routing.load_full();
+        let target = snapshot
+            .pools
+            .get(pool)
+            .and_then(|p| p.backend(backend))
+            .ok_or_else(not_found)?;
         let deadline_at = match deadline {
             Some(d) if d > MAX_DRAIN_DEADLINE => {
                 return Err(DrainError::DeadlineTooLong { deadline: d })

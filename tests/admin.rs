@@ -885,3 +885,82 @@ async fn readyz_waits_for_a_backend_a_probe_confirmed_up() {
     assert_eq!(last.0, 200, "{}", last.1);
     warren.stop().await;
 }
+
+/// A set is drained as one decision: `min_available` counts the whole set (two backends that
+/// may each go alone are refused together), all or none are drained, tags show in status, and
+/// the set is undrained in one request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_drain_counts_min_available_over_the_whole_set() {
+    let (a, b, c) = (
+        spawn_backend(echo).await,
+        spawn_backend(echo).await,
+        spawn_backend(echo).await,
+    );
+    let mut cfg = config(
+        Balance::RoundRobin,
+        vec![
+            backend("a", a.addr),
+            backend("b", b.addr),
+            backend("c", c.addr),
+        ],
+    );
+    cfg.pools[0].min_available = 2;
+    cfg.pools[0].backends[0].tags = vec!["updating".into()];
+    cfg.pools[0].backends[1].tags = vec!["updating".into()];
+    let warren = Warren::start(with_admin_api(cfg, None), quick());
+    let admin = warren.admin.unwrap();
+    let set = br#"{"backends": [{"pool": "default", "backend": "a"}, {"pool": "default", "backend": "b"}]}"#;
+
+    let (code, body) = http(admin, "POST", "/v1/drain", None, set).await;
+    assert_eq!(code, 409, "{body}");
+    assert_eq!(
+        json(&body)["error"],
+        "draining a, b together would leave 1 available primary backend(s) in pool default, \
+         fewer than min_available = 2; drain fewer at once, or force it (force: true in the \
+         API, --force in warren ctl)"
+    );
+    // None of the set was drained.
+    let (_, status) = http(admin, "GET", "/v1/status", None, b"").await;
+    let status = json(&status);
+    let backends = status["pools"][0]["backends"].as_array().unwrap();
+    assert!(backends.iter().all(|b| b["admin"] == "active"), "{status}");
+    assert_eq!(backends[0]["tags"], serde_json::json!(["updating"]));
+    assert!(
+        backends[2].get("tags").is_none(),
+        "no tags, no field: {status}"
+    );
+
+    // Forced, both go at once; one undrain request brings both back.
+    let forced = br#"{"backends": [{"pool": "default", "backend": "a"}, {"pool": "default", "backend": "b"}], "force": true}"#;
+    let (code, body) = http(admin, "POST", "/v1/drain", None, forced).await;
+    assert_eq!(code, 202, "{body}");
+    let answers = json(&body)["backends"].as_array().unwrap().clone();
+    assert_eq!(answers.len(), 2);
+    assert!(
+        answers
+            .iter()
+            .all(|a| a["quorum_check"] == "skipped (force)"),
+        "{body}"
+    );
+    let (code, body) = http(admin, "POST", "/v1/undrain", None, set).await;
+    assert_eq!(code, 200, "{body}");
+    assert!(json(&body)["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|a| a["admin"] == "active"));
+
+    // Unknown members refuse the whole set; an empty set is a bad request.
+    let unknown = br#"{"backends": [{"pool": "default", "backend": "a"}, {"pool": "default", "backend": "zz"}]}"#;
+    let (code, body) = http(admin, "POST", "/v1/drain", None, unknown).await;
+    assert_eq!(code, 404, "{body}");
+    let (code, _) = http(admin, "POST", "/v1/drain", None, br#"{"backends": []}"#).await;
+    assert_eq!(code, 400);
+    let (_, status) = http(admin, "GET", "/v1/status", None, b"").await;
+    assert!(json(&status)["pools"][0]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|b| b["admin"] == "active"));
+    warren.stop().await;
+}

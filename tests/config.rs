@@ -303,3 +303,28 @@ fn quick_start_admin_flag_adds_the_admin_api() {
     let err = config::quick_start("127.0.0.1:5672", &backends, Some("127.0.0.1:5672")).unwrap_err();
     assert!(err.to_string().contains("--admin"), "{err}");
 }
+
+/// `tags` on a backend: sorted, each once; a tag that is not a name is refused with its key.
+#[test]
+fn backend_tags_are_names_kept_sorted_and_once() {
+    let text = VALID.replace(
+        "addr = \"127.0.0.1:5673\"",
+        "addr = \"127.0.0.1:5673\"\ntags = [\"updating\", \"az-1\", \"updating\"]",
+    );
+    let config = config::from_toml(&text, Path::new("warren.toml")).unwrap();
+    let backend = &config.pool("rabbitmq").unwrap().backends[0];
+    assert_eq!(backend.tags, ["az-1", "updating"]);
+    let bad = VALID.replace(
+        "addr = \"127.0.0.1:5673\"",
+        "addr = \"127.0.0.1:5673\"\ntags = [\"ok\", \"no spaces\"]",
+    );
+    let err = config::from_toml(&bad, Path::new("warren.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(
+            "pool.rabbitmq.backend[0].tags[1] = \"no spaces\": tag names may contain only"
+        ),
+        "{err}"
+    );
+}

@@ -519,6 +519,23 @@ fn two_pools_fake() -> FakeAdmin {
                 200,
                 json!({"pool": pool, "backend": name, "admin": "active"}),
             ),
+            // Sets: every backend of the request, drained at once or active again.
+            ("POST", ["", "v1", set @ ("drain" | "undrain")]) => {
+                let admin = if *set == "drain" { "drained" } else { "active" };
+                let backends: Vec<Value> = r.json()["backends"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|b| {
+                        json!({"pool": b["pool"], "backend": b["backend"], "admin": admin,
+                               "active_connections": 0, "drain_deadline": null})
+                    })
+                    .collect();
+                (
+                    if admin == "drained" { 202 } else { 200 },
+                    json!({ "backends": backends }),
+                )
+            }
             _ => not_found(r),
         }
     })
@@ -551,18 +568,74 @@ fn a_name_in_one_pool_needs_no_pool_flag() {
     assert!(requests[0].is("POST", "/v1/pools/other/backends/shared/undrain"));
 }
 
+/// A node in two pools (an AMQP and a management listener) is drained and undrained in both by
+/// one command, as one set (`POST /v1/drain`, `POST /v1/undrain`).
 #[test]
-fn a_name_in_two_pools_without_pool_flag_is_a_usage_error() {
+fn a_name_in_two_pools_is_drained_in_both_as_one_set() {
     let fake = two_pools_fake();
-    for command in ["drain", "undrain"] {
-        let run = ctl(&fake.url(), &[command, "shared"], &[]);
-        assert_eq!(run.code, Some(2), "{run:?}");
-        assert_eq!(
-            run.stderr,
-            "warren ctl: backend shared is in pools rabbitmq, other: pass --pool\n"
-        );
-    }
-    assert!(fake.requests().iter().all(|r| r.method == "GET"));
+    let run = ctl(&fake.url(), &["drain", "shared"], &[]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(
+        run.stdout,
+        "drained shared (pool rabbitmq): no connection was open\n\
+         drained shared (pool other): no connection was open\n"
+    );
+    let run = ctl(&fake.url(), &["undrain", "shared"], &[]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(
+        run.stdout,
+        "shared (pool rabbitmq) is active\nshared (pool other) is active\n"
+    );
+    let posts: Vec<Recorded> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST")
+        .collect();
+    assert_eq!(posts.len(), 2, "one request per command");
+    assert!(posts[0].is("POST", "/v1/drain"));
+    assert_eq!(
+        posts[0].json(),
+        json!({"backends": [{"backend": "shared", "pool": "rabbitmq"},
+                            {"backend": "shared", "pool": "other"}],
+               "force": false})
+    );
+    assert!(posts[1].is("POST", "/v1/undrain"));
+}
+
+/// Several names and a tag in one command; a tag nobody has is an error naming it.
+#[test]
+fn several_names_and_tags_drain_one_set() {
+    let fake = two_pools_fake();
+    let run = ctl(
+        &fake.url(),
+        &[
+            "drain",
+            "rabbit-a",
+            "shared",
+            "--pool",
+            "rabbitmq",
+            "--deadline",
+            "30s",
+        ],
+        &[],
+    );
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let post = fake
+        .requests()
+        .into_iter()
+        .find(|r| r.method == "POST")
+        .unwrap();
+    assert_eq!(
+        post.json(),
+        json!({"backends": [{"backend": "rabbit-a", "pool": "rabbitmq"},
+                            {"backend": "shared", "pool": "rabbitmq"}],
+               "deadline": "30s", "force": false})
+    );
+    let run = ctl(&fake.url(), &["drain", "--tag", "canary"], &[]);
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert_eq!(run.stderr, "warren ctl: no backend has tag canary\n");
+    let run = ctl(&fake.url(), &["drain"], &[]);
+    assert_eq!(run.code, Some(2), "a name or a tag is required: {run:?}");
 }
 
 #[test]

@@ -171,6 +171,9 @@ pub struct BackendConfig {
     /// The node's RabbitMQ management API: the backend's own `management`, else the pool's
     /// `[pool.NAME.management]` url filled in for it; `None` when neither is set.
     pub management: Option<ManagementEndpoint>,
+    /// Groups an operator drains and undrains together (`warren ctl drain --tag T`), sorted,
+    /// without duplicates; each a name like a backend's.
+    pub tags: Vec<String>,
 }
 
 /// One backend's RabbitMQ management API, resolved at load: where an `http` probe that is a
@@ -733,6 +736,7 @@ fn quick_start_with(
             weight: None,
             backup: None,
             management: None,
+            tags: None,
         })
         .collect();
     let pool = RawPool {

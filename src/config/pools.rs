@@ -355,6 +355,23 @@ impl Validator<'_> {
             ),
             backup: raw.backup.unwrap_or(DEFAULT_BACKUP),
             management,
+            tags: self.tags(
+                &format!("{key}.tags"),
+                raw.tags.as_deref().unwrap_or_default(),
+            ),
         }
+    }
+
+    /// A backend's `tags`: each a valid name; sorted, duplicates dropped.
+    fn tags(&mut self, key: &str, raw: &[Str]) -> Vec<String> {
+        let mut tags: Vec<String> = raw
+            .iter()
+            .enumerate()
+            .filter(|(i, tag)| self.name(&format!("{key}[{i}]"), tag, "tag"))
+            .map(|(_, tag)| tag.get_ref().clone())
+            .collect();
+        tags.sort_unstable();
+        tags.dedup();
+        tags
     }
 }

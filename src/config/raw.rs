@@ -89,6 +89,7 @@ pub(super) struct RawBackend {
     pub(super) weight: Option<Spanned<u32>>,
     pub(super) backup: Option<bool>,
     pub(super) management: Option<Str>,
+    pub(super) tags: Option<Vec<Str>>,
 }
 
 #[derive(Deserialize)]

@@ -24,37 +24,158 @@ pub(super) fn terminal_width() -> usize {
 }
 
 /// The pool of backend `name`: `--pool` if given, else the only pool that has it.
-pub(super) async fn resolve_pool(
+/// The (pool, backend) pairs a drain or undrain is about: one name with `--pool` needs no
+/// status; otherwise names and tags are looked up in `/v1/status`.
+pub(super) async fn resolve_targets(
     client: &Client,
-    name: &str,
+    names: &[String],
+    tags: &[String],
     pool: Option<String>,
-) -> Result<String, CtlError> {
-    if let Some(pool) = pool {
-        return Ok(pool);
+) -> Result<Vec<(String, String)>, CtlError> {
+    if let (Some(pool), [name], []) = (&pool, names, tags) {
+        return Ok(vec![(pool.clone(), name.clone())]);
     }
     let status = decode::<Status>(client.get_json("/v1/status", "status").await?, "status")?;
-    pool_of(&status, name)
+    targets_of(&status, names, tags, pool.as_deref())
 }
 
-/// Pure half of [`resolve_pool`].
-pub(super) fn pool_of(status: &Status, name: &str) -> Result<String, CtlError> {
-    let pools: Vec<String> = status
-        .pools
-        .iter()
-        .filter(|p| p.backends.iter().any(|b| b.name == name))
-        .map(|p| p.name.clone())
-        .collect();
-    match pools.len() {
-        1 => Ok(pools.into_iter().next().unwrap_or_default()),
-        0 => Err(CtlError::UnknownBackend {
-            name: name.to_string(),
-            pools: status.pools.iter().map(|p| p.name.clone()).collect(),
-        }),
-        _ => Err(CtlError::Ambiguous {
-            name: name.to_string(),
-            pools,
-        }),
+/// Pure half of [`resolve_targets`]: a name stands for that backend in every pool it is in
+/// (a node behind an AMQP and a management listener is in two), a tag for every backend that
+/// has it; `pool` keeps only that pool's. In order, each once.
+pub(super) fn targets_of(
+    status: &Status,
+    names: &[String],
+    tags: &[String],
+    pool: Option<&str>,
+) -> Result<Vec<(String, String)>, CtlError> {
+    let in_scope = |p: &&PoolStatus| pool.map_or(true, |only| p.name == only);
+    let mut targets: Vec<(String, String)> = Vec::new();
+    let mut add = |pool: &str, backend: &str| {
+        let pair = (pool.to_string(), backend.to_string());
+        if !targets.contains(&pair) {
+            targets.push(pair);
+        }
+    };
+    for name in names {
+        let mut found = false;
+        for p in status.pools.iter().filter(in_scope) {
+            if p.backends.iter().any(|b| b.name == *name) {
+                add(&p.name, name);
+                found = true;
+            }
+        }
+        if !found {
+            return Err(CtlError::UnknownBackend {
+                name: name.to_string(),
+                pools: status.pools.iter().map(|p| p.name.clone()).collect(),
+            });
+        }
     }
+    for tag in tags {
+        let mut found = false;
+        for p in status.pools.iter().filter(in_scope) {
+            for b in p.backends.iter().filter(|b| b.tags.contains(tag)) {
+                add(&p.name, &b.name);
+                found = true;
+            }
+        }
+        if !found {
+            return Err(CtlError::UnknownTag {
+                tag: tag.clone(),
+                pool: pool.map(str::to_string),
+            });
+        }
+    }
+    Ok(targets)
+}
+
+/// A set drained as one decision.
+#[derive(Clone, Copy)]
+pub(super) struct SetDrain<'a> {
+    pub(super) targets: &'a [(String, String)],
+    pub(super) deadline: Option<&'a Deadline>,
+    pub(super) force: bool,
+}
+
+/// `a (pool p), b (pool p)`: a set as the progress lines name it.
+fn set_names(targets: &[(String, String)]) -> String {
+    let names: Vec<String> = targets
+        .iter()
+        .map(|(pool, name)| format!("{name} (pool {pool})"))
+        .collect();
+    names.join(", ")
+}
+
+fn backend_refs(targets: &[(String, String)]) -> Vec<BackendRef> {
+    targets
+        .iter()
+        .map(|(pool, backend)| BackendRef {
+            backend: backend.clone(),
+            pool: pool.clone(),
+        })
+        .collect()
+}
+
+/// `POST /v1/drain` for the set, each backend's answer reported as a single drain's is, then
+/// (with `wait`) a wait for each backend still draining.
+pub(super) async fn drain_set(
+    client: &Client,
+    out: &Output,
+    set: SetDrain<'_>,
+    wait: bool,
+    poll: Duration,
+) -> Result<(), CtlError> {
+    let what = format!("drain of {}", set_names(set.targets));
+    let request = DrainSetRequest {
+        backends: backend_refs(set.targets),
+        deadline: set.deadline.map(|d| d.text.clone()),
+        force: set.force,
+    };
+    let body = serde_json::to_value(request).expect("a drain request serializes");
+    let raw = client.post_json("/v1/drain", Some(body), &what).await?;
+    out.json(&raw);
+    let answer = decode::<DrainSetAnswer>(raw, &what)?;
+    let mut open = Vec::new();
+    for a in &answer.backends {
+        if let Some(n) = report_drain(out, a, set.deadline) {
+            open.push((a, n));
+        }
+    }
+    if wait {
+        for (a, n) in open {
+            let drain = BackendDrain {
+                pool: &a.pool,
+                name: &a.backend,
+                deadline: set.deadline,
+                force: set.force,
+            };
+            wait_drained(client, out, &drain, n, poll).await?;
+        }
+    }
+    Ok(())
+}
+
+/// `POST /v1/undrain` for the set; one line per backend.
+pub(super) async fn undrain_set(
+    client: &Client,
+    out: &Output,
+    targets: &[(String, String)],
+) -> Result<(), CtlError> {
+    let what = format!("undrain of {}", set_names(targets));
+    let request = UndrainSetRequest {
+        backends: backend_refs(targets),
+    };
+    let body = serde_json::to_value(request).expect("an undrain request serializes");
+    let raw = client.post_json("/v1/undrain", Some(body), &what).await?;
+    out.json(&raw);
+    let answer = decode::<DrainSetAnswer>(raw, &what)?;
+    for a in &answer.backends {
+        if let Some(e) = &a.persist_error {
+            out.say(&format!("warning: {e}"));
+        }
+        out.say(&format!("{} (pool {}) is {}", a.backend, a.pool, a.admin));
+    }
+    Ok(())
 }
 
 /// One backend's drain as `warren ctl` was asked for it.
@@ -108,6 +229,13 @@ pub(super) async fn start_drain(
         .await?;
     out.json(&raw);
     let answer = decode::<DrainAnswer>(raw, &what)?;
+    Ok(report_drain(out, &answer, deadline))
+}
+
+/// Say what a drain's answer means: warnings, the quorum check, and drained or how many
+/// connections are still open (returned, `None` when drained at once).
+fn report_drain(out: &Output, answer: &DrainAnswer, deadline: Option<&Deadline>) -> Option<i64> {
+    let (pool, name) = (&answer.pool, &answer.backend);
     let open = answer.active_connections;
     for warning in answer.warnings.iter().chain(&answer.persist_error) {
         out.say(&format!("warning: {warning}"));
@@ -119,7 +247,7 @@ pub(super) async fn start_drain(
         out.say(&format!(
             "drained {name} (pool {pool}): no connection was open"
         ));
-        return Ok(None);
+        return None;
     }
     let mut line = format!("draining {name} (pool {pool}): {} open", connections(open));
     if let Some(at) = &answer.drain_deadline {
@@ -133,7 +261,7 @@ pub(super) async fn start_drain(
         }
     }
     out.say(&line);
-    Ok(Some(open))
+    Some(open)
 }
 
 /// Wait until a draining backend has no connection left (bounded by its deadline plus slack).

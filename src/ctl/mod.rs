@@ -21,8 +21,9 @@ use hyper::{Method, StatusCode};
 use serde_json::Value;
 
 use crate::api::{
-    AdminState, BackendStatus, DrainAnswer, DrainRequest, ErrorBody, Health, ProbeStatus,
-    RefusalReason, ReloadAnswer, Status,
+    AdminState, BackendRef, BackendStatus, DrainAnswer, DrainRequest, DrainSetAnswer,
+    DrainSetRequest, ErrorBody, Health, PoolStatus, ProbeStatus, RefusalReason, ReloadAnswer,
+    Status, UndrainSetRequest,
 };
 use crate::config;
 use crate::http_client::{BodyRead, HttpError, HttpUrl, Request, UrlError};
@@ -95,11 +96,16 @@ pub struct CtlArgs {
 pub enum CtlCommand {
     /// Show listeners, pools and backends: health, admin state, connections, last probe.
     Status,
-    /// Stop sending new connections to a backend; open ones continue (until --deadline).
+    /// Stop sending new connections to backends; open ones continue (until --deadline). Several
+    /// names and --tag drain a set as one decision (quorum and min_available over the set).
     Drain {
-        /// The backend's name (as in the config).
-        name: String,
-        /// The backend's pool; needed only when the name is in more than one pool.
+        /// Backend names (as in the config); a name in several pools is drained in all of them.
+        #[arg(value_name = "NAME", required_unless_present = "tag")]
+        names: Vec<String>,
+        /// Every backend with this tag (`tags` in the config); repeat for several.
+        #[arg(long, value_name = "TAG")]
+        tag: Vec<String>,
+        /// Only backends of this pool.
         #[arg(long, value_name = "POOL")]
         pool: Option<String>,
         /// Close the connections still open after this long, e.g. "5m". With --wait the
@@ -114,11 +120,15 @@ pub enum CtlCommand {
         #[arg(long)]
         force: bool,
     },
-    /// Let a drained (or draining) backend take new connections again.
+    /// Let drained (or draining) backends take new connections again.
     Undrain {
-        /// The backend's name (as in the config).
-        name: String,
-        /// The backend's pool; needed only when the name is in more than one pool.
+        /// Backend names (as in the config); a name in several pools is undrained in all.
+        #[arg(value_name = "NAME", required_unless_present = "tag")]
+        names: Vec<String>,
+        /// Every backend with this tag; repeat for several.
+        #[arg(long, value_name = "TAG")]
+        tag: Vec<String>,
+        /// Only backends of this pool.
         #[arg(long, value_name = "POOL")]
         pool: Option<String>,
         /// Wait until the backend is up by its health checks and available.
@@ -246,6 +256,9 @@ pub enum CtlError {
     /// The backend name is in several pools and `--pool` was not given (a usage error).
     #[error("backend {name} is in pools {}: pass --pool", pools.join(", "))]
     Ambiguous { name: String, pools: Vec<String> },
+    /// No backend has this tag.
+    #[error("no backend has tag {tag}{}", pool.as_ref().map(|p| format!(" in pool {p}")).unwrap_or_default())]
+    UnknownTag { tag: String, pool: Option<String> },
     /// No pool has a backend of this name.
     #[error("no backend {name} (pools: {})", pools.join(", "))]
     UnknownBackend { name: String, pools: Vec<String> },
@@ -435,35 +448,51 @@ async fn execute_one(
     match command {
         CtlCommand::Status => status(client, out).await,
         CtlCommand::Drain {
-            name,
+            names,
+            tag,
             pool,
             deadline,
             wait,
             force,
         } => {
-            let pool = resolve_pool(client, &name, pool).await?;
+            let targets = resolve_targets(client, &names, &tag, pool).await?;
             let deadline = match deadline {
                 None if wait => Some(Deadline::wait_default()),
                 given => given,
             };
-            let drain = BackendDrain {
-                pool: &pool,
-                name: &name,
+            if let [(pool, name)] = targets.as_slice() {
+                let drain = BackendDrain {
+                    pool,
+                    name,
+                    deadline: deadline.as_ref(),
+                    force,
+                };
+                return drain_backend(client, out, drain, wait, poll).await;
+            }
+            let set = SetDrain {
+                targets: &targets,
                 deadline: deadline.as_ref(),
                 force,
             };
-            drain_backend(client, out, drain, wait, poll).await
+            drain_set(client, out, set, wait, poll).await
         }
         CtlCommand::Undrain {
-            name,
+            names,
+            tag,
             pool,
             wait_healthy,
             timeout,
         } => {
-            let pool = resolve_pool(client, &name, pool).await?;
-            undrain_backend(client, out, &pool, &name).await?;
+            let targets = resolve_targets(client, &names, &tag, pool).await?;
+            if let [(pool, name)] = targets.as_slice() {
+                undrain_backend(client, out, pool, name).await?;
+            } else {
+                undrain_set(client, out, &targets).await?;
+            }
             if wait_healthy {
-                wait_healthy_for(client, out, &pool, &name, timeout, poll).await?;
+                for (pool, name) in &targets {
+                    wait_healthy_for(client, out, pool, name, timeout, poll).await?;
+                }
             }
             Ok(())
         }

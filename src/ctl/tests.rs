@@ -95,18 +95,45 @@ fn last_probe_is_cut_to_fit_the_width() {
 }
 
 #[test]
-fn pool_is_resolved_only_when_the_name_is_unique() {
-    let status = status_fixture();
-    assert_eq!(pool_of(&status, "rabbit-a").unwrap(), "rabbitmq");
-    let e = pool_of(&status, "shared").unwrap_err();
-    assert_eq!(e.exit_code(), 2);
+fn names_and_tags_resolve_to_every_pool_they_are_in() {
+    let mut status = status_fixture();
+    status.pools[0].backends[0].tags = vec!["updating".into()];
+    status.pools[1].backends[0].tags = vec!["updating".into()];
+    let pair = |p: &str, b: &str| (p.to_string(), b.to_string());
+    let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     assert_eq!(
-        e.to_string(),
-        "backend shared is in pools rabbitmq, other: pass --pool"
+        targets_of(&status, &names(&["rabbit-a"]), &[], None).unwrap(),
+        [pair("rabbitmq", "rabbit-a")]
     );
-    let e = pool_of(&status, "nope").unwrap_err();
+    // A node in two pools (AMQP and management listeners) is both of its entries.
+    assert_eq!(
+        targets_of(&status, &names(&["shared"]), &[], None).unwrap(),
+        [pair("rabbitmq", "shared"), pair("other", "shared")]
+    );
+    assert_eq!(
+        targets_of(&status, &names(&["shared"]), &[], Some("other")).unwrap(),
+        [pair("other", "shared")]
+    );
+    // Names and a tag together, each backend once, in order.
+    assert_eq!(
+        targets_of(
+            &status,
+            &names(&["rabbit-bb", "rabbit-a"]),
+            &names(&["updating"]),
+            None
+        )
+        .unwrap(),
+        [
+            pair("rabbitmq", "rabbit-bb"),
+            pair("rabbitmq", "rabbit-a"),
+            pair("other", "shared")
+        ]
+    );
+    let e = targets_of(&status, &names(&["nope"]), &[], None).unwrap_err();
     assert_eq!(e.exit_code(), 1);
     assert_eq!(e.to_string(), "no backend nope (pools: rabbitmq, other)");
+    let e = targets_of(&status, &[], &names(&["canary"]), Some("other")).unwrap_err();
+    assert_eq!(e.to_string(), "no backend has tag canary in pool other");
 }
 
 #[test]

@@ -525,6 +525,7 @@ mod tests {
             drain_deadline: None,
             health_changed_at: None,
             health_reason: None,
+            tags: Vec::new(),
             last_probe: None,
             probes_run: 0,
             probes_ok_in_a_row: 0,
@@ -621,12 +622,13 @@ mod tests {
     ) {
         let mut backends = Vec::new();
         // The config wants fixed ports: take free ones (bound, then released).
-        let free = || {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-        };
+        // Both held while their addresses are read: released one by one, the kernel may hand
+        // out the same port twice (the admin API then takes the listener's address).
+        let held: Vec<std::net::TcpListener> = (0..2)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let mut ports = held.iter().map(|l| l.local_addr().unwrap());
+        let mut free = || ports.next().unwrap();
         let mut text = format!(
             "[admin]\nlisten = \"{}\"\n\n[[listener]]\nname = \"amqp\"\nlisten = \"{}\"\n\
              pool = \"rabbitmq\"\n\n[pool.rabbitmq.health]\nkind = \"tcp\"\ninterval = \"50ms\"\n\
@@ -634,6 +636,7 @@ mod tests {
             free(),
             free()
         );
+        drop(held);
         for name in ["a", "b", "c"] {
             let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = l.local_addr().unwrap();

@@ -116,6 +116,7 @@ pub fn backend(name: &str, addr: SocketAddr) -> BackendConfig {
         weight: 1,
         backup: false,
         management: None,
+        tags: Vec::new(),
     }
 }
 

@@ -230,6 +230,9 @@ pub async fn serve(
     spread: Option<Arc<[tokio::runtime::Handle]>>,
 ) {
     let stats = Arc::new(ctx.metrics.listener(&name));
+    // The listener's config as this loop started: a connection accepted just after a reload
+    // renamed the listener (its socket serves on under the new name) is set up with it.
+    let started_config = ctx.routing.load().listeners.get(&name).cloned();
     let mut consecutive_errors = 0u32;
     let mut turn = 0usize;
     loop {
@@ -246,6 +249,7 @@ pub async fn serve(
                 };
                 let conn = Conn {
                     listener: name.clone(),
+                    config: started_config.clone(),
                     ctx: ctx.clone(),
                     stats: stats.clone(),
                     admission,
@@ -381,6 +385,8 @@ struct Link {
 /// What a connection task holds for its whole life besides its sockets.
 struct Conn {
     listener: Arc<str>,
+    /// The listener's config when its accept loop started (see `serve`).
+    config: Option<Arc<ListenerConfig>>,
     ctx: Arc<Context>,
     stats: Arc<ListenerStats>,
     /// Its `max_connections` slot, or its place among the header-pending connections.
@@ -395,7 +401,13 @@ async fn handle(accepted: Box<(TcpStream, SocketAddr)>, conn: Conn) {
     let stats = &conn.stats;
     stats.total.inc();
     let _active = GaugeGuard::new(&stats.active);
-    let establishing = establish(accepted, conn.admission, &conn.listener, &conn.ctx, stats);
+    let establishing = establish(
+        accepted,
+        conn.admission,
+        (&conn.listener, conn.config),
+        &conn.ctx,
+        stats,
+    );
     let Some(link) = Box::pin(establishing).await else {
         return;
     };
@@ -449,7 +461,7 @@ async fn handle(accepted: Box<(TcpStream, SocketAddr)>, conn: Conn) {
 async fn establish(
     accepted: Box<(TcpStream, SocketAddr)>,
     admission: Admission,
-    listener_name: &str,
+    (listener_name, started_config): (&str, Option<Arc<ListenerConfig>>),
     ctx: &Context,
     stats: &ListenerStats,
 ) -> Option<Link> {
@@ -458,7 +470,14 @@ async fn establish(
     #[cfg(not(target_os = "linux"))]
     let _ = client.set_nodelay(true);
     let snapshot = ctx.routing.load_full();
-    let listener = snapshot.listeners.get(listener_name)?;
+    // Renamed by a reload since its loop started: the socket is the same listener's, which a
+    // connect that raced the rename must not see refused.
+    let listener = snapshot
+        .listeners
+        .get(listener_name)
+        .cloned()
+        .or(started_config)?;
+    let listener = &*listener;
     let Entry {
         permit,
         early,

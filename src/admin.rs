@@ -570,24 +570,14 @@ async fn drain(admin: &Admin, pool: &str, backend: &str, body: &[u8]) -> Reply {
     let request: DrainRequest = if body.iter().all(u8::is_ascii_whitespace) {
         DrainRequest::default()
     } else {
-        match serde_json::from_slice(body) {
+        match parse_body(body, r#"{"deadline": "5m", "force": false}"#) {
             Ok(r) => r,
-            Err(e) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    &format!("malformed JSON body: {e} (expected {{\"deadline\": \"5m\", \"force\": false}})"),
-                )
-            }
+            Err(e) => return error(StatusCode::BAD_REQUEST, &e),
         }
     };
-    let deadline = match request
-        .deadline
-        .as_deref()
-        .map(crate::config::parse_duration)
-    {
-        None => None,
-        Some(Ok(d)) => Some(d),
-        Some(Err(e)) => return error(StatusCode::BAD_REQUEST, &format!("deadline: {e}")),
+    let deadline = match parse_deadline(request.deadline.as_deref()) {
+        Ok(d) => d,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
     };
     let id = BackendId::new(pool, backend);
     match admin.drainer.drain(&id, deadline, request.force).await {
@@ -598,26 +588,15 @@ async fn drain(admin: &Admin, pool: &str, backend: &str, body: &[u8]) -> Reply {
 
 /// `POST /v1/drain`: a set of backends drained as one decision (see [`Drainer::drain_set`]).
 async fn drain_set(admin: &Admin, body: &[u8]) -> Reply {
-    let request: api::DrainSetRequest = match serde_json::from_slice(body) {
+    let example =
+        r#"{"backends": [{"pool": "P", "backend": "B"}], "deadline": "5m", "force": false}"#;
+    let request: api::DrainSetRequest = match parse_body(body, example) {
         Ok(r) => r,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                &format!(
-                    "malformed JSON body: {e} (expected {{\"backends\": [{{\"pool\": \"P\", \
-                     \"backend\": \"B\"}}], \"deadline\": \"5m\", \"force\": false}})"
-                ),
-            )
-        }
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
     };
-    let deadline = match request
-        .deadline
-        .as_deref()
-        .map(crate::config::parse_duration)
-    {
-        None => None,
-        Some(Ok(d)) => Some(d),
-        Some(Err(e)) => return error(StatusCode::BAD_REQUEST, &format!("deadline: {e}")),
+    let deadline = match parse_deadline(request.deadline.as_deref()) {
+        Ok(d) => d,
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
     };
     let ids = backend_ids(&request.backends);
     match admin.drainer.drain_set(&ids, deadline, request.force).await {
@@ -628,22 +607,29 @@ async fn drain_set(admin: &Admin, body: &[u8]) -> Reply {
 
 /// `POST /v1/undrain`: every backend of the set takes new connections again.
 fn undrain_set(admin: &Admin, body: &[u8]) -> Reply {
-    let request: api::UndrainSetRequest = match serde_json::from_slice(body) {
+    let example = r#"{"backends": [{"pool": "P", "backend": "B"}]}"#;
+    let request: api::UndrainSetRequest = match parse_body(body, example) {
         Ok(r) => r,
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                &format!(
-                    "malformed JSON body: {e} (expected {{\"backends\": [{{\"pool\": \"P\", \
-                     \"backend\": \"B\"}}]}})"
-                ),
-            )
-        }
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
     };
     match admin.drainer.undrain_set(&backend_ids(&request.backends)) {
         Ok(backends) => json(StatusCode::OK, &api::DrainSetAnswer { backends }),
         Err(e) => drain_error(e),
     }
+}
+
+/// A request's JSON body, or what was wrong with it (showing `example`), for a 400.
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8], example: &str) -> Result<T, String> {
+    serde_json::from_slice(body)
+        .map_err(|e| format!("malformed JSON body: {e} (expected {example})"))
+}
+
+/// A drain request's `deadline` ("5m"), or why it is not one, for a 400.
+fn parse_deadline(deadline: Option<&str>) -> Result<Option<Duration>, String> {
+    deadline
+        .map(crate::config::parse_duration)
+        .transpose()
+        .map_err(|e| format!("deadline: {e}"))
 }
 
 fn backend_ids(backends: &[api::BackendRef]) -> Vec<BackendId> {
@@ -663,12 +649,13 @@ fn drain_error(e: DrainError) -> Reply {
         }
         DrainError::EmptySet => (StatusCode::BAD_REQUEST, None, None),
         DrainError::DeadlineTooLong { .. } => (StatusCode::BAD_REQUEST, None, None),
-        DrainError::QuorumCritical { queues, .. } => (
+        DrainError::QuorumCritical { queues, .. }
+        | DrainError::QuorumCriticalSet { queues, .. } => (
             StatusCode::CONFLICT,
             Some(RefusalReason::QuorumCritical),
             Some(queues.clone()),
         ),
-        DrainError::QuorumCheckFailed { .. } => (
+        DrainError::QuorumCheckFailed { .. } | DrainError::QuorumSetCheckFailed { .. } => (
             StatusCode::CONFLICT,
             Some(RefusalReason::QuorumCheckFailed),
             None,

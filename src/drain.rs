@@ -23,12 +23,6 @@ use crate::health::{Cause, Controller};
 use crate::metrics;
 use crate::state::{AdminState, BackendId, Routing};
 
-/// The set in order, each backend once.
-fn dedup(ids: &[BackendId]) -> Vec<BackendId> {
-    let mut seen = std::collections::HashSet::new();
-    ids.iter().filter(|id| seen.insert(*id)).cloned().collect()
-}
-
 /// How often a draining backend is checked for its last connection.
 const DRAINED_POLL: Duration = Duration::from_millis(100);
 
@@ -90,6 +84,30 @@ pub enum DrainError {
         reason: String,
         queues: Vec<String>,
     },
+    /// RabbitMQ's replica lists say the set (with the backends already out) would cost these
+    /// queues their quorum, though each node alone may be safe.
+    #[error(
+        "draining {}{} would cost quorum queues or streams their quorum: {reason} ({}); drain \
+         fewer at once (undrain what is back first), or force it (force: true in the API, \
+         --force in warren ctl)",
+        .backends.join(", "),
+        already_out(.out),
+        .queues.join("; ")
+    )]
+    QuorumCriticalSet {
+        backends: Vec<String>,
+        out: Vec<String>,
+        reason: String,
+        queues: Vec<String>,
+    },
+    /// The set's quorum check got an answer that is not a queue list (401, a proxy's page).
+    #[error(
+        "the quorum check of {} as a set got an unexpected answer from RabbitMQ's management \
+         API: {why}; fix the management credentials (the user needs the monitoring tag) or \
+         force the drain (force: true in the API, --force in warren ctl)",
+        .backends.join(", ")
+    )]
+    QuorumSetCheckFailed { backends: Vec<String>, why: String },
     /// The management API answered, but not as the check does (401, 404, an HTML page).
     #[error(
         "the quorum check of {id} got an unexpected answer from RabbitMQ's management API: \
@@ -97,6 +115,15 @@ pub enum DrainError {
          the API, --force in warren ctl)"
     )]
     QuorumCheckFailed { id: BackendId, why: String },
+}
+
+/// How a set refusal names the backends already out: ` with X, Y already draining or drained`.
+fn already_out(out: &[String]) -> String {
+    if out.is_empty() {
+        String::new()
+    } else {
+        format!(" with {} already draining or drained", out.join(", "))
+    }
 }
 
 /// Why the state file stops warren from starting.
@@ -201,35 +228,32 @@ impl Drainer {
         deadline: Option<Duration>,
         force: bool,
     ) -> Result<DrainAnswer, DrainError> {
-        let (quorum, warning) = if force {
-            (QuorumAnswer::SkippedForce, None)
+        let (quorum, warning, set_warning) = if force {
+            (QuorumAnswer::SkippedForce, None, None)
         } else {
-            judge_quorum(id, self.ask_quorum(id).await)?
+            let (quorum, warning) = judge_quorum(id, self.ask_quorum(id).await)?;
+            let set_warning = self.judge_set_quorum(std::slice::from_ref(id)).await?;
+            (quorum, warning, set_warning)
         };
         let mut answer = self.drain_checked(id, deadline, force)?;
         answer.quorum_check = Some(quorum);
         answer.warnings.extend(warning);
+        answer.warnings.extend(set_warning);
         Ok(answer)
     }
 
     /// Drain a set of backends as one decision (a tag, several names, one node in several
     /// pools): every backend must exist; unless `force`, each one's quorum check must let it
-    /// go and each pool must keep `min_available` primaries counting the whole set. Then all
-    /// are drained, else none. RabbitMQ answers its quorum check for one node at a time, so
-    /// two nodes that are each safe alone are not asked about together.
+    /// go, so must the quorum check of the set as a whole (with the backends already out of
+    /// their pools, see [`Drainer::judge_set_quorum`]), and each pool must keep
+    /// `min_available` primaries counting the whole set. Then all are drained, else none.
     pub async fn drain_set(
         self: &Arc<Self>,
         ids: &[BackendId],
         deadline: Option<Duration>,
         force: bool,
     ) -> Result<Vec<DrainAnswer>, DrainError> {
-        let ids = dedup(ids);
-        if ids.is_empty() {
-            return Err(DrainError::EmptySet);
-        }
-        if let Some(missing) = ids.iter().find(|id| self.admin_state(id).is_none()) {
-            return Err(DrainError::NotFound(missing.clone()));
-        }
+        let ids = self.checked_set(ids)?;
         if let Some(d) = deadline.filter(|d| *d > MAX_DRAIN_DEADLINE) {
             return Err(DrainError::DeadlineTooLong { deadline: d });
         }
@@ -241,9 +265,13 @@ impl Drainer {
                 judge_quorum(id, self.ask_quorum(id).await)?
             });
         }
-        if !force {
+        let set_warning = if force {
+            None
+        } else {
+            let warning = self.judge_set_quorum(&ids).await?;
             self.check_set_min_available(&ids)?;
-        }
+            warning
+        };
         let mut answers = Vec::with_capacity(ids.len());
         for (id, (quorum, warning)) in ids.iter().zip(judged) {
             // The set passed its checks as a whole; one by one, each would see the others gone.
@@ -252,19 +280,31 @@ impl Drainer {
             answer.warnings.extend(warning);
             answers.push(answer);
         }
+        // The set's own warning, once: on the first backend's answer.
+        if let (Some(first), Some(warning)) = (answers.first_mut(), set_warning) {
+            first.warnings.push(warning);
+        }
         Ok(answers)
     }
 
     /// Undrain every backend of a set (each must exist; idempotent).
     pub fn undrain_set(&self, ids: &[BackendId]) -> Result<Vec<DrainAnswer>, DrainError> {
-        let ids = dedup(ids);
+        let ids = self.checked_set(ids)?;
+        ids.iter().map(|id| self.undrain(id)).collect()
+    }
+
+    /// A set as drains and undrains take it: each backend once, in order; not empty; every
+    /// backend known.
+    fn checked_set(&self, ids: &[BackendId]) -> Result<Vec<BackendId>, DrainError> {
+        let mut seen = std::collections::HashSet::new();
+        let ids: Vec<BackendId> = ids.iter().filter(|id| seen.insert(*id)).cloned().collect();
         if ids.is_empty() {
             return Err(DrainError::EmptySet);
         }
         if let Some(missing) = ids.iter().find(|id| self.admin_state(id).is_none()) {
             return Err(DrainError::NotFound(missing.clone()));
         }
-        ids.iter().map(|id| self.undrain(id)).collect()
+        Ok(ids)
     }
 
     /// `min_available` for a set: in each pool, the primaries left available once every
@@ -312,24 +352,80 @@ impl Drainer {
     /// pool probes the management API. A backend already draining or drained is not asked again
     /// (its drain was already allowed).
     async fn ask_quorum(&self, id: &BackendId) -> QuorumCheck {
-        let config = lock(&self.config).clone();
-        let Some(p) = config.pools.iter().find(|p| *p.name == *id.pool) else {
-            return QuorumCheck::NotApplicable;
-        };
-        let Some(b) = p.backends.iter().find(|b| *b.name == *id.backend) else {
-            return QuorumCheck::NotApplicable;
-        };
-        let timeout = match (&b.management, &p.health) {
-            (Some(management), _) => management.timeout,
-            (None, Some(health)) => health.timeout.clamp(QUORUM_TIMEOUT.0, QUORUM_TIMEOUT.1),
-            (None, None) => return QuorumCheck::NotApplicable,
-        };
         if self.admin_state(id) != Some(AdminState::Active) {
             return QuorumCheck::NotApplicable;
         }
-        let target = probe::ProbeTarget::for_backend(b, ProxyProtocol::Off);
-        let probe = p.health.as_ref().map(|h| &h.probe);
-        probe::quorum_check(probe, &target, timeout).await
+        match self.quorum_target(id) {
+            Some((leaving, timeout)) => {
+                probe::quorum_check(leaving.probe.as_ref(), &leaving.target, timeout).await
+            }
+            None => QuorumCheck::NotApplicable,
+        }
+    }
+
+    /// Whom the quorum check of `id` asks, and within what time; `None` when nobody (no
+    /// management endpoint and no probe).
+    fn quorum_target(&self, id: &BackendId) -> Option<(probe::Leaving, Duration)> {
+        let config = lock(&self.config).clone();
+        let p = config.pools.iter().find(|p| *p.name == *id.pool)?;
+        let b = p.backends.iter().find(|b| *b.name == *id.backend)?;
+        let timeout = match (&b.management, &p.health) {
+            (Some(management), _) => management.timeout,
+            (None, Some(health)) => health.timeout.clamp(QUORUM_TIMEOUT.0, QUORUM_TIMEOUT.1),
+            (None, None) => return None,
+        };
+        let leaving = probe::Leaving {
+            probe: p.health.as_ref().map(|h| h.probe.clone()),
+            target: probe::ProbeTarget::for_backend(b, ProxyProtocol::Off),
+        };
+        Some((leaving, timeout))
+    }
+
+    /// The quorum check of `ids` leaving together with every backend already draining or
+    /// drained in their pools (the operator is about to stop those too), when that makes two
+    /// or more: RabbitMQ's own check asks about one node at a time, and two nodes that are
+    /// each safe alone may hold a majority of a queue's replicas together (see
+    /// [`probe::quorum_check_set`]). Not asked when no backend of `ids` is active (nothing new
+    /// leaves). Refuses like the per-node check; a check nobody answered lets the drain go
+    /// ahead with the warning returned.
+    async fn judge_set_quorum(&self, ids: &[BackendId]) -> Result<Option<String>, DrainError> {
+        let snapshot = self.routing.load_full();
+        let new: Vec<&BackendId> = ids
+            .iter()
+            .filter(|id| self.admin_state(id) == Some(AdminState::Active))
+            .collect();
+        if new.is_empty() {
+            return Ok(None);
+        }
+        let mut out = Vec::new();
+        for (pool, route) in snapshot.pools.iter() {
+            if !ids.iter().any(|id| *id.pool == **pool) {
+                continue;
+            }
+            out.extend(
+                route
+                    .backends
+                    .iter()
+                    .filter(|b| b.admin != AdminState::Active)
+                    .map(|b| BackendId::new(pool, &b.name)),
+            );
+        }
+        let asked: Vec<_> = new
+            .iter()
+            .copied()
+            .chain(&out)
+            .filter_map(|id| self.quorum_target(id))
+            .collect();
+        if asked.len() < 2 {
+            return Ok(None);
+        }
+        let timeout = asked
+            .iter()
+            .map(|(_, t)| *t)
+            .max()
+            .unwrap_or(QUORUM_TIMEOUT.1);
+        let check = probe::quorum_check_set(asked.into_iter().map(|(l, _)| l).collect(), timeout);
+        judge_set(&new, &out, check.await)
     }
 
     fn admin_state(&self, id: &BackendId) -> Option<AdminState> {
@@ -664,6 +760,55 @@ fn judge_quorum(
                 id: id.clone(),
                 why,
             })
+        }
+    }
+}
+
+/// The set quorum check's verdict on draining `new` while `out` are already draining or
+/// drained: go ahead (with a warning when nobody answered), or the refusal, logged.
+fn judge_set(
+    new: &[&BackendId],
+    out: &[BackendId],
+    check: QuorumCheck,
+) -> Result<Option<String>, DrainError> {
+    // A node in several pools is one name.
+    let names = |ids: &mut dyn Iterator<Item = &BackendId>| {
+        let mut names: Vec<String> = Vec::new();
+        for id in ids {
+            if !names.iter().any(|n| *n == *id.backend) {
+                names.push(id.backend.to_string());
+            }
+        }
+        names
+    };
+    let backends = names(&mut new.iter().copied());
+    let out = names(&mut out.iter());
+    match check {
+        QuorumCheck::NotApplicable => Ok(None),
+        QuorumCheck::Safe => {
+            tracing::info!(backends = %backends.join(", "), out = %out.join(", "), "quorum check of the set: safe");
+            Ok(None)
+        }
+        QuorumCheck::Unknown(why) => {
+            tracing::warn!(backends = %backends.join(", "), why, "quorum check of the set not answered; draining anyway");
+            Ok(Some(format!(
+                "the quorum check of {} with the backends already out was not answered ({why}); \
+                 drained anyway",
+                backends.join(", ")
+            )))
+        }
+        QuorumCheck::Critical { reason, queues } => {
+            tracing::warn!(backends = %backends.join(", "), out = %out.join(", "), %reason, queues = %queues.join(", "), "drain refused: the set is quorum-critical");
+            Err(DrainError::QuorumCriticalSet {
+                backends,
+                out,
+                reason,
+                queues,
+            })
+        }
+        QuorumCheck::Unexpected(why) => {
+            tracing::warn!(backends = %backends.join(", "), why, "drain refused: the set's quorum check got an unexpected answer");
+            Err(DrainError::QuorumSetCheckFailed { backends, why })
         }
     }
 }
@@ -1065,6 +1210,64 @@ mod tests {
                 (got, _) => panic!("{check:?}: {got:?}"),
             }
         }
+    }
+
+    /// The set check's verdicts: the refusal names the set, the backends already out and what
+    /// each queue would keep; a node in two pools is named once.
+    #[test]
+    fn the_set_quorum_check_refuses_or_lets_through() {
+        let a = BackendId::new("rabbitmq", "rabbit-a");
+        let a_admin = BackendId::new("management", "rabbit-a");
+        let b = BackendId::new("rabbitmq", "rabbit-b");
+        let c = BackendId::new("rabbitmq", "rabbit-c");
+        let critical = || QuorumCheck::Critical {
+            reason: "stopping rabbit@a, rabbit@b together would leave quorum queues or streams \
+                     without a majority of their replicas online"
+                .into(),
+            queues: vec!["queue 'o' in vhost '/' would keep 1 of 3 replicas online".into()],
+        };
+        assert_eq!(judge_set(&[&a, &b], &[], QuorumCheck::Safe), Ok(None));
+        assert_eq!(
+            judge_set(&[&a, &b], &[], QuorumCheck::NotApplicable),
+            Ok(None)
+        );
+        assert_eq!(
+            judge_set(
+                &[&a, &a_admin],
+                &[],
+                QuorumCheck::Unknown("timed out".into())
+            ),
+            Ok(Some(
+                "the quorum check of rabbit-a with the backends already out was not answered \
+                 (timed out); drained anyway"
+                    .into()
+            ))
+        );
+        assert_eq!(
+            judge_set(&[&a, &a_admin, &b], &[], critical())
+                .unwrap_err()
+                .to_string(),
+            "draining rabbit-a, rabbit-b would cost quorum queues or streams their quorum: \
+             stopping rabbit@a, rabbit@b together would leave quorum queues or streams without \
+             a majority of their replicas online (queue 'o' in vhost '/' would keep 1 of 3 \
+             replicas online); drain fewer at once (undrain what is back first), or force it \
+             (force: true in the API, --force in warren ctl)"
+        );
+        assert!(judge_set(&[&a], std::slice::from_ref(&c), critical())
+            .unwrap_err()
+            .to_string()
+            .starts_with("draining rabbit-a with rabbit-c already draining or drained would"));
+        assert_eq!(
+            judge_set(
+                &[&a, &b],
+                &[],
+                QuorumCheck::Unexpected("HTTP 401: no".into())
+            ),
+            Err(DrainError::QuorumSetCheckFailed {
+                backends: vec!["rabbit-a".into(), "rabbit-b".into()],
+                why: "HTTP 401: no".into()
+            })
+        );
     }
 
     #[test]

@@ -208,6 +208,14 @@ impl HttpUrl {
         url.credentials = self.credentials.clone();
         Ok(url)
     }
+
+    /// This URL's authority and `user:pass@` with `path` (and query) in place of its own: the
+    /// management API's other paths on the authority an `http` probe URL names.
+    pub fn with_path(&self, path: &str) -> Result<HttpUrl, UrlError> {
+        let mut url = HttpUrl::parse(&format!("http://{}{path}", self.authority))?;
+        url.credentials = self.credentials.clone();
+        Ok(url)
+    }
 }
 
 /// How a URL is named in logs: without user info and without the query (either may hold a
@@ -866,6 +874,15 @@ mod tests {
         // The endpoint's user info comes along.
         let joined = endpoint("http://u:p%40ss@h:15672").join("/api/x").unwrap();
         assert_eq!(joined.credentials().unwrap().password, "p@ss");
+        // Another path on a probe URL's authority keeps its user info, not its path or query.
+        let other = endpoint("http://u:pw@h:15672/api/health/checks/alarms?x=1")
+            .with_path("/api/overview")
+            .unwrap();
+        assert_eq!(
+            (other.authority(), other.path_and_query()),
+            ("h:15672", "/api/overview")
+        );
+        assert_eq!(other.credentials().unwrap().password, "pw");
         for bad in [
             "{management}api",
             "http://{management}/x",

@@ -1168,5 +1168,67 @@ async fn rolling_upgrade_walks_a_three_node_cluster_without_losing_a_confirmed_m
         let backend = b.pools["rabbitmq"].backend(&node.name).unwrap();
         assert!(backend.available(), "{} is back in service", node.name);
     }
+    set_drains_are_judged_as_a_whole(&warren, &cluster).await;
     warren.stop().await;
+}
+
+/// RabbitMQ's per-node check says each of n1 and n2 may stop (3 replicas of `orders`, all
+/// online), but not both: the set check refuses them together, and refuses n2 while n1 is
+/// drained and still running; nothing is drained by a refusal.
+async fn set_drains_are_judged_as_a_whole(warren: &Warren, cluster: &Cluster) {
+    let (n1, n2) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let admin_of = |node: &Node| {
+        let routing = warren.routing.load_full();
+        routing.pools["rabbitmq"].backend(&node.name).unwrap().admin
+    };
+    // Right after the walk, the last node's replica may still be catching up: RabbitMQ's own
+    // check then calls the others critical. Wait (bounded) for the set check's answer.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let stderr = loop {
+        let (code, stdout, stderr) = ctl(warren, &["drain", &n1.name, &n2.name]).await;
+        assert_eq!(code, 1, "drain of two of three replicas: {stdout}{stderr}");
+        if stderr.contains("would cost quorum queues or streams their quorum") {
+            break stderr;
+        }
+        assert!(
+            stderr.contains("is quorum-critical") && Instant::now() < deadline,
+            "{stderr}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(
+        stderr.contains(&format!("draining {}, {}", n1.name, n2.name))
+            && stderr.contains("queue 'orders' in vhost '/' would keep 1 of 3 replicas online"),
+        "{stderr}"
+    );
+    assert_eq!(
+        admin_of(n1),
+        AdminState::Active,
+        "a refused set drains none"
+    );
+    assert_eq!(
+        admin_of(n2),
+        AdminState::Active,
+        "a refused set drains none"
+    );
+
+    let (code, stdout, stderr) = ctl(warren, &["drain", &n1.name]).await;
+    assert_eq!(code, 0, "one of three: {stdout}{stderr}");
+    assert!(
+        stdout.contains(&format!("quorum check of {}: safe", n1.name)),
+        "{stdout}"
+    );
+    let (code, stdout, stderr) = ctl(warren, &["drain", &n2.name]).await;
+    assert_eq!(code, 1, "n2 while n1 is drained: {stdout}{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "draining {} with {} already draining or drained",
+            n2.name, n1.name
+        )) && stderr.contains("would keep 1 of 3 replicas online"),
+        "{stderr}"
+    );
+    eprintln!("{stderr}");
+    assert_eq!(admin_of(n2), AdminState::Active);
+    let (code, stdout, stderr) = ctl(warren, &["undrain", &n1.name]).await;
+    assert_eq!(code, 0, "undrain: {stdout}{stderr}");
 }

@@ -14,7 +14,8 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use warren::config::{ManagementEndpoint, Probe, ProxyProtocol, Secret};
 use warren::health::probe::{
-    quorum_check, run, ProbeOutcome, ProbeTarget, QuorumCheck, AMQP_PROTOCOL_HEADER,
+    quorum_check, quorum_check_set, run, Leaving, ProbeOutcome, ProbeTarget, QuorumCheck,
+    AMQP_PROTOCOL_HEADER, QUEUES_PATH,
 };
 use warren::http_client::{HttpUrl, ProbeUrl};
 use warren::proxy_protocol::{encode_v1, encode_v2, Header};
@@ -626,6 +627,137 @@ async fn quorum_check_asks_the_backends_own_endpoint_whatever_the_probe() {
     assert!(
         head.contains("authorization: Basic bW9uaXRvcjpwdw==\r\n"),
         "{head}"
+    );
+}
+
+/// A management API for the set check: `/api/overview` names `node`, `/api/queues...` answers
+/// `queues_status` and `queues`; every request's first line is recorded. Serves until dropped.
+async fn fake_management(
+    node: &'static str,
+    queues_status: u16,
+    queues: &'static str,
+) -> (
+    SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    JoinHandle<()>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.ends_with(b"\r\n\r\n") {
+                let n = stream.read(&mut buf).await.unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                head.extend_from_slice(&buf[..n]);
+            }
+            let line = String::from_utf8_lossy(&head)
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            let (status, body) = if line.starts_with("GET /api/overview ") {
+                (200, format!(r#"{{"node":"{node}","listeners":[]}}"#))
+            } else if line.starts_with("GET /api/queues") {
+                (queues_status, queues.to_string())
+            } else {
+                (404, String::new())
+            };
+            record.lock().unwrap().push(line);
+            let response = format!(
+                "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(response.as_bytes()).await;
+        }
+    });
+    (addr, seen, task)
+}
+
+/// One backend of a set drain whose management endpoint is `addr`.
+fn leaving(addr: SocketAddr) -> Leaving {
+    let mut target = target(addr, ProxyProtocol::Off);
+    target.management = Some(management(
+        &format!("http://{addr}"),
+        Some("mon"),
+        Some("pw"),
+    ));
+    Leaving {
+        probe: Some(Probe::Tcp),
+        target,
+    }
+}
+
+/// The set check names each node through its own management API and judges the cluster's
+/// queue list: two nodes each safe alone refuse together; a node named twice (one node in two
+/// pools) or one that does not answer leaves fewer than two nodes, which is the per-node
+/// check's question; a queue list that is not one is an unexpected answer.
+#[tokio::test]
+async fn quorum_check_set_judges_the_nodes_leaving_together() {
+    const QUEUES: &str = r#"[
+        {"name":"orders","vhost":"/","type":"quorum","members":["rabbit@a","rabbit@b","rabbit@c"],"online":["rabbit@a","rabbit@b","rabbit@c"]},
+        {"name":"wide","vhost":"/","type":"quorum","members":["rabbit@a","rabbit@b","rabbit@c","rabbit@d","rabbit@e"],"online":["rabbit@a","rabbit@b","rabbit@c","rabbit@d","rabbit@e"]},
+        {"name":"plain","vhost":"/","type":"classic"}
+    ]"#;
+    let (a, a_seen, _a) = fake_management("rabbit@a", 200, QUEUES).await;
+    let (b, _, _b) = fake_management("rabbit@b", 200, QUEUES).await;
+    let (d, _, _d) = fake_management("rabbit@d", 200, "[]").await;
+    let refused = refused_addr().await;
+
+    let answer = quorum_check_set(vec![leaving(a), leaving(b)], TIMEOUT).await;
+    assert_eq!(
+        answer,
+        QuorumCheck::Critical {
+            reason: "stopping rabbit@a, rabbit@b together would leave quorum queues or streams \
+                     without a majority of their replicas online"
+                .into(),
+            queues: vec!["queue 'orders' in vhost '/' would keep 1 of 3 replicas online".into()],
+        }
+    );
+    let seen = a_seen.lock().unwrap().clone();
+    assert!(
+        seen.contains(&format!("GET {QUEUES_PATH} HTTP/1.1")),
+        "{seen:?}"
+    );
+    // d holds no replica of orders, and wide keeps 3 of 5.
+    assert_eq!(
+        quorum_check_set(vec![leaving(a), leaving(d)], TIMEOUT).await,
+        QuorumCheck::Safe
+    );
+    for (set, what) in [
+        (vec![leaving(a), leaving(a)], "one node in two pools"),
+        (
+            vec![leaving(a), leaving(refused)],
+            "one node does not answer",
+        ),
+    ] {
+        assert_eq!(
+            quorum_check_set(set, TIMEOUT).await,
+            QuorumCheck::NotApplicable,
+            "{what}"
+        );
+    }
+    let no_endpoint = Leaving {
+        probe: Some(Probe::Tcp),
+        target: target(refused, ProxyProtocol::Off),
+    };
+    assert_eq!(
+        quorum_check_set(vec![leaving(a), no_endpoint], TIMEOUT).await,
+        QuorumCheck::NotApplicable,
+        "one backend has no management endpoint"
+    );
+    let (x, _, _x) = fake_management("rabbit@x", 401, r#"{"error":"not_authorized"}"#).await;
+    let (y, _, _y) = fake_management("rabbit@y", 401, r#"{"error":"not_authorized"}"#).await;
+    let answer = quorum_check_set(vec![leaving(x), leaving(y)], TIMEOUT).await;
+    assert!(
+        matches!(&answer, QuorumCheck::Unexpected(why) if why.contains("HTTP 401") && why.contains("not_authorized")),
+        "{answer:?}"
     );
 }
 

@@ -43,7 +43,10 @@ mod tests;
 use amqp::*;
 use http::*;
 use login::*;
-pub use quorum::{quorum_check, QuorumCheck, QUORUM_CRITICAL_PATH};
+pub use quorum::{
+    quorum_check, quorum_check_set, quorum_lost, Leaving, QuorumCheck, Replicas, OVERVIEW_PATH,
+    QUEUES_PATH, QUORUM_CRITICAL_PATH,
+};
 use text::*;
 
 /// Where a probe goes.

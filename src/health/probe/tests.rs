@@ -161,6 +161,63 @@ fn quorum_answers() {
     assert!(matches!(quorum_answer(404, b""), QuorumCheck::Unexpected(r) if r.contains("3.8.7")));
 }
 
+/// The set check's arithmetic, table-driven: a queue keeps its quorum while a majority of its
+/// members stays online; queues none of the leaving nodes serves, and classic queues, are not
+/// judged.
+#[test]
+fn quorum_lost_counts_what_each_replicated_queue_keeps_online() {
+    let q = |name: &str, kind: &str, members: &[&str], online: &[&str]| Replicas {
+        name: name.into(),
+        vhost: "/".into(),
+        kind: kind.into(),
+        members: members.iter().map(|m| m.to_string()).collect(),
+        online: online.iter().map(|m| m.to_string()).collect(),
+    };
+    let abc = ["a", "b", "c"];
+    let cases: &[(Replicas, &[&str], Option<&str>)] = &[
+        // Three replicas: one may go, two may not.
+        (q("q3", "quorum", &abc, &abc), &["a"], None),
+        (
+            q("q3", "quorum", &abc, &abc),
+            &["a", "b"],
+            Some("queue 'q3' in vhost '/' would keep 1 of 3 replicas online"),
+        ),
+        // c is already down: a alone now takes the majority.
+        (
+            q("q3", "quorum", &abc, &["a", "b"]),
+            &["a"],
+            Some("queue 'q3' in vhost '/' would keep 1 of 3 replicas online"),
+        ),
+        // ...but leaving c (offline) and a node that holds no replica changes nothing.
+        (q("q3", "quorum", &abc, &["a", "b"]), &["c", "d"], None),
+        // Five replicas keep three.
+        (
+            q(
+                "q5",
+                "quorum",
+                &["a", "b", "c", "d", "e"],
+                &["a", "b", "c", "d", "e"],
+            ),
+            &["a", "b"],
+            None,
+        ),
+        (
+            q("s", "stream", &abc, &abc),
+            &["b", "c"],
+            Some("queue 's' in vhost '/' would keep 1 of 3 replicas online"),
+        ),
+        // Classic queues have no members; a queue listing none is not judged.
+        (q("c", "classic", &[], &[]), &["a", "b"], None),
+        (q("odd", "quorum", &[], &["a"]), &["a", "b"], None),
+    ];
+    for (queue, leaving, want) in cases {
+        let leaving: Vec<String> = leaving.iter().map(|n| n.to_string()).collect();
+        let got = quorum_lost(std::slice::from_ref(queue), &leaving);
+        let want: Vec<String> = want.iter().map(|w| w.to_string()).collect();
+        assert_eq!(got, want, "{queue:?} without {leaving:?}");
+    }
+}
+
 #[test]
 fn only_management_api_urls_get_a_quorum_check() {
     let management_path = |url: &str| HttpUrl::parse(url).is_ok_and(|u| management_path(&u));

@@ -731,6 +731,7 @@ fn backend_status(
     let health = health.as_ref();
     api::BackendStatus {
         active_connections: b.stats.active.get(),
+        connecting: b.stats.connecting.get(),
         addr: b.addr.to_string(),
         admin: b.admin,
         available: b.available(),

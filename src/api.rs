@@ -150,6 +150,9 @@ pub struct BackendStatus {
     pub available: bool,
     #[serde(default)]
     pub backup: bool,
+    /// Connections chosen for the backend whose connect is still under way.
+    #[serde(default)]
+    pub connecting: i64,
     /// RFC 3339, while draining with a deadline.
     #[serde(default)]
     pub drain_deadline: Option<String>,
@@ -240,6 +243,10 @@ pub struct DrainAnswer {
     pub admin: AdminState,
     #[serde(default)]
     pub backend: String,
+    /// Connections chosen for the backend whose connect is still under way (a drain is not
+    /// complete while there is one).
+    #[serde(default)]
+    pub connecting: i64,
     /// RFC 3339, when a deadline is set.
     #[serde(default)]
     pub drain_deadline: Option<String>,
@@ -392,6 +399,7 @@ mod tests {
         };
         let backend = BackendStatus {
             active_connections: 1,
+            connecting: 0,
             addr: "10.0.0.1:5672".into(),
             admin: AdminState::Draining,
             available: false,
@@ -429,6 +437,7 @@ mod tests {
         });
         keys_sorted(&DrainAnswer {
             active_connections: 0,
+            connecting: 0,
             admin: AdminState::Draining,
             backend: "rabbit-a".into(),
             drain_deadline: None,

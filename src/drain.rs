@@ -188,8 +188,27 @@ pub struct Drainer {
 
 #[derive(Clone, Copy)]
 struct DrainEntry {
-    deadline: Option<SystemTime>,
+    deadline: Option<Deadline>,
     generation: u64,
+}
+
+/// When a drain's remaining connections are closed: the watcher's timer runs on the monotonic
+/// clock, so a step of the wall clock (NTP) fires it neither early nor late; the wall-clock
+/// time is only what status shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Deadline {
+    at: tokio::time::Instant,
+    wall: SystemTime,
+}
+
+impl Deadline {
+    /// `after` from now; `None` when the wall clock cannot hold it.
+    fn after(after: Duration) -> Option<Deadline> {
+        Some(Deadline {
+            at: tokio::time::Instant::now().checked_add(after)?,
+            wall: SystemTime::now().checked_add(after)?,
+        })
+    }
 }
 
 impl Drainer {
@@ -214,8 +233,15 @@ impl Drainer {
         })
     }
 
-    /// Take a reloaded config (`min_available`, probes, backend addresses).
+    /// Take a reloaded config (`min_available`, probes, backend addresses). A backend the
+    /// new config removed loses its drain entry (deadline and watcher), so a backend of the
+    /// same name added back later starts without it.
     pub fn reload(&self, config: &Config) {
+        lock(&self.drains).retain(|id, _| {
+            config
+                .pool(&id.pool)
+                .is_some_and(|p| p.backends.iter().any(|b| *b.name == *id.backend))
+        });
         *lock(&self.config) = Arc::new(config.clone());
     }
 
@@ -502,11 +528,7 @@ impl Drainer {
             Some(d) if d > MAX_DRAIN_DEADLINE => {
                 return Err(DrainError::DeadlineTooLong { deadline: d })
             }
-            Some(d) => Some(
-                SystemTime::now()
-                    .checked_add(d)
-                    .ok_or(DrainError::DeadlineTooLong { deadline: d })?,
-            ),
+            Some(d) => Some(Deadline::after(d).ok_or(DrainError::DeadlineTooLong { deadline: d })?),
             None => None,
         };
         let generation = self.set_deadline(id, deadline_at);
@@ -536,7 +558,7 @@ impl Drainer {
 
     /// Start (or join) the drain entry of `id`: a new generation, and the deadline set or
     /// shortened, never dropped silently by a repeated drain. Returns the generation.
-    fn set_deadline(&self, id: &BackendId, deadline_at: Option<SystemTime>) -> u64 {
+    fn set_deadline(&self, id: &BackendId, deadline_at: Option<Deadline>) -> u64 {
         let mut drains = lock(&self.drains);
         let entry = drains.entry(id.clone()).or_insert(DrainEntry {
             deadline: None,
@@ -544,7 +566,8 @@ impl Drainer {
         });
         entry.generation += 1;
         entry.deadline = match (entry.deadline, deadline_at) {
-            (Some(old), Some(new)) => Some(old.min(new)),
+            (Some(old), Some(new)) if new.at < old.at => Some(new),
+            (Some(old), Some(_)) => Some(old),
             (old, new) => new.or(old),
         };
         entry.generation
@@ -581,6 +604,7 @@ impl Drainer {
         let b = snapshot.pools.get(&*id.pool)?.backend(&id.backend)?;
         Some(DrainAnswer {
             active_connections: b.stats.active.get(),
+            connecting: b.stats.connecting.get(),
             admin: b.admin,
             backend: id.backend.to_string(),
             drain_deadline: self.deadline(&id.pool, &id.backend).map(rfc3339),
@@ -592,17 +616,22 @@ impl Drainer {
         })
     }
 
-    /// The deadline of a draining backend, if it has one.
+    /// The deadline of a draining backend, if it has one, as the wall-clock time status shows.
     pub fn deadline(&self, pool: &str, backend: &str) -> Option<SystemTime> {
         lock(&self.drains)
             .get(&BackendId::new(pool, backend))
             .and_then(|e| e.deadline)
+            .map(|d| d.wall)
     }
 
     /// Follow one draining backend until it is drained (or undrained / drained again).
+    /// Drained means no connection open *and none being set up*: a connection counts against
+    /// its backend from the moment it was selected. Once the deadline has passed, every poll
+    /// closes what is still there, so a connect that was in progress then is closed as soon
+    /// as it completes.
     async fn watch(self: Arc<Self>, id: BackendId, generation: u64) {
         let (pool, backend) = (&*id.pool, &*id.backend);
-        let mut closed_at_deadline = false;
+        let mut warned_at_deadline = false;
         loop {
             let entry = match lock(&self.drains).get(&id) {
                 Some(e) if e.generation == generation => *e,
@@ -618,43 +647,49 @@ impl Drainer {
                 AdminState::Drained => return,
                 AdminState::Draining => {}
             }
-            if b.stats.active.get() <= 0 {
-                let done = self.routing.update(pool, backend, |b| {
-                    (b.admin == AdminState::Draining).then(|| b.admin = AdminState::Drained)
-                });
-                if let Some((Some(()), transition)) = done {
-                    tracing::info!(pool = %pool, backend = %backend, "drain complete: no connection left");
-                    self.health.emit(
-                        &id,
-                        Some(HookEvent::DrainComplete),
-                        &transition,
-                        Cause::Admin,
-                    );
-                    // A failed save is logged and counted by `save`.
-                    let _ = self.save();
-                }
+            let (open, connecting) = (b.stats.active.get(), b.stats.connecting.get());
+            if open <= 0 && connecting <= 0 {
+                self.drain_complete(&id);
                 return;
             }
-            if let Some(deadline) = entry.deadline {
-                if !closed_at_deadline && SystemTime::now() >= deadline {
+            let now = tokio::time::Instant::now();
+            if entry.deadline.is_some_and(|d| now >= d.at) {
+                if !warned_at_deadline {
                     tracing::warn!(
                         pool,
                         backend,
-                        open = b.stats.active.get(),
+                        open,
+                        connecting,
                         "drain deadline reached: closing the remaining connections"
                     );
-                    b.stats.close_connections(self.routing.shutdown_token());
-                    closed_at_deadline = true;
+                    warned_at_deadline = true;
                 }
+                b.stats.close_connections(self.routing.shutdown_token());
             }
-            let pause = match entry
-                .deadline
-                .and_then(|d| d.duration_since(SystemTime::now()).ok())
-            {
-                Some(left) if !closed_at_deadline => left.min(DRAINED_POLL),
+            let pause = match entry.deadline {
+                Some(d) if d.at > now => (d.at - now).min(DRAINED_POLL),
                 _ => DRAINED_POLL,
             };
             tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// `draining → drained`, the `drain_complete` event and the state file.
+    fn drain_complete(&self, id: &BackendId) {
+        let (pool, backend) = (&*id.pool, &*id.backend);
+        let done = self.routing.update(pool, backend, |b| {
+            (b.admin == AdminState::Draining).then(|| b.admin = AdminState::Drained)
+        });
+        if let Some((Some(()), transition)) = done {
+            tracing::info!(pool = %pool, backend = %backend, "drain complete: no connection left");
+            self.health.emit(
+                id,
+                Some(HookEvent::DrainComplete),
+                &transition,
+                Cause::Admin,
+            );
+            // A failed save is logged and counted by `save`.
+            let _ = self.save();
         }
     }
 
@@ -1064,6 +1099,143 @@ pub fn rfc3339(t: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A drainer over a config of pool `p` with backends a and b (no probes), on the current
+    /// (test) runtime.
+    fn drainer() -> (Arc<Drainer>, Arc<Routing>, Config) {
+        let config = crate::config::from_toml_offline(
+            "[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:5672\"\npool = \"p\"\n\
+             [pool.p]\nmin_available = 0\n\
+             [[pool.p.backend]]\nname = \"a\"\naddr = \"127.0.0.1:1\"\n\
+             [[pool.p.backend]]\nname = \"b\"\naddr = \"127.0.0.1:2\"\n",
+            Path::new("drain-test.toml"),
+        )
+        .unwrap();
+        let registry = prometheus::Registry::new();
+        let routing = Arc::new(Routing::new(
+            &config,
+            crate::state::BackendMetrics::register(&registry),
+        ));
+        let health = Controller::new(
+            &config,
+            routing.clone(),
+            None,
+            crate::health::metrics::HealthMetrics::register(&registry),
+            crate::hooks::HookMetrics::register(&registry),
+            Duration::ZERO,
+            Handle::current(),
+        );
+        let drainer = Drainer::new(
+            &config,
+            routing.clone(),
+            health,
+            StateFileMetrics::register(&registry),
+            Handle::current(),
+        );
+        (drainer, routing, config)
+    }
+
+    fn stats_of(routing: &Routing, backend: &str) -> Arc<crate::state::BackendStats> {
+        routing.load().pools["p"]
+            .backend(backend)
+            .unwrap()
+            .stats
+            .clone()
+    }
+
+    fn admin_of(routing: &Routing, backend: &str) -> AdminState {
+        routing.load().pools["p"].backend(backend).unwrap().admin
+    }
+
+    /// Let the watcher run: paused time advances by `by` in small steps.
+    async fn advance(by: Duration) {
+        let step = Duration::from_millis(10);
+        let mut left = by;
+        while !left.is_zero() {
+            let d = left.min(step);
+            tokio::time::advance(d).await;
+            tokio::task::yield_now().await;
+            left -= d;
+        }
+    }
+
+    /// Deadlines run on the monotonic (here: paused) clock, whatever the wall clock does; a
+    /// claim under way holds the drain open past the deadline and its token is cancelled; a
+    /// claim that arrives after the deadline (a connect that raced it) is closed at the next
+    /// poll; only with no claim left is the backend drained.
+    #[tokio::test(start_paused = true)]
+    async fn drain_deadlines_close_late_arrivals_and_wait_for_connects() {
+        let (drainer, routing, _) = drainer();
+        let id = BackendId::new("p", "a");
+        let stats = stats_of(&routing, "a");
+        let mut open = crate::state::BackendSlot::claim(&stats);
+        open.established();
+        let connecting = crate::state::BackendSlot::claim(&stats);
+        drainer
+            .drain(&id, Some(Duration::from_secs(10)), false)
+            .await
+            .unwrap();
+        advance(Duration::from_millis(9_900)).await;
+        assert!(
+            !open.close_token().is_cancelled(),
+            "not before the deadline"
+        );
+        advance(Duration::from_millis(200)).await;
+        assert!(open.close_token().is_cancelled(), "closed at the deadline");
+        assert!(connecting.close_token().is_cancelled(), "connecting too");
+        drop(open);
+        advance(Duration::from_millis(500)).await;
+        assert_eq!(
+            admin_of(&routing, "a"),
+            AdminState::Draining,
+            "a connect is under way"
+        );
+        // One that took the backend's fresh token after the deadline is closed at the next poll.
+        let late = crate::state::BackendSlot::claim(&stats);
+        assert!(!late.close_token().is_cancelled());
+        advance(DRAINED_POLL * 2).await;
+        assert!(
+            late.close_token().is_cancelled(),
+            "a late arrival is closed too"
+        );
+        drop((connecting, late));
+        advance(DRAINED_POLL * 2).await;
+        assert_eq!(admin_of(&routing, "a"), AdminState::Drained);
+    }
+
+    /// An undrain clears the deadline; so does a reload that removes the backend, so that a
+    /// backend of the same name added back later starts with none.
+    #[tokio::test(start_paused = true)]
+    async fn undrain_and_removal_clear_the_deadline() {
+        let (drainer, routing, config) = drainer();
+        let id = BackendId::new("p", "b");
+        let stats = stats_of(&routing, "b");
+        let mut open = crate::state::BackendSlot::claim(&stats);
+        open.established();
+        drainer
+            .drain(&id, Some(Duration::from_secs(5)), false)
+            .await
+            .unwrap();
+        assert!(drainer.deadline("p", "b").is_some());
+        drainer.undrain(&id).unwrap();
+        assert_eq!(drainer.deadline("p", "b"), None);
+        advance(Duration::from_secs(6)).await;
+        assert!(
+            !open.close_token().is_cancelled(),
+            "an undrained backend keeps its connections"
+        );
+
+        drainer
+            .drain(&id, Some(Duration::from_secs(5)), false)
+            .await
+            .unwrap();
+        let mut without_b = config.clone();
+        without_b.pools[0].backends.retain(|b| b.name != "b");
+        drainer.reload(&without_b);
+        assert_eq!(drainer.deadline("p", "b"), None, "removed with its backend");
+        drainer.reload(&config);
+        assert_eq!(drainer.deadline("p", "b"), None, "added back without it");
+    }
 
     #[test]
     fn state_file_round_trips_and_rejects_garbage() {

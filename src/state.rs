@@ -51,8 +51,13 @@ impl std::fmt::Display for BackendId {
 
 /// Counters of one backend, kept across snapshots and reloads (keyed by pool + name).
 pub struct BackendStats {
-    /// Open proxied connections; also what least_conn and random_two balance on.
+    /// Open proxied connections; with `connecting`, what least_conn and random_two balance on
+    /// and what a drain waits for.
     pub active: IntGauge,
+    /// Connections selected for this backend whose connect (and preamble) is still under way:
+    /// they count against the backend from the moment they are selected, so a drain is not
+    /// complete while one is in flight and a burst of accepts does not pile onto one backend.
+    pub connecting: IntGauge,
     pub total: IntCounter,
     pub bytes_to_backend: IntCounter,
     pub bytes_to_client: IntCounter,
@@ -97,6 +102,7 @@ impl BackendStats {
         };
         BackendStats {
             active: metrics.connections_active.with_label_values(&pb),
+            connecting: metrics.connections_connecting.with_label_values(&pb),
             total: metrics.connections_total.with_label_values(&pb),
             bytes_to_backend: bytes(ByteDirection::ToBackend),
             bytes_to_client: bytes(ByteDirection::ToClient),
@@ -115,9 +121,63 @@ impl BackendStats {
 /// The backend and pool metric families, owned here because routing is what they report:
 /// registered once per process, resolved per backend into [`BackendStats`] (outside the data
 /// path), and removed with the backends and pools a reload takes away. Cheap to clone.
+/// One connection's claim on a backend, from the moment the balancer chose it: counted in
+/// `connecting` until [`BackendSlot::established`] moves it to `active`, and given the
+/// backend's close token at once, so a drain deadline that fires while the connect is under
+/// way closes the connection as soon as it is set up. Dropping it gives the count back.
+pub struct BackendSlot {
+    stats: Arc<BackendStats>,
+    close: CancellationToken,
+    established: bool,
+}
+
+impl BackendSlot {
+    /// Claim `stats`'s backend for a connection about to connect.
+    pub fn claim(stats: &Arc<BackendStats>) -> BackendSlot {
+        stats.connecting.inc();
+        // A drain publishes `draining` and then reads the counts; the claim counts and then
+        // reads the routing (the caller re-checks the backend): one of the two sees the other.
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        BackendSlot {
+            stats: stats.clone(),
+            close: stats.close_token(),
+            established: false,
+        }
+    }
+
+    /// The connect and preamble are done: `connecting` → `active`, never both zero between.
+    pub fn established(&mut self) {
+        if !self.established {
+            self.stats.active.inc();
+            self.stats.connecting.dec();
+            self.established = true;
+        }
+    }
+
+    pub fn stats(&self) -> &Arc<BackendStats> {
+        &self.stats
+    }
+
+    /// Cancelled at a drain deadline or at the end of the shutdown grace period.
+    pub fn close_token(&self) -> &CancellationToken {
+        &self.close
+    }
+}
+
+impl Drop for BackendSlot {
+    fn drop(&mut self) {
+        if self.established {
+            self.stats.active.dec();
+        } else {
+            self.stats.connecting.dec();
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct BackendMetrics {
     connections_active: IntGaugeVec,
+    connections_connecting: IntGaugeVec,
     connections_total: IntCounterVec,
     connect_failures_total: IntCounterVec,
     connect_duration_seconds: HistogramVec,
@@ -136,6 +196,12 @@ impl BackendMetrics {
                 registry,
                 "backend_connections_active",
                 "Proxied connections open now",
+                pb,
+            ),
+            connections_connecting: metrics::gauge_vec(
+                registry,
+                "backend_connections_connecting",
+                "Connections selected for the backend whose connect is still under way",
                 pb,
             ),
             connections_total: metrics::counter_vec(
@@ -199,6 +265,7 @@ impl BackendMetrics {
     fn remove_backend(&self, pool: &str, backend: &str) {
         let pb = [pool, backend];
         let _ = self.connections_active.remove_label_values(&pb);
+        let _ = self.connections_connecting.remove_label_values(&pb);
         let _ = self.connections_total.remove_label_values(&pb);
         let _ = self.connect_duration_seconds.remove_label_values(&pb);
         let _ = self.up.remove_label_values(&pb);
@@ -251,7 +318,8 @@ impl BackendRoute {
             weight: self.weight,
             backup: self.backup,
             available: self.available(),
-            active: self.stats.active.get().max(0) as u64,
+            // Those being set up count too: a burst of accepts sees each other's choices.
+            active: (self.stats.active.get() + self.stats.connecting.get()).max(0) as u64,
             key: self.key,
         }
     }

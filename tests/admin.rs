@@ -964,3 +964,190 @@ async fn a_set_drain_counts_min_available_over_the_whole_set() {
         .all(|b| b["admin"] == "active"));
     warren.stop().await;
 }
+
+/// A listener whose accept queue is full: a connect to it hangs (Linux drops the SYN) until
+/// `open_up` accepts the queued connections, after which the next SYN retransmit (about 1 s,
+/// then 3 s, after the first) completes it.
+struct StalledBackend {
+    addr: SocketAddr,
+    listener: socket2::Socket,
+    fillers: Vec<std::net::TcpStream>,
+}
+
+impl StalledBackend {
+    fn new() -> StalledBackend {
+        use socket2::{Domain, Socket, Type};
+        let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        listener
+            .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        listener.listen(0).unwrap();
+        let addr = listener.local_addr().unwrap().as_socket().unwrap();
+        let mut fillers = Vec::new();
+        for _ in 0..16 {
+            match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+                Ok(s) => fillers.push(s),
+                Err(_) => break,
+            }
+        }
+        StalledBackend {
+            addr,
+            listener,
+            fillers,
+        }
+    }
+
+    /// Empty the accept queue, so the next connect attempt completes.
+    fn open_up(&mut self) -> Vec<socket2::Socket> {
+        self.listener.set_nonblocking(true).unwrap();
+        let mut accepted = Vec::new();
+        while let Ok((s, _)) = self.listener.accept() {
+            accepted.push(s);
+        }
+        self.fillers.clear();
+        accepted
+    }
+}
+
+async fn backend_status(admin: SocketAddr, name: &str) -> serde_json::Value {
+    let (code, body) = http(admin, "GET", "/v1/status", Some(TOKEN), b"").await;
+    assert_eq!(code, 200, "{body}");
+    let status = json(&body);
+    status["pools"][0]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no backend {name}: {body}"))
+}
+
+/// A connection counts against its backend from the moment it is chosen: a drain whose
+/// deadline passes while a connect to the backend is still under way is not complete (status
+/// shows it `connecting`); once the connect completes, the connection is closed at once
+/// (the deadline has passed) and only then is the backend drained.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_under_way_holds_the_drain_open_and_is_closed_once_it_completes() {
+    let dir = TempDir::new("connecting");
+    let mut stalled = StalledBackend::new();
+    let mut cfg = config(Balance::RoundRobin, vec![backend("a", stalled.addr)]);
+    cfg.listeners[0].connect_timeout = 10 * SECOND;
+    cfg.pools[0].min_available = 0;
+    let token_file = dir.0.join("token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let cfg = with_admin_api(cfg, Some(token_file));
+    let warren = Warren::start(cfg, quick());
+    let admin = warren.admin.unwrap();
+
+    let mut client = TcpStream::connect(warren.addr).await.unwrap();
+    let series = r#"warren_backend_connections_connecting{backend="a",pool="default"}"#;
+    wait_for("the connect to a under way", 5 * SECOND, || {
+        warren.metric_or_zero(series) == 1.0
+    })
+    .await;
+    let (code, body) = http(
+        admin,
+        "POST",
+        "/v1/pools/default/backends/a/drain",
+        Some(TOKEN),
+        br#"{"deadline":"300ms"}"#,
+    )
+    .await;
+    assert_eq!(code, 202, "{body}");
+    let answer = json(&body);
+    assert_eq!(
+        (answer["admin"].as_str(), answer["connecting"].as_i64()),
+        (Some("draining"), Some(1)),
+        "{body}"
+    );
+    // Well past the deadline, the connect still hangs: not drained.
+    tokio::time::sleep(SECOND).await;
+    let a = backend_status(admin, "a").await;
+    assert_eq!(
+        (a["admin"].as_str(), a["connecting"].as_i64()),
+        (Some("draining"), Some(1)),
+        "{a}"
+    );
+    let _accepted = stalled.open_up();
+    // The SYN retransmit completes the connect; the connection is closed at once.
+    let mut buf = [0u8; 1];
+    let read = tokio::time::timeout(
+        8 * SECOND,
+        tokio::io::AsyncReadExt::read(&mut client, &mut buf),
+    )
+    .await
+    .expect("the client is closed within 8s of the backend opening up");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    wait_for("drained", 5 * SECOND, || {
+        warren.metric(r#"warren_backend_admin_state{backend="a",pool="default",state="drained"}"#)
+            == 1.0
+    })
+    .await;
+    assert_eq!(
+        warren.metric(r#"warren_backend_connections_total{backend="a",pool="default"}"#),
+        1.0
+    );
+    assert_eq!(
+        warren.metric(r#"warren_connections_closed_total{listener="default",reason="drain"}"#),
+        1.0
+    );
+    assert_eq!(warren.metric(series), 0.0);
+    warren.stop().await;
+}
+
+/// A reconnect storm with least_conn: 600 connections at once, onto one backend holding 100
+/// and one holding none, end within 10 % of even (350 each), because a connection counts
+/// against its backend from the moment it is chosen, not once its connect completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_storm_with_least_conn_ends_even() {
+    // Backends that take a moment before the connect completes from warren's side would make
+    // the race wider; loopback accepts at once, so the storm itself is what overlaps.
+    let (a, b) = (spawn_backend(echo).await, spawn_backend(echo).await);
+    let cfg = config(
+        Balance::LeastConn,
+        vec![backend("a", a.addr), backend("b", b.addr)],
+    );
+    let warren = Warren::start(cfg, quick());
+    // b starts out holding 100 (as a node that kept its clients while a was restarted).
+    let mut held = Vec::new();
+    let routing = warren.routing.clone();
+    routing.update("default", "a", |b| {
+        b.admin = warren::state::AdminState::Draining
+    });
+    for i in 0..100u32 {
+        let mut s = TcpStream::connect(warren.addr).await.unwrap();
+        assert!(echo_once(&mut s, i as u8).await);
+        held.push(s);
+    }
+    routing.update("default", "a", |b| {
+        b.admin = warren::state::AdminState::Active
+    });
+    assert_eq!(b.open.load(Ordering::SeqCst), 100);
+    // The storm: every client connects at once and sends one byte.
+    let tasks: Vec<_> = (0..600u32)
+        .map(|i| {
+            let addr = warren.addr;
+            tokio::spawn(async move {
+                let mut s = TcpStream::connect(addr).await.unwrap();
+                assert!(echo_once(&mut s, i as u8).await);
+                s
+            })
+        })
+        .collect();
+    let mut storm = Vec::new();
+    for t in tasks {
+        storm.push(t.await.unwrap());
+    }
+    let (on_a, on_b) = (a.open.load(Ordering::SeqCst), b.open.load(Ordering::SeqCst));
+    println!("after the storm: a {on_a}, b {on_b}");
+    assert_eq!(on_a + on_b, 700);
+    for (name, n) in [("a", on_a), ("b", on_b)] {
+        assert!(
+            (315..=385).contains(&n),
+            "{name} holds {n} of 700: not within 10 % of 350 (a {on_a}, b {on_b})"
+        );
+    }
+    drop(storm);
+    drop(held);
+    warren.stop().await;
+}

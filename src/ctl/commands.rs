@@ -280,7 +280,7 @@ pub(super) async fn wait_drained(
     } = *drain;
     // `drain --wait` always sends a deadline (its default when none was given).
     let cap = deadline.map_or(Duration::MAX, |d| d.duration.saturating_add(DEADLINE_SLACK));
-    let mut last = open;
+    let mut last = (open, 0);
     let waiting = async {
         loop {
             tokio::time::sleep(poll).await;
@@ -296,9 +296,14 @@ pub(super) async fn wait_drained(
                 }
                 AdminState::Draining => {}
             }
-            if backend.active_connections != last {
-                last = backend.active_connections;
-                out.say(&format!("{name}: {} left", connections(last)));
+            let now = (backend.active_connections, backend.connecting);
+            if now != last {
+                last = now;
+                let mut line = format!("{name}: {} left", connections(now.0));
+                if now.1 > 0 {
+                    let _ = write!(line, ", {} being set up", connections(now.1));
+                }
+                out.say(&line);
             }
         }
     };
@@ -311,7 +316,7 @@ pub(super) async fn wait_drained(
         Ok(Err(e)) => Err(e),
         Err(_) => Err(CtlError::GaveUp(format!(
             "{name} (pool {pool}) still had {} after {}; gave up waiting (it stays draining)",
-            connections(last),
+            connections(last.0 + last.1),
             humantime::format_duration(cap)
         ))),
     }

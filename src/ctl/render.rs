@@ -48,7 +48,10 @@ pub(super) fn render_status(status: &Status, now: SystemTime, width: usize) -> S
                 b.addr.clone(),
                 health_cell(b, now),
                 admin_cell(b, now),
-                b.active_connections.to_string(),
+                match b.connecting {
+                    0 => b.active_connections.to_string(),
+                    n => format!("{} (+{n} connecting)", b.active_connections),
+                },
                 probe_cell(b.last_probe.as_ref(), now),
             ]);
         }

@@ -517,6 +517,7 @@ mod tests {
             name: name.into(),
             addr: "127.0.1.1:5672".into(),
             backup: false,
+            connecting: 0,
             // The wire names, as the server sends them.
             health: serde_json::from_value(serde_json::json!(health)).unwrap(),
             admin: serde_json::from_value(serde_json::json!(admin)).unwrap(),

@@ -4,6 +4,11 @@
 //! health [`Observer`]; local failures (no ephemeral port, no descriptor) are not held against it,
 //! and neither is a try cut short by the end of `next_upstream_timeout` (the budget ran out, not
 //! the backend's `connect_timeout`): that ends in [`ConnectError::BudgetSpent`].
+//!
+//! A connection counts against the backend it tries from the moment it is chosen (a
+//! [`BackendSlot`]: `connecting`, then `active`), and each try first checks the routing as it is
+//! now: a backend drained or removed since the candidates were listed is skipped, so a drain
+//! that saw no connection left cannot be followed by one.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -14,7 +19,7 @@ use tokio::time::Instant;
 
 use crate::config::ListenerConfig;
 use crate::net::{is_exhaustion, is_local, ConnectFailure, Observer};
-use crate::state::{BackendRoute, BackendStats, PoolRoute};
+use crate::state::{AdminState, BackendRoute, BackendSlot, BackendStats, PoolRoute, Routing};
 
 /// Why no backend connection could be made.
 #[derive(Debug, thiserror::Error)]
@@ -51,11 +56,24 @@ async fn connect_once(addr: SocketAddr) -> io::Result<TcpStream> {
     socket.connect(addr).await
 }
 
-/// A backend connection and which backend it is.
+/// A backend connection, which backend it is, and its claim on it (still `connecting`).
 pub struct Connected<'a> {
     pub stream: TcpStream,
     pub backend: &'a BackendRoute,
+    pub slot: BackendSlot,
     pub tries: usize,
+}
+
+/// Whether `backend` of `pool` may still be tried, by the routing as it is now (the candidates
+/// came from the snapshot taken when the connection arrived): it must still be in the pool
+/// and not drained or draining.
+fn still_eligible(routing: &Routing, pool: &str, backend: &str) -> bool {
+    routing
+        .load()
+        .pools
+        .get(pool)
+        .and_then(|p| p.backend(backend))
+        .is_some_and(|b| b.admin == AdminState::Active)
 }
 
 /// Connect to the best candidate of `pool` for `client`, failing over as the listener allows.
@@ -63,7 +81,7 @@ pub async fn connect<'a>(
     pool: &'a PoolRoute,
     listener: &ListenerConfig,
     client: IpAddr,
-    health: &dyn Observer,
+    (health, routing): (&dyn Observer, &Routing),
 ) -> Result<Connected<'a>, ConnectError> {
     let candidates = pool.candidates(client);
     if candidates.is_empty() {
@@ -92,12 +110,18 @@ pub async fn connect<'a>(
             break;
         };
         let backend = &pool.backends[index];
+        // Claimed before the check, so a drain either sees this claim or this check sees it.
+        let slot = BackendSlot::claim(&backend.stats);
+        if !still_eligible(routing, &pool.name, &backend.name) {
+            continue;
+        }
         tries += 1;
         let failure = match attempt(&pool.name, backend, budget, &mut last).await {
             Attempt::Connected(stream) => {
                 return Ok(Connected {
                     stream,
                     backend,
+                    slot,
                     tries,
                 })
             }

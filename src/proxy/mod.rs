@@ -37,7 +37,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{ListenerConfig, ProxyProtocol};
 use crate::net::{ConnectFailure, Observer};
 use crate::proxy_protocol::{self, Header, Parsed};
-use crate::state::{BackendStats, Routing};
+use crate::state::{BackendSlot, BackendStats, Routing};
 use forward::{CloseReason, Plane};
 use metrics::{HeaderRejectReason, ListenerStats, ProxyMetrics, RejectReason};
 
@@ -372,12 +372,12 @@ struct Link {
     pool: Arc<str>,
     backend_name: Arc<str>,
     backend_addr: SocketAddr,
-    backend: Arc<BackendStats>,
+    /// Counts the connection in the backend's `active`, with the backend's close token as it
+    /// was when the backend was chosen.
+    backend: BackendSlot,
     idle_timeout: Duration,
     /// Payload that arrived with the inbound PROXY header, already sent to the backend.
     early_bytes: u64,
-    /// Cancelled at a drain deadline or at the end of the shutdown grace period.
-    close: CancellationToken,
     /// The listener's `max_connections` slot; released when the connection ends.
     _permit: OwnedSemaphorePermit,
 }
@@ -411,7 +411,6 @@ async fn handle(accepted: Box<(TcpStream, SocketAddr)>, conn: Conn) {
     let Some(link) = Box::pin(establishing).await else {
         return;
     };
-    let _backend_active = GaugeGuard::new(&link.backend.active);
     let connected_at = Instant::now();
     let outcome = forward::forward(
         &link.client,
@@ -419,10 +418,10 @@ async fn handle(accepted: Box<(TcpStream, SocketAddr)>, conn: Conn) {
         link.idle_timeout,
         &conn.ctx.plane,
         (
-            &link.backend.bytes_to_backend,
-            &link.backend.bytes_to_client,
+            &link.backend.stats().bytes_to_backend,
+            &link.backend.stats().bytes_to_client,
         ),
-        &link.close,
+        link.backend.close_token(),
         CloseReason::Drain,
     )
     .await;
@@ -439,7 +438,7 @@ async fn handle(accepted: Box<(TcpStream, SocketAddr)>, conn: Conn) {
         closed_early(
             &link.pool,
             &link.backend_name,
-            &link.backend,
+            link.backend.stats(),
             &*conn.ctx.health,
         );
     }
@@ -469,10 +468,11 @@ async fn establish(
     // On Linux accepted sockets inherit TCP_NODELAY from the listening socket (set at bind).
     #[cfg(not(target_os = "linux"))]
     let _ = client.set_nodelay(true);
-    let snapshot = ctx.routing.load_full();
     // Renamed by a reload since its loop started: the socket is the same listener's, which a
     // connect that raced the rename must not see refused.
-    let listener = snapshot
+    let listener = ctx
+        .routing
+        .load()
         .listeners
         .get(listener_name)
         .cloned()
@@ -485,11 +485,14 @@ async fn establish(
         destination,
     } = enter(&client, peer, admission, listener, listener_name, stats).await?;
 
+    // Loaded after the PROXY header, which may take a while: the backends as they are now.
+    let snapshot = ctx.routing.load_full();
     let Some(pool) = snapshot.pools.get(listener.pool.as_str()) else {
         stats.rejected(RejectReason::NoBackend).inc();
         return None;
     };
-    let connected = match connect::connect(pool, listener, origin.ip(), &*ctx.health).await {
+    let observers = (&*ctx.health, &*ctx.routing);
+    let connected = match connect::connect(pool, listener, origin.ip(), observers).await {
         Ok(c) => c,
         Err(e) => {
             let reason = match e {
@@ -504,6 +507,7 @@ async fn establish(
     };
     let backend = connected.backend;
     let mut upstream = connected.stream;
+    let mut slot = connected.slot;
     backend.stats.total.inc();
 
     let header = Header::Proxied {
@@ -521,6 +525,7 @@ async fn establish(
         backend.stats.bytes_to_backend.inc_by(early.len() as u64);
         ctx.plane.to_backend.copy.inc_by(early.len() as u64);
     }
+    slot.established();
     Some(Link {
         client,
         upstream,
@@ -528,10 +533,9 @@ async fn establish(
         pool: pool.name.clone(),
         backend_name: backend.name.clone(),
         backend_addr: backend.addr,
-        backend: backend.stats.clone(),
+        backend: slot,
         idle_timeout: listener.idle_timeout,
         early_bytes: early.len() as u64,
-        close: backend.stats.close_token(),
         _permit: permit,
     })
 }

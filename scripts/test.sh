@@ -25,8 +25,10 @@ apt_install() {
 install_test_deps() {
     local missing=()
     # setpriv (warren as nobody), unshare (network namespaces), ip and sysctl (set up a
-    # namespace's loopback and port range): the reliability suite.
-    if ! command -v setpriv >/dev/null 2>&1 || ! command -v unshare >/dev/null 2>&1; then
+    # namespace's loopback and port range): the reliability suite. unshare, nsenter, setpriv
+    # and ps also boot and drive the real systemd of tests/systemd_live.rs.
+    if ! command -v setpriv >/dev/null 2>&1 || ! command -v unshare >/dev/null 2>&1 ||
+        ! command -v nsenter >/dev/null 2>&1; then
         missing+=(util-linux)
     fi
     if ! command -v ip >/dev/null 2>&1; then
@@ -42,7 +44,8 @@ install_test_deps() {
     if ! command -v keepalived >/dev/null 2>&1; then
         missing+=(keepalived)
     fi
-    # systemd-analyze verifies the units (tests/systemd.rs); curl runs the keepalived check
+    # systemd-analyze verifies the units (tests/systemd.rs), and tests/systemd_live.rs boots
+    # /lib/systemd/systemd with them installed; curl runs the keepalived check
     # script (tests/examples.rs). As root, those tests fail when the tool is missing.
     if ! command -v systemd-analyze >/dev/null 2>&1; then
         missing+=(systemd)

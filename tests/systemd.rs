@@ -6,7 +6,7 @@
 //! activation warren serves on the socket passed as fd 3, and a restart while the test holds
 //! that socket open refuses no connection. Also `--log-file`, where a service without stderr
 //! (Windows) logs. Every warren here is a child process, killed by a guard also when a test
-//! panics.
+//! panics. tests/systemd_live.rs boots a real systemd instead.
 #![cfg(target_os = "linux")]
 
 mod common;

@@ -1,6 +1,6 @@
 //! Helpers for integration tests: in-process warren servers, in-process backends on port 0,
-//! waiting on conditions with deadlines, reading `/metrics` ([`metrics`]), and hook scripts
-//! ([`hook_scripts`]).
+//! waiting on conditions with deadlines, reading `/metrics` ([`metrics`]), hook scripts
+//! ([`hook_scripts`]), and a real systemd booted in namespaces ([`systemd_box`]).
 #![allow(dead_code)]
 
 use std::future::Future;
@@ -20,6 +20,8 @@ use warren::{Options, Server};
 
 mod hook_scripts;
 mod metrics;
+#[cfg(target_os = "linux")]
+pub mod systemd_box;
 // Each test binary uses only part of common (hence also the dead_code allow above).
 #[allow(unused_imports)]
 pub use hook_scripts::*;

@@ -21,7 +21,7 @@ use crate::config::{Config, HookEvent, ProxyProtocol};
 use crate::health::probe::{self, QuorumCheck};
 use crate::health::{Cause, Controller};
 use crate::metrics;
-use crate::state::{AdminState, BackendId, Routing};
+use crate::state::{AdminState, BackendId, CloseCause, Routing};
 
 /// How often a draining backend is checked for its last connection.
 const DRAINED_POLL: Duration = Duration::from_millis(100);
@@ -643,7 +643,10 @@ impl Drainer {
                         open = b.stats.active.get(),
                         "drain deadline reached: closing the remaining connections"
                     );
-                    b.stats.close_connections(self.routing.shutdown_token());
+                    b.stats.close_connections(
+                        self.routing.shutdown_token(),
+                        CloseCause::DrainDeadline,
+                    );
                     closed_at_deadline = true;
                 }
             }

@@ -37,7 +37,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{ListenerConfig, ProxyProtocol};
 use crate::net::{ConnectFailure, Observer};
 use crate::proxy_protocol::{self, Header, Parsed};
-use crate::state::{BackendStats, Routing};
+use crate::state::{BackendStats, CloseCause, CloseToken, Routing};
 use forward::{CloseReason, Plane};
 use metrics::{HeaderRejectReason, ListenerStats, ProxyMetrics, RejectReason};
 
@@ -376,8 +376,9 @@ struct Link {
     idle_timeout: Duration,
     /// Payload that arrived with the inbound PROXY header, already sent to the backend.
     early_bytes: u64,
-    /// Cancelled at a drain deadline or at the end of the shutdown grace period.
-    close: CancellationToken,
+    /// Cancelled at a drain deadline, when probes mark the backend down (`on_down = "close"`)
+    /// or at the end of the shutdown grace period.
+    close: CloseToken,
     /// The listener's `max_connections` slot; released when the connection ends.
     _permit: OwnedSemaphorePermit,
 }
@@ -422,14 +423,20 @@ async fn handle(accepted: Box<(TcpStream, SocketAddr)>, conn: Conn) {
             &link.backend.bytes_to_backend,
             &link.backend.bytes_to_client,
         ),
-        &link.close,
+        link.close.token(),
         CloseReason::Drain,
     )
     .await;
     let mut reason = outcome.reason;
-    if reason == CloseReason::Drain && conn.ctx.routing.shutdown_token().is_cancelled() {
-        // The backend's close token is a child of the shutdown token.
-        reason = CloseReason::Shutdown;
+    if reason == CloseReason::Drain {
+        // The backend's close token is a child of the shutdown token; a close of the backend's
+        // own says why.
+        reason = match link.close.cause() {
+            Some(CloseCause::BackendDown) => CloseReason::BackendDown,
+            Some(CloseCause::DrainDeadline) => CloseReason::Drain,
+            None if conn.ctx.routing.shutdown_token().is_cancelled() => CloseReason::Shutdown,
+            None => CloseReason::Drain,
+        };
     }
     stats.closed(reason).inc();
     if reason == CloseReason::Backend

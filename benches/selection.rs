@@ -11,7 +11,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
-use warren::balance::{stable_hash, Node, Selector};
+use warren::balance::{stable_hash, Node, Selector, FULL_SHARE};
 use warren::config::Balance;
 
 const ALGORITHMS: [Balance; 4] = [
@@ -30,6 +30,7 @@ fn pool(n: usize) -> Vec<Node> {
             available: true,
             active: (i as u64 * 7) % 11,
             key: stable_hash(format!("rabbit-{i}").as_bytes()),
+            share: FULL_SHARE,
         })
         .collect()
 }

@@ -52,7 +52,8 @@ use http_body_util::{BodyExt, Limited};
 use arc_swap::ArcSwap;
 
 use crate::api::{self, DrainRequest, ErrorBody, RefusalReason};
-use crate::config::{AdminConfig, Config, PoolConfig, Probe, Secret};
+use crate::balance::FULL_SHARE;
+use crate::config::{AdminConfig, Config, OnDown, PoolConfig, Probe, Secret};
 use crate::drain::{rfc3339, DrainError, Drainer};
 use crate::health::Controller;
 use crate::lifecycle::Reloader;
@@ -701,6 +702,7 @@ fn pool_status(admin: &Admin, p: &PoolConfig, route: &PoolRoute) -> api::PoolSta
         .iter()
         .map(|b| (b.name.as_str(), b.tags.as_slice()))
         .collect();
+    let now = crate::state::now();
     api::PoolStatus {
         available: route.available_count(),
         backends: route
@@ -708,7 +710,8 @@ fn pool_status(admin: &Admin, p: &PoolConfig, route: &PoolRoute) -> api::PoolSta
             .iter()
             .map(|b| {
                 let tags = tags.get(&*b.name).copied().unwrap_or_default();
-                backend_status(admin, &p.name, b, tags)
+                let share = b.share(now, route.slow_start);
+                backend_status(admin, &p.name, b, tags, share)
             })
             .collect(),
         balance: p.balance.as_str().to_string(),
@@ -716,7 +719,10 @@ fn pool_status(admin: &Admin, p: &PoolConfig, route: &PoolRoute) -> api::PoolSta
         health_check: p.health.as_ref().map(|h| probe_kind(&h.probe)),
         min_available: p.min_available,
         name: p.name.clone(),
+        on_down: (p.on_down != OnDown::Keep).then(|| p.on_down.as_str().to_string()),
         rise: p.health.as_ref().map(|h| h.rise),
+        slow_start: (!p.slow_start.is_zero())
+            .then(|| humantime::format_duration(p.slow_start).to_string()),
         total: route.backends.len(),
     }
 }
@@ -726,6 +732,7 @@ fn backend_status(
     pool: &str,
     b: &BackendRoute,
     tags: &[String],
+    share: u32,
 ) -> api::BackendStatus {
     let health = admin.health.backend(pool, &b.name);
     let health = health.as_ref();
@@ -751,6 +758,9 @@ fn backend_status(
         name: b.name.to_string(),
         probes_ok_in_a_row: health.map_or(0, |h| h.probes_ok_in_a_row),
         probes_run: health.map_or(0, |h| h.probes_run),
+        // Only while it takes new connections: a drained backend is not ramping.
+        slow_start_percent: (b.available() && share < FULL_SHARE)
+            .then(|| (share / (FULL_SHARE / 100)).max(1)),
         tags: tags.to_vec(),
         weight: b.weight,
     }

@@ -131,9 +131,16 @@ pub struct PoolStatus {
     #[serde(default)]
     pub min_available: usize,
     pub name: String,
+    /// `"close"` when probes marking a backend down close its connections; left out for the
+    /// default, `"keep"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_down: Option<String>,
     /// Probes in a row that bring a down backend up (`None`: passive checks only).
     #[serde(default)]
     pub rise: Option<u32>,
+    /// The ramp of a returning backend, as written (`"30s"`); left out when slow start is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow_start: Option<String>,
     #[serde(default)]
     pub total: usize,
 }
@@ -173,6 +180,10 @@ pub struct BackendStatus {
     /// Probes run since warren started.
     #[serde(default)]
     pub probes_run: u64,
+    /// While in slow start: the percentage of its weight it gets now (1 to 99); left out
+    /// otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slow_start_percent: Option<u32>,
     /// The backend's `tags` (groups drained together), sorted; left out when it has none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
@@ -413,6 +424,7 @@ mod tests {
             name: "rabbit-a".into(),
             probes_ok_in_a_row: 3,
             probes_run: 9,
+            slow_start_percent: Some(40),
             weight: 2,
         };
         keys_sorted(&Status {
@@ -430,7 +442,9 @@ mod tests {
                 health_check: Some(ProbeKind::Http),
                 min_available: 1,
                 name: "rabbitmq".into(),
+                on_down: Some("close".into()),
                 rise: Some(2),
+                slow_start: Some("30s".into()),
                 total: 1,
             }],
             version: "0.1.0".into(),

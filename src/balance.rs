@@ -4,13 +4,41 @@
 //! current weights, the least-conn tie rotation) and nothing else: it must not touch sockets,
 //! clocks, health or drain state (the caller says which backends are `available`), and its
 //! randomness comes from the RNG the caller passes in, so every algorithm is testable without I/O.
+//!
+//! Slow start is a weight, not an algorithm: [`slow_start_share`] turns the moment a backend
+//! became available again and the caller's `now` into the per-mille [`Node::share`] of its
+//! weight that every algorithm then uses in place of the full weight.
 
 use std::cmp::Ordering;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use crate::config::Balance;
+
+/// [`Node::share`] of a backend outside slow start: its whole weight (per mille).
+pub const FULL_SHARE: u32 = 1000;
+/// The share a backend starts slow start with (1 %): never 0, or a backend alone in its group
+/// would weigh nothing, and the smallest step that still leaves room for the others.
+pub const MIN_SHARE: u32 = 10;
+
+/// Per mille of its weight a backend gets `now`, having become available again at `since`
+/// (`None`: available since start) in a pool with `slow_start` (zero: off). Grows linearly from
+/// [`MIN_SHARE`] right after `since` to [`FULL_SHARE`] once `slow_start` has passed, as NGINX
+/// Plus's `slow_start` and HAProxy's `slowstart` grow the effective weight.
+pub fn slow_start_share(since: Option<Instant>, now: Instant, slow_start: Duration) -> u32 {
+    let Some(since) = since else {
+        return FULL_SHARE;
+    };
+    let elapsed = now.saturating_duration_since(since);
+    if slow_start.is_zero() || elapsed >= slow_start {
+        return FULL_SHARE;
+    }
+    let share = elapsed.as_nanos() * u128::from(FULL_SHARE) / slow_start.as_nanos();
+    // Below FULL_SHARE, since elapsed < slow_start.
+    (share as u32).max(MIN_SHARE)
+}
 
 /// What selection needs to know about one backend, in pool order.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -25,6 +53,9 @@ pub struct Node {
     pub active: u64,
     /// Stable id of the backend (e.g. [`stable_hash`] of its name), used by source hashing.
     pub key: u64,
+    /// Per mille of `weight` it gets now: [`FULL_SHARE`] but during slow start (see
+    /// [`slow_start_share`]); 0 is treated as 1.
+    pub share: u32,
 }
 
 /// Per-pool selection state, shared by all connections of the pool.
@@ -228,8 +259,11 @@ pub fn stable_hash(bytes: &[u8]) -> u64 {
         .fold(OFFSET, |h, &b| (h ^ u64::from(b)).wrapping_mul(PRIME))
 }
 
+/// The weight every algorithm uses: the configured weight scaled by the slow-start share. All
+/// of them depend only on the ratios of weights, so a share of [`FULL_SHARE`] on every node
+/// balances exactly as the plain weights do.
 fn weight(node: &Node) -> u64 {
-    u64::from(node.weight.max(1))
+    u64::from(node.weight.max(1)) * u64::from(node.share.clamp(1, FULL_SHARE))
 }
 
 /// Compares `active / weight` without floats or overflow.
@@ -391,6 +425,7 @@ mod tests {
             available: true,
             active: 0,
             key: stable_hash(name.as_bytes()),
+            share: FULL_SHARE,
         }
     }
 
@@ -880,6 +915,144 @@ mod tests {
         }
         assert_eq!(counts[0], 0);
         assert!((4_500..=5_500).contains(&counts[1]), "{counts:?}");
+    }
+
+    fn ramping(n: Node, share: u32) -> Node {
+        Node { share, ..n }
+    }
+
+    #[test]
+    fn slow_start_share_grows_linearly_from_one_percent_to_full() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        // (since, elapsed, slow_start, share)
+        let cases: [(Option<Instant>, Duration, Duration, u32); 11] = [
+            (None, s(0), s(30), FULL_SHARE),
+            (Some(t0), s(0), s(0), FULL_SHARE),
+            (Some(t0), s(0), s(30), MIN_SHARE),
+            (Some(t0), ms(100), s(30), MIN_SHARE),
+            (Some(t0), ms(300), s(30), 10),
+            (Some(t0), s(3), s(30), 100),
+            (Some(t0), s(12), s(30), 400),
+            (Some(t0), ms(29_999), s(30), 999),
+            (Some(t0), s(30), s(30), FULL_SHARE),
+            (Some(t0), s(3600), s(30), FULL_SHARE),
+            (Some(t0), ms(1500), s(3), 500),
+        ];
+        for (since, elapsed, slow_start, want) in cases {
+            let got = slow_start_share(since, t0 + elapsed, slow_start);
+            assert_eq!(got, want, "{elapsed:?} of {slow_start:?}");
+        }
+        // A `now` before `since` (a clock read earlier on another thread) is the start.
+        assert_eq!(slow_start_share(Some(t0 + s(1)), t0, s(30)), MIN_SHARE);
+    }
+
+    #[test]
+    fn slow_start_share_never_decreases_over_the_ramp() {
+        let t0 = Instant::now();
+        let slow_start = Duration::from_secs(30);
+        let shares: Vec<u32> = (0..=310)
+            .map(|tenth| {
+                slow_start_share(
+                    Some(t0),
+                    t0 + Duration::from_millis(tenth * 100),
+                    slow_start,
+                )
+            })
+            .collect();
+        assert!(shares.windows(2).all(|w| w[0] <= w[1]), "{shares:?}");
+        assert_eq!((shares[0], shares[300]), (MIN_SHARE, FULL_SHARE));
+    }
+
+    #[test]
+    fn round_robin_gives_a_ramping_node_its_share_of_its_weight() {
+        // (share of c, picks, counts): c weighs share/1000 of a and b.
+        let cases: [(u32, usize, [usize; 3]); 4] = [
+            (FULL_SHARE, 300, [100, 100, 100]),
+            (500, 500, [200, 200, 100]),
+            (250, 900, [400, 400, 100]),
+            (MIN_SHARE, 2010, [1000, 1000, 10]),
+        ];
+        for (share, picks, want) in cases {
+            let nodes = [node("a", 1), node("b", 1), ramping(node("c", 1), share)];
+            let counts = first_counts(&Selector::new(Balance::RoundRobin), &nodes, picks);
+            assert_eq!(counts, want, "share {share}");
+        }
+    }
+
+    #[test]
+    fn least_conn_fills_a_ramping_node_to_its_share_of_the_load() {
+        // a and b hold 100 connections each; c came back empty. New connections that stay open
+        // fill c up to share × the load of the others, then spread by the scaled weights.
+        let cases: [(u32, u64); 4] = [(MIN_SHARE, 1), (100, 10), (400, 40), (FULL_SHARE, 100)];
+        for (share, want_c) in cases {
+            let mut nodes = [
+                Node {
+                    active: 100,
+                    ..node("a", 1)
+                },
+                Node {
+                    active: 100,
+                    ..node("b", 1)
+                },
+                ramping(node("c", 1), share),
+            ];
+            let selector = Selector::new(Balance::LeastConn);
+            let mut rng = rng();
+            // Enough picks for c to reach its part, too few for a and b to grow past 100.
+            for _ in 0..want_c {
+                let first = selector
+                    .candidates(&nodes, CLIENT, &mut rng)
+                    .first()
+                    .unwrap();
+                nodes[first].active += 1;
+            }
+            assert_eq!(nodes[2].active, want_c, "share {share}: {nodes:?}");
+            let next = selector.candidates(&nodes, CLIENT, &mut rng).first();
+            assert_ne!(next, Some(2), "share {share}: c is full at {want_c}");
+        }
+    }
+
+    #[test]
+    fn random_two_draws_a_ramping_node_by_its_share() {
+        // Idle nodes tie, so the first drawn wins: c is first with probability 0.1 / 2.1.
+        let nodes = [node("a", 1), node("b", 1), ramping(node("c", 1), 100)];
+        let counts = first_counts(&Selector::new(Balance::RandomTwo), &nodes, 42_000);
+        assert!((1_600..=2_400).contains(&counts[2]), "{counts:?}");
+    }
+
+    #[test]
+    fn source_hash_slow_start_only_moves_clients_onto_the_ramping_node() {
+        let at = |share| {
+            [
+                node("rabbit-a", 1),
+                node("rabbit-b", 1),
+                ramping(node("rabbit-c", 1), share),
+            ]
+        };
+        let clients: Vec<IpAddr> = (0..10_000).map(ipv4).collect();
+        let mut previous: Option<Vec<usize>> = None;
+        for share in [MIN_SHARE, 100, 250, 500, 750, FULL_SHARE] {
+            let picks: Vec<usize> = clients
+                .iter()
+                .map(|&ip| hash_pick(&at(share), ip).unwrap())
+                .collect();
+            let on_c = picks.iter().filter(|&&p| p == 2).count();
+            // Weighted rendezvous: c's part is share / (2 + share) of the clients.
+            let f = f64::from(share) / f64::from(FULL_SHARE);
+            let want = 10_000.0 * f / (2.0 + f);
+            assert!(
+                (on_c as f64 - want).abs() < 200.0,
+                "share {share}: {on_c} on c, want {want}"
+            );
+            if let Some(previous) = &previous {
+                for (before, after) in previous.iter().zip(&picks) {
+                    assert!(before == after || *after == 2, "moved {before} -> {after}");
+                }
+            }
+            previous = Some(picks);
+        }
     }
 
     #[test]

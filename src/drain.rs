@@ -21,7 +21,7 @@ use crate::config::{Config, HookEvent, ProxyProtocol};
 use crate::health::probe::{self, QuorumCheck};
 use crate::health::{Cause, Controller};
 use crate::metrics;
-use crate::state::{AdminState, BackendId, Routing};
+use crate::state::{AdminState, BackendId, CloseCause, Routing};
 
 /// How often a draining backend is checked for its last connection.
 const DRAINED_POLL: Duration = Duration::from_millis(100);
@@ -664,7 +664,8 @@ impl Drainer {
                     );
                     warned_at_deadline = true;
                 }
-                b.stats.close_connections(self.routing.shutdown_token());
+                b.stats
+                    .close_connections(self.routing.shutdown_token(), CloseCause::DrainDeadline);
             }
             let pause = match entry.deadline {
                 Some(d) if d.at > now => (d.at - now).min(DRAINED_POLL),
@@ -1177,12 +1178,18 @@ mod tests {
             .unwrap();
         advance(Duration::from_millis(9_900)).await;
         assert!(
-            !open.close_token().is_cancelled(),
+            !open.close_token().token().is_cancelled(),
             "not before the deadline"
         );
         advance(Duration::from_millis(200)).await;
-        assert!(open.close_token().is_cancelled(), "closed at the deadline");
-        assert!(connecting.close_token().is_cancelled(), "connecting too");
+        assert!(
+            open.close_token().token().is_cancelled(),
+            "closed at the deadline"
+        );
+        assert!(
+            connecting.close_token().token().is_cancelled(),
+            "connecting too"
+        );
         drop(open);
         advance(Duration::from_millis(500)).await;
         assert_eq!(
@@ -1192,10 +1199,10 @@ mod tests {
         );
         // One that took the backend's fresh token after the deadline is closed at the next poll.
         let late = crate::state::BackendSlot::claim(&stats);
-        assert!(!late.close_token().is_cancelled());
+        assert!(!late.close_token().token().is_cancelled());
         advance(DRAINED_POLL * 2).await;
         assert!(
-            late.close_token().is_cancelled(),
+            late.close_token().token().is_cancelled(),
             "a late arrival is closed too"
         );
         drop((connecting, late));
@@ -1221,7 +1228,7 @@ mod tests {
         assert_eq!(drainer.deadline("p", "b"), None);
         advance(Duration::from_secs(6)).await;
         assert!(
-            !open.close_token().is_cancelled(),
+            !open.close_token().token().is_cancelled(),
             "an undrained backend keeps its connections"
         );
 

@@ -6,11 +6,14 @@
 //! It owns the backend and pool metric families ([`BackendMetrics`]: connections, connect
 //! failures and durations, bytes, `backend_up`, `backend_admin_state`,
 //! `pool_available_backends`) and removes a backend's or pool's series when a reload takes it
-//! away. This module owns no sockets and no timers.
+//! away. It records when a backend becomes available again (health back up, undrained, added
+//! by a reload) in the snapshot, where slow start reads it. This module owns no sockets and no
+//! timers.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use prometheus::{
@@ -19,7 +22,7 @@ use prometheus::{
 use tokio_util::sync::CancellationToken;
 
 use crate::balance::{self, Selector};
-use crate::config::{Config, ListenerConfig};
+use crate::config::{Config, ListenerConfig, OnDown};
 use crate::metrics;
 use crate::net::{ByteDirection, ConnectFailure};
 
@@ -65,22 +68,63 @@ pub struct BackendStats {
     /// By [`ConnectFailure::ALL`]'s order (see [`BackendStats::failures`]).
     failures: [IntCounter; 4],
     pub up: IntGauge,
-    /// Cancelled to close this backend's connections (a drain deadline); a child of the
-    /// routing's shutdown token, so shutdown closes them too. Replaced after use.
-    close: Mutex<CancellationToken>,
+    /// Cancelled to close this backend's connections (a drain deadline, `on_down = "close"`);
+    /// a child of the routing's shutdown token, so shutdown closes them too. Replaced after use.
+    close: Mutex<CloseToken>,
+}
+
+/// Why warren closed a backend's connections itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseCause {
+    /// The backend's drain deadline passed.
+    DrainDeadline,
+    /// Probes marked the backend down in a pool with `on_down = "close"`.
+    BackendDown,
+}
+
+/// What a connection to a backend watches: a token cancelled to close it, and why it was.
+#[derive(Debug, Clone)]
+pub struct CloseToken {
+    token: CancellationToken,
+    /// Set just before `token` is cancelled by [`BackendStats::close_connections`]; unset when
+    /// the cancellation came from shutdown (the parent token).
+    cause: Arc<OnceLock<CloseCause>>,
+}
+
+impl CloseToken {
+    fn child_of(shutdown: &CancellationToken) -> CloseToken {
+        CloseToken {
+            token: shutdown.child_token(),
+            cause: Arc::default(),
+        }
+    }
+
+    /// The token to wait on.
+    pub fn token(&self) -> &CancellationToken {
+        &self.token
+    }
+
+    /// Why the backend's connections were closed; `None` before that, or when shutdown did it.
+    pub fn cause(&self) -> Option<CloseCause> {
+        self.cause.get().copied()
+    }
 }
 
 impl BackendStats {
     /// The token a new connection to this backend watches.
-    pub fn close_token(&self) -> CancellationToken {
+    pub fn close_token(&self) -> CloseToken {
         self.close.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Close every open connection to this backend; new ones get a fresh token.
-    pub fn close_connections(&self, shutdown: &CancellationToken) {
+    /// Close every open connection to this backend for `cause`; new ones get a fresh token.
+    /// Returns how many were open or connecting (what the operator's log line reports).
+    pub fn close_connections(&self, shutdown: &CancellationToken, cause: CloseCause) -> i64 {
         let mut close = self.close.lock().unwrap_or_else(|e| e.into_inner());
-        close.cancel();
-        *close = shutdown.child_token();
+        let open = self.active.get() + self.connecting.get();
+        let _ = close.cause.set(cause);
+        close.token.cancel();
+        *close = CloseToken::child_of(shutdown);
+        open
     }
 
     /// The counter of connects to this backend that failed for `failure`.
@@ -113,7 +157,7 @@ impl BackendStats {
                     .with_label_values(&[pool, backend, failure.as_str()])
             }),
             up: metrics.up.with_label_values(&pb),
-            close: Mutex::new(shutdown.child_token()),
+            close: Mutex::new(CloseToken::child_of(shutdown)),
         }
     }
 }
@@ -127,7 +171,7 @@ impl BackendStats {
 /// way closes the connection as soon as it is set up. Dropping it gives the count back.
 pub struct BackendSlot {
     stats: Arc<BackendStats>,
-    close: CancellationToken,
+    close: CloseToken,
     established: bool,
 }
 
@@ -158,8 +202,9 @@ impl BackendSlot {
         &self.stats
     }
 
-    /// Cancelled at a drain deadline or at the end of the shutdown grace period.
-    pub fn close_token(&self) -> &CancellationToken {
+    /// Cancelled at a drain deadline, when probes mark the backend down (`on_down = "close"`)
+    /// or at the end of the shutdown grace period; it says which.
+    pub fn close_token(&self) -> &CloseToken {
         &self.close
     }
 }
@@ -304,6 +349,10 @@ pub struct BackendRoute {
     pub key: u64,
     pub health: Health,
     pub admin: AdminState,
+    /// When it last became available again (health back up, undrained, added to a running
+    /// pool by a reload); `None` while it has been available since its pool was built. Slow
+    /// start ramps its share from here.
+    pub available_since: Option<Instant>,
     pub stats: Arc<BackendStats>,
 }
 
@@ -313,7 +362,13 @@ impl BackendRoute {
         self.health != Health::Down && self.admin == AdminState::Active
     }
 
-    fn node(&self) -> balance::Node {
+    /// Per mille of its weight it gets `now` in a pool with `slow_start` (see
+    /// [`balance::slow_start_share`]).
+    pub fn share(&self, now: Instant, slow_start: Duration) -> u32 {
+        balance::slow_start_share(self.available_since, now, slow_start)
+    }
+
+    fn node(&self, now: Instant, slow_start: Duration) -> balance::Node {
         balance::Node {
             weight: self.weight,
             backup: self.backup,
@@ -321,8 +376,14 @@ impl BackendRoute {
             // Those being set up count too: a burst of accepts sees each other's choices.
             active: (self.stats.active.get() + self.stats.connecting.get()).max(0) as u64,
             key: self.key,
+            share: self.share(now, slow_start),
         }
     }
+}
+
+/// The clock slow start is measured on: tokio's, so that tests with paused time move it.
+pub fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 /// One pool in a snapshot.
@@ -332,6 +393,10 @@ pub struct PoolRoute {
     /// Kept across snapshots of the same pool so round-robin state survives health changes.
     pub selector: Arc<Selector>,
     pub backends: Vec<BackendRoute>,
+    /// `slow_start`: how long a returning backend ramps to its full share (zero: off).
+    pub slow_start: Duration,
+    /// `on_down`: what a backend's open connections get when probes mark it down.
+    pub on_down: OnDown,
     /// `warren_pool_available_backends`: available backends, backups included.
     available_gauge: IntGauge,
 }
@@ -343,7 +408,12 @@ impl PoolRoute {
     /// stale "down" must not refuse every client; NGINX likewise never takes the last server
     /// out). Drained backends are never offered.
     pub fn candidates(&self, client: std::net::IpAddr) -> balance::Candidates {
-        let mut nodes: Vec<balance::Node> = self.backends.iter().map(BackendRoute::node).collect();
+        let now = now();
+        let mut nodes: Vec<balance::Node> = self
+            .backends
+            .iter()
+            .map(|b| b.node(now, self.slow_start))
+            .collect();
         let mut rng = rand::thread_rng();
         let candidates = self.selector.candidates(&nodes, client, &mut rng);
         if !candidates.is_empty() {
@@ -469,7 +539,11 @@ impl Routing {
             .backends
             .iter_mut()
             .find(|b| &*b.name == backend)?;
+        let was_available = target.available();
         let before = change(target);
+        if target.available() && !was_available {
+            target.available_since = Some(now());
+        }
         let next = Snapshot {
             listeners: old.listeners.clone(),
             pools,
@@ -504,11 +578,21 @@ fn build(
         .iter()
         .map(|p| {
             let old = previous.and_then(|s| s.pools.get(p.name.as_str()));
+            let built_at = now();
             let backends = p
                 .backends
                 .iter()
                 .map(|b| {
                     let old_b = old.and_then(|o| o.backend(&b.name));
+                    // The same backend as before: same name, same address.
+                    let kept = old_b.filter(|o| o.addr == b.addr);
+                    // A backend new to a running pool (or at a new address) is a returning one
+                    // for slow start; the backends of a new pool all start together, at full.
+                    let available_since = match (old, kept) {
+                        (_, Some(o)) => o.available_since,
+                        (Some(_), None) => Some(built_at),
+                        (None, None) => None,
+                    };
                     BackendRoute {
                         name: Arc::from(b.name.as_str()),
                         addr: b.addr,
@@ -516,10 +600,9 @@ fn build(
                         backup: b.backup,
                         key: balance::stable_hash(format!("{}/{}", p.name, b.name).as_bytes()),
                         // A verdict about an old address says nothing about the new one.
-                        health: old_b
-                            .filter(|o| o.addr == b.addr)
-                            .map_or(Health::Unknown, |o| o.health),
+                        health: kept.map_or(Health::Unknown, |o| o.health),
                         admin: old_b.map_or(AdminState::Active, |o| o.admin),
+                        available_since,
                         stats: old_b.map_or_else(
                             || Arc::new(BackendStats::new(metrics, &p.name, &b.name, shutdown)),
                             |o| o.stats.clone(),
@@ -544,6 +627,8 @@ fn build(
                 name: name.clone(),
                 selector,
                 backends,
+                slow_start: p.slow_start,
+                on_down: p.on_down,
                 available_gauge: metrics.pool_available.with_label_values(&[&p.name]),
             };
             (name, route)
@@ -601,5 +686,116 @@ mod tests {
             let after = routing.load().pools["p"].selector.clone();
             assert_eq!(Arc::ptr_eq(&before, &after), kept, "{backends:?}");
         }
+    }
+
+    fn since(routing: &Routing, backend: &str) -> Option<Instant> {
+        routing.load().pools["p"]
+            .backend(backend)
+            .unwrap()
+            .available_since
+    }
+
+    /// One change made to backend "a" (or a reload) in the table below.
+    enum Step {
+        SetHealth(Health),
+        SetAdmin(AdminState),
+        Reload(&'static [(&'static str, u32)]),
+    }
+
+    /// Slow start starts where a backend becomes available again, and nowhere else.
+    #[test]
+    fn available_since_is_set_when_a_backend_becomes_available_again() {
+        use Step::*;
+        let cases: [(&str, &[Step], bool); 8] = [
+            ("at start", &[], false),
+            ("first probe up", &[SetHealth(Health::Up)], false),
+            ("down", &[SetHealth(Health::Down)], false),
+            (
+                "down then up",
+                &[SetHealth(Health::Down), SetHealth(Health::Up)],
+                true,
+            ),
+            (
+                "drained then undrained",
+                &[SetAdmin(AdminState::Drained), SetAdmin(AdminState::Active)],
+                true,
+            ),
+            (
+                "undrained while down",
+                &[
+                    SetHealth(Health::Down),
+                    SetAdmin(AdminState::Draining),
+                    SetAdmin(AdminState::Active),
+                ],
+                false,
+            ),
+            (
+                "reload that keeps it",
+                &[Reload(&[("a", 1), ("b", 1)])],
+                false,
+            ),
+            (
+                "reload that changes its weight",
+                &[Reload(&[("a", 3), ("b", 1)])],
+                false,
+            ),
+        ];
+        for (what, steps, set) in cases {
+            let routing = Routing::new(
+                &config(&[("a", 1), ("b", 1)]),
+                BackendMetrics::register(&Registry::new()),
+            );
+            for step in steps {
+                match step {
+                    SetHealth(h) => assert!(routing.set_health("p", "a", *h).is_some()),
+                    SetAdmin(a) => assert!(routing.set_admin("p", "a", *a).is_some()),
+                    Reload(backends) => routing.reload(&config(backends)),
+                }
+            }
+            assert_eq!(since(&routing, "a").is_some(), set, "{what}");
+            assert_eq!(since(&routing, "b"), None, "{what}: b untouched");
+        }
+    }
+
+    #[test]
+    fn a_backend_added_to_a_running_pool_starts_slow_a_new_pool_does_not() {
+        let routing = Routing::new(
+            &config(&[("a", 1)]),
+            BackendMetrics::register(&Registry::new()),
+        );
+        routing.reload(&config(&[("a", 1), ("b", 1)]));
+        assert_eq!(since(&routing, "a"), None);
+        let added = since(&routing, "b").expect("b is new to a running pool");
+        // Another reload carries the moment over; it does not restart the ramp.
+        routing.reload(&config(&[("a", 1), ("b", 2)]));
+        assert_eq!(since(&routing, "b"), Some(added));
+        // Its share ramps from there.
+        let route = routing.load();
+        let b = route.pools["p"].backend("b").unwrap();
+        let ramp = Duration::from_secs(10);
+        assert_eq!(b.share(added, ramp), balance::MIN_SHARE);
+        assert_eq!(b.share(added + Duration::from_secs(5), ramp), 500);
+        assert_eq!(b.share(added + ramp, ramp), balance::FULL_SHARE);
+    }
+
+    #[test]
+    fn a_close_token_says_why_it_was_cancelled() {
+        let routing = Routing::new(
+            &config(&[("a", 1)]),
+            BackendMetrics::register(&Registry::new()),
+        );
+        let stats = routing.load().pools["p"].backends[0].stats.clone();
+        let first = stats.close_token();
+        stats.active.set(3);
+        let closed = stats.close_connections(routing.shutdown_token(), CloseCause::BackendDown);
+        assert_eq!(closed, 3);
+        assert!(first.token().is_cancelled());
+        assert_eq!(first.cause(), Some(CloseCause::BackendDown));
+        // A connection made after the close watches a fresh token.
+        let second = stats.close_token();
+        assert!(!second.token().is_cancelled());
+        routing.shutdown_token().cancel();
+        assert!(second.token().is_cancelled());
+        assert_eq!(second.cause(), None, "shutdown leaves no cause");
     }
 }

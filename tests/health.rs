@@ -12,7 +12,7 @@ use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
-use warren::config::{Balance, HealthConfig, HookEvent, Probe};
+use warren::config::{Balance, HealthConfig, HookEvent, OnDown, Probe};
 use warren::state::Health;
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -505,6 +505,79 @@ async fn a_backend_that_closes_at_once_is_taken_out() {
         assert_eq!(id, 1, "a client went to the backend that closes at once");
     }
     warren.stop().await;
+}
+
+/// `on_down`: when probes mark a backend down (here its port stops accepting while the
+/// connections it has stay up and keep echoing, as a broker whose listener died), `"close"`
+/// closes its client connections within `fall × interval + timeout + 1 s`, each counted as
+/// `connections_closed_total{reason="backend_down"}`; `"keep"` leaves them open and working.
+/// The other backend's connections are untouched either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_down_close_closes_the_connections_of_a_backend_marked_down() {
+    let (interval, timeout, fall) = (200, 100, 2);
+    let bound = Duration::from_millis(fall * interval + timeout) + SECOND;
+    for on_down in [OnDown::Close, OnDown::Keep] {
+        let a = spawn_tagged(0).await;
+        let b = spawn_tagged(1).await;
+        let mut cfg = config(
+            Balance::RoundRobin,
+            vec![backend("a", a.addr), backend("b", b.addr)],
+        );
+        cfg.pools[0].health = Some(tcp_health(interval, timeout, 1, fall as u32));
+        cfg.pools[0].on_down = on_down;
+        let warren = Warren::start(cfg, quick());
+        wait_for("a up", 5 * SECOND, || health_of(&warren, "a") == Health::Up).await;
+        let (mut to_a, mut to_b) = (Vec::new(), Vec::new());
+        while to_a.len() < 3 || to_b.len() < 3 {
+            let (id, s) = which_backend(warren.addr).await;
+            if id == 0 { &mut to_a } else { &mut to_b }.push(s);
+        }
+        let open_on_a = a.open.clone();
+        let stopped = Instant::now();
+        // Stops accepting (the listener goes with the accept task); accepted connections live on.
+        drop(a);
+        let deadline = stopped + bound;
+        for (i, s) in to_a.iter_mut().enumerate() {
+            let mut byte = [0u8; 1];
+            let read = tokio::time::timeout_at(deadline, s.read(&mut byte)).await;
+            match (on_down, read) {
+                (OnDown::Close, Ok(Ok(0) | Err(_))) => {}
+                (OnDown::Keep, Err(_)) => {}
+                (_, other) => panic!("{on_down:?}: connection {i} to a: {other:?}"),
+            }
+        }
+        println!(
+            "{on_down:?}: connections to a settled {:?} after a stopped accepting",
+            stopped.elapsed()
+        );
+        assert_eq!(health_of(&warren, "a"), Health::Down, "{on_down:?}");
+        let closed = r#"warren_connections_closed_total{listener="default",reason="backend_down"}"#;
+        match on_down {
+            OnDown::Close => {
+                wait_for("3 closes counted", 2 * SECOND, || {
+                    warren.metric(closed) == 3.0
+                })
+                .await;
+                wait_for("a's side closed", 2 * SECOND, || {
+                    open_on_a.load(std::sync::atomic::Ordering::SeqCst) == 0
+                })
+                .await;
+            }
+            OnDown::Keep => {
+                assert_eq!(warren.metric(closed), 0.0);
+                for s in &mut to_a {
+                    assert!(echo_once(s, 7).await, "kept connection to a still echoes");
+                }
+            }
+        }
+        for s in &mut to_b {
+            assert!(
+                echo_once(s, 9).await,
+                "{on_down:?}: b's connections are untouched"
+            );
+        }
+        warren.stop().await;
+    }
 }
 
 /// Planned work must not look like an outage: hooks are told the backend's admin state and

@@ -103,12 +103,25 @@ pub enum Balance {
     SourceHash,
 }
 
+/// What happens to a backend's open connections when probes mark it down (`on_down`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OnDown {
+    /// They stay open until the client, the backend or a heartbeat ends them.
+    Keep,
+    /// They are closed at once (HAProxy's `on-marked-down shutdown-sessions`).
+    Close,
+}
+
 /// `[pool.NAME]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolConfig {
     pub name: String,
     pub balance: Balance,
     pub min_available: usize,
+    /// How long a backend that becomes available again takes to reach its full share of new
+    /// connections; zero: at once.
+    pub slow_start: Duration,
+    pub on_down: OnDown,
     pub health: Option<HealthConfig>,
     /// In file order; never empty.
     pub backends: Vec<BackendConfig>,
@@ -279,6 +292,12 @@ pub const DEFAULT_ADMIN_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_BALANCE: Balance = Balance::RoundRobin;
 /// `pool.min_available` when omitted.
 pub const DEFAULT_MIN_AVAILABLE: usize = 1;
+/// `pool.slow_start` when omitted: off.
+pub const DEFAULT_SLOW_START: Duration = Duration::ZERO;
+/// Longest `pool.slow_start`.
+pub const MAX_SLOW_START: Duration = Duration::from_secs(60 * 60);
+/// `pool.on_down` when omitted: connections ride it out, as before the key existed.
+pub const DEFAULT_ON_DOWN: OnDown = OnDown::Keep;
 /// `health.interval` when omitted.
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(2);
 /// `health.timeout` when omitted.
@@ -325,6 +344,7 @@ pub fn max_duration(key: &str) -> Duration {
         "connect_timeout" => MAX_CONNECT_TIMEOUT,
         "idle_timeout" => MAX_IDLE_TIMEOUT,
         "next_upstream_timeout" => MAX_NEXT_UPSTREAM_TIMEOUT,
+        "slow_start" => MAX_SLOW_START,
         "timeout" if key.starts_with("hook[") => MAX_HOOK_TIMEOUT,
         "timeout" if key.ends_with(".management.timeout") => MAX_MANAGEMENT_TIMEOUT,
         "interval" | "timeout" => MAX_PROBE_DURATION,
@@ -385,6 +405,23 @@ impl Balance {
             Balance::LeastConn => "least_conn",
             Balance::RandomTwo => "random_two",
             Balance::SourceHash => "source_hash",
+        }
+    }
+}
+
+impl Named for OnDown {
+    const ALL: &'static [Self] = &[OnDown::Keep, OnDown::Close];
+    fn as_str(self) -> &'static str {
+        OnDown::as_str(self)
+    }
+}
+
+impl OnDown {
+    /// The name used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnDown::Keep => "keep",
+            OnDown::Close => "close",
         }
     }
 }
@@ -742,6 +779,8 @@ fn quick_start_with(
     let pool = RawPool {
         balance: None,
         min_available: None,
+        slow_start: None,
+        on_down: None,
         health: None,
         management: None,
         backend,

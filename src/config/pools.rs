@@ -1,6 +1,6 @@
-//! Validation of `[pool.NAME]`: balancing, `min_available`, the health section and its probe
-//! (with the `http` probe's URL and credentials), and each backend (its management endpoint is
-//! `management`'s).
+//! Validation of `[pool.NAME]`: balancing, `min_available`, `slow_start`, `on_down`, the health
+//! section and its probe (with the `http` probe's URL and credentials), and each backend (its
+//! management endpoint is `management`'s).
 
 use super::*;
 
@@ -12,6 +12,16 @@ impl Validator<'_> {
             &format!("{key}.balance"),
             raw.balance.as_ref(),
             DEFAULT_BALANCE,
+        );
+        let slow_start = self.duration(
+            &format!("{key}.slow_start"),
+            raw.slow_start.as_ref(),
+            DEFAULT_SLOW_START,
+        );
+        let on_down = self.choice(
+            &format!("{key}.on_down"),
+            raw.on_down.as_ref(),
+            DEFAULT_ON_DOWN,
         );
         let probe_url = raw.health.as_ref().and_then(|h| h.url.clone());
         let health = raw.health.map(|h| self.health(&format!("{key}.health"), h));
@@ -41,10 +51,23 @@ impl Validator<'_> {
         let primaries = backends.iter().filter(|b| !b.backup).count();
         self.backend_count(&key, &name, backends.len(), primaries);
         let min_available = self.min_available(&key, raw.min_available.as_ref(), primaries);
+        if let (OnDown::Close, None, Some(raw)) = (on_down, &health, &raw.on_down) {
+            self.report(
+                format!("{key}.on_down"),
+                quote(raw.get_ref()),
+                Some(raw.span()),
+                format!(
+                    "needs a [{key}.health] probe: without one, a single failed connect marks a \
+                     backend down, too little to close its other connections"
+                ),
+            );
+        }
         PoolConfig {
             name: name.into_inner(),
             balance,
             min_available,
+            slow_start,
+            on_down,
             health,
             backends,
         }

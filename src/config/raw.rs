@@ -50,6 +50,8 @@ pub(super) struct RawListener {
 pub(super) struct RawPool {
     pub(super) balance: Option<Str>,
     pub(super) min_available: Option<Spanned<usize>>,
+    pub(super) slow_start: Option<Str>,
+    pub(super) on_down: Option<Str>,
     pub(super) health: Option<RawHealth>,
     pub(super) management: Option<Spanned<RawManagement>>,
     #[serde(default)]

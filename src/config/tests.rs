@@ -328,6 +328,22 @@ fn each_problem_names_key_value_and_line() {
             "pool.rabbitmq.balance", "\"leastconn\"", "expected one of round_robin, least_conn, random_two, source_hash",
         ),
         (
+            replaced("balance = \"round_robin\"", "slow_start = \"soon\""),
+            "pool.rabbitmq.slow_start", "\"soon\"", "not a duration",
+        ),
+        (
+            replaced("balance = \"round_robin\"", "slow_start = \"2h\""),
+            "pool.rabbitmq.slow_start", "\"2h\"", "too long: at most 1h (omit it for the default, 0s)",
+        ),
+        (
+            replaced("balance = \"round_robin\"", "on_down = \"shutdown\""),
+            "pool.rabbitmq.on_down", "\"shutdown\"", "expected one of keep, close",
+        ),
+        (
+            replaced("balance = \"round_robin\"", "on_down = \"close\""),
+            "pool.rabbitmq.on_down", "\"close\"", "needs a [pool.rabbitmq.health] probe",
+        ),
+        (
             replaced("balance = \"round_robin\"", "min_available = 3"),
             "pool.rabbitmq.min_available", "3", "more than the 2 primary",
         ),
@@ -1006,5 +1022,39 @@ fn names_round_trip() {
     }
     for pp in <ProxyProtocol as Named>::ALL {
         assert_eq!(lookup::<ProxyProtocol>(pp.as_str()), Some(*pp));
+    }
+}
+
+#[test]
+fn slow_start_and_on_down_default_off_and_load() {
+    let pool = &parse(BASE).unwrap().pools[0];
+    assert_eq!(
+        (pool.slow_start, pool.on_down),
+        (Duration::ZERO, OnDown::Keep)
+    );
+    let cases = [
+        (
+            "slow_start = \"30s\"",
+            Duration::from_secs(30),
+            OnDown::Keep,
+        ),
+        ("slow_start = \"0s\"", Duration::ZERO, OnDown::Keep),
+        ("slow_start = \"1h\"", MAX_SLOW_START, OnDown::Keep),
+        (
+            "on_down = \"close\"\n[pool.rabbitmq.health]\nkind = \"tcp\"",
+            Duration::ZERO,
+            OnDown::Close,
+        ),
+        ("on_down = \"keep\"", Duration::ZERO, OnDown::Keep),
+    ];
+    for (lines, slow_start, on_down) in cases {
+        let text = replaced("balance = \"round_robin\"", lines);
+        let config = parse(&text).unwrap_or_else(|e| panic!("{lines}: {e}"));
+        let pool = &config.pools[0];
+        assert_eq!(
+            (pool.slow_start, pool.on_down),
+            (slow_start, on_down),
+            "{lines}"
+        );
     }
 }

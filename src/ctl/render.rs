@@ -20,11 +20,18 @@ pub(super) fn render_status(status: &Status, now: SystemTime, width: usize) -> S
         if !text.is_empty() {
             text.push('\n');
         }
-        let _ = writeln!(
+        let _ = write!(
             text,
             "pool {} ({}): {}/{} available, min_available {}",
             pool.name, pool.balance, pool.available, pool.total, pool.min_available
         );
+        if let Some(slow_start) = &pool.slow_start {
+            let _ = write!(text, ", slow_start {slow_start}");
+        }
+        if let Some(on_down) = &pool.on_down {
+            let _ = write!(text, ", on_down {on_down}");
+        }
+        text.push('\n');
         if pool.backends.is_empty() {
             text.push_str("  (no backends)\n");
             continue;
@@ -121,6 +128,10 @@ pub(super) fn admin_cell(b: &BackendStatus, now: SystemTime) -> String {
                 Err(_) => "draining (deadline passed)".to_string(),
             },
             Err(_) => format!("draining (until {deadline})"),
+        },
+        (_, AdminState::Active) => match b.slow_start_percent {
+            Some(percent) => format!("active (slow start {percent}%)"),
+            None => b.admin.to_string(),
         },
         _ => b.admin.to_string(),
     }

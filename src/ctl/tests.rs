@@ -232,3 +232,27 @@ fn health_says_since_when() {
     let text = render_status(&status, now(), 200);
     assert!(text.contains("  down for 3m  "), "{text}");
 }
+
+#[test]
+fn status_shows_slow_start_and_on_down() {
+    let mut status = status_fixture();
+    status.pools[1].slow_start = Some("30s".into());
+    status.pools[1].on_down = Some("close".into());
+    status.pools[1].backends[0].slow_start_percent = Some(40);
+    assert_eq!(
+        admin_cell(&status.pools[1].backends[0], now()),
+        "active (slow start 40%)"
+    );
+    // Done ramping (or never): the admin state alone.
+    assert_eq!(admin_cell(&status.pools[0].backends[0], now()), "active");
+    let text = render_status(&status, now(), 200);
+    assert!(
+        text.contains(
+            "pool other (round_robin): 1/1 available, min_available 0, slow_start 30s, on_down close\n"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("  active (slow start 40%)  "), "{text}");
+    // The other pool has neither set: its header is as before.
+    assert!(text.contains("pool rabbitmq (least_conn): 2/3 available, min_available 1\n"));
+}

@@ -530,6 +530,7 @@ mod tests {
             last_probe: None,
             probes_run: 0,
             probes_ok_in_a_row: 0,
+            slow_start_percent: None,
             weight: 1,
         }
     }
@@ -544,6 +545,8 @@ mod tests {
             total: backends.len(),
             rise: Some(2),
             fall: Some(2),
+            on_down: None,
+            slow_start: None,
             backends,
         }
     }

@@ -9,7 +9,8 @@
 //! - A failed connect from the data path counts as a failed check. A pool without a probe
 //!   follows NGINX's passive default instead: one failed connect takes the backend out for a
 //!   hold-down period (10 s), after which it is `unknown` (and tried) again.
-//! - Health changes never touch existing connections; they only steer new ones.
+//! - Health changes steer new connections; existing ones are left alone, except that in a pool
+//!   with `on_down = "close"` a backend marked down has its connections closed at once.
 //!
 //! Probes and timers run on the control runtime, never on the data plane's workers. The probe
 //! metric families are this module's ([`metrics`]); a reload that takes a backend away removes
@@ -28,10 +29,10 @@ use tokio::runtime::Handle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, HealthConfig, HookEvent, ProxyProtocol};
+use crate::config::{Config, HealthConfig, HookEvent, OnDown, ProxyProtocol};
 use crate::hooks::{Event, HookMetrics, Hooks};
 use crate::net::{ConnectFailure, Observer};
-use crate::state::{AdminState, BackendId, Health, PoolRoute, Routing, Transition};
+use crate::state::{AdminState, BackendId, CloseCause, Health, PoolRoute, Routing, Transition};
 use metrics::HealthMetrics;
 
 /// The rise/fall hysteresis of one backend: pure, no clock.
@@ -559,7 +560,8 @@ impl Controller {
         let reason = t.changed_reason.as_deref().unwrap_or("check");
         match health {
             Health::Down => {
-                tracing::warn!(pool = %key.pool, backend = %key.backend, %reason, "backend is down")
+                tracing::warn!(pool = %key.pool, backend = %key.backend, %reason, "backend is down");
+                self.close_on_down(key, &transition);
             }
             _ => {
                 tracing::info!(pool = %key.pool, backend = %key.backend, %reason, %health, "backend is up")
@@ -571,6 +573,24 @@ impl Controller {
             _ => None,
         };
         self.emit(key, backend_event, &transition, Cause::Health);
+    }
+
+    /// In a pool with `on_down = "close"`, close the connections of a backend probes just
+    /// marked down, instead of leaving them to the clients' heartbeats.
+    fn close_on_down(&self, key: &BackendId, transition: &Transition) {
+        let Some(pool) = transition.after.pools.get(&*key.pool) else {
+            return;
+        };
+        let Some(backend) = pool.backend(&key.backend) else {
+            return;
+        };
+        if pool.on_down != OnDown::Close {
+            return;
+        }
+        let closed = backend
+            .stats
+            .close_connections(self.routing.shutdown_token(), CloseCause::BackendDown);
+        tracing::warn!(pool = %key.pool, backend = %key.backend, closed, "backend is down: closed its connections (on_down = \"close\")");
     }
 
     /// Emit `backend_event` (if any) and the pool events of `transition` for the pool of `key`,

@@ -475,7 +475,7 @@ fn translations_table() {
         (
             stream("upstream p { zone p 64k; server 10.0.0.3:5672 max_conns=10 slow_start=30s; }\n server { listen 5672; proxy_pass p; }"),
             vec!["[pool.p]"],
-            vec!["`zone p 64k;`: shared memory zone", "max_conns is not supported", "slow_start is not supported"],
+            vec!["`zone p 64k;`: shared memory zone", "max_conns is not supported", "slow_start is not translated"],
         ),
         (
             stream("server { listen 5671 ssl; proxy_pass u; ssl_certificate /x.pem; }\nserver { listen 5672; proxy_pass u; }"),

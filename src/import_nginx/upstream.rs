@@ -186,7 +186,8 @@ impl Translator {
                 ),
                 ("slow_start", false) => self.warn(
                     d,
-                    "slow_start is not supported; the backend gets its full share at once",
+                    "slow_start is not translated: warren's slow_start is set per pool \
+                     (`slow_start = \"30s\"` under [pool.NAME]), not per server",
                 ),
                 ("resolve", true) => self.warn(
                     d,

@@ -58,6 +58,8 @@ pub enum CloseReason {
     Idle,
     /// The backend was drained with a deadline that passed.
     Drain,
+    /// Probes marked the backend down in a pool with `on_down = "close"`.
+    BackendDown,
     /// warren is stopping and the grace period is over.
     Shutdown,
     /// A local error.
@@ -66,11 +68,12 @@ pub enum CloseReason {
 
 impl CloseReason {
     /// Every reason, in declaration order (the listener's close counters are indexed by it).
-    pub const ALL: [CloseReason; 6] = [
+    pub const ALL: [CloseReason; 7] = [
         CloseReason::Client,
         CloseReason::Backend,
         CloseReason::Idle,
         CloseReason::Drain,
+        CloseReason::BackendDown,
         CloseReason::Shutdown,
         CloseReason::Error,
     ];
@@ -82,6 +85,7 @@ impl CloseReason {
             CloseReason::Backend => "backend",
             CloseReason::Idle => "idle",
             CloseReason::Drain => "drain",
+            CloseReason::BackendDown => "backend_down",
             CloseReason::Shutdown => "shutdown",
             CloseReason::Error => "error",
         }

@@ -159,7 +159,7 @@ impl ProxyMetrics {
             closed_total: metrics::counter_vec(
                 registry,
                 "connections_closed_total",
-                "Closed proxied connections (client | backend | idle | drain | shutdown | error)",
+                "Closed proxied connections (client | backend | idle | drain | backend_down | shutdown | error)",
                 &["listener", "reason"],
             ),
             header_rejected_total: metrics::counter_vec(
@@ -256,7 +256,7 @@ pub(super) struct ListenerStats {
     /// By [`HeaderRejectReason::ALL`]'s order.
     header_rejected: [IntCounter; 5],
     /// By [`CloseReason::ALL`]'s order.
-    closed: [IntCounter; 6],
+    closed: [IntCounter; CloseReason::ALL.len()],
 }
 
 impl ListenerStats {

@@ -37,7 +37,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{ListenerConfig, ProxyProtocol};
 use crate::net::{ConnectFailure, Observer};
 use crate::proxy_protocol::{self, Header, Parsed};
-use crate::state::{BackendSlot, BackendStats, Routing};
+use crate::state::{BackendSlot, BackendStats, CloseCause, Routing};
 use forward::{CloseReason, Plane};
 use metrics::{HeaderRejectReason, ListenerStats, ProxyMetrics, RejectReason};
 
@@ -421,14 +421,20 @@ async fn handle(accepted: Box<(TcpStream, SocketAddr)>, conn: Conn) {
             &link.backend.stats().bytes_to_backend,
             &link.backend.stats().bytes_to_client,
         ),
-        link.backend.close_token(),
+        link.backend.close_token().token(),
         CloseReason::Drain,
     )
     .await;
     let mut reason = outcome.reason;
-    if reason == CloseReason::Drain && conn.ctx.routing.shutdown_token().is_cancelled() {
-        // The backend's close token is a child of the shutdown token.
-        reason = CloseReason::Shutdown;
+    if reason == CloseReason::Drain {
+        // The backend's close token is a child of the shutdown token; a close of the backend's
+        // own says why.
+        reason = match link.backend.close_token().cause() {
+            Some(CloseCause::BackendDown) => CloseReason::BackendDown,
+            Some(CloseCause::DrainDeadline) => CloseReason::Drain,
+            None if conn.ctx.routing.shutdown_token().is_cancelled() => CloseReason::Shutdown,
+            None => CloseReason::Drain,
+        };
     }
     stats.closed(reason).inc();
     if reason == CloseReason::Backend

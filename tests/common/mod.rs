@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use warren::config::{BackendConfig, Balance, Config, ListenerConfig, PoolConfig};
+use warren::config::{BackendConfig, Balance, Config, ListenerConfig, OnDown, PoolConfig};
 use warren::metrics::Metrics;
 use warren::state::Routing;
 use warren::{Options, Server};
@@ -134,6 +134,8 @@ pub fn config(balance: Balance, backends: Vec<BackendConfig>) -> Config {
             name: "default".into(),
             balance,
             min_available: 1,
+            slow_start: Duration::ZERO,
+            on_down: OnDown::Keep,
             health: None,
             backends,
         }],

@@ -445,6 +445,8 @@ pub struct Request<'a> {
     user_agent: &'static str,
     authorization: Option<HeaderValue>,
     json: Option<Bytes>,
+    /// `X-Reason`: why the request is made (RabbitMQ passes it on to a client it closes).
+    reason: Option<HeaderValue>,
     connect_to: Option<SocketAddr>,
     read: BodyRead,
 }
@@ -460,6 +462,7 @@ impl<'a> Request<'a> {
             user_agent: WARREN_USER_AGENT,
             authorization: url.credentials.as_ref().map(Credentials::header),
             json: None,
+            reason: None,
             connect_to: None,
             read: BodyRead::FailurePrefix(200),
         }
@@ -485,6 +488,12 @@ impl<'a> Request<'a> {
     /// A JSON body (`Content-Type: application/json`).
     pub fn json(mut self, body: impl Into<Bytes>) -> Self {
         self.json = Some(body.into());
+        self
+    }
+
+    /// An `X-Reason` header, as RabbitMQ's management API reads it when it closes a connection.
+    pub fn reason(mut self, value: HeaderValue) -> Self {
+        self.reason = Some(value);
         self
     }
 
@@ -579,6 +588,9 @@ impl<'a> Request<'a> {
         }
         if self.json.is_some() {
             request = request.header(CONTENT_TYPE, "application/json");
+        }
+        if let Some(value) = &self.reason {
+            request = request.header("x-reason", value.clone());
         }
         request
             .body(Full::new(self.json.clone().unwrap_or_default()))

@@ -1,10 +1,12 @@
 //! warren in front of a real RabbitMQ cluster (Debian's `rabbitmq-server`, started on loopback
 //! by `scripts/rabbitmq.sh cluster`), driven by a real AMQP client (lapin): confirms, a node
 //! killed under load, drain and undrain with `warren ctl`, PROXY protocol v2, every probe kind
-//! through `stop_app`/`start_app`, and the rolling upgrade of `warren ctl upgrade`.
+//! through `stop_app`/`start_app`, the rolling upgrade of `warren ctl upgrade`, and the
+//! broker's `Connection.Close` at a drain deadline (graceful AMQP closes).
 //!
-//! Three clusters: a plain two-node one shared by four scenarios, a two-node one with
-//! `proxy_protocol = true`, and a three-node one with a quorum queue for the upgrade. The tests
+//! Four clusters: a plain two-node one shared by four scenarios, a two-node one with
+//! `proxy_protocol = true`, a three-node one with a quorum queue for the upgrade, and a
+//! one-node one for graceful closes. The tests
 //! take turns (a cluster is two or three Erlang VMs, and CI machines have two cores). Skipped
 //! with a SKIP line when RabbitMQ is missing.
 
@@ -1231,4 +1233,133 @@ async fn set_drains_are_judged_as_a_whole(warren: &Warren, cluster: &Cluster) {
     assert_eq!(admin_of(n2), AdminState::Active);
     let (code, stdout, stderr) = ctl(warren, &["undrain", &n1.name]).await;
     assert_eq!(code, 0, "undrain: {stdout}{stderr}");
+}
+
+/// The first error `connection` reports after this is called, within `within`: what the client
+/// sees when its connection is closed under it.
+fn first_error(
+    connection: &lapin::Connection,
+    within: Duration,
+) -> tokio::task::JoinHandle<Option<(lapin::Error, Instant)>> {
+    let mut events = connection.events_listener();
+    tokio::spawn(async move {
+        let wait = async {
+            while let Some(event) = events.next().await {
+                if let lapin::Event::Error(e) = event {
+                    return Some((e, Instant::now()));
+                }
+            }
+            None
+        };
+        tokio::time::timeout(within, wait).await.ok().flatten()
+    })
+}
+
+/// The AMQP reply code and text of a connection closed by the broker; `None` for any other end.
+fn amqp_close(error: &lapin::Error) -> Option<(u16, String)> {
+    match error.kind() {
+        lapin::ErrorKind::ProtocolError(e) => Some((e.get_id(), e.get_message().to_string())),
+        _ => None,
+    }
+}
+
+/// A backend drained with a deadline: a client whose pool has the node's management API gets
+/// the broker's Connection.Close 320 with warren's reason, one connected for longer than the
+/// node's statistics interval and one younger (its name is not listed yet at the deadline, and
+/// is asked again until it is); a client whose pool's management endpoint does not answer gets
+/// the TCP close as before. `warren_forced_closes_total` tells the two apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_deadline_closes_amqp_clients_with_the_brokers_connection_close() {
+    if !rabbit::available("a_drain_deadline_closes_amqp_clients_with_the_brokers_connection_close")
+    {
+        return;
+    }
+    let _turn = TURN.lock().await;
+    let cluster = Arc::new(blocking(|| Cluster::start("g", 1, &[])).await);
+    let node = cluster.nodes[0].clone();
+    let (graceful_port, fallback_port) = (free_port(), free_port());
+    let mut toml = format!("[admin]\nlisten = \"127.0.0.1:{}\"\n", free_port());
+    for (pool, port, management) in [
+        (
+            "amqp",
+            graceful_port,
+            format!(
+                "url = \"http://{{host}}:{}\"\nuser = \"guest\"\npassword = \"guest\"",
+                node.mgmt.port()
+            ),
+        ),
+        (
+            "fallback",
+            fallback_port,
+            format!("url = \"http://{}\"", common::refused_addr()),
+        ),
+    ] {
+        toml += &format!(
+            "[[listener]]\nname = \"{pool}\"\nlisten = \"127.0.0.1:{port}\"\npool = \"{pool}\"\n\
+             idle_timeout = \"120s\"\n[pool.{pool}]\nmin_available = 0\n\
+             [pool.{pool}.health]\n{}\n[pool.{pool}.management]\n{management}\n\
+             [[pool.{pool}.backend]]\nname = \"{}\"\naddr = \"{}\"\n",
+            probe_toml("tcp", &cluster),
+            node.name,
+            node.amqp
+        );
+    }
+    let config = warren::config::from_toml(&toml, Path::new("graceful-test.toml"))
+        .unwrap_or_else(|e| panic!("test config: {e}\n{toml}"));
+    let warren = Warren::start(config, quick());
+    for pool in ["amqp", "fallback"] {
+        wait_health(&warren, pool, &node, Health::Up, Duration::from_secs(20)).await;
+    }
+    let listener = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+    let old = rabbit::connect(listener(graceful_port), "warren-test-old")
+        .await
+        .unwrap();
+    // Past the statistics interval (5 s): the node lists `old` by the time of the deadline.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let young = rabbit::connect(listener(graceful_port), "warren-test-young")
+        .await
+        .unwrap();
+    let plain = rabbit::connect(listener(fallback_port), "warren-test-fallback")
+        .await
+        .unwrap();
+    let within = Duration::from_secs(30);
+    let seen = [&old, &young, &plain].map(|c| first_error(c, within));
+
+    // The drain's deadline is 1 s after warren got the request, so after this.
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let (code, stdout, stderr) = ctl(&warren, &["drain", &node.name, "--deadline", "1s"]).await;
+    assert_eq!(code, 0, "ctl drain: {stdout}{stderr}");
+    let mut ends = Vec::new();
+    for (who, task) in ["old", "young", "fallback"].into_iter().zip(seen) {
+        let (error, at) = task
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{who}: no close seen within {within:?}"));
+        let after = at.saturating_duration_since(deadline);
+        eprintln!(
+            "{who}: closed at most {:.2}s after the deadline: {error}",
+            after.as_secs_f64()
+        );
+        ends.push((who, amqp_close(&error), after));
+    }
+    let reason = format!(
+        "CONNECTION_FORCED - warren: {} (pool amqp) drained for maintenance, drain deadline reached",
+        node.name
+    );
+    for (who, close, _) in &ends[..2] {
+        assert_eq!(close.as_ref(), Some(&(320, reason.clone())), "{who}");
+    }
+    assert_eq!(ends[2].1, None, "the fallback client sees a TCP close");
+
+    let forced = |listener: &str, method: &str| {
+        format!("warren_forced_closes_total{{listener=\"{listener}\",method=\"{method}\",reason=\"drain\"}}")
+    };
+    wait_for("the closes counted", Duration::from_secs(15), || {
+        warren.metric(&forced("amqp", "amqp")) == 2.0
+            && warren.metric(&forced("fallback", "tcp")) == 1.0
+    })
+    .await;
+    assert_eq!(warren.metric(&forced("amqp", "tcp")), 0.0);
+    assert_eq!(warren.metric(&forced("fallback", "amqp")), 0.0);
+    warren.stop().await;
 }

@@ -14,8 +14,8 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use warren::config::{ManagementEndpoint, Probe, ProxyProtocol, Secret};
 use warren::health::probe::{
-    quorum_check, quorum_check_set, run, Leaving, ProbeOutcome, ProbeTarget, QuorumCheck,
-    AMQP_PROTOCOL_HEADER, QUEUES_PATH,
+    close_connection, quorum_check, quorum_check_set, run, CloseAnswer, Leaving, ProbeOutcome,
+    ProbeTarget, QuorumCheck, AMQP_PROTOCOL_HEADER, QUEUES_PATH,
 };
 use warren::http_client::{HttpUrl, ProbeUrl};
 use warren::proxy_protocol::{encode_v1, encode_v2, Header};
@@ -1300,4 +1300,66 @@ fn rabbitmq_sh_ctl_ports_avoid_every_nodes_ports() {
     );
     // Near the top of the port range it goes below the dist port.
     assert_eq!(ctl_ports(&["65530", "1", "2"]), "65520");
+}
+
+// ---------------------------------------------------------------------------------------------
+// graceful close (DELETE /api/connections/NAME)
+
+/// A close request is a DELETE of the percent-encoded name on the backend's management
+/// endpoint, with its credentials and the reason in `X-Reason`; each answer maps to its
+/// outcome, and an endpoint that does not answer is told apart from one that refuses.
+#[tokio::test]
+async fn a_close_request_deletes_the_named_connection_and_reads_the_answer() {
+    let name = "127.0.0.1:40000 -> 127.0.0.2:5672";
+    let reason = "warren: rabbit-a (pool amqp) drained for maintenance, drain deadline reached";
+    let cases = [
+        (204, "", CloseAnswer::Closed),
+        (
+            404,
+            "{\"error\":\"Object Not Found\"}",
+            CloseAnswer::NotFound,
+        ),
+        (
+            401,
+            "{\"error\":\"not_authorized\"}",
+            CloseAnswer::Unexpected("HTTP 401: {\"error\":\"not_authorized\"}".into()),
+        ),
+    ];
+    for (status, body, want) in cases {
+        let (addr, fake) = fake_http(status, body).await;
+        let mut target = target(addr, ProxyProtocol::Off);
+        target.management = Some(management(
+            &format!("http://{addr}"),
+            Some("mon"),
+            Some("pw"),
+        ));
+        let got = close_connection(Some(&Probe::Tcp), &target, name, reason, TIMEOUT).await;
+        assert_eq!(got, want, "{status}");
+        let head = fake.await.unwrap();
+        assert!(
+            head.starts_with(
+                "DELETE /api/connections/127.0.0.1%3A40000%20-%3E%20127.0.0.2%3A5672 HTTP/1.1\r\n"
+            ),
+            "{head}"
+        );
+        assert!(head.contains(&format!("x-reason: {reason}\r\n")), "{head}");
+        assert!(head.contains("authorization: Basic bW9uOnB3\r\n"), "{head}");
+    }
+    let mut target = target(refused_addr().await, ProxyProtocol::Off);
+    assert_eq!(
+        close_connection(None, &target, name, reason, TIMEOUT).await,
+        CloseAnswer::NotApplicable,
+        "no endpoint: nobody to ask"
+    );
+    let refused = refused_addr().await;
+    target.management = Some(management(&format!("http://{refused}"), None, None));
+    let got = close_connection(None, &target, name, reason, TIMEOUT).await;
+    assert!(matches!(got, CloseAnswer::Unanswered(_)), "{got:?}");
+    let (addr, _hangs) = fake_http(0, "").await;
+    target.management = Some(management(&format!("http://{addr}"), None, None));
+    let got = close_connection(None, &target, name, reason, Duration::from_millis(300)).await;
+    assert!(
+        matches!(got, CloseAnswer::Unanswered(ref why) if why.starts_with("timed out after 300ms")),
+        "{got:?}"
+    );
 }

@@ -19,7 +19,6 @@ use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
-use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use prometheus::IntCounter;
 use socket2::SockRef;
@@ -132,8 +131,10 @@ enum Flushed {
     End(End),
 }
 
-/// Forward until both sides are done, the idle timeout passes, or `stop` is cancelled (then the
-/// connection ends with `stop_reason`).
+/// Forward until both sides are done, the idle timeout passes, or `stop` completes (then the
+/// connection ends with `stop_reason`). Forwarding goes on while `stop` runs (a graceful
+/// close asks the broker to close the connection meanwhile); the caller keeps it pinned, so it
+/// is stored once, in the caller's future.
 ///
 /// Both directions are plain state machines polled from one future: readiness is awaited with
 /// `poll_read_ready`/`poll_write_ready`, which keep their wakers inside the socket's registration,
@@ -144,7 +145,7 @@ pub fn forward<'a>(
     idle_timeout: Duration,
     plane: &'a Plane,
     backend_bytes: (&'a IntCounter, &'a IntCounter),
-    stop: &'a CancellationToken,
+    stop: Pin<&'a mut (impl Future<Output = ()> + Send)>,
     stop_reason: CloseReason,
 ) -> impl Future<Output = ForwardOutcome> + Send + 'a {
     let mut link = Forward {
@@ -161,7 +162,7 @@ pub fn forward<'a>(
     };
     async move {
         let mut idle = pin!(tokio::time::sleep(idle_timeout));
-        let mut stopped = pin!(stop.cancelled());
+        let mut stopped = stop;
         let reason = poll_fn(|cx| link.poll(cx, idle.as_mut(), stopped.as_mut())).await;
         ForwardOutcome {
             reason,
@@ -190,7 +191,7 @@ impl Forward<'_> {
         &mut self,
         cx: &mut Context<'_>,
         mut idle: Pin<&mut Sleep>,
-        stopped: Pin<&mut WaitForCancellationFuture<'_>>,
+        stopped: Pin<&mut impl Future<Output = ()>>,
     ) -> Poll<CloseReason> {
         if stopped.poll(cx).is_ready() {
             return Poll::Ready(self.stop_reason);

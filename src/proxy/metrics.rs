@@ -1,5 +1,5 @@
 //! The data plane's metric families: per listener (connections open and accepted, refusals,
-//! closes by reason, rejected PROXY headers) and process-wide (bytes by direction and method,
+//! closes by reason, closes warren forced by method (AMQP or TCP), rejected PROXY headers) and process-wide (bytes by direction and method,
 //! pipes leased, splice fallbacks). [`ProxyMetrics`] registers them once per process; a
 //! listener resolves its handles once into `ListenerStats` and the data plane its byte
 //! counters once into [`ForwardCounters`], so a connection only increments resolved handles.
@@ -82,6 +82,37 @@ impl HeaderRejectReason {
     }
 }
 
+/// How warren closed a connection it ended itself (the `method` label of
+/// `forced_closes_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseMethod {
+    /// The broker's `Connection.Close` 320 reached the client (asked through the node's
+    /// management API) and the broker closed the connection.
+    Amqp,
+    /// A TCP close: the node could not be asked, or did not close it within the window.
+    Tcp,
+}
+
+impl CloseMethod {
+    /// Every method, in the order of `ListenerStats`'s handles.
+    pub const ALL: [CloseMethod; 2] = [CloseMethod::Amqp, CloseMethod::Tcp];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseMethod::Amqp => "amqp",
+            CloseMethod::Tcp => "tcp",
+        }
+    }
+}
+
+/// The close reasons for which warren ends a connection itself.
+const FORCED: [CloseReason; 3] = [
+    CloseReason::Drain,
+    CloseReason::BackendDown,
+    CloseReason::Shutdown,
+];
+
 /// How bytes were moved (the `method` label of `forwarded_bytes_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ForwardMethod {
@@ -128,6 +159,7 @@ pub struct ProxyMetrics {
     connections_total: IntCounterVec,
     rejected_total: IntCounterVec,
     closed_total: IntCounterVec,
+    forced_closes_total: IntCounterVec,
     header_rejected_total: IntCounterVec,
     forwarded_bytes_total: IntCounterVec,
     pipes_leased: IntGauge,
@@ -161,6 +193,12 @@ impl ProxyMetrics {
                 "connections_closed_total",
                 "Closed proxied connections (client | backend | idle | drain | backend_down | shutdown | error)",
                 &["listener", "reason"],
+            ),
+            forced_closes_total: metrics::counter_vec(
+                registry,
+                "forced_closes_total",
+                "Connections warren closed itself, by reason (drain | shutdown) and method (amqp: the broker's Connection.Close reached the client | tcp)",
+                &["listener", "reason", "method"],
             ),
             header_rejected_total: metrics::counter_vec(
                 registry,
@@ -204,6 +242,12 @@ impl ProxyMetrics {
             }),
             closed: CloseReason::ALL
                 .map(|r| self.closed_total.with_label_values(&[listener, r.as_str()])),
+            forced: FORCED.map(|r| {
+                CloseMethod::ALL.map(|m| {
+                    self.forced_closes_total
+                        .with_label_values(&[listener, r.as_str(), m.as_str()])
+                })
+            }),
         }
     }
 
@@ -257,6 +301,8 @@ pub(super) struct ListenerStats {
     header_rejected: [IntCounter; 5],
     /// By [`CloseReason::ALL`]'s order.
     closed: [IntCounter; CloseReason::ALL.len()],
+    /// By [`FORCED`]'s order, then [`CloseMethod::ALL`]'s.
+    forced: [[IntCounter; 2]; FORCED.len()],
 }
 
 impl ListenerStats {
@@ -273,6 +319,14 @@ impl ListenerStats {
     /// The counter of connections closed for `reason`.
     pub(super) fn closed(&self, reason: CloseReason) -> &IntCounter {
         &self.closed[reason as usize]
+    }
+
+    /// The counter of connections warren closed itself for `reason` (drain or shutdown; any
+    /// other counts as drain) by `method`.
+    pub(super) fn forced(&self, reason: CloseReason, method: CloseMethod) -> &IntCounter {
+        // Only ever asked for a reason in FORCED (a close warren decided on).
+        let r = FORCED.iter().position(|f| *f == reason).unwrap_or(0);
+        &self.forced[r][method as usize]
     }
 }
 
@@ -299,6 +353,9 @@ mod tests {
         for (i, r) in CloseReason::ALL.into_iter().enumerate() {
             assert_eq!(r as usize, i, "{r:?}");
         }
+        for (i, m) in CloseMethod::ALL.into_iter().enumerate() {
+            assert_eq!(m as usize, i, "{m:?}");
+        }
     }
 
     #[test]
@@ -308,6 +365,7 @@ mod tests {
         stats.rejected(RejectReason::NextUpstreamTimeout).inc();
         stats.header_rejected(HeaderRejectReason::Untrusted).inc();
         stats.closed(CloseReason::Drain).inc();
+        stats.forced(CloseReason::Shutdown, CloseMethod::Amqp).inc();
         let text = metrics::encode(&registry);
         for line in [
             "warren_listener_rejected_total{listener=\"amqp\",reason=\"next_upstream_timeout\"} 1",
@@ -315,6 +373,8 @@ mod tests {
             "warren_proxy_header_rejected_total{listener=\"amqp\",reason=\"untrusted\"} 1",
             "warren_connections_closed_total{listener=\"amqp\",reason=\"drain\"} 1",
             "warren_connections_closed_total{listener=\"amqp\",reason=\"client\"} 0",
+            "warren_forced_closes_total{listener=\"amqp\",method=\"amqp\",reason=\"shutdown\"} 1",
+            "warren_forced_closes_total{listener=\"amqp\",method=\"tcp\",reason=\"drain\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in {text}");
         }

@@ -16,6 +16,7 @@
 
 pub mod connect;
 pub mod forward;
+pub mod graceful;
 pub mod metrics;
 #[cfg(target_os = "linux")]
 pub mod splice;
@@ -23,6 +24,7 @@ pub mod splice;
 use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU8;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,9 +39,10 @@ use tokio_util::task::TaskTracker;
 use crate::config::{ListenerConfig, ProxyProtocol};
 use crate::net::{ConnectFailure, Observer};
 use crate::proxy_protocol::{self, Header, Parsed};
-use crate::state::{BackendSlot, BackendStats, CloseCause, Routing};
+use crate::state::{BackendId, BackendSlot, BackendStats, CloseCause, Routing};
 use forward::{CloseReason, Plane};
-use metrics::{HeaderRejectReason, ListenerStats, ProxyMetrics, RejectReason};
+use graceful::{Closer, Progress};
+use metrics::{CloseMethod, HeaderRejectReason, ListenerStats, ProxyMetrics, RejectReason};
 
 /// What every connection of the process shares.
 pub struct Context {
@@ -48,6 +51,8 @@ pub struct Context {
     pub plane: Plane,
     /// Where connect failures go (the health controller).
     pub health: Arc<dyn Observer>,
+    /// Asks a backend's node to close a connection warren ends (graceful AMQP close).
+    pub closer: Closer,
 }
 
 /// Decrements a gauge when dropped, so every exit path of a connection keeps gauges right.
@@ -376,6 +381,9 @@ struct Link {
     /// was when the backend was chosen.
     backend: BackendSlot,
     idle_timeout: Duration,
+    /// What the backend is sent before the client's bytes (it decides the name the node
+    /// gives the connection).
+    proxy_protocol: ProxyProtocol,
     /// Payload that arrived with the inbound PROXY header, already sent to the backend.
     early_bytes: u64,
     /// The listener's `max_connections` slot; released when the connection ends.
@@ -412,6 +420,8 @@ async fn handle(accepted: Box<(TcpStream, SocketAddr)>, conn: Conn) {
         return;
     };
     let connected_at = Instant::now();
+    let progress = AtomicU8::new(Progress::NotAsked as u8);
+    let stop = std::pin::pin!(closed_by_warren(&link, &conn.ctx, connected_at, &progress));
     let outcome = forward::forward(
         &link.client,
         &link.upstream,
@@ -421,20 +431,23 @@ async fn handle(accepted: Box<(TcpStream, SocketAddr)>, conn: Conn) {
             &link.backend.stats().bytes_to_backend,
             &link.backend.stats().bytes_to_client,
         ),
-        link.backend.close_token().token(),
+        stop,
         CloseReason::Drain,
     )
     .await;
     let mut reason = outcome.reason;
-    if reason == CloseReason::Drain {
-        // The backend's close token is a child of the shutdown token; a close of the backend's
-        // own says why.
-        reason = match link.backend.close_token().cause() {
-            Some(CloseCause::BackendDown) => CloseReason::BackendDown,
-            Some(CloseCause::DrainDeadline) => CloseReason::Drain,
-            None if conn.ctx.routing.shutdown_token().is_cancelled() => CloseReason::Shutdown,
-            None => CloseReason::Drain,
+    // Ended by warren: at the end of the window (over TCP), or by the broker after the node
+    // was asked to close it (the client had its Connection.Close).
+    let graceful = reason != CloseReason::Drain && Progress::load(&progress) == Progress::Closed;
+    if reason == CloseReason::Drain || graceful {
+        let shutdown = conn.ctx.routing.shutdown_token().is_cancelled();
+        reason = forced_reason(link.backend.close_token().cause(), shutdown);
+        let method = if graceful {
+            CloseMethod::Amqp
+        } else {
+            CloseMethod::Tcp
         };
+        stats.forced(reason, method).inc();
     }
     stats.closed(reason).inc();
     if reason == CloseReason::Backend
@@ -459,6 +472,48 @@ async fn handle(accepted: Box<(TcpStream, SocketAddr)>, conn: Conn) {
         reason = reason.as_str(),
         "connection closed"
     );
+}
+
+/// Why warren ended a connection whose close token fired: the backend's own close says why
+/// (drain deadline, `on_down`); the token is also a child of the shutdown token.
+fn forced_reason(cause: Option<CloseCause>, shutdown: bool) -> CloseReason {
+    match cause {
+        Some(CloseCause::BackendDown) => CloseReason::BackendDown,
+        Some(CloseCause::DrainDeadline) => CloseReason::Drain,
+        None if shutdown => CloseReason::Shutdown,
+        None => CloseReason::Drain,
+    }
+}
+
+/// Completes when warren must close the connection over TCP: never, unless its backend's close
+/// token fires (drain deadline, end of the shutdown grace); then the backend's node is asked to
+/// close it gracefully while forwarding goes on (see [`graceful`]). The request is boxed, so an
+/// idle connection only keeps the token's wait.
+async fn closed_by_warren(link: &Link, ctx: &Context, connected_at: Instant, progress: &AtomicU8) {
+    let close = link.backend.close_token();
+    close.token().cancelled().await;
+    let since = Instant::now();
+    let shutdown = ctx.routing.shutdown_token().is_cancelled();
+    let cause = match forced_reason(close.cause(), shutdown) {
+        CloseReason::BackendDown => graceful::Cause::BackendDown,
+        CloseReason::Shutdown => graceful::Cause::Shutdown,
+        _ => graceful::Cause::DrainDeadline,
+    };
+    Box::pin(async move {
+        let id = BackendId {
+            pool: link.pool.clone(),
+            backend: link.backend_name.clone(),
+        };
+        let local = link.upstream.local_addr().unwrap_or(link.origin);
+        let target = graceful::Target {
+            backend: &id,
+            from: graceful::peer_seen_by_node(link.proxy_protocol, link.origin, local),
+            to: link.backend_addr,
+            connected_at,
+        };
+        ctx.closer.close(target, cause, since, progress).await
+    })
+    .await
 }
 
 /// Inbound PROXY header, backend selection and connect, outbound preamble. `None` when the
@@ -541,6 +596,7 @@ async fn establish(
         backend_addr: backend.addr,
         backend: slot,
         idle_timeout: listener.idle_timeout,
+        proxy_protocol: listener.proxy_protocol,
         early_bytes: early.len() as u64,
         _permit: permit,
     })
@@ -665,6 +721,66 @@ fn header_rejected(e: &HeaderError, listener: &str, peer: SocketAddr, stats: &Li
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    struct NoHealth;
+
+    impl Observer for NoHealth {
+        fn connect_failed(&self, _: &str, _: &str, _: ConnectFailure) {}
+    }
+
+    /// A context on a one-backend config, with every metric registered into a fresh registry.
+    fn context() -> Context {
+        let text = "[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:5672\"\npool = \"p\"\n\
+                    [[pool.p.backend]]\nname = \"b\"\naddr = \"127.0.0.1:5673\"\n";
+        let config =
+            crate::config::from_toml_offline(text, std::path::Path::new("t.toml")).unwrap();
+        let registry = prometheus::Registry::new();
+        let metrics = ProxyMetrics::register(&registry);
+        let plane = Plane {
+            #[cfg(target_os = "linux")]
+            pipes: None,
+            to_backend: metrics.forward_counters(crate::net::ByteDirection::ToBackend),
+            to_client: metrics.forward_counters(crate::net::ByteDirection::ToClient),
+            fallback_unsupported: metrics.splice_fallbacks(metrics::SpliceFallback::Unsupported),
+            fallback_no_pipe: metrics.splice_fallbacks(metrics::SpliceFallback::NoPipe),
+        };
+        Context {
+            routing: Arc::new(Routing::new(
+                &config,
+                crate::state::BackendMetrics::register(&registry),
+            )),
+            metrics,
+            plane,
+            health: Arc::new(NoHealth),
+            closer: Closer::new(Arc::new(arc_swap::ArcSwap::from_pointee(config))),
+        }
+    }
+
+    /// What an idle connection's task keeps: the connection future, measured (rule 7). It was
+    /// 912 bytes before graceful closes and is 1,016 with them: the close future's captures
+    /// and its wait on the close token (the management request is boxed, and only exists once
+    /// a close is asked).
+    #[tokio::test]
+    async fn a_connection_future_stays_small() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let (socket, peer) = listener.accept().await.unwrap();
+        let ctx = Arc::new(context());
+        let conn = Conn {
+            listener: Arc::from("l"),
+            config: None,
+            stats: Arc::new(ctx.metrics.listener("l")),
+            ctx,
+            admission: Admission::Admitted(
+                Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap(),
+            ),
+        };
+        let future = handle(Box::new((socket, peer)), conn);
+        let size = std::mem::size_of_val(&future);
+        eprintln!("connection future: {size} bytes");
+        assert!(size <= 1_100, "{size} bytes");
+    }
 
     #[test]
     fn accept_backoff_grows_then_caps() {

@@ -362,6 +362,7 @@ impl Server {
             metrics: metrics.proxy,
             plane,
             health: Arc::new(health.clone()),
+            closer: proxy::graceful::Closer::new(shared_config.clone()),
         });
         Ok(Server {
             listeners,

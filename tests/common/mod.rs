@@ -377,11 +377,27 @@ pub const WARREN_BIN: &str = env!("CARGO_BIN_EXE_warren");
 
 /// A port on 127.0.0.1 that was free a moment ago (configs for a warren process need a real one).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    // Below the ephemeral range (32768 and up on Linux): a port bound and released there can
+    // be handed to any test's outgoing connection before warren binds it (a reload test failed
+    // 1 in 6 so); ports here are only ever taken by an explicit bind. Each process walks the
+    // range from its own starting point, never handing out a port twice.
+    use std::sync::atomic::AtomicU32;
+    const FIRST: u32 = 12_000;
+    const COUNT: u32 = 8_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7_919) % COUNT,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..COUNT {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::SeqCst) % COUNT) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {FIRST}..{}", FIRST + COUNT);
 }
 
 /// A deterministic xorshift64* generator, so a failing input reproduces from the test alone.

@@ -112,6 +112,17 @@ impl HttpAsk {
         if let Some(path) = path {
             request = request.path(path);
         }
+        self.send(request, target, phase).await
+    }
+
+    /// `request` (on this ask's URL) with its credentials, to the backend's resolved address
+    /// when the URL names the backend's host.
+    pub(super) async fn send(
+        &self,
+        mut request: Request<'_>,
+        target: &ProbeTarget,
+        phase: &mut Phase,
+    ) -> Result<Response, ProbeOutcome> {
         if let Some(credentials) = &self.credentials {
             request = request.authorization(credentials.header());
         }

@@ -9,8 +9,9 @@
 //! has one (`ProbeTarget::management`).
 //!
 //! This file holds what every kind shares (the target, the outcome, the run with its timeout);
-//! each kind has a file: `amqp` (`tcp` and `amqp`), `login` (`amqp_login`), `http`, and `quorum`
-//! (the drain's quorum check); `text` holds the error texts they share.
+//! each kind has a file: `amqp` (`tcp` and `amqp`), `login` (`amqp_login`), `http`, `quorum`
+//! (the drain's quorum check) and `close` (a client connection closed by its node, for a
+//! graceful AMQP close); `text` holds the error texts they share.
 
 use std::fmt::Write as _;
 use std::io;
@@ -32,6 +33,7 @@ use crate::http_client::{
 use crate::proxy_protocol::{encode_v1, encode_v2, Header};
 
 mod amqp;
+mod close;
 mod http;
 mod login;
 mod quorum;
@@ -41,6 +43,9 @@ mod text;
 mod tests;
 
 use amqp::*;
+pub use close::{
+    close_answer, close_connection, connection_name, connection_path, CloseAnswer, CONNECTIONS_PATH,
+};
 use http::*;
 use login::*;
 pub use quorum::{

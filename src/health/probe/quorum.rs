@@ -72,7 +72,7 @@ async fn get_within(
 /// Who answers `path` on the node behind `target`'s management API: its own endpoint, else the
 /// authority of the pool's `http` probe when that probe is on the management API; `Ok(None)`
 /// when nobody; `Err` when the credentials cannot be read.
-fn management_ask(
+pub(super) fn management_ask(
     probe: Option<&Probe>,
     target: &ProbeTarget,
     path: &str,

@@ -539,6 +539,32 @@ async fn proxy_protocol_v2_shows_rabbitmq_the_client_address() {
         .collect();
     assert_eq!(peers, ["127.0.0.2"], "RabbitMQ sees the client, not warren");
     let _ = connection.close(200, "done".into()).await;
+
+    // A graceful close names the connection as the node does with a PROXY header: the header's
+    // source and destination. Through the http pool (its probe's credentials ask the node),
+    // once the node lists the connection (statistics interval: 5 s).
+    let http_listener = warren.routing.load().listeners["http"].listen;
+    let proxied = rabbit::connect_from(client_ip, http_listener, "warren-test-pp-close")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let seen = first_error(&proxied, Duration::from_secs(30));
+    let names: Vec<&str> = cluster.nodes.iter().map(|n| n.name.as_str()).collect();
+    let mut args = vec!["drain", "--pool", "http", "--force", "--deadline", "1s"];
+    args.extend(&names);
+    let (code, stdout, stderr) = ctl(&warren, &args).await;
+    assert_eq!(code, 0, "ctl drain: {stdout}{stderr}");
+    let (error, _) = seen
+        .await
+        .unwrap()
+        .expect("the proxied client's connection is closed");
+    let close = amqp_close(&error);
+    assert!(
+        close.as_ref().is_some_and(|(code, text)| *code == 320
+            && text.starts_with("CONNECTION_FORCED - warren: ")
+            && text.contains("(pool http) drained for maintenance")),
+        "{error}"
+    );
     for (pool, _) in pools {
         for node in &cluster.nodes {
             assert_eq!(

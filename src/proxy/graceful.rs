@@ -253,16 +253,17 @@ fn whom(config: &Config, id: &BackendId) -> Option<(Option<crate::config::Probe>
     Some((probe, ProbeTarget::for_backend(backend, ProxyProtocol::Off)))
 }
 
-/// The peer a node sees on a connection: warren's own outbound address, unless the backend
-/// gets a PROXY header, whose source (the client) the node takes for the peer.
-pub fn peer_seen_by_node(
+/// How a node names a connection's two ends (`FROM -> TO`): warren's outbound socket, unless
+/// the backend gets a PROXY header, whose source and destination the node takes for the ends
+/// (RabbitMQ shows them as `peer_host` and `host`).
+pub fn ends_seen_by_node(
     proxy_protocol: ProxyProtocol,
-    origin: SocketAddr,
-    local: SocketAddr,
-) -> SocketAddr {
+    (origin, destination): (SocketAddr, SocketAddr),
+    (local, backend): (SocketAddr, SocketAddr),
+) -> (SocketAddr, SocketAddr) {
     match proxy_protocol {
-        ProxyProtocol::Off => local,
-        ProxyProtocol::V1 | ProxyProtocol::V2 => origin,
+        ProxyProtocol::Off => (local, backend),
+        ProxyProtocol::V1 | ProxyProtocol::V2 => (origin, destination),
     }
 }
 
@@ -289,7 +290,16 @@ mod tests {
             "10.1.1.1:4000".parse().unwrap(),
             "10.0.0.9:5000".parse().unwrap(),
         );
-        assert_eq!(peer_seen_by_node(ProxyProtocol::Off, origin, local), local);
-        assert_eq!(peer_seen_by_node(ProxyProtocol::V2, origin, local), origin);
+        let (destination, backend) = (
+            "10.0.0.2:5672".parse().unwrap(),
+            "10.0.0.5:5672".parse().unwrap(),
+        );
+        let header = (origin, destination);
+        let socket = (local, backend);
+        assert_eq!(
+            ends_seen_by_node(ProxyProtocol::Off, header, socket),
+            socket
+        );
+        assert_eq!(ends_seen_by_node(ProxyProtocol::V2, header, socket), header);
     }
 }

@@ -374,6 +374,8 @@ struct Link {
     upstream: TcpStream,
     /// The original client (from the inbound PROXY header when there is one).
     origin: SocketAddr,
+    /// What the client connected to (likewise): the destination of an outbound PROXY header.
+    destination: SocketAddr,
     pool: Arc<str>,
     backend_name: Arc<str>,
     backend_addr: SocketAddr,
@@ -505,10 +507,15 @@ async fn closed_by_warren(link: &Link, ctx: &Context, connected_at: Instant, pro
             backend: link.backend_name.clone(),
         };
         let local = link.upstream.local_addr().unwrap_or(link.origin);
+        let (from, to) = graceful::ends_seen_by_node(
+            link.proxy_protocol,
+            (link.origin, link.destination),
+            (local, link.backend_addr),
+        );
         let target = graceful::Target {
             backend: &id,
-            from: graceful::peer_seen_by_node(link.proxy_protocol, link.origin, local),
-            to: link.backend_addr,
+            from,
+            to,
             connected_at,
         };
         ctx.closer.close(target, cause, since, progress).await
@@ -591,6 +598,7 @@ async fn establish(
         client,
         upstream,
         origin,
+        destination,
         pool: pool.name.clone(),
         backend_name: backend.name.clone(),
         backend_addr: backend.addr,

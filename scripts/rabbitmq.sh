@@ -24,6 +24,9 @@
 #       cluster_status lists every node as running. Extra lines go to every node's config.
 #   scripts/rabbitmq.sh kill NAME BASEDIR
 #       kill -9 the node's Erlang VM (a hard crash, no clean stop) and wait until it is gone.
+#   scripts/rabbitmq.sh freeze NAME BASEDIR / thaw NAME BASEDIR
+#       SIGSTOP / SIGCONT the node's Erlang VM: a node that hangs (its sockets stay open, the
+#       kernel still completes TCP handshakes, nothing answers) and its recovery.
 #   scripts/rabbitmq.sh cleanup BASEDIR
 #       stop every node under BASEDIR, then remove BASEDIR.
 #   scripts/rabbitmq.sh ctl-ports DIST_PORT AVOID_PORT...
@@ -49,7 +52,7 @@ die() {
 }
 
 usage() {
-    sed -n '2,38p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,41p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -438,6 +441,16 @@ cmd_kill() {
     log "$RABBITMQ_NODENAME killed (pid $pid)"
 }
 
+cmd_signal() {
+    [ $# -eq 3 ] || usage
+    local signal=$1
+    node_env "$2" "$3"
+    local pid
+    pid=$(node_pid) || die "$RABBITMQ_NODENAME is not running (no live pid in $RABBITMQ_PID_FILE)"
+    kill "-$signal" "$pid"
+    log "$RABBITMQ_NODENAME sent SIG$signal (pid $pid)"
+}
+
 cmd_cleanup() {
     [ $# -eq 1 ] || usage
     local basedir=$1 dir
@@ -466,6 +479,8 @@ logfile) cmd_logfile "$@" ;;
 ctl) cmd_ctl "$@" ;;
 cluster) cmd_cluster "$@" ;;
 kill) cmd_kill "$@" ;;
+freeze) cmd_signal STOP "$@" ;;
+thaw) cmd_signal CONT "$@" ;;
 cleanup) cmd_cleanup "$@" ;;
 ctl-ports)
     [ $# -ge 1 ] || usage

@@ -1389,3 +1389,104 @@ async fn a_drain_deadline_closes_amqp_clients_with_the_brokers_connection_close(
     assert_eq!(warren.metric(&forced("fallback", "amqp")), 0.0);
     warren.stop().await;
 }
+
+/// Thaws a frozen node however the test ends (a frozen node would hang the cluster's stop).
+struct Frozen<'a>(&'a Cluster, String);
+
+impl Drop for Frozen<'_> {
+    fn drop(&mut self) {
+        self.0.thaw(&self.1);
+    }
+}
+
+/// `on_down = "close"` with a node that hangs (its Erlang VM stopped with SIGSTOP: its sockets
+/// stay open and the kernel still answers TCP handshakes, so neither a `tcp` probe nor the
+/// clients' sockets notice; AMQP heartbeats would take a minute): the `amqp` probe marks it
+/// down, and its clients' connections are closed within fall × interval + timeout + 1 s,
+/// while the other node's clients are untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_down_close_ends_the_clients_of_a_node_that_hangs_within_the_probe_bound() {
+    if !rabbit::available(
+        "on_down_close_ends_the_clients_of_a_node_that_hangs_within_the_probe_bound",
+    ) {
+        return;
+    }
+    let _turn = TURN.lock().await;
+    let cluster = Arc::new(blocking(|| Cluster::start("f", 2, &[])).await);
+    let (n1, n2) = (cluster.nodes[0].clone(), cluster.nodes[1].clone());
+    let mut toml = format!(
+        "[admin]\nlisten = \"127.0.0.1:{}\"\n[[listener]]\nname = \"amqp\"\n\
+         listen = \"127.0.0.1:{}\"\npool = \"rabbitmq\"\nidle_timeout = \"120s\"\n\
+         [pool.rabbitmq]\nbalance = \"round_robin\"\nmin_available = 0\non_down = \"close\"\n\
+         [pool.rabbitmq.health]\n{}\n[pool.rabbitmq.management]\n\
+         url = \"http://{{host}}:{}\"\nuser = \"guest\"\npassword = \"guest\"\n",
+        free_port(),
+        free_port(),
+        probe_toml("amqp", &cluster),
+        n1.mgmt.port()
+    );
+    for node in [&n1, &n2] {
+        toml += &format!(
+            "[[pool.rabbitmq.backend]]\nname = \"{}\"\naddr = \"{}\"\n",
+            node.name, node.amqp
+        );
+    }
+    let config = warren::config::from_toml(&toml, Path::new("on-down-test.toml"))
+        .unwrap_or_else(|e| panic!("test config: {e}\n{toml}"));
+    let warren = Warren::start(config, quick());
+    for node in [&n1, &n2] {
+        wait_health(
+            &warren,
+            "rabbitmq",
+            node,
+            Health::Up,
+            Duration::from_secs(20),
+        )
+        .await;
+    }
+    // Round robin: 5 clients on each node.
+    let mut clients = Vec::new();
+    for i in 0..10 {
+        let c = rabbit::connect(warren.addr, &format!("warren-test-down-{i}"))
+            .await
+            .unwrap();
+        clients.push(c);
+    }
+    let c = cluster.clone();
+    let on_n1 = blocking(move || c.connections_on(&c.nodes[0].name, "warren-test-down")).await;
+    assert_eq!(on_n1, 5, "round robin put 5 of 10 on {}", n1.name);
+    // Long enough past the bound that a late close shows as late, not as missing.
+    let within = Duration::from_secs(8);
+    let seen: Vec<_> = clients.iter().map(|c| first_error(c, within)).collect();
+
+    // fall 2 × interval 1 s + timeout 0.9 s + 1 s (probe_toml).
+    let bound = Duration::from_millis(3_900);
+    let (c, name) = (cluster.clone(), n1.name.clone());
+    blocking(move || c.freeze(&name)).await;
+    let frozen_at = Instant::now();
+    let _thaw = Frozen(&cluster, n1.name.clone());
+    let mut closed = Vec::new();
+    for task in seen {
+        if let Some((error, at)) = task.await.unwrap() {
+            closed.push((at.saturating_duration_since(frozen_at), error));
+        }
+    }
+    for (after, error) in &closed {
+        eprintln!(
+            "closed {:.2}s after the freeze: {error}",
+            after.as_secs_f64()
+        );
+    }
+    assert_eq!(closed.len(), 5, "the clients of {} and only those", n1.name);
+    assert!(
+        closed.iter().all(|(after, _)| *after <= bound),
+        "closed within {bound:?} of the freeze: {closed:?}"
+    );
+    assert_eq!(health(&warren, "rabbitmq", &n1), Health::Down);
+    assert_eq!(
+        warren.metric(r#"warren_connections_closed_total{listener="amqp",reason="backend_down"}"#),
+        5.0
+    );
+    drop(clients);
+    warren.stop().await;
+}

@@ -44,6 +44,11 @@ const LISTED_AFTER: Duration = Duration::from_secs(7);
 /// The pause before asking again about a connection not listed yet.
 const NOT_LISTED_RETRY: Duration = Duration::from_millis(500);
 
+/// How long a close may wait for the node when probes have just marked it down
+/// (`on_down = "close"`): a node that hangs (its sockets open, nothing answers) must not hold
+/// the close back; the operator was promised it within the probes' own bound and a second.
+const DOWN_ASK: Duration = Duration::from_millis(500);
+
 /// Failures of one backend are logged at warn at most this often (each at debug).
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
@@ -183,6 +188,14 @@ impl Closer {
             .management
             .as_ref()
             .map_or(REQUEST_TIMEOUT, |m| m.timeout);
+        // A node marked down is asked once, briefly: most often it cannot answer at all.
+        let (timeout, deadline) = match cause {
+            Cause::BackendDown => (
+                timeout.min(DOWN_ASK),
+                deadline.min(Instant::now() + DOWN_ASK),
+            ),
+            _ => (timeout, deadline),
+        };
         let name = probe::connection_name(target.from, target.to);
         let reason = reason_text(target.backend, cause);
         let pacing = self.pacing(target.backend);
@@ -277,6 +290,10 @@ mod tests {
         assert_eq!(
             reason_text(&id, Cause::DrainDeadline),
             "warren: rabbit-1 (pool amqp) drained for maintenance, drain deadline reached"
+        );
+        assert_eq!(
+            reason_text(&id, Cause::BackendDown),
+            "warren: rabbit-1 (pool amqp) is down by warren's health checks"
         );
         assert_eq!(
             reason_text(&id, Cause::Shutdown),

@@ -163,6 +163,16 @@ impl Cluster {
         self.script(&self.node_command("kill", name));
     }
 
+    /// SIGSTOP the node's Erlang VM: it hangs with its sockets open ([`Cluster::thaw`] undoes it).
+    pub fn freeze(&self, name: &str) {
+        self.script(&self.node_command("freeze", name));
+    }
+
+    /// SIGCONT a frozen node.
+    pub fn thaw(&self, name: &str) {
+        self.script(&self.node_command("thaw", name));
+    }
+
     pub fn stop_app(&self, name: &str) {
         self.script(&self.node_command("stop_app", name));
     }

@@ -10,7 +10,7 @@
 //!
 //! This file holds what every kind shares (the target, the outcome, the run with its timeout);
 //! each kind has a file: `amqp` (`tcp` and `amqp`), `login` (`amqp_login`), `http`, `quorum`
-//! (the drain's quorum check) and `close` (a client connection closed by its node, for a
+//! (the drain's quorum check), `maintenance` (is a failing node in RabbitMQ's maintenance mode?) and `close` (a client connection closed by its node, for a
 //! graceful AMQP close); `text` holds the error texts they share.
 
 use std::fmt::Write as _;
@@ -36,6 +36,7 @@ mod amqp;
 mod close;
 mod http;
 mod login;
+mod maintenance;
 mod quorum;
 mod text;
 
@@ -48,6 +49,7 @@ pub use close::{
 };
 use http::*;
 use login::*;
+pub use maintenance::{maintenance_reason, IN_SERVICE_PATH};
 pub use quorum::{
     quorum_check, quorum_check_set, quorum_lost, Leaving, QuorumCheck, Replicas, OVERVIEW_PATH,
     QUEUES_PATH, QUORUM_CRITICAL_PATH,

@@ -19,6 +19,8 @@
 #       print the path of the node's main log file.
 #   scripts/rabbitmq.sh ctl NAME BASEDIR ARGS...
 #       run rabbitmqctl ARGS against the node (e.g. add_user, list_connections).
+#   scripts/rabbitmq.sh upgrade NAME BASEDIR ARGS...
+#       run rabbitmq-upgrade ARGS against the node (drain: RabbitMQ's maintenance mode; revive).
 #   scripts/rabbitmq.sh cluster BASEDIR NAME:AMQP:DIST:MGMT[:IP]... [-- EXTRA_CONF_LINE...]
 #       start every node (in parallel), join the others to the first one, and wait until
 #       cluster_status lists every node as running. Extra lines go to every node's config.
@@ -52,7 +54,7 @@ die() {
 }
 
 usage() {
-    sed -n '2,41p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,43p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -362,6 +364,14 @@ cmd_ctl() {
     node_env "$name" "$basedir"
     timeout "$STOP_TIMEOUT" "$RABBIT_BIN/rabbitmqctl" -n "$RABBITMQ_NODENAME" "$@"
 }
+cmd_upgrade() {
+    [ $# -ge 3 ] || usage
+    local name=$1 basedir=$2
+    shift 2
+    need_installed
+    node_env "$name" "$basedir"
+    timeout "$STOP_TIMEOUT" "$RABBIT_BIN/rabbitmq-upgrade" -n "$RABBITMQ_NODENAME" "$@"
+}
 
 cmd_cluster() {
     [ $# -ge 2 ] || usage
@@ -477,6 +487,7 @@ stop) cmd_stop "$@" ;;
 stop_app | start_app) cmd_app "$command" "$@" ;;
 logfile) cmd_logfile "$@" ;;
 ctl) cmd_ctl "$@" ;;
+upgrade) cmd_upgrade "$@" ;;
 cluster) cmd_cluster "$@" ;;
 kill) cmd_kill "$@" ;;
 freeze) cmd_signal STOP "$@" ;;

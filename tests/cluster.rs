@@ -1490,3 +1490,120 @@ async fn on_down_close_ends_the_clients_of_a_node_that_hangs_within_the_probe_bo
     drop(clients);
     warren.stop().await;
 }
+
+/// RabbitMQ's own maintenance mode (`rabbitmq-upgrade drain`), which warren did not start: the
+/// node closes its listeners, probes mark it down and no new client reaches it; the other node
+/// still sees it running, so warren says why (maintenance, not a crash). `revive` brings it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_maintenance_mode_keeps_clients_away_and_status_says_why() {
+    if !rabbit::available("rabbitmq_maintenance_mode_keeps_clients_away_and_status_says_why") {
+        return;
+    }
+    let _turn = TURN.lock().await;
+    let started = Instant::now();
+    let cluster = Arc::new(blocking(|| Cluster::start("m", 2, &[])).await);
+    let (a, b) = (cluster.nodes[0].clone(), cluster.nodes[1].clone());
+    let mut toml = format!(
+        "[admin]\nlisten = \"127.0.0.1:{}\"\n[[listener]]\nname = \"amqp\"\n\
+         listen = \"127.0.0.1:{}\"\npool = \"rabbitmq\"\nconnect_timeout = \"2s\"\n\
+         [pool.rabbitmq]\nbalance = \"round_robin\"\nmin_available = 1\n\
+         [pool.rabbitmq.health]\n{}\n[pool.rabbitmq.management]\n\
+         url = \"http://{{host}}:{}\"\nuser = \"guest\"\npassword = \"guest\"\n",
+        free_port(),
+        free_port(),
+        probe_toml("amqp", &cluster),
+        a.mgmt.port()
+    );
+    for node in [&a, &b] {
+        toml += &format!(
+            "[[pool.rabbitmq.backend]]\nname = \"{}\"\naddr = \"{}\"\n",
+            node.name, node.amqp
+        );
+    }
+    let config = warren::config::from_toml(&toml, Path::new("maintenance-test.toml"))
+        .unwrap_or_else(|e| panic!("test config: {e}\n{toml}"));
+    let warren = Warren::start(config, quick());
+    for node in [&a, &b] {
+        wait_health(
+            &warren,
+            "rabbitmq",
+            node,
+            Health::Up,
+            Duration::from_secs(20),
+        )
+        .await;
+    }
+    let count = |node: &Node, prefix: &'static str| {
+        let (c, name) = (cluster.clone(), node.name.clone());
+        blocking(move || c.connections_on(&name, prefix))
+    };
+
+    let (c, name) = (cluster.clone(), a.name.clone());
+    blocking(move || c.upgrade(&name, &["drain"])).await;
+    wait_health(
+        &warren,
+        "rabbitmq",
+        &a,
+        Health::Down,
+        Duration::from_secs(10),
+    )
+    .await;
+    let reason = warren
+        .health
+        .backend("rabbitmq", &a.name)
+        .and_then(|h| h.changed_reason)
+        .unwrap_or_default();
+    let expected = format!(
+        "RabbitMQ maintenance mode? listeners closed while {}@localhost runs: ",
+        a.name
+    );
+    assert!(reason.starts_with(&expected), "health reason: {reason}");
+    let (code, json, stderr) = ctl(&warren, &["status", "--json"]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(json.contains(&expected), "ctl status --json: {json}");
+    let (code, table, stderr) = ctl(&warren, &["status"]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        table.contains("RabbitMQ maintenance mode?"),
+        "ctl status: {table}"
+    );
+
+    let mut held = Vec::new();
+    for i in 0..4 {
+        held.push(
+            rabbit::connect(warren.addr, &format!("warren-test-maint-{i}"))
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(
+        count(&a, "warren-test-maint").await,
+        0,
+        "none on the drained node"
+    );
+    assert_eq!(count(&b, "warren-test-maint").await, 4);
+
+    let (c, name) = (cluster.clone(), a.name.clone());
+    blocking(move || c.upgrade(&name, &["revive"])).await;
+    wait_health(&warren, "rabbitmq", &a, Health::Up, Duration::from_secs(10)).await;
+    for i in 0..4 {
+        held.push(
+            rabbit::connect(warren.addr, &format!("warren-test-back-{i}"))
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(
+        count(&a, "warren-test-back").await,
+        2,
+        "round robin: half back on a"
+    );
+    for connection in held {
+        close(connection).await;
+    }
+    warren.stop().await;
+    eprintln!(
+        "maintenance test in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+}

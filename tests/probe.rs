@@ -14,8 +14,8 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use warren::config::{ManagementEndpoint, Probe, ProxyProtocol, Secret};
 use warren::health::probe::{
-    close_connection, quorum_check, quorum_check_set, run, CloseAnswer, Leaving, ProbeOutcome,
-    ProbeTarget, QuorumCheck, AMQP_PROTOCOL_HEADER, QUEUES_PATH,
+    close_connection, maintenance_reason, quorum_check, quorum_check_set, run, CloseAnswer,
+    Leaving, ProbeOutcome, ProbeTarget, QuorumCheck, AMQP_PROTOCOL_HEADER, QUEUES_PATH,
 };
 use warren::http_client::{HttpUrl, ProbeUrl};
 use warren::proxy_protocol::{encode_v1, encode_v2, Header};
@@ -218,6 +218,7 @@ async fn refused_ports_are_down_for_every_probe_kind() {
     for kind in probes {
         let (outcome, _) = probe(&kind, &target(addr, ProxyProtocol::Off)).await;
         assert_down_containing(&outcome, "refused");
+        assert!(outcome.refused, "{kind:?}: {outcome:?}");
         assert!(!outcome.reason.contains("hunter22"), "{outcome:?}");
     }
 }
@@ -358,6 +359,7 @@ async fn http_probe_is_up_on_2xx_and_sends_host_and_user_agent() {
             up: true,
             reason: "HTTP 200".into(),
             local: false,
+            refused: false,
         }
     );
     let head = fake.await.unwrap().to_ascii_lowercase();
@@ -1361,5 +1363,129 @@ async fn a_close_request_deletes_the_named_connection_and_reads_the_answer() {
     assert!(
         matches!(got, CloseAnswer::Unanswered(ref why) if why.starts_with("timed out after 300ms")),
         "{got:?}"
+    );
+}
+
+/// A management API answering each request by the first route whose prefix its request line
+/// starts with (`"GET /api/overview"`), else 404. Serves until dropped.
+async fn fake_routes(routes: Vec<(&'static str, u16, String)>) -> (SocketAddr, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.ends_with(b"\r\n\r\n") {
+                let n = stream.read(&mut buf).await.unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                head.extend_from_slice(&buf[..n]);
+            }
+            let head = String::from_utf8_lossy(&head);
+            let (status, body) = routes
+                .iter()
+                .find(|(prefix, _, _)| head.starts_with(prefix))
+                .map_or((404, String::new()), |(_, s, b)| (*s, b.clone()));
+            let response = format!(
+                "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(response.as_bytes()).await;
+        }
+    });
+    (addr, task)
+}
+
+/// A failing backend is most likely in RabbitMQ's maintenance mode when its own API says it is
+/// not in service (4.x), or when another node's API names the node listening on the failing
+/// address and sees it running (3.x); a node the cluster sees stopped, or nobody to ask, leaves
+/// the probe's reason alone.
+#[tokio::test]
+async fn maintenance_reason_asks_the_node_then_the_cluster() {
+    let down_addr = refused_addr().await;
+    let with_api = |addr: SocketAddr, api: SocketAddr| {
+        let mut t = target(addr, ProxyProtocol::Off);
+        t.management = Some(management(
+            &format!("http://{api}"),
+            Some("mon"),
+            Some("pw"),
+        ));
+        t
+    };
+    let ask = |down: ProbeTarget, peers: Vec<ProbeTarget>| async move {
+        maintenance_reason(
+            Some(&Probe::Tcp),
+            &down,
+            &peers,
+            "connection refused",
+            TIMEOUT,
+        )
+        .await
+    };
+
+    // 4.x: the node's own API answers is-in-service.
+    for (status, want) in [
+        (
+            503,
+            Some("RabbitMQ maintenance mode (is-in-service answers 503): connection refused"),
+        ),
+        (200, None),
+    ] {
+        let (api, _task) = fake_routes(vec![(
+            "GET /api/health/checks/is-in-service ",
+            status,
+            "{}".into(),
+        )])
+        .await;
+        let got = ask(with_api(down_addr, api), vec![]).await;
+        assert_eq!(got.as_deref(), want, "is-in-service {status}");
+    }
+
+    // 3.x: the node's API is closed (refused); a peer names and judges it.
+    let closed = refused_addr().await;
+    // Never connected to (only its API is): another address than the failing one, surely.
+    let peer_addr = SocketAddr::from(([127, 0, 0, 2], down_addr.port()));
+    let overview = format!(
+        r#"{{"node":"rabbit@b","listeners":[
+            {{"node":"rabbit@a","protocol":"amqp","ip_address":"{}","port":{}}},
+            {{"node":"rabbit@b","protocol":"amqp","ip_address":"{}","port":{}}}]}}"#,
+        down_addr.ip(),
+        down_addr.port(),
+        peer_addr.ip(),
+        peer_addr.port()
+    );
+    for (running, want) in [
+        (
+            true,
+            Some("RabbitMQ maintenance mode? listeners closed while rabbit@a runs: connection refused"),
+        ),
+        (false, None),
+    ] {
+        let (api, _task) = fake_routes(vec![
+            ("GET /api/overview ", 200, overview.clone()),
+            (
+                "GET /api/nodes/rabbit@a?",
+                200,
+                format!(r#"{{"name":"rabbit@a","running":{running}}}"#),
+            ),
+        ])
+        .await;
+        let down = with_api(down_addr, closed);
+        let peers = vec![down.clone(), with_api(peer_addr, api)];
+        let got = ask(down, peers).await;
+        assert_eq!(got.as_deref(), want, "running {running}");
+    }
+
+    // Nobody to ask: no management endpoint and a probe that is not on the management API.
+    let bare = target(down_addr, ProxyProtocol::Off);
+    assert_eq!(
+        ask(
+            bare.clone(),
+            vec![bare, target(peer_addr, ProxyProtocol::Off)]
+        )
+        .await,
+        None
     );
 }

@@ -433,12 +433,18 @@ impl Controller {
                 .map(|l| l.proxy_protocol)
                 .find(|p| *p != ProxyProtocol::Off)
                 .unwrap_or(ProxyProtocol::Off);
-            for b in &pool.backends {
-                let target = probe::ProbeTarget::for_backend(b, proxy_protocol);
+            // Every backend of the pool, asked about one that fails (RabbitMQ maintenance?).
+            let peers: Arc<[probe::ProbeTarget]> = pool
+                .backends
+                .iter()
+                .map(|b| probe::ProbeTarget::for_backend(b, proxy_protocol))
+                .collect();
+            for (b, target) in pool.backends.iter().zip(peers.iter()) {
                 let key = BackendId::new(&pool.name, &b.name);
                 self.runtime.spawn(self.clone().probe_loop(
                     key,
-                    target,
+                    target.clone(),
+                    peers.clone(),
                     health.clone(),
                     stop.clone(),
                 ));
@@ -450,6 +456,7 @@ impl Controller {
         self: Arc<Self>,
         key: BackendId,
         target: probe::ProbeTarget,
+        peers: Arc<[probe::ProbeTarget]>,
         health: HealthConfig,
         stop: CancellationToken,
     ) {
@@ -467,11 +474,28 @@ impl Controller {
             let started = Instant::now();
             // A reload cancels this generation mid-probe too: a verdict about an address the
             // reload moved away from must not land on the backend's new entry.
-            let outcome = tokio::select! {
+            let mut outcome = tokio::select! {
                 () = stop.cancelled() => return,
                 outcome = probe::run(&health.probe, &target, health.timeout) => outcome,
             };
             let duration = started.elapsed();
+            // Only a refused connect looks like maintenance (listeners suspended), and then
+            // the node's own API refuses at once too: a node that hangs (a timeout) is not
+            // asked, so the lookup never holds back the verdict of a probe that timed out.
+            if !outcome.up && !outcome.local && outcome.refused {
+                // Not part of the probe's duration: the cluster's view of why it failed.
+                let why = probe::maintenance_reason(
+                    Some(&health.probe),
+                    &target,
+                    &peers,
+                    &outcome.reason,
+                    health.timeout,
+                );
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    why = why => if let Some(why) = why { outcome.reason = why },
+                }
+            }
             // ±10% jitter keeps probes of many warren instances from marching in step.
             let jitter = rand::thread_rng().gen_range(0.9..1.1);
             if outcome.local {

@@ -188,6 +188,13 @@ impl Cluster {
         self.script(&all)
     }
 
+    /// `rabbitmq-upgrade ARGS` against node `name` (`drain`, `revive`); its stdout.
+    pub fn upgrade(&self, name: &str, args: &[&str]) -> String {
+        let mut all = self.node_command("upgrade", name);
+        all.extend(args.iter().map(|s| s.to_string()));
+        self.script(&all)
+    }
+
     /// The cluster's client connections whose connection name starts with `prefix`, as
     /// `(host, peer_host)`: the address the client connected to (a node's own address, or the
     /// destination of a PROXY header) and the client's address as RabbitMQ sees it.

@@ -59,7 +59,14 @@ pub(super) async fn amqp_login(
     .await;
     let connection = match connected {
         Ok(connection) => connection,
-        Err(e) => return ProbeOutcome::down(redact(&login_error(&e))),
+        Err(e) => {
+            let refused = matches!(e.kind(), lapin::ErrorKind::IOError(io)
+                if io.kind() == std::io::ErrorKind::ConnectionRefused);
+            return ProbeOutcome {
+                refused,
+                ..ProbeOutcome::down(redact(&login_error(&e)))
+            };
+        }
     };
     let outcome = open_channel_and_close(&connection, stage, redact).await;
     drop(socket_handle);

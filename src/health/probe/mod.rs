@@ -10,7 +10,7 @@
 //!
 //! This file holds what every kind shares (the target, the outcome, the run with its timeout);
 //! each kind has a file: `amqp` (`tcp` and `amqp`), `login` (`amqp_login`), `http`, `quorum`
-//! (the drain's quorum check) and `close` (a client connection closed by its node, for a
+//! (the drain's quorum check), `maintenance` (is a failing node in RabbitMQ's maintenance mode?) and `close` (a client connection closed by its node, for a
 //! graceful AMQP close); `text` holds the error texts they share.
 
 use std::fmt::Write as _;
@@ -36,6 +36,7 @@ mod amqp;
 mod close;
 mod http;
 mod login;
+mod maintenance;
 mod quorum;
 mod text;
 
@@ -48,6 +49,7 @@ pub use close::{
 };
 use http::*;
 use login::*;
+pub use maintenance::{maintenance_reason, IN_SERVICE_PATH};
 pub use quorum::{
     quorum_check, quorum_check_set, quorum_lost, Leaving, QuorumCheck, Replicas, OVERVIEW_PATH,
     QUEUES_PATH, QUORUM_CRITICAL_PATH,
@@ -95,6 +97,9 @@ pub struct ProbeOutcome {
     /// The attempt failed for lack of resources on this host (no descriptor, no ephemeral
     /// port): no verdict on the backend, so the caller must not count it against it.
     pub local: bool,
+    /// The backend refused the connection: nothing listens there (a stopped node, or a
+    /// RabbitMQ node in maintenance mode, whose listeners are suspended).
+    pub refused: bool,
 }
 
 impl ProbeOutcome {
@@ -103,6 +108,7 @@ impl ProbeOutcome {
             up: true,
             reason: reason.into(),
             local: false,
+            refused: false,
         }
     }
 
@@ -111,6 +117,7 @@ impl ProbeOutcome {
             up: false,
             reason: reason.into(),
             local: false,
+            refused: false,
         }
     }
 
@@ -118,6 +125,7 @@ impl ProbeOutcome {
     fn connect_failed(e: &io::Error) -> ProbeOutcome {
         ProbeOutcome {
             local: crate::net::is_local(e),
+            refused: e.kind() == io::ErrorKind::ConnectionRefused,
             ..ProbeOutcome::down(connect_error(e))
         }
     }

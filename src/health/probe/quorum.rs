@@ -51,7 +51,7 @@ pub async fn quorum_check(
 }
 
 /// GET `ask`'s URL within `timeout`; a failure is told as an operator reads it (redacted).
-async fn get_within(
+pub(super) async fn get_within(
     ask: &HttpAsk,
     target: &ProbeTarget,
     timeout: Duration,
@@ -172,7 +172,7 @@ pub const QUEUES_PATH: &str =
     "/api/queues?disable_stats=true&columns=name,vhost,type,members,online";
 
 /// Largest overview read (listeners and contexts make it a few KiB).
-const OVERVIEW_BODY_CAP: usize = 1024 * 1024;
+pub(super) const OVERVIEW_BODY_CAP: usize = 1024 * 1024;
 
 /// Largest queue list read: about 150 bytes a queue, so some 100,000 queues.
 const QUEUES_BODY_CAP: usize = 16 * 1024 * 1024;

@@ -61,6 +61,11 @@ pub struct BackendStats {
     /// they count against the backend from the moment they are selected, so a drain is not
     /// complete while one is in flight and a burst of accepts does not pile onto one backend.
     pub connecting: IntGauge,
+    /// Every claim on the backend, connecting or established: what a drain waits for. One
+    /// counter, raised at the claim and lowered when the claim ends, so a reader never sees
+    /// a connection in neither state (the two gauges are for display, updated one after
+    /// the other with relaxed ordering).
+    claims: std::sync::atomic::AtomicI64,
     pub total: IntCounter,
     pub bytes_to_backend: IntCounter,
     pub bytes_to_client: IntCounter,
@@ -111,6 +116,12 @@ impl CloseToken {
 }
 
 impl BackendStats {
+    /// Connections open or being set up, as a drain must count them (see `claims`); read after
+    /// a `SeqCst` fence that follows the routing change the drain published.
+    pub fn claims(&self) -> i64 {
+        self.claims.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// The token a new connection to this backend watches.
     pub fn close_token(&self) -> CloseToken {
         self.close.lock().unwrap_or_else(|e| e.into_inner()).clone()
@@ -121,7 +132,10 @@ impl BackendStats {
     pub fn close_connections(&self, shutdown: &CancellationToken, cause: CloseCause) -> i64 {
         let mut close = self.close.lock().unwrap_or_else(|e| e.into_inner());
         let open = self.active.get() + self.connecting.get();
-        let _ = close.cause.set(cause);
+        // Shutdown may have cancelled it already (it is the parent): then that is the cause.
+        if !close.token.is_cancelled() {
+            let _ = close.cause.set(cause);
+        }
         close.token.cancel();
         *close = CloseToken::child_of(shutdown);
         open
@@ -147,6 +161,7 @@ impl BackendStats {
         BackendStats {
             active: metrics.connections_active.with_label_values(&pb),
             connecting: metrics.connections_connecting.with_label_values(&pb),
+            claims: std::sync::atomic::AtomicI64::new(0),
             total: metrics.connections_total.with_label_values(&pb),
             bytes_to_backend: bytes(ByteDirection::ToBackend),
             bytes_to_client: bytes(ByteDirection::ToClient),
@@ -179,8 +194,11 @@ impl BackendSlot {
     /// Claim `stats`'s backend for a connection about to connect.
     pub fn claim(stats: &Arc<BackendStats>) -> BackendSlot {
         stats.connecting.inc();
-        // A drain publishes `draining` and then reads the counts; the claim counts and then
-        // reads the routing (the caller re-checks the backend): one of the two sees the other.
+        stats
+            .claims
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        // A drain publishes `draining`, fences, then reads the claims; a claim counts, fences,
+        // then reads the routing (the caller re-checks the backend): one sees the other.
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
         BackendSlot {
             stats: stats.clone(),
@@ -211,6 +229,9 @@ impl BackendSlot {
 
 impl Drop for BackendSlot {
     fn drop(&mut self) {
+        self.stats
+            .claims
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         if self.established {
             self.stats.active.dec();
         } else {

@@ -695,3 +695,48 @@ async fn a_backend_failed_connects_took_down_says_why() {
     );
     warren.stop().await;
 }
+
+/// `on_down = "close"` closes connections only on a probe's verdict: failed client connects
+/// count toward `fall` too, but they say a node is full or slow, and closing its healthy
+/// connections would push a reconnect storm on. Here probes are too rare to run during the
+/// test, and two refused client connects take a down: its open connections stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_down_close_ignores_a_down_that_client_connects_caused() {
+    let a = spawn_tagged(0).await;
+    let b = spawn_tagged(1).await;
+    let mut cfg = config(
+        Balance::RoundRobin,
+        vec![backend("a", a.addr), backend("b", b.addr)],
+    );
+    // Probes every hour: none runs during the test (backends start `unknown`, taking
+    // connections), so only client connects can take a down.
+    cfg.pools[0].health = Some(tcp_health(3_600_000, 500, 1, 2));
+    cfg.pools[0].on_down = OnDown::Close;
+    let warren = Warren::start(cfg, quick());
+    let mut to_a = Vec::new();
+    while to_a.len() < 2 {
+        let (id, s) = which_backend(warren.addr).await;
+        if id == 0 {
+            to_a.push(s);
+        }
+    }
+    // a stops accepting: the next client connects to it are refused (then fail over to b).
+    drop(a);
+    let mut tries = 0;
+    while health_of(&warren, "a") != Health::Down {
+        tries += 1;
+        assert!(tries <= 20, "a never marked down by failed connects");
+        let _ = which_backend(warren.addr).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for s in &mut to_a {
+        assert!(echo_once(s, 5).await, "a's open connections are kept");
+    }
+    assert_eq!(
+        warren.metric_or_zero(
+            r#"warren_connections_closed_total{listener="default",reason="backend_down"}"#
+        ),
+        0.0
+    );
+    warren.stop().await;
+}

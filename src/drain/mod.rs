@@ -54,6 +54,10 @@ pub struct Drainer {
     drains: Mutex<HashMap<BackendId, DrainEntry>>,
     runtime: Handle,
     metrics: StateFileMetrics,
+    /// Held by a drain from its first check to its state change: two drains at once (two
+    /// operators, a script with `&`) would each see the other's backend active and both pass
+    /// the set's quorum check and `min_available`.
+    deciding: tokio::sync::Mutex<()>,
 }
 
 #[derive(Clone, Copy)]
@@ -100,6 +104,7 @@ impl Drainer {
             drains: Mutex::new(HashMap::new()),
             runtime,
             metrics,
+            deciding: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -124,6 +129,7 @@ impl Drainer {
         deadline: Option<Duration>,
         force: bool,
     ) -> Result<DrainAnswer, DrainError> {
+        let _deciding = self.deciding.lock().await;
         let (quorum, warning, set_warning) = if force {
             (QuorumAnswer::SkippedForce, None, None)
         } else {
@@ -149,6 +155,7 @@ impl Drainer {
         deadline: Option<Duration>,
         force: bool,
     ) -> Result<Vec<DrainAnswer>, DrainError> {
+        let _deciding = self.deciding.lock().await;
         let ids = self.checked_set(ids)?;
         if let Some(d) = deadline.filter(|d| *d > MAX_DRAIN_DEADLINE) {
             return Err(DrainError::DeadlineTooLong { deadline: d });
@@ -517,11 +524,13 @@ impl Drainer {
                 AdminState::Drained => return,
                 AdminState::Draining => {}
             }
-            let (open, connecting) = (b.stats.active.get(), b.stats.connecting.get());
-            if open <= 0 && connecting <= 0 {
+            // The draining state was published before this read (see BackendSlot::claim).
+            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+            if b.stats.claims() <= 0 {
                 self.drain_complete(&id);
                 return;
             }
+            let (open, connecting) = (b.stats.active.get(), b.stats.connecting.get());
             let now = tokio::time::Instant::now();
             if entry.deadline.is_some_and(|d| now >= d.at) {
                 if !warned_at_deadline {

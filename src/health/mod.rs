@@ -374,7 +374,7 @@ impl Controller {
             *tracked = keep;
             for key in reset {
                 if let Some(t) = tracked.get(&key) {
-                    self.publish(&key, t);
+                    self.publish(&key, t, false);
                 }
             }
         }
@@ -552,6 +552,7 @@ impl Controller {
             (None, Some(failure)) => passive_reason(failure),
             (None, None) => "check".to_owned(),
         };
+        let by_probe = probe.is_some();
         if let Some((p, _)) = probe {
             if !p.up {
                 tracing::debug!(pool = %key.pool, backend = %key.backend, reason = %p.reason, "probe failed");
@@ -562,15 +563,16 @@ impl Controller {
         if t.machine.observe(ok).is_some() {
             t.changed_at = SystemTime::now();
             t.changed_reason = Some(reason);
-            self.publish(key, t);
+            self.publish(key, t, by_probe);
         }
     }
 
     /// Publish a backend's health as its machine says now and emit the events the change
     /// causes. Called with the `tracked` lock held (`t` is borrowed from it): two checks racing
     /// on one backend (a probe and a failed connect) then publish in the order their machine
-    /// saw them, so routing always ends equal to health.
-    fn publish(&self, key: &BackendId, t: &Tracked) {
+    /// saw them, so routing always ends equal to health. `by_probe`: a probe flipped it (only
+    /// then does `on_down = "close"` close the backend's connections).
+    fn publish(&self, key: &BackendId, t: &Tracked, by_probe: bool) {
         let health = t.machine.state();
         let Some((previous, transition)) = self.routing.update(&key.pool, &key.backend, |b| {
             std::mem::replace(&mut b.health, health)
@@ -585,7 +587,12 @@ impl Controller {
         match health {
             Health::Down => {
                 tracing::warn!(pool = %key.pool, backend = %key.backend, %reason, "backend is down");
-                self.close_on_down(key, &transition);
+                // Failed client connects also count toward `fall`, but they say the node is
+                // full or slow (connection_max, a reconnect storm), not that it is gone:
+                // closing its healthy connections would only push the storm on.
+                if by_probe {
+                    self.close_on_down(key, &transition);
+                }
             }
             _ => {
                 tracing::info!(pool = %key.pool, backend = %key.backend, %reason, %health, "backend is up")
@@ -691,7 +698,7 @@ impl Controller {
                 t.changed_at = SystemTime::now();
                 t.changed_reason = Some(passive_reason(failure));
             }
-            self.publish(&key, t);
+            self.publish(&key, t, false);
             t.hold_down_generation
         };
         let this = self.clone();
@@ -704,7 +711,7 @@ impl Controller {
                     t.changed_at = SystemTime::now();
                     t.changed_reason = Some("hold-down over".to_owned());
                     tracing::info!(pool = %key.pool, backend = %key.backend, "hold-down over, backend takes connections again");
-                    this.publish(&key, t);
+                    this.publish(&key, t, false);
                 }
             }
         });

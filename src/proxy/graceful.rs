@@ -91,6 +91,9 @@ pub enum Progress {
     Closed = 1,
     /// The node could not be asked or could not close it: TCP close.
     Failed = 2,
+    /// The node is being asked: the broker's Close may reach the client, and the connection
+    /// end, before the node's answer does.
+    Asking = 3,
 }
 
 impl Progress {
@@ -99,6 +102,7 @@ impl Progress {
         match cell.load(Ordering::Relaxed) {
             1 => Progress::Closed,
             2 => Progress::Failed,
+            3 => Progress::Asking,
             _ => Progress::NotAsked,
         }
     }
@@ -149,6 +153,7 @@ impl Closer {
         progress: &AtomicU8,
     ) {
         let deadline = since + WINDOW;
+        progress.store(Progress::Asking as u8, Ordering::Relaxed);
         let answer = self.ask(&target, cause, deadline).await;
         let id = target.backend;
         let (pool, backend) = (&*id.pool, &*id.backend);

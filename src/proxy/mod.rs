@@ -440,7 +440,12 @@ async fn handle(accepted: Box<(TcpStream, SocketAddr)>, conn: Conn) {
     let mut reason = outcome.reason;
     // Ended by warren: at the end of the window (over TCP), or by the broker after the node
     // was asked to close it (the client had its Connection.Close).
-    let graceful = reason != CloseReason::Drain && Progress::load(&progress) == Progress::Closed;
+    // While the node is being asked, a connection that ends by itself ended by its Close.
+    let graceful = reason != CloseReason::Drain
+        && matches!(
+            Progress::load(&progress),
+            Progress::Closed | Progress::Asking
+        );
     if reason == CloseReason::Drain || graceful {
         let shutdown = conn.ctx.routing.shutdown_token().is_cancelled();
         reason = forced_reason(link.backend.close_token().cause(), shutdown);

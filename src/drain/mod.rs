@@ -42,6 +42,11 @@ pub const MAX_DRAIN_DEADLINE: Duration = Duration::from_secs(31_557_600);
 /// tighter), at most 5 s (well inside `warren ctl`'s 10 s request timeout).
 const QUORUM_TIMEOUT: (Duration, Duration) = (Duration::from_secs(3), Duration::from_secs(5));
 
+/// All of one drain's quorum checks together (each backend's, asked at once, then the set's):
+/// an answer must reach `warren ctl` inside its 10 s request timeout, or ctl would report a
+/// failure while the drain goes ahead.
+const CHECKS_BUDGET: Duration = Duration::from_secs(8);
+
 /// Drains and undrains backends; one per process, on the control runtime.
 pub struct Drainer {
     routing: Arc<Routing>,
@@ -133,8 +138,11 @@ impl Drainer {
         let (quorum, warning, set_warning) = if force {
             (QuorumAnswer::SkippedForce, None, None)
         } else {
-            let (quorum, warning) = judge_quorum(id, self.ask_quorum(id).await)?;
-            let set_warning = self.judge_set_quorum(std::slice::from_ref(id)).await?;
+            let until = tokio::time::Instant::now() + CHECKS_BUDGET;
+            let (quorum, warning) = judge_quorum(id, self.ask_quorum(id, until).await)?;
+            let set_warning = self
+                .judge_set_quorum(std::slice::from_ref(id), until)
+                .await?;
             (quorum, warning, set_warning)
         };
         let mut answer = self.drain_checked(id, deadline, force)?;
@@ -160,18 +168,19 @@ impl Drainer {
         if let Some(d) = deadline.filter(|d| *d > MAX_DRAIN_DEADLINE) {
             return Err(DrainError::DeadlineTooLong { deadline: d });
         }
+        let until = tokio::time::Instant::now() + CHECKS_BUDGET;
         let mut judged = Vec::with_capacity(ids.len());
-        for id in &ids {
-            judged.push(if force {
-                (QuorumAnswer::SkippedForce, None)
-            } else {
-                judge_quorum(id, self.ask_quorum(id).await)?
-            });
+        if force {
+            judged.resize(ids.len(), (QuorumAnswer::SkippedForce, None));
+        } else {
+            for (id, check) in ids.iter().zip(self.ask_quorums(&ids, until).await) {
+                judged.push(judge_quorum(id, check)?);
+            }
         }
         let set_warning = if force {
             None
         } else {
-            let warning = self.judge_set_quorum(&ids).await?;
+            let warning = self.judge_set_quorum(&ids, until).await?;
             self.check_set_min_available(&ids)?;
             warning
         };
@@ -254,16 +263,42 @@ impl Drainer {
     /// Ask RabbitMQ whether `id` may stop, on the backend's management endpoint, or when its
     /// pool probes the management API. A backend already draining or drained is not asked again
     /// (its drain was already allowed).
-    async fn ask_quorum(&self, id: &BackendId) -> QuorumCheck {
+    async fn ask_quorum(&self, id: &BackendId, until: tokio::time::Instant) -> QuorumCheck {
         if self.admin_state(id) != Some(AdminState::Active) {
             return QuorumCheck::NotApplicable;
         }
         match self.quorum_target(id) {
             Some((leaving, timeout)) => {
+                let timeout =
+                    timeout.min(until.saturating_duration_since(tokio::time::Instant::now()));
                 probe::quorum_check(leaving.probe.as_ref(), &leaving.target, timeout).await
             }
             None => QuorumCheck::NotApplicable,
         }
+    }
+
+    /// [`Drainer::ask_quorum`] for every backend of a set at once (a set of five must not
+    /// take five timeouts), in the set's order.
+    async fn ask_quorums(
+        self: &Arc<Self>,
+        ids: &[BackendId],
+        until: tokio::time::Instant,
+    ) -> Vec<QuorumCheck> {
+        let mut asks = tokio::task::JoinSet::new();
+        for (i, id) in ids.iter().enumerate() {
+            let (me, id) = (self.clone(), id.clone());
+            asks.spawn(async move { (i, me.ask_quorum(&id, until).await) });
+        }
+        // A check whose task panicked keeps this: no answer, so a warning, never a silent pass.
+        let unfinished = QuorumCheck::Unknown("the quorum check did not finish".into());
+        let mut checks = vec![unfinished; ids.len()];
+        while let Some(joined) = asks.join_next().await {
+            match joined {
+                Ok((i, check)) => checks[i] = check,
+                Err(e) => tracing::error!(error = %e, "a quorum check task failed"),
+            }
+        }
+        checks
     }
 
     /// Whom the quorum check of `id` asks, and within what time; `None` when nobody (no
@@ -291,7 +326,11 @@ impl Drainer {
     /// [`probe::quorum_check_set`]). Not asked when no backend of `ids` is active (nothing new
     /// leaves). Refuses like the per-node check; a check nobody answered lets the drain go
     /// ahead with the warning returned.
-    async fn judge_set_quorum(&self, ids: &[BackendId]) -> Result<Option<String>, DrainError> {
+    async fn judge_set_quorum(
+        &self,
+        ids: &[BackendId],
+        until: tokio::time::Instant,
+    ) -> Result<Option<String>, DrainError> {
         let snapshot = self.routing.load_full();
         let new: Vec<&BackendId> = ids
             .iter()
@@ -326,7 +365,8 @@ impl Drainer {
             .iter()
             .map(|(_, t)| *t)
             .max()
-            .unwrap_or(QUORUM_TIMEOUT.1);
+            .unwrap_or(QUORUM_TIMEOUT.1)
+            .min(until.saturating_duration_since(tokio::time::Instant::now()));
         let check = probe::quorum_check_set(asked.into_iter().map(|(l, _)| l).collect(), timeout);
         judge_set(&new, &out, check.await)
     }

@@ -740,3 +740,63 @@ async fn on_down_close_ignores_a_down_that_client_connects_caused() {
     );
     warren.stop().await;
 }
+
+/// The RabbitMQ maintenance lookup (README, "RabbitMQ's own maintenance mode") is asked at the
+/// first refused probe of a backend and then reused while its probes stay refused the same way,
+/// not repeated at every probe: a stopped node must not cost its cluster's management APIs
+/// requests at every interval for as long as it is down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_maintenance_lookup_is_not_repeated_at_every_refused_probe() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    // A management API that knows nothing (404 to every request), counting the requests.
+    let api = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api_addr = api.local_addr().unwrap();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counted = requests.clone();
+    let server = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = api.accept().await else {
+                continue;
+            };
+            counted.fetch_add(1, Ordering::SeqCst);
+            let mut buf = [0u8; 2048];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(
+                    b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                )
+                .await;
+        }
+    });
+    let b = spawn_tagged(1).await;
+    let mut backends = vec![backend("a", refused_addr()), backend("b", b.addr)];
+    for backend in &mut backends {
+        backend.management = Some(warren::config::ManagementEndpoint {
+            url: warren::http_client::HttpUrl::parse(&format!("http://{api_addr}")).unwrap(),
+            user: None,
+            password: None,
+            password_file: None,
+            timeout: Duration::from_millis(500),
+        });
+    }
+    let mut cfg = config(Balance::RoundRobin, backends);
+    cfg.pools[0].health = Some(tcp_health(100, 100, 1, 1));
+    let warren = Warren::start(cfg, quick());
+    let probes = r#"warren_health_checks_total{backend="a",pool="default",result="failed"}"#;
+    wait_for("15 refused probes of a", 10 * SECOND, || {
+        warren.metric_or_zero(probes) >= 15.0
+    })
+    .await;
+    let asked = requests.load(Ordering::SeqCst);
+    println!("15 refused probes, {asked} management requests");
+    // One lookup is at most 3 requests (the node's is-in-service, a peer's overview and its
+    // node); asked at the 1st and the 12th probe at most.
+    assert!(
+        asked <= 6,
+        "{asked} management requests for 15 refused probes"
+    );
+    assert!(asked >= 1, "the lookup ran");
+    server.abort();
+    warren.stop().await;
+}

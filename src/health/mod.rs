@@ -177,6 +177,46 @@ pub fn pool_events(before: PoolCounts, after: PoolCounts) -> Vec<HookEvent> {
 }
 
 /// What a failed connect from the data path is called where it changes a backend's health.
+/// What the cluster said of a backend whose probes are refused (RabbitMQ maintenance mode?),
+/// kept while they stay refused for the same reason: asked at the first such probe and again
+/// every [`HINT_REFRESH`] probes, not at each one (a stopped node would otherwise cost up to
+/// three management requests per interval for as long as it is down).
+#[derive(Default)]
+struct MaintenanceHint {
+    /// The probe's reason it was asked about, and the answer.
+    cached: Option<(String, Option<String>)>,
+    /// Probes answered from `cached` since it was asked.
+    reused: u32,
+}
+
+/// How many refused probes in a row reuse one answer of the cluster before it is asked again.
+const HINT_REFRESH: u32 = 10;
+
+impl MaintenanceHint {
+    /// The reason to show for a refused probe whose own reason is `reason`: the cluster's
+    /// explanation, asked of it or remembered.
+    async fn explain(
+        &mut self,
+        health: &HealthConfig,
+        target: &probe::ProbeTarget,
+        peers: &[probe::ProbeTarget],
+        reason: &str,
+    ) -> Option<String> {
+        if let Some((asked, why)) = &self.cached {
+            if asked == reason && self.reused < HINT_REFRESH {
+                self.reused += 1;
+                return why.clone();
+            }
+        }
+        let why =
+            probe::maintenance_reason(Some(&health.probe), target, peers, reason, health.timeout)
+                .await;
+        self.cached = Some((reason.to_owned(), why.clone()));
+        self.reused = 0;
+        why
+    }
+}
+
 fn passive_reason(failure: ConnectFailure) -> String {
     format!("failed connect from the data path ({})", failure.as_str())
 }
@@ -466,6 +506,7 @@ impl Controller {
             .interval
             .mul_f64(rand::thread_rng().gen_range(0.0..0.5));
         let mut next = Instant::now() + first;
+        let mut hint = MaintenanceHint::default();
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
@@ -482,15 +523,11 @@ impl Controller {
             // Only a refused connect looks like maintenance (listeners suspended), and then
             // the node's own API refuses at once too: a node that hangs (a timeout) is not
             // asked, so the lookup never holds back the verdict of a probe that timed out.
-            if !outcome.up && !outcome.local && outcome.refused {
+            if outcome.up {
+                hint = MaintenanceHint::default();
+            } else if !outcome.local && outcome.refused {
                 // Not part of the probe's duration: the cluster's view of why it failed.
-                let why = probe::maintenance_reason(
-                    Some(&health.probe),
-                    &target,
-                    &peers,
-                    &outcome.reason,
-                    health.timeout,
-                );
+                let why = hint.explain(&health, &target, &peers, &outcome.reason);
                 tokio::select! {
                     () = stop.cancelled() => return,
                     why = why => if let Some(why) = why { outcome.reason = why },

@@ -262,8 +262,11 @@ async fn a_two_node_cluster_behind_warren() {
 /// One client cycle: connect, open a confirm channel, declare an exclusive queue, publish one
 /// message with a confirm, get it back, close. Err says which step failed.
 async fn client_cycle(addr: SocketAddr, name: &str) -> Result<(), (bool, String)> {
-    let connection = rabbit::connect(addr, name)
+    // Bounded too: a connect whose node is killed during its handshake once hung lapin for
+    // good (CI run of 607583a), which left the whole suite waiting.
+    let connection = tokio::time::timeout(rabbit::CLIENT_TIMEOUT, rabbit::connect(addr, name))
         .await
+        .map_err(|_| (true, "connect: timed out".to_string()))?
         .map_err(|e| (true, format!("connect: {e}")))?;
     let work = async {
         let e = |step: &'static str| move |e: lapin::Error| format!("{step}: {e}");

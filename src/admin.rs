@@ -59,6 +59,7 @@ use crate::health::Controller;
 use crate::lifecycle::Reloader;
 use crate::metrics::Metrics;
 use crate::proxy::metrics::ActiveConnections;
+use crate::rebalance::{RebalanceError, Rebalancer};
 use crate::state::{BackendId, BackendRoute, Health, PoolRoute, Routing};
 
 use metrics::{AdminMetrics, AuthFailure, ConnectionRefused};
@@ -85,6 +86,7 @@ pub struct Admin {
     pub active_connections: ActiveConnections,
     pub health: Arc<Controller>,
     pub drainer: Arc<Drainer>,
+    pub rebalancer: Arc<Rebalancer>,
     /// The bearer token every `/v1` request must present, when one is configured.
     pub token: Option<Secret>,
 }
@@ -426,6 +428,12 @@ async fn handle(
         }
         return drain(admin, pool, backend, &body).await;
     }
+    if let ["v1", "pools", pool, "backends", backend, "undrain"] = segments[..] {
+        if parts.method != Method::POST {
+            return error(StatusCode::METHOD_NOT_ALLOWED, "use POST for this endpoint");
+        }
+        return undrain(admin, pool, backend, &body);
+    }
     route(&parts.method, &segments, admin)
 }
 
@@ -552,13 +560,15 @@ fn route(method: &Method, segments: &[&str], admin: &Admin) -> Reply {
             )
         }),
         ["v1", "status"] => allow(Method::GET, &|| json(StatusCode::OK, &status(admin))),
-        ["v1", "pools", pool, "backends", backend, "undrain"] => allow(
-            Method::POST,
-            &|| match admin.drainer.undrain(&BackendId::new(pool, backend)) {
-                Ok(answer) => json(StatusCode::OK, &answer),
-                Err(e) => drain_error(e),
-            },
-        ),
+        ["v1", "pools", pool, "rebalance"] => allow(Method::POST, &|| match admin
+            .rebalancer
+            .start(pool)
+        {
+            Ok(answer) if answer.started => json(StatusCode::ACCEPTED, &answer),
+            Ok(answer) => json(StatusCode::OK, &answer),
+            Err(e @ RebalanceError::NoSuchPool(_)) => error(StatusCode::NOT_FOUND, &e.to_string()),
+            Err(e @ RebalanceError::SourceHash(_)) => error(StatusCode::CONFLICT, &e.to_string()),
+        }),
         _ => error(
             StatusCode::NOT_FOUND,
             &format!("no such endpoint: /{}", segments.join("/")),
@@ -606,13 +616,39 @@ async fn drain_set(admin: &Admin, body: &[u8]) -> Reply {
     }
 }
 
+/// `POST .../undrain`: the backend takes new connections again; with `"rebalance": false`
+/// its return starts no rebalance and the pool's automatic rebalancing is held.
+fn undrain(admin: &Admin, pool: &str, backend: &str, body: &[u8]) -> Reply {
+    let request: api::UndrainRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        api::UndrainRequest::default()
+    } else {
+        match parse_body(body, r#"{"rebalance": false}"#) {
+            Ok(r) => r,
+            Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+        }
+    };
+    // Held before the return is published, so the rebalancer never sees it unheld.
+    if !request.rebalance {
+        admin.rebalancer.hold(pool);
+    }
+    match admin.drainer.undrain(&BackendId::new(pool, backend)) {
+        Ok(answer) => json(StatusCode::OK, &answer),
+        Err(e) => drain_error(e),
+    }
+}
+
 /// `POST /v1/undrain`: every backend of the set takes new connections again.
 fn undrain_set(admin: &Admin, body: &[u8]) -> Reply {
-    let example = r#"{"backends": [{"pool": "P", "backend": "B"}]}"#;
+    let example = r#"{"backends": [{"pool": "P", "backend": "B"}], "rebalance": true}"#;
     let request: api::UndrainSetRequest = match parse_body(body, example) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, &e),
     };
+    if !request.rebalance {
+        for b in &request.backends {
+            admin.rebalancer.hold(&b.pool);
+        }
+    }
     match admin.drainer.undrain_set(&backend_ids(&request.backends)) {
         Ok(backends) => json(StatusCode::OK, &api::DrainSetAnswer { backends }),
         Err(e) => drain_error(e),
@@ -720,6 +756,7 @@ fn pool_status(admin: &Admin, p: &PoolConfig, route: &PoolRoute) -> api::PoolSta
         min_available: p.min_available,
         name: p.name.clone(),
         on_down: (p.on_down != OnDown::Keep).then(|| p.on_down.as_str().to_string()),
+        rebalance: Some(admin.rebalancer.status(p, route)),
         rise: p.health.as_ref().map(|h| h.rise),
         slow_start: (!p.slow_start.is_zero())
             .then(|| humantime::format_duration(p.slow_start).to_string()),

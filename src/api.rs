@@ -135,6 +135,10 @@ pub struct PoolStatus {
     /// default, `"keep"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_down: Option<String>,
+    /// How the pool's connections are spread against the backends' fair shares, and what
+    /// the rebalancer is doing about it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebalance: Option<RebalanceStatus>,
     /// Probes in a row that bring a down backend up (`None`: passive checks only).
     #[serde(default)]
     pub rise: Option<u32>,
@@ -235,9 +239,71 @@ pub struct DrainSetRequest {
 }
 
 /// The body of `POST /v1/undrain`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UndrainSetRequest {
     pub backends: Vec<BackendRef>,
+    /// `false`: this return does not start a rebalance, and the pools' automatic rebalancing
+    /// waits (a rolling upgrade moving on to its next node); see [`UndrainRequest`].
+    #[serde(default = "yes")]
+    pub rebalance: bool,
+}
+
+/// The optional body of `POST /v1/pools/{pool}/backends/{backend}/undrain`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UndrainRequest {
+    /// `false`: the backend's return does not start a rebalance, and the pool's automatic
+    /// rebalancing waits for a while (`warren ctl upgrade` asks for one pass at the end).
+    #[serde(default = "yes")]
+    pub rebalance: bool,
+}
+
+impl Default for UndrainRequest {
+    fn default() -> UndrainRequest {
+        UndrainRequest { rebalance: true }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A pool's balance in `/v1/status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RebalanceStatus {
+    /// The fraction of the pool's connections above their backend's weighted fair share
+    /// (what a rebalance would move): 0 when balanced.
+    pub imbalance: f64,
+    /// `off`, `on_return` or `continuous`.
+    pub mode: String,
+    pub state: RebalanceState,
+}
+
+/// Where a pool's rebalancing stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RebalanceState {
+    /// Every backend is within the tolerance of its fair share.
+    Balanced,
+    /// Some backend is above it and no pass runs (mode `off`, or waiting for a trigger).
+    Unbalanced,
+    /// A pass is moving connections.
+    Running,
+    /// An undrain asked automatic rebalancing to wait (a rolling upgrade under way).
+    Held,
+}
+
+/// The answer to `POST /v1/pools/{pool}/rebalance`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RebalanceAnswer {
+    /// As in [`RebalanceStatus`], when asked.
+    pub imbalance: f64,
+    /// The pace of the closes.
+    pub max_closes_per_second: f64,
+    pub pool: String,
+    /// A pass runs (`false`: already balanced, nothing to move).
+    pub started: bool,
+    /// Connections above their backend's fair share, when asked.
+    pub to_move: u64,
 }
 
 /// The answer to a set drain (202) or undrain (200): one answer per backend, in order.
@@ -443,6 +509,11 @@ mod tests {
                 min_available: 1,
                 name: "rabbitmq".into(),
                 on_down: Some("close".into()),
+                rebalance: Some(RebalanceStatus {
+                    imbalance: 0.5,
+                    mode: "on_return".into(),
+                    state: RebalanceState::Running,
+                }),
                 rise: Some(2),
                 slow_start: Some("30s".into()),
                 total: 1,

@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod net;
 pub mod proxy;
 pub mod proxy_protocol;
+pub mod rebalance;
 pub mod run;
 pub mod server;
 pub mod source;

@@ -73,45 +73,139 @@ pub struct BackendStats {
     /// By [`ConnectFailure::ALL`]'s order (see [`BackendStats::failures`]).
     failures: [IntCounter; 4],
     pub up: IntGauge,
-    /// Cancelled to close this backend's connections (a drain deadline, `on_down = "close"`);
-    /// a child of the routing's shutdown token, so shutdown closes them too. Replaced after use.
+    /// Cancelled to close this backend's connections (a drain deadline, `on_down = "close"`,
+    /// a rebalance); a child of the routing's shutdown token, so shutdown closes them too.
+    /// Replaced after use.
     close: Mutex<CloseToken>,
+    /// Connections that took a rebalance slot and have not ended: the rebalancer does not
+    /// count them again.
+    leaving: std::sync::atomic::AtomicI64,
+    /// `backend_rebalance_closes_total`.
+    pub rebalance_closes: IntCounter,
 }
 
 /// Why warren closed a backend's connections itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum CloseCause {
     /// The backend's drain deadline passed.
     DrainDeadline,
     /// Probes marked the backend down in a pool with `on_down = "close"`.
     BackendDown,
+    /// The rebalancer offers to close some of the backend's connections (see [`Shed`]): only
+    /// those that win a slot close; the others wait on the next token.
+    Rebalance(Arc<Shed>),
 }
 
-/// What a connection to a backend watches: a token cancelled to close it, and why it was.
+impl PartialEq for CloseCause {
+    fn eq(&self, other: &CloseCause) -> bool {
+        match (self, other) {
+            (CloseCause::Rebalance(a), CloseCause::Rebalance(b)) => Arc::ptr_eq(a, b),
+            (a, b) => std::mem::discriminant(a) == std::mem::discriminant(b),
+        }
+    }
+}
+
+/// What a connection to a backend watches: a token cancelled to close it, why it was, and the
+/// token that replaced it (so a connection that lets a rebalance pass misses no later close).
+/// One pointer, so a connection task holding it stays small.
 #[derive(Debug, Clone)]
-pub struct CloseToken {
+pub struct CloseToken(Arc<CloseInner>);
+
+#[derive(Debug)]
+struct CloseInner {
     token: CancellationToken,
     /// Set just before `token` is cancelled by [`BackendStats::close_connections`]; unset when
     /// the cancellation came from shutdown (the parent token).
-    cause: Arc<OnceLock<CloseCause>>,
+    cause: OnceLock<CloseCause>,
+    /// Set just before `token` is cancelled by [`BackendStats::close_connections`].
+    next: OnceLock<CloseToken>,
 }
 
 impl CloseToken {
     fn child_of(shutdown: &CancellationToken) -> CloseToken {
-        CloseToken {
+        CloseToken(Arc::new(CloseInner {
             token: shutdown.child_token(),
-            cause: Arc::default(),
-        }
+            cause: OnceLock::new(),
+            next: OnceLock::new(),
+        }))
     }
 
     /// The token to wait on.
     pub fn token(&self) -> &CancellationToken {
-        &self.token
+        &self.0.token
     }
 
     /// Why the backend's connections were closed; `None` before that, or when shutdown did it.
     pub fn cause(&self) -> Option<CloseCause> {
-        self.cause.get().copied()
+        self.0.cause.get().cloned()
+    }
+
+    /// The token that replaced this one when it was cancelled by a close (`None` before, or
+    /// when shutdown cancelled it: then every later token is cancelled too).
+    pub fn next(&self) -> Option<CloseToken> {
+        self.0.next.get().cloned()
+    }
+}
+
+/// One rebalance round's offer to close some of a backend's connections: `slots` instants,
+/// paced by the pool's `max_closes_per_second`, each taken by one connection old enough
+/// (established before `established_before`). Connections that find no slot left stay.
+#[derive(Debug)]
+pub struct Shed {
+    slots: Vec<Instant>,
+    taken: std::sync::atomic::AtomicUsize,
+    established_before: Instant,
+}
+
+impl Shed {
+    pub fn new(slots: Vec<Instant>, established_before: Instant) -> Shed {
+        Shed {
+            slots,
+            taken: std::sync::atomic::AtomicUsize::new(0),
+            established_before,
+        }
+    }
+
+    /// A slot for a connection established at `established`: when it is to be closed, or
+    /// `None` when it is too young or every slot is taken.
+    pub fn take(&self, established: Instant) -> Option<Instant> {
+        if established >= self.established_before {
+            return None;
+        }
+        let i = self
+            .taken
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.slots.get(i).copied()
+    }
+
+    /// How many slots it offers.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+}
+
+/// A connection that took a rebalance slot, counted in its backend's `leaving` until it ends.
+pub struct Leaving(Arc<BackendStats>);
+
+impl Leaving {
+    pub fn new(stats: &Arc<BackendStats>) -> Leaving {
+        stats
+            .leaving
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        stats.rebalance_closes.inc();
+        Leaving(stats.clone())
+    }
+}
+
+impl Drop for Leaving {
+    fn drop(&mut self) {
+        self.0
+            .leaving
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -132,13 +226,20 @@ impl BackendStats {
     pub fn close_connections(&self, shutdown: &CancellationToken, cause: CloseCause) -> i64 {
         let mut close = self.close.lock().unwrap_or_else(|e| e.into_inner());
         let open = self.active.get() + self.connecting.get();
+        let next = CloseToken::child_of(shutdown);
         // Shutdown may have cancelled it already (it is the parent): then that is the cause.
-        if !close.token.is_cancelled() {
-            let _ = close.cause.set(cause);
+        if !close.token().is_cancelled() {
+            let _ = close.0.cause.set(cause);
         }
-        close.token.cancel();
-        *close = CloseToken::child_of(shutdown);
+        let _ = close.0.next.set(next.clone());
+        close.token().cancel();
+        *close = next;
         open
+    }
+
+    /// Connections that took a rebalance slot and have not ended yet.
+    pub fn leaving(&self) -> i64 {
+        self.leaving.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The counter of connects to this backend that failed for `failure`.
@@ -173,6 +274,8 @@ impl BackendStats {
             }),
             up: metrics.up.with_label_values(&pb),
             close: Mutex::new(CloseToken::child_of(shutdown)),
+            leaving: std::sync::atomic::AtomicI64::new(0),
+            rebalance_closes: metrics.rebalance_closes_total.with_label_values(&pb),
         }
     }
 }
@@ -250,7 +353,9 @@ pub struct BackendMetrics {
     bytes_total: IntCounterVec,
     up: IntGaugeVec,
     admin_state: IntGaugeVec,
+    rebalance_closes_total: IntCounterVec,
     pool_available: IntGaugeVec,
+    pool_imbalance: prometheus::GaugeVec,
 }
 
 impl BackendMetrics {
@@ -307,11 +412,29 @@ impl BackendMetrics {
                 "1 on the backend's current admin state (active | draining | drained)",
                 &["pool", "backend", "state"],
             ),
+            rebalance_closes_total: metrics::counter_vec(
+                registry,
+                "backend_rebalance_closes_total",
+                "Connections the rebalancer closed to move them off the backend",
+                pb,
+            ),
             pool_available: metrics::gauge_vec(
                 registry,
                 "pool_available_backends",
                 "Backends that may take new connections",
                 &["pool"],
+            ),
+            pool_imbalance: metrics::register(
+                registry,
+                prometheus::GaugeVec::new(
+                    metrics::opts(
+                        "pool_imbalance",
+                        "The fraction of the pool's connections above their backend's \
+                         weighted fair share: what a rebalance would move (0: balanced)",
+                    ),
+                    &["pool"],
+                )
+                .expect("a valid metric"),
             ),
         }
     }
@@ -334,6 +457,7 @@ impl BackendMetrics {
         let _ = self.connections_connecting.remove_label_values(&pb);
         let _ = self.connections_total.remove_label_values(&pb);
         let _ = self.connect_duration_seconds.remove_label_values(&pb);
+        let _ = self.rebalance_closes_total.remove_label_values(&pb);
         let _ = self.up.remove_label_values(&pb);
         for failure in ConnectFailure::ALL {
             let _ =
@@ -356,6 +480,7 @@ impl BackendMetrics {
     /// [`BackendMetrics::remove_backend`]).
     fn remove_pool(&self, pool: &str) {
         let _ = self.pool_available.remove_label_values(&[pool]);
+        let _ = self.pool_imbalance.remove_label_values(&[pool]);
     }
 }
 
@@ -420,6 +545,8 @@ pub struct PoolRoute {
     pub on_down: OnDown,
     /// `warren_pool_available_backends`: available backends, backups included.
     available_gauge: IntGauge,
+    /// `warren_pool_imbalance`, set by the rebalancer.
+    pub imbalance_gauge: prometheus::Gauge,
 }
 
 impl PoolRoute {
@@ -651,6 +778,7 @@ fn build(
                 slow_start: p.slow_start,
                 on_down: p.on_down,
                 available_gauge: metrics.pool_available.with_label_values(&[&p.name]),
+                imbalance_gauge: metrics.pool_imbalance.with_label_values(&[&p.name]),
             };
             (name, route)
         })

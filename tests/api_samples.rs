@@ -219,6 +219,7 @@ fn round_trips(path: &str, code: u16, answer: &str) {
         (_, 400..) => again::<warren::api::ErrorBody>(answer),
         ("/v1/status", _) => again::<warren::api::Status>(answer),
         ("/v1/reload", _) => again::<warren::api::ReloadAnswer>(answer),
+        (p, _) if p.ends_with("/rebalance") => again::<warren::api::RebalanceAnswer>(answer),
         _ => again::<warren::api::DrainAnswer>(answer),
     };
     // Probe durations are left out: serde_json reads floats to the nearest value only (its
@@ -542,6 +543,20 @@ exec = ["/bin/sh", "-c", "true"]
     )
     .unwrap();
     x.check("18-reload-refused", "POST", "/v1/reload", "").await;
+    x.check(
+        "19-rebalance-balanced",
+        "POST",
+        "/v1/pools/passive/rebalance",
+        "",
+    )
+    .await;
+    x.check(
+        "20-rebalance-not-found",
+        "POST",
+        "/v1/pools/nope/rebalance",
+        "",
+    )
+    .await;
 
     drop((client, gone_socket, tcp_down_socket));
     stop.cancel();

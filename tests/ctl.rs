@@ -968,6 +968,11 @@ fn upgrade_fake(refuse_drain: bool) -> FakeAdmin {
                     json!({"error": format!("{name} is quorum-critical; pass force to drain anyway")}),
                 )
             }
+            ("POST", ["", "v1", "pools", "rabbitmq", "rebalance"]) => (
+                202,
+                json!({"imbalance": 0.5, "max_closes_per_second": 5.0, "pool": "rabbitmq",
+                       "started": true, "to_move": 1}),
+            ),
             ("POST", ["", "v1", "pools", "rabbitmq", "backends", name, action]) => {
                 let drain = *action == "drain";
                 for (n, admin) in admins.lock().unwrap().iter_mut() {
@@ -1053,15 +1058,30 @@ fn upgrade_walks_the_pool_on_both_instances_of_a_pair() {
     let (first, second) = (steps("rabbit-a", "1/2"), steps("rabbit-b", "2/2"));
     want.extend(first.iter().chain(&second).map(String::as_str));
     want.push("pool rabbitmq: all 2 backend(s) upgraded, undrained and healthy");
+    // One rebalance at the end of the walk, on each instance.
+    let rebalancing = "pool rabbitmq: rebalancing, 1 connection(s) above their backend's fair \
+                       share (imbalance 50%), moved at most 5 a second";
+    want.extend([rebalancing, rebalancing]);
     assert_eq!(run.stdout.lines().collect::<Vec<_>>(), want, "{run:?}");
     let walk = [
         "drain rabbit-a",
         "undrain rabbit-a",
         "drain rabbit-b",
         "undrain rabbit-b",
+        "rebalance rabbitmq",
     ];
     assert_eq!(drain_calls(&a), walk);
     assert_eq!(drain_calls(&b), walk);
+    // The undrains of the walk start no rebalance of their own.
+    for fake in [&a, &b] {
+        let undrains: Vec<_> = fake
+            .requests()
+            .into_iter()
+            .filter(|r| r.path.ends_with("/undrain"))
+            .map(|r| String::from_utf8(r.body).unwrap())
+            .collect();
+        assert_eq!(undrains, [r#"{"rebalance":false}"#; 2]);
+    }
 }
 
 #[test]

@@ -112,6 +112,43 @@ pub enum OnDown {
     Close,
 }
 
+/// When warren moves connections back into balance (`[pool.NAME.rebalance] mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RebalanceMode {
+    /// Only when asked (`warren ctl rebalance`, `POST /v1/pools/{pool}/rebalance`).
+    Off,
+    /// After a backend becomes available again (undrained, health back up, added), and when
+    /// asked.
+    OnReturn,
+    /// Whenever a backend is above its fair share by more than the tolerance.
+    Continuous,
+}
+
+/// `[pool.NAME.rebalance]`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RebalanceConfig {
+    pub mode: RebalanceMode,
+    /// How far above its weighted fair share a backend may be (0.1: 10 %) before connections
+    /// are moved off it.
+    pub tolerance: f64,
+    /// The pool's rebalance closes, at most this many per second (> 0).
+    pub max_closes_per_second: f64,
+    /// A connection younger than this is never closed to rebalance.
+    pub min_age: Duration,
+}
+
+impl Default for RebalanceConfig {
+    /// The defaults of a pool whose backends have no management API: only when asked.
+    fn default() -> RebalanceConfig {
+        RebalanceConfig {
+            mode: RebalanceMode::Off,
+            tolerance: DEFAULT_REBALANCE_TOLERANCE,
+            max_closes_per_second: DEFAULT_REBALANCE_RATE,
+            min_age: DEFAULT_REBALANCE_MIN_AGE,
+        }
+    }
+}
+
 /// `[pool.NAME]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolConfig {
@@ -122,6 +159,7 @@ pub struct PoolConfig {
     /// connections; zero: at once.
     pub slow_start: Duration,
     pub on_down: OnDown,
+    pub rebalance: RebalanceConfig,
     pub health: Option<HealthConfig>,
     /// In file order; never empty.
     pub backends: Vec<BackendConfig>,
@@ -298,6 +336,21 @@ pub const DEFAULT_SLOW_START: Duration = Duration::ZERO;
 pub const MAX_SLOW_START: Duration = Duration::from_secs(60 * 60);
 /// `pool.on_down` when omitted: connections ride it out, as before the key existed.
 pub const DEFAULT_ON_DOWN: OnDown = OnDown::Keep;
+/// `rebalance.tolerance` when omitted: a backend 10 % above its fair share is left alone, so
+/// the ordinary churn of clients does not set off closes.
+pub const DEFAULT_REBALANCE_TOLERANCE: f64 = 0.1;
+/// Largest `rebalance.tolerance`.
+pub const MAX_REBALANCE_TOLERANCE: f64 = 10.0;
+/// `rebalance.max_closes_per_second` when omitted. A moved client reconnects, reopens its
+/// channels and declares its queues, bindings and consumers again, which goes through the
+/// cluster's metadata store; five a second moves a few hundred clients in a minute or two
+/// while keeping that load small.
+pub const DEFAULT_REBALANCE_RATE: f64 = 5.0;
+/// Largest `rebalance.max_closes_per_second`.
+pub const MAX_REBALANCE_RATE: f64 = 1000.0;
+/// `rebalance.min_age` when omitted: a client that has just connected (one moved a moment
+/// ago, or back from its own failure) is not moved again before it settles.
+pub const DEFAULT_REBALANCE_MIN_AGE: Duration = Duration::from_secs(30);
 /// `health.interval` when omitted.
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(2);
 /// `health.timeout` when omitted.
@@ -405,6 +458,28 @@ impl Balance {
             Balance::LeastConn => "least_conn",
             Balance::RandomTwo => "random_two",
             Balance::SourceHash => "source_hash",
+        }
+    }
+}
+
+impl Named for RebalanceMode {
+    const ALL: &'static [Self] = &[
+        RebalanceMode::Off,
+        RebalanceMode::OnReturn,
+        RebalanceMode::Continuous,
+    ];
+    fn as_str(self) -> &'static str {
+        RebalanceMode::as_str(self)
+    }
+}
+
+impl RebalanceMode {
+    /// The config value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RebalanceMode::Off => "off",
+            RebalanceMode::OnReturn => "on_return",
+            RebalanceMode::Continuous => "continuous",
         }
     }
 }
@@ -781,6 +856,7 @@ fn quick_start_with(
         min_available: None,
         slow_start: None,
         on_down: None,
+        rebalance: None,
         health: None,
         management: None,
         backend,

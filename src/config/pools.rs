@@ -62,15 +62,99 @@ impl Validator<'_> {
                 ),
             );
         }
+        // Graceful closes need every backend's management API; without it, moving clients
+        // would cut their sockets, so the pool rebalances only when told to.
+        let graceful = backends.iter().all(|b| b.management.is_some());
+        let explicit_mode = raw.rebalance.as_ref().and_then(|r| r.mode.clone());
+        let mut rebalance = self.rebalance(&key, raw.rebalance, graceful);
+        if balance == Balance::SourceHash && rebalance.mode != RebalanceMode::Off {
+            if let Some(raw) = explicit_mode {
+                self.report(
+                    format!("{key}.rebalance.mode"),
+                    quote(raw.get_ref()),
+                    Some(raw.span()),
+                    "balance = \"source_hash\" keeps each client on the backend its address \
+                     hashes to, so a moved client would come back: use \"off\"",
+                );
+            }
+            rebalance.mode = RebalanceMode::Off;
+        }
         PoolConfig {
             name: name.into_inner(),
             balance,
             min_available,
             slow_start,
             on_down,
+            rebalance,
             health,
             backends,
         }
+    }
+
+    /// `[pool.NAME.rebalance]`; its mode defaults to `on_return` when connections can be
+    /// closed gracefully (`graceful`), else `off`.
+    fn rebalance(
+        &mut self,
+        key: &str,
+        raw: Option<RawRebalance>,
+        graceful: bool,
+    ) -> RebalanceConfig {
+        let raw = raw.unwrap_or(RawRebalance {
+            mode: None,
+            tolerance: None,
+            max_closes_per_second: None,
+            min_age: None,
+        });
+        let key = format!("{key}.rebalance");
+        let default_mode = if graceful {
+            RebalanceMode::OnReturn
+        } else {
+            RebalanceMode::Off
+        };
+        RebalanceConfig {
+            mode: self.choice(&format!("{key}.mode"), raw.mode.as_ref(), default_mode),
+            tolerance: self.bounded_number(
+                &format!("{key}.tolerance"),
+                raw.tolerance.as_ref(),
+                (0.0, MAX_REBALANCE_TOLERANCE, true),
+                DEFAULT_REBALANCE_TOLERANCE,
+            ),
+            max_closes_per_second: self.bounded_number(
+                &format!("{key}.max_closes_per_second"),
+                raw.max_closes_per_second.as_ref(),
+                (0.0, MAX_REBALANCE_RATE, false),
+                DEFAULT_REBALANCE_RATE,
+            ),
+            min_age: self.duration(
+                &format!("{key}.min_age"),
+                raw.min_age.as_ref(),
+                DEFAULT_REBALANCE_MIN_AGE,
+            ),
+        }
+    }
+
+    /// A number in `low..=high` (`low` itself allowed when the flag says so).
+    fn bounded_number(
+        &mut self,
+        key: &str,
+        raw: Option<&Spanned<f64>>,
+        (low, high, low_allowed): (f64, f64, bool),
+        default: f64,
+    ) -> f64 {
+        let Some(raw) = raw else { return default };
+        let value = *raw.get_ref();
+        let above_low = value > low || (low_allowed && value == low);
+        if above_low && value <= high {
+            return value;
+        }
+        let bound = if low_allowed { "from" } else { "above" };
+        self.report(
+            key,
+            value.to_string(),
+            Some(raw.span()),
+            format!("out of range: {bound} {low} to {high} (omit it for the default, {default})"),
+        );
+        default
     }
 
     /// A pool needs backends, not too many, and at least one primary.

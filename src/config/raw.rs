@@ -52,10 +52,20 @@ pub(super) struct RawPool {
     pub(super) min_available: Option<Spanned<usize>>,
     pub(super) slow_start: Option<Str>,
     pub(super) on_down: Option<Str>,
+    pub(super) rebalance: Option<RawRebalance>,
     pub(super) health: Option<RawHealth>,
     pub(super) management: Option<Spanned<RawManagement>>,
     #[serde(default)]
     pub(super) backend: Vec<RawBackend>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRebalance {
+    pub(super) mode: Option<Str>,
+    pub(super) tolerance: Option<Spanned<f64>>,
+    pub(super) max_closes_per_second: Option<Spanned<f64>>,
+    pub(super) min_age: Option<Str>,
 }
 
 #[derive(Deserialize)]

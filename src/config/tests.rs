@@ -344,6 +344,26 @@ fn each_problem_names_key_value_and_line() {
             "pool.rabbitmq.on_down", "\"close\"", "needs a [pool.rabbitmq.health] probe",
         ),
         (
+            replaced("balance = \"round_robin\"", "rebalance.mode = \"always\""),
+            "pool.rabbitmq.rebalance.mode", "\"always\"", "expected one of off, on_return, continuous",
+        ),
+        (
+            replaced("balance = \"round_robin\"", "rebalance.tolerance = -0.5"),
+            "pool.rabbitmq.rebalance.tolerance", "-0.5", "out of range: from 0 to 10 (omit it for the default, 0.1)",
+        ),
+        (
+            replaced("balance = \"round_robin\"", "rebalance.max_closes_per_second = 0"),
+            "pool.rabbitmq.rebalance.max_closes_per_second", "0", "out of range: above 0 to 1000 (omit it for the default, 5)",
+        ),
+        (
+            replaced("balance = \"round_robin\"", "rebalance.min_age = \"soon\""),
+            "pool.rabbitmq.rebalance.min_age", "\"soon\"", "not a duration",
+        ),
+        (
+            replaced("balance = \"round_robin\"", "balance = \"source_hash\"\nrebalance.mode = \"continuous\""),
+            "pool.rabbitmq.rebalance.mode", "\"continuous\"", "a moved client would come back",
+        ),
+        (
             replaced("balance = \"round_robin\"", "min_available = 3"),
             "pool.rabbitmq.min_available", "3", "more than the 2 primary",
         ),
@@ -1023,6 +1043,36 @@ fn names_round_trip() {
     for pp in <ProxyProtocol as Named>::ALL {
         assert_eq!(lookup::<ProxyProtocol>(pp.as_str()), Some(*pp));
     }
+}
+
+#[test]
+fn rebalancing_defaults_to_on_return_only_where_closes_are_graceful() {
+    let pool = &parse(BASE).unwrap().pools[0];
+    assert_eq!(pool.rebalance, RebalanceConfig::default());
+    assert_eq!(pool.rebalance.mode, RebalanceMode::Off);
+    let managed = format!("{BASE}\n[pool.rabbitmq.management]\nurl = \"http://{{host}}:15672\"\n");
+    let pool = &parse(&managed).unwrap().pools[0];
+    assert_eq!(pool.rebalance.mode, RebalanceMode::OnReturn);
+    let set = replaced(
+        "balance = \"round_robin\"",
+        "rebalance = { mode = \"continuous\", tolerance = 0.25, max_closes_per_second = 2, \
+         min_age = \"1m\" }",
+    );
+    assert_eq!(
+        parse(&set).unwrap().pools[0].rebalance,
+        RebalanceConfig {
+            mode: RebalanceMode::Continuous,
+            tolerance: 0.25,
+            max_closes_per_second: 2.0,
+            min_age: Duration::from_secs(60),
+        }
+    );
+    // source_hash never rebalances by itself, even with a management API.
+    let hashed = managed.replace("balance = \"round_robin\"", "balance = \"source_hash\"");
+    assert_eq!(
+        parse(&hashed).unwrap().pools[0].rebalance.mode,
+        RebalanceMode::Off
+    );
 }
 
 #[test]

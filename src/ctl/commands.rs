@@ -160,10 +160,12 @@ pub(super) async fn undrain_set(
     client: &Client,
     out: &Output,
     targets: &[(String, String)],
+    rebalance: bool,
 ) -> Result<(), CtlError> {
     let what = format!("undrain of {}", set_names(targets));
     let request = UndrainSetRequest {
         backends: backend_refs(targets),
+        rebalance,
     };
     let body = serde_json::to_value(request).expect("an undrain request serializes");
     let raw = client.post_json("/v1/undrain", Some(body), &what).await?;
@@ -327,10 +329,12 @@ pub(super) async fn undrain_backend(
     out: &Output,
     pool: &str,
     name: &str,
+    rebalance: bool,
 ) -> Result<(), CtlError> {
     let what = format!("undrain of {name} (pool {pool})");
+    let body = (!rebalance).then(|| serde_json::json!({ "rebalance": false }));
     let raw = client
-        .post_json(&backend_path(pool, name, "undrain"), None, &what)
+        .post_json(&backend_path(pool, name, "undrain"), body, &what)
         .await?;
     out.json(&raw);
     let answer = decode::<DrainAnswer>(raw, &what)?;
@@ -338,6 +342,28 @@ pub(super) async fn undrain_backend(
         out.say(&format!("warning: {e}"));
     }
     out.say(&format!("{name} (pool {pool}) is {}", answer.admin));
+    Ok(())
+}
+
+/// `POST /v1/pools/{pool}/rebalance`: one line on what the rebalancer will do.
+pub(super) async fn rebalance(client: &Client, out: &Output, pool: &str) -> Result<(), CtlError> {
+    let what = format!("rebalance of pool {pool}");
+    let path = format!("/v1/pools/{}/rebalance", encode_segment(pool));
+    let raw = client.post_json(&path, None, &what).await?;
+    out.json(&raw);
+    let answer = decode::<RebalanceAnswer>(raw, &what)?;
+    let percent = answer.imbalance * 100.0;
+    if answer.started {
+        out.say(&format!(
+            "pool {pool}: rebalancing, {} connection(s) above their backend's fair share \
+             (imbalance {percent:.0}%), moved at most {} a second",
+            answer.to_move, answer.max_closes_per_second
+        ));
+    } else {
+        out.say(&format!(
+            "pool {pool}: balanced (imbalance {percent:.0}%), nothing to move"
+        ));
+    }
     Ok(())
 }
 

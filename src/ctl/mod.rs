@@ -22,8 +22,8 @@ use serde_json::Value;
 
 use crate::api::{
     AdminState, BackendRef, BackendStatus, DrainAnswer, DrainRequest, DrainSetAnswer,
-    DrainSetRequest, ErrorBody, Health, PoolStatus, ProbeStatus, RefusalReason, ReloadAnswer,
-    Status, UndrainSetRequest,
+    DrainSetRequest, ErrorBody, Health, PoolStatus, ProbeStatus, RebalanceAnswer, RebalanceState,
+    RebalanceStatus, RefusalReason, ReloadAnswer, Status, UndrainSetRequest,
 };
 use crate::config;
 use crate::http_client::{BodyRead, HttpError, HttpUrl, Request, UrlError};
@@ -137,6 +137,18 @@ pub enum CtlCommand {
         /// How long --wait-healthy waits before giving up.
         #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
         timeout: Duration,
+        /// The return starts no rebalance, and the pools' automatic rebalancing waits 2
+        /// minutes (a walk moving on to its next node; `warren ctl rebalance` ends the wait).
+        #[arg(long)]
+        no_rebalance: bool,
+    },
+    /// Move connections from backends above their weighted fair share to those below: the
+    /// excess is closed gracefully (AMQP 320 through the management API) at the pool's
+    /// `max_closes_per_second`, and the clients reconnect through the balancer.
+    Rebalance {
+        /// The pool to rebalance.
+        #[arg(value_name = "POOL")]
+        pool: String,
     },
     /// Make warren re-read its config file (the running config stays if the new one is invalid).
     Reload,
@@ -482,12 +494,13 @@ async fn execute_one(
             pool,
             wait_healthy,
             timeout,
+            no_rebalance,
         } => {
             let targets = resolve_targets(client, &names, &tag, pool).await?;
             if let [(pool, name)] = targets.as_slice() {
-                undrain_backend(client, out, pool, name).await?;
+                undrain_backend(client, out, pool, name, !no_rebalance).await?;
             } else {
-                undrain_set(client, out, &targets).await?;
+                undrain_set(client, out, &targets, !no_rebalance).await?;
             }
             if wait_healthy {
                 for (pool, name) in &targets {
@@ -496,6 +509,7 @@ async fn execute_one(
             }
             Ok(())
         }
+        CtlCommand::Rebalance { pool } => rebalance(client, out, &pool).await,
         CtlCommand::Reload => reload(client, out).await,
         command @ CtlCommand::Upgrade { .. } => {
             execute_upgrade(std::slice::from_ref(client), out, command, poll).await

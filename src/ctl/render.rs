@@ -3,6 +3,18 @@
 
 use super::*;
 
+/// `, imbalance 50% (rebalancing)`; nothing for a balanced pool that no pass is moving.
+fn balance_note(r: &RebalanceStatus) -> String {
+    let what = match r.state {
+        RebalanceState::Balanced => return String::new(),
+        RebalanceState::Running => "rebalancing",
+        RebalanceState::Held => "rebalance held",
+        RebalanceState::Unbalanced if r.mode == "off" => "rebalance: warren ctl rebalance",
+        RebalanceState::Unbalanced => "not rebalancing",
+    };
+    format!(", imbalance {:.0}% ({what})", r.imbalance * 100.0)
+}
+
 /// The text of `warren ctl status`: listeners, then per pool a header and an aligned table.
 pub(super) fn render_status(status: &Status, now: SystemTime, width: usize) -> String {
     let mut text = String::new();
@@ -30,6 +42,9 @@ pub(super) fn render_status(status: &Status, now: SystemTime, width: usize) -> S
         }
         if let Some(on_down) = &pool.on_down {
             let _ = write!(text, ", on_down {on_down}");
+        }
+        if let Some(rebalance) = &pool.rebalance {
+            text.push_str(&balance_note(rebalance));
         }
         text.push('\n');
         if pool.backends.is_empty() {

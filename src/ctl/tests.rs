@@ -253,6 +253,20 @@ fn status_shows_slow_start_and_on_down() {
         "{text}"
     );
     assert!(text.contains("  active (slow start 40%)  "), "{text}");
+    // Its imbalance while a rebalance runs; nothing when balanced.
+    let running = |state| RebalanceStatus {
+        imbalance: 0.5,
+        mode: "on_return".into(),
+        state,
+    };
+    status.pools[1].rebalance = Some(running(RebalanceState::Running));
+    let text = render_status(&status, now(), 200);
+    assert!(
+        text.contains("on_down close, imbalance 50% (rebalancing)\n"),
+        "{text}"
+    );
+    status.pools[1].rebalance = Some(running(RebalanceState::Balanced));
+    let text = render_status(&status, now(), 200);
     // The other pool has neither set: its header is as before.
     assert!(text.contains("pool rabbitmq (least_conn): 2/3 available, min_available 1\n"));
 }

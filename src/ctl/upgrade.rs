@@ -14,8 +14,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use super::{
-    decode, find_backend, start_drain, undrain_backend, wait_drained, BackendDrain, Client,
-    CtlError, Deadline, Output,
+    decode, find_backend, rebalance, start_drain, undrain_backend, wait_drained, BackendDrain,
+    Client, CtlError, Deadline, Output,
 };
 use crate::api::{AdminState, BackendStatus, Health, PoolStatus, Status};
 
@@ -119,6 +119,14 @@ pub(super) async fn upgrade(
         plan.pool,
         walk.len()
     ));
+    for c in clients {
+        rebalance(c, out, &plan.pool).await.map_err(|e| {
+            CtlError::GaveUp(format!(
+                "{}; the walk itself is done",
+                on_instance(clients, c, e)
+            ))
+        })?;
+    }
     Ok(())
 }
 
@@ -174,7 +182,8 @@ async fn upgrade_one(
 
     step_line(Step::Undrain);
     for c in clients {
-        undrain_backend(c, out, &plan.pool, name)
+        // The pool is rebalanced once, at the end of the walk, not after every node.
+        undrain_backend(c, out, &plan.pool, name, false)
             .await
             .map_err(|e| (Step::Undrain, on_instance(clients, c, e)))?;
     }
@@ -546,6 +555,7 @@ mod tests {
             rise: Some(2),
             fall: Some(2),
             on_down: None,
+            rebalance: None,
             slow_start: None,
             backends,
         }
@@ -721,7 +731,7 @@ mod tests {
         // Resumed from b (after an undrain, as the message says), it starts at b: nothing
         // upgraded in this walk, c still to do; without --force none is suggested.
         let client = Client::new(&format!("http://{admin}"), None).unwrap();
-        undrain_backend(&client, &Output::new(false, None), "rabbitmq", "b")
+        undrain_backend(&client, &Output::new(false, None), "rabbitmq", "b", true)
             .await
             .unwrap();
         walk.from = Some("b".into());

@@ -59,6 +59,8 @@ pub enum CloseReason {
     Drain,
     /// Probes marked the backend down in a pool with `on_down = "close"`.
     BackendDown,
+    /// The rebalancer moved it off a backend above its fair share.
+    Rebalance,
     /// warren is stopping and the grace period is over.
     Shutdown,
     /// A local error.
@@ -67,12 +69,13 @@ pub enum CloseReason {
 
 impl CloseReason {
     /// Every reason, in declaration order (the listener's close counters are indexed by it).
-    pub const ALL: [CloseReason; 7] = [
+    pub const ALL: [CloseReason; 8] = [
         CloseReason::Client,
         CloseReason::Backend,
         CloseReason::Idle,
         CloseReason::Drain,
         CloseReason::BackendDown,
+        CloseReason::Rebalance,
         CloseReason::Shutdown,
         CloseReason::Error,
     ];
@@ -85,6 +88,7 @@ impl CloseReason {
             CloseReason::Idle => "idle",
             CloseReason::Drain => "drain",
             CloseReason::BackendDown => "backend_down",
+            CloseReason::Rebalance => "rebalance",
             CloseReason::Shutdown => "shutdown",
             CloseReason::Error => "error",
         }

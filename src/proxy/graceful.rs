@@ -1,6 +1,6 @@
-//! Graceful AMQP closes. When warren ends a client's connection itself (a drain deadline, the
-//! end of the shutdown grace period), the connection's own task asks the backend's node,
-//! through its management API, to close it (see [`probe::close_connection`]): the client gets
+//! Graceful AMQP closes. When warren ends a client's connection itself (a drain deadline, a
+//! backend marked down, a rebalance, the end of the shutdown grace period), the connection's
+//! own task asks the backend's node, through its management API, to close it (see [`probe::close_connection`]): the client gets
 //! the broker's `Connection.Close` 320 (CONNECTION_FORCED) with a reason naming warren, the
 //! backend and the cause, and its recovery runs as for a planned close. Forwarding goes on
 //! meanwhile, so that Close reaches the client and its Close-Ok the broker, which then closes
@@ -59,6 +59,8 @@ pub enum Cause {
     DrainDeadline,
     /// Probes marked the backend down in a pool with `on_down = "close"`.
     BackendDown,
+    /// The rebalancer moves it off a backend above its fair share.
+    Rebalance,
     /// warren is stopping and its grace period is over.
     Shutdown,
 }
@@ -73,6 +75,10 @@ pub fn reason_text(backend: &BackendId, cause: Cause) -> String {
         Cause::BackendDown => format!(
             "warren: {} (pool {}) is down by warren's health checks",
             backend.backend, backend.pool
+        ),
+        Cause::Rebalance => format!(
+            "warren: rebalancing pool {}, moving this connection off {} (above its fair share)",
+            backend.pool, backend.backend
         ),
         Cause::Shutdown => format!(
             "warren: stopping, grace period over; connection to {} (pool {}) closed",
@@ -299,6 +305,10 @@ mod tests {
         assert_eq!(
             reason_text(&id, Cause::BackendDown),
             "warren: rabbit-1 (pool amqp) is down by warren's health checks"
+        );
+        assert_eq!(
+            reason_text(&id, Cause::Rebalance),
+            "warren: rebalancing pool amqp, moving this connection off rabbit-1 (above its fair share)"
         );
         assert_eq!(
             reason_text(&id, Cause::Shutdown),

@@ -107,9 +107,10 @@ impl CloseMethod {
 }
 
 /// The close reasons for which warren ends a connection itself.
-const FORCED: [CloseReason; 3] = [
+const FORCED: [CloseReason; 4] = [
     CloseReason::Drain,
     CloseReason::BackendDown,
+    CloseReason::Rebalance,
     CloseReason::Shutdown,
 ];
 

@@ -39,7 +39,9 @@ use tokio_util::task::TaskTracker;
 use crate::config::{ListenerConfig, ProxyProtocol};
 use crate::net::{ConnectFailure, Observer};
 use crate::proxy_protocol::{self, Header, Parsed};
-use crate::state::{BackendId, BackendSlot, BackendStats, CloseCause, Routing};
+use crate::state::{
+    BackendId, BackendSlot, BackendStats, CloseCause, CloseToken, Leaving, Routing,
+};
 use forward::{CloseReason, Plane};
 use graceful::{Closer, Progress};
 use metrics::{CloseMethod, HeaderRejectReason, ListenerStats, ProxyMetrics, RejectReason};
@@ -423,7 +425,13 @@ async fn handle(accepted: Box<(TcpStream, SocketAddr)>, conn: Conn) {
     };
     let connected_at = Instant::now();
     let progress = AtomicU8::new(Progress::NotAsked as u8);
-    let stop = std::pin::pin!(closed_by_warren(&link, &conn.ctx, connected_at, &progress));
+    let forced = AtomicU8::new(NOT_FORCED);
+    let stop = std::pin::pin!(closed_by_warren(
+        &link,
+        &conn.ctx,
+        connected_at,
+        (&progress, &forced)
+    ));
     let outcome = forward::forward(
         &link.client,
         &link.upstream,
@@ -447,8 +455,10 @@ async fn handle(accepted: Box<(TcpStream, SocketAddr)>, conn: Conn) {
             Progress::Closed | Progress::Asking
         );
     if reason == CloseReason::Drain || graceful {
-        let shutdown = conn.ctx.routing.shutdown_token().is_cancelled();
-        reason = forced_reason(link.backend.close_token().cause(), shutdown);
+        reason = forced_by(&forced).unwrap_or_else(|| {
+            let shutdown = conn.ctx.routing.shutdown_token().is_cancelled();
+            forced_reason(link.backend.close_token().cause().as_ref(), shutdown)
+        });
         let method = if graceful {
             CloseMethod::Amqp
         } else {
@@ -481,51 +491,106 @@ async fn handle(accepted: Box<(TcpStream, SocketAddr)>, conn: Conn) {
     );
 }
 
+/// The `forced` cell before warren decided to close the connection.
+const NOT_FORCED: u8 = u8::MAX;
+
+/// Why warren closed the connection, as [`closed_by_warren`] recorded it.
+fn forced_by(cell: &AtomicU8) -> Option<CloseReason> {
+    let i = cell.load(std::sync::atomic::Ordering::Relaxed);
+    CloseReason::ALL.get(usize::from(i)).copied()
+}
+
 /// Why warren ended a connection whose close token fired: the backend's own close says why
-/// (drain deadline, `on_down`); the token is also a child of the shutdown token.
-fn forced_reason(cause: Option<CloseCause>, shutdown: bool) -> CloseReason {
+/// (drain deadline, `on_down`, a rebalance); the token is also a child of the shutdown token.
+fn forced_reason(cause: Option<&CloseCause>, shutdown: bool) -> CloseReason {
     match cause {
         Some(CloseCause::BackendDown) => CloseReason::BackendDown,
         Some(CloseCause::DrainDeadline) => CloseReason::Drain,
-        None if shutdown => CloseReason::Shutdown,
-        None => CloseReason::Drain,
+        Some(CloseCause::Rebalance(_)) if !shutdown => CloseReason::Rebalance,
+        _ if shutdown => CloseReason::Shutdown,
+        _ => CloseReason::Drain,
     }
 }
 
 /// Completes when warren must close the connection over TCP: never, unless its backend's close
-/// token fires (drain deadline, end of the shutdown grace); then the backend's node is asked to
-/// close it gracefully while forwarding goes on (see [`graceful`]). The request is boxed, so an
-/// idle connection only keeps the token's wait.
-async fn closed_by_warren(link: &Link, ctx: &Context, connected_at: Instant, progress: &AtomicU8) {
-    let close = link.backend.close_token();
-    close.token().cancelled().await;
-    let since = Instant::now();
+/// token fires (drain deadline, `on_down`, a rebalance slot it wins, end of the shutdown
+/// grace); then the backend's node is asked to close it gracefully while forwarding goes on
+/// (see [`graceful`]). A rebalance it does not take part in (too young, no slot left) lets
+/// it wait on the next token. What happens after a token fires is boxed, so an idle
+/// connection only keeps the token's wait.
+async fn closed_by_warren(
+    link: &Link,
+    ctx: &Context,
+    connected_at: Instant,
+    cells: (&AtomicU8, &AtomicU8),
+) {
+    let mut close = link.backend.close_token().clone();
+    loop {
+        close.token().cancelled().await;
+        match Box::pin(after_close(link, ctx, connected_at, close, cells)).await {
+            Some(next) => close = next,
+            None => return,
+        }
+    }
+}
+
+/// The close token `close` fired: let a rebalance pass (`Some(the token to wait on next)`),
+/// or close the connection, gracefully if the node can, recording why in `forced`; `None`
+/// when warren must close it over TCP.
+async fn after_close(
+    link: &Link,
+    ctx: &Context,
+    connected_at: Instant,
+    close: CloseToken,
+    (progress, forced): (&AtomicU8, &AtomicU8),
+) -> Option<CloseToken> {
+    let cause = close.cause();
     let shutdown = ctx.routing.shutdown_token().is_cancelled();
-    let cause = match forced_reason(close.cause(), shutdown) {
+    let mut _leaving = None;
+    if let (Some(CloseCause::Rebalance(shed)), false) = (&cause, shutdown) {
+        // Both are set before a rebalance cancels the token.
+        let next = close.next()?;
+        let Some(slot) = shed.take(connected_at.into_std()) else {
+            return Some(next);
+        };
+        _leaving = Some(Leaving::new(link.backend.stats()));
+        tokio::select! {
+            () = tokio::time::sleep_until(Instant::from_std(slot)) => {}
+            // A later close (a drain deadline, shutdown) decides instead.
+            () = next.token().cancelled() => return Some(next),
+        }
+    }
+    let reason = forced_reason(cause.as_ref(), shutdown);
+    let index = CloseReason::ALL.iter().position(|r| *r == reason);
+    forced.store(
+        index.map_or(NOT_FORCED, |i| i as u8),
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    let since = Instant::now();
+    let cause = match reason {
         CloseReason::BackendDown => graceful::Cause::BackendDown,
         CloseReason::Shutdown => graceful::Cause::Shutdown,
+        CloseReason::Rebalance => graceful::Cause::Rebalance,
         _ => graceful::Cause::DrainDeadline,
     };
-    Box::pin(async move {
-        let id = BackendId {
-            pool: link.pool.clone(),
-            backend: link.backend_name.clone(),
-        };
-        let local = link.upstream.local_addr().unwrap_or(link.origin);
-        let (from, to) = graceful::ends_seen_by_node(
-            link.proxy_protocol,
-            (link.origin, link.destination),
-            (local, link.backend_addr),
-        );
-        let target = graceful::Target {
-            backend: &id,
-            from,
-            to,
-            connected_at,
-        };
-        ctx.closer.close(target, cause, since, progress).await
-    })
-    .await
+    let id = BackendId {
+        pool: link.pool.clone(),
+        backend: link.backend_name.clone(),
+    };
+    let local = link.upstream.local_addr().unwrap_or(link.origin);
+    let (from, to) = graceful::ends_seen_by_node(
+        link.proxy_protocol,
+        (link.origin, link.destination),
+        (local, link.backend_addr),
+    );
+    let target = graceful::Target {
+        backend: &id,
+        from,
+        to,
+        connected_at,
+    };
+    ctx.closer.close(target, cause, since, progress).await;
+    None
 }
 
 /// Inbound PROXY header, backend selection and connect, outbound preamble. `None` when the

@@ -27,6 +27,7 @@ use crate::lifecycle::{Lifecycle, LifecycleHook, ReloadRequest, Reloader};
 use crate::net::ByteDirection;
 use crate::proxy::metrics::SpliceFallback;
 use crate::proxy::{self, forward::Plane, Context};
+use crate::rebalance::Rebalancer;
 use crate::state::Routing;
 use crate::workers::Workers;
 
@@ -188,6 +189,8 @@ fn start_control(
                     metrics.state_file.clone(),
                     tokio::runtime::Handle::current(),
                 );
+                let rebalancer = Rebalancer::new(shared_config.clone(), routing.clone());
+                tokio::spawn(rebalancer.clone().run(thread_stop.clone()));
                 let _ = ready_tx.send((health.clone(), drainer.clone()));
                 let hooks_owner = health.clone();
                 match admin {
@@ -201,6 +204,7 @@ fn start_control(
                             active_connections: metrics.proxy.active_connections(),
                             health,
                             drainer,
+                            rebalancer,
                             token,
                         });
                         admin::serve(listener, admin, thread_stop).await

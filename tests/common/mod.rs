@@ -136,6 +136,7 @@ pub fn config(balance: Balance, backends: Vec<BackendConfig>) -> Config {
             min_available: 1,
             slow_start: Duration::ZERO,
             on_down: OnDown::Keep,
+            rebalance: Default::default(),
             health: None,
             backends,
         }],

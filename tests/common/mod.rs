@@ -1,6 +1,7 @@
 //! Helpers for integration tests: in-process warren servers, in-process backends on port 0,
 //! waiting on conditions with deadlines, reading `/metrics` ([`metrics`]), hook scripts
-//! ([`hook_scripts`]), and a real systemd booted in namespaces ([`systemd_box`]).
+//! ([`hook_scripts`]), a fake management API ([`fake_api`]), and a real systemd booted in
+//! namespaces ([`systemd_box`]).
 #![allow(dead_code)]
 
 use std::future::Future;
@@ -18,11 +19,14 @@ use warren::metrics::Metrics;
 use warren::state::Routing;
 use warren::{Options, Server};
 
+mod fake_api;
 mod hook_scripts;
 mod metrics;
 #[cfg(target_os = "linux")]
 pub mod systemd_box;
 // Each test binary uses only part of common (hence also the dead_code allow above).
+#[allow(unused_imports)]
+pub use fake_api::*;
 #[allow(unused_imports)]
 pub use hook_scripts::*;
 pub use metrics::*;

@@ -362,12 +362,17 @@ impl Drop for TempDir {
 
 /// Send one byte on a connection to an echo backend and read it back within 5 s.
 pub async fn echo_once(s: &mut TcpStream, byte: u8) -> bool {
+    echo_within(s, byte, Duration::from_secs(5)).await
+}
+
+/// [`echo_once`] with its own time limit (a storm of connections at once may want longer).
+pub async fn echo_within(s: &mut TcpStream, byte: u8, within: Duration) -> bool {
     if s.write_all(&[byte]).await.is_err() {
         return false;
     }
     let mut buf = [0u8; 1];
     matches!(
-        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf)).await,
+        tokio::time::timeout(within, s.read_exact(&mut buf)).await,
         Ok(Ok(_)) if buf[0] == byte
     )
 }

@@ -459,13 +459,64 @@ fn admin_and_probes_stay_responsive_while_warrens_workers_are_saturated() {
         std::thread::sleep(Duration::from_millis(10));
     }
 
+    // Only a window over which both workers were measured saturated shows anything. On a loaded
+    // machine the clients and backends (threads of this process) can fall behind for a moment
+    // and leave a worker asleep in epoll for want of bytes (one window of 0.3 s measured a
+    // worker 48 % busy while two other test binaries ran): then the window is measured again,
+    // for up to 10 s, instead of failing on what says nothing of warren. Every window's admin
+    // answers and probes are checked all the same.
+    let mut windows = Vec::new();
+    let deadline = std::time::Instant::now() + 10 * SECOND;
+    let saturated = loop {
+        let window = measure_window(&runtime, warren.pid(), admin);
+        let saturated = window.busy.iter().all(|(_, share)| *share >= 0.8);
+        windows.push(window);
+        if saturated || std::time::Instant::now() >= deadline {
+            break saturated;
+        }
+    };
+    let carried: u64 = received.iter().map(|r| r.load(Ordering::Relaxed)).sum();
+    stop.store(true, Ordering::SeqCst);
+    drop(warren);
+    for client in clients {
+        client.join().unwrap();
+    }
+    for w in &windows {
+        println!(
+            "workers busy {:?} over {:?}; slowest admin answer {:?}; {} probes",
+            w.busy, w.elapsed, w.slowest_admin_answer, w.probes
+        );
+    }
+    println!("{} MiB carried", carried >> 20);
+    assert!(
+        saturated,
+        "no window in which every worker was saturated (running or runnable for 80 % of it): \
+         {windows:?}"
+    );
+}
+
+/// One measuring window of the saturation test: how busy each warren worker was over it, the
+/// slowest of its admin answers and the probes counted meanwhile.
+#[derive(Debug)]
+struct Window {
+    busy: Vec<(String, f64)>,
+    elapsed: Duration,
+    slowest_admin_answer: Duration,
+    probes: f64,
+}
+
+/// Ask warren's admin API `/healthz` and `/v1/status` (each must answer 200) and wait for 3
+/// probes of b0 (each 100 ms; they must come within 10 s), reading the workers' scheduler
+/// accounting before and after.
+fn measure_window(runtime: &tokio::runtime::Runtime, pid: u32, admin: SocketAddr) -> Window {
+    use std::io::{Read, Write};
     let probes = || {
         runtime.block_on(admin_metric(
             admin,
             r#"warren_health_checks_total{backend="b0",pool="rabbitmq",result="ok"}"#,
         ))
     };
-    let workers_before = worker_schedstats(warren.pid());
+    let workers_before = worker_schedstats(pid);
     assert_eq!(
         workers_before.len(),
         2,
@@ -473,7 +524,7 @@ fn admin_and_probes_stay_responsive_while_warrens_workers_are_saturated() {
     );
     let window = std::time::Instant::now();
     let probes_before = probes();
-    let mut worst = Duration::ZERO;
+    let mut slowest_admin_answer = Duration::ZERO;
     for path in [
         "/healthz",
         "/v1/status",
@@ -492,7 +543,7 @@ fn admin_and_probes_stay_responsive_while_warrens_workers_are_saturated() {
         let mut reply = String::new();
         s.read_to_string(&mut reply).unwrap();
         assert!(reply.starts_with("HTTP/1.1 200"), "{path}: {reply}");
-        worst = worst.max(asked.elapsed());
+        slowest_admin_answer = slowest_admin_answer.max(asked.elapsed());
     }
     // Probes (every 100 ms) keep running meanwhile.
     let deadline = std::time::Instant::now() + 10 * SECOND;
@@ -500,15 +551,10 @@ fn admin_and_probes_stay_responsive_while_warrens_workers_are_saturated() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let probes_during = probes() - probes_before;
-    let workers_after = worker_schedstats(warren.pid());
+    let workers_after = worker_schedstats(pid);
     let elapsed = window.elapsed();
-    let carried: u64 = received.iter().map(|r| r.load(Ordering::Relaxed)).sum();
-    stop.store(true, Ordering::SeqCst);
-    drop(warren);
-    for client in clients {
-        client.join().unwrap();
-    }
-    let busy: Vec<(String, f64)> = workers_before
+    assert!(probes_during >= 3.0, "probes kept running: {probes_during}");
+    let busy = workers_before
         .iter()
         .map(|(name, before)| {
             let after = workers_after[name];
@@ -516,19 +562,12 @@ fn admin_and_probes_stay_responsive_while_warrens_workers_are_saturated() {
             (name.clone(), busy_ns as f64 / elapsed.as_nanos() as f64)
         })
         .collect();
-    println!(
-        "workers busy {busy:?} over {elapsed:?}; slowest admin answer {worst:?}; \
-         {probes_during} probes; {} MiB carried",
-        carried >> 20
-    );
-    for (name, share) in &busy {
-        assert!(
-            *share >= 0.8,
-            "{name} was saturated (running or runnable) for only {:.0} % of the window: {busy:?}",
-            share * 100.0
-        );
+    Window {
+        busy,
+        elapsed,
+        slowest_admin_answer,
+        probes: probes_during,
     }
-    assert!(probes_during >= 3.0, "probes kept running: {probes_during}");
 }
 
 /// `warren-worker-N` threads of process `pid`: (time on a CPU, time runnable waiting for
@@ -1100,8 +1139,9 @@ async fn a_connect_under_way_holds_the_drain_open_and_is_closed_once_it_complete
 /// against its backend from the moment it is chosen, not once its connect completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reconnect_storm_with_least_conn_ends_even() {
-    // Backends that take a moment before the connect completes from warren's side would make
-    // the race wider; loopback accepts at once, so the storm itself is what overlaps.
+    // The backends listen with tokio's backlog of 128: warren's 350 connects at once to each
+    // overflow it, and the dropped SYNs are sent again after 1 s, 3 s, 7 s... (measured: about
+    // 40 of a storm waited 1 s on an idle machine). That only widens the race judged here.
     let (a, b) = (spawn_backend(echo).await, spawn_backend(echo).await);
     let cfg = config(
         Balance::LeastConn,
@@ -1123,13 +1163,19 @@ async fn a_reconnect_storm_with_least_conn_ends_even() {
         b.admin = warren::state::AdminState::Active
     });
     assert_eq!(b.open.load(Ordering::SeqCst), 100);
-    // The storm: every client connects at once and sends one byte.
+    // The storm: every client connects at once and sends one byte. What is judged is where the
+    // connections end up, not how fast: with SYNs sent again (above) and a loaded machine slow
+    // to accept, an echo can take past echo_once's 5 s, so each gets 30 s.
+    let started = Instant::now();
     let tasks: Vec<_> = (0..600u32)
         .map(|i| {
             let addr = warren.addr;
             tokio::spawn(async move {
                 let mut s = TcpStream::connect(addr).await.unwrap();
-                assert!(echo_once(&mut s, i as u8).await);
+                assert!(
+                    echo_within(&mut s, i as u8, 30 * SECOND).await,
+                    "storm connection {i} echoed its byte within 30 s"
+                );
                 s
             })
         })
@@ -1139,7 +1185,10 @@ async fn a_reconnect_storm_with_least_conn_ends_even() {
         storm.push(t.await.unwrap());
     }
     let (on_a, on_b) = (a.open.load(Ordering::SeqCst), b.open.load(Ordering::SeqCst));
-    println!("after the storm: a {on_a}, b {on_b}");
+    println!(
+        "after the storm ({:?}): a {on_a}, b {on_b}",
+        started.elapsed()
+    );
     assert_eq!(on_a + on_b, 700);
     for (name, n) in [("a", on_a), ("b", on_b)] {
         assert!(

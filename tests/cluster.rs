@@ -75,6 +75,35 @@ fn config(
         .unwrap_or_else(|e| panic!("test config: {e}\n{toml}"))
 }
 
+/// A warren config with an admin API, a listener `amqp` and a pool `rabbitmq` of every node of
+/// `cluster`, probed by `amqp`, with the management API (`{host}` is each backend's, the port
+/// the first node's). `listener_extra` and `pool_extra` go into the listener and the pool.
+fn managed_pool_config(
+    cluster: &Cluster,
+    listener_extra: &str,
+    pool_extra: &str,
+) -> warren::config::Config {
+    let mut toml = format!(
+        "[admin]\nlisten = \"127.0.0.1:{}\"\n[[listener]]\nname = \"amqp\"\n\
+         listen = \"127.0.0.1:{}\"\npool = \"rabbitmq\"\n{listener_extra}\n\
+         [pool.rabbitmq]\nbalance = \"round_robin\"\n{pool_extra}\n\
+         [pool.rabbitmq.health]\n{}\n[pool.rabbitmq.management]\n\
+         url = \"http://{{host}}:{}\"\nuser = \"guest\"\npassword = \"guest\"\n",
+        free_port(),
+        free_port(),
+        probe_toml("amqp", cluster),
+        cluster.nodes[0].mgmt.port()
+    );
+    for node in &cluster.nodes {
+        toml += &format!(
+            "[[pool.rabbitmq.backend]]\nname = \"{}\"\naddr = \"{}\"\n",
+            node.name, node.amqp
+        );
+    }
+    warren::config::from_toml(&toml, Path::new("managed-pool-test.toml"))
+        .unwrap_or_else(|e| panic!("test config: {e}\n{toml}"))
+}
+
 fn health(warren: &Warren, pool: &str, node: &Node) -> Health {
     warren
         .health
@@ -1417,25 +1446,11 @@ async fn on_down_close_ends_the_clients_of_a_node_that_hangs_within_the_probe_bo
     let _turn = TURN.lock().await;
     let cluster = Arc::new(blocking(|| Cluster::start("f", 2, &[])).await);
     let (n1, n2) = (cluster.nodes[0].clone(), cluster.nodes[1].clone());
-    let mut toml = format!(
-        "[admin]\nlisten = \"127.0.0.1:{}\"\n[[listener]]\nname = \"amqp\"\n\
-         listen = \"127.0.0.1:{}\"\npool = \"rabbitmq\"\nidle_timeout = \"120s\"\n\
-         [pool.rabbitmq]\nbalance = \"round_robin\"\nmin_available = 0\non_down = \"close\"\n\
-         [pool.rabbitmq.health]\n{}\n[pool.rabbitmq.management]\n\
-         url = \"http://{{host}}:{}\"\nuser = \"guest\"\npassword = \"guest\"\n",
-        free_port(),
-        free_port(),
-        probe_toml("amqp", &cluster),
-        n1.mgmt.port()
+    let config = managed_pool_config(
+        &cluster,
+        "idle_timeout = \"120s\"",
+        "min_available = 0\non_down = \"close\"",
     );
-    for node in [&n1, &n2] {
-        toml += &format!(
-            "[[pool.rabbitmq.backend]]\nname = \"{}\"\naddr = \"{}\"\n",
-            node.name, node.amqp
-        );
-    }
-    let config = warren::config::from_toml(&toml, Path::new("on-down-test.toml"))
-        .unwrap_or_else(|e| panic!("test config: {e}\n{toml}"));
     let warren = Warren::start(config, quick());
     for node in [&n1, &n2] {
         wait_health(
@@ -1506,25 +1521,7 @@ async fn rabbitmq_maintenance_mode_keeps_clients_away_and_status_says_why() {
     let started = Instant::now();
     let cluster = Arc::new(blocking(|| Cluster::start("m", 2, &[])).await);
     let (a, b) = (cluster.nodes[0].clone(), cluster.nodes[1].clone());
-    let mut toml = format!(
-        "[admin]\nlisten = \"127.0.0.1:{}\"\n[[listener]]\nname = \"amqp\"\n\
-         listen = \"127.0.0.1:{}\"\npool = \"rabbitmq\"\nconnect_timeout = \"2s\"\n\
-         [pool.rabbitmq]\nbalance = \"round_robin\"\nmin_available = 1\n\
-         [pool.rabbitmq.health]\n{}\n[pool.rabbitmq.management]\n\
-         url = \"http://{{host}}:{}\"\nuser = \"guest\"\npassword = \"guest\"\n",
-        free_port(),
-        free_port(),
-        probe_toml("amqp", &cluster),
-        a.mgmt.port()
-    );
-    for node in [&a, &b] {
-        toml += &format!(
-            "[[pool.rabbitmq.backend]]\nname = \"{}\"\naddr = \"{}\"\n",
-            node.name, node.amqp
-        );
-    }
-    let config = warren::config::from_toml(&toml, Path::new("maintenance-test.toml"))
-        .unwrap_or_else(|e| panic!("test config: {e}\n{toml}"));
+    let config = managed_pool_config(&cluster, "connect_timeout = \"2s\"", "min_available = 1");
     let warren = Warren::start(config, quick());
     for node in [&a, &b] {
         wait_health(

@@ -20,6 +20,8 @@ use warren::health::probe::{
 use warren::http_client::{HttpUrl, ProbeUrl};
 use warren::proxy_protocol::{encode_v1, encode_v2, Header};
 
+use common::FakeApi;
+
 const TIMEOUT: Duration = Duration::from_millis(500);
 
 fn target(addr: SocketAddr, proxy_protocol: ProxyProtocol) -> ProbeTarget {
@@ -633,53 +635,17 @@ async fn quorum_check_asks_the_backends_own_endpoint_whatever_the_probe() {
 }
 
 /// A management API for the set check: `/api/overview` names `node`, `/api/queues...` answers
-/// `queues_status` and `queues`; every request's first line is recorded. Serves until dropped.
-async fn fake_management(
-    node: &'static str,
-    queues_status: u16,
-    queues: &'static str,
-) -> (
-    SocketAddr,
-    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-    JoinHandle<()>,
-) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let record = seen.clone();
-    let task = tokio::spawn(async move {
-        loop {
-            let (mut stream, _) = listener.accept().await.unwrap();
-            let mut head = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !head.ends_with(b"\r\n\r\n") {
-                let n = stream.read(&mut buf).await.unwrap_or(0);
-                if n == 0 {
-                    break;
-                }
-                head.extend_from_slice(&buf[..n]);
-            }
-            let line = String::from_utf8_lossy(&head)
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .to_string();
-            let (status, body) = if line.starts_with("GET /api/overview ") {
-                (200, format!(r#"{{"node":"{node}","listeners":[]}}"#))
-            } else if line.starts_with("GET /api/queues") {
-                (queues_status, queues.to_string())
-            } else {
-                (404, String::new())
-            };
-            record.lock().unwrap().push(line);
-            let response = format!(
-                "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(response.as_bytes()).await;
-        }
-    });
-    (addr, seen, task)
+/// `queues_status` and `queues`.
+async fn set_check_api(node: &str, queues_status: u16, queues: &str) -> FakeApi {
+    FakeApi::start(vec![
+        (
+            "GET /api/overview ",
+            200,
+            format!(r#"{{"node":"{node}","listeners":[]}}"#),
+        ),
+        ("GET /api/queues", queues_status, queues.to_string()),
+    ])
+    .await
 }
 
 /// One backend of a set drain whose management endpoint is `addr`.
@@ -707,9 +673,10 @@ async fn quorum_check_set_judges_the_nodes_leaving_together() {
         {"name":"wide","vhost":"/","type":"quorum","members":["rabbit@a","rabbit@b","rabbit@c","rabbit@d","rabbit@e"],"online":["rabbit@a","rabbit@b","rabbit@c","rabbit@d","rabbit@e"]},
         {"name":"plain","vhost":"/","type":"classic"}
     ]"#;
-    let (a, a_seen, _a) = fake_management("rabbit@a", 200, QUEUES).await;
-    let (b, _, _b) = fake_management("rabbit@b", 200, QUEUES).await;
-    let (d, _, _d) = fake_management("rabbit@d", 200, "[]").await;
+    let api_a = set_check_api("rabbit@a", 200, QUEUES).await;
+    let api_b = set_check_api("rabbit@b", 200, QUEUES).await;
+    let api_d = set_check_api("rabbit@d", 200, "[]").await;
+    let (a, b, d) = (api_a.addr, api_b.addr, api_d.addr);
     let refused = refused_addr().await;
 
     let answer = quorum_check_set(vec![leaving(a), leaving(b)], TIMEOUT).await;
@@ -722,7 +689,7 @@ async fn quorum_check_set_judges_the_nodes_leaving_together() {
             queues: vec!["queue 'orders' in vhost '/' would keep 1 of 3 replicas online".into()],
         }
     );
-    let seen = a_seen.lock().unwrap().clone();
+    let seen = api_a.requests();
     assert!(
         seen.contains(&format!("GET {QUEUES_PATH} HTTP/1.1")),
         "{seen:?}"
@@ -754,9 +721,9 @@ async fn quorum_check_set_judges_the_nodes_leaving_together() {
         QuorumCheck::NotApplicable,
         "one backend has no management endpoint"
     );
-    let (x, _, _x) = fake_management("rabbit@x", 401, r#"{"error":"not_authorized"}"#).await;
-    let (y, _, _y) = fake_management("rabbit@y", 401, r#"{"error":"not_authorized"}"#).await;
-    let answer = quorum_check_set(vec![leaving(x), leaving(y)], TIMEOUT).await;
+    let x = set_check_api("rabbit@x", 401, r#"{"error":"not_authorized"}"#).await;
+    let y = set_check_api("rabbit@y", 401, r#"{"error":"not_authorized"}"#).await;
+    let answer = quorum_check_set(vec![leaving(x.addr), leaving(y.addr)], TIMEOUT).await;
     assert!(
         matches!(&answer, QuorumCheck::Unexpected(why) if why.contains("HTTP 401") && why.contains("not_authorized")),
         "{answer:?}"
@@ -1366,38 +1333,6 @@ async fn a_close_request_deletes_the_named_connection_and_reads_the_answer() {
     );
 }
 
-/// A management API answering each request by the first route whose prefix its request line
-/// starts with (`"GET /api/overview"`), else 404. Serves until dropped.
-async fn fake_routes(routes: Vec<(&'static str, u16, String)>) -> (SocketAddr, JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        loop {
-            let (mut stream, _) = listener.accept().await.unwrap();
-            let mut head = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !head.ends_with(b"\r\n\r\n") {
-                let n = stream.read(&mut buf).await.unwrap_or(0);
-                if n == 0 {
-                    break;
-                }
-                head.extend_from_slice(&buf[..n]);
-            }
-            let head = String::from_utf8_lossy(&head);
-            let (status, body) = routes
-                .iter()
-                .find(|(prefix, _, _)| head.starts_with(prefix))
-                .map_or((404, String::new()), |(_, s, b)| (*s, b.clone()));
-            let response = format!(
-                "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(response.as_bytes()).await;
-        }
-    });
-    (addr, task)
-}
-
 /// A failing backend is most likely in RabbitMQ's maintenance mode when its own API says it is
 /// not in service (4.x), or when another node's API names the node listening on the failing
 /// address and sees it running (3.x); a node the cluster sees stopped, or nobody to ask, leaves
@@ -1433,13 +1368,13 @@ async fn maintenance_reason_asks_the_node_then_the_cluster() {
         ),
         (200, None),
     ] {
-        let (api, _task) = fake_routes(vec![(
+        let api = FakeApi::start(vec![(
             "GET /api/health/checks/is-in-service ",
             status,
             "{}".into(),
         )])
         .await;
-        let got = ask(with_api(down_addr, api), vec![]).await;
+        let got = ask(with_api(down_addr, api.addr), vec![]).await;
         assert_eq!(got.as_deref(), want, "is-in-service {status}");
     }
 
@@ -1463,7 +1398,7 @@ async fn maintenance_reason_asks_the_node_then_the_cluster() {
         ),
         (false, None),
     ] {
-        let (api, _task) = fake_routes(vec![
+        let api = FakeApi::start(vec![
             ("GET /api/overview ", 200, overview.clone()),
             (
                 "GET /api/nodes/rabbit@a?",
@@ -1473,7 +1408,7 @@ async fn maintenance_reason_asks_the_node_then_the_cluster() {
         ])
         .await;
         let down = with_api(down_addr, closed);
-        let peers = vec![down.clone(), with_api(peer_addr, api)];
+        let peers = vec![down.clone(), with_api(peer_addr, api.addr)];
         let got = ask(down, peers).await;
         assert_eq!(got.as_deref(), want, "running {running}");
     }

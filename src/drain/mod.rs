@@ -186,8 +186,11 @@ impl Drainer {
         };
         let mut answers = Vec::with_capacity(ids.len());
         for (id, (quorum, warning)) in ids.iter().zip(judged) {
+            let admin = self
+                .admin_state(id)
+                .ok_or_else(|| DrainError::NotFound(id.clone()))?;
             // The set passed its checks as a whole; one by one, each would see the others gone.
-            let mut answer = self.drain_started(id, deadline, force)?;
+            let mut answer = self.drain_started(id, admin, deadline, force)?;
             answer.quorum_check = Some(quorum);
             answer.warnings.extend(warning);
             answers.push(answer);
@@ -392,7 +395,7 @@ impl Drainer {
         if target.admin == AdminState::Active && !force {
             self.check_min_available(id, route, target)?;
         }
-        self.drain_started(id, deadline, force)
+        self.drain_started(id, target.admin, deadline, force)
     }
 
     /// `min_available` for one backend: the primaries left available without it.
@@ -427,20 +430,17 @@ impl Drainer {
     }
 
     /// The drain itself once its checks passed: the deadline, the state change, the watcher.
+    /// `admin` is the backend's admin state as the caller looked it up (in the same snapshot as
+    /// its checks, for [`Drainer::drain_checked`]).
     fn drain_started(
         self: &Arc<Self>,
         id: &BackendId,
+        admin: AdminState,
         deadline: Option<Duration>,
         force: bool,
     ) -> Result<DrainAnswer, DrainError> {
         let (pool, backend) = (&*id.pool, &*id.backend);
         let not_found = || DrainError::NotFound(id.clone());
-        let snapshot = self.routing.load_full();
-        let target = snapshot
-            .pools
-            .get(pool)
-            .and_then(|p| p.backend(backend))
-            .ok_or_else(not_found)?;
         let deadline_at = match deadline {
             Some(d) if d > MAX_DRAIN_DEADLINE => {
                 return Err(DrainError::DeadlineTooLong { deadline: d })
@@ -450,7 +450,7 @@ impl Drainer {
         };
         let generation = self.set_deadline(id, deadline_at);
         let mut saved = None;
-        if target.admin == AdminState::Active {
+        if admin == AdminState::Active {
             if let Some((_, transition)) = self
                 .routing
                 .update(pool, backend, |b| b.admin = AdminState::Draining)

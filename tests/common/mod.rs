@@ -1,6 +1,7 @@
 //! Helpers for integration tests: in-process warren servers, in-process backends on port 0,
 //! waiting on conditions with deadlines, reading `/metrics` ([`metrics`]), hook scripts
-//! ([`hook_scripts`]), and a real systemd booted in namespaces ([`systemd_box`]).
+//! ([`hook_scripts`]), a fake management API ([`fake_api`]), and a real systemd booted in
+//! namespaces ([`systemd_box`]).
 #![allow(dead_code)]
 
 use std::future::Future;
@@ -18,11 +19,14 @@ use warren::metrics::Metrics;
 use warren::state::Routing;
 use warren::{Options, Server};
 
+mod fake_api;
 mod hook_scripts;
 mod metrics;
 #[cfg(target_os = "linux")]
 pub mod systemd_box;
 // Each test binary uses only part of common (hence also the dead_code allow above).
+#[allow(unused_imports)]
+pub use fake_api::*;
 #[allow(unused_imports)]
 pub use hook_scripts::*;
 pub use metrics::*;
@@ -359,12 +363,17 @@ impl Drop for TempDir {
 
 /// Send one byte on a connection to an echo backend and read it back within 5 s.
 pub async fn echo_once(s: &mut TcpStream, byte: u8) -> bool {
+    echo_within(s, byte, Duration::from_secs(5)).await
+}
+
+/// [`echo_once`] with its own time limit (a storm of connections at once may want longer).
+pub async fn echo_within(s: &mut TcpStream, byte: u8, within: Duration) -> bool {
     if s.write_all(&[byte]).await.is_err() {
         return false;
     }
     let mut buf = [0u8; 1];
     matches!(
-        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf)).await,
+        tokio::time::timeout(within, s.read_exact(&mut buf)).await,
         Ok(Ok(_)) if buf[0] == byte
     )
 }

@@ -292,7 +292,9 @@ async fn a_two_node_cluster_behind_warren() {
 /// message with a confirm, get it back, close. Err says which step failed.
 async fn client_cycle(addr: SocketAddr, name: &str) -> Result<(), (bool, String)> {
     // Bounded too: a connect whose node is killed during its handshake once hung lapin for
-    // good (CI run of 607583a), which left the whole suite waiting.
+    // good (CI run of 607583a), which left the whole suite waiting. The hang is lapin's own
+    // (4.12.3: a node that dies right after Connection.Tune leaves its connect pending, with or
+    // without warren in between); warren ends the connection (tests/handshake_death.rs).
     let connection = tokio::time::timeout(rabbit::CLIENT_TIMEOUT, rabbit::connect(addr, name))
         .await
         .map_err(|_| (true, "connect: timed out".to_string()))?

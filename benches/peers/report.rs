@@ -504,7 +504,9 @@ fn storm(w: &mut String, opts: &Opts, res: &Results) {
     writeln!(
         w,
         "Every client holds a connection through the target; the backends close them all at \
-         once and every client reconnects at once. \"all saw the close\" = from the backends' \
+         once and every client reconnects at once. \"first connect of all\" = the N clients \
+         connecting at once to a fresh target, until the last has read its backend's byte; \
+         \"all saw the close\" = from the backends' \
          close until the last client's read ended; \"all reconnected\" = from the close until \
          the last client has read the byte of the backend it reached again (a slot over {} s is \
          an error). \"off even\" = the largest distance of a backend's client count from an \
@@ -517,6 +519,7 @@ fn storm(w: &mut String, opts: &Opts, res: &Results) {
     writeln!(w, "| | direct | warren | HAProxy | NGINX | w/h | w/n |").unwrap();
     writeln!(w, "|---|---|---|---|---|---|---|").unwrap();
     let rows = [
+        ("first connect of all, ms", "storm connect ms", true),
         ("all saw the close, ms", "storm closed ms", true),
         ("all reconnected, ms", "storm ms", true),
         ("off even after the storm, %", "storm spread", false),

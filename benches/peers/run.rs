@@ -492,6 +492,7 @@ fn storm_slots(opts: &Opts, dir: &Path, round: usize, res: &mut Results) -> Res<
 
 /// Record one storm slot's measures, print them, and note failed tries.
 fn record_storm(res: &mut Results, t: Balancer, round: usize, s: &Storm) {
+    res.put("storm connect ms", t, round, s.connect_ms);
     res.put("storm ms", t, round, s.reconnect_ms);
     res.put("storm closed ms", t, round, s.closed_ms);
     res.put("storm errors", t, round, s.errors as f64);
@@ -506,9 +507,10 @@ fn record_storm(res: &mut Results, t: Balancer, round: usize, s: &Storm) {
         );
     }
     eprintln!(
-        "   storm {:<8} all {} saw the close in {:6.1} ms, reconnected in {:6.1} ms, per backend {:?} (before {:?}, \
+        "   storm {:<8} first connect {:5.1} ms; all {} saw the close in {:6.1} ms, reconnected in {:6.1} ms, per backend {:?} (before {:?}, \
          backends hold {:?}), {:.1} % off even, {} failed tries",
         t.name(),
+        s.connect_ms,
         s.counts.iter().sum::<usize>(),
         s.closed_ms,
         s.reconnect_ms,

@@ -129,6 +129,8 @@ async fn until_eof(s: &mut TcpStream) {
 
 /// What one storm measured.
 pub struct Storm {
+    /// The first connect of all N at once, from nothing: until the last client read its byte.
+    pub connect_ms: f64,
     /// From the close command until the last client read its new backend's byte.
     pub reconnect_ms: f64,
     /// From the close command until the last client saw its connection end.
@@ -170,12 +172,14 @@ pub fn spread_pct(counts: &[usize]) -> f64 {
 pub fn storm(rt: &Runtime, backends: &StormBackends, ports: &[u16], clients: usize) -> Res<Storm> {
     let port_of = |i: usize| ports[i % ports.len()];
     rt.block_on(async {
-        let deadline = Instant::now() + STORM_DEADLINE;
+        let first = Instant::now();
+        let deadline = first + STORM_DEADLINE;
         let tasks: Vec<_> = (0..clients)
             .map(|i| tokio::spawn(reach_retrying(port_of(i), deadline)))
             .collect();
         let (held, mut errors, _) = gather(tasks, clients, "connected").await?;
         let counts_before = count_by_backend(held.iter().map(|r| r.backend), backends);
+        let connected = held.iter().map(|r| r.at).max().unwrap_or(first);
         let deadline = Instant::now() + STORM_DEADLINE;
         let tasks: Vec<_> = held
             .into_iter()
@@ -189,6 +193,7 @@ pub fn storm(rt: &Runtime, backends: &StormBackends, ports: &[u16], clients: usi
         let last = again.iter().map(|r| r.at).max().unwrap_or(start);
         let ms = |t: Instant| t.saturating_duration_since(start).as_secs_f64() * 1e3;
         Ok(Storm {
+            connect_ms: connected.saturating_duration_since(first).as_secs_f64() * 1e3,
             reconnect_ms: ms(last),
             closed_ms: ms(closed.unwrap_or(start)),
             counts: count_by_backend(again.iter().map(|r| r.backend), backends),

@@ -8,7 +8,7 @@
 #   bash scripts/bench.sh --quick         # smoke run: 2 rounds, short slots, ~4 minutes
 #   bash scripts/bench.sh --rounds 7      # more rounds
 #   bash scripts/bench.sh --workers 4     # worker threads/processes for every proxy (default 2)
-#   bash scripts/bench.sh --workloads amqp,latency   # a subset (bulk, churn, latency, amqp, idle)
+#   bash scripts/bench.sh --workloads amqp,latency   # a subset (bulk, churn, latency, amqp, idle, storm)
 #   bash scripts/bench.sh --out /tmp/b.md # write elsewhere
 #
 # Needs root for apt-get and for running the proxies as user nobody (setpriv).

@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::Res;
 
 /// Every workload, in the order they run.
-pub const WORKLOADS: [&str; 5] = ["bulk", "churn", "latency", "amqp", "idle"];
+pub const WORKLOADS: [&str; 6] = ["bulk", "churn", "latency", "amqp", "idle", "storm"];
 
 /// What a run does: the flags, and the slot lengths they imply.
 #[derive(Clone, Debug)]
@@ -22,6 +22,8 @@ pub struct Opts {
     pub churn_secs: f64,
     pub latency_secs: f64,
     pub idle_connections: usize,
+    /// Clients of the reconnect storm.
+    pub storm_clients: usize,
     /// AMQP: unmeasured seconds after the clients connect, then measured seconds, per slot.
     pub amqp_warmup: Duration,
     pub amqp_secs: Duration,
@@ -30,7 +32,7 @@ pub struct Opts {
 
 pub fn usage() -> &'static str {
     "peers: warren vs HAProxy vs NGINX on loopback.\n\
-     Run: bash scripts/bench.sh [--rounds N] [--quick] [--workers N] [--workloads bulk,churn,latency,amqp,idle]\n\
+     Run: bash scripts/bench.sh [--rounds N] [--quick] [--workers N] [--workloads bulk,churn,latency,amqp,idle,storm]\n\
      or:  cargo bench --bench peers -- --run [same flags] [--warren PATH] [--out FILE]"
 }
 
@@ -102,6 +104,7 @@ pub fn parse_args() -> Res<Option<Opts>> {
         churn_secs: if quick { 1.0 } else { 3.0 },
         latency_secs: if quick { 0.5 } else { 2.0 },
         idle_connections: 5000,
+        storm_clients: if quick { 200 } else { 500 },
         amqp_warmup: Duration::from_secs(1),
         amqp_secs: Duration::from_secs(if quick { 3 } else { 10 }),
         command,

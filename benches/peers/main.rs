@@ -14,6 +14,7 @@
 //!   threads as the proxies' workers, in its own process;
 //! - the bulk backend and client: `iperf3 -s` / `iperf3 -c` (single-threaded in 3.12);
 //! - the churn, latency and idle clients: plain blocking threads in this process;
+//! - the storm's backends and clients: two tokio runtimes in this process, N threads each;
 //! - the AMQP backend: one RabbitMQ node for the whole run (`scripts/rabbitmq.sh start`, stopped
 //!   by a guard); its clients (lapin publishers and consumers) on a tokio runtime in this process.
 //!
@@ -22,8 +23,9 @@
 //! The rooms, in the order a run goes through them: `cli` (flags → [`cli::Opts`]), `procs`
 //! (child processes and what /proc says of them), `peers` (the echo and iperf3 backends and the
 //! three proxies' configs), `workloads` (bulk, churn, latency, idle clients), `amqp` (the
-//! RabbitMQ node and the lapin clients), `run` (rounds of slots into [`stats::Results`]),
-//! `stats` (medians and table cells) and `report` (the Markdown that goes into BENCHMARKS.md).
+//! RabbitMQ node and the lapin clients), `storm` (the reconnect storm: its backends and
+//! clients), `run` (rounds of slots into [`stats::Results`]), `stats` (medians and table cells)
+//! and `report` (the Markdown that goes into BENCHMARKS.md).
 
 mod amqp;
 mod cli;
@@ -32,6 +34,7 @@ mod procs;
 mod report;
 mod run;
 mod stats;
+mod storm;
 mod workloads;
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,6 +1,7 @@
 //! The backends and the proxies under test: the echo server (this binary re-run), iperf3's
 //! server, and warren, HAProxy and NGINX each started fresh from a config written here, as
-//! user nobody, forwarding to those backends. Measures nothing itself.
+//! user nobody, forwarding to those backends (or, for the storm, to its pool of backends by
+//! least connections). Measures nothing itself.
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -131,8 +132,26 @@ pub struct Running {
     pub admin: Option<u16>,
 }
 
-/// (name, listen port, backend port) of one listener a proxy gets.
-type Forward = (&'static str, u16, u16);
+/// One listener a proxy gets: its name, where it listens, and the backends it forwards to.
+struct Forward<'a> {
+    name: &'static str,
+    listen: u16,
+    backends: &'a [u16],
+    /// Pick among the backends by least connections (the storm's pool); the other forwards
+    /// have one backend.
+    least_conn: bool,
+}
+
+impl<'a> Forward<'a> {
+    fn one(name: &'static str, listen: u16, backend: &'a u16) -> Forward<'a> {
+        Forward {
+            name,
+            listen,
+            backends: std::slice::from_ref(backend),
+            least_conn: false,
+        }
+    }
+}
 
 /// Start one proxy (fresh), as nobody, forwarding to the given backends, and wait until it listens.
 pub fn start_proxy(
@@ -147,29 +166,14 @@ pub fn start_proxy(
         bulk: free_port()?,
         amqp: backends.amqp.map(|_| free_port()).transpose()?,
     };
-    let mut forwards: Vec<Forward> = vec![
-        ("echo", ports.echo, backends.echo),
-        ("bulk", ports.bulk, backends.bulk),
+    let mut forwards = vec![
+        Forward::one("echo", ports.echo, &backends.echo),
+        Forward::one("bulk", ports.bulk, &backends.bulk),
     ];
-    if let (Some(port), Some(backend)) = (ports.amqp, backends.amqp) {
-        forwards.push(("amqp", port, backend));
+    if let (Some(port), Some(backend)) = (ports.amqp, &backends.amqp) {
+        forwards.push(Forward::one("amqp", port, backend));
     }
-    let log = dir.join(format!("{}-{tag}.log", t.name()));
-    let mut admin = None;
-    let cmd = match t {
-        Balancer::Direct => unreachable!("direct has no proxy"),
-        Balancer::Warren => {
-            let a = free_port()?;
-            admin = Some(a);
-            warren_command(opts, dir, tag, a, &forwards)?
-        }
-        Balancer::Haproxy => haproxy_command(opts.workers, dir, tag, &forwards)?,
-        Balancer::Nginx => nginx_command(opts.workers, dir, tag, &forwards)?,
-    };
-    let mut proc_ = Proc::spawn(t.name(), cmd, Some(log))?;
-    let mut wait_for: Vec<u16> = forwards.iter().map(|f| f.1).collect();
-    wait_for.extend(admin);
-    wait_listening(&mut proc_, &wait_for)?;
+    let (proc_, admin) = spawn_proxy(t, opts, dir, tag, &forwards)?;
     Ok(Running {
         proc_,
         ports,
@@ -177,7 +181,56 @@ pub fn start_proxy(
     })
 }
 
-/// warren with an admin API on `admin` and one listener and pool per forward.
+/// Start one proxy (fresh), as nobody, with one listener that balances `backends` by least
+/// connections; returns it and the listener's port once it listens.
+pub fn start_storm_proxy(
+    t: Balancer,
+    opts: &Opts,
+    dir: &Path,
+    backends: &[u16],
+    tag: &str,
+) -> Res<(Proc, u16)> {
+    let port = free_port()?;
+    let forward = Forward {
+        name: "storm",
+        listen: port,
+        backends,
+        least_conn: true,
+    };
+    let (proc_, _) = spawn_proxy(t, opts, dir, tag, &[forward])?;
+    Ok((proc_, port))
+}
+
+/// Write `t`'s config for these forwards, start it and wait until it listens on each (and on
+/// warren's admin port, returned).
+fn spawn_proxy(
+    t: Balancer,
+    opts: &Opts,
+    dir: &Path,
+    tag: &str,
+    forwards: &[Forward],
+) -> Res<(Proc, Option<u16>)> {
+    let log = dir.join(format!("{}-{tag}.log", t.name()));
+    let mut admin = None;
+    let cmd = match t {
+        Balancer::Direct => unreachable!("direct has no proxy"),
+        Balancer::Warren => {
+            let a = free_port()?;
+            admin = Some(a);
+            warren_command(opts, dir, tag, a, forwards)?
+        }
+        Balancer::Haproxy => haproxy_command(opts.workers, dir, tag, forwards)?,
+        Balancer::Nginx => nginx_command(opts.workers, dir, tag, forwards)?,
+    };
+    let mut proc_ = Proc::spawn(t.name(), cmd, Some(log))?;
+    let mut wait_for: Vec<u16> = forwards.iter().map(|f| f.listen).collect();
+    wait_for.extend(admin);
+    wait_listening(&mut proc_, &wait_for)?;
+    Ok((proc_, admin))
+}
+
+/// warren with an admin API on `admin` and one listener and pool per forward (`balance =
+/// "least_conn"` for a least-connections forward).
 fn warren_command(
     opts: &Opts,
     dir: &Path,
@@ -187,14 +240,26 @@ fn warren_command(
 ) -> Res<Command> {
     let conf = dir.join(format!("warren-{tag}.toml"));
     let mut text = format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\n\n");
-    for &(name, port, backend) in forwards {
+    for f in forwards {
+        let (name, port) = (f.name, f.listen);
         write!(
             text,
             "[[listener]]\nname = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\npool = \"{name}\"\n\
-             connect_timeout = \"5s\"\nidle_timeout = \"120s\"\n\n\
-             [pool.{name}]\n\n[[pool.{name}.backend]]\nname = \"{name}-1\"\naddr = \"127.0.0.1:{backend}\"\n\n"
+             connect_timeout = \"5s\"\nidle_timeout = \"120s\"\n\n[pool.{name}]\n"
         )
         .unwrap();
+        if f.least_conn {
+            text.push_str("balance = \"least_conn\"\n");
+        }
+        text.push('\n');
+        for (i, backend) in f.backends.iter().enumerate() {
+            write!(
+                text,
+                "[[pool.{name}.backend]]\nname = \"{name}-{}\"\naddr = \"127.0.0.1:{backend}\"\n\n",
+                i + 1
+            )
+            .unwrap();
+        }
     }
     write_file(&conf, &text)?;
     let mut c = as_nobody(&opts.warren);
@@ -210,7 +275,8 @@ fn warren_command(
     Ok(c)
 }
 
-/// HAProxy in `mode tcp` with splice both ways, `n` threads, one `listen` per forward.
+/// HAProxy in `mode tcp` with splice both ways, `n` threads, one `listen` per forward
+/// (`balance leastconn` for a least-connections forward).
 fn haproxy_command(n: usize, dir: &Path, tag: &str, forwards: &[Forward]) -> Res<Command> {
     let conf = dir.join(format!("haproxy-{tag}.cfg"));
     let mut text = format!(
@@ -218,12 +284,14 @@ fn haproxy_command(n: usize, dir: &Path, tag: &str, forwards: &[Forward]) -> Res
          defaults\n  mode tcp\n  maxconn 7500\n  timeout connect 5s\n  timeout client 120s\n  \
          timeout server 120s\n  option splice-request\n  option splice-response\n"
     );
-    for &(name, port, backend) in forwards {
-        write!(
-            text,
-            "\nlisten {name}\n  bind 127.0.0.1:{port}\n  server {name}1 127.0.0.1:{backend}\n"
-        )
-        .unwrap();
+    for f in forwards {
+        write!(text, "\nlisten {}\n  bind 127.0.0.1:{}\n", f.name, f.listen).unwrap();
+        if f.least_conn {
+            text.push_str("  balance leastconn\n");
+        }
+        for (i, backend) in f.backends.iter().enumerate() {
+            writeln!(text, "  server {}{} 127.0.0.1:{backend}", f.name, i + 1).unwrap();
+        }
     }
     write_file(&conf, &text)?;
     let mut c = as_nobody(&which("haproxy")?);
@@ -231,7 +299,8 @@ fn haproxy_command(n: usize, dir: &Path, tag: &str, forwards: &[Forward]) -> Res
     Ok(c)
 }
 
-/// NGINX `stream` with `proxy_half_close on`, `n` worker processes, one server per forward.
+/// NGINX `stream` with `proxy_half_close on`, `n` worker processes, one server per forward (and
+/// an `upstream` with `least_conn` for a least-connections forward).
 fn nginx_command(n: usize, dir: &Path, tag: &str, forwards: &[Forward]) -> Res<Command> {
     let conf = dir.join(format!("nginx-{tag}.conf"));
     let err = dir.join(format!("nginx-{tag}-error.log"));
@@ -241,12 +310,28 @@ fn nginx_command(n: usize, dir: &Path, tag: &str, forwards: &[Forward]) -> Res<C
          stream {{\n  proxy_timeout 120s;\n  proxy_connect_timeout 5s;\n  proxy_half_close on;\n",
         err.display(),
     );
-    for &(_, port, backend) in forwards {
-        writeln!(
-            text,
-            "  server {{ listen 127.0.0.1:{port}; proxy_pass 127.0.0.1:{backend}; }}"
-        )
-        .unwrap();
+    for f in forwards {
+        let port = f.listen;
+        if f.least_conn {
+            // The zone shares the connection counts between the worker processes.
+            let name = f.name;
+            write!(text, "  upstream {name} {{ least_conn; zone {name} 64k;").unwrap();
+            for backend in f.backends {
+                write!(text, " server 127.0.0.1:{backend};").unwrap();
+            }
+            writeln!(
+                text,
+                " }}\n  server {{ listen 127.0.0.1:{port}; proxy_pass {name}; }}"
+            )
+            .unwrap();
+        } else {
+            let backend = f.backends[0];
+            writeln!(
+                text,
+                "  server {{ listen 127.0.0.1:{port}; proxy_pass 127.0.0.1:{backend}; }}"
+            )
+            .unwrap();
+        }
     }
     text.push_str("}\n");
     write_file(&conf, &text)?;

@@ -11,6 +11,7 @@ use std::time::Duration;
 use crate::amqp::{AMQP_CONSUMERS, AMQP_PREFETCH, AMQP_PUBLISHERS, AMQP_SIZES, AMQP_WINDOW};
 use crate::cli::Opts;
 use crate::stats::{cells, median, opt_num, verdict, Results};
+use crate::storm::{STORM_BACKENDS, STORM_DEADLINE};
 use crate::workloads::{CHURN_CLIENTS, SIZES};
 use crate::Balancer::*;
 use crate::{Res, PROXIES, TARGETS};
@@ -42,6 +43,7 @@ pub fn render(
     latency(w, res, &mut targets);
     amqp(w, res, &mut targets);
     idle(w, opts, res, &mut targets);
+    storm(w, opts, res);
     verdicts(w, res, &targets);
     o
 }
@@ -62,7 +64,7 @@ fn header(
     }
     writeln!(
         w,
-        "| settings | {} rounds{}, {} worker threads/processes per proxy, bulk {} s per slot, churn {} s, latency {} s, amqp {} s warm-up + {} s, idle {} connections; workloads {} |",
+        "| settings | {} rounds{}, {} worker threads/processes per proxy, bulk {} s per slot, churn {} s, latency {} s, amqp {} s warm-up + {} s, idle {} connections, storm {} clients; workloads {} |",
         opts.rounds,
         if opts.quick { " (`--quick`)" } else { "" },
         opts.workers,
@@ -72,6 +74,7 @@ fn header(
         opts.amqp_warmup.as_secs_f64(),
         opts.amqp_secs.as_secs_f64(),
         opts.idle_connections,
+        opts.storm_clients,
         opts.workloads.join(", ")
     )
     .unwrap();
@@ -485,6 +488,60 @@ fn idle(w: &mut String, opts: &Opts, res: &Results, targets: &mut Verdicts) {
         format!("{max_pipes:.0}"),
         verdict((!pipes.is_empty()).then_some(max_pipes == 0.0)),
     ));
+}
+
+/// Reconnect time and how evenly the clients landed, when the storm workload ran.
+fn storm(w: &mut String, opts: &Opts, res: &Results) {
+    if res.values("storm ms", Direct).is_empty() && res.values("storm ms", Warren).is_empty() {
+        return;
+    }
+    writeln!(
+        w,
+        "### Reconnect storm: {} clients, a pool of {STORM_BACKENDS} backends by least connections\n",
+        opts.storm_clients
+    )
+    .unwrap();
+    writeln!(
+        w,
+        "Every client holds a connection through the target; the backends close them all at \
+         once and every client reconnects at once. \"first connect of all\" = the N clients \
+         connecting at once to a fresh target, until the last has read its backend's byte; \
+         \"all saw the close\" = from the backends' \
+         close until the last client's read ended; \"all reconnected\" = from the close until \
+         the last client has read the byte of the backend it reached again (a slot over {} s is \
+         an error). \"off even\" = the largest distance of a backend's client count from an \
+         even share, % of that share, before the storm (the clients connected concurrently) \
+         and after it; direct spreads its clients itself. \"failed tries\" = connects that \
+         failed or ended before the backend's byte, retried.\n",
+        STORM_DEADLINE.as_secs()
+    )
+    .unwrap();
+    writeln!(w, "| | direct | warren | HAProxy | NGINX | w/h | w/n |").unwrap();
+    writeln!(w, "|---|---|---|---|---|---|---|").unwrap();
+    let rows = [
+        ("first connect of all, ms", "storm connect ms", true),
+        ("all saw the close, ms", "storm closed ms", true),
+        ("all reconnected, ms", "storm ms", true),
+        ("off even after the storm, %", "storm spread", false),
+        ("off even before the storm, %", "storm spread before", false),
+        ("failed tries", "storm errors", false),
+    ];
+    for (what, key, ratios) in rows {
+        let (rh, rn) = if ratios {
+            (res.ratio(key, Haproxy), res.ratio(key, Nginx))
+        } else {
+            (None, None)
+        };
+        writeln!(
+            w,
+            "| {what} | {} | {} | {} |",
+            cells(res, key, &TARGETS),
+            opt_num(rh),
+            opt_num(rn),
+        )
+        .unwrap();
+    }
+    writeln!(w).unwrap();
 }
 
 /// The targets table and the errors of the run.

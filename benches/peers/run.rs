@@ -8,11 +8,13 @@ use std::time::{Duration, Instant};
 use crate::amqp::{amqp, Amqp, RabbitNode, AMQP_SIZES};
 use crate::cli::Opts;
 use crate::peers::{
-    start_echo, start_iperf_server, start_proxy, warren_pipes, Ports, Running, NGINX_STREAM_MODULE,
+    start_echo, start_iperf_server, start_proxy, start_storm_proxy, warren_pipes, Ports, Running,
+    NGINX_STREAM_MODULE,
 };
 use crate::procs::{cpu_seconds, which, Proc, Workdir};
 use crate::report::{bulk_key, machine_info, render, size_label, write_report};
 use crate::stats::Results;
+use crate::storm::{spread_pct, storm, Storm, StormBackends, STORM_BACKENDS};
 use crate::workloads::{churn, idle, iperf, latency, CHURN_CLIENTS, SIZES};
 use crate::{check_interrupted, Balancer, Res, PROXIES, TARGETS};
 
@@ -156,7 +158,7 @@ fn check_tools(opts: &Opts) -> Res<()> {
 }
 
 /// One round: fresh proxies and iperf3 server, every chosen workload's slots, then the idle
-/// slots each with a proxy of their own.
+/// and storm slots each with a proxy of their own.
 fn one_round(shared: &Shared, round: usize, res: &mut Results) -> Res<()> {
     let opts = shared.opts;
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
@@ -201,6 +203,9 @@ fn one_round(shared: &Shared, round: usize, res: &mut Results) -> Res<()> {
 
     if shared.has("idle") {
         idle_slots(opts, shared.dir, backends, round, res)?;
+    }
+    if shared.has("storm") {
+        storm_slots(opts, shared.dir, round, res)?;
     }
     Ok(())
 }
@@ -442,4 +447,94 @@ fn idle_slots(
         drop(r);
     }
     Ok(())
+}
+
+/// The reconnect storm through every target, each slot with fresh backends and (but for
+/// direct) a freshly started proxy balancing them by least connections.
+fn storm_slots(opts: &Opts, dir: &Path, round: usize, res: &mut Results) -> Res<()> {
+    let clients_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(opts.workers)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("storm client runtime: {e}"))?;
+    for t in TARGETS {
+        check_interrupted()?;
+        let backends = StormBackends::start(STORM_BACKENDS, opts.workers)?;
+        let proxy = match t {
+            Balancer::Direct => None,
+            _ => Some(start_storm_proxy(
+                t,
+                opts,
+                dir,
+                &backends.ports,
+                &format!("r{round}-storm"),
+            )?),
+        };
+        // Direct: the clients spread themselves over the backends, one after the other.
+        let ports = match &proxy {
+            Some((_, port)) => vec![*port],
+            None => backends.ports.clone(),
+        };
+        match storm(&clients_rt, &backends, &ports, opts.storm_clients) {
+            Ok(s) => record_storm(res, t, round, &s),
+            Err(e) => {
+                let note = format!("round {} storm {}: {e}", round + 1, t.name());
+                eprintln!("   {note}");
+                res.notes.push(note);
+            }
+        }
+        if let Some((mut p, _)) = proxy {
+            p.ensure_running()?;
+        }
+    }
+    Ok(())
+}
+
+/// Record one storm slot's measures, print them, and note failed tries.
+fn record_storm(res: &mut Results, t: Balancer, round: usize, s: &Storm) {
+    res.put("storm connect ms", t, round, s.connect_ms);
+    res.put("storm ms", t, round, s.reconnect_ms);
+    res.put("storm closed ms", t, round, s.closed_ms);
+    res.put("storm errors", t, round, s.errors as f64);
+    // Direct's spread is the clients' own round robin: nothing to compare.
+    if t != Balancer::Direct {
+        res.put("storm spread", t, round, s.spread_pct());
+        res.put(
+            "storm spread before",
+            t,
+            round,
+            spread_pct(&s.counts_before),
+        );
+    }
+    eprintln!(
+        "   storm {:<8} first connect {:5.1} ms; all {} saw the close in {:6.1} ms, reconnected in {:6.1} ms, per backend {:?} (before {:?}, \
+         backends hold {:?}), {:.1} % off even, {} failed tries",
+        t.name(),
+        s.connect_ms,
+        s.counts.iter().sum::<usize>(),
+        s.closed_ms,
+        s.reconnect_ms,
+        s.counts,
+        s.counts_before,
+        s.held_after,
+        s.spread_pct(),
+        s.errors
+    );
+    if s.errors > 0 {
+        res.notes.push(format!(
+            "round {} storm {}: {} failed connection tries",
+            round + 1,
+            t.name(),
+            s.errors
+        ));
+    }
+    if s.held_after != s.counts {
+        res.notes.push(format!(
+            "round {} storm {}: clients counted {:?} per backend, the backends hold {:?}",
+            round + 1,
+            t.name(),
+            s.counts,
+            s.held_after
+        ));
+    }
 }

@@ -383,7 +383,7 @@ fn alert_rules_pass_promtool_when_installed() {
         String::from_utf8_lossy(&check.stdout),
         String::from_utf8_lossy(&check.stderr)
     );
-    assert!(String::from_utf8_lossy(&check.stdout).contains("SUCCESS: 9 rules found"));
+    assert!(String::from_utf8_lossy(&check.stdout).contains("SUCCESS: 10 rules found"));
     let tests = run(Command::new("promtool")
         .args(["test", "rules", "alerts.test.yml"])
         .current_dir(&dir));

@@ -104,6 +104,19 @@ pub fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -
     )
 }
 
+/// A registered gauge family `warren_{name}` of fractions (not counts).
+pub fn float_gauge_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::GaugeVec {
+    register(
+        registry,
+        prometheus::GaugeVec::new(opts(name, help), labels).expect("a valid metric name"),
+    )
+}
+
 /// A registered histogram family `warren_{name}` with these buckets and label names.
 pub fn histogram_vec(
     registry: &Registry,

@@ -424,17 +424,12 @@ impl BackendMetrics {
                 "Backends that may take new connections",
                 &["pool"],
             ),
-            pool_imbalance: metrics::register(
+            pool_imbalance: metrics::float_gauge_vec(
                 registry,
-                prometheus::GaugeVec::new(
-                    metrics::opts(
-                        "pool_imbalance",
-                        "The fraction of the pool's connections above their backend's \
-                         weighted fair share: what a rebalance would move (0: balanced)",
-                    ),
-                    &["pool"],
-                )
-                .expect("a valid metric"),
+                "pool_imbalance",
+                "The fraction of the pool's connections above their backend's weighted fair \
+                 share: what a rebalance would move (0: balanced)",
+                &["pool"],
             ),
         }
     }

@@ -361,6 +361,7 @@ fn alert_rules_use_only_exported_metrics() {
             "WarrenPoolDown",
             "WarrenNoBackendRejections",
             "WarrenBackendConnectFailures",
+            "WarrenPoolUnbalanced",
             "WarrenHookFailures",
             "WarrenReloadFailed",
             "WarrenNearMaxConnections",

@@ -319,3 +319,149 @@ fn closes(route: &PoolRoute) -> u64 {
 fn rounded(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{BackendSlot, BackendStats, CloseToken};
+
+    const RATE: f64 = 4.0;
+    const MIN_AGE: Duration = Duration::from_secs(5);
+
+    fn rebalancer(mode: &str) -> (Arc<Rebalancer>, Arc<Routing>) {
+        let text = format!(
+            "[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:5672\"\npool = \"p\"\n\
+             [pool.p]\nbalance = \"least_conn\"\n\
+             rebalance = {{ mode = \"{mode}\", tolerance = 0.1, max_closes_per_second = {RATE}, \
+             min_age = \"5s\" }}\n\
+             [[pool.p.backend]]\nname = \"a\"\naddr = \"127.0.0.1:1001\"\n\
+             [[pool.p.backend]]\nname = \"b\"\naddr = \"127.0.0.1:1002\"\n"
+        );
+        let config = crate::config::from_toml_offline(&text, std::path::Path::new("t.toml"))
+            .expect("a valid config");
+        let metrics = crate::state::BackendMetrics::register(&prometheus::Registry::new());
+        let routing = Arc::new(Routing::new(&config, metrics));
+        let config = Arc::new(ArcSwap::from_pointee(config));
+        (Rebalancer::new(config, routing.clone()), routing)
+    }
+
+    fn stats(routing: &Routing, backend: &str) -> Arc<BackendStats> {
+        routing.load().pools["p"]
+            .backend(backend)
+            .unwrap()
+            .stats
+            .clone()
+    }
+
+    /// A client connection as the data path keeps it: its claim and the token it waits on.
+    struct Conn {
+        _slot: BackendSlot,
+        watching: CloseToken,
+        since: Instant,
+    }
+
+    fn connect(routing: &Routing, backend: &str) -> Conn {
+        let mut slot = BackendSlot::claim(&stats(routing, backend));
+        slot.established();
+        Conn {
+            watching: slot.close_token().clone(),
+            _slot: slot,
+            since: state::now(),
+        }
+    }
+
+    /// What `after_close` does for each connection whose token fired: take a slot (the
+    /// connection leaves at that instant and its client reconnects to b), or wait on the next.
+    fn settle(routing: &Routing, conns: &mut Vec<Conn>, taken: &mut Vec<Instant>) {
+        let mut moved = 0;
+        conns.retain_mut(|c| {
+            while c.watching.token().is_cancelled() {
+                let Some(CloseCause::Rebalance(shed)) = c.watching.cause() else {
+                    panic!("only rebalances close here");
+                };
+                if let Some(at) = shed.take(c.since) {
+                    taken.push(at);
+                    moved += 1;
+                    return false;
+                }
+                c.watching = c.watching.next().expect("a rebalance sets the next token");
+            }
+            true
+        });
+        for _ in 0..moved {
+            conns.push(connect(routing, "b"));
+        }
+    }
+
+    /// The rate limit on tokio's paused clock: a backend that returns to a 40 / 0 pool gets its
+    /// 20 back, no connection younger than `min_age` moves, the closes are at least `1 / rate`
+    /// apart over every round, and the pass ends when the pool is balanced.
+    #[tokio::test(start_paused = true)]
+    async fn a_return_moves_the_excess_at_the_configured_pace() {
+        let (rebalancer, routing) = rebalancer("on_return");
+        routing.set_admin("p", "b", crate::state::AdminState::Drained);
+        rebalancer.round(state::now());
+        let mut conns: Vec<Conn> = (0..40).map(|_| connect(&routing, "a")).collect();
+        let start = state::now();
+        routing.set_admin("p", "b", crate::state::AdminState::Active);
+        let mut taken = Vec::new();
+        for _ in 0..30 {
+            rebalancer.round(state::now());
+            settle(&routing, &mut conns, &mut taken);
+            tokio::time::advance(TICK).await;
+        }
+        // Within the tolerance: a at most ceil(20 × 1.1) = 22; b has what moved.
+        let on_a = stats(&routing, "a").claims();
+        assert!((20..=22).contains(&on_a), "{on_a} left on a");
+        assert_eq!(stats(&routing, "b").claims(), 40 - on_a);
+        assert_eq!(taken.len() as i64, 40 - on_a);
+        taken.sort();
+        assert!(taken[0] >= start + MIN_AGE, "{:?}", taken[0] - start);
+        let gap = Duration::from_secs_f64(1.0 / RATE);
+        for pair in taken.windows(2) {
+            assert!(pair[1] - pair[0] >= gap, "{:?}", pair[1] - pair[0]);
+        }
+        let route = &routing.load().pools["p"];
+        assert!(
+            route.imbalance_gauge.get() <= 0.05,
+            "{}",
+            route.imbalance_gauge.get()
+        );
+        assert!(rebalancer.lock()[&route.name].pass.is_none());
+    }
+
+    /// Mode off: a return moves nothing until an operator asks; a hold stops an automatic
+    /// pass from starting, and asking lifts it.
+    #[tokio::test(start_paused = true)]
+    async fn off_waits_to_be_asked_and_a_hold_waits_for_the_ask() {
+        for mode in ["off", "continuous"] {
+            let (rebalancer, routing) = rebalancer(mode);
+            routing.set_admin("p", "b", crate::state::AdminState::Drained);
+            rebalancer.round(state::now());
+            let mut conns: Vec<Conn> = (0..10).map(|_| connect(&routing, "a")).collect();
+            tokio::time::advance(MIN_AGE).await;
+            rebalancer.hold("p");
+            routing.set_admin("p", "b", crate::state::AdminState::Active);
+            let mut taken = Vec::new();
+            for _ in 0..10 {
+                rebalancer.round(state::now());
+                settle(&routing, &mut conns, &mut taken);
+                tokio::time::advance(TICK).await;
+            }
+            assert!(taken.is_empty(), "{mode}: moved {}", taken.len());
+            let route = routing.load().pools["p"].clone();
+            assert_eq!(route.imbalance_gauge.get(), 0.5);
+            let answer = rebalancer.start("p").unwrap();
+            assert!(answer.started && answer.to_move == 5, "{answer:?}");
+            for _ in 0..10 {
+                settle(&routing, &mut conns, &mut taken);
+                tokio::time::advance(TICK).await;
+                rebalancer.round(state::now());
+            }
+            // Within the tolerance (fair 5, at most ceil(5.5) = 6): the pass ends there.
+            assert!((4..=5).contains(&taken.len()), "{mode}: {}", taken.len());
+            assert_eq!(stats(&routing, "b").claims(), taken.len() as i64, "{mode}");
+            assert!(rebalancer.lock()[&route.name].pass.is_none(), "{mode}");
+        }
+    }
+}

@@ -627,12 +627,14 @@ fn undrain(admin: &Admin, pool: &str, backend: &str, body: &[u8]) -> Reply {
             Err(e) => return error(StatusCode::BAD_REQUEST, &e),
         }
     };
-    // Held before the return is published, so the rebalancer never sees it unheld.
-    if !request.rebalance {
-        admin.rebalancer.hold(pool);
-    }
     match admin.drainer.undrain(&BackendId::new(pool, backend)) {
-        Ok(answer) => json(StatusCode::OK, &answer),
+        Ok(answer) => {
+            // The rebalancer runs on this thread too: no round comes between the two.
+            if !request.rebalance {
+                admin.rebalancer.hold(pool);
+            }
+            json(StatusCode::OK, &answer)
+        }
         Err(e) => drain_error(e),
     }
 }
@@ -644,13 +646,15 @@ fn undrain_set(admin: &Admin, body: &[u8]) -> Reply {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, &e),
     };
-    if !request.rebalance {
-        for b in &request.backends {
-            admin.rebalancer.hold(&b.pool);
-        }
-    }
     match admin.drainer.undrain_set(&backend_ids(&request.backends)) {
-        Ok(backends) => json(StatusCode::OK, &api::DrainSetAnswer { backends }),
+        Ok(backends) => {
+            if !request.rebalance {
+                for b in &request.backends {
+                    admin.rebalancer.hold(&b.pool);
+                }
+            }
+            json(StatusCode::OK, &api::DrainSetAnswer { backends })
+        }
         Err(e) => drain_error(e),
     }
 }

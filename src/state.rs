@@ -196,7 +196,6 @@ impl Leaving {
         stats
             .leaving
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        stats.rebalance_closes.inc();
         Leaving(stats.clone())
     }
 }
@@ -289,7 +288,9 @@ impl BackendStats {
 /// way closes the connection as soon as it is set up. Dropping it gives the count back.
 pub struct BackendSlot {
     stats: Arc<BackendStats>,
-    close: CloseToken,
+    /// Until the connection takes it to watch (`take_close_token`): a connection that kept
+    /// its first token for life would keep every token after it alive through `next`.
+    close: Option<CloseToken>,
     established: bool,
 }
 
@@ -305,7 +306,7 @@ impl BackendSlot {
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
         BackendSlot {
             stats: stats.clone(),
-            close: stats.close_token(),
+            close: Some(stats.close_token()),
             established: false,
         }
     }
@@ -323,10 +324,16 @@ impl BackendSlot {
         &self.stats
     }
 
-    /// Cancelled at a drain deadline, when probes mark the backend down (`on_down = "close"`)
-    /// or at the end of the shutdown grace period; it says which.
-    pub fn close_token(&self) -> &CloseToken {
-        &self.close
+    /// Cancelled at a drain deadline, when probes mark the backend down (`on_down = "close"`),
+    /// by a rebalance or at the end of the shutdown grace period; it says which. `None` once
+    /// taken.
+    pub fn close_token(&self) -> Option<&CloseToken> {
+        self.close.as_ref()
+    }
+
+    /// The close token, for the connection to watch from now on (following `next`).
+    pub fn take_close_token(&mut self) -> Option<CloseToken> {
+        self.close.take()
     }
 }
 
@@ -920,6 +927,26 @@ mod tests {
         assert_eq!(b.share(added, ramp), balance::MIN_SHARE);
         assert_eq!(b.share(added + Duration::from_secs(5), ramp), 500);
         assert_eq!(b.share(added + ramp, ramp), balance::FULL_SHARE);
+    }
+
+    #[test]
+    fn a_connection_following_the_tokens_keeps_none_behind_it() {
+        let routing = Routing::new(
+            &config(&[("a", 1)]),
+            BackendMetrics::register(&Registry::new()),
+        );
+        let stats = routing.load().pools["p"].backends[0].stats.clone();
+        let mut slot = BackendSlot::claim(&stats);
+        let mut watching = slot.take_close_token().unwrap();
+        assert!(slot.close_token().is_none());
+        let first = Arc::downgrade(&watching.0);
+        for _ in 0..100 {
+            let shed = Arc::new(Shed::new(Vec::new(), now()));
+            stats.close_connections(routing.shutdown_token(), CloseCause::Rebalance(shed));
+            watching = watching.next().expect("set before the cancel");
+        }
+        assert!(first.upgrade().is_none(), "the first token is still alive");
+        assert!(!watching.token().is_cancelled());
     }
 
     #[test]

@@ -936,7 +936,7 @@ fn drain_wait_without_a_deadline_sends_the_default_and_says_so() {
 /// rabbit-a and rabbit-b, both up. A drain answers one connection open and the next status shows
 /// the backend drained; an undrain makes it active; every status answer counts one more probe
 /// run and passed. With `refuse_drain`, every drain is refused (409) instead.
-fn upgrade_fake(refuse_drain: bool) -> FakeAdmin {
+fn upgrade_fake(refuse_drain: bool, rebalance_mode: &'static str) -> FakeAdmin {
     let admins = Mutex::new(vec![("rabbit-a", "active"), ("rabbit-b", "active")]);
     let probes = AtomicUsize::new(0);
     FakeAdmin::start(move |r| {
@@ -958,6 +958,8 @@ fn upgrade_fake(refuse_drain: bool) -> FakeAdmin {
                 let mut served = status(vec![("rabbitmq", backends)]);
                 served["pools"][0]["health_check"] = json!("tcp");
                 served["pools"][0]["rise"] = json!(2);
+                served["pools"][0]["rebalance"] =
+                    json!({"imbalance": 0.0, "mode": rebalance_mode, "state": "balanced"});
                 (200, served)
             }
             ("POST", ["", "v1", "pools", "rabbitmq", "backends", name, "drain"])
@@ -1012,7 +1014,10 @@ fn drain_calls(fake: &FakeAdmin) -> Vec<String> {
 
 #[test]
 fn upgrade_walks_the_pool_on_both_instances_of_a_pair() {
-    let (a, b) = (upgrade_fake(false), upgrade_fake(false));
+    let (a, b) = (
+        upgrade_fake(false, "on_return"),
+        upgrade_fake(false, "on_return"),
+    );
     let run = ctl(
         &a.url(),
         &[
@@ -1085,8 +1090,33 @@ fn upgrade_walks_the_pool_on_both_instances_of_a_pair() {
 }
 
 #[test]
+fn upgrade_leaves_a_pool_whose_rebalancing_is_off_as_the_walk_left_it() {
+    let fake = upgrade_fake(false, "off");
+    let run = ctl(
+        &fake.url(),
+        &["upgrade", "--pool", "rabbitmq", "--run", "true"],
+        &[],
+    );
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(
+        run.stdout.lines().last(),
+        Some(
+            "pool rabbitmq: not rebalanced (its rebalance mode is off); `warren ctl rebalance \
+             rabbitmq` moves connections back into balance"
+        ),
+        "{run:?}"
+    );
+    assert!(!drain_calls(&fake)
+        .iter()
+        .any(|c| c.starts_with("rebalance")));
+}
+
+#[test]
 fn upgrade_stops_where_the_second_instance_refuses_the_drain() {
-    let (a, b) = (upgrade_fake(false), upgrade_fake(true));
+    let (a, b) = (
+        upgrade_fake(false, "on_return"),
+        upgrade_fake(true, "on_return"),
+    );
     let run = ctl(
         &a.url(),
         &[

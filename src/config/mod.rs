@@ -346,6 +346,8 @@ pub const MAX_REBALANCE_TOLERANCE: f64 = 10.0;
 /// cluster's metadata store; five a second moves a few hundred clients in a minute or two
 /// while keeping that load small.
 pub const DEFAULT_REBALANCE_RATE: f64 = 5.0;
+/// Smallest `rebalance.max_closes_per_second`: one close every 100 s.
+pub const MIN_REBALANCE_RATE: f64 = 0.01;
 /// Largest `rebalance.max_closes_per_second`.
 pub const MAX_REBALANCE_RATE: f64 = 1000.0;
 /// `rebalance.min_age` when omitted: a client that has just connected (one moved a moment

@@ -116,13 +116,13 @@ impl Validator<'_> {
             tolerance: self.bounded_number(
                 &format!("{key}.tolerance"),
                 raw.tolerance.as_ref(),
-                (0.0, MAX_REBALANCE_TOLERANCE, true),
+                (0.0, MAX_REBALANCE_TOLERANCE),
                 DEFAULT_REBALANCE_TOLERANCE,
             ),
             max_closes_per_second: self.bounded_number(
                 &format!("{key}.max_closes_per_second"),
                 raw.max_closes_per_second.as_ref(),
-                (0.0, MAX_REBALANCE_RATE, false),
+                (MIN_REBALANCE_RATE, MAX_REBALANCE_RATE),
                 DEFAULT_REBALANCE_RATE,
             ),
             min_age: self.duration(
@@ -133,26 +133,24 @@ impl Validator<'_> {
         }
     }
 
-    /// A number in `low..=high` (`low` itself allowed when the flag says so).
+    /// A number in `low..=high`.
     fn bounded_number(
         &mut self,
         key: &str,
         raw: Option<&Spanned<f64>>,
-        (low, high, low_allowed): (f64, f64, bool),
+        (low, high): (f64, f64),
         default: f64,
     ) -> f64 {
         let Some(raw) = raw else { return default };
         let value = *raw.get_ref();
-        let above_low = value > low || (low_allowed && value == low);
-        if above_low && value <= high {
+        if (low..=high).contains(&value) {
             return value;
         }
-        let bound = if low_allowed { "from" } else { "above" };
         self.report(
             key,
             value.to_string(),
             Some(raw.span()),
-            format!("out of range: {bound} {low} to {high} (omit it for the default, {default})"),
+            format!("out of range: from {low} to {high} (omit it for the default, {default})"),
         );
         default
     }

@@ -353,7 +353,7 @@ fn each_problem_names_key_value_and_line() {
         ),
         (
             replaced("balance = \"round_robin\"", "rebalance.max_closes_per_second = 0"),
-            "pool.rabbitmq.rebalance.max_closes_per_second", "0", "out of range: above 0 to 1000 (omit it for the default, 5)",
+            "pool.rabbitmq.rebalance.max_closes_per_second", "0", "out of range: from 0.01 to 1000 (omit it for the default, 5)",
         ),
         (
             replaced("balance = \"round_robin\"", "rebalance.min_age = \"soon\""),

@@ -84,6 +84,9 @@ pub(super) async fn upgrade(
         )));
     }
     let names: Vec<String> = pool.backends.iter().map(|b| b.name.clone()).collect();
+    // A pool whose rebalancing is off (no management API: closes would cut sockets; or
+    // source_hash) is left as the walk leaves it.
+    let rebalances = pool.rebalance.as_ref().is_some_and(|r| r.mode != "off");
     let start = match &plan.from {
         None => 0,
         Some(from) => names.iter().position(|n| n == from).ok_or_else(|| {
@@ -119,6 +122,14 @@ pub(super) async fn upgrade(
         plan.pool,
         walk.len()
     ));
+    if !rebalances {
+        out.say(&format!(
+            "pool {}: not rebalanced (its rebalance mode is off); `warren ctl rebalance {}` \
+             moves connections back into balance",
+            plan.pool, plan.pool
+        ));
+        return Ok(());
+    }
     for c in clients {
         rebalance(c, out, &plan.pool).await.map_err(|e| {
             CtlError::GaveUp(format!(

@@ -758,16 +758,16 @@ mod tests {
             .unwrap();
         advance(Duration::from_millis(9_900)).await;
         assert!(
-            !open.close_token().token().is_cancelled(),
+            !open.close_token().unwrap().token().is_cancelled(),
             "not before the deadline"
         );
         advance(Duration::from_millis(200)).await;
         assert!(
-            open.close_token().token().is_cancelled(),
+            open.close_token().unwrap().token().is_cancelled(),
             "closed at the deadline"
         );
         assert!(
-            connecting.close_token().token().is_cancelled(),
+            connecting.close_token().unwrap().token().is_cancelled(),
             "connecting too"
         );
         drop(open);
@@ -779,10 +779,10 @@ mod tests {
         );
         // One that took the backend's fresh token after the deadline is closed at the next poll.
         let late = crate::state::BackendSlot::claim(&stats);
-        assert!(!late.close_token().token().is_cancelled());
+        assert!(!late.close_token().unwrap().token().is_cancelled());
         advance(DRAINED_POLL * 2).await;
         assert!(
-            late.close_token().token().is_cancelled(),
+            late.close_token().unwrap().token().is_cancelled(),
             "a late arrival is closed too"
         );
         drop((connecting, late));
@@ -808,7 +808,7 @@ mod tests {
         assert_eq!(drainer.deadline("p", "b"), None);
         advance(Duration::from_secs(6)).await;
         assert!(
-            !open.close_token().token().is_cancelled(),
+            !open.close_token().unwrap().token().is_cancelled(),
             "an undrained backend keeps its connections"
         );
 

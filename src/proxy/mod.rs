@@ -420,16 +420,17 @@ async fn handle(accepted: Box<(TcpStream, SocketAddr)>, conn: Conn) {
         &conn.ctx,
         stats,
     );
-    let Some(link) = Box::pin(establishing).await else {
+    let Some(mut link) = Box::pin(establishing).await else {
         return;
     };
     let connected_at = Instant::now();
     let progress = AtomicU8::new(Progress::NotAsked as u8);
     let forced = AtomicU8::new(NOT_FORCED);
+    let close = link.backend.take_close_token();
     let stop = std::pin::pin!(closed_by_warren(
         &link,
         &conn.ctx,
-        connected_at,
+        (close, connected_at),
         (&progress, &forced)
     ));
     let outcome = forward::forward(
@@ -455,9 +456,10 @@ async fn handle(accepted: Box<(TcpStream, SocketAddr)>, conn: Conn) {
             Progress::Closed | Progress::Asking
         );
     if reason == CloseReason::Drain || graceful {
+        // `closed_by_warren` records why before it can complete.
         reason = forced_by(&forced).unwrap_or_else(|| {
             let shutdown = conn.ctx.routing.shutdown_token().is_cancelled();
-            forced_reason(link.backend.close_token().cause().as_ref(), shutdown)
+            forced_reason(None, shutdown)
         });
         let method = if graceful {
             CloseMethod::Amqp
@@ -516,51 +518,86 @@ fn forced_reason(cause: Option<&CloseCause>, shutdown: bool) -> CloseReason {
 /// token fires (drain deadline, `on_down`, a rebalance slot it wins, end of the shutdown
 /// grace); then the backend's node is asked to close it gracefully while forwarding goes on
 /// (see [`graceful`]). A rebalance it does not take part in (too young, no slot left) lets
-/// it wait on the next token. What happens after a token fires is boxed, so an idle
-/// connection only keeps the token's wait.
+/// it wait on the next token, decided here without allocating: every connection of a backend
+/// above its share wakes once per rebalance round. The rest is boxed, so an idle connection
+/// only keeps the token's wait.
 async fn closed_by_warren(
     link: &Link,
     ctx: &Context,
-    connected_at: Instant,
+    (close, connected_at): (Option<CloseToken>, Instant),
     cells: (&AtomicU8, &AtomicU8),
 ) {
-    let mut close = link.backend.close_token().clone();
-    loop {
+    let Some(mut close) = close else {
+        // The slot's token is taken once, here: never without it.
+        return std::future::pending().await;
+    };
+    let ending = loop {
         close.token().cancelled().await;
-        match Box::pin(after_close(link, ctx, connected_at, close, cells)).await {
-            Some(next) => close = next,
-            None => return,
+        let shutdown = ctx.routing.shutdown_token().is_cancelled();
+        match decide(&close, connected_at, shutdown) {
+            Err(next) => close = next,
+            Ok(ending) => break ending,
         }
+    };
+    Box::pin(after_close(link, ctx, connected_at, ending, cells)).await
+}
+
+/// How warren ends a connection whose close token fired.
+enum Ending {
+    /// It won a rebalance slot: close at this instant, unless a later close (this token)
+    /// decides otherwise first.
+    Leave(std::time::Instant, CloseToken),
+    /// Close now, for this reason.
+    Close(CloseReason),
+}
+
+/// The connection's ending, or (`Err`) the token to wait on next: a rebalance it takes no
+/// part in (too young, or every slot taken).
+fn decide(close: &CloseToken, connected_at: Instant, shutdown: bool) -> Result<Ending, CloseToken> {
+    match (close.cause(), close.next()) {
+        (Some(CloseCause::Rebalance(shed)), Some(next)) if !shutdown => {
+            match shed.take(connected_at.into_std()) {
+                Some(slot) => Ok(Ending::Leave(slot, next)),
+                None => Err(next),
+            }
+        }
+        (cause, _) => Ok(Ending::Close(forced_reason(cause.as_ref(), shutdown))),
     }
 }
 
-/// The close token `close` fired: let a rebalance pass (`Some(the token to wait on next)`),
-/// or close the connection, gracefully if the node can, recording why in `forced`; `None`
-/// when warren must close it over TCP.
+/// Close the connection as decided, gracefully if the node can, recording why in `forced`;
+/// returns when warren must close it over TCP. A slot holder waits for its instant first,
+/// following later rebalances (it keeps its slot) until a close of another kind comes.
 async fn after_close(
     link: &Link,
     ctx: &Context,
     connected_at: Instant,
-    close: CloseToken,
+    ending: Ending,
     (progress, forced): (&AtomicU8, &AtomicU8),
-) -> Option<CloseToken> {
-    let cause = close.cause();
-    let shutdown = ctx.routing.shutdown_token().is_cancelled();
+) {
     let mut _leaving = None;
-    if let (Some(CloseCause::Rebalance(shed)), false) = (&cause, shutdown) {
-        // Both are set before a rebalance cancels the token.
-        let next = close.next()?;
-        let Some(slot) = shed.take(connected_at.into_std()) else {
-            return Some(next);
-        };
-        _leaving = Some(Leaving::new(link.backend.stats()));
-        tokio::select! {
-            () = tokio::time::sleep_until(Instant::from_std(slot)) => {}
-            // A later close (a drain deadline, shutdown) decides instead.
-            () = next.token().cancelled() => return Some(next),
+    let reason = match ending {
+        Ending::Close(reason) => reason,
+        Ending::Leave(slot, mut next) => {
+            _leaving = Some(Leaving::new(link.backend.stats()));
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep_until(Instant::from_std(slot)) => {
+                        break CloseReason::Rebalance;
+                    }
+                    () = next.token().cancelled() => {}
+                }
+                let shutdown = ctx.routing.shutdown_token().is_cancelled();
+                match (next.cause(), next.next()) {
+                    (Some(CloseCause::Rebalance(_)), Some(after)) if !shutdown => next = after,
+                    (cause, _) => break forced_reason(cause.as_ref(), shutdown),
+                }
+            }
         }
+    };
+    if reason == CloseReason::Rebalance {
+        link.backend.stats().rebalance_closes.inc();
     }
-    let reason = forced_reason(cause.as_ref(), shutdown);
     let index = CloseReason::ALL.iter().position(|r| *r == reason);
     forced.store(
         index.map_or(NOT_FORCED, |i| i as u8),
@@ -590,7 +627,6 @@ async fn after_close(
         connected_at,
     };
     ctx.closer.close(target, cause, since, progress).await;
-    None
 }
 
 /// Inbound PROXY header, backend selection and connect, outbound preamble. `None` when the

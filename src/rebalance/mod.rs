@@ -54,6 +54,8 @@ pub struct Rebalancer {
     config: Arc<ArcSwap<Config>>,
     routing: Arc<Routing>,
     pools: Mutex<HashMap<Arc<str>, PoolState>>,
+    /// warren is stopping: nothing more is moved.
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 /// One pool's rebalancing between rounds.
@@ -66,6 +68,8 @@ struct PoolState {
     seen: HashMap<Arc<str>, Option<Instant>>,
     /// `seen` was filled once (the first round records, it does not trigger).
     watching: bool,
+    /// A return seen while the pool was held: it starts a pass when the hold ends.
+    pending: Option<String>,
     pacer: Pacer,
 }
 
@@ -75,6 +79,10 @@ struct Pass {
     started: Instant,
     /// The pool's `backend_rebalance_closes_total`, summed, when it started.
     closes_before: u64,
+    /// Closes after which a pass that has not balanced the pool gives up: clients that come
+    /// back to the same backends (a balance or an address the plan cannot move) would be
+    /// closed again and again.
+    give_up_after: u64,
 }
 
 impl Rebalancer {
@@ -83,7 +91,15 @@ impl Rebalancer {
             config,
             routing,
             pools: Mutex::new(HashMap::new()),
+            stopped: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Move nothing more (warren stops accepting; its grace period lets connections end on
+    /// their own).
+    pub fn stop(&self) {
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Look at every pool once a [`TICK`] until `stop`.
@@ -100,6 +116,9 @@ impl Rebalancer {
 
     /// One round over every pool.
     fn round(&self, now: Instant) {
+        if self.stopped.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
         let config = self.config.load_full();
         let snapshot = self.routing.load_full();
         let mut pools = self.lock();
@@ -189,25 +208,35 @@ impl Rebalancer {
     ) {
         let planned = plan::plan(&loads(route, now), settings.rebalance.tolerance);
         route.imbalance_gauge.set(planned.imbalance);
-        let returned = pool.returned(route);
         let held = pool.held_until.is_some_and(|t| t > now);
-        let automatic = settings.balance != Balance::SourceHash && !held && pool.pass.is_none();
-        let why = match (settings.rebalance.mode, returned) {
-            (RebalanceMode::Off, _) => None,
-            (_, Some(name)) => Some(format!("{name} became available again")),
-            (RebalanceMode::Continuous, None) if !planned.balanced => {
+        if let Some(name) = pool.returned(route) {
+            pool.pending = Some(format!("{name} became available again"));
+        }
+        let why = match settings.rebalance.mode {
+            RebalanceMode::Off => None,
+            _ if pool.pending.is_some() => pool.pending.clone(),
+            RebalanceMode::Continuous if !planned.balanced => {
                 Some("out of balance (continuous)".to_owned())
             }
             _ => None,
         };
-        if let (true, Some(why)) = (automatic, why) {
-            pool.pass = Some(start_pass(route, &why, &planned, now));
+        if settings.balance == Balance::SourceHash {
+            pool.pending = None;
+            pool.pass = None;
+            return;
+        }
+        if !held {
+            pool.pending = None;
+            if let (None, Some(why)) = (&pool.pass, why) {
+                pool.pass = Some(start_pass(route, &why, &planned, now));
+            }
         }
         let Some(pass) = &pool.pass else { return };
+        let done = closes(route).saturating_sub(pass.closes_before);
         if planned.balanced && !ramping(route, now) {
             tracing::info!(
                 pool = &*route.name,
-                closes = closes(route).saturating_sub(pass.closes_before),
+                closes = done,
                 duration_ms = (now - pass.started).as_millis() as u64,
                 trigger = %pass.why,
                 "rebalance done: every backend is within its fair share"
@@ -215,16 +244,40 @@ impl Rebalancer {
             pool.pass = None;
             return;
         }
-        if held {
+        if done >= pass.give_up_after {
+            tracing::warn!(
+                pool = &*route.name,
+                closes = done,
+                imbalance = rounded(planned.imbalance),
+                trigger = %pass.why,
+                "rebalance gave up: the pool is still out of balance after this many closes \
+                 (do its clients come back to the same backends?)"
+            );
+            pool.pass = None;
             return;
         }
+        if !held {
+            self.shed(now, settings, route, &planned, &mut pool.pacer);
+        }
+    }
+
+    /// Offer this round's paced closes to the backends above their share.
+    fn shed(
+        &self,
+        now: Instant,
+        settings: &PoolConfig,
+        route: &PoolRoute,
+        planned: &plan::Plan,
+        pacer: &mut Pacer,
+    ) {
         let rebalance = &settings.rebalance;
+        // Younger than the clock itself: no connection is old enough yet.
+        let Some(established_before) = now.checked_sub(rebalance.min_age) else {
+            return;
+        };
         let want = planned.excess.iter().sum();
         let mut rng = rand::thread_rng();
-        let slots = pool
-            .pacer
-            .slots(now, want, rebalance.max_closes_per_second, TICK, &mut rng);
-        let established_before = now.checked_sub(rebalance.min_age).unwrap_or(now);
+        let slots = pacer.slots(now, want, rebalance.max_closes_per_second, TICK, &mut rng);
         let shares = plan::share_out(&slots, &planned.excess);
         for (backend, slots) in route.backends.iter().zip(shares) {
             if slots.is_empty() {
@@ -271,10 +324,14 @@ fn start_pass(route: &PoolRoute, why: &str, planned: &plan::Plan, now: Instant) 
         to_move = planned.excess.iter().sum::<u64>(),
         "rebalance started: moving connections off backends above their fair share"
     );
+    let to_move: u64 = planned.excess.iter().sum();
     Pass {
         why: why.to_owned(),
         started: now,
         closes_before: closes(route),
+        // Two backends under round_robin need about twice `to_move` (half the moved clients
+        // come back); three times and some to spare.
+        give_up_after: 3 * to_move + 10,
     }
 }
 
@@ -364,7 +421,7 @@ mod tests {
         let mut slot = BackendSlot::claim(&stats(routing, backend));
         slot.established();
         Conn {
-            watching: slot.close_token().clone(),
+            watching: slot.take_close_token().unwrap(),
             _slot: slot,
             since: state::now(),
         }
@@ -373,6 +430,11 @@ mod tests {
     /// What `after_close` does for each connection whose token fired: take a slot (the
     /// connection leaves at that instant and its client reconnects to b), or wait on the next.
     fn settle(routing: &Routing, conns: &mut Vec<Conn>, taken: &mut Vec<Instant>) {
+        settle_onto(routing, conns, taken, "b");
+    }
+
+    /// `settle`, the moved clients reconnecting to `to`.
+    fn settle_onto(routing: &Routing, conns: &mut Vec<Conn>, taken: &mut Vec<Instant>, to: &str) {
         let mut moved = 0;
         conns.retain_mut(|c| {
             while c.watching.token().is_cancelled() {
@@ -380,6 +442,7 @@ mod tests {
                     panic!("only rebalances close here");
                 };
                 if let Some(at) = shed.take(c.since) {
+                    c._slot.stats().rebalance_closes.inc();
                     taken.push(at);
                     moved += 1;
                     return false;
@@ -389,7 +452,7 @@ mod tests {
             true
         });
         for _ in 0..moved {
-            conns.push(connect(routing, "b"));
+            conns.push(connect(routing, to));
         }
     }
 
@@ -463,5 +526,67 @@ mod tests {
             assert_eq!(stats(&routing, "b").claims(), taken.len() as i64, "{mode}");
             assert!(rebalancer.lock()[&route.name].pass.is_none(), "{mode}");
         }
+    }
+
+    /// A return during a hold is not lost: the pass starts when the hold ends. And once
+    /// warren stops accepting, nothing more moves.
+    #[tokio::test(start_paused = true)]
+    async fn a_return_during_a_hold_starts_a_pass_when_the_hold_ends() {
+        let (rebalancer, routing) = rebalancer("on_return");
+        routing.set_admin("p", "b", crate::state::AdminState::Drained);
+        rebalancer.round(state::now());
+        let mut conns: Vec<Conn> = (0..10).map(|_| connect(&routing, "a")).collect();
+        tokio::time::advance(MIN_AGE).await;
+        rebalancer.hold("p");
+        routing.set_admin("p", "b", crate::state::AdminState::Active);
+        let mut taken = Vec::new();
+        let held_until = state::now() + HOLD;
+        while state::now() < held_until {
+            rebalancer.round(state::now());
+            settle(&routing, &mut conns, &mut taken);
+            tokio::time::advance(TICK).await;
+        }
+        assert!(taken.is_empty(), "moved {} while held", taken.len());
+        for _ in 0..10 {
+            rebalancer.round(state::now());
+            settle(&routing, &mut conns, &mut taken);
+            tokio::time::advance(TICK).await;
+        }
+        assert!((4..=5).contains(&taken.len()), "{}", taken.len());
+
+        // Stopped: another imbalance is left alone.
+        rebalancer.stop();
+        routing.set_admin("p", "a", crate::state::AdminState::Drained);
+        routing.set_admin("p", "a", crate::state::AdminState::Active);
+        let before = taken.len();
+        for _ in 0..5 {
+            rebalancer.round(state::now());
+            settle(&routing, &mut conns, &mut taken);
+            tokio::time::advance(TICK).await;
+        }
+        assert_eq!(taken.len(), before);
+    }
+
+    /// Clients that come back to the backend they were moved off: the pass gives up after
+    /// three times what it set out to move (and ten), instead of closing them forever.
+    #[tokio::test(start_paused = true)]
+    async fn a_pass_that_cannot_balance_gives_up() {
+        let (rebalancer, routing) = rebalancer("on_return");
+        routing.set_admin("p", "b", crate::state::AdminState::Drained);
+        rebalancer.round(state::now());
+        let mut conns: Vec<Conn> = (0..10).map(|_| connect(&routing, "a")).collect();
+        tokio::time::advance(MIN_AGE).await;
+        routing.set_admin("p", "b", crate::state::AdminState::Active);
+        let mut taken = Vec::new();
+        for _ in 0..60 {
+            rebalancer.round(state::now());
+            settle_onto(&routing, &mut conns, &mut taken, "a");
+            // The clients that came back are young; let them age.
+            tokio::time::advance(MIN_AGE).await;
+        }
+        let name = routing.load().pools["p"].name.clone();
+        assert!(rebalancer.lock()[&name].pass.is_none());
+        // to_move 5: 3 × 5 + 10 = 25 closes, and the last round's slots.
+        assert!((25..=29).contains(&taken.len()), "{}", taken.len());
     }
 }

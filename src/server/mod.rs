@@ -140,6 +140,9 @@ struct Control {
     stop: CancellationToken,
     thread: Option<std::thread::JoinHandle<()>>,
     admin_addr: Option<SocketAddr>,
+    /// Stopped when warren stops accepting: the grace period is for connections to end on
+    /// their own, not to be moved.
+    rebalancer: Arc<Rebalancer>,
 }
 
 impl Drop for Control {
@@ -191,7 +194,7 @@ fn start_control(
                 );
                 let rebalancer = Rebalancer::new(shared_config.clone(), routing.clone());
                 tokio::spawn(rebalancer.clone().run(thread_stop.clone()));
-                let _ = ready_tx.send((health.clone(), drainer.clone()));
+                let _ = ready_tx.send((health.clone(), drainer.clone(), rebalancer.clone()));
                 let hooks_owner = health.clone();
                 match admin {
                     Some((listener, token)) => {
@@ -216,7 +219,7 @@ fn start_control(
             });
         })
         .expect("the control thread starts");
-    let (health, drainer) = ready_rx
+    let (health, drainer, rebalancer) = ready_rx
         .recv()
         .expect("the control thread hands over its health controller");
     (
@@ -224,6 +227,7 @@ fn start_control(
             stop,
             thread: Some(thread),
             admin_addr,
+            rebalancer,
         },
         health,
         drainer,
@@ -529,6 +533,7 @@ impl Server {
 
         accept_loops.close();
         stop_accepting.cancel();
+        self.control.rebalancer.stop();
         accept_loops.wait().await;
         // The copies kept for a reload's hand-over are the last holders of the listening
         // sockets: closing them makes new connects refused at once, not queued.

@@ -198,7 +198,11 @@ mod tests {
         let a: SocketAddr = "127.0.0.1:5672".parse().unwrap();
         let b: SocketAddr = "127.0.0.1:5673".parse().unwrap();
         let handed = vec![("amqp".to_owned(), a), ("tls".to_owned(), b)];
-        let cases: Vec<(Vec<crate::config::ListenerConfig>, Vec<(&str, usize)>)> = vec![
+        type Case = (
+            Vec<crate::config::ListenerConfig>,
+            Vec<(&'static str, usize)>,
+        );
+        let cases: Vec<Case> = vec![
             // Unchanged.
             (
                 vec![

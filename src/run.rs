@@ -77,24 +77,10 @@ pub fn serve(
     #[cfg(unix)]
     let mut incoming =
         crate::handover::incoming::take_from_env().map_err(|e| format!("upgrade: {e}"))?;
-    let config = match load_for_run(&args) {
-        Ok(config) => config,
-        Err(e) => {
-            #[cfg(unix)]
-            if let Some(incoming) = incoming.take() {
-                incoming.fail(&e.to_string());
-            }
-            return Err(e.to_string());
-        }
-    };
-    // Taking over from an upgrading process: its sockets, before anything binds.
     #[cfg(unix)]
-    let handed = match incoming.as_mut() {
-        Some(incoming) => incoming
-            .receive()
-            .map_err(|e| format!("upgrade: cannot receive the listening sockets: {e}"))?,
-        None => Default::default(),
-    };
+    let (config, handed) = load_taking_over(&args, &mut incoming)?;
+    #[cfg(not(unix))]
+    let config = load_for_run(&args).map_err(|e| e.to_string())?;
     // The main thread only starts, reloads and stops the server; the data plane runs on its
     // own worker threads (see `workers`), the admin API and probes on the control thread.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -169,6 +155,31 @@ fn handover_env(
         ));
     }
     env
+}
+
+/// Load the config; in a process started by an upgrade, tell the old process when it does not
+/// load (it keeps serving), else receive its listening sockets before anything binds.
+#[cfg(unix)]
+fn load_taking_over(
+    args: &RunArgs,
+    incoming: &mut Option<crate::handover::incoming::Incoming>,
+) -> Result<(Config, crate::handover::incoming::Handed), String> {
+    let config = match load_for_run(args) {
+        Ok(config) => config,
+        Err(e) => {
+            if let Some(incoming) = incoming.take() {
+                incoming.fail(&e.to_string());
+            }
+            return Err(e.to_string());
+        }
+    };
+    let handed = match incoming.as_mut() {
+        Some(incoming) => incoming
+            .receive()
+            .map_err(|e| format!("upgrade: cannot receive the listening sockets: {e}"))?,
+        None => Default::default(),
+    };
+    Ok((config, handed))
 }
 
 /// Bind with systemd's and an upgrading process's sockets; in a process taking over, a failure

@@ -223,26 +223,23 @@ fn start_control(
                 tokio::spawn(rebalancer.clone().run(thread_stop.clone()));
                 let _ = ready_tx.send((health.clone(), drainer.clone()));
                 let hooks_owner = health.clone();
-                match admin {
-                    Some((listener, token)) => {
-                        let admin = Arc::new(admin::Admin {
-                            config: shared_config,
-                            reloader,
-                            upgrader,
-                            routing,
-                            metrics: metrics.exposition,
-                            admin_metrics: metrics.admin,
-                            active_connections: metrics.proxy.active_connections(),
-                            health,
-                            drainer,
-                            rebalancer,
-                            token,
-                        });
-                        admin::serve(listener, admin, serve_stop).await;
-                        thread_stop.cancelled().await
-                    }
-                    None => thread_stop.cancelled().await,
+                if let Some((listener, token)) = admin {
+                    let admin = Arc::new(admin::Admin {
+                        config: shared_config,
+                        reloader,
+                        upgrader,
+                        routing,
+                        metrics: metrics.exposition,
+                        admin_metrics: metrics.admin,
+                        active_connections: metrics.proxy.active_connections(),
+                        health,
+                        drainer,
+                        rebalancer,
+                        token,
+                    });
+                    admin::serve(listener, admin, serve_stop).await;
                 }
+                thread_stop.cancelled().await;
                 // The hooks in force now, which a reload may have replaced since start.
                 hooks_owner.shutdown_hooks().await;
             });

@@ -10,7 +10,10 @@
 //!   RabbitMQ's management API over `http`, when the node says it is quorum-critical
 //!   (`/api/health/checks/node-is-quorum-critical`); `force` skips both checks;
 //! - `POST /v1/pools/{pool}/backends/{name}/undrain`: 200, idempotent;
-//! - `POST /v1/reload`: re-read the config file; 200, or 400 with the error (old config stays).
+//! - `POST /v1/reload`: re-read the config file; 200, or 400 with the error (old config stays);
+//! - `POST /v1/upgrade`: hand the listeners to the binary installed at warren's path (see
+//!   `crate::handover`); 200 once it serves, 409 while another upgrade runs, 500 naming why the
+//!   new binary failed (this process serves on), 501 on Windows.
 //!
 //! Every `/v1` route needs `Authorization: Bearer <token>` when a token is configured (compared
 //! in constant time). Wrong tokens are limited per source network (IPv4 /24, IPv6 /64) and in
@@ -56,7 +59,7 @@ use crate::balance::FULL_SHARE;
 use crate::config::{AdminConfig, Config, OnDown, PoolConfig, Probe, Secret};
 use crate::drain::{rfc3339, DrainError, Drainer};
 use crate::health::Controller;
-use crate::lifecycle::Reloader;
+use crate::lifecycle::{Reloader, UpgradeError, Upgrader};
 use crate::metrics::Metrics;
 use crate::proxy::metrics::ActiveConnections;
 use crate::rebalance::{RebalanceError, Rebalancer};
@@ -77,6 +80,8 @@ pub struct Admin {
     pub config: Arc<ArcSwap<Config>>,
     /// Asks the server to re-read its config file.
     pub reloader: Reloader,
+    /// Asks the server to upgrade itself (hand over to a new binary).
+    pub upgrader: Upgrader,
     pub routing: Arc<Routing>,
     /// What `GET /metrics` encodes: the process's registry.
     pub metrics: Arc<Metrics>,
@@ -96,7 +101,12 @@ pub const MAX_BODY: usize = 64 * 1024;
 /// Time allowed for a client to send its body (its head gets `admin.idle_timeout`).
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serve the admin API on `listener` until `stop` is cancelled. Runs on the control runtime.
+/// How long a stop waits for requests in flight to be answered (an upgrade's answer is written
+/// after the hand-over, by a process that is stopping).
+const STOP_WAIT: Duration = Duration::from_secs(5);
+
+/// Serve the admin API on `listener` until `stop` is cancelled; then answer the requests in
+/// flight (up to [`STOP_WAIT`]) and close every connection. Runs on the control runtime.
 pub async fn serve(listener: std::net::TcpListener, admin: Arc<Admin>, stop: CancellationToken) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
@@ -118,12 +128,19 @@ pub async fn serve(listener: std::net::TcpListener, admin: Arc<Admin>, stop: Can
         )),
         reserve: Reserve::new(),
         idle_timeout: limits.idle_timeout,
+        stop: stop.clone(),
     });
     let connections = Arc::new(Connections::new(&limits));
+    let open = tokio_util::task::TaskTracker::new();
     let mut next_id = 0u64;
     loop {
         let (socket, peer) = tokio::select! {
-            () = stop.cancelled() => return,
+            () = stop.cancelled() => {
+                drop(listener);
+                open.close();
+                let _ = tokio::time::timeout(STOP_WAIT, open.wait()).await;
+                return;
+            }
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 // At the descriptor limit (the data plane holds them all): free reserved ones
@@ -142,7 +159,7 @@ pub async fn serve(listener: std::net::TcpListener, admin: Arc<Admin>, stop: Can
             shared.reserve.refill();
             continue;
         };
-        tokio::spawn(serve_connection(shared.clone(), socket, conn));
+        open.spawn(serve_connection(shared.clone(), socket, conn));
     }
 }
 
@@ -157,6 +174,8 @@ struct Shared {
     holds: Arc<tokio::sync::Semaphore>,
     reserve: Reserve,
     idle_timeout: Duration,
+    /// The server stops: each connection answers its request in flight, then closes.
+    stop: CancellationToken,
 }
 
 /// One admin connection: HTTP/1.1 until the client is done, the connection is evicted to make
@@ -178,13 +197,20 @@ async fn serve_connection(shared: Arc<Shared>, socket: tokio::net::TcpStream, co
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(shared.idle_timeout)
         .serve_connection(TokioIo::new(socket), service);
-    tokio::select! {
-        ended = conn => if let Err(e) = ended {
-            tracing::debug!(error = %e, "admin connection ended with an error");
-        },
+    tokio::pin!(conn);
+    let ended = tokio::select! {
+        ended = conn.as_mut() => Some(ended),
         () = tracked.evicted.cancelled() => {
             tracing::debug!(client = %tracked.peer, "idle admin connection closed to make room");
+            None
         }
+        () = shared.stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            tokio::time::timeout(STOP_WAIT, conn.as_mut()).await.ok()
+        }
+    };
+    if let Some(Err(e)) = ended {
+        tracing::debug!(error = %e, "admin connection ended with an error");
     }
     // A wrong token being held keeps its slot until the hold ends, even if the client hung up:
     // a guesser cannot trade the wait for a new connection.
@@ -412,6 +438,12 @@ async fn handle(
             Err(e) => error(StatusCode::BAD_REQUEST, &e),
         };
     }
+    if segments == ["v1", "upgrade"] {
+        if parts.method != Method::POST {
+            return error(StatusCode::METHOD_NOT_ALLOWED, "use POST for this endpoint");
+        }
+        return upgrade(admin).await;
+    }
     if let ["v1", set @ ("drain" | "undrain")] = segments[..] {
         if parts.method != Method::POST {
             return error(StatusCode::METHOD_NOT_ALLOWED, "use POST for this endpoint");
@@ -573,6 +605,28 @@ fn route(method: &Method, segments: &[&str], admin: &Admin) -> Reply {
             StatusCode::NOT_FOUND,
             &format!("no such endpoint: /{}", segments.join("/")),
         ),
+    }
+}
+
+/// `POST /v1/upgrade`: wait for the hand-over's outcome.
+async fn upgrade(admin: &Admin) -> Reply {
+    match admin.upgrader.upgrade().await {
+        Ok(done) => json(
+            StatusCode::OK,
+            &api::UpgradeAnswer {
+                result: "ok".into(),
+                old_pid: done.old_pid,
+                new_pid: done.new_pid,
+                took_ms: done.took.as_millis() as u64,
+            },
+        ),
+        Err(e @ (UpgradeError::InProgress | UpgradeError::Stopping)) => {
+            error(StatusCode::CONFLICT, &e.to_string())
+        }
+        Err(e @ UpgradeError::Unsupported) => error(StatusCode::NOT_IMPLEMENTED, &e.to_string()),
+        Err(e @ UpgradeError::Failed(_)) => {
+            error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())
+        }
     }
 }
 

@@ -414,6 +414,21 @@ impl ErrorBody {
     }
 }
 
+/// `POST /v1/upgrade` when the new process serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpgradeAnswer {
+    /// Always "ok" (a refused or failed upgrade is an [`ErrorBody`]: 409, 500 or 501).
+    #[serde(default)]
+    pub result: String,
+    /// The process that answered, which drains its open connections and exits.
+    pub old_pid: u32,
+    /// The process serving from now on.
+    pub new_pid: u32,
+    /// From the request to the new process's "ready", in milliseconds.
+    #[serde(default)]
+    pub took_ms: u64,
+}
+
 /// `POST /v1/reload` when the new config is in force.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReloadAnswer {

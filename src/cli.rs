@@ -1,4 +1,4 @@
-//! The command line: `warren run`, `warren check`, `warren ctl`, `warren import-nginx`, `--version`. Parsing is clap's; each
+//! The command line: `warren run`, `warren check`, `warren ctl`, `warren upgrade`, `warren import-nginx`, `--version`. Parsing is clap's; each
 //! subcommand turns its flags into library calls. This is the binary's edge: errors become a
 //! message on stderr and an exit code here, nowhere else.
 
@@ -39,12 +39,30 @@ pub enum Command {
     },
     /// Talk to a running warren through its admin API: status, drain, undrain, reload.
     Ctl(ctl::CtlArgs),
+    /// Upgrade the running warren to the binary now installed at its path, refusing no connect
+    /// (as `warren ctl upgrade-self`, or SIGUSR2): exits 0 once the new process serves, 1
+    /// naming why it did not (the running process then serves on).
+    Upgrade(UpgradeArgs),
     /// Translate an NGINX config's `stream` block into warren TOML on stdout; what does not
     /// translate is listed on stderr with file and line.
     ImportNginx {
         /// The NGINX config (nginx.conf); relative includes are read from its directory.
         file: PathBuf,
     },
+}
+
+/// Flags of `warren upgrade`: where the running warren's admin API is.
+#[derive(Debug, clap::Args)]
+pub struct UpgradeArgs {
+    /// The running warren's admin API, as http://HOST:PORT.
+    #[arg(long, env = "WARREN_ADMIN", value_name = "URL", default_value = ctl::DEFAULT_ADMIN_URL)]
+    pub admin: String,
+    /// A file holding the bearer token; else $WARREN_TOKEN.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Print the API's JSON answer instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Run a parsed command line; returns the process exit code.
@@ -58,6 +76,14 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Run(args) => run_server(args),
         Command::Ctl(args) => ctl::run(args),
+        Command::Upgrade(args) => ctl::run(ctl::CtlArgs {
+            admin: vec![args.admin],
+            admin_file: None,
+            token_file: args.token_file,
+            json: args.json,
+            poll_ms: ctl::DEFAULT_POLL_MS,
+            command: ctl::CtlCommand::UpgradeSelf,
+        }),
         Command::ImportNginx { file } => crate::import_nginx::run(&file),
     }
 }

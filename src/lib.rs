@@ -16,6 +16,7 @@ pub mod cli;
 pub mod config;
 pub mod ctl;
 pub mod drain;
+pub mod handover;
 pub mod health;
 pub mod hooks;
 pub mod http_client;

@@ -1,5 +1,7 @@
 //! `warren run` as a process: its flags, loading the config, the runtime, the signals
-//! (SIGTERM/SIGINT stop, a second one closes at once, SIGHUP reloads) and serving until stopped.
+//! (SIGTERM/SIGINT stop, a second one closes at once, SIGHUP reloads, SIGUSR2 upgrades warren
+//! itself, see `crate::handover`) and serving until stopped. A process started by an upgrade
+//! loads its config first and says why to the old process when it cannot take over.
 //! Shared by the command line (`cli`) and the Windows service (`windows_service`), which only
 //! add how they are started.
 
@@ -66,9 +68,18 @@ pub fn serve(
     shutdown: CancellationToken,
     lifecycle: Option<crate::lifecycle::LifecycleHook>,
 ) -> Result<(), String> {
-    // Before any thread exists: this reads and clears the environment.
+    // Before a package can replace the file: the path an upgrade starts again.
+    #[cfg(unix)]
+    crate::handover::upgrade::record_launch();
+    // Before any thread exists: these read and clear the environment.
     #[cfg(unix)]
     let from_systemd = crate::systemd::take_from_env().map_err(|e| e.to_string())?;
+    #[cfg(unix)]
+    let mut incoming =
+        crate::handover::incoming::take_from_env().map_err(|e| format!("upgrade: {e}"))?;
+    #[cfg(unix)]
+    let (config, handed) = load_taking_over(&args, &mut incoming)?;
+    #[cfg(not(unix))]
     let config = load_for_run(&args).map_err(|e| e.to_string())?;
     // The main thread only starts, reloads and stops the server; the data plane runs on its
     // own worker threads (see `workers`), the admin API and probes on the control thread.
@@ -92,13 +103,14 @@ pub fn serve(
     if let Some(notifier) = &from_systemd.notifier {
         options.lifecycle = Some(notifier.hook());
         options.alive_every = from_systemd.watchdog;
+        options.handover_env = handover_env(notifier, from_systemd.watchdog);
     }
     runtime.block_on(async move {
         #[cfg(unix)]
-        let bound = Server::bind_with_inherited(&config, options, from_systemd.inherited);
+        let bound = bind_taking_over(&config, options, from_systemd.inherited, handed, incoming);
         #[cfg(not(unix))]
         let bound = Server::bind(&config, options);
-        let server = bound.map_err(|e| e.to_string())?;
+        let server = bound?;
         // Handlers are installed before "warren started" is logged, so a supervisor that
         // signals as soon as it sees that line never hits the default (fatal) action.
         let signals =
@@ -112,7 +124,7 @@ pub fn serve(
             signals,
             shutdown.clone(),
             close_now,
-            server.reloader(),
+            (server.reloader(), server.upgrader()),
         ));
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
@@ -123,6 +135,77 @@ pub fn serve(
         server.run(shutdown).await;
         Ok(())
     })
+}
+
+/// What the process an upgrade starts needs of systemd's environment, which `take_from_env`
+/// removed from this one: where to notify (so it can say `MAINPID=`), and the watchdog.
+#[cfg(unix)]
+fn handover_env(
+    notifier: &crate::systemd::Notifier,
+    watchdog: Option<Duration>,
+) -> Vec<(String, String)> {
+    let mut env = vec![(
+        "NOTIFY_SOCKET".to_owned(),
+        notifier.socket_name().to_owned(),
+    )];
+    if let Some(half) = watchdog {
+        env.push((
+            "WATCHDOG_USEC".to_owned(),
+            (half * 2).as_micros().to_string(),
+        ));
+    }
+    env
+}
+
+/// Load the config; in a process started by an upgrade, tell the old process when it does not
+/// load (it keeps serving), else receive its listening sockets before anything binds.
+#[cfg(unix)]
+fn load_taking_over(
+    args: &RunArgs,
+    incoming: &mut Option<crate::handover::incoming::Incoming>,
+) -> Result<(Config, crate::handover::incoming::Handed), String> {
+    let config = match load_for_run(args) {
+        Ok(config) => config,
+        Err(e) => {
+            if let Some(incoming) = incoming.take() {
+                incoming.fail(&e.to_string());
+            }
+            return Err(e.to_string());
+        }
+    };
+    let handed = match incoming.as_mut() {
+        Some(incoming) => incoming
+            .receive()
+            .map_err(|e| format!("upgrade: cannot receive the listening sockets: {e}"))?,
+        None => Default::default(),
+    };
+    Ok((config, handed))
+}
+
+/// Bind with systemd's and an upgrading process's sockets; in a process taking over, a failure
+/// is told to the old process (which keeps serving) and success arms the "ready" confirmation.
+#[cfg(unix)]
+fn bind_taking_over(
+    config: &Config,
+    options: Options,
+    inherited: Vec<crate::systemd::InheritedSocket>,
+    handed: crate::handover::incoming::Handed,
+    incoming: Option<crate::handover::incoming::Incoming>,
+) -> Result<Server, String> {
+    match Server::bind_taking_over(config, options, inherited, handed) {
+        Ok(mut server) => {
+            if let Some(incoming) = incoming {
+                server.taking_over(incoming);
+            }
+            Ok(server)
+        }
+        Err(e) => {
+            if let Some(incoming) = incoming {
+                incoming.fail(&e.to_string());
+            }
+            Err(e.to_string())
+        }
+    }
 }
 
 /// Block (`true`) or unblock SIGHUP for the calling thread. `main` blocks it first thing:
@@ -151,6 +234,7 @@ struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
+    usr2: tokio::signal::unix::Signal,
 }
 
 #[cfg(unix)]
@@ -161,24 +245,27 @@ impl Signals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
             hup: signal(SignalKind::hangup())?,
+            usr2: signal(SignalKind::user_defined2())?,
         })
     }
 }
 
 /// SIGTERM/SIGINT stop gracefully; a second one during the grace period closes the open
 /// connections at once (NGINX's fast shutdown). SIGHUP reloads the config file (a bad file is
-/// logged and the running config stays).
+/// logged and the running config stays). SIGUSR2 upgrades warren itself (NGINX's signal for
+/// it): the outcome is logged; a failed upgrade changes nothing.
 #[cfg(unix)]
 async fn watch_signals(
     signals: Signals,
     shutdown: CancellationToken,
     close_now: CancellationToken,
-    reloader: crate::lifecycle::Reloader,
+    (reloader, upgrader): (crate::lifecycle::Reloader, crate::lifecycle::Upgrader),
 ) {
     let Signals {
         mut term,
         mut int,
         mut hup,
+        mut usr2,
     } = signals;
     loop {
         let stop = tokio::select! {
@@ -193,6 +280,17 @@ async fn watch_signals(
                     let reloader = reloader.clone();
                     tokio::spawn(async move { let _ = reloader.reload().await; });
                 }
+                continue;
+            }
+            _ = usr2.recv() => {
+                tracing::info!("SIGUSR2: upgrading warren to the binary installed at its path");
+                let upgrader = upgrader.clone();
+                tokio::spawn(async move {
+                    // The server logs the outcome of an upgrade it runs; a refusal only here.
+                    if let Err(e @ crate::lifecycle::UpgradeError::InProgress) = upgrader.upgrade().await {
+                        tracing::warn!(error = %e, "SIGUSR2 ignored");
+                    }
+                });
                 continue;
             }
         };
@@ -221,7 +319,7 @@ async fn watch_signals(
     _signals: Signals,
     shutdown: CancellationToken,
     _close_now: CancellationToken,
-    _reloader: crate::lifecycle::Reloader,
+    _handles: (crate::lifecycle::Reloader, crate::lifecycle::Upgrader),
 ) {
     match tokio::signal::ctrl_c().await {
         Ok(()) => {

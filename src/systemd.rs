@@ -115,7 +115,13 @@ impl Notifier {
             Lifecycle::Reloading => self.notify(&reloading_message(monotonic_usec())),
             Lifecycle::Stopping { status } => self.notify(&stopping_message(status)),
             Lifecycle::Alive => self.notify(WATCHDOG_MESSAGE),
+            Lifecycle::HandedOver { pid } => self.notify(&handed_over_message(*pid)),
         }
+    }
+
+    /// `$NOTIFY_SOCKET` as it was given, for a process this one starts in its place (upgrade).
+    pub fn socket_name(&self) -> &str {
+        &self.inner.name
     }
 
     /// A server hook that passes every lifecycle change to systemd.
@@ -165,6 +171,12 @@ pub fn reloading_message(monotonic_usec: u64) -> String {
 /// The message when a stop begins.
 pub fn stopping_message(status: &str) -> String {
     format!("STOPPING=1\nSTATUS={}", one_line(status))
+}
+
+/// After an upgrade: process `pid` is the service's main process now. Sent by the old process
+/// (the main one, so `NotifyAccess=main` accepts it); never `STOPPING=1`, the service goes on.
+pub fn handed_over_message(pid: u32) -> String {
+    format!("MAINPID={pid}\nSTATUS=upgraded: pid {pid} serves, the old process drains")
 }
 
 /// The watchdog keep-alive.
@@ -766,6 +778,10 @@ mod tests {
             "RELOADING=1\nSTATUS=reloading the config file\nMONOTONIC_USEC=12"
         );
         assert_eq!(stopping_message("stopping"), "STOPPING=1\nSTATUS=stopping");
+        assert_eq!(
+            handed_over_message(42),
+            "MAINPID=42\nSTATUS=upgraded: pid 42 serves, the old process drains"
+        );
         assert!(monotonic_usec() > 0);
     }
 

@@ -91,7 +91,7 @@ fn service_main(_manager_arguments: Vec<OsString>) {
     let lifecycle = LifecycleHook(Arc::new(move |change: &Lifecycle| match change {
         Lifecycle::Ready { .. } => report(handle, ServiceState::Running, Duration::ZERO, 0),
         Lifecycle::Stopping { .. } => report(handle, ServiceState::StopPending, stop_wait, 0),
-        Lifecycle::Reloading | Lifecycle::Alive => {}
+        Lifecycle::Reloading | Lifecycle::Alive | Lifecycle::HandedOver { .. } => {}
     }));
     let outcome = match crate::run::serve(args, shutdown, Some(lifecycle)) {
         Ok(()) => {

@@ -14,6 +14,8 @@ pub(super) struct Client {
     /// Prepended to `/v1/...` when warren's admin API sits behind a path prefix.
     pub(super) prefix: String,
     pub(super) token: Option<HeaderValue>,
+    /// One request's whole time ([`REQUEST_TIMEOUT`], longer for `upgrade-self`).
+    pub(super) timeout: Duration,
 }
 
 impl Client {
@@ -44,6 +46,7 @@ impl Client {
             prefix: parsed.path().trim_end_matches('/').to_string(),
             url: parsed,
             token,
+            timeout: REQUEST_TIMEOUT,
         })
     }
 
@@ -93,7 +96,7 @@ impl Client {
         })
     }
 
-    /// One request on a fresh connection (connect, send, whole answer) within [`REQUEST_TIMEOUT`].
+    /// One request on a fresh connection (connect, send, whole answer) within `self.timeout`.
     pub(super) async fn exchange(
         &self,
         method: Method,
@@ -116,12 +119,12 @@ impl Client {
             admin: self.admin.clone(),
             reason,
         };
-        match request.send_within(REQUEST_TIMEOUT).await {
+        match request.send_within(self.timeout).await {
             Ok(response) => Ok((response.status, response.body)),
             Err(HttpError::Timeout { .. }) => Err(CtlError::Timeout {
                 admin: self.admin.clone(),
                 what: what.to_string(),
-                timeout: REQUEST_TIMEOUT,
+                timeout: self.timeout,
             }),
             Err(HttpError::Resolve { source, .. } | HttpError::Connect { source, .. }) => {
                 Err(CtlError::Connect {

@@ -466,6 +466,22 @@ pub(super) async fn reload(client: &Client, out: &Output) -> Result<(), CtlError
     Ok(())
 }
 
+/// `upgrade-self`: one request; the answer comes once the new process serves (or says why not).
+pub(super) async fn upgrade_self(client: &Client, out: &Output) -> Result<(), CtlError> {
+    let mut client = client.clone();
+    client.timeout = UPGRADE_TIMEOUT;
+    let raw = client.post_json("/v1/upgrade", None, "upgrade").await?;
+    out.json(&raw);
+    if !out.json {
+        let answer = decode::<UpgradeAnswer>(raw, "upgrade")?;
+        out.say(&format!(
+            "upgraded: pid {} serves (took over from pid {} in {} ms); the old process drains its open connections",
+            answer.new_pid, answer.old_pid, answer.took_ms
+        ));
+    }
+    Ok(())
+}
+
 pub(super) fn find_backend<'s>(
     status: &'s Status,
     pool: &str,

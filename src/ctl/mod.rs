@@ -23,7 +23,7 @@ use serde_json::Value;
 use crate::api::{
     AdminState, BackendRef, BackendStatus, DrainAnswer, DrainRequest, DrainSetAnswer,
     DrainSetRequest, ErrorBody, Health, PoolStatus, ProbeStatus, RebalanceAnswer, RebalanceState,
-    RebalanceStatus, RefusalReason, ReloadAnswer, Status, UndrainSetRequest,
+    RebalanceStatus, RefusalReason, ReloadAnswer, Status, UndrainSetRequest, UpgradeAnswer,
 };
 use crate::config;
 use crate::http_client::{BodyRead, HttpError, HttpUrl, Request, UrlError};
@@ -57,6 +57,10 @@ pub const WAIT_DEFAULT_DEADLINE: &str = "60s";
 /// One request (connect, send, whole answer) to the admin API. It answers from memory, except
 /// a drain's quorum check (at most 5 s), so anything slower means the process is wedged.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `upgrade-self`: the server answers once the new process is ready (at most
+/// `handover::READY_TIMEOUT`, 30 s), plus a margin.
+const UPGRADE_TIMEOUT: Duration = Duration::from_secs(40);
 
 /// Bounds the memory an unexpected answer can take (a status of thousands of backends is far less).
 const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
@@ -152,6 +156,10 @@ pub enum CtlCommand {
     },
     /// Make warren re-read its config file (the running config stays if the new one is invalid).
     Reload,
+    /// Upgrade warren itself (as `warren upgrade`): the running process starts the binary now
+    /// installed at its path, hands it the listening sockets and drains its own connections.
+    /// Fails, naming why, when the new binary does not start, load its config or get ready.
+    UpgradeSelf,
     /// Rolling upgrade of a pool, one backend at a time: check the pool is healthy, drain (refused
     /// while RabbitMQ says the node is quorum-critical), run COMMAND, wait until the backend
     /// passes `rise` probes, undrain, next. A failing step stops the walk and leaves that
@@ -511,6 +519,7 @@ async fn execute_one(
         }
         CtlCommand::Rebalance { pool } => rebalance(client, out, &pool).await,
         CtlCommand::Reload => reload(client, out).await,
+        CtlCommand::UpgradeSelf => upgrade_self(client, out).await,
         command @ CtlCommand::Upgrade { .. } => {
             execute_upgrade(std::slice::from_ref(client), out, command, poll).await
         }

@@ -2,7 +2,8 @@
 //! snapshot and the data plane, start the admin server, run the accept loops, and stop gracefully
 //! (stop accepting → let connections finish for the grace period → close the rest). It owns the
 //! order of start-up and shutdown; what each part does lives in its own module. The listening
-//! sockets themselves (binding, hand-over across a reload) are in `listeners`. Every module's
+//! sockets themselves (binding, hand-over across a reload) are in `listeners`; handing them to
+//! a new binary on an upgrade, and adopting them in that binary, in `handover`. Every module's
 //! metric families are registered once per process into one registry and handed to their
 //! owners in `metrics`, which also holds the reload counter.
 
@@ -23,7 +24,10 @@ use crate::config::{Config, Secret};
 use crate::drain::Drainer;
 use crate::health::Controller;
 use crate::hooks::Hooks;
-use crate::lifecycle::{Lifecycle, LifecycleHook, ReloadRequest, Reloader};
+use crate::lifecycle::{
+    Lifecycle, LifecycleHook, ReloadRequest, Reloader, UpgradeError, UpgradeRequest, Upgraded,
+    Upgrader,
+};
 use crate::net::ByteDirection;
 use crate::proxy::metrics::SpliceFallback;
 use crate::proxy::{self, forward::Plane, Context};
@@ -31,6 +35,7 @@ use crate::rebalance::Rebalancer;
 use crate::state::Routing;
 use crate::workers::Workers;
 
+mod handover;
 mod listeners;
 mod metrics;
 
@@ -57,6 +62,9 @@ pub struct Options {
     pub alive_every: Option<Duration>,
     /// Data plane workers (threads, each with its own event loop); at least one.
     pub workers: usize,
+    /// Added to the environment of the process an upgrade starts: what warren removed from its
+    /// own at start-up but the new process needs (systemd's `NOTIFY_SOCKET`, `WATCHDOG_USEC`).
+    pub handover_env: Vec<(String, String)>,
 }
 
 /// Default grace period for open connections on SIGTERM.
@@ -76,6 +84,7 @@ impl Default for Options {
             lifecycle: None,
             alive_every: None,
             workers: crate::workers::default_count(),
+            handover_env: Vec::new(),
         }
     }
 }
@@ -85,6 +94,15 @@ impl Default for Options {
 pub enum ServerError {
     #[error("listener {listener}: cannot listen on {addr}: {source}")]
     Bind {
+        listener: String,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "listener {listener}: cannot serve on the sockets from the old process ({addr}): {source}"
+    )]
+    HandedOver {
         listener: String,
         addr: SocketAddr,
         #[source]
@@ -121,6 +139,11 @@ pub struct Server {
     config: Arc<ArcSwap<Config>>,
     reload_tx: Reloader,
     reload_rx: mpsc::UnboundedReceiver<ReloadRequest>,
+    upgrade_tx: Upgrader,
+    upgrade_rx: mpsc::UnboundedReceiver<UpgradeRequest>,
+    /// In a process started by an upgrade: the channel "ready" is confirmed on.
+    #[cfg(unix)]
+    taking_over: Option<crate::handover::incoming::Incoming>,
     ctx: Arc<Context>,
     health: Arc<Controller>,
     drainer: Arc<Drainer>,
@@ -143,6 +166,10 @@ struct Control {
     /// Stopped when warren stops accepting: the grace period is for connections to end on
     /// their own, not to be moved.
     rebalancer: Arc<Rebalancer>,
+    /// Stops the admin server alone (after an upgrade: the new process answers from then on).
+    admin_stop: CancellationToken,
+    /// A copy of the admin API's listening socket, for an upgrade to hand over.
+    admin_socket: Option<std::net::TcpListener>,
 }
 
 impl Drop for Control {
@@ -151,20 +178,51 @@ impl Drop for Control {
     }
 }
 
+/// What the control thread is started with.
+struct ControlSetup {
+    config: Config,
+    shared_config: Arc<ArcSwap<Config>>,
+    reloader: Reloader,
+    upgrader: Upgrader,
+    admin: Option<(std::net::TcpListener, Option<Secret>)>,
+    routing: Arc<Routing>,
+    metrics: ProcessMetrics,
+    hold_down: Duration,
+    /// The whole control plane's stop, and the admin server's own.
+    stop: CancellationToken,
+    admin_stop: CancellationToken,
+}
+
+/// What the control thread hands back once its parts run.
+type ControlParts = (Arc<Controller>, Arc<Drainer>, Arc<Rebalancer>);
+
 /// Start the control thread; returns it with the health controller it runs.
 fn start_control(
     config: &Config,
     shared_config: Arc<ArcSwap<Config>>,
-    reloader: Reloader,
+    (reloader, upgrader): (Reloader, Upgrader),
     admin: Option<(std::net::TcpListener, Option<Secret>)>,
     routing: Arc<Routing>,
     metrics: ProcessMetrics,
     hold_down: Duration,
 ) -> (Control, Arc<Controller>, Arc<Drainer>) {
     let stop = CancellationToken::new();
+    let admin_stop = stop.child_token();
     let admin_addr = admin.as_ref().and_then(|(a, _)| a.local_addr().ok());
+    let admin_socket = admin.as_ref().and_then(|(a, _)| a.try_clone().ok());
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let (config, thread_stop) = (config.clone(), stop.clone());
+    let setup = ControlSetup {
+        config: config.clone(),
+        shared_config,
+        reloader,
+        upgrader,
+        admin,
+        routing,
+        metrics,
+        hold_down,
+        stop: stop.clone(),
+        admin_stop: admin_stop.clone(),
+    };
     let thread = std::thread::Builder::new()
         .name("warren-control".into())
         .spawn(move || {
@@ -172,51 +230,7 @@ fn start_control(
                 .enable_all()
                 .build()
                 .expect("the control runtime starts");
-            runtime.block_on(async move {
-                let hooks = (!config.hooks.is_empty())
-                    .then(|| Hooks::start(&config.hooks, metrics.hooks.clone()));
-                let health = Controller::new(
-                    &config,
-                    routing.clone(),
-                    hooks.clone(),
-                    metrics.health.clone(),
-                    metrics.hooks.clone(),
-                    hold_down,
-                    tokio::runtime::Handle::current(),
-                );
-                health.spawn_probes(&config, &thread_stop);
-                let drainer = Drainer::new(
-                    &config,
-                    routing.clone(),
-                    health.clone(),
-                    metrics.state_file.clone(),
-                    tokio::runtime::Handle::current(),
-                );
-                let rebalancer = Rebalancer::new(shared_config.clone(), routing.clone());
-                tokio::spawn(rebalancer.clone().run(thread_stop.clone()));
-                let _ = ready_tx.send((health.clone(), drainer.clone(), rebalancer.clone()));
-                let hooks_owner = health.clone();
-                match admin {
-                    Some((listener, token)) => {
-                        let admin = Arc::new(admin::Admin {
-                            config: shared_config,
-                            reloader,
-                            routing,
-                            metrics: metrics.exposition,
-                            admin_metrics: metrics.admin,
-                            active_connections: metrics.proxy.active_connections(),
-                            health,
-                            drainer,
-                            rebalancer,
-                            token,
-                        });
-                        admin::serve(listener, admin, thread_stop).await
-                    }
-                    None => thread_stop.cancelled().await,
-                }
-                // The hooks in force now, which a reload may have replaced since start.
-                hooks_owner.shutdown_hooks().await;
-            });
+            runtime.block_on(run_control(setup, ready_tx));
         })
         .expect("the control thread starts");
     let (health, drainer, rebalancer) = ready_rx
@@ -228,10 +242,71 @@ fn start_control(
             thread: Some(thread),
             admin_addr,
             rebalancer,
+            admin_stop,
+            admin_socket,
         },
         health,
         drainer,
     )
+}
+
+/// The control thread's life: probes, hooks, drains, the rebalancer and the admin server,
+/// until `setup.stop`.
+async fn run_control(setup: ControlSetup, ready: std::sync::mpsc::Sender<ControlParts>) {
+    let ControlSetup {
+        config,
+        shared_config,
+        reloader,
+        upgrader,
+        admin,
+        routing,
+        metrics,
+        hold_down,
+        stop,
+        admin_stop,
+    } = setup;
+    let hooks =
+        (!config.hooks.is_empty()).then(|| Hooks::start(&config.hooks, metrics.hooks.clone()));
+    let health = Controller::new(
+        &config,
+        routing.clone(),
+        hooks.clone(),
+        metrics.health.clone(),
+        metrics.hooks.clone(),
+        hold_down,
+        tokio::runtime::Handle::current(),
+    );
+    health.spawn_probes(&config, &stop);
+    let drainer = Drainer::new(
+        &config,
+        routing.clone(),
+        health.clone(),
+        metrics.state_file.clone(),
+        tokio::runtime::Handle::current(),
+    );
+    let rebalancer = Rebalancer::new(shared_config.clone(), routing.clone());
+    tokio::spawn(rebalancer.clone().run(stop.clone()));
+    let _ = ready.send((health.clone(), drainer.clone(), rebalancer.clone()));
+    let hooks_owner = health.clone();
+    if let Some((listener, token)) = admin {
+        let admin = Arc::new(admin::Admin {
+            config: shared_config,
+            reloader,
+            upgrader,
+            routing,
+            metrics: metrics.exposition,
+            admin_metrics: metrics.admin,
+            active_connections: metrics.proxy.active_connections(),
+            health,
+            drainer,
+            rebalancer,
+            token,
+        });
+        admin::serve(listener, admin, admin_stop).await;
+    }
+    stop.cancelled().await;
+    // The hooks in force now, which a reload may have replaced since start.
+    hooks_owner.shutdown_hooks().await;
 }
 
 /// The admin bearer token: the file's content without surrounding white space; never empty.
@@ -256,7 +331,7 @@ type BoundListener = (Arc<str>, Vec<TcpListener>, usize);
 fn bind_listeners(
     config: &Config,
     workers: &Workers,
-    mut adopted: HashMap<String, std::net::TcpListener>,
+    mut adopted: HashMap<String, Vec<std::net::TcpListener>>,
 ) -> Result<Vec<BoundListener>, ServerError> {
     let mut listeners = Vec::new();
     for l in &config.listeners {
@@ -266,10 +341,7 @@ fn bind_listeners(
             source,
         };
         let sockets = match adopted.remove(&l.name) {
-            #[cfg(unix)]
-            Some(inherited) => share_inherited(inherited, workers.len()).map_err(bind_error)?,
-            #[cfg(not(unix))]
-            Some(inherited) => vec![inherited],
+            Some(adopted) => adopted,
             None => bind_listener(l.listen, workers.len()).map_err(bind_error)?,
         };
         let sockets = register(workers, sockets).map_err(bind_error)?;
@@ -281,6 +353,7 @@ fn bind_listeners(
 /// The admin server's socket and bearer token, when `[admin]` is configured.
 fn bind_admin(
     config: &Config,
+    handed: Option<std::net::TcpListener>,
 ) -> Result<Option<(std::net::TcpListener, Option<Secret>)>, ServerError> {
     let Some(a) = &config.admin else {
         return Ok(None);
@@ -289,10 +362,13 @@ fn bind_admin(
         Some(path) => Some(read_token(path)?),
         None => None,
     };
-    let listener = bind_tcp(a.listen).map_err(|source| ServerError::AdminBind {
-        addr: a.listen,
-        source,
-    })?;
+    let listener = match handed {
+        Some(socket) => socket,
+        None => bind_tcp(a.listen).map_err(|source| ServerError::AdminBind {
+            addr: a.listen,
+            source,
+        })?,
+    };
     Ok(Some((listener, token)))
 }
 
@@ -300,7 +376,7 @@ impl Server {
     /// Bind every listener and the admin address; on any failure nothing stays bound.
     /// Must be called within a Tokio runtime.
     pub fn bind(config: &Config, options: Options) -> Result<Server, ServerError> {
-        Server::bind_adopting(config, options, HashMap::new())
+        Server::bind_adopting(config, options, HashMap::new(), None)
     }
 
     /// [`Server::bind`], with listening sockets passed by systemd (socket activation): each
@@ -312,24 +388,40 @@ impl Server {
         options: Options,
         inherited: Vec<crate::systemd::InheritedSocket>,
     ) -> Result<Server, ServerError> {
+        Server::bind_taking_over(config, options, inherited, Default::default())
+    }
+
+    /// [`Server::bind_with_inherited`], with the sockets an upgrading process `handed` over too
+    /// (see `handover`): its listeners and admin API keep their sockets, new ones bind.
+    #[cfg(unix)]
+    pub fn bind_taking_over(
+        config: &Config,
+        options: Options,
+        inherited: Vec<crate::systemd::InheritedSocket>,
+        handed: crate::handover::incoming::Handed,
+    ) -> Result<Server, ServerError> {
         let mut adopted = HashMap::new();
         for (name, socket) in crate::systemd::assign(&config.listeners, inherited) {
             let addr = socket.local_addr;
-            let listener = prepare_inherited(socket).map_err(|source| ServerError::Inherited {
+            let inherited_error = |source| ServerError::Inherited {
                 listener: name.clone(),
                 addr,
                 source,
-            })?;
-            adopted.insert(name, listener);
+            };
+            let listener = prepare_inherited(socket).map_err(inherited_error)?;
+            let sockets = share_inherited(listener, options.workers).map_err(inherited_error)?;
+            adopted.insert(name, sockets);
         }
-        Server::bind_adopting(config, options, adopted)
+        let admin = handover::adopt_handed(config, options.workers, handed, &mut adopted)?;
+        Server::bind_adopting(config, options, adopted, admin)
     }
 
     /// Bind the listeners not in `adopted` (already listening sockets, by listener name).
     fn bind_adopting(
         config: &Config,
         options: Options,
-        adopted: HashMap<String, std::net::TcpListener>,
+        adopted: HashMap<String, Vec<std::net::TcpListener>>,
+        admin: Option<std::net::TcpListener>,
     ) -> Result<Server, ServerError> {
         for warning in config.warnings() {
             tracing::warn!("{warning}");
@@ -338,7 +430,7 @@ impl Server {
         let restored = crate::drain::load_state(config)?;
         let workers = Arc::new(Workers::start(options.workers).map_err(ServerError::Workers)?);
         let listeners = bind_listeners(config, &workers, adopted)?;
-        let admin = bind_admin(config)?;
+        let admin = bind_admin(config, admin)?;
 
         let metrics = ProcessMetrics::register();
         let routing = Arc::new(Routing::new(config, metrics.backends.clone()));
@@ -356,10 +448,11 @@ impl Server {
         };
         let shared_config = Arc::new(ArcSwap::from_pointee(config.clone()));
         let (reload_tx, reload_rx) = Reloader::channel();
+        let (upgrade_tx, upgrade_rx) = Upgrader::channel();
         let (control, health, drainer) = start_control(
             config,
             shared_config.clone(),
-            reload_tx.clone(),
+            (reload_tx.clone(), upgrade_tx.clone()),
             admin,
             routing.clone(),
             metrics.clone(),
@@ -378,6 +471,10 @@ impl Server {
             config: shared_config,
             reload_tx,
             reload_rx,
+            upgrade_tx,
+            upgrade_rx,
+            #[cfg(unix)]
+            taking_over: None,
             ctx,
             health,
             drainer,
@@ -409,6 +506,11 @@ impl Server {
     /// A handle that reloads this server's config file.
     pub fn reloader(&self) -> Reloader {
         self.reload_tx.clone()
+    }
+
+    /// A handle that upgrades this server to the binary installed at its path.
+    pub fn upgrader(&self) -> Upgrader {
+        self.upgrade_tx.clone()
     }
 
     /// Drain and undrain backends.
@@ -447,8 +549,11 @@ impl Server {
         self.tell(Lifecycle::Ready {
             status: self.serving(&running),
         });
+        #[cfg(unix)]
+        self.confirm_taken_over();
         let alive = self.spawn_alive_ticks();
 
+        let mut handed_over = None;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -458,10 +563,31 @@ impl Server {
                         .await;
                     let _ = reply.send(outcome);
                 }
+                Some(reply) = self.upgrade_rx.recv() => {
+                    let outcome = self.upgrade(&running).await;
+                    if let Ok(done) = &outcome {
+                        handed_over = Some(done.new_pid);
+                    }
+                    let _ = reply.send(outcome);
+                    if handed_over.is_some() {
+                        break;
+                    }
+                }
             }
         }
-        self.stop_gracefully(running, stop_accepting, accept_loops, connections, alive)
-            .await;
+        if let Some(pid) = handed_over {
+            self.tell(Lifecycle::HandedOver { pid });
+            self.control.admin_stop.cancel();
+        }
+        self.stop_gracefully(
+            running,
+            stop_accepting,
+            accept_loops,
+            connections,
+            alive,
+            handed_over,
+        )
+        .await;
     }
 
     /// A worker-liveness tick for the service manager's watchdog, when it asked for one: told
@@ -523,13 +649,18 @@ impl Server {
         accept_loops: TaskTracker,
         connections: TaskTracker,
         alive: Option<tokio::task::JoinHandle<()>>,
+        handed_over: Option<u32>,
     ) {
-        self.tell(Lifecycle::Stopping {
-            status: format!(
-                "stopping: no new connections, open ones get up to {:?}",
-                self.options.shutdown_grace
-            ),
-        });
+        match handed_over {
+            // The service goes on in the new process: no STOPPING=1 for it.
+            Some(pid) => tracing::info!(new_pid = pid, "upgrade: pid {pid} serves; this process stops accepting and drains its connections"),
+            None => self.tell(Lifecycle::Stopping {
+                status: format!(
+                    "stopping: no new connections, open ones get up to {:?}",
+                    self.options.shutdown_grace
+                ),
+            }),
+        }
 
         accept_loops.close();
         stop_accepting.cancel();

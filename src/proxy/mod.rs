@@ -554,11 +554,10 @@ async fn after_close(
             return Some(next);
         };
         _leaving = Some(Leaving::new(link.backend.stats()));
-        tokio::select! {
-            () = tokio::time::sleep_until(Instant::from_std(slot)) => {}
-            // A later close (a drain deadline, shutdown) decides instead.
-            () = next.token().cancelled() => return Some(next),
+        if let Err(later) = wait_for_slot(slot, next).await {
+            return Some(later);
         }
+        link.backend.stats().rebalance_closes.inc();
     }
     let reason = forced_reason(cause.as_ref(), shutdown);
     let index = CloseReason::ALL.iter().position(|r| *r == reason);
@@ -591,6 +590,24 @@ async fn after_close(
     };
     ctx.closer.close(target, cause, since, progress).await;
     None
+}
+
+/// Wait until `slot`, when the rebalance close this connection took is due. Later rebalance
+/// rounds do not take the slot back: they count the connection as leaving already, and a
+/// round that started between two ticks (an operator's `POST .../rebalance`) would otherwise
+/// cancel the slots of the one before. `Err(the token to wait on next)` when a close of
+/// another kind (a drain deadline, shutdown) comes first: that one decides.
+async fn wait_for_slot(slot: std::time::Instant, mut next: CloseToken) -> Result<(), CloseToken> {
+    let mut due = std::pin::pin!(tokio::time::sleep_until(Instant::from_std(slot)));
+    loop {
+        tokio::select! {
+            () = &mut due => return Ok(()),
+            () = next.token().cancelled() => match (next.cause(), next.next()) {
+                (Some(CloseCause::Rebalance(_)), Some(later)) => next = later,
+                _ => return Err(next),
+            },
+        }
+    }
 }
 
 /// Inbound PROXY header, backend selection and connect, outbound preamble. `None` when the

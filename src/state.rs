@@ -189,6 +189,8 @@ impl Shed {
 }
 
 /// A connection that took a rebalance slot, counted in its backend's `leaving` until it ends.
+/// (`rebalance_closes` counts it when its slot comes and the close starts: a drain deadline or
+/// shutdown may close it first, for its own reason.)
 pub struct Leaving(Arc<BackendStats>);
 
 impl Leaving {

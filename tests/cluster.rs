@@ -1,14 +1,15 @@
 //! warren in front of a real RabbitMQ cluster (Debian's `rabbitmq-server`, started on loopback
 //! by `scripts/rabbitmq.sh cluster`), driven by a real AMQP client (lapin): confirms, a node
 //! killed under load, drain and undrain with `warren ctl`, PROXY protocol v2, every probe kind
-//! through `stop_app`/`start_app`, the rolling upgrade of `warren ctl upgrade`, and the
-//! broker's `Connection.Close` at a drain deadline (graceful AMQP closes).
+//! through `stop_app`/`start_app`, the rolling upgrade of `warren ctl upgrade`, the broker's
+//! `Connection.Close` at a drain deadline (graceful AMQP closes), and the whole story: a rolling
+//! upgrade under 40 clients, then the rebalance, every close graceful and no message lost.
 //!
-//! Four clusters: a plain two-node one shared by four scenarios, a two-node one with
-//! `proxy_protocol = true`, a three-node one with a quorum queue for the upgrade, and a
-//! one-node one for graceful closes. The tests
-//! take turns (a cluster is two or three Erlang VMs, and CI machines have two cores). Skipped
-//! with a SKIP line when RabbitMQ is missing.
+//! Among the clusters: a plain two-node one shared by four scenarios, a two-node one with
+//! `proxy_protocol = true`, a three-node one with a quorum queue for the upgrade, a one-node
+//! one for graceful closes, and a two-node one with a mirrored classic queue for the whole
+//! story. The tests take turns (a cluster is two or three Erlang VMs, and CI machines have two
+//! cores). Skipped with a SKIP line when RabbitMQ is missing.
 
 mod common;
 #[path = "common/rabbit.rs"]
@@ -77,16 +78,22 @@ fn config(
 
 /// A warren config with an admin API, a listener `amqp` and a pool `rabbitmq` of every node of
 /// `cluster`, probed by `amqp`, with the management API (`{host}` is each backend's, the port
-/// the first node's). `listener_extra` and `pool_extra` go into the listener and the pool.
+/// the first node's). `listener_extra` and `pool_extra` go into the listener and the pool (its
+/// `balance` is `round_robin` unless `pool_extra` sets it; it may add the pool's sub-tables).
 fn managed_pool_config(
     cluster: &Cluster,
     listener_extra: &str,
     pool_extra: &str,
 ) -> warren::config::Config {
+    let balance = if pool_extra.contains("balance =") {
+        ""
+    } else {
+        "balance = \"round_robin\"\n"
+    };
     let mut toml = format!(
         "[admin]\nlisten = \"127.0.0.1:{}\"\n[[listener]]\nname = \"amqp\"\n\
          listen = \"127.0.0.1:{}\"\npool = \"rabbitmq\"\n{listener_extra}\n\
-         [pool.rabbitmq]\nbalance = \"round_robin\"\n{pool_extra}\n\
+         [pool.rabbitmq]\n{balance}{pool_extra}\n\
          [pool.rabbitmq.health]\n{}\n[pool.rabbitmq.management]\n\
          url = \"http://{{host}}:{}\"\nuser = \"guest\"\npassword = \"guest\"\n",
         free_port(),
@@ -146,6 +153,15 @@ async fn ctl(warren: &Warren, args: &[&str]) -> (i32, String, String) {
 /// `warren ctl upgrade` of pool `rabbitmq` with the test's command, short drain deadline and
 /// timeouts bounded for CI.
 async fn upgrade(warren: &Warren, run: &str) -> (i32, String, String) {
+    upgrade_with_deadline(warren, run, "2s").await
+}
+
+/// [`upgrade`] with the drain deadline `deadline`.
+async fn upgrade_with_deadline(
+    warren: &Warren,
+    run: &str,
+    deadline: &str,
+) -> (i32, String, String) {
     let args = [
         "upgrade",
         "--pool",
@@ -153,7 +169,7 @@ async fn upgrade(warren: &Warren, run: &str) -> (i32, String, String) {
         "--run",
         run,
         "--deadline",
-        "2s",
+        deadline,
         "--command-timeout",
         "2m",
         "--healthy-timeout",
@@ -1608,4 +1624,485 @@ async fn rabbitmq_maintenance_mode_keeps_clients_away_and_status_says_why() {
         "maintenance test in {:.1}s",
         started.elapsed().as_secs_f64()
     );
+}
+
+/// How one client connection of the whole-story test ended.
+#[derive(Debug, Clone, PartialEq)]
+enum End {
+    /// The broker's `Connection.Close`: its reply code and text.
+    Amqp(u16, String),
+    /// The connection ended with no `Connection.Close`: EOF, reset, missed heartbeats.
+    Abrupt(String),
+    /// The client gave up on a step (no confirm, no answer) and closed it itself.
+    GaveUp(String),
+}
+
+/// One connection's end, as its client saw it.
+#[derive(Debug, Clone)]
+struct Ended {
+    at: Instant,
+    /// How long the connection had been open.
+    lived: Duration,
+    end: End,
+}
+
+/// The whole-story test's shape: clients, pace, tolerance, the queue.
+const STORY_CLIENTS: usize = 40;
+const STORY_RATE: f64 = 4.0;
+const STORY_TOLERANCE: f64 = 0.1;
+const STORY_MIN_AGE: Duration = Duration::from_secs(5);
+const STORY_QUEUE: &str = "story";
+/// Each client publishes one message with a confirm this often.
+const STORY_PUBLISH_EVERY: Duration = Duration::from_millis(250);
+
+/// Publish to [`STORY_QUEUE`] with confirms until `stop` (`Ok`) or an error (`Err`, which
+/// step). Ids are `client << 32 | seq`, so every client's are its own.
+async fn publish_until(
+    connection: &lapin::Connection,
+    client: usize,
+    seq: &mut u64,
+    ledger: &Mutex<Ledger>,
+    stop: &CancellationToken,
+) -> Result<(), String> {
+    let channel = step("confirm channel", rabbit::confirm_channel(connection)).await?;
+    // Bounded: at one message per STORY_PUBLISH_EVERY the test never gets near it.
+    for _ in 0..100_000 {
+        let id = ((client as u64) << 32) | *seq;
+        *seq += 1;
+        let payload = id.to_string();
+        let published = rabbit::publish_confirmed(&channel, STORY_QUEUE, payload.as_bytes());
+        let acked = tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            acked = step("publish", published) => acked?,
+        };
+        if !acked {
+            return Err(format!("id {id} nacked"));
+        }
+        ledger.lock().unwrap().confirmed.insert(id);
+        tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            () = tokio::time::sleep(STORY_PUBLISH_EVERY) => {}
+        }
+    }
+    Ok(())
+}
+
+/// What ended a session: the stop, an error of its own, or the connection's first error event.
+enum SessionEnd {
+    Stopped,
+    Failed(String),
+    Closed(Option<(lapin::Error, Instant)>),
+}
+
+/// A long-lived client with confirms that reconnects when its connection ends (as a client
+/// with automatic recovery does), recording how each of its connections ended.
+async fn story_client(
+    client: usize,
+    addr: SocketAddr,
+    ledger: Arc<Mutex<Ledger>>,
+    ends: Arc<Mutex<Vec<Ended>>>,
+    stop: CancellationToken,
+) {
+    let who = format!("client {client}");
+    let mut seq = 0u64;
+    for attempt in 0..1_000u32 {
+        if stop.is_cancelled() {
+            return;
+        }
+        if attempt > 0 {
+            ledger.lock().unwrap().reconnects += 1;
+            // A recovery interval, spread so the clients do not come back in step.
+            let pause = 100 + (client as u64 * 37) % 200;
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+        }
+        let name = format!("warren-story-{client}");
+        let connection = match step("connect", rabbit::connect(addr, &name)).await {
+            Ok(c) => c,
+            Err(e) => {
+                ledger.lock().unwrap().note(&who, e);
+                continue;
+            }
+        };
+        let since = Instant::now();
+        let mut closed = first_error(&connection, Duration::from_secs(300));
+        let session = publish_until(&connection, client, &mut seq, &ledger, &stop);
+        let outcome = tokio::select! {
+            done = session => match done {
+                Ok(()) => SessionEnd::Stopped,
+                Err(e) => SessionEnd::Failed(e),
+            },
+            seen = &mut closed => SessionEnd::Closed(seen.ok().flatten()),
+        };
+        let (end, at) = match outcome {
+            SessionEnd::Stopped => {
+                closed.abort();
+                close(connection).await;
+                return;
+            }
+            // A step fails when the connection is closed under it: the event says how.
+            SessionEnd::Failed(why) => {
+                match tokio::time::timeout(Duration::from_secs(2), &mut closed).await {
+                    Ok(Ok(Some((error, at)))) => (end_of(&error), at),
+                    _ => (End::GaveUp(why), Instant::now()),
+                }
+            }
+            SessionEnd::Closed(Some((error, at))) => (end_of(&error), at),
+            SessionEnd::Closed(None) => (End::GaveUp("no error event".into()), Instant::now()),
+        };
+        closed.abort();
+        ledger.lock().unwrap().note(&who, format!("{end:?}"));
+        ends.lock().unwrap().push(Ended {
+            at,
+            lived: at.saturating_duration_since(since),
+            end,
+        });
+        close(connection).await;
+    }
+}
+
+fn end_of(error: &lapin::Error) -> End {
+    match amqp_close(error) {
+        Some((code, text)) => End::Amqp(code, text),
+        None => End::Abrupt(error.to_string()),
+    }
+}
+
+/// The connections warren counts open on `node`'s backend.
+fn active_on(warren: &Warren, node: &Node) -> i64 {
+    warren.metric(&format!(
+        "warren_backend_connections_active{{backend=\"{}\",pool=\"rabbitmq\"}}",
+        node.name
+    )) as i64
+}
+
+/// Per-node counts are within the tolerance of the fair share of `total` (rounded up, as the
+/// rebalancer rounds).
+fn within_tolerance(counts: &[i64], total: i64) -> bool {
+    let fair = total as f64 / counts.len() as f64;
+    let allowed = (fair * (1.0 + STORY_TOLERANCE)).ceil() as i64;
+    counts.iter().sum::<i64>() == total && counts.iter().all(|c| *c <= allowed)
+}
+
+/// The most of `times` in any one-second window.
+fn most_in_a_second(times: &[Instant]) -> usize {
+    let mut times = times.to_vec();
+    times.sort();
+    (0..times.len())
+        .map(|i| {
+            times[i..]
+                .iter()
+                .take_while(|t| **t < times[i] + Duration::from_secs(1))
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Consume [`STORY_QUEUE`] straight from `node` (not through warren) until every confirmed id
+/// arrived or nothing came for 10 s; the ids consumed.
+async fn consume_everything(node: &Node, confirmed: &HashSet<u64>) -> HashSet<u64> {
+    let connection = rabbit::connect(node.amqp, "warren-story-check")
+        .await
+        .expect("connect to the node");
+    let channel = connection.create_channel().await.unwrap();
+    let mut deliveries = rabbit::consume(&channel, STORY_QUEUE, 1000).await.unwrap();
+    let mut consumed = HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !confirmed.is_subset(&consumed) && Instant::now() < deadline {
+        let next = tokio::time::timeout(Duration::from_secs(10), deliveries.next()).await;
+        let Ok(Some(Ok(delivery))) = next else { break };
+        consumed.insert(id_of(&delivery.data));
+        rabbit::ack(&delivery).await.unwrap();
+    }
+    close(connection).await;
+    consumed
+}
+
+/// The pool's rebalance state in `/v1/status`.
+async fn rebalance_state(warren: &Warren) -> String {
+    let admin = warren.admin.expect("admin API");
+    let (code, body) = common::http(admin, "GET", "/v1/status", None, b"").await;
+    assert_eq!(code, 200, "{body}");
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    status["pools"][0]["rebalance"]["state"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Start `STORY_CLIENTS` [`story_client`]s through `addr`.
+fn story_clients(
+    addr: SocketAddr,
+    ledger: &Arc<Mutex<Ledger>>,
+    ends: &Arc<Mutex<Vec<Ended>>>,
+    stop: &CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..STORY_CLIENTS)
+        .map(|i| {
+            let (ledger, ends, stop) = (ledger.clone(), ends.clone(), stop.clone());
+            tokio::spawn(story_client(i, addr, ledger, ends, stop))
+        })
+        .collect()
+}
+
+/// The connections' ends sorted by cause.
+struct Tally {
+    /// The broker's Close for a drain deadline, per node (in the cluster's order).
+    drained: Vec<usize>,
+    /// The broker's Close for a rebalance: when the client saw it and how old the connection was.
+    moved: Vec<(Instant, Duration)>,
+    /// Any other broker Close (a node's own shutdown, a close without warren's reason).
+    other_closes: Vec<Ended>,
+    abrupt: Vec<Ended>,
+    gave_up: Vec<Ended>,
+}
+
+fn tally(ends: &[Ended], nodes: &[Node]) -> Tally {
+    let mut t = Tally {
+        drained: vec![0; nodes.len()],
+        moved: Vec::new(),
+        other_closes: Vec::new(),
+        abrupt: Vec::new(),
+        gave_up: Vec::new(),
+    };
+    let drain_text = |n: &Node| {
+        format!(
+            "CONNECTION_FORCED - warren: {} (pool rabbitmq) drained for maintenance, drain \
+             deadline reached",
+            n.name
+        )
+    };
+    let rebalance_text = |n: &Node| {
+        format!(
+            "CONNECTION_FORCED - warren: rebalancing pool rabbitmq, moving this connection off \
+             {} (above its fair share)",
+            n.name
+        )
+    };
+    for e in ends {
+        match &e.end {
+            End::Amqp(320, text) => {
+                if let Some(i) = nodes.iter().position(|n| *text == drain_text(n)) {
+                    t.drained[i] += 1;
+                } else if nodes.iter().any(|n| *text == rebalance_text(n)) {
+                    t.moved.push((e.at, e.lived));
+                } else {
+                    t.other_closes.push(e.clone());
+                }
+            }
+            End::Amqp(..) => t.other_closes.push(e.clone()),
+            End::Abrupt(_) => t.abrupt.push(e.clone()),
+            End::GaveUp(_) => t.gave_up.push(e.clone()),
+        }
+    }
+    t
+}
+
+/// Issue 17's whole story on a real cluster: 40 long-lived AMQP clients publishing with
+/// confirms through warren (`least_conn`, graceful closes through the nodes' management API,
+/// rebalancing `on_return`) while `warren ctl upgrade` restarts both nodes of the cluster in
+/// turn. Every connection warren ends (two drain deadlines, then the rebalance) ends with the
+/// broker's `Connection.Close` 320 naming warren, never abruptly; no confirmed message is lost
+/// (a classic queue mirrored on both nodes); the pool is back within its tolerance soon after
+/// the walk, and the rebalance never closes faster than its rate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_upgrade_under_forty_clients_ends_balanced_with_graceful_closes_only() {
+    if !rabbit::available(
+        "a_rolling_upgrade_under_forty_clients_ends_balanced_with_graceful_closes_only",
+    ) {
+        return;
+    }
+    let _turn = TURN.lock().await;
+    let began = Instant::now();
+    let cluster = Arc::new(blocking(|| Cluster::start("s", 2, &[])).await);
+    let nodes = cluster.nodes.clone();
+    let warren = start_story_warren(&cluster).await;
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let ends: Arc<Mutex<Vec<Ended>>> = Arc::default();
+    let stop = CancellationToken::new();
+    let clients = story_clients(warren.addr, &ledger, &ends, &stop);
+    let total = STORY_CLIENTS as i64;
+    let counts = || {
+        nodes
+            .iter()
+            .map(|n| active_on(&warren, n))
+            .collect::<Vec<_>>()
+    };
+    wait_for("every client connected", Duration::from_secs(30), || {
+        counts().iter().sum::<i64>() == total
+    })
+    .await;
+    let before = counts();
+    wait_for("confirms from the clients", Duration::from_secs(30), || {
+        ledger.lock().unwrap().confirmed.len() >= 4 * STORY_CLIENTS
+    })
+    .await;
+
+    let walk_started = Instant::now();
+    let run = cluster.restart_app_command();
+    let (code, stdout, stderr) = upgrade_with_deadline(&warren, &run, "5s").await;
+    let walk_ended = Instant::now();
+    let after_walk = counts();
+    eprintln!("{stdout}");
+    assert_eq!(code, 0, "upgrade: {stdout}{stderr}\n{}", story(&ledger));
+    let asked = format!(
+        "pool rabbitmq: rebalancing, {} connection(s) above their backend's fair share",
+        STORY_CLIENTS / 2
+    );
+    assert!(stdout.contains(&asked), "{stdout}");
+
+    wait_for(
+        "each backend within the tolerance of its fair share",
+        Duration::from_secs(60),
+        || within_tolerance(&counts(), total),
+    )
+    .await;
+    let balanced_after = walk_ended.elapsed();
+    let when_balanced = counts();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while rebalance_state(&warren).await != "balanced" {
+        assert!(Instant::now() < deadline, "the rebalance pass did not end");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let c = cluster.clone();
+    let listed = blocking(move || {
+        let on = |n: &Node| c.connections_on(&n.name, "warren-story-") as i64;
+        c.nodes.iter().map(on).collect::<Vec<_>>()
+    })
+    .await;
+    let settled = counts();
+
+    stop.cancel();
+    for client in clients {
+        tokio::time::timeout(Duration::from_secs(30), client)
+            .await
+            .expect("clients stop within 30s")
+            .unwrap();
+    }
+    let confirmed = ledger.lock().unwrap().confirmed.clone();
+    let consumed = consume_everything(&nodes[0], &confirmed).await;
+    let lost = confirmed.difference(&consumed).count();
+    let t = tally(&ends.lock().unwrap(), &nodes);
+    let closes_counted: f64 = nodes
+        .iter()
+        .map(|n| {
+            warren.metric(&format!(
+                "warren_backend_rebalance_closes_total{{backend=\"{}\",pool=\"rabbitmq\"}}",
+                n.name
+            ))
+        })
+        .sum();
+    let forced = |reason: &str, method: &str| {
+        warren.metric_or_zero(&format!(
+            "warren_forced_closes_total{{listener=\"amqp\",method=\"{method}\",reason=\"{reason}\"}}"
+        ))
+    };
+    let reasons = ["drain", "backend_down", "rebalance", "shutdown"];
+    let forced_tcp: f64 = reasons.iter().map(|r| forced(r, "tcp")).sum();
+    let densest = most_in_a_second(&t.moved.iter().map(|m| m.0).collect::<Vec<_>>());
+    let youngest = t.moved.iter().map(|m| m.1).min();
+    let drained: usize = t.drained.iter().sum();
+    eprintln!(
+        "whole story in {:.1}s, walk {:.1}s; clients per node: {before:?} before, {after_walk:?} \
+         after the walk, {when_balanced:?} {:.1}s later (within the tolerance), {settled:?} \
+         when the pass ended ({listed:?} listed by RabbitMQ)\n\
+         connections ended by the broker's Close 320 from warren: {} (drain {drained} = {:?} per \
+         node, rebalance {}); other Close {}, abrupt {}, by the client {}\n\
+         warren: forced closes amqp drain {} rebalance {}, tcp {forced_tcp}; rebalance closes \
+         {closes_counted}, at most {densest} in a second (rate {STORY_RATE}), the youngest moved \
+         {youngest:?} old\nmessages: {} confirmed, {} consumed, {lost} lost",
+        began.elapsed().as_secs_f64(),
+        (walk_ended - walk_started).as_secs_f64(),
+        balanced_after.as_secs_f64(),
+        drained + t.moved.len(),
+        t.drained,
+        t.moved.len(),
+        t.other_closes.len(),
+        t.abrupt.len(),
+        t.gave_up.len(),
+        forced("drain", "amqp"),
+        forced("rebalance", "amqp"),
+        confirmed.len(),
+        consumed.len(),
+    );
+
+    assert_eq!(lost, 0, "confirmed messages lost\n{}", story(&ledger));
+    assert!(t.abrupt.is_empty(), "abrupt ends: {:?}", t.abrupt);
+    assert!(
+        t.gave_up.is_empty(),
+        "clients that gave up: {:?}",
+        t.gave_up
+    );
+    assert!(t.other_closes.is_empty(), "{:?}", t.other_closes);
+    // Every close warren made was graceful, and the clients saw each one.
+    assert_eq!(forced_tcp, 0.0, "connections warren closed over TCP");
+    assert_eq!(forced("drain", "amqp"), drained as f64);
+    assert_eq!(forced("rebalance", "amqp"), t.moved.len() as f64);
+    assert_eq!(closes_counted, t.moved.len() as f64);
+    // least_conn split the clients; each drain closed every client of its node.
+    assert_eq!(before, vec![total / 2; 2]);
+    assert_eq!(t.drained, vec![STORY_CLIENTS / 2, STORY_CLIENTS]);
+    // 20 to move (a few fewer: the pass stops within the tolerance).
+    let half = STORY_CLIENTS / 2;
+    assert!(
+        (half - 3..=half).contains(&t.moved.len()),
+        "{}",
+        t.moved.len()
+    );
+    assert!(
+        densest as f64 <= STORY_RATE + 1.0,
+        "{densest} rebalance closes in 1s"
+    );
+    assert!(youngest.is_some_and(|y| y >= STORY_MIN_AGE), "{youngest:?}");
+    assert!(within_tolerance(&settled, total), "{settled:?}");
+    assert!(
+        within_tolerance(&listed, total),
+        "RabbitMQ lists {listed:?}"
+    );
+    warren.stop().await;
+}
+
+/// The cluster's queue (a classic queue mirrored on every node, so it survives one node's
+/// restart) and warren in front: `least_conn`, the nodes' management API for graceful closes,
+/// rebalancing on return; both nodes up.
+async fn start_story_warren(cluster: &Arc<Cluster>) -> Warren {
+    let c = cluster.clone();
+    blocking(move || {
+        let policy = r#"{"ha-mode":"all","ha-sync-mode":"automatic"}"#;
+        let args = [
+            "set_policy",
+            "story-ha",
+            "^story$",
+            policy,
+            "--apply-to",
+            "queues",
+        ];
+        c.ctl(&c.nodes[0].name, &args)
+    })
+    .await;
+    let pool_extra = format!(
+        "balance = \"least_conn\"\nmin_available = 1\n[pool.rabbitmq.rebalance]\n\
+         mode = \"on_return\"\ntolerance = {STORY_TOLERANCE}\n\
+         max_closes_per_second = {STORY_RATE}\nmin_age = \"{}s\"\n",
+        STORY_MIN_AGE.as_secs()
+    );
+    let config = managed_pool_config(cluster, "idle_timeout = \"120s\"", &pool_extra);
+    let warren = Warren::start(config, quick());
+    for node in &cluster.nodes {
+        wait_health(
+            &warren,
+            "rabbitmq",
+            node,
+            Health::Up,
+            Duration::from_secs(20),
+        )
+        .await;
+    }
+    let setup = rabbit::connect(cluster.nodes[0].amqp, "warren-story-setup")
+        .await
+        .unwrap();
+    let channel = setup.create_channel().await.unwrap();
+    rabbit::declare(&channel, STORY_QUEUE, false).await.unwrap();
+    close(setup).await;
+    warren
 }

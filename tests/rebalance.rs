@@ -249,6 +249,26 @@ async fn an_undrain_can_hold_rebalancing_until_an_operator_asks() {
         on_a + on_b == 20 && on_a <= 11
     })
     .await;
+    // Every close counted is one a client saw (the last slots may still be under way). The
+    // operator's pass starts between two rounds: the next round must not take back the closes
+    // already handed out (each would be counted twice, and its slot wasted).
+    let series = [
+        "warren_backend_rebalance_closes_total{backend=\"a\",pool=\"default\"}",
+        "warren_connections_closed_total{listener=\"default\",reason=\"rebalance\"}",
+    ];
+    let deadline = Instant::now() + 5 * SECOND;
+    loop {
+        let closes = seen.lock().unwrap().closes.len() as f64;
+        let counted = series.map(|s| warren.metric(s));
+        if counted == [closes; 2] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{closes} rebalance closes seen by the clients, {counted:?} counted (closes, closed)"
+        );
+        tokio::time::sleep(SECOND / 10).await;
+    }
     // Asked again once balanced: nothing to move.
     let (code, answer) = post(admin, "/v1/pools/default/rebalance", b"").await;
     assert_eq!((code, &answer["started"]), (200, &false.into()), "{answer}");

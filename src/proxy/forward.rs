@@ -10,11 +10,11 @@
 //! connection. This module knows nothing about balancing, health or listeners.
 
 use std::cell::RefCell;
-use std::future::{poll_fn, Future};
+use std::future::Future;
 
 use std::io;
 use std::net::Shutdown;
-use std::pin::{pin, Pin};
+use std::pin::Pin;
 #[cfg(target_os = "linux")]
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -143,16 +143,16 @@ enum Flushed {
 /// Both directions are plain state machines polled from one future: readiness is awaited with
 /// `poll_read_ready`/`poll_write_ready`, which keep their wakers inside the socket's registration,
 /// so an idle connection costs a few hundred bytes of task state.
-pub fn forward<'a>(
+pub fn forward<'a, S: Future<Output = ()> + Send>(
     client: &'a TcpStream,
     backend: &'a TcpStream,
     idle_timeout: Duration,
     plane: &'a Plane,
     backend_bytes: (&'a IntCounter, &'a IntCounter),
-    stop: Pin<&'a mut (impl Future<Output = ()> + Send)>,
+    stop: Pin<&'a mut S>,
     stop_reason: CloseReason,
 ) -> impl Future<Output = ForwardOutcome> + Send + 'a {
-    let mut link = Forward {
+    let link = Forward {
         client,
         backend,
         plane,
@@ -164,15 +164,36 @@ pub fn forward<'a>(
         stop_reason,
         first_to_close: None,
     };
-    async move {
-        let mut idle = pin!(tokio::time::sleep(idle_timeout));
-        let mut stopped = stop;
-        let reason = poll_fn(|cx| link.poll(cx, idle.as_mut(), stopped.as_mut())).await;
-        ForwardOutcome {
+    Forwarding {
+        link,
+        idle: tokio::time::sleep(idle_timeout),
+        stop,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future [`forward`] returns. Written out rather than an `async` block, which would
+    /// also keep a pinning reference, a closure and copies of its captures: this future is
+    /// most of an idle connection's task.
+    struct Forwarding<'a, S> {
+        link: Forward<'a>,
+        #[pin]
+        idle: Sleep,
+        stop: Pin<&'a mut S>,
+    }
+}
+
+impl<S: Future<Output = ()>> Future for Forwarding<'_, S> {
+    type Output = ForwardOutcome;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<ForwardOutcome> {
+        let this = self.project();
+        let reason = ready!(this.link.poll(cx, this.idle, this.stop.as_mut()));
+        Poll::Ready(ForwardOutcome {
             reason,
-            to_backend: link.up.total,
-            to_client: link.down.total,
-        }
+            to_backend: this.link.up.total,
+            to_client: this.link.down.total,
+        })
     }
 }
 

@@ -12,22 +12,15 @@ use common::*;
 
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use warren::config::{AdminConfig, Balance, Config};
+use warren::config::{Balance, Config};
 
 const SECOND: Duration = Duration::from_secs(1);
 const TOKEN: &str = "s3cret-token";
 
 /// Two echo backends a and b behind warren with an admin API (token, state file).
 fn admin_config(dir: &TempDir, a: SocketAddr, b: SocketAddr) -> Config {
-    let token_file = dir.0.join("token");
-    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
     let mut cfg = config(Balance::RoundRobin, vec![backend("a", a), backend("b", b)]);
-    cfg.admin = Some(AdminConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        token_file: Some(token_file),
-        state_file: Some(dir.0.join("state.json")),
-        ..Default::default()
-    });
+    cfg.admin = Some(admin_with_token(dir, TOKEN));
     cfg
 }
 

@@ -40,13 +40,9 @@ const DESIGN_METRICS: &[(&str, &str)] = &[
 
 /// Add an `[admin]` section on 127.0.0.1:0 with a bearer token written to a token file.
 fn with_admin(mut cfg: Config, dir: &TempDir) -> Config {
-    let token_file = dir.0.join("token");
-    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
     cfg.admin = Some(AdminConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        token_file: Some(token_file),
         state_file: None,
-        ..Default::default()
+        ..admin_with_token(dir, TOKEN)
     });
     cfg
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use common::*;
 use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
-use warren::config::{AdminConfig, Balance, Config, RebalanceConfig, RebalanceMode};
+use warren::config::{Balance, Config, RebalanceConfig, RebalanceMode};
 use warren::state::AdminState;
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -23,8 +23,6 @@ const TOKEN: &str = "rebalance-token";
 const RATE: f64 = 8.0;
 
 fn rebalance_config(dir: &TempDir, backends: [SocketAddr; 2], mode: RebalanceMode) -> Config {
-    let token_file = dir.0.join("token");
-    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
     let mut cfg = config(
         Balance::LeastConn,
         vec![backend("a", backends[0]), backend("b", backends[1])],
@@ -35,12 +33,7 @@ fn rebalance_config(dir: &TempDir, backends: [SocketAddr; 2], mode: RebalanceMod
         max_closes_per_second: RATE,
         min_age: Duration::from_secs(2),
     };
-    cfg.admin = Some(AdminConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        token_file: Some(token_file),
-        state_file: Some(dir.0.join("state.json")),
-        ..Default::default()
-    });
+    cfg.admin = Some(admin_with_token(dir, TOKEN));
     cfg
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use tokio::time::{Instant, MissedTickBehavior};
-use warren::config::{AdminConfig, Balance, Config};
+use warren::config::{Balance, Config};
 use warren::state::AdminState;
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -21,8 +21,6 @@ const WINDOW: Duration = Duration::from_millis(500);
 const WINDOWS: usize = 8;
 
 fn slow_start_config(dir: &TempDir, backends: &[SocketAddr; 3]) -> Config {
-    let token_file = dir.0.join("token");
-    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
     let names = ["a", "b", "c"];
     let mut cfg = config(
         Balance::RoundRobin,
@@ -33,12 +31,7 @@ fn slow_start_config(dir: &TempDir, backends: &[SocketAddr; 3]) -> Config {
             .collect(),
     );
     cfg.pools[0].slow_start = RAMP;
-    cfg.admin = Some(AdminConfig {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        token_file: Some(token_file),
-        state_file: Some(dir.0.join("state.json")),
-        ..Default::default()
-    });
+    cfg.admin = Some(admin_with_token(dir, TOKEN));
     cfg
 }
 

@@ -427,6 +427,35 @@ mod tests {
         }
     }
 
+    /// `n` connections on a while b is drained (the rebalancer has seen b out), aged by
+    /// `age`; b is not back yet.
+    async fn piled_on_a(
+        mode: &str,
+        n: usize,
+        age: Duration,
+    ) -> (Arc<Rebalancer>, Arc<Routing>, Vec<Conn>) {
+        let (rebalancer, routing) = rebalancer(mode);
+        routing.set_admin("p", "b", crate::state::AdminState::Drained);
+        rebalancer.round(state::now());
+        let conns = (0..n).map(|_| connect(&routing, "a")).collect();
+        tokio::time::advance(age).await;
+        (rebalancer, routing, conns)
+    }
+
+    /// Run `rounds` rounds a `step` apart, the moved clients reconnecting to `to`.
+    async fn rounds(
+        rebalancer: &Rebalancer,
+        routing: &Routing,
+        (conns, taken): (&mut Vec<Conn>, &mut Vec<Instant>),
+        (rounds, step, to): (usize, Duration, &str),
+    ) {
+        for _ in 0..rounds {
+            rebalancer.round(state::now());
+            settle_onto(routing, conns, taken, to);
+            tokio::time::advance(step).await;
+        }
+    }
+
     /// What `after_close` does for each connection whose token fired: take a slot (the
     /// connection leaves at that instant and its client reconnects to b), or wait on the next.
     fn settle(routing: &Routing, conns: &mut Vec<Conn>, taken: &mut Vec<Instant>) {
@@ -461,18 +490,12 @@ mod tests {
     /// apart over every round, and the pass ends when the pool is balanced.
     #[tokio::test(start_paused = true)]
     async fn a_return_moves_the_excess_at_the_configured_pace() {
-        let (rebalancer, routing) = rebalancer("on_return");
-        routing.set_admin("p", "b", crate::state::AdminState::Drained);
-        rebalancer.round(state::now());
-        let mut conns: Vec<Conn> = (0..40).map(|_| connect(&routing, "a")).collect();
+        let (rebalancer, routing, mut conns) = piled_on_a("on_return", 40, Duration::ZERO).await;
         let start = state::now();
         routing.set_admin("p", "b", crate::state::AdminState::Active);
         let mut taken = Vec::new();
-        for _ in 0..30 {
-            rebalancer.round(state::now());
-            settle(&routing, &mut conns, &mut taken);
-            tokio::time::advance(TICK).await;
-        }
+        let moves = (&mut conns, &mut taken);
+        rounds(&rebalancer, &routing, moves, (30, TICK, "b")).await;
         // Within the tolerance: a at most ceil(20 × 1.1) = 22; b has what moved.
         let on_a = stats(&routing, "a").claims();
         assert!((20..=22).contains(&on_a), "{on_a} left on a");
@@ -498,19 +521,17 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn off_waits_to_be_asked_and_a_hold_waits_for_the_ask() {
         for mode in ["off", "continuous"] {
-            let (rebalancer, routing) = rebalancer(mode);
-            routing.set_admin("p", "b", crate::state::AdminState::Drained);
-            rebalancer.round(state::now());
-            let mut conns: Vec<Conn> = (0..10).map(|_| connect(&routing, "a")).collect();
-            tokio::time::advance(MIN_AGE).await;
+            let (rebalancer, routing, mut conns) = piled_on_a(mode, 10, MIN_AGE).await;
             rebalancer.hold("p");
             routing.set_admin("p", "b", crate::state::AdminState::Active);
             let mut taken = Vec::new();
-            for _ in 0..10 {
-                rebalancer.round(state::now());
-                settle(&routing, &mut conns, &mut taken);
-                tokio::time::advance(TICK).await;
-            }
+            rounds(
+                &rebalancer,
+                &routing,
+                (&mut conns, &mut taken),
+                (10, TICK, "b"),
+            )
+            .await;
             assert!(taken.is_empty(), "{mode}: moved {}", taken.len());
             let route = routing.load().pools["p"].clone();
             assert_eq!(route.imbalance_gauge.get(), 0.5);
@@ -532,26 +553,26 @@ mod tests {
     /// warren stops accepting, nothing more moves.
     #[tokio::test(start_paused = true)]
     async fn a_return_during_a_hold_starts_a_pass_when_the_hold_ends() {
-        let (rebalancer, routing) = rebalancer("on_return");
-        routing.set_admin("p", "b", crate::state::AdminState::Drained);
-        rebalancer.round(state::now());
-        let mut conns: Vec<Conn> = (0..10).map(|_| connect(&routing, "a")).collect();
-        tokio::time::advance(MIN_AGE).await;
+        let (rebalancer, routing, mut conns) = piled_on_a("on_return", 10, MIN_AGE).await;
         rebalancer.hold("p");
         routing.set_admin("p", "b", crate::state::AdminState::Active);
         let mut taken = Vec::new();
-        let held_until = state::now() + HOLD;
-        while state::now() < held_until {
-            rebalancer.round(state::now());
-            settle(&routing, &mut conns, &mut taken);
-            tokio::time::advance(TICK).await;
-        }
+        let held_rounds = (HOLD.as_secs() / TICK.as_secs()) as usize;
+        rounds(
+            &rebalancer,
+            &routing,
+            (&mut conns, &mut taken),
+            (held_rounds, TICK, "b"),
+        )
+        .await;
         assert!(taken.is_empty(), "moved {} while held", taken.len());
-        for _ in 0..10 {
-            rebalancer.round(state::now());
-            settle(&routing, &mut conns, &mut taken);
-            tokio::time::advance(TICK).await;
-        }
+        rounds(
+            &rebalancer,
+            &routing,
+            (&mut conns, &mut taken),
+            (10, TICK, "b"),
+        )
+        .await;
         assert!((4..=5).contains(&taken.len()), "{}", taken.len());
 
         // Stopped: another imbalance is left alone.
@@ -559,11 +580,13 @@ mod tests {
         routing.set_admin("p", "a", crate::state::AdminState::Drained);
         routing.set_admin("p", "a", crate::state::AdminState::Active);
         let before = taken.len();
-        for _ in 0..5 {
-            rebalancer.round(state::now());
-            settle(&routing, &mut conns, &mut taken);
-            tokio::time::advance(TICK).await;
-        }
+        rounds(
+            &rebalancer,
+            &routing,
+            (&mut conns, &mut taken),
+            (5, TICK, "b"),
+        )
+        .await;
         assert_eq!(taken.len(), before);
     }
 
@@ -571,19 +594,12 @@ mod tests {
     /// three times what it set out to move (and ten), instead of closing them forever.
     #[tokio::test(start_paused = true)]
     async fn a_pass_that_cannot_balance_gives_up() {
-        let (rebalancer, routing) = rebalancer("on_return");
-        routing.set_admin("p", "b", crate::state::AdminState::Drained);
-        rebalancer.round(state::now());
-        let mut conns: Vec<Conn> = (0..10).map(|_| connect(&routing, "a")).collect();
-        tokio::time::advance(MIN_AGE).await;
+        let (rebalancer, routing, mut conns) = piled_on_a("on_return", 10, MIN_AGE).await;
         routing.set_admin("p", "b", crate::state::AdminState::Active);
         let mut taken = Vec::new();
-        for _ in 0..60 {
-            rebalancer.round(state::now());
-            settle_onto(&routing, &mut conns, &mut taken, "a");
-            // The clients that came back are young; let them age.
-            tokio::time::advance(MIN_AGE).await;
-        }
+        // The clients that came back are young: each round lets them age.
+        let moves = (&mut conns, &mut taken);
+        rounds(&rebalancer, &routing, moves, (60, MIN_AGE, "a")).await;
         let name = routing.load().pools["p"].name.clone();
         assert!(rebalancer.lock()[&name].pass.is_none());
         // to_move 5: 3 × 5 + 10 = 25 closes, and the last round's slots.

@@ -343,6 +343,20 @@ pub async fn http(
     (status, body)
 }
 
+/// An `[admin]` section on 127.0.0.1:0 whose bearer token `token` is written to a file in
+/// `dir`, with a state file there too.
+#[allow(dead_code)]
+pub fn admin_with_token(dir: &TempDir, token: &str) -> warren::config::AdminConfig {
+    let token_file = dir.0.join("token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    warren::config::AdminConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        token_file: Some(token_file),
+        state_file: Some(dir.0.join("state.json")),
+        ..Default::default()
+    }
+}
+
 /// A directory under the system temp dir, unique per process and name, removed on drop.
 pub struct TempDir(pub std::path::PathBuf);
 

@@ -103,24 +103,6 @@ async fn still_serves(s: &Setup, warren: &mut WarrenProc) {
     assert_eq!(code, 200);
 }
 
-/// A client connecting and echoing one byte in a loop until `stop` (at most 60 s): (ok, refused).
-fn keep_connecting(
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<(usize, usize)> {
-    tokio::spawn(async move {
-        let (mut ok, mut failed) = (0, 0);
-        let started = Instant::now();
-        while !stop.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(60) {
-            match connect_echo(addr, (ok % 251) as u8).await {
-                Some(_) => ok += 1,
-                None => failed += 1,
-            }
-        }
-        (ok, failed)
-    })
-}
-
 /// The pid in `upgraded: pid N serves ...`.
 fn new_pid(stdout: &str) -> u32 {
     stdout
@@ -139,7 +121,7 @@ async fn an_upgrade_refuses_no_connect_and_the_new_process_serves() {
     let mut warren = WarrenProc::run_config(&s.config, s.dir.0.join("warren.log")).await;
     let old_pid = warren.pid();
     let stop = Arc::new(AtomicBool::new(false));
-    let client = keep_connecting(s.addr, stop.clone());
+    let client = keep_connecting(s.addr, stop.clone(), Duration::ZERO);
     let warm = Instant::now();
     while warm.elapsed() < Duration::from_millis(300) {
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -33,24 +33,6 @@ async fn backend_names(admin: SocketAddr) -> Vec<String> {
         .collect()
 }
 
-/// A client loop: connect and echo one byte every 5 ms until `stop`; counts failures.
-fn keep_connecting(
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<(usize, usize)> {
-    tokio::spawn(async move {
-        let (mut ok, mut failed) = (0, 0);
-        while !stop.load(Ordering::SeqCst) {
-            match connect_echo(addr, (ok % 251) as u8).await {
-                Some(_) => ok += 1,
-                None => failed += 1,
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        (ok, failed)
-    })
-}
-
 /// Criterion: 50 SIGHUPs within 1 s, the file changing halfway: 0 failed connects during the
 /// storm (listeners never unbound), 0 failed reloads, between 1 and 50 reloads in all, the
 /// final file's 2 backends in force, no child process, and at most 2 more threads than before.
@@ -73,7 +55,7 @@ async fn fifty_sighups_in_a_second_end_in_the_final_config_without_unbinding() {
     let threads_before = threads_of(warren.pid());
 
     let stop = Arc::new(AtomicBool::new(false));
-    let client = keep_connecting(addr, stop.clone());
+    let client = keep_connecting(addr, stop.clone(), Duration::from_millis(5));
     let storm = Instant::now();
     for n in 0..50 {
         if n == 25 {

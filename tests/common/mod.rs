@@ -830,3 +830,28 @@ impl Drop for BlockedOnStderr {
         let _ = self.child.wait();
     }
 }
+
+/// A client connecting through `addr` and echoing one byte in a loop, `pause` apart, until
+/// `stop` (at most 60 s): (echoed, failed). What a test counts while warren reloads or hands
+/// its listeners over.
+#[allow(dead_code)]
+pub fn keep_connecting(
+    addr: SocketAddr,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    pause: Duration,
+) -> JoinHandle<(usize, usize)> {
+    tokio::spawn(async move {
+        let (mut ok, mut failed) = (0, 0);
+        let started = tokio::time::Instant::now();
+        while !stop.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(60) {
+            match connect_echo(addr, (ok % 251) as u8).await {
+                Some(_) => ok += 1,
+                None => failed += 1,
+            }
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
+        }
+        (ok, failed)
+    })
+}

@@ -205,6 +205,10 @@ impl Server {
         match self.hand_connections(&mut handing, connections).await {
             Ok((parked, left)) => {
                 let count = parked.len();
+                // The new process probes, follows drains and runs hooks from now on: here the
+                // connections leaving would look like drains completing.
+                self.health.retire();
+                self.drainer.retire();
                 for p in parked {
                     p.taken();
                 }

@@ -423,6 +423,14 @@ async fn handle(
         };
     // From here the request is being served: a flood of new connections must not cut it.
     let _serving = conn.serving();
+    // While warren hands itself over, a change made here could be lost (the other process
+    // has taken the state already) or undone: refused, to be sent again in a moment.
+    if parts.method == Method::POST && segments != ["v1", "upgrade"] && admin.upgrader.busy() {
+        return error(
+            StatusCode::CONFLICT,
+            "warren is upgrading itself (warren upgrade): send this again in a moment, to the process that serves then",
+        );
+    }
     if segments == ["v1", "reload"] {
         if parts.method != Method::POST {
             return error(StatusCode::METHOD_NOT_ALLOWED, "use POST for this endpoint");

@@ -129,6 +129,13 @@ impl Upgrader {
         outcome
     }
 
+    /// Whether an upgrade runs (or worked: this process is handing over or stopping), or this
+    /// process is still taking over from another: changes of state are refused meanwhile, as
+    /// the other process would not see them.
+    pub fn busy(&self) -> bool {
+        self.busy.load(Ordering::SeqCst)
+    }
+
     /// Allow upgrades again (after a failed one, or once a process that took over is ready).
     pub(crate) fn settle(&self) {
         self.busy.store(false, Ordering::SeqCst);

@@ -228,8 +228,14 @@ impl BackendStats {
     /// Close every open connection to this backend for `cause`; new ones get a fresh token.
     /// Returns how many were open or connecting (what the operator's log line reports).
     pub fn close_connections(&self, shutdown: &CancellationToken, cause: CloseCause) -> i64 {
-        let mut close = self.close.lock().unwrap_or_else(|e| e.into_inner());
         let open = self.active.get() + self.connecting.get();
+        self.fire(shutdown, cause);
+        open
+    }
+
+    /// Cancel the current token for `cause`; returns the token that replaces it.
+    pub fn fire(&self, shutdown: &CancellationToken, cause: CloseCause) -> CloseToken {
+        let mut close = self.close.lock().unwrap_or_else(|e| e.into_inner());
         let next = CloseToken::child_of(shutdown);
         // Shutdown may have cancelled it already (it is the parent): then that is the cause.
         if !close.token().is_cancelled() {
@@ -237,8 +243,8 @@ impl BackendStats {
         }
         let _ = close.0.next.set(next.clone());
         close.token().cancel();
-        *close = next;
-        open
+        *close = next.clone();
+        next
     }
 
     /// Connections that took a rebalance slot and have not ended yet.
@@ -606,6 +612,9 @@ pub struct Transition {
 /// Owner of the published snapshot and of the per-backend state that survives rebuilds.
 pub struct Routing {
     current: ArcSwap<Snapshot>,
+    /// Counters of backends a reload removed (or never had, see [`Routing::backend_stats`]),
+    /// still held by their open connections: an upgrade of warren must reach those too.
+    retired: Mutex<Vec<std::sync::Weak<BackendStats>>>,
     /// Cancelled when the shutdown grace period is over: closes every proxied connection.
     shutdown: CancellationToken,
     /// Serialises writers so two events never publish from the same base and lose one.
@@ -621,6 +630,7 @@ impl Routing {
         publish_gauges(&snapshot, &metrics);
         Routing {
             current: ArcSwap::from_pointee(snapshot),
+            retired: Mutex::new(Vec::new()),
             shutdown,
             writer: Mutex::new(()),
             metrics,
@@ -660,6 +670,7 @@ impl Routing {
             for b in &pool.backends {
                 if kept.and_then(|p| p.backend(&b.name)).is_none() {
                     self.metrics.remove_backend(name, &b.name);
+                    self.retire(&b.stats);
                 }
             }
         }
@@ -682,7 +693,29 @@ impl Routing {
             &self.shutdown,
         ));
         self.metrics.remove_backend(pool, backend);
+        self.retire(&stats);
         stats
+    }
+
+    /// Keep reaching a backend's counters that no snapshot has any more (see `retired`).
+    fn retire(&self, stats: &Arc<BackendStats>) {
+        let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+        retired.retain(|w| w.strong_count() > 0);
+        retired.push(Arc::downgrade(stats));
+    }
+
+    /// Every backend's counters that open connections may hold: those of the current
+    /// snapshot, and those of backends gone from it whose connections are still open.
+    pub fn all_stats(&self) -> Vec<Arc<BackendStats>> {
+        let snapshot = self.current.load();
+        let mut all: Vec<Arc<BackendStats>> = snapshot
+            .pools
+            .values()
+            .flat_map(|p| p.backends.iter().map(|b| b.stats.clone()))
+            .collect();
+        let retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+        all.extend(retired.iter().filter_map(std::sync::Weak::upgrade));
+        all
     }
 
     /// Set one backend's health; returns the previous value, or `None` if it does not exist.

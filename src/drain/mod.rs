@@ -491,15 +491,11 @@ impl Drainer {
     }
 
     /// Continue a drain an upgraded-from warren had under way (at start, before serving):
-    /// `admin` as it was, and a draining backend's deadline to the same instant, watched from
-    /// here (the remaining connections close when it passes). No event, no state file write:
-    /// nothing changed.
-    pub fn carry_over(
-        self: &Arc<Self>,
-        id: &BackendId,
-        admin: AdminState,
-        deadline: Option<SystemTime>,
-    ) {
+    /// `admin` as it was, and a draining backend's deadline to the same instant. No event, no
+    /// state file write: nothing changed. Its watcher starts with [`Drainer::follow`], once
+    /// the connections it waits for have been adopted (before, it would see none and call
+    /// the drain complete).
+    pub fn carry_over(&self, id: &BackendId, admin: AdminState, deadline: Option<SystemTime>) {
         if self
             .routing
             .update(&id.pool, &id.backend, |b| b.admin = admin)
@@ -519,10 +515,17 @@ impl Drainer {
                 wall,
             }
         });
-        let generation = self.set_deadline(id, deadline_at);
+        self.set_deadline(id, deadline_at);
         tracing::info!(pool = %id.pool, backend = %id.backend,
             deadline = deadline.map(rfc3339).as_deref().unwrap_or("none"),
             "drain carried over from the old process");
+    }
+
+    /// Follow a drain carried over from the old process (see [`Drainer::carry_over`]).
+    pub fn follow(self: &Arc<Self>, id: &BackendId) {
+        let Some(generation) = lock(&self.drains).get(id).map(|e| e.generation) else {
+            return;
+        };
         self.runtime
             .spawn(self.clone().watch(id.clone(), generation));
     }

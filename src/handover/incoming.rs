@@ -149,9 +149,25 @@ impl Incoming {
         }
     }
 
-    /// This process holds (and forwards from now on) the `count` connections received.
-    pub fn adopted(mut self, count: usize) -> Result<(), ChannelError> {
-        self.channel.send(&Message::Adopted { count }, &[])
+    /// This process holds the `count` connections received; it forwards them once the old
+    /// process says so ([`Incoming::committed`]).
+    pub fn adopted(mut self, count: usize) -> Result<Incoming, ChannelError> {
+        self.channel.send(&Message::Adopted { count }, &[])?;
+        Ok(self)
+    }
+
+    /// Wait for the old process to let go of the connections. It closing the channel without
+    /// a word means it is gone (it stops this process before it resumes anything), so this
+    /// process forwards them then too.
+    pub fn committed(mut self) -> Result<(), ChannelError> {
+        let deadline = Instant::now() + CONNECTIONS_TIMEOUT;
+        match self.channel.recv(deadline) {
+            Ok((Message::Commit, _)) | Err(ChannelError::Closed) => Ok(()),
+            Ok((other, _)) => Err(ChannelError::Io(std::io::Error::other(format!(
+                "unexpected {other:?} from the old process"
+            )))),
+            Err(e) => Err(e),
+        }
     }
 }
 

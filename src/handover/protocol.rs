@@ -21,8 +21,9 @@ pub const MAX_MESSAGE: usize = 64 << 20;
 /// One message of the exchange, in its order: `Hello` (new → old); `Listener`s, at most one
 /// `Admin`, `Backends`, then `Done` (old → new); `Ready` (new → old: it serves every listener);
 /// then the established connections in `Connections` batches, `Counters` and
-/// `ConnectionsDone` (old → new); `Adopted` (new → old: it forwards them from now on). `Failed`
-/// may come from the new process instead of any of its messages.
+/// `ConnectionsDone` (old → new); `Adopted` (new → old: it holds them); `Commit` (old → new:
+/// it lets go, the new one forwards them from now on). `Failed` may come from the new process
+/// instead of any of its messages.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Message {
@@ -53,8 +54,10 @@ pub enum Message {
     },
     /// Every paused connection has been sent.
     ConnectionsDone { count: usize },
-    /// The new process holds every connection sent and forwards them: the old one lets go.
+    /// The new process holds every connection sent: the old one may let go.
     Adopted { count: usize },
+    /// The old process lets go: the new one forwards them from now on.
+    Commit,
 }
 
 /// One backend's state as the old process hands it over.
@@ -62,6 +65,8 @@ pub enum Message {
 pub struct BackendState {
     pub pool: String,
     pub backend: String,
+    /// The address the health verdict is about.
+    pub addr: SocketAddr,
     pub health: crate::api::Health,
     /// When `health` last changed (Unix milliseconds) and why.
     pub health_changed_ms: u64,
@@ -213,6 +218,7 @@ mod tests {
                 backends: vec![BackendState {
                     pool: "rabbitmq".into(),
                     backend: "rabbit-1".into(),
+                    addr: "10.0.0.1:5672".parse().unwrap(),
                     health: crate::api::Health::Up,
                     health_changed_ms: 1_700_000_000_000,
                     health_reason: Some("amqp: ok".into()),
@@ -251,6 +257,7 @@ mod tests {
             },
             Message::ConnectionsDone { count: 1 },
             Message::Adopted { count: 1 },
+            Message::Commit,
         ]
     }
 
@@ -273,7 +280,7 @@ mod tests {
     #[test]
     fn descriptors_are_counted_per_message() {
         let counts: Vec<usize> = all_messages().iter().map(Message::descriptors).collect();
-        assert_eq!(counts, [0, 0, 2, 1, 0, 0, 0, 2, 0, 0, 0]);
+        assert_eq!(counts, [0, 0, 2, 1, 0, 0, 0, 2, 0, 0, 0, 0]);
     }
 
     #[test]

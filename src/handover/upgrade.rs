@@ -142,8 +142,9 @@ impl Handing {
             .map_err(Failure::Channel)
     }
 
-    /// Send the counters, then say every connection was sent, and wait (until `deadline`)
-    /// for the new process to say it holds them all.
+    /// Send the counters, then say every connection was sent, wait (until `deadline`) for the
+    /// new process to say it holds them all, and tell it to go: from then on it forwards them
+    /// and this process must let go.
     pub async fn finish(
         &mut self,
         counters: Vec<crate::metrics::CounterSample>,
@@ -160,7 +161,9 @@ impl Handing {
             let answer =
                 sent.map_err(Failure::Channel)
                     .and_then(|()| match channel.recv(deadline) {
-                        Ok((Message::Adopted { count: adopted }, _)) if adopted == count => Ok(()),
+                        Ok((Message::Adopted { count: adopted }, _)) if adopted == count => channel
+                            .send(&Message::Commit, &[])
+                            .map_err(Failure::Channel),
                         Ok((Message::Failed { reason }, _)) => Err(Failure::Said(reason)),
                         Ok((other, _)) => Err(Failure::Unexpected(Box::new(other))),
                         Err(e) => Err(Failure::Channel(e)),

@@ -203,11 +203,8 @@ pub fn forward<'a, S: Future<Output = Stop> + Send>(
     if let Some(held) = resume {
         link.resume(*held);
     }
-    Forwarding {
-        link,
-        idle: tokio::time::sleep(idle_timeout),
-        stop,
-    }
+    let idle = tokio::time::sleep_until(link.last_activity + idle_timeout);
+    Forwarding { link, idle, stop }
 }
 
 pin_project_lite::pin_project! {

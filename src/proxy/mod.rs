@@ -518,9 +518,8 @@ async fn moving(
             };
         }
         park = true;
-        // A close that fired meanwhile is on the backend's token as it is now (a drain's
-        // watcher closes again until the backend is drained).
-        let close = Some(link.backend.stats().close_token());
+        // A close that fired meanwhile is on the chain from the pause on.
+        let close = Some(conn.ctx.pause.resume_token(link.backend.stats()));
         let stop = std::pin::pin!(closed_by_warren(link, &conn.ctx, close));
         let outcome = forward_link(link, conn, idle_timeout, stop, Some(held)).await;
         match outcome.paused {
@@ -738,6 +737,9 @@ async fn establish(
     ctx: &Context,
     stats: &ListenerStats,
 ) -> Option<(Link, Duration)> {
+    // Counted until established: an upgrade of warren waits a moment for these.
+    #[cfg(unix)]
+    let _setting_up = ctx.pause.setting_up_guard();
     let accepted = *accepted;
     let (client, peer, admission) = (accepted.socket, accepted.peer, accepted.admission);
     // On Linux accepted sockets inherit TCP_NODELAY from the listening socket (set at bind).

@@ -58,6 +58,12 @@ pub struct Pauser {
     /// Connections in a close warren started (a drain deadline, a rebalance): they finish
     /// here rather than move.
     closing: AtomicUsize,
+    /// Connections still being set up (a PROXY header to come, connecting to their backend).
+    setting_up: AtomicUsize,
+    /// The token that replaced each backend's when the last pause fired it (keyed by the
+    /// counters' address): a connection resumed after a failed upgrade follows the chain from
+    /// there, so a close that fired meanwhile (`on_down`) reaches it.
+    fired: Mutex<Vec<(usize, CloseToken)>>,
 }
 
 impl Pauser {
@@ -71,6 +77,11 @@ impl Pauser {
         self.closing.load(Ordering::SeqCst)
     }
 
+    /// Connections still being set up; they park once established.
+    pub fn setting_up(&self) -> usize {
+        self.setting_up.load(Ordering::SeqCst)
+    }
+
     /// Pause every connection: each parks on the returned channel with what it held. Those
     /// being set up park once established. Stop with [`Pauser::resume_all`].
     pub fn pause_all(&self, routing: &Routing) -> mpsc::UnboundedReceiver<Parked> {
@@ -79,15 +90,37 @@ impl Pauser {
         // Before the tokens fire: a connection that takes a fresh token after its backend's
         // fired sees the flag when it is established.
         self.pausing.store(true, Ordering::SeqCst);
-        let snapshot = routing.load();
-        for pool in snapshot.pools.values() {
-            for backend in &pool.backends {
-                backend
-                    .stats
-                    .close_connections(routing.shutdown_token(), CloseCause::Handover);
+        let fired = routing
+            .all_stats()
+            .iter()
+            .map(|stats| {
+                let next = stats.fire(routing.shutdown_token(), CloseCause::Handover);
+                (Arc::as_ptr(stats) as usize, next)
+            })
+            .collect();
+        *lock(&self.fired) = fired;
+        rx
+    }
+
+    /// The token a connection to `stats`'s backend watches when it resumes after a failed
+    /// upgrade: the chain from the pause on, past the pause and rebalances (its slot is
+    /// gone), up to the first close of another kind or the current token.
+    pub(super) fn resume_token(&self, stats: &Arc<BackendStats>) -> CloseToken {
+        let key = Arc::as_ptr(stats) as usize;
+        let from = lock(&self.fired)
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, token)| token.clone());
+        let Some(mut token) = from else {
+            return stats.close_token();
+        };
+        while token.token().is_cancelled() {
+            match (token.cause(), token.next()) {
+                (Some(CloseCause::Handover | CloseCause::Rebalance(_)), Some(next)) => token = next,
+                _ => break,
             }
         }
-        rx
+        token
     }
 
     /// The hand-over is over (it failed, or every connection moved): connections no longer
@@ -97,16 +130,28 @@ impl Pauser {
         *lock(&self.parked) = None;
     }
 
-    /// Count a connection in a close warren started while `_guard` lives.
-    pub(super) fn closing_guard(&self) -> ClosingGuard<'_> {
-        self.closing.fetch_add(1, Ordering::SeqCst);
-        ClosingGuard(&self.closing)
+    /// Count a connection in a close warren started while the guard lives.
+    pub(super) fn closing_guard(&self) -> CountGuard<'_> {
+        CountGuard::new(&self.closing)
+    }
+
+    /// Count a connection being set up while the guard lives.
+    pub(super) fn setting_up_guard(&self) -> CountGuard<'_> {
+        CountGuard::new(&self.setting_up)
     }
 }
 
-pub(super) struct ClosingGuard<'a>(&'a AtomicUsize);
+/// One in a count while it lives.
+pub(super) struct CountGuard<'a>(&'a AtomicUsize);
 
-impl Drop for ClosingGuard<'_> {
+impl<'a> CountGuard<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        CountGuard(count)
+    }
+}
+
+impl Drop for CountGuard<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
     }

@@ -23,10 +23,14 @@ pub(super) type Received = (
     Result<crate::handover::incoming::Connections, crate::handover::channel::ChannelError>,
 );
 
-/// How long the old process waits for its connections to pause (one still connecting to its
-/// backend takes up to its connect timeout) before it sends what it has.
+/// How long the old process waits for its connections to pause before it sends what it has.
 #[cfg(unix)]
 const COLLECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the old process waits for connections still being set up (connecting to their
+/// backend, a PROXY header to come): past it they stay, and end within its grace period.
+#[cfg(unix)]
+const SETUP_WAIT: Duration = Duration::from_secs(1);
 
 /// Stop every accept loop (the listening sockets stay open: the new process accepts on them).
 #[cfg(unix)]
@@ -87,6 +91,7 @@ impl Server {
             // It may have given up (timeout) or died: this process serves anyway.
             tracing::warn!(error = %e, "upgrade: cannot tell the old process this one is ready");
             self.upgrade_tx.settle();
+            self.follow_carried_drains();
             return None;
         }
         tracing::info!("upgrade: serving every listener, told the old process");
@@ -104,7 +109,7 @@ impl Server {
     /// Take over what the old process handed: its counters, then every connection, confirmed
     /// to the old process before one is forwarded (it lets go of them on that answer).
     #[cfg(unix)]
-    pub(super) fn adopt_connections(
+    pub(super) async fn adopt_connections(
         &self,
         (incoming, received): Received,
         running: &HashMap<Arc<str>, RunningListener>,
@@ -115,11 +120,13 @@ impl Server {
             Ok(received) => received,
             Err(e) => {
                 tracing::warn!(error = %e, "upgrade: no connections from the old process; it keeps its own");
+                self.follow_carried_drains();
                 return;
             }
         };
-        self.exposition.carry(received.counters);
-        let config = self.config.load();
+        let config = self.config.load_full();
+        self.exposition
+            .carry(self.still_counted(received.counters, &config));
         let workers = self.workers.handles();
         let mut listeners: HashMap<String, proxy::pause::AdoptingListener> = HashMap::new();
         let mut adopted = Vec::with_capacity(received.connections.len());
@@ -151,20 +158,61 @@ impl Server {
             }
         }
         let count = adopted.len() + refused;
-        if let Err(e) = incoming.adopted(count) {
-            // Without the answer the old process stops this one and keeps its connections.
-            tracing::warn!(error = %e, "upgrade: cannot confirm the connections to the old process; dropping them");
-            return;
+        // "adopted", then the old process's go: only then is a byte forwarded here (it may
+        // have given up meanwhile and resumed them itself).
+        let confirmed = tokio::task::spawn_blocking(move || {
+            incoming.adopted(count).and_then(|i| i.committed())
+        })
+        .await;
+        match confirmed {
+            Ok(Ok(())) => {
+                for a in adopted {
+                    a.start(connections);
+                }
+                tracing::info!(
+                    connections = count - refused,
+                    refused,
+                    "upgrade: adopted {} connections",
+                    count - refused
+                );
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "upgrade: the old process did not let go of its connections; they stay there");
+            }
+            Err(e) => tracing::warn!(error = %e, "upgrade: confirming the connections failed"),
         }
-        for a in adopted {
-            a.start(connections);
-        }
-        tracing::info!(
-            connections = count - refused,
-            refused,
-            "upgrade: adopted {} connections",
-            count - refused
-        );
+        self.follow_carried_drains();
+    }
+
+    /// The carried counters whose series still exist here: a listener, pool or backend this
+    /// config does not have is not exported again.
+    #[cfg(unix)]
+    fn still_counted(
+        &self,
+        counters: Vec<crate::metrics::CounterSample>,
+        config: &Config,
+    ) -> Vec<crate::metrics::CounterSample> {
+        let snapshot = self.ctx.routing.load();
+        counters
+            .into_iter()
+            .filter(|c| {
+                let label = |name: &str| {
+                    c.labels
+                        .iter()
+                        .find(|(n, _)| n == name)
+                        .map(|(_, v)| v.as_str())
+                };
+                let listener_ok = label("listener")
+                    .map_or(true, |l| config.listeners.iter().any(|x| x.name == l));
+                let pool = label("pool").map(|p| snapshot.pools.get(p));
+                let pool_ok = !matches!(pool, Some(None));
+                let backend_ok = match (pool.flatten(), label("backend")) {
+                    (Some(p), Some(b)) => p.backend(b).is_some(),
+                    _ => true,
+                };
+                listener_ok && pool_ok && backend_ok
+            })
+            .collect()
     }
 
     /// Hand every listening socket to the binary installed at this process's path, then every
@@ -264,7 +312,8 @@ impl Server {
         connections: &TaskTracker,
     ) -> Result<(Vec<Parked>, usize), (Failure, Vec<Parked>)> {
         use crate::handover::upgrade::{BATCH, BATCH_BYTES};
-        let deadline = std::time::Instant::now() + COLLECT_TIMEOUT;
+        let started = std::time::Instant::now();
+        let deadline = started + COLLECT_TIMEOUT;
         let mut parked = self.ctx.pause.pause_all(&self.ctx.routing);
         let mut all: Vec<Parked> = Vec::new();
         let mut sent = 0;
@@ -277,11 +326,21 @@ impl Server {
             while let Ok(p) = parked.try_recv() {
                 all.push(p);
             }
-            let everyone = connections.len() <= all.len() + self.ctx.pause.closing();
+            // Connections still being set up (connecting, a PROXY header to come) are waited
+            // for a moment only: every parked one waits with them.
+            let setting_up = if started.elapsed() >= SETUP_WAIT {
+                self.ctx.pause.setting_up()
+            } else {
+                0
+            };
+            let staying = self.ctx.pause.closing() + setting_up;
+            let everyone = connections.len() <= all.len() + staying;
             let timed_out = std::time::Instant::now() >= deadline;
             if timed_out && !everyone {
                 left = connections.len().saturating_sub(all.len());
                 tracing::warn!(left, "upgrade: connections did not pause in time; they stay in this process until they end or the grace period does");
+            } else if everyone && setting_up > 0 {
+                tracing::info!(setting_up, "upgrade: connections still being set up stay in this process until they end or the grace period does");
             }
             // Full batches as they fill; the rest once everyone is in.
             while sent < all.len() {
@@ -299,7 +358,7 @@ impl Server {
             }
         }
         self.ctx.pause.resume_all();
-        left = left.max(self.ctx.pause.closing());
+        left = left.max(connections.len().saturating_sub(all.len()));
         let counters = self.exposition.counters();
         match handing
             .finish(counters, all.len(), deadline + COLLECT_TIMEOUT)
@@ -325,6 +384,7 @@ impl Server {
                 states.push(crate::handover::protocol::BackendState {
                     pool: pool.name.to_string(),
                     backend: b.name.to_string(),
+                    addr: b.addr,
                     health: b.health,
                     health_changed_ms: seen.as_ref().map_or(0, |h| unix_ms(h.changed_at)),
                     health_reason: seen.and_then(|h| h.changed_reason),
@@ -337,16 +397,40 @@ impl Server {
     }
 
     /// In the new process, before it serves: every backend's health and drain state as the
-    /// old process had them (a drain's deadline to the millisecond).
+    /// old process had them (a drain's deadline to the millisecond). A verdict on another
+    /// address than this config's is not taken. The drains are followed once the connections
+    /// are adopted ([`Server::follow_carried_drains`]).
     #[cfg(unix)]
-    pub(super) fn carry_backends(&self, backends: Vec<crate::handover::protocol::BackendState>) {
+    pub(super) fn carry_backends(
+        &mut self,
+        backends: Vec<crate::handover::protocol::BackendState>,
+    ) {
         let at = |ms: u64| std::time::UNIX_EPOCH + Duration::from_millis(ms);
+        let snapshot = self.ctx.routing.load_full();
         for b in backends {
             let id = crate::state::BackendId::new(&b.pool, &b.backend);
-            self.health
-                .carry_over(&id, b.health, at(b.health_changed_ms), b.health_reason);
+            let addr = snapshot
+                .pools
+                .get(b.pool.as_str())
+                .and_then(|p| p.backend(&b.backend))
+                .map(|r| r.addr);
+            if addr == Some(b.addr) {
+                self.health
+                    .carry_over(&id, b.health, at(b.health_changed_ms), b.health_reason);
+            }
             self.drainer
                 .carry_over(&id, b.admin, b.drain_deadline_ms.map(at));
+            if b.admin == crate::state::AdminState::Draining {
+                self.carried_drains.push(id);
+            }
+        }
+    }
+
+    /// Start following the drains carried over, now that their connections are here.
+    #[cfg(unix)]
+    pub(super) fn follow_carried_drains(&self) {
+        for id in &self.carried_drains {
+            self.drainer.follow(id);
         }
     }
 

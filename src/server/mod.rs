@@ -144,6 +144,10 @@ pub struct Server {
     /// In a process started by an upgrade: the channel "ready" is confirmed on.
     #[cfg(unix)]
     taking_over: Option<crate::handover::incoming::Incoming>,
+    /// In a process started by an upgrade: the drains carried over, followed once their
+    /// connections are adopted.
+    #[cfg(unix)]
+    carried_drains: Vec<crate::state::BackendId>,
     ctx: Arc<Context>,
     health: Arc<Controller>,
     drainer: Arc<Drainer>,
@@ -414,7 +418,7 @@ impl Server {
         }
         let backends = std::mem::take(&mut handed.backends);
         let admin = handover::adopt_handed(config, options.workers, handed, &mut adopted)?;
-        let server = Server::bind_adopting(config, options, adopted, admin)?;
+        let mut server = Server::bind_adopting(config, options, adopted, admin)?;
         server.carry_backends(backends);
         Ok(server)
     }
@@ -480,6 +484,8 @@ impl Server {
             upgrade_rx,
             #[cfg(unix)]
             taking_over: None,
+            #[cfg(unix)]
+            carried_drains: Vec::new(),
             ctx,
             health,
             drainer,
@@ -594,8 +600,13 @@ impl Server {
                     {
                         handed_connections = None;
                         match received {
-                            Some(received) => self.adopt_connections(received, &running, &connections),
-                            None => self.upgrade_tx.settle(),
+                            Some(received) => {
+                                self.adopt_connections(received, &running, &connections).await;
+                            }
+                            None => {
+                                self.upgrade_tx.settle();
+                                self.follow_carried_drains();
+                            }
                         }
                     }
                     #[cfg(not(unix))]

@@ -352,8 +352,8 @@ async fn let_run(d: Duration) {
     tokio::time::sleep(d).await;
 }
 
-/// A successful upgrade: the new pid (killed when the guard drops), how long the command
-/// took, and how long until the old process was gone (within 10 s).
+/// A successful upgrade (its first line printed): the new pid (killed when the guard drops),
+/// how long the command took, and how long until the old process was gone (within 10 s).
 async fn upgrade_ok(s: &Setup, warren: &mut WarrenProc) -> (Adopted, Duration, Duration) {
     let started = Instant::now();
     let (ok, stdout, stderr) = warren_upgrade(s.admin).await;
@@ -361,6 +361,7 @@ async fn upgrade_ok(s: &Setup, warren: &mut WarrenProc) -> (Adopted, Duration, D
     assert!(ok, "warren upgrade failed: {stderr}");
     let pid = upgraded_pid(&stdout);
     let adopted = Adopted(pid);
+    eprintln!("warren upgrade: {}", stdout.lines().next().unwrap_or(""));
     assert_ne!(pid, warren.pid());
     assert!(took < Duration::from_secs(30), "the upgrade took {took:?}");
     warren.wait_exit(Duration::from_secs(10)).await;

@@ -614,9 +614,11 @@ async fn upgrade(admin: &Admin) -> Reply {
         Ok(done) => json(
             StatusCode::OK,
             &api::UpgradeAnswer {
-                result: "ok".into(),
-                old_pid: done.old_pid,
+                connections: done.connections as u64,
+                connections_left: done.left as u64,
                 new_pid: done.new_pid,
+                old_pid: done.old_pid,
+                result: "ok".into(),
                 took_ms: done.took.as_millis() as u64,
             },
         ),

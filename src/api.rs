@@ -417,14 +417,21 @@ impl ErrorBody {
 /// `POST /v1/upgrade` when the new process serves.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UpgradeAnswer {
+    /// Established connections handed to the new process, which forwards them from now on.
+    #[serde(default)]
+    pub connections: u64,
+    /// Connections left in the old process (warren was closing them: a drain deadline, a
+    /// rebalance); they end there, within its grace period.
+    #[serde(default)]
+    pub connections_left: u64,
+    /// The process serving from now on.
+    pub new_pid: u32,
+    /// The process that answered, which exits once its last connections are gone.
+    pub old_pid: u32,
     /// Always "ok" (a refused or failed upgrade is an [`ErrorBody`]: 409, 500 or 501).
     #[serde(default)]
     pub result: String,
-    /// The process that answered, which drains its open connections and exits.
-    pub old_pid: u32,
-    /// The process serving from now on.
-    pub new_pid: u32,
-    /// From the request to the new process's "ready", in milliseconds.
+    /// From the request to the new process holding every connection, in milliseconds.
     #[serde(default)]
     pub took_ms: u64,
 }

@@ -66,8 +66,13 @@ impl Reloader {
 pub struct Upgraded {
     pub old_pid: u32,
     pub new_pid: u32,
-    /// From the request to the new process's "ready".
+    /// From the request to the new process holding every connection.
     pub took: Duration,
+    /// Established connections the new process forwards from now on.
+    pub connections: usize,
+    /// Connections left in the old process: those warren was closing (a drain deadline, a
+    /// rebalance), and any that did not pause in time; they end there.
+    pub left: usize,
 }
 
 /// Why an upgrade did not happen; the running process serves on in every case.

@@ -94,6 +94,9 @@ pub enum CloseCause {
     /// The rebalancer offers to close some of the backend's connections (see [`Shed`]): only
     /// those that win a slot close; the others wait on the next token.
     Rebalance(Arc<Shed>),
+    /// warren is upgrading itself: connections pause and move to the new process (or resume
+    /// here when the upgrade fails). Not a close.
+    Handover,
 }
 
 impl PartialEq for CloseCause {
@@ -661,6 +664,25 @@ impl Routing {
             }
         }
         self.current.store(Arc::new(next));
+    }
+
+    /// The counters of a backend by pool and name, for a connection an upgrading warren handed
+    /// over. A backend this config does not have gets counters of its own, not exported (as
+    /// those of a backend a reload removed): its connection runs on, counted nowhere.
+    pub fn backend_stats(&self, pool: &str, backend: &str) -> Arc<BackendStats> {
+        let snapshot = self.current.load();
+        if let Some(b) = snapshot.pools.get(pool).and_then(|p| p.backend(backend)) {
+            return b.stats.clone();
+        }
+        let _guard = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let stats = Arc::new(BackendStats::new(
+            &self.metrics,
+            pool,
+            backend,
+            &self.shutdown,
+        ));
+        self.metrics.remove_backend(pool, backend);
+        stats
     }
 
     /// Set one backend's health; returns the previous value, or `None` if it does not exist.

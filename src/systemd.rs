@@ -176,7 +176,7 @@ pub fn stopping_message(status: &str) -> String {
 /// After an upgrade: process `pid` is the service's main process now. Sent by the old process
 /// (the main one, so `NotifyAccess=main` accepts it); never `STOPPING=1`, the service goes on.
 pub fn handed_over_message(pid: u32) -> String {
-    format!("MAINPID={pid}\nSTATUS=upgraded: pid {pid} serves, the old process drains")
+    format!("MAINPID={pid}\nSTATUS=upgraded: pid {pid} serves every connection")
 }
 
 /// The watchdog keep-alive.
@@ -780,7 +780,7 @@ mod tests {
         assert_eq!(stopping_message("stopping"), "STOPPING=1\nSTATUS=stopping");
         assert_eq!(
             handed_over_message(42),
-            "MAINPID=42\nSTATUS=upgraded: pid 42 serves, the old process drains"
+            "MAINPID=42\nSTATUS=upgraded: pid 42 serves every connection"
         );
         assert!(monotonic_usec() > 0);
     }

@@ -474,9 +474,13 @@ pub(super) async fn upgrade_self(client: &Client, out: &Output) -> Result<(), Ct
     out.json(&raw);
     if !out.json {
         let answer = decode::<UpgradeAnswer>(raw, "upgrade")?;
+        let left = match answer.connections_left {
+            0 => String::new(),
+            n => format!("; {n} connections warren was closing end in the old process"),
+        };
         out.say(&format!(
-            "upgraded: pid {} serves (took over from pid {} in {} ms); the old process drains its open connections",
-            answer.new_pid, answer.old_pid, answer.took_ms
+            "upgraded: pid {} serves (took over from pid {} in {} ms, {} connections handed over){left}",
+            answer.new_pid, answer.old_pid, answer.took_ms, answer.connections
         ));
     }
     Ok(())

@@ -490,6 +490,43 @@ impl Drainer {
         entry.generation
     }
 
+    /// Continue a drain an upgraded-from warren had under way (at start, before serving):
+    /// `admin` as it was, and a draining backend's deadline to the same instant, watched from
+    /// here (the remaining connections close when it passes). No event, no state file write:
+    /// nothing changed.
+    pub fn carry_over(
+        self: &Arc<Self>,
+        id: &BackendId,
+        admin: AdminState,
+        deadline: Option<SystemTime>,
+    ) {
+        if self
+            .routing
+            .update(&id.pool, &id.backend, |b| b.admin = admin)
+            .is_none()
+        {
+            tracing::warn!(pool = %id.pool, backend = %id.backend,
+                "the old process drained a backend this config does not have; ignored");
+            return;
+        }
+        if admin != AdminState::Draining {
+            return;
+        }
+        let deadline_at = deadline.map(|wall| {
+            let left = wall.duration_since(SystemTime::now()).unwrap_or_default();
+            Deadline {
+                at: tokio::time::Instant::now() + left,
+                wall,
+            }
+        });
+        let generation = self.set_deadline(id, deadline_at);
+        tracing::info!(pool = %id.pool, backend = %id.backend,
+            deadline = deadline.map(rfc3339).as_deref().unwrap_or("none"),
+            "drain carried over from the old process");
+        self.runtime
+            .spawn(self.clone().watch(id.clone(), generation));
+    }
+
     /// Let a backend take new connections again (idempotent).
     pub fn undrain(&self, id: &BackendId) -> Result<DrainAnswer, DrainError> {
         let (pool, backend) = (&*id.pool, &*id.backend);

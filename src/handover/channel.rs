@@ -89,6 +89,13 @@ impl Channel {
         Ok(Channel::new(stream))
     }
 
+    /// Sends wait at most until `deadline` for room in the socket (then fail with a timeout).
+    pub fn set_send_deadline(&mut self, deadline: Instant) -> std::io::Result<()> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.stream
+            .set_write_timeout(Some(left.max(std::time::Duration::from_millis(1))))
+    }
+
     /// Send `message` with `fds` attached, in one `sendmsg`.
     pub fn send(&mut self, message: &Message, fds: &[BorrowedFd<'_>]) -> Result<(), ChannelError> {
         if fds.len() > MAX_DESCRIPTORS {
@@ -103,14 +110,19 @@ impl Channel {
             let iov = [IoSlice::new(&frame[sent..])];
             // The descriptors go with the first byte only.
             let cmsgs = if sent == 0 { cmsgs } else { &[] };
-            sent += sendmsg::<()>(
+            sent += match sendmsg::<()>(
                 self.stream.as_raw_fd(),
                 &iov,
                 cmsgs,
                 MsgFlags::empty(),
                 None,
-            )
-            .map_err(std::io::Error::from)?;
+            ) {
+                Ok(n) => n,
+                Err(nix::errno::Errno::EINTR) => 0,
+                // The send deadline (`set_send_deadline`) passed.
+                Err(nix::errno::Errno::EAGAIN) => return Err(ChannelError::Timeout),
+                Err(e) => return Err(std::io::Error::from(e).into()),
+            };
         }
         Ok(())
     }

@@ -9,18 +9,21 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this build speaks; a frame of another version is refused by name.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 
 /// Bytes before a message: the version (2) and the message's length (4).
 pub const HEADER_LEN: usize = 6;
 
-/// The largest message accepted: the biggest (a listener) is well under 1 KiB.
-pub const MAX_MESSAGE: usize = 1 << 20;
+/// The largest message accepted: a batch of connections carries what each held in flight
+/// (base64), at most a pipe and a copy buffer per direction; batches are cut well below this.
+pub const MAX_MESSAGE: usize = 64 << 20;
 
-/// One message of the exchange, in its order: `Hello` (new → old), then `Listener`s and at most
-/// one `Admin` followed by `Done` (old → new), then `Ready` (new → old). `Failed` may come from
-/// the new process instead of any of its messages.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One message of the exchange, in its order: `Hello` (new → old); `Listener`s, at most one
+/// `Admin`, `Backends`, then `Done` (old → new); `Ready` (new → old: it serves every listener);
+/// then the established connections in `Connections` batches, `Counters` and
+/// `ConnectionsDone` (old → new); `Adopted` (new → old: it forwards them from now on). `Failed`
+/// may come from the new process instead of any of its messages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Message {
     /// The new process loaded its config and asks for the listening sockets.
@@ -35,10 +38,67 @@ pub enum Message {
     },
     /// The admin API's listening socket, attached to this message.
     Admin { addr: SocketAddr },
+    /// Every backend's health and drain state, applied before the new process serves.
+    Backends { backends: Vec<BackendState> },
     /// Every socket has been sent.
     Done,
     /// The new process serves every listener: the old one may stop accepting.
     Ready { pid: u32 },
+    /// Established connections, each with its client and backend sockets attached (in order:
+    /// client, backend), paused in the old process.
+    Connections { connections: Vec<HandedConnection> },
+    /// The old process's counters, which the new one continues from.
+    Counters {
+        counters: Vec<crate::metrics::CounterSample>,
+    },
+    /// Every paused connection has been sent.
+    ConnectionsDone { count: usize },
+    /// The new process holds every connection sent and forwards them: the old one lets go.
+    Adopted { count: usize },
+}
+
+/// One backend's state as the old process hands it over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendState {
+    pub pool: String,
+    pub backend: String,
+    pub health: crate::api::Health,
+    /// When `health` last changed (Unix milliseconds) and why.
+    pub health_changed_ms: u64,
+    pub health_reason: Option<String>,
+    pub admin: crate::api::AdminState,
+    /// A draining backend's deadline (Unix milliseconds), kept to the millisecond.
+    pub drain_deadline_ms: Option<u64>,
+}
+
+/// One established connection as the old process hands it over: where it runs, what warren
+/// knows of it, and what was in flight when it paused (base64: bytes read from one side and
+/// not yet written to the other). Its two sockets travel beside the message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandedConnection {
+    pub listener: String,
+    pub pool: String,
+    pub backend: String,
+    pub backend_addr: SocketAddr,
+    /// The client as warren logs it (from the inbound PROXY header when there was one).
+    pub client: SocketAddr,
+    /// What the client connected to (likewise).
+    pub destination: SocketAddr,
+    /// The outbound PROXY header version sent to the backend: 0 (none), 1 or 2.
+    pub proxy_protocol: u8,
+    /// Time since the backend connection was established, and since the last byte.
+    pub age_ms: u64,
+    pub idle_ms: u64,
+    /// Bytes delivered so far (to the backend: without `early_bytes`).
+    pub bytes_to_backend: u64,
+    pub bytes_to_client: u64,
+    /// Bytes the client sent after its PROXY header, written with the preamble.
+    pub early_bytes: u32,
+    pub to_backend: String,
+    pub to_client: String,
+    /// The client, or the backend, already sent its FIN.
+    pub client_done: bool,
+    pub backend_done: bool,
 }
 
 impl Message {
@@ -47,6 +107,7 @@ impl Message {
         match self {
             Message::Listener { sockets, .. } => *sockets,
             Message::Admin { .. } => 1,
+            Message::Connections { connections } => 2 * connections.len(),
             _ => 0,
         }
     }
@@ -148,8 +209,48 @@ mod tests {
             Message::Admin {
                 addr: "[::1]:9901".parse().unwrap(),
             },
+            Message::Backends {
+                backends: vec![BackendState {
+                    pool: "rabbitmq".into(),
+                    backend: "rabbit-1".into(),
+                    health: crate::api::Health::Up,
+                    health_changed_ms: 1_700_000_000_000,
+                    health_reason: Some("amqp: ok".into()),
+                    admin: crate::api::AdminState::Draining,
+                    drain_deadline_ms: Some(1_700_000_060_123),
+                }],
+            },
             Message::Done,
             Message::Ready { pid: 8 },
+            Message::Connections {
+                connections: vec![HandedConnection {
+                    listener: "amqp".into(),
+                    pool: "rabbitmq".into(),
+                    backend: "rabbit-1".into(),
+                    backend_addr: "10.0.0.1:5672".parse().unwrap(),
+                    client: "192.0.2.7:40000".parse().unwrap(),
+                    destination: "10.0.0.9:5672".parse().unwrap(),
+                    proxy_protocol: 2,
+                    age_ms: 86_400_000,
+                    idle_ms: 1_500,
+                    bytes_to_backend: 10,
+                    bytes_to_client: 20,
+                    early_bytes: 3,
+                    to_backend: "AMQP".into(),
+                    to_client: String::new(),
+                    client_done: false,
+                    backend_done: true,
+                }],
+            },
+            Message::Counters {
+                counters: vec![crate::metrics::CounterSample {
+                    name: "warren_connections_total".into(),
+                    labels: vec![("listener".into(), "amqp".into())],
+                    value: 7.0,
+                }],
+            },
+            Message::ConnectionsDone { count: 1 },
+            Message::Adopted { count: 1 },
         ]
     }
 
@@ -172,7 +273,7 @@ mod tests {
     #[test]
     fn descriptors_are_counted_per_message() {
         let counts: Vec<usize> = all_messages().iter().map(Message::descriptors).collect();
-        assert_eq!(counts, [0, 0, 2, 1, 0, 0]);
+        assert_eq!(counts, [0, 0, 2, 1, 0, 0, 0, 2, 0, 0, 0]);
     }
 
     #[test]
@@ -180,12 +281,12 @@ mod tests {
         let mut frame = encode(&Message::Done);
         frame[1] = 9;
         assert_eq!(decode(&frame), Err(ProtocolError::Version { got: 9 }));
-        let huge = [0, 1, 0x10, 0, 0, 1];
+        let huge = [0, 2, 0x10, 0, 0, 1];
         assert_eq!(
             decode(&huge),
             Err(ProtocolError::TooLong { len: 0x1000_0001 })
         );
-        let garbage = [0, 1, 0, 0, 0, 2, b'{', b'x'];
+        let garbage = [0, 2, 0, 0, 0, 2, b'{', b'x'];
         assert!(matches!(decode(&garbage), Err(ProtocolError::Json(_))));
         assert_eq!(decode(&frame[..3]).unwrap_or(None), None);
     }

@@ -335,6 +335,28 @@ impl Controller {
         })
     }
 
+    /// Continue from the verdict an upgraded-from warren had on a backend (at start, before
+    /// serving): its health, since when and why. No event: nothing changed. Probes go on
+    /// from there.
+    pub fn carry_over(
+        &self,
+        id: &BackendId,
+        health: Health,
+        since: SystemTime,
+        why: Option<String>,
+    ) {
+        {
+            let mut tracked = self.tracked.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(t) = tracked.get_mut(id) else {
+                return;
+            };
+            t.machine.reset(health);
+            t.changed_at = since;
+            t.changed_reason = why;
+        }
+        self.routing.set_health(&id.pool, &id.backend, health);
+    }
+
     /// What the controller knows about a backend.
     pub fn backend(&self, pool: &str, backend: &str) -> Option<BackendHealth> {
         let tracked = self.tracked.lock().unwrap_or_else(|e| e.into_inner());

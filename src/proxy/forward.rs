@@ -107,12 +107,44 @@ pub struct Plane {
     pub fallback_no_pipe: IntCounter,
 }
 
-/// What a finished connection reports.
-#[derive(Debug, Clone, Copy)]
+/// What a finished (or paused) connection reports.
+#[derive(Debug)]
 pub struct ForwardOutcome {
     pub reason: CloseReason,
     pub to_backend: u64,
     pub to_client: u64,
+    /// Set when forwarding paused rather than ended ([`Stop::Pause`]): what it held.
+    pub paused: Option<Box<InFlight>>,
+}
+
+/// What the `stop` future of [`forward`] asks for once it completes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// End the connection (with the `stop_reason` given to [`forward`]).
+    Close,
+    /// Stop reading both sockets and hand back what is in flight ([`InFlight`]), so the
+    /// connection can be resumed, here or in another process (an upgrade of warren).
+    Pause,
+}
+
+/// A paused connection's forwarding state: the bytes read from one side and not yet written to
+/// the other (copy backlog, then what a splice pipe held), which side already closed, the byte
+/// totals and how long the connection has been idle. Resuming writes the held bytes first, so
+/// nothing is lost, duplicated or reordered.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InFlight {
+    /// Read from the client, not yet written to the backend.
+    pub to_backend: Vec<u8>,
+    /// Read from the backend, not yet written to the client.
+    pub to_client: Vec<u8>,
+    /// The client sent FIN (the backend's write side was shut down).
+    pub client_done: bool,
+    /// The backend sent FIN (the client's write side was shut down).
+    pub backend_done: bool,
+    /// Bytes delivered so far: to the backend, to the client.
+    pub totals: (u64, u64),
+    /// Time since the last byte either way.
+    pub idle_for: Duration,
 }
 
 /// How one direction ended.
@@ -135,15 +167,18 @@ enum Flushed {
     End(End),
 }
 
-/// Forward until both sides are done, the idle timeout passes, or `stop` completes (then the
-/// connection ends with `stop_reason`). Forwarding goes on while `stop` runs (a graceful
-/// close asks the broker to close the connection meanwhile); the caller keeps it pinned, so it
-/// is stored once, in the caller's future.
+/// Forward until both sides are done, the idle timeout passes, or `stop` completes: with
+/// [`Stop::Close`] the connection ends with `stop_reason`; with [`Stop::Pause`] forwarding
+/// stops and the outcome carries what was in flight. Forwarding goes on while `stop` runs (a
+/// graceful close asks the broker to close the connection meanwhile); the caller keeps it
+/// pinned, so it is stored once, in the caller's future. `resume` continues a paused
+/// connection: its held bytes go out before anything more is read.
 ///
 /// Both directions are plain state machines polled from one future: readiness is awaited with
 /// `poll_read_ready`/`poll_write_ready`, which keep their wakers inside the socket's registration,
 /// so an idle connection costs a few hundred bytes of task state.
-pub fn forward<'a, S: Future<Output = ()> + Send>(
+#[allow(clippy::too_many_arguments)]
+pub fn forward<'a, S: Future<Output = Stop> + Send>(
     client: &'a TcpStream,
     backend: &'a TcpStream,
     idle_timeout: Duration,
@@ -151,8 +186,9 @@ pub fn forward<'a, S: Future<Output = ()> + Send>(
     backend_bytes: (&'a IntCounter, &'a IntCounter),
     stop: Pin<&'a mut S>,
     stop_reason: CloseReason,
+    resume: Option<Box<InFlight>>,
 ) -> impl Future<Output = ForwardOutcome> + Send + 'a {
-    let link = Forward {
+    let mut link = Forward {
         client,
         backend,
         plane,
@@ -164,6 +200,9 @@ pub fn forward<'a, S: Future<Output = ()> + Send>(
         stop_reason,
         first_to_close: None,
     };
+    if let Some(held) = resume {
+        link.resume(*held);
+    }
     Forwarding {
         link,
         idle: tokio::time::sleep(idle_timeout),
@@ -183,16 +222,21 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl<S: Future<Output = ()>> Future for Forwarding<'_, S> {
+impl<S: Future<Output = Stop>> Future for Forwarding<'_, S> {
     type Output = ForwardOutcome;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<ForwardOutcome> {
         let this = self.project();
-        let reason = ready!(this.link.poll(cx, this.idle, this.stop.as_mut()));
+        let ended = ready!(this.link.poll(cx, this.idle, this.stop.as_mut()));
+        let paused = match ended {
+            Some(_) => None,
+            None => Some(Box::new(this.link.pause())),
+        };
         Poll::Ready(ForwardOutcome {
-            reason,
+            reason: ended.unwrap_or(CloseReason::Client),
             to_backend: this.link.up.total,
             to_client: this.link.down.total,
+            paused,
         })
     }
 }
@@ -212,15 +256,55 @@ struct Forward<'a> {
 }
 
 impl Forward<'_> {
+    /// The connection's end, or `None` when `stop` asked for a pause.
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
-        mut idle: Pin<&mut Sleep>,
-        stopped: Pin<&mut impl Future<Output = ()>>,
-    ) -> Poll<CloseReason> {
-        if stopped.poll(cx).is_ready() {
-            return Poll::Ready(self.stop_reason);
+        idle: Pin<&mut Sleep>,
+        stopped: Pin<&mut impl Future<Output = Stop>>,
+    ) -> Poll<Option<CloseReason>> {
+        match stopped.poll(cx) {
+            Poll::Ready(Stop::Close) => return Poll::Ready(Some(self.stop_reason)),
+            Poll::Ready(Stop::Pause) => return Poll::Ready(None),
+            Poll::Pending => {}
         }
+        self.poll_directions(cx, idle).map(Some)
+    }
+
+    /// Take what is in flight out of both directions (their pipes go back to the pool): the
+    /// state [`forward`]'s `resume` continues from. Nothing is read or written here.
+    fn pause(&mut self) -> InFlight {
+        InFlight {
+            to_backend: self.up.take_in_flight(self.plane),
+            to_client: self.down.take_in_flight(self.plane),
+            client_done: self.up.done,
+            backend_done: self.down.done,
+            totals: (self.up.total, self.down.total),
+            idle_for: self.last_activity.elapsed(),
+        }
+    }
+
+    /// Continue from a paused state.
+    fn resume(&mut self, held: InFlight) {
+        self.up
+            .resume(held.to_backend, held.client_done, held.totals.0);
+        self.down
+            .resume(held.to_client, held.backend_done, held.totals.1);
+        self.first_to_close = match (held.client_done, held.backend_done) {
+            (true, _) => Some(CloseReason::Client),
+            (false, true) => Some(CloseReason::Backend),
+            _ => None,
+        };
+        self.last_activity = Instant::now()
+            .checked_sub(held.idle_for)
+            .unwrap_or_else(Instant::now);
+    }
+
+    fn poll_directions(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut idle: Pin<&mut Sleep>,
+    ) -> Poll<CloseReason> {
         let (client, backend, plane) = (self.client, self.backend, self.plane);
         let mut moved = false;
         if !self.up.done {
@@ -447,6 +531,37 @@ impl Direction {
         }
     }
 
+    /// What this direction read and has not written yet, in order: the copy backlog, then the
+    /// pipe's bytes (read out of it, and the pipe returned). Back on the copy path after.
+    fn take_in_flight(&mut self, plane: &Plane) -> Vec<u8> {
+        #[cfg(not(target_os = "linux"))]
+        let _ = plane;
+        let mut held = self.backlog.split_off(self.sent as usize);
+        self.backlog = Vec::new();
+        self.sent = 0;
+        #[cfg(target_os = "linux")]
+        {
+            if let Some(pipe) = self.pipe.as_mut() {
+                if let Err(e) = pipe.read_pending(&mut held) {
+                    // Cannot happen to a pipe this process owns; the bytes it kept are lost
+                    // with the connection's hand-over, so say so loudly.
+                    tracing::error!(error = %e, "cannot read a splice pipe's bytes for a hand-over");
+                }
+            }
+            self.release(plane);
+            self.mode = Mode::Copy;
+        }
+        held
+    }
+
+    /// Start from a paused state: `held` goes out before anything is read.
+    fn resume(&mut self, held: Vec<u8>, done: bool, total: u64) {
+        self.backlog = held;
+        self.sent = 0;
+        self.done = done;
+        self.total = total;
+    }
+
     /// Return the (empty) pipe to the pool.
     #[cfg(target_os = "linux")]
     fn release(&mut self, plane: &Plane) {
@@ -522,7 +637,8 @@ impl Direction {
             }
             match to.try_write(&self.backlog[self.sent as usize..]) {
                 Ok(n) => {
-                    // The backlog never exceeds the 64 KiB scratch buffer.
+                    // The backlog holds at most the scratch buffer, or what a pause took out
+                    // of a pipe and a backlog (well under 4 GiB).
                     self.sent += n as u32;
                     self.count(tally, n, false);
                     *moved = true;

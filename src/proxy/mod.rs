@@ -18,6 +18,8 @@ pub mod connect;
 pub mod forward;
 pub mod graceful;
 pub mod metrics;
+#[cfg(unix)]
+pub mod pause;
 #[cfg(target_os = "linux")]
 pub mod splice;
 
@@ -43,7 +45,7 @@ use crate::proxy_protocol::{self, Header, Parsed};
 use crate::state::{
     BackendId, BackendSlot, BackendStats, CloseCause, CloseToken, Leaving, Routing,
 };
-use forward::{CloseReason, ForwardOutcome, Plane};
+use forward::{CloseReason, ForwardOutcome, InFlight, Plane, Stop};
 use graceful::{Closer, Progress};
 use metrics::{CloseMethod, HeaderRejectReason, ListenerStats, ProxyMetrics, RejectReason};
 
@@ -56,6 +58,9 @@ pub struct Context {
     pub health: Arc<dyn Observer>,
     /// Asks a backend's node to close a connection warren ends (graceful AMQP close).
     pub closer: Closer,
+    /// Pauses connections for an upgrade of warren itself.
+    #[cfg(unix)]
+    pub pause: pause::Pauser,
 }
 
 /// Decrements a gauge when dropped, so every exit path of a connection keeps gauges right.
@@ -392,8 +397,9 @@ struct Link {
     /// Counts the connection in the backend's `active`, with the backend's close token as it
     /// was when the backend was chosen.
     backend: BackendSlot,
-    /// The listener's `max_connections` slot; released when the connection ends.
-    _permit: OwnedSemaphorePermit,
+    /// The listener's `max_connections` slot; released when the connection ends. (One handed
+    /// over by an upgrade may have found none free under a lowered limit.)
+    _permit: Option<OwnedSemaphorePermit>,
     connected_at: Instant,
     /// The original client (from the inbound PROXY header when there is one).
     origin: SocketAddr,
@@ -439,36 +445,99 @@ struct Conn {
 #[allow(clippy::manual_async_fn)]
 fn handle(accepted: Box<Accepted>, conn: Conn) -> impl Future<Output = ()> + Send {
     async move {
-        let started = Instant::now();
         conn.stats.total.inc();
         let _active = GaugeGuard::new(&conn.stats.active);
         let establishing = establish(accepted, &conn.listener, &conn.ctx, &conn.stats);
         let Some((mut link, idle_timeout)) = Box::pin(establishing).await else {
             return;
         };
+        #[cfg(unix)]
+        if conn.ctx.pause.pausing() {
+            // Established while connections are being handed over: it moves with them.
+            let held = Box::default();
+            return Box::pin(moving(&link, &conn, idle_timeout, held, true)).await;
+        }
         let close = link.backend.take_close_token();
         let stop = std::pin::pin!(closed_by_warren(&link, &conn.ctx, close));
-        let outcome = forward::forward(
-            &link.client,
-            &link.upstream,
-            idle_timeout,
-            &conn.ctx.plane,
-            (
-                &link.backend.stats().bytes_to_backend,
-                &link.backend.stats().bytes_to_client,
-            ),
-            stop,
-            CloseReason::Drain,
-        )
-        .await;
-        ended(&link, &conn, outcome, started);
+        let ForwardOutcome {
+            reason,
+            to_backend,
+            to_client,
+            paused,
+        } = forward_link(&link, &conn, idle_timeout, stop, None).await;
+        match paused {
+            // An upgrade of warren paused it: it goes on in `moving`, boxed, so only a paused
+            // connection pays for it.
+            #[cfg(unix)]
+            Some(held) => Box::pin(moving(&link, &conn, idle_timeout, held, true)).await,
+            _ => ended(&link, &conn, reason, (to_backend, to_client)),
+        }
     }
 }
 
-/// Count, blame and log a connection that ended with `outcome`.
-fn ended(link: &Link, conn: &Conn, outcome: ForwardOutcome, started: Instant) {
+/// Forward both ways until the connection ends or `stop` says otherwise.
+fn forward_link<'a, S: Future<Output = Stop> + Send>(
+    link: &'a Link,
+    conn: &'a Conn,
+    idle_timeout: Duration,
+    stop: std::pin::Pin<&'a mut S>,
+    held: Option<Box<InFlight>>,
+) -> impl Future<Output = ForwardOutcome> + Send + 'a {
+    forward::forward(
+        &link.client,
+        &link.upstream,
+        idle_timeout,
+        &conn.ctx.plane,
+        (
+            &link.backend.stats().bytes_to_backend,
+            &link.backend.stats().bytes_to_client,
+        ),
+        stop,
+        CloseReason::Drain,
+        held,
+    )
+}
+
+/// A connection on the move: parked until the new process holds it (then it ends here without
+/// a close), or forwarding on from what it held (`held`) when the upgrade failed, as often as
+/// that happens. An adopted connection starts here forwarding (`park_first` false).
+#[cfg(unix)]
+async fn moving(
+    link: &Link,
+    conn: &Conn,
+    idle_timeout: Duration,
+    mut held: Box<InFlight>,
+    park_first: bool,
+) {
+    let mut park = park_first;
+    loop {
+        if park {
+            held = match pause::park(link, conn, held).await {
+                None => return,
+                Some(held) => held,
+            };
+        }
+        park = true;
+        // A close that fired meanwhile is on the backend's token as it is now (a drain's
+        // watcher closes again until the backend is drained).
+        let close = Some(link.backend.stats().close_token());
+        let stop = std::pin::pin!(closed_by_warren(link, &conn.ctx, close));
+        let outcome = forward_link(link, conn, idle_timeout, stop, Some(held)).await;
+        match outcome.paused {
+            Some(again) => held = again,
+            None => {
+                let bytes = (outcome.to_backend, outcome.to_client);
+                return ended(link, conn, outcome.reason, bytes);
+            }
+        }
+    }
+}
+
+/// Count, blame and log a connection that ended for `reason` with `bytes` delivered (to the
+/// backend, to the client).
+fn ended(link: &Link, conn: &Conn, reason: CloseReason, bytes: (u64, u64)) {
     let stats = &conn.stats;
-    let mut reason = outcome.reason;
+    let mut reason = reason;
     // Ended by warren: at the end of the window (over TCP), or by the broker after the node
     // was asked to close it (the client had its Connection.Close).
     // While the node is being asked, a connection that ends by itself ended by its Close.
@@ -491,7 +560,7 @@ fn ended(link: &Link, conn: &Conn, outcome: ForwardOutcome, started: Instant) {
     }
     stats.closed(reason).inc();
     if reason == CloseReason::Backend
-        && outcome.to_client == 0
+        && bytes.1 == 0
         && link.connected_at.elapsed() < connect::EARLY_CLOSE
     {
         closed_early(
@@ -506,9 +575,9 @@ fn ended(link: &Link, conn: &Conn, outcome: ForwardOutcome, started: Instant) {
         listener = &*conn.listener,
         backend = %link.backend_name,
         backend_addr = %link.backend_addr,
-        bytes_to_backend = outcome.to_backend + u64::from(link.early_bytes),
-        bytes_to_client = outcome.to_client,
-        duration_ms = started.elapsed().as_millis() as u64,
+        bytes_to_backend = bytes.0 + u64::from(link.early_bytes),
+        bytes_to_client = bytes.1,
+        duration_ms = link.connected_at.elapsed().as_millis() as u64,
         reason = reason.as_str(),
         "connection closed"
     );
@@ -548,7 +617,7 @@ fn closed_by_warren<'a>(
     link: &'a Link,
     ctx: &'a Context,
     close: Option<CloseToken>,
-) -> impl Future<Output = ()> + Send + 'a {
+) -> impl Future<Output = Stop> + Send + 'a {
     async move {
         let Some(mut close) = close else {
             // The slot's token is taken once, for this: never without it.
@@ -562,6 +631,9 @@ fn closed_by_warren<'a>(
                 Ok(ending) => break ending,
             }
         };
+        if let Ending::Pause = ending {
+            return Stop::Pause;
+        }
         Box::pin(after_close(link, ctx, ending)).await
     }
 }
@@ -573,12 +645,15 @@ enum Ending {
     Leave(std::time::Instant, CloseToken),
     /// Close now, for this reason.
     Close(CloseReason),
+    /// Pause for an upgrade of warren (see [`pause`]).
+    Pause,
 }
 
 /// The connection's ending, or (`Err`) the token to wait on next: a rebalance it takes no
 /// part in (too young, or every slot taken).
 fn decide(close: &CloseToken, connected_at: Instant, shutdown: bool) -> Result<Ending, CloseToken> {
     match (close.cause(), close.next()) {
+        (Some(CloseCause::Handover), _) if !shutdown => Ok(Ending::Pause),
         (Some(CloseCause::Rebalance(shed)), Some(next)) if !shutdown => {
             match shed.take(connected_at.into_std()) {
                 Some(slot) => Ok(Ending::Leave(slot, next)),
@@ -591,11 +666,13 @@ fn decide(close: &CloseToken, connected_at: Instant, shutdown: bool) -> Result<E
 
 /// Close the connection as decided, gracefully if the node can, recording why in `forced`;
 /// returns when warren must close it over TCP. A slot holder waits for its instant first,
-/// following later rebalances (it keeps its slot) until a close of another kind comes.
-async fn after_close(link: &Link, ctx: &Context, ending: Ending) {
+/// following later rebalances (it keeps its slot) until a close of another kind comes, or
+/// an upgrade of warren pauses it (it gives its slot up).
+async fn after_close(link: &Link, ctx: &Context, ending: Ending) -> Stop {
     let mut _leaving = None;
     let reason = match ending {
         Ending::Close(reason) => reason,
+        Ending::Pause => return Stop::Pause,
         Ending::Leave(slot, mut next) => {
             _leaving = Some(Leaving::new(link.backend.stats()));
             loop {
@@ -607,6 +684,7 @@ async fn after_close(link: &Link, ctx: &Context, ending: Ending) {
                 }
                 let shutdown = ctx.routing.shutdown_token().is_cancelled();
                 match (next.cause(), next.next()) {
+                    (Some(CloseCause::Handover), _) if !shutdown => return Stop::Pause,
                     (Some(CloseCause::Rebalance(_)), Some(after)) if !shutdown => next = after,
                     (cause, _) => break forced_reason(cause.as_ref(), shutdown),
                 }
@@ -644,7 +722,11 @@ async fn after_close(link: &Link, ctx: &Context, ending: Ending) {
         to,
         connected_at: link.connected_at,
     };
+    // An upgrade of warren leaves this connection to end here.
+    #[cfg(unix)]
+    let _closing = ctx.pause.closing_guard();
     ctx.closer.close(target, cause, since, &link.progress).await;
+    Stop::Close
 }
 
 /// Inbound PROXY header, backend selection and connect, outbound preamble; the link and the
@@ -714,7 +796,7 @@ async fn establish(
         client,
         upstream,
         backend: slot,
-        _permit: permit,
+        _permit: Some(permit),
         connected_at: Instant::now(),
         origin,
         destination,
@@ -896,6 +978,8 @@ mod tests {
             plane,
             health: Arc::new(NoHealth),
             closer: Closer::new(Arc::new(arc_swap::ArcSwap::from_pointee(config))),
+            #[cfg(unix)]
+            pause: pause::Pauser::default(),
         }
     }
 

@@ -77,6 +77,34 @@ impl Pipe {
         Ok(n)
     }
 
+    /// Read every pending byte out of the pipe into `out` (a paused connection hands them on).
+    pub fn read_pending(&mut self, out: &mut Vec<u8>) -> io::Result<()> {
+        while self.pending > 0 {
+            let start = out.len();
+            out.resize(start + self.pending, 0);
+            // SAFETY: `out[start..]` is `pending` initialised, writable bytes; the descriptor is
+            // this pipe's read end, open for as long as `self`.
+            let n = unsafe {
+                libc::read(
+                    self.read.as_raw_fd(),
+                    out[start..].as_mut_ptr().cast(),
+                    self.pending,
+                )
+            };
+            if n <= 0 {
+                out.truncate(start);
+                return Err(if n == 0 {
+                    io::ErrorKind::UnexpectedEof.into()
+                } else {
+                    io::Error::last_os_error()
+                });
+            }
+            out.truncate(start + n as usize);
+            self.pending -= n as usize;
+        }
+        Ok(())
+    }
+
     /// Move pending bytes from the pipe into socket `to`.
     pub fn drain_to(&mut self, to: RawFd) -> io::Result<usize> {
         let n = splice(self.read.as_raw_fd(), to, self.pending)?;
@@ -323,6 +351,21 @@ mod tests {
         pool.give_back(reused);
         pool.give_back(new);
         assert_eq!(pool.leased(), 0);
+    }
+
+    #[test]
+    fn pending_bytes_are_read_out_in_order() {
+        let (mut a, b) = UnixStream::pair().unwrap();
+        b.set_nonblocking(true).unwrap();
+        let mut pipe = Pipe::new().unwrap();
+        a.write_all(b"first ").unwrap();
+        pipe.fill_from(b.as_raw_fd(), 1 << 16).unwrap();
+        a.write_all(b"second").unwrap();
+        pipe.fill_from(b.as_raw_fd(), 1 << 16).unwrap();
+        let mut out = b"held:".to_vec();
+        pipe.read_pending(&mut out).unwrap();
+        assert_eq!(out, b"held:first second");
+        assert_eq!(pipe.pending, 0);
     }
 
     #[test]

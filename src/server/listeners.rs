@@ -183,32 +183,24 @@ impl Server {
             connections: limit.clone(),
             pending_headers: Arc::default(),
         };
-        let workers = self.workers.handles();
-        // One socket for several workers (outside Linux): its accept loop hands connections out.
-        let spread = (sockets.len() < workers.len()).then(|| workers.clone());
         let mut copies = Vec::with_capacity(sockets.len());
-        let mut loops = Vec::with_capacity(sockets.len());
-        for (socket, worker) in sockets.into_iter().zip(workers.iter()) {
-            match socket2::SockRef::from(&socket).try_clone() {
+        for socket in &sockets {
+            match socket2::SockRef::from(socket).try_clone() {
                 Ok(copy) => copies.push(copy.into()),
                 // Only a later rename of this listener needs it: it would bind afresh.
                 Err(e) => {
                     tracing::warn!(listener = %name, error = %e, "cannot keep a copy of the listening socket")
                 }
             }
-            loops.push(accept_loops.spawn_on(
-                proxy::serve(
-                    socket,
-                    name.clone(),
-                    limits.clone(),
-                    self.ctx.clone(),
-                    stop.clone(),
-                    connections.clone(),
-                    spread.clone(),
-                ),
-                worker,
-            ));
         }
+        let loops = self.spawn_accept_loops(
+            name.clone(),
+            sockets,
+            limits,
+            &stop,
+            accept_loops,
+            connections,
+        );
         running.insert(
             name,
             RunningListener {
@@ -220,6 +212,39 @@ impl Server {
                 loops,
             },
         );
+    }
+
+    /// One accept loop per socket, each on its worker, until `stop`.
+    pub(super) fn spawn_accept_loops(
+        &self,
+        name: Arc<str>,
+        sockets: Vec<TcpListener>,
+        limits: proxy::Limits,
+        stop: &CancellationToken,
+        accept_loops: &TaskTracker,
+        connections: &TaskTracker,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        let workers = self.workers.handles();
+        // One socket for several workers (outside Linux): its accept loop hands connections out.
+        let spread = (sockets.len() < workers.len()).then(|| workers.clone());
+        sockets
+            .into_iter()
+            .zip(workers.iter())
+            .map(|(socket, worker)| {
+                accept_loops.spawn_on(
+                    proxy::serve(
+                        socket,
+                        name.clone(),
+                        limits.clone(),
+                        self.ctx.clone(),
+                        stop.clone(),
+                        connections.clone(),
+                        spread.clone(),
+                    ),
+                    worker,
+                )
+            })
+            .collect()
     }
 
     /// The sockets of every listener a reload adds or moves, before anything is applied; on an

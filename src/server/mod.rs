@@ -398,7 +398,7 @@ impl Server {
         config: &Config,
         options: Options,
         inherited: Vec<crate::systemd::InheritedSocket>,
-        handed: crate::handover::incoming::Handed,
+        mut handed: crate::handover::incoming::Handed,
     ) -> Result<Server, ServerError> {
         let mut adopted = HashMap::new();
         for (name, socket) in crate::systemd::assign(&config.listeners, inherited) {
@@ -412,8 +412,11 @@ impl Server {
             let sockets = share_inherited(listener, options.workers).map_err(inherited_error)?;
             adopted.insert(name, sockets);
         }
+        let backends = std::mem::take(&mut handed.backends);
         let admin = handover::adopt_handed(config, options.workers, handed, &mut adopted)?;
-        Server::bind_adopting(config, options, adopted, admin)
+        let server = Server::bind_adopting(config, options, adopted, admin)?;
+        server.carry_backends(backends);
+        Ok(server)
     }
 
     /// Bind the listeners not in `adopted` (already listening sockets, by listener name).
@@ -464,6 +467,8 @@ impl Server {
             plane,
             health: Arc::new(health.clone()),
             closer: proxy::graceful::Closer::new(shared_config.clone()),
+            #[cfg(unix)]
+            pause: proxy::pause::Pauser::default(),
         });
         Ok(Server {
             listeners,
@@ -550,11 +555,20 @@ impl Server {
             status: self.serving(&running),
         });
         #[cfg(unix)]
-        self.confirm_taken_over();
+        let mut handed_connections = self.confirm_taken_over();
         let alive = self.spawn_alive_ticks();
 
         let mut handed_over = None;
         loop {
+            #[cfg(unix)]
+            let adopting = async {
+                match handed_connections.as_mut() {
+                    Some(rx) => rx.await.ok(),
+                    None => std::future::pending().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let adopting = std::future::pending::<Option<()>>();
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 Some(reply) = self.reload_rx.recv() => {
@@ -564,7 +578,9 @@ impl Server {
                     let _ = reply.send(outcome);
                 }
                 Some(reply) = self.upgrade_rx.recv() => {
-                    let outcome = self.upgrade(&running).await;
+                    let outcome = self
+                        .upgrade(&mut running, &stop_accepting, &accept_loops, &connections)
+                        .await;
                     if let Ok(done) = &outcome {
                         handed_over = Some(done.new_pid);
                     }
@@ -572,6 +588,18 @@ impl Server {
                     if handed_over.is_some() {
                         break;
                     }
+                }
+                received = adopting => {
+                    #[cfg(unix)]
+                    {
+                        handed_connections = None;
+                        match received {
+                            Some(received) => self.adopt_connections(received, &running, &connections),
+                            None => self.upgrade_tx.settle(),
+                        }
+                    }
+                    #[cfg(not(unix))]
+                    let _ = received;
                 }
             }
         }
@@ -653,7 +681,10 @@ impl Server {
     ) {
         match handed_over {
             // The service goes on in the new process: no STOPPING=1 for it.
-            Some(pid) => tracing::info!(new_pid = pid, "upgrade: pid {pid} serves; this process stops accepting and drains its connections"),
+            Some(pid) => tracing::info!(
+                new_pid = pid,
+                "upgrade: pid {pid} serves every connection handed over; this process stops"
+            ),
             None => self.tell(Lifecycle::Stopping {
                 status: format!(
                     "stopping: no new connections, open ones get up to {:?}",

@@ -580,7 +580,7 @@ fn stream_crc(seed: u64) -> u32 {
 /// A 256 MiB upload and a 256 MiB download through warren forwarding by `method` (`splice`, or
 /// `copy` with `--no-splice`), with `warren upgrade` once a quarter of each has passed: both
 /// byte-exact (length, CRC-32, every byte compared), the upgrade over before either transfer,
-/// and the new process forwarded over half of each stream by that method.
+/// and all but 1 MiB of each stream counted as forwarded by that method.
 async fn a_bulk_transfer_survives_an_upgrade(name: &str, method: &str) {
     let extra: &[&str] = if method == "copy" {
         &["--no-splice"]
@@ -658,7 +658,9 @@ async fn a_bulk_transfer_survives_an_upgrade(name: &str, method: &str) {
     );
     let (handed, taken) = handed_and_adopted(&warren);
     assert_eq!((handed, taken), (2, 2), "connections handed over, adopted");
-    // The new process carried the rest of both streams (over half of each), the same way.
+    // Counters continue across an upgrade (the old process's are carried), so the series count
+    // the whole transfer: all but the first reads by `method`, the new process's three quarters
+    // included.
     let text = scrape_metrics(s.admin).await;
     for direction in ["to_backend", "to_client"] {
         let bytes = |method: &str| {
@@ -676,8 +678,8 @@ async fn a_bulk_transfer_survives_an_upgrade(name: &str, method: &str) {
         };
         eprintln!("new process {direction}: {ours} bytes by {method}, {other} by the other method");
         assert!(
-            ours >= (BULK / 2) as f64,
-            "the new process forwarded only {ours} bytes {direction} by {method}"
+            ours >= (BULK - (1 << 20)) as f64,
+            "only {ours} bytes forwarded {direction} by {method}"
         );
         if method == "copy" {
             assert_eq!(other, 0.0, "splice used with --no-splice");
@@ -688,7 +690,7 @@ async fn a_bulk_transfer_survives_an_upgrade(name: &str, method: &str) {
 /// Criterion: a 256 MiB upload and a 256 MiB download (paced to 64 MiB/s each) on the splice
 /// path, `warren upgrade` started once 64 MiB of each has passed and over before either ends:
 /// both arrive byte-exact (length 268,435,456, same CRC-32, 0 bytes differing), 2 connections
-/// handed over and adopted, and the new process forwarded ≥ 128 MiB each way by splice.
+/// handed over and adopted, ≥ 255 MiB each way counted as forwarded by splice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bulk_transfer_on_the_splice_path_survives_an_upgrade() {
     a_bulk_transfer_survives_an_upgrade("bulk-splice", "splice").await;
@@ -696,7 +698,7 @@ async fn a_bulk_transfer_on_the_splice_path_survives_an_upgrade() {
 
 /// Criterion: as on the splice path, with warren started with `--no-splice` (the copy path):
 /// both transfers byte-exact, 2 connections handed over and adopted, the new process forwarded
-/// ≥ 128 MiB each way by copy and 0 bytes by splice.
+/// ≥ 255 MiB each way counted as forwarded by copy and 0 bytes by splice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bulk_transfer_on_the_copy_path_survives_an_upgrade() {
     a_bulk_transfer_survives_an_upgrade("bulk-copy", "copy").await;

@@ -40,8 +40,9 @@ pub enum Command {
     /// Talk to a running warren through its admin API: status, drain, undrain, reload.
     Ctl(ctl::CtlArgs),
     /// Upgrade the running warren to the binary now installed at its path, refusing no connect
-    /// (as `warren ctl upgrade-self`, or SIGUSR2): exits 0 once the new process serves, 1
-    /// naming why it did not (the running process then serves on).
+    /// and closing no connection (as `warren ctl upgrade-self`, or SIGUSR2): exits 0 once the
+    /// new process holds every connection, 1 naming why it did not (the running process then
+    /// serves on with every connection).
     Upgrade(UpgradeArgs),
     /// Translate an NGINX config's `stream` block into warren TOML on stdout; what does not
     /// translate is listed on stderr with file and line.

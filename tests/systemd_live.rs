@@ -198,3 +198,81 @@ fn warren_service_reloads_and_its_failover_hook_switches_a_unit_as_root() {
         Some(3)
     );
 }
+
+/// Criterion (issue 18): under the repository's own warren.service (`Type=notify`, the default
+/// `NotifyAccess=main`), `warren upgrade` while a client holds a connection through warren and
+/// talks on it every 100 ms: the command exits 0, systemd's MainPID becomes the new process
+/// (the old one said `MAINPID=`), the service stays active with 0 restarts, the old process is
+/// gone, and the client's 60 round trips all come back on the one connection. Then `systemctl
+/// reload` reaches the new process and `systemctl stop` ends it with result `success`: systemd
+/// (252 here) waits for it as its own child, not SIGKILLs it as a process it cannot watch.
+#[test]
+fn warren_upgrade_under_systemd_moves_the_main_pid_and_keeps_a_connection() {
+    const TEST: &str = "warren_upgrade_under_systemd_moves_the_main_pid_and_keeps_a_connection";
+    let Some(systemd) = SystemdBox::boot(TEST) else {
+        return;
+    };
+    hand_in(&systemd.dir.0);
+    systemd.ok(INSTALL);
+    let show = |property: &str| systemd.ok(&format!("systemctl show -p {property} --value warren"));
+    systemd.ok("systemctl start warren-test-echo-5673.socket");
+    systemd.ok("systemctl enable --now warren.service");
+    let old_pid = show("MainPID");
+
+    // One connection for the whole test: 60 round trips, 100 ms apart, each line logged.
+    let client = "exec 3<>/dev/tcp/127.0.0.1/5672; for i in $(seq 1 60); do \
+                  echo ping-$i >&3; read -t 5 line <&3 || exit 1; echo $line >> /run/client.log; \
+                  sleep 0.1; done";
+    systemd.ok(&format!(
+        "systemd-run --unit=warren-test-client --property=Type=exec bash -c '{client}'"
+    ));
+    let talked =
+        "test \"$(cat /run/client.log 2>/dev/null | wc -l)\" -ge 10 && echo yes || echo no";
+    systemd.wait_until(talked, "yes", 10 * SECOND);
+
+    let upgraded = systemd.ok("/usr/local/bin/warren upgrade --admin http://127.0.0.1:9901");
+    assert!(
+        upgraded.starts_with("upgraded: pid ") && upgraded.contains("1 connections handed over"),
+        "{upgraded}"
+    );
+    let new_pid = upgraded.split_whitespace().nth(2).unwrap().to_owned();
+    assert_ne!(new_pid, old_pid);
+    systemd.wait_until(
+        "systemctl show -p MainPID --value warren",
+        &new_pid,
+        10 * SECOND,
+    );
+    assert_eq!(systemd.ok("systemctl is-active warren.service"), "active");
+    assert_eq!(show("NRestarts"), "0");
+    systemd.wait_until(
+        &format!("test -e /proc/{old_pid} && echo running || echo gone"),
+        "gone",
+        20 * SECOND,
+    );
+    assert_eq!(systemd.ok(&format!("ps -o user= -p {new_pid}")), "warren");
+
+    // The client finishes on its one connection, every answer in order.
+    systemd.wait_until(
+        "systemctl show -p ActiveState --value warren-test-client",
+        "inactive",
+        30 * SECOND,
+    );
+    assert_eq!(
+        systemd.ok("systemctl show -p Result --value warren-test-client"),
+        "success"
+    );
+    let expected: Vec<String> = (1..=60).map(|i| format!("ping-{i}")).collect();
+    assert_eq!(systemd.ok("cat /run/client.log"), expected.join("\n"));
+
+    // The new main process takes reloads and stops as the unit says.
+    systemd.ok("install -m 0640 -g warren /run/warren-test/warren2.toml /etc/warren/warren.toml");
+    systemd.ok("systemctl reload warren");
+    systemd.wait_until(
+        "systemctl show -p StatusText --value warren",
+        "serving: amqp on 127.0.0.1:5672, amqp2 on 127.0.0.1:5674",
+        10 * SECOND,
+    );
+    assert_eq!(show("MainPID"), new_pid);
+    systemd.ok("systemctl stop warren.service");
+    assert_eq!(show("Result"), "success");
+}

@@ -157,8 +157,9 @@ pub enum CtlCommand {
     /// Make warren re-read its config file (the running config stays if the new one is invalid).
     Reload,
     /// Upgrade warren itself (as `warren upgrade`): the running process starts the binary now
-    /// installed at its path, hands it the listening sockets and drains its own connections.
-    /// Fails, naming why, when the new binary does not start, load its config or get ready.
+    /// installed at its path and hands it the listening sockets and every open connection.
+    /// Fails, naming why, when the new binary does not start, load its config or take over
+    /// (every connection then stays with the running process).
     UpgradeSelf,
     /// Rolling upgrade of a pool, one backend at a time: check the pool is healthy, drain (refused
     /// while RabbitMQ says the node is quorum-critical), run COMMAND, wait until the backend

@@ -527,6 +527,12 @@ impl Drainer {
             .spawn(self.clone().watch(id.clone(), generation));
     }
 
+    /// Stop following drains: after an upgrade of warren the new process does (its deadlines,
+    /// its `drain_complete`); here the connections leaving would look like a drain completing.
+    pub fn retire(&self) {
+        lock(&self.drains).clear();
+    }
+
     /// Let a backend take new connections again (idempotent).
     pub fn undrain(&self, id: &BackendId) -> Result<DrainAnswer, DrainError> {
         let (pool, backend) = (&*id.pool, &*id.backend);

@@ -54,7 +54,7 @@ pub struct Sockets {
 /// A hand-over under way: the new process serves every listener; the connections are next.
 pub struct Handing {
     channel: Option<Channel>,
-    child: tokio::process::Child,
+    child: NewProcess,
     launch: &'static Launch,
     pub new_pid: u32,
     /// When the upgrade started.
@@ -64,10 +64,13 @@ pub struct Handing {
 /// Start the recorded executable and hand it `sockets` and the backends' state; `env` is added
 /// to its environment (systemd's `NOTIFY_SOCKET`, which this process removed from its own at
 /// start-up). Returns once the new process serves every listener.
+/// With `orphan` (under a service manager), the new process is started as an orphan: see
+/// [`NewProcess::Orphan`].
 pub async fn hand_over(
     sockets: Sockets,
     backends: Vec<BackendState>,
     env: Vec<(String, String)>,
+    orphan: bool,
     timeout: Duration,
 ) -> Result<Handing, String> {
     let started = Instant::now();
@@ -82,14 +85,19 @@ pub async fn hand_over(
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
     )
     .map_err(|e| format!("cannot pass the hand-over socket: {e}"))?;
-    let mut child = tokio::process::Command::new(&launch.exe)
+    let mut command = tokio::process::Command::new(&launch.exe);
+    command
         .args(&launch.args)
         .env(super::FD_VAR, theirs.as_raw_fd().to_string())
-        .envs(env)
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", launch.exe.display()))?;
+        .envs(env);
+    let spawned = if orphan {
+        spawn_orphan(&mut command).await.map(NewProcess::Orphan)
+    } else {
+        command.spawn().map(NewProcess::Child)
+    };
+    let mut child = spawned.map_err(|e| format!("cannot start {}: {e}", launch.exe.display()))?;
     drop(theirs);
-    let pid = child.id().unwrap_or(0);
+    let pid = child.pid();
     tracing::info!(exe = %launch.exe.display(), pid, "upgrade: started the new binary, handing over the listening sockets");
     let deadline = started + timeout;
     let exchange =
@@ -172,7 +180,7 @@ impl Handing {
     /// sockets, but must never forward them) and say why in one line. Returns once it exited.
     pub async fn fail(mut self, failure: Failure, timeout: Duration) -> String {
         // It must not live on: the caller resumes the connections it was sent.
-        let _ = self.child.start_kill();
+        self.child.start_kill();
         failure.explain(&mut self.child, self.launch, timeout).await
     }
 }
@@ -194,22 +202,9 @@ pub enum Failure {
 impl Failure {
     /// The reason in one line; a process still running is killed (it never said "ready", so
     /// the old process keeps every socket and connection).
-    async fn explain(
-        self,
-        child: &mut tokio::process::Child,
-        launch: &Launch,
-        timeout: Duration,
-    ) -> String {
+    async fn explain(self, child: &mut NewProcess, launch: &Launch, timeout: Duration) -> String {
         let exe = launch.exe.display();
-        let exited = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
-        let status = match exited {
-            Ok(Ok(status)) => format!("exited ({status})"),
-            Ok(Err(e)) => format!("cannot be waited for: {e}"),
-            Err(_) => {
-                let _ = child.kill().await;
-                "was stopped".to_owned()
-            }
-        };
+        let status = child.end(Duration::from_secs(2)).await;
         match self {
             Failure::Said(reason) => format!("the new binary {exe} refused: {reason}; it {status}"),
             Failure::Channel(ChannelError::Timeout) => {
@@ -273,4 +268,114 @@ fn exchange(
         Message::Ready { pid } => Ok((channel, pid)),
         other => Err(Failure::Unexpected(Box::new(other))),
     }
+}
+
+/// The process an upgrade started.
+enum NewProcess {
+    /// A child of this process.
+    Child(tokio::process::Child),
+    /// Started through a short-lived intermediate process, so it was handed to PID 1 (or the
+    /// nearest subreaper) at once: under systemd it is then systemd's own child by the time
+    /// this process names it the main process (`MAINPID=`). systemd before 253 cannot watch a
+    /// main process that is not its child: at the next `systemctl stop` it would not wait for
+    /// it and would SIGKILL it. Its exit status cannot be known here.
+    Orphan(u32),
+}
+
+impl NewProcess {
+    fn pid(&self) -> u32 {
+        match self {
+            NewProcess::Child(child) => child.id().unwrap_or(0),
+            NewProcess::Orphan(pid) => *pid,
+        }
+    }
+
+    fn start_kill(&mut self) {
+        match self {
+            NewProcess::Child(child) => {
+                let _ = child.start_kill();
+            }
+            NewProcess::Orphan(pid) => signal(*pid, nix::sys::signal::Signal::SIGKILL),
+        }
+    }
+
+    /// Wait up to `grace` for it to exit, else kill it; says which ("exited (exit status: 3)",
+    /// "was stopped").
+    async fn end(&mut self, grace: Duration) -> String {
+        match self {
+            NewProcess::Child(child) => match tokio::time::timeout(grace, child.wait()).await {
+                Ok(Ok(status)) => format!("exited ({status})"),
+                Ok(Err(e)) => format!("cannot be waited for: {e}"),
+                Err(_) => {
+                    let _ = child.kill().await;
+                    "was stopped".to_owned()
+                }
+            },
+            NewProcess::Orphan(pid) => {
+                let pid = *pid;
+                if gone_within(pid, grace).await {
+                    return "exited".to_owned();
+                }
+                signal(pid, nix::sys::signal::Signal::SIGKILL);
+                gone_within(pid, Duration::from_secs(5)).await;
+                "was stopped".to_owned()
+            }
+        }
+    }
+}
+
+fn signal(pid: u32, signal: nix::sys::signal::Signal) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+    }
+}
+
+/// Whether process `pid` is gone (or a zombie its new parent has not reaped yet) within
+/// `within`.
+async fn gone_within(pid: u32, within: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+        // The state follows the command name in parentheses: "Z" is a zombie.
+        let zombie = state
+            .as_deref()
+            .and_then(|s| s.rsplit_once(") "))
+            .is_some_and(|(_, rest)| rest.starts_with('Z'));
+        if state.is_none() || zombie {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Start `command` as an orphan (see [`NewProcess::Orphan`]): the spawned process forks once
+/// more before `exec`, passes the grandchild's pid back over a pipe and exits; the grandchild
+/// runs the command. An `exec` that fails is reported as by `spawn`.
+async fn spawn_orphan(command: &mut tokio::process::Command) -> std::io::Result<u32> {
+    use std::io::Read;
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let write_fd = write.as_raw_fd();
+    // SAFETY: the closure runs in the forked child before `exec`, where only async-signal-safe
+    // calls are allowed: fork, write and _exit are. The intermediate writes the grandchild's
+    // pid to a pipe this process owns and exits at once; the grandchild returns and execs.
+    unsafe {
+        command.pre_exec(move || match libc::fork() {
+            -1 => Err(std::io::Error::last_os_error()),
+            0 => Ok(()),
+            grandchild => {
+                let bytes = grandchild.to_ne_bytes();
+                libc::write(write_fd, bytes.as_ptr().cast(), bytes.len());
+                libc::_exit(0)
+            }
+        });
+    }
+    let mut intermediate = command.spawn()?;
+    drop(write);
+    intermediate.wait().await?;
+    let mut bytes = [0u8; 4];
+    std::fs::File::from(read).read_exact(&mut bytes)?;
+    u32::try_from(i32::from_ne_bytes(bytes)).map_err(std::io::Error::other)
 }

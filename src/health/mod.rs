@@ -473,6 +473,15 @@ impl Controller {
         }
     }
 
+    /// Stop probing: after an upgrade of warren the new process probes, and its verdicts are
+    /// the ones that run hooks (hooks already running finish).
+    pub fn retire(&self) {
+        self.probe_tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .cancel();
+    }
+
     /// Start one probe task per backend of every pool with a `[health]` section, on the
     /// control runtime, until `stop` is cancelled or the next reload.
     pub fn spawn_probes(self: &Arc<Self>, config: &Config, stop: &CancellationToken) {

@@ -184,8 +184,10 @@ impl Server {
             .handed_sockets(running)
             .map_err(|e| UpgradeError::Failed(format!("cannot copy the listening sockets: {e}")))?;
         let env = self.options.handover_env.clone();
-        let mut handing = match hand_over(sockets, self.backend_states(), env, READY_TIMEOUT).await
-        {
+        // Under systemd the new process must be systemd's child to be its main process.
+        let orphan = env.iter().any(|(name, _)| name == "NOTIFY_SOCKET");
+        let backends = self.backend_states();
+        let mut handing = match hand_over(sockets, backends, env, orphan, READY_TIMEOUT).await {
             Ok(handing) => handing,
             Err(reason) => {
                 tracing::warn!(%reason, "upgrade failed; this process keeps every listener and connection");
@@ -203,6 +205,10 @@ impl Server {
         match self.hand_connections(&mut handing, connections).await {
             Ok((parked, left)) => {
                 let count = parked.len();
+                // The new process probes, follows drains and runs hooks from now on: here the
+                // connections leaving would look like drains completing.
+                self.health.retire();
+                self.drainer.retire();
                 for p in parked {
                     p.taken();
                 }

@@ -77,14 +77,18 @@ fn remove_cgroup(root: &Path) {
 }
 
 /// Removes the cgroups of boxes whose test process was killed (no drop ran): a
-/// `warren-test-PID` under `mount` whose PID is gone.
+/// `warren-test-PID-N` under `mount` whose PID is gone.
 fn remove_stale_cgroups(mount: &Path) {
     let Ok(entries) = std::fs::read_dir(mount) else {
         return;
     };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("warren-test-")) else {
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("warren-test-"))
+            .map(|rest| rest.split('-').next().unwrap_or(rest))
+        else {
             continue;
         };
         if !Path::new("/proc").join(pid).exists() {
@@ -128,12 +132,15 @@ impl SystemdBox {
             return None;
         };
         remove_stale_cgroups(&mount);
-        let cgroup = mount.join(format!("warren-test-{}", std::process::id()));
+        // One per box: the tests of one file run in one process, in parallel.
+        static BOXES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = BOXES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let cgroup = mount.join(format!("warren-test-{}-{n}", std::process::id()));
         if let Err(e) = std::fs::create_dir_all(&cgroup) {
             eprintln!("SKIP {test}: cannot create the cgroup {cgroup:?}: {e}");
             return None;
         }
-        let dir = TempDir::new("systemd-box");
+        let dir = TempDir::new(&format!("systemd-box-{n}"));
         let boot_sh = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/systemd/boot.sh");
         let stderr = std::fs::File::create(dir.0.join("boot.stderr")).unwrap();
         // PID 1 alone moves into the box's cgroup, then makes it the root of its cgroup

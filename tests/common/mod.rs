@@ -855,3 +855,62 @@ pub fn keep_connecting(
         (ok, failed)
     })
 }
+
+// ---------------------------------------------------------------------------------------------
+// Upgrading warren itself (tests/handover_conns.rs, tests/handover_rabbit.rs): the command, the
+// process it starts, and a "new binary" installed at warren's path.
+
+/// A process started by an upgrade (not our child): killed when the test ends, pass or fail.
+pub struct Adopted(pub u32);
+
+impl Drop for Adopted {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) only sends a signal; the pid is the warren this test upgraded to.
+        unsafe { libc::kill(self.0 as libc::pid_t, libc::SIGKILL) };
+    }
+}
+
+/// Whether process `pid` runs: it exists and is not a zombie (a warren started by an upgrade
+/// is not our child, and whoever adopts it once its parent exits may reap it late).
+pub fn alive(pid: u32) -> bool {
+    proc_stat_fields(pid).is_some_and(|f| f[0] != "Z")
+}
+
+/// `warren upgrade --admin http://ADMIN`: exit success, stdout, stderr.
+pub async fn warren_upgrade(admin: SocketAddr) -> (bool, String, String) {
+    let out = tokio::process::Command::new(WARREN_BIN)
+        .args(["upgrade", "--admin", &format!("http://{admin}")])
+        .env_remove("WARREN_ADMIN")
+        .output()
+        .await
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.success(), text(&out.stdout), text(&out.stderr))
+}
+
+/// The pid in `upgraded: pid N serves ...`.
+pub fn upgraded_pid(stdout: &str) -> u32 {
+    stdout
+        .split_whitespace()
+        .nth(2)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {stdout:?}"))
+}
+
+/// Wait until process `pid` (ours or not) is gone; panics after `within`.
+pub async fn wait_gone(pid: u32, within: Duration) {
+    wait_for(&format!("process {pid} to exit"), within, || !alive(pid)).await;
+}
+
+/// The number N in the first log line containing `before` N `after`, e.g.
+/// `("upgrade: handed over ", " connections")`.
+pub fn logged_number(log: &str, before: &str, after: &str) -> Option<u64> {
+    log.lines().find_map(|line| {
+        let rest = &line[line.find(before)? + before.len()..];
+        rest.strip_suffix(after)
+            .or_else(|| rest.split_once(after).map(|(n, _)| n))?
+            .trim()
+            .parse()
+            .ok()
+    })
+}

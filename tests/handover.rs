@@ -8,27 +8,12 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-/// A process started by an upgrade (not our child): killed when the test ends, pass or fail.
-struct Adopted(u32);
-
-impl Drop for Adopted {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) only sends a signal; the pid is the warren this test upgraded to.
-        unsafe { libc::kill(self.0 as libc::pid_t, libc::SIGKILL) };
-    }
-}
-
-fn alive(pid: u32) -> bool {
-    // SAFETY: signal 0 only checks that the process exists.
-    unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
-}
 
 /// One warren under test: its directory, config file, client and admin addresses.
 struct Setup {
@@ -58,40 +43,6 @@ async fn setup(name: &str) -> Setup {
     }
 }
 
-/// `warren upgrade --admin ...`: exit success, stdout, stderr.
-async fn upgrade(admin: SocketAddr) -> (bool, String, String) {
-    let out = tokio::process::Command::new(WARREN_BIN)
-        .args(["upgrade", "--admin", &format!("http://{admin}")])
-        .env_remove("WARREN_ADMIN")
-        .output()
-        .await
-        .unwrap();
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    (out.status.success(), text(&out.stdout), text(&out.stderr))
-}
-
-/// A warren started from its own path in the cargo target dir (a hard link to the built
-/// binary), so a test can install a different "new binary" there, as a package upgrade would.
-fn installed_copy(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("handover-{name}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("warren");
-    if std::fs::hard_link(WARREN_BIN, &path).is_err() {
-        std::fs::copy(WARREN_BIN, &path).unwrap();
-    }
-    path
-}
-
-/// Replace the file at `path` with a shell script, atomically (rename), as a package does.
-fn install_script(path: &Path, body: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    let new = path.with_extension("new");
-    std::fs::write(&new, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::fs::set_permissions(&new, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::rename(&new, path).unwrap();
-}
-
 /// The old process keeps serving: a connect is echoed and the admin API answers.
 async fn still_serves(s: &Setup, warren: &mut WarrenProc) {
     assert!(warren.exited().is_none(), "the old process exited");
@@ -101,15 +52,6 @@ async fn still_serves(s: &Setup, warren: &mut WarrenProc) {
     );
     let (code, _) = http(s.admin, "GET", "/v1/status", None, b"").await;
     assert_eq!(code, 200);
-}
-
-/// The pid in `upgraded: pid N serves ...`.
-fn new_pid(stdout: &str) -> u32 {
-    stdout
-        .split_whitespace()
-        .nth(2)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no pid in {stdout:?}"))
 }
 
 /// Criterion: a client connecting in a tight loop through warren during `warren upgrade`: 0
@@ -127,10 +69,10 @@ async fn an_upgrade_refuses_no_connect_and_the_new_process_serves() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let started = Instant::now();
-    let (ok, stdout, stderr) = upgrade(s.admin).await;
+    let (ok, stdout, stderr) = warren_upgrade(s.admin).await;
     let took = started.elapsed();
     assert!(ok, "warren upgrade failed: {stderr}");
-    let pid = new_pid(&stdout);
+    let pid = upgraded_pid(&stdout);
     let _adopted = Adopted(pid);
     assert_ne!(pid, old_pid);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -184,7 +126,7 @@ async fn a_new_binary_that_exits_at_once_leaves_the_old_one_serving() {
     )
     .await;
     install_script(&exe, "exit 3");
-    let (ok, _, stderr) = upgrade(s.admin).await;
+    let (ok, _, stderr) = warren_upgrade(s.admin).await;
     assert!(!ok, "warren upgrade succeeded with a binary that exits");
     assert!(
         stderr.contains("exit status: 3") && stderr.contains("before it was ready"),
@@ -206,7 +148,7 @@ async fn a_config_that_fails_to_load_leaves_the_old_one_serving() {
         good.replace("pool = \"rabbitmq\"", "pool = \"nosuch\""),
     )
     .unwrap();
-    let (ok, _, stderr) = upgrade(s.admin).await;
+    let (ok, _, stderr) = warren_upgrade(s.admin).await;
     assert!(!ok, "warren upgrade succeeded with a broken config");
     assert!(
         stderr.contains("warren.toml") && stderr.contains("pool") && stderr.contains("nosuch"),
@@ -214,9 +156,9 @@ async fn a_config_that_fails_to_load_leaves_the_old_one_serving() {
     );
     still_serves(&s, &mut warren).await;
     std::fs::write(&s.config, good).unwrap();
-    let (ok, stdout, stderr) = upgrade(s.admin).await;
+    let (ok, stdout, stderr) = warren_upgrade(s.admin).await;
     assert!(ok, "the upgrade after the fix failed: {stderr}");
-    let _adopted = Adopted(new_pid(&stdout));
+    let _adopted = Adopted(upgraded_pid(&stdout));
 }
 
 /// Criterion: while an upgrade waits on a slow new binary (it exits 4 after 2 s), a second
@@ -233,12 +175,12 @@ async fn a_second_upgrade_during_one_is_refused() {
     )
     .await;
     install_script(&exe, "sleep 2; exit 4");
-    let first = tokio::spawn(upgrade(s.admin));
+    let first = tokio::spawn(warren_upgrade(s.admin));
     warren
         .logged("upgrade: started the new binary", Duration::from_secs(10))
         .await;
     let started = Instant::now();
-    let (ok, _, stderr) = upgrade(s.admin).await;
+    let (ok, _, stderr) = warren_upgrade(s.admin).await;
     assert!(!ok, "a second upgrade was accepted");
     assert!(stderr.contains("already in progress"), "{stderr}");
     assert!(

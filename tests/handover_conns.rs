@@ -330,28 +330,6 @@ impl Setup {
     }
 }
 
-/// A warren started from its own path in the cargo target dir (a hard link to the built
-/// binary), so a test can install a different "new binary" there.
-fn installed_copy(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("handover-conns-{name}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("warren");
-    if std::fs::hard_link(WARREN_BIN, &path).is_err() {
-        std::fs::copy(WARREN_BIN, &path).unwrap();
-    }
-    path
-}
-
-/// Replace the file at `path` with a shell script, atomically (rename), as a package does.
-fn install_script(path: &Path, body: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    let new = path.with_extension("new");
-    std::fs::write(&new, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::fs::set_permissions(&new, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::rename(&new, path).unwrap();
-}
-
 /// `at` − `from` in seconds, negative when `at` is earlier.
 fn seconds_from(from: Instant, at: Instant) -> f64 {
     if at >= from {
@@ -741,7 +719,7 @@ async fn a_new_binary_that_exits_at_once_leaves_every_connection_with_the_old_on
     let _turn = TURN.lock().await;
     let backend = spawn_backend(echo).await;
     let s = setup("conns-exit", &[backend.addr]);
-    let exe = installed_copy("exit");
+    let exe = installed_copy("conns-exit");
     let mut warren = s.start(&exe, &[], &[]).await;
     install_script(&exe, "exit 3");
     a_failed_upgrade_keeps_every_connection(&s, &backend, &mut warren, 50, &["exit status: 3"])

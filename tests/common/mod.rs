@@ -897,6 +897,28 @@ pub fn upgraded_pid(stdout: &str) -> u32 {
         .unwrap_or_else(|| panic!("no pid in {stdout:?}"))
 }
 
+/// A warren started from its own path in the cargo target dir (a hard link to the built
+/// binary), so a test can install a different "new binary" there, as a package upgrade would.
+pub fn installed_copy(name: &str) -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("handover-{name}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("warren");
+    if std::fs::hard_link(WARREN_BIN, &path).is_err() {
+        std::fs::copy(WARREN_BIN, &path).unwrap();
+    }
+    path
+}
+
+/// Replace the file at `path` with a shell script, atomically (rename), as a package does.
+pub fn install_script(path: &std::path::Path, body: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let new = path.with_extension("new");
+    std::fs::write(&new, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&new, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&new, path).unwrap();
+}
+
 /// Wait until process `pid` (ours or not) is gone; panics after `within`.
 pub async fn wait_gone(pid: u32, within: Duration) {
     wait_for(&format!("process {pid} to exit"), within, || !alive(pid)).await;

@@ -79,6 +79,10 @@ install_test_deps() {
     if ! command -v iperf3 >/dev/null 2>&1; then
         missing+=(iperf3)
     fi
+    # etcd for the fleet tests (tests/fleet_etcd.rs starts its own on free loopback ports).
+    if ! command -v etcd >/dev/null 2>&1; then
+        missing+=(etcd-server)
+    fi
     # RabbitMQ for the real-node probe tests and the cluster tests (tests/cluster.rs).
     if [ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]; then
         if [ "$(id -u)" -eq 0 ]; then
@@ -102,6 +106,12 @@ install_test_deps() {
     fi
     log "installing ${missing[*]}"
     apt_install "${missing[@]}"
+    # Debian's etcd-server enables (and, under systemd, starts) a system etcd on the default
+    # ports 2379 and 2380: nothing here wants it, so it is stopped and not started at boot.
+    if [[ " ${missing[*]} " == *" etcd-server "* ]] && command -v systemctl >/dev/null 2>&1; then
+        systemctl disable etcd >/dev/null 2>&1 || true
+        systemctl stop etcd >/dev/null 2>&1 || true
+    fi
 }
 
 if ! command -v cargo >/dev/null 2>&1; then

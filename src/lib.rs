@@ -7,7 +7,8 @@
 //! [`admin`] serves `/metrics` and friends with the JSON contract of [`api`] (which `warren ctl`
 //! reads too), and [`server`] wires the
 //! process together on the event loops of [`workers`]. [`cli`] holds the command-line interface the binary parses.
-//! [`http_client`] is the one HTTP client (webhooks of [`hooks`], `http` probes, `warren ctl`).
+//! [`http_client`] is the one HTTP client (webhooks of [`hooks`], `http` probes, `warren ctl`,
+//! and the etcd client of [`fleet`], which lets warren instances share drains).
 
 pub mod admin;
 pub mod api;
@@ -16,6 +17,7 @@ pub mod cli;
 pub mod config;
 pub mod ctl;
 pub mod drain;
+pub mod fleet;
 pub mod handover;
 pub mod health;
 pub mod hooks;

@@ -1,7 +1,7 @@
 //! Helpers for integration tests: in-process warren servers, in-process backends on port 0,
 //! waiting on conditions with deadlines, reading `/metrics` ([`metrics`]), hook scripts
-//! ([`hook_scripts`]), a fake management API ([`fake_api`]), and a real systemd booted in
-//! namespaces ([`systemd_box`]).
+//! ([`hook_scripts`]), a fake management API ([`fake_api`]), a real systemd booted in
+//! namespaces ([`systemd_box`]), and a real etcd ([`etcd`]).
 #![allow(dead_code)]
 
 use std::future::Future;
@@ -19,6 +19,7 @@ use warren::metrics::Metrics;
 use warren::state::Routing;
 use warren::{Options, Server};
 
+pub mod etcd;
 mod fake_api;
 mod hook_scripts;
 mod metrics;

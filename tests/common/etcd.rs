@@ -1,0 +1,152 @@
+//! A real single-member etcd (Debian's `etcd-server`, `/usr/bin/etcd`) on 127.0.0.1 with free
+//! ports and its data under a temp dir, for the fleet tests: started, waited for until
+//! `/health` answers, stopped and started again on the same data and ports, killed on drop.
+//! [`Etcd::start`] prints a SKIP line and returns `None` when etcd is not installed. Also a raw
+//! call to etcd's JSON gateway ([`gateway`]) for what the client under test must not be
+//! trusted to do itself (enabling auth, compacting).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use warren::http_client::{BodyRead, HttpUrl, Request};
+
+use super::{free_port, TempDir};
+
+pub const ETCD_BIN: &str = "/usr/bin/etcd";
+
+/// A running (or stopped) etcd.
+pub struct Etcd {
+    /// `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+    client_port: u16,
+    peer_port: u16,
+    /// Holds the data dir (`data/`) and the log (`etcd.log`); removed on drop.
+    dir: TempDir,
+    /// `None` while stopped.
+    child: Option<Child>,
+}
+
+impl Etcd {
+    /// Start an etcd named after the test (`name` keeps temp dirs apart); `None` when etcd is
+    /// not installed (with a SKIP line naming `test`).
+    pub async fn start(test: &str) -> Option<Etcd> {
+        if !std::path::Path::new(ETCD_BIN).exists() {
+            eprintln!("SKIP {test}: {ETCD_BIN} is missing (apt-get install etcd-server)");
+            return None;
+        }
+        let client_port = free_port();
+        let mut etcd = Etcd {
+            endpoint: format!("http://127.0.0.1:{client_port}"),
+            client_port,
+            peer_port: free_port(),
+            dir: TempDir::new(&format!("etcd-{test}")),
+            child: None,
+        };
+        etcd.start_again().await;
+        Some(etcd)
+    }
+
+    fn log(&self) -> PathBuf {
+        self.dir.0.join("etcd.log")
+    }
+
+    /// Start etcd on the same data dir and ports, and wait until it answers.
+    pub async fn start_again(&mut self) {
+        assert!(self.child.is_none(), "etcd is running already");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log())
+            .unwrap();
+        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let child = Command::new(ETCD_BIN)
+            .arg("--name=default")
+            .arg(format!("--data-dir={}", self.dir.0.join("data").display()))
+            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--advertise-client-urls={client}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=default={peer}"))
+            // One member: it elects itself; short timers make a start (and restart) quick.
+            .arg("--heartbeat-interval=25")
+            .arg("--election-timeout=250")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("etcd starts");
+        self.child = Some(child);
+        self.wait_healthy(Duration::from_secs(30)).await;
+    }
+
+    /// Kill etcd (SIGKILL: no goodbye to its clients) and wait for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    async fn wait_healthy(&mut self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        let url = HttpUrl::parse(&format!("{}/health", self.endpoint)).unwrap();
+        loop {
+            let answer = Request::new(hyper::Method::GET, &url)
+                .read(BodyRead::Whole(4096))
+                .send_within(Duration::from_secs(1))
+                .await;
+            if let Ok(answer) = answer {
+                if answer.status.is_success() && answer.body.windows(6).any(|w| w == b"\"true\"") {
+                    return;
+                }
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                panic!(
+                    "etcd exited ({status}) before it was healthy:\n{}",
+                    self.log_tail()
+                );
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "etcd not healthy within {within:?}:\n{}",
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// The last lines of etcd's log, for a failure message.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.log()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// POST `body` to etcd's gateway at `path` (e.g. `/v3/auth/enable`) without the client under
+/// test; returns the status and the body.
+pub async fn gateway(endpoint: &str, path: &str, body: &str, token: Option<&str>) -> (u16, String) {
+    let url = HttpUrl::parse(&format!("{endpoint}{path}")).unwrap();
+    let mut request = Request::new(hyper::Method::POST, &url)
+        .json(body.to_string())
+        .read(BodyRead::Whole(1 << 20));
+    if let Some(token) = token {
+        request = request.authorization(hyper::header::HeaderValue::from_str(token).unwrap());
+    }
+    let answer = request
+        .send_within(Duration::from_secs(10))
+        .await
+        .expect("etcd's gateway answers");
+    (
+        answer.status.as_u16(),
+        String::from_utf8_lossy(&answer.body).into_owned(),
+    )
+}

@@ -120,11 +120,35 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 install_test_deps
-log "cargo test --all-targets"
-# One target after another: the real-cluster suite (tests/cluster.rs) once ran beside the
-# others, and a node then failed to boot (the soak tests' tens of thousands of ephemeral ports
-# and CPU against three Erlang VMs picking their ports); serial costs about three minutes.
-cargo test --all-targets "$@"
+log "cargo test --all-targets --no-run"
+cargo test --all-targets --no-run "$@"
+
+# Two groups at once. The packaging tests (tests/package.rs) spend about three CPU minutes on a
+# cold static build of warren: they run at the lowest priority beside the other targets, which
+# mostly wait (the real-cluster suite on RabbitMQ), and take the CPU only when those leave it.
+# The other targets run one after another: the real-cluster suite (tests/cluster.rs) once ran
+# beside the others, and a node then failed to boot (the soak tests' tens of thousands of
+# ephemeral ports and CPU against three Erlang VMs picking their ports).
+package_log=$(mktemp)
+log "cargo test --test package (beside the others, nice 19; its output follows theirs)"
+( nice -n 19 cargo test --test package "$@" >"$package_log" 2>&1; echo $? >"$package_log.rc" ) &
+package_pid=$!
+others=(--lib --bins --examples --benches)
+for file in tests/*.rs; do
+    name=$(basename "$file" .rs)
+    [ "$name" = package ] || others+=(--test "$name")
+done
+log "cargo test ${others[*]}"
+others_rc=0
+cargo test "${others[@]}" "$@" || others_rc=$?
+wait "$package_pid" || true
+cat "$package_log"
+package_rc=$(cat "$package_log.rc" 2>/dev/null || echo 1)
+rm -f "$package_log" "$package_log.rc"
+if [ "$others_rc" -ne 0 ] || [ "$package_rc" -ne 0 ]; then
+    log "FAILED: cargo test (other targets: exit $others_rc, tests/package.rs: exit $package_rc)"
+    exit 1
+fi
 
 # A smoke of the benchmark harness (benches/peers/), so its code cannot rot unnoticed: one
 # short round of one workload (latency) through no proxy, warren (the debug build above),

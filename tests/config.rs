@@ -125,6 +125,51 @@ fn example_config_management_keys_load_when_uncommented() {
     );
 }
 
+/// The `[fleet]` keys config/warren.toml shows commented out load once uncommented, each at the
+/// value the comments call its default (the password file, there, replaced by a real one).
+#[test]
+fn example_config_fleet_keys_load_when_uncommented() {
+    let path = example("warren.toml");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    let password = TempFile::new("etcd-password", b"s3cret\n");
+    for line in [
+        "[fleet]",
+        "store = \"etcd\"",
+        "endpoints = [\"http://etcd-1:2379\", \"http://etcd-2:2379\", \"http://etcd-3:2379\"]",
+        "prefix = \"/warren/\"",
+        "instance = \"warren-a\"",
+        "timeout = \"2s\"",
+        "lease_ttl = \"10s\"",
+        "max_draining = 1",
+        "user = \"warren\"",
+    ] {
+        let commented = format!("\n# {line}\n");
+        assert_eq!(text.matches(&commented).count(), 1, "{commented}");
+        text = text.replacen(&commented, &format!("\n{line}\n"), 1);
+    }
+    let commented = "\n# password_file = \"/etc/warren/etcd-password\"\n";
+    assert!(text.contains(commented));
+    let real = format!("\npassword_file = \"{}\"\n", password.0.display());
+    let text = text.replacen(commented, &real, 1);
+    let config = config::from_toml(&text, &path).unwrap_or_else(|e| panic!("{e}"));
+    let fleet = config.fleet.expect("[fleet]");
+    assert_eq!(fleet.endpoints.len(), 3);
+    assert_eq!(
+        (fleet.prefix.as_str(), fleet.instance.as_str()),
+        (config::DEFAULT_FLEET_PREFIX, "warren-a")
+    );
+    assert_eq!(
+        (fleet.timeout, fleet.lease_ttl, fleet.max_draining),
+        (
+            config::DEFAULT_FLEET_TIMEOUT,
+            config::DEFAULT_FLEET_LEASE_TTL,
+            config::DEFAULT_FLEET_MAX_DRAINING
+        )
+    );
+    assert_eq!(fleet.user.as_deref(), Some("warren"));
+    assert_eq!(fleet.password, Some(config::Secret("s3cret".to_string())));
+}
+
 #[test]
 fn nginx_equivalent_config_loads() {
     let path = example("quickstart-nginx-equivalent.toml");

@@ -119,6 +119,29 @@ fn every_config_example_passes_warren_check() {
         text.contains("proxy_protocol = true"),
         "the rabbitmq.conf side is explained"
     );
+    // The fleet examples: two instances of one site, the same pools, etcd and prefix; their own
+    // names and ports, so both can run on one machine.
+    let fleet = |name: &str| warren::config::load(&repo().join("config/fleet").join(name)).unwrap();
+    let (a, b) = (fleet("warren-a.toml"), fleet("warren-b.toml"));
+    let (fa, fb) = (a.fleet.clone().unwrap(), b.fleet.clone().unwrap());
+    assert_eq!(
+        (fa.instance.as_str(), fb.instance.as_str()),
+        ("warren-a", "warren-b")
+    );
+    assert_eq!((fa.endpoints.len(), &fa.prefix), (3, &fb.prefix));
+    assert_eq!(fa.endpoints, fb.endpoints);
+    assert_eq!(a.pools, b.pools);
+    assert_ne!(a.listeners[0].listen, b.listeners[0].listen);
+    assert_ne!(
+        a.admin.as_ref().unwrap().listen,
+        b.admin.as_ref().unwrap().listen
+    );
+    assert!(
+        a.summary()
+            .ends_with(", fleet etcd (3 endpoints) as instance warren-a"),
+        "{}",
+        a.summary()
+    );
 }
 
 /// Metric names the modules of `src/` register through `metrics.rs`'s helpers (with the

@@ -1,0 +1,747 @@
+//! A fleet of three warren processes (instances a, b, c) sharing their drains through one real
+//! etcd (tests/common/etcd.rs; SKIP lines when /usr/bin/etcd is missing), issue 19's end-to-end
+//! criteria. Each instance has its own config file with `[fleet]`, its own listener and admin
+//! API, and the same pool of in-test backends that write their id on connect, so a new
+//! connection through an instance says which backend that instance chose. Measured: how soon
+//! the others follow a drain and an undrain made through one of them (within 1 s); two drains
+//! sent at once to two instances where `min_available` leaves room for one (one 202, one 409,
+//! 50 rounds of 50); an instance started after a drain never routes to the drained backend;
+//! etcd killed: traffic goes on without a failure and a drain answers 503 within `timeout`,
+//! and after etcd comes back a drain reaches everyone within 1 s; an instance killed with
+//! SIGKILL leaves the others' `/v1/status` within its lease TTL (+2 s).
+//!
+//! The tests run one at a time (they measure sub-second lags on a shared machine).
+#![cfg(unix)]
+
+mod common;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::etcd::Etcd;
+use common::*;
+use serde_json::Value;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// The instances, in order: drains go through a, undrains through b, c is stopped and killed.
+const NAMES: [&str; 3] = ["a", "b", "c"];
+const POOL: &str = "rabbitmq";
+/// How soon every instance must follow a drain or an undrain made through one of them.
+const PROPAGATION: Duration = Duration::from_secs(1);
+/// Time between two probe connections through one instance.
+const PROBE_EVERY: Duration = Duration::from_millis(20);
+/// Probes taken after `PROPAGATION` has passed, to call a drain settled: about half a second.
+const SETTLED_PROBES: usize = 25;
+/// No prober runs longer than this, whatever happens to the test.
+const MAX_PROBING: Duration = Duration::from_secs(120);
+/// How long one probe connection may take to connect, and then to read the backend's id.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One test at a time: three warrens, etcd and the probers share two cores.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// What the tests vary in the instances' configs.
+#[derive(Clone, Copy)]
+struct Settings {
+    backends: u8,
+    min_available: usize,
+    max_draining: usize,
+    timeout: &'static str,
+    lease_ttl: &'static str,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            backends: 3,
+            min_available: 1,
+            max_draining: 1,
+            timeout: "2s",
+            lease_ttl: "10s",
+        }
+    }
+}
+
+/// One warren of the fleet: where it listens, its config file and its process (`None` while
+/// stopped).
+struct Instance {
+    name: &'static str,
+    admin: SocketAddr,
+    listen: SocketAddr,
+    config: PathBuf,
+    log: PathBuf,
+    process: Option<WarrenProc>,
+}
+
+/// Three warrens, their backends and etcd. Fields drop in order: the warrens are killed
+/// before the backends and etcd go, and the directory (configs, logs) goes last.
+struct Fleet {
+    instances: Vec<Instance>,
+    /// Kept so that they serve while the fleet runs.
+    _backends: Vec<Backend>,
+    etcd: Etcd,
+    dir: TempDir,
+}
+
+impl Fleet {
+    /// etcd, `settings.backends` tagged backends (ids 0, 1, … named b0, b1, …), and instances
+    /// a, b and c, started, each listing all three in its status; `None` without etcd.
+    async fn start(test: &str, settings: Settings) -> Option<Fleet> {
+        let etcd = Etcd::start(test).await?;
+        let dir = TempDir::new(&format!("fleet-{test}"));
+        let mut backends = Vec::new();
+        for id in 0..settings.backends {
+            backends.push(spawn_tagged(id).await);
+        }
+        let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
+        let instances = NAMES
+            .iter()
+            .map(|&name| {
+                let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+                let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+                let config = dir.0.join(format!("{name}.toml"));
+                let text = config_text(name, admin, listen, &addrs, &etcd.endpoint, settings);
+                std::fs::write(&config, text).unwrap();
+                Instance {
+                    name,
+                    admin,
+                    listen,
+                    config,
+                    log: dir.0.join(format!("{name}.log")),
+                    process: None,
+                }
+            })
+            .collect();
+        let mut fleet = Fleet {
+            instances,
+            _backends: backends,
+            etcd,
+            dir,
+        };
+        for i in 0..NAMES.len() {
+            let instance = &mut fleet.instances[i];
+            instance.process =
+                Some(WarrenProc::run_config(&instance.config, instance.log.clone()).await);
+        }
+        for instance in &fleet.instances {
+            wait_listed(instance.admin, &NAMES, Duration::from_secs(10)).await;
+        }
+        Some(fleet)
+    }
+
+    fn admin(&self, name: &str) -> SocketAddr {
+        self.instance(name).admin
+    }
+
+    fn instance(&self, name: &str) -> &Instance {
+        self.instances.iter().find(|i| i.name == name).unwrap()
+    }
+
+    fn instance_mut(&mut self, name: &str) -> &mut Instance {
+        self.instances.iter_mut().find(|i| i.name == name).unwrap()
+    }
+
+    /// A prober on every running instance, in the order of `NAMES`.
+    fn probe_all(&self) -> Vec<(&'static str, Prober)> {
+        self.instances
+            .iter()
+            .map(|i| (i.name, Prober::start(i.listen)))
+            .collect()
+    }
+}
+
+/// An instance's config: admin API, one listener, pool `rabbitmq` with backends b0, b1, … and
+/// `[fleet]` on `etcd`.
+fn config_text(
+    name: &str,
+    admin: SocketAddr,
+    listen: SocketAddr,
+    backends: &[SocketAddr],
+    etcd: &str,
+    s: Settings,
+) -> String {
+    let mut text = format!(
+        "[admin]\nlisten = \"{admin}\"\n\n[[listener]]\nname = \"amqp\"\nlisten = \"{listen}\"\n\
+         pool = \"{POOL}\"\nconnect_timeout = \"1s\"\n\n[pool.{POOL}]\nmin_available = {}\n\n",
+        s.min_available
+    );
+    for (i, addr) in backends.iter().enumerate() {
+        text += &format!("[[pool.{POOL}.backend]]\nname = \"b{i}\"\naddr = \"{addr}\"\n\n");
+    }
+    text += &format!(
+        "[fleet]\nstore = \"etcd\"\nendpoints = [\"{etcd}\"]\nprefix = \"/warren-test/\"\n\
+         instance = \"{name}\"\ntimeout = \"{}\"\nlease_ttl = \"{}\"\nmax_draining = {}\n",
+        s.timeout, s.lease_ttl, s.max_draining
+    );
+    text
+}
+
+// ---------------------------------------------------------------------------------------------
+// The admin API.
+
+fn json(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+async fn drain(admin: SocketAddr, backend: &str) -> (u16, String) {
+    let path = format!("/v1/pools/{POOL}/backends/{backend}/drain");
+    http(
+        admin,
+        "POST",
+        &path,
+        None,
+        br#"{"deadline": "5m", "force": false}"#,
+    )
+    .await
+}
+
+async fn undrain(admin: SocketAddr, backend: &str) -> (u16, String) {
+    let path = format!("/v1/pools/{POOL}/backends/{backend}/undrain");
+    http(admin, "POST", &path, None, b"").await
+}
+
+fn accepted(code: u16) -> bool {
+    code == 200 || code == 202
+}
+
+/// Each backend's admin state (`active`, `draining`, `drained`) in an instance's status.
+async fn admin_states(admin: SocketAddr) -> Vec<(String, String)> {
+    let (code, body) = http(admin, "GET", "/v1/status", None, b"").await;
+    assert_eq!(code, 200, "GET /v1/status: {body}");
+    json(&body)["pools"][0]["backends"]
+        .as_array()
+        .expect("backends")
+        .iter()
+        .map(|b| {
+            (
+                b["name"].as_str().unwrap().to_owned(),
+                b["admin"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// The instances an instance's status lists (`"fleet": {"instances": [{"instance": …}]}`);
+/// `None` when it has no such field.
+async fn listed_instances(admin: SocketAddr) -> Option<Vec<String>> {
+    let (code, body) = http(admin, "GET", "/v1/status", None, b"").await;
+    assert_eq!(code, 200, "GET /v1/status: {body}");
+    let instances = json(&body)["fleet"]["instances"].as_array()?.clone();
+    let mut names: Vec<String> = instances
+        .iter()
+        .filter_map(|i| i["instance"].as_str().map(str::to_owned))
+        .collect();
+    names.sort();
+    Some(names)
+}
+
+/// Wait until the instance at `admin` lists exactly `names`.
+async fn wait_listed(admin: SocketAddr, names: &[&str], within: Duration) -> Duration {
+    let want: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    eventually(&format!("{admin} listing {want:?}"), within, || {
+        let want = want.clone();
+        async move {
+            match listed_instances(admin).await {
+                Some(listed) if listed == want => Ok(()),
+                listed => Err(format!("lists {listed:?}")),
+            }
+        }
+    })
+    .await
+}
+
+/// Poll `check` every 20 ms until it passes; panics with its last complaint after `within`.
+/// Returns how long it took.
+async fn eventually<F, Fut>(what: &str, within: Duration, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    let start = Instant::now();
+    loop {
+        match check().await {
+            Ok(()) => return start.elapsed(),
+            Err(last) => assert!(
+                start.elapsed() < within,
+                "{what}: not within {within:?}; last: {last}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Probes: new connections through one instance, each saying which backend answered.
+
+/// One new connection through `listen`: the id of the backend that answered, or why none did.
+async fn probe(listen: SocketAddr) -> Result<u8, String> {
+    let mut s = match tokio::time::timeout(PROBE_TIMEOUT, TcpStream::connect(listen)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(format!("connect: {e}")),
+        Err(_) => return Err(format!("connect: no answer within {PROBE_TIMEOUT:?}")),
+    };
+    let mut id = [0u8; 1];
+    match tokio::time::timeout(PROBE_TIMEOUT, s.read_exact(&mut id)).await {
+        Ok(Ok(_)) => Ok(id[0]),
+        Ok(Err(e)) => Err(format!("read: {e}")),
+        Err(_) => Err(format!("no backend id within {PROBE_TIMEOUT:?}")),
+    }
+}
+
+/// One probe: when it started and what it found.
+#[derive(Clone, Debug)]
+struct Sample {
+    at: Instant,
+    outcome: Result<u8, String>,
+}
+
+/// Probes through one instance every [`PROBE_EVERY`] until finished (or [`MAX_PROBING`]).
+struct Prober {
+    samples: Arc<Mutex<Vec<Sample>>>,
+    stop: Arc<AtomicBool>,
+    task: JoinHandle<()>,
+}
+
+impl Prober {
+    fn start(listen: SocketAddr) -> Prober {
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (record, stopped) = (samples.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            let end = Instant::now() + MAX_PROBING;
+            let mut tick = tokio::time::interval(PROBE_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            while !stopped.load(Ordering::SeqCst) && Instant::now() < end {
+                tick.tick().await;
+                let at = Instant::now();
+                let outcome = probe(listen).await;
+                record.lock().unwrap().push(Sample { at, outcome });
+            }
+        });
+        Prober {
+            samples,
+            stop,
+            task,
+        }
+    }
+
+    /// Probes that found a backend, taken at `from` or later.
+    fn answered_since(&self, from: Instant) -> usize {
+        let samples = self.samples.lock().unwrap();
+        samples
+            .iter()
+            .filter(|s| s.at >= from && s.outcome.is_ok())
+            .count()
+    }
+
+    /// The last probe from `from` on that reached `backend`.
+    fn last_hit(&self, backend: u8, from: Instant) -> Option<Instant> {
+        let samples = self.samples.lock().unwrap();
+        samples
+            .iter()
+            .filter(|s| s.at >= from && s.outcome == Ok(backend))
+            .map(|s| s.at)
+            .max()
+    }
+
+    /// The first probe from `from` on that reached `backend`.
+    fn first_hit(&self, backend: u8, from: Instant) -> Option<Instant> {
+        let samples = self.samples.lock().unwrap();
+        samples
+            .iter()
+            .find(|s| s.at >= from && s.outcome == Ok(backend))
+            .map(|s| s.at)
+    }
+
+    /// Stop probing; every probe taken.
+    async fn finish(self) -> Vec<Sample> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.unwrap();
+        Arc::try_unwrap(self.samples).unwrap().into_inner().unwrap()
+    }
+}
+
+/// Wait until every prober has `count` answered probes from `from` on.
+async fn wait_probes(probers: &[(&str, Prober)], from: Instant, count: usize, within: Duration) {
+    for (name, prober) in probers {
+        let what = format!("{count} answered probes through {name}");
+        eventually(&what, within, || {
+            let n = prober.answered_since(from);
+            async move {
+                (n >= count)
+                    .then_some(())
+                    .ok_or_else(|| format!("{n} so far"))
+            }
+        })
+        .await;
+    }
+}
+
+/// After a drain of `backend` sent at `sent`: how long each instance went on routing to it
+/// (the last probe that reached it, from `sent`), once every prober has settled.
+async fn drain_lags(
+    probers: &[(&str, Prober)],
+    backend: u8,
+    sent: Instant,
+) -> Vec<(String, Duration)> {
+    wait_probes(
+        probers,
+        sent + PROPAGATION,
+        SETTLED_PROBES,
+        Duration::from_secs(15),
+    )
+    .await;
+    probers
+        .iter()
+        .map(|(name, p)| {
+            let lag = p
+                .last_hit(backend, sent)
+                .map_or(Duration::ZERO, |t| t.saturating_duration_since(sent));
+            (name.to_string(), lag)
+        })
+        .collect()
+}
+
+/// After an undrain of `backend` sent at `sent`: how long until each instance routed to it.
+async fn undrain_lags(
+    probers: &[(&str, Prober)],
+    backend: u8,
+    sent: Instant,
+) -> Vec<(String, Duration)> {
+    let mut lags = Vec::new();
+    for (name, p) in probers {
+        let what = format!("{name} routing to b{backend} again");
+        eventually(&what, Duration::from_secs(10), || {
+            let hit = p.first_hit(backend, sent);
+            async move { hit.map(|_| ()).ok_or_else(|| "not yet".to_string()) }
+        })
+        .await;
+        let hit = p.first_hit(backend, sent).unwrap();
+        lags.push((name.to_string(), hit.saturating_duration_since(sent)));
+    }
+    lags
+}
+
+fn assert_within(what: &str, lags: &[(String, Duration)], limit: Duration) {
+    eprintln!("{what}: {lags:?}");
+    for (name, lag) in lags {
+        assert!(
+            *lag < limit,
+            "{what}: instance {name} took {lag:?} (limit {limit:?}): {lags:?}"
+        );
+    }
+}
+
+fn failures(samples: &[Sample]) -> Vec<String> {
+    samples
+        .iter()
+        .filter_map(|s| s.outcome.as_ref().err().cloned())
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The criteria.
+
+/// Criterion: a drain sent to a is followed by b and c within 1 s (no new connection to the
+/// drained backend after that); an undrain sent to b brings it back on all three within 1 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_through_one_instance_reaches_the_others_within_a_second() {
+    let _serial = SERIAL.lock().await;
+    let Some(fleet) = Fleet::start("propagation", Settings::default()).await else {
+        return;
+    };
+    let probers = fleet.probe_all();
+    // Every instance routes to b0 before the drain.
+    let start = Instant::now();
+    for (name, p) in &probers {
+        eventually(
+            &format!("{name} routing to b0"),
+            Duration::from_secs(5),
+            || {
+                let hit = p.first_hit(0, start);
+                async move { hit.map(|_| ()).ok_or_else(|| "not yet".to_string()) }
+            },
+        )
+        .await;
+    }
+
+    let sent = Instant::now();
+    let (code, body) = drain(fleet.admin("a"), "b0").await;
+    assert!(accepted(code), "drain through a: {code} {body}");
+    let lags = drain_lags(&probers, 0, sent).await;
+    assert_within(
+        "drain of b0 through a: last connection to b0 after",
+        &lags,
+        PROPAGATION,
+    );
+
+    let sent = Instant::now();
+    let (code, body) = undrain(fleet.admin("b"), "b0").await;
+    assert!(accepted(code), "undrain through b: {code} {body}");
+    let lags = undrain_lags(&probers, 0, sent).await;
+    assert_within(
+        "undrain of b0 through b: first connection to b0 after",
+        &lags,
+        PROPAGATION,
+    );
+
+    for (name, p) in probers {
+        let samples = p.finish().await;
+        let failed = failures(&samples);
+        eprintln!("{name}: {} probes, {} failed", samples.len(), failed.len());
+        assert!(
+            failed.is_empty(),
+            "probes through {name} failed: {failed:?}"
+        );
+    }
+}
+
+/// Criterion: with three backends and `min_available = 2` (room for one drain; `max_draining`
+/// set high so that `min_available` is what decides), two drains of different backends sent
+/// at the same moment to a and b: exactly one is accepted and the other refused with 409,
+/// 50 rounds of 50.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_drains_at_once_through_two_instances_cannot_both_pass() {
+    let _serial = SERIAL.lock().await;
+    let settings = Settings {
+        min_available: 2,
+        max_draining: 3,
+        ..Settings::default()
+    };
+    let Some(fleet) = Fleet::start("concurrent", settings).await else {
+        return;
+    };
+    const ROUNDS: usize = 50;
+    let (a, b, c) = (fleet.admin("a"), fleet.admin("b"), fleet.admin("c"));
+    let mut good = 0;
+    let mut bad = Vec::new();
+    let mut refusal = None;
+    for round in 0..ROUNDS {
+        let (x, y) = (format!("b{}", round % 3), format!("b{}", (round + 1) % 3));
+        let ((code_x, body_x), (code_y, body_y)) = tokio::join!(drain(a, &x), drain(b, &y));
+        let winners: Vec<&str> = [(code_x, &x), (code_y, &y)]
+            .iter()
+            .filter(|(code, _)| accepted(*code))
+            .map(|(_, name)| name.as_str())
+            .collect();
+        let refused = [code_x, code_y].iter().filter(|&&c| c == 409).count();
+        if winners.len() == 1 && refused == 1 {
+            good += 1;
+            refusal.get_or_insert_with(|| {
+                if code_x == 409 {
+                    body_x.clone()
+                } else {
+                    body_y.clone()
+                }
+            });
+        } else {
+            bad.push(format!(
+                "round {round}: {x} via a {code_x} {body_x}; {y} via b {code_y} {body_y}"
+            ));
+        }
+        // Back to all active, on every instance, before the next round.
+        for winner in &winners {
+            let (code, body) = undrain(c, winner).await;
+            assert!(accepted(code), "undrain {winner} through c: {code} {body}");
+        }
+        for admin in [a, b, c] {
+            eventually(
+                "every backend active again",
+                Duration::from_secs(5),
+                || async move {
+                    let states = admin_states(admin).await;
+                    if states.iter().all(|(_, s)| s == "active") {
+                        Ok(())
+                    } else {
+                        Err(format!("{admin}: {states:?}"))
+                    }
+                },
+            )
+            .await;
+        }
+    }
+    eprintln!("concurrent drains: {good} of {ROUNDS} rounds with one 202 and one 409; a refusal: {refusal:?}");
+    assert_eq!(good, ROUNDS, "rounds without exactly one winner: {bad:#?}");
+}
+
+/// Criterion: c stopped, b0 drained through a, c started again: from the first connection c
+/// accepts, none goes to b0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_started_after_a_drain_never_routes_to_the_drained_backend() {
+    let _serial = SERIAL.lock().await;
+    let Some(mut fleet) = Fleet::start("restart", Settings::default()).await else {
+        return;
+    };
+    let mut c = fleet.instance_mut("c").process.take().unwrap();
+    c.signal(libc::SIGTERM);
+    c.wait_exit(Duration::from_secs(10)).await;
+    drop(c);
+    let (code, body) = drain(fleet.admin("a"), "b0").await;
+    assert!(accepted(code), "drain through a: {code} {body}");
+
+    // Probing starts before c does, so its very first accepted connection is seen.
+    let (config, listen) = (
+        fleet.instance("c").config.clone(),
+        fleet.instance("c").listen,
+    );
+    let log = fleet.dir.0.join("c-again.log");
+    let prober = Prober::start(listen);
+    let spawned = Instant::now();
+    fleet.instance_mut("c").process = Some(WarrenProc::spawn(
+        &["run", "--config", config.to_str().unwrap()],
+        log,
+    ));
+    let what = "connections through c after its restart";
+    eventually(what, Duration::from_secs(20), || {
+        let n = prober.answered_since(spawned);
+        async move {
+            (n >= 100)
+                .then_some(())
+                .ok_or_else(|| format!("{n} so far"))
+        }
+    })
+    .await;
+    let samples = prober.finish().await;
+    let answered: Vec<u8> = samples
+        .iter()
+        .filter_map(|s| s.outcome.clone().ok())
+        .collect();
+    let first = samples.iter().find(|s| s.outcome.is_ok()).unwrap().at;
+    eprintln!(
+        "c restarted: first connection accepted {:?} after the spawn; {} connections, to b0: {}",
+        first.saturating_duration_since(spawned),
+        answered.len(),
+        answered.iter().filter(|&&id| id == 0).count()
+    );
+    assert!(
+        !answered.contains(&0),
+        "c routed to the drained b0: {answered:?}"
+    );
+}
+
+/// Criterion: etcd killed: connections through a, b and c go on with no failure, and a drain
+/// through a answers 503 naming etcd within `timeout` (+1 s) and changes nothing; etcd started
+/// again (same data, same port): a drain through a reaches all three within 1 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_etcd_traffic_goes_on_and_drains_answer_503() {
+    let _serial = SERIAL.lock().await;
+    const TIMEOUT: Duration = Duration::from_secs(1);
+    let settings = Settings {
+        timeout: "1s",
+        ..Settings::default()
+    };
+    let Some(mut fleet) = Fleet::start("etcd-down", settings).await else {
+        return;
+    };
+    let probers = fleet.probe_all();
+    let start = Instant::now();
+    wait_probes(&probers, start, 10, Duration::from_secs(10)).await;
+
+    fleet.etcd.stop();
+    let stopped = Instant::now();
+    let (code, body) = drain(fleet.admin("a"), "b0").await;
+    let took = stopped.elapsed();
+    eprintln!("drain through a with etcd down: {code} after {took:?}: {body}");
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        took <= TIMEOUT + Duration::from_secs(1),
+        "503 after {took:?}"
+    );
+    assert!(body.contains("etcd"), "the 503 does not name etcd: {body}");
+    for name in NAMES {
+        let states = admin_states(fleet.admin(name)).await;
+        assert!(
+            states.iter().all(|(_, s)| s == "active"),
+            "{name}: {states:?}"
+        );
+    }
+    // Two seconds of traffic without etcd.
+    wait_probes(
+        &probers,
+        stopped + Duration::from_secs(2),
+        1,
+        Duration::from_secs(10),
+    )
+    .await;
+
+    fleet.etcd.start_again().await;
+    let back = Instant::now();
+    let mut sent;
+    loop {
+        sent = Instant::now();
+        let (code, body) = drain(fleet.admin("a"), "b0").await;
+        if accepted(code) {
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(10),
+            "drain after etcd came back: {code} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "a accepted a drain {:?} after etcd answered again",
+        sent - back
+    );
+    let lags = drain_lags(&probers, 0, sent).await;
+    assert_within(
+        "drain of b0 through a after etcd's restart: last connection to b0 after",
+        &lags,
+        PROPAGATION,
+    );
+
+    for (name, p) in probers {
+        let samples = p.finish().await;
+        let failed = failures(&samples);
+        eprintln!(
+            "{name}: {} probes across etcd's death and restart, {} failed",
+            samples.len(),
+            failed.len()
+        );
+        assert!(
+            failed.is_empty(),
+            "probes through {name} failed: {failed:?}"
+        );
+    }
+}
+
+/// Criterion: c killed with SIGKILL (no goodbye) leaves a's and b's `/v1/status` within its
+/// lease TTL (+2 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_instance_leaves_the_fleet_within_its_lease() {
+    let _serial = SERIAL.lock().await;
+    const LEASE_TTL: Duration = Duration::from_secs(3);
+    let settings = Settings {
+        timeout: "1s",
+        lease_ttl: "3s",
+        ..Settings::default()
+    };
+    let Some(mut fleet) = Fleet::start("kill", settings).await else {
+        return;
+    };
+    let mut c = fleet.instance_mut("c").process.take().unwrap();
+    c.signal(libc::SIGKILL);
+    c.wait_exit(Duration::from_secs(5)).await;
+    let killed = Instant::now();
+    let limit = LEASE_TTL + Duration::from_secs(2);
+    for name in ["a", "b"] {
+        wait_listed(
+            fleet.admin(name),
+            &["a", "b"],
+            limit.saturating_sub(killed.elapsed()),
+        )
+        .await;
+        eprintln!(
+            "{name} no longer lists c {:?} after the SIGKILL",
+            killed.elapsed()
+        );
+    }
+    assert!(killed.elapsed() <= limit);
+}

@@ -7,7 +7,9 @@
 //! This file holds the snapshot types, the defaults, the names of enumerated values, the errors
 //! and the entry points. The stages have a file each: `raw` (the serde structs), `validate` (the
 //! walk and the checks shared by every section), one file per section (`admin`, `listeners`,
-//! `pools`, `management`, `hooks`), and `text` (host:port, and parse errors turned into lines and key paths).
+//! `pools`, `management`, `hooks`, `fleet`), and `text` (host:port, and parse errors turned into
+//! lines and key paths). `[fleet]` is where loading reads one more file (the etcd password file)
+//! and asks the system for its host name (the default instance name); it never contacts etcd.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -35,6 +37,8 @@ pub struct Config {
     pub pools: Vec<PoolConfig>,
     /// `[[hook]]`, in file order.
     pub hooks: Vec<HookConfig>,
+    /// `[fleet]`: instances of warren that share drains through etcd; `None` without the section.
+    pub fleet: Option<FleetConfig>,
 }
 
 /// `[admin]`: the admin API and `/metrics`.
@@ -63,6 +67,31 @@ impl Default for AdminConfig {
             idle_timeout: DEFAULT_ADMIN_IDLE_TIMEOUT,
         }
     }
+}
+
+/// `[fleet]`: this instance's place in a fleet of warren instances that share drains through a
+/// store (etcd). `Debug` hides the password.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetConfig {
+    /// etcd client URLs, `http://HOST:PORT` (normalized), at least one, each once; tried in turn.
+    /// (`store` is not kept: "etcd" is the only value it may have.)
+    pub endpoints: Vec<String>,
+    /// Every key warren writes starts with it; starts and ends with `/`.
+    pub prefix: String,
+    /// This instance's name in the fleet ([A-Za-z0-9._-], 1-64 characters): as written, else
+    /// the host name.
+    pub instance: String,
+    /// Bounds one request to etcd; an admin change waits at most this long before answering 503.
+    pub timeout: Duration,
+    /// How long this instance's registration outlives it once it falls silent; whole seconds,
+    /// longer than `timeout`.
+    pub lease_ttl: Duration,
+    /// Backends of one pool draining at the same time across the fleet (>= 1).
+    pub max_draining: usize,
+    /// etcd authentication: set together with `password`.
+    pub user: Option<String>,
+    /// The content of `password_file`, trimmed, read at load.
+    pub password: Option<Secret>,
 }
 
 /// PROXY protocol version sent to the backend.
@@ -273,6 +302,7 @@ pub struct HookConfig {
 }
 
 mod admin;
+mod fleet;
 mod hooks;
 mod listeners;
 mod management;
@@ -284,6 +314,7 @@ mod validate;
 #[cfg(test)]
 mod tests;
 
+pub use fleet::host_name;
 use management::*;
 use raw::*;
 use text::*;
@@ -373,6 +404,26 @@ pub const DEFAULT_MANAGEMENT_TIMEOUT: Duration = Duration::from_secs(3);
 pub const MAX_MANAGEMENT_TIMEOUT: Duration = Duration::from_secs(5);
 /// `hook.timeout` when omitted.
 pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(30);
+/// The only `fleet.store` warren speaks.
+pub const FLEET_STORE: &str = "etcd";
+/// `fleet.prefix` when omitted.
+pub const DEFAULT_FLEET_PREFIX: &str = "/warren/";
+/// `fleet.timeout` when omitted: a healthy etcd answers in milliseconds, and an admin change
+/// waits at most this long before answering 503.
+pub const DEFAULT_FLEET_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest `fleet.timeout`: `warren ctl` gives an admin request 10 s, and a drain may need a
+/// few etcd requests.
+pub const MAX_FLEET_TIMEOUT: Duration = Duration::from_secs(30);
+/// `fleet.lease_ttl` when omitted: a killed instance leaves the fleet within 10 s.
+pub const DEFAULT_FLEET_LEASE_TTL: Duration = Duration::from_secs(10);
+/// Shortest `fleet.lease_ttl`: renewals come every third of it, and must not flood etcd.
+pub const MIN_FLEET_LEASE_TTL: Duration = Duration::from_secs(2);
+/// Longest `fleet.lease_ttl`.
+pub const MAX_FLEET_LEASE_TTL: Duration = Duration::from_secs(5 * 60);
+/// `fleet.max_draining` when omitted: one backend of a pool at a time, fleet-wide.
+pub const DEFAULT_FLEET_MAX_DRAINING: usize = 1;
+/// Longest `fleet.instance`.
+pub const MAX_INSTANCE_NAME: usize = 64;
 /// `admin.listen` when `[admin]` is present without it: loopback, so no token is required.
 pub const DEFAULT_ADMIN_LISTEN: SocketAddr =
     SocketAddr::V4(std::net::SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9901));
@@ -402,6 +453,8 @@ pub fn max_duration(key: &str) -> Duration {
         "slow_start" => MAX_SLOW_START,
         "timeout" if key.starts_with("hook[") => MAX_HOOK_TIMEOUT,
         "timeout" if key.ends_with(".management.timeout") => MAX_MANAGEMENT_TIMEOUT,
+        "timeout" if key == "fleet.timeout" => MAX_FLEET_TIMEOUT,
+        "lease_ttl" => MAX_FLEET_LEASE_TTL,
         "interval" | "timeout" => MAX_PROBE_DURATION,
         _ => MAX_DURATION,
     }
@@ -551,20 +604,30 @@ fn names_of<T: Named>() -> String {
 // Snapshot helpers.
 
 impl Config {
-    /// One-line summary for `warren check`, e.g. `"warren.toml: ok: 1 listener, 1 pool, 2 backends, 0 hooks"`.
+    /// One-line summary for `warren check`, e.g. `"warren.toml: ok: 1 listener, 1 pool, 2
+    /// backends, 0 hooks"`, ending with `, fleet etcd (3 endpoints) as instance a` with `[fleet]`.
     pub fn summary(&self) -> String {
         let source = match &self.source {
             Some(path) => path.display().to_string(),
             None => QUICK_START_SOURCE.to_string(),
         };
         let backends: usize = self.pools.iter().map(|p| p.backends.len()).sum();
-        format!(
+        let mut summary = format!(
             "{source}: ok: {}, {}, {}, {}",
             count(self.listeners.len(), "listener"),
             count(self.pools.len(), "pool"),
             count(backends, "backend"),
             count(self.hooks.len(), "hook"),
-        )
+        );
+        if let Some(fleet) = &self.fleet {
+            let _ = write!(
+                summary,
+                ", fleet {FLEET_STORE} ({}) as instance {}",
+                count(fleet.endpoints.len(), "endpoint"),
+                fleet.instance
+            );
+        }
+        summary
     }
 
     /// Settings that load but that an operator should hear about: each a sentence naming the
@@ -890,6 +953,7 @@ fn quick_start_with(
         }],
         pool: BTreeMap::from([(unspanned(NAME.to_string()), pool)]),
         hook: Vec::new(),
+        fleet: None,
     };
     validate(raw, None, resolve).map_err(|problems| ConfigError::Invalid {
         file: PathBuf::from(QUICK_START_SOURCE),

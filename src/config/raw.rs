@@ -15,6 +15,7 @@ pub(super) struct RawConfig {
     pub(super) pool: BTreeMap<Str, RawPool>,
     #[serde(default)]
     pub(super) hook: Vec<RawHook>,
+    pub(super) fleet: Option<Spanned<RawFleet>>,
 }
 
 #[derive(Deserialize)]
@@ -111,4 +112,18 @@ pub(super) struct RawHook {
     pub(super) exec: Option<Spanned<Vec<String>>>,
     pub(super) webhook: Option<Str>,
     pub(super) timeout: Option<Str>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFleet {
+    pub(super) store: Option<Str>,
+    pub(super) endpoints: Option<Spanned<Vec<Str>>>,
+    pub(super) prefix: Option<Str>,
+    pub(super) instance: Option<Str>,
+    pub(super) timeout: Option<Str>,
+    pub(super) lease_ttl: Option<Str>,
+    pub(super) max_draining: Option<Spanned<usize>>,
+    pub(super) user: Option<Str>,
+    pub(super) password_file: Option<Str>,
 }

@@ -1,5 +1,5 @@
 //! Validation, raw → snapshot: [`validate`] walks the raw config section by section (the
-//! sections' own files: `admin`, `listeners`, `pools`, `hooks`) and collects every problem
+//! sections' own files: `admin`, `listeners`, `pools`, `hooks`, `fleet`) and collects every problem
 //! instead of stopping at the first. This file holds the walk and the checks every section uses
 //! (names, durations, counts, choices, paths, addresses).
 
@@ -37,6 +37,7 @@ pub(super) fn validate(
         .enumerate()
         .map(|(i, hook)| v.hook(i, hook))
         .collect();
+    let fleet = raw.fleet.map(|fleet| v.fleet(fleet));
     if v.problems.is_empty() {
         return Ok(Config {
             source: None,
@@ -44,6 +45,7 @@ pub(super) fn validate(
             listeners,
             pools,
             hooks,
+            fleet,
         });
     }
     // File order reads best; problems without a line (missing sections) go last.

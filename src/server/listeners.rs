@@ -397,6 +397,7 @@ mod tests {
                 .collect(),
             pools: Vec::<PoolConfig>::new(),
             hooks: vec![],
+            fleet: None,
         }
     }
 

@@ -146,6 +146,7 @@ pub fn config(balance: Balance, backends: Vec<BackendConfig>) -> Config {
             backends,
         }],
         hooks: vec![],
+        fleet: None,
     }
 }
 

@@ -225,8 +225,12 @@ impl Drainer {
         }
     }
 
-    /// Apply one change of the fleet's drains here (idempotent).
+    /// Apply one change of the fleet's drains here (idempotent); none once this process
+    /// handed everything to a new one.
     fn apply_change(self: &Arc<Self>, change: Change) {
+        if self.retired.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         match change {
             Change::Drained((pool, backend), drain) => {
                 let id = BackendId::new(&pool, &backend);

@@ -68,6 +68,8 @@ pub struct Drainer {
     deciding: tokio::sync::Mutex<()>,
     /// `[fleet]`: the fleet's drains in etcd, which every change goes through (see `fleet`).
     fleet: Option<Arc<FleetDrains>>,
+    /// Set once an upgrade handed everything to a new process: the fleet's changes are its.
+    retired: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Clone, Copy)]
@@ -117,6 +119,7 @@ impl Drainer {
             metrics,
             deciding: tokio::sync::Mutex::new(()),
             fleet,
+            retired: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -568,6 +571,8 @@ impl Drainer {
     /// Stop following drains: after an upgrade of warren the new process does (its deadlines,
     /// its `drain_complete`); here the connections leaving would look like a drain completing.
     pub fn retire(&self) {
+        self.retired
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         lock(&self.drains).clear();
     }
 

@@ -92,6 +92,8 @@ pub struct Admin {
     pub health: Arc<Controller>,
     pub drainer: Arc<Drainer>,
     pub rebalancer: Arc<Rebalancer>,
+    /// `[fleet]`: the fleet's registered instances, for `GET /v1/fleet`.
+    pub fleet: Option<Arc<crate::fleet::instances::Instances>>,
     /// The bearer token every `/v1` request must present, when one is configured.
     pub token: Option<Secret>,
 }
@@ -446,6 +448,12 @@ async fn handle(
             Err(e) => error(StatusCode::BAD_REQUEST, &e),
         };
     }
+    if segments == ["v1", "fleet"] {
+        if parts.method != Method::GET {
+            return error(StatusCode::METHOD_NOT_ALLOWED, "use GET for this endpoint");
+        }
+        return fleet_status(admin).await;
+    }
     if segments == ["v1", "upgrade"] {
         if parts.method != Method::POST {
             return error(StatusCode::METHOD_NOT_ALLOWED, "use POST for this endpoint");
@@ -459,7 +467,7 @@ async fn handle(
         return if set == "drain" {
             drain_set(admin, &body).await
         } else {
-            undrain_set(admin, &body)
+            undrain_set(admin, &body).await
         };
     }
     if let ["v1", "pools", pool, "backends", backend, "drain"] = segments[..] {
@@ -472,7 +480,7 @@ async fn handle(
         if parts.method != Method::POST {
             return error(StatusCode::METHOD_NOT_ALLOWED, "use POST for this endpoint");
         }
-        return undrain(admin, pool, backend, &body);
+        return undrain(admin, pool, backend, &body).await;
     }
     route(&parts.method, &segments, admin)
 }
@@ -682,7 +690,7 @@ async fn drain_set(admin: &Admin, body: &[u8]) -> Reply {
 
 /// `POST .../undrain`: the backend takes new connections again; with `"rebalance": false`
 /// its return starts no rebalance and the pool's automatic rebalancing is held.
-fn undrain(admin: &Admin, pool: &str, backend: &str, body: &[u8]) -> Reply {
+async fn undrain(admin: &Admin, pool: &str, backend: &str, body: &[u8]) -> Reply {
     let request: api::UndrainRequest = if body.iter().all(u8::is_ascii_whitespace) {
         api::UndrainRequest::default()
     } else {
@@ -691,7 +699,13 @@ fn undrain(admin: &Admin, pool: &str, backend: &str, body: &[u8]) -> Reply {
             Err(e) => return error(StatusCode::BAD_REQUEST, &e),
         }
     };
-    match admin.drainer.undrain(&BackendId::new(pool, backend)) {
+    let id = BackendId::new(pool, backend);
+    let answer = admin
+        .drainer
+        .undrain_request(std::slice::from_ref(&id))
+        .await
+        .map(|mut answers| answers.remove(0));
+    match answer {
         Ok(answer) => {
             // The rebalancer runs on this thread too: no round comes between the two.
             if !request.rebalance {
@@ -704,13 +718,17 @@ fn undrain(admin: &Admin, pool: &str, backend: &str, body: &[u8]) -> Reply {
 }
 
 /// `POST /v1/undrain`: every backend of the set takes new connections again.
-fn undrain_set(admin: &Admin, body: &[u8]) -> Reply {
+async fn undrain_set(admin: &Admin, body: &[u8]) -> Reply {
     let example = r#"{"backends": [{"pool": "P", "backend": "B"}], "rebalance": true}"#;
     let request: api::UndrainSetRequest = match parse_body(body, example) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, &e),
     };
-    match admin.drainer.undrain_set(&backend_ids(&request.backends)) {
+    match admin
+        .drainer
+        .undrain_request(&backend_ids(&request.backends))
+        .await
+    {
         Ok(backends) => {
             if !request.rebalance {
                 for b in &request.backends {
@@ -765,6 +783,8 @@ fn drain_error(e: DrainError) -> Reply {
             Some(RefusalReason::QuorumCheckFailed),
             None,
         ),
+        DrainError::FleetUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, None, None),
+        DrainError::FleetRefused(_) => (StatusCode::CONFLICT, None, None),
     };
     let body = ErrorBody {
         error: e.to_string(),
@@ -772,6 +792,34 @@ fn drain_error(e: DrainError) -> Reply {
         reason,
     };
     json(status, &body)
+}
+
+/// `GET /v1/fleet`: the live instances and the fleet's view of each backend; 404 without
+/// `[fleet]`. etcd unreachable is said in `store`, with 200: this instance still answers.
+async fn fleet_status(admin: &Admin) -> Reply {
+    let Some(fleet) = &admin.fleet else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "this warren has no [fleet] section: it shares nothing with other instances",
+        );
+    };
+    let instance = admin
+        .config
+        .load()
+        .fleet
+        .as_ref()
+        .map(|f| f.instance.clone())
+        .unwrap_or_default();
+    let answer = match fleet.list().await {
+        Ok(reports) => crate::fleet::view::status(instance, &reports),
+        Err(e) => api::FleetStatus {
+            backends: Vec::new(),
+            instance,
+            instances: Vec::new(),
+            store: format!("unreachable: {e}"),
+        },
+    };
+    json(StatusCode::OK, &answer)
 }
 
 /// `GET /v1/status`: listeners, pools, backends.

@@ -98,6 +98,50 @@ pub struct Status {
     pub version: String,
 }
 
+/// `GET /v1/fleet`: the live instances of this instance's `[fleet]` and what each reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FleetStatus {
+    /// Every backend the instances report, with the fleet's totals.
+    pub backends: Vec<FleetBackend>,
+    /// The instance that answered.
+    pub instance: String,
+    /// The instances whose registration is alive (lease not expired), by name.
+    pub instances: Vec<FleetInstance>,
+    /// "ok", or why etcd could not be read (then the lists are empty).
+    pub store: String,
+}
+
+/// One live instance in `/v1/fleet`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetInstance {
+    pub instance: String,
+    /// When it last reported (RFC 3339).
+    pub reported: String,
+    pub version: String,
+}
+
+/// One backend across the fleet in `/v1/fleet`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FleetBackend {
+    /// The sum over the instances.
+    pub active_connections: i64,
+    pub backend: String,
+    /// Set when the instances disagree about its health or admin state: who sees what.
+    pub disagreement: Option<String>,
+    /// What each instance reports, by instance name.
+    pub instances: Vec<FleetBackendView>,
+    pub pool: String,
+}
+
+/// One instance's view of a backend in `/v1/fleet`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetBackendView {
+    pub active_connections: i64,
+    pub admin: AdminState,
+    pub health: Health,
+    pub instance: String,
+}
+
 /// One `[[listener]]` in `/v1/status`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ListenerStatus {

@@ -18,10 +18,13 @@ use tokio::runtime::Handle;
 
 use crate::api::{DrainAnswer, QuorumAnswer};
 use crate::config::{Config, HookEvent, ProxyProtocol};
+use crate::fleet::drains::FleetDrains;
 use crate::health::probe::{self, QuorumCheck};
 use crate::health::{Cause, Controller};
 use crate::state::{AdminState, BackendId, CloseCause, Routing};
+use tokio_util::sync::CancellationToken;
 
+mod fleet;
 mod refusal;
 mod state_file;
 
@@ -63,6 +66,10 @@ pub struct Drainer {
     /// operators, a script with `&`) would each see the other's backend active and both pass
     /// the set's quorum check and `min_available`.
     deciding: tokio::sync::Mutex<()>,
+    /// `[fleet]`: the fleet's drains in etcd, which every change goes through (see `fleet`).
+    fleet: Option<Arc<FleetDrains>>,
+    /// Set once an upgrade handed everything to a new process: the fleet's changes are its.
+    retired: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Clone, Copy)]
@@ -101,6 +108,7 @@ impl Drainer {
         runtime: Handle,
     ) -> Arc<Drainer> {
         let state_file = config.admin.as_ref().and_then(|a| a.state_file.clone());
+        let fleet = config.fleet.as_ref().and_then(fleet_store);
         Arc::new(Drainer {
             routing,
             health,
@@ -110,7 +118,14 @@ impl Drainer {
             runtime,
             metrics,
             deciding: tokio::sync::Mutex::new(()),
+            fleet,
+            retired: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// The fleet's drains, with `[fleet]`.
+    pub fn fleet(&self) -> Option<Arc<FleetDrains>> {
+        self.fleet.clone()
     }
 
     /// Take a reloaded config (`min_available`, probes, backend addresses). A backend the
@@ -145,7 +160,12 @@ impl Drainer {
                 .await?;
             (quorum, warning, set_warning)
         };
-        let mut answer = self.drain_checked(id, deadline, force)?;
+        let admin = self.drain_checked(id, force)?;
+        if let Some(fleet) = &self.fleet {
+            self.fleet_drain(fleet, std::slice::from_ref(id), deadline, force)
+                .await?;
+        }
+        let mut answer = self.drain_started(id, admin, deadline, force)?;
         answer.quorum_check = Some(quorum);
         answer.warnings.extend(warning);
         answer.warnings.extend(set_warning);
@@ -184,6 +204,9 @@ impl Drainer {
             self.check_set_min_available(&ids)?;
             warning
         };
+        if let Some(fleet) = &self.fleet {
+            self.fleet_drain(fleet, &ids, deadline, force).await?;
+        }
         let mut answers = Vec::with_capacity(ids.len());
         for (id, (quorum, warning)) in ids.iter().zip(judged) {
             let admin = self
@@ -205,6 +228,16 @@ impl Drainer {
     /// Undrain every backend of a set (each must exist; idempotent).
     pub fn undrain_set(&self, ids: &[BackendId]) -> Result<Vec<DrainAnswer>, DrainError> {
         let ids = self.checked_set(ids)?;
+        ids.iter().map(|id| self.undrain(id)).collect()
+    }
+
+    /// An undrain as the admin API asks it: with `[fleet]`, removed from the fleet's store
+    /// first (refused when etcd does not take it), then here.
+    pub async fn undrain_request(&self, ids: &[BackendId]) -> Result<Vec<DrainAnswer>, DrainError> {
+        let ids = self.checked_set(ids)?;
+        if let Some(fleet) = &self.fleet {
+            self.fleet_undrain(fleet, &ids).await?;
+        }
         ids.iter().map(|id| self.undrain(id)).collect()
     }
 
@@ -379,14 +412,9 @@ impl Drainer {
         Some(snapshot.pools.get(&*id.pool)?.backend(&id.backend)?.admin)
     }
 
-    /// The drain itself, once the quorum check let it through: `min_available` (unless
-    /// `force`), then [`Drainer::drain_started`].
-    fn drain_checked(
-        self: &Arc<Self>,
-        id: &BackendId,
-        deadline: Option<Duration>,
-        force: bool,
-    ) -> Result<DrainAnswer, DrainError> {
+    /// The checks of a drain once the quorum check let it through: the backend exists, and
+    /// `min_available` (unless `force`). Returns its admin state.
+    fn drain_checked(&self, id: &BackendId, force: bool) -> Result<AdminState, DrainError> {
         let (pool, backend) = (&*id.pool, &*id.backend);
         let not_found = || DrainError::NotFound(id.clone());
         let snapshot = self.routing.load_full();
@@ -395,7 +423,7 @@ impl Drainer {
         if target.admin == AdminState::Active && !force {
             self.check_min_available(id, route, target)?;
         }
-        self.drain_started(id, target.admin, deadline, force)
+        Ok(target.admin)
     }
 
     /// `min_available` for one backend: the primaries left available without it.
@@ -439,7 +467,6 @@ impl Drainer {
         deadline: Option<Duration>,
         force: bool,
     ) -> Result<DrainAnswer, DrainError> {
-        let (pool, backend) = (&*id.pool, &*id.backend);
         let not_found = || DrainError::NotFound(id.clone());
         let deadline_at = match deadline {
             Some(d) if d > MAX_DRAIN_DEADLINE => {
@@ -448,6 +475,23 @@ impl Drainer {
             Some(d) => Some(Deadline::after(d).ok_or(DrainError::DeadlineTooLong { deadline: d })?),
             None => None,
         };
+        let saved = self.start_drain(id, admin, deadline_at, force);
+        // A reload may have removed the backend since: not found, never a panic.
+        let mut answer = self.status(id).ok_or_else(not_found)?;
+        record_save(&mut answer, saved);
+        Ok(answer)
+    }
+
+    /// Start (or join) the drain of `id`, whose admin state is `admin`: the deadline, the
+    /// state change and its event, the state file, the watcher. Returns how the save went.
+    fn start_drain(
+        self: &Arc<Self>,
+        id: &BackendId,
+        admin: AdminState,
+        deadline_at: Option<Deadline>,
+        force: bool,
+    ) -> Option<Result<(), String>> {
+        let (pool, backend) = (&*id.pool, &*id.backend);
         let generation = self.set_deadline(id, deadline_at);
         let mut saved = None;
         if admin == AdminState::Active {
@@ -455,10 +499,7 @@ impl Drainer {
                 .routing
                 .update(pool, backend, |b| b.admin = AdminState::Draining)
             {
-                let deadline = deadline.map_or_else(
-                    || "none".to_owned(),
-                    |d| humantime::format_duration(d).to_string(),
-                );
+                let deadline = deadline_at.map_or_else(|| "none".to_owned(), |d| rfc3339(d.wall));
                 tracing::info!(pool = %pool, backend = %backend, %deadline, force, "drain started");
                 self.health
                     .emit(id, Some(HookEvent::DrainStarted), &transition, Cause::Admin);
@@ -467,10 +508,7 @@ impl Drainer {
         }
         self.runtime
             .spawn(self.clone().watch(id.clone(), generation));
-        // A reload may have removed the backend since: not found, never a panic.
-        let mut answer = self.status(id).ok_or_else(not_found)?;
-        record_save(&mut answer, saved);
-        Ok(answer)
+        saved
     }
 
     /// Start (or join) the drain entry of `id`: a new generation, and the deadline set or
@@ -533,6 +571,8 @@ impl Drainer {
     /// Stop following drains: after an upgrade of warren the new process does (its deadlines,
     /// its `drain_complete`); here the connections leaving would look like a drain completing.
     pub fn retire(&self) {
+        self.retired
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         lock(&self.drains).clear();
     }
 
@@ -706,6 +746,22 @@ fn record_save(answer: &mut DrainAnswer, saved: Option<Result<(), String>>) {
         Some(Err(e)) => {
             answer.persisted = Some(false);
             answer.persist_error = Some(e);
+        }
+    }
+}
+
+/// The fleet's drain store `[fleet]` describes; `None` (logged) when its client cannot be made
+/// (the config was checked at load: an endpoint it accepted the client refuses).
+fn fleet_store(fleet: &crate::config::FleetConfig) -> Option<Arc<FleetDrains>> {
+    match crate::fleet::client(fleet) {
+        Ok(client) => Some(Arc::new(FleetDrains::new(
+            client,
+            &fleet.prefix,
+            &fleet.instance,
+        ))),
+        Err(e) => {
+            tracing::error!(error = %e, "fleet: cannot use the etcd endpoints; drains stay local");
+            None
         }
     }
 }

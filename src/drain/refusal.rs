@@ -91,6 +91,12 @@ pub enum DrainError {
          the API, --force in warren ctl)"
     )]
     QuorumCheckFailed { id: BackendId, why: String },
+    /// `[fleet]`: the fleet's store did not take the change (nothing changed anywhere).
+    #[error("{0}; nothing changed: send it again once etcd answers")]
+    FleetUnavailable(String),
+    /// `[fleet]`: the fleet-wide check refused it.
+    #[error("{0}")]
+    FleetRefused(String),
 }
 
 /// How a set refusal names the backends already out: ` with X, Y already draining or drained`.

@@ -13,4 +13,19 @@
 //! value are left out of answers (`succeeded: false` is absent), and the watch is a stream of
 //! JSON objects on one long-lived response that [`etcd`] parses itself.
 
+pub mod drains;
 pub mod etcd;
+pub mod instances;
+pub mod view;
+
+/// The etcd client `[fleet]` describes (its endpoints, timeout and credentials).
+pub fn client(fleet: &crate::config::FleetConfig) -> Result<etcd::EtcdClient, etcd::EtcdError> {
+    let credentials = match (&fleet.user, &fleet.password) {
+        (Some(user), Some(password)) => Some(crate::http_client::Credentials {
+            user: user.clone(),
+            password: password.0.clone(),
+        }),
+        _ => None,
+    };
+    etcd::EtcdClient::new(&fleet.endpoints, fleet.timeout, credentials)
+}

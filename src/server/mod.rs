@@ -288,6 +288,10 @@ async fn run_control(setup: ControlSetup, ready: std::sync::mpsc::Sender<Control
         metrics.state_file.clone(),
         tokio::runtime::Handle::current(),
     );
+    if let Some(fleet) = drainer.fleet() {
+        tokio::spawn(drainer.clone().follow_fleet(fleet, stop.clone()));
+    }
+    let fleet = register_in_fleet(&config, &routing, &stop);
     let rebalancer = Rebalancer::new(shared_config.clone(), routing.clone());
     tokio::spawn(rebalancer.clone().run(stop.clone()));
     let _ = ready.send((health.clone(), drainer.clone(), rebalancer.clone()));
@@ -304,6 +308,7 @@ async fn run_control(setup: ControlSetup, ready: std::sync::mpsc::Sender<Control
             health,
             drainer,
             rebalancer,
+            fleet,
             token,
         });
         admin::serve(listener, admin, admin_stop).await;
@@ -311,6 +316,49 @@ async fn run_control(setup: ControlSetup, ready: std::sync::mpsc::Sender<Control
     stop.cancelled().await;
     // The hooks in force now, which a reload may have replaced since start.
     hooks_owner.shutdown_hooks().await;
+}
+
+/// `[fleet]`: register this instance under a lease and publish its report (per backend: its
+/// connections, health and admin state) every few seconds until `stop`.
+fn register_in_fleet(
+    config: &Config,
+    routing: &Arc<Routing>,
+    stop: &CancellationToken,
+) -> Option<Arc<crate::fleet::instances::Instances>> {
+    use crate::fleet::instances::{BackendReport, Instances, Report};
+    let fleet = config.fleet.as_ref()?;
+    let client = crate::fleet::client(fleet).ok()?;
+    let instances = Arc::new(Instances::new(
+        client,
+        &fleet.prefix,
+        &fleet.instance,
+        fleet.lease_ttl,
+    ));
+    let (running, routing, name) = (instances.clone(), routing.clone(), fleet.instance.clone());
+    let report = move || {
+        let snapshot = routing.load();
+        let mut backends = Vec::new();
+        for (pool, route) in &snapshot.pools {
+            for b in &route.backends {
+                backends.push(BackendReport {
+                    pool: pool.to_string(),
+                    backend: b.name.to_string(),
+                    active_connections: b.stats.active.get(),
+                    health: b.health,
+                    admin: b.admin,
+                });
+            }
+        }
+        Report {
+            instance: name.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            at_ms: crate::fleet::drains::unix_ms(std::time::SystemTime::now()),
+            backends,
+        }
+    };
+    let stop = stop.clone();
+    tokio::spawn(async move { running.run(report, stop).await });
+    Some(instances)
 }
 
 /// The admin bearer token: the file's content without surrounding white space; never empty.
@@ -546,6 +594,15 @@ impl Server {
         let connections = TaskTracker::new();
         let accept_loops = TaskTracker::new();
         let mut running: HashMap<Arc<str>, RunningListener> = HashMap::new();
+        // The fleet's drains before the first connection (a process taking over from another
+        // has its drains already).
+        #[cfg(unix)]
+        let taking_over = self.taking_over.is_some();
+        #[cfg(not(unix))]
+        let taking_over = false;
+        if !taking_over {
+            self.drainer.sync_fleet().await;
+        }
         for (name, listener, max) in std::mem::take(&mut self.listeners) {
             self.start_listener(
                 &mut running,

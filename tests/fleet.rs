@@ -228,12 +228,16 @@ async fn admin_states(admin: SocketAddr) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The instances an instance's status lists (`"fleet": {"instances": [{"instance": …}]}`);
-/// `None` when it has no such field.
+/// The live instances an instance lists in `GET /v1/fleet` (`{"instances": [{"instance": …}]}`);
+/// `None` when etcd could not be read.
 async fn listed_instances(admin: SocketAddr) -> Option<Vec<String>> {
-    let (code, body) = http(admin, "GET", "/v1/status", None, b"").await;
-    assert_eq!(code, 200, "GET /v1/status: {body}");
-    let instances = json(&body)["fleet"]["instances"].as_array()?.clone();
+    let (code, body) = http(admin, "GET", "/v1/fleet", None, b"").await;
+    assert_eq!(code, 200, "GET /v1/fleet: {body}");
+    let fleet = json(&body);
+    if fleet["store"] != "ok" {
+        return None;
+    }
+    let instances = fleet["instances"].as_array()?.clone();
     let mut names: Vec<String> = instances
         .iter()
         .filter_map(|i| i["instance"].as_str().map(str::to_owned))

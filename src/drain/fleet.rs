@@ -10,7 +10,7 @@ use super::*;
 use crate::fleet::drains::{Change, Drains, FleetDrain, FleetDrains, FleetError, Name};
 
 /// A refusal of a change the fleet could not take or would not allow.
-pub(super) fn fleet_error(e: FleetError) -> DrainError {
+fn fleet_error(e: FleetError) -> DrainError {
     match e {
         FleetError::Refused(why) => DrainError::FleetRefused(why),
         e => DrainError::FleetUnavailable(e.to_string()),
@@ -44,8 +44,11 @@ impl Drainer {
         };
         let timeout = self.fleet_timeout();
         match tokio::time::timeout(timeout, fleet.drain(&names, wall, force, check)).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(fleet_error(e)),
+            Ok(Ok(_)) => {
+                self.metrics.fleet_store_up.set(1);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(self.fleet_failed(e)),
             Err(_) => Err(DrainError::FleetUnavailable(format!(
                 "the fleet's store (etcd) did not answer within {}",
                 humantime::format_duration(timeout)
@@ -62,13 +65,24 @@ impl Drainer {
         let names: Vec<Name> = ids.iter().map(name).collect();
         let timeout = self.fleet_timeout();
         match tokio::time::timeout(timeout, fleet.undrain(&names)).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(fleet_error(e)),
+            Ok(Ok(_)) => {
+                self.metrics.fleet_store_up.set(1);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(self.fleet_failed(e)),
             Err(_) => Err(DrainError::FleetUnavailable(format!(
                 "the fleet's store (etcd) did not answer within {}",
                 humantime::format_duration(timeout)
             ))),
         }
+    }
+
+    /// A change the fleet did not take; etcd as the reason shows in `fleet_store_up`.
+    fn fleet_failed(&self, e: FleetError) -> DrainError {
+        if matches!(e, FleetError::Store(_)) {
+            self.metrics.fleet_store_up.set(0);
+        }
+        fleet_error(e)
     }
 
     fn fleet_timeout(&self) -> Duration {
@@ -172,6 +186,7 @@ impl Drainer {
             let drains = match drains {
                 Ok(drains) => drains,
                 Err(e) => {
+                    self.metrics.fleet_store_up.set(0);
                     if !unreachable_logged {
                         tracing::warn!(error = %e, "fleet: etcd unreachable; the drains in force stay until it answers");
                         unreachable_logged = true;
@@ -188,6 +203,8 @@ impl Drainer {
                 revision = drains.revision,
                 "fleet: following the fleet's drains"
             );
+            self.metrics.fleet_store_up.set(1);
+            self.metrics.fleet_revision.set(drains.revision);
             self.apply_all(&drains);
             let mut watch = fleet.watch(drains.revision);
             loop {
@@ -197,11 +214,22 @@ impl Drainer {
                 };
                 match next {
                     Some(Ok(events)) => {
-                        for change in events.iter().filter_map(|e| fleet.change_of(e)) {
+                        self.metrics.fleet_store_up.set(1);
+                        for event in &events {
+                            let Some(change) = fleet.change_of(event) else {
+                                continue;
+                            };
+                            if let Change::Drained(_, drain) = &change {
+                                let now = crate::fleet::drains::unix_ms(SystemTime::now());
+                                let lag = now.saturating_sub(drain.at_ms) as f64 / 1000.0;
+                                self.metrics.fleet_watch_lag.set(lag);
+                            }
                             self.apply_change(change);
+                            self.metrics.fleet_revision.set(event.mod_revision);
                         }
                     }
                     Some(Err(e)) => {
+                        self.metrics.fleet_store_up.set(0);
                         tracing::debug!(error = %e, "fleet: watch interrupted, resuming")
                     }
                     // Compacted past where it was: read everything again.

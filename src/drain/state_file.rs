@@ -34,17 +34,41 @@ pub enum StateFileError {
 #[derive(Clone)]
 pub struct StateFileMetrics {
     pub(super) errors_total: prometheus::IntCounter,
+    /// `[fleet]`: 1 while the fleet's store (etcd) answers, 0 while it does not.
+    pub(super) fleet_store_up: prometheus::IntGauge,
+    /// `[fleet]`: the last revision of the fleet's drains applied here.
+    pub(super) fleet_revision: prometheus::IntGauge,
+    /// `[fleet]`: how long the last change of the fleet's drains took to be applied here.
+    pub(super) fleet_watch_lag: prometheus::Gauge,
 }
 
 impl StateFileMetrics {
-    /// Register `state_file_errors_total` into `registry` (once per process).
+    /// Register the drainer's families into `registry` (once per process):
+    /// `state_file_errors_total` and, for `[fleet]`, the store's state.
     pub fn register(registry: &prometheus::Registry) -> StateFileMetrics {
+        let lag = metrics::float_gauge_vec(
+            registry,
+            "fleet_watch_lag_seconds",
+            "[fleet]: from the write of the last change of the fleet's drains to its application here",
+            &[],
+        );
         StateFileMetrics {
             errors_total: metrics::counter(
                 registry,
                 "state_file_errors_total",
                 "State file reads or writes that failed (a corrupt file is moved aside)",
             ),
+            fleet_store_up: metrics::gauge(
+                registry,
+                "fleet_store_up",
+                "[fleet]: 1 while the fleet's store (etcd) answers, 0 while it does not",
+            ),
+            fleet_revision: metrics::gauge(
+                registry,
+                "fleet_revision",
+                "[fleet]: the last revision of the fleet's drains applied here",
+            ),
+            fleet_watch_lag: lag.with_label_values(&[]),
         }
     }
 }

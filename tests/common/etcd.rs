@@ -1,6 +1,7 @@
 //! A real single-member etcd (Debian's `etcd-server`, `/usr/bin/etcd`) on 127.0.0.1 with free
 //! ports and its data under a temp dir, for the fleet tests: started, waited for until
-//! `/health` answers, stopped and started again on the same data and ports, killed on drop.
+//! `/health` answers, stopped and started again on the same data and ports, frozen and thawed
+//! (SIGSTOP, SIGCONT), killed on drop.
 //! [`Etcd::start`] prints a SKIP line and returns `None` when etcd is not installed. Also a raw
 //! call to etcd's JSON gateway ([`gateway`]) for what the client under test must not be
 //! trusted to do itself (enabling auth, compacting).
@@ -87,6 +88,23 @@ impl Etcd {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Freeze etcd (SIGSTOP): its port still takes connections (the kernel accepts them) and
+    /// nothing answers, as with a hung member. [`Etcd::thaw`] lets it go on.
+    pub fn freeze(&self) {
+        self.send(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// Let a frozen etcd go on (SIGCONT).
+    pub fn thaw(&self) {
+        self.send(nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn send(&self, signal: nix::sys::signal::Signal) {
+        let child = self.child.as_ref().expect("etcd is running");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, signal).expect("signal etcd");
     }
 
     async fn wait_healthy(&mut self, within: Duration) {

@@ -843,6 +843,11 @@ impl Server {
         if old.admin != new.admin {
             tracing::warn!("[admin] changed: it takes effect at the next restart");
         }
+        if old.fleet != new.fleet {
+            tracing::warn!(
+                "[fleet] changed: it takes effect at the next restart (or warren upgrade)"
+            );
+        }
         let plan = diff_listeners(&old, &new);
         let bound = self
             .open_listeners(&plan, running, stop_accepting, accept_loops, connections)

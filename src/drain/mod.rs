@@ -162,6 +162,10 @@ impl Drainer {
         };
         let admin = self.drain_checked(id, force)?;
         if let Some(fleet) = &self.fleet {
+            // Refused here before the fleet could take it (as `drain_started` would after).
+            if let Some(d) = deadline.filter(|d| *d > MAX_DRAIN_DEADLINE) {
+                return Err(DrainError::DeadlineTooLong { deadline: d });
+            }
             self.fleet_drain(fleet, std::slice::from_ref(id), deadline, force)
                 .await?;
         }

@@ -42,18 +42,8 @@ impl Drainer {
                 self.fleet_check(ids, drains)
             }
         };
-        let timeout = self.fleet_timeout();
-        match tokio::time::timeout(timeout, fleet.drain(&names, wall, force, check)).await {
-            Ok(Ok(_)) => {
-                self.metrics.fleet_store_up.set(1);
-                Ok(())
-            }
-            Ok(Err(e)) => Err(self.fleet_failed(e)),
-            Err(_) => Err(DrainError::FleetUnavailable(format!(
-                "the fleet's store (etcd) did not answer within {}",
-                humantime::format_duration(timeout)
-            ))),
-        }
+        self.fleet_change(fleet.drain(&names, wall, force, check))
+            .await
     }
 
     /// Remove `ids`' drains from the fleet's store.
@@ -63,26 +53,32 @@ impl Drainer {
         ids: &[BackendId],
     ) -> Result<(), DrainError> {
         let names: Vec<Name> = ids.iter().map(name).collect();
+        self.fleet_change(fleet.undrain(&names)).await
+    }
+
+    /// One change of the fleet's drains, bounded by `[fleet] timeout`; etcd answering or not
+    /// shows in `fleet_store_up`.
+    async fn fleet_change(
+        &self,
+        change: impl std::future::Future<Output = Result<Drains, FleetError>>,
+    ) -> Result<(), DrainError> {
         let timeout = self.fleet_timeout();
-        match tokio::time::timeout(timeout, fleet.undrain(&names)).await {
+        match tokio::time::timeout(timeout, change).await {
             Ok(Ok(_)) => {
                 self.metrics.fleet_store_up.set(1);
                 Ok(())
             }
-            Ok(Err(e)) => Err(self.fleet_failed(e)),
+            Ok(Err(e)) => {
+                if matches!(e, FleetError::Store(_)) {
+                    self.metrics.fleet_store_up.set(0);
+                }
+                Err(fleet_error(e))
+            }
             Err(_) => Err(DrainError::FleetUnavailable(format!(
                 "the fleet's store (etcd) did not answer within {}",
                 humantime::format_duration(timeout)
             ))),
         }
-    }
-
-    /// A change the fleet did not take; etcd as the reason shows in `fleet_store_up`.
-    fn fleet_failed(&self, e: FleetError) -> DrainError {
-        if matches!(e, FleetError::Store(_)) {
-            self.metrics.fleet_store_up.set(0);
-        }
-        fleet_error(e)
     }
 
     fn fleet_timeout(&self) -> Duration {

@@ -57,7 +57,7 @@ use arc_swap::ArcSwap;
 use crate::api::{self, DrainRequest, ErrorBody, RefusalReason};
 use crate::balance::FULL_SHARE;
 use crate::config::{AdminConfig, Config, OnDown, PoolConfig, Probe, Secret};
-use crate::drain::{rfc3339, DrainError, Drainer};
+use crate::drain::{rfc3339, DrainError, Drainer, Scope};
 use crate::health::Controller;
 use crate::lifecycle::{Reloader, UpgradeError, Upgrader};
 use crate::metrics::Metrics;
@@ -663,7 +663,11 @@ async fn drain(admin: &Admin, pool: &str, backend: &str, body: &[u8]) -> Reply {
         Err(e) => return error(StatusCode::BAD_REQUEST, &e),
     };
     let id = BackendId::new(pool, backend);
-    match admin.drainer.drain(&id, deadline, request.force).await {
+    match admin
+        .drainer
+        .drain(&id, deadline, request.force, Scope::of(request.local))
+        .await
+    {
         Ok(answer) => json(StatusCode::ACCEPTED, &answer),
         Err(e) => drain_error(e),
     }
@@ -682,7 +686,11 @@ async fn drain_set(admin: &Admin, body: &[u8]) -> Reply {
         Err(e) => return error(StatusCode::BAD_REQUEST, &e),
     };
     let ids = backend_ids(&request.backends);
-    match admin.drainer.drain_set(&ids, deadline, request.force).await {
+    match admin
+        .drainer
+        .drain_set(&ids, deadline, request.force, Scope::of(request.local))
+        .await
+    {
         Ok(backends) => json(StatusCode::ACCEPTED, &api::DrainSetAnswer { backends }),
         Err(e) => drain_error(e),
     }
@@ -702,7 +710,7 @@ async fn undrain(admin: &Admin, pool: &str, backend: &str, body: &[u8]) -> Reply
     let id = BackendId::new(pool, backend);
     let answer = admin
         .drainer
-        .undrain_request(std::slice::from_ref(&id))
+        .undrain_request(std::slice::from_ref(&id), Scope::of(request.local))
         .await
         .map(|mut answers| answers.remove(0));
     match answer {
@@ -726,7 +734,7 @@ async fn undrain_set(admin: &Admin, body: &[u8]) -> Reply {
     };
     match admin
         .drainer
-        .undrain_request(&backend_ids(&request.backends))
+        .undrain_request(&backend_ids(&request.backends), Scope::of(request.local))
         .await
     {
         Ok(backends) => {
@@ -900,6 +908,10 @@ fn backend_status(
         health: b.health,
         health_changed_at: health.map(|h| rfc3339(h.changed_at)),
         health_reason: health.and_then(|h| h.changed_reason.clone()),
+        local_change: admin
+            .drainer
+            .local_change(&BackendId::new(pool, &b.name))
+            .map(rfc3339),
         last_probe: health
             .and_then(|h| h.last_probe.as_ref())
             .map(|probe| api::ProbeStatus {

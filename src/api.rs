@@ -140,6 +140,9 @@ pub struct FleetBackendView {
     pub admin: AdminState,
     pub health: Health,
     pub instance: String,
+    /// Its admin state on that instance is a local change (`local`), apart from the fleet's.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub local: bool,
 }
 
 /// One `[[listener]]` in `/v1/status`.
@@ -221,6 +224,10 @@ pub struct BackendStatus {
     pub health_reason: Option<String>,
     #[serde(default)]
     pub last_probe: Option<ProbeStatus>,
+    /// With `[fleet]`: RFC 3339, since when its admin state here is a local change (`local`),
+    /// apart from the fleet's drains; left out when it follows the fleet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_change: Option<String>,
     pub name: String,
     /// Checks passed since the last failure.
     #[serde(default)]
@@ -262,6 +269,10 @@ pub struct DrainRequest {
     /// Skip the quorum check and `min_available`.
     #[serde(default)]
     pub force: bool,
+    /// With `[fleet]`: apply it on this instance only, not through etcd (see the README's
+    /// fleet section); sent only when set.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub local: bool,
 }
 
 /// One backend of a set, as `POST /v1/drain` and `POST /v1/undrain` name it.
@@ -280,12 +291,20 @@ pub struct DrainSetRequest {
     pub deadline: Option<String>,
     #[serde(default)]
     pub force: bool,
+    /// With `[fleet]`: apply it on this instance only, not through etcd (see the README's
+    /// fleet section); sent only when set.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub local: bool,
 }
 
 /// The body of `POST /v1/undrain`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UndrainSetRequest {
     pub backends: Vec<BackendRef>,
+    /// With `[fleet]`: apply it on this instance only, not through etcd (see the README's
+    /// fleet section); sent only when set.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub local: bool,
     /// `false`: this return does not start a rebalance, and the pools' automatic rebalancing
     /// waits (a rolling upgrade moving on to its next node); see [`UndrainRequest`].
     #[serde(default = "yes")]
@@ -295,6 +314,10 @@ pub struct UndrainSetRequest {
 /// The optional body of `POST /v1/pools/{pool}/backends/{backend}/undrain`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UndrainRequest {
+    /// With `[fleet]`: apply it on this instance only, not through etcd (see the README's
+    /// fleet section); sent only when set.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub local: bool,
     /// `false`: the backend's return does not start a rebalance, and the pool's automatic
     /// rebalancing waits for a while (`warren ctl upgrade` asks for one pass at the end).
     #[serde(default = "yes")]
@@ -303,8 +326,15 @@ pub struct UndrainRequest {
 
 impl Default for UndrainRequest {
     fn default() -> UndrainRequest {
-        UndrainRequest { rebalance: true }
+        UndrainRequest {
+            local: false,
+            rebalance: true,
+        }
     }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn yes() -> bool {
@@ -553,6 +583,7 @@ mod tests {
             health_reason: Some("HTTP 200".into()),
             tags: Vec::new(),
             last_probe: Some(probe),
+            local_change: Some("2026-11-21T23:30:00Z".into()),
             name: "rabbit-a".into(),
             probes_ok_in_a_row: 3,
             probes_run: 9,
@@ -610,6 +641,7 @@ mod tests {
         keys_sorted(&DrainRequest {
             deadline: Some("5m".into()),
             force: true,
+            local: true,
         });
     }
 }

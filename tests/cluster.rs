@@ -25,13 +25,11 @@ use futures_lite::StreamExt;
 use tokio_util::sync::CancellationToken;
 use warren::state::{AdminState, Health};
 
-use common::{free_port, quick, wait_for, Warren};
+use common::{free_port, quick, run_ctl, wait_for, Warren};
 use rabbit::{Cluster, Node};
 
 /// One cluster at a time.
 static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-const WARREN: &str = env!("CARGO_BIN_EXE_warren");
 
 /// Probes every second, two in a row to flip: a node's state shows within about two seconds.
 fn probe_toml(kind: &str, cluster: &Cluster) -> String {
@@ -129,25 +127,7 @@ async fn wait_health(warren: &Warren, pool: &str, node: &Node, want: Health, wit
 
 /// Run `warren ctl --admin ADMIN ARGS`; (exit code, stdout, stderr).
 async fn ctl(warren: &Warren, args: &[&str]) -> (i32, String, String) {
-    let admin = format!("http://{}", warren.admin.expect("admin API"));
-    let out = tokio::process::Command::new(WARREN)
-        .arg("ctl")
-        .arg("--admin")
-        .arg(&admin)
-        .args(args)
-        .env("WARREN_CTL_POLL_MS", "100")
-        .kill_on_drop(true)
-        .output();
-    // Far above what any step here takes, far below what would stall CI.
-    let out = tokio::time::timeout(Duration::from_secs(300), out)
-        .await
-        .unwrap_or_else(|_| panic!("warren ctl {args:?} still running after 300s"))
-        .expect("run warren ctl");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    run_ctl(warren.admin.expect("admin API"), args).await
 }
 
 /// `warren ctl upgrade` of pool `rabbitmq` with the test's command, short drain deadline and

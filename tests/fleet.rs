@@ -773,3 +773,144 @@ async fn a_killed_instance_leaves_the_fleet_within_its_lease() {
     }
     assert!(killed.elapsed() <= limit);
 }
+
+/// `--local` (issue 19): with etcd down, a drain through a with `"local": true` is applied on
+/// a only (202, a warning that says so; b and c keep routing to the backend), and shows in a's
+/// status and `warren_fleet_local_changes`. When etcd returns, a re-reads the fleet's drains
+/// (none) and keeps its local drain: no connection through a reaches the backend, and the
+/// fleet's view flags the disagreement as local; `warren ctl status` shows the fleet and the
+/// local change. An undrain through a (through the fleet now) ends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_drain_holds_on_its_instance_until_its_next_change() {
+    let _serial = SERIAL.lock().await;
+    let settings = Settings {
+        timeout: "1s",
+        ..Settings::default()
+    };
+    let Some(mut fleet) = Fleet::start("local", settings).await else {
+        return;
+    };
+    let a = fleet.admin("a");
+    let probers = fleet.probe_all();
+    wait_probes(&probers, Instant::now(), 10, Duration::from_secs(10)).await;
+
+    fleet.etcd.stop();
+    let path = format!("/v1/pools/{POOL}/backends/b0/drain");
+    let local = br#"{"deadline": "5m", "local": true}"#;
+    let (code, body) = http(a, "POST", &path, None, local).await;
+    let sent = Instant::now();
+    assert_eq!(code, 202, "{body}");
+    assert!(
+        body.contains("applied on this instance only (local)"),
+        "{body}"
+    );
+    let b0 = |admin| async move {
+        let (code, body) = http(admin, "GET", "/v1/status", None, b"").await;
+        assert_eq!(code, 200, "{body}");
+        json(&body)["pools"][0]["backends"][0].clone()
+    };
+    // Probe connections are short: b0 is drained at once.
+    let status = b0(a).await;
+    assert_eq!(status["admin"], "drained", "{status}");
+    assert!(status["local_change"].is_string(), "{status}");
+    for name in ["b", "c"] {
+        assert_eq!(b0(fleet.admin(name)).await["admin"], "active");
+    }
+    let metrics = http(a, "GET", "/metrics", None, b"").await.1;
+    assert_eq!(metric_value(&metrics, "warren_fleet_local_changes"), 1.0);
+
+    // Traffic: a leaves b0, b and c go on using it.
+    wait_probes(
+        &probers,
+        sent + PROPAGATION,
+        SETTLED_PROBES,
+        Duration::from_secs(15),
+    )
+    .await;
+    assert_eq!(
+        probers[0].1.last_hit(0, sent),
+        None,
+        "a routed to b0 after its local drain"
+    );
+    for (name, p) in &probers[1..] {
+        assert!(
+            p.last_hit(0, sent + PROPAGATION).is_some(),
+            "{name} stopped using b0"
+        );
+    }
+
+    // etcd back: a follows the fleet again (store up), its local drain stays.
+    fleet.etcd.start_again().await;
+    eventually(
+        "a reading etcd again",
+        Duration::from_secs(15),
+        || async move {
+            let metrics = http(a, "GET", "/metrics", None, b"").await.1;
+            match metric_value(&metrics, "warren_fleet_store_up") {
+                1.0 => Ok(()),
+                v => Err(format!("warren_fleet_store_up {v}")),
+            }
+        },
+    )
+    .await;
+    let back = Instant::now();
+    eventually(
+        "b's fleet view flagging a's local drain",
+        Duration::from_secs(10),
+        || {
+            let b = fleet.admin("b");
+            async move {
+                let body = http(b, "GET", "/v1/fleet", None, b"").await.1;
+                let why = json(&body)["backends"][0]["disagreement"].clone();
+                match why.as_str() {
+                    Some(w) if w.contains("a has it drained (local)") => Ok(()),
+                    _ => Err(format!("disagreement {why}")),
+                }
+            }
+        },
+    )
+    .await;
+    wait_probes(&probers[..1], back, SETTLED_PROBES, Duration::from_secs(15)).await;
+    assert_eq!(
+        probers[0].1.last_hit(0, sent),
+        None,
+        "a routed to b0 after etcd came back"
+    );
+    assert_eq!(b0(a).await["admin"], "drained");
+
+    let (code, out, err) = run_ctl(a, &["status"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("  drained (local)  "), "{out}");
+    assert!(
+        out.contains("fleet as seen by a: etcd ok, 3 instances live"),
+        "{out}"
+    );
+    assert!(out.contains("a 0 (drained, local)"), "{out}");
+    assert!(
+        out.contains("! rabbitmq/b0: admin: a has it drained (local)"),
+        "{out}"
+    );
+
+    // The next change of b0 through a, through the fleet: the local change ends.
+    let (code, body) = undrain(a, "b0").await;
+    let undrained = Instant::now();
+    assert_eq!(code, 200, "{body}");
+    let status = b0(a).await;
+    assert_eq!(status["admin"], "active", "{status}");
+    assert!(status.get("local_change").is_none(), "{status}");
+    let lags = undrain_lags(&probers[..1], 0, undrained).await;
+    assert_within(
+        "undrain through a: a routing to b0 again",
+        &lags,
+        PROPAGATION,
+    );
+    let metrics = http(a, "GET", "/metrics", None, b"").await.1;
+    assert_eq!(metric_value(&metrics, "warren_fleet_local_changes"), 0.0);
+    for (name, p) in probers {
+        let failed = failures(&p.finish().await);
+        assert!(
+            failed.is_empty(),
+            "probes through {name} failed: {failed:?}"
+        );
+    }
+}

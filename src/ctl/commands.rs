@@ -11,7 +11,19 @@ pub(super) async fn status(client: &Client, out: &Output) -> Result<(), CtlError
         return Ok(());
     }
     let status = decode::<Status>(raw, "status")?;
-    print_stdout(render_status(&status, SystemTime::now(), terminal_width()).trim_end());
+    let now = SystemTime::now();
+    let mut text = render_status(&status, now, terminal_width());
+    // With [fleet] (a warren without answers 404): the fleet, after this instance's pools.
+    match client.get_json("/v1/fleet", "fleet status").await {
+        Ok(raw) => {
+            let fleet = decode::<FleetStatus>(raw, "fleet status")?;
+            text.push('\n');
+            text.push_str(&render_fleet(&fleet, now, terminal_width()));
+        }
+        Err(CtlError::Refused { status, .. }) if status == StatusCode::NOT_FOUND => {}
+        Err(e) => return Err(e),
+    }
+    print_stdout(text.trim_end());
     Ok(())
 }
 
@@ -95,6 +107,17 @@ pub(super) struct SetDrain<'a> {
     pub(super) targets: &'a [(String, String)],
     pub(super) deadline: Option<&'a Deadline>,
     pub(super) force: bool,
+    /// `--local`: on this instance only, not through the fleet.
+    pub(super) local: bool,
+}
+
+/// How an undrain was asked for.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Undrain {
+    /// The return may start a rebalance (`--no-rebalance` not given).
+    pub(super) rebalance: bool,
+    /// `--local`: on this instance only, not through the fleet.
+    pub(super) local: bool,
 }
 
 /// `a (pool p), b (pool p)`: a set as the progress lines name it.
@@ -130,6 +153,7 @@ pub(super) async fn drain_set(
         backends: backend_refs(set.targets),
         deadline: set.deadline.map(|d| d.text.clone()),
         force: set.force,
+        local: set.local,
     };
     let body = serde_json::to_value(request).expect("a drain request serializes");
     let raw = client.post_json("/v1/drain", Some(body), &what).await?;
@@ -148,6 +172,7 @@ pub(super) async fn drain_set(
                 name: &a.backend,
                 deadline: set.deadline,
                 force: set.force,
+                local: set.local,
             };
             wait_drained(client, out, &drain, n, poll).await?;
         }
@@ -160,22 +185,20 @@ pub(super) async fn undrain_set(
     client: &Client,
     out: &Output,
     targets: &[(String, String)],
-    rebalance: bool,
+    how: Undrain,
 ) -> Result<(), CtlError> {
     let what = format!("undrain of {}", set_names(targets));
     let request = UndrainSetRequest {
         backends: backend_refs(targets),
-        rebalance,
+        local: how.local,
+        rebalance: how.rebalance,
     };
     let body = serde_json::to_value(request).expect("an undrain request serializes");
     let raw = client.post_json("/v1/undrain", Some(body), &what).await?;
     out.json(&raw);
     let answer = decode::<DrainSetAnswer>(raw, &what)?;
     for a in &answer.backends {
-        if let Some(e) = &a.persist_error {
-            out.say(&format!("warning: {e}"));
-        }
-        out.say(&format!("{} (pool {}) is {}", a.backend, a.pool, a.admin));
+        report_undrain(out, a);
     }
     Ok(())
 }
@@ -187,13 +210,17 @@ pub(super) struct BackendDrain<'a> {
     pub(super) name: &'a str,
     pub(super) deadline: Option<&'a Deadline>,
     pub(super) force: bool,
+    /// `--local`: on this instance only, not through the fleet.
+    pub(super) local: bool,
 }
 
-/// The body of `POST .../drain`: `deadline` only when given, so the server's default applies.
-pub(super) fn drain_body(deadline: Option<&Deadline>, force: bool) -> Value {
+/// The body of `POST .../drain`: `deadline` only when given, so the server's default applies;
+/// `local` only when set.
+pub(super) fn drain_body(drain: &BackendDrain<'_>) -> Value {
     let request = DrainRequest {
-        deadline: deadline.map(|d| d.text.clone()),
-        force,
+        deadline: drain.deadline.map(|d| d.text.clone()),
+        force: drain.force,
+        local: drain.local,
     };
     serde_json::to_value(request).expect("a drain request serializes")
 }
@@ -222,12 +249,12 @@ pub(super) async fn start_drain(
         pool,
         name,
         deadline,
-        force,
+        ..
     } = *drain;
     let what = format!("drain of {name} (pool {pool})");
     let path = backend_path(pool, name, "drain");
     let raw = client
-        .post_json(&path, Some(drain_body(deadline, force)), &what)
+        .post_json(&path, Some(drain_body(drain)), &what)
         .await?;
     out.json(&raw);
     let answer = decode::<DrainAnswer>(raw, &what)?;
@@ -329,20 +356,37 @@ pub(super) async fn undrain_backend(
     out: &Output,
     pool: &str,
     name: &str,
-    rebalance: bool,
+    how: Undrain,
 ) -> Result<(), CtlError> {
     let what = format!("undrain of {name} (pool {pool})");
-    let body = (!rebalance).then(|| serde_json::json!({ "rebalance": false }));
+    // The defaults are left out, so an older warren takes the request.
+    let request = UndrainRequest {
+        local: how.local,
+        rebalance: how.rebalance,
+    };
+    let body = (!how.rebalance || how.local)
+        .then(|| serde_json::to_value(request).expect("an undrain request serializes"));
     let raw = client
         .post_json(&backend_path(pool, name, "undrain"), body, &what)
         .await?;
     out.json(&raw);
     let answer = decode::<DrainAnswer>(raw, &what)?;
+    report_undrain(out, &answer);
+    Ok(())
+}
+
+/// Say what an undrain's answer means: its warnings, then the backend's admin state.
+fn report_undrain(out: &Output, answer: &DrainAnswer) {
     if let Some(e) = &answer.persist_error {
         out.say(&format!("warning: {e}"));
     }
-    out.say(&format!("{name} (pool {pool}) is {}", answer.admin));
-    Ok(())
+    for w in &answer.warnings {
+        out.say(&format!("warning: {w}"));
+    }
+    out.say(&format!(
+        "{} (pool {}) is {}",
+        answer.backend, answer.pool, answer.admin
+    ));
 }
 
 /// `POST /v1/pools/{pool}/rebalance`: one line on what the rebalancer will do.

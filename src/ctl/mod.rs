@@ -22,8 +22,9 @@ use serde_json::Value;
 
 use crate::api::{
     AdminState, BackendRef, BackendStatus, DrainAnswer, DrainRequest, DrainSetAnswer,
-    DrainSetRequest, ErrorBody, Health, PoolStatus, ProbeStatus, RebalanceAnswer, RebalanceState,
-    RebalanceStatus, RefusalReason, ReloadAnswer, Status, UndrainSetRequest, UpgradeAnswer,
+    DrainSetRequest, ErrorBody, FleetStatus, Health, PoolStatus, ProbeStatus, RebalanceAnswer,
+    RebalanceState, RebalanceStatus, RefusalReason, ReloadAnswer, Status, UndrainRequest,
+    UndrainSetRequest, UpgradeAnswer,
 };
 use crate::config;
 use crate::http_client::{BodyRead, HttpError, HttpUrl, Request, UrlError};
@@ -123,6 +124,10 @@ pub enum CtlCommand {
         /// Drain even if fewer than the pool's min_available backends would stay available.
         #[arg(long)]
         force: bool,
+        /// With [fleet]: drain on this instance only, not through etcd (when etcd is down and
+        /// fleet-wide changes are refused); it holds here until the backend's next change.
+        #[arg(long)]
+        local: bool,
     },
     /// Let drained (or draining) backends take new connections again.
     Undrain {
@@ -145,6 +150,10 @@ pub enum CtlCommand {
         /// minutes (a walk moving on to its next node; `warren ctl rebalance` ends the wait).
         #[arg(long)]
         no_rebalance: bool,
+        /// With [fleet]: undrain on this instance only, not through etcd; it holds here until
+        /// the backend's next change.
+        #[arg(long)]
+        local: bool,
     },
     /// Move connections from backends above their weighted fair share to those below: the
     /// excess is closed gracefully (AMQP 320 through the management API) at the pool's
@@ -475,6 +484,7 @@ async fn execute_one(
             deadline,
             wait,
             force,
+            local,
         } => {
             let targets = resolve_targets(client, &names, &tag, pool).await?;
             let deadline = match deadline {
@@ -487,6 +497,7 @@ async fn execute_one(
                     name,
                     deadline: deadline.as_ref(),
                     force,
+                    local,
                 };
                 return drain_backend(client, out, drain, wait, poll).await;
             }
@@ -494,6 +505,7 @@ async fn execute_one(
                 targets: &targets,
                 deadline: deadline.as_ref(),
                 force,
+                local,
             };
             drain_set(client, out, set, wait, poll).await
         }
@@ -504,12 +516,17 @@ async fn execute_one(
             wait_healthy,
             timeout,
             no_rebalance,
+            local,
         } => {
             let targets = resolve_targets(client, &names, &tag, pool).await?;
+            let how = Undrain {
+                rebalance: !no_rebalance,
+                local,
+            };
             if let [(pool, name)] = targets.as_slice() {
-                undrain_backend(client, out, pool, name, !no_rebalance).await?;
+                undrain_backend(client, out, pool, name, how).await?;
             } else {
-                undrain_set(client, out, &targets, !no_rebalance).await?;
+                undrain_set(client, out, &targets, how).await?;
             }
             if wait_healthy {
                 for (pool, name) in &targets {

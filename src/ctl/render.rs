@@ -84,10 +84,10 @@ pub(super) fn render_status(status: &Status, now: SystemTime, width: usize) -> S
 
 /// Left-aligned columns two spaces apart, indented under the pool; the last column is cut
 /// with `…` so that a row fits `width` (it keeps at least [`MIN_PROBE_WIDTH`] characters).
-pub(super) fn render_table(rows: &[[String; 6]], width: usize) -> String {
+pub(super) fn render_table<const N: usize>(rows: &[[String; N]], width: usize) -> String {
     const INDENT: &str = "  ";
     const GAP: usize = 2;
-    let mut widths = [0usize; 5];
+    let mut widths = vec![0usize; N - 1];
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row.iter()) {
             *w = (*w).max(cell.chars().count());
@@ -98,12 +98,12 @@ pub(super) fn render_table(rows: &[[String; 6]], width: usize) -> String {
     let mut text = String::new();
     for row in rows {
         text.push_str(INDENT);
-        for (cell, w) in row.iter().zip(widths) {
+        for (cell, w) in row.iter().zip(&widths) {
             let pad = w + GAP - cell.chars().count();
             text.push_str(cell);
             text.extend(std::iter::repeat(' ').take(pad));
         }
-        text.push_str(&cut(&row[5], last_width));
+        text.push_str(&cut(&row[N - 1], last_width));
         text.push('\n');
     }
     text
@@ -135,7 +135,17 @@ pub(super) fn health_cell(b: &BackendStatus, now: SystemTime) -> String {
     }
 }
 
+/// The admin state as the operator set it: a drain's time left, slow start, and `(local)`
+/// for a change made on this instance only (`--local` with `[fleet]`).
 pub(super) fn admin_cell(b: &BackendStatus, now: SystemTime) -> String {
+    let cell = admin_state_cell(b, now);
+    match b.local_change {
+        Some(_) => format!("{cell} (local)"),
+        None => cell,
+    }
+}
+
+fn admin_state_cell(b: &BackendStatus, now: SystemTime) -> String {
     match (&b.drain_deadline, b.admin) {
         (Some(deadline), AdminState::Draining) => match humantime::parse_rfc3339_weak(deadline) {
             Ok(at) => match at.duration_since(now) {
@@ -195,5 +205,81 @@ pub(super) fn short_duration(d: Duration) -> String {
         60..=3599 => format!("{}m", s / 60),
         3600..=86_399 => format!("{}h", s / 3600),
         _ => format!("{}d", s / 86_400),
+    }
+}
+
+/// The fleet under `warren ctl status` (with `[fleet]`): the store, every live instance and
+/// when it last reported, then each backend's connections across the fleet, per instance, and
+/// where the instances disagree.
+pub(super) fn render_fleet(fleet: &FleetStatus, now: SystemTime, width: usize) -> String {
+    let mut text = format!("fleet as seen by {}: ", fleet.instance);
+    if fleet.store != "ok" {
+        let _ = writeln!(
+            text,
+            "etcd {}\n  the drains in force stay; changes need etcd, or --local for this \
+             instance only",
+            fleet.store
+        );
+        return text;
+    }
+    let _ = writeln!(
+        text,
+        "etcd ok, {} live",
+        plural(fleet.instances.len(), "instance")
+    );
+    let mut rows = vec![[
+        "INSTANCE".to_string(),
+        "VERSION".to_string(),
+        "REPORTED".to_string(),
+    ]];
+    for i in &fleet.instances {
+        let reported = match humantime::parse_rfc3339_weak(&i.reported) {
+            // A clock slightly ahead of ours reads as "0s ago", not as an error.
+            Ok(at) => format!(
+                "{} ago",
+                short_duration(now.duration_since(at).unwrap_or_default())
+            ),
+            Err(_) => i.reported.clone(),
+        };
+        rows.push([i.instance.clone(), i.version.clone(), reported]);
+    }
+    text.push_str(&render_table(&rows, width));
+    let mut rows = vec![[
+        "POOL/BACKEND".to_string(),
+        "CONNS".to_string(),
+        "PER INSTANCE".to_string(),
+    ]];
+    for b in &fleet.backends {
+        let each: Vec<String> = b
+            .instances
+            .iter()
+            .map(|v| {
+                let local = if v.local { ", local" } else { "" };
+                match v.admin {
+                    AdminState::Active => format!("{} {}{local}", v.instance, v.active_connections),
+                    admin => format!("{} {} ({admin}{local})", v.instance, v.active_connections),
+                }
+            })
+            .collect();
+        rows.push([
+            format!("{}/{}", b.pool, b.backend),
+            b.active_connections.to_string(),
+            each.join(", "),
+        ]);
+    }
+    text.push_str(&render_table(&rows, width));
+    for b in fleet.backends.iter().filter(|b| b.disagreement.is_some()) {
+        let why = b.disagreement.as_deref().unwrap_or_default();
+        let _ = writeln!(text, "  ! {}/{}: {why}", b.pool, b.backend);
+    }
+    text
+}
+
+/// `1 instance`, `3 instances`.
+fn plural(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
     }
 }

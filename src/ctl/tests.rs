@@ -161,13 +161,23 @@ fn admin_urls() {
 }
 
 #[test]
-fn drain_body_has_deadline_only_when_given() {
-    assert_eq!(drain_body(None, false), serde_json::json!({"force": false}));
+fn drain_body_has_deadline_and_local_only_when_given() {
+    let mut drain = BackendDrain {
+        pool: "p",
+        name: "b",
+        deadline: None,
+        force: false,
+        local: false,
+    };
+    assert_eq!(drain_body(&drain), serde_json::json!({"force": false}));
     let d = parse_deadline(" 5m ").unwrap();
     assert_eq!(d.duration, Duration::from_secs(300));
+    drain.deadline = Some(&d);
+    drain.force = true;
+    drain.local = true;
     assert_eq!(
-        drain_body(Some(&d), true),
-        serde_json::json!({"deadline": "5m", "force": true})
+        drain_body(&drain),
+        serde_json::json!({"deadline": "5m", "force": true, "local": true})
     );
     assert!(parse_deadline("soon").is_err());
 }
@@ -269,4 +279,60 @@ fn status_shows_slow_start_and_on_down() {
     let text = render_status(&status, now(), 200);
     // The other pool has neither set: its header is as before.
     assert!(text.contains("pool rabbitmq (least_conn): 2/3 available, min_available 1\n"));
+}
+
+#[test]
+fn status_shows_the_fleet_and_local_changes() {
+    let mut status = status_fixture();
+    status.pools[0].backends[2].local_change = Some("2026-11-21T23:58:00Z".into());
+    assert_eq!(
+        admin_cell(&status.pools[0].backends[2], now()),
+        "drained (local)"
+    );
+    let fleet: FleetStatus = serde_json::from_value(serde_json::json!({
+        "instance": "warren-a", "store": "ok",
+        "instances": [
+            {"instance": "warren-a", "reported": "2026-11-21T23:59:05Z", "version": "0.1.0"},
+            {"instance": "warren-b", "reported": "2026-11-21T23:59:04Z", "version": "0.1.0"}
+        ],
+        "backends": [
+            {"pool": "rabbitmq", "backend": "rabbit-a", "active_connections": 7, "disagreement": null,
+             "instances": [
+                {"instance": "warren-a", "active_connections": 3, "health": "up", "admin": "active"},
+                {"instance": "warren-b", "active_connections": 4, "health": "up", "admin": "active"}]},
+            {"pool": "rabbitmq", "backend": "shared", "active_connections": 2,
+             "disagreement": "admin: warren-a has it drained (local), warren-b has it active",
+             "instances": [
+                {"instance": "warren-a", "active_connections": 0, "health": "up", "admin": "drained", "local": true},
+                {"instance": "warren-b", "active_connections": 2, "health": "up", "admin": "active"}]}
+        ]
+    }))
+    .expect("fixture matches the contract");
+    let text = render_fleet(&fleet, now(), 200);
+    assert!(
+        text.starts_with("fleet as seen by warren-a: etcd ok, 2 instances live\n"),
+        "{text}"
+    );
+    let row = |name: &str| text.lines().find(|l| l.contains(name)).unwrap().to_owned();
+    assert!(row("warren-b  ").ends_with("2s ago"), "{text}");
+    assert!(
+        row("rabbitmq/rabbit-a").ends_with("7      warren-a 3, warren-b 4"),
+        "{text}"
+    );
+    assert!(
+        row("rabbitmq/shared").ends_with("2      warren-a 0 (drained, local), warren-b 2"),
+        "{text}"
+    );
+    assert!(text.contains(
+        "  ! rabbitmq/shared: admin: warren-a has it drained (local), warren-b has it active\n"
+    ));
+    let down = FleetStatus {
+        store: "unreachable: connection refused".into(),
+        ..fleet
+    };
+    assert_eq!(
+        render_fleet(&down, now(), 200),
+        "fleet as seen by warren-a: etcd unreachable: connection refused\n  the drains in force \
+         stay; changes need etcd, or --local for this instance only\n"
+    );
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use super::{
     decode, find_backend, rebalance, start_drain, undrain_backend, wait_drained, BackendDrain,
-    Client, CtlError, Deadline, Output,
+    Client, CtlError, Deadline, Output, Undrain,
 };
 use crate::api::{AdminState, BackendStatus, Health, PoolStatus, Status};
 
@@ -170,6 +170,7 @@ async fn upgrade_one(
         name,
         deadline: Some(&plan.deadline),
         force: plan.force,
+        local: false,
     };
     drain_everywhere(clients, out, &drain, plan.healthy_timeout, poll)
         .await
@@ -194,7 +195,11 @@ async fn upgrade_one(
     step_line(Step::Undrain);
     for c in clients {
         // The pool is rebalanced once, at the end of the walk, not after every node.
-        undrain_backend(c, out, &plan.pool, name, false)
+        let how = Undrain {
+            rebalance: false,
+            local: false,
+        };
+        undrain_backend(c, out, &plan.pool, name, how)
             .await
             .map_err(|e| (Step::Undrain, on_instance(clients, c, e)))?;
     }
@@ -548,6 +553,7 @@ mod tests {
             health_reason: None,
             tags: Vec::new(),
             last_probe: None,
+            local_change: None,
             probes_run: 0,
             probes_ok_in_a_row: 0,
             slow_start_percent: None,
@@ -742,7 +748,11 @@ mod tests {
         // Resumed from b (after an undrain, as the message says), it starts at b: nothing
         // upgraded in this walk, c still to do; without --force none is suggested.
         let client = Client::new(&format!("http://{admin}"), None).unwrap();
-        undrain_backend(&client, &Output::new(false, None), "rabbitmq", "b", true)
+        let how = Undrain {
+            rebalance: true,
+            local: false,
+        };
+        undrain_backend(&client, &Output::new(false, None), "rabbitmq", "b", how)
             .await
             .unwrap();
         walk.from = Some("b".into());

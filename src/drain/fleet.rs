@@ -4,7 +4,8 @@
 //! here; every instance, this one included, follows the fleet's drains through a watch and
 //! applies each change within a watch round trip. When etcd cannot be reached, traffic and
 //! probes go on with the last drains known (the state file keeps them across a restart) and
-//! admin changes are refused (503), unless the operator asks for a local one.
+//! admin changes are refused (503), unless the operator asks for a local one (`super::local`),
+//! which the fleet's changes then leave alone.
 
 use super::*;
 use crate::fleet::drains::{Change, Drains, FleetDrain, FleetDrains, FleetError, Name};
@@ -203,13 +204,26 @@ impl Drainer {
             self.metrics.fleet_revision.set(drains.revision);
             self.apply_all(&drains);
             let mut watch = fleet.watch(drains.revision);
+            // While the watch is broken, etcd is asked once a second whether it answers again:
+            // a watch that reconnects brings nothing until the next change, and
+            // `fleet_store_up` would stay 0 until then.
+            let mut broken = false;
+            let mut recheck = tokio::time::interval(Duration::from_secs(1));
             loop {
                 let next = tokio::select! {
                     () = stop.cancelled() => return,
                     next = watch.next() => next,
+                    _ = recheck.tick(), if broken => {
+                        if fleet.load().await.is_ok() {
+                            self.metrics.fleet_store_up.set(1);
+                            broken = false;
+                        }
+                        continue;
+                    }
                 };
                 match next {
                     Some(Ok(events)) => {
+                        broken = false;
                         self.metrics.fleet_store_up.set(1);
                         for event in &events {
                             let Some(change) = fleet.change_of(event) else {
@@ -225,6 +239,7 @@ impl Drainer {
                         }
                     }
                     Some(Err(e)) => {
+                        broken = true;
                         self.metrics.fleet_store_up.set(0);
                         tracing::debug!(error = %e, "fleet: watch interrupted, resuming")
                     }
@@ -250,9 +265,21 @@ impl Drainer {
     }
 
     /// Apply one change of the fleet's drains here (idempotent); none once this process
-    /// handed everything to a new one.
+    /// handed everything to a new one, nor to a backend whose admin state here is a local
+    /// change (see `super::local`).
     fn apply_change(self: &Arc<Self>, change: Change) {
         if self.retired.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let (Change::Drained((pool, backend), _) | Change::Undrained((pool, backend))) = &change;
+        if self.local_change(&BackendId::new(pool, backend)).is_some() {
+            let drained = matches!(change, Change::Drained(..));
+            let admin = self.admin_state(&BackendId::new(pool, backend));
+            if admin.is_some_and(|a| (a != AdminState::Active) != drained) {
+                tracing::warn!(pool = %pool, backend = %backend, fleet_drained = drained,
+                    "fleet: not applied here: this backend's admin state is a local change; \
+                     send its next drain or undrain to this instance to follow the fleet again");
+            }
             return;
         }
         match change {

@@ -25,13 +25,17 @@ use crate::state::{AdminState, BackendId, CloseCause, Routing};
 use tokio_util::sync::CancellationToken;
 
 mod fleet;
+mod local;
 mod refusal;
 mod state_file;
 
+pub use local::Scope;
 pub use refusal::DrainError;
 use refusal::{judge_quorum, judge_set};
 
-pub use state_file::{check_state_file, load_state, Restored, StateFileError, StateFileMetrics};
+pub use state_file::{
+    check_state_file, load_state, LocalChanges, Restored, StateFileError, StateFileMetrics,
+};
 use state_file::{write_atomically, PersistedBackend, PersistedState};
 
 /// How often a draining backend is checked for its last connection.
@@ -70,6 +74,9 @@ pub struct Drainer {
     fleet: Option<Arc<FleetDrains>>,
     /// Set once an upgrade handed everything to a new process: the fleet's changes are its.
     retired: std::sync::atomic::AtomicBool,
+    /// `[fleet]`: backends whose admin state here is a local change, and since when (see
+    /// `local`).
+    local: Mutex<HashMap<BackendId, SystemTime>>,
 }
 
 #[derive(Clone, Copy)]
@@ -120,6 +127,7 @@ impl Drainer {
             deciding: tokio::sync::Mutex::new(()),
             fleet,
             retired: std::sync::atomic::AtomicBool::new(false),
+            local: Mutex::new(HashMap::new()),
         })
     }
 
@@ -132,22 +140,29 @@ impl Drainer {
     /// new config removed loses its drain entry (deadline and watcher), so a backend of the
     /// same name added back later starts without it.
     pub fn reload(&self, config: &Config) {
-        lock(&self.drains).retain(|id, _| {
+        let kept = |id: &BackendId| {
             config
                 .pool(&id.pool)
                 .is_some_and(|p| p.backends.iter().any(|b| *b.name == *id.backend))
-        });
+        };
+        lock(&self.drains).retain(|id, _| kept(id));
+        let mut local = lock(&self.local);
+        local.retain(|id, _| kept(id));
+        self.metrics.fleet_local_changes.set(local.len() as i64);
+        drop(local);
         *lock(&self.config) = Arc::new(config.clone());
     }
 
     /// Stop new connections to a backend now; close the remaining ones after `deadline`.
     /// Unless `force`, RabbitMQ's quorum check and then `min_available` may refuse it; a
-    /// quorum check nobody answered lets it go ahead with a warning in the answer.
+    /// quorum check nobody answered lets it go ahead with a warning in the answer. With
+    /// `[fleet]` it goes through the fleet first, unless `scope` is local.
     pub async fn drain(
         self: &Arc<Self>,
         id: &BackendId,
         deadline: Option<Duration>,
         force: bool,
+        scope: Scope,
     ) -> Result<DrainAnswer, DrainError> {
         let _deciding = self.deciding.lock().await;
         let (quorum, warning, set_warning) = if force {
@@ -161,18 +176,19 @@ impl Drainer {
             (quorum, warning, set_warning)
         };
         let admin = self.drain_checked(id, force)?;
-        if let Some(fleet) = &self.fleet {
-            // Refused here before the fleet could take it (as `drain_started` would after).
-            if let Some(d) = deadline.filter(|d| *d > MAX_DRAIN_DEADLINE) {
-                return Err(DrainError::DeadlineTooLong { deadline: d });
-            }
-            self.fleet_drain(fleet, std::slice::from_ref(id), deadline, force)
-                .await?;
+        // Refused here before the fleet could take it (as `drain_started` would after).
+        if let Some(d) = deadline.filter(|d| *d > MAX_DRAIN_DEADLINE) {
+            return Err(DrainError::DeadlineTooLong { deadline: d });
         }
+        let ids = std::slice::from_ref(id);
+        self.through_fleet(scope, |fleet| self.fleet_drain(fleet, ids, deadline, force))
+            .await?;
+        self.note_scope(ids, scope, true);
         let mut answer = self.drain_started(id, admin, deadline, force)?;
         answer.quorum_check = Some(quorum);
         answer.warnings.extend(warning);
         answer.warnings.extend(set_warning);
+        self.warn_local(&mut answer, scope);
         Ok(answer)
     }
 
@@ -186,6 +202,7 @@ impl Drainer {
         ids: &[BackendId],
         deadline: Option<Duration>,
         force: bool,
+        scope: Scope,
     ) -> Result<Vec<DrainAnswer>, DrainError> {
         let _deciding = self.deciding.lock().await;
         let ids = self.checked_set(ids)?;
@@ -208,9 +225,11 @@ impl Drainer {
             self.check_set_min_available(&ids)?;
             warning
         };
-        if let Some(fleet) = &self.fleet {
-            self.fleet_drain(fleet, &ids, deadline, force).await?;
-        }
+        self.through_fleet(scope, |fleet| {
+            self.fleet_drain(fleet, &ids, deadline, force)
+        })
+        .await?;
+        self.note_scope(&ids, scope, true);
         let mut answers = Vec::with_capacity(ids.len());
         for (id, (quorum, warning)) in ids.iter().zip(judged) {
             let admin = self
@@ -220,6 +239,7 @@ impl Drainer {
             let mut answer = self.drain_started(id, admin, deadline, force)?;
             answer.quorum_check = Some(quorum);
             answer.warnings.extend(warning);
+            self.warn_local(&mut answer, scope);
             answers.push(answer);
         }
         // The set's own warning, once: on the first backend's answer.
@@ -235,14 +255,48 @@ impl Drainer {
         ids.iter().map(|id| self.undrain(id)).collect()
     }
 
-    /// An undrain as the admin API asks it: with `[fleet]`, removed from the fleet's store
-    /// first (refused when etcd does not take it), then here.
-    pub async fn undrain_request(&self, ids: &[BackendId]) -> Result<Vec<DrainAnswer>, DrainError> {
+    /// An undrain as the admin API asks it: with `[fleet]` and unless `scope` is local,
+    /// removed from the fleet's store first (refused when etcd does not take it), then here.
+    pub async fn undrain_request(
+        &self,
+        ids: &[BackendId],
+        scope: Scope,
+    ) -> Result<Vec<DrainAnswer>, DrainError> {
         let ids = self.checked_set(ids)?;
-        if let Some(fleet) = &self.fleet {
-            self.fleet_undrain(fleet, &ids).await?;
+        self.through_fleet(scope, |fleet| self.fleet_undrain(fleet, &ids))
+            .await?;
+        self.note_scope(&ids, scope, false);
+        let mut answers = ids
+            .iter()
+            .map(|id| self.undrain(id))
+            .collect::<Result<Vec<_>, _>>()?;
+        for answer in &mut answers {
+            self.warn_local(answer, scope);
         }
-        ids.iter().map(|id| self.undrain(id)).collect()
+        Ok(answers)
+    }
+
+    /// Run `change` on the fleet's store when there is one and the change is not local.
+    async fn through_fleet<'a, F>(
+        &'a self,
+        scope: Scope,
+        change: impl FnOnce(&'a FleetDrains) -> F,
+    ) -> Result<(), DrainError>
+    where
+        F: std::future::Future<Output = Result<(), DrainError>>,
+    {
+        match (&self.fleet, scope) {
+            (Some(fleet), Scope::Fleet) => change(fleet).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// A local change's warning on its answer (with `[fleet]` only: without, every change is).
+    fn warn_local(&self, answer: &mut DrainAnswer, scope: Scope) {
+        if self.fleet.is_some() && scope == Scope::Local {
+            let id = BackendId::new(&answer.pool, &answer.backend);
+            answer.warnings.push(local::warning(&id));
+        }
     }
 
     /// A set as drains and undrains take it: each backend once, in order; not empty; every
@@ -708,18 +762,21 @@ impl Drainer {
     fn save(&self) -> Option<Result<(), String>> {
         let path = self.state_file.as_ref()?;
         let snapshot = self.routing.load();
+        let local = lock(&self.local).clone();
         let mut backends: Vec<PersistedBackend> = snapshot
             .pools
             .values()
             .flat_map(|p| {
-                p.backends
-                    .iter()
-                    .filter(|b| b.admin != AdminState::Active)
-                    .map(|b| PersistedBackend {
+                let local = &local;
+                p.backends.iter().filter_map(move |b| {
+                    let since = local.get(&BackendId::new(&p.name, &b.name));
+                    (b.admin != AdminState::Active || since.is_some()).then(|| PersistedBackend {
                         pool: p.name.to_string(),
                         backend: b.name.to_string(),
                         admin: b.admin.as_str().to_owned(),
+                        local_since_ms: since.map(|t| crate::fleet::drains::unix_ms(*t)),
                     })
+                })
             })
             .collect();
         backends.sort_by(|a, b| (&a.pool, &a.backend).cmp(&(&b.pool, &b.backend)));
@@ -859,7 +916,7 @@ mod tests {
         open.established();
         let connecting = crate::state::BackendSlot::claim(&stats);
         drainer
-            .drain(&id, Some(Duration::from_secs(10)), false)
+            .drain(&id, Some(Duration::from_secs(10)), false, Scope::Fleet)
             .await
             .unwrap();
         advance(Duration::from_millis(9_900)).await;
@@ -906,7 +963,7 @@ mod tests {
         let mut open = crate::state::BackendSlot::claim(&stats);
         open.established();
         drainer
-            .drain(&id, Some(Duration::from_secs(5)), false)
+            .drain(&id, Some(Duration::from_secs(5)), false, Scope::Fleet)
             .await
             .unwrap();
         assert!(drainer.deadline("p", "b").is_some());
@@ -919,7 +976,7 @@ mod tests {
         );
 
         drainer
-            .drain(&id, Some(Duration::from_secs(5)), false)
+            .drain(&id, Some(Duration::from_secs(5)), false, Scope::Fleet)
             .await
             .unwrap();
         let mut without_b = config.clone();

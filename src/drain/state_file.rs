@@ -40,6 +40,8 @@ pub struct StateFileMetrics {
     pub(super) fleet_revision: prometheus::IntGauge,
     /// `[fleet]`: how long the last change of the fleet's drains took to be applied here.
     pub(super) fleet_watch_lag: prometheus::Gauge,
+    /// `[fleet]`: backends whose admin state here is a local change.
+    pub(super) fleet_local_changes: prometheus::IntGauge,
 }
 
 impl StateFileMetrics {
@@ -69,6 +71,11 @@ impl StateFileMetrics {
                 "[fleet]: the last revision of the fleet's drains applied here",
             ),
             fleet_watch_lag: lag.with_label_values(&[]),
+            fleet_local_changes: metrics::gauge(
+                registry,
+                "fleet_local_changes",
+                "[fleet]: backends whose admin state on this instance is a local change, apart from the fleet's drains",
+            ),
         }
     }
 }
@@ -78,6 +85,8 @@ impl StateFileMetrics {
 pub struct Restored {
     /// Every backend that was draining or drained.
     drained: Vec<BackendId>,
+    /// `[fleet]`: the backends whose admin state was a local change, and since when.
+    local: Vec<(BackendId, SystemTime)>,
     /// A corrupt file was moved aside (counted in `state_file_errors_total` once metrics exist).
     moved_aside: bool,
 }
@@ -85,7 +94,7 @@ pub struct Restored {
 impl Restored {
     /// Re-apply the drains of the state file at start-up, before any connection is accepted. A
     /// draining backend comes back drained: a new process has no connection to it.
-    pub fn apply(self, routing: &Routing, metrics: &StateFileMetrics) {
+    pub fn apply(self, routing: &Routing, metrics: &StateFileMetrics) -> LocalChanges {
         if self.moved_aside {
             metrics.errors_total.inc();
         }
@@ -102,8 +111,14 @@ impl Restored {
                 ),
             }
         }
+        LocalChanges(self.local)
     }
 }
+
+/// The local changes a state file held, for the drainer once it exists
+/// ([`super::Drainer::restore_local`]).
+#[derive(Debug, Default)]
+pub struct LocalChanges(pub Vec<(BackendId, SystemTime)>);
 
 /// Read the state file at start: the drains it holds. A missing file is a first start; a
 /// corrupt one is moved aside (logged; counted once metrics exist) and every backend starts
@@ -139,19 +154,25 @@ pub fn load_state(config: &Config) -> Result<Restored, StateFileError> {
                 "state file corrupt: starting with every backend active; the bad file was moved aside"
             );
             return Ok(Restored {
-                drained: Vec::new(),
                 moved_aside: true,
+                ..Restored::default()
             });
         }
     };
-    let drained = state
-        .backends
-        .into_iter()
-        .filter(|b| b.admin != "active")
-        .map(|b| BackendId::new(&b.pool, &b.backend))
-        .collect();
+    let id = |b: &PersistedBackend| BackendId::new(&b.pool, &b.backend);
+    let at = |ms: u64| SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(ms);
     Ok(Restored {
-        drained,
+        drained: state
+            .backends
+            .iter()
+            .filter(|b| b.admin != "active")
+            .map(id)
+            .collect(),
+        local: state
+            .backends
+            .iter()
+            .filter_map(|b| Some((id(b), at(b.local_since_ms?))))
+            .collect(),
         moved_aside: false,
     })
 }
@@ -182,6 +203,10 @@ pub(super) struct PersistedBackend {
     pub(super) pool: String,
     pub(super) backend: String,
     pub(super) admin: String,
+    /// `[fleet]`: since when (Unix milliseconds) its admin state is a local change (see
+    /// `super::local`). Written only then, so a file without one reads in older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) local_since_ms: Option<u64>,
 }
 
 /// Why the state file could not be used.
@@ -346,11 +371,27 @@ mod tests {
             backends: vec![PersistedBackend {
                 pool: "rabbitmq".into(),
                 backend: "rabbit-a".into(),
+                local_since_ms: None,
                 admin: "drained".into(),
             }],
         };
         write_atomically(&path, &state).unwrap();
         assert!(matches!(read_state(&path), Ok(Some(s)) if s == state));
+        // Without a local change the file is what older versions write (and read).
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains("local"), "{text}");
+        // A local undrain under [fleet] is kept although the backend is active.
+        let local = PersistedState {
+            version: 1,
+            backends: vec![PersistedBackend {
+                pool: "rabbitmq".into(),
+                backend: "rabbit-b".into(),
+                local_since_ms: Some(1_700_000_000_000),
+                admin: "active".into(),
+            }],
+        };
+        write_atomically(&path, &local).unwrap();
+        assert!(matches!(read_state(&path), Ok(Some(s)) if s == local));
         for garbage in [
             &b"{"[..],
             b"[]",

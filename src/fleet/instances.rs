@@ -30,6 +30,9 @@ pub struct BackendReport {
     pub active_connections: i64,
     pub health: crate::api::Health,
     pub admin: crate::api::AdminState,
+    /// Its admin state on that instance is a local change, apart from the fleet's drains.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub local: bool,
 }
 
 /// This instance's registration.

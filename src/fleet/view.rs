@@ -31,6 +31,7 @@ pub fn status(instance: String, reports: &[Report]) -> FleetStatus {
                     admin: b.admin,
                     health: b.health,
                     instance: r.instance.clone(),
+                    local: b.local,
                 });
         }
     }
@@ -74,7 +75,10 @@ fn disagreement(views: &[FleetBackendView]) -> Option<String> {
     if differs(&admin) {
         let seen: Vec<String> = views
             .iter()
-            .map(|v| format!("{} has it {}", v.instance, admin(v)))
+            .map(|v| {
+                let local = if v.local { " (local)" } else { "" };
+                format!("{} has it {}{local}", v.instance, admin(v))
+            })
             .collect();
         parts.push(format!("admin: {}", seen.join(", ")));
     }
@@ -98,6 +102,7 @@ mod tests {
                 active_connections: active,
                 health,
                 admin: AdminState::Active,
+                local: false,
             }],
         }
     }
@@ -120,5 +125,14 @@ mod tests {
             split.backends[0].disagreement.as_deref(),
             Some("health: a sees up, b sees down")
         );
+        let mut local = report("b", Health::Up, 0);
+        local.backends[0].admin = AdminState::Drained;
+        local.backends[0].local = true;
+        let apart = status("a".into(), &[report("a", Health::Up, 2), local]);
+        assert_eq!(
+            apart.backends[0].disagreement.as_deref(),
+            Some("admin: a has it active, b has it drained (local)")
+        );
+        assert!(apart.backends[0].instances[1].local);
     }
 }

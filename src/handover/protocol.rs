@@ -74,6 +74,9 @@ pub struct BackendState {
     pub admin: crate::api::AdminState,
     /// A draining backend's deadline (Unix milliseconds), kept to the millisecond.
     pub drain_deadline_ms: Option<u64>,
+    /// `[fleet]`: since when (Unix milliseconds) its admin state is a local change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_since_ms: Option<u64>,
 }
 
 /// One established connection as the old process hands it over: where it runs, what warren
@@ -224,6 +227,7 @@ mod tests {
                     health_reason: Some("amqp: ok".into()),
                     admin: crate::api::AdminState::Draining,
                     drain_deadline_ms: Some(1_700_000_060_123),
+                    local_since_ms: Some(1_700_000_050_000),
                 }],
             },
             Message::Done,

@@ -390,6 +390,10 @@ impl Server {
                     health_reason: seen.and_then(|h| h.changed_reason),
                     admin: b.admin,
                     drain_deadline_ms: self.drainer.deadline(&pool.name, &b.name).map(unix_ms),
+                    local_since_ms: self
+                        .drainer
+                        .local_change(&crate::state::BackendId::new(&pool.name, &b.name))
+                        .map(unix_ms),
                 });
             }
         }
@@ -420,6 +424,9 @@ impl Server {
             }
             self.drainer
                 .carry_over(&id, b.admin, b.drain_deadline_ms.map(at));
+            if let Some(since) = b.local_since_ms {
+                self.drainer.restore_local([(id.clone(), at(since))]);
+            }
             if b.admin == crate::state::AdminState::Draining {
                 self.carried_drains.push(id);
             }

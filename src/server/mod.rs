@@ -192,6 +192,9 @@ struct ControlSetup {
     routing: Arc<Routing>,
     metrics: ProcessMetrics,
     hold_down: Duration,
+    /// `[fleet]`: the local changes the state file kept, for the drainer before it follows
+    /// the fleet.
+    local: crate::drain::LocalChanges,
     /// The whole control plane's stop, and the admin server's own.
     stop: CancellationToken,
     admin_stop: CancellationToken,
@@ -208,7 +211,7 @@ fn start_control(
     admin: Option<(std::net::TcpListener, Option<Secret>)>,
     routing: Arc<Routing>,
     metrics: ProcessMetrics,
-    hold_down: Duration,
+    (hold_down, local): (Duration, crate::drain::LocalChanges),
 ) -> (Control, Arc<Controller>, Arc<Drainer>) {
     let stop = CancellationToken::new();
     let admin_stop = stop.child_token();
@@ -224,6 +227,7 @@ fn start_control(
         routing,
         metrics,
         hold_down,
+        local,
         stop: stop.clone(),
         admin_stop: admin_stop.clone(),
     };
@@ -266,6 +270,7 @@ async fn run_control(setup: ControlSetup, ready: std::sync::mpsc::Sender<Control
         routing,
         metrics,
         hold_down,
+        local,
         stop,
         admin_stop,
     } = setup;
@@ -288,10 +293,11 @@ async fn run_control(setup: ControlSetup, ready: std::sync::mpsc::Sender<Control
         metrics.state_file.clone(),
         tokio::runtime::Handle::current(),
     );
+    drainer.restore_local(local.0);
     if let Some(fleet) = drainer.fleet() {
         tokio::spawn(drainer.clone().follow_fleet(fleet, stop.clone()));
     }
-    let fleet = register_in_fleet(&config, &routing, &stop);
+    let fleet = register_in_fleet(&config, &routing, &drainer, &stop);
     let rebalancer = Rebalancer::new(shared_config.clone(), routing.clone());
     tokio::spawn(rebalancer.clone().run(stop.clone()));
     let _ = ready.send((health.clone(), drainer.clone(), rebalancer.clone()));
@@ -323,6 +329,7 @@ async fn run_control(setup: ControlSetup, ready: std::sync::mpsc::Sender<Control
 fn register_in_fleet(
     config: &Config,
     routing: &Arc<Routing>,
+    drainer: &Arc<Drainer>,
     stop: &CancellationToken,
 ) -> Option<Arc<crate::fleet::instances::Instances>> {
     use crate::fleet::instances::{BackendReport, Instances, Report};
@@ -335,6 +342,7 @@ fn register_in_fleet(
         fleet.lease_ttl,
     ));
     let (running, routing, name) = (instances.clone(), routing.clone(), fleet.instance.clone());
+    let drainer = drainer.clone();
     let report = move || {
         let snapshot = routing.load();
         let mut backends = Vec::new();
@@ -346,6 +354,9 @@ fn register_in_fleet(
                     active_connections: b.stats.active.get(),
                     health: b.health,
                     admin: b.admin,
+                    local: drainer
+                        .local_change(&crate::state::BackendId::new(pool, &b.name))
+                        .is_some(),
                 });
             }
         }
@@ -489,7 +500,7 @@ impl Server {
 
         let metrics = ProcessMetrics::register();
         let routing = Arc::new(Routing::new(config, metrics.backends.clone()));
-        restored.apply(&routing, &metrics.state_file);
+        let local = restored.apply(&routing, &metrics.state_file);
         let proxy_metrics = &metrics.proxy;
         let plane = Plane {
             #[cfg(target_os = "linux")]
@@ -511,7 +522,7 @@ impl Server {
             admin,
             routing.clone(),
             metrics.clone(),
-            options.passive_hold_down,
+            (options.passive_hold_down, local),
         );
         let ctx = Arc::new(Context {
             routing,

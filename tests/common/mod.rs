@@ -401,6 +401,29 @@ pub async fn echo_within(s: &mut TcpStream, byte: u8, within: Duration) -> bool 
 /// The built `warren` binary.
 pub const WARREN_BIN: &str = env!("CARGO_BIN_EXE_warren");
 
+/// Run `warren ctl --admin http://ADMIN ARGS` (progress polled every 100 ms); (exit code,
+/// stdout, stderr).
+pub async fn run_ctl(admin: SocketAddr, args: &[&str]) -> (i32, String, String) {
+    let out = tokio::process::Command::new(WARREN_BIN)
+        .arg("ctl")
+        .arg("--admin")
+        .arg(format!("http://{admin}"))
+        .args(args)
+        .env("WARREN_CTL_POLL_MS", "100")
+        .kill_on_drop(true)
+        .output();
+    // Far above what any step here takes, far below what would stall CI.
+    let out = tokio::time::timeout(Duration::from_secs(300), out)
+        .await
+        .unwrap_or_else(|_| panic!("warren ctl {args:?} still running after 300s"))
+        .expect("run warren ctl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A port on 127.0.0.1 that was free a moment ago (configs for a warren process need a real one).
 pub fn free_port() -> u16 {
     // Below the ephemeral range (32768 and up on Linux): a port bound and released there can

@@ -914,3 +914,65 @@ async fn a_local_drain_holds_on_its_instance_until_its_next_change() {
         );
     }
 }
+
+/// `warren upgrade` of an instance (issue 18 meets 19): the others list it the whole time,
+/// polled every 20 ms from before the upgrade until past the old process's lease (the old
+/// process stops reporting without revoking its lease, which would delete the key), and a
+/// local change made before the upgrade holds in the new process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgraded_instance_stays_listed_and_keeps_its_local_change() {
+    let _serial = SERIAL.lock().await;
+    let settings = Settings {
+        timeout: "1s",
+        lease_ttl: "3s",
+        ..Settings::default()
+    };
+    let Some(fleet) = Fleet::start("upgrade", settings).await else {
+        return;
+    };
+    let (a, b) = (fleet.admin("a"), fleet.admin("b"));
+    let path = format!("/v1/pools/{POOL}/backends/b1/drain");
+    let (code, body) = http(a, "POST", &path, None, br#"{"local": true}"#).await;
+    assert_eq!(code, 202, "{body}");
+
+    let watching = Arc::new(AtomicBool::new(true));
+    let watcher = tokio::spawn({
+        let watching = watching.clone();
+        async move {
+            let mut missing = Vec::new();
+            let mut polls = 0;
+            let end = Instant::now() + Duration::from_secs(60);
+            while watching.load(Ordering::SeqCst) && Instant::now() < end {
+                polls += 1;
+                let listed = listed_instances(b).await.unwrap_or_default();
+                if !listed.iter().any(|n| n == "a") {
+                    missing.push(format!("{listed:?}"));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (polls, missing)
+        }
+    });
+    let old = fleet.instance("a").process.as_ref().unwrap().pid();
+    let (ok, out, err) = warren_upgrade(a).await;
+    assert!(ok, "warren upgrade: {out}{err}");
+    let new = upgraded_pid(&out);
+    wait_gone(old, Duration::from_secs(10)).await;
+    // Past the old process's last report plus its lease (3 s).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    watching.store(false, Ordering::SeqCst);
+    let (polls, missing) = watcher.await.unwrap();
+    let (code, body) = http(a, "GET", "/v1/status", None, b"").await;
+    // SAFETY: kill(2) only sends a signal, to the process the upgrade started.
+    unsafe { libc::kill(new as libc::pid_t, libc::SIGTERM) };
+    wait_gone(new, Duration::from_secs(10)).await;
+    eprintln!(
+        "b's view of a across the upgrade: {polls} polls, {} without a",
+        missing.len()
+    );
+    assert!(missing.is_empty(), "a missing from b's view: {missing:?}");
+    assert_eq!(code, 200, "{body}");
+    let b1 = json(&body)["pools"][0]["backends"][1].clone();
+    assert_eq!(b1["admin"], "drained", "{b1}");
+    assert!(b1["local_change"].is_string(), "{b1}");
+}

@@ -268,7 +268,7 @@ impl Drainer {
     /// handed everything to a new one, nor to a backend whose admin state here is a local
     /// change (see `super::local`).
     fn apply_change(self: &Arc<Self>, change: Change) {
-        if self.retired.load(std::sync::atomic::Ordering::SeqCst) {
+        if self.retired.is_cancelled() {
             return;
         }
         let (Change::Drained((pool, backend), _) | Change::Undrained((pool, backend))) = &change;

@@ -73,7 +73,7 @@ pub struct Drainer {
     /// `[fleet]`: the fleet's drains in etcd, which every change goes through (see `fleet`).
     fleet: Option<Arc<FleetDrains>>,
     /// Set once an upgrade handed everything to a new process: the fleet's changes are its.
-    retired: std::sync::atomic::AtomicBool,
+    retired: CancellationToken,
     /// `[fleet]`: backends whose admin state here is a local change, and since when (see
     /// `local`).
     local: Mutex<HashMap<BackendId, SystemTime>>,
@@ -126,7 +126,7 @@ impl Drainer {
             metrics,
             deciding: tokio::sync::Mutex::new(()),
             fleet,
-            retired: std::sync::atomic::AtomicBool::new(false),
+            retired: CancellationToken::new(),
             local: Mutex::new(HashMap::new()),
         })
     }
@@ -629,9 +629,13 @@ impl Drainer {
     /// Stop following drains: after an upgrade of warren the new process does (its deadlines,
     /// its `drain_complete`); here the connections leaving would look like a drain completing.
     pub fn retire(&self) {
-        self.retired
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.retired.cancel();
         lock(&self.drains).clear();
+    }
+
+    /// Cancelled once this process handed everything to a new one (see [`Drainer::retire`]).
+    pub fn retired(&self) -> CancellationToken {
+        self.retired.clone()
     }
 
     /// Let a backend take new connections again (idempotent).

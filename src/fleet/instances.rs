@@ -65,13 +65,23 @@ impl Instances {
 
     /// Publish `report()` under a lease every [`Instances::every`] until `stop`, then revoke
     /// the lease. A lease lost (etcd restarted long enough, a pause past the TTL) is granted
-    /// again; etcd unreachable only delays the next report.
-    pub async fn run(&self, report: impl Fn() -> Report, stop: CancellationToken) {
+    /// again; etcd unreachable only delays the next report. Once `handed` (a `warren upgrade`
+    /// gave everything to a new process, which reports under the same name and its own lease)
+    /// it stops without revoking: a revoke would delete the key if this process wrote it last,
+    /// and the instance would vanish from the fleet until the new one's next report. Left
+    /// alone, the old lease expires with no key on it.
+    pub async fn run(
+        &self,
+        report: impl Fn() -> Report,
+        stop: CancellationToken,
+        handed: CancellationToken,
+    ) {
         let mut lease = None;
         let mut tick = tokio::time::interval(self.every());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                () = handed.cancelled() => return,
                 () = stop.cancelled() => break,
                 _ = tick.tick() => {}
             }

@@ -342,7 +342,7 @@ fn register_in_fleet(
         fleet.lease_ttl,
     ));
     let (running, routing, name) = (instances.clone(), routing.clone(), fleet.instance.clone());
-    let drainer = drainer.clone();
+    let (drainer, handed) = (drainer.clone(), drainer.retired());
     let report = move || {
         let snapshot = routing.load();
         let mut backends = Vec::new();
@@ -368,7 +368,7 @@ fn register_in_fleet(
         }
     };
     let stop = stop.clone();
-    tokio::spawn(async move { running.run(report, stop).await });
+    tokio::spawn(async move { running.run(report, stop, handed).await });
     Some(instances)
 }
 

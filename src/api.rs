@@ -344,12 +344,36 @@ fn yes() -> bool {
 /// A pool's balance in `/v1/status`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RebalanceStatus {
+    /// What the balance is computed on: `fleet` (with `[fleet]` and a fresh read of the other
+    /// instances' reports) or `local` (this instance's connections).
+    #[serde(default)]
+    pub basis: RebalanceBasis,
     /// The fraction of the pool's connections above their backend's weighted fair share
     /// (what a rebalance would move): 0 when balanced.
     pub imbalance: f64,
     /// `off`, `on_return` or `continuous`.
     pub mode: String,
     pub state: RebalanceState,
+}
+
+/// The connections a pool's balance is computed on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RebalanceBasis {
+    /// The fleet's: this instance's and the other instances' last reports (`[fleet]`).
+    Fleet,
+    /// This instance's alone (no `[fleet]`, or etcd could not be read lately).
+    #[default]
+    Local,
+}
+
+impl RebalanceBasis {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RebalanceBasis::Fleet => "fleet",
+            RebalanceBasis::Local => "local",
+        }
+    }
 }
 
 /// Where a pool's rebalancing stands.
@@ -607,6 +631,7 @@ mod tests {
                 name: "rabbitmq".into(),
                 on_down: Some("close".into()),
                 rebalance: Some(RebalanceStatus {
+                    basis: RebalanceBasis::Local,
                     imbalance: 0.5,
                     mode: "on_return".into(),
                     state: RebalanceState::Running,

@@ -49,7 +49,7 @@ pub struct Node {
     pub backup: bool,
     /// Health up (or not yet probed) and admin state active.
     pub available: bool,
-    /// Connections open to this backend now.
+    /// Connections open to this backend now (with `[fleet]`, the other instances' too).
     pub active: u64,
     /// Stable id of the backend (e.g. [`stable_hash`] of its name), used by source hashing.
     pub key: u64,

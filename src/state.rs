@@ -82,6 +82,10 @@ pub struct BackendStats {
     leaving: std::sync::atomic::AtomicI64,
     /// `backend_rebalance_closes_total`.
     pub rebalance_closes: IntCounter,
+    /// With `[fleet]`: the other live instances' connections to this backend as they last
+    /// reported them (0 without `[fleet]` or while etcd cannot be read), so least_conn and
+    /// random_two weigh the fleet's load, not only this instance's.
+    elsewhere: std::sync::atomic::AtomicI64,
 }
 
 /// Why warren closed a backend's connections itself.
@@ -181,6 +185,13 @@ impl Shed {
         self.slots.get(i).copied()
     }
 
+    /// How many of its slots connections took.
+    pub fn taken(&self) -> usize {
+        self.taken
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .min(self.slots.len())
+    }
+
     /// How many slots it offers.
     pub fn len(&self) -> usize {
         self.slots.len()
@@ -252,6 +263,17 @@ impl BackendStats {
         self.leaving.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// The other instances' connections to this backend (see `elsewhere`).
+    pub fn elsewhere(&self) -> i64 {
+        self.elsewhere.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Set what the other instances last reported for this backend.
+    pub fn set_elsewhere(&self, connections: i64) {
+        self.elsewhere
+            .store(connections, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// The counter of connects to this backend that failed for `failure`.
     pub fn failures(&self, failure: ConnectFailure) -> &IntCounter {
         &self.failures[failure as usize]
@@ -286,6 +308,7 @@ impl BackendStats {
             close: Mutex::new(CloseToken::child_of(shutdown)),
             leaving: std::sync::atomic::AtomicI64::new(0),
             rebalance_closes: metrics.rebalance_closes_total.with_label_values(&pb),
+            elsewhere: std::sync::atomic::AtomicI64::new(0),
         }
     }
 }
@@ -532,8 +555,10 @@ impl BackendRoute {
             weight: self.weight,
             backup: self.backup,
             available: self.available(),
-            // Those being set up count too: a burst of accepts sees each other's choices.
-            active: (self.stats.active.get() + self.stats.connecting.get()).max(0) as u64,
+            // Those being set up count too: a burst of accepts sees each other's choices. With
+            // `[fleet]`, so do the other instances' (one relaxed load; 0 without).
+            active: (self.stats.active.get() + self.stats.connecting.get()).max(0) as u64
+                + self.stats.elsewhere().max(0) as u64,
             key: self.key,
             share: self.share(now, slow_start),
         }

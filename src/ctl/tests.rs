@@ -265,6 +265,7 @@ fn status_shows_slow_start_and_on_down() {
     assert!(text.contains("  active (slow start 40%)  "), "{text}");
     // Its imbalance while a rebalance runs; nothing when balanced.
     let running = |state| RebalanceStatus {
+        basis: Default::default(),
         imbalance: 0.5,
         mode: "on_return".into(),
         state,

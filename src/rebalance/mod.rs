@@ -14,9 +14,18 @@
 //! operator asks ([`Rebalancer::start`]). An undrain may hold the pool for [`HOLD`] (a rolling
 //! upgrade moves on to the next node; it asks for one pass at the end).
 //!
+//! With `[fleet]` it plans on the fleet's connections ([`fleet`]: this instance's live counts
+//! and the other instances' last reports), and closes only this instance's part of the fleet's
+//! excess ([`quota`]), at its part of `max_closes_per_second`; without a fresh read of the
+//! reports it plans on this instance's connections alone.
+//!
 //! It owns its per-pool pass state and no sockets; it reads the config and the routing.
 
+mod fleet;
 mod plan;
+mod quota;
+
+pub use fleet::FleetLoads;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -29,6 +38,7 @@ use crate::api;
 use crate::config::{Balance, Config, PoolConfig, RebalanceMode};
 use crate::state::{self, CloseCause, PoolRoute, Routing, Shed};
 use plan::{Load, Pacer};
+use quota::Quota;
 
 /// How often the rebalancer looks at each pool, and the span of one round's closes.
 pub const TICK: Duration = Duration::from_secs(1);
@@ -54,6 +64,8 @@ pub struct Rebalancer {
     config: Arc<ArcSwap<Config>>,
     routing: Arc<Routing>,
     pools: Mutex<HashMap<Arc<str>, PoolState>>,
+    /// `[fleet]`: the other instances' connections, read off etcd.
+    fleet: Option<Arc<FleetLoads>>,
     /// warren is stopping: nothing more is moved.
     stopped: std::sync::atomic::AtomicBool,
 }
@@ -71,6 +83,8 @@ struct PoolState {
     /// A return seen while the pool was held: it starts a pass when the hold ends.
     pending: Option<String>,
     pacer: Pacer,
+    /// With `[fleet]`: this instance's part of the fleet's excess, while a pass runs.
+    quota: Option<Quota>,
 }
 
 /// A running pass.
@@ -86,11 +100,17 @@ struct Pass {
 }
 
 impl Rebalancer {
-    pub fn new(config: Arc<ArcSwap<Config>>, routing: Arc<Routing>) -> Arc<Rebalancer> {
+    /// A rebalancer of `routing`'s pools; with `fleet`, against the fleet's connections.
+    pub fn new(
+        config: Arc<ArcSwap<Config>>,
+        routing: Arc<Routing>,
+        fleet: Option<Arc<FleetLoads>>,
+    ) -> Arc<Rebalancer> {
         Arc::new(Rebalancer {
             config,
             routing,
             pools: Mutex::new(HashMap::new()),
+            fleet,
             stopped: std::sync::atomic::AtomicBool::new(false),
         })
     }
@@ -147,14 +167,17 @@ impl Rebalancer {
         if settings.balance == Balance::SourceHash {
             return Err(RebalanceError::SourceHash(pool.to_owned()));
         }
-        let planned = plan::plan(&loads(route, now), settings.rebalance.tolerance);
+        let view = self.view(route, now);
+        let planned = plan::plan(&view.loads, settings.rebalance.tolerance);
         let to_move = planned.excess.iter().sum();
         let mut pools = self.lock();
         let state = pools.entry(route.name.clone()).or_default();
         state.held_until = None;
         let started = !planned.balanced || ramping(route, now);
         if started && state.pass.is_none() {
-            state.pass = Some(start_pass(route, "asked by an operator", &planned, now));
+            let mine = self.part(route, &view, settings.rebalance.tolerance);
+            state.quota = None;
+            state.pass = Some(start_pass(route, "asked by an operator", &view, mine, now));
         }
         self.round_pool(now, settings, route, state);
         Ok(api::RebalanceAnswer {
@@ -178,7 +201,8 @@ impl Rebalancer {
     /// `/v1/status`'s view of `pool`'s balance and rebalancing.
     pub fn status(&self, settings: &PoolConfig, route: &PoolRoute) -> api::RebalanceStatus {
         let now = state::now();
-        let planned = plan::plan(&loads(route, now), settings.rebalance.tolerance);
+        let view = self.view(route, now);
+        let planned = plan::plan(&view.loads, settings.rebalance.tolerance);
         let pools = self.lock();
         let pool = pools.get(&route.name);
         let state = match pool {
@@ -188,6 +212,7 @@ impl Rebalancer {
             _ => api::RebalanceState::Unbalanced,
         };
         api::RebalanceStatus {
+            basis: view.basis(),
             imbalance: rounded(planned.imbalance),
             mode: settings.rebalance.mode.as_str().to_owned(),
             state,
@@ -206,7 +231,8 @@ impl Rebalancer {
         route: &PoolRoute,
         pool: &mut PoolState,
     ) {
-        let planned = plan::plan(&loads(route, now), settings.rebalance.tolerance);
+        let view = self.view(route, now);
+        let planned = plan::plan(&view.loads, settings.rebalance.tolerance);
         route.imbalance_gauge.set(planned.imbalance);
         let held = pool.held_until.is_some_and(|t| t > now);
         if let Some(name) = pool.returned(route) {
@@ -228,10 +254,15 @@ impl Rebalancer {
         if !held {
             pool.pending = None;
             if let (None, Some(why)) = (&pool.pass, why) {
-                pool.pass = Some(start_pass(route, &why, &planned, now));
+                let mine = self.part(route, &view, settings.rebalance.tolerance);
+                pool.quota = None;
+                pool.pass = Some(start_pass(route, &why, &view, mine, now));
             }
         }
-        let Some(pass) = &pool.pass else { return };
+        let Some(pass) = &pool.pass else {
+            pool.quota = None;
+            return;
+        };
         let done = closes(route).saturating_sub(pass.closes_before);
         if planned.balanced && !ramping(route, now) {
             tracing::info!(
@@ -256,8 +287,46 @@ impl Rebalancer {
             pool.pass = None;
             return;
         }
-        if !held {
-            self.shed(now, settings, route, &planned, &mut pool.pacer);
+        if held {
+            return;
+        }
+        match &view.others {
+            Some(others) => self.shed_fleet(now, settings, route, (&view, others), pool),
+            None => {
+                pool.quota = None;
+                self.shed(now, settings, route, &planned, &mut pool.pacer);
+            }
+        }
+    }
+
+    /// What the plan reads for `route`: with a fresh read of the other instances' reports,
+    /// the fleet's connections; else this instance's.
+    fn view(&self, route: &PoolRoute, now: Instant) -> View {
+        let local = loads(route, now);
+        let others = self.fleet.as_ref().and_then(|f| f.others(now));
+        let loads = match &others {
+            Some(others) => fleet::with_others(route, &local, others),
+            None => local.clone(),
+        };
+        View {
+            local,
+            loads,
+            others,
+        }
+    }
+
+    /// What this instance sets out to close of the pool's excess: all of it planning alone,
+    /// its part of the fleet's with `[fleet]`.
+    fn part(&self, route: &PoolRoute, view: &View, tolerance: f64) -> u64 {
+        match (&self.fleet, &view.others) {
+            (Some(fleet), Some(others)) => {
+                let counts = fleet::counts(route, &view.local, fleet.instance(), others);
+                let names: Vec<Arc<str>> = route.backends.iter().map(|b| b.name.clone()).collect();
+                Quota::new(counts)
+                    .owed(fleet.instance(), &names, &view.local, tolerance)
+                    .mine
+            }
+            _ => plan::plan(&view.loads, tolerance).excess.iter().sum(),
         }
     }
 
@@ -279,15 +348,69 @@ impl Rebalancer {
         let mut rng = rand::thread_rng();
         let slots = pacer.slots(now, want, rebalance.max_closes_per_second, TICK, &mut rng);
         let shares = plan::share_out(&slots, &planned.excess);
+        self.offer(route, shares, established_before);
+    }
+
+    /// With `[fleet]`: offer this round's closes of this instance's part of the fleet's
+    /// excess, paced at its part of `max_closes_per_second` (so the fleet's closes stay
+    /// within the rate, and each instance finishes its part at about the same time); once the
+    /// part is done, wait for the reports to show it before taking a new one.
+    fn shed_fleet(
+        &self,
+        now: Instant,
+        settings: &PoolConfig,
+        route: &PoolRoute,
+        (view, others): (&View, &fleet::Others),
+        pool: &mut PoolState,
+    ) {
+        let Some(fleet) = &self.fleet else { return };
+        let rebalance = &settings.rebalance;
+        let PoolState { quota, pacer, .. } = pool;
+        let part = quota.get_or_insert_with(|| {
+            Quota::new(fleet::counts(route, &view.local, fleet.instance(), others))
+        });
+        part.account();
+        let names: Vec<Arc<str>> = route.backends.iter().map(|b| b.name.clone()).collect();
+        let owed = part.owed(fleet.instance(), &names, &view.local, rebalance.tolerance);
+        if owed.left() == 0 {
+            let settled = *part.settled_at.get_or_insert(now + fleet.settle());
+            if now >= settled {
+                *quota = None;
+            }
+            return;
+        }
+        part.settled_at = None;
+        let Some(established_before) = now.checked_sub(rebalance.min_age) else {
+            return;
+        };
+        // `left` > 0: this instance has a part, so the fleet an excess.
+        let rate = rebalance.max_closes_per_second * owed.mine as f64 / owed.fleet as f64;
+        let slots = pacer.slots(now, owed.left(), rate, TICK, &mut rand::thread_rng());
+        let shares = plan::share_out(&slots, &owed.per_backend);
+        for (backend, shed) in self.offer(route, shares, established_before) {
+            part.offered(backend, shed);
+        }
+    }
+
+    /// Offer each backend its `shares` of slots, to connections established before
+    /// `established_before`; returns the offers.
+    fn offer(
+        &self,
+        route: &PoolRoute,
+        shares: Vec<Vec<Instant>>,
+        established_before: Instant,
+    ) -> Vec<(Arc<str>, Arc<Shed>)> {
+        let mut offers = Vec::new();
         for (backend, slots) in route.backends.iter().zip(shares) {
             if slots.is_empty() {
                 continue;
             }
             let offered = slots.len();
             let shed = Arc::new(Shed::new(slots, established_before));
+            let cause = CloseCause::Rebalance(shed.clone());
             let open = backend
                 .stats
-                .close_connections(self.routing.shutdown_token(), CloseCause::Rebalance(shed));
+                .close_connections(self.routing.shutdown_token(), cause);
             tracing::debug!(
                 pool = &*route.name,
                 backend = &*backend.name,
@@ -295,6 +418,28 @@ impl Rebalancer {
                 open,
                 "rebalance: closes offered to the backend's connections"
             );
+            offers.push((backend.name.clone(), shed));
+        }
+        offers
+    }
+}
+
+/// A pool's loads as one round reads them.
+struct View {
+    /// This instance's.
+    local: Vec<Load>,
+    /// What the plan reads: the fleet's with `others`, else `local`.
+    loads: Vec<Load>,
+    /// The other instances' connections (a fresh read of their reports), with `[fleet]`.
+    others: Option<Arc<fleet::Others>>,
+}
+
+impl View {
+    fn basis(&self) -> api::RebalanceBasis {
+        if self.others.is_some() {
+            api::RebalanceBasis::Fleet
+        } else {
+            api::RebalanceBasis::Local
         }
     }
 }
@@ -315,16 +460,16 @@ impl PoolState {
     }
 }
 
-/// Log the start of a pass and begin it.
-fn start_pass(route: &PoolRoute, why: &str, planned: &plan::Plan, now: Instant) -> Pass {
+/// Log the start of a pass that sets out to close `to_move` connections and begin it.
+fn start_pass(route: &PoolRoute, why: &str, view: &View, to_move: u64, now: Instant) -> Pass {
     tracing::info!(
         pool = &*route.name,
         trigger = why,
-        imbalance = rounded(planned.imbalance),
-        to_move = planned.excess.iter().sum::<u64>(),
+        imbalance = rounded(plan::plan(&view.loads, 0.0).imbalance),
+        to_move,
+        basis = view.basis().as_str(),
         "rebalance started: moving connections off backends above their fair share"
     );
-    let to_move: u64 = planned.excess.iter().sum();
     Pass {
         why: why.to_owned(),
         started: now,
@@ -386,6 +531,13 @@ mod tests {
     const MIN_AGE: Duration = Duration::from_secs(5);
 
     fn rebalancer(mode: &str) -> (Arc<Rebalancer>, Arc<Routing>) {
+        rebalancer_in(mode, None)
+    }
+
+    fn rebalancer_in(
+        mode: &str,
+        fleet: Option<Arc<FleetLoads>>,
+    ) -> (Arc<Rebalancer>, Arc<Routing>) {
         let text = format!(
             "[[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:5672\"\npool = \"p\"\n\
              [pool.p]\nbalance = \"least_conn\"\n\
@@ -399,7 +551,7 @@ mod tests {
         let metrics = crate::state::BackendMetrics::register(&prometheus::Registry::new());
         let routing = Arc::new(Routing::new(&config, metrics));
         let config = Arc::new(ArcSwap::from_pointee(config));
-        (Rebalancer::new(config, routing.clone()), routing)
+        (Rebalancer::new(config, routing.clone(), fleet), routing)
     }
 
     fn stats(routing: &Routing, backend: &str) -> Arc<BackendStats> {
@@ -604,5 +756,62 @@ mod tests {
         assert!(rebalancer.lock()[&name].pass.is_none());
         // to_move 5: 3 × 5 + 10 = 25 closes, and the last round's slots.
         assert!((25..=29).contains(&taken.len()), "{}", taken.len());
+    }
+
+    /// The other instances' reports: one connection each on a, written at `at_ms`.
+    fn one_each_on_a(me: &str, at_ms: u64) -> Vec<crate::fleet::instances::Report> {
+        use crate::fleet::instances::{BackendReport, Report};
+        ["i1", "i2", "i3"]
+            .into_iter()
+            .filter(|i| *i != me)
+            .map(|instance| Report {
+                instance: instance.into(),
+                version: "0.1.0".into(),
+                at_ms,
+                backends: vec![BackendReport {
+                    pool: "p".into(),
+                    backend: "a".into(),
+                    active_connections: 1,
+                    health: api::Health::Up,
+                    admin: api::AdminState::Active,
+                    local: false,
+                }],
+            })
+            .collect()
+    }
+
+    /// With `[fleet]`: one client per instance, all three on a, b back: each instance is
+    /// balanced alone (one connection), the fleet (3 / 0) is not. Of the fleet's excess of
+    /// one, only the instance whose name sorts first closes it, once; the others close none.
+    /// Without a recent read of the reports an instance plans alone.
+    #[tokio::test(start_paused = true)]
+    async fn in_a_fleet_each_instance_closes_only_its_part_of_the_fleets_excess() {
+        for (me, moves) in [("i1", 1), ("i3", 0)] {
+            let fleet = FleetLoads::new(me, Duration::from_secs(2));
+            let (rebalancer, routing) = rebalancer_in("continuous", Some(fleet.clone()));
+            let mut conns = vec![connect(&routing, "a")];
+            tokio::time::advance(MIN_AGE).await;
+            let mut taken = Vec::new();
+            for round in 0..30 {
+                fleet.update(state::now(), &one_each_on_a(me, round));
+                rebalancer.round(state::now());
+                settle(&routing, &mut conns, &mut taken);
+                tokio::time::advance(TICK).await;
+            }
+            assert_eq!(taken.len(), moves, "{me}");
+            let (settings, route) = {
+                let config = rebalancer.config.load_full();
+                (config.pools[0].clone(), routing.load().pools["p"].clone())
+            };
+            let status = rebalancer.status(&settings, &route);
+            assert_eq!(status.basis, api::RebalanceBasis::Fleet, "{me}");
+            // i1 moved its client: 2 / 1 is within the tolerance. i3 waits for i1.
+            let balanced = status.state == api::RebalanceState::Balanced;
+            assert_eq!(balanced, moves == 1, "{me}: {status:?}");
+            // No read for three report intervals: this instance alone.
+            tokio::time::advance(Duration::from_secs(6)).await;
+            let status = rebalancer.status(&settings, &route);
+            assert_eq!(status.basis, api::RebalanceBasis::Local, "{me}");
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! The rebalancer's arithmetic, pure: each backend's weighted fair share of a pool's
-//! connections, what is above it, and the paced instants at which connections are closed.
+//! connections, what is above it, each instance's part of the fleet's excess ([`allocate`]),
+//! and the paced instants at which connections are closed.
 //! No clock of its own (instants come in), no routing, no sockets.
 
 use std::time::{Duration, Instant};
@@ -119,6 +120,39 @@ pub fn share_out(slots: &[Instant], excess: &[u64]) -> Vec<Vec<Instant>> {
         shares[i].push(*slot);
     }
     shares
+}
+
+/// Share a backend's fleet-wide `excess` among the instances holding its connections, in
+/// proportion to each one's count there (largest remainder; equal remainders go to the
+/// instance whose name sorts first), so that every instance computing it from the same counts
+/// gets the same parts and the fleet closes the excess once, not once per instance. Returns
+/// each instance's part in the order of `counts`; no part is above its count, and the parts
+/// add up to `excess` (at most the counts' sum).
+pub fn allocate(excess: u64, counts: &[(&str, i64)]) -> Vec<u64> {
+    let held: Vec<u128> = counts.iter().map(|(_, n)| (*n).max(0) as u128).collect();
+    let total: u128 = held.iter().sum();
+    if total == 0 {
+        return vec![0; counts.len()];
+    }
+    let excess = u128::from(excess).min(total);
+    let mut parts: Vec<u64> = held.iter().map(|n| (excess * n / total) as u64).collect();
+    let remainder = |i: usize| excess * held[i] % total;
+    let mut left = excess as u64 - parts.iter().sum::<u64>();
+    let mut order: Vec<usize> = (0..counts.len()).collect();
+    order.sort_by(|&a, &b| {
+        remainder(b)
+            .cmp(&remainder(a))
+            .then_with(|| counts[a].0.cmp(counts[b].0))
+    });
+    // `left` is below the number of non-zero remainders: each of those gets at most one more.
+    for i in order {
+        if left == 0 || remainder(i) == 0 {
+            break;
+        }
+        parts[i] += 1;
+        left -= 1;
+    }
+    parts
 }
 
 #[cfg(test)]
@@ -291,5 +325,41 @@ mod tests {
             share_out(&slots[..2], &[1, 1]),
             vec![vec![t0], vec![slots[1]]]
         );
+    }
+
+    #[test]
+    fn the_fleet_excess_is_shared_by_each_instance_count_and_name() {
+        // (excess, counts) -> parts
+        type Case = (u64, Vec<(&'static str, i64)>, Vec<u64>);
+        let cases: Vec<Case> = vec![
+            // Three instances, one connection each, two to move: the first two by name.
+            (2, vec![("c", 1), ("a", 1), ("b", 1)], vec![0, 1, 1]),
+            // 30 / 30 / 30 on one backend, 60 to move: 20 each.
+            (60, vec![("a", 30), ("b", 30), ("c", 30)], vec![20, 20, 20]),
+            // By count: 45 of 90 from 60 / 20 / 10 is 30 / 10 / 5.
+            (45, vec![("a", 60), ("b", 20), ("c", 10)], vec![30, 10, 5]),
+            // Largest remainder: 5 of 3 / 3 / 1 is 2.14 / 2.14 / 0.71 -> 2 / 2 / 1.
+            (5, vec![("a", 3), ("b", 3), ("c", 1)], vec![2, 2, 1]),
+            // 1 of 2 / 1: the larger remainder wins over the name.
+            (1, vec![("a", 1), ("b", 2)], vec![0, 1]),
+            // An instance without connections there closes none of them.
+            (3, vec![("a", 0), ("b", 5), ("c", 1)], vec![0, 3, 0]),
+            // More than the counts hold: each at most its count.
+            (9, vec![("a", 2), ("b", 1)], vec![2, 1]),
+            // Nothing held (or a negative count during a race): nothing to share.
+            (4, vec![("a", 0), ("b", -1)], vec![0, 0]),
+            (0, vec![("a", 7)], vec![0]),
+        ];
+        for (excess, counts, parts) in cases {
+            let got = allocate(excess, &counts);
+            assert_eq!(got, parts, "{excess} of {counts:?}");
+            let held: i64 = counts.iter().map(|c| c.1.max(0)).sum();
+            assert_eq!(got.iter().sum::<u64>(), excess.min(held as u64));
+        }
+        // The same counts in any order give each instance the same part.
+        let a = allocate(2, &[("a", 1), ("b", 1), ("c", 1)]);
+        let b = allocate(2, &[("c", 1), ("b", 1), ("a", 1)]);
+        assert_eq!(a, vec![1, 1, 0]);
+        assert_eq!(b, vec![0, 1, 1]);
     }
 }

@@ -298,7 +298,18 @@ async fn run_control(setup: ControlSetup, ready: std::sync::mpsc::Sender<Control
         tokio::spawn(drainer.clone().follow_fleet(fleet, stop.clone()));
     }
     let fleet = register_in_fleet(&config, &routing, &drainer, &stop);
-    let rebalancer = Rebalancer::new(shared_config.clone(), routing.clone());
+    let fleet_loads = fleet
+        .as_ref()
+        .zip(config.fleet.as_ref())
+        .map(|(instances, f)| {
+            let loads = crate::rebalance::FleetLoads::new(&f.instance, instances.every());
+            let follow = loads
+                .clone()
+                .follow(instances.clone(), routing.clone(), stop.clone());
+            tokio::spawn(follow);
+            loads
+        });
+    let rebalancer = Rebalancer::new(shared_config.clone(), routing.clone(), fleet_loads);
     tokio::spawn(rebalancer.clone().run(stop.clone()));
     let _ = ready.send((health.clone(), drainer.clone(), rebalancer.clone()));
     let hooks_owner = health.clone();

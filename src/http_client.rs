@@ -2,7 +2,9 @@
 //! the drain's quorum check (`health::probe`) and `warren ctl` (`ctl`). It owns
 //! the parsed URL types ([`HttpUrl`], and [`ProbeUrl`] for the probe's `{host}`/`{port}`
 //! template or its path on a management endpoint, both parsed at config load), resolving and connecting, one request per fresh
-//! connection (`Connection: close`), the `Authorization` header (bearer, or basic from
+//! connection (`Connection: close`), TLS on an `https://` URL when the caller gives a client
+//! configuration ([`Request::tls`], built by [`crate::tls`]; only the etcd client does so far),
+//! the `Authorization` header (bearer, or basic from
 //! `user:pass@` or the caller), the cap on the body read, an optional bound on the whole exchange,
 //! and [`HttpError`]. What a status means, retries, redaction of what is logged, and each caller's
 //! timeouts and caps belong to the callers; this module must not know about hooks, health or the
@@ -11,6 +13,9 @@
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -19,7 +24,10 @@ use http_body_util::{BodyExt, Full};
 use hyper::header::{HeaderValue, AUTHORIZATION, CONNECTION, CONTENT_TYPE, HOST, USER_AGENT};
 use hyper::{Method, StatusCode};
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 use url::{Host, Position, Url};
 
 /// The `User-Agent` of warren's own requests (webhooks, probes).
@@ -95,9 +103,12 @@ impl fmt::Debug for Credentials {
     }
 }
 
-/// An `http://` URL, parsed once (at config load for webhooks, at start for `warren ctl`).
+/// An `http://` URL (or `https://`, where the caller allows it: [`HttpUrl::parse_https`]),
+/// parsed once (at config load for webhooks, at start for `warren ctl`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpUrl {
+    /// `https://`: connected with TLS, the host being the name the certificate must bear.
+    https: bool,
     /// Host name or IP, without IPv6 brackets, for resolving.
     host: String,
     port: u16,
@@ -115,8 +126,15 @@ impl HttpUrl {
         if text.starts_with("https://") {
             return Err(UrlError::Https);
         }
-        let Some(after_scheme) = text.strip_prefix("http://") else {
-            return Err(UrlError::Scheme);
+        HttpUrl::parse_https(text)
+    }
+
+    /// [`HttpUrl::parse`], and `https://HOST[:PORT]/PATH` too (port 443 by default), for a
+    /// caller that gives its requests a TLS configuration ([`Request::tls`]).
+    pub fn parse_https(text: &str) -> Result<HttpUrl, UrlError> {
+        let (https, after_scheme) = match text.strip_prefix("https://") {
+            Some(rest) => (true, rest),
+            None => (false, text.strip_prefix("http://").ok_or(UrlError::Scheme)?),
         };
         // The WHATWG parser forgives `http:///x` (as `http://x/`); an operator who wrote that
         // forgot the host, so it is refused as it always was.
@@ -155,8 +173,11 @@ impl HttpUrl {
         hyper::http::uri::PathAndQuery::try_from(path_and_query.as_str())
             .map_err(|e| UrlError::Target(e.to_string()))?;
         Ok(HttpUrl {
+            https,
             host,
-            port: url.port_or_known_default().unwrap_or(80),
+            port: url
+                .port_or_known_default()
+                .unwrap_or(if https { 443 } else { 80 }),
             authority,
             path_and_query,
             credentials,
@@ -170,6 +191,20 @@ impl HttpUrl {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// Whether this is an `https://` URL.
+    pub fn is_https(&self) -> bool {
+        self.https
+    }
+
+    /// `http` or `https`.
+    pub fn scheme(&self) -> &'static str {
+        if self.https {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     /// `host[:port]` as sent in `Host`, without user info.
@@ -204,7 +239,11 @@ impl HttpUrl {
     /// if any, is dropped (config load refuses one on a management endpoint).
     pub fn join(&self, path: &str) -> Result<HttpUrl, UrlError> {
         let base = self.path().trim_end_matches('/');
-        let mut url = HttpUrl::parse(&format!("http://{}{base}{path}", self.authority))?;
+        let mut url = HttpUrl::parse_https(&format!(
+            "{}://{}{base}{path}",
+            self.scheme(),
+            self.authority
+        ))?;
         url.credentials = self.credentials.clone();
         Ok(url)
     }
@@ -212,7 +251,8 @@ impl HttpUrl {
     /// This URL's authority and `user:pass@` with `path` (and query) in place of its own: the
     /// management API's other paths on the authority an `http` probe URL names.
     pub fn with_path(&self, path: &str) -> Result<HttpUrl, UrlError> {
-        let mut url = HttpUrl::parse(&format!("http://{}{path}", self.authority))?;
+        let mut url =
+            HttpUrl::parse_https(&format!("{}://{}{path}", self.scheme(), self.authority))?;
         url.credentials = self.credentials.clone();
         Ok(url)
     }
@@ -222,7 +262,7 @@ impl HttpUrl {
 /// secret).
 impl fmt::Display for HttpUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "http://{}{}", self.authority, self.path())
+        write!(f, "{}://{}{}", self.scheme(), self.authority, self.path())
     }
 }
 
@@ -399,6 +439,11 @@ pub enum HttpError {
     NoAddress { host: String },
     #[error("cannot connect to {host}: {source}")]
     Connect { host: String, source: io::Error },
+    /// The TLS handshake failed, or the server refused it with an alert after the client's
+    /// side was done (a TLS 1.3 server that wants another client certificate): either way the
+    /// request was not read. `reason` is rustls's.
+    #[error("TLS handshake with {host} failed: {reason}")]
+    Tls { host: String, reason: String },
     /// The HTTP/1.1 handshake on the fresh connection failed.
     #[error("HTTP exchange with {host} failed: {source}")]
     Handshake { host: String, source: hyper::Error },
@@ -448,6 +493,8 @@ pub struct Request<'a> {
     /// `X-Reason`: why the request is made (RabbitMQ passes it on to a client it closes).
     reason: Option<HeaderValue>,
     connect_to: Option<SocketAddr>,
+    /// For an `https://` URL: the roots (and client certificate) of the handshake.
+    tls: Option<Arc<rustls::ClientConfig>>,
     read: BodyRead,
 }
 
@@ -464,6 +511,7 @@ impl<'a> Request<'a> {
             json: None,
             reason: None,
             connect_to: None,
+            tls: None,
             read: BodyRead::FailurePrefix(200),
         }
     }
@@ -503,6 +551,13 @@ impl<'a> Request<'a> {
         self
     }
 
+    /// The TLS configuration of an `https://` URL (an `http://` one ignores it); without it an
+    /// `https://` URL fails with [`HttpError::Tls`].
+    pub fn tls(mut self, config: Arc<rustls::ClientConfig>) -> Self {
+        self.tls = Some(config);
+        self
+    }
+
     pub fn read(mut self, read: BodyRead) -> Self {
         self.read = read;
         self
@@ -532,6 +587,7 @@ impl<'a> Request<'a> {
         let stream = self.connect().await?;
         // One small request and its answer: no reason to let Nagle hold a write back.
         let _ = stream.set_nodelay(true);
+        let stream = secure(stream, self.url, self.tls.as_ref()).await?;
         *phase = Phase::WaitingForResponse;
         let (mut sender, connection) =
             hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
@@ -542,14 +598,10 @@ impl<'a> Request<'a> {
                 })?;
         let read = self.read;
         let exchange = async {
-            let response =
-                sender
-                    .send_request(request)
-                    .await
-                    .map_err(|source| HttpError::Exchange {
-                        host: host(),
-                        source,
-                    })?;
+            let response = sender
+                .send_request(request)
+                .await
+                .map_err(|source| exchange_error(host(), source))?;
             let status = response.status();
             *phase = Phase::ReadingBody;
             let body = read_body(response.into_body(), status, read, &self.url.authority).await?;
@@ -571,7 +623,7 @@ impl<'a> Request<'a> {
                     }
                     e => e,
                 }),
-                Err(source) => Err(HttpError::Exchange { host: host(), source }),
+                Err(source) => Err(exchange_error(host(), source)),
             },
         }
     }
@@ -627,6 +679,114 @@ impl<'a> Request<'a> {
             },
             None => HttpError::NoAddress { host: host() },
         })
+    }
+}
+
+/// A failed exchange: [`HttpError::Tls`] when rustls says why (the server refused the
+/// handshake with an alert), else [`HttpError::Exchange`].
+fn exchange_error(host: String, source: hyper::Error) -> HttpError {
+    match crate::tls::rustls_reason(&source) {
+        Some(reason) => HttpError::Tls { host, reason },
+        None => HttpError::Exchange { host, source },
+    }
+}
+
+/// `stream` as is for an `http://` URL; for an `https://` one, after a TLS handshake with `tls`
+/// in which the server's certificate must be valid for the URL's host (a name, or an IP
+/// address among the certificate's IP SANs). Unbounded, like the connect: the caller bounds it.
+pub async fn secure(
+    stream: TcpStream,
+    url: &HttpUrl,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<HttpStream, HttpError> {
+    if !url.https {
+        return Ok(HttpStream::Plain(stream));
+    }
+    let failed = |reason: String| HttpError::Tls {
+        host: url.authority.clone(),
+        reason,
+    };
+    let Some(tls) = tls else {
+        return Err(failed(
+            "no TLS configuration was given for this https:// URL".into(),
+        ));
+    };
+    let name = ServerName::try_from(url.host.clone())
+        .map_err(|e| failed(format!("{:?} cannot be a TLS server name: {e}", url.host)))?;
+    match tokio_rustls::TlsConnector::from(tls.clone())
+        .connect(name, stream)
+        .await
+    {
+        Ok(stream) => Ok(HttpStream::Tls(Box::new(stream))),
+        Err(e) => Err(failed(
+            crate::tls::rustls_reason(&e).unwrap_or_else(|| e.to_string()),
+        )),
+    }
+}
+
+/// A connection to an HTTP server: plain TCP, or TLS over it. Boxed when TLS: its state is
+/// large and a plain connection should not pay for it.
+#[derive(Debug)]
+pub enum HttpStream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for HttpStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            HttpStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            HttpStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for HttpStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            HttpStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            HttpStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            HttpStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            HttpStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            HttpStream::Plain(s) => s.is_write_vectored(),
+            HttpStream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            HttpStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            HttpStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            HttpStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            HttpStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
     }
 }
 
@@ -787,6 +947,37 @@ mod tests {
         // What the URL parser escapes is sent escaped.
         let spaces = HttpUrl::parse("http://h/a b?c d").unwrap();
         assert_eq!(spaces.path_and_query(), "/a%20b?c%20d");
+    }
+
+    /// `https://` only where the caller allows it; the scheme stays through `join`.
+    #[test]
+    fn https_urls_parse_only_when_allowed() {
+        let url = HttpUrl::parse_https("https://etcd-1/x").unwrap();
+        assert!(url.is_https());
+        assert_eq!((url.port(), url.authority()), (443, "etcd-1"));
+        assert_eq!(url.to_string(), "https://etcd-1/x");
+        let joined = url.join("/v3/kv/range").unwrap();
+        assert!(joined.is_https());
+        assert_eq!(joined.to_string(), "https://etcd-1/x/v3/kv/range");
+        let plain = HttpUrl::parse_https("http://[::1]:2379").unwrap();
+        assert!(!plain.is_https());
+        assert_eq!(plain.port(), 2379);
+        assert_eq!(HttpUrl::parse("https://h/"), Err(UrlError::Https));
+        assert_eq!(HttpUrl::parse_https("ftp://h/"), Err(UrlError::Scheme));
+    }
+
+    /// An https URL without a TLS configuration is refused before anything is sent.
+    #[tokio::test]
+    async fn https_without_a_tls_configuration_is_refused() {
+        let (url, server) = serve_once(Some(answer(200, b""))).await;
+        let https = HttpUrl::parse_https(&format!("https://{}/", url.authority())).unwrap();
+        match Request::new(Method::GET, &https).send_within(LONG).await {
+            Err(HttpError::Tls { reason, .. }) => {
+                assert!(reason.contains("no TLS configuration"), "{reason}")
+            }
+            other => panic!("{other:?}"),
+        }
+        server.abort();
     }
 
     #[test]

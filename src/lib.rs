@@ -36,6 +36,7 @@ pub mod source;
 pub mod state;
 #[cfg(unix)]
 pub mod systemd;
+pub mod tls;
 #[cfg(windows)]
 pub mod windows_service;
 pub mod workers;

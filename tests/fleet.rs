@@ -12,7 +12,11 @@
 //! the fleet's totals: reconnecting clients through each instance, all on b0 while b1 and b2
 //! are drained (each instance balanced on its own), then b1 and b2 undrained: the backends'
 //! own counts end within the tolerance, and the fleet closes about its excess, not once per
-//! instance.
+//! instance. Over TLS (etcd with `--client-cert-auth`, certificates made by openssl): a drain
+//! still reaches everyone; `warren check` refuses a `ca_file` that is not PEM; an instance that
+//! does not trust etcd's CA says why, shows `warren_fleet_store_up 0`, and keeps forwarding.
+//! `--local`: a drain on one instance only holds there until its next change, across etcd's
+//! return and a `warren upgrade`, which the other instances never see the instance leave.
 //!
 //! The tests run one at a time (they measure sub-second lags on a shared machine).
 #![cfg(unix)]
@@ -26,6 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::certs::Certs;
 use common::etcd::Etcd;
 use common::*;
 use serde_json::Value;
@@ -94,6 +99,8 @@ struct Fleet {
     /// They serve while the fleet runs; their own counts say where the connections are.
     backends: Vec<Backend>,
     etcd: Etcd,
+    /// With TLS: etcd's and the instances' certificates.
+    _certs: Option<Certs>,
     dir: TempDir,
 }
 
@@ -102,7 +109,27 @@ impl Fleet {
     /// a, b and c, started, each listing all three in `GET /v1/fleet`; `None` without etcd.
     async fn start(test: &str, settings: Settings) -> Option<Fleet> {
         let etcd = Etcd::start(test).await?;
+        Fleet::start_on(test, settings, etcd, None).await
+    }
+
+    /// [`Fleet::start`] with etcd on `https://`, client certificates required, and each
+    /// instance presenting one; `None` without etcd or openssl.
+    async fn start_tls(test: &str, settings: Settings) -> Option<Fleet> {
+        let certs = Certs::generate(test)?;
+        let etcd = Etcd::start_tls(test, &certs).await?;
+        Fleet::start_on(test, settings, etcd, Some(certs)).await
+    }
+
+    async fn start_on(
+        test: &str,
+        settings: Settings,
+        etcd: Etcd,
+        certs: Option<Certs>,
+    ) -> Option<Fleet> {
         let dir = TempDir::new(&format!("fleet-{test}"));
+        let tls = certs.as_ref().map_or(String::new(), |c| {
+            tls_lines(&c.ca, Some((&c.client_cert, &c.client_key)))
+        });
         let mut backends = Vec::new();
         for id in 0..settings.backends {
             backends.push(spawn_tagged(id).await);
@@ -114,7 +141,8 @@ impl Fleet {
                 let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
                 let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
                 let config = dir.0.join(format!("{name}.toml"));
-                let text = config_text(name, admin, listen, &addrs, &etcd.endpoint, settings);
+                let mut text = config_text(name, admin, listen, &addrs, &etcd.endpoint, settings);
+                text += &tls;
                 std::fs::write(&config, text).unwrap();
                 Instance {
                     name,
@@ -130,6 +158,7 @@ impl Fleet {
             instances,
             backends,
             etcd,
+            _certs: certs,
             dir,
         };
         for i in 0..NAMES.len() {
@@ -187,6 +216,19 @@ fn config_text(
          instance = \"{name}\"\ntimeout = \"{}\"\nlease_ttl = \"{}\"\nmax_draining = {}\n",
         s.timeout, s.lease_ttl, s.max_draining
     );
+    text
+}
+
+/// `[fleet]`'s TLS keys: the CA, and a client certificate and key.
+fn tls_lines(ca: &std::path::Path, identity: Option<(&PathBuf, &PathBuf)>) -> String {
+    let mut text = format!("ca_file = \"{}\"\n", ca.display());
+    if let Some((cert, key)) = identity {
+        text += &format!(
+            "cert_file = \"{}\"\nkey_file = \"{}\"\n",
+            cert.display(),
+            key.display()
+        );
+    }
     text
 }
 
@@ -1192,4 +1234,129 @@ async fn the_fleet_is_balanced_when_each_instance_is_balanced_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ninety_connections_on_one_backend_are_shared_out_once() {
     rebalance_the_fleet("rebalance-many", 30, Duration::from_secs(30), 6).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS to etcd.
+
+/// etcd on `https://` with `--client-cert-auth`, each instance with `ca_file`, `cert_file` and
+/// `key_file`: they register (each lists all three) and a drain sent to a reaches b and c.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_with_client_certificates_a_drain_reaches_the_others() {
+    let _serial = SERIAL.lock().await;
+    let Some(fleet) = Fleet::start_tls("tls", Settings::default()).await else {
+        return;
+    };
+    let sent = Instant::now();
+    let (code, body) = drain(fleet.admin("a"), "b0").await;
+    assert!(accepted(code), "drain through a: {code} {body}");
+    for name in ["b", "c"] {
+        let admin = fleet.admin(name);
+        let took = eventually(
+            &format!("{name} draining b0"),
+            Duration::from_secs(5),
+            || async move {
+                let states = admin_states(admin).await;
+                match states.iter().find(|(b, _)| b == "b0") {
+                    Some((_, state)) if state != "active" => Ok(()),
+                    other => Err(format!("b0: {other:?}")),
+                }
+            },
+        )
+        .await;
+        eprintln!("over TLS: {name} follows the drain {took:?} after it was accepted");
+        let (_, metrics) = http(admin, "GET", "/metrics", None, b"").await;
+        assert_eq!(metric_value(&metrics, "warren_fleet_store_up"), 1.0);
+    }
+    assert!(sent.elapsed() < Duration::from_secs(10));
+}
+
+/// `warren check` reads the TLS files as `run` would: a `ca_file` that is not PEM is refused,
+/// exit 1, naming the key and the file.
+#[test]
+fn warren_check_refuses_a_ca_file_that_is_not_pem() {
+    let dir = TempDir::new("fleet-check-ca");
+    let ca = dir.0.join("ca.pem");
+    std::fs::write(&ca, "this is not a certificate\n").unwrap();
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let backend = SocketAddr::from(([127, 0, 0, 1], 5672));
+    let mut text = config_text(
+        "a",
+        admin,
+        listen,
+        &[backend],
+        "https://127.0.0.1:2379",
+        Settings::default(),
+    );
+    text += &tls_lines(&ca, None);
+    let config = dir.0.join("warren.toml");
+    std::fs::write(&config, text).unwrap();
+    let out = std::process::Command::new(WARREN_BIN)
+        .args(["check", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("fleet.ca_file")
+            && stderr.contains(ca.to_str().unwrap())
+            && stderr.contains("no certificate in it"),
+        "{stderr}"
+    );
+    eprintln!("warren check: {stderr}");
+}
+
+/// An instance whose `ca_file` is not the CA that signed etcd's certificate: it starts, logs a
+/// WARN with rustls's reason, shows `warren_fleet_store_up 0`, and forwards all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_does_not_trust_etcds_ca_says_why_and_keeps_forwarding() {
+    let _serial = SERIAL.lock().await;
+    let Some(certs) = Certs::generate("fleet-wrong-ca") else {
+        return;
+    };
+    let Some(etcd) = Etcd::start_tls("wrong-ca", &certs).await else {
+        return;
+    };
+    let dir = TempDir::new("fleet-wrong-ca");
+    let backend = spawn_tagged(0).await;
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut text = config_text(
+        "a",
+        admin,
+        listen,
+        &[backend.addr],
+        &etcd.endpoint,
+        Settings::default(),
+    );
+    text += &tls_lines(
+        &certs.other_ca,
+        Some((&certs.client_cert, &certs.client_key)),
+    );
+    let config = dir.0.join("a.toml");
+    std::fs::write(&config, text).unwrap();
+    let mut warren = WarrenProc::run_config(&config, dir.0.join("a.log")).await;
+    warren
+        .logged(
+            "invalid peer certificate: UnknownIssuer",
+            Duration::from_secs(10),
+        )
+        .await;
+    let log = warren.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("UnknownIssuer"))
+        .unwrap()
+        .to_string();
+    assert!(
+        line.contains("WARN") && line.contains(&etcd.endpoint),
+        "{line}"
+    );
+    eprintln!("wrong CA: {line}");
+    let (_, metrics) = http(admin, "GET", "/metrics", None, b"").await;
+    assert_eq!(metric_value(&metrics, "warren_fleet_store_up"), 0.0);
+    for _ in 0..5 {
+        assert_eq!(probe(listen).await, Ok(0));
+    }
 }

@@ -3,24 +3,31 @@
 //! when /usr/bin/etcd is missing): reads and writes, compare-and-swap under contention (of two
 //! concurrent swaps of the same revision exactly one wins, 50 times out of 50), leases, the
 //! watch (order, compaction, etcd killed and restarted under it), failover from a dead endpoint,
-//! timeouts, and etcd auth (enabled through the gateway; the token etcd forgets on restart is
-//! renewed).
+//! timeouts, etcd auth (enabled through the gateway; the token etcd forgets on restart is
+//! renewed), and TLS with client certificates (`--client-cert-auth`; certificates made by
+//! openssl, tests/common/certs.rs): calls and the watch over https, a server certificate from
+//! another CA and a missing client certificate refused with rustls's reason, and failover from
+//! an endpoint whose TLS handshake fails.
 
 mod common;
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
+use common::certs::Certs;
 use common::etcd::{gateway, Etcd};
 use tokio::net::TcpListener;
 use warren::fleet::etcd::{
     Compare, EtcdClient, EtcdError, Event, EventKind, TxnOp, TxnOpResponse, Watch,
 };
 use warren::http_client::Credentials;
+use warren::tls::{ClientTls, Identity};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
 fn client(endpoints: &[&str]) -> EtcdClient {
-    EtcdClient::new(endpoints, TIMEOUT, None).unwrap()
+    EtcdClient::new(endpoints, TIMEOUT, None, None).unwrap()
 }
 
 /// Changes from `watch` until `count` events came (or `within` passed: a panic), with the error
@@ -414,7 +421,7 @@ async fn a_silent_endpoint_times_out_and_only_reads_move_on() {
     let silent2 = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let silent2 = format!("http://{}", silent2.local_addr().unwrap());
     let short = Duration::from_millis(300);
-    let c = EtcdClient::new(&[&silent, &silent2], short, None).unwrap();
+    let c = EtcdClient::new(&[&silent, &silent2], short, None, None).unwrap();
     let started = tokio::time::Instant::now();
     match c.put(b"k", b"v", None).await {
         Err(EtcdError::Timeout {
@@ -452,11 +459,11 @@ async fn auth_tokens_are_sent_and_renewed_when_etcd_forgets_them() {
         user: "root".into(),
         password: "rootpw".into(),
     };
-    let c = EtcdClient::new(&[&e], TIMEOUT, Some(root.clone())).unwrap();
+    let c = EtcdClient::new(&[&e], TIMEOUT, Some(root.clone()), None).unwrap();
     let revision = c.put(b"fleet/a", b"1", None).await.unwrap();
     assert_eq!(c.get(b"fleet/a").await.unwrap().kvs[0].value, b"1");
     // The watch on a client of its own, whose token nothing else renews.
-    let w = EtcdClient::new(&[&e], TIMEOUT, Some(root.clone())).unwrap();
+    let w = EtcdClient::new(&[&e], TIMEOUT, Some(root.clone()), None).unwrap();
     let mut watch = w.watch_prefix(b"fleet/", revision);
     assert_eq!(collect(&mut watch, 1, TIMEOUT).await.0[0].value, b"1");
 
@@ -467,7 +474,7 @@ async fn auth_tokens_are_sent_and_renewed_when_etcd_forgets_them() {
         password: "nope".into(),
         ..root.clone()
     };
-    let e2 = EtcdClient::new(&[&e], TIMEOUT, Some(wrong))
+    let e2 = EtcdClient::new(&[&e], TIMEOUT, Some(wrong), None)
         .unwrap()
         .get(b"fleet/a")
         .await
@@ -515,4 +522,151 @@ async fn auth_tokens_are_sent_and_renewed_when_etcd_forgets_them() {
         reports.iter().any(|r| r.contains("invalid auth token")),
         "the watch met its old token: {reports:?}"
     );
+}
+
+/// The TLS configuration of a client trusting `ca`, presenting `certs`'s client certificate
+/// when `identity`.
+fn tls(certs: &Certs, ca: &Path, identity: bool) -> Arc<rustls::ClientConfig> {
+    let identity = identity.then(|| Identity {
+        cert_file: certs.client_cert.clone(),
+        key_file: certs.client_key.clone(),
+    });
+    ClientTls::load(ca, identity.as_ref()).unwrap().config()
+}
+
+fn tls_client(endpoints: &[&str], tls: Arc<rustls::ClientConfig>) -> EtcdClient {
+    EtcdClient::new(endpoints, TIMEOUT, None, Some(tls)).unwrap()
+}
+
+#[tokio::test]
+async fn calls_and_watches_work_over_tls_with_a_client_certificate() {
+    let Some(certs) = Certs::generate("etcd-tls-calls") else {
+        return;
+    };
+    let Some(etcd) = Etcd::start_tls("tls-calls", &certs).await else {
+        return;
+    };
+    assert!(etcd.endpoint.starts_with("https://127.0.0.1:"));
+    let c = tls_client(&[&etcd.endpoint], tls(&certs, &certs.ca, true));
+    let revision = c.put(b"tls/a", b"1", None).await.unwrap();
+    assert_eq!(c.get(b"tls/a").await.unwrap().kvs[0].value, b"1");
+    let swapped = c
+        .txn(
+            &[Compare::mod_revision_is(b"tls/a", revision)],
+            &[TxnOp::put(b"tls/a", b"2", None)],
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(swapped.succeeded);
+    let mut watch = c.watch_prefix(b"tls/", revision);
+    c.delete(b"tls/a").await.unwrap();
+    let (events, reports) = collect(&mut watch, 3, TIMEOUT).await;
+    assert_eq!(
+        summary(&events),
+        [
+            (EventKind::Put, "tls/a".into(), "1".into()),
+            (EventKind::Put, "tls/a".into(), "2".into()),
+            (EventKind::Delete, "tls/a".into(), String::new()),
+        ]
+    );
+    assert!(reports.is_empty(), "{reports:?}");
+    // The server certificate names localhost too.
+    let port = etcd.endpoint.rsplit(':').next().unwrap();
+    let by_name = format!("https://localhost:{port}");
+    let c = tls_client(&[&by_name], tls(&certs, &certs.ca, true));
+    assert_eq!(c.get(b"tls/a").await.unwrap().kvs.len(), 0);
+}
+
+#[tokio::test]
+async fn a_certificate_from_another_ca_or_no_client_certificate_is_refused_with_the_reason() {
+    let Some(certs) = Certs::generate("etcd-tls-refused") else {
+        return;
+    };
+    let Some(etcd) = Etcd::start_tls("tls-refused", &certs).await else {
+        return;
+    };
+    let e = &etcd.endpoint;
+    // etcd's certificate is not signed by the CA this client trusts.
+    let wrong_ca = tls_client(&[e], tls(&certs, &certs.other_ca, true));
+    let error = wrong_ca.put(b"k", b"v", None).await.unwrap_err();
+    let text = error.to_string();
+    assert!(matches!(error, EtcdError::Unreachable { .. }), "{error:?}");
+    assert!(
+        text.contains(e.as_str()) && text.contains("invalid peer certificate: UnknownIssuer"),
+        "{text}"
+    );
+    let mut watch = wrong_ca.watch_prefix(b"k", 0);
+    match tokio::time::timeout(TIMEOUT, watch.next()).await {
+        Ok(Some(Err(error))) => assert!(
+            error
+                .to_string()
+                .contains("invalid peer certificate: UnknownIssuer"),
+            "{error}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    // No client certificate: etcd ends the handshake with an alert, the request unread.
+    let anonymous = tls_client(&[e], tls(&certs, &certs.ca, false));
+    for _ in 0..5 {
+        let error = anonymous.put(b"k", b"v", None).await.unwrap_err();
+        let text = error.to_string();
+        assert!(matches!(error, EtcdError::Unreachable { .. }), "{error:?}");
+        assert!(
+            text.contains("TLS handshake with") && text.contains("received fatal alert"),
+            "{text}"
+        );
+    }
+    eprintln!(
+        "no client certificate: {}",
+        anonymous.get(b"k").await.unwrap_err()
+    );
+    let mut watch = anonymous.watch_prefix(b"k", 0);
+    match tokio::time::timeout(TIMEOUT, watch.next()).await {
+        Ok(Some(Err(error))) => assert!(
+            matches!(error, EtcdError::Unreachable { .. })
+                && error.to_string().contains("received fatal alert"),
+            "{error}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    // Nothing was written.
+    let (_, answer) = gateway(
+        &etcd.plain_endpoint,
+        "/v3/kv/range",
+        r#"{"key":"aw=="}"#,
+        None,
+    )
+    .await;
+    assert!(!answer.contains("\"kvs\""), "{answer}");
+}
+
+/// A write (sent again elsewhere only when it surely was not sent) moves on from an endpoint
+/// that refuses the connection and from one whose TLS handshake fails (etcd's plain port).
+#[tokio::test]
+async fn a_failed_tls_handshake_fails_over_like_a_refused_connection() {
+    let Some(certs) = Certs::generate("etcd-tls-failover") else {
+        return;
+    };
+    let Some(etcd) = Etcd::start_tls("tls-failover", &certs).await else {
+        return;
+    };
+    let (_held, dead) = common::held_refusing_port();
+    let dead = format!("https://{dead}");
+    let not_tls = etcd.plain_endpoint.replace("http://", "https://");
+    let c = tls_client(
+        &[&dead, &not_tls, &etcd.endpoint],
+        tls(&certs, &certs.ca, true),
+    );
+    let revision = c.put(b"fleet/x", b"1", None).await.unwrap();
+    assert_eq!(c.get(b"fleet/x").await.unwrap().kvs[0].value, b"1");
+    let c = tls_client(&[&not_tls, &etcd.endpoint], tls(&certs, &certs.ca, true));
+    let mut watch = c.watch_prefix(b"fleet/", revision);
+    let (events, _) = collect(&mut watch, 1, Duration::from_secs(10)).await;
+    assert_eq!(events[0].value, b"1");
+    let only_not_tls = tls_client(&[&not_tls], tls(&certs, &certs.ca, true));
+    let error = only_not_tls.txn(&[], &[], &[]).await.unwrap_err();
+    assert!(matches!(error, EtcdError::Unreachable { .. }), "{error:?}");
+    assert!(error.to_string().contains("TLS handshake with"), "{error}");
+    eprintln!("not TLS: {error}");
 }

@@ -1,10 +1,12 @@
-//! Validation of `[fleet]`: the store (only etcd), its endpoints (plain `http://HOST:PORT`, each
-//! once), the key prefix, this instance's name (the host name by default), the timeouts and
-//! limits, and etcd authentication, whose password file is read here, at load, so `warren check`
-//! refuses what `run` would. Nothing here connects to etcd: the client is built by the fleet
-//! runtime from the [`FleetConfig`] this returns.
+//! Validation of `[fleet]`: the store (only etcd), its endpoints (`http://HOST:PORT` or
+//! `https://HOST:PORT`, all one scheme, each once), the key prefix, this instance's name (the
+//! host name by default), the timeouts and limits, etcd authentication and TLS, whose files (the
+//! password, the CA bundle, the client certificate and key) are read here, at load, so
+//! `warren check` refuses what `run` would. Nothing here connects to etcd: the client is built by
+//! the fleet runtime from the [`FleetConfig`] this returns.
 
 use super::*;
+use crate::tls::{ClientTls, FileRole, Identity, TlsError};
 
 /// The largest password file read; a password is a line, never kilobytes.
 const MAX_PASSWORD_FILE: u64 = 4096;
@@ -35,6 +37,8 @@ impl Validator<'_> {
             None => DEFAULT_FLEET_MAX_DRAINING,
         };
         let (user, password) = self.fleet_auth(raw.user.as_ref(), raw.password_file.as_ref());
+        let https = endpoints.first().map(|e| e.starts_with("https://"));
+        let tls = self.fleet_tls(&raw, https, &span);
         FleetConfig {
             endpoints,
             prefix,
@@ -44,6 +48,7 @@ impl Validator<'_> {
             max_draining,
             user,
             password,
+            tls,
         }
     }
 
@@ -66,7 +71,7 @@ impl Validator<'_> {
         }
     }
 
-    /// `fleet.endpoints`: at least one, each `http://HOST:PORT`, none twice.
+    /// `fleet.endpoints`: at least one, each `http[s]://HOST:PORT`, all one scheme, none twice.
     fn fleet_endpoints(
         &mut self,
         raw: Option<&Spanned<Vec<Str>>>,
@@ -101,7 +106,20 @@ impl Validator<'_> {
                         Some(text.span()),
                         format!("the same endpoint as fleet.endpoints[{first}]; list each once"),
                     ),
-                    None => endpoints.push(endpoint),
+                    None => match endpoints.first().filter(|e| scheme(e) != scheme(&endpoint)) {
+                        Some(first) => self.report(
+                            key,
+                            shown,
+                            Some(text.span()),
+                            format!(
+                                "is {}:// while the first endpoint is {}://: all endpoints use \
+                                 one scheme (TLS or not, one CA)",
+                                scheme(&endpoint),
+                                scheme(first)
+                            ),
+                        ),
+                        None => endpoints.push(endpoint),
+                    },
                 },
                 Err(message) => self.report(key, shown, Some(text.span()), message),
             }
@@ -258,25 +276,142 @@ impl Validator<'_> {
             }
         }
     }
+
+    /// `fleet.ca_file`, `fleet.cert_file` and `fleet.key_file`, only with `https://` endpoints
+    /// (`https`: the endpoints' scheme; `None` when none is valid): the CA required, the client
+    /// certificate and its key both or neither. The files are read and checked now.
+    fn fleet_tls(
+        &mut self,
+        raw: &RawFleet,
+        https: Option<bool>,
+        section: &Range<usize>,
+    ) -> Option<ClientTls> {
+        let keys = [
+            ("fleet.ca_file", &raw.ca_file),
+            ("fleet.cert_file", &raw.cert_file),
+            ("fleet.key_file", &raw.key_file),
+        ];
+        if https == Some(false) {
+            // Silently unused otherwise: an operator who wrote it expects TLS.
+            for (key, value) in keys {
+                if let Some(value) = value {
+                    self.report(
+                        key,
+                        quote(value.get_ref()),
+                        Some(value.span()),
+                        "is only read with https:// endpoints, and fleet.endpoints are \
+                         http://: switch them to https://, or remove it",
+                    );
+                }
+            }
+            return None;
+        }
+        let identity = self.fleet_identity(raw.cert_file.as_ref(), raw.key_file.as_ref());
+        let Some(ca_raw) = &raw.ca_file else {
+            if https == Some(true) {
+                self.report(
+                    "fleet.ca_file",
+                    "",
+                    Some(section.clone()),
+                    "required with https:// endpoints: the PEM file of the CA that signed \
+                     etcd's certificate",
+                );
+            }
+            return None;
+        };
+        let ca = self.path("fleet.ca_file", Some(ca_raw))?;
+        // After a problem with the client certificate's keys, the CA is still checked.
+        let (identity, complete) = match identity {
+            Some(identity) => (identity, true),
+            None => (None, false),
+        };
+        let error = match ClientTls::load(&ca, identity.as_ref()) {
+            Ok(tls) => return complete.then_some(tls),
+            Err(error) => error,
+        };
+        let (key, message) = match error {
+            TlsError::File { role, problem, .. } => {
+                let key = match role {
+                    FileRole::Ca => "fleet.ca_file",
+                    FileRole::Certificate => "fleet.cert_file",
+                    FileRole::Key => "fleet.key_file",
+                };
+                (key, problem.to_string())
+            }
+            TlsError::KeyMismatch { reason, .. } => (
+                "fleet.key_file",
+                format!("is not the key of the certificate in fleet.cert_file ({reason})"),
+            ),
+            TlsError::Config(e) => (
+                "fleet.ca_file",
+                format!("cannot build the TLS configuration: {e}"),
+            ),
+        };
+        let raw = keys
+            .iter()
+            .find(|(k, _)| *k == key)
+            .and_then(|(_, raw)| raw.as_ref())
+            .unwrap_or(ca_raw);
+        self.report(key, quote(raw.get_ref()), Some(raw.span()), message);
+        None
+    }
+
+    /// `fleet.cert_file` and `fleet.key_file`: both or neither. `None` after a problem (an
+    /// empty path, one without the other); `Some(None)` for neither.
+    fn fleet_identity(
+        &mut self,
+        cert: Option<&Str>,
+        key: Option<&Str>,
+    ) -> Option<Option<Identity>> {
+        match (cert, key) {
+            (None, None) => Some(None),
+            (Some(cert), None) => {
+                self.report(
+                    "fleet.key_file",
+                    "",
+                    Some(cert.span()),
+                    "required with fleet.cert_file: the PEM file of the client certificate's \
+                     private key",
+                );
+                None
+            }
+            (None, Some(key)) => {
+                self.report(
+                    "fleet.cert_file",
+                    "",
+                    Some(key.span()),
+                    "required with fleet.key_file: the PEM file of the client certificate \
+                     (and its chain)",
+                );
+                None
+            }
+            (Some(cert), Some(key)) => {
+                let cert_file = self.path("fleet.cert_file", Some(cert));
+                let key_file = self.path("fleet.key_file", Some(key));
+                Some(Some(Identity {
+                    cert_file: cert_file?,
+                    key_file: key_file?,
+                }))
+            }
+        }
+    }
 }
 
-/// An etcd endpoint as the client takes it, `http://HOST:PORT`, normalized (host lower-cased,
-/// no trailing `/`) so that duplicates are found; or why it cannot be one.
+/// `http` or `https`: the scheme of a normalized endpoint.
+fn scheme(endpoint: &str) -> &str {
+    endpoint.split_once("://").map_or("", |(scheme, _)| scheme)
+}
+
+/// An etcd endpoint as the client takes it, `http://HOST:PORT` or `https://HOST:PORT`,
+/// normalized (host lower-cased, no trailing `/`) so that duplicates are found; or why it cannot
+/// be one.
 pub(super) fn etcd_endpoint(text: &str) -> Result<String, String> {
-    const EXAMPLE: &str = "expected http://HOST:PORT, e.g. \"http://etcd-1:2379\"";
-    if text
-        .get(..8)
-        .is_some_and(|s| s.eq_ignore_ascii_case("https://"))
-    {
-        return Err(
-            "TLS to etcd comes with issue 20 (rustls); use http:// on a trusted network for now"
-                .to_string(),
-        );
-    }
-    if !text.starts_with("http://") {
+    const EXAMPLE: &str =
+        "expected http://HOST:PORT or https://HOST:PORT, e.g. \"https://etcd-1:2379\"";
+    if !text.starts_with("http://") && !text.starts_with("https://") {
         return Err(EXAMPLE.to_string());
     }
-    let url = HttpUrl::parse(text).map_err(|e| format!("{e}; {EXAMPLE}"))?;
+    let url = HttpUrl::parse_https(text).map_err(|e| format!("{e}; {EXAMPLE}"))?;
     if url.credentials().is_some() {
         return Err(
             "user info (user:password@) is not read here: set fleet.user and \
@@ -292,13 +427,13 @@ pub(super) fn etcd_endpoint(text: &str) -> Result<String, String> {
             "missing port (etcd's client port is usually 2379); {EXAMPLE}"
         ));
     }
-    Ok(format!("http://{}", url.authority()))
+    Ok(format!("{}://{}", url.scheme(), url.authority()))
 }
 
-/// Whether the authority of an `http://` URL as written ends with `:PORT` (the URL parser
-/// drops `:80`, so the written text is asked, not the parsed URL).
+/// Whether the authority of an `http[s]://` URL as written ends with `:PORT` (the URL parser
+/// drops `:80` and `:443`, so the written text is asked, not the parsed URL).
 fn has_explicit_port(text: &str) -> bool {
-    let rest = text.strip_prefix("http://").unwrap_or(text);
+    let rest = text.split_once("://").map_or(text, |(_, rest)| rest);
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
     let host_port = authority.rsplit('@').next().unwrap_or_default();
     host_port

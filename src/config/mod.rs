@@ -73,7 +73,8 @@ impl Default for AdminConfig {
 /// store (etcd). `Debug` hides the password.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FleetConfig {
-    /// etcd client URLs, `http://HOST:PORT` (normalized), at least one, each once; tried in turn.
+    /// etcd client URLs, `http://HOST:PORT` or `https://HOST:PORT` (normalized; all one scheme),
+    /// at least one, each once; tried in turn.
     /// (`store` is not kept: "etcd" is the only value it may have.)
     pub endpoints: Vec<String>,
     /// Every key warren writes starts with it; starts and ends with `/`.
@@ -92,6 +93,9 @@ pub struct FleetConfig {
     pub user: Option<String>,
     /// The content of `password_file`, trimmed, read at load.
     pub password: Option<Secret>,
+    /// With `https://` endpoints: `ca_file`, and `cert_file` and `key_file` if given, read and
+    /// checked at load (equal when the same files hold the same bytes).
+    pub tls: Option<crate::tls::ClientTls>,
 }
 
 /// PROXY protocol version sent to the backend.
@@ -605,7 +609,8 @@ fn names_of<T: Named>() -> String {
 
 impl Config {
     /// One-line summary for `warren check`, e.g. `"warren.toml: ok: 1 listener, 1 pool, 2
-    /// backends, 0 hooks"`, ending with `, fleet etcd (3 endpoints) as instance a` with `[fleet]`.
+    /// backends, 0 hooks"`, ending with `, fleet etcd (3 endpoints) as instance a` with `[fleet]`
+    /// (`(3 endpoints, TLS)`, or `, TLS with a client certificate)`, with https endpoints).
     pub fn summary(&self) -> String {
         let source = match &self.source {
             Some(path) => path.display().to_string(),
@@ -620,9 +625,14 @@ impl Config {
             count(self.hooks.len(), "hook"),
         );
         if let Some(fleet) = &self.fleet {
+            let tls = match &fleet.tls {
+                Some(tls) if tls.has_identity() => ", TLS with a client certificate",
+                Some(_) => ", TLS",
+                None => "",
+            };
             let _ = write!(
                 summary,
-                ", fleet {FLEET_STORE} ({}) as instance {}",
+                ", fleet {FLEET_STORE} ({}{tls}) as instance {}",
                 count(fleet.endpoints.len(), "endpoint"),
                 fleet.instance
             );

@@ -126,4 +126,7 @@ pub(super) struct RawFleet {
     pub(super) max_draining: Option<Spanned<usize>>,
     pub(super) user: Option<Str>,
     pub(super) password_file: Option<Str>,
+    pub(super) ca_file: Option<Str>,
+    pub(super) cert_file: Option<Str>,
+    pub(super) key_file: Option<Str>,
 }

@@ -148,6 +148,10 @@ impl Client {
                 "reading the answer: length limit exceeded".to_string(),
             )),
             Err(HttpError::Build { source, .. }) => Err(http(source.to_string())),
+            // `warren ctl` takes http:// admin URLs only; kept for completeness.
+            Err(HttpError::Tls { reason, .. }) => {
+                Err(http(format!("TLS handshake failed: {reason}")))
+            }
         }
     }
 }

@@ -251,7 +251,7 @@ mod tests {
     use super::*;
 
     fn store() -> FleetDrains {
-        let client = EtcdClient::new(&["http://127.0.0.1:1"], Duration::from_secs(1), None)
+        let client = EtcdClient::new(&["http://127.0.0.1:1"], Duration::from_secs(1), None, None)
             .expect("a client");
         FleetDrains::new(client, "/warren/", "a")
     }

@@ -7,7 +7,8 @@
 //! about drains.
 //!
 //! Each call is one request on a fresh connection through [`crate::http_client`] (fleet calls
-//! are rare: a drain, a lease renewal every few seconds); only the watch keeps a connection.
+//! are rare: a drain, a lease renewal every few seconds), TLS for `https://` endpoints; only the
+//! watch keeps a connection.
 //! A call that cannot connect to an endpoint tries the next one. One that may have reached etcd
 //! (a timeout waiting for the answer, a broken answer) is retried elsewhere only when repeating it
 //! changes nothing (a read, a keep-alive): a compare-and-swap repeated after it won would report
@@ -56,7 +57,7 @@ const CODE_UNAUTHENTICATED: i32 = 16;
 // ---------------------------------------------------------------------------------------------
 // Errors
 
-/// Why an etcd call failed. `endpoint` is `http://HOST:PORT`, `path` the gateway call.
+/// Why an etcd call failed. `endpoint` is `http[s]://HOST:PORT`, `path` the gateway call.
 #[derive(Debug, thiserror::Error)]
 pub enum EtcdError {
     /// An endpoint that cannot be used, at construction.
@@ -64,7 +65,7 @@ pub enum EtcdError {
     Endpoint { endpoint: String, reason: String },
     #[error("no etcd endpoint given")]
     NoEndpoints,
-    /// No connection: the request was not sent.
+    /// No connection (or no TLS session: a refused certificate): the request was not sent.
     #[error("etcd {endpoint} ({path}): cannot connect: {cause}")]
     Unreachable {
         endpoint: String,
@@ -166,6 +167,7 @@ impl EtcdError {
             HttpError::Resolve { .. }
             | HttpError::NoAddress { .. }
             | HttpError::Connect { .. }
+            | HttpError::Tls { .. }
             | HttpError::Handshake { .. } => EtcdError::Unreachable {
                 endpoint,
                 path,
@@ -238,32 +240,34 @@ enum Retry {
 #[derive(Debug)]
 struct Endpoint {
     url: HttpUrl,
-    /// `http://HOST:PORT`, as errors name it.
+    /// `http[s]://HOST:PORT`, as errors name it.
     name: String,
 }
 
 impl Endpoint {
-    fn parse(text: &str) -> Result<Endpoint, EtcdError> {
+    /// `https://` only with a TLS configuration (`tls`).
+    fn parse(text: &str, tls: bool) -> Result<Endpoint, EtcdError> {
         let refuse = |reason: &str| EtcdError::Endpoint {
             endpoint: crate::http_client::without_userinfo(text),
             reason: reason.to_string(),
         };
-        // TLS: issue 20 brings rustls; until then an https:// endpoint is refused here.
-        if text.starts_with("https://") {
+        if text.starts_with("https://") && !tls {
             return Err(refuse(
-                "https is not supported yet (warren has no TLS client); use http://HOST:PORT",
+                "https needs a TLS configuration (the CA that signed etcd's certificate)",
             ));
         }
-        let url = HttpUrl::parse(text).map_err(|e| refuse(&e.to_string()))?;
+        let url = HttpUrl::parse_https(text).map_err(|e| refuse(&e.to_string()))?;
         if url.credentials().is_some() {
             return Err(refuse(
                 "user:password@ is not read here; give the user and password on their own",
             ));
         }
         if url.path_and_query() != "/" {
-            return Err(refuse("must be http://HOST:PORT, without a path or query"));
+            return Err(refuse(
+                "must be http[s]://HOST:PORT, without a path or query",
+            ));
         }
-        let name = format!("http://{}", url.authority());
+        let name = format!("{}://{}", url.scheme(), url.authority());
         Ok(Endpoint { url, name })
     }
 }
@@ -293,6 +297,8 @@ struct Inner {
     /// Bounds each call on each endpoint (connect, request, answer).
     timeout: Duration,
     credentials: Option<Credentials>,
+    /// The roots (and client certificate) of `https://` endpoints.
+    tls: Option<Arc<rustls::ClientConfig>>,
     /// The etcd auth token once authenticated; `None` before, and after etcd refused it. The
     /// lock is held while authenticating, so concurrent calls authenticate once.
     token: tokio::sync::Mutex<Option<HeaderValue>>,
@@ -320,21 +326,24 @@ impl fmt::Debug for EtcdClient {
             .field("endpoints", &names)
             .field("timeout", &self.inner.timeout)
             .field("credentials", &self.inner.credentials)
+            .field("tls", &self.inner.tls.is_some())
             .finish()
     }
 }
 
 impl EtcdClient {
-    /// A client of the cluster at `endpoints` (`http://HOST:PORT` each), each call bounded by
-    /// `timeout` per endpoint, with etcd auth when `credentials` are given.
+    /// A client of the cluster at `endpoints` (`http://HOST:PORT` each, or `https://` with
+    /// `tls`: see [`crate::tls::ClientTls`]), each call bounded by `timeout` per endpoint
+    /// (the TLS handshake included), with etcd auth when `credentials` are given.
     pub fn new<S: AsRef<str>>(
         endpoints: &[S],
         timeout: Duration,
         credentials: Option<Credentials>,
+        tls: Option<Arc<rustls::ClientConfig>>,
     ) -> Result<EtcdClient, EtcdError> {
         let endpoints = endpoints
             .iter()
-            .map(|e| Endpoint::parse(e.as_ref()))
+            .map(|e| Endpoint::parse(e.as_ref(), tls.is_some()))
             .collect::<Result<Vec<_>, _>>()?;
         if endpoints.is_empty() {
             return Err(EtcdError::NoEndpoints);
@@ -344,6 +353,7 @@ impl EtcdClient {
                 endpoints,
                 timeout,
                 credentials,
+                tls,
                 token: tokio::sync::Mutex::new(None),
                 preferred: AtomicUsize::new(0),
             }),
@@ -513,6 +523,9 @@ impl EtcdClient {
         if let Some(token) = token {
             request = request.authorization(token.clone());
         }
+        if let Some(tls) = &self.inner.tls {
+            request = request.tls(tls.clone());
+        }
         let response = request
             .send_within(self.inner.timeout)
             .await
@@ -573,6 +586,7 @@ mod tests {
             &["http://127.0.0.1:2379", "http://etcd-2.example:2379/"],
             Duration::from_secs(1),
             None,
+            None,
         )
         .unwrap();
         let names: Vec<_> = ok.inner.endpoints.iter().map(|e| e.name.clone()).collect();
@@ -581,21 +595,58 @@ mod tests {
             ["http://127.0.0.1:2379", "http://etcd-2.example:2379"]
         );
         let refused = [
-            ("https://etcd:2379", "https is not supported yet"),
+            ("https://etcd:2379", "https needs a TLS configuration"),
             ("etcd:2379", "must be an http:// URL"),
             ("http://etcd:2379/v3", "without a path"),
+            ("https://etcd:2379/v3", "https needs"),
             ("http://u:secret@etcd:2379", "user:password@"),
         ];
         for (endpoint, reason) in refused {
-            let error = EtcdClient::new(&[endpoint], Duration::from_secs(1), None).unwrap_err();
+            let error =
+                EtcdClient::new(&[endpoint], Duration::from_secs(1), None, None).unwrap_err();
             let text = error.to_string();
             assert!(text.contains(reason), "{endpoint}: {text}");
             assert!(!text.contains("secret"), "{text}");
         }
         assert!(matches!(
-            EtcdClient::new::<&str>(&[], Duration::from_secs(1), None),
+            EtcdClient::new::<&str>(&[], Duration::from_secs(1), None, None),
             Err(EtcdError::NoEndpoints)
         ));
+    }
+
+    #[test]
+    fn https_endpoints_need_a_tls_configuration() {
+        let config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let ok = EtcdClient::new(
+            &["https://127.0.0.1:2379", "https://ETCD-2:2379/"],
+            Duration::from_secs(1),
+            None,
+            Some(Arc::new(config)),
+        )
+        .unwrap();
+        let names: Vec<_> = ok.inner.endpoints.iter().map(|e| e.name.clone()).collect();
+        assert_eq!(names, ["https://127.0.0.1:2379", "https://etcd-2:2379"]);
+        assert!(ok.inner.endpoints.iter().all(|e| e.url.is_https()));
+    }
+
+    /// A TLS handshake that failed never carried the request: any call may move on.
+    #[test]
+    fn a_failed_tls_handshake_is_unreachable() {
+        let error = EtcdError::from_http(
+            "https://e:1",
+            TXN,
+            HttpError::Tls {
+                host: "e:1".into(),
+                reason: "invalid peer certificate: UnknownIssuer".into(),
+            },
+        );
+        assert!(matches!(error, EtcdError::Unreachable { .. }), "{error:?}");
+        assert!(error.may_try_next(Retry::NotSent));
+        assert!(error.to_string().contains("UnknownIssuer"), "{error}");
     }
 
     #[test]

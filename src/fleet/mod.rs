@@ -18,7 +18,7 @@ pub mod etcd;
 pub mod instances;
 pub mod view;
 
-/// The etcd client `[fleet]` describes (its endpoints, timeout and credentials).
+/// The etcd client `[fleet]` describes (its endpoints, timeout, credentials and TLS).
 pub fn client(fleet: &crate::config::FleetConfig) -> Result<etcd::EtcdClient, etcd::EtcdError> {
     let credentials = match (&fleet.user, &fleet.password) {
         (Some(user), Some(password)) => Some(crate::http_client::Credentials {
@@ -27,5 +27,6 @@ pub fn client(fleet: &crate::config::FleetConfig) -> Result<etcd::EtcdClient, et
         }),
         _ => None,
     };
-    etcd::EtcdClient::new(&fleet.endpoints, fleet.timeout, credentials)
+    let tls = fleet.tls.as_ref().map(crate::tls::ClientTls::config);
+    etcd::EtcdClient::new(&fleet.endpoints, fleet.timeout, credentials, tls)
 }

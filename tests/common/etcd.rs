@@ -1,7 +1,9 @@
 //! A real single-member etcd (Debian's `etcd-server`, `/usr/bin/etcd`) on 127.0.0.1 with free
 //! ports and its data under a temp dir, for the fleet tests: started, waited for until
 //! `/health` answers, stopped and started again on the same data and ports, frozen and thawed
-//! (SIGSTOP, SIGCONT), killed on drop.
+//! (SIGSTOP, SIGCONT), killed on drop. [`Etcd::start_tls`] starts one whose client endpoint is
+//! `https://` with the server certificate of a [`Certs`] and client certificates required
+//! (`--client-cert-auth`), plus a plain `http://` endpoint for the test's own calls.
 //! [`Etcd::start`] prints a SKIP line and returns `None` when etcd is not installed. Also a raw
 //! call to etcd's JSON gateway ([`gateway`]) for what the client under test must not be
 //! trusted to do itself (enabling auth, compacting).
@@ -12,15 +14,22 @@ use std::time::Duration;
 
 use warren::http_client::{BodyRead, HttpUrl, Request};
 
+use super::certs::Certs;
 use super::{free_port, TempDir};
 
 pub const ETCD_BIN: &str = "/usr/bin/etcd";
 
 /// A running (or stopped) etcd.
 pub struct Etcd {
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT`, or `https://` for [`Etcd::start_tls`].
     pub endpoint: String,
+    /// `http://127.0.0.1:PORT` of the same etcd, without TLS: [`Etcd::endpoint`] unless TLS.
+    pub plain_endpoint: String,
     client_port: u16,
+    /// With TLS: the port of [`Etcd::plain_endpoint`].
+    plain_port: Option<u16>,
+    /// With TLS: the CA, the server certificate and its key.
+    tls: Option<[PathBuf; 3]>,
     peer_port: u16,
     /// Holds the data dir (`data/`) and the log (`etcd.log`); removed on drop.
     dir: TempDir,
@@ -32,14 +41,34 @@ impl Etcd {
     /// Start an etcd named after the test (`name` keeps temp dirs apart); `None` when etcd is
     /// not installed (with a SKIP line naming `test`).
     pub async fn start(test: &str) -> Option<Etcd> {
+        Etcd::start_with(test, None).await
+    }
+
+    /// [`Etcd::start`] with TLS on its client endpoint, `https://127.0.0.1:PORT` (`certs`'s
+    /// server certificate), and client certificates signed by `certs`'s CA required.
+    pub async fn start_tls(test: &str, certs: &Certs) -> Option<Etcd> {
+        let files = [
+            certs.ca.clone(),
+            certs.server_cert.clone(),
+            certs.server_key.clone(),
+        ];
+        Etcd::start_with(test, Some(files)).await
+    }
+
+    async fn start_with(test: &str, tls: Option<[PathBuf; 3]>) -> Option<Etcd> {
         if !std::path::Path::new(ETCD_BIN).exists() {
             eprintln!("SKIP {test}: {ETCD_BIN} is missing (apt-get install etcd-server)");
             return None;
         }
         let client_port = free_port();
+        let plain_port = tls.is_some().then(free_port);
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let mut etcd = Etcd {
-            endpoint: format!("http://127.0.0.1:{client_port}"),
+            endpoint: format!("{scheme}://127.0.0.1:{client_port}"),
+            plain_endpoint: format!("http://127.0.0.1:{}", plain_port.unwrap_or(client_port)),
             client_port,
+            plain_port,
+            tls,
             peer_port: free_port(),
             dir: TempDir::new(&format!("etcd-{test}")),
             child: None,
@@ -60,12 +89,24 @@ impl Etcd {
             .append(true)
             .open(self.log())
             .unwrap();
-        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let client = &self.endpoint;
+        let listen = match self.plain_port {
+            Some(port) => format!("{client},http://127.0.0.1:{port}"),
+            None => client.clone(),
+        };
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let child = Command::new(ETCD_BIN)
+        let mut command = Command::new(ETCD_BIN);
+        if let Some([ca, cert, key]) = &self.tls {
+            command
+                .arg(format!("--trusted-ca-file={}", ca.display()))
+                .arg(format!("--cert-file={}", cert.display()))
+                .arg(format!("--key-file={}", key.display()))
+                .arg("--client-cert-auth");
+        }
+        let child = command
             .arg("--name=default")
             .arg(format!("--data-dir={}", self.dir.0.join("data").display()))
-            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--listen-client-urls={listen}"))
             .arg(format!("--advertise-client-urls={client}"))
             .arg(format!("--listen-peer-urls={peer}"))
             .arg(format!("--initial-advertise-peer-urls={peer}"))
@@ -109,7 +150,7 @@ impl Etcd {
 
     async fn wait_healthy(&mut self, within: Duration) {
         let deadline = tokio::time::Instant::now() + within;
-        let url = HttpUrl::parse(&format!("{}/health", self.endpoint)).unwrap();
+        let url = HttpUrl::parse(&format!("{}/health", self.plain_endpoint)).unwrap();
         loop {
             let answer = Request::new(hyper::Method::GET, &url)
                 .read(BodyRead::Whole(4096))

@@ -1,7 +1,8 @@
 //! Helpers for integration tests: in-process warren servers, in-process backends on port 0,
 //! waiting on conditions with deadlines, reading `/metrics` ([`metrics`]), hook scripts
 //! ([`hook_scripts`]), a fake management API ([`fake_api`]), a real systemd booted in
-//! namespaces ([`systemd_box`]), and a real etcd ([`etcd`]).
+//! namespaces ([`systemd_box`]), a real etcd ([`etcd`]), and test certificates made by openssl
+//! ([`certs`]).
 #![allow(dead_code)]
 
 use std::future::Future;
@@ -19,6 +20,7 @@ use warren::metrics::Metrics;
 use warren::state::Routing;
 use warren::{Options, Server};
 
+pub mod certs;
 pub mod etcd;
 mod fake_api;
 mod hook_scripts;

@@ -56,6 +56,7 @@ fn defaults_fill_every_omitted_fleet_key() {
             max_draining: 1,
             user: None,
             password: None,
+            tls: None,
         }
     );
     assert_eq!(
@@ -111,6 +112,7 @@ password_file = "{}"
             max_draining: 2,
             user: Some("warren".to_string()),
             password: Some(Secret("s3cret-etcd".to_string())),
+            tls: None,
         })
     );
     assert!(
@@ -183,10 +185,10 @@ fn each_fleet_problem_names_key_value_and_line() {
         ),
         (
             endpoints("[\"https://etcd-1:2379\"]"),
-            "fleet.endpoints[0]",
-            "\"https://etcd-1:2379\"".into(),
-            "endpoints = ",
-            "TLS to etcd comes with issue 20 (rustls); use http:// on a trusted network for now",
+            "fleet.ca_file",
+            String::new(),
+            "[fleet]",
+            "required with https:// endpoints",
         ),
         (
             endpoints("[\"http://etcd-1:2379/v3\"]"),
@@ -410,7 +412,7 @@ fn an_unknown_fleet_key_is_a_parse_error_naming_it() {
 #[test]
 fn every_fleet_problem_is_reported_at_once() {
     let text = with_fleet(
-        "[fleet]\nstore = \"zookeeper\"\nendpoints = [\"https://a:2379\", \"http://b\"]\nprefix = \"x\"\nmax_draining = 0\n",
+        "[fleet]\nstore = \"zookeeper\"\nendpoints = [\"ftp://a:2379\", \"http://b\"]\nprefix = \"x\"\nmax_draining = 0\n",
     );
     let keys: Vec<String> = problems_of(&text).into_iter().map(|p| p.key).collect();
     assert_eq!(
@@ -433,6 +435,8 @@ fn etcd_endpoints_are_normalized_so_duplicates_show() {
         ("http://ETCD-1:2379", "http://etcd-1:2379"),
         ("http://127.0.0.1:2379", "http://127.0.0.1:2379"),
         ("http://[::1]:2379", "http://[::1]:2379"),
+        ("https://ETCD-1:2379/", "https://etcd-1:2379"),
+        ("https://127.0.0.1:2379", "https://127.0.0.1:2379"),
     ] {
         assert_eq!(
             crate::config::fleet::etcd_endpoint(written).as_deref(),
@@ -447,10 +451,243 @@ fn etcd_endpoints_are_normalized_so_duplicates_show() {
         "HTTPS://etcd:2379",
         "http://etcd:0",
         "http://etcd:99999",
+        "https://etcd",
+        "https://u:p@etcd:2379",
     ] {
         assert!(
             crate::config::fleet::etcd_endpoint(refused).is_err(),
             "{refused}"
         );
+    }
+}
+
+/// Test certificates in src/config/tests/tls/, made once with openssl (valid for a century; a
+/// config load never checks dates): `ca.pem`, `client.pem` and its PKCS#8 EC key `client.key`,
+/// and `client-rsa.pem` with its PKCS#1 RSA key `client-rsa.key`, both signed by the CA.
+fn tls_fixture(name: &str) -> String {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/src/config/tests/tls/").to_string() + name
+}
+
+/// `[fleet]` on `endpoints` (a TOML list) with `extra` lines.
+fn tls_fleet(endpoints: &str, extra: &str) -> String {
+    with_fleet(&format!(
+        "[fleet]\nstore = \"etcd\"\nendpoints = {endpoints}\ninstance = \"x\"\n{extra}\n"
+    ))
+}
+
+#[test]
+fn tls_keys_are_read_with_https_endpoints() {
+    let ca = tls_fixture("ca.pem");
+    let mutual = |cert: &str, key: &str| {
+        tls_fleet(
+            "[\"https://etcd-1:2379\", \"https://10.0.0.2:2379/\"]",
+            &format!(
+                "ca_file = \"{ca}\"\ncert_file = \"{}\"\nkey_file = \"{}\"",
+                tls_fixture(cert),
+                tls_fixture(key)
+            ),
+        )
+    };
+    let config = parse(&mutual("client.pem", "client.key")).unwrap();
+    let fleet = config.fleet.as_ref().unwrap();
+    assert_eq!(
+        fleet.endpoints,
+        ["https://etcd-1:2379", "https://10.0.0.2:2379"]
+    );
+    assert!(fleet.tls.as_ref().is_some_and(|t| t.has_identity()));
+    assert!(
+        config
+            .summary()
+            .ends_with(", fleet etcd (2 endpoints, TLS with a client certificate) as instance x"),
+        "{}",
+        config.summary()
+    );
+    // Debug names the files, never their content.
+    let debug = format!("{fleet:?}");
+    assert!(
+        debug.contains("client.key") && !debug.contains("PRIVATE KEY"),
+        "{debug}"
+    );
+    // PKCS#1 RSA.
+    let rsa = parse(&mutual("client-rsa.pem", "client-rsa.key")).unwrap();
+    assert!(rsa.fleet.unwrap().tls.is_some());
+    // Without a client certificate.
+    let config = parse(&tls_fleet(
+        "[\"https://etcd-1:2379\"]",
+        &format!("ca_file = \"{ca}\""),
+    ))
+    .unwrap();
+    assert!(config
+        .summary()
+        .ends_with(", fleet etcd (1 endpoint, TLS) as instance x"));
+    assert!(!config.fleet.unwrap().tls.unwrap().has_identity());
+}
+
+/// A reload compares `[fleet]` old and new: the same files with the same content are equal; a
+/// file whose content changed is a change.
+#[test]
+fn tls_material_compares_by_path_and_content() {
+    let ca = TempFile::new(
+        "compare-ca.pem",
+        &std::fs::read_to_string(tls_fixture("ca.pem")).unwrap(),
+    );
+    let text = tls_fleet(
+        "[\"https://etcd-1:2379\"]",
+        &format!("ca_file = \"{}\"", ca.0.display()),
+    );
+    let first = parse(&text).unwrap().fleet;
+    assert_eq!(first, parse(&text).unwrap().fleet);
+    let mut bundle = std::fs::read_to_string(tls_fixture("ca.pem")).unwrap();
+    bundle += &std::fs::read_to_string(tls_fixture("client.pem")).unwrap();
+    std::fs::write(&ca.0, bundle).unwrap();
+    assert_ne!(first, parse(&text).unwrap().fleet);
+}
+
+#[test]
+fn each_fleet_tls_problem_names_key_value_and_line() {
+    let not_pem = TempFile::new("not-pem.pem", "hello\n");
+    let broken = TempFile::new(
+        "broken.pem",
+        "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+    );
+    let ca = tls_fixture("ca.pem");
+    let https = "[\"https://etcd-1:2379\"]";
+    let http = "[\"http://etcd-1:2379\"]";
+    let shown = |path: &str| format!("{path:?}");
+    let with_ca = |extra: &str| tls_fleet(https, &format!("ca_file = \"{ca}\"\n{extra}"));
+    let identity = |cert: &str, key: &str| {
+        with_ca(&format!(
+            "cert_file = \"{}\"\nkey_file = \"{}\"",
+            tls_fixture(cert),
+            tls_fixture(key)
+        ))
+    };
+    let not_pem_path = not_pem.0.display().to_string();
+    let broken_path = broken.0.display().to_string();
+    // (text, key, value as displayed, the text on the problem's line, fragment of the message)
+    let cases: Vec<(String, &str, String, &str, &str)> = vec![
+        (
+            tls_fleet(https, ""),
+            "fleet.ca_file",
+            String::new(),
+            "[fleet]",
+            "required with https:// endpoints: the PEM file of the CA",
+        ),
+        (
+            tls_fleet(
+                "[\"https://etcd-1:2379\",\n  \"http://etcd-2:2379\"]",
+                &format!("ca_file = \"{ca}\""),
+            ),
+            "fleet.endpoints[1]",
+            "\"http://etcd-2:2379\"".into(),
+            "\"http://etcd-2",
+            "is http:// while the first endpoint is https://: all endpoints use one scheme",
+        ),
+        (
+            tls_fleet(http, &format!("ca_file = \"{ca}\"")),
+            "fleet.ca_file",
+            shown(&ca),
+            "ca_file = ",
+            "only read with https:// endpoints",
+        ),
+        (
+            tls_fleet(
+                http,
+                &format!("cert_file = \"{}\"", tls_fixture("client.pem")),
+            ),
+            "fleet.cert_file",
+            shown(&tls_fixture("client.pem")),
+            "cert_file = ",
+            "only read with https:// endpoints",
+        ),
+        (
+            with_ca(&format!("cert_file = \"{}\"", tls_fixture("client.pem"))),
+            "fleet.key_file",
+            String::new(),
+            "cert_file = ",
+            "required with fleet.cert_file",
+        ),
+        (
+            with_ca(&format!("key_file = \"{}\"", tls_fixture("client.key"))),
+            "fleet.cert_file",
+            String::new(),
+            "key_file = ",
+            "required with fleet.key_file",
+        ),
+        (
+            tls_fleet(https, "ca_file = \"\""),
+            "fleet.ca_file",
+            "\"\"".into(),
+            "ca_file = ",
+            "path is empty",
+        ),
+        (
+            tls_fleet(https, &format!("ca_file = \"{not_pem_path}\"")),
+            "fleet.ca_file",
+            shown(&not_pem_path),
+            "ca_file = ",
+            "no certificate in it",
+        ),
+        (
+            tls_fleet(https, &format!("ca_file = \"{broken_path}\"")),
+            "fleet.ca_file",
+            shown(&broken_path),
+            "ca_file = ",
+            "not valid PEM",
+        ),
+        (
+            tls_fleet(https, "ca_file = \"/nonexistent/ca.pem\""),
+            "fleet.ca_file",
+            "\"/nonexistent/ca.pem\"".into(),
+            "ca_file = ",
+            "cannot read: ",
+        ),
+        (
+            tls_fleet(https, "ca_file = \"/tmp\""),
+            "fleet.ca_file",
+            "\"/tmp\"".into(),
+            "ca_file = ",
+            "is not a regular file",
+        ),
+        (
+            identity("client.key", "client.key"),
+            "fleet.cert_file",
+            shown(&tls_fixture("client.key")),
+            "cert_file = ",
+            "no certificate in it",
+        ),
+        (
+            identity("client.pem", "client.pem"),
+            "fleet.key_file",
+            shown(&tls_fixture("client.pem")),
+            "key_file = ",
+            "no private key in it",
+        ),
+        (
+            identity("client.pem", "client-rsa.key"),
+            "fleet.key_file",
+            shown(&tls_fixture("client-rsa.key")),
+            "key_file = ",
+            "is not the key of the certificate in fleet.cert_file",
+        ),
+    ];
+    for (text, key, value, on_line, fragment) in &cases {
+        let problems = problems_of(text);
+        assert_eq!(
+            problems.len(),
+            1,
+            "{key}: expected one problem, got {problems:#?}"
+        );
+        let p = &problems[0];
+        assert_eq!((p.key.as_str(), &p.value), (*key, value), "{p:#?}");
+        assert!(
+            p.message.contains(fragment),
+            "{key}: {:?} lacks {fragment:?}",
+            p.message
+        );
+        let fleet_at = text.find("[fleet]").unwrap();
+        let at = fleet_at + text[fleet_at..].find(on_line).unwrap();
+        let line = text[..at].matches('\n').count() + 1;
+        assert_eq!(p.line, Some(line), "{key}: {p:#?}\n{text}");
     }
 }

@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 
 use super::wire::{self, WatchFrame, WatchParser};
 use super::{Endpoint, EtcdClient, EtcdError, Event, WATCH};
-use crate::http_client::WARREN_USER_AGENT;
+use crate::http_client::{HttpStream, WARREN_USER_AGENT};
 
 /// The pause before reconnecting, doubled on each failure up to [`RETRY_MAX`]; a watch that was
 /// set up starts again from the first.
@@ -176,7 +176,11 @@ async fn stream(client: &EtcdClient, prefix: &[u8], cursor: &mut Cursor, tx: &Ch
         let response =
             match tokio::time::timeout(client.inner.timeout, sender.send_request(request)).await {
                 Ok(Ok(response)) => response,
-                Ok(Err(e)) => return broken(transport(name, format!("HTTP exchange failed: {e}"))),
+                // The server refused the TLS session after the client's side of the handshake.
+                Ok(Err(e)) => match crate::tls::rustls_reason(&e) {
+                    Some(reason) => return broken(unreachable(format!("TLS: {reason}"))),
+                    None => return broken(transport(name, format!("HTTP exchange failed: {e}"))),
+                },
                 Err(_) => {
                     return broken(EtcdError::Timeout {
                         endpoint: name.to_string(),
@@ -308,7 +312,7 @@ async fn read(mut body: Incoming, endpoint: &str, cursor: &mut Cursor, tx: &Chan
 }
 
 /// A connection to the first endpoint that accepts, from the preferred one.
-async fn connect_any(client: &EtcdClient) -> Result<(&Endpoint, TcpStream), EtcdError> {
+async fn connect_any(client: &EtcdClient) -> Result<(&Endpoint, HttpStream), EtcdError> {
     let endpoints = &client.inner.endpoints;
     let first = client
         .inner
@@ -317,12 +321,10 @@ async fn connect_any(client: &EtcdClient) -> Result<(&Endpoint, TcpStream), Etcd
     let mut errors = Vec::new();
     for index in (0..endpoints.len()).map(|i| (first + i) % endpoints.len()) {
         let endpoint = &endpoints[index];
-        let cause = match tokio::time::timeout(client.inner.timeout, connect(endpoint)).await {
-            Ok(Ok(stream)) => {
-                keep_alive(&stream);
-                return Ok((endpoint, stream));
-            }
-            Ok(Err(e)) => e.to_string(),
+        let connected = connect(endpoint, client.inner.tls.as_ref());
+        let cause = match tokio::time::timeout(client.inner.timeout, connected).await {
+            Ok(Ok(stream)) => return Ok((endpoint, stream)),
+            Ok(Err(cause)) => cause,
             Err(_) => format!(
                 "no connection within {}",
                 humantime::format_duration(client.inner.timeout)
@@ -343,7 +345,19 @@ async fn connect_any(client: &EtcdClient) -> Result<(&Endpoint, TcpStream), Etcd
     })
 }
 
-async fn connect(endpoint: &Endpoint) -> std::io::Result<TcpStream> {
+/// A connection to `endpoint` (TLS for `https://`, with `tls`), or why not.
+async fn connect(
+    endpoint: &Endpoint,
+    tls: Option<&std::sync::Arc<rustls::ClientConfig>>,
+) -> Result<HttpStream, String> {
+    let stream = connect_tcp(endpoint).await.map_err(|e| e.to_string())?;
+    keep_alive(&stream);
+    crate::http_client::secure(stream, &endpoint.url, tls)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn connect_tcp(endpoint: &Endpoint) -> std::io::Result<TcpStream> {
     let url = &endpoint.url;
     let mut last_error = None;
     for addr in tokio::net::lookup_host((url.host(), url.port())).await? {

@@ -682,10 +682,11 @@ impl<'a> Request<'a> {
     }
 }
 
-/// A failed exchange: [`HttpError::Tls`] when rustls says why (the server refused the
-/// handshake with an alert), else [`HttpError::Exchange`].
+/// A failed exchange: [`HttpError::Tls`] when the server refused this client's certificate
+/// (the request was not read, so another endpoint may take it), else [`HttpError::Exchange`]
+/// (any other TLS error after the handshake may come after the server acted on the request).
 fn exchange_error(host: String, source: hyper::Error) -> HttpError {
-    match crate::tls::rustls_reason(&source) {
+    match crate::tls::certificate_refused(&source) {
         Some(reason) => HttpError::Tls { host, reason },
         None => HttpError::Exchange { host, source },
     }

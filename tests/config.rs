@@ -135,7 +135,7 @@ fn example_config_fleet_keys_load_when_uncommented() {
     for line in [
         "[fleet]",
         "store = \"etcd\"",
-        "endpoints = [\"http://etcd-1:2379\", \"http://etcd-2:2379\", \"http://etcd-3:2379\"]",
+        "endpoints = [\"https://etcd-1:2379\", \"https://etcd-2:2379\", \"https://etcd-3:2379\"]",
         "prefix = \"/warren/\"",
         "instance = \"warren-a\"",
         "timeout = \"2s\"",
@@ -150,7 +150,19 @@ fn example_config_fleet_keys_load_when_uncommented() {
     let commented = "\n# password_file = \"/etc/warren/etcd-password\"\n";
     assert!(text.contains(commented));
     let real = format!("\npassword_file = \"{}\"\n", password.0.display());
-    let text = text.replacen(commented, &real, 1);
+    let mut text = text.replacen(commented, &real, 1);
+    // The TLS files, there, replaced by the test's (a CA and a client certificate it signed).
+    let pem = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/config/tests/tls");
+    for (key, file, real) in [
+        ("ca_file", "etcd-ca.pem", "ca.pem"),
+        ("cert_file", "etcd-client.pem", "client.pem"),
+        ("key_file", "etcd-client.key", "client.key"),
+    ] {
+        let commented = format!("\n# {key} = \"/etc/warren/{file}\"\n");
+        assert!(text.contains(&commented), "{commented}");
+        let real = format!("\n{key} = \"{}\"\n", pem.join(real).display());
+        text = text.replacen(&commented, &real, 1);
+    }
     let config = config::from_toml(&text, &path).unwrap_or_else(|e| panic!("{e}"));
     let fleet = config.fleet.expect("[fleet]");
     assert_eq!(fleet.endpoints.len(), 3);
@@ -168,6 +180,10 @@ fn example_config_fleet_keys_load_when_uncommented() {
     );
     assert_eq!(fleet.user.as_deref(), Some("warren"));
     assert_eq!(fleet.password, Some(config::Secret("s3cret".to_string())));
+    assert!(
+        fleet.tls.is_some(),
+        "https:// with ca_file, cert_file and key_file"
+    );
 }
 
 #[test]

@@ -24,9 +24,18 @@ impl Validator<'_> {
             DEFAULT_ON_DOWN,
         );
         let probe_url = raw.health.as_ref().and_then(|h| h.url.clone());
+        let tls_written = raw.tls.is_some();
+        let tls = raw.tls.and_then(|t| self.pool_tls(&key, t));
+        if !tls_written {
+            let uses = tls_uses(raw.health.as_ref());
+            self.needs_pool_tls(&key, uses);
+        }
         let health = raw.health.map(|h| self.health(&format!("{key}.health"), h));
-        let management = raw.management.map(|m| self.pool_management(&key, m));
+        let management = raw
+            .management
+            .map(|m| self.pool_management(&key, m, tls_written));
         let own: Vec<bool> = raw.backend.iter().map(|b| b.management.is_some()).collect();
+        let addrs: Vec<Str> = raw.backend.iter().map(|b| b.addr.clone()).collect();
         let mut names: HashMap<String, usize> = HashMap::new();
         let mut backends = Vec::with_capacity(raw.backend.len());
         for (i, raw) in raw.backend.into_iter().enumerate() {
@@ -44,7 +53,10 @@ impl Validator<'_> {
                     names.insert(name.clone(), i);
                 }
             }
-            backends.push(self.backend(&backend_key, raw, management.as_ref()));
+            backends.push(self.backend(&backend_key, raw, management.as_ref(), tls_written));
+        }
+        if let Some(tls) = &tls {
+            self.backends_tls(&key, tls, &mut backends, &addrs);
         }
         let probe = health.as_ref().map(|h| &h.probe).zip(probe_url.as_ref());
         self.pool_endpoints(&key, management.as_ref(), &own, probe, &backends);
@@ -429,6 +441,7 @@ impl Validator<'_> {
         key: &str,
         raw: RawBackend,
         management: Option<&PoolManagement>,
+        tls: bool,
     ) -> BackendConfig {
         let addr_key = format!("{key}.addr");
         let resolved = self.backend_addr(&addr_key, &raw.addr);
@@ -438,6 +451,7 @@ impl Validator<'_> {
             resolved.as_ref().map(|(host, _, _)| host.as_str()),
             raw.name.get_ref(),
             management,
+            tls,
         );
         let (host, port, addr) = match resolved {
             Some(resolved) => resolved,
@@ -464,6 +478,8 @@ impl Validator<'_> {
                 &format!("{key}.tags"),
                 raw.tags.as_deref().unwrap_or_default(),
             ),
+            // Set for the whole pool once its backends are known (`backends_tls`).
+            tls: None,
         }
     }
 
@@ -478,5 +494,18 @@ impl Validator<'_> {
         tags.sort_unstable();
         tags.dedup();
         tags
+    }
+}
+
+/// What the health section of a pool without `[pool.NAME.tls]` would need it for.
+fn tls_uses(health: Option<&RawHealth>) -> TlsUses<'_> {
+    let kind = health.map(|h| h.kind.get_ref().as_str());
+    TlsUses {
+        probe_url: health
+            .and_then(|h| h.url.as_ref())
+            .filter(|url| kind == Some("http") && url.get_ref().starts_with("https://")),
+        login_uri: health
+            .and_then(|h| h.uri.as_ref())
+            .filter(|uri| kind == Some("amqp_login") && uri.get_ref().starts_with("amqps://")),
     }
 }

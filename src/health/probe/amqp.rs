@@ -123,6 +123,8 @@ pub(super) async fn amqp(target: &ProbeTarget, stage: &mut Stage) -> ProbeOutcom
             let mut outcome = start_exchange(stream, stage).await;
             if outcome.up {
                 outcome.reason = format!("{}, over {version}", outcome.reason);
+            } else {
+                tls_hint(&mut outcome, tls);
             }
             outcome
         }

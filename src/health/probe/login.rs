@@ -79,17 +79,25 @@ pub(super) async fn amqp_login(
         Err(e) => {
             let refused = matches!(e.kind(), lapin::ErrorKind::IOError(io)
                 if io.kind() == std::io::ErrorKind::ConnectionRefused);
-            return ProbeOutcome {
+            let mut outcome = ProbeOutcome {
                 refused,
                 ..ProbeOutcome::down(redact(&login_error(&e)))
             };
+            if let Some(tls) = &target.tls {
+                tls_hint(&mut outcome, tls);
+            }
+            return outcome;
         }
     };
     let mut outcome = open_channel_and_close(&connection, stage, redact).await;
     drop(socket_handle);
     drop(backend_socket);
-    if outcome.up && target.tls.is_some() {
-        outcome.reason = format!("{}, over TLS", outcome.reason);
+    if let Some(tls) = &target.tls {
+        if outcome.up {
+            outcome.reason = format!("{}, over TLS", outcome.reason);
+        } else {
+            tls_hint(&mut outcome, tls);
+        }
     }
     outcome
 }

@@ -253,3 +253,15 @@ fn tls_version<S>(stream: &TlsStream<S>) -> String {
         None => "TLS".into(),
     }
 }
+
+/// A node that requires a client certificate accepts a TLS 1.3 handshake without one and only
+/// then resets the connection: say so on a probe without one that failed after the handshake.
+fn tls_hint(outcome: &mut ProbeOutcome, tls: &BackendTls) {
+    if !tls.client.has_identity() && !outcome.reason.starts_with("TLS handshake") {
+        outcome.reason = format!(
+            "{} (after the TLS handshake: does the node require a client certificate? \
+             [pool.NAME.tls] cert and key)",
+            outcome.reason
+        );
+    }
+}

@@ -324,8 +324,8 @@ mod tests;
 
 pub use fleet::host_name;
 use management::*;
+use pool_tls::needs_tls_message;
 pub use pool_tls::BackendTls;
-use pool_tls::{needs_tls_message, TlsUses};
 use raw::*;
 use text::*;
 use validate::*;

@@ -37,17 +37,33 @@ pub(super) struct PoolTls {
 }
 
 /// What in a pool needs `[pool.NAME.tls]`, for [`Validator::needs_pool_tls`].
-pub(super) struct TlsUses<'a> {
+struct TlsUses<'a> {
     /// The health section's `url` when it is `https://`.
-    pub(super) probe_url: Option<&'a Str>,
+    probe_url: Option<&'a Str>,
     /// The health section's `uri` when it is `amqps://`.
-    pub(super) login_uri: Option<&'a Str>,
+    login_uri: Option<&'a Str>,
 }
 
 impl Validator<'_> {
+    /// `[pool.NAME.tls]` if written; else what in the health section would need it.
+    pub(super) fn pool_tls_section(
+        &mut self,
+        key: &str,
+        raw: Option<Spanned<RawPoolTls>>,
+        health: Option<&RawHealth>,
+    ) -> Option<PoolTls> {
+        match raw {
+            Some(raw) => self.pool_tls(key, raw),
+            None => {
+                self.needs_pool_tls(key, tls_uses(health));
+                None
+            }
+        }
+    }
+
     /// `[pool.NAME.tls]` (`key` is `pool.NAME`): `ca` required, `cert` and `key` both or
     /// neither, every file read and checked now. `None` when absent or after a problem.
-    pub(super) fn pool_tls(&mut self, key: &str, raw: Spanned<RawPoolTls>) -> Option<PoolTls> {
+    fn pool_tls(&mut self, key: &str, raw: Spanned<RawPoolTls>) -> Option<PoolTls> {
         let section = raw.span();
         let raw = raw.into_inner();
         let server_name = raw.server_name.as_ref().and_then(|name| {
@@ -186,7 +202,7 @@ impl Validator<'_> {
 
     /// In a pool without `[pool.NAME.tls]` (`key` is `pool.NAME`), what would need it: an
     /// `https://` probe URL, an `amqps://` login URI (management URLs: `management_url`).
-    pub(super) fn needs_pool_tls(&mut self, key: &str, uses: TlsUses<'_>) {
+    fn needs_pool_tls(&mut self, key: &str, uses: TlsUses<'_>) {
         if let Some(url) = uses.probe_url {
             let shown = quote(&without_userinfo(url.get_ref()));
             let message = format!("is https://, which {}", needs_tls_message(key));
@@ -215,4 +231,17 @@ pub(super) fn needs_tls_message(pool_key: &str) -> String {
         "needs [{pool_key}.tls] with the PEM file of the CA that signs the nodes' certificates \
          (ca = \"/etc/warren/rabbitmq-ca.pem\")"
     )
+}
+
+/// What the health section of a pool without `[pool.NAME.tls]` would need it for.
+fn tls_uses(health: Option<&RawHealth>) -> TlsUses<'_> {
+    let kind = health.map(|h| h.kind.get_ref().as_str());
+    TlsUses {
+        probe_url: health
+            .and_then(|h| h.url.as_ref())
+            .filter(|url| kind == Some("http") && url.get_ref().starts_with("https://")),
+        login_uri: health
+            .and_then(|h| h.uri.as_ref())
+            .filter(|uri| kind == Some("amqp_login") && uri.get_ref().starts_with("amqps://")),
+    }
 }

@@ -25,11 +25,7 @@ impl Validator<'_> {
         );
         let probe_url = raw.health.as_ref().and_then(|h| h.url.clone());
         let tls_written = raw.tls.is_some();
-        let tls = raw.tls.and_then(|t| self.pool_tls(&key, t));
-        if !tls_written {
-            let uses = tls_uses(raw.health.as_ref());
-            self.needs_pool_tls(&key, uses);
-        }
+        let tls = self.pool_tls_section(&key, raw.tls, raw.health.as_ref());
         let health = raw.health.map(|h| self.health(&format!("{key}.health"), h));
         let management = raw
             .management
@@ -494,18 +490,5 @@ impl Validator<'_> {
         tags.sort_unstable();
         tags.dedup();
         tags
-    }
-}
-
-/// What the health section of a pool without `[pool.NAME.tls]` would need it for.
-fn tls_uses(health: Option<&RawHealth>) -> TlsUses<'_> {
-    let kind = health.map(|h| h.kind.get_ref().as_str());
-    TlsUses {
-        probe_url: health
-            .and_then(|h| h.url.as_ref())
-            .filter(|url| kind == Some("http") && url.get_ref().starts_with("https://")),
-        login_uri: health
-            .and_then(|h| h.uri.as_ref())
-            .filter(|uri| kind == Some("amqp_login") && uri.get_ref().starts_with("amqps://")),
     }
 }

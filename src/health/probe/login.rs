@@ -79,19 +79,22 @@ pub(super) async fn amqp_login(
         Err(e) => {
             let refused = matches!(e.kind(), lapin::ErrorKind::IOError(io)
                 if io.kind() == std::io::ErrorKind::ConnectionRefused);
-            let mut outcome = ProbeOutcome {
+            let outcome = ProbeOutcome {
                 refused,
                 ..ProbeOutcome::down(redact(&login_error(&e)))
             };
-            if let Some(tls) = &target.tls {
-                tls_hint(&mut outcome, tls);
-            }
-            return outcome;
+            return over_tls(outcome, target);
         }
     };
-    let mut outcome = open_channel_and_close(&connection, stage, redact).await;
+    let outcome = open_channel_and_close(&connection, stage, redact).await;
     drop(socket_handle);
     drop(backend_socket);
+    over_tls(outcome, target)
+}
+
+/// With `[pool.NAME.tls]`: ", over TLS" on an up outcome, the client certificate hint on a
+/// down one.
+fn over_tls(mut outcome: ProbeOutcome, target: &ProbeTarget) -> ProbeOutcome {
     if let Some(tls) = &target.tls {
         if outcome.up {
             outcome.reason = format!("{}, over TLS", outcome.reason);

@@ -186,6 +186,59 @@ fn example_config_fleet_keys_load_when_uncommented() {
     );
 }
 
+/// The `[pool.NAME.tls]` keys config/warren.toml shows commented out load once uncommented
+/// (the files replaced by the config tests' certificates): every backend speaks TLS with the
+/// pool's CA and client certificate, checked against `server_name`.
+#[test]
+fn example_config_pool_tls_keys_load_when_uncommented() {
+    let path = example("warren.toml");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    let fixture = |name: &str| {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("src/config/tests/tls")
+            .join(name)
+            .display()
+            .to_string()
+    };
+    for (line, real) in [
+        ("[pool.rabbitmq.tls]", "[pool.rabbitmq.tls]".to_string()),
+        (
+            "ca = \"/etc/warren/rabbitmq-ca.pem\"",
+            format!("ca = {:?}", fixture("ca.pem")),
+        ),
+        (
+            "server_name = \"rabbitmq.internal\"",
+            "server_name = \"rabbitmq.internal\"".into(),
+        ),
+        (
+            "cert = \"/etc/warren/warren-client.pem\"",
+            format!("cert = {:?}", fixture("client.pem")),
+        ),
+        (
+            "key = \"/etc/warren/warren-client.key\"",
+            format!("key = {:?}", fixture("client.key")),
+        ),
+    ] {
+        let commented = format!("\n# {line}\n");
+        assert_eq!(text.matches(&commented).count(), 1, "{commented}");
+        text = text.replacen(&commented, &format!("\n{real}\n"), 1);
+    }
+    let config = config::from_toml(&text, &path).unwrap_or_else(|e| panic!("{e}"));
+    let pool = config.pool("rabbitmq").unwrap();
+    for backend in &pool.backends {
+        let tls = backend.tls.as_ref().expect("[pool.rabbitmq.tls]");
+        assert_eq!(tls.server_name.to_str(), "rabbitmq.internal");
+        assert!(tls.client.has_identity());
+    }
+    // The same with a CA file that is not there: refused, naming the key and the file.
+    let missing = text.replacen(&fixture("ca.pem"), "/nonexistent/rabbitmq-ca.pem", 1);
+    let error = config::from_toml(&missing, &path).unwrap_err().to_string();
+    assert!(
+        error.contains("pool.rabbitmq.tls.ca = \"/nonexistent/rabbitmq-ca.pem\": cannot read: "),
+        "{error}"
+    );
+}
+
 #[test]
 fn nginx_equivalent_config_loads() {
     let path = example("quickstart-nginx-equivalent.toml");

@@ -258,6 +258,9 @@ pub struct BackendConfig {
     /// Groups an operator drains and undrains together (`warren ctl drain --tag T`), sorted,
     /// without duplicates; each a name like a backend's.
     pub tags: Vec<String>,
+    /// The pool's `[pool.NAME.tls]` for this backend: it speaks TLS (probes; the data path's
+    /// re-encryption). `None`: plain TCP.
+    pub tls: Option<BackendTls>,
 }
 
 /// One backend's RabbitMQ management API, resolved at load: where an `http` probe that is a
@@ -310,6 +313,7 @@ mod fleet;
 mod hooks;
 mod listeners;
 mod management;
+mod pool_tls;
 mod pools;
 mod raw;
 mod text;
@@ -320,6 +324,8 @@ mod tests;
 
 pub use fleet::host_name;
 use management::*;
+use pool_tls::needs_tls_message;
+pub use pool_tls::BackendTls;
 use raw::*;
 use text::*;
 use validate::*;
@@ -934,6 +940,7 @@ fn quick_start_with(
         rebalance: None,
         health: None,
         management: None,
+        tls: None,
         backend,
     };
     // `--admin`: the admin API (drain, status, metrics) with the defaults of an `[admin]` table.

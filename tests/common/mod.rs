@@ -126,6 +126,7 @@ pub fn backend(name: &str, addr: SocketAddr) -> BackendConfig {
         backup: false,
         management: None,
         tags: Vec::new(),
+        tls: None,
     }
 }
 

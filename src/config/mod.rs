@@ -125,6 +125,8 @@ pub struct ListenerConfig {
     pub proxy_protocol_from: Option<SourceList>,
     /// How long a client may take to send its PROXY header.
     pub proxy_protocol_timeout: Duration,
+    /// `[listener.tls]`: clients speak TLS to warren; `None` for plain TCP.
+    pub tls: Option<ListenerTls>,
 }
 
 /// Balancing algorithm of a pool.
@@ -308,6 +310,7 @@ pub struct HookConfig {
 mod admin;
 mod fleet;
 mod hooks;
+mod listener_tls;
 mod listeners;
 mod management;
 mod pools;
@@ -319,6 +322,7 @@ mod validate;
 mod tests;
 
 pub use fleet::host_name;
+pub use listener_tls::{ListenerTls, DEFAULT_TLS_HANDSHAKE_TIMEOUT};
 use management::*;
 use raw::*;
 use text::*;
@@ -689,6 +693,7 @@ impl ListenerConfig {
             accept_proxy_protocol: DEFAULT_ACCEPT_PROXY_PROTOCOL,
             proxy_protocol_from: None,
             proxy_protocol_timeout: DEFAULT_PROXY_PROTOCOL_TIMEOUT,
+            tls: None,
         }
     }
 }
@@ -960,6 +965,7 @@ fn quick_start_with(
             accept_proxy_protocol: None,
             proxy_protocol_from: None,
             proxy_protocol_timeout: None,
+            tls: None,
         }],
         pool: BTreeMap::from([(unspanned(NAME.to_string()), pool)]),
         hook: Vec::new(),

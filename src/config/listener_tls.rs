@@ -34,7 +34,7 @@ impl Validator<'_> {
             DEFAULT_TLS_HANDSHAKE_TIMEOUT,
         );
         let min_version = self.tls_min_version(key, raw.min_version.as_ref());
-        let ciphers = self.tls_ciphers(key, raw.ciphers.as_deref(), min_version);
+        let ciphers = self.tls_ciphers(key, raw.ciphers.as_ref(), min_version);
         let mut required = |name: &str, value: Option<&Str>| {
             if value.is_none() {
                 self.report(
@@ -96,12 +96,13 @@ impl Validator<'_> {
     fn tls_ciphers(
         &mut self,
         key: &str,
-        raw: Option<&[Str]>,
+        raw: Option<&Spanned<Vec<Str>>>,
         min_version: Option<MinVersion>,
     ) -> Option<Vec<(String, rustls::SupportedCipherSuite)>> {
-        let Some(raw) = raw else {
+        let Some(list) = raw else {
             return Some(Vec::new());
         };
+        let raw = list.get_ref();
         let ciphers_key = format!("{key}.ciphers");
         let known = cipher_suites();
         let mut chosen = Vec::new();
@@ -127,7 +128,7 @@ impl Validator<'_> {
         }
         let version = min_version.unwrap_or(MinVersion::Tls12);
         if !chosen.iter().any(|(_, s)| version.allows(*s)) {
-            let span = raw.first().map(|n| n.span());
+            let span = Some(list.span());
             let message = if raw.is_empty() {
                 "an empty list would refuse every handshake: name suites, or remove the key for \
                  rustls's safe set"

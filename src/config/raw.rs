@@ -54,7 +54,7 @@ pub(super) struct RawListenerTls {
     pub(super) key: Option<Str>,
     pub(super) client_ca: Option<Str>,
     pub(super) min_version: Option<Str>,
-    pub(super) ciphers: Option<Vec<Str>>,
+    pub(super) ciphers: Option<Spanned<Vec<Str>>>,
     pub(super) handshake_timeout: Option<Str>,
 }
 

@@ -389,7 +389,10 @@ impl ServerTls {
         Ok(ServerTls {
             config: Arc::new(config),
             sources,
-            settings: (min_version, ciphers.iter().map(|(n, _)| n.clone()).collect()),
+            settings: (
+                min_version,
+                ciphers.iter().map(|(n, _)| n.clone()).collect(),
+            ),
         })
     }
 
@@ -561,7 +564,10 @@ mod tests {
         use std::io::{Error, ErrorKind};
         let tls = |e: rustls::Error| Error::new(ErrorKind::InvalidData, e);
         let cases = [
-            (tls(rustls::Error::NoCertificatesPresented), "no_client_certificate"),
+            (
+                tls(rustls::Error::NoCertificatesPresented),
+                "no_client_certificate",
+            ),
             (
                 tls(rustls::Error::InvalidCertificate(
                     rustls::CertificateError::UnknownIssuer,
@@ -569,7 +575,9 @@ mod tests {
                 "bad_certificate",
             ),
             (
-                tls(rustls::Error::AlertReceived(rustls::AlertDescription::UnknownCA)),
+                tls(rustls::Error::AlertReceived(
+                    rustls::AlertDescription::UnknownCA,
+                )),
                 "bad_certificate",
             ),
             (
@@ -596,12 +604,17 @@ mod tests {
     #[test]
     fn cipher_suites_have_their_iana_names() {
         let names: Vec<String> = cipher_suites().into_iter().map(|(n, _)| n).collect();
-        assert!(names.contains(&"TLS13_AES_128_GCM_SHA256".to_string()), "{names:?}");
+        assert!(
+            names.contains(&"TLS13_AES_128_GCM_SHA256".to_string()),
+            "{names:?}"
+        );
         assert!(
             names.contains(&"TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384".to_string()),
             "{names:?}"
         );
-        let tls13 = cipher_suites().into_iter().filter(|(_, s)| MinVersion::Tls13.allows(*s));
+        let tls13 = cipher_suites()
+            .into_iter()
+            .filter(|(_, s)| MinVersion::Tls13.allows(*s));
         assert!(tls13.count() >= 2);
     }
 

@@ -31,7 +31,13 @@ const TOKEN: &str = "tls-token";
 
 /// A config file with an admin API and one TLS listener "amqps" → pool "rabbitmq" over
 /// `backends`, `tls` being the lines of its `[listener.tls]`.
-fn write_config(dir: &Path, admin_port: u16, listen_port: u16, backends: &[SocketAddr], tls: &str) -> PathBuf {
+fn write_config(
+    dir: &Path,
+    admin_port: u16,
+    listen_port: u16,
+    backends: &[SocketAddr],
+    tls: &str,
+) -> PathBuf {
     std::fs::write(dir.join("token"), TOKEN).unwrap();
     let mut text = format!(
         "[admin]\nlisten = \"127.0.0.1:{admin_port}\"\ntoken_file = \"{}\"\n\n\
@@ -49,7 +55,11 @@ fn write_config(dir: &Path, admin_port: u16, listen_port: u16, backends: &[Socke
 
 /// `cert` and `key` lines for `[listener.tls]`.
 fn cert_lines(cert: &Path, key: &Path) -> String {
-    format!("cert = \"{}\"\nkey = \"{}\"\n", cert.display(), key.display())
+    format!(
+        "cert = \"{}\"\nkey = \"{}\"\n",
+        cert.display(),
+        key.display()
+    )
 }
 
 /// An in-process warren serving the config at `path`, with reloads reading it again.
@@ -96,7 +106,11 @@ async fn tls_echo(s: &mut TlsStream<TcpStream>, byte: u8) -> bool {
 
 /// The DER of the certificate the server presented.
 fn peer_leaf(s: &TlsStream<TcpStream>) -> Vec<u8> {
-    s.get_ref().1.peer_certificates().expect("a server certificate")[0].to_vec()
+    s.get_ref()
+        .1
+        .peer_certificates()
+        .expect("a server certificate")[0]
+        .to_vec()
 }
 
 /// The DER of the first certificate in a PEM file.
@@ -148,7 +162,9 @@ async fn lapin_publishes_and_consumes_through_tls_to_a_real_node() {
     );
     let warren = start(&config);
     let shim = tls_shim(client_tls(&certs, false), warren.addr).await;
-    let connection = rabbit::connect(shim, "tls-client").await.expect("AMQP over TLS connects");
+    let connection = rabbit::connect(shim, "tls-client")
+        .await
+        .expect("AMQP over TLS connects");
     let channel = rabbit::confirm_channel(&connection).await.unwrap();
     rabbit::declare(&channel, "tls-queue", false).await.unwrap();
     for i in 0..100u32 {
@@ -245,21 +261,36 @@ async fn a_silent_client_is_closed_after_the_handshake_timeout() {
     let mut buf = [0u8; 16];
     let read = tokio::time::timeout(5 * SECOND, silent.read(&mut buf)).await;
     let took = started.elapsed();
-    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "not closed: {read:?}");
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "not closed: {read:?}"
+    );
     println!("a silent client was closed after {took:?}");
-    assert!(took >= Duration::from_millis(300), "closed before the timeout: {took:?}");
+    assert!(
+        took >= Duration::from_millis(300),
+        "closed before the timeout: {took:?}"
+    );
     assert!(took < Duration::from_millis(2300), "closed late: {took:?}");
     let failures = |reason: &str| {
         warren.metric(&format!(
             r#"warren_tls_handshake_failures_total{{listener="amqps",reason="{reason}"}}"#
         ))
     };
-    wait_for("the timeout counted", 5 * SECOND, || failures("timeout") == 1.0).await;
+    wait_for("the timeout counted", 5 * SECOND, || {
+        failures("timeout") == 1.0
+    })
+    .await;
     let mut plain = TcpStream::connect(warren.addr).await.unwrap();
     plain.write_all(b"AMQP\x00\x00\x09\x01").await.unwrap();
     let _ = tokio::time::timeout(5 * SECOND, plain.read(&mut buf)).await;
-    wait_for("plain AMQP counted", 5 * SECOND, || failures("protocol") == 1.0).await;
-    assert_eq!(backend.accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
+    wait_for("plain AMQP counted", 5 * SECOND, || {
+        failures("protocol") == 1.0
+    })
+    .await;
+    assert_eq!(
+        backend.accepted.load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
     warren.stop().await;
 }
 
@@ -311,7 +342,11 @@ async fn a_reload_swaps_the_certificate_for_new_handshakes_only() {
     }
     assert_eq!(dropped, 0, "open TLS sessions dropped by the reload");
     let mut fresh = tls_connect(&connector, warren.addr).await.unwrap();
-    assert_eq!(peer_leaf(&fresh), second, "a new handshake after the reload");
+    assert_eq!(
+        peer_leaf(&fresh),
+        second,
+        "a new handshake after the reload"
+    );
     assert!(tls_echo(&mut fresh, 7).await);
 
     std::fs::write(&cert, "not a certificate\n").unwrap();
@@ -322,7 +357,11 @@ async fn a_reload_swaps_the_certificate_for_new_handshakes_only() {
         "the reload's error names the key and the file: {body}"
     );
     let mut after = tls_connect(&connector, warren.addr).await.unwrap();
-    assert_eq!(peer_leaf(&after), second, "a failed reload changed the certificate");
+    assert_eq!(
+        peer_leaf(&after),
+        second,
+        "a failed reload changed the certificate"
+    );
     assert!(tls_echo(&mut after, 8).await);
     println!("100 sessions across a certificate swap: {dropped} dropped");
     warren.stop().await;
@@ -349,7 +388,13 @@ async fn an_upgrade_hands_over_plain_connections_and_keeps_tls_ones() {
     let config = certs.dir().join("warren.toml");
     std::fs::write(&config, text).unwrap();
     let mut warren = WarrenProc::spawn(
-        &["run", "--config", config.to_str().unwrap(), "--shutdown-grace", "60s"],
+        &[
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--shutdown-grace",
+            "60s",
+        ],
         certs.dir().join("warren.log"),
     );
     warren.logged("warren started", 10 * SECOND).await;
@@ -372,20 +417,41 @@ async fn an_upgrade_hands_over_plain_connections_and_keeps_tls_ones() {
     let _adopted = Adopted(pid);
     assert_ne!(pid, old_pid);
     println!("upgrade took {took:?}: {}", stdout.trim());
-    assert!(took < 5 * SECOND, "the TLS session held the upgrade up: {took:?}");
-    assert!(echo_once(&mut plain, 3).await, "the plain connection after the upgrade");
-    assert!(tls_echo(&mut session, 4).await, "the TLS session after the upgrade");
-    assert!(warren.exited().is_none(), "the old process left its TLS session");
+    assert!(
+        took < 5 * SECOND,
+        "the TLS session held the upgrade up: {took:?}"
+    );
+    assert!(
+        echo_once(&mut plain, 3).await,
+        "the plain connection after the upgrade"
+    );
+    assert!(
+        tls_echo(&mut session, 4).await,
+        "the TLS session after the upgrade"
+    );
+    assert!(
+        warren.exited().is_none(),
+        "the old process left its TLS session"
+    );
     warren
         .logged("TLS connections cannot move", 5 * SECOND)
         .await;
     let mut fresh = tls_connect(&connector, tls_addr).await.unwrap();
-    assert!(tls_echo(&mut fresh, 5).await, "a new TLS session after the upgrade");
+    assert!(
+        tls_echo(&mut fresh, 5).await,
+        "a new TLS session after the upgrade"
+    );
     drop(fresh);
     // Plain: handed over, so it is not the old process's any more; TLS: the last one there.
     drop(session);
     let status = warren.wait_exit(10 * SECOND).await;
-    println!("the old process exited ({status}) {:?} after the upgrade", started.elapsed());
-    assert!(echo_once(&mut plain, 6).await, "the plain connection after the old process left");
+    println!(
+        "the old process exited ({status}) {:?} after the upgrade",
+        started.elapsed()
+    );
+    assert!(
+        echo_once(&mut plain, 6).await,
+        "the plain connection after the old process left"
+    );
     assert!(alive(pid));
 }

@@ -41,8 +41,14 @@ impl Validator<'_> {
                     format!("{key}.{name}"),
                     "",
                     Some(span.clone()),
-                    format!("required in [listener.tls]: the PEM file of the listener's {}",
-                        if name == "cert" { "certificate chain (leaf first)" } else { "private key" }),
+                    format!(
+                        "required in [listener.tls]: the PEM file of the listener's {}",
+                        if name == "cert" {
+                            "certificate chain (leaf first)"
+                        } else {
+                            "private key"
+                        }
+                    ),
                 );
             }
             self.path(&format!("{key}.{name}"), value)

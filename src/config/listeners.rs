@@ -122,7 +122,9 @@ impl Validator<'_> {
             DEFAULT_PROXY_PROTOCOL,
         );
         let (proxy_protocol_from, proxy_protocol_timeout) = self.proxy_header(key, &raw);
-        let tls = raw.tls.map(|tls| self.listener_tls(&format!("{key}.tls"), tls));
+        let tls = raw
+            .tls
+            .map(|tls| self.listener_tls(&format!("{key}.tls"), tls));
         ListenerConfig {
             name: raw.name.into_inner(),
             listen: listen.unwrap_or(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))),

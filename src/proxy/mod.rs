@@ -261,7 +261,8 @@ pub async fn serve(
         match accepted {
             Ok((socket, peer)) => {
                 consecutive_errors = 0;
-                let Some((admission, tls)) = admit(&name, peer, &limits, &ctx, &stats, tls_as_started)
+                let Some((admission, tls)) =
+                    admit(&name, peer, &limits, &ctx, &stats, tls_as_started)
                 else {
                     continue;
                 };

@@ -249,11 +249,7 @@ async fn forward<S: Future<Output = Stop> + Send>(
         &shared
     ));
     let down = std::pin::pin!(backend_to_client(
-        upstream,
-        to_client,
-        counters.1,
-        &bytes.1,
-        &shared
+        upstream, to_client, counters.1, &bytes.1, &shared
     ));
     let mut both = std::pin::pin!(async {
         let (a, b) = futures_join(up, down).await;
@@ -282,7 +278,10 @@ async fn forward<S: Future<Output = Stop> + Send>(
             BACKEND_FIRST => CloseReason::Backend,
             _ => CloseReason::Client,
         });
-    let totals = (bytes.0.load(Ordering::Relaxed), bytes.1.load(Ordering::Relaxed));
+    let totals = (
+        bytes.0.load(Ordering::Relaxed),
+        bytes.1.load(Ordering::Relaxed),
+    );
     (reason, totals)
 }
 

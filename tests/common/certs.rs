@@ -63,7 +63,10 @@ impl Certs {
             "127.0.0.1",
             "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
         );
-        (self.dir.0.join(format!("{name}.pem")), self.dir.0.join(format!("{name}.key")))
+        (
+            self.dir.0.join(format!("{name}.pem")),
+            self.dir.0.join(format!("{name}.key")),
+        )
     }
 
     /// The directory the files are in.

@@ -17,11 +17,7 @@ fn with_tls(lines: &str) -> String {
 
 /// `cert` and `key` lines from fixtures.
 fn pair(cert: &str, key: &str) -> String {
-    format!(
-        "cert = \"{}\"\nkey = \"{}\"\n",
-        fixture(cert),
-        fixture(key)
-    )
+    format!("cert = \"{}\"\nkey = \"{}\"\n", fixture(cert), fixture(key))
 }
 
 #[test]
@@ -37,7 +33,10 @@ fn defaults_fill_every_omitted_tls_key() {
     assert_eq!(tls.handshake_timeout, Duration::from_secs(10));
     assert!(!tls.server.mutual());
     let debug = format!("{tls:?}");
-    assert!(debug.contains("Tls12") && !debug.contains("PRIVATE KEY"), "{debug}");
+    assert!(
+        debug.contains("Tls12") && !debug.contains("PRIVATE KEY"),
+        "{debug}"
+    );
     // Every key set, RSA in PKCS#1, mutual TLS.
     let all = format!(
         "{}client_ca = \"{}\"\nmin_version = \"1.3\"\nciphers = [\"TLS13_AES_256_GCM_SHA384\"]\n\
@@ -139,7 +138,10 @@ fn each_tls_problem_names_its_key_and_file() {
         ),
         (
             "a zero handshake timeout",
-            format!("{}handshake_timeout = \"0s\"", pair("client.pem", "client.key")),
+            format!(
+                "{}handshake_timeout = \"0s\"",
+                pair("client.pem", "client.key")
+            ),
             "listener[0].tls.handshake_timeout",
             "\"0s\"".to_string(),
             "must be longer than 0",
@@ -149,7 +151,11 @@ fn each_tls_problem_names_its_key_and_file() {
         let problems = problems_of(&with_tls(&lines));
         assert_eq!(problems.len(), 1, "{what}: {problems:?}");
         let p = &problems[0];
-        assert_eq!((p.key.as_str(), p.value.as_str()), (key, value.as_str()), "{what}");
+        assert_eq!(
+            (p.key.as_str(), p.value.as_str()),
+            (key, value.as_str()),
+            "{what}"
+        );
         assert!(p.message.starts_with(message), "{what}: {}", p.message);
         assert!(p.line.is_some(), "{what}: no line");
     }
@@ -157,7 +163,10 @@ fn each_tls_problem_names_its_key_and_file() {
 
 #[test]
 fn an_unknown_tls_key_is_refused() {
-    let text = with_tls(&format!("{}verify = true", pair("client.pem", "client.key")));
+    let text = with_tls(&format!(
+        "{}verify = true",
+        pair("client.pem", "client.key")
+    ));
     let error = parse(&text).unwrap_err().to_string();
     assert!(error.contains("unknown field `verify`"), "{error}");
 }

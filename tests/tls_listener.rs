@@ -418,6 +418,11 @@ async fn an_upgrade_hands_over_plain_connections_and_keeps_tls_ones() {
     assert_ne!(pid, old_pid);
     println!("upgrade took {took:?}: {}", stdout.trim());
     assert!(
+        stdout.contains("1 connections handed over")
+            && stdout.contains("1 connections end in the old process (TLS sessions"),
+        "{stdout}"
+    );
+    assert!(
         took < 5 * SECOND,
         "the TLS session held the upgrade up: {took:?}"
     );

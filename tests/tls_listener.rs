@@ -460,3 +460,57 @@ async fn an_upgrade_hands_over_plain_connections_and_keeps_tls_ones() {
     );
     assert!(alive(pid));
 }
+
+/// Criterion: on a listener that takes a PROXY header, a client whose header and ClientHello
+/// arrive in one segment completes its handshake (the bytes after the header go to the
+/// handshake, not to the backend) and echoes; the backend gets only the plaintext.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_header_and_client_hello_in_one_segment_handshake() {
+    let Some(certs) = Certs::generate("tls-proxy") else {
+        return;
+    };
+    let backend = spawn_backend(echo).await;
+    let config = write_config(
+        certs.dir(),
+        free_port(),
+        free_port(),
+        &[backend.addr],
+        &cert_lines(&certs.server_cert, &certs.server_key),
+    );
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "pool = \"rabbitmq\"\n[listener.tls]",
+        "pool = \"rabbitmq\"\naccept_proxy_protocol = true\nproxy_protocol_from = [\"127.0.0.1\"]\n\
+         [listener.tls]",
+    );
+    std::fs::write(&config, text).unwrap();
+    let warren = start(&config);
+    let tcp = TcpStream::connect(warren.addr).await.unwrap();
+    // Buffered: the header waits in the buffer and leaves with the ClientHello's flush.
+    let mut buffered = tokio::io::BufWriter::new(tcp);
+    buffered
+        .write_all(b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 5671\r\n")
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut session = client_tls(&certs, false)
+        .connect(name, buffered)
+        .await
+        .expect("the handshake after a PROXY header");
+    let round = async {
+        session.write_all(b"ping").await?;
+        session.flush().await?;
+        let mut got = [0u8; 4];
+        session.read_exact(&mut got).await?;
+        Ok::<_, std::io::Error>(got)
+    };
+    let got = tokio::time::timeout(5 * SECOND, round)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&got, b"ping");
+    assert_eq!(
+        warren.metric(r#"warren_tls_handshakes_total{listener="amqps"}"#),
+        1.0
+    );
+    warren.stop().await;
+}

@@ -514,3 +514,31 @@ async fn a_proxy_header_and_client_hello_in_one_segment_handshake() {
     );
     warren.stop().await;
 }
+
+/// Criterion: `warren check` refuses what `run` would: a `[listener.tls]` whose key file is
+/// missing exits non-zero with the key path, the file and the problem on one line.
+#[tokio::test]
+async fn warren_check_refuses_a_missing_key_file() {
+    let dir = TempDir::new("tls-check");
+    let Some(certs) = Certs::generate("tls-check") else {
+        return;
+    };
+    let missing = dir.0.join("gone.key");
+    let tls = format!(
+        "cert = \"{}\"\nkey = \"{}\"\n",
+        certs.server_cert.display(),
+        missing.display()
+    );
+    let config = write_config(&dir.0, free_port(), free_port(), &[refused_addr()], &tls);
+    let out = std::process::Command::new(WARREN_BIN)
+        .args(["check", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "warren check passed: {stderr}");
+    let line = format!(
+        "listener[0].tls.key = \"{}\": cannot read: ",
+        missing.display()
+    );
+    assert!(stderr.contains(&line), "{stderr}");
+}

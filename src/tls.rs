@@ -1,11 +1,13 @@
 //! TLS material read from files and the rustls configurations built from it: a CA bundle (the
 //! roots a server's certificate must chain to), a certificate chain and its private key (PKCS#8,
-//! PKCS#1 or SEC1, PEM), and the [`ClientTls`] that `[fleet]` gives the etcd client (mutual TLS
-//! when a client certificate is given). Every failure names the file and the problem, so that
-//! config load can refuse what a connection would. Always rustls's `ring` provider, given
-//! explicitly: the process-wide default provider is never installed nor read. It owns no socket:
-//! the handshake is [`crate::http_client`]'s, and what a file is for (which config key) is the
-//! caller's.
+//! PKCS#1 or SEC1, PEM), the [`ClientTls`] that `[fleet]` gives the etcd client (mutual TLS
+//! when a client certificate is given), and the [`ServerTls`] a `[listener.tls]` terminates
+//! clients' TLS with (mutual TLS with `client_ca`), with the names of its cipher suites and the
+//! reasons a handshake fails ([`HandshakeFailure`]). Every failure names the file and the
+//! problem, so that config load can refuse what a connection would. Always rustls's `ring`
+//! provider, given explicitly: the process-wide default provider is never installed nor read.
+//! It owns no socket: the handshakes are [`crate::http_client`]'s and [`crate::proxy`]'s, and
+//! what a file is for (which config key) is the caller's.
 
 use std::fmt;
 use std::io::Read as _;
@@ -15,7 +17,8 @@ use std::sync::Arc;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::{ClientConfig, RootCertStore};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig, SupportedCipherSuite};
 
 /// The largest file read: a CA bundle of every public root is about 200 KiB.
 const MAX_FILE: u64 = 4 * 1024 * 1024;
@@ -41,6 +44,9 @@ pub enum FileProblem {
     /// A certificate rustls cannot take as a trust anchor.
     #[error("certificate {index} is not a usable CA certificate: {reason}")]
     BadCa { index: usize, reason: String },
+    /// A CA bundle rustls cannot verify clients' certificates with.
+    #[error("cannot verify client certificates with it: {0}")]
+    CannotVerify(String),
     /// A key rustls's provider cannot sign with.
     #[error("the private key cannot be used: {0}")]
     BadKey(String),
@@ -279,6 +285,218 @@ impl fmt::Debug for ClientTls {
     }
 }
 
+/// The oldest TLS version a listener accepts (`min_version`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MinVersion {
+    /// TLS 1.2 and 1.3.
+    Tls12,
+    /// TLS 1.3 only.
+    Tls13,
+}
+
+impl MinVersion {
+    /// The protocol versions rustls is given.
+    fn versions(self) -> &'static [&'static rustls::SupportedProtocolVersion] {
+        static BOTH: [&rustls::SupportedProtocolVersion; 2] =
+            [&rustls::version::TLS13, &rustls::version::TLS12];
+        static ONLY_13: [&rustls::SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
+        match self {
+            MinVersion::Tls12 => &BOTH,
+            MinVersion::Tls13 => &ONLY_13,
+        }
+    }
+
+    /// Whether a cipher suite can be negotiated at this minimum.
+    pub fn allows(self, suite: SupportedCipherSuite) -> bool {
+        self == MinVersion::Tls12 || suite.version().version == rustls::ProtocolVersion::TLSv1_3
+    }
+}
+
+/// The cipher suites warren's provider has, by their IANA names as rustls spells them
+/// (`TLS13_AES_128_GCM_SHA256`, `TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384`, ...), in the
+/// provider's order of preference.
+pub fn cipher_suites() -> Vec<(String, SupportedCipherSuite)> {
+    provider()
+        .cipher_suites
+        .iter()
+        .map(|s| (format!("{:?}", s.suite()), *s))
+        .collect()
+}
+
+/// What a TLS listener is built from: its certificate chain and key, and for mutual TLS the CA
+/// bundle clients' certificates must chain to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+}
+
+/// A TLS server configuration loaded from files. Two are equal when they were read from the
+/// same files with the same content and the same settings (a reload compares them, so a
+/// changed certificate changes the listener's config); `Debug` shows the paths only.
+#[derive(Clone)]
+pub struct ServerTls {
+    config: Arc<ServerConfig>,
+    sources: Vec<Source>,
+    settings: (MinVersion, Vec<String>),
+}
+
+impl ServerTls {
+    /// Read and check `files`: TLS from `min_version` up, `ciphers` (from [`cipher_suites`];
+    /// empty for the provider's whole safe set), the ring provider; with `client_ca`, a client
+    /// must present a certificate that chains to it.
+    pub fn load(
+        files: &ServerFiles,
+        min_version: MinVersion,
+        ciphers: &[(String, SupportedCipherSuite)],
+    ) -> Result<ServerTls, TlsError> {
+        let identity = Identity {
+            cert_file: files.cert.clone(),
+            key_file: files.key.clone(),
+        };
+        let mut sources = Vec::new();
+        let (chain, key) = load_identity(&identity, &mut sources)?;
+        let mut chosen = (*provider()).clone();
+        if !ciphers.is_empty() {
+            chosen.cipher_suites = ciphers.iter().map(|(_, s)| *s).collect();
+        }
+        let builder = ServerConfig::builder_with_provider(Arc::new(chosen))
+            .with_protocol_versions(min_version.versions())
+            .map_err(TlsError::Config)?;
+        let builder = match &files.client_ca {
+            None => builder.with_no_client_auth(),
+            Some(ca_file) => {
+                let ca = read_file(ca_file, FileRole::Ca)?;
+                let roots = parse_roots(ca_file, &ca)?;
+                sources.push(Source {
+                    path: ca_file.clone(),
+                    bytes: ca,
+                });
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                        .build()
+                        .map_err(|e| {
+                            let problem = FileProblem::CannotVerify(e.to_string());
+                            file_error(ca_file, FileRole::Ca, problem)
+                        })?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let config = builder
+            .with_single_cert(chain, key)
+            .map_err(|e| identity_error(&identity, e))?;
+        Ok(ServerTls {
+            config: Arc::new(config),
+            sources,
+            settings: (
+                min_version,
+                ciphers.iter().map(|(n, _)| n.clone()).collect(),
+            ),
+        })
+    }
+
+    /// The acceptor new handshakes use.
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(self.config.clone())
+    }
+
+    /// Whether clients must present a certificate (`client_ca`).
+    pub fn mutual(&self) -> bool {
+        self.sources.len() > 2
+    }
+}
+
+impl PartialEq for ServerTls {
+    fn eq(&self, other: &ServerTls) -> bool {
+        self.sources == other.sources && self.settings == other.settings
+    }
+}
+
+impl Eq for ServerTls {}
+
+impl fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let files: Vec<_> = self.sources.iter().map(|s| &s.path).collect();
+        f.debug_struct("ServerTls")
+            .field("files", &files)
+            .field("min_version", &self.settings.0)
+            .field("ciphers", &self.settings.1)
+            .finish()
+    }
+}
+
+/// Why a client's TLS handshake failed: the `reason` label of
+/// `warren_tls_handshake_failures_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeFailure {
+    /// Not complete within the listener's `handshake_timeout`.
+    Timeout,
+    /// The client closed or reset the connection during the handshake.
+    Closed,
+    /// Under `client_ca`, the client presented no certificate.
+    NoClientCertificate,
+    /// A certificate was refused: the client's (not signed by `client_ca`, expired, ...), or
+    /// warren's by the client (its alert says so).
+    BadCertificate,
+    /// Not TLS, or TLS warren will not speak (an old version, no common cipher suite).
+    Protocol,
+    /// Anything else (a local I/O error).
+    Other,
+}
+
+impl HandshakeFailure {
+    /// Every reason, in declaration order (counters are indexed by it).
+    pub const ALL: [HandshakeFailure; 6] = [
+        HandshakeFailure::Timeout,
+        HandshakeFailure::Closed,
+        HandshakeFailure::NoClientCertificate,
+        HandshakeFailure::BadCertificate,
+        HandshakeFailure::Protocol,
+        HandshakeFailure::Other,
+    ];
+
+    /// The metric and log label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HandshakeFailure::Timeout => "timeout",
+            HandshakeFailure::Closed => "closed",
+            HandshakeFailure::NoClientCertificate => "no_client_certificate",
+            HandshakeFailure::BadCertificate => "bad_certificate",
+            HandshakeFailure::Protocol => "protocol",
+            HandshakeFailure::Other => "other",
+        }
+    }
+
+    /// The reason of a failed server handshake, from the error tokio-rustls returned.
+    pub fn of(error: &std::io::Error) -> HandshakeFailure {
+        use rustls::AlertDescription as Alert;
+        use std::io::ErrorKind;
+        let tls = error
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+        match tls {
+            Some(rustls::Error::NoCertificatesPresented) => HandshakeFailure::NoClientCertificate,
+            Some(rustls::Error::InvalidCertificate(_))
+            | Some(rustls::Error::AlertReceived(
+                Alert::BadCertificate
+                | Alert::UnknownCA
+                | Alert::CertificateUnknown
+                | Alert::CertificateExpired
+                | Alert::UnsupportedCertificate,
+            )) => HandshakeFailure::BadCertificate,
+            Some(_) => HandshakeFailure::Protocol,
+            None => match error.kind() {
+                ErrorKind::UnexpectedEof
+                | ErrorKind::ConnectionReset
+                | ErrorKind::ConnectionAborted
+                | ErrorKind::BrokenPipe => HandshakeFailure::Closed,
+                _ => HandshakeFailure::Other,
+            },
+        }
+    }
+}
+
 /// The problem of a TLS handshake or exchange, if `error` (or what it wraps) is one of rustls's:
 /// a certificate the server or client refused, a fatal alert. Its text is rustls's.
 pub fn rustls_reason(error: &(dyn std::error::Error + 'static)) -> Option<String> {
@@ -361,6 +579,65 @@ mod tests {
         );
         let got = text(read_file(Path::new("/"), FileRole::Ca));
         assert_eq!(got, "/: is not a regular file");
+    }
+
+    #[test]
+    fn a_failed_handshake_has_one_reason() {
+        use std::io::{Error, ErrorKind};
+        let tls = |e: rustls::Error| Error::new(ErrorKind::InvalidData, e);
+        let cases = [
+            (
+                tls(rustls::Error::NoCertificatesPresented),
+                "no_client_certificate",
+            ),
+            (
+                tls(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::UnknownIssuer,
+                )),
+                "bad_certificate",
+            ),
+            (
+                tls(rustls::Error::AlertReceived(
+                    rustls::AlertDescription::UnknownCA,
+                )),
+                "bad_certificate",
+            ),
+            (
+                tls(rustls::Error::InvalidMessage(
+                    rustls::InvalidMessage::InvalidContentType,
+                )),
+                "protocol",
+            ),
+            (
+                tls(rustls::Error::AlertReceived(
+                    rustls::AlertDescription::ProtocolVersion,
+                )),
+                "protocol",
+            ),
+            (Error::from(ErrorKind::UnexpectedEof), "closed"),
+            (Error::from(ErrorKind::ConnectionReset), "closed"),
+            (Error::from(ErrorKind::OutOfMemory), "other"),
+        ];
+        for (error, reason) in cases {
+            assert_eq!(HandshakeFailure::of(&error).as_str(), reason, "{error}");
+        }
+    }
+
+    #[test]
+    fn cipher_suites_have_their_iana_names() {
+        let names: Vec<String> = cipher_suites().into_iter().map(|(n, _)| n).collect();
+        assert!(
+            names.contains(&"TLS13_AES_128_GCM_SHA256".to_string()),
+            "{names:?}"
+        );
+        assert!(
+            names.contains(&"TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384".to_string()),
+            "{names:?}"
+        );
+        let tls13 = cipher_suites()
+            .into_iter()
+            .filter(|(_, s)| MinVersion::Tls13.allows(*s));
+        assert!(tls13.count() >= 2);
     }
 
     #[test]

@@ -122,6 +122,9 @@ impl Validator<'_> {
             DEFAULT_PROXY_PROTOCOL,
         );
         let (proxy_protocol_from, proxy_protocol_timeout) = self.proxy_header(key, &raw);
+        let tls = raw
+            .tls
+            .map(|tls| self.listener_tls(&format!("{key}.tls"), tls));
         ListenerConfig {
             name: raw.name.into_inner(),
             listen: listen.unwrap_or(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))),
@@ -139,6 +142,7 @@ impl Validator<'_> {
                 .unwrap_or(DEFAULT_ACCEPT_PROXY_PROTOCOL),
             proxy_protocol_from,
             proxy_protocol_timeout,
+            tls: tls.flatten(),
         }
     }
 

@@ -125,6 +125,8 @@ pub struct ListenerConfig {
     pub proxy_protocol_from: Option<SourceList>,
     /// How long a client may take to send its PROXY header.
     pub proxy_protocol_timeout: Duration,
+    /// `[listener.tls]`: clients speak TLS to warren; `None` for plain TCP.
+    pub tls: Option<ListenerTls>,
 }
 
 /// Balancing algorithm of a pool.
@@ -311,6 +313,7 @@ pub struct HookConfig {
 mod admin;
 mod fleet;
 mod hooks;
+mod listener_tls;
 mod listeners;
 mod management;
 mod pool_tls;
@@ -323,6 +326,7 @@ mod validate;
 mod tests;
 
 pub use fleet::host_name;
+pub use listener_tls::{ListenerTls, DEFAULT_TLS_HANDSHAKE_TIMEOUT};
 use management::*;
 use pool_tls::needs_tls_message;
 pub use pool_tls::BackendTls;
@@ -695,6 +699,7 @@ impl ListenerConfig {
             accept_proxy_protocol: DEFAULT_ACCEPT_PROXY_PROTOCOL,
             proxy_protocol_from: None,
             proxy_protocol_timeout: DEFAULT_PROXY_PROTOCOL_TIMEOUT,
+            tls: None,
         }
     }
 }
@@ -967,6 +972,7 @@ fn quick_start_with(
             accept_proxy_protocol: None,
             proxy_protocol_from: None,
             proxy_protocol_timeout: None,
+            tls: None,
         }],
         pool: BTreeMap::from([(unspanned(NAME.to_string()), pool)]),
         hook: Vec::new(),

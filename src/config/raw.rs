@@ -44,6 +44,18 @@ pub(super) struct RawListener {
     pub(super) accept_proxy_protocol: Option<bool>,
     pub(super) proxy_protocol_from: Option<Spanned<Vec<Str>>>,
     pub(super) proxy_protocol_timeout: Option<Str>,
+    pub(super) tls: Option<Spanned<RawListenerTls>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawListenerTls {
+    pub(super) cert: Option<Str>,
+    pub(super) key: Option<Str>,
+    pub(super) client_ca: Option<Str>,
+    pub(super) min_version: Option<Str>,
+    pub(super) ciphers: Option<Spanned<Vec<Str>>>,
+    pub(super) handshake_timeout: Option<Str>,
 }
 
 #[derive(Deserialize)]

@@ -523,7 +523,9 @@ pub(super) async fn upgrade_self(client: &Client, out: &Output) -> Result<(), Ct
         let answer = decode::<UpgradeAnswer>(raw, "upgrade")?;
         let left = match answer.connections_left {
             0 => String::new(),
-            n => format!("; {n} connections warren was closing end in the old process"),
+            n => format!(
+                "; {n} connections end in the old process (TLS sessions, or closes under way)"
+            ),
         };
         out.say(&format!(
             "upgraded: pid {} serves (took over from pid {} in {} ms, {} connections handed over){left}",

@@ -1,5 +1,6 @@
 //! The data plane's metric families: per listener (connections open and accepted, refusals,
-//! closes by reason, closes warren forced by method (AMQP or TCP), rejected PROXY headers) and process-wide (bytes by direction and method,
+//! closes by reason, closes warren forced by method (AMQP or TCP), rejected PROXY headers, TLS
+//! handshakes and their failures by reason) and process-wide (bytes by direction and method,
 //! pipes leased, splice fallbacks). [`ProxyMetrics`] registers them once per process; a
 //! listener resolves its handles once into `ListenerStats` and the data plane its byte
 //! counters once into [`ForwardCounters`], so a connection only increments resolved handles.
@@ -10,6 +11,7 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
 use super::forward::CloseReason;
 use crate::metrics;
 use crate::net::ByteDirection;
+use crate::tls::HandshakeFailure;
 
 /// Why a client connection was refused (the `reason` label of `listener_rejected_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,6 +167,8 @@ pub struct ProxyMetrics {
     forwarded_bytes_total: IntCounterVec,
     pipes_leased: IntGauge,
     splice_fallbacks_total: IntCounterVec,
+    tls_handshakes_total: IntCounterVec,
+    tls_handshake_failures_total: IntCounterVec,
 }
 
 impl ProxyMetrics {
@@ -224,6 +228,30 @@ impl ProxyMetrics {
                 "Transfers that used copy because splice or a pipe was refused, by reason",
                 &["reason"],
             ),
+            tls_handshakes_total: metrics::counter_vec(
+                registry,
+                "tls_handshakes_total",
+                "TLS handshakes completed on a [listener.tls] listener",
+                &["listener"],
+            ),
+            tls_handshake_failures_total: metrics::counter_vec(
+                registry,
+                "tls_handshake_failures_total",
+                "TLS handshakes that failed, by reason (timeout | closed | no_client_certificate | bad_certificate | protocol | other)",
+                &["listener", "reason"],
+            ),
+        }
+    }
+
+    /// The TLS handles of one listener, every series created at once. Resolved only for a TLS
+    /// listener, so a plain one shows no TLS series.
+    pub(super) fn tls(&self, listener: &str) -> TlsStats {
+        TlsStats {
+            handshakes: self.tls_handshakes_total.with_label_values(&[listener]),
+            failures: HandshakeFailure::ALL.map(|r| {
+                self.tls_handshake_failures_total
+                    .with_label_values(&[listener, r.as_str()])
+            }),
         }
     }
 
@@ -249,6 +277,7 @@ impl ProxyMetrics {
                         .with_label_values(&[listener, r.as_str(), m.as_str()])
                 })
             }),
+            tls: std::sync::OnceLock::new(),
         }
     }
 
@@ -304,6 +333,27 @@ pub(super) struct ListenerStats {
     closed: [IntCounter; CloseReason::ALL.len()],
     /// By [`FORCED`]'s order, then [`CloseMethod::ALL`]'s.
     forced: [[IntCounter; 2]; FORCED.len()],
+    /// Resolved by the listener's first TLS connection (or at start for a TLS listener).
+    pub(super) tls: std::sync::OnceLock<TlsStats>,
+}
+
+/// A TLS listener's handshake counters.
+pub(super) struct TlsStats {
+    pub(super) handshakes: IntCounter,
+    /// By [`HandshakeFailure::ALL`]'s order.
+    failures: [IntCounter; HandshakeFailure::ALL.len()],
+}
+
+impl TlsStats {
+    /// The counter of handshakes failed for `reason`.
+    pub(super) fn failed(&self, reason: HandshakeFailure) -> &IntCounter {
+        &self.failures[reason as usize]
+    }
+
+    /// Handshakes failed so far, every reason together.
+    pub(super) fn failures(&self) -> u64 {
+        self.failures.iter().map(IntCounter::get).sum()
+    }
 }
 
 impl ListenerStats {
@@ -356,6 +406,9 @@ mod tests {
         }
         for (i, m) in CloseMethod::ALL.into_iter().enumerate() {
             assert_eq!(m as usize, i, "{m:?}");
+        }
+        for (i, r) in HandshakeFailure::ALL.into_iter().enumerate() {
+            assert_eq!(r as usize, i, "{r:?}");
         }
     }
 

@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod pause;
 #[cfg(target_os = "linux")]
 pub mod splice;
+mod tls;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -183,25 +184,22 @@ enum Admission {
     },
 }
 
-/// Decide how a connection accepted on a listener is let in; `None` when it is turned away
-/// (counted and logged here).
+/// Decide how a connection accepted on a listener is let in, and whether it speaks TLS; `None`
+/// when it is turned away (counted and logged here).
 fn admit(
     name: &str,
     peer: SocketAddr,
     limits: &Limits,
     ctx: &Context,
     stats: &ListenerStats,
-) -> Option<Admission> {
-    let proxied = ctx
-        .routing
-        .load()
-        .listeners
-        .get(name)
-        .filter(|l| l.accept_proxy_protocol)
-        .cloned();
-    let Some(listener) = proxied else {
+    tls_as_started: bool,
+) -> Option<(Admission, bool)> {
+    let config = ctx.routing.load().listeners.get(name).cloned();
+    // A listener renamed by a reload serves on with its config as the loop started.
+    let tls = config.as_ref().map_or(tls_as_started, |l| l.tls.is_some());
+    let Some(listener) = config.filter(|l| l.accept_proxy_protocol) else {
         return match limits.connections.clone().try_acquire_owned() {
-            Ok(permit) => Some(Admission::Admitted(permit)),
+            Ok(permit) => Some((Admission::Admitted(permit), tls)),
             Err(_) => {
                 stats.rejected(RejectReason::MaxConnections).inc();
                 tracing::debug!(listener = name, client = %peer,
@@ -223,10 +221,11 @@ fn admit(
         tracing::debug!(listener = name, client = %peer,
             "PROXY header pending on max_connections connections: the oldest was closed");
     }
-    Some(Admission::HeaderPending {
+    let admission = Admission::HeaderPending {
         slot,
         limit: limits.connections.clone(),
-    })
+    };
+    Some((admission, tls))
 }
 
 /// Run one listener's accept loop until `stop_accepting` is cancelled. `limits.connections`
@@ -246,6 +245,11 @@ pub async fn serve(
     // The listener's config as this loop started: a connection accepted just after a reload
     // renamed the listener (its socket serves on under the new name) is set up with it.
     let started_config = ctx.routing.load().listeners.get(&name).cloned();
+    let tls_as_started = started_config.as_ref().is_some_and(|l| l.tls.is_some());
+    if tls_as_started {
+        // A TLS listener's handshake series show 0 from the start.
+        stats.tls.get_or_init(|| ctx.metrics.tls(&name));
+    }
     let mut consecutive_errors = 0u32;
     let mut turn = 0usize;
     loop {
@@ -257,7 +261,9 @@ pub async fn serve(
         match accepted {
             Ok((socket, peer)) => {
                 consecutive_errors = 0;
-                let Some(admission) = admit(&name, peer, &limits, &ctx, &stats) else {
+                let Some((admission, tls)) =
+                    admit(&name, peer, &limits, &ctx, &stats, tls_as_started)
+                else {
                     continue;
                 };
                 let accepted = Accepted {
@@ -272,12 +278,16 @@ pub async fn serve(
                     stats: stats.clone(),
                 };
                 match &spread {
+                    None if tls => {
+                        tracker.spawn(tls::handle(Box::new(accepted), conn));
+                    }
                     None => {
                         tracker.spawn(handle(Box::new(accepted), conn));
                     }
                     Some(workers) => {
                         turn = turn.wrapping_add(1);
-                        hand_out(accepted, conn, &workers[turn % workers.len()], &tracker);
+                        let worker = &workers[turn % workers.len()];
+                        hand_out(accepted, conn, tls, worker, &tracker);
                     }
                 }
             }
@@ -305,6 +315,7 @@ pub async fn serve(
 fn hand_out(
     accepted: Accepted,
     conn: Conn,
+    tls: bool,
     worker: &tokio::runtime::Handle,
     tracker: &TaskTracker,
 ) {
@@ -331,7 +342,11 @@ fn hand_out(
         admission,
         config,
     });
-    tracker.spawn_on(handle(accepted, conn), worker);
+    if tls {
+        tracker.spawn_on(tls::handle(accepted, conn), worker);
+    } else {
+        tracker.spawn_on(handle(accepted, conn), worker);
+    }
 }
 
 /// Why an inbound PROXY header was refused.
@@ -391,8 +406,8 @@ async fn read_proxy_header(
 /// idle connection (see the test `a_connection_task_fits_its_size_class`), so what is only
 /// read when the connection ends or warren closes it is kept here compactly rather than
 /// copied into locals, and nothing else is held across forwarding.
-struct Link {
-    client: TcpStream,
+struct Link<C = TcpStream> {
+    client: C,
     upstream: TcpStream,
     /// Counts the connection in the backend's `active`, with the backend's close token as it
     /// was when the backend was chosen.
@@ -534,7 +549,7 @@ async fn moving(
 
 /// Count, blame and log a connection that ended for `reason` with `bytes` delivered (to the
 /// backend, to the client).
-fn ended(link: &Link, conn: &Conn, reason: CloseReason, bytes: (u64, u64)) {
+fn ended<C>(link: &Link<C>, conn: &Conn, reason: CloseReason, bytes: (u64, u64)) {
     let stats = &conn.stats;
     let mut reason = reason;
     // Ended by warren: at the end of the window (over TCP), or by the broker after the node
@@ -612,8 +627,8 @@ fn forced_reason(cause: Option<&CloseCause>, shutdown: bool) -> CloseReason {
 /// only keeps the token's wait. Not an `async fn`, which would store its arguments twice in
 /// every connection's task.
 #[allow(clippy::manual_async_fn)]
-fn closed_by_warren<'a>(
-    link: &'a Link,
+fn closed_by_warren<'a, C: Sync>(
+    link: &'a Link<C>,
     ctx: &'a Context,
     close: Option<CloseToken>,
 ) -> impl Future<Output = Stop> + Send + 'a {
@@ -667,7 +682,7 @@ fn decide(close: &CloseToken, connected_at: Instant, shutdown: bool) -> Result<E
 /// returns when warren must close it over TCP. A slot holder waits for its instant first,
 /// following later rebalances (it keeps its slot) until a close of another kind comes, or
 /// an upgrade of warren pauses it (it gives its slot up).
-async fn after_close(link: &Link, ctx: &Context, ending: Ending) -> Stop {
+async fn after_close<C>(link: &Link<C>, ctx: &Context, ending: Ending) -> Stop {
     let mut _leaving = None;
     let reason = match ending {
         Ending::Close(reason) => reason,
@@ -737,16 +752,24 @@ async fn establish(
     ctx: &Context,
     stats: &ListenerStats,
 ) -> Option<(Link, Duration)> {
-    // Counted until established: an upgrade of warren waits a moment for these.
     #[cfg(unix)]
     let _setting_up = ctx.pause.setting_up_guard();
+    let (client, listener, entry) = admitted(accepted, listener_name, ctx, stats).await?;
+    link_up(client, entry, &listener, listener_name, ctx, stats).await
+}
+
+/// The accepted connection let in: its listener's config and, past its PROXY header if the
+/// listener takes one, its `max_connections` slot and its ends.
+async fn admitted(
+    accepted: Box<Accepted>,
+    listener_name: &str,
+    ctx: &Context,
+    stats: &ListenerStats,
+) -> Option<(TcpStream, Arc<ListenerConfig>, Entry)> {
     let accepted = *accepted;
     let (client, peer, admission) = (accepted.socket, accepted.peer, accepted.admission);
-    // On Linux accepted sockets inherit TCP_NODELAY from the listening socket (set at bind).
     #[cfg(not(target_os = "linux"))]
     let _ = client.set_nodelay(true);
-    // Renamed by a reload since its loop started: the socket is the same listener's, which a
-    // connect that raced the rename must not see refused.
     let listener = ctx
         .routing
         .load()
@@ -754,15 +777,27 @@ async fn establish(
         .get(listener_name)
         .cloned()
         .or(accepted.config)?;
-    let listener = &*listener;
+    let entry = enter(&client, peer, admission, &listener, listener_name, stats).await?;
+    Some((client, listener, entry))
+}
+
+/// Pick a backend for a connection let in, connect to it (with failover) and send the
+/// preamble: the [`Link`] to forward over, with `client` as the client's end.
+async fn link_up<C>(
+    client: C,
+    entry: Entry,
+    listener: &ListenerConfig,
+    listener_name: &str,
+    ctx: &Context,
+    stats: &ListenerStats,
+) -> Option<(Link<C>, Duration)> {
     let Entry {
         permit,
         early,
         origin,
         destination,
-    } = enter(&client, peer, admission, listener, listener_name, stats).await?;
+    } = entry;
 
-    // Loaded after the PROXY header, which may take a while: the backends as they are now.
     let snapshot = ctx.routing.load_full();
     let Some(pool) = snapshot.pools.get(listener.pool.as_str()) else {
         stats.rejected(RejectReason::NoBackend).inc();

@@ -60,6 +60,9 @@ pub struct Pauser {
     closing: AtomicUsize,
     /// Connections still being set up (a PROXY header to come, connecting to their backend).
     setting_up: AtomicUsize,
+    /// Established TLS connections: their session keys live in this process, so they never
+    /// park; after a hand-over they end here (`proxy::tls`).
+    bound: AtomicUsize,
     /// The token that replaced each backend's when the last pause fired it (keyed by the
     /// counters' address): a connection resumed after a failed upgrade follows the chain from
     /// there, so a close that fired meanwhile (`on_down`) reaches it.
@@ -75,6 +78,11 @@ impl Pauser {
     /// Connections warren is closing, which will not park.
     pub fn closing(&self) -> usize {
         self.closing.load(Ordering::SeqCst)
+    }
+
+    /// TLS connections, which stay in this process.
+    pub fn bound(&self) -> usize {
+        self.bound.load(Ordering::SeqCst)
     }
 
     /// Connections still being set up; they park once established.
@@ -133,6 +141,11 @@ impl Pauser {
     /// Count a connection in a close warren started while the guard lives.
     pub(super) fn closing_guard(&self) -> CountGuard<'_> {
         CountGuard::new(&self.closing)
+    }
+
+    /// Count a connection that cannot move while the guard lives.
+    pub(super) fn bound_guard(&self) -> CountGuard<'_> {
+        CountGuard::new(&self.bound)
     }
 
     /// Count a connection being set up while the guard lives.

@@ -253,6 +253,14 @@ impl Server {
         match self.hand_connections(&mut handing, connections).await {
             Ok((parked, left)) => {
                 let count = parked.len();
+                let tls = self.ctx.pause.bound();
+                if tls > 0 {
+                    tracing::info!(
+                        tls_connections = tls,
+                        grace = %humantime::format_duration(self.options.shutdown_grace),
+                        "upgrade: TLS connections cannot move (their session keys live here): this process serves them until they close, for at most the shutdown grace period"
+                    );
+                }
                 // The new process probes, follows drains and runs hooks from now on: here the
                 // connections leaving would look like drains completing.
                 self.health.retire();
@@ -333,7 +341,8 @@ impl Server {
             } else {
                 0
             };
-            let staying = self.ctx.pause.closing() + setting_up;
+            // TLS connections never park: their session keys cannot travel.
+            let staying = self.ctx.pause.closing() + self.ctx.pause.bound() + setting_up;
             let everyone = connections.len() <= all.len() + staying;
             let timed_out = std::time::Instant::now() >= deadline;
             if timed_out && !everyone {

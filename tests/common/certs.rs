@@ -2,7 +2,8 @@
 //! certificate for `127.0.0.1` and `localhost` (server and client use, as etcd's gateway dials
 //! its own port with it), a client certificate signed by the same CA (its key in SEC1, `BEGIN
 //! EC PRIVATE KEY`), and a second, unrelated CA. Valid for two days. [`Certs::generate`]
-//! prints a SKIP line and returns `None` when `openssl` is missing.
+//! prints a SKIP line and returns `None` when `openssl` is missing; [`Certs::another_server`]
+//! makes more server certificates from the same CA (a certificate swap on reload).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -52,6 +53,20 @@ impl Certs {
         let key = certs.client_key.display().to_string();
         openssl(&certs.dir.0, &["ec", "-in", &key, "-out", &key]);
         Some(certs)
+    }
+
+    /// One more server certificate for `127.0.0.1` and `localhost`, signed by the same CA:
+    /// `NAME.pem` and `NAME.key` in the directory.
+    pub fn another_server(&self, name: &str) -> (PathBuf, PathBuf) {
+        self.make_leaf(
+            name,
+            "127.0.0.1",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+        );
+        (
+            self.dir.0.join(format!("{name}.pem")),
+            self.dir.0.join(format!("{name}.key")),
+        )
     }
 
     /// The directory the files are in.

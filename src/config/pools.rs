@@ -44,8 +44,10 @@ impl Validator<'_> {
                     names.insert(name.clone(), i);
                 }
             }
-            backends.push(self.backend(&backend_key, raw, management.as_ref()));
+            backends.extend(self.backends_of(&backend_key, raw, management.as_ref()));
         }
+        self.expanded_names(&key, &backends);
+        let resolve_interval = self.resolve_interval(&key, raw.resolve_interval.as_ref());
         let probe = health.as_ref().map(|h| &h.probe).zip(probe_url.as_ref());
         self.pool_endpoints(&key, management.as_ref(), &own, probe, &backends);
         let primaries = backends.iter().filter(|b| !b.backup).count();
@@ -87,6 +89,7 @@ impl Validator<'_> {
             on_down,
             rebalance,
             health,
+            resolve_interval,
             backends,
         }
     }
@@ -450,6 +453,8 @@ impl Validator<'_> {
         };
         BackendConfig {
             name: raw.name.into_inner(),
+            dns_name: host.parse::<IpAddr>().is_err().then(|| host.clone()),
+            expanded_from: None,
             host,
             port,
             addr,

@@ -157,6 +157,10 @@ pub struct Server {
     exposition: Arc<crate::metrics::Metrics>,
     /// Counts each reload `run` handles.
     reloads: ReloadMetrics,
+    /// Fresh answers for backends given by host name (`resolve_interval`), applied by `run`
+    /// between reloads.
+    resolved_rx: mpsc::UnboundedReceiver<crate::resolve::Resolved>,
+    resolve_metrics: crate::resolve::ResolveMetrics,
 }
 
 /// The control plane's thread and runtime: admin API, probes, hooks. Kept apart from the data
@@ -198,6 +202,8 @@ struct ControlSetup {
     /// The whole control plane's stop, and the admin server's own.
     stop: CancellationToken,
     admin_stop: CancellationToken,
+    /// Where the re-resolver sends its answers.
+    resolved_tx: mpsc::UnboundedSender<crate::resolve::Resolved>,
 }
 
 /// What the control thread hands back once its parts run.
@@ -212,6 +218,7 @@ fn start_control(
     routing: Arc<Routing>,
     metrics: ProcessMetrics,
     (hold_down, local): (Duration, crate::drain::LocalChanges),
+    resolved_tx: mpsc::UnboundedSender<crate::resolve::Resolved>,
 ) -> (Control, Arc<Controller>, Arc<Drainer>) {
     let stop = CancellationToken::new();
     let admin_stop = stop.child_token();
@@ -230,6 +237,7 @@ fn start_control(
         local,
         stop: stop.clone(),
         admin_stop: admin_stop.clone(),
+        resolved_tx,
     };
     let thread = std::thread::Builder::new()
         .name("warren-control".into())
@@ -273,6 +281,7 @@ async fn run_control(setup: ControlSetup, ready: std::sync::mpsc::Sender<Control
         local,
         stop,
         admin_stop,
+        resolved_tx,
     } = setup;
     let hooks =
         (!config.hooks.is_empty()).then(|| Hooks::start(&config.hooks, metrics.hooks.clone()));
@@ -311,6 +320,12 @@ async fn run_control(setup: ControlSetup, ready: std::sync::mpsc::Sender<Control
         });
     let rebalancer = Rebalancer::new(shared_config.clone(), routing.clone(), fleet_loads);
     tokio::spawn(rebalancer.clone().run(stop.clone()));
+    tokio::spawn(crate::resolve::run(
+        shared_config.clone(),
+        metrics.resolve.clone(),
+        resolved_tx,
+        stop.clone(),
+    ));
     let _ = ready.send((health.clone(), drainer.clone(), rebalancer.clone()));
     let hooks_owner = health.clone();
     if let Some((listener, token)) = admin {
@@ -526,6 +541,7 @@ impl Server {
         let shared_config = Arc::new(ArcSwap::from_pointee(config.clone()));
         let (reload_tx, reload_rx) = Reloader::channel();
         let (upgrade_tx, upgrade_rx) = Upgrader::channel();
+        let (resolved_tx, resolved_rx) = mpsc::unbounded_channel();
         let (control, health, drainer) = start_control(
             config,
             shared_config.clone(),
@@ -534,6 +550,7 @@ impl Server {
             routing.clone(),
             metrics.clone(),
             (options.passive_hold_down, local),
+            resolved_tx,
         );
         let ctx = Arc::new(Context {
             routing,
@@ -563,6 +580,8 @@ impl Server {
             options,
             exposition: metrics.exposition,
             reloads: metrics.reloads,
+            resolved_rx,
+            resolve_metrics: metrics.resolve,
         })
     }
 
@@ -662,6 +681,7 @@ impl Server {
                         .await;
                     let _ = reply.send(outcome);
                 }
+                Some(resolved) = self.resolved_rx.recv() => self.apply_resolved(&resolved),
                 Some(reply) = self.upgrade_rx.recv() => {
                     let outcome = self
                         .upgrade(&mut running, &stop_accepting, &accept_loops, &connections)
@@ -862,6 +882,8 @@ impl Server {
             tracing::warn!("{warning}");
         }
         let old = self.config.load_full();
+        // Expanded backends keep the names this process gave their addresses.
+        let new = crate::resolve::carry_slots(&old, new);
         if old.admin != new.admin {
             tracing::warn!("[admin] changed: it takes effect at the next restart");
         }
@@ -903,5 +925,22 @@ impl Server {
         }
         self.config.store(Arc::new(new));
         Ok(self.config.load().summary())
+    }
+
+    /// A fresh answer for a backend's host name (`resolve_interval`): applied as a reload
+    /// applies a changed backend (new address: health starts again as unknown; removed
+    /// backend: its open connections continue), when it changes anything.
+    fn apply_resolved(&self, resolved: &crate::resolve::Resolved) {
+        let old = self.config.load_full();
+        let Some((new, changes)) =
+            crate::resolve::apply(&old, &resolved.target, &resolved.addrs)
+        else {
+            return;
+        };
+        self.resolve_metrics.changed(&resolved.target, &changes);
+        self.ctx.routing.reload(&new);
+        self.health.reload(&new, &self.control.stop);
+        self.drainer.reload(&new);
+        self.config.store(Arc::new(new));
     }
 }

@@ -337,9 +337,9 @@ mod validate;
 mod tests;
 
 pub use fleet::host_name;
-pub use resolve::{expanded_backend, expanded_name, MIN_RESOLVE_INTERVAL};
 use management::*;
 use raw::*;
+pub use resolve::{expanded_backend, expanded_name, MIN_RESOLVE_INTERVAL};
 use text::*;
 use validate::*;
 

@@ -249,7 +249,10 @@ impl Validator<'_> {
             match (self.resolve)(&hp.host, hp.port) {
                 Ok(addrs) => match addrs.first() {
                     Some(first) => Ok((hp.host, hp.port, *first)),
-                    None => Err(format!("cannot resolve host {}: no addresses", quote(&hp.host))),
+                    None => Err(format!(
+                        "cannot resolve host {}: no addresses",
+                        quote(&hp.host)
+                    )),
                 },
                 Err(e) => Err(format!("cannot resolve host {}: {e}", quote(&hp.host))),
             }

@@ -75,8 +75,10 @@ impl ResolveMetrics {
                 .inc();
             let (pool, host) = (&target.pool, &target.host);
             match change {
-                Change::Moved { backend, from, to } => tracing::info!(%pool, %backend, %host, old = %from, new = %to,
-                    "backend address changed (DNS): new connections and probes go to the new address, open ones stay"),
+                Change::Moved { backend, from, to } => {
+                    tracing::info!(%pool, %backend, %host, old = %from, new = %to,
+                    "backend address changed (DNS): new connections and probes go to the new address, open ones stay")
+                }
                 Change::Added { backend, addr } => tracing::info!(%pool, %backend, %host, %addr,
                     "backend added: a new address of an expanded host name"),
                 Change::Removed { backend, addr } => tracing::info!(%pool, %backend, %host, %addr,

@@ -143,13 +143,15 @@ fn apply_expanded(
     }
     let members: Vec<BackendConfig> = next
         .iter()
-        .map(|(name, addr)| match backends.iter().find(|b| b.name == *name) {
-            Some(kept) if is_member(kept) => kept.clone(),
-            _ => BackendConfig {
-                name: name.clone(),
-                ..expanded_backend(&template, &target.host, 0, *addr)
+        .map(
+            |(name, addr)| match backends.iter().find(|b| b.name == *name) {
+                Some(kept) if is_member(kept) => kept.clone(),
+                _ => BackendConfig {
+                    name: name.clone(),
+                    ..expanded_backend(&template, &target.host, 0, *addr)
+                },
             },
-        })
+        )
         .collect();
     backends.retain(|b| !is_member(b));
     backends.splice(at..at, members);
@@ -245,7 +247,11 @@ pub fn carry_slots(old: &Config, mut new: Config) -> Config {
                 .filter(|(_, a)| addrs.contains(a))
                 .collect();
             for (name, addr) in assign_slots(&written, &kept, &others, &addrs) {
-                if let Some(b) = pool.backends.iter_mut().find(|b| member(b) && b.addr == addr) {
+                if let Some(b) = pool
+                    .backends
+                    .iter_mut()
+                    .find(|b| member(b) && b.addr == addr)
+                {
                     b.name = name;
                 }
             }
@@ -314,28 +320,70 @@ mod tests {
         let none = HashSet::new();
         let taken: HashSet<String> = ["n-1".to_string()].into();
         // (current members, other backends' names, answer, members after)
-        let cases: Vec<(Vec<(&str, &str)>, &HashSet<String>, Vec<&str>, Vec<(&str, &str)>)> = vec![
+        let cases: Vec<(
+            Vec<(&str, &str)>,
+            &HashSet<String>,
+            Vec<&str>,
+            Vec<(&str, &str)>,
+        )> = vec![
             // At load: sorted addresses, numbered from 1.
-            (vec![], &none, vec!["10.0.0.3:1", "10.0.0.1:1", "10.0.0.2:1"],
-             vec![("n-1", "10.0.0.1:1"), ("n-2", "10.0.0.2:1"), ("n-3", "10.0.0.3:1")]),
+            (
+                vec![],
+                &none,
+                vec!["10.0.0.3:1", "10.0.0.1:1", "10.0.0.2:1"],
+                vec![
+                    ("n-1", "10.0.0.1:1"),
+                    ("n-2", "10.0.0.2:1"),
+                    ("n-3", "10.0.0.3:1"),
+                ],
+            ),
             // One more: the others keep their names.
-            (vec![("n-1", "10.0.0.5:1"), ("n-2", "10.0.0.9:1")], &none,
-             vec!["10.0.0.9:1", "10.0.0.5:1", "10.0.0.1:1"],
-             vec![("n-1", "10.0.0.5:1"), ("n-2", "10.0.0.9:1"), ("n-3", "10.0.0.1:1")]),
+            (
+                vec![("n-1", "10.0.0.5:1"), ("n-2", "10.0.0.9:1")],
+                &none,
+                vec!["10.0.0.9:1", "10.0.0.5:1", "10.0.0.1:1"],
+                vec![
+                    ("n-1", "10.0.0.5:1"),
+                    ("n-2", "10.0.0.9:1"),
+                    ("n-3", "10.0.0.1:1"),
+                ],
+            ),
             // One gone: a gap, no renumbering.
-            (vec![("n-1", "10.0.0.1:1"), ("n-2", "10.0.0.2:1"), ("n-3", "10.0.0.3:1")], &none,
-             vec!["10.0.0.1:1", "10.0.0.3:1"],
-             vec![("n-1", "10.0.0.1:1"), ("n-3", "10.0.0.3:1")]),
+            (
+                vec![
+                    ("n-1", "10.0.0.1:1"),
+                    ("n-2", "10.0.0.2:1"),
+                    ("n-3", "10.0.0.3:1"),
+                ],
+                &none,
+                vec!["10.0.0.1:1", "10.0.0.3:1"],
+                vec![("n-1", "10.0.0.1:1"), ("n-3", "10.0.0.3:1")],
+            ),
             // Replaced in one step: the new machine does not inherit the leaving one's name.
-            (vec![("n-1", "10.0.0.1:1"), ("n-2", "10.0.0.2:1")], &none,
-             vec!["10.0.0.1:1", "10.0.0.7:1"],
-             vec![("n-1", "10.0.0.1:1"), ("n-3", "10.0.0.7:1")]),
+            (
+                vec![("n-1", "10.0.0.1:1"), ("n-2", "10.0.0.2:1")],
+                &none,
+                vec!["10.0.0.1:1", "10.0.0.7:1"],
+                vec![("n-1", "10.0.0.1:1"), ("n-3", "10.0.0.7:1")],
+            ),
             // ...but a gap left earlier is filled.
-            (vec![("n-1", "10.0.0.1:1"), ("n-3", "10.0.0.3:1")], &none,
-             vec!["10.0.0.1:1", "10.0.0.3:1", "10.0.0.8:1"],
-             vec![("n-1", "10.0.0.1:1"), ("n-2", "10.0.0.8:1"), ("n-3", "10.0.0.3:1")]),
+            (
+                vec![("n-1", "10.0.0.1:1"), ("n-3", "10.0.0.3:1")],
+                &none,
+                vec!["10.0.0.1:1", "10.0.0.3:1", "10.0.0.8:1"],
+                vec![
+                    ("n-1", "10.0.0.1:1"),
+                    ("n-2", "10.0.0.8:1"),
+                    ("n-3", "10.0.0.3:1"),
+                ],
+            ),
             // Another backend's name is skipped; duplicates in the answer count once.
-            (vec![], &taken, vec!["10.0.0.1:1", "10.0.0.1:1"], vec![("n-2", "10.0.0.1:1")]),
+            (
+                vec![],
+                &taken,
+                vec!["10.0.0.1:1", "10.0.0.1:1"],
+                vec![("n-2", "10.0.0.1:1")],
+            ),
         ];
         for (current, others, answer, want) in cases {
             let answer: Vec<SocketAddr> = answer.iter().map(|a| addr(a)).collect();
@@ -356,8 +404,14 @@ mod tests {
         assert_eq!(
             found,
             [
-                (target("moving", "moving.internal", false), Duration::from_secs(5)),
-                (target("node", "rabbit.headless", true), Duration::from_secs(5)),
+                (
+                    target("moving", "moving.internal", false),
+                    Duration::from_secs(5)
+                ),
+                (
+                    target("node", "rabbit.headless", true),
+                    Duration::from_secs(5)
+                ),
             ]
         );
         let mut off = config.clone();
@@ -388,7 +442,11 @@ mod tests {
     fn an_expanded_name_gains_and_loses_backends_in_place() {
         let two = config(&[("node-1", "10.2.0.1:5672"), ("node-2", "10.2.0.2:5672")]);
         let t = target("node", "rabbit.headless", true);
-        let three = [addr("10.2.0.2:5672"), addr("10.2.0.1:5672"), addr("10.2.0.3:5672")];
+        let three = [
+            addr("10.2.0.2:5672"),
+            addr("10.2.0.1:5672"),
+            addr("10.2.0.3:5672"),
+        ];
         assert!(apply(&two, &t, &three[..2]).is_none());
         let (grown, changes) = apply(&two, &t, &three).unwrap();
         assert_eq!(
@@ -407,7 +465,10 @@ mod tests {
             }]
         );
         let b = &grown.pools[0].backends[4];
-        assert_eq!((b.host.as_str(), b.dns_name.as_deref()), ("10.2.0.3", Some("rabbit.headless")));
+        assert_eq!(
+            (b.host.as_str(), b.dns_name.as_deref()),
+            ("10.2.0.3", Some("rabbit.headless"))
+        );
         let (shrunk, changes) = apply(&grown, &t, &three[1..]).unwrap();
         assert_eq!(
             members(&shrunk),

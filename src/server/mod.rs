@@ -932,8 +932,7 @@ impl Server {
     /// backend: its open connections continue), when it changes anything.
     fn apply_resolved(&self, resolved: &crate::resolve::Resolved) {
         let old = self.config.load_full();
-        let Some((new, changes)) =
-            crate::resolve::apply(&old, &resolved.target, &resolved.addrs)
+        let Some((new, changes)) = crate::resolve::apply(&old, &resolved.target, &resolved.addrs)
         else {
             return;
         };

@@ -19,7 +19,11 @@ fn with_backend(pool_extra: &str, backend: &str) -> String {
 
 #[test]
 fn without_the_keys_names_resolve_once() {
-    let config = parse(&with_backend("", "name = \"c\"\naddr = \"rabbit-a.internal:5672\"")).unwrap();
+    let config = parse(&with_backend(
+        "",
+        "name = \"c\"\naddr = \"rabbit-a.internal:5672\"",
+    ))
+    .unwrap();
     assert_eq!(config.resolver, ResolverConfig::default());
     let pool = config.pool("rabbitmq").unwrap();
     assert_eq!(pool.resolve_interval, None);
@@ -33,7 +37,10 @@ fn without_the_keys_names_resolve_once() {
 fn resolver_and_interval_load() {
     let text = format!(
         "{}\n[resolver]\nnameservers = [\"10.0.0.2\", \"10.0.0.3:5353\", \"[fd00::53]:53\"]\n",
-        with_backend("resolve_interval = \"30s\"", "name = \"c\"\naddr = \"rabbit-a.internal:5672\"")
+        with_backend(
+            "resolve_interval = \"30s\"",
+            "name = \"c\"\naddr = \"rabbit-a.internal:5672\""
+        )
     );
     let config = parse(&text).unwrap();
     assert_eq!(
@@ -48,7 +55,10 @@ fn resolver_and_interval_load() {
         config.pool("rabbitmq").unwrap().resolve_interval,
         Some(Duration::from_secs(30))
     );
-    assert_eq!(super::super::resolve::nameservers_in(&text), config.resolver.nameservers);
+    assert_eq!(
+        super::super::resolve::nameservers_in(&text),
+        config.resolver.nameservers
+    );
 }
 
 #[test]
@@ -63,7 +73,14 @@ fn expand_makes_one_backend_per_address_by_sorted_address() {
         .backends
         .iter()
         .filter(|b| b.expanded_from.as_deref() == Some("node"))
-        .map(|b| (b.name.as_str(), b.addr.to_string(), b.host.as_str(), b.weight))
+        .map(|b| {
+            (
+                b.name.as_str(),
+                b.addr.to_string(),
+                b.host.as_str(),
+                b.weight,
+            )
+        })
         .collect();
     assert_eq!(
         expanded,
@@ -86,35 +103,64 @@ fn each_problem_names_key_value_and_line() {
     let cases: Vec<(String, &str, &str, &str)> = vec![
         (
             with_backend("resolve_interval = \"500ms\"", headless),
-            "pool.rabbitmq.resolve_interval", "\"500ms\"", "at least 1s",
+            "pool.rabbitmq.resolve_interval",
+            "\"500ms\"",
+            "at least 1s",
         ),
         (
             with_backend("resolve_interval = \"soon\"", headless),
-            "pool.rabbitmq.resolve_interval", "\"soon\"", "not a duration",
+            "pool.rabbitmq.resolve_interval",
+            "\"soon\"",
+            "not a duration",
         ),
         (
-            with_backend("", "name = \"node\"\naddr = \"10.0.0.7:5672\"\nexpand = true"),
-            "pool.rabbitmq.backend[2].expand", "true", "needs a host name",
+            with_backend(
+                "",
+                "name = \"node\"\naddr = \"10.0.0.7:5672\"\nexpand = true",
+            ),
+            "pool.rabbitmq.backend[2].expand",
+            "true",
+            "needs a host name",
         ),
         (
-            with_backend("", &format!("{headless}\nmanagement = \"http://{{host}}:15672\"")),
-            "pool.rabbitmq.backend[2].expand", "true", "management endpoint",
+            with_backend(
+                "",
+                &format!("{headless}\nmanagement = \"http://{{host}}:15672\""),
+            ),
+            "pool.rabbitmq.backend[2].expand",
+            "true",
+            "management endpoint",
         ),
         (
-            format!("{}\n[[pool.rabbitmq.backend]]\nname = \"node-2\"\naddr = \"10.0.0.9:5672\"\n", with_backend("", headless)),
-            "pool.rabbitmq.backend", "\"node-2\"", "also another backend's",
+            format!(
+                "{}\n[[pool.rabbitmq.backend]]\nname = \"node-2\"\naddr = \"10.0.0.9:5672\"\n",
+                with_backend("", headless)
+            ),
+            "pool.rabbitmq.backend",
+            "\"node-2\"",
+            "also another backend's",
         ),
         (
             appended("[resolver]\nnameservers = [\"dns.internal\"]"),
-            "resolver.nameservers[0]", "\"dns.internal\"", "not an IP address",
+            "resolver.nameservers[0]",
+            "\"dns.internal\"",
+            "not an IP address",
         ),
     ];
     for (text, key, value, fragment) in &cases {
         let problems = problems_of(text);
-        assert_eq!(problems.len(), 1, "{key}: expected one problem, got {problems:#?}");
+        assert_eq!(
+            problems.len(),
+            1,
+            "{key}: expected one problem, got {problems:#?}"
+        );
         let p = &problems[0];
         assert_eq!((p.key.as_str(), p.value.as_str()), (*key, *value), "{p:#?}");
-        assert!(p.message.contains(fragment), "{key}: {:?} lacks {fragment:?}", p.message);
+        assert!(
+            p.message.contains(fragment),
+            "{key}: {:?} lacks {fragment:?}",
+            p.message
+        );
         if *key != "pool.rabbitmq.backend" {
             assert!(p.line.is_some(), "{key}: no line in {p:#?}");
         }

@@ -331,3 +331,58 @@ async fn an_expanded_name_gains_and_loses_backends() {
     drop(on_two);
     warren.stop().await;
 }
+
+/// What an operator sees of it, from the binary: the WARN once per failure streak however many
+/// lookups fail, the lines when the name comes back elsewhere, and `host_name` in `/v1/status`.
+#[tokio::test]
+async fn the_log_says_each_failure_streak_once_and_each_move() {
+    let m = machines(&[2, 3]).await;
+    let dns = Dns::start(&[("rabbit.test", &[ip(2)])]);
+    let dir = TempDir::new("resolve-log");
+    let (admin, listen) = (free_port(), free_port());
+    let path = dir.0.join("warren.toml");
+    let text = format!(
+        "[resolver]\nnameservers = [\"{}\"]\n{}resolve_interval = \"1s\"\n\
+         [[pool.rabbitmq.backend]]\nname = \"rabbit\"\naddr = \"rabbit.test:{}\"\n",
+        dns.addr,
+        process_config(admin, None, listen, &[], ""),
+        m.port
+    );
+    std::fs::write(&path, text).unwrap();
+    let mut warren = WarrenProc::run_config(&path, dir.0.join("warren.log")).await;
+    let admin = SocketAddr::from(([127, 0, 0, 1], admin));
+    let (_, status) = http(admin, "GET", "/v1/status", None, b"").await;
+    assert!(status.contains(r#""host_name":"rabbit.test""#), "{status}");
+
+    dns.set("rabbit.test", &[]);
+    let failures = r#"warren_backend_resolve_failures_total{backend="rabbit",pool="rabbitmq"}"#;
+    let deadline = tokio::time::Instant::now() + FOLLOWED_WITHIN * 2;
+    loop {
+        let (_, text) = http(admin, "GET", "/metrics", None, b"").await;
+        if metric_or_zero(&text, failures) >= 3.0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "3 failed lookups");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let warned = "cannot resolve a backend's host name: it keeps its last address";
+    assert_eq!(warren.log_text().matches(warned).count(), 1, "{}", warren.log_text());
+
+    dns.set("rabbit.test", &[ip(3)]);
+    warren
+        .logged("backend address changed (DNS)", FOLLOWED_WITHIN)
+        .await;
+    let log = warren.log_text();
+    assert!(log.contains("backend host name resolves again"), "{log}");
+    let moved = log
+        .lines()
+        .find(|l| l.contains("backend address changed (DNS)"))
+        .unwrap();
+    for field in [
+        format!("old={}", SocketAddr::from((ip(2), m.port))),
+        format!("new={}", SocketAddr::from((ip(3), m.port))),
+        "host=rabbit.test".to_string(),
+    ] {
+        assert!(moved.contains(&field), "{field} not in {moved}");
+    }
+}

@@ -25,7 +25,7 @@ pub enum Lookup {
     /// The system resolver (`/etc/hosts`, `/etc/resolv.conf`, nsswitch).
     System,
     /// These DNS servers, asked for A and AAAA records, without a cache: each lookup asks.
-    Nameservers(TokioResolver),
+    Nameservers(Box<TokioResolver>),
 }
 
 impl Lookup {
@@ -58,7 +58,7 @@ impl Lookup {
         .with_options(options)
         .build();
         match resolver {
-            Ok(resolver) => Lookup::Nameservers(resolver),
+            Ok(resolver) => Lookup::Nameservers(Box::new(resolver)),
             // Only an invalid option set fails here; the system resolver still answers.
             Err(e) => {
                 tracing::error!(error = %e, "cannot set up the [resolver] nameservers; using the system resolver");

@@ -366,7 +366,12 @@ async fn the_log_says_each_failure_streak_once_and_each_move() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let warned = "cannot resolve a backend's host name: it keeps its last address";
-    assert_eq!(warren.log_text().matches(warned).count(), 1, "{}", warren.log_text());
+    assert_eq!(
+        warren.log_text().matches(warned).count(),
+        1,
+        "{}",
+        warren.log_text()
+    );
 
     dns.set("rabbit.test", &[ip(3)]);
     warren

@@ -315,17 +315,19 @@ mod tests {
         }
     }
 
+    /// (current members, other backends' names, answer, members after)
+    type Case<'a> = (
+        Vec<(&'a str, &'a str)>,
+        &'a HashSet<String>,
+        Vec<&'a str>,
+        Vec<(&'a str, &'a str)>,
+    );
+
     #[test]
     fn slots_stay_with_their_address_and_new_ones_take_the_lowest_free() {
         let none = HashSet::new();
         let taken: HashSet<String> = ["n-1".to_string()].into();
-        // (current members, other backends' names, answer, members after)
-        let cases: Vec<(
-            Vec<(&str, &str)>,
-            &HashSet<String>,
-            Vec<&str>,
-            Vec<(&str, &str)>,
-        )> = vec![
+        let cases: Vec<Case> = vec![
             // At load: sorted addresses, numbered from 1.
             (
                 vec![],

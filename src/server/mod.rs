@@ -213,12 +213,15 @@ type ControlParts = (Arc<Controller>, Arc<Drainer>, Arc<Rebalancer>);
 fn start_control(
     config: &Config,
     shared_config: Arc<ArcSwap<Config>>,
-    (reloader, upgrader): (Reloader, Upgrader),
+    (reloader, upgrader, resolved_tx): (
+        Reloader,
+        Upgrader,
+        mpsc::UnboundedSender<crate::resolve::Resolved>,
+    ),
     admin: Option<(std::net::TcpListener, Option<Secret>)>,
     routing: Arc<Routing>,
     metrics: ProcessMetrics,
     (hold_down, local): (Duration, crate::drain::LocalChanges),
-    resolved_tx: mpsc::UnboundedSender<crate::resolve::Resolved>,
 ) -> (Control, Arc<Controller>, Arc<Drainer>) {
     let stop = CancellationToken::new();
     let admin_stop = stop.child_token();
@@ -545,12 +548,11 @@ impl Server {
         let (control, health, drainer) = start_control(
             config,
             shared_config.clone(),
-            (reload_tx.clone(), upgrade_tx.clone()),
+            (reload_tx.clone(), upgrade_tx.clone(), resolved_tx),
             admin,
             routing.clone(),
             metrics.clone(),
             (options.passive_hold_down, local),
-            resolved_tx,
         );
         let ctx = Arc::new(Context {
             routing,

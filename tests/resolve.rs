@@ -177,11 +177,16 @@ fn ip(id: u8) -> Ipv4Addr {
 /// warren with pool "p" (resolve_interval 1s) of `backend` (a `[[pool.p.backend]]` body),
 /// asking `dns`.
 fn start(dns: &Dns, backend: &str, balance: &str) -> Warren {
+    start_with(dns, backend, balance, "")
+}
+
+/// [`start`] with `tail` (more tables) after the backend.
+fn start_with(dns: &Dns, backend: &str, balance: &str, tail: &str) -> Warren {
     let text = format!(
         "[resolver]\nnameservers = [\"{}\"]\n\
          [[listener]]\nname = \"l\"\nlisten = \"127.0.0.1:1\"\npool = \"p\"\n\
          [pool.p]\nbalance = \"{balance}\"\nresolve_interval = \"1s\"\n\
-         [[pool.p.backend]]\n{backend}\n",
+         [[pool.p.backend]]\n{backend}\n{tail}\n",
         dns.addr
     );
     let config = warren::config::from_toml(&text, std::path::Path::new("resolve.toml"))
@@ -329,6 +334,43 @@ async fn an_expanded_name_gains_and_loses_backends() {
         2.0
     );
     drop(on_two);
+    warren.stop().await;
+}
+
+/// The backend's health as the routing view has it.
+fn health_of(warren: &Warren, backend: &str) -> warren::state::Health {
+    let snapshot = warren.routing.load();
+    snapshot.pools["p"].backend(backend).unwrap().health
+}
+
+/// A new address is a new machine: its health starts again and probes go to the new address
+/// (here nothing listens there, so the backend goes down).
+#[tokio::test]
+async fn probes_follow_a_moved_name() {
+    use warren::state::Health;
+    let m = machines(&[2]).await;
+    let dns = Dns::start(&[("rabbit.test", &[ip(2)])]);
+    let warren = start_with(
+        &dns,
+        &format!("name = \"rabbit\"\naddr = \"rabbit.test:{}\"", m.port),
+        "round_robin",
+        "[pool.p.health]\nkind = \"tcp\"\ninterval = \"100ms\"\nrise = 1\nfall = 1\n",
+    );
+    wait_for("up at 127.0.0.2", FOLLOWED_WITHIN, || {
+        health_of(&warren, "rabbit") == Health::Up
+    })
+    .await;
+    dns.set("rabbit.test", &[ip(3)]);
+    wait_for(
+        "down at 127.0.0.3, where nothing listens",
+        FOLLOWED_WITHIN,
+        || health_of(&warren, "rabbit") == Health::Down,
+    )
+    .await;
+    assert_eq!(
+        backends(&warren),
+        [("rabbit".to_string(), SocketAddr::from((ip(3), m.port)))]
+    );
     warren.stop().await;
 }
 

@@ -811,21 +811,31 @@ async fn fleet_status(admin: &Admin) -> Reply {
             "this warren has no [fleet] section: it shares nothing with other instances",
         );
     };
-    let instance = admin
-        .config
-        .load()
+    let config = admin.config.load_full();
+    let instance = config
         .fleet
         .as_ref()
         .map(|f| f.instance.clone())
         .unwrap_or_default();
-    let answer = match fleet.list().await {
-        Ok(reports) => crate::fleet::view::status(instance, &reports),
-        Err(e) => api::FleetStatus {
-            backends: Vec::new(),
-            instance,
-            instances: Vec::new(),
-            store: format!("unreachable: {e}"),
-        },
+    // One bound for the whole read (it may try several endpoints, each with the timeout), so
+    // `warren ctl status` gets its answer well within its own 10 s.
+    let timeout = config
+        .fleet
+        .as_ref()
+        .map_or(Duration::from_secs(2), |f| f.timeout);
+    let unreachable = |why: String| api::FleetStatus {
+        backends: Vec::new(),
+        instance: instance.clone(),
+        instances: Vec::new(),
+        store: format!("unreachable: {why}"),
+    };
+    let answer = match tokio::time::timeout(timeout, fleet.list()).await {
+        Ok(Ok(reports)) => crate::fleet::view::status(instance.clone(), &reports),
+        Ok(Err(e)) => unreachable(e.to_string()),
+        Err(_) => unreachable(format!(
+            "etcd did not answer within {}",
+            humantime::format_duration(timeout)
+        )),
     };
     json(StatusCode::OK, &answer)
 }

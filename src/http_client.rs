@@ -3,7 +3,7 @@
 //! the parsed URL types ([`HttpUrl`], and [`ProbeUrl`] for the probe's `{host}`/`{port}`
 //! template or its path on a management endpoint, both parsed at config load), resolving and connecting, one request per fresh
 //! connection (`Connection: close`), TLS on an `https://` URL when the caller gives a client
-//! configuration ([`Request::tls`], built by [`crate::tls`]; only the etcd client does so far),
+//! configuration ([`Request::tls`], built by [`crate::tls`]; the etcd client, and the probes of a pool with `[pool.NAME.tls]`),
 //! the `Authorization` header (bearer, or basic from
 //! `user:pass@` or the caller), the cap on the body read, an optional bound on the whole exchange,
 //! and [`HttpError`]. What a status means, retries, redaction of what is logged, and each caller's
@@ -310,6 +310,12 @@ impl ProbeUrl {
         Ok(url)
     }
 
+    /// Whether the template is an `https://` URL (a path's scheme is its management
+    /// endpoint's): the caller must then give its requests a TLS configuration.
+    pub fn is_https(&self) -> bool {
+        self.management_path.is_none() && self.template.starts_with("https://")
+    }
+
     /// The URL for the backend at `host` (as configured, IPv6 without brackets) and `port`, for
     /// a full URL template (a path needs the backend's management endpoint: [`Self::resolve`]).
     pub fn for_backend(&self, host: &str, port: u16) -> Result<HttpUrl, UrlError> {
@@ -325,7 +331,7 @@ impl ProbeUrl {
         management: Option<&HttpUrl>,
     ) -> Result<HttpUrl, UrlError> {
         match (&self.management_path, management) {
-            (None, _) => HttpUrl::parse(&fill_template(&self.template, host, port)),
+            (None, _) => HttpUrl::parse_https(&fill_template(&self.template, host, port)),
             (Some(path), Some(base)) => base.join(&fill_template(path, host, port)),
             (Some(_), None) => Err(UrlError::NoManagement),
         }
@@ -495,6 +501,8 @@ pub struct Request<'a> {
     connect_to: Option<SocketAddr>,
     /// For an `https://` URL: the roots (and client certificate) of the handshake.
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// The name the server's certificate must bear, when not the URL's host.
+    server_name: Option<ServerName<'static>>,
     read: BodyRead,
 }
 
@@ -512,6 +520,7 @@ impl<'a> Request<'a> {
             reason: None,
             connect_to: None,
             tls: None,
+            server_name: None,
             read: BodyRead::FailurePrefix(200),
         }
     }
@@ -558,6 +567,13 @@ impl<'a> Request<'a> {
         self
     }
 
+    /// Check the server's certificate against `name` (and send it as SNI) instead of the
+    /// URL's host: a backend reached by IP whose certificate names it.
+    pub fn server_name(mut self, name: ServerName<'static>) -> Self {
+        self.server_name = Some(name);
+        self
+    }
+
     pub fn read(mut self, read: BodyRead) -> Self {
         self.read = read;
         self
@@ -587,7 +603,13 @@ impl<'a> Request<'a> {
         let stream = self.connect().await?;
         // One small request and its answer: no reason to let Nagle hold a write back.
         let _ = stream.set_nodelay(true);
-        let stream = secure(stream, self.url, self.tls.as_ref()).await?;
+        let stream = secure_as(
+            stream,
+            self.url,
+            self.tls.as_ref(),
+            self.server_name.as_ref(),
+        )
+        .await?;
         *phase = Phase::WaitingForResponse;
         let (mut sender, connection) =
             hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
@@ -682,10 +704,11 @@ impl<'a> Request<'a> {
     }
 }
 
-/// A failed exchange: [`HttpError::Tls`] when rustls says why (the server refused the
-/// handshake with an alert), else [`HttpError::Exchange`].
+/// A failed exchange: [`HttpError::Tls`] when the server refused this client's certificate
+/// (the request was not read, so another endpoint may take it), else [`HttpError::Exchange`]
+/// (any other TLS error after the handshake may come after the server acted on the request).
 fn exchange_error(host: String, source: hyper::Error) -> HttpError {
-    match crate::tls::rustls_reason(&source) {
+    match crate::tls::certificate_refused(&source) {
         Some(reason) => HttpError::Tls { host, reason },
         None => HttpError::Exchange { host, source },
     }
@@ -699,6 +722,16 @@ pub async fn secure(
     url: &HttpUrl,
     tls: Option<&Arc<rustls::ClientConfig>>,
 ) -> Result<HttpStream, HttpError> {
+    secure_as(stream, url, tls, None).await
+}
+
+/// [`secure`], the server's certificate checked against `server_name` when given.
+pub async fn secure_as(
+    stream: TcpStream,
+    url: &HttpUrl,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    server_name: Option<&ServerName<'static>>,
+) -> Result<HttpStream, HttpError> {
     if !url.https {
         return Ok(HttpStream::Plain(stream));
     }
@@ -711,8 +744,11 @@ pub async fn secure(
             "no TLS configuration was given for this https:// URL".into(),
         ));
     };
-    let name = ServerName::try_from(url.host.clone())
-        .map_err(|e| failed(format!("{:?} cannot be a TLS server name: {e}", url.host)))?;
+    let name = match server_name {
+        Some(name) => name.clone(),
+        None => ServerName::try_from(url.host.clone())
+            .map_err(|e| failed(format!("{:?} cannot be a TLS server name: {e}", url.host)))?,
+    };
     match tokio_rustls::TlsConnector::from(tls.clone())
         .connect(name, stream)
         .await
@@ -1014,8 +1050,11 @@ mod tests {
         let url = ProbeUrl::parse("http://{host}:{port}/").unwrap();
         assert_eq!(url.for_backend("rabbit-a", 15672).unwrap().port(), 15672);
         assert!(!url.has_credentials());
+        let https = ProbeUrl::parse("https://{host}:15671/api/x").unwrap();
+        assert!(https.is_https());
+        assert_eq!(https.for_backend("h", 5671).unwrap().scheme(), "https");
+        assert!(!url.is_https() && !ProbeUrl::parse("/api/x").unwrap().is_https());
         for (bad, want) in [
-            ("https://{host}/", UrlError::Https),
             ("{host}:15672/", UrlError::Scheme),
             ("http://{host}:99999/", UrlError::Port),
             ("http:///api", UrlError::NoHost),

@@ -86,6 +86,11 @@ pub struct BackendStats {
     /// reported them (0 without `[fleet]` or while etcd cannot be read), so least_conn and
     /// random_two weigh the fleet's load, not only this instance's.
     elsewhere: std::sync::atomic::AtomicI64,
+    /// The other live instances at that read, and `total` then: until the next read each of
+    /// them is assumed to place connections here as this instance does (see
+    /// [`BackendStats::elsewhere`]).
+    peers: std::sync::atomic::AtomicI64,
+    total_mark: std::sync::atomic::AtomicU64,
 }
 
 /// Why warren closed a backend's connections itself.
@@ -263,15 +268,31 @@ impl BackendStats {
         self.leaving.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// The other instances' connections to this backend (see `elsewhere`).
+    /// The other instances' connections to this backend: what they last reported, plus, for
+    /// each of them, the connections this instance placed here since. Reports are seconds
+    /// old, and in a reconnect storm every instance places at once: counting only the reports,
+    /// all of them would fill the same gap (each sending its whole share of the storm to the
+    /// backend that looked emptiest); assuming the others do as this one does, each spreads.
     pub fn elsewhere(&self) -> i64 {
-        self.elsewhere.load(std::sync::atomic::Ordering::Relaxed)
+        use std::sync::atomic::Ordering::Relaxed;
+        let reported = self.elsewhere.load(Relaxed);
+        let peers = self.peers.load(Relaxed);
+        if peers == 0 {
+            return reported;
+        }
+        let placed = self
+            .total
+            .get()
+            .saturating_sub(self.total_mark.load(Relaxed));
+        reported + peers * placed as i64
     }
 
-    /// Set what the other instances last reported for this backend.
-    pub fn set_elsewhere(&self, connections: i64) {
-        self.elsewhere
-            .store(connections, std::sync::atomic::Ordering::Relaxed);
+    /// Set what `peers` other instances last reported for this backend (0, 0: nothing).
+    pub fn set_elsewhere(&self, connections: i64, peers: i64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.total_mark.store(self.total.get(), Relaxed);
+        self.elsewhere.store(connections, Relaxed);
+        self.peers.store(peers, Relaxed);
     }
 
     /// The counter of connects to this backend that failed for `failure`.
@@ -309,6 +330,8 @@ impl BackendStats {
             leaving: std::sync::atomic::AtomicI64::new(0),
             rebalance_closes: metrics.rebalance_closes_total.with_label_values(&pb),
             elsewhere: std::sync::atomic::AtomicI64::new(0),
+            peers: std::sync::atomic::AtomicI64::new(0),
+            total_mark: std::sync::atomic::AtomicU64::new(0),
         }
     }
 }
@@ -919,6 +942,33 @@ mod tests {
             let after = routing.load().pools["p"].selector.clone();
             assert_eq!(Arc::ptr_eq(&before, &after), kept, "{backends:?}");
         }
+    }
+
+    /// With `[fleet]`, the other instances count as what they reported plus, each, what this
+    /// instance placed since (they are assumed to place alike until their next report).
+    #[test]
+    fn elsewhere_extrapolates_the_other_instances_until_the_next_read() {
+        let routing = Routing::new(
+            &config(&[("a", 1)]),
+            BackendMetrics::register(&Registry::new()),
+        );
+        let stats = routing.load().pools["p"]
+            .backend("a")
+            .unwrap()
+            .stats
+            .clone();
+        assert_eq!(stats.elsewhere(), 0, "nothing without [fleet]");
+        stats.total.inc_by(5);
+        stats.set_elsewhere(40, 2);
+        assert_eq!(stats.elsewhere(), 40);
+        stats.total.inc_by(3);
+        assert_eq!(stats.elsewhere(), 40 + 2 * 3);
+        stats.set_elsewhere(47, 2);
+        assert_eq!(stats.elsewhere(), 47, "a new read starts counting again");
+        stats.total.inc();
+        stats.set_elsewhere(0, 0);
+        stats.total.inc();
+        assert_eq!(stats.elsewhere(), 0, "no fresh read: nothing elsewhere");
     }
 
     fn since(routing: &Routing, backend: &str) -> Option<Instant> {

@@ -282,15 +282,37 @@ impl fmt::Debug for ClientTls {
 /// The problem of a TLS handshake or exchange, if `error` (or what it wraps) is one of rustls's:
 /// a certificate the server or client refused, a fatal alert. Its text is rustls's.
 pub fn rustls_reason(error: &(dyn std::error::Error + 'static)) -> Option<String> {
+    find_rustls(error).map(explain)
+}
+
+/// The server's refusal of this client's certificate (or of its lack of one), if that is what
+/// `error` is: in TLS 1.3 it comes after the client's side of the handshake, with the request
+/// possibly written, but the server never read it.
+pub fn certificate_refused(error: &(dyn std::error::Error + 'static)) -> Option<String> {
+    use rustls::AlertDescription as Alert;
+    let tls = find_rustls(error)?;
+    matches!(
+        tls,
+        rustls::Error::AlertReceived(
+            Alert::BadCertificate
+                | Alert::CertificateRequired
+                | Alert::UnknownCA
+                | Alert::CertificateUnknown
+        )
+    )
+    .then(|| explain(tls))
+}
+
+fn find_rustls<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
     let mut next = Some(error);
     while let Some(e) = next {
         if let Some(tls) = e.downcast_ref::<rustls::Error>() {
-            return Some(explain(tls));
+            return Some(tls);
         }
         // io::Error hides its inner error from `source()`; ask for it.
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
             if let Some(tls) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-                return Some(explain(tls));
+                return Some(tls);
             }
         }
         next = e.source();

@@ -135,7 +135,7 @@ fn example_config_fleet_keys_load_when_uncommented() {
     for line in [
         "[fleet]",
         "store = \"etcd\"",
-        "endpoints = [\"http://etcd-1:2379\", \"http://etcd-2:2379\", \"http://etcd-3:2379\"]",
+        "endpoints = [\"https://etcd-1:2379\", \"https://etcd-2:2379\", \"https://etcd-3:2379\"]",
         "prefix = \"/warren/\"",
         "instance = \"warren-a\"",
         "timeout = \"2s\"",
@@ -150,7 +150,19 @@ fn example_config_fleet_keys_load_when_uncommented() {
     let commented = "\n# password_file = \"/etc/warren/etcd-password\"\n";
     assert!(text.contains(commented));
     let real = format!("\npassword_file = \"{}\"\n", password.0.display());
-    let text = text.replacen(commented, &real, 1);
+    let mut text = text.replacen(commented, &real, 1);
+    // The TLS files, there, replaced by the test's (a CA and a client certificate it signed).
+    let pem = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/config/tests/tls");
+    for (key, file, real) in [
+        ("ca_file", "etcd-ca.pem", "ca.pem"),
+        ("cert_file", "etcd-client.pem", "client.pem"),
+        ("key_file", "etcd-client.key", "client.key"),
+    ] {
+        let commented = format!("\n# {key} = \"/etc/warren/{file}\"\n");
+        assert!(text.contains(&commented), "{commented}");
+        let real = format!("\n{key} = \"{}\"\n", pem.join(real).display());
+        text = text.replacen(&commented, &real, 1);
+    }
     let config = config::from_toml(&text, &path).unwrap_or_else(|e| panic!("{e}"));
     let fleet = config.fleet.expect("[fleet]");
     assert_eq!(fleet.endpoints.len(), 3);
@@ -168,6 +180,63 @@ fn example_config_fleet_keys_load_when_uncommented() {
     );
     assert_eq!(fleet.user.as_deref(), Some("warren"));
     assert_eq!(fleet.password, Some(config::Secret("s3cret".to_string())));
+    assert!(
+        fleet.tls.is_some(),
+        "https:// with ca_file, cert_file and key_file"
+    );
+}
+
+/// The `[pool.NAME.tls]` keys config/warren.toml shows commented out load once uncommented
+/// (the files replaced by the config tests' certificates): every backend speaks TLS with the
+/// pool's CA and client certificate, checked against `server_name`.
+#[test]
+fn example_config_pool_tls_keys_load_when_uncommented() {
+    let path = example("warren.toml");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    let fixture = |name: &str| {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("src/config/tests/tls")
+            .join(name)
+            .display()
+            .to_string()
+    };
+    for (line, real) in [
+        ("[pool.rabbitmq.tls]", "[pool.rabbitmq.tls]".to_string()),
+        (
+            "ca = \"/etc/warren/rabbitmq-ca.pem\"",
+            format!("ca = {:?}", fixture("ca.pem")),
+        ),
+        (
+            "server_name = \"rabbitmq.internal\"",
+            "server_name = \"rabbitmq.internal\"".into(),
+        ),
+        (
+            "cert = \"/etc/warren/warren-client.pem\"",
+            format!("cert = {:?}", fixture("client.pem")),
+        ),
+        (
+            "key = \"/etc/warren/warren-client.key\"",
+            format!("key = {:?}", fixture("client.key")),
+        ),
+    ] {
+        let commented = format!("\n# {line}\n");
+        assert_eq!(text.matches(&commented).count(), 1, "{commented}");
+        text = text.replacen(&commented, &format!("\n{real}\n"), 1);
+    }
+    let config = config::from_toml(&text, &path).unwrap_or_else(|e| panic!("{e}"));
+    let pool = config.pool("rabbitmq").unwrap();
+    for backend in &pool.backends {
+        let tls = backend.tls.as_ref().expect("[pool.rabbitmq.tls]");
+        assert_eq!(tls.server_name.to_str(), "rabbitmq.internal");
+        assert!(tls.client.has_identity());
+    }
+    // The same with a CA file that is not there: refused, naming the key and the file.
+    let missing = text.replacen(&fixture("ca.pem"), "/nonexistent/rabbitmq-ca.pem", 1);
+    let error = config::from_toml(&missing, &path).unwrap_err().to_string();
+    assert!(
+        error.contains("pool.rabbitmq.tls.ca = \"/nonexistent/rabbitmq-ca.pem\": cannot read: "),
+        "{error}"
+    );
 }
 
 #[test]

@@ -800,3 +800,79 @@ async fn the_maintenance_lookup_is_not_repeated_at_every_refused_probe() {
     server.abort();
     warren.stop().await;
 }
+
+/// A TLS server with `certs`' server certificate that answers AMQP's protocol header with
+/// `Connection.Start`, for probes of a pool with `[pool.NAME.tls]`.
+async fn tls_broker(certs: &certs::Certs) -> Backend {
+    use warren::tls::{parse_certificates, parse_private_key, read_file, FileRole};
+    let chain = read_file(&certs.server_cert, FileRole::Certificate).unwrap();
+    let chain = parse_certificates(&certs.server_cert, FileRole::Certificate, &chain).unwrap();
+    let key = read_file(&certs.server_key, FileRole::Key).unwrap();
+    let key = parse_private_key(&certs.server_key, &key).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(warren::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    spawn_backend(move |stream| {
+        let acceptor = acceptor.clone();
+        async move {
+            // A client that refuses the certificate ends here.
+            let Ok(mut tls) = acceptor.accept(stream).await else {
+                return;
+            };
+            let mut header = [0u8; 8];
+            if tls.read_exact(&mut header).await.is_ok() {
+                let _ = tls.write_all(&connection_start()).await;
+                let _ = tls.flush().await;
+            }
+        }
+    })
+    .await
+}
+
+/// With `[pool.NAME.tls]`, the `amqp` probe speaks TLS: up with the CA that signed the
+/// backend's certificate; with another CA down, the handshake's failure being the reason in
+/// the health record and in `/v1/status` (`health_reason`, `last_probe.reason`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_probes_are_up_with_the_right_ca_and_say_why_with_another() {
+    let Some(certs) = certs::Certs::generate("health-tls-probe") else {
+        return;
+    };
+    let broker = tls_broker(&certs).await;
+    let tls = |ca: &std::path::Path| {
+        Some(warren::config::BackendTls {
+            client: warren::tls::ClientTls::load(ca, None).unwrap(),
+            server_name: rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+        })
+    };
+    let mut right = backend("right", broker.addr);
+    right.tls = tls(&certs.ca);
+    let mut wrong = backend("wrong", broker.addr);
+    wrong.tls = tls(&certs.other_ca);
+    let mut cfg = config(Balance::RoundRobin, vec![right, wrong]);
+    cfg.pools[0].health = Some(HealthConfig {
+        probe: Probe::Amqp,
+        ..tcp_health(100, 1_000, 1, 1)
+    });
+    let warren = Warren::start(with_admin_api(cfg, None), quick());
+    let admin = warren.admin.expect("admin API");
+    wait_for("right up, wrong down", 10 * SECOND, || {
+        health_of(&warren, "right") == Health::Up && health_of(&warren, "wrong") == Health::Down
+    })
+    .await;
+    let reason = "TLS handshake failed: invalid peer certificate: UnknownIssuer";
+    let record = warren.health.backend("default", "wrong").unwrap();
+    assert_eq!(record.changed_reason.as_deref(), Some(reason));
+    let (code, body) = http(admin, "GET", "/v1/status", None, b"").await;
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body.contains(&format!(r#""health_reason":"{reason}""#))
+            && body.contains(&format!(r#""reason":"{reason}""#))
+            && body.contains("over TLS 1.3"),
+        "{body}"
+    );
+    warren.stop().await;
+}

@@ -9,10 +9,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use warren::config::{ManagementEndpoint, Probe, ProxyProtocol, Secret};
+use warren::config::{BackendTls, ManagementEndpoint, Probe, ProxyProtocol, Secret};
 use warren::health::probe::{
     close_connection, maintenance_reason, quorum_check, quorum_check_set, run, CloseAnswer,
     Leaving, ProbeOutcome, ProbeTarget, QuorumCheck, AMQP_PROTOCOL_HEADER, QUEUES_PATH,
@@ -20,7 +21,9 @@ use warren::health::probe::{
 use warren::http_client::{HttpUrl, ProbeUrl};
 use warren::proxy_protocol::{encode_v1, encode_v2, Header};
 
+use common::certs::Certs;
 use common::FakeApi;
+use warren::tls::{ClientTls, Identity};
 
 const TIMEOUT: Duration = Duration::from_millis(500);
 
@@ -31,6 +34,7 @@ fn target(addr: SocketAddr, proxy_protocol: ProxyProtocol) -> ProbeTarget {
         addr,
         proxy_protocol,
         management: None,
+        tls: None,
     }
 }
 
@@ -732,13 +736,28 @@ async fn quorum_check_set_judges_the_nodes_leaving_together() {
 
 /// An https URL is refused where probe URLs are parsed (at config load, by [`ProbeUrl::parse`]),
 /// so no probe ever runs with one.
+/// An `https://` probe URL parses (config load refuses it in a pool without
+/// `[pool.NAME.tls]`); a probe of one without a TLS configuration says so.
 #[tokio::test]
-async fn http_probe_refuses_https_urls() {
-    let refused = ProbeUrl::parse("https://user:pw-in-url@{host}:15671/api/health")
-        .expect_err("https is refused")
-        .to_string();
-    assert!(refused.contains("not http://"), "{refused}");
-    assert!(!refused.contains("pw-in-url"), "{refused}");
+async fn http_probe_of_an_https_url_needs_the_pools_tls() {
+    let url = ProbeUrl::parse("https://user:pw-in-url@{host}:15671/api/health").unwrap();
+    assert!(url.is_https());
+    let (addr, _server) = fake_http(200, "").await;
+    let https = Probe::Http {
+        url: probe_url(&format!(
+            "https://user:pw-in-url@{{host}}:{}/api/health",
+            addr.port()
+        )),
+        user: None,
+        password: None,
+        password_file: None,
+    };
+    let (outcome, _) = probe(&https, &target(addr, ProxyProtocol::Off)).await;
+    assert_down_containing(
+        &outcome,
+        "no TLS configuration was given for this https:// URL",
+    );
+    assert!(!outcome.reason.contains("pw-in-url"), "{outcome:?}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1423,4 +1442,152 @@ async fn maintenance_reason_asks_the_node_then_the_cluster() {
         .await,
         None
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Real RabbitMQ with TLS listeners ([pool.NAME.tls])
+
+/// The TLS target of `addr`: the CA bundle `ca`, a client certificate, the server name.
+fn tls_target(addr: SocketAddr, ca: &Path, identity: Option<Identity>, name: &str) -> ProbeTarget {
+    let client = ClientTls::load(ca, identity.as_ref()).expect("test certificates load");
+    ProbeTarget {
+        tls: Some(BackendTls {
+            client,
+            server_name: ServerName::try_from(name.to_string()).unwrap(),
+        }),
+        ..target(addr, ProxyProtocol::Off)
+    }
+}
+
+/// A node whose AMQP TLS listener (on 127.0.0.1) wants a client certificate signed by the
+/// test CA, and whose management API also listens with TLS. The TLS ports, and the
+/// certificates.
+fn start_tls_node(test: &str) -> Option<(Node, u16, u16, Certs)> {
+    if !rabbitmq_available(test) {
+        return None;
+    }
+    let certs = Certs::generate(test)?;
+    let ports = free_ports(2);
+    let (amqps, https) = (ports[0], ports[1]);
+    let files = |prefix: &str| {
+        vec![
+            format!("{prefix}.cacertfile = {}", certs.ca.display()),
+            format!("{prefix}.certfile = {}", certs.server_cert.display()),
+            format!("{prefix}.keyfile = {}", certs.server_key.display()),
+        ]
+    };
+    let mut conf = vec![
+        format!("listeners.ssl.1 = 127.0.0.1:{amqps}"),
+        "ssl_options.verify = verify_peer".to_string(),
+        "ssl_options.fail_if_no_peer_cert = true".to_string(),
+        format!("management.ssl.port = {https}"),
+        "management.ssl.ip = 127.0.0.1".to_string(),
+    ];
+    conf.extend(files("ssl_options"));
+    conf.extend(files("management.ssl"));
+    let conf: Vec<&str> = conf.iter().map(String::as_str).collect();
+    let node = Node::start(&format!("warren-tls-{}", std::process::id() % 1000), &conf);
+    Some((node, amqps, https, certs))
+}
+
+/// The three TLS-capable probes of a node whose AMQP TLS port is `amqps` and management
+/// TLS port `https`.
+fn tls_probes(amqps: u16, https: u16) -> Vec<(&'static str, Probe)> {
+    vec![
+        ("amqp", Probe::Amqp),
+        (
+            "amqp_login",
+            Probe::AmqpLogin {
+                uri: Secret(format!("amqps://guest:guest@{{host}}:{amqps}/%2f")),
+            },
+        ),
+        (
+            "http",
+            Probe::Http {
+                url: probe_url(&format!(
+                    "https://{{host}}:{https}/api/health/checks/virtual-hosts"
+                )),
+                user: Some("guest".into()),
+                password: Some(Secret("guest".into())),
+                password_file: None,
+            },
+        ),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_rabbitmq_tls_listeners_take_tls_probes_with_the_right_ca_only() {
+    let test = "real_rabbitmq_tls_listeners_take_tls_probes_with_the_right_ca_only";
+    let Some((node, amqps, https, certs)) = start_tls_node(test) else {
+        return;
+    };
+    let addr = SocketAddr::from(([127, 0, 0, 1], amqps));
+    let identity = || {
+        Some(Identity {
+            cert_file: certs.client_cert.clone(),
+            key_file: certs.client_key.clone(),
+        })
+    };
+    let probes = tls_probes(amqps, https);
+
+    // The right CA and a client certificate: up, over TLS. The server certificate names
+    // 127.0.0.1 and localhost: either may be the server name.
+    for name in ["127.0.0.1", "localhost"] {
+        let target = tls_target(addr, &certs.ca, identity(), name);
+        let outcomes = until_all(&probes, &target, true, Duration::from_secs(20)).await;
+        for (kind, outcome) in &outcomes {
+            println!("right CA, server name {name}: {kind}: {outcome:?}");
+            assert!(outcome.up, "{kind} should be up: {outcome:?}");
+        }
+        assert!(
+            outcomes[0]
+                .1
+                .reason
+                .starts_with("Connection.Start received (RabbitMQ ")
+                && outcomes[0].1.reason.contains(", over TLS 1."),
+            "{:?}",
+            outcomes[0].1
+        );
+        assert!(
+            outcomes[1].1.reason.ends_with(", over TLS"),
+            "{:?}",
+            outcomes[1].1
+        );
+    }
+
+    // The quorum check on an https:// management endpoint, with the pool's CA.
+    let mut target = tls_target(addr, &certs.ca, identity(), "localhost");
+    target.management = Some(ManagementEndpoint {
+        url: HttpUrl::parse_https(&format!("https://127.0.0.1:{https}")).unwrap(),
+        ..management("http://unused", Some("guest"), Some("guest"))
+    });
+    let check = quorum_check(None, &target, Duration::from_secs(5)).await;
+    println!("quorum check over https: {check:?}");
+    assert_eq!(check, QuorumCheck::Safe);
+
+    // A CA that signed nothing of the node's: every probe is down, and says why.
+    let wrong = tls_target(addr, &certs.other_ca, identity(), "127.0.0.1");
+    for (kind, outcome) in until_all(&probes, &wrong, false, Duration::from_secs(10)).await {
+        println!("wrong CA: {kind}: {outcome:?}");
+        assert_down_containing(&outcome, "invalid peer certificate: UnknownIssuer");
+        assert!(outcome.reason.contains("TLS handshake"), "{outcome:?}");
+    }
+
+    // A name the certificate does not bear.
+    let misnamed = tls_target(addr, &certs.ca, identity(), "rabbit.invalid");
+    let outcome = run(&Probe::Amqp, &misnamed, Duration::from_secs(2)).await;
+    println!("wrong server name: {outcome:?}");
+    assert_down_containing(
+        &outcome,
+        "TLS handshake failed: invalid peer certificate: certificate not valid for name \"rabbit.invalid\"",
+    );
+
+    // No client certificate, where the node wants one: down (an alert from the node).
+    let anonymous = tls_target(addr, &certs.ca, None, "127.0.0.1");
+    for kind in [Probe::Amqp, probes[1].1.clone()] {
+        let outcome = run(&kind, &anonymous, Duration::from_secs(2)).await;
+        println!("no client certificate: {outcome:?}");
+        assert_down_containing(&outcome, "does the node require a client certificate?");
+    }
+    drop(node);
 }

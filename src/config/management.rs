@@ -29,6 +29,7 @@ impl Validator<'_> {
         &mut self,
         pool_key: &str,
         raw: Spanned<RawManagement>,
+        tls: bool,
     ) -> PoolManagement {
         let key = format!("{pool_key}.management");
         let span = raw.span();
@@ -36,7 +37,7 @@ impl Validator<'_> {
         let url_key = format!("{key}.url");
         let url_written = raw.url.is_some();
         let url = raw.url.filter(|url| {
-            match self.management_url(&url_key, url, CHECK_HOST, CHECK_NAME) {
+            match self.management_url(&url_key, url, (CHECK_HOST, CHECK_NAME), tls) {
                 Some(parsed) if parsed.credentials().is_some() && raw.user.is_some() => {
                     self.report(
                         &url_key,
@@ -72,14 +73,30 @@ impl Validator<'_> {
     }
 
     /// A management url (the pool's template, or a backend's own) filled in for `host` and
-    /// `name`; problems are reported on `key`.
-    fn management_url(&mut self, key: &str, raw: &Str, host: &str, name: &str) -> Option<HttpUrl> {
+    /// `name`; problems are reported on `key`. `https://` only in a pool with
+    /// `[pool.NAME.tls]` (`tls`), whose CA verifies it.
+    fn management_url(
+        &mut self,
+        key: &str,
+        raw: &Str,
+        (host, name): (&str, &str),
+        tls: bool,
+    ) -> Option<HttpUrl> {
         let shown = quote(&without_userinfo(raw.get_ref()));
         if let Some(message) = placeholder_problem(raw.get_ref()) {
             self.report(key, shown, Some(raw.span()), message);
             return None;
         }
-        match HttpUrl::parse(&fill_management(raw.get_ref(), host, name)) {
+        match HttpUrl::parse_https(&fill_management(raw.get_ref(), host, name)) {
+            Ok(url) if url.is_https() && !tls => {
+                let pool_key = key.split_once(".management").map_or(key, |(p, _)| p);
+                let pool_key = pool_key
+                    .rsplit_once(".backend[")
+                    .map_or(pool_key, |(p, _)| p);
+                let message = format!("is https://, which {}", needs_tls_message(pool_key));
+                self.report(key, shown, Some(raw.span()), message);
+                None
+            }
             Ok(url) if url.has_query() => {
                 self.report(
                     key,
@@ -108,15 +125,16 @@ impl Validator<'_> {
         host: Option<&str>,
         name: &str,
         pool: Option<&PoolManagement>,
+        tls: bool,
     ) -> Option<ManagementEndpoint> {
         let url = match (own, pool.and_then(|p| p.url.as_ref())) {
             (Some(own), _) => {
                 let host = host.unwrap_or(CHECK_HOST);
-                self.management_url(&format!("{key}.management"), own, host, name)?
+                self.management_url(&format!("{key}.management"), own, (host, name), tls)?
             }
             (None, Some(template)) => {
                 let filled = fill_management(template.get_ref(), host?, name);
-                match HttpUrl::parse(&filled) {
+                match HttpUrl::parse_https(&filled) {
                     Ok(url) => url,
                     // Checked with a stand-in backend already; only an odd host gets here.
                     Err(e) => {
@@ -373,7 +391,7 @@ addr = "[fd00::2]:5672"
                 section("url = \"https://{host}:15671\""),
                 "pool.rabbitmq.management.url",
                 "\"https://{host}:15671\"",
-                "https is not supported yet",
+                "is https://, which needs [pool.rabbitmq.tls]",
             ),
             (
                 section("url = \"http://u:hunter2@{host}:15672\"\nuser = \"mon\""),

@@ -275,6 +275,9 @@ pub struct BackendConfig {
     /// With `expand = true`: the backend's name as written, of which this one (`NAME-N`) is one
     /// address.
     pub expanded_from: Option<String>,
+    /// The pool's `[pool.NAME.tls]` for this backend: it speaks TLS (probes; the data path's
+    /// re-encryption). `None`: plain TCP.
+    pub tls: Option<BackendTls>,
 }
 
 /// One backend's RabbitMQ management API, resolved at load: where an `http` probe that is a
@@ -327,6 +330,7 @@ mod fleet;
 mod hooks;
 mod listeners;
 mod management;
+mod pool_tls;
 mod pools;
 mod raw;
 mod resolve;
@@ -338,7 +342,10 @@ mod tests;
 
 pub use fleet::host_name;
 use management::*;
+use pool_tls::needs_tls_message;
+pub use pool_tls::BackendTls;
 use raw::*;
+use resolve::Expand;
 pub use resolve::{expanded_backend, expanded_name, MIN_RESOLVE_INTERVAL};
 use text::*;
 use validate::*;
@@ -965,6 +972,7 @@ fn quick_start_with(
         health: None,
         management: None,
         resolve_interval: None,
+        tls: None,
         backend,
     };
     // `--admin`: the admin API (drain, status, metrics) with the defaults of an `[admin]` table.

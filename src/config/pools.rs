@@ -24,9 +24,19 @@ impl Validator<'_> {
             DEFAULT_ON_DOWN,
         );
         let probe_url = raw.health.as_ref().and_then(|h| h.url.clone());
+        let tls_written = raw.tls.is_some();
+        let tls = self.pool_tls_section(&key, raw.tls, raw.health.as_ref());
         let health = raw.health.map(|h| self.health(&format!("{key}.health"), h));
-        let management = raw.management.map(|m| self.pool_management(&key, m));
+        let management = raw
+            .management
+            .map(|m| self.pool_management(&key, m, tls_written));
         let own: Vec<bool> = raw.backend.iter().map(|b| b.management.is_some()).collect();
+        let addrs: Vec<Str> = raw.backend.iter().map(|b| b.addr.clone()).collect();
+        let expand: Vec<Expand> = raw
+            .backend
+            .iter()
+            .map(|b| (b.expand.clone(), b.management.is_some()))
+            .collect();
         let mut names: HashMap<String, usize> = HashMap::new();
         let mut backends = Vec::with_capacity(raw.backend.len());
         for (i, raw) in raw.backend.into_iter().enumerate() {
@@ -44,12 +54,16 @@ impl Validator<'_> {
                     names.insert(name.clone(), i);
                 }
             }
-            backends.extend(self.backends_of(&backend_key, raw, management.as_ref()));
+            backends.push(self.backend(&backend_key, raw, management.as_ref(), tls_written));
         }
-        self.expanded_names(&key, &backends);
-        let resolve_interval = self.resolve_interval(&key, raw.resolve_interval.as_ref());
+        if let Some(tls) = &tls {
+            self.backends_tls(&key, tls, &mut backends, &addrs);
+        }
         let probe = health.as_ref().map(|h| &h.probe).zip(probe_url.as_ref());
         self.pool_endpoints(&key, management.as_ref(), &own, probe, &backends);
+        // Last: the checks above index backends as written.
+        let backends = self.expand_backends(&key, backends, &expand, management.is_some());
+        let resolve_interval = self.resolve_interval(&key, raw.resolve_interval.as_ref());
         let primaries = backends.iter().filter(|b| !b.backup).count();
         self.backend_count(&key, &name, backends.len(), primaries);
         let min_available = self.min_available(&key, raw.min_available.as_ref(), primaries);
@@ -432,6 +446,7 @@ impl Validator<'_> {
         key: &str,
         raw: RawBackend,
         management: Option<&PoolManagement>,
+        tls: bool,
     ) -> BackendConfig {
         let addr_key = format!("{key}.addr");
         let resolved = self.backend_addr(&addr_key, &raw.addr);
@@ -441,6 +456,7 @@ impl Validator<'_> {
             resolved.as_ref().map(|(host, _, _)| host.as_str()),
             raw.name.get_ref(),
             management,
+            tls,
         );
         let (host, port, addr) = match resolved {
             Some(resolved) => resolved,
@@ -469,6 +485,8 @@ impl Validator<'_> {
                 &format!("{key}.tags"),
                 raw.tags.as_deref().unwrap_or_default(),
             ),
+            // Set for the whole pool once its backends are known (`backends_tls`).
+            tls: None,
         }
     }
 

@@ -64,6 +64,7 @@ pub(super) struct RawPool {
     pub(super) health: Option<RawHealth>,
     pub(super) management: Option<Spanned<RawManagement>>,
     pub(super) resolve_interval: Option<Str>,
+    pub(super) tls: Option<Spanned<RawPoolTls>>,
     #[serde(default)]
     pub(super) backend: Vec<RawBackend>,
 }
@@ -138,4 +139,14 @@ pub(super) struct RawFleet {
     pub(super) ca_file: Option<Str>,
     pub(super) cert_file: Option<Str>,
     pub(super) key_file: Option<Str>,
+}
+
+/// `[pool.NAME.tls]`: the backends speak TLS.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPoolTls {
+    pub(super) ca: Option<Str>,
+    pub(super) server_name: Option<Str>,
+    pub(super) cert: Option<Str>,
+    pub(super) key: Option<Str>,
 }

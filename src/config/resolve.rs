@@ -4,6 +4,9 @@
 
 use super::*;
 
+/// A backend's `expand` as written, and whether it has its own `management`.
+pub(super) type Expand = (Option<Spanned<bool>>, bool);
+
 /// Shortest `resolve_interval`: a DNS server is not a health probe.
 pub const MIN_RESOLVE_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -94,39 +97,56 @@ impl Validator<'_> {
         Some(interval)
     }
 
-    /// One backend as written: itself, or with `expand = true` one per address of its host
-    /// name, sorted, named `NAME-1`, `NAME-2`, ….
-    pub(super) fn backends_of(
+    /// The backends as written (`expand` and own management flags beside them, by index),
+    /// each with `expand = true` replaced by one per address of its host name, sorted, named
+    /// `NAME-1`, `NAME-2`, …; then no expanded name may be another backend's.
+    pub(super) fn expand_backends(
         &mut self,
         key: &str,
-        raw: RawBackend,
-        pool_management: Option<&PoolManagement>,
+        backends: Vec<BackendConfig>,
+        expand: &[Expand],
+        pool_management: bool,
     ) -> Vec<BackendConfig> {
-        let expand = raw.expand.clone().filter(|e| *e.get_ref());
-        let own_management = raw.management.is_some();
-        let written = raw.addr.clone();
-        let backend = self.backend(key, raw, pool_management);
-        let Some(expand) = expand else {
-            return vec![backend];
-        };
-        let expand_key = format!("{key}.expand");
+        let mut out = Vec::with_capacity(backends.len());
+        for (i, (backend, (flag, own_management))) in backends.into_iter().zip(expand).enumerate() {
+            match flag.as_ref().filter(|e| *e.get_ref()) {
+                Some(flag) => {
+                    let key = format!("{key}.backend[{i}].expand");
+                    let management = *own_management || pool_management;
+                    out.extend(self.expand_one(&key, flag, backend, management));
+                }
+                None => out.push(backend),
+            }
+        }
+        self.expanded_names(key, &out);
+        out
+    }
+
+    /// One backend with `expand = true` (`key` is its `expand`).
+    fn expand_one(
+        &mut self,
+        key: &str,
+        flag: &Spanned<bool>,
+        backend: BackendConfig,
+        management: bool,
+    ) -> Vec<BackendConfig> {
         let Some(host) = backend.dns_name.clone() else {
             self.report(
-                expand_key,
+                key,
                 "true",
-                Some(expand.span()),
+                Some(flag.span()),
                 format!(
                     "needs a host name in addr, not the address {}",
-                    quote(written.get_ref())
+                    quote(&backend.addr.to_string())
                 ),
             );
             return vec![backend];
         };
-        if own_management || pool_management.is_some() {
+        if management {
             self.report(
-                expand_key,
+                key,
                 "true",
-                Some(expand.span()),
+                Some(flag.span()),
                 "cannot be used with a management endpoint (the backend's management or \
                  [pool.NAME.management]) yet: each address would need its own",
             );
@@ -147,7 +167,7 @@ impl Validator<'_> {
     }
 
     /// An expanded backend's name must not be another backend's.
-    pub(super) fn expanded_names(&mut self, key: &str, backends: &[BackendConfig]) {
+    fn expanded_names(&mut self, key: &str, backends: &[BackendConfig]) {
         let mut count: HashMap<&str, usize> = HashMap::new();
         for b in backends {
             *count.entry(b.name.as_str()).or_default() += 1;
@@ -190,6 +210,9 @@ pub fn expanded_backend(
         backup: template.backup,
         management: None,
         tags: template.tags.clone(),
+        // The pool's TLS, checked against the host name as written (what `server_name`
+        // defaults to), not the address.
+        tls: template.tls.clone(),
         dns_name: Some(dns_name.to_string()),
         expanded_from: Some(written),
     }

@@ -25,6 +25,7 @@ fn a_pool_past_the_supported_size_is_refused() {
 use super::*;
 
 mod fleet;
+mod pool_tls;
 mod resolve;
 
 /// A valid two-node config that cases edit; every line in it is unique so `replaced` is exact.
@@ -419,7 +420,7 @@ fn each_problem_names_key_value_and_line() {
         ),
         (
             appended("[pool.rabbitmq.health]\nkind = \"http\"\nurl = \"https://{host}/\""),
-            "pool.rabbitmq.health.url", "\"https://{host}/\"", "https is not supported yet",
+            "pool.rabbitmq.health.url", "\"https://{host}/\"", "is https://, which needs [pool.rabbitmq.tls]",
         ),
         (
             appended("[pool.rabbitmq.health]\nkind = \"http\"\nurl = \"http://{host}/\"\nuser = \"u\"\npassword = \"p\"\npassword_file = \"/etc/p\""),

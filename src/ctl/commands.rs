@@ -21,7 +21,10 @@ pub(super) async fn status(client: &Client, out: &Output) -> Result<(), CtlError
             text.push_str(&render_fleet(&fleet, now, terminal_width()));
         }
         Err(CtlError::Refused { status, .. }) if status == StatusCode::NOT_FOUND => {}
-        Err(e) => return Err(e),
+        // The status above is what the operator needs most when the fleet cannot be shown.
+        Err(e) => {
+            let _ = write!(text, "\nfleet: not shown: {e}\n");
+        }
     }
     print_stdout(text.trim_end());
     Ok(())

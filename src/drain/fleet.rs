@@ -209,12 +209,20 @@ impl Drainer {
             // `fleet_store_up` would stay 0 until then.
             let mut broken = false;
             let mut recheck = tokio::time::interval(Duration::from_secs(1));
+            // Ticks missed while the watch was fine are not made up in a burst.
+            recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 let next = tokio::select! {
                     () = stop.cancelled() => return,
                     next = watch.next() => next,
                     _ = recheck.tick(), if broken => {
-                        if fleet.load().await.is_ok() {
+                        let answered = tokio::select! {
+                            () = stop.cancelled() => return,
+                            read = tokio::time::timeout(self.fleet_timeout(), fleet.load()) => {
+                                matches!(read, Ok(Ok(_)))
+                            }
+                        };
+                        if answered {
                             self.metrics.fleet_store_up.set(1);
                             broken = false;
                         }
@@ -239,6 +247,9 @@ impl Drainer {
                         }
                     }
                     Some(Err(e)) => {
+                        if !broken {
+                            recheck.reset();
+                        }
                         broken = true;
                         self.metrics.fleet_store_up.set(0);
                         tracing::debug!(error = %e, "fleet: watch interrupted, resuming")

@@ -46,11 +46,14 @@ pub(super) fn warning(id: &BackendId) -> String {
 impl Drainer {
     /// Record where a change of `ids` applied, once it applied: a local one (with `[fleet]`)
     /// becomes a local change of each backend; one through the fleet ends theirs. Written to
-    /// the state file when the set changed.
-    pub(super) fn note_scope(&self, ids: &[BackendId], scope: Scope, drained: bool) {
-        if self.fleet.is_none() {
-            return;
-        }
+    /// the state file when the set changed: how that went (see `Drainer::save`).
+    pub(super) fn note_scope(
+        &self,
+        ids: &[BackendId],
+        scope: Scope,
+        drained: bool,
+    ) -> Option<Result<(), String>> {
+        self.fleet.as_ref()?;
         let changed = {
             let mut local = lock(&self.local);
             let mut changed = false;
@@ -77,7 +80,34 @@ impl Drainer {
             changed
         };
         if changed {
-            let _ = self.save();
+            self.save()
+        } else {
+            None
+        }
+    }
+
+    /// A local change's warnings on its answer (with `[fleet]` only: without, every change is
+    /// local), and a failed write of it to the state file.
+    pub(super) fn warn_local(
+        &self,
+        answer: &mut DrainAnswer,
+        scope: Scope,
+        saved: &Option<Result<(), String>>,
+    ) {
+        if self.fleet.is_none() || scope != Scope::Local {
+            return;
+        }
+        let id = BackendId::new(&answer.pool, &answer.backend);
+        answer.warnings.push(warning(&id));
+        if self.state_file.is_none() {
+            answer.warnings.push(
+                "warren has no state file (admin.state_file): this local change does not \
+                 survive a restart, after which the fleet's drains apply"
+                    .to_owned(),
+            );
+        }
+        if let Some(Err(_)) = saved {
+            record_save(answer, saved.clone());
         }
     }
 
@@ -93,7 +123,11 @@ impl Drainer {
             return;
         }
         let mut local = lock(&self.local);
-        local.extend(ids);
+        // A backend the config no longer has would get it back if a reload added it again.
+        local.extend(
+            ids.into_iter()
+                .filter(|(id, _)| self.admin_state(id).is_some()),
+        );
         self.metrics.fleet_local_changes.set(local.len() as i64);
     }
 }

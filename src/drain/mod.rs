@@ -183,12 +183,12 @@ impl Drainer {
         let ids = std::slice::from_ref(id);
         self.through_fleet(scope, |fleet| self.fleet_drain(fleet, ids, deadline, force))
             .await?;
-        self.note_scope(ids, scope, true);
+        let saved = self.note_scope(ids, scope, true);
         let mut answer = self.drain_started(id, admin, deadline, force)?;
         answer.quorum_check = Some(quorum);
         answer.warnings.extend(warning);
         answer.warnings.extend(set_warning);
-        self.warn_local(&mut answer, scope);
+        self.warn_local(&mut answer, scope, &saved);
         Ok(answer)
     }
 
@@ -229,7 +229,7 @@ impl Drainer {
             self.fleet_drain(fleet, &ids, deadline, force)
         })
         .await?;
-        self.note_scope(&ids, scope, true);
+        let saved = self.note_scope(&ids, scope, true);
         let mut answers = Vec::with_capacity(ids.len());
         for (id, (quorum, warning)) in ids.iter().zip(judged) {
             let admin = self
@@ -239,7 +239,7 @@ impl Drainer {
             let mut answer = self.drain_started(id, admin, deadline, force)?;
             answer.quorum_check = Some(quorum);
             answer.warnings.extend(warning);
-            self.warn_local(&mut answer, scope);
+            self.warn_local(&mut answer, scope, &saved);
             answers.push(answer);
         }
         // The set's own warning, once: on the first backend's answer.
@@ -265,13 +265,13 @@ impl Drainer {
         let ids = self.checked_set(ids)?;
         self.through_fleet(scope, |fleet| self.fleet_undrain(fleet, &ids))
             .await?;
-        self.note_scope(&ids, scope, false);
+        let saved = self.note_scope(&ids, scope, false);
         let mut answers = ids
             .iter()
             .map(|id| self.undrain(id))
             .collect::<Result<Vec<_>, _>>()?;
         for answer in &mut answers {
-            self.warn_local(answer, scope);
+            self.warn_local(answer, scope, &saved);
         }
         Ok(answers)
     }
@@ -288,14 +288,6 @@ impl Drainer {
         match (&self.fleet, scope) {
             (Some(fleet), Scope::Fleet) => change(fleet).await,
             _ => Ok(()),
-        }
-    }
-
-    /// A local change's warning on its answer (with `[fleet]` only: without, every change is).
-    fn warn_local(&self, answer: &mut DrainAnswer, scope: Scope) {
-        if self.fleet.is_some() && scope == Scope::Local {
-            let id = BackendId::new(&answer.pool, &answer.backend);
-            answer.warnings.push(local::warning(&id));
         }
     }
 

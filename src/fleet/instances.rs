@@ -81,6 +81,8 @@ impl Instances {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                // Handed over wins when both are set: a revoke could delete the key.
+                biased;
                 () = handed.cancelled() => return,
                 () = stop.cancelled() => break,
                 _ = tick.tick() => {}

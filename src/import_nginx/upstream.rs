@@ -321,7 +321,7 @@ const AMQP_PORT: u16 = 5672;
 /// RabbitMQ's ports that do not answer plain AMQP, with what listens there: the `amqp` probe
 /// would mark every backend on them down, whatever the pool is called.
 const NOT_AMQP_PORTS: &[(u16, &str)] = &[
-    (5671, "AMQP over TLS, which warren's probe cannot speak"),
+    (5671, "AMQP over TLS, which the amqp probe speaks only with [pool.NAME.tls] (the nodes' CA, unknown here)"),
     (15672, "management API"),
     (15671, "management API over TLS"),
     (15692, "Prometheus metrics"),

@@ -95,16 +95,20 @@ impl FleetLoads {
                 () = stop.cancelled() => return,
                 _ = tick.tick() => {}
             }
+            // Bounded by the interval, so counts that went stale are dropped on time even
+            // while etcd does not answer (a read may try several endpoints, each with its own
+            // timeout).
             let read = tokio::select! {
                 () = stop.cancelled() => return,
-                read = instances.list() => read,
+                read = tokio::time::timeout(self.every, instances.list()) => read,
             };
             let now = state::now();
             match read {
-                Ok(reports) => self.update(now, &reports),
-                Err(e) => {
+                Ok(Ok(reports)) => self.update(now, &reports),
+                Ok(Err(e)) => {
                     tracing::debug!(error = %e, "fleet: the instances' reports were not read");
                 }
+                Err(_) => tracing::debug!("fleet: the instances' reports were not read in time"),
             }
             self.publish(now, &routing);
         }
@@ -123,16 +127,24 @@ impl FleetLoads {
         seen.current = Some((now, Arc::new(others)));
     }
 
-    /// Store each backend's count elsewhere (0 without a fresh read).
+    /// Store each backend's count elsewhere (0 without a fresh read), and how many other
+    /// instances there are.
     fn publish(&self, now: Instant, routing: &Routing) {
         let others = self.others(now);
+        let peers = others.as_ref().map_or(0, |o| {
+            let names: std::collections::HashSet<&str> = o
+                .values()
+                .flat_map(|pool| pool.values().flatten().map(|(name, _)| name.as_str()))
+                .collect();
+            names.len() as i64
+        });
         let snapshot = routing.load();
         for (pool, route) in &snapshot.pools {
             let by_backend = others.as_ref().and_then(|o| o.get(&**pool));
             for b in &route.backends {
                 let counts = by_backend.and_then(|o| o.get(&*b.name));
-                b.stats
-                    .set_elsewhere(counts.map_or(0, |c| c.iter().map(|(_, n)| n).sum()));
+                let elsewhere = counts.map_or(0, |c| c.iter().map(|(_, n)| n).sum());
+                b.stats.set_elsewhere(elsewhere, peers);
             }
         }
     }

@@ -475,8 +475,9 @@ fn start_pass(route: &PoolRoute, why: &str, view: &View, to_move: u64, now: Inst
         started: now,
         closes_before: closes(route),
         // Two backends under round_robin need about twice `to_move` (half the moved clients
-        // come back); three times and some to spare.
-        give_up_after: 3 * to_move + 10,
+        // come back); three times and some to spare. With `[fleet]`, on the whole fleet's
+        // excess: this instance's first part may be small, its later parts larger.
+        give_up_after: 3 * to_move.max(plan::plan(&view.loads, 0.0).excess.iter().sum()) + 10,
     }
 }
 

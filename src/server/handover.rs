@@ -424,9 +424,6 @@ impl Server {
             }
             self.drainer
                 .carry_over(&id, b.admin, b.drain_deadline_ms.map(at));
-            if let Some(since) = b.local_since_ms {
-                self.drainer.restore_local([(id.clone(), at(since))]);
-            }
             if b.admin == crate::state::AdminState::Draining {
                 self.carried_drains.push(id);
             }

@@ -468,7 +468,7 @@ impl Server {
     /// Bind every listener and the admin address; on any failure nothing stays bound.
     /// Must be called within a Tokio runtime.
     pub fn bind(config: &Config, options: Options) -> Result<Server, ServerError> {
-        Server::bind_adopting(config, options, HashMap::new(), None)
+        Server::bind_adopting(config, options, HashMap::new(), None, Vec::new())
     }
 
     /// [`Server::bind`], with listening sockets passed by systemd (socket activation): each
@@ -505,8 +505,17 @@ impl Server {
             adopted.insert(name, sockets);
         }
         let backends = std::mem::take(&mut handed.backends);
+        // The old process's local changes, for the drainer before it follows the fleet.
+        let at = |ms: u64| std::time::UNIX_EPOCH + Duration::from_millis(ms);
+        let local = backends
+            .iter()
+            .filter_map(|b| {
+                let id = crate::state::BackendId::new(&b.pool, &b.backend);
+                Some((id, at(b.local_since_ms?)))
+            })
+            .collect();
         let admin = handover::adopt_handed(config, options.workers, handed, &mut adopted)?;
-        let mut server = Server::bind_adopting(config, options, adopted, admin)?;
+        let mut server = Server::bind_adopting(config, options, adopted, admin, local)?;
         server.carry_backends(backends);
         Ok(server)
     }
@@ -517,6 +526,7 @@ impl Server {
         options: Options,
         adopted: HashMap<String, Vec<std::net::TcpListener>>,
         admin: Option<std::net::TcpListener>,
+        carried_local: Vec<(crate::state::BackendId, std::time::SystemTime)>,
     ) -> Result<Server, ServerError> {
         for warning in config.warnings() {
             tracing::warn!("{warning}");
@@ -529,7 +539,8 @@ impl Server {
 
         let metrics = ProcessMetrics::register();
         let routing = Arc::new(Routing::new(config, metrics.backends.clone()));
-        let local = restored.apply(&routing, &metrics.state_file);
+        let mut local = restored.apply(&routing, &metrics.state_file);
+        local.0.extend(carried_local);
         let proxy_metrics = &metrics.proxy;
         let plane = Plane {
             #[cfg(target_os = "linux")]

@@ -128,6 +128,7 @@ pub fn backend(name: &str, addr: SocketAddr) -> BackendConfig {
         tags: Vec::new(),
         dns_name: None,
         expanded_from: None,
+        tls: None,
     }
 }
 

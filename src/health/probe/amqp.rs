@@ -106,11 +106,38 @@ pub(super) async fn tcp(target: &ProbeTarget, stage: &mut Stage) -> ProbeOutcome
 /// line as soon as it reads the header, and any close before Connection.Tune-Ok is "unexpected",
 /// so one info and one warning event per probe is the floor; a plain close (FIN) reaches it,
 /// with no trick that could behave differently across versions.
+///
+/// With `[pool.NAME.tls]` the same exchange runs inside a TLS session (amqps), after the
+/// PROXY header; the reason then names the TLS version.
 pub(super) async fn amqp(target: &ProbeTarget, stage: &mut Stage) -> ProbeOutcome {
-    let mut stream = match connect_amqp_address(target, stage).await {
+    let stream = match connect_amqp_address(target, stage).await {
         Ok(stream) => stream,
         Err(outcome) => return outcome,
     };
+    let Some(tls) = &target.tls else {
+        return start_exchange(stream, stage).await;
+    };
+    match tls_handshake(stream, tls, stage).await {
+        Ok(stream) => {
+            let version = tls_version(&stream);
+            let mut outcome = start_exchange(stream, stage).await;
+            if outcome.up {
+                outcome.reason = format!("{}, over {version}", outcome.reason);
+            } else {
+                tls_hint(&mut outcome, tls);
+            }
+            outcome
+        }
+        Err(outcome) => outcome,
+    }
+}
+
+/// The `amqp` probe's exchange on a connected `stream`: the protocol header out,
+/// Connection.Start in, then a plain close.
+async fn start_exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    stage: &mut Stage,
+) -> ProbeOutcome {
     *stage = Stage::WaitingForStart;
     if let Err(e) = stream.write_all(AMQP_PROTOCOL_HEADER).await {
         return ProbeOutcome::down(format!(
@@ -131,7 +158,9 @@ pub(super) async fn amqp(target: &ProbeTarget, stage: &mut Stage) -> ProbeOutcom
 }
 
 /// Read one frame and return its payload if it is a method frame on channel 0.
-pub(super) async fn read_start_frame(stream: &mut TcpStream) -> Result<Vec<u8>, String> {
+pub(super) async fn read_start_frame<S: AsyncRead + Unpin>(
+    stream: &mut S,
+) -> Result<Vec<u8>, String> {
     let mut head = [0u8; 7];
     read_exact_or_explain(stream, &mut head, 0).await?;
     if head[..4] == *b"AMQP" {
@@ -161,8 +190,8 @@ pub(super) async fn read_start_frame(stream: &mut TcpStream) -> Result<Vec<u8>, 
     Ok(payload)
 }
 
-pub(super) async fn read_exact_or_explain(
-    stream: &mut TcpStream,
+pub(super) async fn read_exact_or_explain<S: AsyncRead + Unpin>(
+    stream: &mut S,
     buf: &mut [u8],
     already: usize,
 ) -> Result<(), String> {

@@ -130,6 +130,15 @@ impl HttpAsk {
         // per probe.
         if self.url.host() == target.host {
             request = request.connect_to(SocketAddr::new(target.addr.ip(), self.url.port()));
+            // The node's own name: `[pool.NAME.tls] server_name` when the host is an IP.
+            if let Some(tls) = &target.tls {
+                request = request.server_name(tls.server_name.clone());
+            }
+        }
+        // `https://` on a node of a pool with `[pool.NAME.tls]` (config load refuses it
+        // without): verified with the pool's CA.
+        if let Some(tls) = &target.tls {
+            request = request.tls(tls.config());
         }
         request.send(phase).await.map_err(|e| match e {
             HttpError::Connect { source, .. } => ProbeOutcome::connect_failed(&source),

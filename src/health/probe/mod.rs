@@ -22,10 +22,11 @@ use std::time::Duration;
 
 use hyper::Method;
 use serde::Deserialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 
-use crate::config::{BackendConfig, ManagementEndpoint, Probe, ProxyProtocol, Secret};
+use crate::config::{BackendConfig, BackendTls, ManagementEndpoint, Probe, ProxyProtocol, Secret};
 use crate::http_client::{
     fill_template, url_host, without_userinfo, BodyRead, Credentials, HttpError, HttpUrl, Phase,
     ProbeUrl, Request, Response,
@@ -70,6 +71,9 @@ pub struct ProbeTarget {
     /// The node's management API: where an `http` probe that is a path goes, and what the
     /// quorum check asks, whatever the probe kind.
     pub management: Option<ManagementEndpoint>,
+    /// `[pool.NAME.tls]`: the node speaks TLS, on its AMQP address and on an `https://`
+    /// management endpoint or probe URL.
+    pub tls: Option<BackendTls>,
 }
 
 impl ProbeTarget {
@@ -81,6 +85,7 @@ impl ProbeTarget {
             addr: backend.addr,
             proxy_protocol,
             management: backend.management.clone(),
+            tls: backend.tls.clone(),
         }
     }
 }
@@ -186,6 +191,7 @@ pub async fn run(probe: &Probe, target: &ProbeTarget, timeout: Duration) -> Prob
 enum Stage {
     Connecting,
     SendingProxyHeader,
+    TlsHandshake,
     WaitingForStart,
     LoggingIn,
     OpeningChannel,
@@ -199,6 +205,7 @@ impl Stage {
         match self {
             Stage::Connecting => "connecting",
             Stage::SendingProxyHeader => "sending the PROXY header",
+            Stage::TlsHandshake => "in the TLS handshake",
             Stage::WaitingForStart => "waiting for Connection.Start",
             Stage::LoggingIn => "connecting and logging in",
             Stage::OpeningChannel => "opening a channel",
@@ -216,5 +223,45 @@ impl Stage {
             Stage::Http(phase) => phase,
             _ => unreachable!("set just above"),
         }
+    }
+}
+
+/// The TLS handshake with a node of a pool with `[pool.NAME.tls]`, over `stream` (connected,
+/// PROXY header sent: RabbitMQ reads that before TLS). A failure is the probe's outcome, its
+/// reason rustls's ("TLS handshake failed: invalid peer certificate: UnknownIssuer").
+async fn tls_handshake(
+    stream: TcpStream,
+    tls: &BackendTls,
+    stage: &mut Stage,
+) -> Result<TlsStream<TcpStream>, ProbeOutcome> {
+    *stage = Stage::TlsHandshake;
+    tokio_rustls::TlsConnector::from(tls.config())
+        .connect(tls.server_name.clone(), stream)
+        .await
+        .map_err(|e| {
+            let reason = crate::tls::rustls_reason(&e).unwrap_or_else(|| io_error(&e));
+            ProbeOutcome::down(format!("TLS handshake failed: {reason}"))
+        })
+}
+
+/// What a probe over TLS adds to its reason: the protocol version negotiated.
+fn tls_version<S>(stream: &TlsStream<S>) -> String {
+    match stream.get_ref().1.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLS 1.3".into(),
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLS 1.2".into(),
+        Some(other) => format!("{other:?}"),
+        None => "TLS".into(),
+    }
+}
+
+/// A node that requires a client certificate accepts a TLS 1.3 handshake without one and only
+/// then resets the connection: say so on a probe without one that failed after the handshake.
+fn tls_hint(outcome: &mut ProbeOutcome, tls: &BackendTls) {
+    if !tls.client.has_identity() && !outcome.reason.starts_with("TLS handshake") {
+        outcome.reason = format!(
+            "{} (after the TLS handshake: does the node require a client certificate? \
+             [pool.NAME.tls] cert and key)",
+            outcome.reason
+        );
     }
 }

@@ -47,7 +47,7 @@ fn login_uri_refuses_what_lapin_cannot_use_without_showing_the_password() {
     let cases = [
         (
             "amqps://guest:s3cret@h:5671/%2f",
-            "amqp_login: amqps:// is not supported (warren has no TLS client)",
+            "amqp_login: amqps:// needs [pool.NAME.tls]",
         ),
         (
             "amqp://guest:s3cret@h:port/%2f",
@@ -55,13 +55,17 @@ fn login_uri_refuses_what_lapin_cannot_use_without_showing_the_password() {
         ),
     ];
     for (text, want) in cases {
-        let outcome = login_uri(text, redact).expect_err(text);
+        let outcome = login_uri(text, redact, false).expect_err(text);
         assert!(!outcome.up, "{text}: {outcome:?}");
         assert!(outcome.reason.starts_with(want), "{text}: {outcome:?}");
         assert!(!outcome.reason.contains("s3cret"), "{text}: {outcome:?}");
     }
-    let parsed = login_uri("amqp://guest:s3cret@h:5673/%2f", redact).unwrap();
+    let parsed = login_uri("amqp://guest:s3cret@h:5673/%2f", redact, false).unwrap();
     assert_eq!(parsed.authority.port, 5673);
+    // With [pool.NAME.tls], amqps:// keeps its port and the TLS is the probe's own.
+    let parsed = login_uri("amqps://guest:s3cret@h/%2f", redact, true).unwrap();
+    assert_eq!(parsed.authority.port, 5671);
+    assert_eq!(parsed.scheme, lapin::uri::AMQPScheme::AMQP);
 }
 
 #[test]

@@ -178,3 +178,37 @@ fn an_unresolvable_expand_name_is_reported_once() {
     assert_eq!(problems.len(), 1, "{problems:#?}");
     assert_eq!(problems[0].key, "pool.rabbitmq.backend[2].addr");
 }
+
+/// With `[pool.NAME.tls]`, each expanded backend speaks TLS checked against the host name as
+/// written (the default `server_name`), not its address.
+#[test]
+fn expanded_backends_carry_the_pools_tls_for_the_name_as_written() {
+    let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/src/config/tests/tls/ca.pem");
+    let text = format!(
+        "{}\n[pool.rabbitmq.tls]\nca = \"{ca}\"\n",
+        with_backend(
+            "",
+            "name = \"node\"\naddr = \"rabbit.headless:5671\"\nexpand = true"
+        )
+    );
+    let config = parse(&text).unwrap();
+    let pool = config.pool("rabbitmq").unwrap();
+    let names: Vec<(&str, String)> = pool
+        .backends
+        .iter()
+        .map(|b| {
+            let tls = b.tls.as_ref().unwrap();
+            (b.name.as_str(), tls.server_name.to_str().into_owned())
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("rabbit-a", "10.0.0.1".to_string()),
+            ("rabbit-b", "10.0.0.2".to_string()),
+            ("node-1", "rabbit.headless".to_string()),
+            ("node-2", "rabbit.headless".to_string()),
+            ("node-3", "rabbit.headless".to_string()),
+        ]
+    );
+}

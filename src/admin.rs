@@ -56,7 +56,7 @@ use arc_swap::ArcSwap;
 
 use crate::api::{self, DrainRequest, ErrorBody, RefusalReason};
 use crate::balance::FULL_SHARE;
-use crate::config::{AdminConfig, Config, OnDown, PoolConfig, Probe, Secret};
+use crate::config::{AdminConfig, BackendConfig, Config, OnDown, PoolConfig, Probe, Secret};
 use crate::drain::{rfc3339, DrainError, Drainer, Scope};
 use crate::health::Controller;
 use crate::lifecycle::{Reloader, UpgradeError, Upgrader};
@@ -867,11 +867,8 @@ fn status(admin: &Admin) -> api::Status {
 }
 
 fn pool_status(admin: &Admin, p: &PoolConfig, route: &PoolRoute) -> api::PoolStatus {
-    let tags: std::collections::HashMap<&str, &[String]> = p
-        .backends
-        .iter()
-        .map(|b| (b.name.as_str(), b.tags.as_slice()))
-        .collect();
+    let configured: std::collections::HashMap<&str, &BackendConfig> =
+        p.backends.iter().map(|b| (b.name.as_str(), b)).collect();
     let now = crate::state::now();
     api::PoolStatus {
         available: route.available_count(),
@@ -879,9 +876,9 @@ fn pool_status(admin: &Admin, p: &PoolConfig, route: &PoolRoute) -> api::PoolSta
             .backends
             .iter()
             .map(|b| {
-                let tags = tags.get(&*b.name).copied().unwrap_or_default();
+                let configured = configured.get(&*b.name).copied();
                 let share = b.share(now, route.slow_start);
-                backend_status(admin, &p.name, b, tags, share)
+                backend_status(admin, &p.name, b, configured, share)
             })
             .collect(),
         balance: p.balance.as_str().to_string(),
@@ -902,7 +899,7 @@ fn backend_status(
     admin: &Admin,
     pool: &str,
     b: &BackendRoute,
-    tags: &[String],
+    configured: Option<&BackendConfig>,
     share: u32,
 ) -> api::BackendStatus {
     let health = admin.health.backend(pool, &b.name);
@@ -936,8 +933,9 @@ fn backend_status(
         // Only while it takes new connections: a drained backend is not ramping.
         slow_start_percent: (b.available() && share < FULL_SHARE)
             .then(|| (share / (FULL_SHARE / 100)).max(1)),
-        tags: tags.to_vec(),
+        tags: configured.map(|c| c.tags.clone()).unwrap_or_default(),
         weight: b.weight,
+        host_name: configured.and_then(|c| c.dns_name.clone()),
     }
 }
 

@@ -222,6 +222,10 @@ pub struct BackendStatus {
     /// from the data path); `null` before the first change.
     #[serde(default)]
     pub health_reason: Option<String>,
+    /// The host name `addr` was looked up from, as written in the config (for `expand`, the
+    /// name of the whole set); left out for a backend written as an IP address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_name: Option<String>,
     #[serde(default)]
     pub last_probe: Option<ProbeStatus>,
     /// With `[fleet]`: RFC 3339, since when its admin state here is a local change (`local`),
@@ -605,6 +609,7 @@ mod tests {
             health: Health::Up,
             health_changed_at: Some("2026-11-21T23:00:00Z".into()),
             health_reason: Some("HTTP 200".into()),
+            host_name: None,
             tags: Vec::new(),
             last_probe: Some(probe),
             local_change: Some("2026-11-21T23:30:00Z".into()),

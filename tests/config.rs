@@ -442,3 +442,32 @@ fn backend_tags_are_names_kept_sorted_and_once() {
         "{err}"
     );
 }
+
+/// The `resolve_interval` and `[resolver]` lines config/warren.toml shows commented out load
+/// once uncommented (its backends are IP addresses: nothing is asked of the nameservers).
+#[test]
+fn example_config_resolve_keys_load_when_uncommented() {
+    let path = example("warren.toml");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    for line in [
+        "resolve_interval = \"30s\"",
+        "[resolver]",
+        "nameservers = [\"10.0.0.2:53\", \"10.0.0.3\"]",
+    ] {
+        let commented = format!("\n# {line}\n");
+        assert_eq!(text.matches(&commented).count(), 1, "{commented}");
+        text = text.replacen(&commented, &format!("\n{line}\n"), 1);
+    }
+    let config = config::from_toml(&text, &path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        config.pool("rabbitmq").unwrap().resolve_interval,
+        Some(Duration::from_secs(30))
+    );
+    assert_eq!(
+        config.resolver.nameservers,
+        [
+            "10.0.0.2:53".parse::<std::net::SocketAddr>().unwrap(),
+            "10.0.0.3:53".parse().unwrap()
+        ]
+    );
+}

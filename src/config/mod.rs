@@ -39,6 +39,16 @@ pub struct Config {
     pub hooks: Vec<HookConfig>,
     /// `[fleet]`: instances of warren that share drains through etcd; `None` without the section.
     pub fleet: Option<FleetConfig>,
+    /// `[resolver]`: where backend host names are looked up.
+    pub resolver: ResolverConfig,
+}
+
+/// `[resolver]`: the DNS servers asked for backend host names, at load and every
+/// `resolve_interval`; empty (the default): the system resolver.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResolverConfig {
+    /// `IP` or `IP:PORT` as written (port 53 when omitted), in order.
+    pub nameservers: Vec<SocketAddr>,
 }
 
 /// `[admin]`: the admin API and `/metrics`.
@@ -196,7 +206,9 @@ pub struct PoolConfig {
     pub on_down: OnDown,
     pub rebalance: RebalanceConfig,
     pub health: Option<HealthConfig>,
-    /// In file order; never empty.
+    /// How often backends given by host name are looked up again (`None`: only at load).
+    pub resolve_interval: Option<Duration>,
+    /// In file order (a backend with `expand` in its place, one per address); never empty.
     pub backends: Vec<BackendConfig>,
 }
 
@@ -260,6 +272,11 @@ pub struct BackendConfig {
     /// Groups an operator drains and undrains together (`warren ctl drain --tag T`), sorted,
     /// without duplicates; each a name like a backend's.
     pub tags: Vec<String>,
+    /// The host name its address was looked up from, as written; `None` for an IP literal.
+    pub dns_name: Option<String>,
+    /// With `expand = true`: the backend's name as written, of which this one (`NAME-N`) is one
+    /// address.
+    pub expanded_from: Option<String>,
     /// The pool's `[pool.NAME.tls]` for this backend: it speaks TLS (probes; the data path's
     /// re-encryption). `None`: plain TCP.
     pub tls: Option<BackendTls>,
@@ -319,6 +336,7 @@ mod management;
 mod pool_tls;
 mod pools;
 mod raw;
+mod resolve;
 mod text;
 mod validate;
 
@@ -331,6 +349,8 @@ use management::*;
 use pool_tls::needs_tls_message;
 pub use pool_tls::BackendTls;
 use raw::*;
+use resolve::Expand;
+pub use resolve::{expanded_backend, expanded_name, MIN_RESOLVE_INTERVAL};
 use text::*;
 use validate::*;
 
@@ -861,7 +881,13 @@ fn read_bounded(path: &Path) -> Result<Vec<u8>, ConfigError> {
 
 /// Parse + validate from a string; `file` is only used in error messages. Resolves host names.
 pub fn from_toml(text: &str, file: &Path) -> Result<Config, ConfigError> {
-    parse_with(text, file, &resolve_system)
+    let nameservers = resolve::nameservers_in(text);
+    if nameservers.is_empty() {
+        return parse_with(text, file, &resolve_system);
+    }
+    parse_with(text, file, &|host: &str, port: u16| {
+        crate::dns::lookup_blocking(&nameservers, host, port)
+    })
 }
 
 /// [`from_toml`] without DNS: a backend or probe host that is not an IP literal is reported as a
@@ -870,7 +896,7 @@ pub fn from_toml(text: &str, file: &Path) -> Result<Config, ConfigError> {
 pub fn from_toml_offline(text: &str, file: &Path) -> Result<Config, ConfigError> {
     parse_with(text, file, &|host: &str, port: u16| {
         host.parse::<IpAddr>()
-            .map(|ip| SocketAddr::new(ip, port))
+            .map(|ip| vec![SocketAddr::new(ip, port)])
             .map_err(|_| format!("{host} is not an IP address (offline parse, nothing resolved)"))
     })
 }
@@ -896,15 +922,19 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     })
 }
 
-/// Turns a backend host name into an address. Validation takes it as a parameter so that tests
-/// run without DNS.
-type Resolve<'r> = &'r dyn Fn(&str, u16) -> Result<SocketAddr, String>;
+/// Turns a backend host name into its addresses (never none). Validation takes it as a
+/// parameter so that tests run without DNS.
+type Resolve<'r> = &'r dyn Fn(&str, u16) -> Result<Vec<SocketAddr>, String>;
 
-fn resolve_system(host: &str, port: u16) -> Result<SocketAddr, String> {
-    let mut addrs = (host, port).to_socket_addrs().map_err(|e| e.to_string())?;
-    addrs
-        .next()
-        .ok_or_else(|| "the name has no addresses".to_string())
+fn resolve_system(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| e.to_string())?
+        .collect();
+    if addrs.is_empty() {
+        return Err("the name has no addresses".to_string());
+    }
+    Ok(addrs)
 }
 
 fn parse_with(text: &str, file: &Path, resolve: Resolve<'_>) -> Result<Config, ConfigError> {
@@ -935,6 +965,7 @@ fn quick_start_with(
             backup: None,
             management: None,
             tags: None,
+            expand: None,
         })
         .collect();
     let pool = RawPool {
@@ -945,6 +976,7 @@ fn quick_start_with(
         rebalance: None,
         health: None,
         management: None,
+        resolve_interval: None,
         tls: None,
         backend,
     };
@@ -977,6 +1009,7 @@ fn quick_start_with(
         pool: BTreeMap::from([(unspanned(NAME.to_string()), pool)]),
         hook: Vec::new(),
         fleet: None,
+        resolver: None,
     };
     validate(raw, None, resolve).map_err(|problems| ConfigError::Invalid {
         file: PathBuf::from(QUICK_START_SOURCE),

@@ -32,6 +32,11 @@ impl Validator<'_> {
             .map(|m| self.pool_management(&key, m, tls_written));
         let own: Vec<bool> = raw.backend.iter().map(|b| b.management.is_some()).collect();
         let addrs: Vec<Str> = raw.backend.iter().map(|b| b.addr.clone()).collect();
+        let expand: Vec<Expand> = raw
+            .backend
+            .iter()
+            .map(|b| (b.expand.clone(), b.management.is_some()))
+            .collect();
         let mut names: HashMap<String, usize> = HashMap::new();
         let mut backends = Vec::with_capacity(raw.backend.len());
         for (i, raw) in raw.backend.into_iter().enumerate() {
@@ -56,6 +61,9 @@ impl Validator<'_> {
         }
         let probe = health.as_ref().map(|h| &h.probe).zip(probe_url.as_ref());
         self.pool_endpoints(&key, management.as_ref(), &own, probe, &backends);
+        // Last: the checks above index backends as written.
+        let backends = self.expand_backends(&key, backends, &expand, management.is_some());
+        let resolve_interval = self.resolve_interval(&key, raw.resolve_interval.as_ref());
         let primaries = backends.iter().filter(|b| !b.backup).count();
         self.backend_count(&key, &name, backends.len(), primaries);
         let min_available = self.min_available(&key, raw.min_available.as_ref(), primaries);
@@ -95,6 +103,7 @@ impl Validator<'_> {
             on_down,
             rebalance,
             health,
+            resolve_interval,
             backends,
         }
     }
@@ -460,6 +469,8 @@ impl Validator<'_> {
         };
         BackendConfig {
             name: raw.name.into_inner(),
+            dns_name: host.parse::<IpAddr>().is_err().then(|| host.clone()),
+            expanded_from: None,
             host,
             port,
             addr,

@@ -16,6 +16,13 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) hook: Vec<RawHook>,
     pub(super) fleet: Option<Spanned<RawFleet>>,
+    pub(super) resolver: Option<RawResolver>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawResolver {
+    pub(super) nameservers: Option<Vec<Str>>,
 }
 
 #[derive(Deserialize)]
@@ -68,6 +75,7 @@ pub(super) struct RawPool {
     pub(super) rebalance: Option<RawRebalance>,
     pub(super) health: Option<RawHealth>,
     pub(super) management: Option<Spanned<RawManagement>>,
+    pub(super) resolve_interval: Option<Str>,
     pub(super) tls: Option<Spanned<RawPoolTls>>,
     #[serde(default)]
     pub(super) backend: Vec<RawBackend>,
@@ -116,6 +124,7 @@ pub(super) struct RawBackend {
     pub(super) backup: Option<bool>,
     pub(super) management: Option<Str>,
     pub(super) tags: Option<Vec<Str>>,
+    pub(super) expand: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]

@@ -27,6 +27,7 @@ use super::*;
 mod fleet;
 mod listener_tls;
 mod pool_tls;
+mod resolve;
 
 /// A valid two-node config that cases edit; every line in it is unique so `replaced` is exact.
 const BASE: &str = r#"
@@ -48,10 +49,16 @@ addr = "10.0.0.2:5672"
 "#;
 
 /// Resolves only the names tests use, so no test touches DNS.
-fn fake_resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
+fn fake_resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
     match host {
-        "localhost" => Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, port))),
-        "rabbit-a.internal" => Ok(SocketAddr::from(([10, 1, 0, 1], port))),
+        "localhost" => Ok(vec![SocketAddr::from((Ipv4Addr::LOCALHOST, port))]),
+        "rabbit-a.internal" => Ok(vec![SocketAddr::from(([10, 1, 0, 1], port))]),
+        // A headless service: several addresses, given unsorted.
+        "rabbit.headless" => Ok(vec![
+            SocketAddr::from(([10, 2, 0, 3], port)),
+            SocketAddr::from(([10, 2, 0, 1], port)),
+            SocketAddr::from(([10, 2, 0, 2], port)),
+        ]),
         _ => Err("no such host".to_string()),
     }
 }

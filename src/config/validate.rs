@@ -38,6 +38,7 @@ pub(super) fn validate(
         .map(|(i, hook)| v.hook(i, hook))
         .collect();
     let fleet = raw.fleet.map(|fleet| v.fleet(fleet));
+    let resolver = v.resolver(raw.resolver);
     if v.problems.is_empty() {
         return Ok(Config {
             source: None,
@@ -46,6 +47,7 @@ pub(super) fn validate(
             pools,
             hooks,
             fleet,
+            resolver,
         });
     }
     // File order reads best; problems without a line (missing sections) go last.
@@ -245,7 +247,13 @@ impl Validator<'_> {
                 ));
             }
             match (self.resolve)(&hp.host, hp.port) {
-                Ok(addr) => Ok((hp.host, hp.port, addr)),
+                Ok(addrs) => match addrs.first() {
+                    Some(first) => Ok((hp.host, hp.port, *first)),
+                    None => Err(format!(
+                        "cannot resolve host {}: no addresses",
+                        quote(&hp.host)
+                    )),
+                },
                 Err(e) => Err(format!("cannot resolve host {}: {e}", quote(&hp.host))),
             }
         });

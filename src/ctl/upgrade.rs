@@ -551,6 +551,7 @@ mod tests {
             drain_deadline: None,
             health_changed_at: None,
             health_reason: None,
+            host_name: None,
             tags: Vec::new(),
             last_probe: None,
             local_change: None,

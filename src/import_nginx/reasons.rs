@@ -50,8 +50,9 @@ pub(super) fn stream_reason(name: &str) -> &'static str {
             "scripting and variables are not supported"
         }
         "resolver" | "resolver_timeout" => {
-            "warren resolves backend host names when it loads the config and on reload; there is \
-             no resolver setting"
+            "warren resolves backend host names at load and every pool's resolve_interval, through \
+             the system resolver or [resolver] nameservers = [\"IP:PORT\", ...]: set those by \
+             hand"
         }
         n if n.starts_with("limit_conn") => {
             "no per-key connection limits; the closest is the listener's max_connections (one cap \

@@ -191,8 +191,8 @@ impl Translator {
                 ),
                 ("resolve", true) => self.warn(
                     d,
-                    "resolve: warren resolves host names when it loads the config and on reload, \
-                     not while running",
+                    "resolve is not translated: warren looks host names up again every \
+                     `resolve_interval = \"30s\"` set per pool (under [pool.NAME]), not per server",
                 ),
                 _ => self.warn(
                     d,

@@ -398,6 +398,7 @@ mod tests {
             pools: Vec::<PoolConfig>::new(),
             hooks: vec![],
             fleet: None,
+            resolver: Default::default(),
         }
     }
 

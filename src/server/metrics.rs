@@ -13,6 +13,7 @@ use crate::health::metrics::HealthMetrics;
 use crate::hooks::HookMetrics;
 use crate::metrics::{self, Metrics};
 use crate::proxy::metrics::ProxyMetrics;
+use crate::resolve::ResolveMetrics;
 use crate::state::BackendMetrics;
 
 /// How a reload ended (the `result` label of `config_reloads_total`).
@@ -72,6 +73,7 @@ pub(super) struct ProcessMetrics {
     pub(super) state_file: StateFileMetrics,
     pub(super) admin: AdminMetrics,
     pub(super) reloads: ReloadMetrics,
+    pub(super) resolve: ResolveMetrics,
 }
 
 impl ProcessMetrics {
@@ -88,6 +90,7 @@ impl ProcessMetrics {
             state_file: StateFileMetrics::register(registry),
             admin: AdminMetrics::register(registry),
             reloads: ReloadMetrics::register(registry),
+            resolve: ResolveMetrics::register(registry),
             exposition,
         }
     }

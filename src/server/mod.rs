@@ -157,6 +157,10 @@ pub struct Server {
     exposition: Arc<crate::metrics::Metrics>,
     /// Counts each reload `run` handles.
     reloads: ReloadMetrics,
+    /// Fresh answers for backends given by host name (`resolve_interval`), applied by `run`
+    /// between reloads.
+    resolved_rx: mpsc::UnboundedReceiver<crate::resolve::Resolved>,
+    resolve_metrics: crate::resolve::ResolveMetrics,
 }
 
 /// The control plane's thread and runtime: admin API, probes, hooks. Kept apart from the data
@@ -198,6 +202,8 @@ struct ControlSetup {
     /// The whole control plane's stop, and the admin server's own.
     stop: CancellationToken,
     admin_stop: CancellationToken,
+    /// Where the re-resolver sends its answers.
+    resolved_tx: mpsc::UnboundedSender<crate::resolve::Resolved>,
 }
 
 /// What the control thread hands back once its parts run.
@@ -207,7 +213,11 @@ type ControlParts = (Arc<Controller>, Arc<Drainer>, Arc<Rebalancer>);
 fn start_control(
     config: &Config,
     shared_config: Arc<ArcSwap<Config>>,
-    (reloader, upgrader): (Reloader, Upgrader),
+    (reloader, upgrader, resolved_tx): (
+        Reloader,
+        Upgrader,
+        mpsc::UnboundedSender<crate::resolve::Resolved>,
+    ),
     admin: Option<(std::net::TcpListener, Option<Secret>)>,
     routing: Arc<Routing>,
     metrics: ProcessMetrics,
@@ -230,6 +240,7 @@ fn start_control(
         local,
         stop: stop.clone(),
         admin_stop: admin_stop.clone(),
+        resolved_tx,
     };
     let thread = std::thread::Builder::new()
         .name("warren-control".into())
@@ -273,6 +284,7 @@ async fn run_control(setup: ControlSetup, ready: std::sync::mpsc::Sender<Control
         local,
         stop,
         admin_stop,
+        resolved_tx,
     } = setup;
     let hooks =
         (!config.hooks.is_empty()).then(|| Hooks::start(&config.hooks, metrics.hooks.clone()));
@@ -311,6 +323,12 @@ async fn run_control(setup: ControlSetup, ready: std::sync::mpsc::Sender<Control
         });
     let rebalancer = Rebalancer::new(shared_config.clone(), routing.clone(), fleet_loads);
     tokio::spawn(rebalancer.clone().run(stop.clone()));
+    tokio::spawn(crate::resolve::run(
+        shared_config.clone(),
+        metrics.resolve.clone(),
+        resolved_tx,
+        stop.clone(),
+    ));
     let _ = ready.send((health.clone(), drainer.clone(), rebalancer.clone()));
     let hooks_owner = health.clone();
     if let Some((listener, token)) = admin {
@@ -537,10 +555,11 @@ impl Server {
         let shared_config = Arc::new(ArcSwap::from_pointee(config.clone()));
         let (reload_tx, reload_rx) = Reloader::channel();
         let (upgrade_tx, upgrade_rx) = Upgrader::channel();
+        let (resolved_tx, resolved_rx) = mpsc::unbounded_channel();
         let (control, health, drainer) = start_control(
             config,
             shared_config.clone(),
-            (reload_tx.clone(), upgrade_tx.clone()),
+            (reload_tx.clone(), upgrade_tx.clone(), resolved_tx),
             admin,
             routing.clone(),
             metrics.clone(),
@@ -574,6 +593,8 @@ impl Server {
             options,
             exposition: metrics.exposition,
             reloads: metrics.reloads,
+            resolved_rx,
+            resolve_metrics: metrics.resolve,
         })
     }
 
@@ -673,6 +694,7 @@ impl Server {
                         .await;
                     let _ = reply.send(outcome);
                 }
+                Some(resolved) = self.resolved_rx.recv() => self.apply_resolved(&resolved),
                 Some(reply) = self.upgrade_rx.recv() => {
                     let outcome = self
                         .upgrade(&mut running, &stop_accepting, &accept_loops, &connections)
@@ -873,6 +895,8 @@ impl Server {
             tracing::warn!("{warning}");
         }
         let old = self.config.load_full();
+        // Expanded backends keep the names this process gave their addresses.
+        let new = crate::resolve::carry_slots(&old, new);
         if old.admin != new.admin {
             tracing::warn!("[admin] changed: it takes effect at the next restart");
         }
@@ -914,5 +938,21 @@ impl Server {
         }
         self.config.store(Arc::new(new));
         Ok(self.config.load().summary())
+    }
+
+    /// A fresh answer for a backend's host name (`resolve_interval`): applied as a reload
+    /// applies a changed backend (new address: health starts again as unknown; removed
+    /// backend: its open connections continue), when it changes anything.
+    fn apply_resolved(&self, resolved: &crate::resolve::Resolved) {
+        let old = self.config.load_full();
+        let Some((new, changes)) = crate::resolve::apply(&old, &resolved.target, &resolved.addrs)
+        else {
+            return;
+        };
+        self.resolve_metrics.changed(&resolved.target, &changes);
+        self.ctx.routing.reload(&new);
+        self.health.reload(&new, &self.control.stop);
+        self.drainer.reload(&new);
+        self.config.store(Arc::new(new));
     }
 }

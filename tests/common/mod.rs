@@ -126,6 +126,8 @@ pub fn backend(name: &str, addr: SocketAddr) -> BackendConfig {
         backup: false,
         management: None,
         tags: Vec::new(),
+        dns_name: None,
+        expanded_from: None,
         tls: None,
     }
 }
@@ -146,10 +148,12 @@ pub fn config(balance: Balance, backends: Vec<BackendConfig>) -> Config {
             on_down: OnDown::Keep,
             rebalance: Default::default(),
             health: None,
+            resolve_interval: None,
             backends,
         }],
         hooks: vec![],
         fleet: None,
+        resolver: Default::default(),
     }
 }
 

@@ -752,6 +752,7 @@ async fn establish(
     ctx: &Context,
     stats: &ListenerStats,
 ) -> Option<(Link, Duration)> {
+    // Counted until established: an upgrade of warren waits a moment for these.
     #[cfg(unix)]
     let _setting_up = ctx.pause.setting_up_guard();
     let (client, listener, entry) = admitted(accepted, listener_name, ctx, stats).await?;
@@ -768,8 +769,11 @@ async fn admitted(
 ) -> Option<(TcpStream, Arc<ListenerConfig>, Entry)> {
     let accepted = *accepted;
     let (client, peer, admission) = (accepted.socket, accepted.peer, accepted.admission);
+    // On Linux accepted sockets inherit TCP_NODELAY from the listening socket (set at bind).
     #[cfg(not(target_os = "linux"))]
     let _ = client.set_nodelay(true);
+    // Renamed by a reload since its loop started: the socket is the same listener's, which a
+    // connect that raced the rename must not see refused.
     let listener = ctx
         .routing
         .load()
@@ -798,6 +802,7 @@ async fn link_up<C>(
         destination,
     } = entry;
 
+    // Loaded after the PROXY header, which may take a while: the backends as they are now.
     let snapshot = ctx.routing.load_full();
     let Some(pool) = snapshot.pools.get(listener.pool.as_str()) else {
         stats.rejected(RejectReason::NoBackend).inc();

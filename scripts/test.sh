@@ -138,9 +138,10 @@ for file in tests/*.rs; do
     name=$(basename "$file" .rs)
     [ "$name" = package ] || others+=(--test "$name")
 done
-log "cargo test ${others[*]}"
+# --no-fail-fast: every target runs, so one run reports every failure, not the first.
+log "cargo test --no-fail-fast ${others[*]}"
 others_rc=0
-cargo test "${others[@]}" "$@" || others_rc=$?
+cargo test --no-fail-fast "${others[@]}" "$@" || others_rc=$?
 wait "$package_pid" || true
 cat "$package_log"
 package_rc=$(cat "$package_log.rc" 2>/dev/null || echo 1)

@@ -375,9 +375,14 @@ fn status_prints_a_header_per_pool_and_an_aligned_row_per_backend() {
             }
         }
     }
+    // The status, then the fleet (404 here: a warren without [fleet]), each with the token.
     let requests = fake.requests();
-    assert_eq!(requests.len(), 1);
-    assert_eq!(requests[0].header("authorization"), Some("Bearer t0ken"));
+    assert_eq!(requests.len(), 2);
+    assert!(requests[1].is("GET", "/v1/fleet"));
+    for r in &requests {
+        assert_eq!(r.header("authorization"), Some("Bearer t0ken"));
+    }
+    assert!(!run.stdout.contains("fleet"), "{}", run.stdout);
     assert!(!run.stdout.contains("t0ken") && !run.stderr.contains("t0ken"));
 }
 

@@ -5,8 +5,8 @@
 //! two server names (one through a wildcard) reach two pools, each client's rustls handshake
 //! gets its pool's backend's certificate, and each backend received exactly the bytes its
 //! client wrote (0 differing); no SNI and an unknown name go to the default pool, counted by
-//! reason; a ClientHello in 3 segments 150 ms apart (after a PROXY header on a second
-//! listener) is routed and delivered byte-exact; a silent client is closed after `sni_timeout`
+//! reason; a ClientHello in 3 segments 150 ms apart, the server name cut by the last one (also
+//! after a PROXY header) is routed only then, and delivered byte-exact; a silent client is closed after `sni_timeout`
 //! and counted; plain AMQP goes to the default pool as is; a reload moves a name to another
 //! pool for new connections while an open one keeps echoing.
 
@@ -327,7 +327,8 @@ async fn server_names_reach_their_pools_byte_exact_without_termination() {
     warren.stop().await;
 }
 
-/// Criterion: a ClientHello written in 3 segments 150 ms apart is routed to its pool, and the
+/// Criterion: a ClientHello written in 3 segments 150 ms apart, the server name split by the
+/// last cut, is routed to its pool after the third (0 backends connected before), and the
 /// backend receives exactly those bytes. On a listener with `accept_proxy_protocol`, the
 /// PROXY header and the hello's first bytes in one segment: the header is consumed, the
 /// backend receives the hello alone.
@@ -343,14 +344,17 @@ async fn a_slow_hello_in_three_segments_is_routed_byte_exact() {
         let hello = client_hello(&s.certs, "orders.example.com");
         let mut client = TcpStream::connect(warren.addr).await.unwrap();
         client.set_nodelay(true).unwrap();
-        let third = hello.len() / 3;
+        // The second segment ends inside the server name, so only the third decides.
+        let name = b"orders.example.com";
+        let at = hello.windows(name.len()).position(|w| w == name).unwrap();
+        let (cut1, cut2) = (at / 2, at + name.len() / 2);
         let mut first = Vec::new();
         if proxy {
             first.extend_from_slice(b"PROXY TCP4 192.0.2.1 192.0.2.2 40000 5671\r\n");
         }
-        first.extend_from_slice(&hello[..third]);
+        first.extend_from_slice(&hello[..cut1]);
         let started = Instant::now();
-        for (n, segment) in [&first[..], &hello[third..2 * third], &hello[2 * third..]]
+        for (n, segment) in [&first[..], &hello[cut1..cut2], &hello[cut2..]]
             .into_iter()
             .enumerate()
         {
@@ -394,10 +398,11 @@ async fn a_silent_client_times_out_and_plain_amqp_goes_to_the_default_pool() {
     assert!(took >= Duration::from_millis(300), "closed before sni_timeout: {took:?}");
     assert!(took < Duration::from_millis(2300), "closed late: {took:?}");
     wait_for("the timeout counted", 5 * SECOND, || unrouted(&warren, "timeout") == 1.0).await;
-    // Half a hello, then the client leaves: closed, not routed.
+    // The start of a hello (before its server name), then the client leaves: closed, not
+    // routed.
     let hello = client_hello(&s.certs, "orders.example.com");
     let mut half = TcpStream::connect(warren.addr).await.unwrap();
-    half.write_all(&hello[..hello.len() / 2]).await.unwrap();
+    half.write_all(&hello[..40]).await.unwrap();
     half.shutdown().await.unwrap();
     wait_for("the close counted", 5 * SECOND, || unrouted(&warren, "closed") == 1.0).await;
     assert_eq!(s.orders.accepted() + s.main.accepted(), 0);

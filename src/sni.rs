@@ -65,7 +65,8 @@ pub fn parse(bytes: &[u8]) -> Hello {
     if message[0] != CLIENT_HELLO {
         return Hello::Malformed("the first handshake message is not a ClientHello");
     }
-    let length = usize::from(message[1]) << 16 | usize::from(message[2]) << 8 | usize::from(message[3]);
+    let length =
+        usize::from(message[1]) << 16 | usize::from(message[2]) << 8 | usize::from(message[3]);
     if length > MAX_HELLO {
         return Hello::Malformed("ClientHello longer than 16 KiB");
     }
@@ -96,7 +97,9 @@ fn reassemble(bytes: &[u8]) -> Result<Cow<'_, [u8]>, Hello> {
         }
         if header[0] != HANDSHAKE {
             // A record of another kind before the hello was complete.
-            return Err(Hello::Malformed("a non-handshake record inside the ClientHello"));
+            return Err(Hello::Malformed(
+                "a non-handshake record inside the ClientHello",
+            ));
         }
         let length = usize::from(header[3]) << 8 | usize::from(header[4]);
         if length == 0 || length > MAX_RECORD {
@@ -113,7 +116,9 @@ fn reassemble(bytes: &[u8]) -> Result<Cow<'_, [u8]>, Hello> {
         }
         at += 5 + length;
         if at > MAX_PEEK {
-            return Err(Hello::Malformed("ClientHello cut into too many small records"));
+            return Err(Hello::Malformed(
+                "ClientHello cut into too many small records",
+            ));
         }
     }
     Ok(joined.map_or(Cow::Borrowed(first), Cow::Owned))
@@ -131,13 +136,19 @@ fn client_hello(r: &mut Reader<'_>, whole: bool) -> Result<Hello, Short> {
     r.skip(usize::from(compression))?;
     if r.0.is_empty() {
         // No extensions at all (an SSL 3.0-style hello), or they are still to come.
-        return if whole { Ok(Hello::NoServerName) } else { Err(Short) };
+        return if whole {
+            Ok(Hello::NoServerName)
+        } else {
+            Err(Short)
+        };
     }
     let extensions = usize::from(r.u16()?);
     let mut left = extensions;
     while left > 0 {
         if left < 4 {
-            return Ok(Hello::Malformed("an extension header runs past the extensions"));
+            return Ok(Hello::Malformed(
+                "an extension header runs past the extensions",
+            ));
         }
         let kind = r.u16()?;
         let length = usize::from(r.u16()?);
@@ -278,13 +289,21 @@ mod tests {
 
     #[test]
     fn every_prefix_of_a_hello_is_incomplete_until_the_name_is_whole() {
-        let body = hello_body(&[(10, vec![0, 2, 0, 29]), sni(b"a.example.com"), (43, vec![2, 3, 4])]);
+        let body = hello_body(&[
+            (10, vec![0, 2, 0, 29]),
+            sni(b"a.example.com"),
+            (43, vec![2, 3, 4]),
+        ]);
         for per_record in [1, 7, 64, 1 << 14] {
             let bytes = records(&body, per_record);
             let decided = (1..=bytes.len())
                 .find(|&n| parse(&bytes[..n]) != Hello::Incomplete)
                 .unwrap();
-            assert_eq!(parse(&bytes[..decided]), named("a.example.com"), "{per_record}");
+            assert_eq!(
+                parse(&bytes[..decided]),
+                named("a.example.com"),
+                "{per_record}"
+            );
             // Decided before the last extension arrived.
             assert!(decided < bytes.len(), "{per_record}");
             assert_eq!(parse(&bytes), named("a.example.com"), "{per_record}");
@@ -302,7 +321,10 @@ mod tests {
         assert_eq!(parse(&records(&body, 1 << 14)), Hello::NoServerName);
         // A server_name list without a host name.
         let other = (SERVER_NAME, vec![0, 3, 7, 0, 0]);
-        assert_eq!(parse(&records(&hello_body(&[other]), 100)), Hello::NoServerName);
+        assert_eq!(
+            parse(&records(&hello_body(&[other]), 100)),
+            Hello::NoServerName
+        );
     }
 
     #[test]

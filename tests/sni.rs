@@ -279,13 +279,25 @@ async fn server_names_reach_their_pools_byte_exact_without_termination() {
     let warren = start(&config);
     let tls = connector(&s.certs);
     let cases = [
-        ("orders.example.com", &s.orders, leaf_of(&s.certs.dir().join("orders.pem"))),
-        ("a.streams.example.com", &s.streams, leaf_of(&s.certs.dir().join("streams.pem"))),
+        (
+            "orders.example.com",
+            &s.orders,
+            leaf_of(&s.certs.dir().join("orders.pem")),
+        ),
+        (
+            "a.streams.example.com",
+            &s.streams,
+            leaf_of(&s.certs.dir().join("streams.pem")),
+        ),
         ("127.0.0.1", &s.main, leaf_of(&s.certs.server_cert)),
     ];
     for (name, backend, leaf) in &cases {
         let (mut session, written) = connect(&tls, warren.addr, name).await;
-        assert_eq!(&peer_leaf(&session), leaf, "{name}: another pool's certificate");
+        assert_eq!(
+            &peer_leaf(&session),
+            leaf,
+            "{name}: another pool's certificate"
+        );
         for byte in 0..20u8 {
             assert!(echo(&mut session, byte).await, "{name}: echo {byte}");
         }
@@ -293,8 +305,15 @@ async fn server_names_reach_their_pools_byte_exact_without_termination() {
         let sent = written.lock().unwrap().clone();
         let got = backend.bytes(backend.accepted() - 1);
         let differing = sent.iter().zip(&got).filter(|(a, b)| a != b).count();
-        println!("{name}: client wrote {} bytes, backend received {}, {differing} differ", sent.len(), got.len());
-        assert_eq!(got, sent, "{name}: the backend did not receive the client's bytes as is");
+        println!(
+            "{name}: client wrote {} bytes, backend received {}, {differing} differ",
+            sent.len(),
+            got.len()
+        );
+        assert_eq!(
+            got, sent,
+            "{name}: the backend did not receive the client's bytes as is"
+        );
     }
     assert_eq!(
         (s.main.accepted(), s.orders.accepted(), s.streams.accepted()),
@@ -304,17 +323,32 @@ async fn server_names_reach_their_pools_byte_exact_without_termination() {
     let hello = client_hello(&s.certs, "billing.example.com");
     let mut raw = TcpStream::connect(warren.addr).await.unwrap();
     raw.write_all(&hello).await.unwrap();
-    wait_for("the unknown name at main", 5 * SECOND, || s.main.accepted() == 2).await;
-    wait_for("main received the hello", 5 * SECOND, || s.main.bytes(1).len() >= hello.len()).await;
+    wait_for("the unknown name at main", 5 * SECOND, || {
+        s.main.accepted() == 2
+    })
+    .await;
+    wait_for("main received the hello", 5 * SECOND, || {
+        s.main.bytes(1).len() >= hello.len()
+    })
+    .await;
     assert_eq!(s.main.bytes(1)[..hello.len()], hello[..]);
     // Two below the wildcard's one label: no match either.
     let hello = client_hello(&s.certs, "a.b.streams.example.com");
     let mut raw2 = TcpStream::connect(warren.addr).await.unwrap();
     raw2.write_all(&hello).await.unwrap();
-    wait_for("the deep name at main", 5 * SECOND, || s.main.accepted() == 3).await;
-    assert_eq!((routed(&warren, "orders"), routed(&warren, "streams")), (1.0, 1.0));
+    wait_for("the deep name at main", 5 * SECOND, || {
+        s.main.accepted() == 3
+    })
+    .await;
+    assert_eq!(
+        (routed(&warren, "orders"), routed(&warren, "streams")),
+        (1.0, 1.0)
+    );
     assert_eq!(routed(&warren, "main"), 3.0);
-    assert_eq!((unrouted(&warren, "no_sni"), unrouted(&warren, "no_match")), (1.0, 2.0));
+    assert_eq!(
+        (unrouted(&warren, "no_sni"), unrouted(&warren, "no_match")),
+        (1.0, 2.0)
+    );
     assert_eq!(unrouted(&warren, "timeout"), 0.0);
     // Per-pool accounting: each pool's backend counts its own connection.
     let series = |pool: &str| {
@@ -322,7 +356,10 @@ async fn server_names_reach_their_pools_byte_exact_without_termination() {
             r#"warren_backend_connections_total{{backend="{pool}-0",pool="{pool}"}}"#
         ))
     };
-    assert_eq!((series("orders"), series("streams"), series("main")), (1.0, 1.0, 3.0));
+    assert_eq!(
+        (series("orders"), series("streams"), series("main")),
+        (1.0, 1.0, 3.0)
+    );
     drop((raw, raw2));
     warren.stop().await;
 }
@@ -338,7 +375,11 @@ async fn a_slow_hello_in_three_segments_is_routed_byte_exact() {
         return;
     };
     for (i, proxy) in [false, true].into_iter().enumerate() {
-        let extra = if proxy { "accept_proxy_protocol = true\n" } else { "" };
+        let extra = if proxy {
+            "accept_proxy_protocol = true\n"
+        } else {
+            ""
+        };
         let config = write_config(&s, free_port(), free_port(), extra, ROUTES);
         let warren = start(&config);
         let hello = client_hello(&s.certs, "orders.example.com");
@@ -361,7 +402,11 @@ async fn a_slow_hello_in_three_segments_is_routed_byte_exact() {
             if n > 0 {
                 // The slow client's pause, not a wait for a condition.
                 tokio::time::sleep(Duration::from_millis(150)).await;
-                assert_eq!(s.orders.accepted(), i, "routed before the server name arrived");
+                assert_eq!(
+                    s.orders.accepted(),
+                    i,
+                    "routed before the server name arrived"
+                );
             }
             client.write_all(segment).await.unwrap();
         }
@@ -369,8 +414,15 @@ async fn a_slow_hello_in_three_segments_is_routed_byte_exact() {
             s.orders.accepted() == i + 1 && s.orders.bytes(i).len() >= hello.len()
         })
         .await;
-        println!("proxy header {proxy}: routed {:?} after the first segment", started.elapsed());
-        assert_eq!(s.orders.bytes(i), hello, "the backend did not receive the hello as sent");
+        println!(
+            "proxy header {proxy}: routed {:?} after the first segment",
+            started.elapsed()
+        );
+        assert_eq!(
+            s.orders.bytes(i),
+            hello,
+            "the backend did not receive the hello as sent"
+        );
         assert_eq!(routed(&warren, "orders"), 1.0);
         assert_eq!(s.main.accepted(), 0);
         drop(client);
@@ -386,25 +438,43 @@ async fn a_silent_client_times_out_and_plain_amqp_goes_to_the_default_pool() {
     let Some(s) = setup("sni-timeout").await else {
         return;
     };
-    let config = write_config(&s, free_port(), free_port(), "sni_timeout = \"300ms\"\n", ROUTES);
+    let config = write_config(
+        &s,
+        free_port(),
+        free_port(),
+        "sni_timeout = \"300ms\"\n",
+        ROUTES,
+    );
     let warren = start(&config);
     let started = Instant::now();
     let mut silent = TcpStream::connect(warren.addr).await.unwrap();
     let mut buf = [0u8; 16];
     let read = tokio::time::timeout(5 * SECOND, silent.read(&mut buf)).await;
     let took = started.elapsed();
-    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "not closed: {read:?}");
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "not closed: {read:?}"
+    );
     println!("a silent client was closed after {took:?}");
-    assert!(took >= Duration::from_millis(300), "closed before sni_timeout: {took:?}");
+    assert!(
+        took >= Duration::from_millis(300),
+        "closed before sni_timeout: {took:?}"
+    );
     assert!(took < Duration::from_millis(2300), "closed late: {took:?}");
-    wait_for("the timeout counted", 5 * SECOND, || unrouted(&warren, "timeout") == 1.0).await;
+    wait_for("the timeout counted", 5 * SECOND, || {
+        unrouted(&warren, "timeout") == 1.0
+    })
+    .await;
     // The start of a hello (before its server name), then the client leaves: closed, not
     // routed.
     let hello = client_hello(&s.certs, "orders.example.com");
     let mut half = TcpStream::connect(warren.addr).await.unwrap();
     half.write_all(&hello[..40]).await.unwrap();
     half.shutdown().await.unwrap();
-    wait_for("the close counted", 5 * SECOND, || unrouted(&warren, "closed") == 1.0).await;
+    wait_for("the close counted", 5 * SECOND, || {
+        unrouted(&warren, "closed") == 1.0
+    })
+    .await;
     assert_eq!(s.orders.accepted() + s.main.accepted(), 0);
 
     let amqp = b"AMQP\x00\x00\x09\x01";
@@ -437,17 +507,33 @@ async fn a_reload_moves_a_route_for_new_connections() {
     assert!(echo(&mut before, 1).await);
     let moved = ROUTES.replace("pool = \"orders\"", "pool = \"streams\"");
     write_config(&s, admin_port, port, "", &moved);
-    let (code, body) = http(warren.admin.unwrap(), "POST", "/v1/reload", Some(TOKEN), b"").await;
+    let (code, body) = http(
+        warren.admin.unwrap(),
+        "POST",
+        "/v1/reload",
+        Some(TOKEN),
+        b"",
+    )
+    .await;
     assert_eq!(code, 200, "reload: {body}");
     let hello = client_hello(&s.certs, "orders.example.com");
     let mut after = TcpStream::connect(warren.addr).await.unwrap();
     after.write_all(&hello).await.unwrap();
-    wait_for("the moved name at streams", 5 * SECOND, || s.streams.accepted() == 1).await;
+    wait_for("the moved name at streams", 5 * SECOND, || {
+        s.streams.accepted() == 1
+    })
+    .await;
     assert_eq!(s.orders.accepted(), 1);
     for byte in 2..12u8 {
-        assert!(echo(&mut before, byte).await, "the session opened before the reload");
+        assert!(
+            echo(&mut before, byte).await,
+            "the session opened before the reload"
+        );
     }
-    assert_eq!((routed(&warren, "orders"), routed(&warren, "streams")), (1.0, 1.0));
+    assert_eq!(
+        (routed(&warren, "orders"), routed(&warren, "streams")),
+        (1.0, 1.0)
+    );
     drop(after);
     warren.stop().await;
 }

@@ -348,9 +348,7 @@ mod validate;
 mod tests;
 
 pub use fleet::host_name;
-pub use listener_sni::{
-    check_server_name, ListenerSni, SniRoute, SniRoutes, DEFAULT_SNI_TIMEOUT,
-};
+pub use listener_sni::{check_server_name, ListenerSni, SniRoute, SniRoutes, DEFAULT_SNI_TIMEOUT};
 pub use listener_tls::{ListenerTls, DEFAULT_TLS_HANDSHAKE_TIMEOUT};
 use management::*;
 use pool_tls::needs_tls_message;

@@ -9,7 +9,9 @@ fn with_sni(lines: &str) -> String {
         "pool = \"rabbitmq\"\n",
         &format!("pool = \"rabbitmq\"\n{lines}\n"),
     );
-    format!("{text}\n[pool.orders]\n[[pool.orders.backend]]\nname = \"o\"\naddr = \"10.0.1.1:5671\"\n")
+    format!(
+        "{text}\n[pool.orders]\n[[pool.orders.backend]]\nname = \"o\"\naddr = \"10.0.1.1:5671\"\n"
+    )
 }
 
 fn route(name: &str, pool: &str) -> String {
@@ -19,7 +21,8 @@ fn route(name: &str, pool: &str) -> String {
 #[test]
 fn routes_load_in_file_order_with_the_default_timeout() {
     assert_eq!(parse(BASE).unwrap().listeners[0].sni, None);
-    let text = with_sni(&(route("Orders.Example.com", "orders") + &route("*.example.com", "rabbitmq")));
+    let text =
+        with_sni(&(route("Orders.Example.com", "orders") + &route("*.example.com", "rabbitmq")));
     let config = parse(&text).unwrap();
     let listener = &config.listeners[0];
     let sni = listener.sni.as_ref().unwrap();
@@ -32,15 +35,27 @@ fn routes_load_in_file_order_with_the_default_timeout() {
         .collect();
     assert_eq!(
         listed,
-        [("orders.example.com", "orders"), ("*.example.com", "rabbitmq")]
+        [
+            ("orders.example.com", "orders"),
+            ("*.example.com", "rabbitmq")
+        ]
     );
-    assert_eq!(sni.routes.pool_for("orders.example.com").map(|p| &**p), Some("orders"));
-    assert_eq!(sni.routes.pool_for("x.example.com").map(|p| &**p), Some("rabbitmq"));
+    assert_eq!(
+        sni.routes.pool_for("orders.example.com").map(|p| &**p),
+        Some("orders")
+    );
+    assert_eq!(
+        sni.routes.pool_for("x.example.com").map(|p| &**p),
+        Some("rabbitmq")
+    );
     assert_eq!(
         listener.pools().collect::<Vec<_>>(),
         ["rabbitmq", "orders", "rabbitmq"]
     );
-    let timed = with_sni(&format!("sni_timeout = \"250ms\"\n{}", route("a.example", "orders")));
+    let timed = with_sni(&format!(
+        "sni_timeout = \"250ms\"\n{}",
+        route("a.example", "orders")
+    ));
     let sni = parse(&timed).unwrap().listeners[0].sni.clone().unwrap();
     assert_eq!(sni.timeout, Duration::from_millis(250));
 }
@@ -136,7 +151,8 @@ fn each_sni_problem_names_its_key_and_value() {
 
 #[test]
 fn an_unknown_route_key_is_refused() {
-    let text = with_sni("[[listener.sni]]\nserver_name = \"a.example\"\npool = \"orders\"\nport = 1");
+    let text =
+        with_sni("[[listener.sni]]\nserver_name = \"a.example\"\npool = \"orders\"\nport = 1");
     let error = parse(&text).unwrap_err().to_string();
     assert!(error.contains("unknown field `port`"), "{error}");
 }

@@ -537,3 +537,63 @@ async fn a_reload_moves_a_route_for_new_connections() {
     drop(after);
     warren.stop().await;
 }
+
+/// The `active_connections` of pool `pool`'s one backend in `/v1/status`.
+async fn pool_active(admin: SocketAddr, pool: &str) -> i64 {
+    let (code, body) = http(admin, "GET", "/v1/status", None, b"").await;
+    assert_eq!(code, 200, "{body}");
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let pools = status["pools"].as_array().unwrap();
+    let found = pools.iter().find(|p| p["name"] == pool);
+    let found = found.unwrap_or_else(|| panic!("no pool {pool} in {body}"));
+    found["backends"][0]["active_connections"].as_i64().unwrap()
+}
+
+/// Criterion: `warren upgrade` hands SNI-routed connections over like plain ones (warren holds
+/// no TLS state of theirs): a session to "orders" and one to "streams" both echo 10 more
+/// bytes through the new process, whose `/v1/status` counts 1 connection on orders' backend,
+/// 1 on streams', 0 on main's, and lists the listener's 2 routes.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_hands_routed_connections_over_with_their_pools() {
+    let Some(s) = setup("sni-upgrade").await else {
+        return;
+    };
+    let (admin_port, port) = (free_port(), free_port());
+    let config = write_config(&s, admin_port, port, "", ROUTES);
+    // `warren upgrade` here sends no token: a loopback admin API needs none.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text: Vec<&str> = text.lines().filter(|l| !l.starts_with("token_file")).collect();
+    std::fs::write(&config, text.join("\n")).unwrap();
+    let log = s.certs.dir().join("warren.log");
+    let mut warren = WarrenProc::run_config(&config, log).await;
+    let (admin, addr): (SocketAddr, SocketAddr) = (
+        ([127, 0, 0, 1], admin_port).into(),
+        ([127, 0, 0, 1], port).into(),
+    );
+    let tls = connector(&s.certs);
+    let (mut orders, _) = connect(&tls, addr, "orders.example.com").await;
+    let (mut streams, _) = connect(&tls, addr, "x.streams.example.com").await;
+    assert!(echo(&mut orders, 1).await && echo(&mut streams, 1).await);
+    let (ok, stdout, stderr) = warren_upgrade(admin).await;
+    assert!(ok, "warren upgrade failed: {stderr}");
+    let _adopted = Adopted(upgraded_pid(&stdout));
+    warren.wait_exit(10 * SECOND).await;
+    for byte in 2..12u8 {
+        assert!(echo(&mut orders, byte).await, "orders after the upgrade");
+        assert!(echo(&mut streams, byte).await, "streams after the upgrade");
+    }
+    let active = (
+        pool_active(admin, "orders").await,
+        pool_active(admin, "streams").await,
+        pool_active(admin, "main").await,
+    );
+    assert_eq!(active, (1, 1, 0), "connections per pool in the new process");
+    let (_, body) = http(admin, "GET", "/v1/status", None, b"").await;
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        status["listeners"][0]["sni"].as_array().map(Vec::len),
+        Some(2)
+    );
+    assert_eq!((s.orders.accepted(), s.streams.accepted()), (1, 1));
+}

@@ -563,7 +563,10 @@ async fn an_upgrade_hands_routed_connections_over_with_their_pools() {
     let config = write_config(&s, admin_port, port, "", ROUTES);
     // `warren upgrade` here sends no token: a loopback admin API needs none.
     let text = std::fs::read_to_string(&config).unwrap();
-    let text: Vec<&str> = text.lines().filter(|l| !l.starts_with("token_file")).collect();
+    let text: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with("token_file"))
+        .collect();
     std::fs::write(&config, text.join("\n")).unwrap();
     let log = s.certs.dir().join("warren.log");
     let mut warren = WarrenProc::run_config(&config, log).await;

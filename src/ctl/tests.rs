@@ -358,6 +358,6 @@ fn status_lists_a_listeners_sni_routes_under_it() {
          \x20 sni *.streams.example.com -> pool rabbitmq\n"
     ));
     // Without routes the JSON has no `sni` key, as before.
-    let json = serde_json::to_value(&status_fixture()).unwrap();
+    let json = serde_json::to_value(status_fixture()).unwrap();
     assert!(json["listeners"][0].get("sni").is_none());
 }

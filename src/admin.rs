@@ -852,6 +852,7 @@ fn status(admin: &Admin) -> api::Status {
             listen: l.listen.to_string(),
             name: l.name.clone(),
             pool: l.pool.clone(),
+            backend: l.per_backend.as_ref().map(|p| p.backend.clone()),
         })
         .collect();
     let pools = config

@@ -156,6 +156,9 @@ pub struct ListenerStatus {
     pub name: String,
     #[serde(default)]
     pub pool: String,
+    /// A per-backend listener's own backend (`[pool.NAME.per_backend_listeners]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
 }
 
 /// One pool in `/v1/status`.
@@ -625,6 +628,7 @@ mod tests {
                 listen: "0.0.0.0:5672".into(),
                 name: "amqp".into(),
                 pool: "rabbitmq".into(),
+                backend: None,
             }],
             pools: vec![PoolStatus {
                 available: 0,

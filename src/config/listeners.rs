@@ -82,7 +82,7 @@ impl Validator<'_> {
     }
 
     /// The settings of one listener; its name, address and pool are checked by the caller.
-    fn listener(
+    pub(super) fn listener(
         &mut self,
         key: &str,
         raw: RawListener,
@@ -143,6 +143,7 @@ impl Validator<'_> {
             proxy_protocol_from,
             proxy_protocol_timeout,
             tls: tls.flatten(),
+            per_backend: None,
         }
     }
 

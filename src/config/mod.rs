@@ -137,6 +137,9 @@ pub struct ListenerConfig {
     pub proxy_protocol_timeout: Duration,
     /// `[listener.tls]`: clients speak TLS to warren; `None` for plain TCP.
     pub tls: Option<ListenerTls>,
+    /// A listener of `[pool.NAME.per_backend_listeners]`: it forwards only to this backend;
+    /// `None` for a `[[listener]]`.
+    pub per_backend: Option<PerBackend>,
 }
 
 /// Balancing algorithm of a pool.
@@ -333,6 +336,7 @@ mod hooks;
 mod listener_tls;
 mod listeners;
 mod management;
+mod per_backend;
 mod pool_tls;
 mod pools;
 mod raw;
@@ -345,6 +349,7 @@ mod tests;
 
 pub use fleet::host_name;
 pub use listener_tls::{ListenerTls, DEFAULT_TLS_HANDSHAKE_TIMEOUT};
+pub use per_backend::{rabbitmq_conf, PerBackend};
 use management::*;
 use pool_tls::needs_tls_message;
 pub use pool_tls::BackendTls;
@@ -720,6 +725,7 @@ impl ListenerConfig {
             proxy_protocol_from: None,
             proxy_protocol_timeout: DEFAULT_PROXY_PROTOCOL_TIMEOUT,
             tls: None,
+            per_backend: None,
         }
     }
 }
@@ -966,6 +972,7 @@ fn quick_start_with(
             management: None,
             tags: None,
             expand: None,
+            listener_port: None,
         })
         .collect();
     let pool = RawPool {
@@ -978,6 +985,7 @@ fn quick_start_with(
         management: None,
         resolve_interval: None,
         tls: None,
+        per_backend_listeners: None,
         backend,
     };
     // `--admin`: the admin API (drain, status, metrics) with the defaults of an `[admin]` table.

@@ -26,6 +26,7 @@ use super::*;
 
 mod fleet;
 mod listener_tls;
+mod per_backend;
 mod pool_tls;
 mod resolve;
 

@@ -349,8 +349,8 @@ mod tests;
 
 pub use fleet::host_name;
 pub use listener_tls::{ListenerTls, DEFAULT_TLS_HANDSHAKE_TIMEOUT};
-pub use per_backend::{rabbitmq_conf, PerBackend};
 use management::*;
+pub use per_backend::{rabbitmq_conf, PerBackend};
 use pool_tls::needs_tls_message;
 pub use pool_tls::BackendTls;
 use raw::*;

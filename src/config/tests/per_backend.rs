@@ -72,7 +72,11 @@ fn a_backends_listener_port_wins_and_a_specific_ip_is_advertised() {
         .collect();
     assert_eq!(ports, ["192.0.2.10:6000", "192.0.2.10:7002"]);
     assert_eq!(
-        config.listeners[2].per_backend.as_ref().unwrap().advertised_host,
+        config.listeners[2]
+            .per_backend
+            .as_ref()
+            .unwrap()
+            .advertised_host,
         "192.0.2.10"
     );
 }

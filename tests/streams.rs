@@ -299,14 +299,14 @@ async fn stream_clients_reach_each_leader_through_its_nodes_own_listener() {
     for (i, name) in names.iter().enumerate() {
         let stream = format!("on-{name}");
         let (producer, consumer) = write_and_read(&warren, &env, &stream, &own, 200).await;
-        let mut to_leader = vec![0.0; 3];
+        let mut to_leader = [0.0; 3];
         to_leader[1 + i] = 1.0;
         assert_eq!(
             producer[1..],
             to_leader[1..],
             "{stream}: producer on its leader's listener"
         );
-        let mut to_replica = vec![0.0; 3];
+        let mut to_replica = [0.0; 3];
         to_replica[2 - i] = 1.0;
         assert_eq!(
             consumer[1..],
@@ -400,4 +400,47 @@ async fn reload_without_the_section_removes_the_listeners(
         wait_for("a removed per-backend listener to refuse", STEP, refused).await;
     }
     environment(ports.balanced).await;
+}
+
+/// Without RabbitMQ: each per-backend listener reaches its own backend only, whatever the
+/// pool's balancing; one whose backend refuses (then is down by the passive check) closes
+/// every new connection at once, never sending it to another node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_listener_reaches_only_its_own_backend_and_a_down_one_closes_at_once() {
+    let (a, b) = (common::spawn_tagged(1).await, common::spawn_tagged(2).await);
+    let (_held, refusing) = common::held_refusing_port();
+    let own = [free_port(), free_port(), free_port()];
+    let toml = format!(
+        "[[listener]]\nname = \"balanced\"\nlisten = \"127.0.0.1:0\"\npool = \"p\"\n\
+         [pool.p]\n[pool.p.per_backend_listeners]\nlisten = \"127.0.0.1\"\n\
+         connect_timeout = \"2s\"\n\
+         [[pool.p.backend]]\nname = \"a\"\naddr = \"{}\"\nlistener_port = {}\n\
+         [[pool.p.backend]]\nname = \"b\"\naddr = \"{}\"\nlistener_port = {}\n\
+         [[pool.p.backend]]\nname = \"c\"\naddr = \"{refusing}\"\nlistener_port = {}\n",
+        a.addr, own[0], b.addr, own[1], own[2]
+    );
+    let config = warren::config::from_toml(&toml, Path::new("streams.toml")).unwrap();
+    let warren = Warren::start(config, quick());
+    for _ in 0..4 {
+        for (port, id) in [(own[0], 1), (own[1], 2)] {
+            let (seen, _s) =
+                common::which_backend(SocketAddr::from((Ipv4Addr::LOCALHOST, port))).await;
+            assert_eq!(seen, id, "listener on {port} reaches backend {id} only");
+        }
+    }
+    let rejected = "warren_listener_rejected_total{listener=\"p/c\",reason=\"no_backend\"}";
+    // Refused by its backend, then down: closed at once both times, never sent to a or b.
+    for n in 1..=2 {
+        assert!(
+            closed_at_once(own[2]).await,
+            "connection {n} closed at once"
+        );
+        wait_for("the refusal counted", STEP, || {
+            warren.metric(rejected) == f64::from(n)
+        })
+        .await;
+    }
+    assert_eq!(a.accepted.load(std::sync::atomic::Ordering::SeqCst), 4);
+    assert_eq!(b.accepted.load(std::sync::atomic::Ordering::SeqCst), 4);
+    warren.stop().await;
 }

@@ -411,13 +411,18 @@ async fn each_listener_reaches_only_its_own_backend_and_a_down_one_closes_at_onc
     let (_held, refusing) = common::held_refusing_port();
     let own = [free_port(), free_port(), free_port()];
     let toml = format!(
-        "[[listener]]\nname = \"balanced\"\nlisten = \"127.0.0.1:0\"\npool = \"p\"\n\
+        "[[listener]]\nname = \"balanced\"\nlisten = \"127.0.0.1:{}\"\npool = \"p\"\n\
          [pool.p]\n[pool.p.per_backend_listeners]\nlisten = \"127.0.0.1\"\n\
          connect_timeout = \"2s\"\n\
          [[pool.p.backend]]\nname = \"a\"\naddr = \"{}\"\nlistener_port = {}\n\
          [[pool.p.backend]]\nname = \"b\"\naddr = \"{}\"\nlistener_port = {}\n\
          [[pool.p.backend]]\nname = \"c\"\naddr = \"{refusing}\"\nlistener_port = {}\n",
-        a.addr, own[0], b.addr, own[1], own[2]
+        free_port(),
+        a.addr,
+        own[0],
+        b.addr,
+        own[1],
+        own[2]
     );
     let config = warren::config::from_toml(&toml, Path::new("streams.toml")).unwrap();
     let warren = Warren::start(config, quick());

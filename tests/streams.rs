@@ -5,8 +5,8 @@
 //! follows the stream metadata to warren's per-backend listeners and never learns a node's own
 //! address. A stream led by each node is written and read back; draining a node makes its
 //! listener refuse new connections (closed at once, `no_backend`) and close the open ones at
-//! the deadline; a reload without the section removes the listeners. Skipped with a SKIP line
-//! when RabbitMQ is missing.
+//! the deadline; a reload without the section removes the listeners, one with it adds them.
+//! Skipped with a SKIP line when RabbitMQ is missing.
 
 mod common;
 #[allow(dead_code)]
@@ -384,7 +384,7 @@ async fn drained_node_refuses_new_connections(
 }
 
 /// A reload of the config without the section: the per-backend listeners stop accepting, the
-/// balanced listener serves on.
+/// balanced listener serves on; a reload with it again brings them back.
 async fn reload_without_the_section_removes_the_listeners(
     admin: SocketAddr,
     file: &Path,
@@ -400,6 +400,13 @@ async fn reload_without_the_section_removes_the_listeners(
         wait_for("a removed per-backend listener to refuse", STEP, refused).await;
     }
     environment(ports.balanced).await;
+    // And back: a reload with the section adds them again.
+    std::fs::write(file, warren_toml(ports, &cluster.nodes, stream_port, true)).unwrap();
+    let (code, stdout, stderr) = run_ctl(admin, &["reload"]).await;
+    assert_eq!(code, 0, "ctl reload: {stdout}{stderr}");
+    for port in ports.own {
+        environment(port).await;
+    }
 }
 
 /// Without RabbitMQ: each per-backend listener reaches its own backend only, whatever the

@@ -9,8 +9,11 @@
 #       127.0.0.1:DIST_PORT, management on IP:MGMT_PORT (IP: a loopback address, default
 #       127.0.0.1; nodes on 127.0.1.1, 127.0.1.2... can share ports, as on separate hosts), everything (data, logs, config, cookie)
 #       under BASEDIR/NAME; then wait (bounded) until the node has booted. Extra arguments are
-#       appended to rabbitmq.conf as lines, e.g. 'proxy_protocol = true'. Nodes started with
-#       the same BASEDIR share an Erlang cookie, so they can be clustered.
+#       appended to rabbitmq.conf as lines, e.g. 'proxy_protocol = true', then the lines of
+#       BASEDIR/NAME.conf if that file exists (one node's own lines, e.g. its
+#       stream.advertised_port). Plugins: rabbitmq_management, plus those named (comma
+#       separated) in RABBITMQ_SH_PLUGINS, e.g. RABBITMQ_SH_PLUGINS=rabbitmq_stream. Nodes
+#       started with the same BASEDIR share an Erlang cookie, so they can be clustered.
 #   scripts/rabbitmq.sh stop NAME BASEDIR
 #       rabbitmqctl stop, then kill whatever of that node is left (by its pid file).
 #   scripts/rabbitmq.sh stop_app NAME BASEDIR | start_app NAME BASEDIR
@@ -54,7 +57,7 @@ die() {
 }
 
 usage() {
-    sed -n '2,43p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,46p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -260,8 +263,11 @@ cmd_start() {
         for line in "$@"; do
             echo "$line"
         done
+        if [ -f "$basedir/$name.conf" ]; then
+            cat "$basedir/$name.conf"
+        fi
     } >"$RABBITMQ_CONFIG_FILE"
-    echo "[rabbitmq_management]." >"$RABBITMQ_ENABLED_PLUGINS_FILE"
+    echo "[rabbitmq_management${RABBITMQ_SH_PLUGINS:+,$RABBITMQ_SH_PLUGINS}]." >"$RABBITMQ_ENABLED_PLUGINS_FILE"
     export RABBITMQ_DIST_PORT="$dist_port"
     export ERL_EPMD_ADDRESS=127.0.0.1
     # Erlang distribution on loopback only (it listens on every interface by default). No busy

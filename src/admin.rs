@@ -861,6 +861,7 @@ fn status(admin: &Admin) -> api::Status {
                     pool: r.pool.to_string(),
                 })
                 .collect(),
+            backend: l.per_backend.as_ref().map(|p| p.backend.clone()),
         })
         .collect();
     let pools = config

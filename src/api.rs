@@ -150,6 +150,9 @@ pub struct FleetBackendView {
 pub struct ListenerStatus {
     #[serde(default)]
     pub active_connections: i64,
+    /// A per-backend listener's own backend (`[pool.NAME.per_backend_listeners]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
     /// The configured address.
     #[serde(default)]
     pub listen: String,
@@ -638,6 +641,7 @@ mod tests {
                 name: "amqp".into(),
                 pool: "rabbitmq".into(),
                 sni: vec![],
+                backend: None,
             }],
             pools: vec![PoolStatus {
                 available: 0,

@@ -216,6 +216,16 @@ impl Candidates {
         }
     }
 
+    /// At most one candidate: `index` (a per-backend listener's own backend, when it may take
+    /// connections).
+    pub fn only(index: Option<usize>) -> Self {
+        let mut one = Self::with_capacity(1);
+        if let Some(index) = index {
+            one.push(index);
+        }
+        one
+    }
+
     /// The candidates not yet yielded, best first.
     pub fn as_slice(&self) -> &[usize] {
         &self.all()[self.pos..]

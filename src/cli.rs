@@ -36,6 +36,11 @@ pub enum Command {
         /// The config file.
         #[arg(long, short)]
         config: PathBuf,
+        /// Print, instead of the summary, the rabbitmq.conf lines each node behind a
+        /// `[pool.NAME.per_backend_listeners]` needs (`stream.advertised_host`,
+        /// `stream.advertised_port`), one block per node; exit 1 when no pool has one.
+        #[arg(long)]
+        rabbitmq_config: bool,
     },
     /// Talk to a running warren through its admin API: status, drain, undrain, reload.
     Ctl(ctl::CtlArgs),
@@ -74,7 +79,10 @@ pub fn run(cli: Cli) -> ExitCode {
         crate::run::hold_sighup(false);
     }
     match cli.command {
-        Command::Check { config } => check(&config),
+        Command::Check {
+            config,
+            rabbitmq_config,
+        } => check(&config, rabbitmq_config),
         Command::Run(args) => run_server(args),
         Command::Ctl(args) => ctl::run(args),
         Command::Upgrade(args) => ctl::run(ctl::CtlArgs {
@@ -89,13 +97,16 @@ pub fn run(cli: Cli) -> ExitCode {
     }
 }
 
-fn check(path: &std::path::Path) -> ExitCode {
+fn check(path: &std::path::Path, rabbitmq_config: bool) -> ExitCode {
     let problems = match config::load(path) {
         Ok(config) => {
             for warning in config.warnings() {
                 say(&mut std::io::stderr(), &format!("warning: {warning}"));
             }
             let problems = files_run_reads(&config);
+            if problems.is_empty() && rabbitmq_config {
+                return print_rabbitmq_config(&config);
+            }
             if problems.is_empty() {
                 say(&mut std::io::stdout(), &config.summary());
                 return ExitCode::SUCCESS;
@@ -108,6 +119,27 @@ fn check(path: &std::path::Path) -> ExitCode {
         say(&mut std::io::stderr(), &problem);
     }
     ExitCode::FAILURE
+}
+
+/// `check --rabbitmq-config`: the nodes' rabbitmq.conf lines on stdout, the summary on stderr.
+fn print_rabbitmq_config(config: &Config) -> ExitCode {
+    let Some(lines) = config::rabbitmq_conf(config) else {
+        say(
+            &mut std::io::stderr(),
+            &format!(
+                "{}: no pool has [pool.NAME.per_backend_listeners]: no node needs \
+                 stream.advertised_host or stream.advertised_port",
+                config
+                    .source
+                    .as_deref()
+                    .map_or_else(String::new, |s| s.display().to_string())
+            ),
+        );
+        return ExitCode::FAILURE;
+    };
+    say(&mut std::io::stderr(), &config.summary());
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), lines.as_bytes());
+    ExitCode::SUCCESS
 }
 
 /// The files `warren run` reads besides the config (the admin token, the state file), read

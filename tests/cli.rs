@@ -255,6 +255,45 @@ fn check_example_config_prints_one_ok_line() {
 }
 
 #[test]
+fn check_rabbitmq_config_prints_each_nodes_lines_or_exits_1_without_the_section() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let streams = repo.join("config/streams.toml");
+    let streams = streams.to_str().expect("UTF-8 path");
+    let (status, stdout, stderr) = run_to_end(&["check", "--config", streams, "--rabbitmq-config"]);
+    assert_eq!(status.code(), Some(0), "stderr: {stderr}");
+    let ports: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("stream.advertised_port = "))
+        .collect();
+    assert_eq!(ports, ["5561", "5562", "5570"], "{stdout}");
+    assert_eq!(
+        stdout
+            .matches("stream.advertised_host = rabbit.example.com\n")
+            .count(),
+        3,
+        "{stdout}"
+    );
+    assert!(
+        stdout.starts_with("# node rabbit-1 (10.0.0.1:5552): "),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains(": ok: 4 listeners"),
+        "the summary on stderr: {stderr}"
+    );
+
+    let plain = repo.join("config/warren.toml");
+    let plain = plain.to_str().expect("UTF-8 path");
+    let (status, stdout, stderr) = run_to_end(&["check", "--config", plain, "--rabbitmq-config"]);
+    assert_eq!(status.code(), Some(1), "stdout: {stdout}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(
+        stderr.contains("no pool has [pool.NAME.per_backend_listeners]"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn check_reports_every_problem_and_exits_1() {
     let bad = TempFile::new(
         "two-problems.toml",

@@ -87,7 +87,7 @@ impl Validator<'_> {
     }
 
     /// The settings of one listener; its name, address and pool are checked by the caller.
-    fn listener(
+    pub(super) fn listener(
         &mut self,
         key: &str,
         raw: RawListener,
@@ -149,6 +149,7 @@ impl Validator<'_> {
             proxy_protocol_timeout,
             tls: tls.flatten(),
             sni: None,
+            per_backend: None,
         }
     }
 

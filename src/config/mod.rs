@@ -140,6 +140,9 @@ pub struct ListenerConfig {
     /// `[[listener.sni]]`: TLS passed through to the pool the ClientHello's server name routes
     /// to (`pool` when none does); `None` for a listener with one pool.
     pub sni: Option<ListenerSni>,
+    /// A listener of `[pool.NAME.per_backend_listeners]`: it forwards only to this backend;
+    /// `None` for a `[[listener]]`.
+    pub per_backend: Option<PerBackend>,
 }
 
 /// Balancing algorithm of a pool.
@@ -337,6 +340,7 @@ mod listener_sni;
 mod listener_tls;
 mod listeners;
 mod management;
+mod per_backend;
 mod pool_tls;
 mod pools;
 mod raw;
@@ -351,6 +355,7 @@ pub use fleet::host_name;
 pub use listener_sni::{check_server_name, ListenerSni, SniRoute, SniRoutes, DEFAULT_SNI_TIMEOUT};
 pub use listener_tls::{ListenerTls, DEFAULT_TLS_HANDSHAKE_TIMEOUT};
 use management::*;
+pub use per_backend::{rabbitmq_conf, PerBackend};
 use pool_tls::needs_tls_message;
 pub use pool_tls::BackendTls;
 use raw::*;
@@ -726,6 +731,7 @@ impl ListenerConfig {
             proxy_protocol_timeout: DEFAULT_PROXY_PROTOCOL_TIMEOUT,
             tls: None,
             sni: None,
+            per_backend: None,
         }
     }
 
@@ -978,6 +984,7 @@ fn quick_start_with(
             management: None,
             tags: None,
             expand: None,
+            listener_port: None,
         })
         .collect();
     let pool = RawPool {
@@ -990,6 +997,7 @@ fn quick_start_with(
         management: None,
         resolve_interval: None,
         tls: None,
+        per_backend_listeners: None,
         backend,
     };
     // `--admin`: the admin API (drain, status, metrics) with the defaults of an `[admin]` table.

@@ -86,6 +86,7 @@ pub(super) struct RawPool {
     pub(super) management: Option<Spanned<RawManagement>>,
     pub(super) resolve_interval: Option<Str>,
     pub(super) tls: Option<Spanned<RawPoolTls>>,
+    pub(super) per_backend_listeners: Option<Spanned<RawPerBackendListeners>>,
     #[serde(default)]
     pub(super) backend: Vec<RawBackend>,
 }
@@ -134,6 +135,23 @@ pub(super) struct RawBackend {
     pub(super) management: Option<Str>,
     pub(super) tags: Option<Vec<Str>>,
     pub(super) expand: Option<Spanned<bool>>,
+    pub(super) listener_port: Option<Spanned<u16>>,
+}
+
+/// `[pool.NAME.per_backend_listeners]`: one listener per backend (RabbitMQ Streams).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPerBackendListeners {
+    pub(super) listen: Option<Str>,
+    pub(super) base_port: Option<Spanned<u16>>,
+    pub(super) advertised_host: Option<Str>,
+    pub(super) connect_timeout: Option<Str>,
+    pub(super) idle_timeout: Option<Str>,
+    pub(super) max_connections: Option<Spanned<usize>>,
+    pub(super) proxy_protocol: Option<Str>,
+    pub(super) accept_proxy_protocol: Option<bool>,
+    pub(super) proxy_protocol_from: Option<Spanned<Vec<Str>>>,
+    pub(super) proxy_protocol_timeout: Option<Str>,
 }
 
 #[derive(Deserialize)]

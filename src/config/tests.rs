@@ -27,6 +27,7 @@ use super::*;
 mod fleet;
 mod listener_sni;
 mod listener_tls;
+mod per_backend;
 mod pool_tls;
 mod resolve;
 

@@ -22,10 +22,13 @@ pub(super) fn validate(
     let admin = raw.admin.map(|a| v.admin(a));
     let pool_names: Vec<&str> = raw.pool.keys().map(|k| k.get_ref().as_str()).collect();
     let listen_spans: Vec<Range<usize>> = raw.listener.iter().map(|l| l.listen.span()).collect();
-    let listeners = v.listeners(raw.listener, &pool_names);
+    let mut listeners = v.listeners(raw.listener, &pool_names);
     if let Some(admin) = &admin {
         v.admin_clash(admin, admin_listen.as_ref(), &listeners, &listen_spans);
     }
+    // Before the pools are consumed: they are built from the pools as written.
+    let per_backend = v.per_backend_listeners(&raw.pool);
+    v.add_per_backend(&mut listeners, per_backend, admin.as_ref());
     let pools: Vec<PoolConfig> = raw
         .pool
         .into_iter()

@@ -17,6 +17,7 @@ use std::time::Duration;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 
+use crate::balance;
 use crate::config::ListenerConfig;
 use crate::net::{is_exhaustion, is_local, ConnectFailure, Observer};
 use crate::state::{AdminState, BackendRoute, BackendSlot, BackendStats, PoolRoute, Routing};
@@ -83,7 +84,16 @@ pub async fn connect<'a>(
     client: IpAddr,
     (health, routing): (&dyn Observer, &Routing),
 ) -> Result<Connected<'a>, ConnectError> {
-    let candidates = pool.candidates(client);
+    let candidates = match &listener.per_backend {
+        // A per-backend listener serves its own node or no one: a stream client that reached
+        // another node would be sent back here, in a loop.
+        Some(own) => balance::Candidates::only(
+            pool.backends
+                .iter()
+                .position(|b| *b.name == *own.backend && b.available()),
+        ),
+        None => pool.candidates(client),
+    };
     if candidates.is_empty() {
         return Err(ConnectError::NoBackend {
             pool: pool.name.to_string(),

@@ -93,6 +93,19 @@ impl Cluster {
     /// Start `n` clustered nodes named `{tag}1..{tag}n`; `extra_conf` lines go to every node's
     /// rabbitmq.conf.
     pub fn start(tag: &str, n: usize, extra_conf: &[&str]) -> Cluster {
+        Cluster::start_with(tag, n, extra_conf, &[], |_| Vec::new())
+    }
+
+    /// [`Cluster::start`] with `plugins` enabled besides management (e.g. `rabbitmq_stream`),
+    /// and each node's own rabbitmq.conf lines from `node_conf` (given every node before any
+    /// starts; one list per node, in order; fewer lists: the other nodes get none).
+    pub fn start_with(
+        tag: &str,
+        n: usize,
+        extra_conf: &[&str],
+        plugins: &[&str],
+        node_conf: impl FnOnce(&[Node]) -> Vec<Vec<String>>,
+    ) -> Cluster {
         let net = NETWORK.fetch_add(1, Ordering::Relaxed) + (std::process::id() % 200) * 8;
         let (b2, b3) = ((10 + net / 250) as u8, (net % 250 + 1) as u8);
         let ips: Vec<Ipv4Addr> = (1..=n as u8)
@@ -114,6 +127,12 @@ impl Cluster {
             })
             .collect();
         let cluster = Cluster { dir, nodes };
+        std::fs::create_dir_all(&cluster.dir).expect("create the cluster directory");
+        for (node, lines) in cluster.nodes.iter().zip(node_conf(&cluster.nodes)) {
+            let file = cluster.dir.join(format!("{}.conf", node.name));
+            let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+            std::fs::write(&file, text).expect("write a node's own rabbitmq.conf lines");
+        }
         let mut args = vec!["cluster".to_string(), cluster.dir.display().to_string()];
         for node in &cluster.nodes {
             args.push(format!(
@@ -126,7 +145,7 @@ impl Cluster {
             args.extend(extra_conf.iter().map(|s| s.to_string()));
         }
         let started = std::time::Instant::now();
-        cluster.script(&args);
+        cluster.script_with(&args, &[("RABBITMQ_SH_PLUGINS", plugins.join(","))]);
         eprintln!(
             "cluster of {n} node(s) up in {:.1}s",
             started.elapsed().as_secs_f64()
@@ -136,9 +155,15 @@ impl Cluster {
 
     /// Run `scripts/rabbitmq.sh ARGS`; its stdout, or a panic with everything it printed.
     pub fn script(&self, args: &[String]) -> String {
+        self.script_with(args, &[])
+    }
+
+    /// [`Cluster::script`] with environment variables set.
+    fn script_with(&self, args: &[String], env: &[(&str, String)]) -> String {
         let out = Command::new("bash")
             .arg(script_path())
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .output()
             .expect("run scripts/rabbitmq.sh");
         assert!(
@@ -300,7 +325,7 @@ fn dist_port() -> u16 {
 }
 
 /// A port that is free on every one of `ips` right now.
-fn port_free_on(ips: &[Ipv4Addr]) -> u16 {
+pub fn port_free_on(ips: &[Ipv4Addr]) -> u16 {
     for _ in 0..100 {
         let first = TcpListener::bind((ips[0], 0)).expect("bind a loopback port");
         let port = first.local_addr().unwrap().port();

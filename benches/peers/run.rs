@@ -4,6 +4,7 @@
 //! itself.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::amqp::{amqp, Amqp, RabbitNode, AMQP_SIZES};
@@ -617,7 +618,7 @@ fn tls_slots(shared: &Shared, files: &TlsFiles, round: usize, res: &mut Results)
 fn tls_bulk_slot(
     opts: &Opts,
     rt: &tokio::runtime::Runtime,
-    config: &std::sync::Arc<rustls::ClientConfig>,
+    config: &Arc<rustls::ClientConfig>,
     target: (Balancer, &Proc, u16),
     streams: usize,
     round: usize,

@@ -59,8 +59,13 @@ impl TlsFiles {
     /// Make a CA and an ECDSA P-256 server certificate for [`SERVER_NAME`] it signs, in `dir`.
     pub fn generate(dir: &Path) -> Res<TlsFiles> {
         let p = |name: &str| dir.join(name);
-        let s = |path: &Path| path.display().to_string();
-        let ext = p("tls-server.ext");
+        let files = TlsFiles {
+            cert: p("tls-server.pem"),
+            key: p("tls-server.key"),
+            combined: p("tls-server-haproxy.pem"),
+            ca: p("tls-ca.pem"),
+        };
+        let (ext, csr, ca_key) = (p("tls-server.ext"), p("tls-server.csr"), p("tls-ca.key"));
         write_0644(
             &ext,
             format!(
@@ -69,46 +74,46 @@ impl TlsFiles {
             )
             .as_bytes(),
         )?;
-        let p256 = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
-        openssl(&[
-            &["req", "-x509", "-nodes", "-days", "2"][..],
-            &p256,
-            &[
-                "-subj",
-                "/CN=warren bench CA",
-                "-keyout",
-                &s(&p("tls-ca.key")),
-            ],
-            &["-out", &s(&p("tls-ca.pem")), "-addext"],
-            &["basicConstraints=critical,CA:TRUE", "-addext"],
-            &["keyUsage=critical,keyCertSign"],
-        ])?;
-        openssl(&[
-            &["req", "-new", "-nodes"][..],
-            &p256,
-            &["-subj", &format!("/CN={SERVER_NAME}")],
-            &["-keyout", &s(&p("tls-server.key"))],
-            &["-out", &s(&p("tls-server.csr"))],
-        ])?;
-        openssl(&[
-            &[
-                "x509",
-                "-req",
-                "-days",
-                "2",
-                "-in",
-                &s(&p("tls-server.csr")),
-            ][..],
-            &["-CA", &s(&p("tls-ca.pem")), "-CAkey", &s(&p("tls-ca.key"))],
-            &["-set_serial", "1", "-extfile", &s(&ext)],
-            &["-out", &s(&p("tls-server.pem"))],
-        ])?;
-        let files = TlsFiles {
-            cert: p("tls-server.pem"),
-            key: p("tls-server.key"),
-            combined: p("tls-server-haproxy.pem"),
-            ca: p("tls-ca.pem"),
-        };
+        let s = |path: &Path| path.display().to_string();
+        let (ext, csr, ca_key) = (s(&ext), s(&csr), s(&ca_key));
+        let (cert, key, ca) = (s(&files.cert), s(&files.key), s(&files.ca));
+        let p256 = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let ca_ext = [
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign",
+        ];
+        let ca_out = [
+            "-subj",
+            "/CN=warren bench CA",
+            "-keyout",
+            &ca_key,
+            "-out",
+            &ca,
+        ];
+        openssl(&[&["req", "-x509", "-days", "2"][..], &p256, &ca_ext, &ca_out].concat())?;
+        let subject = format!("/CN={SERVER_NAME}");
+        let csr_out = ["-subj", &subject, "-keyout", &key, "-out", &csr];
+        openssl(&[&["req", "-new"][..], &p256, &csr_out].concat())?;
+        let sign = [
+            "-in",
+            &csr,
+            "-CA",
+            &ca,
+            "-CAkey",
+            &ca_key,
+            "-set_serial",
+            "1",
+        ];
+        let cert_out = ["-days", "2", "-extfile", &ext, "-out", &cert];
+        openssl(&[&["x509", "-req"][..], &sign, &cert_out].concat())?;
         let read = |f: &Path| std::fs::read(f).map_err(|e| format!("{}: {e}", f.display()));
         let mut both = read(&files.cert)?;
         both.extend(read(&files.key)?);
@@ -126,14 +131,14 @@ fn write_0644(path: &Path, bytes: &[u8]) -> Res<()> {
 }
 
 /// `openssl` with these arguments, to completion.
-fn openssl(args: &[&[&str]]) -> Res<()> {
+fn openssl(args: &[&str]) -> Res<()> {
     let mut cmd = Command::new("openssl");
-    cmd.args(args.concat());
+    cmd.args(args);
     let (ok, _, err) = run_bounded(cmd, Duration::from_secs(30))?;
     if ok {
         Ok(())
     } else {
-        Err(format!("openssl {}: {err}", args.concat().join(" ")))
+        Err(format!("openssl {}: {err}", args.join(" ")))
     }
 }
 

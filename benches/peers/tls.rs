@@ -25,7 +25,7 @@ use tokio::time::{timeout, timeout_at, Instant};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-use crate::procs::{addr, run_bounded};
+use crate::procs::{addr, run_bounded, which};
 use crate::Res;
 
 /// The name the server certificate bears, and the client asks for (SNI).
@@ -132,7 +132,7 @@ fn write_0644(path: &Path, bytes: &[u8]) -> Res<()> {
 
 /// `openssl` with these arguments, to completion.
 fn openssl(args: &[&str]) -> Res<()> {
-    let mut cmd = Command::new("openssl");
+    let mut cmd = Command::new(which("openssl")?);
     cmd.args(args);
     let (ok, _, err) = run_bounded(cmd, Duration::from_secs(30))?;
     if ok {

@@ -8,7 +8,7 @@
 #   bash scripts/bench.sh --quick         # smoke run: 2 rounds, short slots, ~4 minutes
 #   bash scripts/bench.sh --rounds 7      # more rounds
 #   bash scripts/bench.sh --workers 4     # worker threads/processes for every proxy (default 2)
-#   bash scripts/bench.sh --workloads amqp,latency   # a subset (bulk, churn, latency, amqp, idle, storm)
+#   bash scripts/bench.sh --workloads amqp,latency   # a subset (bulk, churn, latency, amqp, idle, storm, tls)
 #   bash scripts/bench.sh --out /tmp/b.md # write elsewhere
 #
 # Needs root for apt-get and for running the proxies as user nobody (setpriv).
@@ -32,6 +32,8 @@ command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-li
 [ -e "$NGINX_STREAM_MODULE" ] || missing+=(libnginx-mod-stream)
 command -v iperf3 >/dev/null 2>&1 || missing+=(iperf3)
 command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
+# The tls workload makes its certificate with openssl.
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if [ "${#missing[@]}" -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "missing: ${missing[*]}; run this script as root (it installs them with apt-get)" >&2
@@ -45,7 +47,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
     apt-get update
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
 else
-    log "haproxy, nginx (stream module), iperf3, setpriv present"
+    log "haproxy, nginx (stream module), iperf3, setpriv, openssl present"
 fi
 if [ "$(id -u)" -ne 0 ]; then
     echo "run as root: the proxies are started as user nobody through setpriv" >&2

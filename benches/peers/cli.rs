@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::Res;
 
 /// Every workload, in the order they run.
-pub const WORKLOADS: [&str; 6] = ["bulk", "churn", "latency", "amqp", "idle", "storm"];
+pub const WORKLOADS: [&str; 7] = ["bulk", "churn", "latency", "amqp", "idle", "storm", "tls"];
 
 /// What a run does: the flags, and the slot lengths they imply.
 #[derive(Clone, Debug)]
@@ -32,7 +32,7 @@ pub struct Opts {
 
 pub fn usage() -> &'static str {
     "peers: warren vs HAProxy vs NGINX on loopback.\n\
-     Run: bash scripts/bench.sh [--rounds N] [--quick] [--workers N] [--workloads bulk,churn,latency,amqp,idle,storm]\n\
+     Run: bash scripts/bench.sh [--rounds N] [--quick] [--workers N] [--workloads bulk,churn,latency,amqp,idle,storm,tls]\n\
      or:  cargo bench --bench peers -- --run [same flags] [--warren PATH] [--out FILE]"
 }
 

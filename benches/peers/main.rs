@@ -15,6 +15,9 @@
 //! - the bulk backend and client: `iperf3 -s` / `iperf3 -c` (single-threaded in 3.12);
 //! - the churn, latency and idle clients: plain blocking threads in this process;
 //! - the storm's backends and clients: two tokio runtimes in this process, N threads each;
+//! - the TLS clients (rustls, full handshakes and echoed bulk): a tokio runtime of N threads in
+//!   this process, against the echo backend behind each proxy's TLS listener (the certificate
+//!   made with `openssl` in the scratch directory);
 //! - the AMQP backend: one RabbitMQ node for the whole run (`scripts/rabbitmq.sh start`, stopped
 //!   by a guard); its clients (lapin publishers and consumers) on a tokio runtime in this process.
 //!
@@ -24,7 +27,8 @@
 //! (child processes and what /proc says of them), `peers` (the echo and iperf3 backends and the
 //! three proxies' configs), `workloads` (bulk, churn, latency, idle clients), `amqp` (the
 //! RabbitMQ node and the lapin clients), `storm` (the reconnect storm: its backends and
-//! clients), `run` (rounds of slots into [`stats::Results`]), `stats` (medians and table cells)
+//! clients), `tls` (the certificate and the TLS clients), `run` (rounds of slots into
+//! [`stats::Results`]), `stats` (medians and table cells)
 //! and `report` (the Markdown that goes into BENCHMARKS.md).
 
 mod amqp;
@@ -35,6 +39,7 @@ mod report;
 mod run;
 mod stats;
 mod storm;
+mod tls;
 mod workloads;
 
 use std::sync::atomic::{AtomicBool, Ordering};

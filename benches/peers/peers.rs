@@ -1,7 +1,8 @@
 //! The backends and the proxies under test: the echo server (this binary re-run), iperf3's
 //! server, and warren, HAProxy and NGINX each started fresh from a config written here, as
 //! user nobody, forwarding to those backends (or, for the storm, to its pool of backends by
-//! least connections). Measures nothing itself.
+//! least connections; or, for the tls workload, terminating TLS in front of the echo server).
+//! Measures nothing itself.
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use crate::cli::Opts;
 use crate::procs::{addr, as_nobody, free_port, raise_nofile, wait_listening, which, Proc};
+use crate::tls::{TlsFiles, CIPHER_OPENSSL, CIPHER_RUSTLS};
 use crate::{Balancer, Res};
 
 pub const NGINX_STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
@@ -140,6 +142,8 @@ struct Forward<'a> {
     /// Pick among the backends by least connections (the storm's pool); the other forwards
     /// have one backend.
     least_conn: bool,
+    /// Terminate TLS 1.3 with this certificate, one cipher suite only (the tls workload).
+    tls: Option<&'a TlsFiles>,
 }
 
 impl<'a> Forward<'a> {
@@ -149,6 +153,7 @@ impl<'a> Forward<'a> {
             listen,
             backends: std::slice::from_ref(backend),
             least_conn: false,
+            tls: None,
         }
     }
 }
@@ -196,6 +201,26 @@ pub fn start_storm_proxy(
         listen: port,
         backends,
         least_conn: true,
+        tls: None,
+    };
+    let (proc_, _) = spawn_proxy(t, opts, dir, tag, &[forward])?;
+    Ok((proc_, port))
+}
+
+/// Start one proxy (fresh), as nobody, with one listener that terminates TLS with `files` and
+/// forwards plain to `echo`; returns it and the listener's port once it listens.
+pub fn start_tls_proxy(
+    t: Balancer,
+    opts: &Opts,
+    dir: &Path,
+    echo: u16,
+    files: &TlsFiles,
+    tag: &str,
+) -> Res<(Proc, u16)> {
+    let port = free_port()?;
+    let forward = Forward {
+        tls: Some(files),
+        ..Forward::one("tls", port, &echo)
     };
     let (proc_, _) = spawn_proxy(t, opts, dir, tag, &[forward])?;
     Ok((proc_, port))
@@ -230,7 +255,7 @@ fn spawn_proxy(
 }
 
 /// warren with an admin API on `admin` and one listener and pool per forward (`balance =
-/// "least_conn"` for a least-connections forward).
+/// "least_conn"` for a least-connections forward; `[listener.tls]` for a TLS one).
 fn warren_command(
     opts: &Opts,
     dir: &Path,
@@ -245,9 +270,20 @@ fn warren_command(
         write!(
             text,
             "[[listener]]\nname = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\npool = \"{name}\"\n\
-             connect_timeout = \"5s\"\nidle_timeout = \"120s\"\n\n[pool.{name}]\n"
+             connect_timeout = \"5s\"\nidle_timeout = \"120s\"\n\n"
         )
         .unwrap();
+        if let Some(tls) = f.tls {
+            write!(
+                text,
+                "[listener.tls]\ncert = \"{}\"\nkey = \"{}\"\nmin_version = \"1.3\"\n\
+                 ciphers = [\"{CIPHER_RUSTLS}\"]\n\n",
+                tls.cert.display(),
+                tls.key.display()
+            )
+            .unwrap();
+        }
+        writeln!(text, "[pool.{name}]").unwrap();
         if f.least_conn {
             text.push_str("balance = \"least_conn\"\n");
         }
@@ -276,7 +312,7 @@ fn warren_command(
 }
 
 /// HAProxy in `mode tcp` with splice both ways, `n` threads, one `listen` per forward
-/// (`balance leastconn` for a least-connections forward).
+/// (`balance leastconn` for a least-connections forward; `ssl crt` for a TLS one).
 fn haproxy_command(n: usize, dir: &Path, tag: &str, forwards: &[Forward]) -> Res<Command> {
     let conf = dir.join(format!("haproxy-{tag}.cfg"));
     let mut text = format!(
@@ -285,7 +321,16 @@ fn haproxy_command(n: usize, dir: &Path, tag: &str, forwards: &[Forward]) -> Res
          timeout server 120s\n  option splice-request\n  option splice-response\n"
     );
     for f in forwards {
-        write!(text, "\nlisten {}\n  bind 127.0.0.1:{}\n", f.name, f.listen).unwrap();
+        write!(text, "\nlisten {}\n  bind 127.0.0.1:{}", f.name, f.listen).unwrap();
+        if let Some(tls) = f.tls {
+            write!(
+                text,
+                " ssl crt {} ssl-min-ver TLSv1.3 ciphersuites {CIPHER_OPENSSL}",
+                tls.combined.display()
+            )
+            .unwrap();
+        }
+        text.push('\n');
         if f.least_conn {
             text.push_str("  balance leastconn\n");
         }
@@ -300,7 +345,7 @@ fn haproxy_command(n: usize, dir: &Path, tag: &str, forwards: &[Forward]) -> Res
 }
 
 /// NGINX `stream` with `proxy_half_close on`, `n` worker processes, one server per forward (and
-/// an `upstream` with `least_conn` for a least-connections forward).
+/// an `upstream` with `least_conn` for a least-connections forward; TLS settings for a TLS one).
 fn nginx_command(n: usize, dir: &Path, tag: &str, forwards: &[Forward]) -> Res<Command> {
     let conf = dir.join(format!("nginx-{tag}.conf"));
     let err = dir.join(format!("nginx-{tag}-error.log"));
@@ -326,9 +371,10 @@ fn nginx_command(n: usize, dir: &Path, tag: &str, forwards: &[Forward]) -> Res<C
             .unwrap();
         } else {
             let backend = f.backends[0];
+            let tls = f.tls.map(nginx_tls).unwrap_or_default();
             writeln!(
                 text,
-                "  server {{ listen 127.0.0.1:{port}; proxy_pass 127.0.0.1:{backend}; }}"
+                "  server {{ listen 127.0.0.1:{port}{tls}; proxy_pass 127.0.0.1:{backend}; }}"
             )
             .unwrap();
         }
@@ -346,6 +392,17 @@ fn nginx_command(n: usize, dir: &Path, tag: &str, forwards: &[Forward]) -> Res<C
             dir.join(format!("nginx-{tag}.pid")).display()
         ));
     Ok(c)
+}
+
+/// What follows `listen ADDR` in an NGINX stream server that terminates TLS 1.3 with `tls`,
+/// one cipher suite only.
+fn nginx_tls(tls: &TlsFiles) -> String {
+    format!(
+        " ssl; ssl_certificate {}; ssl_certificate_key {}; ssl_protocols TLSv1.3; \
+         ssl_conf_command Ciphersuites {CIPHER_OPENSSL}",
+        tls.cert.display(),
+        tls.key.display()
+    )
 }
 
 /// `warren_splice_pipes_leased` from warren's admin /metrics.

@@ -12,6 +12,7 @@ use crate::amqp::{AMQP_CONSUMERS, AMQP_PREFETCH, AMQP_PUBLISHERS, AMQP_SIZES, AM
 use crate::cli::Opts;
 use crate::stats::{cells, median, opt_num, verdict, Results};
 use crate::storm::{STORM_BACKENDS, STORM_DEADLINE};
+use crate::tls::{BULK_STREAMS, CIPHER_OPENSSL, HANDSHAKE_CLIENTS};
 use crate::workloads::{CHURN_CLIENTS, SIZES};
 use crate::Balancer::*;
 use crate::{Res, PROXIES, TARGETS};
@@ -44,6 +45,7 @@ pub fn render(
     amqp(w, res, &mut targets);
     idle(w, opts, res, &mut targets);
     storm(w, opts, res);
+    tls(w, res);
     verdicts(w, res, &targets);
     o
 }
@@ -538,6 +540,59 @@ fn storm(w: &mut String, opts: &Opts, res: &Results) {
             cells(res, key, &TARGETS),
             opt_num(rh),
             opt_num(rn),
+        )
+        .unwrap();
+    }
+    writeln!(w).unwrap();
+}
+
+/// Handshakes per second, echoed TLS bulk and the proxies' CPU for each, when the tls workload
+/// ran. Direct has no TLS: no column.
+fn tls(w: &mut String, res: &Results) {
+    if res.values("tls hs", Warren).is_empty() && res.values("tls bulk P1 gbps", Warren).is_empty()
+    {
+        return;
+    }
+    writeln!(
+        w,
+        "### TLS termination: TLS 1.3, {CIPHER_OPENSSL}, X25519, ECDSA P-256, plain to the \
+         echo server\n"
+    )
+    .unwrap();
+    writeln!(
+        w,
+        "\"handshakes\" = {HANDSHAKE_CLIENTS} client tasks each looping connect → full handshake \
+         (no resumption) → 1 byte → its echo → close_notify → close; \"bulk\" = 1 or 4 TLS \
+         connections each writing 64 KiB blocks while reading the echo, Gbit/s echoed back \
+         (every byte crossed the proxy both ways: decrypted once, encrypted once). Proxy CPU = \
+         utime+stime of all its processes/threads, per handshake or per GB echoed.\n"
+    )
+    .unwrap();
+    writeln!(w, "| | warren | HAProxy | NGINX | w/h | w/n |").unwrap();
+    writeln!(w, "|---|---|---|---|---|---|").unwrap();
+    let mut rows = vec![
+        (
+            format!("handshakes/s, {HANDSHAKE_CLIENTS} clients"),
+            "tls hs".to_string(),
+        ),
+        ("proxy CPU µs per handshake".into(), "tls hs cpu".into()),
+    ];
+    for p in BULK_STREAMS {
+        rows.push((format!("bulk P{p}, Gbit/s"), format!("tls bulk P{p} gbps")));
+    }
+    for p in BULK_STREAMS {
+        rows.push((
+            format!("bulk P{p}, proxy CPU s per GB"),
+            format!("tls bulk P{p} cpu"),
+        ));
+    }
+    for (what, key) in rows {
+        writeln!(
+            w,
+            "| {what} | {} | {} | {} |",
+            cells(res, &key, &PROXIES),
+            opt_num(res.ratio(&key, Haproxy)),
+            opt_num(res.ratio(&key, Nginx)),
         )
         .unwrap();
     }

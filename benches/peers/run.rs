@@ -1,20 +1,23 @@
 //! The run: rounds, and in each round every workload's slots through every target in turn
-//! (direct, warren, HAProxy, NGINX), so that the ratios compare slots run moments apart. Records
-//! into [`Results`] and hands them to the report; measures nothing itself.
+//! (direct, warren, HAProxy, NGINX; no direct for TLS), so that the ratios compare slots run
+//! moments apart. Records into [`Results`] and hands them to the report; measures nothing
+//! itself.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::amqp::{amqp, Amqp, RabbitNode, AMQP_SIZES};
 use crate::cli::Opts;
 use crate::peers::{
-    start_echo, start_iperf_server, start_proxy, start_storm_proxy, warren_pipes, Ports, Running,
-    NGINX_STREAM_MODULE,
+    start_echo, start_iperf_server, start_proxy, start_storm_proxy, start_tls_proxy, warren_pipes,
+    Ports, Running, NGINX_STREAM_MODULE,
 };
 use crate::procs::{cpu_seconds, which, Proc, Workdir};
 use crate::report::{bulk_key, machine_info, render, size_label, write_report};
 use crate::stats::Results;
 use crate::storm::{spread_pct, storm, Storm, StormBackends, STORM_BACKENDS};
+use crate::tls::{client_config, handshakes, TlsFiles, BULK_STREAMS, HANDSHAKE_CLIENTS};
 use crate::workloads::{churn, idle, iperf, latency, CHURN_CLIENTS, SIZES};
 use crate::{check_interrupted, Balancer, Res, PROXIES, TARGETS};
 
@@ -27,6 +30,8 @@ struct Shared<'a> {
     rabbit: Option<&'a RabbitNode>,
     /// The AMQP clients' runtime, when the node runs.
     amqp_rt: Option<&'a tokio::runtime::Runtime>,
+    /// The certificate of the tls workload, when it runs.
+    tls: Option<&'a TlsFiles>,
 }
 
 impl Shared<'_> {
@@ -91,6 +96,11 @@ pub fn run(opts: &Opts) -> Res<()> {
         ),
         None => None,
     };
+    let tls_files = if has("tls") {
+        Some(TlsFiles::generate(&dir.0)?)
+    } else {
+        None
+    };
     eprintln!(
         "peers: {} rounds, {} workers, workloads {:?}, temp dir {}",
         opts.rounds,
@@ -104,6 +114,7 @@ pub fn run(opts: &Opts) -> Res<()> {
         echo_port,
         rabbit: rabbit.as_ref(),
         amqp_rt: amqp_rt.as_ref(),
+        tls: tls_files.as_ref(),
     };
     for round in 0..opts.rounds {
         check_interrupted()?;
@@ -148,6 +159,10 @@ fn check_tools(opts: &Opts) -> Res<()> {
     }
     for tool in ["haproxy", "nginx", "iperf3", "setpriv"] {
         which(tool)?;
+    }
+    // The tls workload's certificate; the others run without openssl.
+    if opts.workloads.iter().any(|w| w == "tls") {
+        which("openssl")?;
     }
     if !Path::new(NGINX_STREAM_MODULE).exists() {
         return Err(format!(
@@ -206,6 +221,9 @@ fn one_round(shared: &Shared, round: usize, res: &mut Results) -> Res<()> {
     }
     if shared.has("storm") {
         storm_slots(opts, shared.dir, round, res)?;
+    }
+    if let Some(files) = shared.tls {
+        tls_slots(shared, files, round, res)?;
     }
     Ok(())
 }
@@ -536,5 +554,104 @@ fn record_storm(res: &mut Results, t: Balancer, round: usize, s: &Storm) {
             s.counts,
             s.held_after
         ));
+    }
+}
+
+/// TLS termination through each proxy (direct has no TLS), all three freshly started with the
+/// run's certificate in front of the echo server: full handshakes per second, then echoed bulk
+/// through 1 and 4 TLS connections, each with the proxy's CPU.
+fn tls_slots(shared: &Shared, files: &TlsFiles, round: usize, res: &mut Results) -> Res<()> {
+    let opts = shared.opts;
+    let config = client_config(&files.ca)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(opts.workers)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("TLS client runtime: {e}"))?;
+    let mut proxies = Vec::new();
+    for t in PROXIES {
+        let tag = format!("r{round}-tls");
+        proxies.push((
+            t,
+            start_tls_proxy(t, opts, shared.dir, shared.echo_port, files, &tag)?,
+        ));
+    }
+    for (t, (proc_, port)) in &proxies {
+        check_interrupted()?;
+        let pids = proc_.pids();
+        let cpu0 = cpu_seconds(&pids);
+        let h = handshakes(&rt, &config, *port, HANDSHAKE_CLIENTS, opts.churn_secs);
+        let cpu = cpu_seconds(&pids) - cpu0;
+        res.put("tls hs", *t, round, h.rate);
+        if h.done > 0 {
+            res.put("tls hs cpu", *t, round, cpu * 1e6 / h.done as f64);
+        }
+        eprintln!(
+            "   tls handshakes c{HANDSHAKE_CLIENTS} {:<8} {:7.0} /s, {:6.0} µs proxy CPU each ({} errors)",
+            t.name(),
+            h.rate,
+            cpu * 1e6 / h.done.max(1) as f64,
+            h.errors
+        );
+        if h.errors > 0 {
+            res.notes.push(format!(
+                "round {} tls handshakes {}: {} failed, the first: {}",
+                round + 1,
+                t.name(),
+                h.errors,
+                h.first_error.as_deref().unwrap_or("?")
+            ));
+        }
+        // Let TIME_WAIT and the proxies' close work settle before the next slot.
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    for streams in BULK_STREAMS {
+        for (t, (proc_, port)) in &proxies {
+            check_interrupted()?;
+            tls_bulk_slot(opts, &rt, &config, (*t, proc_, *port), streams, round, res);
+        }
+    }
+    for (_, (proc_, _)) in &mut proxies {
+        proc_.ensure_running()?;
+    }
+    Ok(())
+}
+
+/// One TLS bulk slot through `target` (the proxy, its process and its TLS port): Gbit/s echoed
+/// and the proxy's CPU seconds per GB, or an error note.
+fn tls_bulk_slot(
+    opts: &Opts,
+    rt: &tokio::runtime::Runtime,
+    config: &Arc<rustls::ClientConfig>,
+    target: (Balancer, &Proc, u16),
+    streams: usize,
+    round: usize,
+    res: &mut Results,
+) {
+    let (t, proc_, port) = target;
+    let pids = proc_.pids();
+    let cpu0 = cpu_seconds(&pids);
+    match crate::tls::bulk(rt, config, port, streams, opts.bulk_secs as f64) {
+        Ok(b) => {
+            let cpu = cpu_seconds(&pids) - cpu0;
+            res.put(&format!("tls bulk P{streams} gbps"), t, round, b.gbps);
+            res.put(
+                &format!("tls bulk P{streams} cpu"),
+                t,
+                round,
+                cpu / (b.bytes / 1e9),
+            );
+            eprintln!(
+                "   tls bulk P{streams} {:<8} {:7.2} Gbit/s echoed, {:.2} s proxy CPU/GB",
+                t.name(),
+                b.gbps,
+                cpu / (b.bytes / 1e9)
+            );
+        }
+        Err(e) => {
+            let note = format!("round {} tls bulk P{streams} {}: {e}", round + 1, t.name());
+            eprintln!("   {note}");
+            res.notes.push(note);
+        }
     }
 }

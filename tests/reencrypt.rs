@@ -403,7 +403,7 @@ async fn plain_listeners_pass_through_unless_the_pool_encrypts_all() {
     );
     drop(client);
     wait_for("the encrypted connection logged as closed", 5 * SECOND, || {
-        warren.metric_or_zero(r#"warren_listener_closed_total{listener="proxied",reason="client"}"#)
+        warren.metric_or_zero(r#"warren_connections_closed_total{listener="proxied",reason="client"}"#)
             == 1.0
     })
     .await;

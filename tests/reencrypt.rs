@@ -273,7 +273,11 @@ async fn lapin_reaches_a_tls_node_through_plain_and_tls_listeners() {
         &[("stranger", stranger.addr), ("node", node)],
         &pool_tls(&certs, &certs.ca, Some("all")),
     );
-    text += &pool("node", &[("node", node)], &pool_tls(&certs, &certs.ca, None));
+    text += &pool(
+        "node",
+        &[("node", node)],
+        &pool_tls(&certs, &certs.ca, None),
+    );
     let warren = start(certs.dir(), &text);
 
     // Round robin: of two connections, one tries the stranger first.
@@ -294,11 +298,16 @@ async fn lapin_reaches_a_tls_node_through_plain_and_tls_listeners() {
         0
     );
     assert_eq!(
-        warren.metric_or_zero(r#"warren_listener_rejected_total{listener="amqp",reason="no_backend"}"#),
+        warren.metric_or_zero(
+            r#"warren_listener_rejected_total{listener="amqp",reason="no_backend"}"#
+        ),
         0.0
     );
     assert!(node_sees_tls(&cluster, "reencrypt-plain"), "plain listener");
-    assert!(node_sees_tls(&cluster, "reencrypt-terminated"), "TLS listener");
+    assert!(
+        node_sees_tls(&cluster, "reencrypt-terminated"),
+        "TLS listener"
+    );
     plain.close(200, "bye".into()).await.unwrap();
     second.close(200, "bye".into()).await.unwrap();
     terminated.close(200, "bye".into()).await.unwrap();
@@ -402,10 +411,15 @@ async fn plain_listeners_pass_through_unless_the_pool_encrypts_all() {
         )]
     );
     drop(client);
-    wait_for("the encrypted connection logged as closed", 5 * SECOND, || {
-        warren.metric_or_zero(r#"warren_connections_closed_total{listener="proxied",reason="client"}"#)
-            == 1.0
-    })
+    wait_for(
+        "the encrypted connection logged as closed",
+        5 * SECOND,
+        || {
+            warren.metric_or_zero(
+                r#"warren_connections_closed_total{listener="proxied",reason="client"}"#,
+            ) == 1.0
+        },
+    )
     .await;
     warren.stop().await;
 }
@@ -470,12 +484,21 @@ async fn an_upgrade_keeps_an_encrypted_connection_in_the_old_process() {
     );
     assert!(warren.exited().is_none(), "the old process left it");
     let mut fresh = TcpStream::connect(("127.0.0.1", tls_port)).await.unwrap();
-    assert!(echoes(&mut fresh, b"new").await, "a new one, in the new process");
+    assert!(
+        echoes(&mut fresh, b"new").await,
+        "a new one, in the new process"
+    );
     drop(fresh);
     drop(encrypted);
     let status = warren.wait_exit(10 * SECOND).await;
-    println!("the old process exited ({status}) {:?} after the upgrade", started.elapsed());
-    assert!(echo_once(&mut plain, 6).await, "plain after the old process left");
+    println!(
+        "the old process exited ({status}) {:?} after the upgrade",
+        started.elapsed()
+    );
+    assert!(
+        echo_once(&mut plain, 6).await,
+        "plain after the old process left"
+    );
     assert!(alive(pid));
     assert_eq!(tls.sessions.load(std::sync::atomic::Ordering::SeqCst), 2);
 }

@@ -92,7 +92,7 @@ impl Translator {
             ));
             return;
         };
-        if settings.verify.as_ref().is_none_or(|v| !v.value) {
+        if !settings.verify.as_ref().is_some_and(|v| v.value) {
             self.warn(
                 pass,
                 format!(

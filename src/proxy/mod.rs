@@ -757,7 +757,9 @@ async fn after_close<C, U: LocalEnd>(link: &Link<C, U>, ctx: &Context, ending: E
     Stop::Close
 }
 
-/// A plain listener's connection, established.
+/// A plain listener's connection, established. Returned once, by value: boxing the link would
+/// cost every plain connection an allocation.
+#[allow(clippy::large_enum_variant)]
 enum Established {
     /// To a plain backend, or one it passes through to as is: the link and the listener's
     /// `idle_timeout`.
@@ -780,7 +782,9 @@ async fn establish(
     let (client, listener, entry) = admitted(accepted, listener_name, ctx, stats).await?;
     if upstream_tls::encrypts(ctx, &listener, false) {
         let linking = upstream_tls::link_up(client, entry, &listener, listener_name, ctx, stats);
-        return Box::pin(linking).await.map(|e| Established::Encrypted(Box::new(e)));
+        return Box::pin(linking)
+            .await
+            .map(|e| Established::Encrypted(Box::new(e)));
     }
     let (link, idle_timeout) = link_up(client, entry, &listener, listener_name, ctx, stats).await?;
     Some(Established::Plain(link, idle_timeout))

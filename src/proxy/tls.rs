@@ -74,7 +74,8 @@ impl AsyncWrite for Rewind {
 
 pub(super) type Session = TlsStream<Rewind>;
 
-/// A TLS connection, established.
+/// A TLS connection, established. Returned once, by value (see `Established`).
+#[allow(clippy::large_enum_variant)]
 enum Terminated {
     /// To a plain backend: the link, the client's session, the listener's `idle_timeout`.
     Plain(Link<()>, Session, Duration),

@@ -20,10 +20,10 @@ use prometheus::IntCounter;
 use socket2::SockRef;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::connect::Open;
 use super::tls::{Shared, BACKEND_FIRST, BUFFER, CLIENT_FIRST};
 use super::*;
 use crate::state::BackendRoute;
-use super::connect::Open;
 
 /// The backend's end of a connection warren encrypts: the TLS session over its socket.
 pub(super) type Upstream = tokio_rustls::client::TlsStream<TcpStream>;
@@ -76,29 +76,28 @@ struct Handshake<'h> {
 impl Open for Handshake<'_> {
     type Stream = Upstream;
 
-    fn open<'b>(
+    async fn open<'b>(
         &'b self,
         backend: &'b BackendRoute,
         mut stream: TcpStream,
-    ) -> impl Future<Output = Result<Upstream, (ConnectFailure, String)>> + Send + 'b {
-        async move {
-            let Some(tls) = &backend.tls else {
-                // A reload took `[pool.NAME.tls]` away since `encrypts` was asked.
-                let why = "the pool speaks TLS no longer (reloaded meanwhile)";
-                return Err((ConnectFailure::Other, why.to_owned()));
-            };
-            if !self.proxy_header.is_empty() {
-                if let Err(e) = stream.write_all(self.proxy_header).await {
-                    return Err((ConnectFailure::Other, format!("writing the PROXY header: {e}")));
-                }
+    ) -> Result<Upstream, (ConnectFailure, String)> {
+        let Some(tls) = &backend.tls else {
+            // A reload took `[pool.NAME.tls]` away since `encrypts` was asked.
+            let why = "the pool speaks TLS no longer (reloaded meanwhile)";
+            return Err((ConnectFailure::Other, why.to_owned()));
+        };
+        if !self.proxy_header.is_empty() {
+            if let Err(e) = stream.write_all(self.proxy_header).await {
+                let why = format!("writing the PROXY header: {e}");
+                return Err((ConnectFailure::Other, why));
             }
-            let connector = tokio_rustls::TlsConnector::from(tls.config());
-            let handshake = connector.connect(tls.server_name.clone(), stream).await;
-            handshake.map_err(|e| {
-                let why = crate::tls::rustls_reason(&e).unwrap_or_else(|| e.to_string());
-                (ConnectFailure::Tls, format!("TLS handshake failed: {why}"))
-            })
         }
+        let connector = tokio_rustls::TlsConnector::from(tls.config());
+        let handshake = connector.connect(tls.server_name.clone(), stream).await;
+        handshake.map_err(|e| {
+            let why = crate::tls::rustls_reason(&e).unwrap_or_else(|| e.to_string());
+            (ConnectFailure::Tls, format!("TLS handshake failed: {why}"))
+        })
     }
 }
 

@@ -264,8 +264,11 @@ cmd_start() {
     echo "[rabbitmq_management]." >"$RABBITMQ_ENABLED_PLUGINS_FILE"
     export RABBITMQ_DIST_PORT="$dist_port"
     export ERL_EPMD_ADDRESS=127.0.0.1
-    # Erlang distribution on loopback only (it listens on every interface by default).
-    export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+    # Erlang distribution on loopback only (it listens on every interface by default). No busy
+    # waiting: an idle scheduler sleeps instead of spinning, so the nodes of a test cluster leave
+    # the CPU to warren, the client and the other tests beside them (RabbitMQ's advice for hosts
+    # whose CPUs are shared).
+    export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1} +sbwt none +sbwtdcpu none +sbwtdio none"
     log "starting $RABBITMQ_NODENAME (amqp $ip:$amqp_port, dist $dist_port, management $ip:$mgmt_port) in $NODE_DIR"
     "$RABBIT_BIN/rabbitmq-server" -detached >>"$NODE_DIR/start.out" 2>&1 ||
         die "rabbitmq-server -detached failed: $(tail -n 20 "$NODE_DIR/start.out")"

@@ -123,31 +123,72 @@ install_test_deps
 log "cargo test --all-targets --no-run"
 cargo test --all-targets --no-run "$@"
 
-# Two groups at once. The packaging tests (tests/package.rs) spend about three CPU minutes on a
-# cold static build of warren: they run at the lowest priority beside the other targets, which
-# mostly wait (the real-cluster suite on RabbitMQ), and take the CPU only when those leave it.
-# The other targets run one after another: the real-cluster suite (tests/cluster.rs) once ran
-# beside the others, and a node then failed to boot (the soak tests' tens of thousands of
-# ephemeral ports and CPU against three Erlang VMs picking their ports).
-package_log=$(mktemp)
-log "cargo test --test package (beside the others, nice 19; its output follows theirs)"
-( nice -n 19 cargo test --test package "$@" >"$package_log" 2>&1; echo $? >"$package_log.rc" ) &
-package_pid=$!
+# Lanes at once. The machine has few CPUs and the lanes mostly wait (on RabbitMQ, etcd, timers):
+#   - package: tests/package.rs, about three CPU minutes of a cold static build, at nice 19 so
+#     it takes the CPU only when the others leave it;
+#   - cluster-1 and cluster-2: the real-cluster suite (tests/cluster.rs, about six minutes alone)
+#     split by test name into two processes. Each runs its clusters one at a time; the groups'
+#     node names differ (a node name is unique on the host), and the two `proxy_protocol` tests,
+#     whose clusters share a name, are both in cluster-1. A test added later runs in cluster-2;
+#   - others: every other target, one after another, printing as it goes. The other lanes'
+#     output follows when all have ended.
+# Then, alone, the targets that take tens of thousands of ephemeral ports or descriptors: beside
+# a real cluster they once kept a node from booting (its Erlang distribution port was taken).
+cargo_args=()
+test_args=()
+for arg in "$@"; do
+    if [ "${#test_args[@]}" -gt 0 ] || [ "$arg" = -- ]; then
+        test_args+=("$arg")
+    else
+        cargo_args+=("$arg")
+    fi
+done
+[ "${#test_args[@]}" -gt 0 ] || test_args=(--)
+lane_dir=$(mktemp -d)
+lanes=()
+lane() {
+    local name=$1
+    shift
+    lanes+=("$name")
+    log "lane $name (output when every lane has ended): $*"
+    ( "$@" >"$lane_dir/$name.log" 2>&1; echo $? >"$lane_dir/$name.rc" ) &
+}
+cluster_one=(rolling_upgrade_walks a_two_node_cluster proxy_protocol)
+cluster_two=()
+for name in "${cluster_one[@]}"; do
+    cluster_two+=(--skip "$name")
+done
+lane package nice -n 19 cargo test --test package "$@"
+lane cluster-1 cargo test --test cluster "${cargo_args[@]}" "${test_args[@]}" "${cluster_one[@]}"
+lane cluster-2 cargo test --test cluster "${cargo_args[@]}" "${test_args[@]}" "${cluster_two[@]}"
+alone=(reliability_soak reliability_scale reliability_fd_limit)
 others=(--lib --bins --examples --benches)
 for file in tests/*.rs; do
     name=$(basename "$file" .rs)
-    [ "$name" = package ] || others+=(--test "$name")
+    case " package cluster ${alone[*]} " in
+    *" $name "*) ;;
+    *) others+=(--test "$name") ;;
+    esac
 done
 # --no-fail-fast: every target runs, so one run reports every failure, not the first.
-log "cargo test --no-fail-fast ${others[*]}"
-others_rc=0
-cargo test --no-fail-fast "${others[@]}" "$@" || others_rc=$?
-wait "$package_pid" || true
-cat "$package_log"
-package_rc=$(cat "$package_log.rc" 2>/dev/null || echo 1)
-rm -f "$package_log" "$package_log.rc"
-if [ "$others_rc" -ne 0 ] || [ "$package_rc" -ne 0 ]; then
-    log "FAILED: cargo test (other targets: exit $others_rc, tests/package.rs: exit $package_rc)"
+log "lane others: cargo test --no-fail-fast ${others[*]}"
+failed=()
+cargo test --no-fail-fast "${others[@]}" "$@" || failed+=(others)
+wait
+for name in "${lanes[@]}"; do
+    log "lane $name:"
+    cat "$lane_dir/$name.log"
+    [ "$(cat "$lane_dir/$name.rc" 2>/dev/null || echo 1)" -eq 0 ] || failed+=("$name")
+done
+rm -rf "$lane_dir"
+alone_args=()
+for name in "${alone[@]}"; do
+    alone_args+=(--test "$name")
+done
+log "alone: cargo test --no-fail-fast ${alone_args[*]}"
+cargo test --no-fail-fast "${alone_args[@]}" "$@" || failed+=(alone)
+if [ "${#failed[@]}" -ne 0 ]; then
+    log "FAILED: cargo test (${failed[*]})"
     exit 1
 fi
 

@@ -852,6 +852,15 @@ fn status(admin: &Admin) -> api::Status {
             listen: l.listen.to_string(),
             name: l.name.clone(),
             pool: l.pool.clone(),
+            sni: l
+                .sni
+                .iter()
+                .flat_map(|s| s.routes.list.iter())
+                .map(|r| api::SniRouteStatus {
+                    server_name: r.server_name.clone(),
+                    pool: r.pool.to_string(),
+                })
+                .collect(),
         })
         .collect();
     let pools = config

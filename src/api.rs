@@ -154,7 +154,19 @@ pub struct ListenerStatus {
     #[serde(default)]
     pub listen: String,
     pub name: String,
+    /// The pool it forwards to (with `sni`: the pool of clients no route names).
     #[serde(default)]
+    pub pool: String,
+    /// `[[listener.sni]]` routes in file order; absent for a listener with one pool.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sni: Vec<SniRouteStatus>,
+}
+
+/// One `[[listener.sni]]` route in `/v1/status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SniRouteStatus {
+    /// As configured (lowercase), `*.` for a wildcard.
+    pub server_name: String,
     pub pool: String,
 }
 
@@ -625,6 +637,7 @@ mod tests {
                 listen: "0.0.0.0:5672".into(),
                 name: "amqp".into(),
                 pool: "rabbitmq".into(),
+                sni: vec![],
             }],
             pools: vec![PoolStatus {
                 available: 0,

@@ -34,6 +34,7 @@ pub mod rebalance;
 pub mod resolve;
 pub mod run;
 pub mod server;
+pub mod sni;
 pub mod source;
 pub mod state;
 #[cfg(unix)]

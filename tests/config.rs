@@ -190,6 +190,23 @@ fn example_config_fleet_keys_load_when_uncommented() {
 /// (the files replaced by the config tests' certificates): every backend speaks TLS with the
 /// pool's CA and client certificate, checked against `server_name`.
 #[test]
+fn example_config_sni_keys_load_when_uncommented() {
+    let path = example("warren.toml");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    let routes = "# [[listener.sni]]\n# server_name = \"orders.example.com\"\n# pool = \"rabbitmq\"\n\
+                  # [[listener.sni]]\n# server_name = \"*.streams.example.com\"\n# pool = \"rabbitmq\"\n";
+    for block in ["# sni_timeout = \"5s\"\n", routes] {
+        assert_eq!(text.matches(block).count(), 1, "{block}");
+        text = text.replacen(block, &block.replace("# ", ""), 1);
+    }
+    let config = config::from_toml(&text, &path).unwrap_or_else(|e| panic!("{e}"));
+    let sni = config.listeners[0].sni.as_ref().expect("[[listener.sni]]");
+    assert_eq!(sni.timeout, config::DEFAULT_SNI_TIMEOUT);
+    let pool = sni.routes.pool_for("a.streams.example.com");
+    assert_eq!(pool.map(|p| &**p), Some("rabbitmq"));
+}
+
+#[test]
 fn example_config_pool_tls_keys_load_when_uncommented() {
     let path = example("warren.toml");
     let mut text = std::fs::read_to_string(&path).unwrap();

@@ -143,6 +143,16 @@ fn proxy_header_corpus_and_mutants_parse_or_fail_cleanly() {
     println!("proxy_header: {runs} inputs in {:?}", started.elapsed());
 }
 
+/// Criterion: every ClientHello seed (real hellos with and without a server name, cut into
+/// records, plain protocols, garbage) and 5,000 mutants of each: 0 panics, an answer before
+/// `MAX_PEEK` bytes, and every server name lowercase and present in the bytes.
+#[test]
+fn client_hello_corpus_and_mutants_parse_or_fail_cleanly() {
+    let started = Instant::now();
+    let runs = replay("client_hello", 5_000, fuzz_checks::client_hello);
+    println!("client_hello: {runs} inputs in {:?}", started.elapsed());
+}
+
 /// Criterion: every admin request seed and 50 mutants of each, sent raw to a live admin API
 /// with a token, get a well-formed HTTP/1.x answer or a clean close within 10 s (0 failures);
 /// afterwards `/healthz` answers 200 and the data plane still echoes.

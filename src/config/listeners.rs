@@ -76,7 +76,12 @@ impl Validator<'_> {
                 addrs.push((i, addr));
             }
             self.known_pool(&key, &raw.pool, pools);
-            listeners.push(self.listener(&key, raw, listen));
+            let mut raw = raw;
+            let sni = self.listener_sni(&key, &mut raw, pools);
+            listeners.push(ListenerConfig {
+                sni,
+                ..self.listener(&key, raw, listen)
+            });
         }
         listeners
     }
@@ -143,6 +148,7 @@ impl Validator<'_> {
             proxy_protocol_from,
             proxy_protocol_timeout,
             tls: tls.flatten(),
+            sni: None,
         }
     }
 
@@ -198,7 +204,7 @@ impl Validator<'_> {
     }
 
     /// The listener's pool is one of the config's pools.
-    fn known_pool(&mut self, key: &str, raw: &Str, pools: &[&str]) {
+    pub(super) fn known_pool(&mut self, key: &str, raw: &Str, pools: &[&str]) {
         let pool = raw.get_ref();
         if pools.contains(&pool.as_str()) {
             return;

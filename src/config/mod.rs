@@ -137,6 +137,9 @@ pub struct ListenerConfig {
     pub proxy_protocol_timeout: Duration,
     /// `[listener.tls]`: clients speak TLS to warren; `None` for plain TCP.
     pub tls: Option<ListenerTls>,
+    /// `[[listener.sni]]`: TLS passed through to the pool the ClientHello's server name routes
+    /// to (`pool` when none does); `None` for a listener with one pool.
+    pub sni: Option<ListenerSni>,
 }
 
 /// Balancing algorithm of a pool.
@@ -330,6 +333,7 @@ pub struct HookConfig {
 mod admin;
 mod fleet;
 mod hooks;
+mod listener_sni;
 mod listener_tls;
 mod listeners;
 mod management;
@@ -344,6 +348,7 @@ mod validate;
 mod tests;
 
 pub use fleet::host_name;
+pub use listener_sni::{check_server_name, ListenerSni, SniRoute, SniRoutes, DEFAULT_SNI_TIMEOUT};
 pub use listener_tls::{ListenerTls, DEFAULT_TLS_HANDSHAKE_TIMEOUT};
 use management::*;
 use pool_tls::needs_tls_message;
@@ -720,7 +725,14 @@ impl ListenerConfig {
             proxy_protocol_from: None,
             proxy_protocol_timeout: DEFAULT_PROXY_PROTOCOL_TIMEOUT,
             tls: None,
+            sni: None,
         }
+    }
+
+    /// Every pool the listener forwards to: its `pool`, then its SNI routes' pools.
+    pub fn pools(&self) -> impl Iterator<Item = &str> {
+        let routes = self.sni.iter().flat_map(|s| s.routes.list.iter());
+        std::iter::once(self.pool.as_str()).chain(routes.map(|r| &*r.pool))
     }
 }
 
@@ -1005,6 +1017,8 @@ fn quick_start_with(
             proxy_protocol_from: None,
             proxy_protocol_timeout: None,
             tls: None,
+            sni_timeout: None,
+            sni: None,
         }],
         pool: BTreeMap::from([(unspanned(NAME.to_string()), pool)]),
         hook: Vec::new(),

@@ -52,6 +52,15 @@ pub(super) struct RawListener {
     pub(super) proxy_protocol_from: Option<Spanned<Vec<Str>>>,
     pub(super) proxy_protocol_timeout: Option<Str>,
     pub(super) tls: Option<Spanned<RawListenerTls>>,
+    pub(super) sni_timeout: Option<Str>,
+    pub(super) sni: Option<Spanned<Vec<RawSniRoute>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSniRoute {
+    pub(super) server_name: Str,
+    pub(super) pool: Str,
 }
 
 #[derive(Deserialize)]

@@ -25,6 +25,7 @@ fn a_pool_past_the_supported_size_is_refused() {
 use super::*;
 
 mod fleet;
+mod listener_sni;
 mod listener_tls;
 mod pool_tls;
 mod resolve;

@@ -27,6 +27,9 @@ pub(super) fn render_status(status: &Status, now: SystemTime, width: usize) -> S
             l.pool,
             connections(l.active_connections)
         );
+        for route in &l.sni {
+            let _ = writeln!(text, "  sni {} -> pool {}", route.server_name, route.pool);
+        }
     }
     for pool in &status.pools {
         if !text.is_empty() {

@@ -337,3 +337,27 @@ fn status_shows_the_fleet_and_local_changes() {
          stay; changes need etcd, or --local for this instance only\n"
     );
 }
+
+#[test]
+fn status_lists_a_listeners_sni_routes_under_it() {
+    let mut status = status_fixture();
+    status.listeners[0].sni = vec![
+        crate::api::SniRouteStatus {
+            server_name: "orders.example.com".into(),
+            pool: "other".into(),
+        },
+        crate::api::SniRouteStatus {
+            server_name: "*.streams.example.com".into(),
+            pool: "rabbitmq".into(),
+        },
+    ];
+    let text = render_status(&status, now(), 200);
+    assert!(text.starts_with(
+        "listener amqp on 0.0.0.0:5672 -> pool rabbitmq: 3 connections\n\
+         \x20 sni orders.example.com -> pool other\n\
+         \x20 sni *.streams.example.com -> pool rabbitmq\n"
+    ));
+    // Without routes the JSON has no `sni` key, as before.
+    let json = serde_json::to_value(status_fixture()).unwrap();
+    assert!(json["listeners"][0].get("sni").is_none());
+}

@@ -500,7 +500,7 @@ impl Controller {
             let proxy_protocol = config
                 .listeners
                 .iter()
-                .filter(|l| l.pool == pool.name)
+                .filter(|l| l.pools().any(|p| p == pool.name))
                 .map(|l| l.proxy_protocol)
                 .find(|p| *p != ProxyProtocol::Off)
                 .unwrap_or(ProxyProtocol::Off);

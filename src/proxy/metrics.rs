@@ -1,6 +1,6 @@
 //! The data plane's metric families: per listener (connections open and accepted, refusals,
 //! closes by reason, closes warren forced by method (AMQP or TCP), rejected PROXY headers, TLS
-//! handshakes and their failures by reason) and process-wide (bytes by direction and method,
+//! handshakes and their failures by reason, SNI routing outcomes) and process-wide (bytes by direction and method,
 //! pipes leased, splice fallbacks). [`ProxyMetrics`] registers them once per process; a
 //! listener resolves its handles once into `ListenerStats` and the data plane its byte
 //! counters once into [`ForwardCounters`], so a connection only increments resolved handles.
@@ -169,6 +169,8 @@ pub struct ProxyMetrics {
     splice_fallbacks_total: IntCounterVec,
     tls_handshakes_total: IntCounterVec,
     tls_handshake_failures_total: IntCounterVec,
+    sni_routed_total: IntCounterVec,
+    sni_unrouted_total: IntCounterVec,
 }
 
 impl ProxyMetrics {
@@ -240,7 +242,25 @@ impl ProxyMetrics {
                 "TLS handshakes that failed, by reason (timeout | closed | no_client_certificate | bad_certificate | protocol | other)",
                 &["listener", "reason"],
             ),
+            sni_routed_total: metrics::counter_vec(
+                registry,
+                "sni_routed_total",
+                "Connections of a [[listener.sni]] listener sent on to a pool (the default pool included), by pool",
+                &["listener", "pool"],
+            ),
+            sni_unrouted_total: metrics::counter_vec(
+                registry,
+                "sni_unrouted_total",
+                "Connections of a [[listener.sni]] listener no route named (no_sni | no_match | not_tls | malformed: sent to the listener's pool; timeout | closed: closed)",
+                &["listener", "reason"],
+            ),
         }
+    }
+
+    /// The SNI handles of one listener, every `reason` series created at once. Resolved only
+    /// for a listener with `[[listener.sni]]`, so others show no SNI series.
+    pub(super) fn sni(&self, listener: &str) -> super::sni::SniStats {
+        super::sni::SniStats::new(listener, &self.sni_routed_total, &self.sni_unrouted_total)
     }
 
     /// The TLS handles of one listener, every series created at once. Resolved only for a TLS
@@ -278,6 +298,7 @@ impl ProxyMetrics {
                 })
             }),
             tls: std::sync::OnceLock::new(),
+            sni: std::sync::OnceLock::new(),
         }
     }
 
@@ -335,6 +356,8 @@ pub(super) struct ListenerStats {
     forced: [[IntCounter; 2]; FORCED.len()],
     /// Resolved by the listener's first TLS connection (or at start for a TLS listener).
     pub(super) tls: std::sync::OnceLock<TlsStats>,
+    /// Likewise for a listener with `[[listener.sni]]` routes.
+    pub(super) sni: std::sync::OnceLock<super::sni::SniStats>,
 }
 
 /// A TLS listener's handshake counters.

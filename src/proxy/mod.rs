@@ -20,6 +20,7 @@ pub mod graceful;
 pub mod metrics;
 #[cfg(unix)]
 pub mod pause;
+mod sni;
 #[cfg(target_os = "linux")]
 pub mod splice;
 mod tls;
@@ -251,6 +252,10 @@ pub async fn serve(
     if tls_as_started {
         // A TLS listener's handshake series show 0 from the start.
         stats.tls.get_or_init(|| ctx.metrics.tls(&name));
+    }
+    if started_config.as_ref().is_some_and(|l| l.sni.is_some()) {
+        // Likewise an SNI listener's outcomes.
+        stats.sni.get_or_init(|| ctx.metrics.sni(&name));
     }
     let mut consecutive_errors = 0u32;
     let mut turn = 0usize;
@@ -779,8 +784,13 @@ async fn establish(
     // Counted until established: an upgrade of warren waits a moment for these.
     #[cfg(unix)]
     let _setting_up = ctx.pause.setting_up_guard();
-    let (client, listener, entry) = admitted(accepted, listener_name, ctx, stats).await?;
-    if upstream_tls::encrypts(ctx, &listener, false) {
+    let (client, listener, mut entry) = admitted(accepted, listener_name, ctx, stats).await?;
+    if let Some(routes) = &listener.sni {
+        // Clients' own TLS, routed by server name: it passes as it is, never encrypted again.
+        let ends = (listener_name, entry.origin, stats);
+        let pool = sni::route(&client, &entry.early, &listener, routes, ends, &ctx.metrics);
+        entry.pool = Some(pool.await?);
+    } else if upstream_tls::encrypts(ctx, &listener, false) {
         let linking = upstream_tls::link_up(client, entry, &listener, listener_name, ctx, stats);
         return Box::pin(linking)
             .await
@@ -831,11 +841,13 @@ async fn link_up<C>(
         early,
         origin,
         destination,
+        pool: routed,
     } = entry;
 
     // Loaded after the PROXY header, which may take a while: the backends as they are now.
     let snapshot = ctx.routing.load_full();
-    let Some(pool) = snapshot.pools.get(listener.pool.as_str()) else {
+    let pool_name = routed.as_deref().unwrap_or(&listener.pool);
+    let Some(pool) = snapshot.pools.get(pool_name) else {
         stats.rejected(RejectReason::NoBackend).inc();
         return None;
     };
@@ -907,6 +919,8 @@ struct Entry {
     early: Vec<u8>,
     origin: SocketAddr,
     destination: SocketAddr,
+    /// The pool its server name routed it to (`[[listener.sni]]`); `None`: the listener's.
+    pool: Option<Arc<str>>,
 }
 
 /// Read the inbound PROXY header if the listener expects one, then take the client's slot.
@@ -932,6 +946,7 @@ async fn enter(
                 early: Vec::new(),
                 origin: peer,
                 destination: local,
+                pool: None,
             })
         }
         Admission::HeaderPending { slot, limit } => (slot, limit),
@@ -963,6 +978,7 @@ async fn enter(
         early,
         origin,
         destination,
+        pool: None,
     })
 }
 

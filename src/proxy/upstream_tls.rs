@@ -117,9 +117,11 @@ pub(super) async fn link_up<C>(
         early,
         origin,
         destination,
+        pool: routed,
     } = entry;
     let snapshot = ctx.routing.load_full();
-    let Some(pool) = snapshot.pools.get(listener.pool.as_str()) else {
+    let pool_name = routed.as_deref().unwrap_or(&listener.pool);
+    let Some(pool) = snapshot.pools.get(pool_name) else {
         stats.rejected(RejectReason::NoBackend).inc();
         return None;
     };

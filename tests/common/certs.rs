@@ -3,7 +3,8 @@
 //! its own port with it), a client certificate signed by the same CA (its key in SEC1, `BEGIN
 //! EC PRIVATE KEY`), and a second, unrelated CA. Valid for two days. [`Certs::generate`]
 //! prints a SKIP line and returns `None` when `openssl` is missing; [`Certs::another_server`]
-//! makes more server certificates from the same CA (a certificate swap on reload).
+//! makes more server certificates from the same CA (a certificate swap on reload), and
+//! [`Certs::server_for`] ones for given host names (SNI routing).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -62,6 +63,24 @@ impl Certs {
             name,
             "127.0.0.1",
             "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+        );
+        (
+            self.dir.0.join(format!("{name}.pem")),
+            self.dir.0.join(format!("{name}.key")),
+        )
+    }
+
+    /// A server certificate for the DNS names `hosts` (`*.` wildcards allowed), signed by
+    /// the same CA: `NAME.pem` and `NAME.key` in the directory.
+    pub fn server_for(&self, name: &str, hosts: &[&str]) -> (PathBuf, PathBuf) {
+        let sans: Vec<String> = hosts.iter().map(|h| format!("DNS:{h}")).collect();
+        self.make_leaf(
+            name,
+            hosts[0],
+            &format!(
+                "subjectAltName={}\nextendedKeyUsage=serverAuth\n",
+                sans.join(",")
+            ),
         );
         (
             self.dir.0.join(format!("{name}.pem")),

@@ -107,6 +107,40 @@ pub fn proxy_header(data: &[u8]) -> Result<(), String> {
     }
 }
 
+/// A client's first bytes on a `[[listener.sni]]` listener: `warren::sni::parse` decides, or
+/// asks for more only below `MAX_PEEK` bytes; a server name is non-empty lowercase printable
+/// ASCII that the bytes hold (case aside; checked when the hello is in one record); every
+/// prefix parses without a panic too.
+pub fn client_hello(data: &[u8]) -> Result<(), String> {
+    use warren::sni::{parse, Hello, MAX_PEEK};
+    for end in [data.len() / 3, data.len() / 2, data.len().saturating_sub(1)] {
+        let _ = parse(&data[..end]);
+    }
+    match parse(data) {
+        Hello::Incomplete if data.len() >= MAX_PEEK => {
+            Err(format!("still incomplete after {} bytes", data.len()))
+        }
+        Hello::ServerName(name) => {
+            let normal = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && !b.is_ascii_uppercase());
+            // Contiguous in the bytes when the hello sits in one record.
+            let one_record = usize::from(u16::from_be_bytes([data[3], data[4]])) + 5 >= data.len();
+            let lower = data.to_ascii_lowercase();
+            let held = !one_record || lower.windows(name.len()).any(|w| w == name.as_bytes());
+            if normal && held {
+                Ok(())
+            } else {
+                Err(format!(
+                    "server name {name:?} is not normalised or not in the bytes"
+                ))
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Raw bytes to a live admin listener at `addr` (the client then half-closes): the answer is
 /// empty (a clean close) or starts with an HTTP/1.x status line with a code in 100..=599, and
 /// comes within 5 s.

@@ -18,15 +18,20 @@ pub enum ConnectFailure {
     /// Connected, then the backend closed or reset first without sending a byte, at once (a
     /// broker always answers a client's protocol header): HAProxy's layer-4 `observe`.
     ClosedEarly,
+    /// Connected, then the TLS handshake warren opens to a `[pool.NAME.tls]` backend failed
+    /// (its certificate not signed by the pool's CA or not for `server_name`, warren's client
+    /// certificate refused, no TLS there) or was not done within `connect_timeout`.
+    Tls,
 }
 
 impl ConnectFailure {
     /// Every failure, in the order of their metric handles (see `state::BackendStats`).
-    pub const ALL: [ConnectFailure; 4] = [
+    pub const ALL: [ConnectFailure; 5] = [
         ConnectFailure::Refused,
         ConnectFailure::Timeout,
         ConnectFailure::Other,
         ConnectFailure::ClosedEarly,
+        ConnectFailure::Tls,
     ];
 
     /// The metric label.
@@ -36,6 +41,7 @@ impl ConnectFailure {
             ConnectFailure::Timeout => "timeout",
             ConnectFailure::Other => "other",
             ConnectFailure::ClosedEarly => "closed_early",
+            ConnectFailure::Tls => "tls",
         }
     }
 }

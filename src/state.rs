@@ -71,7 +71,7 @@ pub struct BackendStats {
     pub bytes_to_client: IntCounter,
     pub connect_duration: Histogram,
     /// By [`ConnectFailure::ALL`]'s order (see [`BackendStats::failures`]).
-    failures: [IntCounter; 4],
+    failures: [IntCounter; ConnectFailure::ALL.len()],
     pub up: IntGauge,
     /// Cancelled to close this backend's connections (a drain deadline, `on_down = "close"`,
     /// a rebalance); a child of the routing's shutdown token, so shutdown closes them too.
@@ -448,7 +448,7 @@ impl BackendMetrics {
             connect_failures_total: metrics::counter_vec(
                 registry,
                 "backend_connect_failures_total",
-                "Failed connects to a backend (refused | timeout | other | closed_early)",
+                "Failed connects to a backend (refused | timeout | other | closed_early | tls)",
                 &["pool", "backend", "reason"],
             ),
             connect_duration_seconds: metrics::histogram_vec(
@@ -559,6 +559,8 @@ pub struct BackendRoute {
     /// start ramps its share from here.
     pub available_since: Option<Instant>,
     pub stats: Arc<BackendStats>,
+    /// `[pool.NAME.tls]`: how the data path reaches it over TLS (`None`: plain TCP).
+    pub tls: Option<Arc<crate::config::BackendTls>>,
 }
 
 impl BackendRoute {
@@ -862,6 +864,7 @@ fn build(
                             || Arc::new(BackendStats::new(metrics, &p.name, &b.name, shutdown)),
                             |o| o.stats.clone(),
                         ),
+                        tls: b.tls.clone().map(Arc::new),
                     }
                 })
                 .collect();

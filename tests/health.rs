@@ -846,6 +846,7 @@ async fn tls_probes_are_up_with_the_right_ca_and_say_why_with_another() {
         Some(warren::config::BackendTls {
             client: warren::tls::ClientTls::load(ca, None).unwrap(),
             server_name: rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            encrypt: warren::config::Encrypt::Terminated,
         })
     };
     let mut right = backend("right", broker.addr);

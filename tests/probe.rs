@@ -1454,6 +1454,7 @@ fn tls_target(addr: SocketAddr, ca: &Path, identity: Option<Identity>, name: &st
         tls: Some(BackendTls {
             client,
             server_name: ServerName::try_from(name.to_string()).unwrap(),
+            encrypt: warren::config::Encrypt::Terminated,
         }),
         ..target(addr, ProxyProtocol::Off)
     }

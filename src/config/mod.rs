@@ -357,7 +357,7 @@ pub use listener_tls::{ListenerTls, DEFAULT_TLS_HANDSHAKE_TIMEOUT};
 use management::*;
 pub use per_backend::{rabbitmq_conf, PerBackend};
 use pool_tls::needs_tls_message;
-pub use pool_tls::BackendTls;
+pub use pool_tls::{BackendTls, Encrypt};
 use raw::*;
 use resolve::Expand;
 pub use resolve::{expanded_backend, expanded_name, MIN_RESOLVE_INTERVAL};

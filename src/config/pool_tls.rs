@@ -1,10 +1,10 @@
 //! `[pool.NAME.tls]`: the pool's backends speak TLS. Its files (the CA bundle that signs the
 //! nodes' certificates, and an optional client certificate and key) are read and checked at
 //! load through [`crate::tls`], so `warren check` refuses what a probe would fail on; each
-//! backend gets a [`BackendTls`]: the rustls configuration and the name its certificate must
-//! bear. This module also refuses what needs TLS in a pool without it (`https://` probe and
+//! backend gets a [`BackendTls`]: the rustls configuration, the name its certificate must
+//! bear, and which client connections the data path encrypts to it ([`Encrypt`]). This module also refuses what needs TLS in a pool without it (`https://` probe and
 //! management URLs, `amqps://` login URIs). It owns no socket: the probes
-//! (`crate::health::probe`) do the handshakes.
+//! (`crate::health::probe`) and the data path (`crate::proxy`) do the handshakes.
 
 use std::sync::Arc;
 
@@ -21,6 +21,8 @@ pub struct BackendTls {
     pub client: ClientTls,
     /// `server_name`, else the backend's host as written in `addr` (a name or an IP).
     pub server_name: ServerName<'static>,
+    /// `encrypt`: which client connections are encrypted to it.
+    pub encrypt: Encrypt,
 }
 
 impl BackendTls {
@@ -28,12 +30,51 @@ impl BackendTls {
     pub fn config(&self) -> Arc<rustls::ClientConfig> {
         self.client.config()
     }
+
+    /// Whether a client connection is forwarded over TLS to this backend: always when a
+    /// `[listener.tls]` decrypted it (`terminated`), a plain listener's only with `all`.
+    pub fn encrypts(&self, terminated: bool) -> bool {
+        terminated || self.encrypt == Encrypt::All
+    }
 }
+
+/// Which client connections warren encrypts to a TLS pool's backends (`[pool.NAME.tls]
+/// encrypt`). A connection a `[listener.tls]` decrypted always is: its plain bytes would not
+/// pass a TLS port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Encrypt {
+    /// Only connections a `[listener.tls]` decrypted; a plain listener's bytes pass as they
+    /// are (clients that speak amqps themselves, through to the nodes' TLS port).
+    Terminated,
+    /// Every connection, a plain listener's too (NGINX `proxy_ssl on`).
+    All,
+}
+
+impl Encrypt {
+    /// The name used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Encrypt::Terminated => "terminated",
+            Encrypt::All => "all",
+        }
+    }
+}
+
+impl Named for Encrypt {
+    const ALL: &'static [Self] = &[Encrypt::Terminated, Encrypt::All];
+    fn as_str(self) -> &'static str {
+        Encrypt::as_str(self)
+    }
+}
+
+/// `[pool.NAME.tls] encrypt` when omitted: a plain listener's bytes pass through as before.
+pub const DEFAULT_ENCRYPT: Encrypt = Encrypt::Terminated;
 
 /// `[pool.NAME.tls]` as loaded: what every backend shares.
 pub(super) struct PoolTls {
     client: ClientTls,
     server_name: Option<ServerName<'static>>,
+    encrypt: Encrypt,
 }
 
 /// What in a pool needs `[pool.NAME.tls]`, for [`Validator::needs_pool_tls`].
@@ -81,6 +122,11 @@ impl Validator<'_> {
             }
         });
         let identity = self.pool_tls_identity(key, raw.cert.as_ref(), raw.key.as_ref());
+        let encrypt = self.choice(
+            &format!("{key}.tls.encrypt"),
+            raw.encrypt.as_ref(),
+            DEFAULT_ENCRYPT,
+        );
         let Some(ca_raw) = &raw.ca else {
             self.report(
                 format!("{key}.tls.ca"),
@@ -97,6 +143,7 @@ impl Validator<'_> {
                 return Some(PoolTls {
                     client,
                     server_name,
+                    encrypt,
                 })
             }
             Ok(_) => return None,
@@ -196,6 +243,7 @@ impl Validator<'_> {
             backend.tls = Some(BackendTls {
                 client: tls.client.clone(),
                 server_name,
+                encrypt: tls.encrypt,
             });
         }
     }

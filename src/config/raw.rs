@@ -188,4 +188,5 @@ pub(super) struct RawPoolTls {
     pub(super) server_name: Option<Str>,
     pub(super) cert: Option<Str>,
     pub(super) key: Option<Str>,
+    pub(super) encrypt: Option<Str>,
 }

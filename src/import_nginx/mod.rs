@@ -14,8 +14,8 @@
 //! when it loads the output).
 //!
 //! The stages, one file each: `parse` (tokens and directives), `include` (the whole tree
-//! with its includes), `translate` and `upstream` (the `stream` block and its pools into
-//! warren's terms, reading values through `values`), `reasons` (why something is not
+//! with its includes), `translate`, `upstream` and `proxy_ssl` (the `stream` block and its pools
+//! into warren's terms, reading values through `values`), `reasons` (why something is not
 //! translated) and `render` (the TOML text).
 
 use std::collections::HashSet;
@@ -42,6 +42,7 @@ const DIRECTIVE_SHOWN_MAX: usize = 72;
 
 mod include;
 mod parse;
+mod proxy_ssl;
 mod reasons;
 mod render;
 mod translate;
@@ -53,6 +54,7 @@ mod tests;
 
 use include::*;
 use parse::*;
+use proxy_ssl::*;
 use reasons::*;
 use translate::*;
 use values::*;

@@ -39,8 +39,8 @@ pub(super) fn block_reason(name: &str) -> Option<&'static str> {
 pub(super) fn stream_reason(name: &str) -> &'static str {
     match name {
         n if n.starts_with("proxy_ssl") => {
-            "warren does not open TLS connections to backends; forward to RabbitMQ's TLS port as \
-             plain TCP instead"
+            "not configurable: warren speaks TLS 1.2 and 1.3 to a pool's backends with rustls's \
+             safe cipher suites ([pool.NAME.tls]: ca, server_name, cert, key)"
         }
         n if n.starts_with("ssl") => {
             "warren does not terminate TLS; let RabbitMQ terminate it (listeners.ssl) and forward \
@@ -83,15 +83,17 @@ pub(super) fn stream_reason(name: &str) -> &'static str {
 }
 
 /// Why a kept listener whose server had `proxy_ssl on` (`ssl`: "`proxy_ssl on;` (FILE:LINE)")
-/// no longer protects its traffic, and the two ways out.
+/// but no `proxy_ssl_trusted_certificate` no longer protects its traffic, and the ways out.
 pub(super) fn tls_lost(ssl: &str) -> String {
     format!(
         "TLS to the backends is lost: {ssl}: NGINX encrypted this server's traffic to its \
-         backends, warren does not originate TLS, so this listener sends it to them in clear \
-         (and a backend port that expects TLS, such as RabbitMQ's 5671, will refuse it). Either \
-         have the clients connect with TLS (amqps) and point the pool at RabbitMQ's TLS port \
-         (5671), which warren forwards untouched, so TLS runs from client to node; or, only on \
-         a network you trust, point the pool at RabbitMQ's plain port (5672)"
+         backends, but without proxy_ssl_trusted_certificate there is no CA to check the nodes' \
+         certificates with, which warren always does, so this listener sends the traffic to them \
+         in clear (and a backend port that expects TLS, such as RabbitMQ's 5671, will refuse \
+         it). Either add [pool.NAME.tls] to its pool with ca = the PEM file of the CA that signs \
+         the nodes' certificates and encrypt = \"all\"; or have the clients connect with TLS \
+         (amqps) to RabbitMQ's TLS port (5671), which warren forwards untouched; or, only on a \
+         network you trust, point the pool at RabbitMQ's plain port (5672)"
     )
 }
 

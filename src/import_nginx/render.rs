@@ -124,6 +124,9 @@ fn pool(out: &mut String, p: &OutPool) {
         }
     }
     health(out, &key, &p.health);
+    if let Some(tls) = &p.tls {
+        render_tls(out, &key, tls);
+    }
     for b in &p.backends {
         backend(out, &key, b);
     }

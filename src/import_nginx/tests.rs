@@ -751,6 +751,60 @@ fn trailing_comments_are_set_off_by_two_spaces() {
     load(&import);
 }
 
+/// With `proxy_ssl_trusted_certificate`, `proxy_ssl on` becomes the pool's `[pool.NAME.tls]`
+/// with `encrypt = "all"`; `proxy_ssl_verify off` (NGINX's default) and a pool reached with
+/// and without `proxy_ssl` are warned about.
+#[test]
+fn proxy_ssl_with_a_trusted_certificate_becomes_the_pools_tls() {
+    let file = |name: &str| format!("{}/src/config/tests/tls/{name}", env!("CARGO_MANIFEST_DIR"));
+    let ca = file("ca.pem");
+    let text = stream(&format!(
+        "server {{ listen 5672; proxy_pass u; proxy_ssl on; proxy_ssl_verify on;\n\
+         proxy_ssl_trusted_certificate {ca}; proxy_ssl_name rabbit.internal;\n\
+         proxy_ssl_certificate {}; proxy_ssl_certificate_key {}; }}",
+        file("client.pem"),
+        file("client.key")
+    ));
+    let import = import_str(&text).unwrap();
+    assert_eq!(warnings(&import), Vec::<String>::new(), "{}", import.toml);
+    for want in [
+        "[pool.u.tls]",
+        &format!("ca = \"{ca}\""),
+        "server_name = \"rabbit.internal\"",
+        "encrypt = \"all\"",
+    ] {
+        assert!(import.toml.contains(want), "{want} in\n{}", import.toml);
+    }
+    let config = load(&import);
+    for backend in &config.pools[0].backends {
+        let tls = backend.tls.as_ref().expect("the pool speaks TLS");
+        assert_eq!(tls.encrypt, crate::config::Encrypt::All);
+        assert_eq!(tls.server_name.to_str(), "rabbit.internal");
+        assert!(tls.client.has_identity());
+    }
+
+    let text = stream(&format!(
+        "proxy_ssl_trusted_certificate {ca};\n\
+         server {{ listen 5672; proxy_pass u; proxy_ssl on; }}\n\
+         server {{ listen 5673; proxy_pass u; }}"
+    ));
+    let import = import_str(&text).unwrap();
+    let got = warnings(&import);
+    assert_eq!(got.len(), 2, "{got:#?}");
+    assert!(
+        got[0].contains("NGINX did not check the nodes' certificates"),
+        "{}",
+        got[0]
+    );
+    assert!(
+        got[1].contains("is reached with `proxy_ssl on;`") && got[1].contains("without proxy_ssl"),
+        "{}",
+        got[1]
+    );
+    let config = load(&import);
+    assert!(config.pools[0].backends[0].tls.is_some());
+}
+
 #[test]
 fn proxy_ssl_on_warns_that_tls_to_the_backends_is_lost() {
     // (stream body, warning fragments in order; empty: no TLS warning)
@@ -772,7 +826,7 @@ fn proxy_ssl_on_warns_that_tls_to_the_backends_is_lost() {
         assert_eq!(got.len(), wanted.len(), "{got:#?}\nfor:\n{text}");
         for (got, want) in got.iter().zip(&wanted) {
             assert!(got.contains(want), "{got:?} lacks {want:?}");
-            for says in ["warren does not originate TLS", "in clear", "amqps", "5671"] {
+            for says in ["proxy_ssl_trusted_certificate", "in clear", "amqps", "5671"] {
                 assert!(got.contains(says), "{got:?} does not say {says:?}");
             }
         }

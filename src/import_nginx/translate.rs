@@ -33,9 +33,11 @@ pub(super) struct ProxySettings {
     pub(super) next_upstream_timeout: Option<Sourced<Duration>>,
     pub(super) proxy_protocol: Option<Sourced<bool>>,
     pub(super) proxy_protocol_timeout: Option<Sourced<Duration>>,
-    /// `proxy_ssl`: NGINX encrypts to the backends, which warren cannot; the note is
+    /// `proxy_ssl`: NGINX encrypts to the backends (`proxy_ssl`); the note is
     /// "`proxy_ssl on;` (FILE:LINE)".
     pub(super) proxy_ssl: Option<Sourced<bool>>,
+    /// The `proxy_ssl_*` settings that become `[pool.NAME.tls]` keys.
+    pub(super) ssl: SslSettings,
 }
 
 #[derive(Debug)]
@@ -64,6 +66,11 @@ pub(super) struct OutPool {
     /// Whether a listener forwards to it; one no listener uses is written commented out, so
     /// `warren check` does not resolve host names nothing would connect to.
     pub(super) used: bool,
+    /// `[pool.NAME.tls]`, from the first server with `proxy_ssl on` that forwards to it.
+    pub(super) tls: Option<OutTls>,
+    /// The first `proxy_pass` to it without `proxy_ssl`, and whether the mix was warned about.
+    pub(super) plain_from: Option<String>,
+    pub(super) mixed_warned: bool,
 }
 
 /// A pool's `[pool.NAME.health]`: the probe kind and why it was chosen, and `fall` when NGINX's
@@ -228,6 +235,23 @@ impl Translator {
         seen: &mut HashSet<String>,
         d: &Directive,
     ) -> Result<bool, ImportError> {
+        if matches!(
+            d.name.as_str(),
+            "proxy_ssl_trusted_certificate"
+                | "proxy_ssl_name"
+                | "proxy_ssl_certificate"
+                | "proxy_ssl_certificate_key"
+                | "proxy_ssl_verify"
+        ) && d.block.is_none()
+        {
+            if d.args.len() != 1 {
+                return Err(invalid(d, "needs exactly one argument"));
+            }
+            if !seen.insert(d.name.clone()) {
+                return Err(invalid(d, "is duplicate in this block"));
+            }
+            return self.proxy_ssl_setting(&mut settings.ssl, d);
+        }
         let known = matches!(
             d.name.as_str(),
             "proxy_connect_timeout"
@@ -371,13 +395,9 @@ impl Translator {
         };
         let keys = listener_keys(&settings, pass, &mut self.warnings);
         let mut comments = Vec::new();
-        if let Some(ssl) = settings.proxy_ssl.as_ref().filter(|ssl| ssl.value) {
-            self.warn(pass, tls_lost(&ssl.note));
-            comments.push(format!(
-                "TLS to the backends is lost: warren sends this listener's traffic to them in \
-                 clear, where NGINX encrypted it with {}; see the warning above.",
-                ssl.note
-            ));
+        match settings.proxy_ssl.as_ref().filter(|ssl| ssl.value) {
+            Some(ssl) => self.proxy_ssl_on(pass, &pool, ssl, &settings.ssl, &mut comments),
+            None => self.proxy_ssl_off(pass, &pool),
         }
         self.add_listeners(listens, &pool, pass, &keys, &comments);
         Ok(())
@@ -598,6 +618,9 @@ impl Translator {
             },
             // The server that names it becomes a listener (add_listeners marks it).
             used: false,
+            tls: None,
+            plain_from: None,
+            mixed_warned: false,
         });
         Ok(Some(name))
     }

@@ -78,6 +78,9 @@ impl Translator {
             backends,
             health: OutHealth { kind, why, fall },
             used: false,
+            tls: None,
+            plain_from: None,
+            mixed_warned: false,
         });
         Ok(())
     }

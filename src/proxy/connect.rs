@@ -9,9 +9,16 @@
 //! [`BackendSlot`]: `connecting`, then `active`), and each try first checks the routing as it is
 //! now: a backend drained or removed since the candidates were listed is skipped, so a drain
 //! that saw no connection left cannot be followed by one.
+//!
+//! What a try does once TCP is up is the caller's [`Open`]: nothing for a plain backend
+//! ([`Plain`]); the TLS handshake for one warren encrypts to (`proxy::upstream_tls`), within
+//! the same `connect_timeout`, its failure counted as [`ConnectFailure::Tls`] and failed over
+//! like a refused connect.
 
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::net::{TcpSocket, TcpStream};
@@ -57,9 +64,38 @@ async fn connect_once(addr: SocketAddr) -> io::Result<TcpStream> {
     socket.connect(addr).await
 }
 
+/// What a try does with the backend's TCP connection before it counts as connected.
+pub trait Open: Sync {
+    /// The backend connection as the caller forwards over it.
+    type Stream: Send;
+
+    /// Make `stream`, just connected to `backend`, a [`Self::Stream`]; the error is the
+    /// backend's fault (counted as its reason, failed over) and says what went wrong.
+    fn open<'b>(
+        &'b self,
+        backend: &'b BackendRoute,
+        stream: TcpStream,
+    ) -> impl Future<Output = Result<Self::Stream, (ConnectFailure, String)>> + Send + 'b;
+}
+
+/// A plain backend: the TCP connection as it is.
+pub struct Plain;
+
+impl Open for Plain {
+    type Stream = TcpStream;
+
+    fn open<'b>(
+        &'b self,
+        _: &'b BackendRoute,
+        stream: TcpStream,
+    ) -> impl Future<Output = Result<TcpStream, (ConnectFailure, String)>> + Send + 'b {
+        std::future::ready(Ok(stream))
+    }
+}
+
 /// A backend connection, which backend it is, and its claim on it (still `connecting`).
-pub struct Connected<'a> {
-    pub stream: TcpStream,
+pub struct Connected<'a, S = TcpStream> {
+    pub stream: S,
     pub backend: &'a BackendRoute,
     pub slot: BackendSlot,
     pub tries: usize,
@@ -82,8 +118,19 @@ pub async fn connect<'a>(
     pool: &'a PoolRoute,
     listener: &ListenerConfig,
     client: IpAddr,
-    (health, routing): (&dyn Observer, &Routing),
+    observers: (&dyn Observer, &Routing),
 ) -> Result<Connected<'a>, ConnectError> {
+    connect_with(pool, listener, client, observers, &Plain).await
+}
+
+/// [`connect`], each try finished by `open`.
+pub async fn connect_with<'a, O: Open>(
+    pool: &'a PoolRoute,
+    listener: &ListenerConfig,
+    client: IpAddr,
+    (health, routing): (&dyn Observer, &Routing),
+    open: &O,
+) -> Result<Connected<'a, O::Stream>, ConnectError> {
     let candidates = match &listener.per_backend {
         // A per-backend listener serves its own node or no one: a stream client that reached
         // another node would be sent back here, in a loop.
@@ -126,7 +173,7 @@ pub async fn connect<'a>(
             continue;
         }
         tries += 1;
-        let failure = match attempt(&pool.name, backend, budget, &mut last).await {
+        let failure = match attempt(&pool.name, backend, budget, &mut last, open).await {
             Attempt::Connected(stream) => {
                 return Ok(Connected {
                     stream,
@@ -149,7 +196,7 @@ pub async fn connect<'a>(
             }
         };
         tracing::info!(pool = %pool.name, backend = %backend.name, reason = failure.as_str(),
-            "connect to backend failed, trying the next candidate");
+            error = %last, "connect to backend failed, trying the next candidate");
         blame(&pool.name, &backend.name, &backend.stats, failure, health);
     }
     let pool = pool.name.to_string();
@@ -193,8 +240,8 @@ struct Budget {
 }
 
 /// What one connect try came to.
-enum Attempt {
-    Connected(TcpStream),
+enum Attempt<S> {
+    Connected(S),
     /// The backend failed it: counted against the backend, the next candidate is tried.
     Failed(ConnectFailure),
     /// A local error not held against the backend; the next candidate is tried.
@@ -205,18 +252,30 @@ enum Attempt {
     BudgetSpent,
 }
 
-/// One try at `backend` within `budget`; a failure is described into `last`.
-async fn attempt(pool: &str, backend: &BackendRoute, budget: Budget, last: &mut String) -> Attempt {
+/// One try at `backend` within `budget`, finished by `open`; a failure is described into
+/// `last`.
+async fn attempt<O: Open>(
+    pool: &str,
+    backend: &BackendRoute,
+    budget: Budget,
+    last: &mut String,
+    open: &O,
+) -> Attempt<O::Stream> {
     let started = Instant::now();
-    match tokio::time::timeout(budget.time, connect_once(backend.addr)).await {
-        Ok(Ok(stream)) => {
-            backend
-                .stats
-                .connect_duration
-                .observe(started.elapsed().as_secs_f64());
-            Attempt::Connected(stream)
-        }
-        Ok(Err(e)) if is_local(&e) => {
+    // Set once TCP is up: a timeout after it is the TLS handshake's.
+    let tcp_up = AtomicBool::new(false);
+    let trying = async {
+        let stream = connect_once(backend.addr).await.map_err(Step::Connect)?;
+        tcp_up.store(true, Ordering::Relaxed);
+        backend
+            .stats
+            .connect_duration
+            .observe(started.elapsed().as_secs_f64());
+        open.open(backend, stream).await.map_err(Step::Open)
+    };
+    match tokio::time::timeout(budget.time, trying).await {
+        Ok(Ok(stream)) => Attempt::Connected(stream),
+        Ok(Err(Step::Connect(e))) if is_local(&e) => {
             tracing::warn!(pool = %pool, backend = %backend.name, error = %e,
                 "local error connecting to backend (not counted against it)");
             if is_exhaustion(&e) {
@@ -225,13 +284,17 @@ async fn attempt(pool: &str, backend: &BackendRoute, budget: Budget, last: &mut 
             *last = format!("{}: {e}", backend.name);
             Attempt::NotCounted
         }
-        Ok(Err(e)) => {
+        Ok(Err(Step::Connect(e))) => {
             *last = format!("{} ({}): {e}", backend.name, backend.addr);
             Attempt::Failed(match e.kind() {
                 io::ErrorKind::ConnectionRefused => ConnectFailure::Refused,
                 io::ErrorKind::TimedOut => ConnectFailure::Timeout,
                 _ => ConnectFailure::Other,
             })
+        }
+        Ok(Err(Step::Open((failure, why)))) => {
+            *last = format!("{} ({}): {why}", backend.name, backend.addr);
+            Attempt::Failed(failure)
         }
         Err(_elapsed) if budget.shortened => {
             // The backend had less than its connect_timeout: no verdict on it.
@@ -243,6 +306,13 @@ async fn attempt(pool: &str, backend: &BackendRoute, budget: Budget, last: &mut 
                 "next_upstream_timeout spent during a shortened try (not counted against the backend)");
             Attempt::BudgetSpent
         }
+        Err(_elapsed) if tcp_up.load(Ordering::Relaxed) => {
+            *last = format!(
+                "{} ({}): TLS handshake not done within {:?}",
+                backend.name, backend.addr, budget.time
+            );
+            Attempt::Failed(ConnectFailure::Tls)
+        }
         Err(_elapsed) => {
             *last = format!(
                 "{} ({}): no answer within {:?}",
@@ -251,6 +321,12 @@ async fn attempt(pool: &str, backend: &BackendRoute, budget: Budget, last: &mut 
             Attempt::Failed(ConnectFailure::Timeout)
         }
     }
+}
+
+/// Where a try failed: connecting TCP, or what [`Open`] does after.
+enum Step {
+    Connect(io::Error),
+    Open((ConnectFailure, String)),
 }
 
 /// A backend that closes a connection within this of accepting it, before sending a byte,

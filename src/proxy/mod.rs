@@ -24,6 +24,7 @@ mod sni;
 #[cfg(target_os = "linux")]
 pub mod splice;
 mod tls;
+mod upstream_tls;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -50,6 +51,7 @@ use crate::state::{
 use forward::{CloseReason, ForwardOutcome, InFlight, Plane, Stop};
 use graceful::{Closer, Progress};
 use metrics::{CloseMethod, HeaderRejectReason, ListenerStats, ProxyMetrics, RejectReason};
+use upstream_tls::LocalEnd;
 
 /// What every connection of the process shares.
 pub struct Context {
@@ -411,9 +413,11 @@ async fn read_proxy_header(
 /// idle connection (see the test `a_connection_task_fits_its_size_class`), so what is only
 /// read when the connection ends or warren closes it is kept here compactly rather than
 /// copied into locals, and nothing else is held across forwarding.
-struct Link<C = TcpStream> {
+struct Link<C = TcpStream, U = TcpStream> {
     client: C,
-    upstream: TcpStream,
+    /// The backend's socket; a connection warren encrypts to its backend keeps only the
+    /// socket's local address here (the TLS session owns the socket, see [`upstream_tls`]).
+    upstream: U,
     /// Counts the connection in the backend's `active`, with the backend's close token as it
     /// was when the backend was chosen.
     backend: BackendSlot,
@@ -468,8 +472,18 @@ fn handle(accepted: Box<Accepted>, conn: Conn) -> impl Future<Output = ()> + Sen
         conn.stats.total.inc();
         let _active = GaugeGuard::new(&conn.stats.active);
         let establishing = establish(accepted, &conn.listener, &conn.ctx, &conn.stats);
-        let Some((mut link, idle_timeout)) = Box::pin(establishing).await else {
-            return;
+        // In a block of its own, so the value established is not kept beside the link.
+        let (mut link, idle_timeout) = {
+            let established = match Box::pin(establishing).await {
+                None => return,
+                Some(Established::Plain(link, idle_timeout)) => Ok((link, idle_timeout)),
+                Some(Established::Encrypted(encrypted)) => Err(encrypted),
+            };
+            match established {
+                Ok(plain) => plain,
+                // To a TLS backend: its own boxed future, so plain connections keep their size.
+                Err(encrypted) => return Box::pin(upstream_tls::run(*encrypted, &conn)).await,
+            }
         };
         #[cfg(unix)]
         if conn.ctx.pause.pausing() {
@@ -554,7 +568,7 @@ async fn moving(
 
 /// Count, blame and log a connection that ended for `reason` with `bytes` delivered (to the
 /// backend, to the client).
-fn ended<C>(link: &Link<C>, conn: &Conn, reason: CloseReason, bytes: (u64, u64)) {
+fn ended<C, U>(link: &Link<C, U>, conn: &Conn, reason: CloseReason, bytes: (u64, u64)) {
     let stats = &conn.stats;
     let mut reason = reason;
     // Ended by warren: at the end of the window (over TCP), or by the broker after the node
@@ -632,8 +646,8 @@ fn forced_reason(cause: Option<&CloseCause>, shutdown: bool) -> CloseReason {
 /// only keeps the token's wait. Not an `async fn`, which would store its arguments twice in
 /// every connection's task.
 #[allow(clippy::manual_async_fn)]
-fn closed_by_warren<'a, C: Sync>(
-    link: &'a Link<C>,
+fn closed_by_warren<'a, C: Sync, U: LocalEnd + Sync>(
+    link: &'a Link<C, U>,
     ctx: &'a Context,
     close: Option<CloseToken>,
 ) -> impl Future<Output = Stop> + Send + 'a {
@@ -687,7 +701,7 @@ fn decide(close: &CloseToken, connected_at: Instant, shutdown: bool) -> Result<E
 /// returns when warren must close it over TCP. A slot holder waits for its instant first,
 /// following later rebalances (it keeps its slot) until a close of another kind comes, or
 /// an upgrade of warren pauses it (it gives its slot up).
-async fn after_close<C>(link: &Link<C>, ctx: &Context, ending: Ending) -> Stop {
+async fn after_close<C, U: LocalEnd>(link: &Link<C, U>, ctx: &Context, ending: Ending) -> Stop {
     let mut _leaving = None;
     let reason = match ending {
         Ending::Close(reason) => reason,
@@ -729,7 +743,7 @@ async fn after_close<C>(link: &Link<C>, ctx: &Context, ending: Ending) -> Stop {
         pool: link.pool.clone(),
         backend: link.backend_name.clone(),
     };
-    let local = link.upstream.local_addr().unwrap_or(link.origin);
+    let local = link.upstream.local_end().unwrap_or(link.origin);
     let (from, to) = graceful::ends_seen_by_node(
         link.proxy_protocol,
         (link.origin, link.destination),
@@ -748,25 +762,42 @@ async fn after_close<C>(link: &Link<C>, ctx: &Context, ending: Ending) -> Stop {
     Stop::Close
 }
 
-/// Inbound PROXY header, backend selection and connect, outbound preamble; the link and the
-/// listener's `idle_timeout`. `None` when the client was turned away (the reason is counted
-/// and logged here).
+/// A plain listener's connection, established. Returned once, by value: boxing the link would
+/// cost every plain connection an allocation.
+#[allow(clippy::large_enum_variant)]
+enum Established {
+    /// To a plain backend, or one it passes through to as is: the link and the listener's
+    /// `idle_timeout`.
+    Plain(Link, Duration),
+    /// To a backend warren encrypts to (`[pool.NAME.tls] encrypt = "all"`).
+    Encrypted(Box<upstream_tls::Encrypted<TcpStream>>),
+}
+
+/// Inbound PROXY header, backend selection and connect, outbound preamble. `None` when the
+/// client was turned away (the reason is counted and logged here).
 async fn establish(
     accepted: Box<Accepted>,
     listener_name: &str,
     ctx: &Context,
     stats: &ListenerStats,
-) -> Option<(Link, Duration)> {
+) -> Option<Established> {
     // Counted until established: an upgrade of warren waits a moment for these.
     #[cfg(unix)]
     let _setting_up = ctx.pause.setting_up_guard();
     let (client, listener, mut entry) = admitted(accepted, listener_name, ctx, stats).await?;
     if let Some(routes) = &listener.sni {
+        // Clients' own TLS, routed by server name: it passes as it is, never encrypted again.
         let ends = (listener_name, entry.origin, stats);
         let pool = sni::route(&client, &entry.early, &listener, routes, ends, &ctx.metrics);
         entry.pool = Some(pool.await?);
+    } else if upstream_tls::encrypts(ctx, &listener, false) {
+        let linking = upstream_tls::link_up(client, entry, &listener, listener_name, ctx, stats);
+        return Box::pin(linking)
+            .await
+            .map(|e| Established::Encrypted(Box::new(e)));
     }
-    link_up(client, entry, &listener, listener_name, ctx, stats).await
+    let (link, idle_timeout) = link_up(client, entry, &listener, listener_name, ctx, stats).await?;
+    Some(Established::Plain(link, idle_timeout))
 }
 
 /// The accepted connection let in: its listener's config and, past its PROXY header if the

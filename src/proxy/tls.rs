@@ -8,7 +8,8 @@
 //!
 //! A TLS connection never parks for an upgrade of warren (its session keys cannot leave this
 //! process): it counts itself in [`pause::Pauser::bound`] and keeps forwarding here until it
-//! closes or the old process's grace period ends. It owns no routing and no listener.
+//! closes or the old process's grace period ends. It owns no routing and no listener. To a
+//! pool with `[pool.NAME.tls]` the decrypted bytes go encrypted again ([`upstream_tls`]).
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -25,7 +26,7 @@ use crate::tls::HandshakeFailure;
 use metrics::TlsStats;
 
 /// Each direction's copy buffer: a TLS record's largest plaintext.
-const BUFFER: usize = 16 * 1024;
+pub(super) const BUFFER: usize = 16 * 1024;
 
 /// The client's socket with the bytes that came with its PROXY header (the start of its
 /// ClientHello) put back in front, for the handshake to read first.
@@ -71,14 +72,34 @@ impl AsyncWrite for Rewind {
     }
 }
 
-type Session = TlsStream<Rewind>;
+pub(super) type Session = TlsStream<Rewind>;
+
+/// A TLS connection, established. Returned once, by value (see `Established`).
+#[allow(clippy::large_enum_variant)]
+enum Terminated {
+    /// To a plain backend: the link, the client's session, the listener's `idle_timeout`.
+    Plain(Link<()>, Session, Duration),
+    /// To a backend warren encrypts to (`[pool.NAME.tls]`).
+    Encrypted(Box<upstream_tls::Encrypted<Session>>),
+}
 
 /// The task of one TLS connection, from accept to its log line.
 pub(super) async fn handle(accepted: Box<Accepted>, conn: Conn) {
     conn.stats.total.inc();
     let _active = GaugeGuard::new(&conn.stats.active);
-    let Some((mut link, session, idle_timeout)) = Box::pin(establish(accepted, &conn)).await else {
-        return;
+    // In a block of its own, so the value established is not kept beside the link.
+    let (mut link, session, idle_timeout) = {
+        let established = match Box::pin(establish(accepted, &conn)).await {
+            None => return,
+            Some(Terminated::Plain(link, session, idle_timeout)) => {
+                Ok((link, session, idle_timeout))
+            }
+            Some(Terminated::Encrypted(encrypted)) => Err(encrypted),
+        };
+        match established {
+            Ok(plain) => plain,
+            Err(encrypted) => return Box::pin(upstream_tls::run(*encrypted, &conn)).await,
+        }
     };
     #[cfg(unix)]
     let _stays = conn.ctx.pause.bound_guard();
@@ -89,7 +110,7 @@ pub(super) async fn handle(accepted: Box<Accepted>, conn: Conn) {
 }
 
 /// Let the connection in, complete its handshake, and link it to a backend.
-async fn establish(accepted: Box<Accepted>, conn: &Conn) -> Option<(Link<()>, Session, Duration)> {
+async fn establish(accepted: Box<Accepted>, conn: &Conn) -> Option<Terminated> {
     let ctx = &*conn.ctx;
     #[cfg(unix)]
     let _setting_up = ctx.pause.setting_up_guard();
@@ -117,9 +138,16 @@ async fn establish(accepted: Box<Accepted>, conn: &Conn) -> Option<(Link<()>, Se
         }
     };
     stats.handshakes.inc();
+    if upstream_tls::encrypts(ctx, &listener, true) {
+        let linking =
+            upstream_tls::link_up(session, entry, &listener, &conn.listener, ctx, &conn.stats);
+        return Box::pin(linking)
+            .await
+            .map(|e| Terminated::Encrypted(Box::new(e)));
+    }
     let (link, idle_timeout) =
         link_up((), entry, &listener, &conn.listener, ctx, &conn.stats).await?;
-    Some((link, session, idle_timeout))
+    Some(Terminated::Plain(link, session, idle_timeout))
 }
 
 /// The server handshake on `client` with the listener's current certificate, within its
@@ -148,11 +176,12 @@ fn failed(reason: HandshakeFailure, listener: &str, client: SocketAddr, stats: &
     }
 }
 
-/// What warren closing the connection looks like to a TLS one: as for a plain connection,
-/// except that an upgrade's pause (a hand-over) is passed by, since the connection stays.
+/// What warren closing the connection looks like to a TLS one (or one warren encrypts to its
+/// backend): as for a plain connection, except that an upgrade's pause (a hand-over) is
+/// passed by, since the connection stays.
 #[allow(clippy::manual_async_fn)]
-fn closed_by_warren<'a>(
-    link: &'a Link<()>,
+pub(super) fn closed_by_warren<'a, U: LocalEnd + Sync>(
+    link: &'a Link<(), U>,
     ctx: &'a Context,
     close: Option<CloseToken>,
 ) -> impl Future<Output = Stop> + Send + 'a {
@@ -181,31 +210,45 @@ fn closed_by_warren<'a>(
 
 /// Which end closed first, as the connection's close reason.
 const OPEN: u8 = 0;
-const CLIENT_FIRST: u8 = 1;
-const BACKEND_FIRST: u8 = 2;
+pub(super) const CLIENT_FIRST: u8 = 1;
+pub(super) const BACKEND_FIRST: u8 = 2;
 
 /// What both directions share: who closed first, and the last activity (milliseconds after
 /// the connection was established), for the idle timer.
-struct Shared {
+pub(super) struct Shared {
     first: AtomicU8,
     active_ms: AtomicU64,
     since: Instant,
 }
 
 impl Shared {
-    fn closed(&self, by: u8) {
+    /// Neither end closed, active now.
+    pub(super) fn new() -> Shared {
+        Shared {
+            first: AtomicU8::new(OPEN),
+            active_ms: AtomicU64::new(0),
+            since: Instant::now(),
+        }
+    }
+
+    /// Which end closed first ([`CLIENT_FIRST`], [`BACKEND_FIRST`]; 0 for neither yet).
+    pub(super) fn first(&self) -> u8 {
+        self.first.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn closed(&self, by: u8) {
         let _ = self
             .first
             .compare_exchange(OPEN, by, Ordering::Relaxed, Ordering::Relaxed);
     }
 
-    fn touch(&self) {
+    pub(super) fn touch(&self) {
         let ms = self.since.elapsed().as_millis() as u64;
         self.active_ms.store(ms, Ordering::Relaxed);
     }
 
     /// Complete once neither direction moved a byte for `idle`.
-    async fn idle(&self, idle: Duration) {
+    pub(super) async fn idle(&self, idle: Duration) {
         loop {
             let last = Duration::from_millis(self.active_ms.load(Ordering::Relaxed));
             let deadline = self.since + last + idle;
@@ -228,11 +271,7 @@ async fn forward<S: Future<Output = Stop> + Send>(
     idle_timeout: Duration,
     mut stop: Pin<&mut S>,
 ) -> (CloseReason, (u64, u64)) {
-    let shared = Shared {
-        first: AtomicU8::new(OPEN),
-        active_ms: AtomicU64::new(0),
-        since: Instant::now(),
-    };
+    let shared = Shared::new();
     let bytes = (AtomicU64::new(0), AtomicU64::new(0));
     let (from_client, to_client) = tokio::io::split(session);
     let upstream = &link.upstream;

@@ -44,6 +44,25 @@ fn each_backend_gets_the_pools_tls_and_its_own_server_name() {
     assert!(parse(BASE).unwrap().pools[0].backends[0].tls.is_none());
 }
 
+/// `encrypt`: "terminated" by default (a plain listener's bytes pass as they are), "all" for
+/// every connection; a terminated connection is always encrypted.
+#[test]
+fn encrypt_says_which_client_connections_go_over_tls() {
+    let ca = fixture("ca.pem");
+    let encrypt_of = |extra: &str| {
+        let text = with_tls(Some(&format!("ca = \"{ca}\"\n{extra}")), "");
+        let config = parse(&text).unwrap();
+        let tls = config.pools[0].backends[0].tls.clone().unwrap();
+        (tls.encrypt, tls.encrypts(false), tls.encrypts(true))
+    };
+    assert_eq!(encrypt_of(""), (Encrypt::Terminated, false, true));
+    assert_eq!(
+        encrypt_of("encrypt = \"terminated\""),
+        (Encrypt::Terminated, false, true)
+    );
+    assert_eq!(encrypt_of("encrypt = \"all\""), (Encrypt::All, true, true));
+}
+
 #[test]
 fn https_and_amqps_are_taken_with_the_pools_tls() {
     let ca = format!("ca = \"{}\"", fixture("ca.pem"));
@@ -109,6 +128,13 @@ fn each_pool_tls_problem_names_key_value_and_line() {
             "\"not a name!\"".into(),
             "server_name = ",
             "is not a DNS name or an IP address",
+        ),
+        (
+            with_ca("encrypt = \"always\""),
+            "pool.rabbitmq.tls.encrypt",
+            "\"always\"".into(),
+            "encrypt = ",
+            "expected one of terminated, all",
         ),
         (
             with_ca(&format!("cert = \"{}\"", fixture("client.pem"))),

@@ -143,7 +143,6 @@ for arg in "$@"; do
         cargo_args+=("$arg")
     fi
 done
-[ "${#test_args[@]}" -gt 0 ] || test_args=(--)
 lane_dir=$(mktemp -d)
 lanes=()
 lane() {
@@ -159,8 +158,14 @@ for name in "${cluster_one[@]}"; do
     cluster_two+=(--skip "$name")
 done
 lane package nice -n 19 cargo test --test package "$@"
-lane cluster-1 cargo test --test cluster "${cargo_args[@]}" "${test_args[@]}" "${cluster_one[@]}"
-lane cluster-2 cargo test --test cluster "${cargo_args[@]}" "${test_args[@]}" "${cluster_two[@]}"
+if [ "${#test_args[@]}" -gt 1 ]; then
+    # Arguments for the test binaries (a filter, say): one cluster lane, so no test runs twice
+    # at once under the same node names.
+    lane cluster cargo test --test cluster "$@"
+else
+    lane cluster-1 cargo test --test cluster "${cargo_args[@]}" -- "${cluster_one[@]}"
+    lane cluster-2 cargo test --test cluster "${cargo_args[@]}" -- "${cluster_two[@]}"
+fi
 alone=(reliability_soak reliability_scale reliability_fd_limit)
 others=(--lib --bins --examples --benches)
 for file in tests/*.rs; do

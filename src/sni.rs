@@ -111,7 +111,10 @@ fn reassemble(bytes: &[u8]) -> Result<Cow<'_, [u8]>, Hello> {
             (None, _) => joined = Some([first, payload].concat()),
             (Some(j), _) => j.extend_from_slice(payload),
         }
-        if payload.len() < length {
+        // Whatever follows a whole hello is not the hello's: a TLS 1.3 client sending early
+        // data puts a ChangeCipherSpec and application data records right behind it, in the
+        // same segment (RFC 8446, D.4).
+        if payload.len() < length || whole_message(joined.as_deref().unwrap_or(first)) {
             break;
         }
         at += 5 + length;
@@ -122,6 +125,15 @@ fn reassemble(bytes: &[u8]) -> Result<Cow<'_, [u8]>, Hello> {
         }
     }
     Ok(joined.map_or(Cow::Borrowed(first), Cow::Owned))
+}
+
+/// Whether `message` holds at least one whole handshake message (its 4-byte header and the
+/// length that header gives).
+fn whole_message(message: &[u8]) -> bool {
+    let [_, a, b, c, ..] = *message else {
+        return false;
+    };
+    message.len() >= 4 + (usize::from(a) << 16 | usize::from(b) << 8 | usize::from(c))
 }
 
 /// The fields of a ClientHello body up to the `server_name` extension; `whole` when the body
@@ -308,6 +320,25 @@ mod tests {
             assert!(decided < bytes.len(), "{per_record}");
             assert_eq!(parse(&bytes), named("a.example.com"), "{per_record}");
         }
+    }
+
+    #[test]
+    fn records_after_a_whole_hello_are_not_the_hellos() {
+        let body = hello_body(&[(10, vec![0, 2, 0, 29]), sni(b"orders.example.com")]);
+        // TLS 1.3 with early data: ChangeCipherSpec and application data right behind.
+        let after = [&[20, 3, 3, 0, 1, 1][..], &[23, 3, 3, 0, 3, 7, 7, 7]].concat();
+        for per_record in [64, 1 << 14] {
+            let bytes = [records(&body, per_record), after.clone()].concat();
+            assert_eq!(parse(&bytes), named("orders.example.com"), "{per_record}");
+        }
+        // Before the hello is whole, another record is still a malformed hello.
+        let bytes = records(&body, 64);
+        let cut = [&bytes[..69], &after[..]].concat();
+        assert!(
+            matches!(parse(&cut), Hello::Malformed(_)),
+            "{:?}",
+            parse(&cut)
+        );
     }
 
     #[test]

@@ -460,7 +460,9 @@ async fn a_silent_client_times_out_and_plain_amqp_goes_to_the_default_pool() {
         took >= Duration::from_millis(300),
         "closed before sni_timeout: {took:?}"
     );
-    assert!(took < Duration::from_millis(2300), "closed late: {took:?}");
+    // Under the default sni_timeout (5 s), so the listener's 300 ms closed it; with room for a
+    // loaded machine.
+    assert!(took < Duration::from_millis(4000), "closed late: {took:?}");
     wait_for("the timeout counted", 5 * SECOND, || {
         unrouted(&warren, "timeout") == 1.0
     })

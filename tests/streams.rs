@@ -452,6 +452,10 @@ async fn each_listener_reaches_only_its_own_backend_and_a_down_one_closes_at_onc
         })
         .await;
     }
+    // The second was closed without a try: c was down after the first refusal.
+    let refused =
+        "warren_backend_connect_failures_total{backend=\"c\",pool=\"p\",reason=\"refused\"}";
+    assert_eq!(warren.metric(refused), 1.0);
     assert_eq!(a.accepted.load(std::sync::atomic::Ordering::SeqCst), 4);
     assert_eq!(b.accepted.load(std::sync::atomic::Ordering::SeqCst), 4);
     warren.stop().await;

@@ -111,6 +111,19 @@ impl Validator<'_> {
                 );
             }
         }
+        let mode = raw.rebalance.as_ref().and_then(|r| r.mode.as_ref());
+        if let Some(mode) = mode.filter(|m| m.get_ref() != "off") {
+            self.report(
+                format!("{key}.rebalance.mode"),
+                quote(mode.get_ref()),
+                Some(mode.span()),
+                format!(
+                    "cannot be used with [{section_key}]: a stream client closed to rebalance \
+                     reconnects through its node's own listener to the same node, so the \
+                     closes would never end; leave rebalance off for this pool"
+                ),
+            );
+        }
         let Some(ip) = self.per_backend_ip(&section_key, section, span.clone()) else {
             return Vec::new();
         };

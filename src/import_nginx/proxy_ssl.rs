@@ -104,10 +104,23 @@ impl Translator {
                 ),
             );
         }
+        let verified = settings.verify.as_ref().is_some_and(|v| v.value);
+        // Without proxy_ssl_name, NGINX checked the certificate against the proxy_pass host
+        // ($proxy_host, the upstream's name); warren's default would be each backend's own host.
+        let server_name = match &settings.name {
+            None if verified => pass.args.first().map(|target| {
+                let host = match target.strip_prefix('[') {
+                    Some(v6) => v6.split(']').next().unwrap_or(v6),
+                    None => target.split(':').next().unwrap_or(target),
+                };
+                sourced(host.to_owned(), pass)
+            }),
+            name => name.clone(),
+        };
         let tls = OutTls {
             note: ssl.note.clone(),
             ca,
-            server_name: settings.name.clone(),
+            server_name,
             cert: settings.certificate.clone(),
             key: settings.certificate_key.clone(),
         };

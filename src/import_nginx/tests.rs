@@ -783,6 +783,19 @@ fn proxy_ssl_with_a_trusted_certificate_becomes_the_pools_tls() {
         assert!(tls.client.has_identity());
     }
 
+    // proxy_ssl_verify on without proxy_ssl_name: NGINX checked the proxy_pass name.
+    let text = stream(&format!(
+        "server {{ listen 5672; proxy_pass u; proxy_ssl on; proxy_ssl_verify on;\n\
+         proxy_ssl_trusted_certificate {ca}; }}"
+    ));
+    let import = import_str(&text).unwrap();
+    assert!(
+        import.toml.contains("server_name = \"u\""),
+        "{}",
+        import.toml
+    );
+    load(&import);
+
     let text = stream(&format!(
         "proxy_ssl_trusted_certificate {ca};\n\
          server {{ listen 5672; proxy_pass u; proxy_ssl on; }}\n\

@@ -69,13 +69,14 @@ pub trait Open: Sync {
     /// The backend connection as the caller forwards over it.
     type Stream: Send;
 
-    /// Make `stream`, just connected to `backend`, a [`Self::Stream`]; the error is the
-    /// backend's fault (counted as its reason, failed over) and says what went wrong.
+    /// Make `stream`, just connected to `backend`, a [`Self::Stream`]; the error says what went
+    /// wrong, with the reason it counts against the backend (failed over either way), `None`
+    /// when it is not the backend's fault.
     fn open<'b>(
         &'b self,
         backend: &'b BackendRoute,
         stream: TcpStream,
-    ) -> impl Future<Output = Result<Self::Stream, (ConnectFailure, String)>> + Send + 'b;
+    ) -> impl Future<Output = Result<Self::Stream, (Option<ConnectFailure>, String)>> + Send + 'b;
 }
 
 /// A plain backend: the TCP connection as it is.
@@ -88,7 +89,7 @@ impl Open for Plain {
         &'b self,
         _: &'b BackendRoute,
         stream: TcpStream,
-    ) -> impl Future<Output = Result<TcpStream, (ConnectFailure, String)>> + Send + 'b {
+    ) -> impl Future<Output = Result<TcpStream, (Option<ConnectFailure>, String)>> + Send + 'b {
         std::future::ready(Ok(stream))
     }
 }
@@ -294,7 +295,14 @@ async fn attempt<O: Open>(
         }
         Ok(Err(Step::Open((failure, why)))) => {
             *last = format!("{} ({}): {why}", backend.name, backend.addr);
-            Attempt::Failed(failure)
+            match failure {
+                Some(failure) => Attempt::Failed(failure),
+                None => {
+                    tracing::info!(pool = %pool, backend = %backend.name, error = %why,
+                        "connect try abandoned (not counted against the backend)");
+                    Attempt::NotCounted
+                }
+            }
         }
         Err(_elapsed) if budget.shortened => {
             // The backend had less than its connect_timeout: no verdict on it.
@@ -326,7 +334,7 @@ async fn attempt<O: Open>(
 /// Where a try failed: connecting TCP, or what [`Open`] does after.
 enum Step {
     Connect(io::Error),
-    Open((ConnectFailure, String)),
+    Open((Option<ConnectFailure>, String)),
 }
 
 /// A backend that closes a connection within this of accepting it, before sending a byte,

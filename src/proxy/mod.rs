@@ -492,7 +492,7 @@ fn handle(accepted: Box<Accepted>, conn: Conn) -> impl Future<Output = ()> + Sen
             return Box::pin(moving(&link, &conn, idle_timeout, held, true)).await;
         }
         let close = link.backend.take_close_token();
-        let stop = std::pin::pin!(closed_by_warren(&link, &conn.ctx, close));
+        let stop = std::pin::pin!(closed_by_warren(&link, &conn.ctx, close, false));
         let ForwardOutcome {
             reason,
             to_backend,
@@ -554,7 +554,7 @@ async fn moving(
         park = true;
         // A close that fired meanwhile is on the chain from the pause on.
         let close = Some(conn.ctx.pause.resume_token(link.backend.stats()));
-        let stop = std::pin::pin!(closed_by_warren(link, &conn.ctx, close));
+        let stop = std::pin::pin!(closed_by_warren(link, &conn.ctx, close, false));
         let outcome = forward_link(link, conn, idle_timeout, stop, Some(held)).await;
         match outcome.paused {
             Some(again) => held = again,
@@ -645,11 +645,16 @@ fn forced_reason(cause: Option<&CloseCause>, shutdown: bool) -> CloseReason {
 /// above its share wakes once per rebalance round. The rest is boxed, so an idle connection
 /// only keeps the token's wait. Not an `async fn`, which would store its arguments twice in
 /// every connection's task.
+///
+/// `stays`: the connection cannot be handed over (a TLS session's keys cannot leave this
+/// process), so an upgrade's pause passes it by, at every step, and it keeps following the
+/// closes after it.
 #[allow(clippy::manual_async_fn)]
 fn closed_by_warren<'a, C: Sync, U: LocalEnd + Sync>(
     link: &'a Link<C, U>,
     ctx: &'a Context,
     close: Option<CloseToken>,
+    stays: bool,
 ) -> impl Future<Output = Stop> + Send + 'a {
     async move {
         let Some(mut close) = close else {
@@ -659,6 +664,13 @@ fn closed_by_warren<'a, C: Sync, U: LocalEnd + Sync>(
         let ending = loop {
             close.token().cancelled().await;
             let shutdown = ctx.routing.shutdown_token().is_cancelled();
+            if stays && !shutdown && matches!(close.cause(), Some(CloseCause::Handover)) {
+                match close.next() {
+                    Some(next) => close = next,
+                    None => return std::future::pending().await,
+                }
+                continue;
+            }
             match decide(&close, link.connected_at, shutdown) {
                 Err(next) => close = next,
                 Ok(ending) => break ending,
@@ -667,7 +679,7 @@ fn closed_by_warren<'a, C: Sync, U: LocalEnd + Sync>(
         if let Ending::Pause = ending {
             return Stop::Pause;
         }
-        Box::pin(after_close(link, ctx, ending)).await
+        Box::pin(after_close(link, ctx, ending, stays)).await
     }
 }
 
@@ -700,8 +712,13 @@ fn decide(close: &CloseToken, connected_at: Instant, shutdown: bool) -> Result<E
 /// Close the connection as decided, gracefully if the node can, recording why in `forced`;
 /// returns when warren must close it over TCP. A slot holder waits for its instant first,
 /// following later rebalances (it keeps its slot) until a close of another kind comes, or
-/// an upgrade of warren pauses it (it gives its slot up).
-async fn after_close<C, U: LocalEnd>(link: &Link<C, U>, ctx: &Context, ending: Ending) -> Stop {
+/// an upgrade of warren pauses it (it gives its slot up; one that `stays` keeps it).
+async fn after_close<C, U: LocalEnd>(
+    link: &Link<C, U>,
+    ctx: &Context,
+    ending: Ending,
+    stays: bool,
+) -> Stop {
     let mut _leaving = None;
     let reason = match ending {
         Ending::Close(reason) => reason,
@@ -717,6 +734,7 @@ async fn after_close<C, U: LocalEnd>(link: &Link<C, U>, ctx: &Context, ending: E
                 }
                 let shutdown = ctx.routing.shutdown_token().is_cancelled();
                 match (next.cause(), next.next()) {
+                    (Some(CloseCause::Handover), Some(after)) if !shutdown && stays => next = after,
                     (Some(CloseCause::Handover), _) if !shutdown => return Stop::Pause,
                     (Some(CloseCause::Rebalance(_)), Some(after)) if !shutdown => next = after,
                     (cause, _) => break forced_reason(cause.as_ref(), shutdown),

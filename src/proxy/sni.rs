@@ -116,8 +116,16 @@ pub(super) async fn route(
                 SniMiss::NoMatch
             }
         },
-        Ok(Hello::NoServerName) => SniMiss::NoSni,
-        Ok(Hello::NotTls) => SniMiss::NotTls,
+        Ok(Hello::NoServerName) => {
+            tracing::debug!(listener = name, client = %origin,
+                "ClientHello without a server name: the listener's pool");
+            SniMiss::NoSni
+        }
+        Ok(Hello::NotTls) => {
+            tracing::debug!(listener = name, client = %origin,
+                "the client does not speak TLS: the listener's pool");
+            SniMiss::NotTls
+        }
         Ok(Hello::Malformed(why)) => {
             tracing::debug!(listener = name, client = %origin, problem = why,
                 "malformed ClientHello: the listener's pool");

@@ -104,7 +104,7 @@ pub(super) async fn handle(accepted: Box<Accepted>, conn: Conn) {
     #[cfg(unix)]
     let _stays = conn.ctx.pause.bound_guard();
     let close = link.backend.take_close_token();
-    let stop = std::pin::pin!(closed_by_warren(&link, &conn.ctx, close));
+    let stop = std::pin::pin!(closed_by_warren(&link, &conn.ctx, close, true));
     let (reason, bytes) = forward(session, &link, &conn.ctx.plane, idle_timeout, stop).await;
     ended(&link, &conn, reason, bytes);
 }
@@ -173,38 +173,6 @@ fn failed(reason: HandshakeFailure, listener: &str, client: SocketAddr, stats: &
     } else {
         tracing::debug!(listener, %client, reason = reason.as_str(), failures,
             "TLS handshake failed, connection closed");
-    }
-}
-
-/// What warren closing the connection looks like to a TLS one (or one warren encrypts to its
-/// backend): as for a plain connection, except that an upgrade's pause (a hand-over) is
-/// passed by, since the connection stays.
-#[allow(clippy::manual_async_fn)]
-pub(super) fn closed_by_warren<'a, U: LocalEnd + Sync>(
-    link: &'a Link<(), U>,
-    ctx: &'a Context,
-    close: Option<CloseToken>,
-) -> impl Future<Output = Stop> + Send + 'a {
-    async move {
-        let Some(mut close) = close else {
-            return std::future::pending().await;
-        };
-        let ending = loop {
-            close.token().cancelled().await;
-            let shutdown = ctx.routing.shutdown_token().is_cancelled();
-            if !shutdown && matches!(close.cause(), Some(CloseCause::Handover)) {
-                match close.next() {
-                    Some(next) => close = next,
-                    None => return std::future::pending().await,
-                }
-                continue;
-            }
-            match decide(&close, link.connected_at, shutdown) {
-                Err(next) => close = next,
-                Ok(ending) => break ending,
-            }
-        };
-        Box::pin(after_close(link, ctx, ending)).await
     }
 }
 
@@ -306,7 +274,7 @@ async fn forward<S: Future<Output = Stop> + Send>(
             () = &mut idle => break Some(CloseReason::Idle),
             verdict = &mut stop, if stopping => match verdict {
                 Stop::Close => break Some(CloseReason::Drain),
-                // A rebalance's wait interrupted by an upgrade: the connection stays.
+                // An upgrade's pause with no close to follow after it: the connection stays.
                 Stop::Pause => stopping = false,
             },
         }

@@ -80,23 +80,27 @@ impl Open for Handshake<'_> {
         &'b self,
         backend: &'b BackendRoute,
         mut stream: TcpStream,
-    ) -> Result<Upstream, (ConnectFailure, String)> {
+    ) -> Result<Upstream, (Option<ConnectFailure>, String)> {
         let Some(tls) = &backend.tls else {
-            // A reload took `[pool.NAME.tls]` away since `encrypts` was asked.
+            // A reload took `[pool.NAME.tls]` away since `encrypts` was asked: not the
+            // backend's fault, so not held against it (the client is turned away).
             let why = "the pool speaks TLS no longer (reloaded meanwhile)";
-            return Err((ConnectFailure::Other, why.to_owned()));
+            return Err((None, why.to_owned()));
         };
         if !self.proxy_header.is_empty() {
             if let Err(e) = stream.write_all(self.proxy_header).await {
                 let why = format!("writing the PROXY header: {e}");
-                return Err((ConnectFailure::Other, why));
+                return Err((Some(ConnectFailure::Other), why));
             }
         }
         let connector = tokio_rustls::TlsConnector::from(tls.config());
         let handshake = connector.connect(tls.server_name.clone(), stream).await;
         handshake.map_err(|e| {
             let why = crate::tls::rustls_reason(&e).unwrap_or_else(|| e.to_string());
-            (ConnectFailure::Tls, format!("TLS handshake failed: {why}"))
+            (
+                Some(ConnectFailure::Tls),
+                format!("TLS handshake failed: {why}"),
+            )
         })
     }
 }
@@ -203,7 +207,7 @@ where
         idle_timeout,
     } = encrypted;
     let close = link.backend.take_close_token();
-    let stop = std::pin::pin!(tls::closed_by_warren(&link, &conn.ctx, close));
+    let stop = std::pin::pin!(closed_by_warren(&link, &conn.ctx, close, true));
     let ends = (&mut client, &mut upstream);
     let (reason, bytes) = forward(ends, &link, &conn.ctx.plane, idle_timeout, stop).await;
     ended(&link, conn, reason, bytes);
@@ -258,7 +262,7 @@ where
                 () = &mut idle => break Some(CloseReason::Idle),
                 verdict = &mut stop, if stopping => match verdict {
                     Stop::Close => break Some(CloseReason::Drain),
-                    // A rebalance's wait interrupted by an upgrade: the connection stays.
+                    // An upgrade's pause with no close to follow after it: the connection stays.
                     Stop::Pause => stopping = false,
                 },
             }

@@ -139,6 +139,12 @@ fn mistakes_are_named_with_their_key() {
             "pool.rabbitmq.backend[0].expand = true: cannot be used with \
              [pool.rabbitmq.per_backend_listeners]",
         ),
+        (
+            section("listen = \"127.0.0.1\"\nbase_port = 7000")
+                + "\n[pool.rabbitmq.rebalance]\nmode = \"continuous\"\n",
+            "pool.rabbitmq.rebalance.mode = \"continuous\": cannot be used with \
+             [pool.rabbitmq.per_backend_listeners]",
+        ),
     ];
     for (text, expected) in cases {
         let messages = messages(text);

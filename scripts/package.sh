@@ -16,6 +16,9 @@
 #                                       use dev, which is optimized too, to save CI minutes)
 #   WARREN_PACKAGE_BINARY=PATH          put this binary in the .deb instead of building one
 #   WARREN_PACKAGE_OUT=DIR              where the artifacts go (default target/)
+#   WARREN_PACKAGE_TARGET_DIR=DIR       cargo's target dir for the static build (default target/;
+#                                       scripts/test.sh gives it one of its own, so it can build
+#                                       beside the test build instead of waiting for its lock)
 #
 # Built with dpkg-deb (in dpkg, on every Debian machine) and a control file kept by hand in
 # packaging/deb/, not cargo-deb: `cargo install cargo-deb` would compile it on every fresh CI
@@ -105,14 +108,16 @@ build_static() {
     local triple=x86_64-unknown-linux-gnu
     [ "$(uname -m)" = x86_64 ] || die "the static build is for x86_64 only"
     # --target keeps RUSTFLAGS off build scripts and proc macros (they must stay dynamic) and
-    # puts the static objects in target/$triple/, apart from the normal build's cache.
+    # puts the static objects in TARGET_DIR/$triple/, apart from the normal build's cache.
     log "RUSTFLAGS='-C target-feature=+crt-static' cargo build --profile $profile --target $triple --bin warren"
     # The artifact is stripped, so the dev profile's debug info would only cost compile time
     # (about a quarter of a cold static build's CPU, measured).
+    local target_dir=${WARREN_PACKAGE_TARGET_DIR:-target}
     RUSTFLAGS='-C target-feature=+crt-static' CARGO_PROFILE_DEV_DEBUG=false \
+        CARGO_TARGET_DIR="$target_dir" \
         cargo build --profile "$profile" --target "$triple" --bin warren
     local artifact=$out/warren-${version}-x86_64-linux-static
-    install -m 0755 "target/$triple/$profile_dir/warren" "$artifact"
+    install -m 0755 "$target_dir/$triple/$profile_dir/warren" "$artifact"
     strip --strip-unneeded "$artifact"
     file "$artifact" | grep -Eq 'statically linked|static-pie linked' ||
         die "$artifact is not statically linked: $(file -b "$artifact")"

@@ -355,7 +355,7 @@ pub use fleet::host_name;
 pub use listener_sni::{check_server_name, ListenerSni, SniRoute, SniRoutes, DEFAULT_SNI_TIMEOUT};
 pub use listener_tls::{ListenerTls, DEFAULT_TLS_HANDSHAKE_TIMEOUT};
 use management::*;
-pub use per_backend::{rabbitmq_conf, PerBackend};
+pub use per_backend::{advertised_changes, rabbitmq_conf, PerBackend};
 use pool_tls::needs_tls_message;
 pub use pool_tls::{BackendTls, Encrypt};
 use raw::*;

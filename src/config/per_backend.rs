@@ -57,6 +57,48 @@ pub fn rabbitmq_conf(config: &Config) -> Option<String> {
     (!out.is_empty()).then_some(out)
 }
 
+/// What a reload from `old` to `new` changes that the nodes must follow: one sentence per
+/// per-backend listener whose port moved (a backend inserted before it, say, with `base_port`)
+/// or whose advertised host changed. Until its node advertises the new value, stream clients
+/// the node sends to the old port reach whatever listens there now (another node's listener,
+/// or nothing). Logged at WARN by the reload.
+pub fn advertised_changes(old: &Config, new: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    for listener in &new.listeners {
+        let Some(own) = &listener.per_backend else {
+            continue;
+        };
+        let Some((before, was)) = old
+            .listeners
+            .iter()
+            .find(|l| l.name == listener.name)
+            .and_then(|l| Some((l, l.per_backend.as_ref()?)))
+        else {
+            continue;
+        };
+        let port = (before.listen.port(), listener.listen.port());
+        let host = (&was.advertised_host, &own.advertised_host);
+        if port.0 == port.1 && host.0 == host.1 {
+            continue;
+        }
+        out.push(format!(
+            "per-backend listener {} now advertises {}:{} (was {}:{}): set node {}'s \
+             stream.advertised_host/stream.advertised_port to match (warren check \
+             --rabbitmq-config prints them); until then the stream clients it sends to {}:{} \
+             reach whatever listens there now",
+            quote(&listener.name),
+            host.1,
+            port.1,
+            host.0,
+            port.0,
+            quote(&own.backend),
+            host.0,
+            port.0
+        ));
+    }
+    out
+}
+
 impl Validator<'_> {
     /// Every pool's per-backend listeners, in pool then backend order, from the file as written.
     pub(super) fn per_backend_listeners(&mut self, pools: &BTreeMap<Str, RawPool>) -> Vec<Planned> {

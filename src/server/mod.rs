@@ -905,6 +905,9 @@ impl Server {
                 "[fleet] changed: it takes effect at the next restart (or warren upgrade)"
             );
         }
+        for change in crate::config::advertised_changes(&old, &new) {
+            tracing::warn!("{change}");
+        }
         let plan = diff_listeners(&old, &new);
         let bound = self
             .open_listeners(&plan, running, stop_accepting, accept_loops, connections)

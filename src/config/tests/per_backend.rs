@@ -154,3 +154,27 @@ fn mistakes_are_named_with_their_key() {
         );
     }
 }
+
+#[test]
+fn a_reload_that_moves_a_nodes_port_says_what_the_node_must_advertise() {
+    let before = parse(&section("listen = \"127.0.0.1\"\nbase_port = 7000")).unwrap();
+    assert!(advertised_changes(&before, &before).is_empty());
+    // A backend inserted first: rabbit-a and rabbit-b move up by one.
+    let inserted = section("listen = \"127.0.0.1\"\nbase_port = 7000").replacen(
+        "[[pool.rabbitmq.backend]]",
+        "[[pool.rabbitmq.backend]]\nname = \"rabbit-0\"\naddr = \"10.0.0.9:5672\"\n\n[[pool.rabbitmq.backend]]",
+        1,
+    );
+    let after = parse(&inserted).unwrap();
+    let changes = advertised_changes(&before, &after);
+    assert_eq!(changes.len(), 2, "{changes:#?}");
+    assert_eq!(
+        changes[0],
+        "per-backend listener \"rabbitmq/rabbit-a\" now advertises 127.0.0.1:7001 (was \
+         127.0.0.1:7000): set node \"rabbit-a\"'s stream.advertised_host/stream.advertised_port \
+         to match (warren check --rabbitmq-config prints them); until then the stream clients \
+         it sends to 127.0.0.1:7000 reach whatever listens there now"
+    );
+    // A new listener (rabbit-0's) is no change for a node that advertises nothing yet.
+    assert!(!changes.iter().any(|c| c.contains("rabbit-0")));
+}
